@@ -1,0 +1,23 @@
+//! baton's control plane.
+//!
+//! - [`server`]: the framed protobuf server on TCP and Unix sockets.
+//! - [`service`]: what each command does.
+//! - [`client`]: a client library (used by `baton ctl` and `baton load`).
+//! - [`events`]: the event bus behind `Subscribe`.
+//! - [`addr`]: `tcp:HOST:PORT` / `unix:PATH` addresses.
+//! - [`status`]: errors with gRPC-style codes.
+
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod client;
+pub mod events;
+pub mod server;
+pub mod service;
+pub mod status;
+
+pub use addr::ControlAddr;
+pub use client::{Client, ClientError};
+pub use server::{ControlServer, ServerOptions};
+pub use service::Service;
+pub use status::Status;

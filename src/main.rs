@@ -1,0 +1,42 @@
+//! `baton`: the relay daemon (`run`), its control client (`ctl`).
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod ctl;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An RTP media relay that moves live calls between a user's devices
+/// without the far end noticing.
+#[derive(Parser)]
+#[command(name = "baton", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the relay daemon.
+    Run(Box<config::RunOptions>),
+    /// Send a control command to a running relay; prints JSON.
+    Ctl(ctl::CtlArgs),
+    /// Print the control protocol's schema (baton.proto).
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Run(options) => run::main(*options),
+        Commands::Ctl(args) => ctl::main(args),
+        Commands::Schema => {
+            print!("{}", baton_proto::SCHEMA);
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `baton run`: start the relay, serve until SIGINT or SIGTERM, shut down
+//! cleanly.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use baton_control::{ControlServer, Service};
+use baton_proto::v1;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, LogFormat, RunOptions};
+
+/// Exit status for configuration errors (as for usage errors).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status for failures at start-up or while running.
+const EXIT_FAILURE: u8 = 1;
+
+/// Runs the daemon; returns its exit status.
+pub fn main(options: RunOptions) -> ExitCode {
+    let config = match options.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("baton: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(config.log_format);
+    raise_open_files_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // The control plane is light; the media workers have their own threads.
+        .worker_threads(2)
+        .thread_name("baton-control")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("baton: cannot start the control runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Every media leg holds two sockets, so a busy relay needs far more file
+/// descriptors than the usual soft limit of 1024: raise it to the hard limit.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(e) => warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let service = Arc::new(Service::new());
+    let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    info!(version = baton_control::service::VERSION, control = ?addrs, "baton ready");
+
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(server.run(shutdown.clone()));
+
+    let reason = wait_for_shutdown_signal().await?;
+    info!(signal = reason, "shutting down");
+    service
+        .events()
+        .publish(v1::event::Kind::ShuttingDown(v1::ShuttingDown {
+            reason: reason.to_owned(),
+        }));
+    shutdown.cancel();
+    server_task.await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<&'static str> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
