@@ -38,7 +38,12 @@ pub struct RunOptions {
 
     /// Shared secret that TCP control clients must present first; required
     /// for a control address that is not loopback.
-    #[arg(long, value_name = "TOKEN", env = "BATON_CONTROL_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BATON_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
     pub control_token: Option<String>,
 
     /// Permission bits of control Unix sockets, in octal. [default: 0600]

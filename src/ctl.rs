@@ -25,7 +25,12 @@ pub struct CtlArgs {
     control: String,
 
     /// Control token, when the relay requires one.
-    #[arg(long, global = true, env = "BATON_CONTROL_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
 
     /// Seconds to wait for an answer.
@@ -125,7 +130,10 @@ fn report(error: ClientError) -> ExitCode {
             // the connection limit): that is the relay's answer.
             report(ClientError::Status(status))
         }
-        other => fail(&other.to_string()),
+        other @ (ClientError::Connect { .. }
+        | ClientError::Disconnected(None)
+        | ClientError::Protocol(_)
+        | ClientError::Timeout(_)) => fail(&other.to_string()),
     }
 }
 
@@ -138,7 +146,10 @@ async fn print_events(client: &Client) -> ExitCode {
     while let Some(event) = client.next_event().await {
         relay_shut_down |= matches!(event.kind, Some(v1::event::Kind::ShuttingDown(_)));
         let line = serde_json::to_string(&event).unwrap_or_default();
-        if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             // stdout closed (e.g. `| head`): a normal way to stop.
             return ExitCode::SUCCESS;
         }

@@ -74,7 +74,11 @@ fn raise_open_files_limit() {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let service = Arc::new(Service::new());
     let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
-    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     info!(version = baton_control::service::VERSION, control = ?addrs, "baton ready");
 
     let shutdown = CancellationToken::new();

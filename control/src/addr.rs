@@ -51,7 +51,9 @@ impl FromStr for ControlAddr {
         }
         let rest = input.strip_prefix("tcp:").unwrap_or(input);
         let (host, port) = rest.rsplit_once(':').ok_or_else(|| fail("missing :PORT"))?;
-        let port: u16 = port.parse().map_err(|_| fail("port is not a number 0-65535"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| fail("port is not a number 0-65535"))?;
         let host = match host.strip_prefix('[') {
             Some(inner) => inner
                 .strip_suffix(']')
@@ -102,15 +104,24 @@ mod tests {
     fn parses_tcp_unix_and_ipv6() {
         assert_eq!(
             "tcp:127.0.0.1:7120".parse::<ControlAddr>().expect("tcp"),
-            ControlAddr::Tcp { host: "127.0.0.1".into(), port: 7120 }
+            ControlAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 7120
+            }
         );
         assert_eq!(
             "tcp:[::1]:7".parse::<ControlAddr>().expect("v6"),
-            ControlAddr::Tcp { host: "::1".into(), port: 7 }
+            ControlAddr::Tcp {
+                host: "::1".into(),
+                port: 7
+            }
         );
         assert_eq!(
             "localhost:1".parse::<ControlAddr>().expect("bare"),
-            ControlAddr::Tcp { host: "localhost".into(), port: 1 }
+            ControlAddr::Tcp {
+                host: "localhost".into(),
+                port: 1
+            }
         );
         assert_eq!(
             "unix:/run/baton.sock".parse::<ControlAddr>().expect("unix"),

@@ -152,7 +152,9 @@ impl Client {
         match response.result {
             Some(Reply::Error(error)) => Err(ClientError::Status(error)),
             Some(reply) => Ok(reply),
-            None => Err(ClientError::Protocol(format!("response {id} has no result"))),
+            None => Err(ClientError::Protocol(format!(
+                "response {id} has no result"
+            ))),
         }
     }
 
@@ -199,6 +201,9 @@ async fn write_requests<W: AsyncWrite + Unpin>(
         }
         buf.clear();
     }
+    // The client was dropped: half-close so the relay sees the end and
+    // closes too, which also ends our reader task.
+    let _ = writer.shutdown().await;
 }
 
 async fn read_responses<R: AsyncRead + Unpin>(

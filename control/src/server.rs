@@ -170,12 +170,12 @@ impl ControlServer {
         self.listeners
             .iter()
             .filter_map(|l| match l {
-                Listener::Tcp { listener, .. } => listener.local_addr().ok().map(|a| {
-                    ControlAddr::Tcp {
+                Listener::Tcp { listener, .. } => {
+                    listener.local_addr().ok().map(|a| ControlAddr::Tcp {
                         host: a.ip().to_string(),
                         port: a.port(),
-                    }
-                }),
+                    })
+                }
                 Listener::Unix { path, .. } => Some(ControlAddr::Unix(path.clone())),
             })
             .collect()
@@ -322,10 +322,24 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         match (stream, slot) {
             (Accepted::Tcp(stream, peer), Ok(slot)) => {
-                tracker.spawn(serve(stream, peer.to_string(), needs_token, shared, shutdown, slot));
+                tracker.spawn(serve(
+                    stream,
+                    peer.to_string(),
+                    needs_token,
+                    shared,
+                    shutdown,
+                    slot,
+                ));
             }
             (Accepted::Unix(stream), Ok(slot)) => {
-                tracker.spawn(serve(stream, "unix".to_owned(), false, shared, shutdown, slot));
+                tracker.spawn(serve(
+                    stream,
+                    "unix".to_owned(),
+                    false,
+                    shared,
+                    shutdown,
+                    slot,
+                ));
             }
             (Accepted::Tcp(stream, _), Err(_)) => {
                 tracker.spawn(refuse_over_limit(stream, shared));
@@ -446,7 +460,11 @@ async fn serve<S>(
                     }
                 };
                 let _ = out
-                    .send(response_message(v1::Response::error(0, code, e.to_string())))
+                    .send(response_message(v1::Response::error(
+                        0,
+                        code,
+                        e.to_string(),
+                    )))
                     .await;
                 break;
             }
@@ -457,7 +475,11 @@ async fn serve<S>(
                 // The framing is intact, so the connection can go on.
                 let message = format!("undecodable request: {e}");
                 let _ = out
-                    .send(response_message(v1::Response::error(0, Code::InvalidArgument, message)))
+                    .send(response_message(v1::Response::error(
+                        0,
+                        Code::InvalidArgument,
+                        message,
+                    )))
                     .await;
                 continue;
             }
@@ -485,8 +507,12 @@ async fn serve<S>(
                 continue;
             }
             warn!(%peer, "control client presented a wrong token");
-            let _ = reply(v1::Response::error(id, Code::Unauthenticated, "wrong control token"))
-                .await;
+            let _ = reply(v1::Response::error(
+                id,
+                Code::Unauthenticated,
+                "wrong control token",
+            ))
+            .await;
             break;
         }
         if !authenticated {

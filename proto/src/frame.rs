@@ -169,7 +169,11 @@ mod tests {
         let frames = decode_all(&mut FrameCodec::default(), &mut buf);
         let ids: Vec<u64> = frames
             .iter()
-            .map(|f| <v1::Request as prost::Message>::decode(f.clone()).expect("request").id)
+            .map(|f| {
+                <v1::Request as prost::Message>::decode(f.clone())
+                    .expect("request")
+                    .id
+            })
             .collect();
         assert_eq!(ids, [1, 2, 3]);
         assert!(buf.is_empty());
@@ -204,33 +208,58 @@ mod tests {
     #[test]
     fn bad_flag_is_refused_before_the_length_arrives() {
         let mut buf = BytesMut::from(&[1u8][..]);
-        let err = FrameCodec::default().decode(&mut buf).expect_err("bad flag");
+        let err = FrameCodec::default()
+            .decode(&mut buf)
+            .expect_err("bad flag");
         assert!(matches!(err, FrameError::BadFlag(1)), "{err}");
     }
 
     #[test]
     fn oversize_length_is_refused_from_the_header_alone() {
         let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
-        let err = FrameCodec::new(1024).decode(&mut buf).expect_err("too large");
+        let err = FrameCodec::new(1024)
+            .decode(&mut buf)
+            .expect_err("too large");
         assert!(
-            matches!(err, FrameError::TooLarge { len: 0xffff_ffff, max: 1024 }),
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    len: 0xffff_ffff,
+                    max: 1024
+                }
+            ),
             "{err}"
         );
         // Exactly at the limit is fine.
         let mut at_limit = BytesMut::from(&[0u8, 0, 0, 4, 0][..]);
         at_limit.extend_from_slice(&[0u8; 1024]);
-        assert!(FrameCodec::new(1024).decode(&mut at_limit).expect("ok").is_some());
+        assert!(
+            FrameCodec::new(1024)
+                .decode(&mut at_limit)
+                .expect("ok")
+                .is_some()
+        );
     }
 
     #[test]
     fn truncated_frame_at_end_of_stream_is_an_error() {
         let bytes = encode_frame(&ping(7));
         let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
-        let err = FrameCodec::default().decode_eof(&mut buf).expect_err("truncated");
-        assert!(matches!(err, FrameError::Truncated(n) if n == bytes.len() - 1), "{err}");
+        let err = FrameCodec::default()
+            .decode_eof(&mut buf)
+            .expect_err("truncated");
+        assert!(
+            matches!(err, FrameError::Truncated(n) if n == bytes.len() - 1),
+            "{err}"
+        );
         // A clean end between frames is not an error.
         let mut empty = BytesMut::new();
-        assert!(FrameCodec::default().decode_eof(&mut empty).expect("ok").is_none());
+        assert!(
+            FrameCodec::default()
+                .decode_eof(&mut empty)
+                .expect("ok")
+                .is_none()
+        );
     }
 
     #[test]
@@ -252,16 +281,22 @@ mod tests {
     fn encoder_matches_encode_frame_and_enforces_the_limit() {
         let request = ping(42);
         let mut dst = BytesMut::new();
-        FrameCodec::default().encode(&request, &mut dst).expect("encode");
+        FrameCodec::default()
+            .encode(&request, &mut dst)
+            .expect("encode");
         assert_eq!(&dst[..], &encode_frame(&request)[..]);
 
         let big = v1::Request {
             id: 1,
-            command: Some(v1::request::Command::Authenticate(v1::AuthenticateRequest {
-                token: "x".repeat(100),
-            })),
+            command: Some(v1::request::Command::Authenticate(
+                v1::AuthenticateRequest {
+                    token: "x".repeat(100),
+                },
+            )),
         };
-        let err = FrameCodec::new(16).encode(&big, &mut BytesMut::new()).expect_err("limit");
+        let err = FrameCodec::new(16)
+            .encode(&big, &mut BytesMut::new())
+            .expect_err("limit");
         assert!(matches!(err, FrameError::TooLarge { max: 16, .. }));
     }
 
@@ -275,7 +310,12 @@ mod tests {
         let bad = codec.decode(&mut buf).expect("ok").expect("frame");
         assert!(<v1::Request as prost::Message>::decode(bad).is_err());
         let good = codec.decode(&mut buf).expect("ok").expect("frame");
-        assert_eq!(<v1::Request as prost::Message>::decode(good).expect("ok").id, 9);
+        assert_eq!(
+            <v1::Request as prost::Message>::decode(good)
+                .expect("ok")
+                .id,
+            9
+        );
     }
 
     #[test]

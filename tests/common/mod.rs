@@ -1,0 +1,165 @@
+//! Helpers for tests that run the real `baton` binary on loopback.
+#![allow(dead_code, missing_docs)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_control::{Client, ControlAddr};
+
+/// How long a relay may take to start or stop before a test fails.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(15);
+
+pub fn baton_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_baton")
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A running `baton run`, killed when dropped.
+pub struct Relay {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub tcp_port: u16,
+}
+
+impl Relay {
+    /// Starts a relay listening on a Unix socket in a fresh temp dir and on a
+    /// free loopback TCP port, with `extra` flags, and waits until it answers.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("control.sock");
+        let tcp_port = free_tcp_port();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let child = Command::new(baton_bin())
+            .arg("run")
+            .arg("--control")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--control")
+            .arg(format!("tcp:127.0.0.1:{tcp_port}"))
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn baton run");
+        let mut relay = Self {
+            child,
+            dir,
+            socket,
+            tcp_port,
+        };
+        relay.wait_ready();
+        relay
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("relay exited early ({status}): {}", self.stderr());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("relay not ready in time: {}", self.stderr());
+    }
+
+    pub fn unix_addr(&self) -> ControlAddr {
+        ControlAddr::Unix(self.socket.clone())
+    }
+
+    pub fn tcp_addr(&self) -> ControlAddr {
+        ControlAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: self.tcp_port,
+        }
+    }
+
+    pub fn tcp_socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.tcp_port))
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.unix_addr(), None)
+            .await
+            .expect("connect to the relay")
+    }
+
+    /// Runs `baton ctl --control unix:… ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&self.unix_addr().to_string(), args)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(&self.child, nix::sys::signal::Signal::SIGTERM);
+        wait_bounded(&mut self.child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, signal).expect("send signal");
+}
+
+pub fn wait_bounded(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PROCESS_DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `baton ctl --control ADDR ARGS` with a bounded timeout.
+pub fn ctl(addr: &str, args: &[&str]) -> Output {
+    Command::new(baton_bin())
+        .args(["ctl", "--control", addr, "--timeout", "10"])
+        .args(args)
+        .env_remove("BATON_CONTROL_TOKEN")
+        .output()
+        .expect("run baton ctl")
+}
+
+pub fn stdout_json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "ctl failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
+}
+
+pub fn path_exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}

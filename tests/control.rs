@@ -1,0 +1,521 @@
+//! The control server, through the real binary: transports, pipelining,
+//! isolation between clients, tokens, limits, shutdown.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use baton_control::{Client, ClientError};
+use baton_proto::frame::{FrameCodec, encode_frame};
+use baton_proto::v1::{self, request::Command, response::Result as Reply, server_message::Kind};
+use common::{Relay, ctl, stdout_json};
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::codec::FramedRead;
+
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+fn ping(id: u64) -> v1::Request {
+    v1::Request {
+        id,
+        command: Some(Command::Ping(v1::PingRequest {})),
+    }
+}
+
+/// Reads server messages until the connection closes (bounded in time).
+async fn read_until_closed<R: AsyncRead + Unpin>(reader: R) -> Vec<v1::ServerMessage> {
+    let mut frames = FramedRead::new(reader, FrameCodec::default());
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout(READ_DEADLINE, frames.next()).await {
+            Err(_) => panic!("connection not closed in time; got {messages:?}"),
+            Ok(None | Some(Err(_))) => return messages,
+            Ok(Some(Ok(frame))) => {
+                messages.push(v1::ServerMessage::decode(frame).expect("valid server message"));
+            }
+        }
+    }
+}
+
+fn error_of(message: &v1::ServerMessage) -> Option<(u64, v1::Code)> {
+    match &message.kind {
+        Some(Kind::Response(v1::Response {
+            id,
+            result: Some(Reply::Error(error)),
+        })) => Some((*id, error.code())),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn ping_over_tcp_and_unix() {
+    let relay = Relay::start(&[]);
+    for addr in [relay.tcp_addr(), relay.unix_addr()] {
+        let client = Client::connect(&addr, None).await.expect("connect");
+        let reply = client.call(Command::Ping(v1::PingRequest {})).await;
+        assert!(
+            matches!(&reply, Ok(Reply::Ping(pong)) if pong.version == env!("CARGO_PKG_VERSION")),
+            "{addr}: {reply:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unix_socket_is_private_by_default_and_mode_is_configurable() {
+    let relay = Relay::start(&[]);
+    let mode = std::fs::metadata(&relay.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let shared = Relay::start(&["--control-socket-mode", "0660"]);
+    let mode = std::fs::metadata(&shared.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_by_id() {
+    let relay = Relay::start(&[]);
+    let stream = TcpStream::connect(relay.tcp_socket_addr())
+        .await
+        .expect("connect");
+    let (reader, mut writer) = stream.into_split();
+    // 200 requests in one write, ids deliberately not in order.
+    let ids: Vec<u64> = (0..200u64).map(|i| 1 + (i * 7919) % 1000).collect();
+    let mut bytes = Vec::new();
+    for &id in &ids {
+        bytes.extend_from_slice(&encode_frame(&ping(id)));
+    }
+    writer.write_all(&bytes).await.expect("write");
+    let mut frames = FramedRead::new(reader, FrameCodec::default());
+    let mut answered = HashSet::new();
+    while answered.len() < ids.len() {
+        let frame = tokio::time::timeout(READ_DEADLINE, frames.next())
+            .await
+            .expect("answers in time")
+            .expect("connection open")
+            .expect("valid frame");
+        match v1::ServerMessage::decode(frame).expect("message").kind {
+            Some(Kind::Response(v1::Response {
+                id,
+                result: Some(Reply::Ping(_)),
+            })) => assert!(answered.insert(id), "id {id} answered twice"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(answered, ids.into_iter().collect::<HashSet<_>>());
+}
+
+#[tokio::test]
+async fn many_clients_at_once_each_get_their_own_answers() {
+    let relay = Relay::start(&[]);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let addr = if i % 2 == 0 {
+            relay.tcp_addr()
+        } else {
+            relay.unix_addr()
+        };
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(&addr, None).await.expect("connect");
+            // Many requests in flight on one connection at once.
+            let calls = (0..50).map(|_| client.call(Command::Ping(v1::PingRequest {})));
+            let replies = futures_util::future::join_all(calls).await;
+            replies
+                .iter()
+                .filter(|r| matches!(r, Ok(Reply::Ping(_))))
+                .count()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 50);
+    }
+    let stats = relay
+        .client()
+        .await
+        .call(Command::GetStats(v1::GetStatsRequest {}))
+        .await;
+    let Ok(Reply::GetStats(stats)) = stats else {
+        panic!("{stats:?}")
+    };
+    assert!(stats.control_requests >= 24 * 50, "{stats:?}");
+}
+
+#[tokio::test]
+async fn garbage_client_is_disconnected_while_another_keeps_working() {
+    let relay = Relay::start(&[]);
+    let good = relay.client().await;
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xff; 64][..],
+        &[0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3][..],
+    ] {
+        let mut bad = UnixStream::connect(&relay.socket).await.expect("connect");
+        bad.write_all(garbage).await.expect("write");
+        let (reader, _writer) = bad.into_split();
+        let messages = read_until_closed(reader).await;
+        let (id, code) = messages
+            .first()
+            .and_then(error_of)
+            .expect("an error before closing");
+        assert_eq!(id, 0);
+        assert!(
+            matches!(
+                code,
+                v1::Code::InvalidArgument | v1::Code::ResourceExhausted
+            ),
+            "{code:?}"
+        );
+        let reply = good.call(Command::Ping(v1::PingRequest {})).await;
+        assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn oversize_frame_is_refused_from_its_header() {
+    let relay = Relay::start(&["--max-frame-bytes", "4096"]);
+    let mut stream = UnixStream::connect(&relay.socket).await.expect("connect");
+    // Announce 4097 bytes and send only the header: the relay must not wait.
+    stream
+        .write_all(&[0, 0, 0, 0x10, 0x01])
+        .await
+        .expect("write");
+    let (reader, _writer) = stream.into_split();
+    let messages = read_until_closed(reader).await;
+    assert_eq!(
+        messages.first().and_then(error_of),
+        Some((0, v1::Code::ResourceExhausted))
+    );
+}
+
+#[tokio::test]
+async fn undecodable_request_gets_an_error_and_the_connection_goes_on() {
+    let relay = Relay::start(&[]);
+    let stream = UnixStream::connect(&relay.socket).await.expect("connect");
+    let (reader, mut writer) = stream.into_split();
+    let mut bytes = vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+    // A request with no command (as from a newer client), then a valid one.
+    bytes.extend_from_slice(&encode_frame(&v1::Request {
+        id: 5,
+        command: None,
+    }));
+    bytes.extend_from_slice(&encode_frame(&ping(6)));
+    writer.write_all(&bytes).await.expect("write");
+    let mut frames = FramedRead::new(reader, FrameCodec::default());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let frame = tokio::time::timeout(READ_DEADLINE, frames.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        let message = v1::ServerMessage::decode(frame).expect("message");
+        seen.push(match error_of(&message) {
+            Some((id, code)) => (id, code),
+            None => (6, v1::Code::Ok),
+        });
+    }
+    seen.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        seen,
+        [
+            (0, v1::Code::InvalidArgument),
+            (5, v1::Code::Unimplemented),
+            (6, v1::Code::Ok)
+        ]
+    );
+}
+
+const TOKEN: &str = "correct-horse-battery-staple";
+
+#[tokio::test]
+async fn tcp_clients_must_present_the_token_first() {
+    let relay = Relay::start(&["--control-token", TOKEN]);
+
+    // No token: the first request is refused and the connection closed.
+    let mut stream = TcpStream::connect(relay.tcp_socket_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(&encode_frame(&ping(1)))
+        .await
+        .expect("write");
+    let messages = read_until_closed(stream).await;
+    assert_eq!(
+        messages.first().and_then(error_of),
+        Some((1, v1::Code::Unauthenticated))
+    );
+
+    // Wrong token.
+    let wrong = Client::connect(&relay.tcp_addr(), Some("not-the-right-token-at-all")).await;
+    assert!(
+        matches!(&wrong, Err(ClientError::Status(e)) if e.code() == v1::Code::Unauthenticated),
+        "{:?}",
+        wrong.err()
+    );
+
+    // Right token.
+    let client = Client::connect(&relay.tcp_addr(), Some(TOKEN))
+        .await
+        .expect("authenticated");
+    let reply = client.call(Command::Ping(v1::PingRequest {})).await;
+    assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
+
+    // The Unix socket is protected by its file mode and needs no token.
+    let reply = relay
+        .client()
+        .await
+        .call(Command::Ping(v1::PingRequest {}))
+        .await;
+    assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
+
+    // baton ctl: refused with exit 1 and the code, accepted with --token.
+    let addr = relay.tcp_addr().to_string();
+    let refused = ctl(&addr, &["ping"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let error: serde_json::Value = serde_json::from_slice(&refused.stderr).expect("json error");
+    assert_eq!(error["code"], "UNAUTHENTICATED");
+    let accepted = ctl(&addr, &["--token", TOKEN, "ping"]);
+    assert_eq!(stdout_json(&accepted)["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn non_loopback_control_address_needs_a_token() {
+    // Refused at configuration time, before anything is bound.
+    let output = std::process::Command::new(common::baton_bin())
+        .args(["run", "--control", "tcp:0.0.0.0:0"])
+        .env_remove("BATON_CONTROL_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not loopback"), "{stderr}");
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        "control = [\"unix:/tmp/x.sock\"]\nmax-frame-bytez = 5\n",
+    )
+    .expect("write");
+    for args in [
+        vec!["run", "--config", config.to_str().expect("utf-8")],
+        vec!["run", "--control", "tcp:127.0.0.1"],
+        vec!["run", "--control-socket-mode", "999"],
+        vec!["run", "--config", "/nonexistent/baton.toml"],
+    ] {
+        let output = std::process::Command::new(common::baton_bin())
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("baton: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("from-file.sock");
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control = [\"unix:{}\"]\ncontrol-socket-mode = \"0640\"\n",
+            socket.display()
+        ),
+    )
+    .expect("write");
+    let mut child = std::process::Command::new(common::baton_bin())
+        .args(["run", "--config", config.to_str().expect("utf-8")])
+        .args(["--control-socket-mode", "0660"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + common::PROCESS_DEADLINE;
+    while !common::path_exists(&socket) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777);
+    common::signal(&child, Signal::SIGTERM);
+    assert!(common::wait_bounded(&mut child).success());
+    assert_eq!(mode.expect("socket created from the config file"), 0o660);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_subscribers_exits_zero_and_removes_the_socket() {
+    let mut relay = Relay::start(&[]);
+    let subscriber = relay.client().await;
+    subscriber.subscribe().await.expect("subscribe");
+    let status = tokio::task::block_in_place(|| relay.terminate());
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !common::path_exists(&relay.socket),
+        "socket file left behind"
+    );
+    let event = tokio::time::timeout(READ_DEADLINE, subscriber.next_event())
+        .await
+        .expect("event in time")
+        .expect("an event before the close");
+    assert!(
+        matches!(&event.kind, Some(v1::event::Kind::ShuttingDown(s)) if s.reason == "SIGTERM"),
+        "{event:?}"
+    );
+    assert!(event.sequence >= 1 && event.unix_time_ms > 0);
+}
+
+#[test]
+fn stale_socket_is_replaced_but_a_live_one_is_not_stolen() {
+    let first = Relay::start(&[]);
+    // A second relay on the same live socket refuses to start.
+    let output = std::process::Command::new(common::baton_bin())
+        .args(["run", "--control"])
+        .arg(format!("unix:{}", first.socket.display()))
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("in use"));
+    assert!(
+        first.ctl(&["ping"]).status.success(),
+        "first relay still serves"
+    );
+
+    // SIGKILL leaves the socket file behind; a new relay replaces it.
+    let socket = first.socket.clone();
+    let dir = tempfile::tempdir().expect("dir");
+    let kept = dir.path().join("kept.sock");
+    let mut first = first;
+    first.child.kill().expect("kill");
+    first.child.wait().expect("wait");
+    assert!(
+        common::path_exists(&socket),
+        "SIGKILL leaves the socket file"
+    );
+    std::fs::rename(&socket, &kept).expect("move the stale socket aside");
+    let mut second = std::process::Command::new(common::baton_bin())
+        .args(["run", "--control"])
+        .arg(format!("unix:{}", kept.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let addr = format!("unix:{}", kept.display());
+    let deadline = std::time::Instant::now() + common::PROCESS_DEADLINE;
+    let mut answered = false;
+    while !answered && std::time::Instant::now() < deadline {
+        answered = ctl(&addr, &["ping"]).status.success();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    common::signal(&second, Signal::SIGTERM);
+    assert!(common::wait_bounded(&mut second).success());
+    assert!(
+        answered,
+        "the relay replaced the stale socket and serves on it"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_a_reason() {
+    let relay = Relay::start(&["--max-control-connections", "2"]);
+    // The readiness probe's connection may still hold a slot for a moment.
+    let deadline = std::time::Instant::now() + READ_DEADLINE;
+    while stdout_json(&relay.ctl(&["stats"]))["control_connections"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probe connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = relay.client().await;
+    let second = relay.client().await;
+    for client in [&first, &second] {
+        let reply = client.call(Command::Ping(v1::PingRequest {})).await;
+        assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
+    }
+    let third = UnixStream::connect(&relay.socket).await.expect("connect");
+    let messages = read_until_closed(third).await;
+    assert_eq!(
+        messages.first().and_then(error_of),
+        Some((0, v1::Code::ResourceExhausted))
+    );
+    for client in [&first, &second] {
+        let reply = client.call(Command::Ping(v1::PingRequest {})).await;
+        assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
+    }
+    drop(first);
+    // The slot is free again once a client leaves.
+    let deadline = std::time::Instant::now() + READ_DEADLINE;
+    loop {
+        let client = relay.client().await;
+        if client.call(Command::Ping(v1::PingRequest {})).await.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn ctl_prints_json_and_uses_exit_codes() {
+    let relay = Relay::start(&[]);
+    let stats = stdout_json(&relay.ctl(&["stats"]));
+    assert_eq!(stats["version"], env!("CARGO_PKG_VERSION"));
+    assert!(stats.get("uptime_seconds").is_some(), "{stats}");
+
+    let unreachable = ctl("unix:/nonexistent/baton.sock", &["ping"]);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect"));
+
+    let bad_addr = ctl("tcp:nowhere", &["ping"]);
+    assert_eq!(bad_addr.status.code(), Some(2));
+}
+
+#[test]
+fn ctl_events_prints_one_json_object_per_line() {
+    let mut relay = Relay::start(&[]);
+    let mut events = std::process::Command::new(common::baton_bin())
+        .args(["ctl", "--control"])
+        .arg(relay.unix_addr().to_string())
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ctl events");
+    // Wait until the subscription is registered, then stop the relay.
+    let deadline = std::time::Instant::now() + common::PROCESS_DEADLINE;
+    loop {
+        let stats = stdout_json(&relay.ctl(&["stats"]));
+        if stats["subscribers"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(relay.terminate().success());
+    let status = common::wait_bounded(&mut events);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut events.stdout.take().expect("stdout"), &mut stdout)
+        .expect("read");
+    assert!(
+        status.success(),
+        "ctl events exits 0 after the relay's shutdown notice"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0]["shutting_down"]["reason"], "SIGTERM");
+}
