@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use std::net::IpAddr;
+
+use baton_control::sessions::SessionOptions;
 use baton_control::{ControlAddr, ServerOptions};
+use baton_relay::DataplaneConfig;
+use baton_relay::worker::Timeouts;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
@@ -61,6 +66,45 @@ pub struct RunOptions {
     /// Log format on stderr (RUST_LOG sets the filter). [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Local IP to bind media ports on; repeat for one IPv4 and one IPv6.
+    /// [default: 127.0.0.1]
+    #[arg(long, value_name = "IP")]
+    #[serde(default)]
+    pub media_ip: Vec<String>,
+
+    /// IP to announce for the media IP in the same position, when the relay
+    /// is behind NAT. [default: the media IP]
+    #[arg(long, value_name = "IP")]
+    #[serde(default)]
+    pub advertise_ip: Vec<String>,
+
+    /// Relay port range, LO-HI. [default: 30000-39999]
+    #[arg(long, value_name = "LO-HI")]
+    pub ports: Option<String>,
+
+    /// Media worker threads. [default: the number of cores]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Seconds without RTP on any leg before a session is torn down.
+    /// [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub media_timeout: Option<f64>,
+
+    /// Seconds a session that never saw RTP lives. [default: 180]
+    #[arg(long, value_name = "SECONDS")]
+    pub setup_timeout: Option<f64>,
+
+    /// Seconds after a leg opens (or is updated) during which it learns its
+    /// peer from the first packet, when no peer address was signalled.
+    /// [default: 3]
+    #[arg(long, value_name = "SECONDS")]
+    pub learning_window: Option<f64>,
+
+    /// Most sessions at once. [default: 20000]
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
 }
 
 /// Everything `baton run` needs, defaults applied and values checked.
@@ -70,6 +114,10 @@ pub struct Config {
     pub control: ServerOptions,
     /// Log line format.
     pub log_format: LogFormat,
+    /// The data plane's settings.
+    pub dataplane: DataplaneConfig,
+    /// Session settings.
+    pub sessions: SessionOptions,
 }
 
 impl RunOptions {
@@ -115,10 +163,27 @@ impl RunOptions {
                 .max_control_connections
                 .or(self.max_control_connections),
             log_format: flags.log_format.or(self.log_format),
+            media_ip: if flags.media_ip.is_empty() {
+                self.media_ip
+            } else {
+                flags.media_ip
+            },
+            advertise_ip: if flags.advertise_ip.is_empty() {
+                self.advertise_ip
+            } else {
+                flags.advertise_ip
+            },
+            ports: flags.ports.or(self.ports),
+            workers: flags.workers.or(self.workers),
+            media_timeout: flags.media_timeout.or(self.media_timeout),
+            setup_timeout: flags.setup_timeout.or(self.setup_timeout),
+            learning_window: flags.learning_window.or(self.learning_window),
+            max_sessions: flags.max_sessions.or(self.max_sessions),
         }
     }
 
     fn resolve(self) -> anyhow::Result<Config> {
+        let (dataplane, sessions) = self.media()?;
         let listen = if self.control.is_empty() {
             vec![baton_control::addr::DEFAULT_CONTROL_ADDR.to_owned()]
         } else {
@@ -152,6 +217,8 @@ impl RunOptions {
             bail!("max control connections must be at least 1");
         }
         Ok(Config {
+            dataplane,
+            sessions,
             control: ServerOptions {
                 listen,
                 token,
@@ -163,6 +230,97 @@ impl RunOptions {
             log_format: self.log_format.unwrap_or(LogFormat::Text),
         })
     }
+}
+
+impl RunOptions {
+    fn media(&self) -> anyhow::Result<(DataplaneConfig, SessionOptions)> {
+        let media_texts = if self.media_ip.is_empty() {
+            vec!["127.0.0.1".to_owned()]
+        } else {
+            self.media_ip.clone()
+        };
+        let media_ips = parse_ips(&media_texts, "media IP")?;
+        if media_ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+            || media_ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+        {
+            bail!("give at most one IPv4 and one IPv6 media IP");
+        }
+        let advertise_ips = parse_ips(&self.advertise_ip, "advertise IP")?;
+        if advertise_ips.len() > media_ips.len() {
+            bail!("more advertise IPs than media IPs (they pair up by position)");
+        }
+        let advertise: Vec<(IpAddr, IpAddr)> = media_ips
+            .iter()
+            .copied()
+            .zip(advertise_ips.iter().copied())
+            .collect();
+        for ip in &media_ips {
+            if ip.is_unspecified() && !advertise.iter().any(|(bound, _)| bound == ip) {
+                bail!(
+                    "media IP {ip} is a wildcard: give the address to announce with --advertise-ip"
+                );
+            }
+        }
+        let ports_text = self.ports.as_deref().unwrap_or("30000-39999");
+        let ports = ports_text
+            .split_once('-')
+            .and_then(|(lo, hi)| {
+                Some((
+                    lo.trim().parse::<u16>().ok()?,
+                    hi.trim().parse::<u16>().ok()?,
+                ))
+            })
+            .filter(|(lo, hi)| *lo >= 1024 && hi > lo && hi - lo >= 3)
+            .with_context(|| {
+                format!(
+                    "port range {ports_text:?} is not LO-HI with 1024 <= LO < HI (at least 4 ports)"
+                )
+            })?;
+        let workers = match self.workers {
+            Some(0) => bail!("workers must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        let media = seconds(self.media_timeout, 60.0, "media timeout")?;
+        let setup = seconds(self.setup_timeout, 180.0, "setup timeout")?;
+        let learning_window = seconds(self.learning_window, 3.0, "learning window")?;
+        let max_sessions = self.max_sessions.unwrap_or(20_000);
+        if max_sessions == 0 {
+            bail!("max sessions must be at least 1");
+        }
+        Ok((
+            DataplaneConfig {
+                workers,
+                media_ips,
+                ports,
+                timeouts: Timeouts { media, setup },
+                command_queue: 1024,
+            },
+            SessionOptions {
+                learning_window,
+                max_sessions,
+                advertise,
+            },
+        ))
+    }
+}
+
+fn parse_ips(texts: &[String], what: &str) -> anyhow::Result<Vec<IpAddr>> {
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<IpAddr>()
+                .with_context(|| format!("{what} {t:?} is not an IP address"))
+        })
+        .collect()
+}
+
+fn seconds(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
+    let value = value.unwrap_or(default);
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        bail!("{what} {value} is not a number of seconds between 0 and 86400");
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 #[cfg(test)]

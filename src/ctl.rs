@@ -12,6 +12,8 @@ use baton_control::{Client, ClientError, ControlAddr};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use clap::{Args, Subcommand};
 
+use crate::ctl_args::{parse_peer, parse_stream};
+
 /// Exit status when the relay answered with an error.
 const EXIT_RELAY_ERROR: u8 = 1;
 /// Exit status when the relay cannot be reached or the usage is wrong.
@@ -50,6 +52,124 @@ enum CtlCommand {
     /// Print events as they happen, one JSON object per line, until
     /// interrupted or the relay goes away.
     Events,
+    /// Anchor a call on the relay; prints the relay addresses per stream.
+    Create(CreateArgs),
+    /// Apply signalling changes (peer addresses, to-tag, codecs).
+    Update(UpdateArgs),
+    /// End a session; prints its final statistics.
+    Delete(SessionArgs),
+    /// A session's state and statistics.
+    Get(SessionArgs),
+    /// All sessions, briefly.
+    List,
+}
+
+/// Names a session: by id, or by its dialog.
+#[derive(Debug, Args)]
+struct SessionArgs {
+    /// The relay's session id.
+    #[arg(long, conflicts_with = "call_id", required_unless_present = "call_id")]
+    session: Option<String>,
+    /// SIP Call-ID (with --from-tag, and --to-tag when several match).
+    #[arg(long, requires = "from_tag")]
+    call_id: Option<String>,
+    /// From tag.
+    #[arg(long)]
+    from_tag: Option<String>,
+    /// To tag.
+    #[arg(long)]
+    to_tag: Option<String>,
+}
+
+impl SessionArgs {
+    fn reference(&self) -> v1::SessionRef {
+        use v1::session_ref::By;
+        let by = match &self.session {
+            Some(id) => By::Id(id.clone()),
+            None => By::Dialog(v1::Dialog {
+                call_id: self.call_id.clone().unwrap_or_default(),
+                from_tag: self.from_tag.clone().unwrap_or_default(),
+                to_tag: self.to_tag.clone().unwrap_or_default(),
+            }),
+        };
+        v1::SessionRef { by: Some(by) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    fn proto(family: Option<Self>) -> i32 {
+        match family {
+            None => v1::AddressFamily::Unspecified as i32,
+            Some(Self::Ipv4) => v1::AddressFamily::Ipv4 as i32,
+            Some(Self::Ipv6) => v1::AddressFamily::Ipv6 as i32,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// SIP Call-ID.
+    #[arg(long)]
+    call_id: String,
+    /// From tag.
+    #[arg(long)]
+    from_tag: String,
+    /// To tag, if the dialog is established.
+    #[arg(long, default_value = "")]
+    to_tag: String,
+    /// The user's address of record (sip:user@domain).
+    #[arg(long)]
+    aor: String,
+    /// The GRUU of the user's current device.
+    #[arg(long)]
+    gruu: String,
+    /// A media line: KIND:PT/NAME/CLOCK[/CHANNELS][,…], e.g.
+    /// audio:0/PCMU/8000,101/telephone-event/8000; static payload types may
+    /// be given by number (audio:0). Repeat for several media lines.
+    #[arg(long = "stream", required = true, value_name = "SPEC")]
+    streams: Vec<String>,
+    /// Multiplex RTP and RTCP on one port (every stream).
+    #[arg(long)]
+    rtcp_mux: bool,
+    /// The device's media address, RTP[,RTCP]; repeat per stream, in order.
+    #[arg(long = "user-peer", value_name = "IP:PORT")]
+    user_peers: Vec<String>,
+    /// The remote party's media address, RTP[,RTCP]; repeat per stream.
+    #[arg(long = "remote-peer", value_name = "IP:PORT")]
+    remote_peers: Vec<String>,
+    /// IP version of the user leg's relay ports.
+    #[arg(long, value_enum)]
+    user_family: Option<Family>,
+    /// IP version of the remote leg's relay ports.
+    #[arg(long, value_enum)]
+    remote_family: Option<Family>,
+    /// Follow a device to a new address after a NAT rebinding.
+    #[arg(long)]
+    nat_relearn: bool,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// Set the dialog's to tag.
+    #[arg(long, value_name = "TAG")]
+    set_to_tag: Option<String>,
+    /// New device address, RTP[,RTCP]; repeat per stream, in order.
+    #[arg(long = "user-peer", value_name = "IP:PORT")]
+    user_peers: Vec<String>,
+    /// New remote address, RTP[,RTCP]; repeat per stream, in order.
+    #[arg(long = "remote-peer", value_name = "IP:PORT")]
+    remote_peers: Vec<String>,
+    /// Negotiated codecs per stream, in order (same syntax as create).
+    #[arg(long = "stream", value_name = "SPEC")]
+    streams: Vec<String>,
 }
 
 /// Runs one `baton ctl` command; returns its exit status.
@@ -78,10 +198,10 @@ async fn run(args: CtlArgs) -> ExitCode {
         Ok(client) => client.with_timeout(Duration::from_secs(args.timeout)),
         Err(e) => return report(e),
     };
-    let command = match args.command {
-        CtlCommand::Ping => Command::Ping(v1::PingRequest {}),
-        CtlCommand::Stats => Command::GetStats(v1::GetStatsRequest {}),
-        CtlCommand::Events => return print_events(&client).await,
+    let command = match build_command(args.command) {
+        Ok(Some(command)) => command,
+        Ok(None) => return print_events(&client).await,
+        Err(message) => return fail(&message),
     };
     match client.call(command).await {
         Ok(reply) => {
@@ -90,6 +210,76 @@ async fn run(args: CtlArgs) -> ExitCode {
         }
         Err(e) => report(e),
     }
+}
+
+/// The request for a command; `None` for `events`, which subscribes.
+fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
+    Ok(Some(match command {
+        CtlCommand::Ping => Command::Ping(v1::PingRequest {}),
+        CtlCommand::Stats => Command::GetStats(v1::GetStatsRequest {}),
+        CtlCommand::Events => return Ok(None),
+        CtlCommand::Create(create) => {
+            if create.user_peers.len() > create.streams.len()
+                || create.remote_peers.len() > create.streams.len()
+            {
+                return Err("more --user-peer/--remote-peer than --stream".to_owned());
+            }
+            let mut streams = Vec::new();
+            for (index, text) in create.streams.iter().enumerate() {
+                let (kind, codecs) = parse_stream(text)?;
+                streams.push(v1::StreamSpec {
+                    kind,
+                    codecs,
+                    rtcp_mux: create.rtcp_mux,
+                    user_peer: create.user_peers.get(index).map(|p| parse_peer(p)),
+                    remote_peer: create.remote_peers.get(index).map(|p| parse_peer(p)),
+                    user_family: Family::proto(create.user_family),
+                    remote_family: Family::proto(create.remote_family),
+                });
+            }
+            Command::CreateSession(v1::CreateSessionRequest {
+                call_id: create.call_id,
+                from_tag: create.from_tag,
+                to_tag: create.to_tag,
+                aor: create.aor,
+                gruu: create.gruu,
+                streams,
+                nat_relearn: create.nat_relearn,
+            })
+        }
+        CtlCommand::Update(update) => {
+            let count = update
+                .user_peers
+                .len()
+                .max(update.remote_peers.len())
+                .max(update.streams.len());
+            let mut streams = Vec::new();
+            for index in 0..count {
+                let codecs = match update.streams.get(index) {
+                    Some(text) => parse_stream(text)?.1,
+                    None => Vec::new(),
+                };
+                streams.push(v1::StreamUpdate {
+                    index: index as u32,
+                    user_peer: update.user_peers.get(index).map(|p| parse_peer(p)),
+                    remote_peer: update.remote_peers.get(index).map(|p| parse_peer(p)),
+                    codecs,
+                });
+            }
+            Command::UpdateSession(v1::UpdateSessionRequest {
+                session: Some(update.session.reference()),
+                to_tag: update.set_to_tag.unwrap_or_default(),
+                streams,
+            })
+        }
+        CtlCommand::Delete(session) => Command::DeleteSession(v1::DeleteSessionRequest {
+            session: Some(session.reference()),
+        }),
+        CtlCommand::Get(session) => Command::GetSession(v1::GetSessionRequest {
+            session: Some(session.reference()),
+        }),
+        CtlCommand::List => Command::ListSessions(v1::ListSessionsRequest {}),
+    }))
 }
 
 /// The response message itself as JSON, without the envelope: serialize the

@@ -4,6 +4,7 @@
 
 mod config;
 mod ctl;
+mod ctl_args;
 mod run;
 
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ enum Commands {
     /// Run the relay daemon.
     Run(Box<config::RunOptions>),
     /// Send a control command to a running relay; prints JSON.
-    Ctl(ctl::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
     /// Print the control protocol's schema (baton.proto).
     Schema,
 }
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Run(options) => run::main(*options),
-        Commands::Ctl(args) => ctl::main(args),
+        Commands::Ctl(args) => ctl::main(*args),
         Commands::Schema => {
             print!("{}", baton_proto::SCHEMA);
             ExitCode::SUCCESS

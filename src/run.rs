@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use baton_control::sessions::Sessions;
 use baton_control::{ControlServer, Service};
 use baton_proto::v1;
+use baton_relay::Dataplane;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -16,6 +18,9 @@ use crate::config::{Config, LogFormat, RunOptions};
 const EXIT_CONFIG: u8 = 2;
 /// Exit status for failures at start-up or while running.
 const EXIT_FAILURE: u8 = 1;
+/// Worker → control events queued before workers hold them back (session
+/// ends) or drop them (latching notices, counted).
+const WORKER_EVENT_QUEUE: usize = 4096;
 
 /// Runs the daemon; returns its exit status.
 pub fn main(options: RunOptions) -> ExitCode {
@@ -72,14 +77,37 @@ fn raise_open_files_limit() {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let service = Arc::new(Service::new());
+    let (worker_events, worker_event_queue) = tokio::sync::mpsc::channel(WORKER_EVENT_QUEUE);
+    let dataplane = Dataplane::start(&config.dataplane, worker_events)
+        .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
+    let service = Arc::new(Service::new(Sessions::new(dataplane, config.sessions)));
+    let events_service = Arc::clone(&service);
+    tokio::spawn(async move {
+        events_service
+            .sessions()
+            .handle_worker_events(worker_event_queue, events_service.events())
+            .await;
+    });
     let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
         .map(ToString::to_string)
         .collect();
-    info!(version = baton_control::service::VERSION, control = ?addrs, "baton ready");
+    let media: Vec<String> = config
+        .dataplane
+        .media_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        version = baton_control::service::VERSION,
+        control = ?addrs,
+        media = ?media,
+        ports = ?config.dataplane.ports,
+        workers = config.dataplane.workers,
+        "baton ready"
+    );
 
     let shutdown = CancellationToken::new();
     let server_task = tokio::spawn(server.run(shutdown.clone()));
@@ -93,6 +121,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }));
     shutdown.cancel();
     server_task.await?;
+    // Ends every session and joins the worker threads.
+    tokio::task::block_in_place(|| service.sessions().dataplane().shutdown());
     info!("stopped");
     Ok(())
 }

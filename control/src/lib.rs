@@ -14,6 +14,7 @@ pub mod client;
 pub mod events;
 pub mod server;
 pub mod service;
+pub mod sessions;
 pub mod status;
 
 pub use addr::ControlAddr;

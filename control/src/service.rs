@@ -7,6 +7,7 @@ use std::time::Instant;
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 
 use crate::events::EventBus;
+use crate::sessions::Sessions;
 use crate::status::Status;
 
 /// The relay's version, as reported by `ping` and `get_stats`.
@@ -17,22 +18,18 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Service {
     started: Instant,
     events: EventBus,
+    sessions: Sessions,
     connections: AtomicU32,
     requests: AtomicU64,
 }
 
-impl Default for Service {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Service {
-    /// A service with nothing in it yet.
-    pub fn new() -> Self {
+    /// A service over the relay's sessions.
+    pub fn new(sessions: Sessions) -> Self {
         Self {
             started: Instant::now(),
             events: EventBus::new(),
+            sessions,
             connections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
         }
@@ -41,6 +38,11 @@ impl Service {
     /// The relay's event bus.
     pub fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    /// The relay's sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Control connections open now.
@@ -67,7 +69,35 @@ impl Service {
             Command::Ping(_) => Ok(Reply::Ping(v1::PingResponse {
                 version: VERSION.to_owned(),
             })),
-            Command::GetStats(_) => Ok(Reply::GetStats(self.stats())),
+            Command::GetStats(_) => {
+                let mut stats = self.stats();
+                self.sessions.fill_stats(&mut stats).await;
+                Ok(Reply::GetStats(stats))
+            }
+            Command::CreateSession(request) => self
+                .sessions
+                .create(request)
+                .await
+                .map(Reply::CreateSession),
+            Command::UpdateSession(request) => {
+                let session = self.sessions.update(request).await?;
+                Ok(Reply::UpdateSession(v1::UpdateSessionResponse {
+                    session: Some(session),
+                }))
+            }
+            Command::DeleteSession(request) => {
+                let session = self.sessions.delete(request.session.as_ref()).await?;
+                Ok(Reply::DeleteSession(v1::DeleteSessionResponse {
+                    session: Some(session),
+                }))
+            }
+            Command::GetSession(request) => {
+                let session = self.sessions.get(request.session.as_ref()).await?;
+                Ok(Reply::GetSession(v1::GetSessionResponse {
+                    session: Some(session),
+                }))
+            }
+            Command::ListSessions(_) => Ok(Reply::ListSessions(self.sessions.list())),
             Command::Authenticate(_) | Command::Subscribe(_) => Err(Status::internal(
                 "connection-level command reached the service",
             )),
@@ -81,6 +111,7 @@ impl Service {
             control_connections: self.connection_count(),
             control_requests: self.requests.load(Ordering::Relaxed),
             subscribers: u32::try_from(self.events.subscriber_count()).unwrap_or(u32::MAX),
+            ..v1::GetStatsResponse::default()
         }
     }
 }

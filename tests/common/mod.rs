@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `baton` binary on loopback.
 #![allow(dead_code, missing_docs)]
 
+pub mod media;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -1,0 +1,801 @@
+//! The session registry: which calls exist, which worker owns each, where
+//! their relay ports are; and the commands that create, change, inspect and
+//! end them. Packet handling is the workers' business; this module only
+//! talks to them through their command queues.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use baton_proto::v1::{self, session_ref::By};
+use baton_relay::stream::{Component, LegConfig, LegReport, Side, StreamConfig};
+use baton_relay::worker::{Command, LegSetup, PeerUpdate, SessionReport, StreamSetup, WorkerEvent};
+use baton_relay::{AllocError, Dataplane, QueueError, SessionId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::events::{EventBus, unix_time_ms};
+use crate::status::Status;
+
+/// How long a worker may take to answer a command.
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most streams (media lines) in one session.
+const MAX_STREAMS: usize = 16;
+
+/// Session settings from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// How long a leg without a signalled peer may learn one.
+    pub learning_window: Duration,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+    /// Address to announce for each local media IP (NAT), if different.
+    pub advertise: Vec<(IpAddr, IpAddr)>,
+}
+
+#[derive(Debug, Clone)]
+struct StreamRecord {
+    kind: String,
+    codecs: Vec<v1::Codec>,
+    rtcp_mux: bool,
+    /// Advertised relay addresses, user then remote.
+    local: [v1::Endpoint; 2],
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    id: SessionId,
+    call_id: String,
+    from_tag: String,
+    to_tag: String,
+    aor: String,
+    gruu: String,
+    worker: usize,
+    created_unix_ms: u64,
+    streams: Vec<StreamRecord>,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<SessionId, Record>,
+    by_call_id: HashMap<String, Vec<SessionId>>,
+    /// Sessions per worker, for pinning new ones to the least loaded.
+    load: Vec<usize>,
+}
+
+impl Registry {
+    fn insert(&mut self, record: Record) {
+        self.load[record.worker] += 1;
+        self.by_call_id
+            .entry(record.call_id.clone())
+            .or_default()
+            .push(record.id);
+        self.by_id.insert(record.id, record);
+    }
+
+    fn remove(&mut self, id: SessionId) -> Option<Record> {
+        let record = self.by_id.remove(&id)?;
+        self.load[record.worker] -= 1;
+        if let Some(ids) = self.by_call_id.get_mut(&record.call_id) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_call_id.remove(&record.call_id);
+            }
+        }
+        Some(record)
+    }
+
+    /// Finds a session by id, or by dialog in either direction (requests
+    /// from the callee carry the tags swapped).
+    fn find(&self, reference: Option<&v1::SessionRef>) -> Result<SessionId, Status> {
+        match reference.and_then(|r| r.by.as_ref()) {
+            None => Err(Status::invalid_argument(
+                "name the session by id or by dialog",
+            )),
+            Some(By::Id(text)) => {
+                let id: SessionId = text.parse().map_err(|_| {
+                    Status::invalid_argument(format!("{text:?} is not a session id"))
+                })?;
+                if self.by_id.contains_key(&id) {
+                    Ok(id)
+                } else {
+                    Err(Status::not_found(format!("no session {text}")))
+                }
+            }
+            Some(By::Dialog(dialog)) => {
+                let candidates: Vec<SessionId> = self
+                    .by_call_id
+                    .get(&dialog.call_id)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|id| {
+                        let r = &self.by_id[id];
+                        let forward = r.from_tag == dialog.from_tag
+                            && (dialog.to_tag.is_empty() || r.to_tag == dialog.to_tag);
+                        let backward = !dialog.to_tag.is_empty()
+                            && r.from_tag == dialog.to_tag
+                            && r.to_tag == dialog.from_tag;
+                        forward || backward
+                    })
+                    .collect();
+                match candidates.as_slice() {
+                    [] => Err(Status::not_found(format!(
+                        "no session for call-id {:?} from-tag {:?} to-tag {:?}",
+                        dialog.call_id, dialog.from_tag, dialog.to_tag
+                    ))),
+                    [id] => Ok(*id),
+                    _ => Err(Status::failed_precondition(format!(
+                        "{} sessions match call-id {:?} from-tag {:?}: give the to-tag",
+                        candidates.len(),
+                        dialog.call_id,
+                        dialog.from_tag
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// The sessions of the relay and the data plane that carries them.
+pub struct Sessions {
+    dataplane: Dataplane,
+    options: SessionOptions,
+    registry: Mutex<Registry>,
+    created: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A leg's parsed peer addresses.
+type Peers = (Option<SocketAddr>, Option<SocketAddr>);
+
+impl Sessions {
+    /// A registry over a running data plane.
+    pub fn new(dataplane: Dataplane, options: SessionOptions) -> Self {
+        let registry = Registry {
+            load: vec![0; dataplane.worker_count()],
+            ..Registry::default()
+        };
+        Self {
+            dataplane,
+            options,
+            registry: Mutex::new(registry),
+            created: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The data plane (for shutdown and statistics).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// `create_session`.
+    pub async fn create(
+        &self,
+        request: v1::CreateSessionRequest,
+    ) -> Result<v1::CreateSessionResponse, Status> {
+        let specs = validate_create(&request)?;
+        let (id, worker) = {
+            let mut registry = self.registry();
+            if registry.by_id.len() >= self.options.max_sessions {
+                return Err(Status::resource_exhausted(format!(
+                    "session limit reached ({})",
+                    self.options.max_sessions
+                )));
+            }
+            let duplicate = registry
+                .by_call_id
+                .get(&request.call_id)
+                .is_some_and(|ids| {
+                    ids.iter().any(|id| {
+                        let r = &registry.by_id[id];
+                        r.from_tag == request.from_tag && r.to_tag == request.to_tag
+                    })
+                });
+            if duplicate {
+                return Err(Status::already_exists(format!(
+                    "a session for call-id {:?} from-tag {:?} to-tag {:?} exists",
+                    request.call_id, request.from_tag, request.to_tag
+                )));
+            }
+            let worker = (0..registry.load.len())
+                .min_by_key(|&w| registry.load[w])
+                .unwrap_or(0);
+            let mut id = SessionId(rand::random());
+            while registry.by_id.contains_key(&id) {
+                id = SessionId(rand::random());
+            }
+            // Registered before the ports are bound, so a concurrent create
+            // of the same dialog is refused; removed again on any failure.
+            registry.insert(Record {
+                id,
+                call_id: request.call_id.clone(),
+                from_tag: request.from_tag.clone(),
+                to_tag: request.to_tag.clone(),
+                aor: request.aor.clone(),
+                gruu: request.gruu.clone(),
+                worker,
+                created_unix_ms: unix_time_ms(),
+                streams: Vec::new(),
+            });
+            (id, worker)
+        };
+        match self.start_session(id, worker, &request, specs).await {
+            Ok(response) => {
+                self.created.fetch_add(1, Ordering::Relaxed);
+                info!(session = %id, call_id = %request.call_id, worker, streams = request.streams.len(), "session created");
+                Ok(response)
+            }
+            Err(status) => {
+                self.registry().remove(id);
+                Err(status)
+            }
+        }
+    }
+
+    async fn start_session(
+        &self,
+        id: SessionId,
+        worker: usize,
+        request: &v1::CreateSessionRequest,
+        specs: Vec<[Peers; 2]>,
+    ) -> Result<v1::CreateSessionResponse, Status> {
+        let config = StreamConfig {
+            learning_window: self.options.learning_window,
+            relearn: request.nat_relearn,
+        };
+        let mut setups = Vec::with_capacity(specs.len());
+        let mut records = Vec::with_capacity(specs.len());
+        for (spec, peers) in request.streams.iter().zip(specs) {
+            let families = [spec.user_family(), spec.remote_family()];
+            let mut legs = Vec::with_capacity(2);
+            let mut local = [v1::Endpoint::default(), v1::Endpoint::default()];
+            for side in [Side::User, Side::Remote] {
+                let (peer_rtp, peer_rtcp) = peers[side as usize];
+                let ipv6 = match families[side as usize] {
+                    v1::AddressFamily::Ipv4 => Some(false),
+                    v1::AddressFamily::Ipv6 => Some(true),
+                    v1::AddressFamily::Unspecified => peer_rtp.map(|a| a.is_ipv6()),
+                };
+                let sockets =
+                    self.dataplane
+                        .allocate(ipv6, spec.rtcp_mux)
+                        .map_err(|e| match e {
+                            AllocError::NoMediaIp(_) => Status::failed_precondition(e.to_string()),
+                            AllocError::Ports(_) => Status::resource_exhausted(e.to_string()),
+                        })?;
+                local[side as usize] = self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref());
+                legs.push(LegSetup {
+                    sockets,
+                    config: LegConfig {
+                        rtcp_mux: spec.rtcp_mux,
+                        peer_rtp,
+                        peer_rtcp,
+                    },
+                });
+            }
+            let (Some(remote), Some(user)) = (legs.pop(), legs.pop()) else {
+                return Err(Status::internal("leg allocation"));
+            };
+            setups.push(StreamSetup {
+                config,
+                clock_rates: clock_rates(&spec.codecs),
+                legs: [user, remote],
+            });
+            records.push(StreamRecord {
+                kind: spec.kind.clone(),
+                codecs: spec.codecs.clone(),
+                rtcp_mux: spec.rtcp_mux,
+                local,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            worker,
+            Command::Add {
+                id,
+                streams: setups,
+                reply,
+            },
+        )?;
+        match await_worker(answer).await? {
+            Ok(()) => {}
+            Err(e) => {
+                return Err(Status::resource_exhausted(format!(
+                    "cannot register sockets: {e}"
+                )));
+            }
+        }
+        let response = v1::CreateSessionResponse {
+            session: id.to_string(),
+            streams: records
+                .iter()
+                .map(|r| v1::StreamAddresses {
+                    kind: r.kind.clone(),
+                    user: Some(r.local[0].clone()),
+                    remote: Some(r.local[1].clone()),
+                })
+                .collect(),
+        };
+        if let Some(record) = self.registry().by_id.get_mut(&id) {
+            record.streams = records;
+        }
+        Ok(response)
+    }
+
+    fn endpoint_of(
+        &self,
+        rtp: &std::net::UdpSocket,
+        rtcp: Option<&std::net::UdpSocket>,
+    ) -> v1::Endpoint {
+        let show = |socket: &std::net::UdpSocket| {
+            socket
+                .local_addr()
+                .map(|addr| self.advertised(addr).to_string())
+                .unwrap_or_default()
+        };
+        let rtp_text = show(rtp);
+        v1::Endpoint {
+            rtcp: rtcp.map_or_else(|| rtp_text.clone(), show),
+            rtp: rtp_text,
+        }
+    }
+
+    fn advertised(&self, local: SocketAddr) -> SocketAddr {
+        let ip = self
+            .options
+            .advertise
+            .iter()
+            .find(|(bound, _)| *bound == local.ip())
+            .map_or(local.ip(), |(_, announced)| *announced);
+        SocketAddr::new(ip, local.port())
+    }
+
+    fn send(&self, worker: usize, command: Command) -> Result<(), Status> {
+        self.dataplane.send(worker, command).map_err(|e| match e {
+            QueueError::Full(_) => Status::unavailable(e.to_string()),
+            QueueError::Stopped(_) => Status::internal(e.to_string()),
+        })
+    }
+
+    /// `update_session`.
+    pub async fn update(
+        &self,
+        request: v1::UpdateSessionRequest,
+    ) -> Result<v1::SessionInfo, Status> {
+        let (id, worker, stream_count) = {
+            let registry = self.registry();
+            let id = registry.find(request.session.as_ref())?;
+            let record = &registry.by_id[&id];
+            (id, record.worker, record.streams.len())
+        };
+        let mut peers = Vec::new();
+        let mut rates = Vec::new();
+        for update in &request.streams {
+            let index = update.index as usize;
+            if index >= stream_count {
+                return Err(Status::invalid_argument(format!(
+                    "stream {index} does not exist (the session has {stream_count})"
+                )));
+            }
+            for (side, endpoint) in [
+                (Side::User, &update.user_peer),
+                (Side::Remote, &update.remote_peer),
+            ] {
+                if let Some(endpoint) = endpoint {
+                    let (rtp, rtcp) = parse_endpoint(endpoint, side)?;
+                    peers.push(PeerUpdate {
+                        stream: index,
+                        side,
+                        rtp,
+                        rtcp,
+                    });
+                }
+            }
+            if !update.codecs.is_empty() {
+                validate_codecs(&update.codecs, index)?;
+                rates.push((index, clock_rates(&update.codecs)));
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            worker,
+            Command::Update {
+                id,
+                peers,
+                clock_rates: rates,
+                reply,
+            },
+        )?;
+        if !await_worker(answer).await? {
+            return Err(Status::not_found(format!("session {id} has ended")));
+        }
+        {
+            let mut registry = self.registry();
+            if let Some(record) = registry.by_id.get_mut(&id) {
+                if !request.to_tag.is_empty() {
+                    record.to_tag.clone_from(&request.to_tag);
+                }
+                for update in &request.streams {
+                    if let Some(stream) = record.streams.get_mut(update.index as usize)
+                        && !update.codecs.is_empty()
+                    {
+                        stream.codecs.clone_from(&update.codecs);
+                    }
+                }
+            }
+        }
+        self.get(Some(&by_id(id))).await
+    }
+
+    /// `get_session`.
+    pub async fn get(&self, reference: Option<&v1::SessionRef>) -> Result<v1::SessionInfo, Status> {
+        let record = {
+            let registry = self.registry();
+            let id = registry.find(reference)?;
+            registry.by_id[&id].clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            record.worker,
+            Command::Inspect {
+                id: record.id,
+                reply,
+            },
+        )?;
+        match await_worker(answer).await? {
+            Some(report) => Ok(session_info(&record, Some(&report))),
+            None => Err(Status::not_found(format!(
+                "session {} has ended",
+                record.id
+            ))),
+        }
+    }
+
+    /// `delete_session`: ends the session and returns its final state.
+    pub async fn delete(
+        &self,
+        reference: Option<&v1::SessionRef>,
+    ) -> Result<v1::SessionInfo, Status> {
+        let record = {
+            let mut registry = self.registry();
+            let id = registry.find(reference)?;
+            registry
+                .remove(id)
+                .ok_or_else(|| Status::internal("registry"))?
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            record.worker,
+            Command::Remove {
+                id: record.id,
+                reply,
+            },
+        )?;
+        let report = await_worker(answer).await?;
+        info!(session = %record.id, call_id = %record.call_id, "session deleted");
+        Ok(session_info(&record, report.as_ref()))
+    }
+
+    /// `list_sessions`.
+    pub fn list(&self) -> v1::ListSessionsResponse {
+        let registry = self.registry();
+        let mut sessions: Vec<v1::SessionSummary> = registry
+            .by_id
+            .values()
+            .map(|r| v1::SessionSummary {
+                session: r.id.to_string(),
+                call_id: r.call_id.clone(),
+                from_tag: r.from_tag.clone(),
+                to_tag: r.to_tag.clone(),
+                aor: r.aor.clone(),
+                gruu: r.gruu.clone(),
+                worker: r.worker as u32,
+                created_unix_ms: r.created_unix_ms,
+                streams: r.streams.len() as u32,
+            })
+            .collect();
+        sessions.sort_by(|a, b| {
+            a.created_unix_ms
+                .cmp(&b.created_unix_ms)
+                .then(a.session.cmp(&b.session))
+        });
+        v1::ListSessionsResponse { sessions }
+    }
+
+    /// Fills the session and worker parts of `get_stats`.
+    pub async fn fill_stats(&self, stats: &mut v1::GetStatsResponse) {
+        stats.sessions = self.registry().by_id.len() as u32;
+        stats.sessions_created = self.created.load(Ordering::Relaxed);
+        stats.sessions_timed_out = self.timed_out.load(Ordering::Relaxed);
+        for index in 0..self.dataplane.worker_count() {
+            let (reply, answer) = oneshot::channel();
+            if self.send(index, Command::Stats { reply }).is_err() {
+                continue;
+            }
+            let Ok(worker) = await_worker(answer).await else {
+                continue;
+            };
+            let us = |ns: u64| ns as f64 / 1000.0;
+            stats.packets_forwarded += worker.forwarded;
+            stats.packets_dropped += worker.dropped;
+            stats.workers.push(v1::WorkerStats {
+                index: index as u32,
+                sessions: worker.sessions as u32,
+                packets_forwarded: worker.forwarded,
+                packets_dropped: worker.dropped,
+                latency_us: Some(v1::Latency {
+                    p50: us(worker.latency_ns[0]),
+                    p90: us(worker.latency_ns[1]),
+                    p99: us(worker.latency_ns[2]),
+                    p999: us(worker.latency_ns[3]),
+                    max: us(worker.latency_ns[4]),
+                }),
+                events_lost: worker.events_lost,
+            });
+        }
+        stats.ports = self
+            .dataplane
+            .port_usage()
+            .into_iter()
+            .map(|(ip, free, total)| v1::PortUsage {
+                ip: ip.to_string(),
+                free_pairs: free as u32,
+                total_pairs: total as u32,
+            })
+            .collect();
+    }
+
+    /// Turns worker events into registry changes and published events, until
+    /// the workers stop.
+    pub async fn handle_worker_events(
+        &self,
+        mut events: mpsc::Receiver<WorkerEvent>,
+        bus: &EventBus,
+    ) {
+        while let Some(event) = events.recv().await {
+            match event {
+                WorkerEvent::SessionEnded { id, reason, report } => {
+                    let Some(record) = self.registry().remove(id) else {
+                        continue; // deleted at the same moment
+                    };
+                    self.timed_out.fetch_add(1, Ordering::Relaxed);
+                    info!(session = %id, call_id = %record.call_id, reason = reason.name(), "session timed out");
+                    bus.publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
+                        session: Some(session_info(&record, Some(&report))),
+                        reason: reason.name().to_owned(),
+                    }));
+                }
+                WorkerEvent::SourceLatched {
+                    id,
+                    stream,
+                    latched,
+                } => {
+                    bus.publish(v1::event::Kind::SourceLatched(v1::SourceLatched {
+                        session: id.to_string(),
+                        stream: stream as u32,
+                        leg: latched.side.name().to_owned(),
+                        component: match latched.component {
+                            Component::Rtp => "rtp",
+                            Component::Rtcp => "rtcp",
+                        }
+                        .to_owned(),
+                        address: latched.addr.to_string(),
+                        relearned: latched.relearned,
+                    }));
+                }
+            }
+        }
+        warn!("media workers stopped reporting");
+    }
+}
+
+fn by_id(id: SessionId) -> v1::SessionRef {
+    v1::SessionRef {
+        by: Some(By::Id(id.to_string())),
+    }
+}
+
+async fn await_worker<T>(answer: oneshot::Receiver<T>) -> Result<T, Status> {
+    match tokio::time::timeout(WORKER_REPLY_TIMEOUT, answer).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(Status::internal("media worker dropped the request")),
+        Err(_) => Err(Status::unavailable("media worker did not answer in time")),
+    }
+}
+
+fn clock_rates(codecs: &[v1::Codec]) -> Vec<(u8, u32)> {
+    codecs
+        .iter()
+        .filter_map(|c| Some((u8::try_from(c.payload_type).ok()?, c.clock_rate)))
+        .collect()
+}
+
+fn validate_codecs(codecs: &[v1::Codec], stream: usize) -> Result<(), Status> {
+    if codecs.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "stream {stream} has no codec"
+        )));
+    }
+    for codec in codecs {
+        if codec.payload_type > 127 {
+            return Err(Status::invalid_argument(format!(
+                "stream {stream}: payload type {} is not in 0-127",
+                codec.payload_type
+            )));
+        }
+        if codec.name.is_empty() || codec.clock_rate == 0 {
+            return Err(Status::invalid_argument(format!(
+                "stream {stream}: payload type {} needs a name and a clock rate",
+                codec.payload_type
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_addr(text: &str, what: &str) -> Result<Option<SocketAddr>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("{what} {text:?} is not IP:PORT")))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(Status::invalid_argument(format!(
+            "{what} {text:?} is not a unicast address with a port"
+        )));
+    }
+    Ok(Some(addr))
+}
+
+fn parse_endpoint(endpoint: &v1::Endpoint, side: Side) -> Result<Peers, Status> {
+    let rtp = parse_addr(&endpoint.rtp, &format!("{} peer RTP address", side.name()))?;
+    let rtcp = parse_addr(
+        &endpoint.rtcp,
+        &format!("{} peer RTCP address", side.name()),
+    )?;
+    if rtcp.is_some() && rtp.is_none() {
+        return Err(Status::invalid_argument(format!(
+            "{} peer has an RTCP address but no RTP address",
+            side.name()
+        )));
+    }
+    Ok((rtp, rtcp))
+}
+
+fn validate_create(request: &v1::CreateSessionRequest) -> Result<Vec<[Peers; 2]>, Status> {
+    if request.call_id.is_empty() || request.from_tag.is_empty() {
+        return Err(Status::invalid_argument(
+            "call_id and from_tag are required",
+        ));
+    }
+    for (what, uri) in [("aor", &request.aor), ("gruu", &request.gruu)] {
+        let scheme = uri
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if scheme != "sip" && scheme != "sips" || !uri.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "{what} {uri:?} is not a sip: or sips: URI"
+            )));
+        }
+    }
+    if request.streams.is_empty() || request.streams.len() > MAX_STREAMS {
+        return Err(Status::invalid_argument(format!(
+            "a session needs 1 to {MAX_STREAMS} streams, got {}",
+            request.streams.len()
+        )));
+    }
+    request
+        .streams
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            let token_ok = !spec.kind.is_empty()
+                && spec
+                    .kind
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !token_ok {
+                return Err(Status::invalid_argument(format!(
+                    "stream {index}: kind {:?} is not an SDP media type",
+                    spec.kind
+                )));
+            }
+            validate_codecs(&spec.codecs, index)?;
+            let user = match &spec.user_peer {
+                Some(e) => parse_endpoint(e, Side::User)?,
+                None => (None, None),
+            };
+            let remote = match &spec.remote_peer {
+                Some(e) => parse_endpoint(e, Side::Remote)?,
+                None => (None, None),
+            };
+            Ok([user, remote])
+        })
+        .collect()
+}
+
+fn session_info(record: &Record, report: Option<&SessionReport>) -> v1::SessionInfo {
+    v1::SessionInfo {
+        session: record.id.to_string(),
+        call_id: record.call_id.clone(),
+        from_tag: record.from_tag.clone(),
+        to_tag: record.to_tag.clone(),
+        aor: record.aor.clone(),
+        gruu: record.gruu.clone(),
+        worker: record.worker as u32,
+        created_unix_ms: record.created_unix_ms,
+        idle_ms: report.map_or(0, |r| u64::try_from(r.idle.as_millis()).unwrap_or(u64::MAX)),
+        streams: record
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(index, stream)| {
+                let legs = report.and_then(|r| r.streams.get(index));
+                let leg = |side: Side| v1::LegInfo {
+                    local: Some(stream.local[side as usize].clone()),
+                    peer: legs.map(|l| peer_endpoint(&l[side as usize])),
+                    peer_source: legs
+                        .map_or("unknown", |l| l[side as usize].peer_source.name())
+                        .to_owned(),
+                    stats: legs.map(|l| leg_stats(&l[side as usize])),
+                };
+                v1::StreamInfo {
+                    kind: stream.kind.clone(),
+                    codecs: stream.codecs.clone(),
+                    rtcp_mux: stream.rtcp_mux,
+                    user: Some(leg(Side::User)),
+                    remote: Some(leg(Side::Remote)),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn peer_endpoint(report: &LegReport) -> v1::Endpoint {
+    let show = |addr: Option<SocketAddr>| addr.map(|a| a.to_string()).unwrap_or_default();
+    v1::Endpoint {
+        rtp: show(report.peer_rtp),
+        rtcp: show(report.peer_rtcp),
+    }
+}
+
+fn leg_stats(report: &LegReport) -> v1::LegStats {
+    let c = &report.counters;
+    v1::LegStats {
+        rtp_packets_in: c.rtp_in,
+        rtcp_packets_in: c.rtcp_in,
+        bytes_in: c.bytes_in,
+        packets_out: c.packets_out,
+        bytes_out: c.bytes_out,
+        drops: baton_relay::stream::DropReason::ALL
+            .iter()
+            .filter(|reason| c.drops[**reason as usize] > 0)
+            .map(|reason| (reason.name().to_owned(), c.drops[*reason as usize]))
+            .collect(),
+        expected: report.expected,
+        lost: report.lost,
+        jitter_ms: report.jitter_ms,
+        last_packet_ms_ago: report
+            .last_packet_age
+            .map_or(-1, |age| i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+    }
+}
