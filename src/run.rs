@@ -32,7 +32,7 @@ pub fn main(options: RunOptions) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    raise_open_files_limit();
+    raise_open_files_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // The control plane is light; the media workers have their own threads.
         .worker_threads(2)
@@ -68,9 +68,19 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Every media leg holds two sockets, so a busy relay needs far more file
-/// descriptors than the usual soft limit of 1024: raise it to the hard limit.
-fn raise_open_files_limit() {
+/// descriptors than the usual soft limit of 1024: raise it to the hard limit,
+/// and say so when even that cannot hold every relay port.
+fn raise_open_files_limit(config: &Config) {
+    let (lo, hi) = config.dataplane.ports;
+    let sockets = u64::from(hi - lo + 1) * config.dataplane.media_ips.len() as u64;
+    // Control connections and the process's own files on top.
+    let needed = sockets + config.control.max_connections as u64 + 64;
     match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => warn!(
+            limit,
+            needed,
+            "open files limit is below what the port range can use; sessions will fail with RESOURCE_EXHAUSTED before the ports run out"
+        ),
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!("cannot raise the open files limit: {e}"),
     }

@@ -58,11 +58,15 @@ async fn create(client: &Client, request: v1::CreateSessionRequest) -> v1::Creat
     }
 }
 
+fn by_id(session: &str) -> Option<v1::SessionRef> {
+    Some(v1::SessionRef {
+        by: Some(v1::session_ref::By::Id(session.into())),
+    })
+}
+
 async fn get(client: &Client, session: &str) -> v1::SessionInfo {
     let request = v1::GetSessionRequest {
-        session: Some(v1::SessionRef {
-            by: Some(v1::session_ref::By::Id(session.into())),
-        }),
+        session: by_id(session),
     };
     match client.call(Command::GetSession(request)).await {
         Ok(Reply::GetSession(v1::GetSessionResponse {
@@ -74,9 +78,7 @@ async fn get(client: &Client, session: &str) -> v1::SessionInfo {
 
 async fn delete(client: &Client, session: &str) -> v1::SessionInfo {
     let request = v1::DeleteSessionRequest {
-        session: Some(v1::SessionRef {
-            by: Some(v1::session_ref::By::Id(session.into())),
-        }),
+        session: by_id(session),
     };
     match client.call(Command::DeleteSession(request)).await {
         Ok(Reply::DeleteSession(v1::DeleteSessionResponse {
@@ -359,9 +361,7 @@ async fn delete_returns_final_stats_and_frees_the_ports() {
     // And the session is gone.
     let again = client
         .call(Command::GetSession(v1::GetSessionRequest {
-            session: Some(v1::SessionRef {
-                by: Some(v1::session_ref::By::Id(created.session.clone())),
-            }),
+            session: by_id(&created.session),
         }))
         .await;
     assert!(
@@ -633,4 +633,15 @@ fn ctl_session_commands_print_the_documented_json() {
         "audio:96",
     ]);
     assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertised_ip_is_what_signalling_gets() {
+    // Nothing is sent to the advertised address: it only appears in answers.
+    let relay = Relay::start(&["--media-ip", "127.0.0.1", "--advertise-ip", "192.0.2.10"]);
+    let client = relay.client().await;
+    let created = create(&client, create_request("nat", vec![audio(None, None, true)])).await;
+    let (user_rtp, _, remote_rtp, _) = relay_addrs(&created);
+    assert!(user_rtp.starts_with("192.0.2.10:"), "{user_rtp}");
+    assert!(remote_rtp.starts_with("192.0.2.10:"), "{remote_rtp}");
 }

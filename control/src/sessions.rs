@@ -14,7 +14,7 @@ use baton_relay::stream::{Component, LegConfig, LegReport, Side, StreamConfig};
 use baton_relay::worker::{Command, LegSetup, PeerUpdate, SessionReport, StreamSetup, WorkerEvent};
 use baton_relay::{AllocError, Dataplane, QueueError, SessionId};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::events::{EventBus, unix_time_ms};
 use crate::status::Status;
@@ -601,7 +601,7 @@ impl Sessions {
                 }
             }
         }
-        warn!("media workers stopped reporting");
+        info!("media workers stopped");
     }
 }
 

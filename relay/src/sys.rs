@@ -57,15 +57,12 @@ impl RecvBatch {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
                 iov_len: BUF_LEN,
             };
-            let header = &mut self.headers[i];
-            header.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
-            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_hdr.msg_iov = &raw mut self.iovecs[i];
-            header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
+            point_header(
+                &mut self.headers[i],
+                &mut self.names[i],
+                size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+                &mut self.iovecs[i],
+            );
         }
         // SAFETY: every header points at a name buffer and one iovec of this
         // batch, each iovec at a BUF_LEN buffer of this batch; all live in
@@ -155,15 +152,12 @@ impl SendBatch {
                 iov_base: bytes.as_ptr().cast_mut().cast(),
                 iov_len: bytes.len(),
             };
-            let header = &mut self.headers[i];
-            header.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
-            header.msg_hdr.msg_namelen = self.name_lens[i];
-            header.msg_hdr.msg_iov = &raw mut self.iovecs[i];
-            header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
+            point_header(
+                &mut self.headers[i],
+                &mut self.names[i],
+                self.name_lens[i],
+                &mut self.iovecs[i],
+            );
         }
         let mut outcome = SendOutcome::default();
         let mut start = 0;
@@ -203,6 +197,24 @@ impl SendBatch {
         }
         outcome
     }
+}
+
+/// Points a message header at one address buffer and one iovec, with no
+/// control data. Only stores pointers; the syscall callers uphold validity.
+fn point_header(
+    header: &mut libc::mmsghdr,
+    name: &mut libc::sockaddr_storage,
+    name_len: libc::socklen_t,
+    iovec: &mut libc::iovec,
+) {
+    header.msg_hdr.msg_name = (&raw mut *name).cast();
+    header.msg_hdr.msg_namelen = name_len;
+    header.msg_hdr.msg_iov = &raw mut *iovec;
+    header.msg_hdr.msg_iovlen = 1;
+    header.msg_hdr.msg_control = std::ptr::null_mut();
+    header.msg_hdr.msg_controllen = 0;
+    header.msg_hdr.msg_flags = 0;
+    header.msg_len = 0;
 }
 
 fn from_sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
