@@ -640,7 +640,11 @@ async fn advertised_ip_is_what_signalling_gets() {
     // Nothing is sent to the advertised address: it only appears in answers.
     let relay = Relay::start(&["--media-ip", "127.0.0.1", "--advertise-ip", "192.0.2.10"]);
     let client = relay.client().await;
-    let created = create(&client, create_request("nat", vec![audio(None, None, true)])).await;
+    let created = create(
+        &client,
+        create_request("nat", vec![audio(None, None, true)]),
+    )
+    .await;
     let (user_rtp, _, remote_rtp, _) = relay_addrs(&created);
     assert!(user_rtp.starts_with("192.0.2.10:"), "{user_rtp}");
     assert!(remote_rtp.starts_with("192.0.2.10:"), "{remote_rtp}");
