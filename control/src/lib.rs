@@ -10,11 +10,13 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod bindings;
 pub mod client;
 pub mod events;
 pub mod server;
 pub mod service;
 pub mod sessions;
+pub mod sip_uri;
 pub mod status;
 
 pub use addr::ControlAddr;

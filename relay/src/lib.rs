@@ -9,7 +9,9 @@
 //!   `unsafe` code).
 //! - [`Dataplane`]: the handle the control plane holds.
 
+pub mod continuity;
 pub mod ports;
+pub mod rtcp_translate;
 pub mod rtp;
 pub mod stats;
 pub mod stream;

@@ -1,0 +1,555 @@
+//! The outward RTP timeline toward the remote party: one SSRC, sequence
+//! numbers that continue +1 across a change of source, timestamps that
+//! advance by the wall-clock time that passed.
+//!
+//! Every packet toward the remote goes through [`Continuity::rewrite`]. The
+//! first source passes untouched (offsets zero, its own SSRC becomes the
+//! outward one). A new source — another device after a transfer, or the same
+//! device with a new SSRC, a sequence jump or a timestamp jump — is anchored:
+//! its first packet gets the next sequence number after the highest sent, a
+//! timestamp ahead of the last one sent by the elapsed time at the clock rate
+//! (at least 1), and the marker bit. From then on its packets keep their own
+//! spacing through fixed offsets, so gaps appear only where it lost packets.
+//! Packets older than a source's anchor, and duplicates, are dropped so that
+//! no sequence number is ever sent twice.
+
+use std::time::Instant;
+
+use crate::rtp::RtpView;
+
+/// A sequence jump larger than this, within one SSRC, is a restart
+/// (RFC 3550 A.1 MAX_DROPOUT).
+const MAX_SEQ_JUMP: u16 = 3000;
+/// A timestamp ahead of the elapsed time by more than this many seconds,
+/// within one SSRC, is a restart. Generous: silence suppression skips ahead.
+const TS_AHEAD_SECONDS: i64 = 3;
+/// A newer packet whose timestamp is behind the last one by more than this
+/// fraction of a second is a restart. DTMF repeats timestamps and video
+/// B-frames step back a few frames; a restarted clock lands anywhere.
+const TS_BEHIND_DIVISOR: i64 = 2;
+/// Clock rate assumed when the payload type has none (keeps time moving).
+const FALLBACK_CLOCK_RATE: u32 = 8000;
+
+/// Why a packet was not rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Older than the anchor of its source: its number would collide with
+    /// what an earlier source sent.
+    Late,
+    /// A copy of a packet already sent.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    /// (leg, SSRC) of the input.
+    key: (usize, u32),
+    seq_offset: u16,
+    ts_offset: u32,
+    /// First input sequence number after the anchor.
+    base_seq: u16,
+    /// Extended outward sequence number given to `base_seq`.
+    anchor_ext: u64,
+    /// Highest input sequence number seen.
+    max_seq: u16,
+    /// Input sequence numbers seen at `max_seq - i` (bit i), for duplicates.
+    seen: u64,
+    last_ts: u32,
+    last_at: Instant,
+}
+
+/// The outward stream's state. See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct Continuity {
+    outward_ssrc: Option<u32>,
+    source: Option<Source>,
+    /// Highest outward sequence number sent, and the same extended with its
+    /// wrap count (from the first packet, as the remote counts it).
+    highest_seq: u16,
+    highest_ext: u64,
+    /// Timestamp and time of the newest packet sent.
+    last_ts: u32,
+    last_at: Option<Instant>,
+    last_rate: u32,
+    marker_pending: bool,
+    packets_sent: u32,
+    octets_sent: u32,
+}
+
+/// What [`Continuity::rewrite`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The packet starts a new source segment (marker set).
+    pub anchored: bool,
+}
+
+impl Continuity {
+    /// Rewrites one packet from input `leg` in place. `clock_rate` is that of
+    /// the packet's (outward) payload type, 0 if unknown.
+    pub fn rewrite<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        leg: usize,
+        packet: &mut RtpView<T>,
+        clock_rate: u32,
+    ) -> Result<Rewritten, Refused> {
+        let rate = if clock_rate == 0 {
+            if self.last_rate == 0 {
+                FALLBACK_CLOCK_RATE
+            } else {
+                self.last_rate
+            }
+        } else {
+            clock_rate
+        };
+        let (ssrc, seq, ts) = (packet.ssrc(), packet.sequence(), packet.timestamp());
+        let key = (leg, ssrc);
+        let mut anchored = false;
+        let mut newest = true;
+        match &mut self.source {
+            Some(source) if source.key == key => {
+                let delta = seq.wrapping_sub(source.max_seq) as i16;
+                if delta.unsigned_abs() > MAX_SEQ_JUMP {
+                    anchored = true;
+                } else if delta > 0 {
+                    let elapsed = now.saturating_duration_since(source.last_at);
+                    let expected = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as i64;
+                    let actual = i64::from(ts.wrapping_sub(source.last_ts) as i32);
+                    let behind = i64::from(rate) / TS_BEHIND_DIVISOR;
+                    let ahead = TS_AHEAD_SECONDS * i64::from(rate);
+                    if actual < -behind || actual > expected + ahead {
+                        anchored = true;
+                    } else {
+                        let shift = u32::from(delta.unsigned_abs());
+                        source.seen = if shift >= 64 { 0 } else { source.seen << shift };
+                        source.seen |= 1;
+                        source.max_seq = seq;
+                        source.last_ts = ts;
+                        source.last_at = now;
+                    }
+                } else {
+                    // At or behind the newest: reordered, or a duplicate.
+                    newest = false;
+                    if (seq.wrapping_sub(source.base_seq) as i16) < 0 {
+                        return Err(Refused::Late);
+                    }
+                    let back = u32::from(delta.unsigned_abs());
+                    if back < 64 && source.seen & (1 << back) != 0 {
+                        return Err(Refused::Duplicate);
+                    }
+                    if back < 64 {
+                        source.seen |= 1 << back;
+                    }
+                }
+            }
+            Some(_) => anchored = true,
+            None => {
+                // The first source: its numbering becomes the outward one.
+                self.outward_ssrc = Some(ssrc);
+                self.source = Some(Source {
+                    key,
+                    seq_offset: 0,
+                    ts_offset: 0,
+                    base_seq: seq,
+                    anchor_ext: u64::from(seq),
+                    max_seq: seq,
+                    seen: 1,
+                    last_ts: ts,
+                    last_at: now,
+                });
+                self.highest_seq = seq.wrapping_sub(1);
+                self.highest_ext = u64::from(seq).wrapping_sub(1);
+            }
+        }
+        if anchored {
+            self.anchor(now, key, seq, ts, rate);
+        }
+        let Some(source) = self.source else {
+            return Err(Refused::Late);
+        };
+        let out_seq = seq.wrapping_add(source.seq_offset);
+        let out_ts = ts.wrapping_add(source.ts_offset);
+        if let Some(outward) = self.outward_ssrc {
+            packet.set_ssrc(outward);
+        }
+        packet.set_sequence(out_seq);
+        packet.set_timestamp(out_ts);
+        if self.marker_pending {
+            packet.set_marker(true);
+            self.marker_pending = false;
+        }
+        let ahead = out_seq.wrapping_sub(self.highest_seq) as i16;
+        if ahead > 0 {
+            self.highest_seq = out_seq;
+            self.highest_ext = self.highest_ext.wrapping_add(ahead.unsigned_abs().into());
+        }
+        if newest {
+            self.last_ts = out_ts;
+            self.last_at = Some(now);
+            self.last_rate = rate;
+        }
+        self.packets_sent = self.packets_sent.wrapping_add(1);
+        self.octets_sent = self
+            .octets_sent
+            .wrapping_add(u32::try_from(packet.payload_len()).unwrap_or(u32::MAX));
+        Ok(Rewritten { anchored })
+    }
+
+    fn anchor(&mut self, now: Instant, key: (usize, u32), seq: u16, ts: u32, rate: u32) {
+        let out_seq = self.highest_seq.wrapping_add(1);
+        let out_ts = match self.last_at {
+            Some(at) => {
+                let elapsed = now.saturating_duration_since(at);
+                let advance = elapsed.as_nanos() * u128::from(rate) / 1_000_000_000;
+                // Never backwards, never the same instant twice.
+                self.last_ts
+                    .wrapping_add(u32::try_from(advance).unwrap_or(u32::MAX).max(1))
+            }
+            None => ts,
+        };
+        self.source = Some(Source {
+            key,
+            seq_offset: out_seq.wrapping_sub(seq),
+            ts_offset: out_ts.wrapping_sub(ts),
+            base_seq: seq,
+            anchor_ext: self.highest_ext.wrapping_add(1),
+            max_seq: seq,
+            seen: 1,
+            last_ts: ts,
+            last_at: now,
+        });
+        self.marker_pending = true;
+    }
+
+    /// The outward SSRC, once a packet has been sent.
+    pub fn outward_ssrc(&self) -> Option<u32> {
+        self.outward_ssrc
+    }
+
+    /// The current input source's SSRC and offsets (sequence, timestamp).
+    pub fn current(&self) -> Option<(u32, u16, u32)> {
+        self.source.map(|s| (s.key.1, s.seq_offset, s.ts_offset))
+    }
+
+    /// Maps an extended outward sequence number (as the remote reports it)
+    /// to the current source's own extended sequence space, whose wrap count
+    /// starts at 0 with the source's first packet after its anchor.
+    pub fn to_source_extended(&self, outward_ext: u32) -> Option<u32> {
+        let source = self.source?;
+        let moved = u64::from(outward_ext).wrapping_sub(source.anchor_ext) as u32;
+        Some(u32::from(source.base_seq).wrapping_add(moved))
+    }
+
+    /// Packets and payload octets sent outward (RTCP SR counts, mod 2^32).
+    pub fn sent_counts(&self) -> (u32, u32) {
+        (self.packets_sent, self.octets_sent)
+    }
+
+    /// True while the outward stream is exactly the current input (no
+    /// rewriting has been needed yet), so RTCP needs no translation.
+    pub fn is_identity(&self) -> bool {
+        match (self.source, self.outward_ssrc) {
+            (Some(s), Some(outward)) => s.key.1 == outward && s.seq_offset == 0 && s.ts_offset == 0,
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 0];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0; 160]);
+        p
+    }
+
+    struct Sent {
+        seq: u16,
+        ts: u32,
+        ssrc: u32,
+        marker: bool,
+        at: Instant,
+        source: usize,
+        input_seq: u16,
+        input_ts: u32,
+    }
+
+    fn run(
+        c: &mut Continuity,
+        now: Instant,
+        leg: usize,
+        seq: u16,
+        ts: u32,
+        ssrc: u32,
+    ) -> Option<Sent> {
+        let mut bytes = packet(seq, ts, ssrc);
+        let mut view = RtpView::new_checked(&mut bytes[..]).expect("valid");
+        c.rewrite(now, leg, &mut view, 8000).ok()?;
+        Some(Sent {
+            seq: view.sequence(),
+            ts: view.timestamp(),
+            ssrc: view.ssrc(),
+            marker: view.marker(),
+            at: now,
+            source: leg,
+            input_seq: seq,
+            input_ts: ts,
+        })
+    }
+
+    #[test]
+    fn first_source_passes_untouched() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        for i in 0..10u16 {
+            let s = run(
+                &mut c,
+                t0 + Duration::from_millis(20 * u64::from(i)),
+                0,
+                100 + i,
+                1000 + 160 * u32::from(i),
+                7,
+            )
+            .expect("sent");
+            assert_eq!(
+                (s.seq, s.ts, s.ssrc, s.marker),
+                (100 + i, 1000 + 160 * u32::from(i), 7, false)
+            );
+        }
+        assert!(c.is_identity());
+    }
+
+    #[test]
+    fn switch_continues_sequence_and_clock() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        for i in 0..5u16 {
+            run(
+                &mut c,
+                t0 + Duration::from_millis(20 * u64::from(i)),
+                0,
+                65533u16.wrapping_add(i),
+                4_294_967_000u32.wrapping_add(160 * u32::from(i)),
+                7,
+            );
+        }
+        // A's last packet: seq 1 (wrapped), ts 4294967000 + 640 (wrapped).
+        let t_b = t0 + Duration::from_millis(80 + 55);
+        let first = run(&mut c, t_b, 1, 9000, 123_456, 99).expect("sent");
+        assert_eq!(first.ssrc, 7, "outward SSRC stays the first source's");
+        assert_eq!(first.seq, 2, "+1 across the switch, through the wrap");
+        assert_eq!(
+            first.ts,
+            4_294_967_000u32.wrapping_add(640 + 55 * 8),
+            "55 ms at 8 kHz later"
+        );
+        assert!(first.marker);
+        let second = run(
+            &mut c,
+            t_b + Duration::from_millis(20),
+            1,
+            9001,
+            123_616,
+            99,
+        )
+        .expect("sent");
+        assert_eq!(
+            (second.seq, second.ts.wrapping_sub(first.ts), second.marker),
+            (3, 160, false)
+        );
+        // A late packet from A never goes out.
+        assert!(
+            run(&mut c, t_b + Duration::from_millis(21), 0, 2, 0, 7).is_some_and(|s| s.marker),
+            "A again is a new source"
+        );
+        assert!(!c.is_identity());
+    }
+
+    #[test]
+    fn switch_at_the_same_instant_is_bumped_forward() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        let a = run(&mut c, t0, 0, 10, 500, 1).expect("sent");
+        let b = run(&mut c, t0, 1, 70, 99, 2).expect("sent");
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(
+            b.ts,
+            a.ts + 1,
+            "never the same timestamp twice across a switch"
+        );
+    }
+
+    #[test]
+    fn same_ssrc_restarts_are_smoothed() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        run(&mut c, t0, 0, 10, 1000, 1);
+        run(&mut c, t0 + Duration::from_millis(20), 0, 11, 1160, 1);
+        // Sequence jump within one SSRC.
+        let jumped = run(&mut c, t0 + Duration::from_millis(40), 0, 40000, 1320, 1).expect("sent");
+        assert_eq!((jumped.seq, jumped.marker), (12, true));
+        // Timestamp jump (restart of the clock) with continuing sequence.
+        let restarted = run(
+            &mut c,
+            t0 + Duration::from_millis(60),
+            0,
+            40001,
+            3_000_000_000,
+            1,
+        )
+        .expect("sent");
+        assert_eq!(restarted.seq, 13);
+        assert_eq!(restarted.ts, jumped.ts + 160);
+        assert!(restarted.marker);
+        // DTMF-like repeated timestamps are not a jump.
+        let same_ts = run(
+            &mut c,
+            t0 + Duration::from_millis(80),
+            0,
+            40002,
+            3_000_000_000,
+            1,
+        )
+        .expect("sent");
+        assert!(!same_ts.marker);
+    }
+
+    #[test]
+    fn late_and_duplicate_packets_are_refused() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        run(&mut c, t0, 0, 10, 0, 1);
+        run(&mut c, t0, 1, 500, 0, 2).expect("switch");
+        run(&mut c, t0, 1, 501, 160, 2).expect("sent");
+        // From B, older than B's anchor: would collide with A's numbers.
+        let mut bytes = packet(499, 0, 2);
+        let mut view = RtpView::new_checked(&mut bytes[..]).expect("valid");
+        assert_eq!(c.rewrite(t0, 1, &mut view, 8000), Err(Refused::Late));
+        let mut bytes = packet(501, 160, 2);
+        let mut view = RtpView::new_checked(&mut bytes[..]).expect("valid");
+        assert_eq!(c.rewrite(t0, 1, &mut view, 8000), Err(Refused::Duplicate));
+    }
+
+    /// One input packet: which source sends it, its index in that source's
+    /// sequence, and whether the network loses it.
+    #[derive(Debug, Clone)]
+    struct Input {
+        source: usize,
+        index: u32,
+        lost: bool,
+    }
+
+    fn scenario() -> impl Strategy<Value = (Vec<(u16, u32, u32)>, Vec<Input>, Vec<usize>)> {
+        let sources = prop::collection::vec((any::<u16>(), any::<u32>(), any::<u32>()), 2..5);
+        (
+            sources,
+            20usize..200,
+            prop::collection::vec(0usize..200, 1..4),
+            prop::collection::vec(any::<bool>(), 200),
+            prop::collection::vec(0usize..3, 200),
+        )
+            .prop_map(|(sources, length, mut switches, lossy, swaps)| {
+                switches.sort_unstable();
+                // Source k sends packets [switches[k-1], switches[k]).
+                let mut inputs = Vec::new();
+                let mut per_source = vec![0u32; sources.len()];
+                for i in 0..length {
+                    let source = switches
+                        .iter()
+                        .filter(|s| **s <= i)
+                        .count()
+                        .min(sources.len() - 1);
+                    inputs.push(Input {
+                        source,
+                        index: per_source[source],
+                        lost: lossy[i] && i % 7 == 3,
+                    });
+                    per_source[source] += 1;
+                }
+                // Reorder neighbours inside one source now and then.
+                for i in 1..inputs.len() {
+                    if swaps[i] == 0 && inputs[i].source == inputs[i - 1].source {
+                        inputs.swap(i, i - 1);
+                    }
+                }
+                (sources, inputs, switches)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn one_continuous_stream_whatever_the_sources((sources, inputs, _switches) in scenario()) {
+            let mut c = Continuity::default();
+            let t0 = Instant::now();
+            let mut sent: Vec<Sent> = Vec::new();
+            for (n, input) in inputs.iter().enumerate() {
+                if input.lost {
+                    continue;
+                }
+                let (seq0, ts0, ssrc) = sources[input.source];
+                // Packets are 20 ms apart on the wire, whoever sends them.
+                let now = t0 + Duration::from_millis(20 * n as u64);
+                let seq = seq0.wrapping_add(input.index as u16);
+                let ts = ts0.wrapping_add(160 * input.index);
+                if let Some(s) = run(&mut c, now, input.source, seq, ts, ssrc) {
+                    sent.push(s);
+                }
+            }
+            prop_assume!(!sent.is_empty());
+            // One outward SSRC: the first source's.
+            let outward = sources[sent[0].source].2;
+            prop_assert!(sent.iter().all(|s| s.ssrc == outward));
+            // No sequence number twice.
+            let mut seqs: Vec<u16> = sent.iter().map(|s| s.seq).collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            prop_assert_eq!(seqs.len(), sent.len());
+            // Per source segment: output = input + constant (gaps only where
+            // the input lost packets), and each segment starts after every
+            // packet of the segments before it.
+            let mut segment_start = 0;
+            let mut highest_before: Option<u16> = None;
+            for i in 1..=sent.len() {
+                if i == sent.len() || sent[i].source != sent[segment_start].source {
+                    let segment = &sent[segment_start..i];
+                    let offset = segment[0].seq.wrapping_sub(segment[0].input_seq);
+                    let ts_offset = segment[0].ts.wrapping_sub(segment[0].input_ts);
+                    for s in segment {
+                        prop_assert_eq!(s.seq.wrapping_sub(s.input_seq), offset);
+                        prop_assert_eq!(s.ts.wrapping_sub(s.input_ts), ts_offset);
+                        if let Some(before) = highest_before {
+                            prop_assert!((s.seq.wrapping_sub(before) as i16) > 0, "segment goes back");
+                        }
+                    }
+                    if let Some(before) = highest_before {
+                        // The first packet of a new segment: next number,
+                        // marker, timestamp advanced by the elapsed time.
+                        let first = &segment[0];
+                        prop_assert_eq!(first.seq, before.wrapping_add(1));
+                        prop_assert!(first.marker);
+                        // Anchored on the newest packet sent before, which
+                        // is not the last to arrive when packets reordered.
+                        let previous = sent[..segment_start]
+                            .iter()
+                            .find(|s| s.seq == before)
+                            .expect("the highest packet was sent");
+                        let elapsed_ms = first.at.duration_since(previous.at).as_millis() as u32;
+                        prop_assert_eq!(first.ts.wrapping_sub(previous.ts), (elapsed_ms * 8).max(1));
+                    }
+                    let max = segment.iter().map(|s| s.seq).max_by(|a, b| {
+                        (a.wrapping_sub(segment[0].seq) as i16).cmp(&(b.wrapping_sub(segment[0].seq) as i16))
+                    });
+                    highest_before = max;
+                    segment_start = i;
+                }
+            }
+        }
+    }
+}
