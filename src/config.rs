@@ -105,6 +105,11 @@ pub struct RunOptions {
     /// Most sessions at once. [default: 20000]
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<usize>,
+
+    /// Seconds a transfer may stay open without a packet from the new
+    /// device (or a commit) before it is rolled back. [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub transfer_timeout: Option<f64>,
 }
 
 /// Everything `baton run` needs, defaults applied and values checked.
@@ -179,6 +184,7 @@ impl RunOptions {
             setup_timeout: flags.setup_timeout.or(self.setup_timeout),
             learning_window: flags.learning_window.or(self.learning_window),
             max_sessions: flags.max_sessions.or(self.max_sessions),
+            transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
         }
     }
 
@@ -284,6 +290,7 @@ impl RunOptions {
         let media = seconds(self.media_timeout, 60.0, "media timeout")?;
         let setup = seconds(self.setup_timeout, 180.0, "setup timeout")?;
         let learning_window = seconds(self.learning_window, 3.0, "learning window")?;
+        let transfer_timeout = seconds(self.transfer_timeout, 30.0, "transfer timeout")?;
         let max_sessions = self.max_sessions.unwrap_or(20_000);
         if max_sessions == 0 {
             bail!("max sessions must be at least 1");
@@ -300,6 +307,7 @@ impl RunOptions {
                 learning_window,
                 max_sessions,
                 advertise,
+                transfer_timeout,
             },
         ))
     }

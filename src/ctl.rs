@@ -62,6 +62,84 @@ enum CtlCommand {
     Get(SessionArgs),
     /// All sessions, briefly.
     List,
+    /// Bind a device GRUU to a user's AOR (what the registrar knows).
+    Register(RegisterArgs),
+    /// Remove a device binding.
+    Unregister(UnregisterArgs),
+    /// Live device bindings.
+    Bindings(BindingsArgs),
+    /// Move a session to another device of the same user; prints the new
+    /// device's relay addresses.
+    Transfer(TransferArgs),
+    /// Switch a transfer opened with --mode commit.
+    Commit(SessionArgs),
+    /// Roll back an open transfer.
+    Cancel(SessionArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegisterArgs {
+    /// The user's AOR.
+    #[arg(long)]
+    aor: String,
+    /// The device's GRUU (a URI, or a Contact value with pub-gruu/temp-gruu).
+    #[arg(long)]
+    gruu: String,
+    /// Seconds the binding lives (0 removes it).
+    #[arg(long, default_value_t = 3600)]
+    expires: u32,
+    /// From a Contact value, take temp-gruu rather than pub-gruu.
+    #[arg(long)]
+    temporary: bool,
+}
+
+#[derive(Debug, Args)]
+struct UnregisterArgs {
+    /// The device's GRUU.
+    #[arg(long)]
+    gruu: String,
+}
+
+#[derive(Debug, Args)]
+struct BindingsArgs {
+    /// Only this AOR's bindings.
+    #[arg(long, default_value = "")]
+    aor: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    /// Switch on the new device's first packet.
+    FirstPacket,
+    /// Switch on `baton ctl commit`.
+    Commit,
+}
+
+#[derive(Debug, Args)]
+struct TransferArgs {
+    /// The session's id.
+    #[arg(
+        long,
+        conflicts_with = "replaces",
+        required_unless_present = "replaces"
+    )]
+    session: Option<String>,
+    /// The Replaces header value of the new device's INVITE.
+    #[arg(long)]
+    replaces: Option<String>,
+    /// The new device's GRUU (a URI or its Contact header value).
+    #[arg(long)]
+    gruu: String,
+    /// The new device's codecs per stream, in order (same syntax as
+    /// create); omitted: the session's codecs.
+    #[arg(long = "stream", value_name = "SPEC")]
+    streams: Vec<String>,
+    /// The new device's media address per stream, RTP[,RTCP].
+    #[arg(long = "user-peer", value_name = "IP:PORT")]
+    user_peers: Vec<String>,
+    /// When to switch.
+    #[arg(long, value_enum, default_value = "first-packet")]
+    mode: Mode,
 }
 
 /// Names a session: by id, or by its dialog.
@@ -279,6 +357,53 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
             session: Some(session.reference()),
         }),
         CtlCommand::List => Command::ListSessions(v1::ListSessionsRequest {}),
+        CtlCommand::Register(register) => Command::RegisterDevice(v1::RegisterDeviceRequest {
+            aor: register.aor,
+            gruu: register.gruu,
+            expires: register.expires,
+            temporary: register.temporary,
+        }),
+        CtlCommand::Unregister(unregister) => {
+            Command::UnregisterDevice(v1::UnregisterDeviceRequest {
+                gruu: unregister.gruu,
+            })
+        }
+        CtlCommand::Bindings(bindings) => {
+            Command::ListBindings(v1::ListBindingsRequest { aor: bindings.aor })
+        }
+        CtlCommand::Transfer(transfer) => {
+            let count = transfer.streams.len().max(transfer.user_peers.len());
+            let mut streams = Vec::with_capacity(count);
+            for index in 0..count {
+                let codecs = match transfer.streams.get(index) {
+                    Some(text) => parse_stream(text)?.1,
+                    None => Vec::new(),
+                };
+                streams.push(v1::TransferStream {
+                    codecs,
+                    peer: transfer.user_peers.get(index).map(|p| parse_peer(p)),
+                    family: v1::AddressFamily::Unspecified as i32,
+                });
+            }
+            Command::Transfer(v1::TransferRequest {
+                session: transfer.session.map(|id| v1::SessionRef {
+                    by: Some(v1::session_ref::By::Id(id)),
+                }),
+                replaces: transfer.replaces.unwrap_or_default(),
+                gruu: transfer.gruu,
+                streams,
+                mode: match transfer.mode {
+                    Mode::FirstPacket => v1::SwitchMode::FirstPacket as i32,
+                    Mode::Commit => v1::SwitchMode::Commit as i32,
+                },
+            })
+        }
+        CtlCommand::Commit(session) => Command::CommitTransfer(v1::CommitTransferRequest {
+            session: Some(session.reference()),
+        }),
+        CtlCommand::Cancel(session) => Command::CancelTransfer(v1::CancelTransferRequest {
+            session: Some(session.reference()),
+        }),
     }))
 }
 

@@ -98,6 +98,33 @@ impl Service {
                 }))
             }
             Command::ListSessions(_) => Ok(Reply::ListSessions(self.sessions.list())),
+            Command::RegisterDevice(request) => self
+                .sessions
+                .register_device(&request)
+                .map(Reply::RegisterDevice),
+            Command::UnregisterDevice(request) => self
+                .sessions
+                .unregister_device(&request)
+                .map(Reply::UnregisterDevice),
+            Command::ListBindings(request) => self
+                .sessions
+                .list_bindings(&request)
+                .map(Reply::ListBindings),
+            Command::Transfer(request) => {
+                self.sessions.transfer(request).await.map(Reply::Transfer)
+            }
+            Command::CommitTransfer(request) => {
+                self.sessions
+                    .commit_transfer(request.session.as_ref())
+                    .await?;
+                Ok(Reply::CommitTransfer(v1::CommitTransferResponse {}))
+            }
+            Command::CancelTransfer(request) => {
+                self.sessions
+                    .cancel_transfer(request.session.as_ref(), &self.events)
+                    .await?;
+                Ok(Reply::CancelTransfer(v1::CancelTransferResponse {}))
+            }
             Command::Authenticate(_) | Command::Subscribe(_) => Err(Status::internal(
                 "connection-level command reached the service",
             )),

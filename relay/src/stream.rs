@@ -1,24 +1,50 @@
 //! One media stream (an `m=` line) of a session, as a sans-IO state machine.
 //!
-//! A stream has two legs: `User` (toward the user's current device) and
-//! `Remote` (toward the remote party). [`Stream::on_packet`] takes the time,
-//! the leg and socket a datagram arrived on, its source and its bytes, and
-//! says where to send it or why to drop it. It never reads a clock or touches
-//! a socket, so every rule here is unit-tested without either.
+//! A stream has legs, each a pair of relay sockets toward one peer: the
+//! remote party's leg, fixed for the life of the call, and the user's
+//! current device's leg. During a transfer a *pending* leg for the new
+//! device exists beside it; after the switch the old device's leg is
+//! *retired* (its packets are dropped) until the worker closes it. Legs keep
+//! their id for life, so sockets map to legs without ever being re-keyed.
+//!
+//! [`Stream::on_packet`] takes the time, the leg and socket a datagram
+//! arrived on, its source and its bytes, and says where to send it (after
+//! rewriting it in place) or why to drop it. It never reads a clock or
+//! touches a socket, so every rule here is unit-tested without either.
 //!
 //! Source policy (defence against RTP Bleed / injection): a leg whose peer was
 //! signalled accepts only that address; otherwise it latches the first source
 //! seen inside its learning window and is strict afterwards. With `relearn`,
 //! a latched leg moves to a new address (a NAT rebinding) only for a packet of
 //! the same SSRC with a sequence number close to the last one.
+//!
+//! Toward the remote, RTP goes through the [`Continuity`] engine (one SSRC,
+//! continuous sequence numbers and timestamps, whoever sends) and RTCP
+//! through [`rtcp_translate`](crate::rtcp_translate).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::continuity::{Continuity, Refused};
+use crate::rtcp_translate::{self, RtcpState, TranslateError};
 use crate::rtp::{self, RtpView};
 use crate::stats::Reception;
 
-/// Which leg of a stream.
+/// A leg's id within its stream: an index below [`MAX_LEGS`].
+pub type LegId = usize;
+/// Legs a stream can hold at once: remote, user, pending and retired.
+pub const MAX_LEGS: usize = 4;
+/// The user leg of a new stream.
+pub const FIRST_USER_LEG: LegId = 0;
+/// The remote leg (never changes).
+pub const REMOTE_LEG: LegId = 1;
+
+/// How long an RFC 4733 event without its end packet counts as in progress.
+const DTMF_STALE: Duration = Duration::from_millis(1000);
+/// "No payload type" in a payload map.
+const NO_PT: u8 = 0xff;
+
+/// Which role a leg plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// Toward the user's current device.
@@ -28,14 +54,6 @@ pub enum Side {
 }
 
 impl Side {
-    /// The leg packets from this one are forwarded to.
-    pub fn other(self) -> Self {
-        match self {
-            Self::User => Self::Remote,
-            Self::Remote => Self::User,
-        }
-    }
-
     /// Lower-case name, for reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -71,11 +89,24 @@ pub enum DropReason {
     TooLarge = 5,
     /// The kernel refused to send it (buffer full, unreachable).
     SendFailed = 6,
+    /// From a device the call has been transferred away from.
+    OldSource = 7,
+    /// From the new device before the switch (commit mode, or while an
+    /// RFC 4733 event of the old device finishes).
+    TransferPending = 8,
+    /// A payload type the receiving side has not negotiated.
+    UnknownPayloadType = 9,
+    /// Older than the start of its source's segment in the outward stream.
+    Late = 10,
+    /// A copy of a packet already forwarded.
+    Duplicate = 11,
+    /// RTCP that was only a BYE (never forwarded from a user device).
+    RtcpBye = 12,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 13;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -85,6 +116,12 @@ impl DropReason {
         Self::NoDestination,
         Self::TooLarge,
         Self::SendFailed,
+        Self::OldSource,
+        Self::TransferPending,
+        Self::UnknownPayloadType,
+        Self::Late,
+        Self::Duplicate,
+        Self::RtcpBye,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -97,6 +134,12 @@ impl DropReason {
             Self::NoDestination => "no_destination",
             Self::TooLarge => "too_large",
             Self::SendFailed => "send_failed",
+            Self::OldSource => "old_source",
+            Self::TransferPending => "transfer_pending",
+            Self::UnknownPayloadType => "unknown_payload_type",
+            Self::Late => "late",
+            Self::Duplicate => "duplicate",
+            Self::RtcpBye => "rtcp_bye",
         }
     }
 }
@@ -142,6 +185,47 @@ impl Peer {
     }
 }
 
+/// How a user device numbers its payload types, relative to the remote
+/// party's numbering (which is the stream's).
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadMap {
+    to_remote: [u8; 128],
+    from_remote: [u8; 128],
+    telephone_event: Option<u8>,
+}
+
+impl PayloadMap {
+    /// The device numbers everything as the remote does (the first device).
+    pub fn identity(telephone_event: Option<u8>) -> Self {
+        let mut table = [0u8; 128];
+        for (pt, slot) in table.iter_mut().enumerate() {
+            *slot = pt as u8;
+        }
+        Self {
+            to_remote: table,
+            from_remote: table,
+            telephone_event,
+        }
+    }
+
+    /// From `(device PT, remote PT)` pairs of the codecs both sides share;
+    /// other payload types are refused in both directions.
+    pub fn from_pairs(pairs: &[(u8, u8)], telephone_event: Option<u8>) -> Self {
+        let mut map = Self {
+            to_remote: [NO_PT; 128],
+            from_remote: [NO_PT; 128],
+            telephone_event,
+        };
+        for &(device, remote) in pairs {
+            if device < 128 && remote < 128 {
+                map.to_remote[usize::from(device)] = remote;
+                map.from_remote[usize::from(remote)] = device;
+            }
+        }
+        map
+    }
+}
+
 /// Counters of one leg. Packets "in" passed the source policy; "out" were
 /// handed to the kernel on this leg's socket.
 #[derive(Debug, Clone, Default)]
@@ -172,7 +256,7 @@ pub struct LegConfig {
     pub peer_rtcp: Option<SocketAddr>,
 }
 
-/// Settings shared by both legs.
+/// Settings shared by all legs.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamConfig {
     /// How long after opening (or after a signalling update) a leg without a
@@ -183,18 +267,33 @@ pub struct StreamConfig {
     pub relearn: bool,
 }
 
+/// A second copy of a datagram: the remote's media to a pending device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    /// The pending leg.
+    pub leg: LegId,
+    /// Its peer.
+    pub to: SocketAddr,
+    /// The payload type in that device's numbering.
+    pub payload_type: u8,
+}
+
 /// What happened to a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the (possibly rewritten) datagram out of `side`'s socket for
-    /// `component` to `to`.
+    /// Send the first `len` bytes of the (rewritten) buffer out of `leg`'s
+    /// socket for `component` to `to`, and a copy per `fork`.
     Forward {
         /// The leg that sends it.
-        side: Side,
+        leg: LegId,
         /// The socket of that leg.
         component: Component,
         /// The destination.
         to: SocketAddr,
+        /// Length of the datagram to send.
+        len: usize,
+        /// A copy for a pending device.
+        fork: Option<Fork>,
     },
     /// Do not send; counted on the receiving leg.
     Drop(DropReason),
@@ -203,7 +302,7 @@ pub enum Verdict {
 /// A peer address that a leg has just learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latched {
-    /// The leg.
+    /// The role of the leg (a pending device's leg is a user leg).
     pub side: Side,
     /// RTP or RTCP.
     pub component: Component,
@@ -211,6 +310,33 @@ pub struct Latched {
     pub addr: SocketAddr,
     /// True when it replaced an earlier learned address (NAT re-learning).
     pub relearned: bool,
+}
+
+/// The result of [`Stream::on_packet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Where the datagram goes.
+    pub verdict: Verdict,
+    /// A leg learned its peer.
+    pub latched: Option<Latched>,
+    /// The pending device sent its first media: time to switch (first-packet
+    /// mode). The caller switches every stream of the session, then hands
+    /// this datagram in again.
+    pub switch_requested: bool,
+    /// This was the first packet of the new device forwarded to the remote
+    /// after a switch (the end of the media gap).
+    pub new_device_started: bool,
+}
+
+impl Outcome {
+    fn verdict(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            latched: None,
+            switch_requested: false,
+            new_device_started: false,
+        }
+    }
 }
 
 /// How far a sequence number may move for a NAT re-learn to be believed.
@@ -223,22 +349,27 @@ struct Leg {
     learning_until: Instant,
     counters: LegCounters,
     reception: Reception,
+    payloads: PayloadMap,
     last_ssrc_seq: Option<(u32, u16)>,
     last_payload_type: Option<u8>,
     last_packet_at: Option<Instant>,
+    /// An RFC 4733 event from this device is in progress until then.
+    dtmf_until: Option<Instant>,
 }
 
 impl Leg {
-    fn new(config: LegConfig, now: Instant, window: Duration) -> Self {
+    fn new(config: LegConfig, now: Instant, window: Duration, payloads: PayloadMap) -> Self {
         let mut leg = Self {
             config,
             peers: [Peer::from_signalled(None); 2],
             learning_until: now + window,
             counters: LegCounters::default(),
             reception: Reception::default(),
+            payloads,
             last_ssrc_seq: None,
             last_payload_type: None,
             last_packet_at: None,
+            dtmf_until: None,
         };
         leg.set_signalled(config.peer_rtp, config.peer_rtcp);
         leg
@@ -277,18 +408,17 @@ impl Leg {
         }
     }
 
+    fn destination(&self, component: Component) -> Option<SocketAddr> {
+        self.peers[self.peer_slot(component)].addr
+    }
+
     /// NAT re-learning: RTP of the same SSRC, a little ahead of the last
     /// accepted sequence number; RTCP from the IP that RTP already moved to.
-    fn may_relearn(
-        &self,
-        component: Component,
-        from: SocketAddr,
-        rtp_fields: Option<(u32, u16, u32, u8)>,
-    ) -> bool {
-        match (component, rtp_fields, self.last_ssrc_seq) {
-            (Component::Rtp, Some((ssrc, seq, ..)), Some((last_ssrc, last_seq))) => {
-                ssrc == last_ssrc
-                    && seq.wrapping_sub(last_seq).wrapping_sub(1) < RELEARN_MAX_SEQ_DISTANCE
+    fn may_relearn(&self, component: Component, from: SocketAddr, rtp: Option<RtpFields>) -> bool {
+        match (component, rtp, self.last_ssrc_seq) {
+            (Component::Rtp, Some(fields), Some((last_ssrc, last_seq))) => {
+                fields.ssrc == last_ssrc
+                    && fields.seq.wrapping_sub(last_seq).wrapping_sub(1) < RELEARN_MAX_SEQ_DISTANCE
             }
             (Component::Rtcp, _, _) => {
                 self.peers[Component::Rtp as usize].addr.map(|a| a.ip()) == Some(from.ip())
@@ -297,41 +427,81 @@ impl Leg {
         }
     }
 
-    fn drop(&mut self, reason: DropReason) -> Verdict {
+    fn drop(&mut self, reason: DropReason) -> Outcome {
         self.counters.drops[reason as usize] += 1;
-        Verdict::Drop(reason)
+        Outcome::verdict(Verdict::Drop(reason))
+    }
+
+    /// Whether an RFC 4733 event from this device is in progress.
+    fn dtmf_active(&self, now: Instant) -> bool {
+        self.dtmf_until.is_some_and(|until| now < until)
     }
 }
 
-/// One media stream: its two legs and their state.
+#[derive(Debug, Clone, Copy)]
+struct RtpFields {
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    pt: u8,
+}
+
+/// One media stream: its legs, their roles and the outward timeline.
 #[derive(Debug, Clone)]
 pub struct Stream {
     config: StreamConfig,
-    legs: [Leg; 2],
-    /// Clock rate by payload type (0: unknown), for jitter.
+    legs: [Option<Leg>; MAX_LEGS],
+    user: LegId,
+    remote: LegId,
+    pending: Option<LegId>,
+    retired: Option<LegId>,
+    /// Legs removed by a switch that the caller must close.
+    closed: Option<LegId>,
+    /// A switch was asked for while the current device was in the middle of
+    /// an RFC 4733 event; it happens when the event ends.
+    switch_waiting: bool,
+    /// After a switch, until the new device's first packet is forwarded.
+    awaiting_new_device: bool,
+    /// Clock rate by payload type in the remote's numbering (0: unknown).
     clock_rates: [u32; 128],
+    continuity: Continuity,
+    rtcp: RtcpState,
     epoch: Instant,
     last_rtp_at: Option<Instant>,
+    last_toward_remote_at: Option<Instant>,
 }
 
 impl Stream {
-    /// A stream whose legs open now.
+    /// A stream whose legs open now. `clock_rates` and `telephone_event`
+    /// are in the remote's numbering, which the first device shares.
     pub fn new(
         now: Instant,
         config: StreamConfig,
         user: LegConfig,
         remote: LegConfig,
         clock_rates: &[(u8, u32)],
+        telephone_event: Option<u8>,
     ) -> Self {
+        let identity = PayloadMap::identity(telephone_event);
+        let mut legs: [Option<Leg>; MAX_LEGS] = [None, None, None, None];
+        legs[FIRST_USER_LEG] = Some(Leg::new(user, now, config.learning_window, identity));
+        legs[REMOTE_LEG] = Some(Leg::new(remote, now, config.learning_window, identity));
         let mut stream = Self {
             config,
-            legs: [
-                Leg::new(user, now, config.learning_window),
-                Leg::new(remote, now, config.learning_window),
-            ],
+            legs,
+            user: FIRST_USER_LEG,
+            remote: REMOTE_LEG,
+            pending: None,
+            retired: None,
+            closed: None,
+            switch_waiting: false,
+            awaiting_new_device: false,
             clock_rates: [0; 128],
+            continuity: Continuity::default(),
+            rtcp: RtcpState::default(),
             epoch: now,
             last_rtp_at: None,
+            last_toward_remote_at: None,
         };
         stream.set_clock_rates(clock_rates);
         stream
@@ -347,121 +517,380 @@ impl Stream {
         }
     }
 
-    /// Handles one datagram that arrived on `side`'s `arrived_on` socket from
-    /// `from`. Returns the verdict and, when this packet made a leg learn its
-    /// peer, the new address.
+    /// The leg that plays `side` now.
+    pub fn leg_of(&self, side: Side) -> LegId {
+        match side {
+            Side::User => self.user,
+            Side::Remote => self.remote,
+        }
+    }
+
+    /// The new device's leg while a transfer is open.
+    pub fn pending_leg(&self) -> Option<LegId> {
+        self.pending
+    }
+
+    /// Handles one datagram (the first `len` bytes of `buf`) that arrived on
+    /// `leg`'s `arrived_on` socket from `from`. The datagram may be rewritten
+    /// in place, up to the buffer's length.
     pub fn on_packet(
         &mut self,
         now: Instant,
-        side: Side,
+        leg: LegId,
         arrived_on: Component,
         from: SocketAddr,
-        packet: &mut [u8],
-    ) -> (Verdict, Option<Latched>) {
-        let leg = &mut self.legs[side as usize];
+        buf: &mut [u8],
+        len: usize,
+    ) -> Outcome {
+        let relearn = self.config.relearn;
+        let role = self.role(leg);
+        let Some(this) = self.legs.get_mut(leg).and_then(Option::as_mut) else {
+            return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
+        };
+        if role == Role::Retired {
+            return this.drop(DropReason::OldSource);
+        }
+        let packet = &buf[..len.min(buf.len())];
         let component =
-            if arrived_on == Component::Rtp && leg.config.rtcp_mux && rtp::is_rtcp(packet) {
+            if arrived_on == Component::Rtp && this.config.rtcp_mux && rtp::is_rtcp(packet) {
                 Component::Rtcp
             } else {
                 arrived_on
             };
         // Parse before the source check: a malformed packet must never latch.
-        let rtp_fields = match component {
-            Component::Rtp => match RtpView::new_checked(&*packet) {
-                Ok(view) => Some((
-                    view.ssrc(),
-                    view.sequence(),
-                    view.timestamp(),
-                    view.payload_type(),
-                )),
-                Err(_) => return (leg.drop(DropReason::MalformedRtp), None),
+        let fields = match component {
+            Component::Rtp => match RtpView::new_checked(packet) {
+                Ok(view) => Some(RtpFields {
+                    ssrc: view.ssrc(),
+                    seq: view.sequence(),
+                    ts: view.timestamp(),
+                    pt: view.payload_type(),
+                }),
+                Err(_) => return this.drop(DropReason::MalformedRtp),
             },
             Component::Rtcp => {
                 if rtp::check_rtcp(packet).is_err() {
-                    return (leg.drop(DropReason::MalformedRtcp), None);
+                    return this.drop(DropReason::MalformedRtcp);
                 }
                 None
             }
         };
-        let relearn = self.config.relearn;
-        let latched = match Self::check_source(leg, side, now, component, from, rtp_fields, relearn)
-        {
+        let side = if role == Role::Remote {
+            Side::Remote
+        } else {
+            Side::User
+        };
+        let latched = match check_source(this, side, now, component, from, fields, relearn) {
             Ok(latched) => latched,
-            Err(reason) => return (leg.drop(reason), None),
+            Err(reason) => return this.drop(reason),
         };
 
-        leg.counters.bytes_in += packet.len() as u64;
-        leg.last_packet_at = Some(now);
-        if let Some((ssrc, seq, ts, pt)) = rtp_fields {
-            leg.counters.rtp_in += 1;
-            leg.last_ssrc_seq = Some((ssrc, seq));
-            leg.last_payload_type = Some(pt);
-            let rate = self.clock_rates[usize::from(pt)];
+        this.counters.bytes_in += len as u64;
+        this.last_packet_at = Some(now);
+        if let Some(f) = fields {
+            this.counters.rtp_in += 1;
+            this.last_ssrc_seq = Some((f.ssrc, f.seq));
+            this.last_payload_type = Some(f.pt);
+            let remote_pt = if role == Role::Remote {
+                f.pt
+            } else {
+                this.payloads.to_remote[usize::from(f.pt)]
+            };
+            let rate = self
+                .clock_rates
+                .get(usize::from(remote_pt))
+                .copied()
+                .unwrap_or(0);
             let arrival = (rate != 0).then(|| {
                 let nanos = now.saturating_duration_since(self.epoch).as_nanos();
                 u64::try_from(nanos * u128::from(rate) / 1_000_000_000).unwrap_or(u64::MAX)
             });
-            leg.reception.record(ssrc, seq, ts, arrival);
+            this.reception.record(f.ssrc, f.seq, f.ts, arrival);
             self.last_rtp_at = Some(now);
         } else {
-            leg.counters.rtcp_in += 1;
+            this.counters.rtcp_in += 1;
         }
 
-        let out = &mut self.legs[side.other() as usize];
-        let out_component = if out.config.rtcp_mux {
+        let mut outcome = match (role, fields) {
+            (Role::Pending, Some(_)) => {
+                // The new device's media is what triggers the switch in
+                // first-packet mode; it is forwarded once the switch is done.
+                let mut outcome = self.drop_on(leg, DropReason::TransferPending);
+                outcome.switch_requested = !self.switch_waiting;
+                outcome
+            }
+            (Role::Pending, None) => self.drop_on(leg, DropReason::TransferPending),
+            (Role::User, Some(f)) => self.user_rtp(now, leg, f, buf, len),
+            (Role::User, None) => self.user_rtcp(leg, buf, len),
+            (Role::Remote, Some(f)) => self.remote_rtp(leg, f, buf, len),
+            (Role::Remote, None) => self.remote_rtcp(leg, buf, len),
+            (Role::Retired, _) => self.drop_on(leg, DropReason::OldSource),
+        };
+        outcome.latched = latched;
+        outcome
+    }
+
+    fn role(&self, leg: LegId) -> Role {
+        if leg == self.remote {
+            Role::Remote
+        } else if leg == self.user {
+            Role::User
+        } else if Some(leg) == self.pending {
+            Role::Pending
+        } else {
+            Role::Retired
+        }
+    }
+
+    fn drop_on(&mut self, leg: LegId, reason: DropReason) -> Outcome {
+        match self.legs[leg].as_mut() {
+            Some(leg) => leg.drop(reason),
+            None => Outcome::verdict(Verdict::Drop(reason)),
+        }
+    }
+
+    fn user_rtp(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        f: RtpFields,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Outcome {
+        let Some(this) = self.legs[leg].as_mut() else {
+            return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
+        };
+        let remote_pt = this.payloads.to_remote[usize::from(f.pt)];
+        if remote_pt == NO_PT {
+            return this.drop(DropReason::UnknownPayloadType);
+        }
+        let mut event_ended = false;
+        if Some(f.pt) == this.payloads.telephone_event {
+            // RFC 4733: the E bit is the top bit of the second payload byte.
+            let payload = RtpView::new_checked(&buf[..len])
+                .ok()
+                .map(|v| v.payload().get(1).copied());
+            let end = matches!(payload, Some(Some(b)) if b & 0x80 != 0);
+            if end {
+                event_ended = this.dtmf_until.take().is_some();
+            } else {
+                this.dtmf_until = Some(now + DTMF_STALE);
+            }
+        } else if this.dtmf_until.is_some() {
+            // Media resumed without an end packet (it was lost).
+            this.dtmf_until = None;
+            event_ended = true;
+        }
+        let rate = self.clock_rates[usize::from(remote_pt)];
+        let Ok(mut view) = RtpView::new_checked(&mut buf[..len]) else {
+            return self.drop_on(leg, DropReason::MalformedRtp);
+        };
+        match self.continuity.rewrite(now, leg, &mut view, rate) {
+            Ok(_) => {}
+            Err(Refused::Late) => return self.drop_on(leg, DropReason::Late),
+            Err(Refused::Duplicate) => return self.drop_on(leg, DropReason::Duplicate),
+        }
+        view.set_payload_type(remote_pt);
+        let Some(to) = self.legs[self.remote]
+            .as_ref()
+            .and_then(|r| r.destination(Component::Rtp))
+        else {
+            return self.drop_on(leg, DropReason::NoDestination);
+        };
+        self.last_toward_remote_at = Some(now);
+        let mut outcome = Outcome::verdict(Verdict::Forward {
+            leg: self.remote,
+            component: Component::Rtp,
+            to,
+            len,
+            fork: None,
+        });
+        if self.awaiting_new_device {
+            self.awaiting_new_device = false;
+            outcome.new_device_started = true;
+        }
+        if self.switch_waiting && event_ended {
+            // The event's end went out; now the new device takes over.
+            self.complete_switch();
+        }
+        outcome
+    }
+
+    fn user_rtcp(&mut self, leg: LegId, buf: &mut [u8], len: usize) -> Outcome {
+        let len = match rtcp_translate::toward_remote(buf, len, &self.continuity, &mut self.rtcp) {
+            Ok(len) => len,
+            Err(TranslateError::Empty) => return self.drop_on(leg, DropReason::RtcpBye),
+            Err(TranslateError::Malformed) => return self.drop_on(leg, DropReason::MalformedRtcp),
+        };
+        let remote = self.remote;
+        self.forward_to(leg, remote, Component::Rtcp, len)
+    }
+
+    fn remote_rtp(&mut self, leg: LegId, f: RtpFields, buf: &mut [u8], len: usize) -> Outcome {
+        let user = self.user;
+        let Some(device) = self.legs[user].as_ref() else {
+            return self.drop_on(leg, DropReason::NoDestination);
+        };
+        let device_pt = device.payloads.from_remote[usize::from(f.pt)];
+        if device_pt == NO_PT {
+            return self.drop_on(leg, DropReason::UnknownPayloadType);
+        }
+        let fork = self.pending.and_then(|pending| {
+            let pending_leg = self.legs[pending].as_ref()?;
+            let payload_type = pending_leg.payloads.from_remote[usize::from(f.pt)];
+            (payload_type != NO_PT).then_some(Fork {
+                leg: pending,
+                to: pending_leg.destination(Component::Rtp)?,
+                payload_type,
+            })
+        });
+        if device_pt != f.pt
+            && let Ok(mut view) = RtpView::new_checked(&mut buf[..len])
+        {
+            view.set_payload_type(device_pt);
+        }
+        let mut outcome = self.forward_to(leg, user, Component::Rtp, len);
+        if let Verdict::Forward { fork: slot, .. } = &mut outcome.verdict {
+            *slot = fork;
+        }
+        outcome
+    }
+
+    fn remote_rtcp(&mut self, leg: LegId, buf: &mut [u8], len: usize) -> Outcome {
+        let len = match rtcp_translate::toward_user(buf, len, &self.continuity) {
+            Ok(len) => len,
+            Err(TranslateError::Empty | TranslateError::Malformed) => {
+                return self.drop_on(leg, DropReason::MalformedRtcp);
+            }
+        };
+        let user = self.user;
+        self.forward_to(leg, user, Component::Rtcp, len)
+    }
+
+    /// Forwards to `out`'s peer for `component`, through the socket that
+    /// carries it (the RTP socket with rtcp-mux).
+    fn forward_to(
+        &mut self,
+        from_leg: LegId,
+        out: LegId,
+        component: Component,
+        len: usize,
+    ) -> Outcome {
+        let Some(out_leg) = self.legs[out].as_ref() else {
+            return self.drop_on(from_leg, DropReason::NoDestination);
+        };
+        let socket = if out_leg.config.rtcp_mux {
             Component::Rtp
         } else {
             component
         };
-        let verdict = match out.peers[out.peer_slot(component)].addr {
-            Some(to) => Verdict::Forward {
-                side: side.other(),
-                component: out_component,
+        match out_leg.destination(component) {
+            Some(to) => Outcome::verdict(Verdict::Forward {
+                leg: out,
+                component: socket,
                 to,
-            },
-            None => self.legs[side as usize].drop(DropReason::NoDestination),
-        };
-        (verdict, latched)
+                len,
+                fork: None,
+            }),
+            None => self.drop_on(from_leg, DropReason::NoDestination),
+        }
     }
 
-    fn check_source(
-        leg: &mut Leg,
-        side: Side,
+    /// Opens a leg for the device a call is being transferred to. `None`
+    /// when a transfer is already open or no leg slot is free.
+    pub fn add_pending(
+        &mut self,
         now: Instant,
-        component: Component,
-        from: SocketAddr,
-        rtp_fields: Option<(u32, u16, u32, u8)>,
-        relearn: bool,
-    ) -> Result<Option<Latched>, DropReason> {
-        let slot = leg.peer_slot(component);
-        let peer = leg.peers[slot];
-        let relearned = match (peer.source, peer.addr) {
-            (_, Some(addr)) if addr == from => return Ok(None),
-            (PeerSource::Signalled, _) => return Err(DropReason::Stranger),
-            (PeerSource::Learned, _) if relearn && leg.may_relearn(component, from, rtp_fields) => {
-                true
-            }
-            (PeerSource::Learned, _) => return Err(DropReason::Stranger),
-            (PeerSource::Unknown, _) if now > leg.learning_until => {
-                return Err(DropReason::LearningClosed);
-            }
-            (PeerSource::Unknown, _) => false,
-        };
-        leg.peers[slot] = Peer {
-            addr: Some(from),
-            source: PeerSource::Learned,
-        };
-        Ok(Some(Latched {
-            side,
-            component,
-            addr: from,
-            relearned,
-        }))
+        config: LegConfig,
+        payloads: PayloadMap,
+    ) -> Option<LegId> {
+        if self.pending.is_some() {
+            return None;
+        }
+        let slot = (0..MAX_LEGS).find(|&i| self.legs[i].is_none())?;
+        self.legs[slot] = Some(Leg::new(config, now, self.config.learning_window, payloads));
+        self.pending = Some(slot);
+        Some(slot)
     }
 
-    /// A signalling update for one leg: new signalled addresses (replacing
-    /// learned ones), and a fresh learning window if it still has no peer,
-    /// since media usually starts only once the answer is through.
+    /// Makes the pending device the user's current device. Returns false
+    /// when the switch must wait for the current device's RFC 4733 event
+    /// to end (it then happens by itself), or when nothing is pending.
+    pub fn switch(&mut self, now: Instant) -> bool {
+        if self.pending.is_none() {
+            return false;
+        }
+        let busy = self.legs[self.user]
+            .as_ref()
+            .is_some_and(|l| l.dtmf_active(now));
+        if busy {
+            self.switch_waiting = true;
+            return false;
+        }
+        self.complete_switch();
+        true
+    }
+
+    fn complete_switch(&mut self) {
+        let Some(new) = self.pending.take() else {
+            return;
+        };
+        self.switch_waiting = false;
+        let old = std::mem::replace(&mut self.user, new);
+        if let Some(previous) = self.retired.replace(old) {
+            // A second switch before the first one's grace ended.
+            self.legs[previous] = None;
+            self.closed = Some(previous);
+        }
+        self.awaiting_new_device = true;
+    }
+
+    /// Whether a switch is waiting for an RFC 4733 event to end.
+    pub fn switch_waiting(&self) -> bool {
+        self.switch_waiting
+    }
+
+    /// Periodic work: a switch waiting for an event whose end packet never
+    /// came goes ahead once the event is stale.
+    pub fn tick(&mut self, now: Instant) {
+        if self.switch_waiting
+            && !self.legs[self.user]
+                .as_ref()
+                .is_some_and(|l| l.dtmf_active(now))
+        {
+            self.complete_switch();
+        }
+    }
+
+    /// Removes the pending leg (a cancelled or timed-out transfer).
+    pub fn cancel_pending(&mut self) -> Option<LegId> {
+        let leg = self.pending.take()?;
+        self.switch_waiting = false;
+        self.legs[leg] = None;
+        Some(leg)
+    }
+
+    /// Removes the retired leg (its grace period is over).
+    pub fn close_retired(&mut self) -> Option<LegId> {
+        let leg = self.retired.take()?;
+        self.legs[leg] = None;
+        Some(leg)
+    }
+
+    /// A leg a switch removed, whose sockets the caller must close.
+    pub fn take_closed(&mut self) -> Option<LegId> {
+        self.closed.take()
+    }
+
+    /// When the last packet from the user side went to the remote.
+    pub fn last_toward_remote_at(&self) -> Option<Instant> {
+        self.last_toward_remote_at
+    }
+
+    /// A signalling update for the leg playing `side`: new signalled
+    /// addresses (replacing learned ones), and a fresh learning window if it
+    /// still has no peer, since media usually starts once the answer is
+    /// through.
     pub fn update_leg(
         &mut self,
         now: Instant,
@@ -470,44 +899,61 @@ impl Stream {
         peer_rtcp: Option<SocketAddr>,
     ) {
         let window = self.config.learning_window;
-        let leg = &mut self.legs[side as usize];
-        leg.set_signalled(peer_rtp, peer_rtcp);
-        if leg.peers[Component::Rtp as usize].addr.is_none() {
-            leg.learning_until = now + window;
+        let id = self.leg_of(side);
+        if let Some(leg) = self.legs[id].as_mut() {
+            leg.set_signalled(peer_rtp, peer_rtcp);
+            if leg.peers[Component::Rtp as usize].addr.is_none() {
+                leg.learning_until = now + window;
+            }
         }
     }
 
-    /// Accounts datagrams the kernel accepted on `side`'s socket.
-    pub fn record_sent(&mut self, side: Side, packets: u64, bytes: u64) {
-        let counters = &mut self.legs[side as usize].counters;
-        counters.packets_out += packets;
-        counters.bytes_out += bytes;
+    /// Accounts datagrams the kernel accepted on `leg`'s socket.
+    pub fn record_sent(&mut self, leg: LegId, packets: u64, bytes: u64) {
+        if let Some(leg) = self.legs.get_mut(leg).and_then(Option::as_mut) {
+            leg.counters.packets_out += packets;
+            leg.counters.bytes_out += bytes;
+        }
     }
 
-    /// Accounts datagrams the kernel refused on `side`'s socket, or that
+    /// Accounts datagrams the kernel refused on `leg`'s socket, or that
     /// arrived on it too large for the receive buffer.
-    pub fn record_drop(&mut self, side: Side, reason: DropReason, packets: u64) {
-        self.legs[side as usize].counters.drops[reason as usize] += packets;
+    pub fn record_drop(&mut self, leg: LegId, reason: DropReason, packets: u64) {
+        if let Some(leg) = self.legs.get_mut(leg).and_then(Option::as_mut) {
+            leg.counters.drops[reason as usize] += packets;
+        }
     }
 
-    /// When RTP last arrived on either leg, if ever.
+    /// When RTP last arrived on any leg, if ever.
     pub fn last_rtp_at(&self) -> Option<Instant> {
         self.last_rtp_at
     }
 
-    /// Whether `side` multiplexes RTCP on its RTP socket.
-    pub fn rtcp_mux(&self, side: Side) -> bool {
-        self.legs[side as usize].config.rtcp_mux
+    /// A snapshot of the leg playing `side`.
+    pub fn leg_report(&self, now: Instant, side: Side) -> LegReport {
+        self.report_of(now, self.leg_of(side))
     }
 
-    /// A snapshot of one leg for reports.
-    pub fn leg_report(&self, now: Instant, side: Side) -> LegReport {
-        let leg = &self.legs[side as usize];
+    /// A snapshot of leg `id` (empty if it no longer exists).
+    pub fn report_of(&self, now: Instant, id: LegId) -> LegReport {
+        let Some(leg) = self.legs.get(id).and_then(Option::as_ref) else {
+            return LegReport::default();
+        };
         let rtp_peer = leg.peers[Component::Rtp as usize];
         let rtcp_peer = leg.peers[leg.peer_slot(Component::Rtcp)];
         let rate = leg
             .last_payload_type
-            .map(|pt| self.clock_rates[usize::from(pt)])
+            .map(|pt| {
+                let remote_pt = if id == self.remote {
+                    pt
+                } else {
+                    leg.payloads.to_remote[usize::from(pt)]
+                };
+                self.clock_rates
+                    .get(usize::from(remote_pt))
+                    .copied()
+                    .unwrap_or(0)
+            })
             .filter(|&rate| rate != 0);
         LegReport {
             peer_rtp: rtp_peer.addr,
@@ -527,8 +973,49 @@ impl Stream {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    User,
+    Remote,
+    Pending,
+    Retired,
+}
+
+fn check_source(
+    leg: &mut Leg,
+    side: Side,
+    now: Instant,
+    component: Component,
+    from: SocketAddr,
+    fields: Option<RtpFields>,
+    relearn: bool,
+) -> Result<Option<Latched>, DropReason> {
+    let slot = leg.peer_slot(component);
+    let peer = leg.peers[slot];
+    let relearned = match (peer.source, peer.addr) {
+        (_, Some(addr)) if addr == from => return Ok(None),
+        (PeerSource::Signalled, _) => return Err(DropReason::Stranger),
+        (PeerSource::Learned, _) if relearn && leg.may_relearn(component, from, fields) => true,
+        (PeerSource::Learned, _) => return Err(DropReason::Stranger),
+        (PeerSource::Unknown, _) if now > leg.learning_until => {
+            return Err(DropReason::LearningClosed);
+        }
+        (PeerSource::Unknown, _) => false,
+    };
+    leg.peers[slot] = Peer {
+        addr: Some(from),
+        source: PeerSource::Learned,
+    };
+    Ok(Some(Latched {
+        side,
+        component,
+        addr: from,
+        relearned,
+    }))
+}
+
 /// A snapshot of one leg's state and counters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LegReport {
     /// The peer's RTP address, if known.
     pub peer_rtp: Option<SocketAddr>,
@@ -548,6 +1035,12 @@ pub struct LegReport {
     pub last_packet_age: Option<Duration>,
 }
 
+impl Default for PeerSource {
+    fn default() -> Self {
+        Self::Unknown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +1050,8 @@ mod tests {
     }
 
     const WINDOW: Duration = Duration::from_secs(3);
+    const USER: LegId = FIRST_USER_LEG;
+    const REMOTE: LegId = REMOTE_LEG;
 
     fn stream(now: Instant, user: LegConfig, remote: LegConfig, relearn: bool) -> Stream {
         Stream::new(
@@ -568,6 +1063,7 @@ mod tests {
             user,
             remote,
             &[(0, 8000), (101, 8000)],
+            Some(101),
         )
     }
 
@@ -579,19 +1075,53 @@ mod tests {
         }
     }
 
-    fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
-        let mut p = vec![0x80, 0];
+    fn rtp_pt(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt];
         p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
         p.extend_from_slice(&ssrc.to_be_bytes());
-        p.extend_from_slice(&[0xd5; 160]);
+        p.extend_from_slice(payload);
         p
+    }
+
+    fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+        rtp_pt(0, seq, u32::from(seq) * 160, ssrc, &[0xd5; 160])
     }
 
     fn rtcp_rr(ssrc: u32) -> Vec<u8> {
         let mut p = vec![0x80, 201, 0, 1];
         p.extend_from_slice(&ssrc.to_be_bytes());
         p
+    }
+
+    /// Feeds a datagram; returns the outcome and the bytes as they would go
+    /// out (after in-place rewriting).
+    fn feed(
+        s: &mut Stream,
+        now: Instant,
+        leg: LegId,
+        component: Component,
+        from: &str,
+        bytes: &[u8],
+    ) -> (Outcome, Vec<u8>) {
+        let mut buf = [0u8; 2048];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let outcome = s.on_packet(now, leg, component, addr(from), &mut buf, bytes.len());
+        let len = match outcome.verdict {
+            Verdict::Forward { len, .. } => len,
+            Verdict::Drop(_) => bytes.len(),
+        };
+        (outcome, buf[..len].to_vec())
+    }
+
+    fn fwd(leg: LegId, component: Component, to: &str, len: usize) -> Verdict {
+        Verdict::Forward {
+            leg,
+            component,
+            to: addr(to),
+            len,
+            fork: None,
+        }
     }
 
     #[test]
@@ -603,40 +1133,26 @@ mod tests {
             leg(Some("10.0.0.2:5000"), false),
             false,
         );
-        let mut packet = rtp(1, 7);
-        let original = packet.clone();
-        let (verdict, latched) = s.on_packet(
-            now,
-            Side::User,
-            Component::Rtp,
-            addr("10.0.0.1:4000"),
-            &mut packet,
-        );
+        let packet = rtp(1, 7);
+        let (outcome, out) = feed(&mut s, now, USER, Component::Rtp, "10.0.0.1:4000", &packet);
         assert_eq!(
-            verdict,
-            Verdict::Forward {
-                side: Side::Remote,
-                component: Component::Rtp,
-                to: addr("10.0.0.2:5000")
-            }
+            outcome.verdict,
+            fwd(REMOTE, Component::Rtp, "10.0.0.2:5000", packet.len())
         );
-        assert_eq!(latched, None);
-        assert_eq!(packet, original);
+        assert_eq!(outcome.latched, None);
+        assert_eq!(out, packet, "the first source passes byte for byte");
         // RTCP goes to the signalled RTP port + 1.
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::Remote,
+            REMOTE,
             Component::Rtcp,
-            addr("10.0.0.2:5001"),
-            &mut rtcp_rr(9),
+            "10.0.0.2:5001",
+            &rtcp_rr(9),
         );
         assert_eq!(
-            verdict,
-            Verdict::Forward {
-                side: Side::User,
-                component: Component::Rtcp,
-                to: addr("10.0.0.1:4001")
-            }
+            outcome.verdict,
+            fwd(USER, Component::Rtcp, "10.0.0.1:4001", 8)
         );
     }
 
@@ -649,30 +1165,33 @@ mod tests {
             leg(Some("10.0.0.2:5000"), false),
             true,
         );
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("10.6.6.6:4000"),
-            &mut rtp(1, 7),
+            "10.6.6.6:4000",
+            &rtp(1, 7),
         );
-        assert_eq!(verdict, Verdict::Drop(DropReason::Stranger));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
         // Not even with the same SSRC and the next sequence number.
-        s.on_packet(
+        feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("10.0.0.1:4000"),
-            &mut rtp(1, 7),
+            "10.0.0.1:4000",
+            &rtp(1, 7),
         );
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("10.0.0.1:4444"),
-            &mut rtp(2, 7),
+            "10.0.0.1:4444",
+            &rtp(2, 7),
         );
-        assert_eq!(verdict, Verdict::Drop(DropReason::Stranger));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
         let report = s.leg_report(now, Side::User);
         assert_eq!(report.counters.drops[DropReason::Stranger as usize], 2);
         assert_eq!(report.counters.rtp_in, 1);
@@ -688,16 +1207,17 @@ mod tests {
             false,
         );
         let t1 = t0 + Duration::from_secs(1);
-        let (verdict, latched) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             t1,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("192.0.2.1:7000"),
-            &mut rtp(1, 7),
+            "192.0.2.1:7000",
+            &rtp(1, 7),
         );
-        assert!(matches!(verdict, Verdict::Forward { .. }));
+        assert!(matches!(outcome.verdict, Verdict::Forward { .. }));
         assert_eq!(
-            latched,
+            outcome.latched,
             Some(Latched {
                 side: Side::User,
                 component: Component::Rtp,
@@ -705,29 +1225,27 @@ mod tests {
                 relearned: false
             })
         );
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             t1,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("192.0.2.9:7000"),
-            &mut rtp(2, 7),
+            "192.0.2.9:7000",
+            &rtp(2, 7),
         );
-        assert_eq!(verdict, Verdict::Drop(DropReason::Stranger));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
         // The remote's media now reaches the learned address.
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             t1,
-            Side::Remote,
+            REMOTE,
             Component::Rtp,
-            addr("10.0.0.2:5000"),
-            &mut rtp(1, 9),
+            "10.0.0.2:5000",
+            &rtp(1, 9),
         );
         assert_eq!(
-            verdict,
-            Verdict::Forward {
-                side: Side::User,
-                component: Component::Rtp,
-                to: addr("192.0.2.1:7000")
-            }
+            outcome.verdict,
+            fwd(USER, Component::Rtp, "192.0.2.1:7000", 172)
         );
     }
 
@@ -741,25 +1259,27 @@ mod tests {
             false,
         );
         let late = t0 + WINDOW + Duration::from_millis(1);
-        let (verdict, latched) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             late,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("192.0.2.1:7000"),
-            &mut rtp(1, 7),
+            "192.0.2.1:7000",
+            &rtp(1, 7),
         );
-        assert_eq!(verdict, Verdict::Drop(DropReason::LearningClosed));
-        assert_eq!(latched, None);
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::LearningClosed));
+        assert_eq!(outcome.latched, None);
         s.update_leg(late, Side::User, None, None);
-        let (verdict, latched) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             late,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("192.0.2.1:7000"),
-            &mut rtp(2, 7),
+            "192.0.2.1:7000",
+            &rtp(2, 7),
         );
-        assert!(matches!(verdict, Verdict::Forward { .. }));
-        assert!(latched.is_some());
+        assert!(matches!(outcome.verdict, Verdict::Forward { .. }));
+        assert!(outcome.latched.is_some());
     }
 
     #[test]
@@ -771,14 +1291,15 @@ mod tests {
             leg(None, false),
             false,
         );
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("10.0.0.1:4000"),
-            &mut rtp(1, 7),
+            "10.0.0.1:4000",
+            &rtp(1, 7),
         );
-        assert_eq!(verdict, Verdict::Drop(DropReason::NoDestination));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::NoDestination));
         assert_eq!(
             s.leg_report(now, Side::User).counters.drops[DropReason::NoDestination as usize],
             1
@@ -795,34 +1316,29 @@ mod tests {
             false,
         );
         for junk in [vec![], vec![0x80; 5], vec![0x00; 40], vec![0x8f; 20]] {
-            let mut junk = junk;
-            let (verdict, latched) = s.on_packet(
-                now,
-                Side::User,
-                Component::Rtp,
-                addr("192.0.2.66:1"),
-                &mut junk,
-            );
-            assert_eq!(verdict, Verdict::Drop(DropReason::MalformedRtp));
-            assert_eq!(latched, None);
+            let (outcome, _) = feed(&mut s, now, USER, Component::Rtp, "192.0.2.66:1", &junk);
+            assert_eq!(outcome.verdict, Verdict::Drop(DropReason::MalformedRtp));
+            assert_eq!(outcome.latched, None);
         }
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtcp,
-            addr("192.0.2.66:1"),
-            &mut [0x80, 200, 0, 9],
+            "192.0.2.66:1",
+            &[0x80, 200, 0, 9],
         );
-        assert_eq!(verdict, Verdict::Drop(DropReason::MalformedRtcp));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::MalformedRtcp));
         // The legitimate device still latches afterwards.
-        let (_, latched) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("192.0.2.1:7000"),
-            &mut rtp(1, 7),
+            "192.0.2.1:7000",
+            &rtp(1, 7),
         );
-        assert!(latched.is_some());
+        assert!(outcome.latched.is_some());
     }
 
     #[test]
@@ -835,37 +1351,31 @@ mod tests {
             false,
         );
         // RTCP on the user's mux socket goes to the remote's RTCP port.
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::User,
+            USER,
             Component::Rtp,
-            addr("10.0.0.1:4000"),
-            &mut rtcp_rr(7),
+            "10.0.0.1:4000",
+            &rtcp_rr(7),
         );
         assert_eq!(
-            verdict,
-            Verdict::Forward {
-                side: Side::Remote,
-                component: Component::Rtcp,
-                to: addr("10.0.0.2:5001")
-            }
+            outcome.verdict,
+            fwd(REMOTE, Component::Rtcp, "10.0.0.2:5001", 8)
         );
         // RTCP from the remote leaves through the user's single socket to
         // the user's one address.
-        let (verdict, _) = s.on_packet(
+        let (outcome, _) = feed(
+            &mut s,
             now,
-            Side::Remote,
+            REMOTE,
             Component::Rtcp,
-            addr("10.0.0.2:5001"),
-            &mut rtcp_rr(9),
+            "10.0.0.2:5001",
+            &rtcp_rr(9),
         );
         assert_eq!(
-            verdict,
-            Verdict::Forward {
-                side: Side::User,
-                component: Component::Rtp,
-                to: addr("10.0.0.1:4000")
-            }
+            outcome.verdict,
+            fwd(USER, Component::Rtp, "10.0.0.1:4000", 8)
         );
     }
 
@@ -879,44 +1389,48 @@ mod tests {
                 leg(Some("10.0.0.2:5000"), false),
                 relearn,
             );
-            s.on_packet(
+            feed(
+                &mut s,
                 now,
-                Side::User,
+                USER,
                 Component::Rtp,
-                addr("192.0.2.1:7000"),
-                &mut rtp(100, 7),
+                "192.0.2.1:7000",
+                &rtp(100, 7),
             );
             // Another SSRC from the new address: never.
-            let (verdict, _) = s.on_packet(
+            let (outcome, _) = feed(
+                &mut s,
                 now,
-                Side::User,
+                USER,
                 Component::Rtp,
-                addr("192.0.2.1:7100"),
-                &mut rtp(101, 8),
+                "192.0.2.1:7100",
+                &rtp(101, 8),
             );
-            assert_eq!(verdict, Verdict::Drop(DropReason::Stranger));
+            assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
             // Same SSRC but far away in sequence: never.
-            let (verdict, _) = s.on_packet(
+            let (outcome, _) = feed(
+                &mut s,
                 now,
-                Side::User,
+                USER,
                 Component::Rtp,
-                addr("192.0.2.1:7100"),
-                &mut rtp(5000, 7),
+                "192.0.2.1:7100",
+                &rtp(5000, 7),
             );
-            assert_eq!(verdict, Verdict::Drop(DropReason::Stranger));
+            assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
             // Same SSRC, next sequence number: only with relearn.
-            let (verdict, latched) = s.on_packet(
+            let (outcome, _) = feed(
+                &mut s,
                 now,
-                Side::User,
+                USER,
                 Component::Rtp,
-                addr("192.0.2.1:7100"),
-                &mut rtp(101, 7),
+                "192.0.2.1:7100",
+                &rtp(101, 7),
             );
             if relearn {
-                assert!(matches!(verdict, Verdict::Forward { .. }));
-                assert!(latched.is_some_and(|l| l.relearned));
+                assert!(matches!(outcome.verdict, Verdict::Forward { .. }));
+                assert!(outcome.latched.is_some_and(|l| l.relearned));
             } else {
-                assert_eq!(verdict, Verdict::Drop(DropReason::Stranger));
+                assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
             }
         }
     }
@@ -932,12 +1446,13 @@ mod tests {
         );
         for seq in (0u16..100).filter(|s| s % 10 != 5) {
             let at = t0 + Duration::from_millis(20 * u64::from(seq));
-            s.on_packet(
+            feed(
+                &mut s,
                 at,
-                Side::User,
+                USER,
                 Component::Rtp,
-                addr("10.0.0.1:4000"),
-                &mut rtp(seq, 7),
+                "10.0.0.1:4000",
+                &rtp(seq, 7),
             );
         }
         let report = s.leg_report(t0 + Duration::from_secs(3), Side::User);
@@ -951,6 +1466,261 @@ mod tests {
         assert_eq!(
             report.last_packet_age,
             Some(Duration::from_millis(3000 - 20 * 99))
+        );
+    }
+
+    fn fields(bytes: &[u8]) -> (bool, u8, u16, u32, u32) {
+        let v = RtpView::new_checked(bytes).expect("rtp");
+        (
+            v.marker(),
+            v.payload_type(),
+            v.sequence(),
+            v.timestamp(),
+            v.ssrc(),
+        )
+    }
+
+    /// A talks from 10.0.0.1 (SSRC 0xA), the remote is 10.0.0.2; B (at
+    /// 10.0.0.3, numbering telephone-event 96) gets a pending leg.
+    fn transfer_setup(t0: Instant) -> (Stream, LegId) {
+        let mut s = stream(
+            t0,
+            leg(Some("10.0.0.1:4000"), true),
+            leg(Some("10.0.0.2:5000"), true),
+            false,
+        );
+        for i in 0..5u16 {
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            feed(
+                &mut s,
+                at,
+                USER,
+                Component::Rtp,
+                "10.0.0.1:4000",
+                &rtp_pt(0, 1000 + i, 8000 + 160 * u32::from(i), 0xA, &[1; 160]),
+            );
+        }
+        let b = s
+            .add_pending(
+                t0,
+                leg(Some("10.0.0.3:6000"), true),
+                PayloadMap::from_pairs(&[(0, 0), (96, 101)], Some(96)),
+            )
+            .expect("pending leg");
+        (s, b)
+    }
+
+    #[test]
+    fn transfer_switches_on_the_new_devices_first_packet() {
+        let t0 = Instant::now();
+        let (mut s, b) = transfer_setup(t0);
+        // While pending, the remote's media goes to both devices.
+        let (outcome, _) = feed(
+            &mut s,
+            t0,
+            REMOTE,
+            Component::Rtp,
+            "10.0.0.2:5000",
+            &rtp_pt(101, 7, 0, 0xF, &[1, 0, 0, 160]),
+        );
+        match outcome.verdict {
+            Verdict::Forward {
+                leg,
+                fork: Some(fork),
+                ..
+            } => {
+                assert_eq!(leg, USER);
+                assert_eq!(
+                    fork,
+                    Fork {
+                        leg: b,
+                        to: addr("10.0.0.3:6000"),
+                        payload_type: 96
+                    }
+                );
+            }
+            other => panic!("expected a fork, got {other:?}"),
+        }
+        // B's first packet asks for the switch and is held.
+        let t_b = t0 + Duration::from_millis(80 + 30);
+        let first_b = rtp_pt(0, 40000, 777, 0xB, &[2; 160]);
+        let (outcome, _) = feed(&mut s, t_b, b, Component::Rtp, "10.0.0.3:6000", &first_b);
+        assert!(outcome.switch_requested);
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::TransferPending));
+        assert!(s.switch(t_b));
+        let (outcome, out) = feed(&mut s, t_b, b, Component::Rtp, "10.0.0.3:6000", &first_b);
+        assert!(outcome.new_device_started);
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+        let (marker, pt, seq, ts, ssrc) = fields(&out);
+        assert_eq!(
+            (marker, pt, seq, ssrc),
+            (true, 0, 1005, 0xA),
+            "same SSRC, next seq, marker"
+        );
+        assert_eq!(ts, 8000 + 160 * 4 + 30 * 8, "30 ms after A's last packet");
+        // B's telephone-event (96) reaches the remote as 101.
+        let (_, out) = feed(
+            &mut s,
+            t_b + Duration::from_millis(20),
+            b,
+            Component::Rtp,
+            "10.0.0.3:6000",
+            &rtp_pt(96, 40001, 937, 0xB, &[1, 10, 0, 160]),
+        );
+        assert_eq!(fields(&out).1, 101);
+        assert_eq!(fields(&out).2, 1006);
+        // A's late packets are dropped; the remote's media goes to B only,
+        // in B's numbering.
+        let (outcome, _) = feed(
+            &mut s,
+            t_b,
+            USER,
+            Component::Rtp,
+            "10.0.0.1:4000",
+            &rtp_pt(0, 1005, 8800, 0xA, &[1; 160]),
+        );
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::OldSource));
+        let (outcome, out) = feed(
+            &mut s,
+            t_b,
+            REMOTE,
+            Component::Rtp,
+            "10.0.0.2:5000",
+            &rtp_pt(101, 8, 0, 0xF, &[1, 0, 0, 160]),
+        );
+        assert_eq!(outcome.verdict, fwd(b, Component::Rtp, "10.0.0.3:6000", 16));
+        assert_eq!(fields(&out).1, 96);
+        assert_eq!(s.leg_of(Side::User), b);
+        assert_eq!(s.close_retired(), Some(USER));
+    }
+
+    #[test]
+    fn a_dtmf_event_in_progress_finishes_before_the_switch() {
+        let t0 = Instant::now();
+        let (mut s, b) = transfer_setup(t0);
+        // A starts an event (telephone-event 101, no E bit).
+        let event = |seq: u16, end: bool| {
+            rtp_pt(
+                101,
+                seq,
+                8800,
+                0xA,
+                &[5, if end { 0x8a } else { 0x0a }, 0, 160],
+            )
+        };
+        feed(
+            &mut s,
+            t0,
+            USER,
+            Component::Rtp,
+            "10.0.0.1:4000",
+            &event(1005, false),
+        );
+        // B's first packet: the switch waits for the event's end.
+        let (outcome, _) = feed(
+            &mut s,
+            t0,
+            b,
+            Component::Rtp,
+            "10.0.0.3:6000",
+            &rtp_pt(0, 1, 1, 0xB, &[2; 160]),
+        );
+        assert!(outcome.switch_requested);
+        assert!(!s.switch(t0));
+        assert!(s.switch_waiting());
+        let (outcome, _) = feed(
+            &mut s,
+            t0,
+            b,
+            Component::Rtp,
+            "10.0.0.3:6000",
+            &rtp_pt(0, 2, 161, 0xB, &[2; 160]),
+        );
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::TransferPending));
+        assert!(!outcome.switch_requested, "already waiting");
+        // A's event continues and ends; every packet of it reaches the remote.
+        for (seq, end) in [(1006, false), (1007, true)] {
+            let (outcome, out) = feed(
+                &mut s,
+                t0,
+                USER,
+                Component::Rtp,
+                "10.0.0.1:4000",
+                &event(seq, end),
+            );
+            assert!(matches!(outcome.verdict, Verdict::Forward { .. }));
+            assert_eq!(fields(&out).2, seq);
+        }
+        // Now B is the device, and its media continues the stream.
+        assert_eq!(s.leg_of(Side::User), b);
+        let (outcome, out) = feed(
+            &mut s,
+            t0,
+            b,
+            Component::Rtp,
+            "10.0.0.3:6000",
+            &rtp_pt(0, 3, 321, 0xB, &[2; 160]),
+        );
+        assert!(outcome.new_device_started);
+        assert_eq!(fields(&out).2, 1008);
+    }
+
+    #[test]
+    fn cancel_leaves_the_current_device_untouched() {
+        let t0 = Instant::now();
+        let (mut s, b) = transfer_setup(t0);
+        assert!(
+            s.add_pending(t0, leg(None, true), PayloadMap::identity(None))
+                .is_none(),
+            "one transfer at a time"
+        );
+        assert_eq!(s.cancel_pending(), Some(b));
+        let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6000", &rtp(1, 0xB));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::OldSource));
+        let (outcome, out) = feed(
+            &mut s,
+            t0,
+            USER,
+            Component::Rtp,
+            "10.0.0.1:4000",
+            &rtp_pt(0, 1005, 8800, 0xA, &[1; 160]),
+        );
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+        assert_eq!(fields(&out), (false, 0, 1005, 8800, 0xA));
+    }
+
+    #[test]
+    fn the_user_devices_rtcp_bye_never_reaches_the_remote() {
+        let t0 = Instant::now();
+        let (mut s, _) = transfer_setup(t0);
+        let mut bye = vec![0x81, 203, 0, 1];
+        bye.extend_from_slice(&0xAu32.to_be_bytes());
+        let (outcome, _) = feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &bye);
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::RtcpBye));
+    }
+
+    #[test]
+    fn payload_types_the_new_device_did_not_negotiate_are_dropped() {
+        let t0 = Instant::now();
+        let (mut s, b) = transfer_setup(t0);
+        assert!(s.switch(t0));
+        let (outcome, _) = feed(
+            &mut s,
+            t0,
+            b,
+            Component::Rtp,
+            "10.0.0.3:6000",
+            &rtp_pt(8, 1, 1, 0xB, &[2; 160]),
+        );
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Drop(DropReason::UnknownPayloadType)
         );
     }
 }

@@ -25,6 +25,8 @@ pub struct RecvBatch {
     names: Box<[libc::sockaddr_storage; BATCH]>,
     iovecs: Box<[libc::iovec; BATCH]>,
     headers: Box<[libc::mmsghdr; BATCH]>,
+    /// Length of each datagram; may be changed by rewriting.
+    lens: [usize; BATCH],
     received: usize,
 }
 
@@ -45,6 +47,7 @@ impl RecvBatch {
             names: Box::new(names),
             iovecs: Box::new(iovecs),
             headers: Box::new(headers),
+            lens: [0; BATCH],
             received: 0,
         }
     }
@@ -82,24 +85,31 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.received = n as usize;
+        for i in 0..self.received {
+            self.lens[i] = (self.headers[i].msg_len as usize).min(BUF_LEN);
+        }
         Ok(self.received)
     }
 
     /// Datagram `i` of the last call: its source (None for an address family
-    /// other than IPv4/IPv6), whether it was truncated, and its bytes.
-    pub fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, bool, &mut [u8]) {
+    /// other than IPv4/IPv6), whether it was truncated, its whole buffer
+    /// (room to rewrite in) and its length.
+    pub fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, bool, &mut [u8], usize) {
         debug_assert!(i < self.received);
         let header = &self.headers[i];
         let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        let len = (header.msg_len as usize).min(BUF_LEN);
         let source = from_sockaddr(&self.names[i], header.msg_hdr.msg_namelen);
-        (source, truncated, &mut self.bufs[i][..len])
+        (source, truncated, &mut self.bufs[i][..], self.lens[i])
+    }
+
+    /// Sets datagram `i`'s length after rewriting (at most [`BUF_LEN`]).
+    pub fn set_len(&mut self, i: usize, len: usize) {
+        self.lens[i] = len.min(BUF_LEN);
     }
 
     /// Datagram `i`'s bytes, read-only (for sending after rewriting).
     pub fn bytes(&self, i: usize) -> &[u8] {
-        let len = (self.headers[i].msg_len as usize).min(BUF_LEN);
-        &self.bufs[i][..len]
+        &self.bufs[i][..self.lens[i]]
     }
 }
 
@@ -303,10 +313,10 @@ mod tests {
                 match recv.recv(b.as_fd()) {
                     Ok(n) => {
                         for i in 0..n {
-                            let (from, truncated, bytes) = recv.datagram(i);
+                            let (from, truncated, _, _) = recv.datagram(i);
                             assert_eq!(from, Some(a.local_addr().expect("addr")));
                             assert!(!truncated);
-                            got.push(bytes.to_vec());
+                            got.push(recv.bytes(i).to_vec());
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -332,8 +342,8 @@ mod tests {
         let _ = b.peek_from(&mut peek);
         let mut recv = RecvBatch::new();
         assert_eq!(recv.recv(b.as_fd()).expect("recv"), 1);
-        let (_, truncated, bytes) = recv.datagram(0);
+        let (_, truncated, _, len) = recv.datagram(0);
         assert!(truncated);
-        assert_eq!(bytes.len(), BUF_LEN);
+        assert_eq!(len, BUF_LEN);
     }
 }

@@ -26,21 +26,27 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::SessionId;
-use crate::ports::LegSockets;
+use crate::ports::{LegSockets, PortLease};
 use crate::stream::{
-    Component, DropReason, LegConfig, LegReport, Side, Stream, StreamConfig, Verdict,
+    Component, DropReason, LegConfig, LegId, LegReport, MAX_LEGS, PayloadMap, Side, Stream,
+    StreamConfig, Verdict,
 };
-use crate::sys::{BATCH, RecvBatch, SendBatch};
+use crate::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
 
 /// The waker's token; socket tokens are slab keys, far below it.
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// How often timeouts are checked.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 /// `recvmmsg` calls on one socket per turn of the loop before the others get
 /// their turn (fairness under load).
 const BATCHES_PER_TURN: usize = 8;
 /// Largest latency recorded, in nanoseconds (anything slower is clamped).
 const LATENCY_MAX_NS: u64 = 10_000_000_000;
+/// How long the old device's sockets stay open after a switch, so its late
+/// packets are counted as dropped rather than bounced with ICMP.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+/// No socket in this slot.
+const NO_TOKEN: usize = usize::MAX;
 
 /// One leg as handed to a worker: its bound sockets and signalled peer.
 #[derive(Debug)]
@@ -58,8 +64,28 @@ pub struct StreamSetup {
     pub config: StreamConfig,
     /// Clock rate by payload type.
     pub clock_rates: Vec<(u8, u32)>,
+    /// The telephone-event payload type, if negotiated.
+    pub telephone_event: Option<u8>,
     /// User leg, then remote leg.
     pub legs: [LegSetup; 2],
+}
+
+/// The new device's leg of one stream.
+#[derive(Debug)]
+pub struct PendingSetup {
+    /// Its sockets and signalled address.
+    pub leg: LegSetup,
+    /// Its payload numbering against the remote's.
+    pub payloads: PayloadMap,
+}
+
+/// When a transfer switches to the new device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchMode {
+    /// On the new device's first media packet.
+    FirstPacket,
+    /// On an explicit commit.
+    Commit,
 }
 
 /// Signalled addresses for one leg of one stream.
@@ -97,6 +123,33 @@ pub enum Command {
         clock_rates: Vec<(usize, Vec<(u8, u32)>)>,
         /// `false` when the session is not on this worker (any more).
         reply: oneshot::Sender<bool>,
+    },
+    /// Open the new device's legs (one per stream, in order).
+    BeginTransfer {
+        /// The session.
+        id: SessionId,
+        /// One per stream.
+        legs: Vec<PendingSetup>,
+        /// When to switch.
+        mode: SwitchMode,
+        /// Roll back if not switched by then.
+        timeout: Duration,
+        /// Why not, if refused.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Switch to the pending device now (commit mode).
+    Commit {
+        /// The session.
+        id: SessionId,
+        /// Why not, if refused.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Roll back an open transfer.
+    Cancel {
+        /// The session.
+        id: SessionId,
+        /// Why not, if refused.
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// End a session: close its sockets, free its ports, report.
     Remove {
@@ -141,6 +194,21 @@ impl EndReason {
 /// Something a worker tells the control plane.
 #[derive(Debug)]
 pub enum WorkerEvent {
+    /// The new device took over.
+    TransferCompleted {
+        /// The session.
+        id: SessionId,
+        /// Last packet of the old device sent → first of the new one sent;
+        /// `None` if a newer transfer began before the new device sent.
+        gap: Option<Duration>,
+        /// The session after the switch.
+        report: SessionReport,
+    },
+    /// A transfer was rolled back by its timeout.
+    TransferTimedOut {
+        /// The session.
+        id: SessionId,
+    },
     /// A session ended on its own; its ports are free.
     SessionEnded {
         /// The session.
@@ -166,6 +234,8 @@ pub enum WorkerEvent {
 pub struct SessionReport {
     /// Per stream: user leg, remote leg.
     pub streams: Vec<[LegReport; 2]>,
+    /// Whether a transfer is open (not yet switched).
+    pub transfer_pending: bool,
     /// Time since the last RTP on any leg (or since creation if none).
     pub idle: Duration,
 }
@@ -190,20 +260,56 @@ struct SocketEntry {
     socket: UdpSocket,
     session: usize,
     stream: usize,
-    side: Side,
+    leg: LegId,
     component: Component,
+}
+
+struct Transfer {
+    mode: SwitchMode,
+    deadline: Instant,
+    switched: bool,
+    /// When the old device's last packet went to the remote, at the switch.
+    old_last_sent: Option<Instant>,
 }
 
 struct Session {
     id: SessionId,
     created: Instant,
     streams: Vec<Stream>,
-    /// Socket tokens by stream, side and component; with rtcp-mux the RTCP
+    /// Socket tokens by stream, leg and component; with rtcp-mux the RTCP
     /// entry repeats the RTP token.
-    tokens: Vec<[[usize; 2]; 2]>,
-    /// Declared after nothing that needs it: dropped only once the socket
-    /// entries are removed (see `remove_session`).
-    leases: Vec<crate::ports::PortLease>,
+    tokens: Vec<[[usize; 2]; MAX_LEGS]>,
+    /// Port leases by stream and leg, dropped after the leg's sockets close.
+    leases: Vec<[Option<PortLease>; MAX_LEGS]>,
+    transfer: Option<Transfer>,
+    /// When the retired legs of the last switch close.
+    retire_at: Option<Instant>,
+}
+
+impl Session {
+    /// Switches every stream to the pending device. Returns legs a switch
+    /// removed outright (their sockets must close now).
+    fn switch_all(&mut self, now: Instant, closed: &mut Vec<(usize, LegId)>) {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        if transfer.switched {
+            return;
+        }
+        transfer.switched = true;
+        transfer.old_last_sent = self
+            .streams
+            .iter()
+            .filter_map(Stream::last_toward_remote_at)
+            .max();
+        for (index, stream) in self.streams.iter_mut().enumerate() {
+            stream.switch(now);
+            if let Some(leg) = stream.take_closed() {
+                closed.push((index, leg));
+            }
+        }
+        self.retire_at = Some(now + RETIRE_GRACE);
+    }
 }
 
 /// Timeouts applied by a worker.
@@ -215,16 +321,29 @@ pub struct Timeouts {
     pub setup: Duration,
 }
 
-/// A queued send: the socket token, destination and which received datagram.
+/// A queued send: the socket token, destination and which datagram (in the
+/// receive batch, or in the fork buffers).
 #[derive(Clone, Copy)]
 struct Outgoing {
     token: usize,
     session: usize,
     stream: usize,
-    side: Side,
+    leg: LegId,
     to: SocketAddr,
     index: usize,
 }
+
+const NO_OUTGOING: Outgoing = Outgoing {
+    token: NO_TOKEN,
+    session: 0,
+    stream: 0,
+    leg: 0,
+    to: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    )),
+    index: 0,
+};
 
 pub(crate) struct Worker {
     index: usize,
@@ -236,8 +355,11 @@ pub(crate) struct Worker {
     sockets: Slab<SocketEntry>,
     sessions: Slab<Session>,
     by_id: HashMap<SessionId, usize>,
-    /// Session ends not yet accepted by the control plane's queue.
+    /// Events the control plane must get (they free ports or change who the
+    /// user's device is) but whose queue was full.
     undelivered: Vec<WorkerEvent>,
+    /// Copies of the remote's media for a pending device.
+    forks: Box<[[u8; BUF_LEN]; BATCH]>,
     forwarded: u64,
     dropped: u64,
     events_lost: u64,
@@ -259,13 +381,14 @@ impl Worker {
             index,
             poll,
             commands,
+            stop,
             events,
             timeouts,
-            stop,
             sockets: Slab::with_capacity(1024),
             sessions: Slab::with_capacity(256),
             by_id: HashMap::with_capacity(256),
             undelivered: Vec::new(),
+            forks: Box::new([[0; BUF_LEN]; BATCH]),
             forwarded: 0,
             dropped: 0,
             events_lost: 0,
@@ -360,34 +483,46 @@ impl Worker {
         let Some(entry) = self.sockets.get(token) else {
             return;
         };
-        let (session_key, stream_index, side, component) =
-            (entry.session, entry.stream, entry.side, entry.component);
+        let (session_key, stream_index, leg, component) =
+            (entry.session, entry.stream, entry.leg, entry.component);
         let Some(session) = self.sessions.get_mut(session_key) else {
             return;
         };
         let id = session.id;
-        let Some(stream) = session.streams.get_mut(stream_index) else {
-            return;
-        };
-        let mut queued = [Outgoing {
-            token: 0,
-            session: 0,
-            stream: 0,
-            side: Side::User,
-            to: SocketAddr::from(([0, 0, 0, 0], 0)),
-            index: 0,
-        }; BATCH];
+        let mut queued = [NO_OUTGOING; BATCH];
         let mut queued_count = 0;
+        let mut forked = [NO_OUTGOING; BATCH];
+        let mut forked_count = 0;
+        let mut fork_lens = [0usize; BATCH];
+        // Legs a switch removed outright; allocated only when that happens.
+        let mut closed: Vec<(usize, LegId)> = Vec::new();
         for index in 0..received {
-            let (source, truncated, bytes) = recv.datagram(index);
+            let (source, truncated, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
+            let Some(stream) = session.streams.get_mut(stream_index) else {
+                return;
+            };
             if truncated {
-                stream.record_drop(side, DropReason::TooLarge, 1);
+                stream.record_drop(leg, DropReason::TooLarge, 1);
                 self.dropped += 1;
                 continue;
             }
-            let (verdict, latched) = stream.on_packet(received_at, side, component, source, bytes);
-            if let Some(latched) = latched {
+            let mut outcome = stream.on_packet(received_at, leg, component, source, buf, len);
+            let first_packet_switch = session
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.mode == SwitchMode::FirstPacket && !t.switched);
+            if outcome.switch_requested && first_packet_switch {
+                session.switch_all(received_at, &mut closed);
+                debug!(worker = self.index, session = %id, "switched to the new device on its first packet");
+                let stream = &mut session.streams[stream_index];
+                // The packet that asked for the switch is the new device's
+                // first: hand it in again, now from the current device.
+                let latched = outcome.latched;
+                outcome = stream.on_packet(received_at, leg, component, source, buf, len);
+                outcome.latched = outcome.latched.or(latched);
+            }
+            if let Some(latched) = outcome.latched {
                 let event = WorkerEvent::SourceLatched {
                     id,
                     stream: stream_index,
@@ -397,67 +532,85 @@ impl Worker {
                     self.events_lost += 1;
                 }
             }
-            match verdict {
+            if outcome.new_device_started
+                && let Some(transfer) = session.transfer.take_if(|t| t.switched)
+            {
+                let gap = transfer
+                    .old_last_sent
+                    .map(|at| received_at.saturating_duration_since(at));
+                let report = report_of(session, received_at);
+                deliver(
+                    &self.events,
+                    &mut self.undelivered,
+                    WorkerEvent::TransferCompleted { id, gap, report },
+                );
+            }
+            match outcome.verdict {
                 Verdict::Forward {
-                    side: out_side,
+                    leg: out_leg,
                     component: out_component,
                     to,
+                    len: new_len,
+                    fork,
                 } => {
+                    recv.set_len(index, new_len);
                     queued[queued_count] = Outgoing {
-                        token: session.tokens[stream_index][out_side as usize]
-                            [out_component as usize],
+                        token: session.tokens[stream_index][out_leg][out_component as usize],
                         session: session_key,
                         stream: stream_index,
-                        side: out_side,
+                        leg: out_leg,
                         to,
                         index,
                     };
                     queued_count += 1;
+                    if let Some(fork) = fork {
+                        fork_lens[forked_count] = new_len;
+                        let copy = &mut self.forks[forked_count][..new_len];
+                        copy.copy_from_slice(recv.bytes(index));
+                        copy[1] = (copy[1] & 0x80) | (fork.payload_type & 0x7f);
+                        forked[forked_count] = Outgoing {
+                            token: session.tokens[stream_index][fork.leg][Component::Rtp as usize],
+                            session: session_key,
+                            stream: stream_index,
+                            leg: fork.leg,
+                            to: fork.to,
+                            index: forked_count,
+                        };
+                        forked_count += 1;
+                    }
                 }
                 Verdict::Drop(_) => self.dropped += 1,
             }
         }
-        self.send_queued(&queued[..queued_count], recv, send);
-        if queued_count > 0 {
+        for (stream, leg) in closed {
+            self.close_leg(session_key, stream, leg);
+        }
+        let mut totals = (0, 0);
+        send_runs(
+            &self.sockets,
+            &mut self.sessions,
+            &queued[..queued_count],
+            |i| recv.bytes(i),
+            send,
+            &mut totals,
+        );
+        let forks = &self.forks;
+        send_runs(
+            &self.sockets,
+            &mut self.sessions,
+            &forked[..forked_count],
+            |i| &forks[i][..fork_lens[i]],
+            send,
+            &mut totals,
+        );
+        self.forwarded += totals.0;
+        self.dropped += totals.1;
+        let total = queued_count + forked_count;
+        if total > 0 {
             let elapsed = u64::try_from(received_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let _ = self
                 .latency
-                .record_n(elapsed.clamp(1, LATENCY_MAX_NS), queued_count as u64);
-        }
-    }
-
-    /// Sends queued datagrams, one `sendmmsg` per run of the same socket.
-    fn send_queued(&mut self, queued: &[Outgoing], recv: &RecvBatch, send: &mut SendBatch) {
-        let mut start = 0;
-        while start < queued.len() {
-            let token = queued[start].token;
-            let end = start
-                + queued[start..]
-                    .iter()
-                    .take_while(|q| q.token == token)
-                    .count();
-            let mut packets: [(SocketAddr, &[u8]); BATCH] =
-                [(SocketAddr::from(([0, 0, 0, 0], 0)), &[]); BATCH];
-            for (slot, q) in packets.iter_mut().zip(&queued[start..end]) {
-                *slot = (q.to, recv.bytes(q.index));
-            }
-            let run = &queued[start];
-            if let Some(entry) = self.sockets.get(token) {
-                let outcome = send.send(entry.socket.as_fd(), &packets[..end - start]);
-                self.forwarded += outcome.sent as u64;
-                self.dropped += outcome.failed as u64;
-                if let Some(stream) = self
-                    .sessions
-                    .get_mut(run.session)
-                    .and_then(|s| s.streams.get_mut(run.stream))
-                {
-                    stream.record_sent(run.side, outcome.sent as u64, outcome.sent_bytes as u64);
-                    if outcome.failed > 0 {
-                        stream.record_drop(run.side, DropReason::SendFailed, outcome.failed as u64);
-                    }
-                }
-            }
-            start = end;
+                .record_n(elapsed.clamp(1, LATENCY_MAX_NS), total as u64);
         }
     }
 
@@ -469,6 +622,7 @@ impl Worker {
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             };
+            let now = Instant::now();
             match command {
                 Command::Add { id, streams, reply } => {
                     let result = self.add_session(id, streams);
@@ -480,7 +634,6 @@ impl Worker {
                     clock_rates,
                     reply,
                 } => {
-                    let now = Instant::now();
                     let found = match self.by_id.get(&id).and_then(|&k| self.sessions.get_mut(k)) {
                         Some(session) => {
                             for update in peers {
@@ -499,17 +652,46 @@ impl Worker {
                     };
                     let _ = reply.send(found);
                 }
+                Command::BeginTransfer {
+                    id,
+                    legs,
+                    mode,
+                    timeout,
+                    reply,
+                } => {
+                    let result = self.begin_transfer(now, id, legs, mode, timeout);
+                    let _ = reply.send(result);
+                }
+                Command::Commit { id, reply } => {
+                    let result = self.commit(now, id);
+                    let _ = reply.send(result);
+                }
+                Command::Cancel { id, reply } => {
+                    let result = match self.by_id.get(&id).copied() {
+                        None => Err("the session has ended".to_owned()),
+                        Some(key) => match &self.sessions[key].transfer {
+                            Some(t) if !t.switched => {
+                                self.roll_back(key);
+                                Ok(())
+                            }
+                            Some(_) | None => Err("no transfer is pending".to_owned()),
+                        },
+                    };
+                    let _ = reply.send(result);
+                }
                 Command::Remove { id, reply } => {
                     let report = self.by_id.get(&id).copied().map(|key| {
-                        let report = self.report(key, Instant::now());
+                        let report = report_of(&self.sessions[key], now);
                         self.remove_session(key);
                         report
                     });
                     let _ = reply.send(report);
                 }
                 Command::Inspect { id, reply } => {
-                    let now = Instant::now();
-                    let report = self.by_id.get(&id).map(|&key| self.report(key, now));
+                    let report = self
+                        .by_id
+                        .get(&id)
+                        .map(|&key| report_of(&self.sessions[key], now));
                     let _ = reply.send(report);
                 }
                 Command::Stats { reply } => {
@@ -527,48 +709,40 @@ impl Worker {
             created: now,
             streams: Vec::with_capacity(streams.len()),
             tokens: Vec::with_capacity(streams.len()),
-            leases: Vec::with_capacity(streams.len() * 2),
+            leases: Vec::with_capacity(streams.len()),
+            transfer: None,
+            retire_at: None,
         };
         let mut registered = Vec::new();
-        let result = (|| {
-            for (stream_index, setup) in streams.into_iter().enumerate() {
-                let [user, remote] = setup.legs;
-                session.streams.push(Stream::new(
-                    now,
-                    setup.config,
-                    user.config,
-                    remote.config,
-                    &setup.clock_rates,
-                ));
-                let mut tokens = [[0usize; 2]; 2];
-                for (side, leg) in [(Side::User, user), (Side::Remote, remote)] {
-                    let LegSockets { rtp, rtcp, lease } = leg.sockets;
-                    session.leases.push(lease);
-                    let rtp_token = self.register(
-                        rtp,
-                        key,
-                        stream_index,
-                        side,
-                        Component::Rtp,
-                        &mut registered,
-                    )?;
-                    let rtcp_token = match rtcp {
-                        Some(rtcp) => self.register(
-                            rtcp,
-                            key,
-                            stream_index,
-                            side,
-                            Component::Rtcp,
-                            &mut registered,
-                        )?,
-                        None => rtp_token,
-                    };
-                    tokens[side as usize] = [rtp_token, rtcp_token];
+        let mut result = Ok(());
+        for (stream_index, setup) in streams.into_iter().enumerate() {
+            let [user, remote] = setup.legs;
+            session.streams.push(Stream::new(
+                now,
+                setup.config,
+                user.config,
+                remote.config,
+                &setup.clock_rates,
+                setup.telephone_event,
+            ));
+            session.tokens.push([[NO_TOKEN; 2]; MAX_LEGS]);
+            session.leases.push([None, None, None, None]);
+            for (leg, setup) in [
+                (crate::stream::FIRST_USER_LEG, user),
+                (crate::stream::REMOTE_LEG, remote),
+            ] {
+                if let Err(e) = self.install_leg(
+                    &mut session,
+                    key,
+                    stream_index,
+                    leg,
+                    setup.sockets,
+                    &mut registered,
+                ) {
+                    result = Err(e);
                 }
-                session.tokens.push(tokens);
             }
-            Ok(())
-        })();
+        }
         if let Err(e) = result {
             for token in registered {
                 let mut entry = self.sockets.remove(token);
@@ -581,14 +755,39 @@ impl Worker {
         Ok(())
     }
 
+    /// Registers a leg's sockets and keeps its lease.
+    fn install_leg(
+        &mut self,
+        session: &mut Session,
+        key: usize,
+        stream: usize,
+        leg: LegId,
+        sockets: LegSockets,
+        registered: &mut Vec<usize>,
+    ) -> io::Result<()> {
+        let LegSockets { rtp, rtcp, lease } = sockets;
+        session.leases[stream][leg] = Some(lease);
+        let rtp_token = self.register(rtp, key, stream, leg, Component::Rtp)?;
+        registered.push(rtp_token);
+        let rtcp_token = match rtcp {
+            Some(rtcp) => {
+                let token = self.register(rtcp, key, stream, leg, Component::Rtcp)?;
+                registered.push(token);
+                token
+            }
+            None => rtp_token,
+        };
+        session.tokens[stream][leg] = [rtp_token, rtcp_token];
+        Ok(())
+    }
+
     fn register(
         &mut self,
         socket: std::net::UdpSocket,
         session: usize,
         stream: usize,
-        side: Side,
+        leg: LegId,
         component: Component,
-        registered: &mut Vec<usize>,
     ) -> io::Result<usize> {
         let mut socket = UdpSocket::from_std(socket);
         let entry = self.sockets.vacant_entry();
@@ -600,70 +799,179 @@ impl Worker {
             socket,
             session,
             stream,
-            side,
+            leg,
             component,
         });
-        registered.push(token);
         Ok(token)
+    }
+
+    fn begin_transfer(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        legs: Vec<PendingSetup>,
+        mode: SwitchMode,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let key = *self.by_id.get(&id).ok_or("the session has ended")?;
+        let mut session = self
+            .sessions
+            .try_remove(key)
+            .ok_or("the session has ended")?;
+        let result = (|| {
+            if session.transfer.as_ref().is_some_and(|t| !t.switched) {
+                return Err("a transfer is already pending on this session".to_owned());
+            }
+            if legs.len() != session.streams.len() {
+                return Err(format!(
+                    "the session has {} streams, the transfer gave {}",
+                    session.streams.len(),
+                    legs.len()
+                ));
+            }
+            if let Some(previous) = session.transfer.take() {
+                // Switched, but the new device never sent: report it now.
+                deliver(
+                    &self.events,
+                    &mut self.undelivered,
+                    WorkerEvent::TransferCompleted {
+                        id,
+                        gap: None,
+                        report: report_of(&session, now),
+                    },
+                );
+                drop(previous);
+            }
+            // A retired leg still in its grace period makes room now.
+            for index in 0..session.streams.len() {
+                if let Some(leg) = session.streams[index].close_retired() {
+                    self.close_session_leg(&mut session, index, leg);
+                }
+            }
+            session.retire_at = None;
+            let mut registered = Vec::new();
+            for (index, pending) in legs.into_iter().enumerate() {
+                let leg = session.streams[index]
+                    .add_pending(now, pending.leg.config, pending.payloads)
+                    .ok_or("no free leg slot")?;
+                self.install_leg(
+                    &mut session,
+                    key,
+                    index,
+                    leg,
+                    pending.leg.sockets,
+                    &mut registered,
+                )
+                .map_err(|e| format!("cannot register the new device's sockets: {e}"))?;
+            }
+            session.transfer = Some(Transfer {
+                mode,
+                deadline: now + timeout,
+                switched: false,
+                old_last_sent: None,
+            });
+            Ok(())
+        })();
+        if result.is_err() {
+            for index in 0..session.streams.len() {
+                if let Some(leg) = session.streams[index].cancel_pending() {
+                    self.close_session_leg(&mut session, index, leg);
+                }
+            }
+            session.transfer = session.transfer.take().filter(|t| t.switched);
+        }
+        let reinserted = self.sessions.insert(session);
+        debug_assert_eq!(reinserted, key);
+        result
+    }
+
+    fn commit(&mut self, now: Instant, id: SessionId) -> Result<(), String> {
+        let key = *self.by_id.get(&id).ok_or("the session has ended")?;
+        let session = &mut self.sessions[key];
+        match &session.transfer {
+            Some(t) if !t.switched => {}
+            Some(_) | None => return Err("no transfer is pending".to_owned()),
+        }
+        let mut closed = Vec::new();
+        session.switch_all(now, &mut closed);
+        for (stream, leg) in closed {
+            self.close_leg(key, stream, leg);
+        }
+        Ok(())
+    }
+
+    /// Rolls back an open transfer: the new device's legs close, the current
+    /// device is untouched.
+    fn roll_back(&mut self, key: usize) {
+        let Some(mut session) = self.sessions.try_remove(key) else {
+            return;
+        };
+        for index in 0..session.streams.len() {
+            if let Some(leg) = session.streams[index].cancel_pending() {
+                self.close_session_leg(&mut session, index, leg);
+            }
+        }
+        session.transfer = None;
+        self.sessions.insert(session);
+    }
+
+    fn close_leg(&mut self, key: usize, stream: usize, leg: LegId) {
+        if let Some(mut session) = self.sessions.try_remove(key) {
+            self.close_session_leg(&mut session, stream, leg);
+            self.sessions.insert(session);
+        }
+    }
+
+    /// Closes a leg's sockets, then frees its ports.
+    fn close_session_leg(&mut self, session: &mut Session, stream: usize, leg: LegId) {
+        let tokens = std::mem::replace(&mut session.tokens[stream][leg], [NO_TOKEN; 2]);
+        for (i, &token) in tokens.iter().enumerate() {
+            // With rtcp-mux the RTCP token repeats the RTP one.
+            if token == NO_TOKEN || (i == 1 && token == tokens[0]) {
+                continue;
+            }
+            if let Some(mut entry) = self.sockets.try_remove(token) {
+                let _ = self.poll.registry().deregister(&mut entry.socket);
+            }
+        }
+        drop(session.leases[stream][leg].take());
     }
 
     /// Closes a session's sockets, then returns its ports to the pool.
     fn remove_session(&mut self, key: usize) {
-        let session = self.sessions.remove(key);
+        let mut session = self.sessions.remove(key);
         self.by_id.remove(&session.id);
-        for tokens in &session.tokens {
-            for side in tokens {
-                for (i, &token) in side.iter().enumerate() {
-                    // With rtcp-mux the RTCP token repeats the RTP one.
-                    if i == 1 && token == side[0] {
-                        continue;
-                    }
-                    if let Some(mut entry) = self.sockets.try_remove(token) {
-                        let _ = self.poll.registry().deregister(&mut entry.socket);
-                    }
-                }
+        for stream in 0..session.streams.len() {
+            for leg in 0..MAX_LEGS {
+                self.close_session_leg(&mut session, stream, leg);
             }
-        }
-        // The sockets are closed; now the leases may free the ports.
-        drop(session);
-    }
-
-    fn report(&self, key: usize, now: Instant) -> SessionReport {
-        let session = &self.sessions[key];
-        let last_media = session
-            .streams
-            .iter()
-            .filter_map(Stream::last_rtp_at)
-            .max()
-            .unwrap_or(session.created);
-        SessionReport {
-            streams: session
-                .streams
-                .iter()
-                .map(|s| {
-                    [
-                        s.leg_report(now, Side::User),
-                        s.leg_report(now, Side::Remote),
-                    ]
-                })
-                .collect(),
-            idle: now.saturating_duration_since(last_media),
         }
     }
 
     fn tick(&mut self, now: Instant) {
-        // Deliver session ends the control plane could not take before.
-        while let Some(event) = self.undelivered.pop() {
-            if let Err(
-                mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event),
-            ) = self.events.try_send(event)
-            {
-                self.undelivered.push(event);
-                break;
-            }
+        // Deliver events the control plane could not take before.
+        let backlog = std::mem::take(&mut self.undelivered);
+        for event in backlog {
+            deliver(&self.events, &mut self.undelivered, event);
         }
         let mut expired = Vec::new();
-        for (key, session) in &self.sessions {
+        let mut transfers_timed_out = Vec::new();
+        let mut retiring = Vec::new();
+        for (key, session) in &mut self.sessions {
+            for stream in &mut session.streams {
+                stream.tick(now);
+            }
+            if session
+                .transfer
+                .as_ref()
+                .is_some_and(|t| !t.switched && now >= t.deadline)
+            {
+                transfers_timed_out.push(key);
+            }
+            if session.retire_at.is_some_and(|at| now >= at) {
+                session.retire_at = None;
+                retiring.push(key);
+            }
             let last_media = session.streams.iter().filter_map(Stream::last_rtp_at).max();
             let reason = match last_media {
                 Some(at) if now.saturating_duration_since(at) >= self.timeouts.media => {
@@ -678,22 +986,34 @@ impl Worker {
                 expired.push((key, reason));
             }
         }
+        for key in retiring {
+            let streams = self.sessions[key].streams.len();
+            for index in 0..streams {
+                if let Some(leg) = self.sessions[key].streams[index].close_retired() {
+                    self.close_leg(key, index, leg);
+                }
+            }
+        }
+        for key in transfers_timed_out {
+            let id = self.sessions[key].id;
+            self.roll_back(key);
+            debug!(worker = self.index, session = %id, "transfer timed out; rolled back");
+            deliver(
+                &self.events,
+                &mut self.undelivered,
+                WorkerEvent::TransferTimedOut { id },
+            );
+        }
         for (key, reason) in expired {
-            let report = self.report(key, now);
+            let report = report_of(&self.sessions[key], now);
             let id = self.sessions[key].id;
             self.remove_session(key);
             debug!(worker = self.index, session = %id, reason = reason.name(), "session ended");
-            let event = WorkerEvent::SessionEnded { id, reason, report };
-            if let Err(
-                mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event),
-            ) = self.events.try_send(event)
-            {
-                warn!(
-                    worker = self.index,
-                    "control plane busy; session end queued"
-                );
-                self.undelivered.push(event);
-            }
+            deliver(
+                &self.events,
+                &mut self.undelivered,
+                WorkerEvent::SessionEnded { id, reason, report },
+            );
         }
     }
 
@@ -719,5 +1039,88 @@ impl Worker {
         for key in keys {
             self.remove_session(key);
         }
+    }
+}
+
+/// Queues an event the control plane must not miss; if its queue is full,
+/// keeps it for the next tick (bounded: one per session end or transfer).
+fn deliver(
+    events: &mpsc::Sender<WorkerEvent>,
+    undelivered: &mut Vec<WorkerEvent>,
+    event: WorkerEvent,
+) {
+    use mpsc::error::TrySendError;
+    if let Err(TrySendError::Full(event) | TrySendError::Closed(event)) = events.try_send(event) {
+        if undelivered.is_empty() {
+            warn!("control plane busy; holding worker events");
+        }
+        undelivered.push(event);
+    }
+}
+
+fn report_of(session: &Session, now: Instant) -> SessionReport {
+    let last_media = session
+        .streams
+        .iter()
+        .filter_map(Stream::last_rtp_at)
+        .max()
+        .unwrap_or(session.created);
+    SessionReport {
+        streams: session
+            .streams
+            .iter()
+            .map(|s| {
+                [
+                    s.leg_report(now, Side::User),
+                    s.leg_report(now, Side::Remote),
+                ]
+            })
+            .collect(),
+        transfer_pending: session.transfer.as_ref().is_some_and(|t| !t.switched),
+        idle: now.saturating_duration_since(last_media),
+    }
+}
+
+/// Sends queued datagrams, one `sendmmsg` per run of the same socket, and
+/// accounts them on their legs. Adds (sent, failed) to `totals`.
+fn send_runs<'a>(
+    sockets: &Slab<SocketEntry>,
+    sessions: &mut Slab<Session>,
+    queued: &[Outgoing],
+    bytes: impl Fn(usize) -> &'a [u8],
+    send: &mut SendBatch,
+    totals: &mut (u64, u64),
+) {
+    let mut start = 0;
+    while start < queued.len() {
+        let token = queued[start].token;
+        let end = start
+            + queued[start..]
+                .iter()
+                .take_while(|q| q.token == token)
+                .count();
+        let mut packets: [(SocketAddr, &[u8]); BATCH] = [(NO_OUTGOING.to, &[]); BATCH];
+        for (slot, q) in packets.iter_mut().zip(&queued[start..end]) {
+            *slot = (q.to, bytes(q.index));
+        }
+        let run = &queued[start];
+        match sockets.get(token) {
+            Some(entry) => {
+                let outcome = send.send(entry.socket.as_fd(), &packets[..end - start]);
+                totals.0 += outcome.sent as u64;
+                totals.1 += outcome.failed as u64;
+                if let Some(stream) = sessions
+                    .get_mut(run.session)
+                    .and_then(|s| s.streams.get_mut(run.stream))
+                {
+                    stream.record_sent(run.leg, outcome.sent as u64, outcome.sent_bytes as u64);
+                    if outcome.failed > 0 {
+                        stream.record_drop(run.leg, DropReason::SendFailed, outcome.failed as u64);
+                    }
+                }
+            }
+            None => totals.1 += (end - start) as u64,
+        }
+        start = end;
     }
 }

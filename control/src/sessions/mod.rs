@@ -16,8 +16,11 @@ use baton_relay::{AllocError, Dataplane, QueueError, SessionId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
+use crate::bindings::Bindings;
 use crate::events::{EventBus, unix_time_ms};
 use crate::status::Status;
+
+mod transfer;
 
 /// How long a worker may take to answer a command.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,11 +36,14 @@ pub struct SessionOptions {
     pub max_sessions: usize,
     /// Address to announce for each local media IP (NAT), if different.
     pub advertise: Vec<(IpAddr, IpAddr)>,
+    /// A transfer not switched by then is rolled back.
+    pub transfer_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 struct StreamRecord {
     kind: String,
+    /// The remote party's codecs (the stream's numbering).
     codecs: Vec<v1::Codec>,
     rtcp_mux: bool,
     /// Advertised relay addresses, user then remote.
@@ -55,6 +61,18 @@ struct Record {
     worker: usize,
     created_unix_ms: u64,
     streams: Vec<StreamRecord>,
+    /// An open transfer (not switched yet, or switched by commit and not
+    /// yet heard from).
+    pending: Option<PendingTransfer>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingTransfer {
+    gruu: String,
+    /// The new device's relay addresses, per stream.
+    local: Vec<v1::Endpoint>,
+    /// Switched already (commit mode): the registry shows the new device.
+    committed_from: Option<String>,
 }
 
 #[derive(Default)]
@@ -144,6 +162,7 @@ pub struct Sessions {
     dataplane: Dataplane,
     options: SessionOptions,
     registry: Mutex<Registry>,
+    bindings: Mutex<Bindings>,
     created: AtomicU64,
     timed_out: AtomicU64,
 }
@@ -170,6 +189,7 @@ impl Sessions {
             dataplane,
             options,
             registry: Mutex::new(registry),
+            bindings: Mutex::new(Bindings::default()),
             created: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
         }
@@ -232,6 +252,7 @@ impl Sessions {
                 worker,
                 created_unix_ms: unix_time_ms(),
                 streams: Vec::new(),
+                pending: None,
             });
             (id, worker)
         };
@@ -295,6 +316,7 @@ impl Sessions {
             setups.push(StreamSetup {
                 config,
                 clock_rates: clock_rates(&spec.codecs),
+                telephone_event: telephone_event(&spec.codecs),
                 legs: [user, remote],
             });
             records.push(StreamRecord {
@@ -581,6 +603,12 @@ impl Sessions {
                         reason: reason.name().to_owned(),
                     }));
                 }
+                WorkerEvent::TransferCompleted { id, gap, report } => {
+                    self.transfer_completed(id, gap, &report, bus);
+                }
+                WorkerEvent::TransferTimedOut { id } => {
+                    self.transfer_failed(id, "timeout", bus);
+                }
                 WorkerEvent::SourceLatched {
                     id,
                     stream,
@@ -617,6 +645,14 @@ async fn await_worker<T>(answer: oneshot::Receiver<T>) -> Result<T, Status> {
         Ok(Err(_)) => Err(Status::internal("media worker dropped the request")),
         Err(_) => Err(Status::unavailable("media worker did not answer in time")),
     }
+}
+
+/// The payload type of RFC 4733 events among `codecs`, if any.
+fn telephone_event(codecs: &[v1::Codec]) -> Option<u8> {
+    codecs
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case("telephone-event"))
+        .and_then(|c| u8::try_from(c.payload_type).ok())
 }
 
 fn clock_rates(codecs: &[v1::Codec]) -> Vec<(u8, u32)> {
@@ -743,6 +779,12 @@ fn session_info(record: &Record, report: Option<&SessionReport>) -> v1::SessionI
         gruu: record.gruu.clone(),
         worker: record.worker as u32,
         created_unix_ms: record.created_unix_ms,
+        pending_gruu: record
+            .pending
+            .as_ref()
+            .filter(|p| p.committed_from.is_none())
+            .map(|p| p.gruu.clone())
+            .unwrap_or_default(),
         idle_ms: report.map_or(0, |r| u64::try_from(r.idle.as_millis()).unwrap_or(u64::MAX)),
         streams: record
             .streams

@@ -1,0 +1,552 @@
+//! Device bindings and transfers: verification from the binding table,
+//! the new device's legs, commit, cancel, and what the workers report back.
+
+use std::net::SocketAddr;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use baton_proto::v1::{self, session_ref::By};
+use baton_relay::SessionId;
+use baton_relay::stream::{LegConfig, PayloadMap, Side};
+use baton_relay::worker::{Command, LegSetup, PendingSetup, SessionReport, SwitchMode};
+use tokio::sync::oneshot;
+use tracing::info;
+
+use super::{PendingTransfer, Sessions, await_worker, by_id, parse_endpoint, validate_codecs};
+use crate::bindings::{Binding, Bindings, parse_aor, parse_gruu};
+use crate::events::EventBus;
+use crate::sip_uri::{Gruu, classify};
+use crate::status::Status;
+
+/// Codecs that carry no media of their own: a device sharing only these
+/// with the remote shares no codec.
+const AUXILIARY_CODECS: [&str; 3] = ["telephone-event", "cn", "red"];
+
+impl Sessions {
+    fn bindings(&self) -> std::sync::MutexGuard<'_, Bindings> {
+        self.bindings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `register_device`.
+    pub fn register_device(
+        &self,
+        request: &v1::RegisterDeviceRequest,
+    ) -> Result<v1::RegisterDeviceResponse, Status> {
+        let gruu = parse_gruu(&request.gruu, request.temporary)?;
+        let now = Instant::now();
+        let expires = Duration::from_secs(request.expires.into());
+        let mut bindings = self.bindings();
+        bindings.register(now, &request.aor, gruu.clone(), expires)?;
+        let binding = bindings
+            .list(now, None)
+            .into_iter()
+            .find(|b| b.gruu_text == gruu.to_string())
+            .map(|b| binding_message(&b, now));
+        Ok(v1::RegisterDeviceResponse { binding })
+    }
+
+    /// `unregister_device`.
+    pub fn unregister_device(
+        &self,
+        request: &v1::UnregisterDeviceRequest,
+    ) -> Result<v1::UnregisterDeviceResponse, Status> {
+        let gruu = parse_gruu(&request.gruu, false)?;
+        if self.bindings().unregister(Instant::now(), &gruu) {
+            Ok(v1::UnregisterDeviceResponse {})
+        } else {
+            Err(Status::not_found(format!("no binding for {gruu}")))
+        }
+    }
+
+    /// `list_bindings`.
+    pub fn list_bindings(
+        &self,
+        request: &v1::ListBindingsRequest,
+    ) -> Result<v1::ListBindingsResponse, Status> {
+        let aor = if request.aor.is_empty() {
+            None
+        } else {
+            Some(parse_aor(&request.aor)?)
+        };
+        let now = Instant::now();
+        let bindings = self
+            .bindings()
+            .list(now, aor.as_ref())
+            .iter()
+            .map(|b| binding_message(b, now))
+            .collect();
+        Ok(v1::ListBindingsResponse { bindings })
+    }
+
+    /// `transfer`: verifies that the new device belongs to the session's
+    /// user, opens its legs on the session's worker and answers with their
+    /// addresses. Nothing changes when it is refused.
+    pub async fn transfer(
+        &self,
+        request: v1::TransferRequest,
+    ) -> Result<v1::TransferResponse, Status> {
+        let gruu = parse_gruu(&request.gruu, false)?;
+        let mode = match v1::SwitchMode::try_from(request.mode) {
+            Ok(v1::SwitchMode::FirstPacket) => SwitchMode::FirstPacket,
+            Ok(v1::SwitchMode::Commit) => SwitchMode::Commit,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown switch mode {}",
+                    request.mode
+                )));
+            }
+        };
+        let record = {
+            let registry = self.registry();
+            let id = match (&request.session, request.replaces.trim()) {
+                (Some(_), replaces) if !replaces.is_empty() => {
+                    return Err(Status::invalid_argument(
+                        "give the session or a Replaces value, not both",
+                    ));
+                }
+                (Some(reference), _) => registry.find(Some(reference))?,
+                (None, "") => {
+                    return Err(Status::invalid_argument(
+                        "name the session: by id, dialog or Replaces value",
+                    ));
+                }
+                (None, replaces) => {
+                    let (dialog, early_only) = parse_replaces(replaces)?;
+                    let id = registry.find(Some(&v1::SessionRef {
+                        by: Some(By::Dialog(dialog)),
+                    }))?;
+                    // RFC 3891: early-only refuses a confirmed dialog. A
+                    // session counts as confirmed once its to-tag is known.
+                    if early_only && !registry.by_id[&id].to_tag.is_empty() {
+                        return Err(Status::failed_precondition(
+                            "the dialog is confirmed and the Replaces header says early-only",
+                        ));
+                    }
+                    id
+                }
+            };
+            registry.by_id[&id].clone()
+        };
+        if let Some(pending) = record
+            .pending
+            .as_ref()
+            .filter(|p| p.committed_from.is_none())
+        {
+            return Err(Status::failed_precondition(format!(
+                "a transfer to {} is already pending on session {}",
+                pending.gruu, record.id
+            )));
+        }
+        let aor = parse_aor(&record.aor)
+            .map_err(|e| Status::internal(format!("stored AOR: {}", e.message)))?;
+        self.bindings()
+            .verify(Instant::now(), &aor, &gruu)
+            .map_err(Status::permission_denied)?;
+        if !request.streams.is_empty() && request.streams.len() != record.streams.len() {
+            return Err(Status::invalid_argument(format!(
+                "the session has {} streams, the transfer describes {}",
+                record.streams.len(),
+                request.streams.len()
+            )));
+        }
+
+        let mut legs = Vec::with_capacity(record.streams.len());
+        let mut local = Vec::with_capacity(record.streams.len());
+        for (index, stream) in record.streams.iter().enumerate() {
+            let spec = request.streams.get(index).cloned().unwrap_or_default();
+            let device_codecs = if spec.codecs.is_empty() {
+                stream.codecs.clone()
+            } else {
+                spec.codecs
+            };
+            validate_codecs(&device_codecs, index)?;
+            let pairs = match_codecs(&stream.codecs, &device_codecs).map_err(|reason| {
+                Status::failed_precondition(format!("stream {index} ({}): {reason}", stream.kind))
+            })?;
+            let (peer_rtp, peer_rtcp) = match &spec.peer {
+                Some(endpoint) => parse_endpoint(endpoint, Side::User)?,
+                None => (None, None),
+            };
+            let ipv6 = match v1::AddressFamily::try_from(spec.family).unwrap_or_default() {
+                v1::AddressFamily::Ipv4 => Some(false),
+                v1::AddressFamily::Ipv6 => Some(true),
+                v1::AddressFamily::Unspecified => peer_rtp.map(|a| a.is_ipv6()).or_else(|| {
+                    stream.local[0]
+                        .rtp
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .map(|a| a.is_ipv6())
+                }),
+            };
+            let sockets = self
+                .dataplane
+                .allocate(ipv6, stream.rtcp_mux)
+                .map_err(|e| match e {
+                    baton_relay::AllocError::NoMediaIp(_) => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                    baton_relay::AllocError::Ports(_) => Status::resource_exhausted(e.to_string()),
+                })?;
+            local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
+            let device_te = super::telephone_event(&device_codecs);
+            legs.push(PendingSetup {
+                leg: LegSetup {
+                    sockets,
+                    config: LegConfig {
+                        rtcp_mux: stream.rtcp_mux,
+                        peer_rtp,
+                        peer_rtcp,
+                    },
+                },
+                payloads: PayloadMap::from_pairs(&pairs, device_te),
+            });
+        }
+
+        // Registered as pending before the worker is asked, so a second
+        // transfer on the same session is refused meanwhile.
+        {
+            let mut registry = self.registry();
+            let Some(current) = registry.by_id.get_mut(&record.id) else {
+                return Err(Status::not_found(format!(
+                    "session {} has ended",
+                    record.id
+                )));
+            };
+            if current
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.committed_from.is_none())
+            {
+                return Err(Status::failed_precondition(
+                    "another transfer started meanwhile",
+                ));
+            }
+            current.pending = Some(PendingTransfer {
+                gruu: gruu.to_string(),
+                local: local.clone(),
+                committed_from: None,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(
+            record.worker,
+            Command::BeginTransfer {
+                id: record.id,
+                legs,
+                mode,
+                timeout: self.options.transfer_timeout,
+                reply,
+            },
+        );
+        let outcome = match sent {
+            Ok(()) => await_worker(answer)
+                .await
+                .and_then(|r| r.map_err(Status::failed_precondition)),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = outcome {
+            if let Some(current) = self.registry().by_id.get_mut(&record.id) {
+                current.pending = None;
+            }
+            return Err(status);
+        }
+        info!(session = %record.id, from = %record.gruu, to = %gruu, ?mode, "transfer opened");
+        Ok(v1::TransferResponse {
+            session: record.id.to_string(),
+            streams: record
+                .streams
+                .iter()
+                .zip(local)
+                .map(|(stream, user)| v1::StreamAddresses {
+                    kind: stream.kind.clone(),
+                    user: Some(user),
+                    remote: Some(stream.local[1].clone()),
+                })
+                .collect(),
+        })
+    }
+
+    /// `commit_transfer`.
+    pub async fn commit_transfer(&self, reference: Option<&v1::SessionRef>) -> Result<(), Status> {
+        let (id, worker) = self.open_transfer(reference)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(worker, Command::Commit { id, reply })?;
+        await_worker(answer)
+            .await?
+            .map_err(Status::failed_precondition)?;
+        let mut registry = self.registry();
+        if let Some(record) = registry.by_id.get_mut(&id)
+            && let Some(pending) = record.pending.as_mut()
+        {
+            // The remote's media goes to the new device from now on.
+            let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
+            for (stream, local) in record.streams.iter_mut().zip(&pending.local) {
+                stream.local[0] = local.clone();
+            }
+            pending.committed_from = Some(previous);
+            info!(session = %id, to = %record.gruu, "transfer committed");
+        }
+        Ok(())
+    }
+
+    /// `cancel_transfer`.
+    pub async fn cancel_transfer(
+        &self,
+        reference: Option<&v1::SessionRef>,
+        bus: &EventBus,
+    ) -> Result<(), Status> {
+        let (id, worker) = self.open_transfer(reference)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(worker, Command::Cancel { id, reply })?;
+        await_worker(answer)
+            .await?
+            .map_err(Status::failed_precondition)?;
+        self.transfer_failed(id, "cancelled", bus);
+        Ok(())
+    }
+
+    /// The session's id and worker, if a transfer is open on it.
+    fn open_transfer(
+        &self,
+        reference: Option<&v1::SessionRef>,
+    ) -> Result<(SessionId, usize), Status> {
+        let registry = self.registry();
+        let id = registry.find(reference)?;
+        let record = &registry.by_id[&id];
+        if record
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.committed_from.is_some())
+        {
+            return Err(Status::failed_precondition(format!(
+                "no transfer is pending on session {id}"
+            )));
+        }
+        Ok((id, record.worker))
+    }
+
+    /// A worker switched a session to its new device.
+    pub(super) fn transfer_completed(
+        &self,
+        id: SessionId,
+        gap: Option<Duration>,
+        report: &SessionReport,
+        bus: &EventBus,
+    ) {
+        let (gruu, previous) = {
+            let mut registry = self.registry();
+            let Some(record) = registry.by_id.get_mut(&id) else {
+                return;
+            };
+            let Some(pending) = record.pending.take() else {
+                return;
+            };
+            let previous = match pending.committed_from {
+                Some(previous) => previous,
+                None => {
+                    for (stream, local) in record.streams.iter_mut().zip(&pending.local) {
+                        stream.local[0] = local.clone();
+                    }
+                    std::mem::replace(&mut record.gruu, pending.gruu.clone())
+                }
+            };
+            (record.gruu.clone(), previous)
+        };
+        let media_gap_ms = gap.map_or(-1.0, |g| g.as_secs_f64() * 1000.0);
+        info!(session = %id, from = %previous, to = %gruu, media_gap_ms, streams = report.streams.len(), "transfer completed");
+        bus.publish(v1::event::Kind::TransferCompleted(v1::TransferCompleted {
+            session: id.to_string(),
+            gruu,
+            previous_gruu: previous,
+            media_gap_ms,
+        }));
+    }
+
+    /// A transfer was rolled back (cancel or timeout).
+    pub(super) fn transfer_failed(&self, id: SessionId, reason: &str, bus: &EventBus) {
+        let gruu = {
+            let mut registry = self.registry();
+            let Some(pending) = registry.by_id.get_mut(&id).and_then(|r| r.pending.take()) else {
+                return;
+            };
+            pending.gruu
+        };
+        info!(session = %id, to = %gruu, reason, "transfer rolled back");
+        bus.publish(v1::event::Kind::TransferFailed(v1::TransferFailed {
+            session: id.to_string(),
+            gruu,
+            reason: reason.to_owned(),
+        }));
+    }
+
+    /// The id of a session, for callers that only have a reference.
+    pub fn resolve(&self, reference: Option<&v1::SessionRef>) -> Result<v1::SessionRef, Status> {
+        let id = self.registry().find(reference)?;
+        Ok(by_id(id))
+    }
+}
+
+fn binding_message(binding: &Binding, now: Instant) -> v1::Binding {
+    let kind = match binding.gruu_text.parse().map(|uri| classify(&uri)) {
+        Ok(Gruu::Temporary) => "temporary",
+        Ok(Gruu::Public { .. } | Gruu::NotAGruu) | Err(_) => "public",
+    };
+    v1::Binding {
+        aor: binding.aor_text.clone(),
+        gruu: binding.gruu_text.clone(),
+        kind: kind.to_owned(),
+        expires_in: u32::try_from(binding.expires_at.saturating_duration_since(now).as_secs())
+            .unwrap_or(u32::MAX),
+    }
+}
+
+/// Parses a Replaces header value (RFC 3891): `call-id;to-tag=…;from-tag=…`
+/// with an optional `early-only`. Returns the dialog and whether early-only
+/// was given.
+pub fn parse_replaces(text: &str) -> Result<(v1::Dialog, bool), Status> {
+    let mut parts = text.split(';');
+    let call_id = parts.next().unwrap_or_default().trim();
+    if call_id.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "Replaces {text:?} has no call-id"
+        )));
+    }
+    let (mut to_tag, mut from_tag, mut early_only) = (None, None, false);
+    for param in parts {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (param.trim(), None),
+        };
+        match (name.to_ascii_lowercase().as_str(), value) {
+            ("to-tag", Some(v)) => to_tag = Some(v.to_owned()),
+            ("from-tag", Some(v)) => from_tag = Some(v.to_owned()),
+            ("early-only", None) => early_only = true,
+            // Extension parameters are allowed and ignored (RFC 3891 §6.1).
+            _ => {}
+        }
+    }
+    match (to_tag, from_tag) {
+        (Some(to_tag), Some(from_tag)) if !to_tag.is_empty() && !from_tag.is_empty() => Ok((
+            v1::Dialog {
+                call_id: call_id.to_owned(),
+                from_tag,
+                to_tag,
+            },
+            early_only,
+        )),
+        _ => Err(Status::invalid_argument(format!(
+            "Replaces {text:?} needs both a to-tag and a from-tag"
+        ))),
+    }
+}
+
+/// Pairs the device's payload types with the remote's for the codecs both
+/// have (same name, clock rate and channels). Fails when they share no codec
+/// that carries media.
+pub fn match_codecs(remote: &[v1::Codec], device: &[v1::Codec]) -> Result<Vec<(u8, u8)>, String> {
+    let channels = |c: &v1::Codec| c.channels.max(1);
+    let mut pairs = Vec::new();
+    let mut media = false;
+    for d in device {
+        let Some(r) = remote.iter().find(|r| {
+            r.name.eq_ignore_ascii_case(&d.name)
+                && r.clock_rate == d.clock_rate
+                && channels(r) == channels(d)
+        }) else {
+            continue;
+        };
+        let (Ok(dp), Ok(rp)) = (u8::try_from(d.payload_type), u8::try_from(r.payload_type)) else {
+            continue;
+        };
+        if pairs.iter().any(|&(p, _)| p == dp) {
+            continue;
+        }
+        pairs.push((dp, rp));
+        media |= !AUXILIARY_CODECS
+            .iter()
+            .any(|aux| d.name.eq_ignore_ascii_case(aux));
+    }
+    if !media {
+        let list = |codecs: &[v1::Codec]| {
+            codecs
+                .iter()
+                .map(|c| format!("{}/{}", c.name, c.clock_rate))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(format!(
+            "no codec in common with the remote (remote: {}; device: {})",
+            list(remote),
+            list(device)
+        ));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(pt: u32, name: &str, rate: u32) -> v1::Codec {
+        v1::Codec {
+            payload_type: pt,
+            name: name.into(),
+            clock_rate: rate,
+            channels: 0,
+        }
+    }
+
+    #[test]
+    fn replaces_values() {
+        let (dialog, early) =
+            parse_replaces("425928@bobster.example.org;to-tag=7743;from-tag=6472").expect("valid");
+        assert_eq!(
+            (
+                dialog.call_id.as_str(),
+                dialog.to_tag.as_str(),
+                dialog.from_tag.as_str(),
+                early
+            ),
+            ("425928@bobster.example.org", "7743", "6472", false)
+        );
+        let (_, early) = parse_replaces("a@b; From-Tag=1 ;to-tag=2;early-only;x=y").expect("valid");
+        assert!(early);
+        for bad in [
+            "",
+            ";to-tag=1;from-tag=2",
+            "a@b;to-tag=1",
+            "a@b;from-tag=2;to-tag=",
+        ] {
+            assert!(parse_replaces(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn codecs_pair_by_name_rate_and_channels() {
+        let remote = [
+            codec(0, "PCMU", 8000),
+            codec(8, "PCMA", 8000),
+            codec(101, "telephone-event", 8000),
+        ];
+        let device = [
+            codec(8, "pcma", 8000),
+            codec(96, "telephone-event", 8000),
+            codec(9, "G722", 8000),
+        ];
+        assert_eq!(
+            match_codecs(&remote, &device).expect("shared"),
+            vec![(8, 8), (96, 101)]
+        );
+        let only_dtmf = [
+            codec(96, "telephone-event", 8000),
+            codec(111, "opus", 48000),
+        ];
+        let error = match_codecs(&remote, &only_dtmf).expect_err("no media codec");
+        assert!(error.contains("no codec in common"), "{error}");
+        let stereo = [v1::Codec {
+            channels: 2,
+            ..codec(0, "PCMU", 8000)
+        }];
+        assert!(match_codecs(&remote, &stereo).is_err());
+    }
+}
