@@ -308,11 +308,14 @@ impl fmt::Display for SipUri {
     }
 }
 
+/// Parameters of a header value (after the closing `>`), names lower-case.
+pub type HeaderParams = Vec<(String, Option<String>)>;
+
 /// Parses a URI as it appears in a Contact or To header value: a bare URI,
 /// or `"Display Name" <URI>;header-params` / `Name <URI>`. Parameters after
 /// the closing `>` belong to the header (`+sip.instance`, `expires`, …) and
 /// are returned separately; a bare URI keeps all its parameters.
-pub fn parse_name_addr(text: &str) -> Result<(SipUri, Vec<(String, Option<String>)>), UriError> {
+pub fn parse_name_addr(text: &str) -> Result<(SipUri, HeaderParams), UriError> {
     let error = |reason: &str| UriError {
         input: text.to_owned(),
         reason: reason.to_owned(),
@@ -525,7 +528,7 @@ mod tests {
         let public = uri("sip:alice@example.com;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6");
         match classify(&public) {
             Gruu::Public { aor } => assert!(aor.equivalent(&uri("sip:alice@EXAMPLE.com"))),
-            other => panic!("{other:?}"),
+            other @ (Gruu::Temporary | Gruu::NotAGruu) => panic!("{other:?}"),
         }
         assert_eq!(
             classify(&uri(

@@ -446,7 +446,11 @@ mod tests {
         lost: bool,
     }
 
-    fn scenario() -> impl Strategy<Value = (Vec<(u16, u32, u32)>, Vec<Input>, Vec<usize>)> {
+    /// Per source (first sequence number, first timestamp, SSRC); the
+    /// packets as they arrive; where the sources change.
+    type Scenario = (Vec<(u16, u32, u32)>, Vec<Input>, Vec<usize>);
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
         let sources = prop::collection::vec((any::<u16>(), any::<u32>(), any::<u32>()), 2..5);
         (
             sources,
@@ -460,7 +464,7 @@ mod tests {
                 // Source k sends packets [switches[k-1], switches[k]).
                 let mut inputs = Vec::new();
                 let mut per_source = vec![0u32; sources.len()];
-                for i in 0..length {
+                for (i, &lossy) in lossy.iter().enumerate().take(length) {
                     let source = switches
                         .iter()
                         .filter(|s| **s <= i)
@@ -469,7 +473,7 @@ mod tests {
                     inputs.push(Input {
                         source,
                         index: per_source[source],
-                        lost: lossy[i] && i % 7 == 3,
+                        lost: lossy && i % 7 == 3,
                     });
                     per_source[source] += 1;
                 }

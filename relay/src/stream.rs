@@ -145,9 +145,10 @@ impl DropReason {
 }
 
 /// How a leg knows its peer's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerSource {
     /// Not known yet.
+    #[default]
     Unknown,
     /// Given by signalling; only this address is accepted.
     Signalled,
@@ -1035,12 +1036,6 @@ pub struct LegReport {
     pub last_packet_age: Option<Duration>,
 }
 
-impl Default for PeerSource {
-    fn default() -> Self {
-        Self::Unknown
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1539,7 +1534,9 @@ mod tests {
                     }
                 );
             }
-            other => panic!("expected a fork, got {other:?}"),
+            other @ (Verdict::Forward { .. } | Verdict::Drop(_)) => {
+                panic!("expected a fork, got {other:?}")
+            }
         }
         // B's first packet asks for the switch and is held.
         let t_b = t0 + Duration::from_millis(80 + 30);

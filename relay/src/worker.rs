@@ -829,7 +829,7 @@ impl Worker {
                     legs.len()
                 ));
             }
-            if let Some(previous) = session.transfer.take() {
+            if session.transfer.take().is_some() {
                 // Switched, but the new device never sent: report it now.
                 deliver(
                     &self.events,
@@ -840,7 +840,6 @@ impl Worker {
                         report: report_of(&session, now),
                     },
                 );
-                drop(previous);
             }
             // A retired leg still in its grace period makes room now.
             for index in 0..session.streams.len() {

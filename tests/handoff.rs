@@ -1,0 +1,672 @@
+//! Session handoff through the real binary: a call moves between a user's
+//! devices and the remote party sees one continuous stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton_control::{Client, ClientError};
+use baton_proto::v1::{self, request::Command, response::Result as Reply};
+use common::Relay;
+use common::media::{Peer, rtp};
+
+const AOR: &str = "sip:alice@example.com";
+const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
+const GRUU_B: &str = "<sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000b>;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000000b>\"";
+const TEMP_C: &str = "sip:tgruu.7hs==jd7vnzga5w7fajsc7-ajd6fabz0f8g5@example.com;gr";
+
+fn codec(pt: u32, name: &str) -> v1::Codec {
+    v1::Codec {
+        payload_type: pt,
+        name: name.into(),
+        clock_rate: 8000,
+        channels: 0,
+    }
+}
+
+fn session_codecs() -> Vec<v1::Codec> {
+    vec![codec(0, "PCMU"), codec(101, "telephone-event")]
+}
+
+fn by_id(session: &str) -> Option<v1::SessionRef> {
+    Some(v1::SessionRef {
+        by: Some(v1::session_ref::By::Id(session.into())),
+    })
+}
+
+struct Call {
+    client: Client,
+    session: String,
+    /// Relay addresses: (user side, remote side).
+    user_addr: String,
+    remote_addr: String,
+    device: Peer,
+    remote: Peer,
+}
+
+/// A call between device A (GRUU_A) and a remote party, both signalled,
+/// rtcp-mux on both legs.
+async fn call(relay: &Relay, call_id: &str) -> Call {
+    let client = relay.client().await;
+    let (device, remote) = (Peer::v4(), Peer::v4());
+    let request = v1::CreateSessionRequest {
+        call_id: call_id.into(),
+        from_tag: "a-tag".into(),
+        to_tag: "r-tag".into(),
+        aor: AOR.into(),
+        gruu: GRUU_A.into(),
+        streams: vec![v1::StreamSpec {
+            kind: "audio".into(),
+            codecs: session_codecs(),
+            rtcp_mux: true,
+            user_peer: Some(v1::Endpoint {
+                rtp: device.addr().to_string(),
+                rtcp: String::new(),
+            }),
+            remote_peer: Some(v1::Endpoint {
+                rtp: remote.addr().to_string(),
+                rtcp: String::new(),
+            }),
+            user_family: 0,
+            remote_family: 0,
+        }],
+        nat_relearn: false,
+    };
+    let Ok(Reply::CreateSession(created)) = client.call(Command::CreateSession(request)).await
+    else {
+        panic!("create failed")
+    };
+    let stream = &created.streams[0];
+    Call {
+        client,
+        session: created.session.clone(),
+        user_addr: stream.user.as_ref().expect("user").rtp.clone(),
+        remote_addr: stream.remote.as_ref().expect("remote").rtp.clone(),
+        device,
+        remote,
+    }
+}
+
+fn transfer_request(
+    session: &str,
+    gruu: &str,
+    peer: &Peer,
+    mode: v1::SwitchMode,
+) -> v1::TransferRequest {
+    v1::TransferRequest {
+        session: by_id(session),
+        replaces: String::new(),
+        gruu: gruu.into(),
+        streams: vec![v1::TransferStream {
+            codecs: Vec::new(),
+            peer: Some(v1::Endpoint {
+                rtp: peer.addr().to_string(),
+                rtcp: String::new(),
+            }),
+            family: 0,
+        }],
+        mode: mode as i32,
+    }
+}
+
+/// Opens a transfer; returns the new device's relay address.
+async fn transfer(client: &Client, request: v1::TransferRequest) -> String {
+    match client.call(Command::Transfer(request)).await {
+        Ok(Reply::Transfer(t)) => t.streams[0].user.as_ref().expect("user").rtp.clone(),
+        other => panic!("transfer failed: {other:?}"),
+    }
+}
+
+async fn refused(client: &Client, command: Command) -> v1::Error {
+    match client.call(command).await {
+        Err(ClientError::Status(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn get(client: &Client, session: &str) -> v1::SessionInfo {
+    match client
+        .call(Command::GetSession(v1::GetSessionRequest {
+            session: by_id(session),
+        }))
+        .await
+    {
+        Ok(Reply::GetSession(v1::GetSessionResponse {
+            session: Some(info),
+        })) => info,
+        other => panic!("get failed: {other:?}"),
+    }
+}
+
+async fn next_event(client: &Client, wanted: impl Fn(&v1::event::Kind) -> bool) -> v1::event::Kind {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, client.next_event())
+            .await
+            .expect("event in time")
+            .expect("connection open");
+        if let Some(kind) = event.kind
+            && wanted(&kind)
+        {
+            return kind;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    marker: bool,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    tag: u8,
+}
+
+fn seen(bytes: &[u8]) -> Seen {
+    Seen {
+        marker: bytes[1] & 0x80 != 0,
+        pt: bytes[1] & 0x7f,
+        seq: u16::from_be_bytes([bytes[2], bytes[3]]),
+        ts: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        ssrc: u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
+        tag: bytes[12],
+    }
+}
+
+/// A device sending its own stream: SSRC, sequence and timestamp of its own,
+/// the first payload byte tagging who sent it.
+struct Talker {
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    tag: u8,
+}
+
+impl Talker {
+    fn new(ssrc: u32, seq: u16, ts: u32, tag: u8) -> Self {
+        Self { ssrc, seq, ts, tag }
+    }
+
+    fn next(&mut self) -> Vec<u8> {
+        let packet = rtp(0, self.seq, self.ts, self.ssrc, &[self.tag; 160]);
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(160);
+        packet
+    }
+
+    /// Sends `count` packets from `from` to `to`, each awaited at `sink`.
+    fn talk(&mut self, from: &Peer, to: &str, sink: &Peer, count: usize) -> Vec<Seen> {
+        (0..count)
+            .map(|_| {
+                from.send(to, &self.next());
+                std::thread::sleep(Duration::from_millis(2));
+                seen(&sink.recv().0)
+            })
+            .collect()
+    }
+}
+
+/// Asserts that `stream` is one continuous outward stream: one SSRC, every
+/// sequence number +1, timestamps never backwards, markers exactly where
+/// the tag (sender) changes.
+fn assert_continuous(stream: &[Seen]) {
+    for pair in stream.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        assert_eq!(b.ssrc, a.ssrc, "one SSRC: {a:?} → {b:?}");
+        assert_eq!(b.seq, a.seq.wrapping_add(1), "sequence +1: {a:?} → {b:?}");
+        assert!(
+            (b.ts.wrapping_sub(a.ts) as i32) > 0,
+            "timestamps move forward: {a:?} → {b:?}"
+        );
+        assert_eq!(
+            b.marker,
+            b.tag != a.tag,
+            "marker exactly at a switch: {a:?} → {b:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_keeps_one_continuous_stream_both_ways() {
+    let relay = Relay::start(&[]);
+    let c = call(&relay, "handoff").await;
+    c.client.subscribe().await.expect("subscribe");
+    let device_b = Peer::v4();
+    let mut a = Talker::new(0xA0A0_A0A0, 65530, 4_294_960_000, b'A');
+    let mut remote_talker = Talker::new(0x0F0F_0F0F, 100, 1000, b'R');
+    let mut at_remote = a.talk(&c.device, &c.user_addr, &c.remote, 10);
+    assert_eq!(
+        at_remote[0].ssrc, 0xA0A0_A0A0,
+        "the first source passes untouched"
+    );
+
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    assert_eq!(
+        get(&c.client, &c.session).await.pending_gruu,
+        "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000b"
+    );
+    // While pending: A still reaches the remote; the remote reaches both.
+    at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 5));
+    let packet = remote_talker.next();
+    c.remote.send(&c.remote_addr, &packet);
+    assert_eq!(c.device.recv().0, packet);
+    assert_eq!(
+        device_b.recv().0,
+        packet,
+        "the new device hears the remote before it talks"
+    );
+
+    // B talks: from its first packet the remote hears B, in A's stream.
+    let before_switch = Instant::now();
+    std::thread::sleep(Duration::from_millis(30));
+    let mut b = Talker::new(0xB0B0_B0B0, 12345, 777, b'B');
+    let first_b = b.talk(&device_b, &b_addr, &c.remote, 1)[0];
+    let switch_window = before_switch.elapsed();
+    let last_a = *at_remote.last().expect("A was heard");
+    let ts_step = first_b.ts.wrapping_sub(last_a.ts);
+    assert!(
+        ts_step >= 30 * 8,
+        "at least the 30 ms that passed: {ts_step}"
+    );
+    assert!(
+        u128::from(ts_step) <= switch_window.as_millis() * 8 + 8,
+        "no more than the time that passed: {ts_step}"
+    );
+    at_remote.push(first_b);
+    at_remote.extend(b.talk(&device_b, &b_addr, &c.remote, 10));
+
+    // A's late packets never reach the remote; the remote reaches B only.
+    c.device.send(&c.user_addr, &a.next());
+    let packet = remote_talker.next();
+    c.remote.send(&c.remote_addr, &packet);
+    assert_eq!(device_b.recv().0, packet);
+    c.device.expect_silence();
+    at_remote.extend(b.talk(&device_b, &b_addr, &c.remote, 5));
+    assert!(at_remote.iter().all(|s| s.pt == 0));
+    assert_continuous(&at_remote);
+
+    let kind = next_event(&c.client, |k| {
+        matches!(k, v1::event::Kind::TransferCompleted(_))
+    })
+    .await;
+    let v1::event::Kind::TransferCompleted(done) = kind else {
+        unreachable!()
+    };
+    assert_eq!(done.session, c.session);
+    assert!(done.media_gap_ms >= 30.0, "gap {}", done.media_gap_ms);
+    assert!(done.previous_gruu.ends_with("00000000000a"));
+    let info = get(&c.client, &c.session).await;
+    assert!(info.gruu.ends_with("00000000000b"), "{}", info.gruu);
+    assert_eq!(
+        info.streams[0]
+            .user
+            .as_ref()
+            .expect("user")
+            .local
+            .as_ref()
+            .expect("local")
+            .rtp,
+        b_addr
+    );
+    assert_eq!(info.pending_gruu, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_follows_the_switch() {
+    use webrtc_util::marshal::{Marshal, Unmarshal};
+    let relay = Relay::start(&[]);
+    let c = call(&relay, "rtcp").await;
+    let device_b = Peer::v4();
+    let mut a = Talker::new(0xAAAA, 100, 1000, b'A');
+    a.talk(&c.device, &c.user_addr, &c.remote, 5);
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    let mut b = Talker::new(0xBBBB, 5000, 50, b'B');
+    b.talk(&device_b, &b_addr, &c.remote, 5);
+
+    // B's sender report reaches the remote about the outward stream.
+    let sr = rtcp::sender_report::SenderReport {
+        ssrc: 0xBBBB,
+        ntp_time: 42,
+        rtp_time: 50 + 160 * 4,
+        packet_count: 5,
+        octet_count: 800,
+        ..Default::default()
+    };
+    device_b.send(&b_addr, &sr.marshal().expect("marshal"));
+    let (bytes, _) = c.remote.recv();
+    let got = rtcp::sender_report::SenderReport::unmarshal(&mut &bytes[..]).expect("an SR");
+    assert_eq!(got.ssrc, 0xAAAA, "the outward SSRC");
+    assert_eq!(
+        (got.packet_count, got.octet_count),
+        (10, 1600),
+        "what the remote really received"
+    );
+    // The remote reports on the outward stream (highest seq 109 = A's 5 and
+    // B's 5 packets); B hears it about its own SSRC and numbers.
+    let rr = rtcp::receiver_report::ReceiverReport {
+        ssrc: 0x0F0F,
+        reports: vec![rtcp::reception_report::ReceptionReport {
+            ssrc: 0xAAAA,
+            last_sequence_number: 109,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    c.remote
+        .send(&c.remote_addr, &rr.marshal().expect("marshal"));
+    let (bytes, _) = device_b.recv();
+    let got = rtcp::receiver_report::ReceiverReport::unmarshal(&mut &bytes[..]).expect("an RR");
+    assert_eq!(got.reports[0].ssrc, 0xBBBB);
+    assert_eq!(got.reports[0].last_sequence_number, 5004);
+    // A's BYE never reaches the remote.
+    let bye = rtcp::goodbye::Goodbye {
+        sources: vec![0xAAAA],
+        reason: Default::default(),
+    };
+    c.device
+        .send(&c.user_addr, &bye.marshal().expect("marshal"));
+    c.remote.expect_silence();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_transfers_change_nothing() {
+    let relay = Relay::start(&["--ports", "45300-45399"]);
+    let c = call(&relay, "refusals").await;
+    let device_b = Peer::v4();
+    let free_before = free_pairs(&c.client).await;
+    let other_user = transfer_request(
+        &c.session,
+        "sip:mallory@example.com;gr=urn:uuid:1",
+        &device_b,
+        v1::SwitchMode::FirstPacket,
+    );
+    let error = refused(&c.client, Command::Transfer(other_user)).await;
+    assert_eq!(error.code(), v1::Code::PermissionDenied);
+    assert!(error.message.contains("mallory"), "{}", error.message);
+
+    let unknown_temp = transfer_request(&c.session, TEMP_C, &device_b, v1::SwitchMode::FirstPacket);
+    let error = refused(&c.client, Command::Transfer(unknown_temp.clone())).await;
+    assert_eq!(error.code(), v1::Code::PermissionDenied);
+    assert!(error.message.contains("not bound"), "{}", error.message);
+
+    // A binding that has expired stops counting at once.
+    register(&c.client, TEMP_C, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let error = refused(&c.client, Command::Transfer(unknown_temp.clone())).await;
+    assert_eq!(error.code(), v1::Code::PermissionDenied);
+
+    let malformed = transfer_request(
+        &c.session,
+        "sip:alice@exa mple.com;gr=x",
+        &device_b,
+        v1::SwitchMode::FirstPacket,
+    );
+    let error = refused(&c.client, Command::Transfer(malformed)).await;
+    assert_eq!(error.code(), v1::Code::InvalidArgument);
+    assert!(error.message.contains("host name"), "{}", error.message);
+
+    let mut no_common =
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket);
+    no_common.streams[0].codecs = vec![v1::Codec {
+        payload_type: 111,
+        name: "opus".into(),
+        clock_rate: 48000,
+        channels: 2,
+    }];
+    let error = refused(&c.client, Command::Transfer(no_common)).await;
+    assert_eq!(error.code(), v1::Code::FailedPrecondition);
+    assert!(
+        error.message.contains("no codec in common"),
+        "{}",
+        error.message
+    );
+
+    let mut unknown_dialog =
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket);
+    unknown_dialog.session = None;
+    unknown_dialog.replaces = "no-such-call;to-tag=1;from-tag=2".into();
+    assert_eq!(
+        refused(&c.client, Command::Transfer(unknown_dialog))
+            .await
+            .code(),
+        v1::Code::NotFound
+    );
+
+    // Nothing changed: same device, nothing pending, no port held, and A
+    // still talks to the remote.
+    let info = get(&c.client, &c.session).await;
+    assert_eq!(info.gruu, GRUU_A);
+    assert_eq!(info.pending_gruu, "");
+    assert_eq!(free_pairs(&c.client).await, free_before);
+    let mut a = Talker::new(1, 1, 1, b'A');
+    a.talk(&c.device, &c.user_addr, &c.remote, 3);
+
+    // Found by its Replaces value (tags as seen from either side), and a
+    // second transfer while one is pending is refused.
+    let mut by_replaces =
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket);
+    by_replaces.session = None;
+    by_replaces.replaces = "refusals;to-tag=a-tag;from-tag=r-tag".into();
+    transfer(&c.client, by_replaces).await;
+    let again = transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket);
+    let error = refused(&c.client, Command::Transfer(again)).await;
+    assert_eq!(error.code(), v1::Code::FailedPrecondition);
+    assert!(
+        error.message.contains("already pending"),
+        "{}",
+        error.message
+    );
+    // early-only refuses a confirmed dialog.
+    let mut early = transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket);
+    early.session = None;
+    early.replaces = "refusals;to-tag=r-tag;from-tag=a-tag;early-only".into();
+    assert_eq!(
+        refused(&c.client, Command::Transfer(early)).await.code(),
+        v1::Code::FailedPrecondition
+    );
+}
+
+async fn free_pairs(client: &Client) -> u32 {
+    match client.call(Command::GetStats(v1::GetStatsRequest {})).await {
+        Ok(Reply::GetStats(stats)) => stats.ports[0].free_pairs,
+        other => panic!("stats: {other:?}"),
+    }
+}
+
+async fn register(client: &Client, gruu: &str, expires: u32) {
+    let request = v1::RegisterDeviceRequest {
+        aor: AOR.into(),
+        gruu: gruu.into(),
+        expires,
+        temporary: false,
+    };
+    match client.call(Command::RegisterDevice(request)).await {
+        Ok(Reply::RegisterDevice(_)) => {}
+        other => panic!("register: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_timeout_roll_back() {
+    let relay = Relay::start(&["--transfer-timeout", "0.5", "--ports", "45400-45499"]);
+    let c = call(&relay, "rollback").await;
+    c.client.subscribe().await.expect("subscribe");
+    let device_b = Peer::v4();
+    let free_before = free_pairs(&c.client).await;
+    let mut a = Talker::new(0xA, 1, 1, b'A');
+    let mut heard = a.talk(&c.device, &c.user_addr, &c.remote, 3);
+
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    let cancel = v1::CancelTransferRequest {
+        session: by_id(&c.session),
+    };
+    assert!(matches!(
+        c.client.call(Command::CancelTransfer(cancel.clone())).await,
+        Ok(Reply::CancelTransfer(_))
+    ));
+    let kind = next_event(&c.client, |k| {
+        matches!(k, v1::event::Kind::TransferFailed(_))
+    })
+    .await;
+    assert!(matches!(kind, v1::event::Kind::TransferFailed(f) if f.reason == "cancelled"));
+    // B's leg is gone: its packets reach nobody; its port is free again.
+    device_b.send(&b_addr, &rtp(0, 1, 1, 0xB, &[b'B'; 160]));
+    heard.extend(a.talk(&c.device, &c.user_addr, &c.remote, 3));
+    assert_eq!(free_pairs(&c.client).await, free_before);
+    std::net::UdpSocket::bind(&b_addr).expect("B's port freed");
+    assert_eq!(
+        refused(&c.client, Command::CancelTransfer(cancel))
+            .await
+            .code(),
+        v1::Code::FailedPrecondition
+    );
+
+    // No packet from B within the transfer timeout: rolled back.
+    transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    let kind = next_event(&c.client, |k| {
+        matches!(k, v1::event::Kind::TransferFailed(_))
+    })
+    .await;
+    assert!(matches!(kind, v1::event::Kind::TransferFailed(f) if f.reason == "timeout"));
+    heard.extend(a.talk(&c.device, &c.user_addr, &c.remote, 3));
+    assert!(heard.iter().all(|s| s.tag == b'A' && !s.marker));
+    assert_continuous(&heard);
+    assert_eq!(get(&c.client, &c.session).await.gruu, GRUU_A);
+    assert_eq!(free_pairs(&c.client).await, free_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_chained_transfers_are_one_stream() {
+    let relay = Relay::start(&[]);
+    let c = call(&relay, "chain").await;
+    register(&c.client, TEMP_C, 600).await;
+    let (device_b, device_a2, device_c) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let mut heard = Talker::new(0xA1, 1000, 0, b'A').talk(&c.device, &c.user_addr, &c.remote, 5);
+    // A → B → A (on a new leg) → C (a temporary GRUU, bound).
+    for (gruu, device, talker) in [
+        (GRUU_B, &device_b, Talker::new(0xB1, 50_000, 9, b'B')),
+        (GRUU_A, &device_a2, Talker::new(0xA2, 7, 123_456, b'a')),
+        (
+            TEMP_C,
+            &device_c,
+            Talker::new(0xC1, 65535, u32::MAX - 100, b'C'),
+        ),
+    ] {
+        let addr = transfer(
+            &c.client,
+            transfer_request(&c.session, gruu, device, v1::SwitchMode::FirstPacket),
+        )
+        .await;
+        let mut talker = talker;
+        heard.extend(talker.talk(device, &addr, &c.remote, 5));
+    }
+    assert_eq!(heard.len(), 20);
+    assert_eq!(heard.iter().filter(|s| s.marker).count(), 3);
+    assert_continuous(&heard);
+    assert!(heard.iter().all(|s| s.ssrc == 0xA1));
+    assert_eq!(get(&c.client, &c.session).await.gruu, TEMP_C);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_mode_switches_on_commit_only() {
+    let relay = Relay::start(&[]);
+    let c = call(&relay, "commit").await;
+    let device_b = Peer::v4();
+    let mut a = Talker::new(0xA, 10, 10, b'A');
+    let mut heard = a.talk(&c.device, &c.user_addr, &c.remote, 3);
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::Commit),
+    )
+    .await;
+    // B's media before the commit is held back; A goes on.
+    let mut b = Talker::new(0xB, 500, 500, b'B');
+    device_b.send(&b_addr, &b.next());
+    heard.extend(a.talk(&c.device, &c.user_addr, &c.remote, 3));
+    let commit = v1::CommitTransferRequest {
+        session: by_id(&c.session),
+    };
+    assert!(matches!(
+        c.client.call(Command::CommitTransfer(commit)).await,
+        Ok(Reply::CommitTransfer(_))
+    ));
+    assert!(
+        get(&c.client, &c.session)
+            .await
+            .gruu
+            .ends_with("00000000000b")
+    );
+    c.device.send(&c.user_addr, &a.next());
+    c.remote.expect_silence();
+    heard.extend(b.talk(&device_b, &b_addr, &c.remote, 5));
+    assert_continuous(&heard);
+    assert_eq!(heard.iter().filter(|s| s.tag == b'B').count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dtmf_event_is_not_cut_by_the_switch() {
+    let relay = Relay::start(&[]);
+    let c = call(&relay, "dtmf").await;
+    let device_b = Peer::v4();
+    let mut a = Talker::new(0xA, 300, 3000, b'A');
+    let mut heard = a.talk(&c.device, &c.user_addr, &c.remote, 3);
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    // A presses '5': RFC 4733 packets share the event's timestamp.
+    let event_ts = a.ts;
+    let event = |a: &mut Talker, end: bool, duration: u16| {
+        let mut payload = vec![5, if end { 0x8a } else { 0x0a }];
+        payload.extend_from_slice(&duration.to_be_bytes());
+        let packet = rtp(101, a.seq, event_ts, a.ssrc, &payload);
+        a.seq = a.seq.wrapping_add(1);
+        packet
+    };
+    c.device.send(&c.user_addr, &event(&mut a, false, 160));
+    let start = seen(&c.remote.recv().0);
+    assert_eq!(start.pt, 101);
+    // B starts talking in the middle of the event: held back.
+    let mut b = Talker::new(0xB, 1, 1, b'B');
+    device_b.send(&b_addr, &b.next());
+    c.remote.expect_silence();
+    // The event goes on and ends; all of it reaches the remote.
+    for (end, duration) in [(false, 320), (true, 480)] {
+        c.device.send(&c.user_addr, &event(&mut a, end, duration));
+        let got = seen(&c.remote.recv().0);
+        assert_eq!(
+            (got.pt, got.ts),
+            (101, start.ts),
+            "the event keeps its timestamp"
+        );
+    }
+    // Then B takes over, continuing the same stream.
+    let from_b = b.talk(&device_b, &b_addr, &c.remote, 3);
+    assert!(from_b[0].marker);
+    assert_eq!(from_b[0].seq, start.seq.wrapping_add(3));
+    assert!((from_b[0].ts.wrapping_sub(start.ts) as i32) > 0);
+    heard.push(start);
+    heard.extend(from_b.iter().copied());
+    assert!(heard.iter().all(|s| s.ssrc == 0xA), "one SSRC throughout");
+    c.device.send(&c.user_addr, &a.next());
+    c.remote.expect_silence();
+}
