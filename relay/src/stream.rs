@@ -102,11 +102,14 @@ pub enum DropReason {
     Duplicate = 11,
     /// RTCP that was only a BYE (never forwarded from a user device).
     RtcpBye = 12,
+    /// From a new device without a signalled address, before enough
+    /// in-order packets proved the source.
+    Probation = 13,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -122,6 +125,7 @@ impl DropReason {
         Self::Late,
         Self::Duplicate,
         Self::RtcpBye,
+        Self::Probation,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -140,6 +144,7 @@ impl DropReason {
             Self::Late => "late",
             Self::Duplicate => "duplicate",
             Self::RtcpBye => "rtcp_bye",
+            Self::Probation => "probation",
         }
     }
 }
@@ -340,6 +345,11 @@ impl Outcome {
     }
 }
 
+/// In-order RTP packets from one source a pending device's leg needs, when
+/// its address was not signalled, before it latches (DESIGN: a switch is
+/// never authorised by one stray packet).
+const PENDING_PROBATION: u8 = 3;
+
 /// How far a sequence number may move for a NAT re-learn to be believed.
 const RELEARN_MAX_SEQ_DISTANCE: u16 = 64;
 
@@ -356,6 +366,10 @@ struct Leg {
     last_packet_at: Option<Instant>,
     /// An RFC 4733 event from this device is in progress until then.
     dtmf_until: Option<Instant>,
+    /// Learning needs this many in-order packets (1: the first one).
+    probation: u8,
+    /// The source on probation: address, SSRC, last sequence, packets seen.
+    candidate: Option<(SocketAddr, u32, u16, u8)>,
 }
 
 impl Leg {
@@ -371,6 +385,8 @@ impl Leg {
             last_payload_type: None,
             last_packet_at: None,
             dtmf_until: None,
+            probation: 1,
+            candidate: None,
         };
         leg.set_signalled(config.peer_rtp, config.peer_rtcp);
         leg
@@ -809,7 +825,9 @@ impl Stream {
             return None;
         }
         let slot = (0..MAX_LEGS).find(|&i| self.legs[i].is_none())?;
-        self.legs[slot] = Some(Leg::new(config, now, self.config.learning_window, payloads));
+        let mut leg = Leg::new(config, now, self.config.learning_window, payloads);
+        leg.probation = PENDING_PROBATION;
+        self.legs[slot] = Some(leg);
         self.pending = Some(slot);
         Some(slot)
     }
@@ -1000,6 +1018,26 @@ fn check_source(
         (PeerSource::Learned, _) => return Err(DropReason::Stranger),
         (PeerSource::Unknown, _) if now > leg.learning_until => {
             return Err(DropReason::LearningClosed);
+        }
+        (PeerSource::Unknown, _) if leg.probation > 1 => {
+            // Only RTP proves a source: same address, same SSRC, sequence +1.
+            let Some(f) = fields else {
+                return Err(DropReason::Probation);
+            };
+            let seen = match leg.candidate {
+                Some((addr, ssrc, seq, seen))
+                    if addr == from && ssrc == f.ssrc && f.seq == seq.wrapping_add(1) =>
+                {
+                    seen + 1
+                }
+                Some(_) | None => 1,
+            };
+            leg.candidate = Some((from, f.ssrc, f.seq, seen));
+            if seen < leg.probation {
+                return Err(DropReason::Probation);
+            }
+            leg.candidate = None;
+            false
         }
         (PeerSource::Unknown, _) => false,
     };
@@ -1700,6 +1738,45 @@ mod tests {
         bye.extend_from_slice(&0xAu32.to_be_bytes());
         let (outcome, _) = feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &bye);
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::RtcpBye));
+    }
+
+    #[test]
+    fn an_unsignalled_new_device_must_prove_itself_with_in_order_packets() {
+        let t0 = Instant::now();
+        let (mut s, _) = transfer_setup(t0);
+        s.cancel_pending();
+        let b = s
+            .add_pending(t0, leg(None, true), PayloadMap::identity(Some(101)))
+            .expect("pending");
+        // Stray packets, even from one address, do not latch or switch.
+        for (from, seq, ssrc) in [
+            ("10.6.6.6:1", 1, 9),
+            ("10.6.6.7:1", 2, 9),
+            ("10.6.6.6:1", 9, 9),
+            ("10.6.6.6:1", 10, 8),
+        ] {
+            let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, from, &rtp(seq, ssrc));
+            assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Probation));
+            assert!(!outcome.switch_requested && outcome.latched.is_none());
+        }
+        // Three in order from one source: latched, and the switch is asked.
+        let mut last = None;
+        for seq in 20..23 {
+            last = Some(
+                feed(
+                    &mut s,
+                    t0,
+                    b,
+                    Component::Rtp,
+                    "10.0.0.3:6000",
+                    &rtp(seq, 0xB),
+                )
+                .0,
+            );
+        }
+        let outcome = last.expect("fed");
+        assert!(outcome.latched.is_some());
+        assert!(outcome.switch_requested);
     }
 
     #[test]
