@@ -253,17 +253,24 @@ async fn handoff_keeps_one_continuous_stream_both_ways() {
     );
     // While pending: A still reaches the remote; the remote reaches both.
     at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 5));
-    let packet = remote_talker.next();
-    c.remote.send(&c.remote_addr, &packet);
-    assert_eq!(c.device.recv().0, packet);
+    let heard_by_a = remote_talker.talk(&c.remote, &c.remote_addr, &c.device, 3);
+    let mut heard_by_b = Vec::new();
+    for _ in 0..3 {
+        heard_by_b.push(seen(&device_b.recv().0));
+    }
+    let seqs = |heard: &[Seen]| heard.iter().map(|s| s.seq).collect::<Vec<_>>();
     assert_eq!(
-        device_b.recv().0,
-        packet,
+        seqs(&heard_by_b),
+        seqs(&heard_by_a),
         "the new device hears the remote before it talks"
     );
 
     // B talks: from its first packet the remote hears B, in A's stream.
+    // The relay times the switch from forwarding A's last packet to
+    // receiving B's first; that interval lies inside [before A's last is
+    // sent, B's first arrives] and contains the 30 ms sleep.
     let before_switch = Instant::now();
+    at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 1));
     std::thread::sleep(Duration::from_millis(30));
     let mut b = Talker::new(0xB0B0_B0B0, 12345, 777, b'B');
     let first_b = b.talk(&device_b, &b_addr, &c.remote, 1)[0];
@@ -283,13 +290,19 @@ async fn handoff_keeps_one_continuous_stream_both_ways() {
 
     // A's late packets never reach the remote; the remote reaches B only.
     c.device.send(&c.user_addr, &a.next());
-    let packet = remote_talker.next();
-    c.remote.send(&c.remote_addr, &packet);
-    assert_eq!(device_b.recv().0, packet);
+    heard_by_b.extend(remote_talker.talk(&c.remote, &c.remote_addr, &device_b, 5));
     c.device.expect_silence();
     at_remote.extend(b.talk(&device_b, &b_addr, &c.remote, 5));
     assert!(at_remote.iter().all(|s| s.pt == 0));
     assert_continuous(&at_remote);
+    // In the other direction each device heard the remote's own stream,
+    // unbroken: A until the switch, B from the moment its leg opened.
+    for heard in [&heard_by_a, &heard_by_b] {
+        assert!(heard.iter().all(|s| s.ssrc == 0x0F0F_0F0F && s.tag == b'R'));
+        for pair in heard.windows(2) {
+            assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "{heard:?}");
+        }
+    }
 
     let kind = next_event(&c.client, |k| {
         matches!(k, v1::event::Kind::TransferCompleted(_))
@@ -315,6 +328,12 @@ async fn handoff_keeps_one_continuous_stream_both_ways() {
         b_addr
     );
     assert_eq!(info.pending_gruu, "");
+    // A's ports close after the grace period and are free for others.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::UdpSocket::bind(&c.user_addr).is_err() {
+        assert!(Instant::now() < deadline, "A's port was never released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

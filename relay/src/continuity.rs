@@ -451,7 +451,11 @@ mod tests {
     type Scenario = (Vec<(u16, u32, u32)>, Vec<Input>, Vec<usize>);
 
     fn scenario() -> impl Strategy<Value = Scenario> {
-        let sources = prop::collection::vec((any::<u16>(), any::<u32>(), any::<u32>()), 2..5);
+        // Start values anywhere, and often just below a wrap of the 16-bit
+        // sequence or the 32-bit timestamp.
+        let seq = prop_oneof![any::<u16>(), 65_400..=u16::MAX];
+        let ts = prop_oneof![any::<u32>(), (u32::MAX - 40_000)..=u32::MAX];
+        let sources = prop::collection::vec((seq, ts, any::<u32>()), 2..5);
         (
             sources,
             20usize..200,
