@@ -293,13 +293,7 @@ impl Sessions {
                     v1::AddressFamily::Ipv6 => Some(true),
                     v1::AddressFamily::Unspecified => peer_rtp.map(|a| a.is_ipv6()),
                 };
-                let sockets =
-                    self.dataplane
-                        .allocate(ipv6, spec.rtcp_mux)
-                        .map_err(|e| match e {
-                            AllocError::NoMediaIp(_) => Status::failed_precondition(e.to_string()),
-                            AllocError::Ports(_) => Status::resource_exhausted(e.to_string()),
-                        })?;
+                let sockets = self.allocate_leg(ipv6, spec.rtcp_mux)?;
                 local[side as usize] = self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref());
                 legs.push(LegSetup {
                     sockets,
@@ -358,6 +352,20 @@ impl Sessions {
             record.streams = records;
         }
         Ok(response)
+    }
+
+    /// Binds a leg's sockets; running out of ports is RESOURCE_EXHAUSTED.
+    fn allocate_leg(
+        &self,
+        ipv6: Option<bool>,
+        rtcp_mux: bool,
+    ) -> Result<baton_relay::ports::LegSockets, Status> {
+        self.dataplane
+            .allocate(ipv6, rtcp_mux)
+            .map_err(|e| match e {
+                AllocError::NoMediaIp(_) => Status::failed_precondition(e.to_string()),
+                AllocError::Ports(_) => Status::resource_exhausted(e.to_string()),
+            })
     }
 
     fn endpoint_of(

@@ -12,7 +12,7 @@ use baton_relay::worker::{Command, LegSetup, PendingSetup, SessionReport, Switch
 use tokio::sync::oneshot;
 use tracing::info;
 
-use super::{PendingTransfer, Sessions, await_worker, by_id, parse_endpoint, validate_codecs};
+use super::{PendingTransfer, Sessions, await_worker, parse_endpoint, validate_codecs};
 use crate::bindings::{Binding, Bindings, parse_aor, parse_gruu};
 use crate::events::EventBus;
 use crate::sip_uri::{Gruu, classify};
@@ -178,15 +178,7 @@ impl Sessions {
                         .map(|a| a.is_ipv6())
                 }),
             };
-            let sockets = self
-                .dataplane
-                .allocate(ipv6, stream.rtcp_mux)
-                .map_err(|e| match e {
-                    baton_relay::AllocError::NoMediaIp(_) => {
-                        Status::failed_precondition(e.to_string())
-                    }
-                    baton_relay::AllocError::Ports(_) => Status::resource_exhausted(e.to_string()),
-                })?;
+            let sockets = self.allocate_leg(ipv6, stream.rtcp_mux)?;
             local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
             let device_te = super::telephone_event(&device_codecs);
             legs.push(PendingSetup {
@@ -377,12 +369,6 @@ impl Sessions {
             gruu,
             reason: reason.to_owned(),
         }));
-    }
-
-    /// The id of a session, for callers that only have a reference.
-    pub fn resolve(&self, reference: Option<&v1::SessionRef>) -> Result<v1::SessionRef, Status> {
-        let id = self.registry().find(reference)?;
-        Ok(by_id(id))
     }
 }
 
