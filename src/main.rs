@@ -1,10 +1,12 @@
-//! `baton`: the relay daemon (`run`), its control client (`ctl`).
+//! `baton`: the relay daemon (`run`), its control client (`ctl`), and the
+//! load generator (`load`).
 
 #![forbid(unsafe_code)]
 
 mod config;
 mod ctl;
 mod ctl_args;
+mod load;
 mod run;
 
 use std::process::ExitCode;
@@ -26,6 +28,8 @@ enum Commands {
     Run(Box<config::RunOptions>),
     /// Send a control command to a running relay; prints JSON.
     Ctl(Box<ctl::CtlArgs>),
+    /// Generate and analyse RTP load through a relay (or none).
+    Load(Box<load::LoadArgs>),
     /// Print the control protocol's schema (baton.proto).
     Schema,
 }
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Run(options) => run::main(*options),
         Commands::Ctl(args) => ctl::main(*args),
+        Commands::Load(args) => load::main(*args),
         Commands::Schema => {
             print!("{}", baton_proto::SCHEMA);
             ExitCode::SUCCESS

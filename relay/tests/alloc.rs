@@ -1,0 +1,227 @@
+//! The RTP path allocates nothing: counted with a global allocator, over
+//! the state machine's paths and over a real worker forwarding through real
+//! sockets. One test function, so nothing else in this process allocates
+//! while it counts.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_relay::stream::{
+    Component, FIRST_USER_LEG, LegConfig, PayloadMap, REMOTE_LEG, Stream, StreamConfig, Verdict,
+};
+use baton_relay::worker::{Command, LegSetup, StreamSetup, Timeouts};
+use baton_relay::{Dataplane, DataplaneConfig, SessionId};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: delegates to the system allocator unchanged; only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+fn rtp(buf: &mut [u8], pt: u8, seq: u16, ts: u32, ssrc: u32) -> usize {
+    buf[0] = 0x80;
+    buf[1] = pt;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    buf[12..172].fill(0xd5);
+    172
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address")
+}
+
+/// Every RTP path of the state machine: pass-through, toward the remote
+/// after a switch (rewritten), toward the user with a fork to a pending
+/// device, and a second switch.
+fn state_machine_paths() -> u64 {
+    let t0 = Instant::now();
+    let leg = |peer: &str| LegConfig {
+        rtcp_mux: true,
+        peer_rtp: Some(addr(peer)),
+        peer_rtcp: None,
+    };
+    let config = StreamConfig {
+        learning_window: Duration::from_secs(3),
+        relearn: false,
+    };
+    let mut stream = Stream::new(
+        t0,
+        config,
+        leg("10.0.0.1:4000"),
+        leg("10.0.0.2:5000"),
+        &[(0, 8000)],
+        None,
+    );
+    let mut buf = [0u8; 2048];
+    // Warm up, then open a pending leg (control-plane work, may allocate).
+    let len = rtp(&mut buf, 0, 1, 0, 0xA);
+    stream.on_packet(
+        t0,
+        FIRST_USER_LEG,
+        Component::Rtp,
+        addr("10.0.0.1:4000"),
+        &mut buf,
+        len,
+    );
+    let b = stream
+        .add_pending(t0, leg("10.0.0.3:6000"), PayloadMap::identity(None))
+        .expect("pending");
+
+    let before = allocations();
+    let mut forwarded = 0;
+    for i in 0..10_000u32 {
+        let now = t0 + Duration::from_millis(u64::from(i));
+        let len = rtp(&mut buf, 0, 2 + i as u16, 160 * i, 0xA);
+        let outcome = stream.on_packet(
+            now,
+            FIRST_USER_LEG,
+            Component::Rtp,
+            addr("10.0.0.1:4000"),
+            &mut buf,
+            len,
+        );
+        forwarded += u32::from(matches!(outcome.verdict, Verdict::Forward { .. }));
+        let len = rtp(&mut buf, 0, i as u16, 160 * i, 0xF);
+        let outcome = stream.on_packet(
+            now,
+            REMOTE_LEG,
+            Component::Rtp,
+            addr("10.0.0.2:5000"),
+            &mut buf,
+            len,
+        );
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { fork: Some(_), .. }
+        ));
+    }
+    // The switch itself and the rewritten path after it.
+    stream.switch(t0 + Duration::from_secs(11));
+    for i in 0..10_000u32 {
+        let now = t0 + Duration::from_secs(11) + Duration::from_millis(u64::from(i));
+        let len = rtp(&mut buf, 0, 500 + i as u16, 77 + 160 * i, 0xB);
+        let outcome =
+            stream.on_packet(now, b, Component::Rtp, addr("10.0.0.3:6000"), &mut buf, len);
+        forwarded += u32::from(matches!(outcome.verdict, Verdict::Forward { .. }));
+    }
+    assert_eq!(forwarded, 20_000);
+    allocations() - before
+}
+
+/// A real worker forwarding through real sockets.
+fn worker_path() -> u64 {
+    let config = DataplaneConfig {
+        workers: 1,
+        media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        ports: (47000, 47999),
+        timeouts: Timeouts {
+            media: Duration::from_secs(60),
+            setup: Duration::from_secs(60),
+        },
+        command_queue: 16,
+    };
+    let (events, _events_rx) = tokio::sync::mpsc::channel(64);
+    let dataplane = Dataplane::start(&config, events).expect("start");
+    let device = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let remote = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    remote
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let leg = |peer: SocketAddr| LegSetup {
+        sockets: dataplane.allocate(Some(false), true).expect("ports"),
+        config: LegConfig {
+            rtcp_mux: true,
+            peer_rtp: Some(peer),
+            peer_rtcp: None,
+        },
+    };
+    let user = leg(device.local_addr().expect("addr"));
+    let relay_user = user.sockets.rtp.local_addr().expect("addr");
+    let remote_leg = leg(remote.local_addr().expect("addr"));
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    dataplane
+        .send(
+            0,
+            Command::Add {
+                id: SessionId(1),
+                streams: vec![StreamSetup {
+                    config: StreamConfig {
+                        learning_window: Duration::from_secs(3),
+                        relearn: false,
+                    },
+                    clock_rates: vec![(0, 8000)],
+                    telephone_event: None,
+                    legs: [user, remote_leg],
+                }],
+                reply,
+            },
+        )
+        .expect("queue");
+    answer.blocking_recv().expect("answer").expect("added");
+
+    let mut buf = [0u8; 2048];
+    let mut recv = [0u8; 2048];
+    let mut exchange = |count: u32, start: u32| {
+        for i in start..start + count {
+            let len = rtp(&mut buf, 0, i as u16, 160 * i, 0xA);
+            device.send_to(&buf[..len], relay_user).expect("send");
+            let (n, _) = remote.recv_from(&mut recv).expect("forwarded");
+            assert_eq!(&recv[..n], &buf[..len]);
+        }
+    };
+    // Warm up: first-time costs (the latency histogram, lazy statics).
+    exchange(200, 0);
+    let before = allocations();
+    exchange(5_000, 200);
+    let counted = allocations() - before;
+    dataplane.shutdown();
+    counted
+}
+
+#[test]
+fn the_rtp_path_allocates_nothing() {
+    // The counter works: a boxed value is one allocation.
+    let probe = allocations();
+    std::hint::black_box(Box::new(7u64));
+    assert_eq!(
+        allocations() - probe,
+        1,
+        "the counting allocator is in place"
+    );
+    assert_eq!(state_machine_paths(), 0, "allocations in Stream::on_packet");
+    assert_eq!(
+        worker_path(),
+        0,
+        "allocations while a worker forwarded 5000 packets"
+    );
+}

@@ -1,0 +1,809 @@
+//! `baton load`: a packet generator and analyser for relays.
+//!
+//! Against baton (`--control`), it creates the calls itself, sends RTP both
+//! ways at the packet time, evenly paced, with RTCP sender reports now and
+//! then, hands calls over to new devices under load (`--handoff-every`),
+//! and judges what every receiver got (see [`analysis`]). `--plan` drives
+//! any relay from a list of flows; `--direct` measures the generator alone.
+
+mod analysis;
+mod generator;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_control::{Client, ControlAddr};
+use baton_proto::v1::{self, request::Command, response::Result as Reply};
+use clap::Args;
+use hdrhistogram::Histogram;
+
+use analysis::Violations;
+use generator::{Flow, Handoff, Plan, Progress, Report};
+
+/// How long the old device keeps sending after a handoff.
+const HANDOFF_OVERLAP: Duration = Duration::from_millis(40);
+/// Control requests in flight at once while setting up.
+const SETUP_CONCURRENCY: usize = 64;
+
+/// Options of `baton load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The relay's control address; the generator creates and deletes the
+    /// calls there.
+    #[arg(long, env = "BATON_CONTROL", conflicts_with_all = ["plan", "direct"])]
+    control: Option<String>,
+    /// Control token, when the relay requires one.
+    #[arg(long, env = "BATON_CONTROL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Concurrent calls (two flows each: device → remote, remote → device).
+    #[arg(long, default_value_t = 10)]
+    calls: usize,
+    /// Seconds of media.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Packet time per flow, milliseconds (fractions allowed, for rates
+    /// beyond 50 packets a second per flow).
+    #[arg(long, default_value_t = 20.0)]
+    ptime_ms: f64,
+    /// RTP payload bytes (at least 22: the generator's stamp).
+    #[arg(long, default_value_t = 160)]
+    payload_bytes: usize,
+    /// Hand a call over to a new device every SECS seconds (across all
+    /// calls, round robin), under full load.
+    #[arg(long, value_name = "SECS")]
+    handoff_every: Option<f64>,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Packets later than this many milliseconds count as lost.
+    #[arg(long, default_value_t = 50)]
+    late_ms: u64,
+    /// Drive any relay: a file of flows, one per line, `FROM TO EXPECT`
+    /// (bind FROM, send to TO, expect the packets at EXPECT, which the
+    /// generator binds too).
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+    /// No relay: flows go straight to their receivers (the generator's own
+    /// ceiling).
+    #[arg(long)]
+    direct: bool,
+    /// Print the summary as one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `baton load`.
+pub fn main(args: LoadArgs) -> ExitCode {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("baton load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("baton load: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One call set up on the relay.
+struct Call {
+    session: String,
+    aor: String,
+    device_flow: u32,
+}
+
+/// What the generator needs to hand a call over.
+struct Control {
+    client: Client,
+    calls: Vec<Call>,
+    create_ms: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn bind_local() -> anyhow::Result<UdpSocket> {
+    UdpSocket::bind("127.0.0.1:0").context("bind a generator socket on 127.0.0.1")
+}
+
+async fn run(args: LoadArgs) -> anyhow::Result<bool> {
+    if args.payload_bytes < analysis::PAYLOAD_HEADER || args.payload_bytes > 1400 {
+        bail!(
+            "--payload-bytes must be between {} and 1400",
+            analysis::PAYLOAD_HEADER
+        );
+    }
+    if !(args.ptime_ms > 0.0 && args.duration > 0.0 && args.threads > 0) {
+        bail!("--ptime-ms, --duration and --threads must be positive");
+    }
+    let period = Duration::from_secs_f64(args.ptime_ms / 1000.0);
+    // Samples per packet at 8 kHz, at least 1.
+    let samples_per_packet = ((args.ptime_ms * 8.0).round() as u32).max(1);
+
+    // Sockets (by thread), flows (by thread).
+    let threads = args.threads;
+    let mut sockets: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut flows: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut flow_thread: HashMap<u32, usize> = HashMap::new();
+    let mut control = None;
+    let mode;
+    if let Some(path) = &args.plan {
+        mode = "plan";
+        plan_flows(path, threads, &mut sockets, &mut flows, &mut flow_thread)?;
+    } else if args.direct {
+        mode = "direct";
+        for call in 0..args.calls {
+            let t = call % threads;
+            let (device, remote) = (bind_local()?, bind_local()?);
+            let (device_addr, remote_addr) = (device.local_addr()?, remote.local_addr()?);
+            let base = sockets[t].len();
+            sockets[t].push(device);
+            sockets[t].push(remote);
+            add_call_flows(
+                call,
+                t,
+                base,
+                remote_addr,
+                device_addr,
+                &mut flows,
+                &mut flow_thread,
+            );
+        }
+    } else {
+        mode = "relay";
+        let addr: ControlAddr = args
+            .control
+            .as_deref()
+            .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
+            .parse()?;
+        let client = Client::connect(&addr, args.token.as_deref()).await?;
+        let mut create_ms = histogram();
+        let mut calls = Vec::with_capacity(args.calls);
+        let started = Instant::now();
+        for chunk_start in (0..args.calls).step_by(SETUP_CONCURRENCY) {
+            let chunk = chunk_start..(chunk_start + SETUP_CONCURRENCY).min(args.calls);
+            let mut pending = Vec::new();
+            let mut bound = Vec::new();
+            for call in chunk.clone() {
+                let (device, remote) = (bind_local()?, bind_local()?);
+                let request = create_request(call, device.local_addr()?, remote.local_addr()?);
+                bound.push((call, device, remote));
+                pending.push(async {
+                    let sent = Instant::now();
+                    let reply = client.call(Command::CreateSession(request)).await;
+                    (reply, sent.elapsed())
+                });
+            }
+            let replies = futures_util::future::join_all(pending).await;
+            for ((call, device, remote), (reply, took)) in bound.into_iter().zip(replies) {
+                let created = match reply {
+                    Ok(Reply::CreateSession(created)) => created,
+                    Ok(other) => bail!("unexpected answer to create: {other:?}"),
+                    Err(e) => bail!("creating call {call} failed: {e}"),
+                };
+                let _ = create_ms.record((took.as_micros() as u64).max(1));
+                let stream = created.streams.first().context("a stream in the answer")?;
+                let user: SocketAddr = stream.user.as_ref().context("user address")?.rtp.parse()?;
+                let remote_relay: SocketAddr = stream
+                    .remote
+                    .as_ref()
+                    .context("remote address")?
+                    .rtp
+                    .parse()?;
+                let t = call % threads;
+                let base = sockets[t].len();
+                sockets[t].push(device);
+                sockets[t].push(remote);
+                add_call_flows(
+                    call,
+                    t,
+                    base,
+                    user,
+                    remote_relay,
+                    &mut flows,
+                    &mut flow_thread,
+                );
+                calls.push(Call {
+                    session: created.session,
+                    aor: format!("sip:load-{call}@load.invalid"),
+                    device_flow: 2 * call as u32,
+                });
+            }
+        }
+        eprintln!(
+            "baton load: {} calls created in {:.2} s",
+            calls.len(),
+            started.elapsed().as_secs_f64()
+        );
+        control = Some(Control {
+            client,
+            calls,
+            create_ms,
+        });
+    }
+
+    // Generator threads.
+    let base = Instant::now();
+    let start = base + Duration::from_millis(100);
+    let end = start + Duration::from_secs_f64(args.duration);
+    let progress = Arc::new(Progress::default());
+    let mut handoff_senders = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for (t, (thread_sockets, thread_flows)) in sockets.into_iter().zip(flows).enumerate() {
+        let (sender, receiver) = crossbeam_channel::bounded(1024);
+        handoff_senders.push(sender);
+        let plan = Plan {
+            sockets: thread_sockets,
+            flows: thread_flows,
+            period,
+            payload_bytes: args.payload_bytes,
+            samples_per_packet,
+            late: Duration::from_millis(args.late_ms),
+            base,
+            start,
+            end,
+        };
+        let progress = Arc::clone(&progress);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("baton-load-{t}"))
+                .spawn(move || generator::run(plan, receiver, progress))?,
+        );
+    }
+
+    // Handoffs and the progress line, until the end.
+    let mut handoffs = HandoffStats::default();
+    let events = match &control {
+        Some(_) if args.handoff_every.is_some() => {
+            let addr: ControlAddr = args
+                .control
+                .as_deref()
+                .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
+                .parse()?;
+            let events = Client::connect(&addr, args.token.as_deref()).await?;
+            events.subscribe().await?;
+            Some(events)
+        }
+        Some(_) | None => None,
+    };
+    let mut next_progress = start + Duration::from_secs(1);
+    let mut next_handoff = args
+        .handoff_every
+        .map(|every| start + Duration::from_secs_f64(every));
+    let mut handoff_cursor = 0usize;
+    let mut last_sent = 0;
+    while Instant::now() < end {
+        let now = Instant::now();
+        if let (Some(at), Some(control)) = (next_handoff, control.as_mut())
+            && now >= at
+            && !control.calls.is_empty()
+        {
+            let every = Duration::from_secs_f64(args.handoff_every.unwrap_or(1.0));
+            next_handoff = Some(at + every);
+            let call = &control.calls[handoff_cursor % control.calls.len()];
+            handoff_cursor += 1;
+            match hand_over(&control.client, call, handoff_cursor, &mut handoffs).await {
+                Ok((socket, to)) => {
+                    let thread = flow_thread[&call.device_flow];
+                    let _ = handoff_senders[thread].try_send(Handoff {
+                        flow: call.device_flow,
+                        socket,
+                        to,
+                        overlap: HANDOFF_OVERLAP,
+                    });
+                }
+                Err(e) => {
+                    handoffs.failed += 1;
+                    eprintln!("baton load: handoff failed: {e}");
+                }
+            }
+        }
+        if now >= next_progress {
+            next_progress += Duration::from_secs(1);
+            let sent = progress.sent.load(std::sync::atomic::Ordering::Relaxed);
+            let received = progress.received.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "baton load: {:>5.1} s  sent {sent}  received {received}  {} pps  handoffs {}",
+                now.duration_since(start).as_secs_f64(),
+                sent - last_sent,
+                handoffs.started
+            );
+            last_sent = sent;
+        }
+        if let Some(events) = &events {
+            drain_events(events, &mut handoffs).await;
+        }
+        let mut wait = next_progress
+            .min(end)
+            .saturating_duration_since(Instant::now());
+        if let Some(at) = next_handoff {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+    }
+    let mut reports = Vec::with_capacity(handles.len());
+    for handle in handles {
+        // The threads end by themselves shortly after `end`; nothing on this
+        // runtime needs to run meanwhile.
+        let report = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+        reports.push(report);
+    }
+    if let Some(events) = &events {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline && handoffs.completed + handoffs.failed < handoffs.started {
+            drain_events(events, &mut handoffs).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Delete the calls.
+    let mut delete_ms = histogram();
+    if let Some(control) = &control {
+        for chunk in control.calls.chunks(SETUP_CONCURRENCY) {
+            let deletes = chunk.iter().map(|call| async {
+                let sent = Instant::now();
+                let request = v1::DeleteSessionRequest {
+                    session: Some(v1::SessionRef {
+                        by: Some(v1::session_ref::By::Id(call.session.clone())),
+                    }),
+                };
+                let reply = control.client.call(Command::DeleteSession(request)).await;
+                (reply.is_ok(), sent.elapsed())
+            });
+            for (_, took) in futures_util::future::join_all(deletes).await {
+                let _ = delete_ms.record((took.as_micros() as u64).max(1));
+            }
+        }
+    }
+
+    let summary = Summary::new(
+        mode,
+        &args,
+        &reports,
+        &handoffs,
+        control.as_ref().map(|c| &c.create_ms),
+        &delete_ms,
+    );
+    summary.print_human();
+    if args.json {
+        println!("{}", summary.json());
+    }
+    Ok(summary.clean())
+}
+
+/// Flows of call `call` on thread `t` whose device and remote sockets sit at
+/// `base` and `base + 1`: device → `device_to`, remote → `remote_to`.
+fn add_call_flows(
+    call: usize,
+    t: usize,
+    base: usize,
+    device_to: SocketAddr,
+    remote_to: SocketAddr,
+    flows: &mut [Vec<Flow>],
+    flow_thread: &mut HashMap<u32, usize>,
+) {
+    let device_flow = 2 * call as u32;
+    flows[t].push(Flow {
+        id: device_flow,
+        socket: base,
+        to: device_to,
+    });
+    flows[t].push(Flow {
+        id: device_flow + 1,
+        socket: base + 1,
+        to: remote_to,
+    });
+    flow_thread.insert(device_flow, t);
+    flow_thread.insert(device_flow + 1, t);
+}
+
+fn plan_flows(
+    path: &PathBuf,
+    threads: usize,
+    sockets: &mut [Vec<UdpSocket>],
+    flows: &mut [Vec<Flow>],
+    flow_thread: &mut HashMap<u32, usize>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read plan {}", path.display()))?;
+    // Every address the plan names is bound once, by the thread of the
+    // first flow that names it; a flow is sent by its FROM socket's thread.
+    let mut owner: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
+    let mut next_thread = 0;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [from, to, expect] = fields.as_slice() else {
+            bail!("plan line {}: expected FROM TO EXPECT", number + 1);
+        };
+        let parse = |text: &str| -> anyhow::Result<SocketAddr> {
+            let addr: SocketAddr = text
+                .parse()
+                .with_context(|| format!("plan line {}: {text:?} is not IP:PORT", number + 1))?;
+            if !addr.ip().is_loopback() {
+                bail!("plan line {}: {addr} is not a loopback address", number + 1);
+            }
+            Ok(addr)
+        };
+        let (from, to, expect) = (parse(from)?, parse(to)?, parse(expect)?);
+        for addr in [from, expect] {
+            if let std::collections::hash_map::Entry::Vacant(slot) = owner.entry(addr) {
+                let t = next_thread % threads;
+                next_thread += 1;
+                let socket = UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+                slot.insert((t, sockets[t].len()));
+                sockets[t].push(socket);
+            }
+        }
+        let (t, socket) = owner[&from];
+        let id = flow_thread.len() as u32;
+        flows[t].push(Flow { id, socket, to });
+        flow_thread.insert(id, t);
+    }
+    if flow_thread.is_empty() {
+        bail!("plan {} has no flows", path.display());
+    }
+    Ok(())
+}
+
+fn create_request(call: usize, device: SocketAddr, remote: SocketAddr) -> v1::CreateSessionRequest {
+    v1::CreateSessionRequest {
+        call_id: format!("load-{call}-{}", std::process::id()),
+        from_tag: "load-a".into(),
+        to_tag: "load-r".into(),
+        aor: format!("sip:load-{call}@load.invalid"),
+        gruu: format!(
+            "sip:load-{call}@load.invalid;gr=urn:uuid:{call:08x}-0000-0000-0000-000000000000"
+        ),
+        streams: vec![v1::StreamSpec {
+            kind: "audio".into(),
+            codecs: vec![v1::Codec {
+                payload_type: 0,
+                name: "PCMU".into(),
+                clock_rate: 8000,
+                channels: 0,
+            }],
+            rtcp_mux: true,
+            user_peer: Some(v1::Endpoint {
+                rtp: device.to_string(),
+                rtcp: String::new(),
+            }),
+            remote_peer: Some(v1::Endpoint {
+                rtp: remote.to_string(),
+                rtcp: String::new(),
+            }),
+            user_family: 0,
+            remote_family: 0,
+        }],
+        nat_relearn: false,
+    }
+}
+
+#[derive(Default)]
+struct HandoffStats {
+    started: u64,
+    completed: u64,
+    failed: u64,
+    relay_gaps_ms: Vec<f64>,
+    transfer_ms: Vec<u64>,
+}
+
+/// Registers a new device (a temporary GRUU bound to the call's AOR) and
+/// transfers the call to it. Returns the new device's socket and where it
+/// sends.
+async fn hand_over(
+    client: &Client,
+    call: &Call,
+    serial: usize,
+    stats: &mut HandoffStats,
+) -> anyhow::Result<(UdpSocket, SocketAddr)> {
+    let socket = bind_local()?;
+    let gruu = format!(
+        "sip:tgruu.{serial}.{}@load.invalid;gr",
+        call.device_flow / 2
+    );
+    client
+        .call(Command::RegisterDevice(v1::RegisterDeviceRequest {
+            aor: call.aor.clone(),
+            gruu: gruu.clone(),
+            expires: 3600,
+            temporary: false,
+        }))
+        .await?;
+    let sent = Instant::now();
+    let reply = client
+        .call(Command::Transfer(v1::TransferRequest {
+            session: Some(v1::SessionRef {
+                by: Some(v1::session_ref::By::Id(call.session.clone())),
+            }),
+            replaces: String::new(),
+            gruu,
+            streams: vec![v1::TransferStream {
+                codecs: Vec::new(),
+                peer: Some(v1::Endpoint {
+                    rtp: socket.local_addr()?.to_string(),
+                    rtcp: String::new(),
+                }),
+                family: 0,
+            }],
+            mode: v1::SwitchMode::FirstPacket as i32,
+        }))
+        .await?;
+    stats.transfer_ms.push(sent.elapsed().as_micros() as u64);
+    stats.started += 1;
+    let Reply::Transfer(transfer) = reply else {
+        bail!("unexpected answer to transfer");
+    };
+    let to = transfer
+        .streams
+        .first()
+        .and_then(|s| s.user.as_ref())
+        .context("the new device's address")?
+        .rtp
+        .parse()?;
+    Ok((socket, to))
+}
+
+async fn drain_events(events: &Client, stats: &mut HandoffStats) {
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(1), events.next_event()).await
+    {
+        match event.kind {
+            Some(v1::event::Kind::TransferCompleted(done)) => {
+                stats.completed += 1;
+                if done.media_gap_ms >= 0.0 {
+                    stats.relay_gaps_ms.push(done.media_gap_ms);
+                }
+            }
+            Some(v1::event::Kind::TransferFailed(_)) => stats.failed += 1,
+            Some(_) | None => {}
+        }
+    }
+}
+
+/// Everything measured, merged over threads.
+struct Summary {
+    mode: &'static str,
+    flows: usize,
+    duration: f64,
+    sent: u64,
+    received: u64,
+    lost: u64,
+    late: u64,
+    duplicates: u64,
+    reordered: u64,
+    rtcp_received: u64,
+    violations: Violations,
+    latency_us: [f64; 5],
+    handoffs: (u64, u64),
+    gap_ms: [f64; 3],
+    create_ms: [f64; 2],
+    transfer_ms: [f64; 2],
+    delete_ms: [f64; 2],
+}
+
+fn quantiles_ms(h: Option<&Histogram<u64>>) -> [f64; 2] {
+    match h {
+        Some(h) if !h.is_empty() => [
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+        ],
+        Some(_) | None => [0.0, 0.0],
+    }
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
+}
+
+impl Summary {
+    fn new(
+        mode: &'static str,
+        args: &LoadArgs,
+        reports: &[Report],
+        handoffs: &HandoffStats,
+        create_ms: Option<&Histogram<u64>>,
+        delete_ms: &Histogram<u64>,
+    ) -> Self {
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .unwrap_or_else(|_| unreachable!());
+        let mut violations = Violations::default();
+        let (mut sent, mut received, mut lost, mut late, mut duplicates, mut reordered, mut rtcp) =
+            (0, 0, 0, 0, 0, 0, 0);
+        let mut flows = 0;
+        let mut gaps_ms: Vec<f64> = Vec::new();
+        for report in reports {
+            sent += report.sent;
+            rtcp += report.rtcp_received;
+            let _ = latency.add(&report.latency);
+            for check in report.flows.values() {
+                flows += 1;
+                received += check.received;
+                lost += check.lost();
+                late += check.late;
+                duplicates += check.duplicates;
+                reordered += check.reordered;
+                violations.add(&check.violations);
+                gaps_ms.extend(check.switch_gaps_ns.iter().map(|ns| *ns as f64 / 1e6));
+            }
+        }
+        let us = |q: f64| {
+            if latency.is_empty() {
+                0.0
+            } else {
+                latency.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        let mut transfer: Histogram<u64> = histogram();
+        for t in &handoffs.transfer_ms {
+            let _ = transfer.record((*t).max(1));
+        }
+        Self {
+            mode,
+            flows,
+            duration: args.duration,
+            sent,
+            received,
+            lost,
+            late,
+            duplicates,
+            reordered,
+            rtcp_received: rtcp,
+            violations,
+            latency_us: [
+                us(0.5),
+                us(0.9),
+                us(0.99),
+                us(0.999),
+                if latency.is_empty() {
+                    0.0
+                } else {
+                    latency.max() as f64 / 1000.0
+                },
+            ],
+            handoffs: (
+                handoffs.completed.max(gaps_ms.len() as u64),
+                handoffs.failed,
+            ),
+            gap_ms: [
+                percentile(&mut gaps_ms, 0.5),
+                percentile(&mut gaps_ms, 0.99),
+                gaps_ms.iter().copied().fold(0.0, f64::max),
+            ],
+            create_ms: quantiles_ms(create_ms),
+            transfer_ms: quantiles_ms(Some(&transfer)),
+            delete_ms: quantiles_ms(Some(delete_ms)),
+        }
+    }
+
+    fn loss_pct(&self) -> f64 {
+        let expected = self.received - self.late + self.lost;
+        if expected == 0 {
+            0.0
+        } else {
+            100.0 * self.lost as f64 / expected as f64
+        }
+    }
+
+    /// Nothing lost, nothing broken.
+    fn clean(&self) -> bool {
+        self.lost == 0 && self.violations.total() == 0 && self.handoffs.1 == 0 && self.received > 0
+    }
+
+    fn print_human(&self) {
+        let v = &self.violations;
+        eprintln!(
+            "baton load ({}): {} flows, {:.1} s",
+            self.mode, self.flows, self.duration
+        );
+        eprintln!(
+            "  sent {}  received {}  lost {} ({:.3} %, {} of them late)  duplicated {}  reordered {}  rtcp {}",
+            self.sent,
+            self.received,
+            self.lost,
+            self.loss_pct(),
+            self.late,
+            self.duplicates,
+            self.reordered,
+            self.rtcp_received
+        );
+        eprintln!(
+            "  rate {:.0} packets/s sent",
+            self.sent as f64 / self.duration
+        );
+        let l = self.latency_us;
+        eprintln!(
+            "  one-way latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            l[0], l[1], l[2], l[3], l[4]
+        );
+        eprintln!(
+            "  continuity violations: {} (ssrc changes {}, sequence {}, timestamp {}, missing marker {})",
+            v.total(),
+            v.ssrc_changes,
+            v.seq_errors,
+            v.ts_errors,
+            v.missing_markers
+        );
+        if self.mode == "relay" {
+            eprintln!(
+                "  handoffs: completed {}  failed {}  media gap ms p50 {:.1}  p99 {:.1}  max {:.1}",
+                self.handoffs.0, self.handoffs.1, self.gap_ms[0], self.gap_ms[1], self.gap_ms[2]
+            );
+            eprintln!(
+                "  control ms (p50/p99): create {:.2}/{:.2}  transfer {:.2}/{:.2}  delete {:.2}/{:.2}",
+                self.create_ms[0],
+                self.create_ms[1],
+                self.transfer_ms[0],
+                self.transfer_ms[1],
+                self.delete_ms[0],
+                self.delete_ms[1]
+            );
+        }
+        if self.mode == "direct" {
+            eprintln!("  (direct: no relay; this is the generator's own ceiling on this machine)");
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let l = self.latency_us;
+        serde_json::json!({
+            "mode": self.mode,
+            "flows": self.flows,
+            "duration_s": self.duration,
+            "sent": self.sent,
+            "received": self.received,
+            "lost": self.lost,
+            "late": self.late,
+            "loss_pct": self.loss_pct(),
+            "duplicated": self.duplicates,
+            "reordered": self.reordered,
+            "rtcp_received": self.rtcp_received,
+            "pps": self.sent as f64 / self.duration,
+            "latency_us": { "p50": l[0], "p90": l[1], "p99": l[2], "p999": l[3], "max": l[4] },
+            "continuity_violations": self.violations.total(),
+            "violations": {
+                "ssrc_changes": self.violations.ssrc_changes,
+                "seq_errors": self.violations.seq_errors,
+                "ts_errors": self.violations.ts_errors,
+                "missing_markers": self.violations.missing_markers,
+            },
+            "handoffs": {
+                "completed": self.handoffs.0,
+                "failed": self.handoffs.1,
+                "gap_ms": { "p50": self.gap_ms[0], "p99": self.gap_ms[1], "max": self.gap_ms[2] },
+            },
+            "control_ms": {
+                "create": { "p50": self.create_ms[0], "p99": self.create_ms[1] },
+                "transfer": { "p50": self.transfer_ms[0], "p99": self.transfer_ms[1] },
+                "delete": { "p50": self.delete_ms[0], "p99": self.delete_ms[1] },
+            },
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! `baton load` against a real relay, with handoffs under load.
+
+mod common;
+
+use common::Relay;
+
+#[test]
+fn load_with_handoffs_loses_nothing_and_breaks_nothing() {
+    let relay = Relay::start(&["--ports", "44000-44999", "--workers", "2"]);
+    let output = std::process::Command::new(common::baton_bin())
+        .args(["load", "--control"])
+        .arg(relay.unix_addr().to_string())
+        .args([
+            "--calls",
+            "40",
+            "--duration",
+            "3",
+            "--handoff-every",
+            "0.1",
+            "--threads",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run baton load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "baton load reported a problem:\n{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    assert_eq!(summary["lost"], 0, "{stderr}");
+    assert_eq!(summary["continuity_violations"], 0, "{stderr}");
+    assert_eq!(summary["duplicated"], 0, "{stderr}");
+    assert_eq!(summary["handoffs"]["failed"], 0, "{stderr}");
+    let completed = summary["handoffs"]["completed"].as_u64().expect("count");
+    assert!(
+        completed >= 20,
+        "handoffs under load: {completed}\n{stderr}"
+    );
+    let sent = summary["sent"].as_u64().expect("sent");
+    let received = summary["received"].as_u64().expect("received");
+    assert!(sent >= 40 * 2 * 100, "sent {sent}");
+    // Packets an old device sends after its switch are dropped by design.
+    assert!(received > sent * 9 / 10, "received {received} of {sent}");
+    for key in ["p50", "p99", "p999", "max"] {
+        assert!(
+            summary["latency_us"][key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}"
+        );
+    }
+    assert!(summary["pps"].as_f64().is_some_and(|v| v > 0.0));
+}
+
+#[test]
+fn direct_mode_measures_the_generator_alone() {
+    let output = std::process::Command::new(common::baton_bin())
+        .args([
+            "load",
+            "--direct",
+            "--calls",
+            "10",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run baton load");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("JSON")).expect("JSON");
+    assert_eq!(summary["mode"], "direct");
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["received"], summary["sent"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("generator's own ceiling"));
+}
+
+#[test]
+fn plan_mode_drives_flows_from_a_file() {
+    // Two flows straight between two generator sockets: the plan format
+    // without a relay in between.
+    let ports: Vec<u16> = (0..2).map(|_| common::free_tcp_port()).collect();
+    let (a, b) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let plan = dir.path().join("plan.txt");
+    std::fs::write(
+        &plan,
+        format!("# from to expect\n{a} {b} {b}\n{b} {a} {a}\n"),
+    )
+    .expect("write");
+    let output = std::process::Command::new(common::baton_bin())
+        .args(["load", "--plan"])
+        .arg(&plan)
+        .args(["--duration", "1", "--json"])
+        .output()
+        .expect("run baton load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("JSON")).expect("JSON");
+    assert_eq!(summary["flows"], 2);
+    assert_eq!(summary["lost"], 0);
+    // A plan naming a non-loopback address is refused.
+    std::fs::write(&plan, format!("{a} 192.0.2.1:9 {b}\n")).expect("write");
+    let refused = std::process::Command::new(common::baton_bin())
+        .args(["load", "--plan"])
+        .arg(&plan)
+        .args(["--duration", "1"])
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a loopback"));
+}
