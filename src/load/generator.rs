@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsFd;
+
 use baton_relay::rtp::RtpView;
+use baton_relay::sys::{BATCH, RecvBatch};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
@@ -148,7 +151,7 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
         rtcp_received: 0,
     };
     let mut packet = vec![0u8; 12 + plan.payload_bytes.max(PAYLOAD_HEADER)];
-    let mut buf = [0u8; 2048];
+    let mut batch = RecvBatch::new();
     let mut events = Events::with_capacity(1024);
     let flows = plan.flows.len().max(1) as u64;
     let period_ns = plan.period.as_nanos() as u64;
@@ -231,37 +234,41 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
         };
         poll.poll(&mut events, Some(wait.min(Duration::from_millis(10))))?;
         for event in &events {
-            let Some(Some(socket)) = sockets.get(event.token().0) else {
+            let token = event.token().0;
+            let Some(Some(socket)) = sockets.get(token) else {
                 continue;
             };
-            loop {
-                let len = match socket.recv_from(&mut buf) {
-                    Ok((len, _)) => len,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => break,
-                };
+            // Drained in batches: the generator must outrun the relay.
+            while let Ok(received) = batch.recv(socket.as_fd()) {
                 let arrived_ns = Instant::now().duration_since(plan.base).as_nanos() as u64;
-                let Ok(view) = RtpView::new_checked(&buf[..len]) else {
-                    report.rtcp_received += 1;
-                    continue;
-                };
-                let Some(stamp) = Stamp::read(view.payload()) else {
-                    report.rtcp_received += 1;
-                    continue;
-                };
-                let header = Header {
-                    ssrc: view.ssrc(),
-                    seq: view.sequence(),
-                    ts: view.timestamp(),
-                    marker: view.marker(),
-                };
-                let check = report
-                    .flows
-                    .entry((stamp.flow, event.token().0))
-                    .or_insert_with(|| FlowCheck::new(plan.samples_per_packet, 8000, late_ns));
-                let latency = check.on_packet(arrived_ns, header, stamp);
-                let _ = report.latency.record(latency.max(1));
-                progress.received.fetch_add(1, Ordering::Relaxed);
+                for i in 0..received {
+                    let Ok(view) = RtpView::new_checked(batch.bytes(i)) else {
+                        report.rtcp_received += 1;
+                        continue;
+                    };
+                    let Some(stamp) = Stamp::read(view.payload()) else {
+                        report.rtcp_received += 1;
+                        continue;
+                    };
+                    let header = Header {
+                        ssrc: view.ssrc(),
+                        seq: view.sequence(),
+                        ts: view.timestamp(),
+                        marker: view.marker(),
+                    };
+                    let check = report
+                        .flows
+                        .entry((stamp.flow, token))
+                        .or_insert_with(|| FlowCheck::new(plan.samples_per_packet, 8000, late_ns));
+                    let latency = check.on_packet(arrived_ns, header, stamp);
+                    let _ = report.latency.record(latency.max(1));
+                }
+                progress
+                    .received
+                    .fetch_add(received as u64, Ordering::Relaxed);
+                if received < BATCH {
+                    break;
+                }
             }
         }
     }
