@@ -1,11 +1,12 @@
 //! The syscall floor: a minimal UDP forwarder to measure baton against.
 //!
-//! Fixed port pairs (2i, 2i+1) from a base port on 127.0.0.1; a datagram on
-//! one port of a pair goes out of the other to the last source seen there.
-//! No parsing, no checks, no statistics: `recvmmsg` in, `sendmmsg` out, one
-//! thread, epoll. What baton's per-packet work costs is the difference.
+//! Fixed port pairs (2i, 2i+1) from a base port on 127.0.0.1 with fixed
+//! peers: a datagram on port 2i goes out of port 2i+1 to B_BASE + i, one on
+//! port 2i+1 out of port 2i to A_BASE + i. No learning, no parsing, no
+//! checks, no statistics: `recvmmsg` in, `sendmmsg` out, one thread, epoll.
+//! What baton's per-packet work costs is the difference.
 //!
-//! Usage: forwarder PAIRS BASE_PORT SECONDS
+//! Usage: forwarder PAIRS BASE_PORT SECONDS A_BASE B_BASE
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -22,6 +23,8 @@ fn main() -> std::io::Result<()> {
     let pairs = number(1, 100) as usize;
     let base = number(2, 50_000) as u16;
     let seconds = number(3, 30);
+    let a_base = number(4, 10_000) as u16;
+    let b_base = number(5, 15_000) as u16;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut poll = Poll::new()?;
     let mut sockets = Vec::with_capacity(2 * pairs);
@@ -33,7 +36,14 @@ fn main() -> std::io::Result<()> {
             .register(&mut socket, Token(i), Interest::READABLE)?;
         sockets.push(socket);
     }
-    let mut peers: Vec<Option<SocketAddr>> = vec![None; 2 * pairs];
+    // Where each socket sends: the A side's peers out of even sockets, the B
+    // side's out of odd ones.
+    let peers: Vec<SocketAddr> = (0..2 * pairs)
+        .map(|i| {
+            let base = if i % 2 == 0 { a_base } else { b_base };
+            SocketAddr::from(([127, 0, 0, 1], base + (i / 2) as u16))
+        })
+        .collect();
     let mut recv = RecvBatch::new();
     let mut send = SendBatch::new();
     let mut events = Events::with_capacity(1024);
@@ -48,23 +58,13 @@ fn main() -> std::io::Result<()> {
             while let Ok(n) = recv.recv(sockets[i].as_fd()) {
                 let mut batch: [(SocketAddr, &[u8]); BATCH] =
                     [(SocketAddr::from(([0, 0, 0, 0], 0)), &[]); BATCH];
-                let mut count = 0;
-                for k in 0..n {
-                    if let (Some(from), false, _, _) = recv.datagram(k) {
-                        peers[i] = Some(from);
-                    }
+                let to = peers[other];
+                for (k, slot) in batch.iter_mut().enumerate().take(n) {
+                    *slot = (to, recv.bytes(k));
                 }
-                if let Some(to) = peers[other] {
-                    for (k, slot) in batch.iter_mut().enumerate().take(n) {
-                        *slot = (to, recv.bytes(k));
-                        count += 1;
-                    }
-                    let outcome = send.send(sockets[other].as_fd(), &batch[..count]);
-                    forwarded += outcome.sent as u64;
-                    dropped += outcome.failed as u64;
-                } else {
-                    dropped += n as u64;
-                }
+                let outcome = send.send(sockets[other].as_fd(), &batch[..n]);
+                forwarded += outcome.sent as u64;
+                dropped += outcome.failed as u64;
                 if n < BATCH {
                     break;
                 }

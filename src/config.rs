@@ -110,6 +110,12 @@ pub struct RunOptions {
     /// device (or a commit) before it is rolled back. [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub transfer_timeout: Option<f64>,
+
+    /// Media workers spin instead of sleeping: lower latency at the cost of
+    /// one busy core per worker, whatever the load. [default: off]
+    #[arg(long)]
+    #[serde(default)]
+    pub busy_poll: bool,
 }
 
 /// Everything `baton run` needs, defaults applied and values checked.
@@ -185,6 +191,7 @@ impl RunOptions {
             learning_window: flags.learning_window.or(self.learning_window),
             max_sessions: flags.max_sessions.or(self.max_sessions),
             transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
+            busy_poll: flags.busy_poll || self.busy_poll,
         }
     }
 
@@ -302,6 +309,7 @@ impl RunOptions {
                 ports,
                 timeouts: Timeouts { media, setup },
                 command_queue: 1024,
+                busy_poll: self.busy_poll,
             },
             SessionOptions {
                 learning_window,

@@ -67,14 +67,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Every media leg holds two sockets, so a busy relay needs far more file
-/// descriptors than the usual soft limit of 1024: raise it to the hard limit,
-/// and say so when even that cannot hold every relay port.
+/// Every media leg holds one or two sockets, so a busy relay needs far more
+/// file descriptors than the usual soft limit of 1024. Raise the soft limit
+/// to what the port range can use; as root (CAP_SYS_RESOURCE) raise the
+/// hard limit too when it is lower; and say so when neither suffices.
 fn raise_open_files_limit(config: &Config) {
     let (lo, hi) = config.dataplane.ports;
     let sockets = u64::from(hi - lo + 1) * config.dataplane.media_ips.len() as u64;
     // Control connections and the process's own files on top.
     let needed = sockets + config.control.max_connections as u64 + 64;
+    let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(_, hard)| hard);
+    if hard < needed && rlimit::setrlimit(rlimit::Resource::NOFILE, needed, needed).is_ok() {
+        info!(limit = needed, "open files limit (hard limit raised)");
+        return;
+    }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < needed => warn!(
             limit,

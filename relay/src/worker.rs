@@ -347,6 +347,8 @@ const NO_OUTGOING: Outgoing = Outgoing {
 
 pub(crate) struct Worker {
     index: usize,
+    /// Never sleep in epoll (see `DataplaneConfig::busy_poll`).
+    busy_poll: bool,
     poll: Poll,
     commands: Receiver<Command>,
     stop: Arc<AtomicBool>,
@@ -379,6 +381,7 @@ impl Worker {
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Self {
             index,
+            busy_poll: false,
             poll,
             commands,
             stop,
@@ -396,6 +399,11 @@ impl Worker {
         })
     }
 
+    pub(crate) fn busy_poll(mut self, enabled: bool) -> Self {
+        self.busy_poll = enabled;
+        self
+    }
+
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut recv = RecvBatch::new();
@@ -405,7 +413,7 @@ impl Worker {
         let mut retry: Vec<usize> = Vec::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if unfinished.is_empty() {
+            let timeout = if unfinished.is_empty() && !self.busy_poll {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO

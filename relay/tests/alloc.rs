@@ -149,6 +149,7 @@ fn worker_path() -> u64 {
             setup: Duration::from_secs(60),
         },
         command_queue: 16,
+        busy_poll: false,
     };
     let (events, _events_rx) = tokio::sync::mpsc::channel(64);
     let dataplane = Dataplane::start(&config, events).expect("start");

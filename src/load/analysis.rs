@@ -141,6 +141,11 @@ pub struct FlowCheck {
     /// Receiver-side gaps at each change of sender: arrival of the old
     /// sender's last packet to the new sender's first, in nanoseconds.
     pub switch_gaps_ns: Vec<u64>,
+    /// After an overload ending at this time (ns), when the first packet
+    /// sent after it arrived.
+    recovery_from_ns: Option<u64>,
+    /// Arrival of the first packet sent after the overload, if any.
+    pub recovered_at_ns: Option<u64>,
 }
 
 impl FlowCheck {
@@ -160,12 +165,35 @@ impl FlowCheck {
             late: 0,
             violations: Violations::default(),
             switch_gaps_ns: Vec::new(),
+            recovery_from_ns: None,
+            recovered_at_ns: None,
         }
+    }
+
+    /// Watches for the first packet sent at or after `end_ns` (the end of an
+    /// overload): [`recovery_ns`](Self::recovery_ns) then says how long the
+    /// flow took to get through again.
+    pub fn watch_recovery(mut self, end_ns: Option<u64>) -> Self {
+        self.recovery_from_ns = end_ns;
+        self
+    }
+
+    /// Time from the end of the overload to the arrival of the first packet
+    /// sent after it; `None` if none arrived (or no overload was watched).
+    pub fn recovery_ns(&self) -> Option<u64> {
+        Some(self.recovered_at_ns?.saturating_sub(self.recovery_from_ns?))
     }
 
     /// Judges one packet. Returns its one-way latency in nanoseconds.
     pub fn on_packet(&mut self, arrived_ns: u64, header: Header, stamp: Stamp) -> u64 {
         self.received += 1;
+        if self
+            .recovery_from_ns
+            .is_some_and(|end| stamp.sent_ns >= end)
+            && self.recovered_at_ns.is_none()
+        {
+            self.recovered_at_ns = Some(arrived_ns);
+        }
         let latency = arrived_ns.saturating_sub(stamp.sent_ns);
         if latency > self.late_ns {
             self.late += 1;
@@ -430,6 +458,17 @@ mod tests {
         let (header, stamp) = s.next(0, false);
         c.on_packet(stamp.sent_ns + 80 * MS, header, stamp);
         assert_eq!((c.late, c.lost()), (1, 1));
+    }
+
+    #[test]
+    fn recovery_after_an_overload() {
+        let mut c = check().watch_recovery(Some(100 * MS));
+        let mut s = Sender::new(0, 7, 1, 0);
+        deliver(&mut c, s.next(90, false));
+        assert_eq!(c.recovery_ns(), None, "sent before the end of the overload");
+        let (header, stamp) = s.next(100, false);
+        c.on_packet(130 * MS, header, stamp);
+        assert_eq!(c.recovery_ns(), Some(30 * MS));
     }
 
     #[test]

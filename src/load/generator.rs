@@ -69,6 +69,9 @@ pub struct Plan {
     pub flows: Vec<Flow>,
     /// Time between two packets of one flow.
     pub period: Duration,
+    /// An overload at the start: for this long, packets go out this many
+    /// times faster.
+    pub overload: Option<(Duration, f64)>,
     /// RTP payload size (at least the stamp).
     pub payload_bytes: usize,
     /// Samples per packet at 8 kHz.
@@ -156,12 +159,28 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
     let flows = plan.flows.len().max(1) as u64;
     let period_ns = plan.period.as_nanos() as u64;
     let mut cursor: u64 = 0;
-    let due = |cursor: u64| {
-        plan.start
-            + Duration::from_nanos(
-                (cursor / flows) * period_ns + (cursor % flows) * period_ns / flows,
-            )
+    // Send slot `cursor` is due at: evenly spread flows, a faster period
+    // during an overload at the start, the normal one after it.
+    let (overload_ns, fast_ns) = match plan.overload {
+        Some((length, factor)) => (
+            length.as_nanos() as u64,
+            ((period_ns as f64 / factor) as u64).max(1),
+        ),
+        None => (0, period_ns),
     };
+    let overload_slots = overload_ns / fast_ns * flows;
+    let slot_time = |k: u64, period: u64| (k / flows) * period + (k % flows) * period / flows;
+    let due = |cursor: u64| {
+        let offset = if cursor < overload_slots {
+            slot_time(cursor, fast_ns)
+        } else {
+            overload_ns + slot_time(cursor - overload_slots, period_ns)
+        };
+        plan.start + Duration::from_nanos(offset)
+    };
+    let recovery_from = plan
+        .overload
+        .map(|(length, _)| (plan.start + length).duration_since(plan.base).as_nanos() as u64);
     let late_ns = plan.late.as_nanos() as u64;
     loop {
         let now = Instant::now();
@@ -256,10 +275,10 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
                         ts: view.timestamp(),
                         marker: view.marker(),
                     };
-                    let check = report
-                        .flows
-                        .entry((stamp.flow, token))
-                        .or_insert_with(|| FlowCheck::new(plan.samples_per_packet, 8000, late_ns));
+                    let check = report.flows.entry((stamp.flow, token)).or_insert_with(|| {
+                        FlowCheck::new(plan.samples_per_packet, 8000, late_ns)
+                            .watch_recovery(recovery_from)
+                    });
                     let latency = check.on_packet(arrived_ns, header, stamp);
                     let _ = report.latency.record(latency.max(1));
                 }

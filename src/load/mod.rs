@@ -72,6 +72,18 @@ pub struct LoadArgs {
     /// ceiling).
     #[arg(long)]
     direct: bool,
+    /// Start with an overload: packets go out this many times faster for
+    /// --overload-secs, then at the normal rate; the summary says how soon
+    /// every stream got through again.
+    #[arg(long, value_name = "FACTOR", requires = "overload_secs")]
+    overload_factor: Option<f64>,
+    /// Seconds of overload at the start (see --overload-factor).
+    #[arg(long, value_name = "SECS")]
+    overload_secs: Option<f64>,
+    /// Create calls with RTP and RTCP on separate relay ports (two sockets
+    /// per leg) instead of rtcp-mux.
+    #[arg(long)]
+    separate_rtcp: bool,
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -79,7 +91,7 @@ pub struct LoadArgs {
 
 /// Runs `baton load`.
 pub fn main(args: LoadArgs) -> ExitCode {
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    raise_open_files(&args);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -98,6 +110,17 @@ pub fn main(args: LoadArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Two sockets per call and then some: as root, lift the hard limit when it
+/// is lower (10 000 calls need more than the 20 000 some systems allow).
+fn raise_open_files(args: &LoadArgs) {
+    let needed = 2 * args.calls as u64 + 1024;
+    let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(_, hard)| hard);
+    if hard < needed && rlimit::setrlimit(rlimit::Resource::NOFILE, needed, needed).is_ok() {
+        return;
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 /// One call set up on the relay.
@@ -183,7 +206,12 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             let mut bound = Vec::new();
             for call in chunk.clone() {
                 let (device, remote) = (bind_local()?, bind_local()?);
-                let request = create_request(call, device.local_addr()?, remote.local_addr()?);
+                let request = create_request(
+                    call,
+                    device.local_addr()?,
+                    remote.local_addr()?,
+                    !args.separate_rtcp,
+                );
                 bound.push((call, device, remote));
                 pending.push(async {
                     let sent = Instant::now();
@@ -253,6 +281,12 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             sockets: thread_sockets,
             flows: thread_flows,
             period,
+            overload: match (args.overload_secs, args.overload_factor) {
+                (Some(secs), Some(factor)) if secs > 0.0 && factor > 0.0 => {
+                    Some((Duration::from_secs_f64(secs), factor))
+                }
+                _ => None,
+            },
             payload_bytes: args.payload_bytes,
             samples_per_packet,
             late: Duration::from_millis(args.late_ms),
@@ -468,7 +502,12 @@ fn plan_flows(
     Ok(())
 }
 
-fn create_request(call: usize, device: SocketAddr, remote: SocketAddr) -> v1::CreateSessionRequest {
+fn create_request(
+    call: usize,
+    device: SocketAddr,
+    remote: SocketAddr,
+    rtcp_mux: bool,
+) -> v1::CreateSessionRequest {
     v1::CreateSessionRequest {
         call_id: format!("load-{call}-{}", std::process::id()),
         from_tag: "load-a".into(),
@@ -485,7 +524,7 @@ fn create_request(call: usize, device: SocketAddr, remote: SocketAddr) -> v1::Cr
                 clock_rate: 8000,
                 channels: 0,
             }],
-            rtcp_mux: true,
+            rtcp_mux,
             user_peer: Some(v1::Endpoint {
                 rtp: device.to_string(),
                 rtcp: String::new(),
@@ -602,6 +641,8 @@ struct Summary {
     create_ms: [f64; 2],
     transfer_ms: [f64; 2],
     delete_ms: [f64; 2],
+    /// With an overload: (flows, flows through again, recovery ms p50, max).
+    recovery: Option<(usize, usize, f64, f64)>,
 }
 
 fn quantiles_ms(h: Option<&Histogram<u64>>) -> [f64; 2] {
@@ -639,6 +680,7 @@ impl Summary {
             (0, 0, 0, 0, 0, 0, 0);
         let mut flows = 0;
         let mut gaps_ms: Vec<f64> = Vec::new();
+        let mut recoveries_ms: Vec<f64> = Vec::new();
         for report in reports {
             sent += report.sent;
             rtcp += report.rtcp_received;
@@ -652,6 +694,9 @@ impl Summary {
                 reordered += check.reordered;
                 violations.add(&check.violations);
                 gaps_ms.extend(check.switch_gaps_ns.iter().map(|ns| *ns as f64 / 1e6));
+                if let Some(ns) = check.recovery_ns() {
+                    recoveries_ms.push(ns as f64 / 1e6);
+                }
             }
         }
         let us = |q: f64| {
@@ -700,6 +745,11 @@ impl Summary {
             create_ms: quantiles_ms(create_ms),
             transfer_ms: quantiles_ms(Some(&transfer)),
             delete_ms: quantiles_ms(Some(delete_ms)),
+            recovery: args.overload_factor.map(|_| {
+                let through = recoveries_ms.len();
+                let max = recoveries_ms.iter().copied().fold(0.0, f64::max);
+                (flows, through, percentile(&mut recoveries_ms, 0.5), max)
+            }),
         }
     }
 
@@ -766,6 +816,11 @@ impl Summary {
                 self.delete_ms[1]
             );
         }
+        if let Some((flows, through, p50, max)) = self.recovery {
+            eprintln!(
+                "  after the overload: {through} of {flows} streams through again; recovery ms p50 {p50:.1}  max {max:.1}"
+            );
+        }
         if self.mode == "direct" {
             eprintln!("  (direct: no relay; this is the generator's own ceiling on this machine)");
         }
@@ -799,6 +854,9 @@ impl Summary {
                 "failed": self.handoffs.1,
                 "gap_ms": { "p50": self.gap_ms[0], "p99": self.gap_ms[1], "max": self.gap_ms[2] },
             },
+            "overload": self.recovery.map(|(flows, through, p50, max)| serde_json::json!({
+                "streams": flows, "recovered": through, "recovery_ms": { "p50": p50, "max": max },
+            })),
             "control_ms": {
                 "create": { "p50": self.create_ms[0], "p99": self.create_ms[1] },
                 "transfer": { "p50": self.transfer_ms[0], "p99": self.transfer_ms[1] },
