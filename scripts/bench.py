@@ -8,6 +8,8 @@ STEPS = int(os.environ.get("STEPS", "6"))
 TRIAL = float(os.environ.get("TRIAL", "3"))
 STREAMS = [int(s) for s in os.environ.get("STREAMS", "100 1000 5000").split()]
 ANCHORS = os.environ.get("ANCHORS", "direct forwarder rtpengine baton-1w baton-2w").split()
+# Parts of the run: max (rates), latency, overload, scale, memory, handoffs, micro.
+SECTIONS = set(os.environ.get("SECTIONS", "max latency overload scale memory handoffs micro").split())
 RELAY_CORE, GEN_CORE = "0", "1"
 WORK = tempfile.mkdtemp(prefix="baton-bench-")
 HAVE_RTPENGINE = subprocess.run(["sh", "-c", "command -v rtpengine"], capture_output=True).returncode == 0
@@ -130,10 +132,10 @@ class Relay:
                                          stderr=subprocess.DEVNULL)
             wait_port(sock_path=self.sock)
         elif anchor == "rtpengine":
-            self.ng_addr = ("127.0.0.1", 22222)
+            self.ng_addr = ("127.0.0.1", 2223)
             self.proc = subprocess.Popen(pinned(RELAY_CORE, [
                 "rtpengine", "--config-file=none", "--foreground", "--table=-1",
-                "--interface=lo/127.0.0.1", "--listen-ng=127.0.0.1:22222", "--port-min=30000",
+                "--interface=lo/127.0.0.1", "--listen-ng=127.0.0.1:2223", "--port-min=30000",
                 # Ports of deleted calls come back at once (the default
                 # holds them 30 s), so every trial can have fresh calls.
                 "--port-max=65000", "--delete-delay=0", "--num-threads=1", "--log-level=3", "--log-stderr"]),
@@ -240,105 +242,129 @@ def max_rate(relay, streams, ceiling):
 
 def main():
     results = {}
+    merged_from = os.environ.get("MERGE")
+    if merged_from:
+        import ast
+        with open(merged_from) as f:
+            previous = json.load(f)
+        for key, value in previous.items():
+            results[ast.literal_eval(key) if key.startswith("(") else key] = value
     ceilings = {}
     anchors = [a for a in ANCHORS if a != "rtpengine" or HAVE_RTPENGINE]
     # The generator's ceiling per stream count bounds every search.
     for streams in STREAMS:
         ceilings[streams] = 700_000.0
-    for anchor in anchors:
-        for streams in STREAMS:
-            rates = []
+    if "max" in SECTIONS:
+        for anchor in anchors:
+            for streams in STREAMS:
+                rates = []
+                for rep in range(REPS):
+                    relay = Relay(anchor)
+                    try:
+                        rate, _ = max_rate(relay, streams, ceilings[streams])
+                    finally:
+                        relay.stop()
+                    rates.append(rate)
+                results[(anchor, streams, "max_pps")] = statistics.median(rates)
+                if anchor == "direct":
+                    ceilings[streams] = min(700_000.0, 1.3 * statistics.median(rates) + 1000)
+                log(f"{anchor} {streams} streams: max {statistics.median(rates):.0f} pps (runs {rates})")
+    if "latency" in SECTIONS:
+        # Latency, CPU per packet and memory at 1000 streams x 50 pps.
+        for anchor in anchors + ["baton-1w-busy"]:
+            if anchor == "direct":
+                r = trial(Relay("direct"), 1000, 50_000, seconds=5)
+                results[(anchor, "lat")] = r
+                continue
+            runs = []
             for rep in range(REPS):
                 relay = Relay(anchor)
                 try:
-                    rate, _ = max_rate(relay, streams, ceilings[streams])
+                    idle = rss_kib(relay.proc.pid) if relay.proc else 0
+                    r = trial(relay, 1000, 50_000, seconds=5)
+                    if r and relay.proc:
+                        r["rss_kib_per_call"] = (rss_kib(relay.proc.pid) - idle) / 500 if relay.anchor != "rtpengine" else None
+                    runs.append(r)
                 finally:
                     relay.stop()
-                rates.append(rate)
-            results[(anchor, streams, "max_pps")] = statistics.median(rates)
-            if anchor == "direct":
-                ceilings[streams] = min(700_000.0, 1.3 * statistics.median(rates) + 1000)
-            log(f"{anchor} {streams} streams: max {statistics.median(rates):.0f} pps (runs {rates})")
-    # Latency, CPU per packet and memory at 1000 streams x 50 pps.
-    for anchor in anchors + ["baton-1w-busy"]:
-        if anchor == "direct":
-            r = trial(Relay("direct"), 1000, 50_000, seconds=5)
-            results[(anchor, "lat")] = r
-            continue
-        runs = []
-        for rep in range(REPS):
-            relay = Relay(anchor)
+            runs = [r for r in runs if r]
+            if runs:
+                med = lambda f: statistics.median(f(r) for r in runs)
+                results[(anchor, "lat")] = {
+                    "latency_us": {"p50": med(lambda r: r["latency_us"]["p50"]), "p99": med(lambda r: r["latency_us"]["p99"])},
+                    "cpu_us_per_packet": med(lambda r: 1e6 * r["relay_cpu_s"] / max(1, r["received"])),
+                    "bench_loss_pct": med(lambda r: r["bench_loss_pct"]),
+                }
+    if "overload" in SECTIONS:
+        # Overload: twice baton's highest rate for 10 s, then the normal 50 pps
+        # per stream; how soon is every stream through again?
+        top = results.get(("baton-1w", 1000, "max_pps"))
+        if top:
+            relay = Relay("baton-1w")
             try:
-                idle = rss_kib(relay.proc.pid) if relay.proc else 0
-                r = trial(relay, 1000, 50_000, seconds=5)
-                if r and relay.proc:
-                    r["rss_kib_per_call"] = (rss_kib(relay.proc.pid) - idle) / 500 if relay.anchor != "rtpengine" else None
-                runs.append(r)
+                factor = 2 * top / 50_000
+                r = trial(relay, 1000, 50_000, seconds=15,
+                          extra=("--overload-factor", f"{factor:.3f}", "--overload-secs", "10"))
+                if r:
+                    r["overload_pps"] = 2 * top
+                results["overload"] = r
             finally:
                 relay.stop()
-        runs = [r for r in runs if r]
-        if runs:
-            med = lambda f: statistics.median(f(r) for r in runs)
-            results[(anchor, "lat")] = {
-                "latency_us": {"p50": med(lambda r: r["latency_us"]["p50"]), "p99": med(lambda r: r["latency_us"]["p99"])},
-                "cpu_us_per_packet": med(lambda r: 1e6 * r["relay_cpu_s"] / max(1, r["received"])),
-                "bench_loss_pct": med(lambda r: r["bench_loss_pct"]),
-            }
-    # Overload: twice baton's highest rate for 10 s, then the normal 50 pps
-    # per stream; how soon is every stream through again?
-    top = results.get(("baton-1w", 1000, "max_pps"))
-    if top:
-        relay = Relay("baton-1w")
+    if "scale" in SECTIONS:
+        # As many concurrent calls as the open-files limit allows one relay
+        # (10 000 with RTCP on separate ports needs 40 000 sockets; where the
+        # hard limit cannot be raised, rtcp-mux calls up to the limit), at
+        # 5 packets/s per stream.
+        limit = int(subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout.strip() or 0)
+        separate = limit >= 41_000
+        scale_calls = 10_000 if separate or limit >= 21_000 else (limit - 1_000) // 2 // 1000 * 1000
+        relay = Relay("baton-scale")
         try:
-            factor = 2 * top / 50_000
-            r = trial(relay, 1000, 50_000, seconds=15,
-                      extra=("--overload-factor", f"{factor:.3f}", "--overload-secs", "10"))
+            idle = rss_kib(relay.proc.pid)
+            gen = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", "--control", f"unix:{relay.sock}", "--calls", str(scale_calls),
+                                                     *(["--separate-rtcp"] if separate else []), "--ptime-ms", "200",
+                                                     "--duration", "8", "--json"]),
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            peak = idle
+            while gen.poll() is None:
+                peak = max(peak, rss_kib(relay.proc.pid))
+                time.sleep(0.5)
+            out = gen.communicate()[0]
+            r = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
             if r:
-                r["overload_pps"] = 2 * top
-            results["overload"] = r
+                r["calls"], r["sockets"], r["hard_limit"] = scale_calls, scale_calls * (4 if separate else 2), limit
+                r["rss_kib_per_session"] = (peak - idle) / scale_calls
+                r["bench_loss_pct"] = 100.0 * (r["sent"] - (r["received"] - r["late"])) / max(1, r["sent"])
+            results["scale"] = r
         finally:
             relay.stop()
-    # 10 000 concurrent calls (40 000 relay sockets), RTP and RTCP on
-    # separate ports, 5 packets/s per stream.
-    relay = Relay("baton-scale")
-    try:
-        idle = rss_kib(relay.proc.pid)
-        gen = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", "--control", f"unix:{relay.sock}", "--calls", "10000",
-                                                 "--separate-rtcp", "--ptime-ms", "200", "--duration", "8", "--json"]),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        peak = idle
-        while gen.poll() is None:
-            peak = max(peak, rss_kib(relay.proc.pid))
-            time.sleep(0.5)
-        out = gen.communicate()[0]
-        r = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
-        if r:
-            r["rss_kib_per_session"] = (peak - idle) / 10_000
-            r["bench_loss_pct"] = 100.0 * (r["sent"] - (r["received"] - r["late"])) / max(1, r["sent"])
-        results["scale"] = r
-    finally:
-        relay.stop()
-    # Memory per session at 5000 streams (2500 calls), baton only.
-    relay = Relay("baton-1w")
-    try:
-        idle = rss_kib(relay.proc.pid)
-        out = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", "--control", f"unix:{relay.sock}", "--calls", "2500",
-                                                 "--duration", "4", "--json"]), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(2.5)
-        busy = rss_kib(relay.proc.pid)
-        out.communicate()
-        results["rss_kib_per_session"] = (busy - idle) / 2500
-    finally:
-        relay.stop()
-    # Handoffs every 10 ms under 50 000 packets/s.
-    relay = Relay("baton-1w")
-    try:
-        r = trial(relay, 1000, 50_000, seconds=10, extra=("--handoff-every", "0.01"))
-        results["handoffs"] = r
-    finally:
-        relay.stop()
-    results["micro"] = micro_benchmarks()
-    write_report(results, anchors)
+    if "memory" in SECTIONS:
+        # Memory per session at 5000 streams (2500 calls), baton only.
+        relay = Relay("baton-1w")
+        try:
+            idle = rss_kib(relay.proc.pid)
+            out = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", "--control", f"unix:{relay.sock}", "--calls", "2500",
+                                                     "--duration", "4", "--json"]), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            time.sleep(2.5)
+            busy = rss_kib(relay.proc.pid)
+            out.communicate()
+            results["rss_kib_per_session"] = (busy - idle) / 2500
+        finally:
+            relay.stop()
+    if "handoffs" in SECTIONS:
+        # Handoffs every 10 ms under 50 000 packets/s.
+        relay = Relay("baton-1w")
+        try:
+            r = trial(relay, 1000, 50_000, seconds=10, extra=("--handoff-every", "0.01"))
+            results["handoffs"] = r
+        finally:
+            relay.stop()
+    if "micro" in SECTIONS:
+        results["micro"] = micro_benchmarks()
+    # With a merge, report every anchor measured in either sitting.
+    everyone = ["direct", "forwarder", "rtpengine", "baton-1w", "baton-2w"]
+    measured = [a for a in everyone if any(isinstance(k, tuple) and k[0] == a for k in results)]
+    write_report(results, measured or anchors)
 
 
 def micro_benchmarks():
@@ -351,6 +377,9 @@ def micro_benchmarks():
 
 
 def write_report(results, anchors):
+    # Columns: every stream count measured (in either sitting, with MERGE).
+    streams_measured = sorted({k[1] for k in results if isinstance(k, tuple) and len(k) == 3 and k[2] == "max_pps"})
+    STREAMS = streams_measured or globals()["STREAMS"]
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     kernel = platform.release()
     rtpengine_version = subprocess.run(["sh", "-c", "rtpengine --version 2>&1 | head -1"], capture_output=True, text=True).stdout.strip() if HAVE_RTPENGINE else "not installed"
@@ -359,7 +388,11 @@ def write_report(results, anchors):
              f"on {os.cpu_count()} cores ({cpu}), Linux {kernel}; rtpengine: {rtpengine_version}.",
              "The relay is pinned to core 0 and the generator (`baton load`, one thread) to core 1; "
              "baton-2w uses both cores, so it shares core 1 with the generator (this machine has no third core).",
-             "Streams are one-way RTP flows (a call is two). Medians of the repetitions.", "",
+             "Streams are one-way RTP flows (a call is two). Medians of the repetitions.",
+             *([f"Sections re-measured in a second sitting the same day on the same machine: {os.environ['REMEASURED']}; "
+                "that sitting merged its figures into the first's with `MERGE=first-results.json ANCHORS=rtpengine "
+                "STREAMS=5000 SECTIONS='max overload scale' scripts/bench.sh`."]
+               if os.environ.get("REMEASURED") else []), "",
              "Reading the figures:",
              "- `direct` is the generator alone (one thread, one core): an anchor at or near it is limited by the "
              "generator, not by itself, and the comparison at that stream count says only that.",
@@ -373,7 +406,7 @@ def write_report(results, anchors):
              "|---|" + "---|" * len(STREAMS)]
     for anchor in anchors:
         lines.append(f"| {anchor} | " + " | ".join(f"{results.get((anchor, s, 'max_pps'), 0):,.0f}" for s in STREAMS) + " |")
-    lines += ["", "Ratios (same run):", ""]
+    lines += ["", "Ratios:" if os.environ.get("REMEASURED") else "Ratios (same run):", ""]
     for s in STREAMS:
         b = results.get(("baton-1w", s, "max_pps"), 0)
         parts = []
@@ -395,14 +428,18 @@ def write_report(results, anchors):
     if o and o.get("overload"):
         ov = o["overload"]
         lines += ["## Overload", "",
-                  f"baton-1w, 1000 streams: {o['overload_pps']:,.0f} packets/s (twice its highest rate) for 10 s, then 50 000 "
-                  f"packets/s: {ov['recovered']} of {ov['streams']} streams got through again after the overload; "
+                  f"baton-1w, 1000 streams: {o['overload_pps']:,.0f} packets/s asked for (twice its highest rate) for 10 s, then 50 000 "
+                  f"packets/s. The generator cannot offer that much (see `direct`): it skipped {o.get('skipped', 0):,} packets "
+                  f"it could not send in time, so the relay saw the generator's own ceiling for those 10 s. "
+                  f"{ov['recovered']} of {ov['streams']} streams got through again after the overload; "
                   f"recovery p50 {ov['recovery_ms']['p50']:.1f} ms, max {ov['recovery_ms']['max']:.1f} ms "
                   f"(end of overload to arrival of the first packet sent after it).", ""]
     sc = results.get("scale")
     if sc:
-        lines += ["## 10 000 concurrent calls", "",
-                  f"baton-1w, 10 000 calls with RTP and RTCP on separate ports (40 000 relay sockets), 5 packets/s per "
+        lines += ["## Many concurrent calls", "",
+                  f"baton-1w, {sc['calls']:,} calls ({sc['sockets']:,} relay sockets; the open-files hard limit here is "
+                  f"{sc['hard_limit']:,} and this sandbox has no CAP_SYS_RESOURCE to raise it, so 10 000 calls with "
+                  f"separate RTCP ports (40 000 sockets) cannot run in one process on this machine), 5 packets/s per "
                   f"stream for 8 s: {sc['sent']:,} sent, {sc['received']:,} received, loss {sc['bench_loss_pct']:.3f} %, "
                   f"{sc['continuity_violations']} continuity violations, p99 latency {sc['latency_us']['p99']:.0f} µs; "
                   f"{sc['rss_kib_per_session']:.1f} KiB RSS per session at the peak. Control latency p50/p99: create "

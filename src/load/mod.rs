@@ -634,6 +634,7 @@ struct Summary {
     duplicates: u64,
     reordered: u64,
     rtcp_received: u64,
+    skipped: u64,
     violations: Violations,
     latency_us: [f64; 5],
     handoffs: (u64, u64),
@@ -681,8 +682,10 @@ impl Summary {
         let mut flows = 0;
         let mut gaps_ms: Vec<f64> = Vec::new();
         let mut recoveries_ms: Vec<f64> = Vec::new();
+        let mut skipped = 0;
         for report in reports {
             sent += report.sent;
+            skipped += report.skipped;
             rtcp += report.rtcp_received;
             let _ = latency.add(&report.latency);
             for check in report.flows.values() {
@@ -721,6 +724,7 @@ impl Summary {
             duplicates,
             reordered,
             rtcp_received: rtcp,
+            skipped,
             violations,
             latency_us: [
                 us(0.5),
@@ -840,6 +844,7 @@ impl Summary {
             "duplicated": self.duplicates,
             "reordered": self.reordered,
             "rtcp_received": self.rtcp_received,
+            "skipped": self.skipped,
             "pps": self.sent as f64 / self.duration,
             "latency_us": { "p50": l[0], "p90": l[1], "p99": l[2], "p999": l[3], "max": l[4] },
             "continuity_violations": self.violations.total(),
