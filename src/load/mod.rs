@@ -176,15 +176,13 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             let t = call % threads;
             let (device, remote) = (bind_local()?, bind_local()?);
             let (device_addr, remote_addr) = (device.local_addr()?, remote.local_addr()?);
-            let base = sockets[t].len();
-            sockets[t].push(device);
-            sockets[t].push(remote);
-            add_call_flows(
+            add_call(
                 call,
                 t,
-                base,
+                [device, remote],
                 remote_addr,
                 device_addr,
+                &mut sockets,
                 &mut flows,
                 &mut flow_thread,
             );
@@ -236,15 +234,13 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                     .rtp
                     .parse()?;
                 let t = call % threads;
-                let base = sockets[t].len();
-                sockets[t].push(device);
-                sockets[t].push(remote);
-                add_call_flows(
+                add_call(
                     call,
                     t,
-                    base,
+                    [device, remote],
                     user,
                     remote_relay,
+                    &mut sockets,
                     &mut flows,
                     &mut flow_thread,
                 );
@@ -424,17 +420,22 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     Ok(summary.clean())
 }
 
-/// Flows of call `call` on thread `t` whose device and remote sockets sit at
-/// `base` and `base + 1`: device → `device_to`, remote → `remote_to`.
-fn add_call_flows(
+/// Gives call `call`'s device and remote sockets to thread `t`, with its
+/// two flows: device → `device_to`, remote → `remote_to`.
+#[allow(clippy::too_many_arguments)]
+fn add_call(
     call: usize,
     t: usize,
-    base: usize,
+    [device, remote]: [UdpSocket; 2],
     device_to: SocketAddr,
     remote_to: SocketAddr,
+    sockets: &mut [Vec<UdpSocket>],
     flows: &mut [Vec<Flow>],
     flow_thread: &mut HashMap<u32, usize>,
 ) {
+    let base = sockets[t].len();
+    sockets[t].push(device);
+    sockets[t].push(remote);
     let device_flow = 2 * call as u32;
     flows[t].push(Flow {
         id: device_flow,
