@@ -887,8 +887,7 @@ impl Worker {
             }
             session.transfer = session.transfer.take().filter(|t| t.switched);
         }
-        let reinserted = self.sessions.insert(session);
-        debug_assert_eq!(reinserted, key);
+        self.reinsert(key, session);
         result
     }
 
@@ -919,13 +918,21 @@ impl Worker {
             }
         }
         session.transfer = None;
-        self.sessions.insert(session);
+        self.reinsert(key, session);
+    }
+
+    /// Puts back a session taken out with `try_remove(key)` (to borrow it
+    /// beside the socket table). The slab hands out the key freed last, so
+    /// it lands under the same key, which socket entries and `by_id` name.
+    fn reinsert(&mut self, key: usize, session: Session) {
+        let reinserted = self.sessions.insert(session);
+        assert_eq!(reinserted, key, "a session moved in the slab");
     }
 
     fn close_leg(&mut self, key: usize, stream: usize, leg: LegId) {
         if let Some(mut session) = self.sessions.try_remove(key) {
             self.close_session_leg(&mut session, stream, leg);
-            self.sessions.insert(session);
+            self.reinsert(key, session);
         }
     }
 
