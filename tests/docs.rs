@@ -1,0 +1,81 @@
+//! The README's configuration reference names every flag of `baton run`,
+//! and no flag that does not exist.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+/// Long flags mentioned in `text`, like `--media-ip`.
+fn flags_in(text: &str) -> BTreeSet<String> {
+    let mut flags = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("--") {
+        let start = i + at + 2;
+        let end = start
+            + text[start..]
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+                .unwrap_or(text.len() - start);
+        if end > start && bytes[start].is_ascii_lowercase() {
+            flags.insert(text[start..end].trim_end_matches('-').to_owned());
+        }
+        i = end.max(start);
+    }
+    flags
+}
+
+#[test]
+fn readme_reference_matches_the_flags_of_baton_run() {
+    let help = std::process::Command::new(common::baton_bin())
+        .args(["run", "--help"])
+        .output()
+        .expect("baton run --help");
+    let mut actual = flags_in(&String::from_utf8_lossy(&help.stdout));
+    actual.remove("help");
+    assert!(
+        actual.contains("media-ip") && actual.contains("control"),
+        "{actual:?}"
+    );
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let table_start = readme
+        .find("| flag / key | default | meaning |")
+        .expect("the reference table");
+    let table: String = readme[table_start..]
+        .lines()
+        .take_while(|line| line.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let documented = flags_in(&table);
+    assert_eq!(
+        documented, actual,
+        "README reference table vs `baton run --help`"
+    );
+
+    // Every flag is also a key of the config file (same name), except the
+    // one naming the file: a wrong-typed value for a known key is refused
+    // as such, never as an unknown field.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("baton.toml");
+    for key in actual.iter().filter(|f| *f != "config") {
+        std::fs::write(&path, format!("{key} = {{ wrong = \"type\" }}\n")).expect("write");
+        let output = std::process::Command::new(common::baton_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .expect("baton run --config");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{key}: {stderr}");
+        assert!(
+            !stderr.contains("unknown field"),
+            "{key} is not a config key: {stderr}"
+        );
+        // A known key with a value of the wrong type (or, for an enum, an
+        // unknown variant).
+        assert!(
+            stderr.contains("invalid type") || stderr.contains("unknown variant"),
+            "{key}: {stderr}"
+        );
+    }
+}
