@@ -217,7 +217,10 @@ def trial(relay, streams, pps, seconds=TRIAL, extra=()):
     except (IndexError, json.JSONDecodeError):
         log(f"{relay.anchor} {streams} streams {pps} pps: no result: {out.stderr[-300:]}")
         return None
-    sent, received, late = result["sent"], result["received"], result["late"]
+    # Packets the generator could not send in time were not offered: they
+    # count against the trial like lost ones, or a rate beyond the
+    # generator's reach would pass.
+    sent, received, late = result["sent"] + result.get("skipped", 0), result["received"], result["late"]
     result["bench_loss_pct"] = 100.0 * (sent - (received - late)) / sent if sent else 100.0
     result["relay_cpu_s"] = cpu
     return result
