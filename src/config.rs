@@ -96,6 +96,12 @@ pub struct RunOptions {
     #[arg(long, value_name = "SECONDS")]
     pub setup_timeout: Option<f64>,
 
+    /// Seconds without RTP before a session whose streams are all on hold
+    /// (SDP sendonly, recvonly, inactive) is torn down; replaces the media
+    /// and setup timeouts while on hold. [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    pub hold_timeout: Option<f64>,
+
     /// Seconds after a leg opens (or is updated) during which it learns its
     /// peer from the first packet, when no peer address was signalled.
     /// [default: 3]
@@ -188,6 +194,7 @@ impl RunOptions {
             workers: flags.workers.or(self.workers),
             media_timeout: flags.media_timeout.or(self.media_timeout),
             setup_timeout: flags.setup_timeout.or(self.setup_timeout),
+            hold_timeout: flags.hold_timeout.or(self.hold_timeout),
             learning_window: flags.learning_window.or(self.learning_window),
             max_sessions: flags.max_sessions.or(self.max_sessions),
             transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
@@ -296,6 +303,7 @@ impl RunOptions {
         };
         let media = seconds(self.media_timeout, 60.0, "media timeout")?;
         let setup = seconds(self.setup_timeout, 180.0, "setup timeout")?;
+        let hold = seconds(self.hold_timeout, 3600.0, "hold timeout")?;
         let learning_window = seconds(self.learning_window, 3.0, "learning window")?;
         let transfer_timeout = seconds(self.transfer_timeout, 30.0, "transfer timeout")?;
         let max_sessions = self.max_sessions.unwrap_or(20_000);
@@ -307,7 +315,7 @@ impl RunOptions {
                 workers,
                 media_ips,
                 ports,
-                timeouts: Timeouts { media, setup },
+                timeouts: Timeouts { media, setup, hold },
                 command_queue: 1024,
                 busy_poll: self.busy_poll,
             },

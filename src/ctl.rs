@@ -107,6 +107,60 @@ struct BindingsArgs {
     aor: String,
 }
 
+/// An SDP body in and out.
+#[derive(Debug, Args)]
+struct SdpArgs {
+    /// Read an SDP body from FILE (`-`: standard input); the answer then
+    /// carries it rewritten, as "sdp".
+    #[arg(long, value_name = "FILE")]
+    sdp: Option<String>,
+    /// Write the rewritten SDP body, raw, to FILE (`-`: standard output,
+    /// instead of the JSON answer).
+    #[arg(long, value_name = "FILE", requires = "sdp")]
+    sdp_out: Option<String>,
+}
+
+impl SdpArgs {
+    fn read(&self) -> Result<String, String> {
+        match self.sdp.as_deref() {
+            None => Ok(String::new()),
+            Some("-") => {
+                let mut body = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut body)
+                    .map_err(|e| format!("cannot read SDP from standard input: {e}"))?;
+                Ok(body)
+            }
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Party {
+    /// The user's device.
+    User,
+    /// The remote party.
+    Remote,
+}
+
+impl Party {
+    fn proto(party: Option<Self>) -> i32 {
+        match party {
+            None => v1::Party::Default as i32,
+            Some(Self::User) => v1::Party::User as i32,
+            Some(Self::Remote) => v1::Party::Remote as i32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Mode {
     /// Switch on the new device's first packet.
@@ -140,6 +194,8 @@ struct TransferArgs {
     /// When to switch.
     #[arg(long, value_enum, default_value = "first-packet")]
     mode: Mode,
+    #[command(flatten)]
+    sdp: SdpArgs,
 }
 
 /// Names a session: by id, or by its dialog.
@@ -210,7 +266,7 @@ struct CreateArgs {
     /// A media line: KIND:PT/NAME/CLOCK[/CHANNELS][,…], e.g.
     /// audio:0/PCMU/8000,101/telephone-event/8000; static payload types may
     /// be given by number (audio:0). Repeat for several media lines.
-    #[arg(long = "stream", required = true, value_name = "SPEC")]
+    #[arg(long = "stream", required_unless_present = "sdp", value_name = "SPEC")]
     streams: Vec<String>,
     /// Multiplex RTP and RTCP on one port (every stream).
     #[arg(long)]
@@ -230,6 +286,11 @@ struct CreateArgs {
     /// Follow a device to a new address after a NAT rebinding.
     #[arg(long)]
     nat_relearn: bool,
+    #[command(flatten)]
+    sdp: SdpArgs,
+    /// Who sent the --sdp body. [default: user]
+    #[arg(long, value_enum, requires = "sdp")]
+    sdp_from: Option<Party>,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +309,14 @@ struct UpdateArgs {
     /// Negotiated codecs per stream, in order (same syntax as create).
     #[arg(long = "stream", value_name = "SPEC")]
     streams: Vec<String>,
+    /// Put every stream on hold, or take it off.
+    #[arg(long, value_enum)]
+    hold: Option<OnOff>,
+    #[command(flatten)]
+    sdp: SdpArgs,
+    /// Who sent the --sdp body. [default: remote]
+    #[arg(long, value_enum, requires = "sdp")]
+    sdp_from: Option<Party>,
 }
 
 /// Runs one `baton ctl` command; returns its exit status.
@@ -276,6 +345,25 @@ async fn run(args: CtlArgs) -> ExitCode {
         Ok(client) => client.with_timeout(Duration::from_secs(args.timeout)),
         Err(e) => return report(e),
     };
+    let sdp_out = match &args.command {
+        CtlCommand::Create(CreateArgs { sdp, .. })
+        | CtlCommand::Update(UpdateArgs { sdp, .. })
+        | CtlCommand::Transfer(TransferArgs { sdp, .. }) => sdp.sdp_out.clone(),
+        other @ (CtlCommand::Ping
+        | CtlCommand::Stats
+        | CtlCommand::Events
+        | CtlCommand::Delete(_)
+        | CtlCommand::Get(_)
+        | CtlCommand::List
+        | CtlCommand::Register(_)
+        | CtlCommand::Unregister(_)
+        | CtlCommand::Bindings(_)
+        | CtlCommand::Commit(_)
+        | CtlCommand::Cancel(_)) => {
+            let _ = other;
+            None
+        }
+    };
     let command = match build_command(args.command) {
         Ok(Some(command)) => command,
         Ok(None) => return print_events(&client).await,
@@ -283,7 +371,21 @@ async fn run(args: CtlArgs) -> ExitCode {
     };
     match client.call(command).await {
         Ok(reply) => {
-            println!("{}", reply_json(reply));
+            let json = reply_json(reply);
+            let body = json.get("sdp").and_then(|v| v.as_str()).unwrap_or_default();
+            match sdp_out.as_deref() {
+                Some("-") => {
+                    print!("{body}");
+                    return ExitCode::SUCCESS;
+                }
+                Some(path) => {
+                    if let Err(e) = std::fs::write(path, body) {
+                        return fail(&format!("cannot write {path}: {e}"));
+                    }
+                }
+                None => {}
+            }
+            println!("{json}");
             ExitCode::SUCCESS
         }
         Err(e) => report(e),
@@ -313,9 +415,18 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     remote_peer: create.remote_peers.get(index).map(|p| parse_peer(p)),
                     user_family: Family::proto(create.user_family),
                     remote_family: Family::proto(create.remote_family),
+                    ptime_ms: 0,
                 });
             }
+            // With a body, the family flag of the other party's legs applies.
+            let other_family = match create.sdp_from {
+                Some(Party::Remote) => create.user_family,
+                Some(Party::User) | None => create.remote_family,
+            };
             Command::CreateSession(v1::CreateSessionRequest {
+                sdp: create.sdp.read()?,
+                sdp_from: Party::proto(create.sdp_from),
+                other_family: Family::proto(other_family),
                 call_id: create.call_id,
                 from_tag: create.from_tag,
                 to_tag: create.to_tag,
@@ -326,11 +437,17 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
             })
         }
         CtlCommand::Update(update) => {
+            let hold = match update.hold {
+                None => v1::Hold::Unchanged,
+                Some(OnOff::On) => v1::Hold::On,
+                Some(OnOff::Off) => v1::Hold::Off,
+            };
             let count = update
                 .user_peers
                 .len()
                 .max(update.remote_peers.len())
-                .max(update.streams.len());
+                .max(update.streams.len())
+                .max(usize::from(hold != v1::Hold::Unchanged));
             let mut streams = Vec::new();
             for index in 0..count {
                 let codecs = match update.streams.get(index) {
@@ -342,9 +459,12 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     user_peer: update.user_peers.get(index).map(|p| parse_peer(p)),
                     remote_peer: update.remote_peers.get(index).map(|p| parse_peer(p)),
                     codecs,
+                    hold: hold as i32,
                 });
             }
             Command::UpdateSession(v1::UpdateSessionRequest {
+                sdp: update.sdp.read()?,
+                sdp_from: Party::proto(update.sdp_from),
                 session: Some(update.session.reference()),
                 to_tag: update.set_to_tag.unwrap_or_default(),
                 streams,
@@ -383,9 +503,11 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     codecs,
                     peer: transfer.user_peers.get(index).map(|p| parse_peer(p)),
                     family: v1::AddressFamily::Unspecified as i32,
+                    rtcp_mux: None,
                 });
             }
             Command::Transfer(v1::TransferRequest {
+                sdp: transfer.sdp.read()?,
                 session: transfer.session.map(|id| v1::SessionRef {
                     by: Some(v1::session_ref::By::Id(id)),
                 }),

@@ -2,20 +2,6 @@
 
 use baton_proto::v1;
 
-/// Static payload types of RFC 3551 that a stream may name by number alone.
-const STATIC_PAYLOAD_TYPES: &[(u32, &str, u32)] = &[
-    (0, "PCMU", 8000),
-    (3, "GSM", 8000),
-    (4, "G723", 8000),
-    (8, "PCMA", 8000),
-    (9, "G722", 8000),
-    (13, "CN", 8000),
-    (18, "G729", 8000),
-    (26, "JPEG", 90000),
-    (31, "H261", 90000),
-    (34, "H263", 90000),
-];
-
 /// Parses `KIND:PT/NAME/CLOCK[/CHANNELS][,PT/NAME/CLOCK…]`; a static
 /// payload type may be given as just its number (`audio:0,8`).
 pub fn parse_stream(text: &str) -> Result<(String, Vec<v1::Codec>), String> {
@@ -42,15 +28,7 @@ fn parse_codec(text: &str) -> Result<v1::Codec, String> {
         .filter(|pt| *pt <= 127)
         .ok_or_else(|| format!("payload type {:?} is not 0-127", parts[0]))?;
     match parts.as_slice() {
-        [_] => STATIC_PAYLOAD_TYPES
-            .iter()
-            .find(|(pt, ..)| *pt == payload_type)
-            .map(|&(_, name, clock_rate)| v1::Codec {
-                payload_type,
-                name: name.to_owned(),
-                clock_rate,
-                channels: 0,
-            })
+        [_] => baton_control::sdp::static_codec(payload_type)
             .ok_or_else(|| format!("payload type {payload_type} is dynamic: give PT/NAME/CLOCK")),
         [_, name, clock, rest @ ..] if rest.len() <= 1 => {
             let clock_rate = clock
@@ -69,6 +47,7 @@ fn parse_codec(text: &str) -> Result<v1::Codec, String> {
                 name: (*name).to_owned(),
                 clock_rate,
                 channels,
+                fmtp: String::new(),
             })
         }
         _ => Err(format!("codec {text:?}: expected PT/NAME/CLOCK[/CHANNELS]")),

@@ -21,6 +21,7 @@ fn codec(pt: u32, name: &str) -> v1::Codec {
         name: name.into(),
         clock_rate: 8000,
         channels: 0,
+        ..Default::default()
     }
 }
 
@@ -69,8 +70,10 @@ async fn call(relay: &Relay, call_id: &str) -> Call {
             }),
             user_family: 0,
             remote_family: 0,
+            ..Default::default()
         }],
         nat_relearn: false,
+        ..Default::default()
     };
     let Ok(Reply::CreateSession(created)) = client.call(Command::CreateSession(request)).await
     else {
@@ -104,8 +107,10 @@ fn transfer_request(
                 rtcp: String::new(),
             }),
             family: 0,
+            ..Default::default()
         }],
         mode: mode as i32,
+        ..Default::default()
     }
 }
 
@@ -441,6 +446,7 @@ async fn refused_transfers_change_nothing() {
         name: "opus".into(),
         clock_rate: 48000,
         channels: 2,
+        ..Default::default()
     }];
     let error = refused(&c.client, Command::Transfer(no_common)).await;
     assert_eq!(error.code(), v1::Code::FailedPrecondition);

@@ -17,6 +17,7 @@ fn codec_pcmu() -> v1::Codec {
         name: "PCMU".into(),
         clock_rate: 8000,
         channels: 0,
+        ..Default::default()
     }
 }
 
@@ -36,6 +37,7 @@ fn create_request(call_id: &str, streams: Vec<v1::StreamSpec>) -> v1::CreateSess
         gruu: "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a".into(),
         streams,
         nat_relearn: false,
+        ..Default::default()
     }
 }
 
@@ -48,6 +50,7 @@ fn audio(user: Option<&Peer>, remote: Option<&Peer>, rtcp_mux: bool) -> v1::Stre
         remote_peer: remote.map(|p| endpoint(p.addr())),
         user_family: 0,
         remote_family: 0,
+        ..Default::default()
     }
 }
 

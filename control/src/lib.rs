@@ -6,6 +6,7 @@
 //! - [`events`]: the event bus behind `Subscribe`.
 //! - [`addr`]: `tcp:HOST:PORT` / `unix:PATH` addresses.
 //! - [`status`]: errors with gRPC-style codes.
+//! - [`sdp`]: reading and rewriting SDP bodies.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod addr;
 pub mod bindings;
 pub mod client;
 pub mod events;
+pub mod sdp;
 pub mod server;
 pub mod service;
 pub mod sessions;

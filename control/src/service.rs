@@ -79,12 +79,11 @@ impl Service {
                 .create(request)
                 .await
                 .map(Reply::CreateSession),
-            Command::UpdateSession(request) => {
-                let session = self.sessions.update(request).await?;
-                Ok(Reply::UpdateSession(v1::UpdateSessionResponse {
-                    session: Some(session),
-                }))
-            }
+            Command::UpdateSession(request) => self
+                .sessions
+                .update(request)
+                .await
+                .map(Reply::UpdateSession),
             Command::DeleteSession(request) => {
                 let session = self.sessions.delete(request.session.as_ref()).await?;
                 Ok(Reply::DeleteSession(v1::DeleteSessionResponse {

@@ -393,6 +393,9 @@ impl Leg {
     }
 
     fn set_signalled(&mut self, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
+        if rtp.is_none() && rtcp.is_none() {
+            return; // nothing signalled: keep what is known
+        }
         self.config.peer_rtp = rtp;
         self.config.peer_rtcp = rtcp;
         let rtcp = match (rtcp, rtp) {
@@ -907,19 +910,31 @@ impl Stream {
     }
 
     /// A signalling update for the leg playing `side`: new signalled
-    /// addresses (replacing learned ones), and a fresh learning window if it
-    /// still has no peer, since media usually starts once the answer is
-    /// through.
+    /// addresses (replacing learned ones), whether the peer multiplexes
+    /// RTCP, and a fresh learning window if it still has no peer, since
+    /// media usually starts once the answer is through.
     pub fn update_leg(
         &mut self,
         now: Instant,
         side: Side,
         peer_rtp: Option<SocketAddr>,
         peer_rtcp: Option<SocketAddr>,
+        rtcp_mux: Option<bool>,
     ) {
         let window = self.config.learning_window;
         let id = self.leg_of(side);
         if let Some(leg) = self.legs[id].as_mut() {
+            if let Some(mux) = rtcp_mux
+                && mux != leg.config.rtcp_mux
+            {
+                leg.config.rtcp_mux = mux;
+                // A signalled RTP peer implies its RTCP peer under the new
+                // rule (same port, or the next one).
+                if peer_rtp.is_none() && peer_rtcp.is_none() && leg.config.peer_rtp.is_some() {
+                    let (rtp, rtcp) = (leg.config.peer_rtp, leg.config.peer_rtcp);
+                    leg.set_signalled(rtp, rtcp);
+                }
+            }
             leg.set_signalled(peer_rtp, peer_rtcp);
             if leg.peers[Component::Rtp as usize].addr.is_none() {
                 leg.learning_until = now + window;
@@ -1302,7 +1317,7 @@ mod tests {
         );
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::LearningClosed));
         assert_eq!(outcome.latched, None);
-        s.update_leg(late, Side::User, None, None);
+        s.update_leg(late, Side::User, None, None, None);
         let (outcome, _) = feed(
             &mut s,
             late,

@@ -101,6 +101,8 @@ pub struct PeerUpdate {
     pub rtp: Option<SocketAddr>,
     /// RTCP address, if signalled.
     pub rtcp: Option<SocketAddr>,
+    /// Whether the peer multiplexes RTCP on the RTP port, if that changes.
+    pub rtcp_mux: Option<bool>,
 }
 
 /// A control-plane request to a worker.
@@ -123,6 +125,9 @@ pub enum Command {
         peers: Vec<PeerUpdate>,
         /// New clock rates by payload type, per stream index.
         clock_rates: Vec<(usize, Vec<(u8, u32)>)>,
+        /// Puts the session on hold (the hold timeout applies) or takes it
+        /// off; `None` leaves it.
+        held: Option<bool>,
         /// `false` when the session is not on this worker (any more).
         reply: oneshot::Sender<bool>,
     },
@@ -286,6 +291,8 @@ struct Session {
     transfer: Option<Transfer>,
     /// When the retired legs of the last switch close.
     retire_at: Option<Instant>,
+    /// Every stream is on hold: no media is expected for a while.
+    held: bool,
 }
 
 impl Session {
@@ -321,6 +328,8 @@ pub struct Timeouts {
     pub media: Duration,
     /// No RTP at all for this long after creation ends a session.
     pub setup: Duration,
+    /// Replaces both while every stream of a session is on hold.
+    pub hold: Duration,
 }
 
 /// A queued send: the socket token, destination and which datagram (in the
@@ -655,14 +664,24 @@ impl Worker {
                     id,
                     peers,
                     clock_rates,
+                    held,
                     reply,
                 } => {
                     let found = match self.by_id.get(&id).and_then(|&k| self.sessions.get_mut(k)) {
                         Some(session) => {
                             for update in peers {
                                 if let Some(stream) = session.streams.get_mut(update.stream) {
-                                    stream.update_leg(now, update.side, update.rtp, update.rtcp);
+                                    stream.update_leg(
+                                        now,
+                                        update.side,
+                                        update.rtp,
+                                        update.rtcp,
+                                        update.rtcp_mux,
+                                    );
                                 }
+                            }
+                            if let Some(held) = held {
+                                session.held = held;
                             }
                             for (index, rates) in clock_rates {
                                 if let Some(stream) = session.streams.get_mut(index) {
@@ -735,6 +754,7 @@ impl Worker {
             leases: Vec::with_capacity(streams.len()),
             transfer: None,
             retire_at: None,
+            held: false,
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
@@ -1002,11 +1022,16 @@ impl Worker {
                 retiring.push(key);
             }
             let last_media = session.streams.iter().filter_map(Stream::last_rtp_at).max();
+            let (media_limit, setup_limit) = if session.held {
+                (self.timeouts.hold, self.timeouts.hold)
+            } else {
+                (self.timeouts.media, self.timeouts.setup)
+            };
             let reason = match last_media {
-                Some(at) if now.saturating_duration_since(at) >= self.timeouts.media => {
+                Some(at) if now.saturating_duration_since(at) >= media_limit => {
                     Some(EndReason::MediaTimeout)
                 }
-                None if now.saturating_duration_since(session.created) >= self.timeouts.setup => {
+                None if now.saturating_duration_since(session.created) >= setup_limit => {
                     Some(EndReason::SetupTimeout)
                 }
                 Some(_) | None => None,

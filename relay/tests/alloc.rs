@@ -147,6 +147,7 @@ fn worker_path() -> u64 {
         timeouts: Timeouts {
             media: Duration::from_secs(60),
             setup: Duration::from_secs(60),
+            hold: Duration::from_secs(60),
         },
         command_queue: 16,
         busy_poll: false,

@@ -523,7 +523,7 @@ fn create_request(
                 payload_type: 0,
                 name: "PCMU".into(),
                 clock_rate: 8000,
-                channels: 0,
+                ..Default::default()
             }],
             rtcp_mux,
             user_peer: Some(v1::Endpoint {
@@ -536,8 +536,10 @@ fn create_request(
             }),
             user_family: 0,
             remote_family: 0,
+            ptime_ms: 20,
         }],
         nat_relearn: false,
+        ..Default::default()
     }
 }
 
@@ -587,8 +589,10 @@ async fn hand_over(
                     rtcp: String::new(),
                 }),
                 family: 0,
+                rtcp_mux: None,
             }],
             mode: v1::SwitchMode::FirstPacket as i32,
+            sdp: String::new(),
         }))
         .await?;
     stats.transfer_ms.push(sent.elapsed().as_micros() as u64);

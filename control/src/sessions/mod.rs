@@ -20,7 +20,10 @@ use crate::bindings::Bindings;
 use crate::events::{EventBus, unix_time_ms};
 use crate::status::Status;
 
+mod negotiation;
 mod transfer;
+
+use negotiation::{PendingSdp, SdpState};
 
 /// How long a worker may take to answer a command.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,9 +48,30 @@ struct StreamRecord {
     kind: String,
     /// The remote party's codecs (the stream's numbering).
     codecs: Vec<v1::Codec>,
-    rtcp_mux: bool,
+    /// Per leg (user, remote): the peer multiplexes RTCP on the RTP port.
+    rtcp_mux: [bool; 2],
+    /// The legs have RTCP sockets, so rtcp-mux can be given up later.
+    rtcp_sockets: bool,
     /// Advertised relay addresses, user then remote.
     local: [v1::Endpoint; 2],
+    /// Packet time in ms, 0 if not signalled.
+    ptime: u32,
+    /// Held by each party (user, remote).
+    held: [bool; 2],
+    /// Rejected (port 0) in the last answer: no media is expected on it.
+    rejected: bool,
+}
+
+impl StreamRecord {
+    fn is_held(&self) -> bool {
+        self.held[0] || self.held[1]
+    }
+}
+
+/// A session is on hold when every stream that is in use is held.
+fn session_held(streams: &[StreamRecord]) -> bool {
+    let mut live = streams.iter().filter(|s| !s.rejected).peekable();
+    live.peek().is_some() && live.all(StreamRecord::is_held)
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +88,8 @@ struct Record {
     /// An open transfer (not switched yet, or switched by commit and not
     /// yet heard from).
     pending: Option<PendingTransfer>,
+    /// Offer/answer state, once a body went through the session.
+    sdp: Option<SdpState>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +99,10 @@ struct PendingTransfer {
     local: Vec<v1::Endpoint>,
     /// Switched already (commit mode): the registry shows the new device.
     committed_from: Option<String>,
+    /// Per stream: the new device multiplexes RTCP.
+    rtcp_mux: Vec<bool>,
+    /// The new device's offer and the answer it got, if given as SDP.
+    sdp: Option<PendingSdp>,
 }
 
 #[derive(Default)]
@@ -207,8 +237,23 @@ impl Sessions {
     /// `create_session`.
     pub async fn create(
         &self,
-        request: v1::CreateSessionRequest,
+        mut request: v1::CreateSessionRequest,
     ) -> Result<v1::CreateSessionResponse, Status> {
+        let offer = if request.sdp.is_empty() {
+            None
+        } else {
+            if !request.streams.is_empty() {
+                return Err(Status::invalid_argument("give streams or sdp, not both"));
+            }
+            let from = party(request.sdp_from, Side::User)?;
+            let body = negotiation::parse(&request.sdp)?;
+            let other_family = v1::AddressFamily::try_from(request.other_family).map_err(|_| {
+                Status::invalid_argument(format!("unknown address family {}", request.other_family))
+            })?;
+            let (streams, layout) = negotiation::streams_from(&body, from, other_family)?;
+            request.streams = streams;
+            Some((from, body, layout))
+        };
         let specs = validate_create(&request)?;
         let (id, worker) = {
             let mut registry = self.registry();
@@ -253,10 +298,21 @@ impl Sessions {
                 created_unix_ms: unix_time_ms(),
                 streams: Vec::new(),
                 pending: None,
+                sdp: None,
             });
             (id, worker)
         };
-        match self.start_session(id, worker, &request, specs).await {
+        let started = self
+            .start_session(id, worker, &request, specs, offer.is_some())
+            .await;
+        let started = match (started, offer) {
+            (Ok(response), Some((from, body, layout))) => {
+                self.answer_created(id, worker, response, from, body, layout)
+                    .await
+            }
+            (other, _) => other,
+        };
+        match started {
             Ok(response) => {
                 self.created.fetch_add(1, Ordering::Relaxed);
                 info!(session = %id, call_id = %request.call_id, worker, streams = request.streams.len(), "session created");
@@ -275,6 +331,7 @@ impl Sessions {
         worker: usize,
         request: &v1::CreateSessionRequest,
         specs: Vec<[Peers; 2]>,
+        rtcp_sockets: bool,
     ) -> Result<v1::CreateSessionResponse, Status> {
         let config = StreamConfig {
             learning_window: self.options.learning_window,
@@ -293,7 +350,9 @@ impl Sessions {
                     v1::AddressFamily::Ipv6 => Some(true),
                     v1::AddressFamily::Unspecified => peer_rtp.map(|a| a.is_ipv6()),
                 };
-                let sockets = self.allocate_leg(ipv6, spec.rtcp_mux)?;
+                // With SDP, the other party may refuse rtcp-mux: keep the
+                // RTCP port to fall back to (RFC 5761 §5.1.1).
+                let sockets = self.allocate_leg(ipv6, spec.rtcp_mux && !rtcp_sockets)?;
                 local[side as usize] = self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref());
                 legs.push(LegSetup {
                     sockets,
@@ -316,8 +375,12 @@ impl Sessions {
             records.push(StreamRecord {
                 kind: spec.kind.clone(),
                 codecs: spec.codecs.clone(),
-                rtcp_mux: spec.rtcp_mux,
+                rtcp_mux: [spec.rtcp_mux; 2],
+                rtcp_sockets: rtcp_sockets || !spec.rtcp_mux,
                 local,
+                ptime: spec.ptime_ms,
+                held: [false; 2],
+                rejected: false,
             });
         }
         let (reply, answer) = oneshot::channel();
@@ -338,6 +401,7 @@ impl Sessions {
             }
         }
         let response = v1::CreateSessionResponse {
+            sdp: String::new(),
             session: id.to_string(),
             streams: records
                 .iter()
@@ -407,13 +471,21 @@ impl Sessions {
     pub async fn update(
         &self,
         request: v1::UpdateSessionRequest,
-    ) -> Result<v1::SessionInfo, Status> {
-        let (id, worker, stream_count) = {
+    ) -> Result<v1::UpdateSessionResponse, Status> {
+        if !request.sdp.is_empty() {
+            if !request.streams.is_empty() {
+                return Err(Status::invalid_argument("give streams or sdp, not both"));
+            }
+            return self.update_from_sdp(request).await;
+        }
+        let (id, worker, streams) = {
             let registry = self.registry();
             let id = registry.find(request.session.as_ref())?;
             let record = &registry.by_id[&id];
-            (id, record.worker, record.streams.len())
+            (id, record.worker, record.streams.clone())
         };
+        let stream_count = streams.len();
+        let mut held_streams = streams.clone();
         let mut peers = Vec::new();
         let mut rates = Vec::new();
         for update in &request.streams {
@@ -434,6 +506,7 @@ impl Sessions {
                         side,
                         rtp,
                         rtcp,
+                        rtcp_mux: None,
                     });
                 }
             }
@@ -441,7 +514,19 @@ impl Sessions {
                 validate_codecs(&update.codecs, index)?;
                 rates.push((index, clock_rates(&update.codecs)));
             }
+            match v1::Hold::try_from(update.hold) {
+                Ok(v1::Hold::Unchanged) => {}
+                Ok(v1::Hold::Off) => held_streams[index].held = [false; 2],
+                Ok(v1::Hold::On) => held_streams[index].held = [true; 2],
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "stream {index}: unknown hold value {}",
+                        update.hold
+                    )));
+                }
+            }
         }
+        let held = session_held(&held_streams);
         let (reply, answer) = oneshot::channel();
         self.send(
             worker,
@@ -449,6 +534,7 @@ impl Sessions {
                 id,
                 peers,
                 clock_rates: rates,
+                held: Some(held),
                 reply,
             },
         )?;
@@ -462,15 +548,20 @@ impl Sessions {
                     record.to_tag.clone_from(&request.to_tag);
                 }
                 for update in &request.streams {
-                    if let Some(stream) = record.streams.get_mut(update.index as usize)
-                        && !update.codecs.is_empty()
-                    {
-                        stream.codecs.clone_from(&update.codecs);
+                    let index = update.index as usize;
+                    if let Some(stream) = record.streams.get_mut(index) {
+                        if !update.codecs.is_empty() {
+                            stream.codecs.clone_from(&update.codecs);
+                        }
+                        stream.held = held_streams[index].held;
                     }
                 }
             }
         }
-        self.get(Some(&by_id(id))).await
+        Ok(v1::UpdateSessionResponse {
+            session: Some(self.get(Some(&by_id(id))).await?),
+            sdp: String::new(),
+        })
     }
 
     /// `get_session`.
@@ -641,6 +732,16 @@ impl Sessions {
     }
 }
 
+/// Which party an SDP body comes from.
+fn party(value: i32, default: Side) -> Result<Side, Status> {
+    match v1::Party::try_from(value) {
+        Ok(v1::Party::Default) => Ok(default),
+        Ok(v1::Party::User) => Ok(Side::User),
+        Ok(v1::Party::Remote) => Ok(Side::Remote),
+        Err(_) => Err(Status::invalid_argument(format!("unknown party {value}"))),
+    }
+}
+
 fn by_id(id: SessionId) -> v1::SessionRef {
     v1::SessionRef {
         by: Some(By::Id(id.to_string())),
@@ -793,6 +894,7 @@ fn session_info(record: &Record, report: Option<&SessionReport>) -> v1::SessionI
             .filter(|p| p.committed_from.is_none())
             .map(|p| p.gruu.clone())
             .unwrap_or_default(),
+        on_hold: session_held(&record.streams),
         idle_ms: report.map_or(0, |r| u64::try_from(r.idle.as_millis()).unwrap_or(u64::MAX)),
         streams: record
             .streams
@@ -811,7 +913,9 @@ fn session_info(record: &Record, report: Option<&SessionReport>) -> v1::SessionI
                 v1::StreamInfo {
                     kind: stream.kind.clone(),
                     codecs: stream.codecs.clone(),
-                    rtcp_mux: stream.rtcp_mux,
+                    rtcp_mux: stream.rtcp_mux[0] && stream.rtcp_mux[1],
+                    ptime_ms: stream.ptime,
+                    held: stream.is_held(),
                     user: Some(leg(Side::User)),
                     remote: Some(leg(Side::Remote)),
                 }

@@ -12,6 +12,7 @@ use baton_relay::worker::{Command, LegSetup, PendingSetup, SessionReport, Switch
 use tokio::sync::oneshot;
 use tracing::info;
 
+use super::negotiation::{self, AnswerPlan, PendingSdp};
 use super::{PendingTransfer, Sessions, await_worker, parse_endpoint, validate_codecs};
 use crate::bindings::{Binding, Bindings, parse_aor, parse_gruu};
 use crate::events::EventBus;
@@ -83,8 +84,11 @@ impl Sessions {
     /// addresses. Nothing changes when it is refused.
     pub async fn transfer(
         &self,
-        request: v1::TransferRequest,
+        mut request: v1::TransferRequest,
     ) -> Result<v1::TransferResponse, Status> {
+        if !request.sdp.is_empty() && !request.streams.is_empty() {
+            return Err(Status::invalid_argument("give streams or sdp, not both"));
+        }
         let gruu = parse_gruu(&request.gruu, false)?;
         let mode = match v1::SwitchMode::try_from(request.mode) {
             Ok(v1::SwitchMode::FirstPacket) => SwitchMode::FirstPacket,
@@ -142,6 +146,13 @@ impl Sessions {
         self.bindings()
             .verify(Instant::now(), &aor, &gruu)
             .map_err(Status::permission_denied)?;
+        let plan = if request.sdp.is_empty() {
+            None
+        } else {
+            let plan = AnswerPlan::new(&request.sdp, &record.streams)?;
+            request.streams = plan.transfer_streams(record.streams.len());
+            Some(plan)
+        };
         if !request.streams.is_empty() && request.streams.len() != record.streams.len() {
             return Err(Status::invalid_argument(format!(
                 "the session has {} streams, the transfer describes {}",
@@ -152,6 +163,8 @@ impl Sessions {
 
         let mut legs = Vec::with_capacity(record.streams.len());
         let mut local = Vec::with_capacity(record.streams.len());
+        let mut shared = Vec::with_capacity(record.streams.len());
+        let mut muxes = Vec::with_capacity(record.streams.len());
         for (index, stream) in record.streams.iter().enumerate() {
             let spec = request.streams.get(index).cloned().unwrap_or_default();
             let device_codecs = if spec.codecs.is_empty() {
@@ -178,20 +191,25 @@ impl Sessions {
                         .map(|a| a.is_ipv6())
                 }),
             };
-            let sockets = self.allocate_leg(ipv6, stream.rtcp_mux)?;
+            let rtcp_mux = spec
+                .rtcp_mux
+                .unwrap_or(stream.rtcp_mux[Side::User as usize]);
+            let sockets = self.allocate_leg(ipv6, rtcp_mux)?;
             local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
             let device_te = super::telephone_event(&device_codecs);
             legs.push(PendingSetup {
                 leg: LegSetup {
                     sockets,
                     config: LegConfig {
-                        rtcp_mux: stream.rtcp_mux,
+                        rtcp_mux,
                         peer_rtp,
                         peer_rtcp,
                     },
                 },
                 payloads: PayloadMap::from_pairs(&pairs, device_te),
             });
+            shared.push(pairs);
+            muxes.push(rtcp_mux);
         }
 
         // Registered as pending before the worker is asked, so a second
@@ -217,6 +235,8 @@ impl Sessions {
                 gruu: gruu.to_string(),
                 local: local.clone(),
                 committed_from: None,
+                rtcp_mux: muxes,
+                sdp: None,
             });
         }
         let (reply, answer) = oneshot::channel();
@@ -242,8 +262,46 @@ impl Sessions {
             }
             return Err(status);
         }
+        let answer = plan.map(|plan| {
+            let state = record.sdp.clone().unwrap_or_default();
+            let remote = Side::Remote as usize;
+            let directions: Vec<_> = (0..record.streams.len())
+                .map(|s| {
+                    negotiation::direction_in(
+                        state.received[remote].as_ref(),
+                        state.layout[remote].as_ref(),
+                        s,
+                    )
+                })
+                .collect();
+            let fallback_ip = local
+                .iter()
+                .find_map(|e| e.rtp.parse::<SocketAddr>().ok())
+                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+            let answer = plan.answer(
+                state.received[remote].as_ref(),
+                &directions,
+                &record.streams,
+                &local,
+                &shared,
+                (record.id.0 >> 1, fallback_ip),
+            );
+            let text = answer.render();
+            let pending = PendingSdp {
+                sent: negotiation::first_sent(&answer),
+                offer: plan.offer,
+                layout: plan.layout,
+            };
+            if let Some(current) = self.registry().by_id.get_mut(&record.id)
+                && let Some(open) = current.pending.as_mut()
+            {
+                open.sdp = Some(pending);
+            }
+            text
+        });
         info!(session = %record.id, from = %record.gruu, to = %gruu, ?mode, "transfer opened");
         Ok(v1::TransferResponse {
+            sdp: answer.unwrap_or_default(),
             session: record.id.to_string(),
             streams: record
                 .streams
@@ -272,9 +330,7 @@ impl Sessions {
         {
             // The remote's media goes to the new device from now on.
             let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
-            for (stream, local) in record.streams.iter_mut().zip(&pending.local) {
-                stream.local[0] = local.clone();
-            }
+            adopt(&mut record.streams, &mut record.sdp, pending);
             pending.committed_from = Some(previous);
             info!(session = %id, to = %record.gruu, "transfer committed");
         }
@@ -330,15 +386,13 @@ impl Sessions {
             let Some(record) = registry.by_id.get_mut(&id) else {
                 return;
             };
-            let Some(pending) = record.pending.take() else {
+            let Some(mut pending) = record.pending.take() else {
                 return;
             };
             let previous = match pending.committed_from {
                 Some(previous) => previous,
                 None => {
-                    for (stream, local) in record.streams.iter_mut().zip(&pending.local) {
-                        stream.local[0] = local.clone();
-                    }
+                    adopt(&mut record.streams, &mut record.sdp, &mut pending);
                     std::mem::replace(&mut record.gruu, pending.gruu.clone())
                 }
             };
@@ -369,6 +423,38 @@ impl Sessions {
             gruu,
             reason: reason.to_owned(),
         }));
+    }
+}
+
+/// The new device becomes the user side: its relay legs, rtcp-mux, and the
+/// offer/answer it went through.
+fn adopt(
+    streams: &mut [super::StreamRecord],
+    sdp: &mut Option<negotiation::SdpState>,
+    pending: &mut PendingTransfer,
+) {
+    let user = Side::User as usize;
+    for (index, stream) in streams.iter_mut().enumerate() {
+        if let Some(local) = pending.local.get(index) {
+            stream.local[user] = local.clone();
+        }
+        if let Some(&mux) = pending.rtcp_mux.get(index) {
+            stream.rtcp_mux[user] = mux;
+        }
+        stream.held[user] = false;
+    }
+    if let Some(pending_sdp) = pending.sdp.take() {
+        if let Ok(media) = negotiation::media_of(&pending_sdp.offer) {
+            for (m, slot) in media.iter().zip(&pending_sdp.layout) {
+                if let Some(stream) = slot.and_then(|s| streams.get_mut(s)) {
+                    stream.held[user] = negotiation::holds(m);
+                }
+            }
+        }
+        let state = sdp.get_or_insert_with(Default::default);
+        state.layout[user] = Some(pending_sdp.layout);
+        state.received[user] = Some(pending_sdp.offer);
+        state.sent[user] = Some(pending_sdp.sent);
     }
 }
 
@@ -479,6 +565,7 @@ mod tests {
             name: name.into(),
             clock_rate: rate,
             channels: 0,
+            fmtp: String::new(),
         }
     }
 

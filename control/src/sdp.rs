@@ -1,0 +1,877 @@
+//! SDP bodies (RFC 8866, offer/answer per RFC 3264): read what the relay
+//! needs from them and rewrite them to point at the relay.
+//!
+//! Written by hand rather than with the `sdp` crate (webrtc-rs, 0.17): that
+//! crate refuses whole bodies whose m= lines use a transport outside its list,
+//! and real calls carry them — `TCP/BFCP` on video conferencing endpoints,
+//! `TCP/MSRP` in RCS, `TCP/RTP/AVP`, T.38 over `TCP/TLS/udptl` — and its
+//! errors do not say which line is wrong. A relay must pass such lines
+//! through untouched and name the line it cannot accept. So the body is kept
+//! as its lines: every line the relay does not rewrite goes out byte for
+//! byte as it came in, and only the lines the relay owns are parsed.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use baton_proto::v1;
+
+/// Most lines in a body; real ones have tens.
+const MAX_LINES: usize = 2000;
+
+/// A line the relay cannot accept, by its number in the body (from 1; 0 for
+/// the body as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdpError {
+    /// 1-based line number, 0 when no single line is at fault.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+    /// The relay understands the line but does not support it (as opposed
+    /// to a malformed line).
+    pub unsupported: bool,
+}
+
+impl SdpError {
+    fn at(line: usize, message: impl Into<String>) -> Self {
+        Self {
+            line,
+            message: message.into(),
+            unsupported: false,
+        }
+    }
+
+    fn unsupported(line: usize, message: impl Into<String>) -> Self {
+        Self {
+            line,
+            message: message.into(),
+            unsupported: true,
+        }
+    }
+}
+
+impl fmt::Display for SdpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "SDP: {}", self.message)
+        } else {
+            write!(f, "SDP line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+/// One `x=value` line and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Line {
+    kind: u8,
+    value: String,
+    /// 1-based number in the parsed body; 0 for lines the relay added.
+    number: usize,
+}
+
+impl Line {
+    fn new(kind: u8, value: impl Into<String>) -> Self {
+        Self {
+            kind,
+            value: value.into(),
+            number: 0,
+        }
+    }
+
+    fn attribute(&self) -> Option<(&str, Option<&str>)> {
+        if self.kind != b'a' {
+            return None;
+        }
+        Some(match self.value.split_once(':') {
+            Some((name, value)) => (name, Some(value)),
+            None => (self.value.as_str(), None),
+        })
+    }
+
+    fn is_attribute(&self, name: &str) -> bool {
+        self.attribute().is_some_and(|(n, _)| n == name)
+    }
+}
+
+/// A media direction (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Sends and receives.
+    SendRecv,
+    /// Only sends.
+    SendOnly,
+    /// Only receives.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+impl Direction {
+    /// From whether the party sends and whether it receives.
+    pub fn from_flags(send: bool, receive: bool) -> Self {
+        match (send, receive) {
+            (true, true) => Self::SendRecv,
+            (true, false) => Self::SendOnly,
+            (false, true) => Self::RecvOnly,
+            (false, false) => Self::Inactive,
+        }
+    }
+
+    /// Whether the party sends media.
+    pub fn sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+
+    /// Whether the party receives media.
+    pub fn receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+
+    /// The attribute name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "sendrecv" => Self::SendRecv,
+            "sendonly" => Self::SendOnly,
+            "recvonly" => Self::RecvOnly,
+            "inactive" => Self::Inactive,
+            _ => return None,
+        })
+    }
+}
+
+/// ICE attributes (RFC 8839): meaningless once the relay is the media
+/// endpoint, and harmful if left (the far end would check candidates that
+/// bypass the relay).
+const ICE_ATTRIBUTES: [&str; 9] = [
+    "ice-ufrag",
+    "ice-pwd",
+    "ice-options",
+    "ice-lite",
+    "ice-mismatch",
+    "ice-pacing",
+    "candidate",
+    "remote-candidates",
+    "end-of-candidates",
+];
+
+/// RTP payload types assigned statically by RFC 3551 §6: usable without an
+/// rtpmap line.
+const STATIC_PAYLOAD_TYPES: [(u32, &str, u32, u32); 24] = [
+    (0, "PCMU", 8000, 1),
+    (3, "GSM", 8000, 1),
+    (4, "G723", 8000, 1),
+    (5, "DVI4", 8000, 1),
+    (6, "DVI4", 16000, 1),
+    (7, "LPC", 8000, 1),
+    (8, "PCMA", 8000, 1),
+    (9, "G722", 8000, 1),
+    (10, "L16", 44100, 2),
+    (11, "L16", 44100, 1),
+    (12, "QCELP", 8000, 1),
+    (13, "CN", 8000, 1),
+    (14, "MPA", 90000, 0),
+    (15, "G728", 8000, 1),
+    (16, "DVI4", 11025, 1),
+    (17, "DVI4", 22050, 1),
+    (18, "G729", 8000, 1),
+    (25, "CelB", 90000, 0),
+    (26, "JPEG", 90000, 0),
+    (28, "nv", 90000, 0),
+    (31, "H261", 90000, 0),
+    (32, "MPV", 90000, 0),
+    (33, "MP2T", 90000, 0),
+    (34, "H263", 90000, 0),
+];
+
+/// The codec RFC 3551 assigns to a static payload type.
+pub fn static_codec(payload_type: u32) -> Option<v1::Codec> {
+    STATIC_PAYLOAD_TYPES
+        .iter()
+        .find(|(pt, ..)| *pt == payload_type)
+        .map(|&(pt, name, rate, channels)| v1::Codec {
+            payload_type: pt,
+            name: name.to_owned(),
+            clock_rate: rate,
+            channels: if channels > 1 { channels } else { 0 },
+            fmtp: String::new(),
+        })
+}
+
+/// A media section to take into a new body: `Ok(j)` is the body's own m=
+/// line `j`, `Err((other, k))` another body's m= line `k`.
+pub type Pick<'a> = Result<usize, (&'a Sdp, usize)>;
+
+/// A parsed SDP body, kept as its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sdp {
+    /// Session-level lines, `v=` first.
+    session: Vec<Line>,
+    /// One per m= line: the m= line first, then its media-level lines.
+    media: Vec<Vec<Line>>,
+}
+
+/// What the relay reads from one m= line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Media {
+    /// Media type: "audio", "video", …
+    pub kind: String,
+    /// The m= port; 0 for a disabled or rejected stream.
+    pub port: u16,
+    /// The transport, e.g. "RTP/AVP".
+    pub proto: String,
+    /// The format list as written.
+    pub formats: Vec<String>,
+    /// Codecs of an RTP stream, in format order.
+    pub codecs: Vec<v1::Codec>,
+    /// The sender's RTP address: c= address and m= port. `None` when the
+    /// port is 0 or the address is unspecified (0.0.0.0, old-style hold).
+    pub rtp: Option<SocketAddr>,
+    /// The sender's RTCP address from `a=rtcp`, if given.
+    pub rtcp: Option<SocketAddr>,
+    /// `a=rtcp-mux` is present.
+    pub rtcp_mux: bool,
+    /// The direction, media level over session level, sendrecv by default;
+    /// an unspecified c= address counts as inactive.
+    pub direction: Direction,
+    /// `a=ptime`, if given.
+    pub ptime: Option<u32>,
+    /// Line number of the m= line.
+    pub line: usize,
+}
+
+impl Media {
+    /// An RTP stream the relay can carry: RTP/AVP or RTP/AVPF (plain RTP).
+    pub fn is_rtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/AVP") || self.proto.eq_ignore_ascii_case("RTP/AVPF")
+    }
+
+    /// Port 0: the stream is disabled (offer) or rejected (answer).
+    pub fn is_disabled(&self) -> bool {
+        self.port == 0
+    }
+}
+
+/// Where the relay receives a stream on the leg a body is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayEndpoint {
+    /// RTP address (also RTCP with rtcp-mux).
+    pub rtp: SocketAddr,
+    /// RTCP address.
+    pub rtcp: SocketAddr,
+}
+
+fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
+    let fields: Vec<&str> = value.split_ascii_whitespace().collect();
+    let [net, family, address] = fields.as_slice() else {
+        return Err(SdpError::at(
+            line,
+            format!("c={value:?} is not `IN IP4|IP6 ADDRESS`"),
+        ));
+    };
+    if *net != "IN" {
+        return Err(SdpError::at(
+            line,
+            format!("network type {net:?} is not IN"),
+        ));
+    }
+    // Multicast forms carry a /ttl or /count suffix; unicast has none.
+    let address = address.split('/').next().unwrap_or_default();
+    let ip: IpAddr = address.parse().map_err(|_| {
+        SdpError::unsupported(
+            line,
+            format!("connection address {address:?} is not an IP address"),
+        )
+    })?;
+    match (*family, ip) {
+        ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
+        (other, _) => Err(SdpError::at(
+            line,
+            format!("address type {other:?} does not match {address}"),
+        )),
+    }
+}
+
+fn connection_value(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("IN IP4 {v4}"),
+        IpAddr::V6(v6) => format!("IN IP6 {v6}"),
+    }
+}
+
+fn parse_u32(text: &str, line: usize, what: &str) -> Result<u32, SdpError> {
+    text.trim()
+        .parse()
+        .map_err(|_| SdpError::at(line, format!("{what} {text:?} is not a number")))
+}
+
+impl Sdp {
+    /// Parses a body. Lines end in CRLF or LF; a trailing empty line is
+    /// allowed. Only the lines the relay reads are checked in depth.
+    pub fn parse(text: &str) -> Result<Self, SdpError> {
+        let mut session = Vec::new();
+        let mut media: Vec<Vec<Line>> = Vec::new();
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        if body.trim().is_empty() {
+            return Err(SdpError::at(0, "the body is empty"));
+        }
+        for (index, raw) in body.split('\n').enumerate() {
+            let number = index + 1;
+            if number > MAX_LINES {
+                return Err(SdpError::at(number, format!("more than {MAX_LINES} lines")));
+            }
+            let raw = raw.strip_suffix('\r').unwrap_or(raw);
+            let bytes = raw.as_bytes();
+            if bytes.len() < 2 || !bytes[0].is_ascii_lowercase() || bytes[1] != b'=' {
+                return Err(SdpError::at(
+                    number,
+                    format!("{raw:?} is not a `x=value` line"),
+                ));
+            }
+            let line = Line {
+                kind: bytes[0],
+                value: raw[2..].to_owned(),
+                number,
+            };
+            if number == 1 && (line.kind != b'v' || line.value != "0") {
+                return Err(SdpError::at(number, "the body must start with v=0"));
+            }
+            match (line.kind, media.last_mut()) {
+                (b'm', _) => media.push(vec![line]),
+                (b'v' | b'o' | b's' | b't' | b'r' | b'z' | b'u' | b'e' | b'p', Some(_)) => {
+                    return Err(SdpError::at(
+                        number,
+                        format!(
+                            "{}= is a session-level line but comes after an m= line",
+                            char::from(line.kind)
+                        ),
+                    ));
+                }
+                (_, Some(section)) => section.push(line),
+                (_, None) => session.push(line),
+            }
+        }
+        let sdp = Self { session, media };
+        sdp.origin()?;
+        if sdp.media.is_empty() {
+            return Err(SdpError::at(0, "the body has no m= line"));
+        }
+        // Read every media section once, so a bad line fails here.
+        for index in 0..sdp.media.len() {
+            sdp.media(index)?;
+        }
+        Ok(sdp)
+    }
+
+    /// The body as text, CRLF line endings.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for line in self.session.iter().chain(self.media.iter().flatten()) {
+            out.push(char::from(line.kind));
+            out.push('=');
+            out.push_str(&line.value);
+            out.push_str("\r\n");
+        }
+        out
+    }
+
+    /// The o= line's fields, checked: index of the line, and the version.
+    fn origin(&self) -> Result<(usize, u64), SdpError> {
+        let Some(index) = self.session.iter().position(|l| l.kind == b'o') else {
+            return Err(SdpError::at(0, "the body has no o= line"));
+        };
+        let line = &self.session[index];
+        let fields: Vec<&str> = line.value.split_ascii_whitespace().collect();
+        if fields.len() != 6 {
+            return Err(SdpError::at(
+                line.number,
+                format!("o={:?} does not have 6 fields", line.value),
+            ));
+        }
+        let version = fields[2].parse::<u64>().map_err(|_| {
+            SdpError::at(
+                line.number,
+                format!("session version {:?} is not a number", fields[2]),
+            )
+        })?;
+        Ok((index, version))
+    }
+
+    /// The o= session version.
+    pub fn version(&self) -> u64 {
+        self.origin().map_or(0, |(_, version)| version)
+    }
+
+    /// Sets the o= session version.
+    pub fn set_version(&mut self, version: u64) {
+        if let Ok((index, _)) = self.origin() {
+            let line = &mut self.session[index];
+            let fields: Vec<&str> = line.value.split_ascii_whitespace().collect();
+            let mut fields: Vec<String> = fields.into_iter().map(str::to_owned).collect();
+            fields[2] = version.to_string();
+            line.value = fields.join(" ");
+        }
+    }
+
+    /// The o= fields other than the version: username, session id, network
+    /// type, address type, address.
+    pub fn origin_identity(&self) -> [String; 5] {
+        let fields: Vec<String> = self
+            .origin()
+            .ok()
+            .map(|(index, _)| {
+                self.session[index]
+                    .value
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let field = |i: usize| fields.get(i).cloned().unwrap_or_default();
+        [field(0), field(1), field(3), field(4), field(5)]
+    }
+
+    /// Replaces the o= fields other than the version (a party must see one
+    /// origin for the whole dialog, RFC 3264 §8, whichever device is behind
+    /// the relay).
+    pub fn set_origin_identity(&mut self, identity: &[String; 5]) {
+        if let Ok((index, version)) = self.origin() {
+            let [user, id, net, family, address] = identity;
+            self.session[index].value = format!("{user} {id} {version} {net} {family} {address}");
+        }
+    }
+
+    /// A body with this one's session-level lines and the chosen media
+    /// sections.
+    pub fn with_sections(&self, picks: &[Pick<'_>]) -> Sdp {
+        let media = picks
+            .iter()
+            .filter_map(|pick| match pick {
+                Ok(j) => self.media.get(*j).cloned(),
+                Err((other, k)) => other.media.get(*k).cloned(),
+            })
+            .collect();
+        Sdp {
+            session: self.session.clone(),
+            media,
+        }
+    }
+
+    /// The body with the o= version left out: equal keys mean the same body
+    /// (RFC 3264 §8: an unchanged body keeps its version).
+    pub fn identity_key(&self) -> String {
+        let mut copy = self.clone();
+        copy.set_version(0);
+        copy.render()
+    }
+
+    /// Number of m= lines.
+    pub fn media_count(&self) -> usize {
+        self.media.len()
+    }
+
+    fn session_connection(&self) -> Result<Option<(IpAddr, usize)>, SdpError> {
+        self.session
+            .iter()
+            .find(|l| l.kind == b'c')
+            .map(|l| parse_connection(&l.value, l.number).map(|ip| (ip, l.number)))
+            .transpose()
+    }
+
+    fn session_direction(&self) -> Option<Direction> {
+        self.session
+            .iter()
+            .filter_map(Line::attribute)
+            .find_map(|(name, _)| Direction::parse(name))
+    }
+
+    /// What the relay reads from m= line `index`.
+    pub fn media(&self, index: usize) -> Result<Media, SdpError> {
+        let section = self
+            .media
+            .get(index)
+            .ok_or_else(|| SdpError::at(0, format!("no m= line {index}")))?;
+        let m = &section[0];
+        let fields: Vec<&str> = m.value.split_ascii_whitespace().collect();
+        if fields.len() < 4 {
+            return Err(SdpError::at(
+                m.number,
+                format!("m={:?} is not `MEDIA PORT PROTO FORMAT…`", m.value),
+            ));
+        }
+        let (port_text, count) = match fields[1].split_once('/') {
+            Some((port, count)) => (port, Some(count)),
+            None => (fields[1], None),
+        };
+        let port: u16 = port_text
+            .parse()
+            .map_err(|_| SdpError::at(m.number, format!("port {:?} is not a number", fields[1])))?;
+        let mut media = Media {
+            kind: fields[0].to_owned(),
+            port,
+            proto: fields[2].to_owned(),
+            formats: fields[3..].iter().map(|f| (*f).to_owned()).collect(),
+            codecs: Vec::new(),
+            rtp: None,
+            rtcp: None,
+            rtcp_mux: false,
+            direction: self.session_direction().unwrap_or(Direction::SendRecv),
+            ptime: None,
+            line: m.number,
+        };
+        if !media.is_rtp() || media.is_disabled() {
+            return Ok(media);
+        }
+        if count.is_some_and(|c| c != "1") {
+            return Err(SdpError::unsupported(
+                m.number,
+                format!("port ranges ({}) are not supported", fields[1]),
+            ));
+        }
+        let mut connection = self.session_connection()?;
+        let mut rtpmap: Vec<(u32, v1::Codec)> = Vec::new();
+        let mut fmtp: Vec<(u32, String)> = Vec::new();
+        let mut rtcp_attribute = None;
+        for line in &section[1..] {
+            if line.kind == b'c' {
+                connection = Some((parse_connection(&line.value, line.number)?, line.number));
+                continue;
+            }
+            let Some((name, value)) = line.attribute() else {
+                continue;
+            };
+            let value = value.unwrap_or_default();
+            if let Some(direction) = Direction::parse(name) {
+                media.direction = direction;
+                continue;
+            }
+            match name {
+                "rtpmap" => rtpmap.push(parse_rtpmap(value, line.number)?),
+                "fmtp" => {
+                    if let Some((pt, params)) = value.split_once(' ')
+                        && let Ok(pt) = pt.parse()
+                    {
+                        fmtp.push((pt, params.trim().to_owned()));
+                    }
+                }
+                "ptime" => media.ptime = Some(parse_u32(value, line.number, "ptime")?),
+                "rtcp-mux" => media.rtcp_mux = true,
+                "rtcp" => rtcp_attribute = Some((value, line.number)),
+                _ => {}
+            }
+        }
+        for format in &media.formats {
+            let pt = format
+                .parse::<u32>()
+                .ok()
+                .filter(|pt| *pt <= 127)
+                .ok_or_else(|| {
+                    SdpError::at(
+                        m.number,
+                        format!("format {format:?} is not an RTP payload type"),
+                    )
+                })?;
+            let mut codec = match rtpmap.iter().find(|(p, _)| *p == pt) {
+                Some((_, codec)) => codec.clone(),
+                None => static_codec(pt).ok_or_else(|| {
+                    SdpError::at(m.number, format!("payload type {pt} has no a=rtpmap line"))
+                })?,
+            };
+            if let Some((_, params)) = fmtp.iter().find(|(p, _)| *p == pt) {
+                codec.fmtp.clone_from(params);
+            }
+            media.codecs.push(codec);
+        }
+        let Some((ip, _)) = connection else {
+            return Err(SdpError::at(
+                m.number,
+                "no c= line for this stream (neither media nor session level)",
+            ));
+        };
+        if ip.is_unspecified() {
+            // RFC 2543 hold: "do not send to me".
+            media.direction = Direction::from_flags(media.direction.sends(), false);
+        } else {
+            media.rtp = Some(SocketAddr::new(ip, port));
+            if let Some((value, number)) = rtcp_attribute {
+                let mut parts = value.split_ascii_whitespace();
+                let rtcp_port = parts.next().unwrap_or_default();
+                let rtcp_port: u16 = rtcp_port.parse().map_err(|_| {
+                    SdpError::at(number, format!("a=rtcp port {rtcp_port:?} is not a number"))
+                })?;
+                let rest: Vec<&str> = parts.collect();
+                let rtcp_ip = if rest.is_empty() {
+                    ip
+                } else {
+                    parse_connection(&rest.join(" "), number)?
+                };
+                if rtcp_port != 0 && !rtcp_ip.is_unspecified() {
+                    media.rtcp = Some(SocketAddr::new(rtcp_ip, rtcp_port));
+                }
+            }
+        }
+        Ok(media)
+    }
+
+    /// Points m= line `index` at the relay: its port, its c= address
+    /// (media level, so each stream can use its own IP version) and its
+    /// a=rtcp; removes ICE attributes. An unspecified c= address (old-style
+    /// hold) is kept, since it tells the receiver not to send.
+    pub fn point_at(&mut self, index: usize, relay: RelayEndpoint) {
+        let session_ip = self.session_connection().ok().flatten().map(|(ip, _)| ip);
+        let Some(section) = self.media.get_mut(index) else {
+            return;
+        };
+        set_port(&mut section[0], relay.rtp.port());
+        let mut has_connection = false;
+        for line in section.iter_mut().skip(1) {
+            if line.kind == b'c' {
+                has_connection = true;
+                if !parse_connection(&line.value, 0).is_ok_and(|ip| ip.is_unspecified()) {
+                    line.value = connection_value(relay.rtp.ip());
+                }
+            } else if line.is_attribute("rtcp") {
+                let with_address = line.value.split_ascii_whitespace().nth(1).is_some();
+                line.value = if with_address {
+                    format!(
+                        "rtcp:{} {}",
+                        relay.rtcp.port(),
+                        connection_value(relay.rtcp.ip())
+                    )
+                } else {
+                    format!("rtcp:{}", relay.rtcp.port())
+                };
+            }
+        }
+        if !has_connection && session_ip.is_none_or(|ip| !ip.is_unspecified()) {
+            // The stream used the session-level c=; give it its own, after
+            // m= and i= (RFC 8866 §5 line order).
+            let at = 1 + section[1..].iter().take_while(|l| l.kind == b'i').count();
+            section.insert(at, Line::new(b'c', connection_value(relay.rtp.ip())));
+        }
+        section.retain(|line| !is_ice(line));
+    }
+
+    /// Disables m= line `index` (port 0), for a stream the relay does not
+    /// carry; its ICE attributes go too.
+    pub fn disable(&mut self, index: usize) {
+        if let Some(section) = self.media.get_mut(index) {
+            set_port(&mut section[0], 0);
+            section.retain(|line| !is_ice(line));
+        }
+    }
+
+    /// After the media lines are rewritten: points the session-level c= at
+    /// `ip` (unless it is an old-style hold address) and removes
+    /// session-level ICE attributes.
+    pub fn finish_session(&mut self, ip: Option<IpAddr>) {
+        for line in &mut self.session {
+            if line.kind == b'c'
+                && let Some(ip) = ip
+                && !parse_connection(&line.value, 0).is_ok_and(|old| old.is_unspecified())
+            {
+                line.value = connection_value(ip);
+            }
+        }
+        self.session.retain(|line| !is_ice(line));
+    }
+}
+
+fn is_ice(line: &Line) -> bool {
+    line.attribute()
+        .is_some_and(|(name, _)| ICE_ATTRIBUTES.contains(&name))
+}
+
+fn set_port(m_line: &mut Line, port: u16) {
+    let mut fields: Vec<String> = m_line
+        .value
+        .split_ascii_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if let Some(field) = fields.get_mut(1) {
+        *field = port.to_string();
+    }
+    m_line.value = fields.join(" ");
+}
+
+fn parse_rtpmap(value: &str, line: usize) -> Result<(u32, v1::Codec), SdpError> {
+    let malformed = || {
+        SdpError::at(
+            line,
+            format!("a=rtpmap:{value:?} is not `PT NAME/RATE[/CHANNELS]`"),
+        )
+    };
+    let (pt, encoding) = value.split_once(' ').ok_or_else(malformed)?;
+    let pt: u32 = pt.parse().map_err(|_| malformed())?;
+    let mut parts = encoding.trim().split('/');
+    let name = parts
+        .next()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(malformed)?;
+    let rate: u32 = parts
+        .next()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .ok_or_else(malformed)?;
+    let channels: u32 = match parts.next() {
+        Some(c) => c.parse().map_err(|_| malformed())?,
+        None => 0,
+    };
+    if pt > 127 {
+        return Err(malformed());
+    }
+    Ok((
+        pt,
+        v1::Codec {
+            payload_type: pt,
+            name: name.to_owned(),
+            clock_rate: rate,
+            channels: if channels > 1 { channels } else { 0 },
+            fmtp: String::new(),
+        },
+    ))
+}
+
+/// One m= line of an answer the relay writes itself (to a new device's
+/// offer, on a transfer).
+#[derive(Debug, Clone)]
+pub struct AnswerMedia {
+    /// Where the relay receives; `None` rejects the stream (port 0).
+    pub relay: Option<RelayEndpoint>,
+    /// The codecs, in the offer's numbering and order.
+    pub codecs: Vec<v1::Codec>,
+    /// The answer's direction.
+    pub direction: Direction,
+    /// Packet time to ask for.
+    pub ptime: Option<u32>,
+    /// Accept the offer's rtcp-mux.
+    pub rtcp_mux: bool,
+}
+
+/// Writes an answer to `offer` (RFC 3264 §6: the same m= lines, in order,
+/// each with the offer's media type and transport). Session-level lines
+/// come from `template` (the remote party's last body) when there is one,
+/// so the new device sees the remote's origin and session name.
+pub fn write_answer(
+    offer: &Sdp,
+    template: Option<&Sdp>,
+    media: &[AnswerMedia],
+    fallback_origin: (u64, IpAddr),
+) -> Sdp {
+    let first_ip = media
+        .iter()
+        .find_map(|m| m.relay.map(|r| r.rtp.ip()))
+        .unwrap_or(fallback_origin.1);
+    let mut session = match template {
+        Some(template) => template
+            .session
+            .iter()
+            .filter(|l| {
+                !is_ice(l)
+                    && l.attribute()
+                        .is_none_or(|(name, _)| Direction::parse(name).is_none())
+            })
+            .map(|l| Line::new(l.kind, l.value.clone()))
+            .collect(),
+        None => {
+            let family = if first_ip.is_ipv6() { "IP6" } else { "IP4" };
+            vec![
+                Line::new(b'v', "0"),
+                Line::new(
+                    b'o',
+                    format!("baton {} 1 IN {family} {first_ip}", fallback_origin.0),
+                ),
+                Line::new(b's', "baton"),
+                Line::new(b't', "0 0"),
+            ]
+        }
+    };
+    // The session-level c= names the first carried stream's relay address.
+    session.retain(|l| l.kind != b'c');
+    let at = session
+        .iter()
+        .position(|l| matches!(l.kind, b'b' | b't'))
+        .unwrap_or(session.len());
+    session.insert(at, Line::new(b'c', connection_value(first_ip)));
+
+    let sections = offer
+        .media
+        .iter()
+        .enumerate()
+        .map(|(index, offered)| {
+            let fields: Vec<&str> = offered[0].value.split_ascii_whitespace().collect();
+            let kind = fields.first().copied().unwrap_or("audio");
+            let proto = fields.get(2).copied().unwrap_or("RTP/AVP");
+            let answer = media
+                .get(index)
+                .filter(|a| a.relay.is_some() && !a.codecs.is_empty());
+            let Some((answer, relay)) = answer.and_then(|a| a.relay.map(|r| (a, r))) else {
+                // Rejected: port 0 with the offer's formats (RFC 3264 §6).
+                let formats = fields.get(3..).unwrap_or_default().join(" ");
+                return vec![Line::new(b'm', format!("{kind} 0 {proto} {formats}"))];
+            };
+            let formats: Vec<String> = answer
+                .codecs
+                .iter()
+                .map(|c| c.payload_type.to_string())
+                .collect();
+            let mut lines = vec![Line::new(
+                b'm',
+                format!("{kind} {} {proto} {}", relay.rtp.port(), formats.join(" ")),
+            )];
+            if relay.rtp.ip() != first_ip {
+                lines.push(Line::new(b'c', connection_value(relay.rtp.ip())));
+            }
+            for codec in &answer.codecs {
+                let channels = if codec.channels > 1 {
+                    format!("/{}", codec.channels)
+                } else {
+                    String::new()
+                };
+                lines.push(Line::new(
+                    b'a',
+                    format!(
+                        "rtpmap:{} {}/{}{channels}",
+                        codec.payload_type, codec.name, codec.clock_rate
+                    ),
+                ));
+                if !codec.fmtp.is_empty() {
+                    lines.push(Line::new(
+                        b'a',
+                        format!("fmtp:{} {}", codec.payload_type, codec.fmtp),
+                    ));
+                }
+            }
+            if let Some(ptime) = answer.ptime {
+                lines.push(Line::new(b'a', format!("ptime:{ptime}")));
+            }
+            if answer.rtcp_mux {
+                lines.push(Line::new(b'a', "rtcp-mux"));
+            } else if relay.rtcp.port() != relay.rtp.port().wrapping_add(1)
+                || relay.rtcp.ip() != relay.rtp.ip()
+            {
+                lines.push(Line::new(
+                    b'a',
+                    format!(
+                        "rtcp:{} {}",
+                        relay.rtcp.port(),
+                        connection_value(relay.rtcp.ip())
+                    ),
+                ));
+            }
+            lines.push(Line::new(b'a', answer.direction.name()));
+            lines
+        })
+        .collect();
+    Sdp {
+        session,
+        media: sections,
+    }
+}

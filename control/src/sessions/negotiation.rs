@@ -1,0 +1,1145 @@
+//! SDP offer/answer on sessions: streams from a body, bodies rewritten for
+//! the other party, and the answer to a new device on a transfer.
+//!
+//! Each party has its own view of the m= lines (a `layout`: m= line →
+//! stream index). They are the same until a transfer: the new device's
+//! offer may list its media differently from the device it replaces, and
+//! the remote party must keep seeing the m= lines and the origin it knows.
+
+use std::net::SocketAddr;
+
+use baton_proto::v1;
+use baton_relay::stream::Side;
+
+use super::StreamRecord;
+use crate::sdp::{AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError};
+use crate::status::Status;
+
+/// A party's m= lines: for each, the stream it carries (`None`: not
+/// relayed, sent on with port 0).
+pub(super) type Layout = Vec<Option<usize>>;
+
+/// What was last sent to a party, so the next body keeps its origin and
+/// gets the right version (RFC 3264 §8).
+#[derive(Debug, Clone)]
+pub(super) struct Sent {
+    identity: [String; 5],
+    key: String,
+    version: u64,
+}
+
+/// The SDP side of a session created or updated with bodies.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SdpState {
+    /// Per party (user, remote).
+    pub layout: [Option<Layout>; 2],
+    /// The last body from each party.
+    pub received: [Option<Sdp>; 2],
+    /// The last body sent to each party.
+    pub sent: [Option<Sent>; 2],
+}
+
+/// A transfer's SDP, adopted as the user side's when the switch happens.
+#[derive(Debug, Clone)]
+pub(super) struct PendingSdp {
+    pub offer: Sdp,
+    pub layout: Layout,
+    pub sent: Sent,
+}
+
+/// An SDP error as the client sees it.
+pub(super) fn sdp_status(error: &SdpError) -> Status {
+    if error.unsupported {
+        Status::unimplemented(error.to_string())
+    } else {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+/// Parses a body from a request.
+pub(super) fn parse(text: &str) -> Result<Sdp, Status> {
+    Sdp::parse(text).map_err(|e| sdp_status(&e))
+}
+
+/// Whether the relay carries an m= line: plain RTP with a port. Other
+/// transports (SRTP, DTLS, T.38, BFCP, MSRP) are sent on disabled.
+fn carried(media: &Media) -> bool {
+    media.is_rtp() && !media.is_disabled()
+}
+
+/// Why an m= line the relay leaves out is left out, for errors.
+fn left_out_reason(media: &Media) -> String {
+    if media.proto.to_ascii_uppercase().contains("SAVP") {
+        format!(
+            "line {}: {} is encrypted (SRTP); baton relays plain RTP (RTP/AVP, RTP/AVPF)",
+            media.line, media.proto
+        )
+    } else {
+        format!(
+            "line {}: transport {} is not RTP; baton relays RTP (RTP/AVP, RTP/AVPF)",
+            media.line, media.proto
+        )
+    }
+}
+
+/// Every m= line of a body, read.
+pub(super) fn media_of(sdp: &Sdp) -> Result<Vec<Media>, Status> {
+    (0..sdp.media_count())
+        .map(|index| sdp.media(index).map_err(|e| sdp_status(&e)))
+        .collect()
+}
+
+/// The sender's addresses for one stream, as an `Endpoint`.
+fn endpoint_of(media: &Media) -> Option<v1::Endpoint> {
+    let rtp = media.rtp?;
+    Some(v1::Endpoint {
+        rtp: rtp.to_string(),
+        rtcp: media.rtcp.map(|a| a.to_string()).unwrap_or_default(),
+    })
+}
+
+fn family_of(addr: Option<SocketAddr>) -> v1::AddressFamily {
+    match addr {
+        Some(a) if a.is_ipv6() => v1::AddressFamily::Ipv6,
+        Some(_) => v1::AddressFamily::Ipv4,
+        None => v1::AddressFamily::Unspecified,
+    }
+}
+
+/// Streams for a new session from the first body: one per carried m= line.
+pub(super) fn streams_from(
+    sdp: &Sdp,
+    from: Side,
+    other_family: v1::AddressFamily,
+) -> Result<(Vec<v1::StreamSpec>, Layout), Status> {
+    let media = media_of(sdp)?;
+    let mut layout = Vec::with_capacity(media.len());
+    let mut streams = Vec::new();
+    for m in &media {
+        if !carried(m) {
+            layout.push(None);
+            continue;
+        }
+        layout.push(Some(streams.len()));
+        let peer = endpoint_of(m);
+        let family = family_of(m.rtp);
+        let (user_peer, remote_peer, user_family, remote_family) = match from {
+            Side::User => (peer, None, family, other_family),
+            Side::Remote => (None, peer, other_family, family),
+        };
+        streams.push(v1::StreamSpec {
+            kind: m.kind.clone(),
+            codecs: m.codecs.clone(),
+            rtcp_mux: m.rtcp_mux,
+            user_peer,
+            remote_peer,
+            user_family: user_family as i32,
+            remote_family: remote_family as i32,
+            ptime_ms: m.ptime.unwrap_or(0),
+        });
+    }
+    if streams.is_empty() {
+        let reason = media
+            .iter()
+            .find(|m| !m.is_disabled())
+            .map_or_else(|| "every m= line has port 0".to_owned(), left_out_reason);
+        return Err(Status::unimplemented(format!(
+            "SDP: no stream baton can relay ({reason})"
+        )));
+    }
+    Ok((streams, layout))
+}
+
+/// Matches a body's m= lines to existing streams by media type, in order
+/// (for a party whose first body this is, on a session it did not start).
+pub(super) fn match_by_kind(media: &[Media], streams: &[StreamRecord]) -> Layout {
+    let mut taken = vec![false; streams.len()];
+    media
+        .iter()
+        .map(|m| {
+            if !carried(m) {
+                return None;
+            }
+            let index = (0..streams.len()).find(|&s| !taken[s] && streams[s].kind == m.kind)?;
+            taken[index] = true;
+            Some(index)
+        })
+        .collect()
+}
+
+/// The layout of a further body from a party: its known layout, extended
+/// by m= lines added at the end (allowed only if not relayed: the relay
+/// cannot add a stream to a live session).
+pub(super) fn extend_layout(known: &Layout, media: &[Media]) -> Result<Layout, Status> {
+    if media.len() < known.len() {
+        return Err(Status::invalid_argument(format!(
+            "SDP: {} m= lines, but this party's earlier body had {} (RFC 3264 §8: m= lines are never removed)",
+            media.len(),
+            known.len()
+        )));
+    }
+    let mut layout = known.clone();
+    for m in &media[known.len()..] {
+        if carried(m) {
+            return Err(Status::unimplemented(format!(
+                "SDP line {}: adding a stream to a live session is not supported",
+                m.line
+            )));
+        }
+        layout.push(None);
+    }
+    for (m, slot) in media.iter().zip(&layout) {
+        if slot.is_none() && carried(m) {
+            return Err(Status::unimplemented(format!(
+                "SDP line {}: enabling a stream the relay did not carry is not supported",
+                m.line
+            )));
+        }
+    }
+    Ok(layout)
+}
+
+/// The relay's addresses toward `side`, per stream.
+pub(super) fn relay_toward(streams: &[StreamRecord], side: Side) -> Vec<Option<RelayEndpoint>> {
+    streams
+        .iter()
+        .map(|s| {
+            let local = &s.local[side as usize];
+            let rtp: SocketAddr = local.rtp.parse().ok()?;
+            let rtcp = local.rtcp.parse().unwrap_or(rtp);
+            Some(RelayEndpoint { rtp, rtcp })
+        })
+        .collect()
+}
+
+/// `sender`'s body rewritten for the other party: in the receiver's m= line
+/// layout, each carried stream pointing at the relay's legs toward the
+/// receiver, everything else as the sender wrote it.
+pub(super) fn render(
+    sender: &Sdp,
+    sender_layout: &Layout,
+    receiver: Option<(&Sdp, &Layout)>,
+    relay: &[Option<RelayEndpoint>],
+) -> Sdp {
+    // (pick, stream carried there)
+    let mut picks: Vec<(Pick<'_>, Option<usize>)> = Vec::new();
+    match receiver {
+        None => {
+            for (j, slot) in sender_layout.iter().enumerate() {
+                picks.push((Ok(j), *slot));
+            }
+        }
+        Some((receiver_body, receiver_layout)) => {
+            for (k, slot) in receiver_layout.iter().enumerate() {
+                let own = match slot {
+                    Some(s) => sender_layout.iter().position(|t| *t == Some(*s)),
+                    None => (sender_layout.get(k) == Some(&None)).then_some(k),
+                };
+                match own {
+                    Some(j) => picks.push((Ok(j), *slot)),
+                    None => picks.push((Err((receiver_body, k)), None)),
+                }
+            }
+            // m= lines the sender added beyond the receiver's view.
+            for j in receiver_layout.len()..sender_layout.len() {
+                picks.push((Ok(j), None));
+            }
+        }
+    }
+    let sections: Vec<Pick<'_>> = picks.iter().map(|(p, _)| *p).collect();
+    let mut body = sender.with_sections(&sections);
+    let mut first_ip = None;
+    for (index, (pick, stream)) in picks.iter().enumerate() {
+        match (stream, pick) {
+            (Some(s), Ok(_)) => match relay.get(*s).copied().flatten() {
+                Some(endpoint) => {
+                    body.point_at(index, endpoint);
+                    first_ip.get_or_insert(endpoint.rtp.ip());
+                }
+                None => body.disable(index),
+            },
+            (Some(_) | None, Ok(_) | Err(_)) => body.disable(index),
+        }
+    }
+    body.finish_session(first_ip);
+    body
+}
+
+/// Gives `body` the origin and version the receiver expects after `sent`,
+/// and remembers it.
+pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
+    match sent {
+        None => {
+            *sent = Some(Sent {
+                identity: body.origin_identity(),
+                key: body.identity_key(),
+                version: body.version(),
+            });
+        }
+        Some(previous) => {
+            body.set_origin_identity(&previous.identity);
+            let key = body.identity_key();
+            if key != previous.key {
+                previous.version = previous.version.wrapping_add(1);
+                previous.key = key;
+            }
+            body.set_version(previous.version);
+        }
+    }
+}
+
+/// A fresh record of what was sent, for a body that starts a dialog.
+pub(super) fn first_sent(body: &Sdp) -> Sent {
+    let mut sent = None;
+    let mut copy = body.clone();
+    stamp(&mut copy, &mut sent);
+    sent.unwrap_or_else(|| Sent {
+        identity: body.origin_identity(),
+        key: body.identity_key(),
+        version: body.version(),
+    })
+}
+
+/// The direction of stream `stream` in a party's last body.
+pub(super) fn direction_in(
+    body: Option<&Sdp>,
+    layout: Option<&Layout>,
+    stream: usize,
+) -> Option<(Direction, Option<u32>)> {
+    let (body, layout) = (body?, layout?);
+    let index = layout.iter().position(|s| *s == Some(stream))?;
+    let media = body.media(index).ok()?;
+    Some((media.direction, media.ptime))
+}
+
+/// The answer to a new device's offer, per m= line of the offer.
+pub(super) struct AnswerPlan {
+    pub offer: Sdp,
+    pub media: Vec<Media>,
+    pub layout: Layout,
+}
+
+impl AnswerPlan {
+    /// Reads a new device's offer and matches its m= lines to the streams.
+    pub fn new(text: &str, streams: &[StreamRecord]) -> Result<Self, Status> {
+        let offer = parse(text)?;
+        let media = media_of(&offer)?;
+        let layout = match_by_kind(&media, streams);
+        if layout.iter().all(Option::is_none) {
+            let reason = media
+                .iter()
+                .find(|m| !carried(m))
+                .map_or_else(String::new, |m| format!(" ({})", left_out_reason(m)));
+            return Err(Status::failed_precondition(format!(
+                "SDP: no m= line of the offer matches a stream of the session{reason}"
+            )));
+        }
+        Ok(Self {
+            offer,
+            media,
+            layout,
+        })
+    }
+
+    /// The transfer's per-stream description of the new device.
+    pub fn transfer_streams(&self, stream_count: usize) -> Vec<v1::TransferStream> {
+        (0..stream_count)
+            .map(|s| {
+                let Some(j) = self.layout.iter().position(|t| *t == Some(s)) else {
+                    return v1::TransferStream::default();
+                };
+                let m = &self.media[j];
+                v1::TransferStream {
+                    codecs: m.codecs.clone(),
+                    peer: endpoint_of(m),
+                    family: family_of(m.rtp) as i32,
+                    rtcp_mux: Some(m.rtcp_mux),
+                }
+            })
+            .collect()
+    }
+
+    /// The answer: per offered m= line, the relay's new leg and the codecs
+    /// shared with the remote (in the offer's numbering, with the remote's
+    /// format parameters), direction from both parties'.
+    pub fn answer(
+        &self,
+        template: Option<&Sdp>,
+        remote_directions: &[Option<(Direction, Option<u32>)>],
+        streams: &[StreamRecord],
+        new_legs: &[v1::Endpoint],
+        shared: &[Vec<(u8, u8)>],
+        fallback_origin: (u64, std::net::IpAddr),
+    ) -> Sdp {
+        let media: Vec<AnswerMedia> = self
+            .media
+            .iter()
+            .zip(&self.layout)
+            .map(|(m, slot)| {
+                let rejected = AnswerMedia {
+                    relay: None,
+                    codecs: Vec::new(),
+                    direction: Direction::Inactive,
+                    ptime: None,
+                    rtcp_mux: false,
+                };
+                let Some(s) = *slot else {
+                    return rejected;
+                };
+                let Some(local) = new_legs.get(s) else {
+                    return rejected;
+                };
+                let Ok(rtp) = local.rtp.parse::<SocketAddr>() else {
+                    return rejected;
+                };
+                let rtcp = local.rtcp.parse().unwrap_or(rtp);
+                let codecs = shared
+                    .get(s)
+                    .map(|pairs| {
+                        pairs
+                            .iter()
+                            .filter_map(|&(device_pt, remote_pt)| {
+                                let mut codec = m
+                                    .codecs
+                                    .iter()
+                                    .find(|c| c.payload_type == u32::from(device_pt))?
+                                    .clone();
+                                let remote = streams[s]
+                                    .codecs
+                                    .iter()
+                                    .find(|c| c.payload_type == u32::from(remote_pt));
+                                if let Some(remote) = remote.filter(|r| !r.fmtp.is_empty()) {
+                                    codec.fmtp.clone_from(&remote.fmtp);
+                                }
+                                Some(codec)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let (remote_direction, remote_ptime) = remote_directions
+                    .get(s)
+                    .copied()
+                    .flatten()
+                    .unwrap_or((Direction::SendRecv, None));
+                let ptime = remote_ptime.or(Some(streams[s].ptime).filter(|p| *p > 0));
+                AnswerMedia {
+                    relay: Some(RelayEndpoint { rtp, rtcp }),
+                    codecs,
+                    direction: Direction::from_flags(
+                        remote_direction.sends() && m.direction.receives(),
+                        remote_direction.receives() && m.direction.sends(),
+                    ),
+                    ptime,
+                    rtcp_mux: m.rtcp_mux,
+                }
+            })
+            .collect();
+        crate::sdp::write_answer(&self.offer, template, &media, fallback_origin)
+    }
+}
+
+/// Whether `media` holds its stream: a direction other than sendrecv.
+pub(super) fn holds(media: &Media) -> bool {
+    media.direction != Direction::SendRecv
+}
+
+impl super::Sessions {
+    /// Finishes a session created from a body: the body rewritten for the
+    /// other party, and the offer/answer state.
+    pub(super) async fn answer_created(
+        &self,
+        id: baton_relay::SessionId,
+        worker: usize,
+        mut response: v1::CreateSessionResponse,
+        from: Side,
+        body: Sdp,
+        layout: Layout,
+    ) -> Result<v1::CreateSessionResponse, Status> {
+        let other = opposite(from);
+        let media = media_of(&body)?;
+        let (rendered, held) = {
+            let mut registry = self.registry();
+            let Some(record) = registry.by_id.get_mut(&id) else {
+                return Err(Status::not_found(format!("session {id} has ended")));
+            };
+            for (m, slot) in media.iter().zip(&layout) {
+                if let Some(stream) = slot.and_then(|s| record.streams.get_mut(s)) {
+                    stream.held[from as usize] = holds(m);
+                }
+            }
+            let relay = relay_toward(&record.streams, other);
+            let mut out = render(&body, &layout, None, &relay);
+            let mut state = SdpState::default();
+            stamp(&mut out, &mut state.sent[other as usize]);
+            state.layout[from as usize] = Some(layout);
+            state.received[from as usize] = Some(body);
+            record.sdp = Some(state);
+            (out.render(), super::session_held(&record.streams))
+        };
+        if held {
+            self.set_held(id, worker, true).await?;
+        }
+        response.sdp = rendered;
+        Ok(response)
+    }
+
+    /// Tells the worker whether the session is on hold.
+    pub(super) async fn set_held(
+        &self,
+        id: baton_relay::SessionId,
+        worker: usize,
+        held: bool,
+    ) -> Result<(), Status> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(
+            worker,
+            baton_relay::worker::Command::Update {
+                id,
+                peers: Vec::new(),
+                clock_rates: Vec::new(),
+                held: Some(held),
+                reply,
+            },
+        )?;
+        if super::await_worker(answer).await? {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("session {id} has ended")))
+        }
+    }
+
+    /// `update_session` with a body: peers, codecs, rtcp-mux and hold from
+    /// it, and the body rewritten for the other party.
+    pub(super) async fn update_from_sdp(
+        &self,
+        request: v1::UpdateSessionRequest,
+    ) -> Result<v1::UpdateSessionResponse, Status> {
+        use baton_relay::worker::{Command, PeerUpdate};
+
+        let from = super::party(request.sdp_from, Side::Remote)?;
+        let other = opposite(from);
+        let body = parse(&request.sdp)?;
+        let media = media_of(&body)?;
+        let record = {
+            let registry = self.registry();
+            let id = registry.find(request.session.as_ref())?;
+            registry.by_id[&id].clone()
+        };
+        let state = record.sdp.clone().unwrap_or_default();
+        let layout = match (&state.layout[from as usize], &state.layout[other as usize]) {
+            (Some(known), _) => extend_layout(known, &media)?,
+            // An answer has the offer's m= lines (RFC 3264 §6).
+            (None, Some(offered)) => extend_layout(offered, &media)?,
+            (None, None) => match_by_kind(&media, &record.streams),
+        };
+        let other_media = |stream: usize| {
+            let body = state.received[other as usize].as_ref()?;
+            let layout = state.layout[other as usize].as_ref()?;
+            let index = layout.iter().position(|s| *s == Some(stream))?;
+            body.media(index).ok()
+        };
+        let mut streams = record.streams.clone();
+        let mut peers = Vec::new();
+        let mut rates = Vec::new();
+        for (m, slot) in media.iter().zip(&layout) {
+            let Some(s) = *slot else {
+                continue;
+            };
+            let stream = &mut streams[s];
+            if m.kind != stream.kind {
+                return Err(Status::invalid_argument(format!(
+                    "SDP line {}: m={} where the session's stream {s} is {}",
+                    m.line, m.kind, stream.kind
+                )));
+            }
+            if m.is_disabled() {
+                stream.rejected = true;
+                continue;
+            }
+            if !m.is_rtp() {
+                return Err(Status::unimplemented(format!("SDP {}", left_out_reason(m))));
+            }
+            super::validate_codecs(&m.codecs, s)?;
+            stream.rejected = false;
+            if from == Side::Remote || state.received[Side::Remote as usize].is_none() {
+                stream.codecs.clone_from(&m.codecs);
+                rates.push((s, super::clock_rates(&m.codecs)));
+            }
+            stream.held[from as usize] = holds(m);
+            if let Some(ptime) = m.ptime {
+                stream.ptime = ptime;
+            }
+            // rtcp-mux holds once both parties' latest bodies carry it.
+            let mux = m.rtcp_mux && other_media(s).is_none_or(|o| o.rtcp_mux);
+            if !mux && stream.rtcp_mux.iter().any(|&on| on) && !stream.rtcp_sockets {
+                return Err(Status::failed_precondition(format!(
+                    "SDP line {}: stream {s} was created with rtcp-mux and has no RTCP port to fall back to",
+                    m.line
+                )));
+            }
+            let (rtp, rtcp) = match endpoint_of(m) {
+                Some(endpoint) => super::parse_endpoint(&endpoint, from)?,
+                None => (None, None),
+            };
+            for side in [from, other] {
+                let changed = stream.rtcp_mux[side as usize] != mux;
+                let (rtp, rtcp) = if side == from {
+                    (rtp, rtcp)
+                } else {
+                    (None, None)
+                };
+                if changed || rtp.is_some() {
+                    peers.push(PeerUpdate {
+                        stream: s,
+                        side,
+                        rtp,
+                        rtcp,
+                        rtcp_mux: changed.then_some(mux),
+                    });
+                }
+                stream.rtcp_mux[side as usize] = mux;
+            }
+        }
+        let held = super::session_held(&streams);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(
+            record.worker,
+            Command::Update {
+                id: record.id,
+                peers,
+                clock_rates: rates,
+                held: Some(held),
+                reply,
+            },
+        )?;
+        if !super::await_worker(answer).await? {
+            return Err(Status::not_found(format!(
+                "session {} has ended",
+                record.id
+            )));
+        }
+        let rendered = {
+            let mut registry = self.registry();
+            let Some(current) = registry.by_id.get_mut(&record.id) else {
+                return Err(Status::not_found(format!(
+                    "session {} has ended",
+                    record.id
+                )));
+            };
+            if !request.to_tag.is_empty() {
+                current.to_tag.clone_from(&request.to_tag);
+            }
+            for (now, updated) in current.streams.iter_mut().zip(&streams) {
+                now.codecs.clone_from(&updated.codecs);
+                now.held = updated.held;
+                now.ptime = updated.ptime;
+                now.rejected = updated.rejected;
+                now.rtcp_mux = updated.rtcp_mux;
+            }
+            let relay = relay_toward(&current.streams, other);
+            let state = current.sdp.get_or_insert_with(SdpState::default);
+            let receiver = match (
+                state.received[other as usize].as_ref(),
+                state.layout[other as usize].as_ref(),
+            ) {
+                (Some(body), Some(layout)) => Some((body, layout)),
+                _ => None,
+            };
+            let mut out = render(&body, &layout, receiver, &relay);
+            stamp(&mut out, &mut state.sent[other as usize]);
+            state.layout[from as usize] = Some(layout);
+            state.received[from as usize] = Some(body);
+            out.render()
+        };
+        Ok(v1::UpdateSessionResponse {
+            session: Some(self.get(Some(&super::by_id(record.id))).await?),
+            sdp: rendered,
+        })
+    }
+}
+
+/// The other party.
+pub(super) fn opposite(side: Side) -> Side {
+    match side {
+        Side::User => Side::Remote,
+        Side::Remote => Side::User,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One body of the corpus and what the relay must read from it.
+    struct Case {
+        name: &'static str,
+        body: &'static str,
+        /// Per m= line: the media type if the relay carries it.
+        carried: &'static [Option<&'static str>],
+        /// Codec names of the carried streams, in order.
+        codecs: &'static [&'static [&'static str]],
+        /// The sender's RTP address of the first stream, if signalled.
+        peer: Option<&'static str>,
+        rtcp_mux: bool,
+        held: bool,
+    }
+
+    macro_rules! body {
+        ($file:literal) => {
+            include_str!(concat!("../../tests/sdp/", $file))
+        };
+    }
+
+    const CORPUS: &[Case] = &[
+        Case {
+            name: "desk phone",
+            body: body!("desk-phone.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["G722", "PCMU", "PCMA", "G729", "telephone-event"]],
+            peer: Some("192.0.2.41:11796"),
+            rtcp_mux: false,
+            held: false,
+        },
+        Case {
+            name: "video endpoint with BFCP",
+            body: body!("video-endpoint-bfcp.sdp"),
+            carried: &[Some("audio"), Some("video"), None],
+            codecs: &[
+                &["opus", "G722", "PCMU", "PCMA", "telephone-event"],
+                &["H264", "H264"],
+            ],
+            peer: Some("192.0.2.77:24580"),
+            rtcp_mux: false,
+            held: false,
+        },
+        Case {
+            name: "softphone with ICE and a disabled video line",
+            body: body!("softphone-ice.sdp"),
+            carried: &[Some("audio"), None],
+            codecs: &[&[
+                "opus",
+                "speex",
+                "speex",
+                "PCMU",
+                "PCMA",
+                "telephone-event",
+                "telephone-event",
+                "telephone-event",
+            ]],
+            peer: Some("198.51.100.23:7078"),
+            rtcp_mux: false,
+            held: false,
+        },
+        Case {
+            name: "IPv6 softphone with rtcp-mux",
+            body: body!("softphone-ipv6-mux.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["opus", "G722", "PCMU", "PCMA", "GSM", "telephone-event"]],
+            peer: Some("[2001:db8:10::5]:52016"),
+            rtcp_mux: true,
+            held: false,
+        },
+        Case {
+            name: "WebRTC gateway (plain RTP toward SIP, ICE)",
+            body: body!("webrtc-gateway.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["opus", "PCMU", "PCMA", "telephone-event"]],
+            peer: Some("203.0.113.9:16384"),
+            rtcp_mux: true,
+            held: false,
+        },
+        Case {
+            name: "carrier trunk",
+            body: body!("carrier.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["PCMU", "PCMA", "telephone-event"]],
+            peer: Some("198.51.100.201:17828"),
+            rtcp_mux: false,
+            held: false,
+        },
+        Case {
+            name: "PBX with LF line endings",
+            body: body!("pbx-lf-endings.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["PCMA", "PCMU", "G722", "telephone-event", "CN"]],
+            peer: Some("192.0.2.150:20412"),
+            rtcp_mux: false,
+            held: false,
+        },
+        Case {
+            name: "hold with sendonly",
+            body: body!("hold-sendonly.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["PCMU", "telephone-event"]],
+            peer: Some("192.0.2.41:11796"),
+            rtcp_mux: false,
+            held: true,
+        },
+        Case {
+            name: "hold with c=0.0.0.0 (RFC 2543)",
+            body: body!("hold-rfc2543.sdp"),
+            carried: &[Some("audio")],
+            codecs: &[&["PCMA", "PCMU"]],
+            peer: None,
+            rtcp_mux: false,
+            held: true,
+        },
+        Case {
+            name: "best-effort SRTP: the SAVP line declined, the AVP line relayed",
+            body: body!("srtp-best-effort.sdp"),
+            carried: &[None, Some("audio")],
+            codecs: &[&["PCMU", "PCMA", "telephone-event"]],
+            peer: Some("192.0.2.88:3458"),
+            rtcp_mux: false,
+            held: false,
+        },
+    ];
+
+    /// Relay addresses for `count` streams: user side 10.9.0.1, remote side
+    /// 10.9.0.2 (or 2001:db8:99::2 for IPv6).
+    fn records(specs: &[v1::StreamSpec], ipv6_remote: bool) -> Vec<StreamRecord> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let port = 40000 + 2 * i as u16;
+                let user: SocketAddr = format!("10.9.0.1:{port}").parse().expect("addr");
+                let remote: SocketAddr = if ipv6_remote {
+                    format!("[2001:db8:99::2]:{}", port + 100)
+                } else {
+                    format!("10.9.0.2:{}", port + 100)
+                }
+                .parse()
+                .expect("addr");
+                let endpoint = |a: SocketAddr| v1::Endpoint {
+                    rtp: a.to_string(),
+                    rtcp: SocketAddr::new(a.ip(), a.port() + 1).to_string(),
+                };
+                StreamRecord {
+                    kind: spec.kind.clone(),
+                    codecs: spec.codecs.clone(),
+                    rtcp_mux: [spec.rtcp_mux; 2],
+                    rtcp_sockets: true,
+                    local: [endpoint(user), endpoint(remote)],
+                    ptime: spec.ptime_ms,
+                    held: [false; 2],
+                    rejected: false,
+                }
+            })
+            .collect()
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.is_empty()).collect()
+    }
+
+    fn is_ice_line(line: &str) -> bool {
+        ICE.iter().any(|name| {
+            line.strip_prefix("a=")
+                .and_then(|rest| rest.strip_prefix(name))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+        })
+    }
+
+    const ICE: [&str; 9] = [
+        "ice-ufrag",
+        "ice-pwd",
+        "ice-options",
+        "ice-lite",
+        "ice-mismatch",
+        "ice-pacing",
+        "candidate",
+        "remote-candidates",
+        "end-of-candidates",
+    ];
+
+    /// Checks that `output` is `input` with only the relay's lines changed:
+    /// m= ports, c= addresses (some added at media level), a=rtcp, and ICE
+    /// attributes removed. Returns the number of lines compared unchanged.
+    fn assert_only_relay_lines_changed(name: &str, input: &str, output: &str) -> usize {
+        let input: Vec<&str> = lines(input)
+            .into_iter()
+            .filter(|l| !is_ice_line(l))
+            .collect();
+        let output = lines(output);
+        let (mut i, mut o, mut same) = (0, 0, 0);
+        while i < input.len() || o < output.len() {
+            let (Some(a), Some(b)) = (input.get(i), output.get(o)) else {
+                panic!("{name}: bodies differ in length at input {i} / output {o}\n{output:#?}");
+            };
+            if b.starts_with("c=") && !a.starts_with("c=") {
+                let previous = output[o - 1];
+                assert!(
+                    previous.starts_with("m=") || previous.starts_with("i="),
+                    "{name}: c= added after {previous:?}"
+                );
+                o += 1;
+                continue;
+            }
+            if a.starts_with("m=") {
+                let strip_port = |l: &str| {
+                    let mut f: Vec<&str> = l.split(' ').collect();
+                    f[1] = "_";
+                    f.join(" ")
+                };
+                assert_eq!(strip_port(a), strip_port(b), "{name}: m= line");
+            } else if a.starts_with("c=") || a.starts_with("a=rtcp:") {
+                assert_eq!(&a[..2], &b[..2], "{name}: {a:?} became {b:?}");
+            } else {
+                assert_eq!(a, b, "{name}: a line changed");
+                same += 1;
+            }
+            i += 1;
+            o += 1;
+        }
+        same
+    }
+
+    #[test]
+    fn corpus_round_trips_with_only_the_relay_lines_changed() {
+        for case in CORPUS {
+            let name = case.name;
+            let body = Sdp::parse(case.body).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (specs, layout) = streams_from(&body, Side::User, v1::AddressFamily::Unspecified)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let carried: Vec<Option<String>> = layout
+                .iter()
+                .map(|slot| slot.map(|s| specs[s].kind.clone()))
+                .collect();
+            let expected: Vec<Option<String>> =
+                case.carried.iter().map(|k| k.map(str::to_owned)).collect();
+            assert_eq!(carried, expected, "{name}: streams");
+            for (spec, names) in specs.iter().zip(case.codecs) {
+                let got: Vec<&str> = spec.codecs.iter().map(|c| c.name.as_str()).collect();
+                assert_eq!(&got, names, "{name}: codecs");
+            }
+            assert_eq!(
+                specs[0].user_peer.as_ref().map(|e| e.rtp.as_str()),
+                case.peer,
+                "{name}: peer"
+            );
+            assert_eq!(specs[0].rtcp_mux, case.rtcp_mux, "{name}: rtcp-mux");
+            let media = media_of(&body).expect("media");
+            let first = layout.iter().position(Option::is_some).expect("a stream");
+            assert_eq!(holds(&media[first]), case.held, "{name}: hold");
+
+            let streams = records(&specs, false);
+            let relay = relay_toward(&streams, Side::Remote);
+            let out = render(&body, &layout, None, &relay);
+            let text = out.render();
+            let unchanged = assert_only_relay_lines_changed(name, case.body, &text);
+            assert!(unchanged >= 3, "{name}: too little compared");
+            assert!(
+                !text.lines().any(is_ice_line),
+                "{name}: ICE left in\n{text}"
+            );
+
+            // Read back: each carried stream points at the relay, with the
+            // sender's codecs; the others have port 0.
+            let again = Sdp::parse(&text).unwrap_or_else(|e| panic!("{name}: output: {e}"));
+            for (index, slot) in layout.iter().enumerate() {
+                let m = again.media(index).expect("media");
+                match slot {
+                    Some(s) => {
+                        let relay_rtp: SocketAddr = streams[*s].local[1].rtp.parse().expect("addr");
+                        assert_eq!(m.port, relay_rtp.port(), "{name}: port");
+                        if !case.held || case.peer.is_some() {
+                            assert_eq!(m.rtp, Some(relay_rtp), "{name}: address");
+                        }
+                        let names: Vec<&str> = m.codecs.iter().map(|c| c.name.as_str()).collect();
+                        assert_eq!(&names, &case.codecs[*s], "{name}: codecs after");
+                        if let Some(rtcp) = m.rtcp {
+                            assert_eq!(rtcp.port(), relay_rtp.port() + 1, "{name}: a=rtcp");
+                        }
+                        assert_eq!(m.rtcp_mux, case.rtcp_mux, "{name}: a=rtcp-mux kept");
+                        assert_eq!(m.direction, media[index].direction, "{name}: direction");
+                    }
+                    None => assert_eq!(m.port, 0, "{name}: m= line {index} not disabled"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_relay_legs_get_ipv6_connection_lines() {
+        let body = Sdp::parse(body!("carrier.sdp")).expect("parse");
+        let (specs, layout) =
+            streams_from(&body, Side::Remote, v1::AddressFamily::Ipv6).expect("streams");
+        assert_eq!(specs[0].user_family, v1::AddressFamily::Ipv6 as i32);
+        let streams = records(&specs, true);
+        // Sent to the user: the relay's user legs (IPv4 here) ...
+        let to_user = render(&body, &layout, None, &relay_toward(&streams, Side::User)).render();
+        assert!(to_user.contains("c=IN IP4 10.9.0.1\r\n"), "{to_user}");
+        // ... and to a party behind IPv6 legs, IP6 lines.
+        let to_remote =
+            render(&body, &layout, None, &relay_toward(&streams, Side::Remote)).render();
+        assert!(
+            to_remote.contains("c=IN IP6 2001:db8:99::2\r\n"),
+            "{to_remote}"
+        );
+        assert!(!to_remote.contains("IP4 198.51.100.201"), "{to_remote}");
+    }
+
+    #[test]
+    fn t38_and_dtls_are_not_relayed_and_say_why() {
+        let t38 = Sdp::parse(body!("carrier-t38.sdp")).expect("parse");
+        let error = streams_from(&t38, Side::User, v1::AddressFamily::Unspecified)
+            .expect_err("nothing to relay");
+        assert_eq!(error.code, v1::Code::Unimplemented);
+        assert!(
+            error.message.contains("line 7") && error.message.contains("udptl"),
+            "{}",
+            error.message
+        );
+
+        let dtls = Sdp::parse(body!("webrtc-browser-dtls.sdp")).expect("parse");
+        let error =
+            streams_from(&dtls, Side::User, v1::AddressFamily::Unspecified).expect_err("DTLS-SRTP");
+        assert_eq!(error.code, v1::Code::Unimplemented);
+        assert!(
+            error.message.contains("line 7") && error.message.contains("SRTP"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_name_the_line() {
+        let cases: [(&str, usize, &str); 9] = [
+            ("", 0, "empty"),
+            ("v=1\r\n", 1, "v=0"),
+            (
+                "v=0\r\no=- 1 x IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+                2,
+                "version",
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 999.1.1.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+                4,
+                "not an IP",
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\nthis is not sdp\r\n",
+                7,
+                "x=value",
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 70000 RTP/AVP 0\r\n",
+                6,
+                "port",
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 96\r\n",
+                6,
+                "rtpmap",
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 96\r\na=rtpmap:96 opus\r\n",
+                7,
+                "rtpmap",
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+                5,
+                "no c= line",
+            ),
+        ];
+        for (body, line, words) in cases {
+            let error = Sdp::parse(body).expect_err(body);
+            assert_eq!(error.line, line, "{body:?}: {error}");
+            assert!(error.to_string().contains(words), "{body:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn versions_follow_rfc_3264() {
+        let first = Sdp::parse(body!("desk-phone.sdp")).expect("parse");
+        let mut sent = None;
+        let mut body = first.clone();
+        stamp(&mut body, &mut sent);
+        assert_eq!(body.version(), 0);
+        // The same body again keeps its version, even if the device counts up.
+        let mut again = first.clone();
+        again.set_version(7);
+        stamp(&mut again, &mut sent);
+        assert_eq!(again.version(), 0);
+        // A changed body from another device: the receiver's origin, version + 1.
+        let mut other = Sdp::parse(body!("hold-sendonly.sdp")).expect("parse");
+        other.set_origin_identity(&[
+            "bob".into(),
+            "999".into(),
+            "IN".into(),
+            "IP4".into(),
+            "192.0.2.99".into(),
+        ]);
+        stamp(&mut other, &mut sent);
+        assert_eq!(other.version(), 1);
+        assert_eq!(other.origin_identity(), first.origin_identity());
+    }
+
+    #[test]
+    fn answer_to_a_new_device_uses_its_numbering_and_the_remotes_state() {
+        // The remote answered with sendonly (it holds the call) and ptime 30.
+        let remote = Sdp::parse(
+            "v=0\r\no=carrier 5 9 IN IP4 198.51.100.1\r\ns=call\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
+             m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n\
+             a=ptime:30\r\na=sendonly\r\n",
+        )
+        .expect("remote");
+        let (specs, _) =
+            streams_from(&remote, Side::Remote, v1::AddressFamily::Unspecified).expect("streams");
+        let streams = records(&specs, false);
+        // Device B numbers telephone-event 96 and also offers video.
+        let offer = "v=0\r\no=b 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+                     m=audio 5004 RTP/AVP 8 0 96\r\na=rtpmap:96 telephone-event/8000\r\na=rtcp-mux\r\n\
+                     m=video 5006 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n";
+        let plan = AnswerPlan::new(offer, &streams).expect("plan");
+        assert_eq!(plan.layout, vec![Some(0), None]);
+        let described = plan.transfer_streams(1);
+        assert_eq!(described[0].rtcp_mux, Some(true));
+        assert_eq!(
+            described[0].peer.as_ref().map(|p| p.rtp.as_str()),
+            Some("192.0.2.20:5004")
+        );
+        let new_leg = v1::Endpoint {
+            rtp: "10.9.0.1:41000".into(),
+            rtcp: "10.9.0.1:41001".into(),
+        };
+        let remote_layout = vec![Some(0)];
+        let directions = [direction_in(Some(&remote), Some(&remote_layout), 0)];
+        let answer = plan
+            .answer(
+                Some(&remote),
+                &directions,
+                &streams,
+                &[new_leg],
+                &[vec![(0, 0), (96, 101)]],
+                (1, "10.9.0.1".parse().expect("ip")),
+            )
+            .render();
+        let parsed = Sdp::parse(&answer).unwrap_or_else(|e| panic!("{e}\n{answer}"));
+        assert!(
+            answer.starts_with("v=0\r\no=carrier 5 9 IN IP4 198.51.100.1\r\ns=call\r\n"),
+            "{answer}"
+        );
+        let audio = parsed.media(0).expect("audio");
+        assert_eq!(audio.rtp, Some("10.9.0.1:41000".parse().expect("addr")));
+        assert_eq!(audio.formats, ["0", "96"]);
+        assert_eq!(
+            audio.codecs[1].fmtp, "0-15",
+            "the remote's fmtp, B's number"
+        );
+        assert_eq!(
+            audio.direction,
+            Direction::SendOnly,
+            "the remote only sends"
+        );
+        assert_eq!(audio.ptime, Some(30));
+        assert!(audio.rtcp_mux);
+        let video = parsed.media(1).expect("video");
+        assert_eq!(
+            (video.port, video.formats.as_slice()),
+            (0, ["97".to_owned()].as_slice())
+        );
+    }
+}
