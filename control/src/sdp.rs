@@ -343,6 +343,9 @@ impl Sdp {
             if number == 1 && (line.kind != b'v' || line.value != "0") {
                 return Err(SdpError::at(number, "the body must start with v=0"));
             }
+            if line.kind == b'c' {
+                parse_connection(&line.value, number)?;
+            }
             match (line.kind, media.last_mut()) {
                 (b'm', _) => media.push(vec![line]),
                 (b'v' | b'o' | b's' | b't' | b'r' | b'z' | b'u' | b'e' | b'p', Some(_)) => {
