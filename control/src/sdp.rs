@@ -623,12 +623,18 @@ impl Sdp {
         Ok(media)
     }
 
-    /// Points m= line `index` at the relay: its port, its c= address
-    /// (media level, so each stream can use its own IP version) and its
-    /// a=rtcp; removes ICE attributes. An unspecified c= address (old-style
-    /// hold) is kept, since it tells the receiver not to send.
-    pub fn point_at(&mut self, index: usize, relay: RelayEndpoint) {
-        let session_ip = self.session_connection().ok().flatten().map(|(ip, _)| ip);
+    /// Points m= line `index` at the relay: its port, its c= address and
+    /// its a=rtcp; removes ICE attributes. `session_ip` is what the
+    /// session-level c= will say (see [`Sdp::finish_session`]): a stream
+    /// that relied on it gets a media-level c= only if its relay address
+    /// differs. An unspecified c= address (old-style hold) is kept, since it
+    /// tells the receiver not to send.
+    pub fn point_at(&mut self, index: usize, relay: RelayEndpoint, session_ip: Option<IpAddr>) {
+        let session_hold = self
+            .session_connection()
+            .ok()
+            .flatten()
+            .is_some_and(|(ip, _)| ip.is_unspecified());
         let Some(section) = self.media.get_mut(index) else {
             return;
         };
@@ -653,7 +659,7 @@ impl Sdp {
                 };
             }
         }
-        if !has_connection && session_ip.is_none_or(|ip| !ip.is_unspecified()) {
+        if !has_connection && !session_hold && session_ip != Some(relay.rtp.ip()) {
             // The stream used the session-level c=; give it its own, after
             // m= and i= (RFC 8866 §5 line order).
             let at = 1 + section[1..].iter().take_while(|l| l.kind == b'i').count();

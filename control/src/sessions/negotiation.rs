@@ -248,14 +248,17 @@ pub(super) fn render(
     }
     let sections: Vec<Pick<'_>> = picks.iter().map(|(p, _)| *p).collect();
     let mut body = sender.with_sections(&sections);
-    let mut first_ip = None;
+    // The session-level c= names the first carried stream's relay address.
+    let first_ip = picks
+        .iter()
+        .find_map(|(pick, stream)| match (pick, stream) {
+            (Ok(_), Some(s)) => relay.get(*s).copied().flatten().map(|e| e.rtp.ip()),
+            (Ok(_) | Err(_), Some(_) | None) => None,
+        });
     for (index, (pick, stream)) in picks.iter().enumerate() {
         match (stream, pick) {
             (Some(s), Ok(_)) => match relay.get(*s).copied().flatten() {
-                Some(endpoint) => {
-                    body.point_at(index, endpoint);
-                    first_ip.get_or_insert(endpoint.rtp.ip());
-                }
+                Some(endpoint) => body.point_at(index, endpoint, first_ip),
                 None => body.disable(index),
             },
             (Some(_) | None, Ok(_) | Err(_)) => body.disable(index),
