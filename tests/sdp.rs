@@ -309,6 +309,20 @@ async fn a_transfer_with_the_new_devices_sdp_gets_its_answer_and_one_stream_reac
     assert!(audio.rtcp_mux);
     assert!(transfer.sdp.contains("o=carrier 77 1 IN IP4 127.0.0.1\r\n"));
     let to_relay_from_b = audio.rtp.expect("address");
+    // Until the switch, a body from "the user" is ambiguous: refused.
+    let early = call
+        .client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: Some(by_id(&call.session)),
+            sdp: offer_from(device_b.addr()),
+            sdp_from: v1::Party::User as i32,
+            ..Default::default()
+        }))
+        .await;
+    match early {
+        Err(ClientError::Status(e)) => assert_eq!(e.code, v1::Code::FailedPrecondition as i32),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 
     // B talks with its own SSRC, sequence and timestamps; the remote hears
     // one stream.

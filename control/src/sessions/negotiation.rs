@@ -528,6 +528,19 @@ impl super::Sessions {
             let id = registry.find(request.session.as_ref())?;
             registry.by_id[&id].clone()
         };
+        if from == Side::User
+            && let Some(pending) = record
+                .pending
+                .as_ref()
+                .filter(|p| p.committed_from.is_none())
+        {
+            // Which device sent it? The old one is still live and the new
+            // one not yet: wait for the switch (or a cancel).
+            return Err(Status::failed_precondition(format!(
+                "a transfer to {} is open on session {}: update the user side after it completes or is cancelled",
+                pending.gruu, record.id
+            )));
+        }
         let state = record.sdp.clone().unwrap_or_default();
         let layout = match (&state.layout[from as usize], &state.layout[other as usize]) {
             (Some(known), _) => extend_layout(known, &media)?,
@@ -1139,6 +1152,29 @@ mod tests {
         );
         assert_eq!(audio.ptime, Some(30));
         assert!(audio.rtcp_mux);
+        // Without the remote's body (a session created from explicit
+        // streams), the relay writes the session lines itself.
+        let bare = plan
+            .answer(
+                None,
+                &[None],
+                &streams,
+                &[v1::Endpoint {
+                    rtp: "10.9.0.1:41000".into(),
+                    rtcp: "10.9.0.1:41001".into(),
+                }],
+                &[vec![(0, 0)]],
+                (77, "10.9.0.1".parse().expect("ip")),
+            )
+            .render();
+        assert!(
+            bare.starts_with(
+                "v=0\r\no=baton 77 1 IN IP4 10.9.0.1\r\ns=baton\r\nc=IN IP4 10.9.0.1\r\nt=0 0\r\n"
+            ),
+            "{bare}"
+        );
+        let bare = Sdp::parse(&bare).expect("parses");
+        assert_eq!(bare.media(0).expect("audio").direction, Direction::SendRecv);
         let video = parsed.media(1).expect("video");
         assert_eq!(
             (video.port, video.formats.as_slice()),

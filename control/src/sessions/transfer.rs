@@ -324,15 +324,23 @@ impl Sessions {
         await_worker(answer)
             .await?
             .map_err(Status::failed_precondition)?;
-        let mut registry = self.registry();
-        if let Some(record) = registry.by_id.get_mut(&id)
-            && let Some(pending) = record.pending.as_mut()
-        {
-            // The remote's media goes to the new device from now on.
-            let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
-            adopt(&mut record.streams, &mut record.sdp, pending);
-            pending.committed_from = Some(previous);
-            info!(session = %id, to = %record.gruu, "transfer committed");
+        let held = {
+            let mut registry = self.registry();
+            if let Some(record) = registry.by_id.get_mut(&id)
+                && let Some(pending) = record.pending.as_mut()
+            {
+                // The remote's media goes to the new device from now on.
+                let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
+                let held = adopt(&mut record.streams, &mut record.sdp, pending);
+                pending.committed_from = Some(previous);
+                info!(session = %id, to = %record.gruu, "transfer committed");
+                held
+            } else {
+                None
+            }
+        };
+        if let Some(held) = held {
+            self.set_held(id, worker, held).await?;
         }
         Ok(())
     }
@@ -381,7 +389,7 @@ impl Sessions {
         report: &SessionReport,
         bus: &EventBus,
     ) {
-        let (gruu, previous) = {
+        let (gruu, previous, held, worker) = {
             let mut registry = self.registry();
             let Some(record) = registry.by_id.get_mut(&id) else {
                 return;
@@ -389,15 +397,31 @@ impl Sessions {
             let Some(mut pending) = record.pending.take() else {
                 return;
             };
-            let previous = match pending.committed_from {
-                Some(previous) => previous,
+            let (previous, held) = match pending.committed_from {
+                Some(previous) => (previous, None),
                 None => {
-                    adopt(&mut record.streams, &mut record.sdp, &mut pending);
-                    std::mem::replace(&mut record.gruu, pending.gruu.clone())
+                    let held = adopt(&mut record.streams, &mut record.sdp, &mut pending);
+                    let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
+                    (previous, held)
                 }
             };
-            (record.gruu.clone(), previous)
+            (record.gruu.clone(), previous, held, record.worker)
         };
+        if let Some(held) = held {
+            // Not awaited: this runs on the worker-event path, which must not
+            // wait for a worker.
+            let (reply, _) = oneshot::channel();
+            let _ = self.send(
+                worker,
+                Command::Update {
+                    id,
+                    peers: Vec::new(),
+                    clock_rates: Vec::new(),
+                    held: Some(held),
+                    reply,
+                },
+            );
+        }
         let media_gap_ms = gap.map_or(-1.0, |g| g.as_secs_f64() * 1000.0);
         info!(session = %id, from = %previous, to = %gruu, media_gap_ms, streams = report.streams.len(), "transfer completed");
         bus.publish(v1::event::Kind::TransferCompleted(v1::TransferCompleted {
@@ -427,12 +451,14 @@ impl Sessions {
 }
 
 /// The new device becomes the user side: its relay legs, rtcp-mux, and the
-/// offer/answer it went through.
+/// offer/answer it went through. Returns the session's hold state if that
+/// changed (the new device's offer may hold or resume).
 fn adopt(
     streams: &mut [super::StreamRecord],
     sdp: &mut Option<negotiation::SdpState>,
     pending: &mut PendingTransfer,
-) {
+) -> Option<bool> {
+    let held_before = super::session_held(streams);
     let user = Side::User as usize;
     for (index, stream) in streams.iter_mut().enumerate() {
         if let Some(local) = pending.local.get(index) {
@@ -456,6 +482,8 @@ fn adopt(
         state.received[user] = Some(pending_sdp.offer);
         state.sent[user] = Some(pending_sdp.sent);
     }
+    let held = super::session_held(streams);
+    (held != held_before).then_some(held)
 }
 
 fn binding_message(binding: &Binding, now: Instant) -> v1::Binding {
