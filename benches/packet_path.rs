@@ -38,6 +38,7 @@ fn stream(now: Instant) -> Stream {
         StreamConfig {
             learning_window: Duration::from_secs(3),
             relearn: false,
+            asymmetric: false,
         },
         leg("10.0.0.1:4000"),
         leg("10.0.0.2:5000"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use std::net::IpAddr;
 
+use baton_control::ng::NgAddr;
 use baton_control::sessions::SessionOptions;
 use baton_control::{ControlAddr, ServerOptions};
 use baton_relay::DataplaneConfig;
@@ -50,6 +51,14 @@ pub struct RunOptions {
         hide_env_values = true
     )]
     pub control_token: Option<String>,
+
+    /// rtpengine ng protocol listener (Kamailio's and OpenSIPS's rtpengine
+    /// module), udp:HOST:PORT or tcp:HOST:PORT; repeat for several. The
+    /// protocol has no authentication: keep it on loopback or a private,
+    /// firewalled address. [default: off]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default)]
+    pub listen_ng: Vec<String>,
 
     /// Permission bits of control Unix sockets, in octal. [default: 0600]
     #[arg(long, value_name = "MODE")]
@@ -135,6 +144,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     /// Session settings.
     pub sessions: SessionOptions,
+    /// rtpengine ng protocol listeners.
+    pub listen_ng: Vec<NgAddr>,
 }
 
 impl RunOptions {
@@ -174,6 +185,11 @@ impl RunOptions {
                 flags.control
             },
             control_token: flags.control_token.or(self.control_token),
+            listen_ng: if flags.listen_ng.is_empty() {
+                self.listen_ng
+            } else {
+                flags.listen_ng
+            },
             control_socket_mode: flags.control_socket_mode.or(self.control_socket_mode),
             max_frame_bytes: flags.max_frame_bytes.or(self.max_frame_bytes),
             max_control_connections: flags
@@ -213,6 +229,11 @@ impl RunOptions {
             .iter()
             .map(|text| text.parse::<ControlAddr>())
             .collect::<Result<Vec<_>, _>>()?;
+        let listen_ng = self
+            .listen_ng
+            .iter()
+            .map(|text| text.parse::<NgAddr>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>, _>>()?;
         let token = self.control_token.filter(|t| !t.is_empty());
         if let Some(token) = &token
             && token.len() < 16
@@ -248,6 +269,7 @@ impl RunOptions {
                 write_stall_timeout: Duration::from_secs(10),
             },
             log_format: self.log_format.unwrap_or(LogFormat::Text),
+            listen_ng,
         })
     }
 }

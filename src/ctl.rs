@@ -286,6 +286,11 @@ struct CreateArgs {
     /// Follow a device to a new address after a NAT rebinding.
     #[arg(long)]
     nat_relearn: bool,
+    /// Accept a signalled peer's media from any source address (endpoints
+    /// that send from another port than they receive on; weakens the
+    /// protection against injected media).
+    #[arg(long)]
+    asymmetric: bool,
     #[command(flatten)]
     sdp: SdpArgs,
     /// Who sent the --sdp body. [default: user]
@@ -434,6 +439,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 gruu: create.gruu,
                 streams,
                 nat_relearn: create.nat_relearn,
+                asymmetric: create.asymmetric,
             })
         }
         CtlCommand::Update(update) => {

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use baton_control::ng::{self, NgAddr, NgService};
 use baton_control::sessions::Sessions;
 use baton_control::{ControlServer, Service};
 use baton_proto::v1;
@@ -105,6 +106,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await;
     });
     let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
+    let ng = NgService::new(Arc::clone(&service));
+    let mut ng_addrs = Vec::new();
+    for addr in &config.listen_ng {
+        let bound = ng::serve(*addr, ng.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for ng on {addr}: {e}"))?;
+        let shown = match addr {
+            NgAddr::Udp(_) => NgAddr::Udp(bound),
+            NgAddr::Tcp(_) => NgAddr::Tcp(bound),
+        };
+        if !bound.ip().is_loopback() {
+            warn!(listen = %shown, "the ng protocol has no authentication: firewall this address");
+        }
+        ng_addrs.push(shown.to_string());
+    }
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
@@ -119,6 +135,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     info!(
         version = baton_control::service::VERSION,
         control = ?addrs,
+        ng = ?ng_addrs,
         media = ?media,
         ports = ?config.dataplane.ports,
         workers = config.dataplane.workers,

@@ -132,6 +132,21 @@ impl Bindings {
             .collect()
     }
 
+    /// The AOR a GRUU belongs to: a public GRUU's own, a temporary GRUU's
+    /// from its live binding.
+    pub fn aor_of(&self, now: Instant, gruu: &SipUri) -> Result<SipUri, String> {
+        match classify(gruu) {
+            Gruu::Public { aor } => Ok(aor),
+            Gruu::Temporary => self
+                .entries
+                .iter()
+                .find(|b| b.gruu.equivalent(gruu) && b.expires_at > now)
+                .map(|b| b.aor.clone())
+                .ok_or_else(|| format!("temporary GRUU {gruu} is not bound to any AOR")),
+            Gruu::NotAGruu => Err(format!("{gruu} is not a GRUU (no gr parameter)")),
+        }
+    }
+
     /// Whether the device `gruu` belongs to `aor`, from this table and the
     /// GRUU's own structure alone. The error says why not.
     pub fn verify(&self, now: Instant, aor: &SipUri, gruu: &SipUri) -> Result<(), String> {

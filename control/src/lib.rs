@@ -7,6 +7,7 @@
 //! - [`addr`]: `tcp:HOST:PORT` / `unix:PATH` addresses.
 //! - [`status`]: errors with gRPC-style codes.
 //! - [`sdp`]: reading and rewriting SDP bodies.
+//! - [`ng`]: rtpengine's ng protocol, for Kamailio and OpenSIPS.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod addr;
 pub mod bindings;
 pub mod client;
 pub mod events;
+pub mod ng;
 pub mod sdp;
 pub mod server;
 pub mod service;

@@ -475,6 +475,36 @@ impl Sdp {
         copy.render()
     }
 
+    /// Replaces the address of every c= line that names one (an
+    /// unspecified address, old-style hold, stays), e.g. with the address
+    /// the SIP message came from when the body's address is not reachable.
+    pub fn set_connection_ip(&mut self, ip: IpAddr) {
+        for line in self
+            .session
+            .iter_mut()
+            .chain(self.media.iter_mut().flatten())
+        {
+            if line.kind == b'c'
+                && parse_connection(&line.value, 0).is_ok_and(|old| !old.is_unspecified())
+            {
+                line.value = connection_value(ip);
+            }
+        }
+    }
+
+    /// The session-level c= address, if any.
+    pub fn session_ip(&self) -> Option<IpAddr> {
+        self.session_connection().ok().flatten().map(|(ip, _)| ip)
+    }
+
+    /// Sets the o= address (and its address type) to `ip`.
+    pub fn set_origin_address(&mut self, ip: IpAddr) {
+        let mut identity = self.origin_identity();
+        identity[3] = if ip.is_ipv6() { "IP6" } else { "IP4" }.to_owned();
+        identity[4] = ip.to_string();
+        self.set_origin_identity(&identity);
+    }
+
     /// Number of m= lines.
     pub fn media_count(&self) -> usize {
         self.media.len()

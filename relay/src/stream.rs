@@ -271,6 +271,12 @@ pub struct StreamConfig {
     /// Whether a latched leg may move to a new source address (NAT
     /// rebinding) when the same SSRC continues with a nearby sequence number.
     pub relearn: bool,
+    /// Legs with a signalled peer accept its media from any source while
+    /// still sending to the signalled address, for endpoints that send from
+    /// another port than they receive on (rtpengine's `asymmetric`). Off:
+    /// only the signalled address is accepted, which is what stops RTP
+    /// injection.
+    pub asymmetric: bool,
 }
 
 /// A second copy of a datagram: the remote's media to a pending device.
@@ -562,7 +568,7 @@ impl Stream {
         buf: &mut [u8],
         len: usize,
     ) -> Outcome {
-        let relearn = self.config.relearn;
+        let policy = self.config;
         let role = self.role(leg);
         let Some(this) = self.legs.get_mut(leg).and_then(Option::as_mut) else {
             return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
@@ -600,7 +606,7 @@ impl Stream {
         } else {
             Side::User
         };
-        let latched = match check_source(this, side, now, component, from, fields, relearn) {
+        let latched = match check_source(this, side, now, component, from, fields, policy) {
             Ok(latched) => latched,
             Err(reason) => return this.drop(reason),
         };
@@ -1022,12 +1028,14 @@ fn check_source(
     component: Component,
     from: SocketAddr,
     fields: Option<RtpFields>,
-    relearn: bool,
+    policy: StreamConfig,
 ) -> Result<Option<Latched>, DropReason> {
+    let (relearn, asymmetric) = (policy.relearn, policy.asymmetric);
     let slot = leg.peer_slot(component);
     let peer = leg.peers[slot];
     let relearned = match (peer.source, peer.addr) {
         (_, Some(addr)) if addr == from => return Ok(None),
+        (PeerSource::Signalled, _) if asymmetric => return Ok(None),
         (PeerSource::Signalled, _) => return Err(DropReason::Stranger),
         (PeerSource::Learned, _) if relearn && leg.may_relearn(component, from, fields) => true,
         (PeerSource::Learned, _) => return Err(DropReason::Stranger),
@@ -1107,6 +1115,7 @@ mod tests {
             StreamConfig {
                 learning_window: WINDOW,
                 relearn,
+                asymmetric: false,
             },
             user,
             remote,
@@ -1201,6 +1210,43 @@ mod tests {
         assert_eq!(
             outcome.verdict,
             fwd(USER, Component::Rtcp, "10.0.0.1:4001", 8)
+        );
+    }
+
+    #[test]
+    fn asymmetric_legs_accept_any_source_but_send_to_the_signalled_peer() {
+        let now = Instant::now();
+        let mut s = Stream::new(
+            now,
+            StreamConfig {
+                learning_window: WINDOW,
+                relearn: false,
+                asymmetric: true,
+            },
+            leg(Some("10.0.0.1:4000"), false),
+            leg(Some("10.0.0.2:5000"), false),
+            &[(0, 8000)],
+            None,
+        );
+        // The device sends from another port than it receives on.
+        let packet = rtp(1, 7);
+        let (outcome, _) = feed(&mut s, now, USER, Component::Rtp, "10.0.0.1:4100", &packet);
+        assert_eq!(
+            outcome.verdict,
+            fwd(REMOTE, Component::Rtp, "10.0.0.2:5000", packet.len())
+        );
+        let (outcome, _) = feed(
+            &mut s,
+            now,
+            REMOTE,
+            Component::Rtp,
+            "10.0.0.2:5100",
+            &rtp(1, 9),
+        );
+        assert_eq!(
+            outcome.verdict,
+            fwd(USER, Component::Rtp, "10.0.0.1:4000", packet.len()),
+            "replies still go to the signalled address"
         );
     }
 

@@ -73,6 +73,7 @@ fn state_machine_paths() -> u64 {
     let config = StreamConfig {
         learning_window: Duration::from_secs(3),
         relearn: false,
+        asymmetric: false,
     };
     let mut stream = Stream::new(
         t0,
@@ -180,6 +181,7 @@ fn worker_path() -> u64 {
                     config: StreamConfig {
                         learning_window: Duration::from_secs(3),
                         relearn: false,
+                        asymmetric: false,
                     },
                     clock_rates: vec![(0, 8000)],
                     telephone_event: None,

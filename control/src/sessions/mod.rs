@@ -24,6 +24,7 @@ mod negotiation;
 mod transfer;
 
 use negotiation::{PendingSdp, SdpState};
+pub use transfer::parse_replaces;
 
 /// How long a worker may take to answer a command.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,6 +91,8 @@ struct Record {
     pending: Option<PendingTransfer>,
     /// Offer/answer state, once a body went through the session.
     sdp: Option<SdpState>,
+    /// The SDP answer of the last transfer given an offer, until read.
+    transfer_answer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -237,7 +240,32 @@ impl Sessions {
     /// `create_session`.
     pub async fn create(
         &self,
+        request: v1::CreateSessionRequest,
+    ) -> Result<v1::CreateSessionResponse, Status> {
+        self.create_checked(request, true).await
+    }
+
+    /// `create_session` where the user may be unknown (rtpengine's ng
+    /// protocol carries no AOR unless the proxy adds one): an empty `aor`
+    /// is taken from a public GRUU in `gruu`, or stays unknown until a
+    /// transfer names the user's device.
+    pub async fn create_without_user(
+        &self,
         mut request: v1::CreateSessionRequest,
+    ) -> Result<v1::CreateSessionResponse, Status> {
+        if request.aor.is_empty()
+            && let Ok(gruu) = crate::bindings::parse_gruu(&request.gruu, false)
+            && let crate::sip_uri::Gruu::Public { aor } = crate::sip_uri::classify(&gruu)
+        {
+            request.aor = aor.to_string();
+        }
+        self.create_checked(request, false).await
+    }
+
+    async fn create_checked(
+        &self,
+        mut request: v1::CreateSessionRequest,
+        user_required: bool,
     ) -> Result<v1::CreateSessionResponse, Status> {
         let offer = if request.sdp.is_empty() {
             None
@@ -254,7 +282,7 @@ impl Sessions {
             request.streams = streams;
             Some((from, body, layout))
         };
-        let specs = validate_create(&request)?;
+        let specs = validate_create(&request, user_required)?;
         let (id, worker) = {
             let mut registry = self.registry();
             if registry.by_id.len() >= self.options.max_sessions {
@@ -299,6 +327,7 @@ impl Sessions {
                 streams: Vec::new(),
                 pending: None,
                 sdp: None,
+                transfer_answer: None,
             });
             (id, worker)
         };
@@ -336,6 +365,7 @@ impl Sessions {
         let config = StreamConfig {
             learning_window: self.options.learning_window,
             relearn: request.nat_relearn,
+            asymmetric: request.asymmetric,
         };
         let mut setups = Vec::with_capacity(specs.len());
         let mut records = Vec::with_capacity(specs.len());
@@ -732,6 +762,112 @@ impl Sessions {
     }
 }
 
+/// What the ng front end reads of a session.
+#[derive(Debug, Clone)]
+pub struct DialogView {
+    /// The relay's id.
+    pub id: SessionId,
+    /// Call-ID.
+    pub call_id: String,
+    /// The tag of the side that created the session (the user side).
+    pub from_tag: String,
+    /// The other side's tag, once known.
+    pub to_tag: String,
+    /// The user's AOR; empty if unknown.
+    pub aor: String,
+    /// The user's current device; empty if unknown.
+    pub gruu: String,
+    /// A transfer is open and not switched yet.
+    pub transfer_open: bool,
+}
+
+impl Sessions {
+    /// The session of a dialog (tags in either direction; an empty to-tag
+    /// matches any).
+    pub fn find_dialog(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Result<DialogView, Status> {
+        let registry = self.registry();
+        let id = registry.find(Some(&v1::SessionRef {
+            by: Some(By::Dialog(v1::Dialog {
+                call_id: call_id.to_owned(),
+                from_tag: from_tag.to_owned(),
+                to_tag: to_tag.to_owned(),
+            })),
+        }))?;
+        let r = &registry.by_id[&id];
+        Ok(DialogView {
+            id,
+            call_id: r.call_id.clone(),
+            from_tag: r.from_tag.clone(),
+            to_tag: r.to_tag.clone(),
+            aor: r.aor.clone(),
+            gruu: r.gruu.clone(),
+            transfer_open: r
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.committed_from.is_none()),
+        })
+    }
+
+    /// The sessions of a call, oldest first, optionally only those one of
+    /// whose tags is `tag`.
+    pub fn sessions_of_call(&self, call_id: &str, tag: Option<&str>) -> Vec<SessionId> {
+        let registry = self.registry();
+        let mut ids: Vec<&Record> = registry
+            .by_call_id
+            .get(call_id)
+            .into_iter()
+            .flatten()
+            .map(|id| &registry.by_id[id])
+            .filter(|r| tag.is_none_or(|t| r.from_tag == t || r.to_tag == t))
+            .collect();
+        ids.sort_by_key(|r| r.created_unix_ms);
+        ids.into_iter().map(|r| r.id).collect()
+    }
+
+    /// Call-IDs with sessions, oldest first, at most `limit`.
+    pub fn call_ids(&self, limit: usize) -> Vec<String> {
+        let registry = self.registry();
+        let mut calls: Vec<(u64, &String)> = registry
+            .by_call_id
+            .iter()
+            .map(|(call_id, ids)| {
+                let oldest = ids
+                    .iter()
+                    .map(|id| registry.by_id[id].created_unix_ms)
+                    .min()
+                    .unwrap_or(0);
+                (oldest, call_id)
+            })
+            .collect();
+        calls.sort();
+        calls
+            .into_iter()
+            .take(limit)
+            .map(|(_, call_id)| call_id.clone())
+            .collect()
+    }
+
+    /// The last SDP body the relay gave out for `side`.
+    pub fn last_sdp_sent(&self, id: SessionId, side: Side) -> Option<String> {
+        let registry = self.registry();
+        let state = registry.by_id.get(&id)?.sdp.as_ref()?;
+        state.sent[side as usize].as_ref().map(|s| s.text.clone())
+    }
+
+    /// The SDP answer of the last transfer given an offer, once.
+    pub fn take_transfer_answer(&self, id: SessionId) -> Option<String> {
+        self.registry()
+            .by_id
+            .get_mut(&id)
+            .and_then(|r| r.transfer_answer.take())
+    }
+}
+
 /// Which party an SDP body comes from.
 fn party(value: i32, default: Side) -> Result<Side, Status> {
     match v1::Party::try_from(value) {
@@ -824,13 +960,19 @@ fn parse_endpoint(endpoint: &v1::Endpoint, side: Side) -> Result<Peers, Status> 
     Ok((rtp, rtcp))
 }
 
-fn validate_create(request: &v1::CreateSessionRequest) -> Result<Vec<[Peers; 2]>, Status> {
+fn validate_create(
+    request: &v1::CreateSessionRequest,
+    user_required: bool,
+) -> Result<Vec<[Peers; 2]>, Status> {
     if request.call_id.is_empty() || request.from_tag.is_empty() {
         return Err(Status::invalid_argument(
             "call_id and from_tag are required",
         ));
     }
     for (what, uri) in [("aor", &request.aor), ("gruu", &request.gruu)] {
+        if uri.is_empty() && !user_required {
+            continue;
+        }
         let scheme = uri
             .split(':')
             .next()

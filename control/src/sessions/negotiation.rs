@@ -26,6 +26,8 @@ pub(super) struct Sent {
     identity: [String; 5],
     key: String,
     version: u64,
+    /// The body as sent.
+    pub text: String,
 }
 
 /// The SDP side of a session created or updated with bodies.
@@ -277,6 +279,7 @@ pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
                 identity: body.origin_identity(),
                 key: body.identity_key(),
                 version: body.version(),
+                text: body.render(),
             });
         }
         Some(previous) => {
@@ -287,6 +290,7 @@ pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
                 previous.key = key;
             }
             body.set_version(previous.version);
+            previous.text = body.render();
         }
     }
 }
@@ -300,6 +304,7 @@ pub(super) fn first_sent(body: &Sdp) -> Sent {
         identity: body.origin_identity(),
         key: body.identity_key(),
         version: body.version(),
+        text: body.render(),
     })
 }
 

@@ -141,11 +141,25 @@ impl Sessions {
                 pending.gruu, record.id
             )));
         }
-        let aor = parse_aor(&record.aor)
-            .map_err(|e| Status::internal(format!("stored AOR: {}", e.message)))?;
-        self.bindings()
-            .verify(Instant::now(), &aor, &gruu)
-            .map_err(Status::permission_denied)?;
+        let adopted_aor = if record.aor.is_empty() {
+            // A session created without its user (over ng, no aor given):
+            // the device's own AOR becomes the session's once this transfer
+            // opens, so every later one is checked against it. The proxy
+            // vouches for this first one; a temporary GRUU still has to be
+            // in the binding table.
+            Some(
+                self.bindings()
+                    .aor_of(Instant::now(), &gruu)
+                    .map_err(Status::permission_denied)?,
+            )
+        } else {
+            let aor = parse_aor(&record.aor)
+                .map_err(|e| Status::internal(format!("stored AOR: {}", e.message)))?;
+            self.bindings()
+                .verify(Instant::now(), &aor, &gruu)
+                .map_err(Status::permission_denied)?;
+            None
+        };
         let plan = if request.sdp.is_empty() {
             None
         } else {
@@ -292,13 +306,22 @@ impl Sessions {
                 offer: plan.offer,
                 layout: plan.layout,
             };
-            if let Some(current) = self.registry().by_id.get_mut(&record.id)
-                && let Some(open) = current.pending.as_mut()
-            {
-                open.sdp = Some(pending);
+            if let Some(current) = self.registry().by_id.get_mut(&record.id) {
+                current.transfer_answer = Some(text.clone());
+                if let Some(open) = current.pending.as_mut() {
+                    open.sdp = Some(pending);
+                }
             }
             text
         });
+        if let Some(aor) = adopted_aor {
+            tracing::warn!(session = %record.id, %aor, "the session had no AOR; it is now the transfer's device's");
+            if let Some(current) = self.registry().by_id.get_mut(&record.id)
+                && current.aor.is_empty()
+            {
+                current.aor = aor.to_string();
+            }
+        }
         info!(session = %record.id, from = %record.gruu, to = %gruu, ?mode, "transfer opened");
         Ok(v1::TransferResponse {
             sdp: answer.unwrap_or_default(),

@@ -1,0 +1,571 @@
+//! The ng commands (`ping`, `offer`, `answer`, `delete`, `query`, `list`)
+//! on baton's sessions, with rtpengine's semantics, and the handoff
+//! extension: an `offer` from the user's side naming another device's
+//! `gruu` is a verified transfer.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use baton_proto::v1;
+use baton_relay::SessionId;
+use baton_relay::stream::Side;
+use serde_bencode::value::Value;
+use tracing::debug;
+
+use super::wire::{Dict, dict, error, get_list, get_str, text};
+use crate::sdp::Sdp;
+use crate::service::Service;
+use crate::sessions::DialogView;
+use crate::status::Status;
+
+/// Keys this implementation reads; others are logged and ignored, as
+/// rtpengine does.
+const KNOWN_KEYS: [&str; 22] = [
+    "command",
+    "call-id",
+    "from-tag",
+    "to-tag",
+    "sdp",
+    "received-from",
+    "replace",
+    "ICE",
+    "transport-protocol",
+    "flags",
+    "direction",
+    "supports",
+    "aor",
+    "gruu",
+    "replaces",
+    "new-call-id",
+    "new-from-tag",
+    "address family",
+    "limit",
+    "via-branch",
+    "rtcp-mux",
+    "SDES",
+];
+
+/// Flags this implementation acts on or that describe its behaviour
+/// already; others are logged and ignored.
+const KNOWN_FLAGS: [&str; 9] = [
+    "port-latching",
+    "strict-source",
+    "media-handover",
+    "symmetric",
+    "asymmetric",
+    "trust-address",
+    "sip-source-address",
+    "baton-handoff",
+    "no-rtcp-attribute",
+];
+
+/// How many calls `list` returns without a `limit`.
+const DEFAULT_LIST_LIMIT: usize = 32;
+
+/// The options of one request.
+#[derive(Debug, Default)]
+struct Options {
+    flags: HashSet<String>,
+    replace: HashSet<String>,
+    received_from: Option<IpAddr>,
+    other_family: v1::AddressFamily,
+}
+
+impl Options {
+    fn read(request: &Dict) -> Result<Self, String> {
+        let flags: HashSet<String> = get_list(request, "flags")
+            .into_iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
+        for flag in &flags {
+            if !KNOWN_FLAGS.contains(&flag.as_str()) {
+                debug!(flag, "ng: unknown flag ignored");
+            }
+        }
+        for key in request.keys() {
+            let key = String::from_utf8_lossy(key);
+            if !KNOWN_KEYS.contains(&key.as_ref()) {
+                debug!(%key, "ng: unknown key ignored");
+            }
+        }
+        if let Some(protocol) = get_str(request, "transport-protocol")
+            && !matches!(protocol, "RTP/AVP" | "RTP/AVPF")
+        {
+            return Err(format!(
+                "transport-protocol {protocol} is not supported: baton relays plain RTP (RTP/AVP, RTP/AVPF)"
+            ));
+        }
+        let ice = get_str(request, "ICE").unwrap_or("remove");
+        if !ice.eq_ignore_ascii_case("remove") {
+            debug!(
+                ice,
+                "ng: ICE is always removed; the relay is the media endpoint"
+            );
+        }
+        for direction in get_list(request, "direction") {
+            debug!(%direction, "ng: direction (interface selection) ignored: media IPs are chosen by address family");
+        }
+        // ["IP4", "203.0.113.7"]: where the SIP message came from.
+        let received_from = match get_list(request, "received-from").as_slice() {
+            [_, address] => address.parse().ok(),
+            _ => None,
+        };
+        let other_family = match get_str(request, "address family") {
+            Some("IP6") => v1::AddressFamily::Ipv6,
+            Some("IP4") => v1::AddressFamily::Ipv4,
+            Some(_) | None => v1::AddressFamily::Unspecified,
+        };
+        Ok(Self {
+            flags,
+            replace: get_list(request, "replace")
+                .into_iter()
+                .map(|r| r.to_ascii_lowercase())
+                .collect(),
+            received_from,
+            other_family,
+        })
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.flags.contains(flag)
+    }
+
+    /// The body as the relay should read it: with `SIP-source-address`, the
+    /// media is where the SIP message came from, not where the SDP says.
+    fn incoming(&self, sdp: &str) -> Result<String, String> {
+        match self.received_from {
+            Some(ip) if self.has("sip-source-address") && !self.has("trust-address") => {
+                let mut body = Sdp::parse(sdp).map_err(|e| e.to_string())?;
+                body.set_connection_ip(ip);
+                Ok(body.render())
+            }
+            Some(_) | None => Ok(sdp.to_owned()),
+        }
+    }
+
+    /// The body as it goes out: with `replace: origin`, the o= line names
+    /// the relay too.
+    fn outgoing(&self, sdp: String) -> String {
+        if !self.replace.contains("origin") {
+            return sdp;
+        }
+        match Sdp::parse(&sdp) {
+            Ok(mut body) => match body.session_ip().or_else(|| {
+                body.media(0)
+                    .ok()
+                    .and_then(|m| m.rtp.map(|a: SocketAddr| a.ip()))
+            }) {
+                Some(ip) => {
+                    body.set_origin_address(ip);
+                    body.render()
+                }
+                None => sdp,
+            },
+            Err(_) => sdp,
+        }
+    }
+}
+
+fn status_reply(status: &Status) -> Value {
+    error(status.message.clone())
+}
+
+fn required<'a>(request: &'a Dict, key: &str) -> Result<&'a str, Value> {
+    get_str(request, key)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| error(format!("No {key} in message")))
+}
+
+fn ok_with_sdp(sdp: String) -> Value {
+    dict([("result", text("ok")), ("sdp", text(sdp))])
+}
+
+/// Runs ng requests against the relay's sessions.
+#[derive(Debug, Clone)]
+pub struct NgService {
+    service: Arc<Service>,
+}
+
+impl NgService {
+    /// The ng front end of `service`.
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: &Dict) -> Value {
+        let reply = match get_str(request, "command") {
+            Some("ping") => Ok(dict([("result", text("pong"))])),
+            Some("offer") => self.offer(request).await,
+            Some("answer") => self.answer(request).await,
+            Some("delete") => self.delete(request).await,
+            Some("query") => self.query(request).await,
+            Some("list") => Ok(self.list(request)),
+            Some(other) => Err(error(format!("Unrecognized command '{other}'"))),
+            None => Err(error("No command in message")),
+        };
+        reply.unwrap_or_else(|e| e)
+    }
+
+    async fn offer(&self, request: &Dict) -> Result<Value, Value> {
+        let call_id = required(request, "call-id")?;
+        let from_tag = required(request, "from-tag")?;
+        let to_tag = get_str(request, "to-tag").unwrap_or_default();
+        let sdp = required(request, "sdp")?;
+        let options = Options::read(request).map_err(error)?;
+        let sdp = options.incoming(sdp).map_err(error)?;
+        let sessions = self.service.sessions();
+        let existing = match sessions.find_dialog(call_id, from_tag, to_tag) {
+            Ok(view) => Some(view),
+            Err(status) if status.code == v1::Code::NotFound && to_tag.is_empty() => None,
+            Err(status) if status.code == v1::Code::NotFound => {
+                // A re-INVITE whose to-tag the relay has not seen yet.
+                sessions.find_dialog(call_id, from_tag, "").ok()
+            }
+            Err(status) => return Err(status_reply(&status)),
+        };
+        let Some(view) = existing else {
+            let created = sessions
+                .create_without_user(v1::CreateSessionRequest {
+                    call_id: call_id.to_owned(),
+                    from_tag: from_tag.to_owned(),
+                    to_tag: to_tag.to_owned(),
+                    aor: get_str(request, "aor").unwrap_or_default().to_owned(),
+                    gruu: get_str(request, "gruu").unwrap_or_default().to_owned(),
+                    sdp,
+                    sdp_from: v1::Party::User as i32,
+                    other_family: options.other_family as i32,
+                    nat_relearn: options.has("media-handover"),
+                    asymmetric: options.has("asymmetric"),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| status_reply(&s))?;
+            return Ok(ok_with_sdp(options.outgoing(created.sdp)));
+        };
+        let from_user = from_tag == view.from_tag;
+        if from_user
+            && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
+            && !same_uri(gruu, &view.gruu)
+        {
+            return self.handoff(request, &view, gruu, sdp, &options).await;
+        }
+        let updated = sessions
+            .update(v1::UpdateSessionRequest {
+                session: Some(by_id(view.id)),
+                sdp,
+                sdp_from: party(from_user),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| status_reply(&s))?;
+        Ok(ok_with_sdp(options.outgoing(updated.sdp)))
+    }
+
+    /// An offer from the user's side naming another device: a transfer.
+    /// Its reply is the body the remote already has (nothing changes for
+    /// the remote); the next `answer` gets the new device's body.
+    async fn handoff(
+        &self,
+        request: &Dict,
+        view: &DialogView,
+        gruu: &str,
+        sdp: String,
+        options: &Options,
+    ) -> Result<Value, Value> {
+        let sessions = self.service.sessions();
+        if let Some(replaces) = get_str(request, "replaces").filter(|r| !r.is_empty()) {
+            let names_this_call = if replaces.contains(';') {
+                crate::sessions::parse_replaces(replaces)
+                    .ok()
+                    .and_then(|(dialog, _)| {
+                        sessions
+                            .find_dialog(&dialog.call_id, &dialog.from_tag, &dialog.to_tag)
+                            .ok()
+                    })
+                    .is_some_and(|found| found.id == view.id)
+            } else {
+                replaces == view.call_id
+            };
+            if !names_this_call {
+                return Err(error(format!(
+                    "replaces {replaces:?} does not name call {}",
+                    view.call_id
+                )));
+            }
+        }
+        sessions
+            .transfer(v1::TransferRequest {
+                session: Some(by_id(view.id)),
+                gruu: gruu.to_owned(),
+                sdp,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| status_reply(&s))?;
+        let to_remote = sessions
+            .last_sdp_sent(view.id, Side::Remote)
+            .ok_or_else(|| error("the session has no SDP for the remote side"))?;
+        Ok(ok_with_sdp(options.outgoing(to_remote)))
+    }
+
+    async fn answer(&self, request: &Dict) -> Result<Value, Value> {
+        let call_id = required(request, "call-id")?;
+        let from_tag = required(request, "from-tag")?;
+        let to_tag = required(request, "to-tag")?;
+        let sdp = required(request, "sdp")?;
+        let options = Options::read(request).map_err(error)?;
+        let sdp = options.incoming(sdp).map_err(error)?;
+        let sessions = self.service.sessions();
+        let view = match sessions.find_dialog(call_id, from_tag, to_tag) {
+            Ok(view) => view,
+            // The first answer: the session does not know the to-tag yet
+            // (or a later branch of a forked call answers).
+            Err(status) if status.code == v1::Code::NotFound => sessions
+                .find_dialog(call_id, from_tag, "")
+                .map_err(|s| status_reply(&s))?,
+            Err(status) => return Err(status_reply(&status)),
+        };
+        // The body comes from the to-tag's side.
+        let from_user = to_tag == view.from_tag;
+        if !from_user && let Some(answer) = sessions.take_transfer_answer(view.id) {
+            // The proxy replays the remote's body after a handoff offer: the
+            // new device gets the relay's answer for it.
+            return Ok(ok_with_sdp(options.outgoing(answer)));
+        }
+        let updated = sessions
+            .update(v1::UpdateSessionRequest {
+                session: Some(by_id(view.id)),
+                to_tag: if from_user {
+                    String::new()
+                } else {
+                    to_tag.to_owned()
+                },
+                sdp,
+                sdp_from: party(from_user),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| status_reply(&s))?;
+        Ok(ok_with_sdp(options.outgoing(updated.sdp)))
+    }
+
+    /// The sessions a delete or query names: one dialog, a branch by tag,
+    /// or the whole call.
+    fn select(&self, request: &Dict) -> Result<Vec<SessionId>, Value> {
+        let call_id = required(request, "call-id")?;
+        let from_tag = get_str(request, "from-tag").filter(|t| !t.is_empty());
+        let to_tag = get_str(request, "to-tag").filter(|t| !t.is_empty());
+        let sessions = self.service.sessions();
+        let ids = match (from_tag, to_tag) {
+            (Some(from), Some(to)) => sessions
+                .find_dialog(call_id, from, to)
+                .map(|v| vec![v.id])
+                .unwrap_or_else(|_| sessions.sessions_of_call(call_id, Some(from))),
+            (Some(tag), None) | (None, Some(tag)) => sessions.sessions_of_call(call_id, Some(tag)),
+            (None, None) => sessions.sessions_of_call(call_id, None),
+        };
+        if ids.is_empty() {
+            return Err(error("Call-ID not found or tags didn't match"));
+        }
+        Ok(ids)
+    }
+
+    async fn delete(&self, request: &Dict) -> Result<Value, Value> {
+        let ids = self.select(request)?;
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.service.sessions().delete(Some(&by_id(id))).await {
+                Ok(info) => infos.push(info),
+                Err(status) if status.code == v1::Code::NotFound => {}
+                Err(status) => return Err(status_reply(&status)),
+            }
+        }
+        if infos.is_empty() {
+            return Err(error("Call-ID not found or tags didn't match"));
+        }
+        Ok(statistics(&infos))
+    }
+
+    async fn query(&self, request: &Dict) -> Result<Value, Value> {
+        let ids = self.select(request)?;
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(info) = self.service.sessions().get(Some(&by_id(id))).await {
+                infos.push(info);
+            }
+        }
+        if infos.is_empty() {
+            return Err(error("Call-ID not found or tags didn't match"));
+        }
+        Ok(statistics(&infos))
+    }
+
+    fn list(&self, request: &Dict) -> Value {
+        let limit = match request.get(b"limit".as_slice()) {
+            Some(Value::Int(n)) => usize::try_from(*n).unwrap_or(0),
+            Some(Value::Bytes(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DEFAULT_LIST_LIMIT),
+            Some(Value::List(_) | Value::Dict(_)) | None => DEFAULT_LIST_LIMIT,
+        };
+        let calls = self.service.sessions().call_ids(limit);
+        dict([
+            ("result", text("ok")),
+            ("calls", Value::List(calls.into_iter().map(text).collect())),
+        ])
+    }
+}
+
+fn by_id(id: SessionId) -> v1::SessionRef {
+    v1::SessionRef {
+        by: Some(v1::session_ref::By::Id(id.to_string())),
+    }
+}
+
+fn party(from_user: bool) -> i32 {
+    if from_user {
+        v1::Party::User as i32
+    } else {
+        v1::Party::Remote as i32
+    }
+}
+
+/// Whether two URIs name the same device (RFC 3261 §19.1.4), or are the
+/// same text when either does not parse.
+fn same_uri(a: &str, b: &str) -> bool {
+    let parse = |t: &str| crate::bindings::parse_gruu(t, false).ok();
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a.equivalent(&b),
+        (Some(_) | None, Some(_) | None) => a == b,
+    }
+}
+
+fn int(value: u64) -> Value {
+    Value::Int(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// Final or current statistics in rtpengine's shape: per tag, per media,
+/// per component; and totals.
+fn statistics(infos: &[v1::SessionInfo]) -> Value {
+    let mut tags = std::collections::HashMap::new();
+    let (mut rtp_packets, mut rtp_bytes, mut rtcp_packets, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let created_ms = infos.iter().map(|i| i.created_unix_ms).min().unwrap_or(0);
+    for info in infos {
+        for (tag, pick) in [(&info.from_tag, Side::User), (&info.to_tag, Side::Remote)] {
+            if tag.is_empty() {
+                continue;
+            }
+            let medias: Vec<Value> = info
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(index, stream)| {
+                    let leg = match pick {
+                        Side::User => stream.user.as_ref(),
+                        Side::Remote => stream.remote.as_ref(),
+                    };
+                    let stats = leg.and_then(|l| l.stats.clone()).unwrap_or_default();
+                    let drops: u64 = stats.drops.values().sum();
+                    rtp_packets += stats.rtp_packets_in;
+                    rtp_bytes += stats.bytes_in;
+                    rtcp_packets += stats.rtcp_packets_in;
+                    errors += drops;
+                    let component = |local: &str, peer: &str, packets: u64, what: &str| {
+                        let local: Option<SocketAddr> = local.parse().ok();
+                        let peer: Option<SocketAddr> = peer.parse().ok();
+                        let family = |a: &SocketAddr| if a.is_ipv6() { "IPv6" } else { "IPv4" };
+                        dict([
+                            ("local port", int(local.map_or(0, |a| u64::from(a.port())))),
+                            (
+                                "local address",
+                                text(local.map(|a| a.ip().to_string()).unwrap_or_default()),
+                            ),
+                            ("family", text(local.as_ref().map_or("IPv4", family))),
+                            (
+                                "endpoint",
+                                dict([
+                                    ("family", text(peer.as_ref().map_or("IPv4", family))),
+                                    (
+                                        "address",
+                                        text(peer.map(|a| a.ip().to_string()).unwrap_or_default()),
+                                    ),
+                                    ("port", int(peer.map_or(0, |a| u64::from(a.port())))),
+                                ]),
+                            ),
+                            ("flags", Value::List(vec![text(what)])),
+                            (
+                                "stats",
+                                dict([
+                                    ("packets", int(packets)),
+                                    ("bytes", int(if what == "RTP" { stats.bytes_in } else { 0 })),
+                                    ("errors", int(if what == "RTP" { drops } else { 0 })),
+                                ]),
+                            ),
+                        ])
+                    };
+                    let local = leg.and_then(|l| l.local.clone()).unwrap_or_default();
+                    let peer = leg.and_then(|l| l.peer.clone()).unwrap_or_default();
+                    let codec = stream
+                        .codecs
+                        .first()
+                        .map(|c| format!("{}/{}", c.name, c.clock_rate))
+                        .unwrap_or_default();
+                    dict([
+                        ("index", int(index as u64 + 1)),
+                        ("type", text(stream.kind.clone())),
+                        ("protocol", text("RTP/AVP")),
+                        ("codec", text(codec)),
+                        (
+                            "streams",
+                            Value::List(vec![
+                                component(&local.rtp, &peer.rtp, stats.rtp_packets_in, "RTP"),
+                                component(&local.rtcp, &peer.rtcp, stats.rtcp_packets_in, "RTCP"),
+                            ]),
+                        ),
+                    ])
+                })
+                .collect();
+            tags.insert(
+                tag.as_bytes().to_vec(),
+                dict([
+                    ("tag", text(tag.clone())),
+                    ("created", int(info.created_unix_ms / 1000)),
+                    ("medias", Value::List(medias)),
+                ]),
+            );
+        }
+    }
+    let now_s = crate::events::unix_time_ms() / 1000;
+    dict([
+        ("result", text("ok")),
+        ("created", int(created_ms / 1000)),
+        ("created_us", int((created_ms % 1000) * 1000)),
+        ("last signal", int(now_s)),
+        ("SSRC", Value::Dict(std::collections::HashMap::new())),
+        ("tags", Value::Dict(tags)),
+        (
+            "totals",
+            dict([
+                (
+                    "RTP",
+                    dict([
+                        ("packets", int(rtp_packets)),
+                        ("bytes", int(rtp_bytes)),
+                        ("errors", int(errors)),
+                    ]),
+                ),
+                (
+                    "RTCP",
+                    dict([
+                        ("packets", int(rtcp_packets)),
+                        ("bytes", int(0)),
+                        ("errors", int(0)),
+                    ]),
+                ),
+            ]),
+        ),
+    ])
+}

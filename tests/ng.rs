@@ -1,0 +1,555 @@
+//! rtpengine's ng protocol through the real binary: Kamailio's captured
+//! requests replayed, offer/answer/delete with media flowing, the handoff
+//! extension and its refusals, retransmissions, bad input, and TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use baton_control::ng::wire::{self, Dict, dict, get_str, text};
+use baton_control::sdp::Sdp;
+use common::Relay;
+use common::media::{Peer, rtp};
+use serde_bencode::value::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ng");
+
+/// A relay with ng on UDP and TCP.
+fn relay_with_ng() -> (Relay, SocketAddr, SocketAddr) {
+    let udp_port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port");
+    let tcp_port = common::free_tcp_port();
+    let udp = format!("udp:127.0.0.1:{udp_port}");
+    let tcp = format!("tcp:127.0.0.1:{tcp_port}");
+    let relay = Relay::start(&["--listen-ng", &udp, "--listen-ng", &tcp]);
+    (
+        relay,
+        format!("127.0.0.1:{udp_port}").parse().expect("addr"),
+        format!("127.0.0.1:{tcp_port}").parse().expect("addr"),
+    )
+}
+
+/// A proxy's ng socket.
+struct Proxy {
+    socket: UdpSocket,
+    relay: SocketAddr,
+    next: u32,
+}
+
+impl Proxy {
+    fn new(relay: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        Self {
+            socket,
+            relay,
+            next: 0,
+        }
+    }
+
+    /// Sends raw bytes and returns the raw reply.
+    fn exchange(&self, message: &[u8]) -> Vec<u8> {
+        self.socket.send_to(message, self.relay).expect("send");
+        let mut buf = vec![0u8; 65_536];
+        let (n, _) = self.socket.recv_from(&mut buf).expect("a reply");
+        buf.truncate(n);
+        buf
+    }
+
+    /// Sends a request with a fresh cookie; returns the reply dictionary.
+    fn call(&mut self, request: &Value) -> Dict {
+        self.next += 1;
+        let cookie = format!("t{}_{}", std::process::id(), self.next);
+        let reply = self.exchange(&wire::encode(&cookie, request));
+        decode_reply(&cookie, &reply)
+    }
+}
+
+fn decode_reply(cookie: &str, reply: &[u8]) -> Dict {
+    let (echoed, body) = wire::split(reply).expect("cookie and body");
+    assert_eq!(echoed, cookie, "the reply echoes the cookie");
+    wire::decode(body).expect("a bencoded dictionary")
+}
+
+fn result(reply: &Dict) -> &str {
+    get_str(reply, "result").expect("a result")
+}
+
+fn reason(reply: &Dict) -> String {
+    assert_eq!(result(reply), "error", "{reply:?}");
+    get_str(reply, "error-reason")
+        .expect("an error-reason")
+        .to_owned()
+}
+
+fn sdp_of(reply: &Dict) -> Sdp {
+    assert_eq!(result(reply), "ok", "{reply:?}");
+    let text = get_str(reply, "sdp").expect("an sdp");
+    Sdp::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// The relay address a body tells its receiver to send to.
+fn media_addr(sdp: &Sdp) -> SocketAddr {
+    sdp.media(0).expect("audio").rtp.expect("an address")
+}
+
+fn body(origin: &str, media: SocketAddr, extra: &str) -> String {
+    format!(
+        "v=0\r\no={origin} 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n{extra}a=sendrecv\r\n",
+        ip = media.ip(),
+        port = media.port()
+    )
+}
+
+fn request(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Dict(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect(),
+    )
+}
+
+fn flags(items: &[&str]) -> Value {
+    Value::List(items.iter().map(|f| text(*f)).collect())
+}
+
+#[test]
+fn kamailio_vectors_replay_and_get_answers_kamailio_accepts() {
+    let (_relay, ng, _) = relay_with_ng();
+    let proxy = Proxy::new(ng);
+    let mut files: Vec<String> = std::fs::read_dir(FIXTURES)
+        .expect("fixtures")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.ends_with(".raw") && name.contains("-req-"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 14, "{files:?}");
+    let mut answered_b = None;
+    let mut answered_remote = None;
+    for name in &files {
+        let raw = std::fs::read(Path::new(FIXTURES).join(name)).expect("read");
+        let (cookie, body) = wire::split(&raw).expect("vector");
+        let sent = wire::decode(body).expect("vector decodes");
+        let command = get_str(&sent, "command").expect("command").to_owned();
+        let reply = decode_reply(cookie, &proxy.exchange(&raw));
+        match command.as_str() {
+            "ping" => assert_eq!(result(&reply), "pong", "{name}"),
+            "offer" | "answer" => {
+                let out = sdp_of(&reply);
+                let theirs = Sdp::parse(get_str(&sent, "sdp").expect("sdp")).expect("sdp");
+                let relay_addr = media_addr(&out);
+                assert_ne!(relay_addr, media_addr(&theirs), "{name}: not rewritten");
+                assert!((30000..40000).contains(&relay_addr.port()), "{name}");
+                assert_eq!(out.media(0).expect("m").formats, ["8", "101"], "{name}");
+                if name == "handoff-05-req-answer.raw" {
+                    answered_remote = Some(relay_addr);
+                }
+                if name == "handoff-09-req-answer.raw" {
+                    answered_b = Some(relay_addr);
+                }
+            }
+            "delete" => {
+                assert_eq!(result(&reply), "ok", "{name}");
+                assert!(
+                    matches!(reply.get(b"tags".as_slice()), Some(Value::Dict(t)) if !t.is_empty()),
+                    "{name}: {reply:?}"
+                );
+                assert!(reply.contains_key(b"totals".as_slice()), "{name}");
+            }
+            other => panic!("{name}: unexpected command {other}"),
+        }
+    }
+    // After the handoff offer, the replayed answer names B's new relay leg.
+    let (remote_side, b_side) = (answered_remote.expect("05"), answered_b.expect("09"));
+    assert_ne!(remote_side, b_side, "B gets a leg of its own");
+    // Every call was deleted.
+    let mut proxy = proxy;
+    let list = proxy.call(&dict([("command", text("list"))]));
+    assert!(matches!(list.get(b"calls".as_slice()), Some(Value::List(calls)) if calls.is_empty()));
+}
+
+#[test]
+fn a_retransmitted_offer_gets_the_same_reply_and_allocates_once() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let offer = request(vec![
+        ("command", text("offer")),
+        ("call-id", text("retransmit-1")),
+        ("from-tag", text("a")),
+        (
+            "sdp",
+            text(body("a", "127.0.0.1:6100".parse().expect("addr"), "")),
+        ),
+    ]);
+    let message = wire::encode("same-cookie", &offer);
+    let first = proxy.exchange(&message);
+    let second = proxy.exchange(&message);
+    assert_eq!(first, second);
+    let list = proxy.call(&dict([("command", text("list"))]));
+    let Some(Value::List(calls)) = list.get(b"calls".as_slice()) else {
+        panic!("{list:?}");
+    };
+    assert_eq!(calls.len(), 1);
+    let query = proxy.call(&request(vec![
+        ("command", text("query")),
+        ("call-id", text("retransmit-1")),
+    ]));
+    let Some(Value::Dict(tags)) = query.get(b"tags".as_slice()) else {
+        panic!("{query:?}");
+    };
+    assert_eq!(tags.len(), 1, "one session, one tag so far");
+}
+
+struct NgCall {
+    proxy: Proxy,
+    call_id: String,
+    a: Peer,
+    bob: Peer,
+    /// Where A and bob send.
+    a_to_relay: SocketAddr,
+    bob_to_relay: SocketAddr,
+}
+
+/// A calls bob through the relay over ng, as Kamailio would drive it.
+fn ng_call(ng: SocketAddr, call_id: &str, extra: Vec<(&'static str, Value)>) -> NgCall {
+    let mut proxy = Proxy::new(ng);
+    let (a, bob) = (Peer::v4(), Peer::v4());
+    let mut offer = vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice-a", a.addr(), ""))),
+        ("ICE", text("remove")),
+        ("replace", flags(&["origin", "session-connection"])),
+        ("received-from", flags(&["IP4", "127.0.0.1"])),
+        ("supports", flags(&["load limit"])),
+        ("transport-protocol", text("RTP/AVP")),
+    ];
+    offer.extend(extra);
+    let to_bob = sdp_of(&proxy.call(&request(offer)));
+    let answer = request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ]);
+    let to_a = sdp_of(&proxy.call(&answer));
+    NgCall {
+        proxy,
+        call_id: call_id.to_owned(),
+        a_to_relay: media_addr(&to_a),
+        bob_to_relay: media_addr(&to_bob),
+        a,
+        bob,
+    }
+}
+
+#[test]
+fn offer_answer_delete_with_media_between_the_rewritten_addresses() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut call = ng_call(ng, "media-1", vec![]);
+    for seq in 0..5u16 {
+        let packet = rtp(8, seq, u32::from(seq) * 160, 0xA, &[1; 160]);
+        call.a.send(&call.a_to_relay.to_string(), &packet);
+        let (got, from) = call.bob.recv();
+        assert_eq!((got, from), (packet, call.bob_to_relay));
+        let back = rtp(8, seq, u32::from(seq) * 160, 0xB, &[2; 160]);
+        call.bob.send(&call.bob_to_relay.to_string(), &back);
+        let (got, from) = call.a.recv();
+        assert_eq!((got, from), (back, call.a_to_relay));
+    }
+    // A re-INVITE from bob (hold) keeps the relay's ports.
+    let reoffer = request(vec![
+        ("command", text("offer")),
+        ("call-id", text("media-1")),
+        ("from-tag", text("bob-tag")),
+        ("to-tag", text("a-tag")),
+        (
+            "sdp",
+            text(body("bob", call.bob.addr(), "a=sendonly\r\n").replace("a=sendrecv\r\n", "")),
+        ),
+        ("flags", flags(&["port-latching"])),
+    ]);
+    let to_a = sdp_of(&call.proxy.call(&reoffer));
+    assert_eq!(media_addr(&to_a), call.a_to_relay);
+    assert_eq!(
+        to_a.media(0).expect("m").direction,
+        baton_control::sdp::Direction::SendOnly
+    );
+
+    let deleted = call.proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text(call.call_id.as_str())),
+        ("from-tag", text("a-tag")),
+    ]));
+    assert_eq!(result(&deleted), "ok");
+    let Some(Value::Dict(totals)) = deleted.get(b"totals".as_slice()) else {
+        panic!("{deleted:?}");
+    };
+    let Some(Value::Dict(rtp_totals)) = totals.get(b"RTP".as_slice()) else {
+        panic!("{totals:?}");
+    };
+    assert_eq!(rtp_totals.get(b"packets".as_slice()), Some(&Value::Int(10)));
+    // Gone: a second delete is an error, and media stops.
+    let again = call.proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text(call.call_id.as_str())),
+    ]));
+    assert!(reason(&again).contains("not found"), "{again:?}");
+    call.a
+        .send(&call.a_to_relay.to_string(), &rtp(8, 9, 9, 0xA, &[1; 160]));
+    call.bob.expect_silence();
+}
+
+#[test]
+fn handoff_over_ng_is_verified_and_the_remote_hears_one_stream() {
+    let (_relay, ng, _) = relay_with_ng();
+    let gruu_a = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-00000000000a";
+    let gruu_b = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-00000000000b";
+    let mut call = ng_call(
+        ng,
+        "handoff-1",
+        vec![
+            ("aor", text("sip:alice@example.com")),
+            ("gruu", text(gruu_a)),
+        ],
+    );
+    let before: Vec<Vec<u8>> = (0..5u16)
+        .map(|seq| {
+            call.a.send(
+                &call.a_to_relay.to_string(),
+                &rtp(8, 100 + seq, 16000 + u32::from(seq) * 160, 0xA, &[0xA; 160]),
+            );
+            call.bob.recv().0
+        })
+        .collect();
+    let to_bob_before = call.bob_to_relay;
+    let b = Peer::v4();
+    let handoff = |gruu: &str, replaces: &str| {
+        request(vec![
+            ("command", text("offer")),
+            ("call-id", text("handoff-1")),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(body("alice-b", b.addr(), ""))),
+            ("gruu", text(gruu)),
+            ("replaces", text(replaces)),
+            ("new-call-id", text("handoff-1-b")),
+            ("new-from-tag", text("b-tag")),
+            (
+                "flags",
+                flags(&["port-latching", "media-handover", "baton-handoff"]),
+            ),
+        ])
+    };
+    // Refusals change nothing: another user's device, a URI that is not a
+    // GRUU, a Replaces naming another call.
+    for (gruu, replaces, why) in [
+        (
+            "sip:mallory@example.com;gr=urn:uuid:1",
+            "handoff-1",
+            "belongs to",
+        ),
+        ("sip:alice@127.0.0.1:5070", "handoff-1", "not a GRUU"),
+        (gruu_b, "other-call", "does not name"),
+    ] {
+        let refused = call.proxy.call(&handoff(gruu, replaces));
+        assert!(reason(&refused).contains(why), "{gruu}: {refused:?}");
+    }
+    call.a.send(
+        &call.a_to_relay.to_string(),
+        &rtp(8, 105, 16800, 0xA, &[0xA; 160]),
+    );
+    assert_eq!(call.bob.recv().0[12], 0xA, "A still talks to bob");
+
+    // The real handoff: the reply is bob's body, unchanged.
+    let to_bob = sdp_of(&call.proxy.call(&handoff(gruu_b, "handoff-1")));
+    assert_eq!(media_addr(&to_bob), to_bob_before);
+    // The proxy replays bob's answer; the reply is B's answer.
+    let to_b = sdp_of(&call.proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("handoff-1")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", call.bob.addr(), ""))),
+        ("flags", flags(&["port-latching"])),
+    ])));
+    let b_to_relay = media_addr(&to_b);
+    assert_ne!(b_to_relay, call.a_to_relay);
+    for seq in 0..5u16 {
+        b.send(
+            &b_to_relay.to_string(),
+            &rtp(
+                8,
+                50000 + seq,
+                777_000 + u32::from(seq) * 160,
+                0xB0B,
+                &[0xB; 160],
+            ),
+        );
+    }
+    let after: Vec<Vec<u8>> = call.bob.recv_n(5).into_iter().map(|(p, _)| p).collect();
+    let ssrc = |p: &[u8]| u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]);
+    assert!(
+        after
+            .iter()
+            .all(|p| ssrc(p) == ssrc(&before[0]) && p[12] == 0xB)
+    );
+    assert_eq!(
+        seq(&after[0]),
+        seq(&before[4]).wrapping_add(2),
+        "after A's 105: 106"
+    );
+    // bob's media reaches B.
+    call.bob.send(
+        &call.bob_to_relay.to_string(),
+        &rtp(8, 1, 160, 0xC, &[3; 160]),
+    );
+    assert_eq!(b.recv().1, b_to_relay);
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_listener_keeps_serving() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    for (message, why) in [
+        (&b"c1 this is not bencode"[..], "malformed"),
+        (b"c2 l4:pinge", "not a dictionary"),
+        (b"c3 d7:command4:ping", "truncated"),
+    ] {
+        let cookie = std::str::from_utf8(&message[..2]).expect("cookie");
+        let reply = decode_reply(cookie, &proxy.exchange(message));
+        assert!(reason(&reply).contains(why), "{reply:?}");
+    }
+    let deep = format!("c4 {}{}", "l".repeat(30_000), "e".repeat(30_000));
+    let reply = decode_reply("c4", &proxy.exchange(deep.as_bytes()));
+    assert!(reason(&reply).contains("nested"), "{reply:?}");
+    // No cookie: nothing to answer to.
+    proxy
+        .socket
+        .send_to(b"d7:command4:pinge", ng)
+        .expect("send");
+    for (request, why) in [
+        (dict([("command", text("dance"))]), "Unrecognized command"),
+        (dict([("call-id", text("x"))]), "No command"),
+        (
+            request(vec![
+                ("command", text("offer")),
+                ("call-id", text("x")),
+                ("from-tag", text("f")),
+            ]),
+            "No sdp",
+        ),
+        (
+            request(vec![
+                ("command", text("answer")),
+                ("call-id", text("nobody")),
+                ("from-tag", text("f")),
+                ("to-tag", text("t")),
+                (
+                    "sdp",
+                    text(body("x", "127.0.0.1:5000".parse().expect("addr"), "")),
+                ),
+            ]),
+            "no session",
+        ),
+        (
+            request(vec![
+                ("command", text("offer")),
+                ("call-id", text("x")),
+                ("from-tag", text("f")),
+                ("sdp", text("v=0\r\nnot sdp\r\n")),
+            ]),
+            "SDP line 2",
+        ),
+        (
+            request(vec![
+                ("command", text("offer")),
+                ("call-id", text("x")),
+                ("from-tag", text("f")),
+                ("transport-protocol", text("RTP/SAVP")),
+                (
+                    "sdp",
+                    text(body("x", "127.0.0.1:5000".parse().expect("addr"), "")),
+                ),
+            ]),
+            "not supported",
+        ),
+    ] {
+        let reply = proxy.call(&request);
+        assert!(reason(&reply).contains(why), "{why}: {reply:?}");
+    }
+    // The first reply after the cookie-less datagram is a pong.
+    assert_eq!(
+        result(&proxy.call(&dict([("command", text("ping"))]))),
+        "pong"
+    );
+}
+
+#[test]
+fn ng_over_tcp_handles_coalesced_and_split_messages() {
+    let (_relay, _, tcp) = relay_with_ng();
+    let mut stream = TcpStream::connect(tcp).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let offer = request(vec![
+        ("command", text("offer")),
+        ("call-id", text("tcp-1")),
+        ("from-tag", text("a")),
+        (
+            "sdp",
+            text(body("a", "127.0.0.1:6100".parse().expect("addr"), "")),
+        ),
+    ]);
+    // Two messages in one write, then one cut in three.
+    let mut both = wire::encode("k1", &dict([("command", text("ping"))]));
+    both.extend(wire::encode("k2", &offer));
+    stream.write_all(&both).expect("write");
+    let split = wire::encode("k3", &dict([("command", text("ping"))]));
+    for part in [&split[..3], &split[3..10], &split[10..]] {
+        stream.write_all(part).expect("write");
+        stream.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut received = Vec::new();
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while replies.len() < 3 {
+        let n = stream.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed early");
+        received.extend_from_slice(&chunk[..n]);
+        while let Some(space) = received.iter().position(|&b| b == b' ') {
+            let Ok(Some(len)) = wire::extent(&received[space + 1..]) else {
+                break;
+            };
+            let message: Vec<u8> = received.drain(..space + 1 + len).collect();
+            replies.push(message);
+        }
+    }
+    let decoded: Vec<(String, Dict)> = replies
+        .iter()
+        .map(|r| {
+            let (cookie, body) = wire::split(r).expect("split");
+            (cookie.to_owned(), wire::decode(body).expect("decode"))
+        })
+        .collect();
+    assert_eq!(decoded[0].0, "k1");
+    assert_eq!(result(&decoded[0].1), "pong");
+    assert_eq!(decoded[1].0, "k2");
+    sdp_of(&decoded[1].1);
+    assert_eq!(decoded[2].0, "k3");
+    assert_eq!(result(&decoded[2].1), "pong");
+}
