@@ -91,7 +91,21 @@ async fn respond(
         Seen::New => {}
     }
     let reply = match wire::decode(body) {
-        Ok(request) => service.handle(&request).await,
+        Ok(request) => {
+            let reply = service.handle(&request).await;
+            if let serde_bencode::value::Value::Dict(fields) = &reply
+                && wire::get_str(fields, "result") == Some("error")
+            {
+                info!(
+                    %from,
+                    command = wire::get_str(&request, "command").unwrap_or("?"),
+                    call_id = wire::get_str(&request, "call-id").unwrap_or(""),
+                    reason = wire::get_str(fields, "error-reason").unwrap_or(""),
+                    "ng request refused"
+                );
+            }
+            reply
+        }
         Err(reason) => wire::error(format!("malformed message: {reason}")),
     };
     let bytes = fit(cookie, wire::encode(cookie, &reply), limit);

@@ -1,0 +1,57 @@
+//! scripts/kamailio-e2e.sh as CI runs it: Kamailio and SIPp drive baton over
+//! the ng protocol, a call is handed over to another device with INVITE /
+//! Replaces, and the remote must receive one continuous stream. Needs
+//! kamailio and sipp (Debian: kamailio, sip-tester); without them the test
+//! says so and passes, unless BATON_REQUIRE_KAMAILIO_E2E is set (CI sets it
+//! after installing them).
+
+mod common;
+
+use std::process::Command;
+
+fn present(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stdout.is_empty() || !o.stderr.is_empty())
+}
+
+#[test]
+fn kamailio_and_sipp_hand_a_call_over_through_baton() {
+    let (kamailio, sipp) = (present("kamailio", "-v"), present("sipp", "-v"));
+    if !(kamailio && sipp) {
+        let missing = format!("kamailio {kamailio}, sipp {sipp}");
+        assert!(
+            std::env::var_os("BATON_REQUIRE_KAMAILIO_E2E").is_none(),
+            "BATON_REQUIRE_KAMAILIO_E2E is set but not everything is installed: {missing}"
+        );
+        eprintln!("SKIPPED: {missing} (apt-get install kamailio sip-tester)");
+        return;
+    }
+    let output = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kamailio-e2e.sh"
+        ))
+        .env("BATON", common::baton_bin())
+        .output()
+        .expect("run scripts/kamailio-e2e.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "device A's leg ended by the proxy's BYE",
+        "bob saw one INVITE and one BYE",
+        "SSRCs seen: 1 ",
+        "sequence errors (gap or repeat): 0",
+        "timestamps going backwards: 0",
+        "switches between devices: 1",
+        "RESULT: one continuous stream",
+        "PASS",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
