@@ -553,3 +553,52 @@ fn ng_over_tcp_handles_coalesced_and_split_messages() {
     assert_eq!(decoded[2].0, "k3");
     assert_eq!(result(&decoded[2].1), "pong");
 }
+
+#[test]
+fn delete_by_tag_ends_one_branch_and_leaves_the_other() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    // Two branches of one call (say, a forked INVITE anchored per branch).
+    for tag in ["branch-1", "branch-2"] {
+        let reply = proxy.call(&request(vec![
+            ("command", text("offer")),
+            ("call-id", text("forked-1")),
+            ("from-tag", text(tag)),
+            (
+                "sdp",
+                text(body(tag, "127.0.0.1:6100".parse().expect("addr"), "")),
+            ),
+        ]));
+        sdp_of(&reply);
+    }
+    let deleted = proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("forked-1")),
+        ("from-tag", text("branch-1")),
+    ]));
+    let Some(Value::Dict(tags)) = deleted.get(b"tags".as_slice()) else {
+        panic!("{deleted:?}");
+    };
+    assert!(
+        tags.contains_key(b"branch-1".as_slice()) && !tags.contains_key(b"branch-2".as_slice())
+    );
+    let query = proxy.call(&request(vec![
+        ("command", text("query")),
+        ("call-id", text("forked-1")),
+    ]));
+    let Some(Value::Dict(tags)) = query.get(b"tags".as_slice()) else {
+        panic!("{query:?}");
+    };
+    assert_eq!(tags.keys().collect::<Vec<_>>(), [&b"branch-2".to_vec()]);
+    // Without tags, the rest of the call goes.
+    let rest = proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("forked-1")),
+    ]));
+    assert_eq!(result(&rest), "ok");
+    let gone = proxy.call(&request(vec![
+        ("command", text("query")),
+        ("call-id", text("forked-1")),
+    ]));
+    assert!(reason(&gone).contains("not found"));
+}
