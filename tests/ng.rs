@@ -602,3 +602,88 @@ fn delete_by_tag_ends_one_branch_and_leaves_the_other() {
     ]));
     assert!(reason(&gone).contains("not found"));
 }
+
+#[test]
+fn a_call_to_the_user_is_handed_over_from_the_device_that_answered() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let gruu_a = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000aa";
+    let gruu_b = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000bb";
+    let (carol, a, b) = (Peer::v4(), Peer::v4(), Peer::v4());
+    // Carol calls alice: the proxy knows the callee is its user.
+    let to_alice = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("incoming-1")),
+        ("from-tag", text("carol-tag")),
+        ("sdp", text(body("carol", carol.addr(), ""))),
+        ("user", text("callee")),
+        ("aor", text("sip:alice@example.com")),
+    ])));
+    // Alice's device A answers; its GRUU comes with the answer.
+    let to_carol = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("incoming-1")),
+        ("from-tag", text("carol-tag")),
+        ("to-tag", text("alice-tag")),
+        ("sdp", text(body("alice-a", a.addr(), ""))),
+        ("gruu", text(gruu_a)),
+    ])));
+    let (a_to_relay, carol_to_relay) = (media_addr(&to_alice), media_addr(&to_carol));
+    for seq in 0..3u16 {
+        a.send(
+            &a_to_relay.to_string(),
+            &rtp(8, 10 + seq, 1600 + u32::from(seq) * 160, 0xA, &[0xA; 160]),
+        );
+    }
+    let before: Vec<Vec<u8>> = carol.recv_n(3).into_iter().map(|(p, _)| p).collect();
+    // Device B takes over: an offer from alice's side (her tag first).
+    let handoff = request(vec![
+        ("command", text("offer")),
+        ("call-id", text("incoming-1")),
+        ("from-tag", text("alice-tag")),
+        ("to-tag", text("carol-tag")),
+        ("sdp", text(body("alice-b", b.addr(), ""))),
+        ("gruu", text(gruu_b)),
+    ]);
+    let unchanged = sdp_of(&proxy.call(&handoff));
+    assert_eq!(media_addr(&unchanged), carol_to_relay);
+    let to_b = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("incoming-1")),
+        ("from-tag", text("alice-tag")),
+        ("to-tag", text("carol-tag")),
+        ("sdp", text(body("carol", carol.addr(), ""))),
+    ])));
+    let b_to_relay = media_addr(&to_b);
+    for seq in 0..3u16 {
+        b.send(
+            &b_to_relay.to_string(),
+            &rtp(
+                8,
+                900 + seq,
+                90_000 + u32::from(seq) * 160,
+                0xB,
+                &[0xB; 160],
+            ),
+        );
+    }
+    let after: Vec<Vec<u8>> = carol.recv_n(3).into_iter().map(|(p, _)| p).collect();
+    let ssrc = |p: &[u8]| u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]);
+    assert!(
+        after
+            .iter()
+            .all(|p| ssrc(p) == ssrc(&before[0]) && p[12] == 0xB)
+    );
+    assert_eq!(seq(&after[0]), seq(&before[2]).wrapping_add(1));
+    // Another user's device is refused on such a call too.
+    let mallory = request(vec![
+        ("command", text("offer")),
+        ("call-id", text("incoming-1")),
+        ("from-tag", text("alice-tag")),
+        ("to-tag", text("carol-tag")),
+        ("sdp", text(body("m", b.addr(), ""))),
+        ("gruu", text("sip:mallory@example.com;gr=urn:uuid:1")),
+    ]);
+    assert!(reason(&proxy.call(&mallory)).contains("belongs to"));
+}

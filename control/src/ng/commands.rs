@@ -21,7 +21,8 @@ use crate::status::Status;
 
 /// Keys this implementation reads; others are logged and ignored, as
 /// rtpengine does.
-const KNOWN_KEYS: [&str; 22] = [
+const KNOWN_KEYS: [&str; 23] = [
+    "user",
     "command",
     "call-id",
     "from-tag",
@@ -226,6 +227,9 @@ impl NgService {
             Err(status) => return Err(status_reply(&status)),
         };
         let Some(view) = existing else {
+            // `user=callee`: a call to the user; the offerer is the remote.
+            let user_is_callee =
+                get_str(request, "user").is_some_and(|u| u.eq_ignore_ascii_case("callee"));
             let created = sessions
                 .create_without_user(v1::CreateSessionRequest {
                     call_id: call_id.to_owned(),
@@ -234,7 +238,7 @@ impl NgService {
                     aor: get_str(request, "aor").unwrap_or_default().to_owned(),
                     gruu: get_str(request, "gruu").unwrap_or_default().to_owned(),
                     sdp,
-                    sdp_from: v1::Party::User as i32,
+                    sdp_from: party(!user_is_callee),
                     other_family: options.other_family as i32,
                     nat_relearn: options.has("media-handover"),
                     asymmetric: options.has("asymmetric"),
@@ -244,7 +248,7 @@ impl NgService {
                 .map_err(|s| status_reply(&s))?;
             return Ok(ok_with_sdp(options.outgoing(created.sdp)));
         };
-        let from_user = from_tag == view.from_tag;
+        let from_user = view.side_of(from_tag) == Side::User;
         if from_user
             && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
             && !same_uri(gruu, &view.gruu)
@@ -328,7 +332,16 @@ impl NgService {
             Err(status) => return Err(status_reply(&status)),
         };
         // The body comes from the to-tag's side.
-        let from_user = to_tag == view.from_tag;
+        let from_user = view.side_of(to_tag) == Side::User;
+        if from_user
+            && view.gruu.is_empty()
+            && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
+        {
+            // A call to the user: the answering device is the user's.
+            sessions
+                .name_user_device(view.id, get_str(request, "aor").unwrap_or_default(), gruu)
+                .map_err(|s| status_reply(&s))?;
+        }
         if !from_user && let Some(answer) = sessions.take_transfer_answer(view.id) {
             // The proxy replays the remote's body after a handoff offer: the
             // new device gets the relay's answer for it.
@@ -337,11 +350,13 @@ impl NgService {
         let updated = sessions
             .update(v1::UpdateSessionRequest {
                 session: Some(by_id(view.id)),
-                to_tag: if from_user {
-                    String::new()
+                // The dialog's to-tag: whichever tag is not the offerer's.
+                to_tag: if from_tag == view.from_tag {
+                    to_tag
                 } else {
-                    to_tag.to_owned()
-                },
+                    from_tag
+                }
+                .to_owned(),
                 sdp,
                 sdp_from: party(from_user),
                 ..Default::default()

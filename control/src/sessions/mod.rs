@@ -93,6 +93,10 @@ struct Record {
     sdp: Option<SdpState>,
     /// The SDP answer of the last transfer given an offer, until read.
     transfer_answer: Option<String>,
+    /// Which party created the session (sent the first body): the user's
+    /// device on calls from the user, the remote party on calls to them.
+    /// The dialog's from-tag is that party's.
+    offerer: Side,
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +332,7 @@ impl Sessions {
                 pending: None,
                 sdp: None,
                 transfer_answer: None,
+                offerer: offer.as_ref().map_or(Side::User, |(from, _, _)| *from),
             });
             (id, worker)
         };
@@ -779,6 +784,19 @@ pub struct DialogView {
     pub gruu: String,
     /// A transfer is open and not switched yet.
     pub transfer_open: bool,
+    /// The party whose tag is `from_tag`.
+    pub offerer: Side,
+}
+
+impl DialogView {
+    /// The party a tag of this dialog belongs to.
+    pub fn side_of(&self, tag: &str) -> Side {
+        match (tag == self.from_tag, self.offerer) {
+            (true, side) => side,
+            (false, Side::User) => Side::Remote,
+            (false, Side::Remote) => Side::User,
+        }
+    }
 }
 
 impl Sessions {
@@ -810,7 +828,35 @@ impl Sessions {
                 .pending
                 .as_ref()
                 .is_some_and(|p| p.committed_from.is_none()),
+            offerer: r.offerer,
         })
+    }
+
+    /// Names the user's device (and the user, if unknown) on a session that
+    /// did not know it: a call to the user learns which device answered.
+    pub fn name_user_device(&self, id: SessionId, aor: &str, gruu: &str) -> Result<(), Status> {
+        let gruu_uri = crate::bindings::parse_gruu(gruu, false)?;
+        let derived_aor = match crate::sip_uri::classify(&gruu_uri) {
+            crate::sip_uri::Gruu::Public { aor } => Some(aor.to_string()),
+            crate::sip_uri::Gruu::Temporary | crate::sip_uri::Gruu::NotAGruu => None,
+        };
+        let mut registry = self.registry();
+        let record = registry
+            .by_id
+            .get_mut(&id)
+            .ok_or_else(|| Status::not_found(format!("no session {id}")))?;
+        if record.gruu.is_empty() {
+            record.gruu = gruu_uri.to_string();
+        }
+        if record.aor.is_empty() {
+            if !aor.is_empty() {
+                crate::bindings::parse_aor(aor)?;
+                record.aor = aor.to_owned();
+            } else if let Some(derived) = derived_aor {
+                record.aor = derived;
+            }
+        }
+        Ok(())
     }
 
     /// The sessions of a call, oldest first, optionally only those one of
