@@ -60,6 +60,11 @@ pub struct RunOptions {
     #[serde(default)]
     pub listen_ng: Vec<String>,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (loopback is
+    /// typical). [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
+
     /// Permission bits of control Unix sockets, in octal. [default: 0600]
     #[arg(long, value_name = "MODE")]
     pub control_socket_mode: Option<String>,
@@ -146,6 +151,8 @@ pub struct Config {
     pub sessions: SessionOptions,
     /// rtpengine ng protocol listeners.
     pub listen_ng: Vec<NgAddr>,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl RunOptions {
@@ -185,6 +192,7 @@ impl RunOptions {
                 flags.control
             },
             control_token: flags.control_token.or(self.control_token),
+            metrics: flags.metrics.or(self.metrics),
             listen_ng: if flags.listen_ng.is_empty() {
                 self.listen_ng
             } else {
@@ -234,6 +242,14 @@ impl RunOptions {
             .iter()
             .map(|text| text.parse::<NgAddr>().map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>, _>>()?;
+        let metrics = self
+            .metrics
+            .as_deref()
+            .map(|text| {
+                text.parse::<std::net::SocketAddr>()
+                    .with_context(|| format!("metrics address {text:?} is not HOST:PORT (an IP)"))
+            })
+            .transpose()?;
         let token = self.control_token.filter(|t| !t.is_empty());
         if let Some(token) = &token
             && token.len() < 16
@@ -270,6 +286,7 @@ impl RunOptions {
             },
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             listen_ng,
+            metrics,
         })
     }
 }

@@ -75,6 +75,20 @@ enum CtlCommand {
     Commit(SessionArgs),
     /// Roll back an open transfer.
     Cancel(SessionArgs),
+    /// A live view: sessions, packet and drop rates per worker, latency,
+    /// transfers, ports, the newest sessions; refreshed every second until
+    /// interrupted.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Print one screen and exit (for scripts).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -364,11 +378,23 @@ async fn run(args: CtlArgs) -> ExitCode {
         | CtlCommand::Unregister(_)
         | CtlCommand::Bindings(_)
         | CtlCommand::Commit(_)
-        | CtlCommand::Cancel(_)) => {
+        | CtlCommand::Cancel(_)
+        | CtlCommand::Top(_)) => {
             let _ = other;
             None
         }
     };
+    if let CtlCommand::Top(top) = &args.command {
+        if !(top.interval.is_finite() && top.interval >= 0.1) {
+            return fail("--interval must be at least 0.1 seconds");
+        }
+        return match crate::ctl_top::run(&client, Duration::from_secs_f64(top.interval), top.once)
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => report(e),
+        };
+    }
     let command = match build_command(args.command) {
         Ok(Some(command)) => command,
         Ok(None) => return print_events(&client).await,
@@ -532,6 +558,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
         CtlCommand::Cancel(session) => Command::CancelTransfer(v1::CancelTransferRequest {
             session: Some(session.reference()),
         }),
+        CtlCommand::Top(_) => return Err("top is handled before".to_owned()),
     }))
 }
 

@@ -6,6 +6,7 @@
 mod config;
 mod ctl;
 mod ctl_args;
+mod ctl_top;
 mod load;
 mod run;
 

@@ -106,6 +106,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await;
     });
     let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            baton_control::metrics::serve(addr, Arc::clone(&service))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let ng = NgService::new(Arc::clone(&service));
     let mut ng_addrs = Vec::new();
     for addr in &config.listen_ng {
@@ -136,17 +144,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         version = baton_control::service::VERSION,
         control = ?addrs,
         ng = ?ng_addrs,
+        metrics = ?metrics,
         media = ?media,
         ports = ?config.dataplane.ports,
         workers = config.dataplane.workers,
         "baton ready"
     );
+    // systemd (Type=notify): ready once every listener accepts. Without
+    // NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("cannot notify systemd: {e}");
+    }
 
     let shutdown = CancellationToken::new();
     let server_task = tokio::spawn(server.run(shutdown.clone()));
 
     let reason = wait_for_shutdown_signal().await?;
     info!(signal = reason, "shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     service
         .events()
         .publish(v1::event::Kind::ShuttingDown(v1::ShuttingDown {

@@ -79,3 +79,61 @@ fn readme_reference_matches_the_flags_of_baton_run() {
         );
     }
 }
+
+#[test]
+fn the_packaged_default_config_names_every_key() {
+    let help = std::process::Command::new(common::baton_bin())
+        .args(["run", "--help"])
+        .output()
+        .expect("baton run --help");
+    let mut keys = flags_in(&String::from_utf8_lossy(&help.stdout));
+    keys.remove("help");
+    keys.remove("config");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/baton.toml");
+    let text = std::fs::read_to_string(path).expect("contrib/baton.toml");
+    for key in &keys {
+        assert!(
+            text.lines().any(|line| {
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(&format!("{key} ="))
+            }),
+            "contrib/baton.toml does not mention {key}"
+        );
+    }
+    // As shipped (comments and all), it is a valid configuration.
+    let dir = tempfile::tempdir().expect("dir");
+    let copy = dir.path().join("baton.toml");
+    std::fs::write(
+        &copy,
+        text.replace(
+            "unix:/run/baton/control.sock",
+            &format!("unix:{}/c.sock", dir.path().display()),
+        )
+        .replace(
+            "tcp:127.0.0.1:7120",
+            &format!("tcp:127.0.0.1:{}", common::free_tcp_port()),
+        ),
+    )
+    .expect("write");
+    let mut child = std::process::Command::new(common::baton_bin())
+        .args(["run", "--config"])
+        .arg(&copy)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton run");
+    let socket = dir.path().join("c.sock");
+    let deadline = std::time::Instant::now() + common::PROCESS_DEADLINE;
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the shipped config was refused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        socket.exists(),
+        "the relay did not start with the shipped config"
+    );
+    common::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(common::wait_bounded(&mut child).success());
+}

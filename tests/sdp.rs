@@ -358,8 +358,16 @@ async fn a_transfer_with_the_new_devices_sdp_gets_its_answer_and_one_stream_reac
     );
     let (_, from) = device_b.recv();
     assert_eq!(from, to_relay_from_b);
-    let info = get(&call.client, &call.session).await;
-    assert_eq!(info.gruu, GRUU_B);
+    // The control plane learns of the switch from the worker's event.
+    let mut gruu = String::new();
+    for _ in 0..250 {
+        gruu = get(&call.client, &call.session).await.gruu;
+        if gruu == GRUU_B {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gruu, GRUU_B);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! - [`status`]: errors with gRPC-style codes.
 //! - [`sdp`]: reading and rewriting SDP bodies.
 //! - [`ng`]: rtpengine's ng protocol, for Kamailio and OpenSIPS.
+//! - [`metrics`]: Prometheus metrics.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod addr;
 pub mod bindings;
 pub mod client;
 pub mod events;
+pub mod metrics;
 pub mod ng;
 pub mod sdp;
 pub mod server;

@@ -19,6 +19,7 @@ pub struct Service {
     started: Instant,
     events: EventBus,
     sessions: Sessions,
+    exporter: crate::metrics::Exporter,
     connections: AtomicU32,
     requests: AtomicU64,
 }
@@ -29,6 +30,7 @@ impl Service {
         Self {
             started: Instant::now(),
             events: EventBus::new(),
+            exporter: crate::metrics::Exporter::new(sessions.telemetry()),
             sessions,
             connections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
@@ -62,9 +64,62 @@ impl Service {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Executes one command. `authenticate` and `subscribe` concern the
-    /// connection and never reach this function.
+    /// Executes one command and counts it. `authenticate` and `subscribe`
+    /// concern the connection and never reach this function.
     pub async fn handle(&self, command: Command) -> Result<Reply, Status> {
+        let name = command_name(&command);
+        let result = self.execute(command).await;
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(status) => status.code.as_str_name(),
+        };
+        self.sessions.telemetry().request(name, code);
+        result
+    }
+
+    /// The metrics as Prometheus text: what was counted, and the workers'
+    /// and port pool's numbers now.
+    pub async fn metrics_text(&self) -> String {
+        let workers = self.sessions.worker_stats().await;
+        let snapshot = crate::metrics::Snapshot {
+            sessions: self.sessions.session_count() as u64,
+            control_connections: u64::from(self.connection_count()),
+            subscribers: self.events.subscriber_count() as u64,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            workers: workers
+                .into_iter()
+                .map(|(index, w)| crate::metrics::WorkerSnapshot {
+                    index,
+                    sessions: w.sessions as u64,
+                    packets_to: w.packets_to,
+                    bytes_to: w.bytes_to,
+                    drops: baton_relay::stream::DropReason::ALL
+                        .iter()
+                        .map(|r| (r.name(), w.drops[*r as usize]))
+                        .collect(),
+                    latency_buckets: w
+                        .latency_buckets
+                        .iter()
+                        .map(|&(bound, n)| (bound as f64 / 1e9, n))
+                        .collect(),
+                    latency_count: w.latency_count,
+                    latency_sum: w.latency_sum_ns / 1e9,
+                    cpu_seconds: w.cpu_seconds,
+                    events_lost: w.events_lost,
+                })
+                .collect(),
+            ports: self
+                .sessions
+                .dataplane()
+                .port_usage()
+                .into_iter()
+                .map(|(ip, free, total)| (ip.to_string(), free as u64, total as u64))
+                .collect(),
+        };
+        self.exporter.render(snapshot)
+    }
+
+    async fn execute(&self, command: Command) -> Result<Reply, Status> {
         match command {
             Command::Ping(_) => Ok(Reply::Ping(v1::PingResponse {
                 version: VERSION.to_owned(),
@@ -139,5 +194,26 @@ impl Service {
             subscribers: u32::try_from(self.events.subscriber_count()).unwrap_or(u32::MAX),
             ..v1::GetStatsResponse::default()
         }
+    }
+}
+
+/// The snake_case name of a command, as in the schema.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Authenticate(_) => "authenticate",
+        Command::Ping(_) => "ping",
+        Command::GetStats(_) => "get_stats",
+        Command::Subscribe(_) => "subscribe",
+        Command::CreateSession(_) => "create_session",
+        Command::UpdateSession(_) => "update_session",
+        Command::DeleteSession(_) => "delete_session",
+        Command::GetSession(_) => "get_session",
+        Command::ListSessions(_) => "list_sessions",
+        Command::RegisterDevice(_) => "register_device",
+        Command::UnregisterDevice(_) => "unregister_device",
+        Command::ListBindings(_) => "list_bindings",
+        Command::Transfer(_) => "transfer",
+        Command::CommitTransfer(_) => "commit_transfer",
+        Command::CancelTransfer(_) => "cancel_transfer",
     }
 }

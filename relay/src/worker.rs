@@ -261,6 +261,53 @@ pub struct WorkerStats {
     pub latency_ns: [u64; 5],
     /// Worker events lost because the control plane's queue was full.
     pub events_lost: u64,
+    /// Datagrams sent, by the side they went to (user, remote).
+    pub packets_to: [u64; 2],
+    /// Bytes sent, by the side they went to (user, remote).
+    pub bytes_to: [u64; 2],
+    /// Datagrams dropped, by reason (indexed like `DropReason::ALL`).
+    pub drops: [u64; DropReason::COUNT],
+    /// Sampled relay latency: (upper bound in ns, samples at or below it),
+    /// cumulative, for `LATENCY_BUCKETS_NS`.
+    pub latency_buckets: Vec<(u64, u64)>,
+    /// Latency samples and their sum in ns.
+    pub latency_count: u64,
+    /// Sum of the latency samples in ns.
+    pub latency_sum_ns: f64,
+    /// CPU time the worker thread used, in seconds (user + system), if the
+    /// system reports it.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Bucket bounds of the exported latency histogram, in nanoseconds.
+pub const LATENCY_BUCKETS_NS: [u64; 12] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 50_000_000,
+];
+
+/// What one batch sent: (sent, failed), and per destination side the
+/// datagrams and bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    sent: u64,
+    failed: u64,
+    packets_to: [u64; 2],
+    bytes_to: [u64; 2],
+}
+
+/// CPU time of the calling thread, from procfs.
+fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // procfs counts in USER_HZ, which Linux fixes at 100 for user space
+    // (what sysconf(_SC_CLK_TCK) reports).
+    const USER_HZ: f64 = 100.0;
+    Some((utime + stime) as f64 / USER_HZ)
 }
 
 struct SocketEntry {
@@ -375,6 +422,9 @@ pub(crate) struct Worker {
     forks: Box<[[u8; BUF_LEN]; BATCH]>,
     forwarded: u64,
     dropped: u64,
+    packets_to: [u64; 2],
+    bytes_to: [u64; 2],
+    drops: [u64; DropReason::COUNT],
     events_lost: u64,
     latency: Histogram<u64>,
     /// Forwarded batches, for latency sampling.
@@ -407,6 +457,9 @@ impl Worker {
             forks: Box::new([[0; BUF_LEN]; BATCH]),
             forwarded: 0,
             dropped: 0,
+            packets_to: [0; 2],
+            bytes_to: [0; 2],
+            drops: [0; DropReason::COUNT],
             events_lost: 0,
             latency,
             batches: 0,
@@ -532,6 +585,7 @@ impl Worker {
             if truncated {
                 stream.record_drop(leg, DropReason::TooLarge, 1);
                 self.dropped += 1;
+                self.drops[DropReason::TooLarge as usize] += 1;
                 continue;
             }
             let mut outcome = stream.on_packet(received_at, leg, component, source, buf, len);
@@ -606,13 +660,16 @@ impl Worker {
                         forked_count += 1;
                     }
                 }
-                Verdict::Drop(_) => self.dropped += 1,
+                Verdict::Drop(reason) => {
+                    self.dropped += 1;
+                    self.drops[reason as usize] += 1;
+                }
             }
         }
         for (stream, leg) in closed {
             self.close_leg(session_key, stream, leg);
         }
-        let mut totals = (0, 0);
+        let mut totals = Totals::default();
         send_runs(
             &self.sockets,
             &mut self.sessions,
@@ -630,8 +687,13 @@ impl Worker {
             send,
             &mut totals,
         );
-        self.forwarded += totals.0;
-        self.dropped += totals.1;
+        self.forwarded += totals.sent;
+        self.dropped += totals.failed;
+        self.drops[DropReason::SendFailed as usize] += totals.failed;
+        for side in 0..2 {
+            self.packets_to[side] += totals.packets_to[side];
+            self.bytes_to[side] += totals.bytes_to[side];
+        }
         let total = queued_count + forked_count;
         if total > 0 {
             // Latency takes a second clock read, so it is sampled: one batch
@@ -1085,6 +1147,16 @@ impl Worker {
                 h.max(),
             ],
             events_lost: self.events_lost,
+            packets_to: self.packets_to,
+            bytes_to: self.bytes_to,
+            drops: self.drops,
+            latency_buckets: LATENCY_BUCKETS_NS
+                .iter()
+                .map(|&bound| (bound, h.count_between(0, bound)))
+                .collect(),
+            latency_count: h.len(),
+            latency_sum_ns: h.mean() * h.len() as f64,
+            cpu_seconds: thread_cpu_seconds(),
         }
     }
 
@@ -1136,14 +1208,14 @@ fn report_of(session: &Session, now: Instant) -> SessionReport {
 }
 
 /// Sends queued datagrams, one `sendmmsg` per run of the same socket, and
-/// accounts them on their legs. Adds (sent, failed) to `totals`.
+/// accounts them on their legs and in `totals`.
 fn send_runs<'a>(
     sockets: &Slab<SocketEntry>,
     sessions: &mut Slab<Session>,
     queued: &[Outgoing],
     bytes: impl Fn(usize) -> &'a [u8],
     send: &mut SendBatch,
-    totals: &mut (u64, u64),
+    totals: &mut Totals,
 ) {
     let mut start = 0;
     while start < queued.len() {
@@ -1161,19 +1233,26 @@ fn send_runs<'a>(
         match sockets.get(token) {
             Some(entry) => {
                 let outcome = send.send(entry.socket.as_fd(), &packets[..end - start]);
-                totals.0 += outcome.sent as u64;
-                totals.1 += outcome.failed as u64;
+                totals.sent += outcome.sent as u64;
+                totals.failed += outcome.failed as u64;
                 if let Some(stream) = sessions
                     .get_mut(run.session)
                     .and_then(|s| s.streams.get_mut(run.stream))
                 {
+                    let side = if stream.leg_of(Side::Remote) == run.leg {
+                        Side::Remote
+                    } else {
+                        Side::User
+                    };
+                    totals.packets_to[side as usize] += outcome.sent as u64;
+                    totals.bytes_to[side as usize] += outcome.sent_bytes as u64;
                     stream.record_sent(run.leg, outcome.sent as u64, outcome.sent_bytes as u64);
                     if outcome.failed > 0 {
                         stream.record_drop(run.leg, DropReason::SendFailed, outcome.failed as u64);
                     }
                 }
             }
-            None => totals.1 += (end - start) as u64,
+            None => totals.failed += (end - start) as u64,
         }
         start = end;
     }

@@ -196,6 +196,7 @@ impl NgService {
 
     /// Answers one request.
     pub async fn handle(&self, request: &Dict) -> Value {
+        let command = get_str(request, "command").unwrap_or("").to_owned();
         let reply = match get_str(request, "command") {
             Some("ping") => Ok(dict([("result", text("pong"))])),
             Some("offer") => self.offer(request).await,
@@ -206,6 +207,22 @@ impl NgService {
             Some(other) => Err(error(format!("Unrecognized command '{other}'"))),
             None => Err(error("No command in message")),
         };
+        let code = if reply.is_ok() { "ok" } else { "error" };
+        let known = ["ping", "offer", "answer", "delete", "query", "list"];
+        let command = if known.contains(&command.as_str()) {
+            command
+        } else {
+            "other".to_owned()
+        };
+        self.service
+            .sessions()
+            .telemetry()
+            .ng_requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                command,
+                code: code.to_owned(),
+            })
+            .inc();
         reply.unwrap_or_else(|e| e)
     }
 

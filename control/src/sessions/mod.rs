@@ -202,6 +202,7 @@ pub struct Sessions {
     bindings: Mutex<Bindings>,
     created: AtomicU64,
     timed_out: AtomicU64,
+    telemetry: crate::metrics::Telemetry,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -229,6 +230,7 @@ impl Sessions {
             bindings: Mutex::new(Bindings::default()),
             created: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
+            telemetry: crate::metrics::Telemetry::default(),
         }
     }
 
@@ -349,7 +351,10 @@ impl Sessions {
         match started {
             Ok(response) => {
                 self.created.fetch_add(1, Ordering::Relaxed);
-                info!(session = %id, call_id = %request.call_id, worker, streams = request.streams.len(), "session created");
+                self.telemetry.sessions_created.inc();
+                session_span(id, &request.call_id).in_scope(|| {
+                    info!(worker, streams = request.streams.len(), aor = %request.aor, gruu = %request.gruu, "session created");
+                });
                 Ok(response)
             }
             Err(status) => {
@@ -644,7 +649,9 @@ impl Sessions {
             },
         )?;
         let report = await_worker(answer).await?;
-        info!(session = %record.id, call_id = %record.call_id, "session deleted");
+        self.telemetry.session_ended("deleted");
+        session_span(record.id, &record.call_id)
+            .in_scope(|| info!(reason = "deleted", "session ended"));
         Ok(session_info(&record, report.as_ref()))
     }
 
@@ -674,19 +681,50 @@ impl Sessions {
         v1::ListSessionsResponse { sessions }
     }
 
-    /// Fills the session and worker parts of `get_stats`.
-    pub async fn fill_stats(&self, stats: &mut v1::GetStatsResponse) {
-        stats.sessions = self.registry().by_id.len() as u32;
-        stats.sessions_created = self.created.load(Ordering::Relaxed);
-        stats.sessions_timed_out = self.timed_out.load(Ordering::Relaxed);
+    /// Each live worker's counters.
+    pub async fn worker_stats(&self) -> Vec<(usize, baton_relay::worker::WorkerStats)> {
+        let mut all = Vec::with_capacity(self.dataplane.worker_count());
         for index in 0..self.dataplane.worker_count() {
             let (reply, answer) = oneshot::channel();
             if self.send(index, Command::Stats { reply }).is_err() {
                 continue;
             }
-            let Ok(worker) = await_worker(answer).await else {
-                continue;
-            };
+            if let Ok(worker) = await_worker(answer).await {
+                all.push((index, worker));
+            }
+        }
+        all
+    }
+
+    /// Sessions now.
+    pub fn session_count(&self) -> usize {
+        self.registry().by_id.len()
+    }
+
+    /// What is counted as it happens, for `/metrics`.
+    pub fn telemetry(&self) -> &crate::metrics::Telemetry {
+        &self.telemetry
+    }
+
+    /// Fills the session and worker parts of `get_stats`.
+    pub async fn fill_stats(&self, stats: &mut v1::GetStatsResponse) {
+        stats.sessions = self.registry().by_id.len() as u32;
+        stats.sessions_created = self.created.load(Ordering::Relaxed);
+        stats.sessions_timed_out = self.timed_out.load(Ordering::Relaxed);
+        stats.transfers_started = self.telemetry.transfers_started.get();
+        stats.transfers_completed = self.telemetry.transfers_completed.get();
+        stats.transfers_failed = ["refused", "cancelled", "timeout"]
+            .iter()
+            .map(|reason| {
+                self.telemetry
+                    .transfers_failed
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: (*reason).to_owned(),
+                    })
+                    .get()
+            })
+            .sum();
+        for (index, worker) in self.worker_stats().await {
             let us = |ns: u64| ns as f64 / 1000.0;
             stats.packets_forwarded += worker.forwarded;
             stats.packets_dropped += worker.dropped;
@@ -731,7 +769,9 @@ impl Sessions {
                         continue; // deleted at the same moment
                     };
                     self.timed_out.fetch_add(1, Ordering::Relaxed);
-                    info!(session = %id, call_id = %record.call_id, reason = reason.name(), "session timed out");
+                    self.telemetry.session_ended(reason.name());
+                    session_span(id, &record.call_id)
+                        .in_scope(|| info!(reason = reason.name(), "session ended"));
                     bus.publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
                         session: Some(session_info(&record, Some(&report))),
                         reason: reason.name().to_owned(),
@@ -912,6 +952,12 @@ impl Sessions {
             .get_mut(&id)
             .and_then(|r| r.transfer_answer.take())
     }
+}
+
+/// The span every log line about a session is in: one call's life can be
+/// followed by its session id or its Call-ID.
+pub(crate) fn session_span(id: SessionId, call_id: &str) -> tracing::Span {
+    tracing::info_span!("session", session = %id, call_id = %call_id)
 }
 
 /// Which party an SDP body comes from.

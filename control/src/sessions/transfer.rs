@@ -84,6 +84,19 @@ impl Sessions {
     /// addresses. Nothing changes when it is refused.
     pub async fn transfer(
         &self,
+        request: v1::TransferRequest,
+    ) -> Result<v1::TransferResponse, Status> {
+        let result = self.open_transfer_legs(request).await;
+        if result.is_ok() {
+            self.telemetry.transfers_started.inc();
+        } else {
+            self.telemetry.transfer_failed("refused");
+        }
+        result
+    }
+
+    async fn open_transfer_legs(
+        &self,
         mut request: v1::TransferRequest,
     ) -> Result<v1::TransferResponse, Status> {
         if !request.sdp.is_empty() && !request.streams.is_empty() {
@@ -131,16 +144,6 @@ impl Sessions {
             };
             registry.by_id[&id].clone()
         };
-        if let Some(pending) = record
-            .pending
-            .as_ref()
-            .filter(|p| p.committed_from.is_none())
-        {
-            return Err(Status::failed_precondition(format!(
-                "a transfer to {} is already pending on session {}",
-                pending.gruu, record.id
-            )));
-        }
         let adopted_aor = if record.aor.is_empty() {
             // A session created without its user (over ng, no aor given):
             // the device's own AOR becomes the session's once this transfer
@@ -160,6 +163,17 @@ impl Sessions {
                 .map_err(Status::permission_denied)?;
             None
         };
+        // Who the device is comes first; then whether the session is free.
+        if let Some(pending) = record
+            .pending
+            .as_ref()
+            .filter(|p| p.committed_from.is_none())
+        {
+            return Err(Status::failed_precondition(format!(
+                "a transfer to {} is already pending on session {}",
+                pending.gruu, record.id
+            )));
+        }
         let plan = if request.sdp.is_empty() {
             None
         } else {
@@ -315,14 +329,17 @@ impl Sessions {
             text
         });
         if let Some(aor) = adopted_aor {
-            tracing::warn!(session = %record.id, %aor, "the session had no AOR; it is now the transfer's device's");
+            super::session_span(record.id, &record.call_id).in_scope(|| {
+                tracing::warn!(%aor, "the session had no AOR; it is now the transfer's device's");
+            });
             if let Some(current) = self.registry().by_id.get_mut(&record.id)
                 && current.aor.is_empty()
             {
                 current.aor = aor.to_string();
             }
         }
-        info!(session = %record.id, from = %record.gruu, to = %gruu, ?mode, "transfer opened");
+        super::session_span(record.id, &record.call_id)
+            .in_scope(|| info!(from = %record.gruu, to = %gruu, ?mode, "transfer opened"));
         Ok(v1::TransferResponse {
             sdp: answer.unwrap_or_default(),
             session: record.id.to_string(),
@@ -356,7 +373,8 @@ impl Sessions {
                 let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
                 let held = adopt(&mut record.streams, &mut record.sdp, pending);
                 pending.committed_from = Some(previous);
-                info!(session = %id, to = %record.gruu, "transfer committed");
+                super::session_span(id, &record.call_id)
+                    .in_scope(|| info!(to = %record.gruu, "transfer committed"));
                 held
             } else {
                 None
@@ -412,7 +430,7 @@ impl Sessions {
         report: &SessionReport,
         bus: &EventBus,
     ) {
-        let (gruu, previous, held, worker) = {
+        let (gruu, previous, held, worker, call_id) = {
             let mut registry = self.registry();
             let Some(record) = registry.by_id.get_mut(&id) else {
                 return;
@@ -428,7 +446,13 @@ impl Sessions {
                     (previous, held)
                 }
             };
-            (record.gruu.clone(), previous, held, record.worker)
+            (
+                record.gruu.clone(),
+                previous,
+                held,
+                record.worker,
+                record.call_id.clone(),
+            )
         };
         if let Some(held) = held {
             // Not awaited: this runs on the worker-event path, which must not
@@ -446,7 +470,13 @@ impl Sessions {
             );
         }
         let media_gap_ms = gap.map_or(-1.0, |g| g.as_secs_f64() * 1000.0);
-        info!(session = %id, from = %previous, to = %gruu, media_gap_ms, streams = report.streams.len(), "transfer completed");
+        self.telemetry.transfers_completed.inc();
+        if let Some(gap) = gap {
+            self.telemetry.transfer_gap.observe(gap.as_secs_f64());
+        }
+        super::session_span(id, &call_id).in_scope(|| {
+            info!(from = %previous, to = %gruu, media_gap_ms, streams = report.streams.len(), "transfer completed");
+        });
         bus.publish(v1::event::Kind::TransferCompleted(v1::TransferCompleted {
             session: id.to_string(),
             gruu,
@@ -457,14 +487,19 @@ impl Sessions {
 
     /// A transfer was rolled back (cancel or timeout).
     pub(super) fn transfer_failed(&self, id: SessionId, reason: &str, bus: &EventBus) {
-        let gruu = {
+        let (gruu, call_id) = {
             let mut registry = self.registry();
-            let Some(pending) = registry.by_id.get_mut(&id).and_then(|r| r.pending.take()) else {
+            let Some(record) = registry.by_id.get_mut(&id) else {
                 return;
             };
-            pending.gruu
+            let Some(pending) = record.pending.take() else {
+                return;
+            };
+            (pending.gruu, record.call_id.clone())
         };
-        info!(session = %id, to = %gruu, reason, "transfer rolled back");
+        self.telemetry.transfer_failed(reason);
+        super::session_span(id, &call_id)
+            .in_scope(|| info!(to = %gruu, reason, "transfer rolled back"));
         bus.publish(v1::event::Kind::TransferFailed(v1::TransferFailed {
             session: id.to_string(),
             gruu,

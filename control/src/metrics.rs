@@ -1,0 +1,552 @@
+//! Prometheus metrics: counters the control plane keeps as things happen,
+//! and a snapshot of the media workers and the port pool taken at each
+//! scrape (workers count for themselves and are asked only then, so the
+//! packet path never touches a shared counter).
+//!
+//! Served by [`serve`] on `--metrics HOST:PORT` as `GET /metrics` in the
+//! Prometheus text format.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use crate::service::Service;
+
+/// Labels of `baton_control_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The command, e.g. "create_session".
+    pub command: String,
+    /// The result: "OK" or a gRPC status name.
+    pub code: String,
+}
+
+/// A `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
+}
+
+/// What the control plane counts as it happens. Cheap to clone (shared
+/// handles).
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Control requests by command and result.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Sessions created.
+    pub sessions_created: Counter,
+    /// Sessions ended, by reason.
+    pub sessions_ended: Family<ReasonLabels, Counter>,
+    /// Transfers opened.
+    pub transfers_started: Counter,
+    /// Transfers switched to the new device.
+    pub transfers_completed: Counter,
+    /// Transfers not completed, by reason (refused, cancelled, timeout).
+    pub transfers_failed: Family<ReasonLabels, Counter>,
+    /// Media gap at the switch, in seconds.
+    pub transfer_gap: Histogram,
+    /// ng requests by command and result.
+    pub ng_requests: Family<RequestLabels, Counter>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            sessions_created: Counter::default(),
+            sessions_ended: Family::default(),
+            transfers_started: Counter::default(),
+            transfers_completed: Counter::default(),
+            transfers_failed: Family::default(),
+            // 0.1 ms to 1 s: the gap is the time between the old device's
+            // last packet and the new one's first.
+            transfer_gap: Histogram::new([
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            ng_requests: Family::default(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Counts a finished control request.
+    pub fn request(&self, command: &str, code: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                command: command.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a session's end.
+    pub fn session_ended(&self, reason: &str) {
+        self.sessions_ended
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a transfer that did not complete.
+    pub fn transfer_failed(&self, reason: &str) {
+        self.transfers_failed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// One worker's numbers at the last scrape.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSnapshot {
+    /// Worker number.
+    pub index: usize,
+    /// Sessions pinned to it.
+    pub sessions: u64,
+    /// Datagrams sent, by destination side (user, remote).
+    pub packets_to: [u64; 2],
+    /// Bytes sent, by destination side (user, remote).
+    pub bytes_to: [u64; 2],
+    /// Drops by reason name.
+    pub drops: Vec<(&'static str, u64)>,
+    /// Latency histogram: (bound in seconds, cumulative count).
+    pub latency_buckets: Vec<(f64, u64)>,
+    /// Latency samples.
+    pub latency_count: u64,
+    /// Sum of latency samples in seconds.
+    pub latency_sum: f64,
+    /// CPU seconds the worker thread used.
+    pub cpu_seconds: Option<f64>,
+    /// Events the control plane could not take.
+    pub events_lost: u64,
+}
+
+/// What is read at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Sessions now.
+    pub sessions: u64,
+    /// Control connections now.
+    pub control_connections: u64,
+    /// Event subscribers now.
+    pub subscribers: u64,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Per worker.
+    pub workers: Vec<WorkerSnapshot>,
+    /// Per media IP: (ip, free pairs, total pairs).
+    pub ports: Vec<(String, u64, u64)>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    ip: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// A histogram whose buckets were counted elsewhere (by the workers).
+#[derive(Debug)]
+struct CountedHistogram<'a> {
+    sum: f64,
+    count: u64,
+    buckets: &'a [(f64, u64)],
+}
+
+impl EncodeMetric for CountedHistogram<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Encodes the last snapshot at each scrape.
+#[derive(Debug, Default)]
+struct SnapshotCollector {
+    last: Arc<Mutex<Snapshot>>,
+}
+
+fn counter(value: u64) -> ConstCounter<u64> {
+    ConstCounter::new(value)
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
+            let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(m)
+        };
+        let version = ConstGauge::new(1i64);
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_build_info",
+                "The running version (always 1)",
+                None,
+                version.metric_type(),
+            )?;
+            version.encode(m.encode_family(&VersionLabels {
+                version: crate::service::VERSION,
+            })?)?;
+        }
+        gauge(
+            &mut encoder,
+            "baton_sessions",
+            "Sessions on the relay now",
+            s.sessions,
+        )?;
+        gauge(
+            &mut encoder,
+            "baton_control_connections",
+            "Control connections open now",
+            s.control_connections,
+        )?;
+        gauge(
+            &mut encoder,
+            "baton_event_subscribers",
+            "Control connections subscribed to events now",
+            s.subscribers,
+        )?;
+        gauge(
+            &mut encoder,
+            "baton_uptime_seconds",
+            "Seconds since the relay started",
+            s.uptime_seconds,
+        )?;
+
+        let total = |f: &dyn Fn(&WorkerSnapshot) -> u64| s.workers.iter().map(f).sum::<u64>();
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_packets_forwarded",
+                "Datagrams sent by the relay, by the side they went to",
+                None,
+                MetricType::Counter,
+            )?;
+            for (index, direction) in [(0, "to_user"), (1, "to_remote")] {
+                counter(total(&|w| w.packets_to[index]))
+                    .encode(m.encode_family(&DirectionLabels { direction })?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_forwarded",
+                "Bytes sent by the relay, by the side they went to",
+                Some(&prometheus_client::registry::Unit::Bytes),
+                MetricType::Counter,
+            )?;
+            for (index, direction) in [(0, "to_user"), (1, "to_remote")] {
+                counter(total(&|w| w.bytes_to[index]))
+                    .encode(m.encode_family(&DirectionLabels { direction })?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_packets_dropped",
+                "Datagrams not forwarded, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            let reasons: Vec<&'static str> = s
+                .workers
+                .first()
+                .map(|w| w.drops.iter().map(|(r, _)| *r).collect())
+                .unwrap_or_default();
+            for reason in reasons {
+                let value = total(&|w| {
+                    w.drops
+                        .iter()
+                        .find(|(r, _)| *r == reason)
+                        .map_or(0, |(_, n)| *n)
+                });
+                counter(value).encode(m.encode_family(&DropLabels { reason })?)?;
+            }
+        }
+        {
+            // Merge the workers' histograms (same bounds).
+            let mut buckets: Vec<(f64, u64)> = s
+                .workers
+                .first()
+                .map(|w| w.latency_buckets.iter().map(|(b, _)| (*b, 0)).collect())
+                .unwrap_or_default();
+            for w in &s.workers {
+                for (slot, (_, n)) in buckets.iter_mut().zip(&w.latency_buckets) {
+                    slot.1 += n;
+                }
+            }
+            let histogram = CountedHistogram {
+                sum: s.workers.iter().map(|w| w.latency_sum).sum(),
+                count: total(&|w| w.latency_count),
+                buckets: &buckets,
+            };
+            let m = encoder.encode_descriptor(
+                "baton_relay_latency",
+                "Time from receiving a datagram to handing it to the kernel, sampled one batch in 16",
+                Some(&prometheus_client::registry::Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            histogram.encode(m)?;
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_worker_sessions",
+                "Sessions pinned to each media worker",
+                None,
+                MetricType::Gauge,
+            )?;
+            for w in &s.workers {
+                ConstGauge::new(i64::try_from(w.sessions).unwrap_or(i64::MAX)).encode(
+                    m.encode_family(&WorkerLabels {
+                        worker: w.index.to_string(),
+                    })?,
+                )?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_worker_packets_forwarded",
+                "Datagrams each media worker sent",
+                None,
+                MetricType::Counter,
+            )?;
+            for w in &s.workers {
+                counter(w.packets_to[0] + w.packets_to[1]).encode(m.encode_family(
+                    &WorkerLabels {
+                        worker: w.index.to_string(),
+                    },
+                )?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_worker_cpu",
+                "CPU time each media worker thread used (user + system)",
+                Some(&prometheus_client::registry::Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for w in &s.workers {
+                if let Some(cpu) = w.cpu_seconds {
+                    ConstCounter::new(cpu).encode(m.encode_family(&WorkerLabels {
+                        worker: w.index.to_string(),
+                    })?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_worker_events_lost",
+                "Worker events the control plane's queue could not take",
+                None,
+                MetricType::Counter,
+            )?;
+            for w in &s.workers {
+                counter(w.events_lost).encode(m.encode_family(&WorkerLabels {
+                    worker: w.index.to_string(),
+                })?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "baton_port_pairs",
+                "Relay port pairs per media IP, free or in use",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (ip, free, total) in &s.ports {
+                for (state, value) in [("free", *free), ("in_use", total.saturating_sub(*free))] {
+                    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(
+                        m.encode_family(&PortLabels {
+                            ip: ip.clone(),
+                            state,
+                        })?,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry behind `/metrics`.
+#[derive(Debug)]
+pub struct Exporter {
+    registry: Registry,
+    last: Arc<Mutex<Snapshot>>,
+}
+
+impl Exporter {
+    /// A registry over `telemetry` and the scrape-time snapshot.
+    pub fn new(telemetry: &Telemetry) -> Self {
+        let mut registry = Registry::default();
+        let t = telemetry.clone();
+        registry.register(
+            "baton_control_requests",
+            "Control requests answered, by command and result",
+            t.requests,
+        );
+        registry.register(
+            "baton_ng_requests",
+            "ng protocol requests answered, by command and result",
+            t.ng_requests,
+        );
+        registry.register(
+            "baton_sessions_created",
+            "Sessions created",
+            t.sessions_created,
+        );
+        registry.register(
+            "baton_sessions_ended",
+            "Sessions ended, by reason (deleted, media_timeout, setup_timeout)",
+            t.sessions_ended,
+        );
+        registry.register(
+            "baton_transfers_started",
+            "Transfers opened",
+            t.transfers_started,
+        );
+        registry.register(
+            "baton_transfers_completed",
+            "Transfers switched to the new device",
+            t.transfers_completed,
+        );
+        registry.register(
+            "baton_transfers_failed",
+            "Transfers that did not complete, by reason (refused, cancelled, timeout)",
+            t.transfers_failed,
+        );
+        registry.register_with_unit(
+            "baton_transfer_media_gap",
+            "Time from the old device's last packet to the new device's first, at a switch",
+            prometheus_client::registry::Unit::Seconds,
+            t.transfer_gap,
+        );
+        let last = Arc::new(Mutex::new(Snapshot::default()));
+        registry.register_collector(Box::new(SnapshotCollector {
+            last: Arc::clone(&last),
+        }));
+        Self { registry, last }
+    }
+
+    /// The metrics as Prometheus text, with `snapshot` as the live part.
+    pub fn render(&self, snapshot: Snapshot) -> String {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        let mut out = String::new();
+        match prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+            Ok(()) => out,
+            Err(_) => String::from("# encoding failed\n"),
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends; returns the
+/// bound address.
+pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    info!(listen = %local, "metrics endpoint ready");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, from)) = listener.accept().await else {
+                continue;
+            };
+            let service = Arc::clone(&service);
+            tokio::spawn(async move {
+                let handler = service_fn(move |request: Request<Incoming>| {
+                    let service = Arc::clone(&service);
+                    async move { Ok::<_, Infallible>(respond(&service, &request).await) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), handler)
+                    .await
+                {
+                    debug!(%from, error = %e, "metrics connection ended");
+                }
+            });
+        }
+    });
+    Ok(local)
+}
+
+async fn respond(service: &Service, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String, content_type: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
+        }
+        response
+    };
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            service.metrics_text().await,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "baton: metrics at /metrics\n".to_owned(),
+            "text/plain; charset=utf-8",
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "not found: GET /metrics\n".to_owned(),
+            "text/plain; charset=utf-8",
+        ),
+    }
+}

@@ -1,0 +1,253 @@
+//! `/metrics` scraped during a call and a transfer: the counters move as
+//! they should. And `baton ctl top --once`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use baton_proto::v1::{self, request::Command, response::Result as Reply};
+use common::Relay;
+use common::media::{Peer, rtp};
+
+const AOR: &str = "sip:alice@example.com";
+const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
+const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000b";
+
+/// GET /metrics; the samples by their full name with labels.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    *samples
+        .get(name)
+        .unwrap_or_else(|| panic!("no sample {name}; have {:?}", samples.keys()))
+}
+
+#[tokio::test]
+async fn counters_move_through_a_call_and_a_transfer() {
+    let port = common::free_tcp_port();
+    let relay = Relay::start(&["--metrics", &format!("127.0.0.1:{port}")]);
+    let before = scrape(port);
+    assert_eq!(value(&before, "baton_sessions"), 0.0);
+    assert_eq!(value(&before, "baton_build_info{version=\"0.1.0\"}"), 1.0);
+
+    let client = relay.client().await;
+    let (device, remote, stranger) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let codec = v1::Codec {
+        payload_type: 0,
+        name: "PCMU".into(),
+        clock_rate: 8000,
+        ..Default::default()
+    };
+    let Ok(Reply::CreateSession(created)) = client
+        .call(Command::CreateSession(v1::CreateSessionRequest {
+            call_id: "metrics-1".into(),
+            from_tag: "a".into(),
+            to_tag: "r".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            streams: vec![v1::StreamSpec {
+                kind: "audio".into(),
+                codecs: vec![codec],
+                user_peer: Some(v1::Endpoint {
+                    rtp: device.addr().to_string(),
+                    rtcp: String::new(),
+                }),
+                remote_peer: Some(v1::Endpoint {
+                    rtp: remote.addr().to_string(),
+                    rtcp: String::new(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("create failed");
+    };
+    let user_addr = created.streams[0].user.clone().expect("user").rtp;
+    let remote_addr = created.streams[0].remote.clone().expect("remote").rtp;
+    for seq in 0..10u16 {
+        device.send(&user_addr, &rtp(0, seq, u32::from(seq) * 160, 7, &[1; 160]));
+        remote.recv();
+    }
+    for seq in 0..4u16 {
+        remote.send(
+            &remote_addr,
+            &rtp(0, seq, u32::from(seq) * 160, 9, &[2; 160]),
+        );
+        device.recv();
+    }
+    stranger.send(&user_addr, &rtp(0, 1, 160, 66, &[6; 160]));
+    // A refused transfer (another user's device) and a real one.
+    let refused = client
+        .call(Command::Transfer(v1::TransferRequest {
+            session: Some(v1::SessionRef {
+                by: Some(v1::session_ref::By::Id(created.session.clone())),
+            }),
+            gruu: "sip:mallory@example.com;gr=urn:uuid:1".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(refused.is_err());
+    let device_b = Peer::v4();
+    let Ok(Reply::Transfer(transfer)) = client
+        .call(Command::Transfer(v1::TransferRequest {
+            session: Some(v1::SessionRef {
+                by: Some(v1::session_ref::By::Id(created.session.clone())),
+            }),
+            gruu: GRUU_B.into(),
+            streams: vec![v1::TransferStream {
+                peer: Some(v1::Endpoint {
+                    rtp: device_b.addr().to_string(),
+                    rtcp: String::new(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("transfer failed");
+    };
+    let b_addr = transfer.streams[0].user.clone().expect("user").rtp;
+    device_b.send(&b_addr, &rtp(0, 500, 80_000, 11, &[3; 160]));
+    remote.recv();
+    // The completion is reported by the worker; wait for the event.
+    let during = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            scrape(port)
+        })
+        .find(|s| s.get("baton_transfers_completed_total") == Some(&1.0))
+        .expect("the transfer completed");
+
+    assert_eq!(value(&during, "baton_sessions"), 1.0);
+    assert_eq!(value(&during, "baton_sessions_created_total"), 1.0);
+    assert_eq!(value(&during, "baton_transfers_started_total"), 1.0);
+    assert_eq!(
+        value(&during, "baton_transfers_failed_total{reason=\"refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&during, "baton_transfer_media_gap_seconds_count"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            "baton_packets_forwarded_total{direction=\"to_remote\"}"
+        ),
+        11.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            "baton_packets_forwarded_total{direction=\"to_user\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            "baton_forwarded_bytes_total{direction=\"to_remote\"}"
+        ),
+        11.0 * 172.0
+    );
+    assert_eq!(
+        value(&during, "baton_packets_dropped_total{reason=\"stranger\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            "baton_control_requests_total{command=\"create_session\",code=\"OK\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            "baton_control_requests_total{command=\"transfer\",code=\"PERMISSION_DENIED\"}"
+        ),
+        1.0
+    );
+    assert!(value(&during, "baton_relay_latency_seconds_count") >= 0.0);
+    let workers: f64 = during
+        .iter()
+        .filter(|(k, _)| k.starts_with("baton_worker_sessions{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(workers, 1.0);
+    assert!(
+        during
+            .keys()
+            .any(|k| k.starts_with("baton_worker_cpu_seconds_total{worker=")),
+        "per-worker CPU time"
+    );
+    let in_use = value(
+        &during,
+        "baton_port_pairs{ip=\"127.0.0.1\",state=\"in_use\"}",
+    );
+    assert!(in_use >= 2.0, "{in_use}");
+
+    // `ctl top` shows the same picture.
+    let top = relay.ctl(&["top", "--once"]);
+    assert!(top.status.success(), "{top:?}");
+    let screen = String::from_utf8_lossy(&top.stdout);
+    assert!(screen.contains("sessions 1"), "{screen}");
+    assert!(
+        screen.contains("transfers started 1   completed 1   failed 1"),
+        "{screen}"
+    );
+    assert!(screen.contains(&created.session), "{screen}");
+
+    // Ending the call.
+    let deleted = client
+        .call(Command::DeleteSession(v1::DeleteSessionRequest {
+            session: Some(v1::SessionRef {
+                by: Some(v1::session_ref::By::Id(created.session.clone())),
+            }),
+        }))
+        .await;
+    assert!(deleted.is_ok());
+    let after = scrape(port);
+    assert_eq!(value(&after, "baton_sessions"), 0.0);
+    assert_eq!(
+        value(&after, "baton_sessions_ended_total{reason=\"deleted\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "baton_port_pairs{ip=\"127.0.0.1\",state=\"in_use\"}"
+        ),
+        0.0
+    );
+}
