@@ -1,0 +1,38 @@
+//! The SDP model: any body parses or is refused with a line number in
+//! range; a parsed body rewritten to point at the relay parses again and
+//! keeps its m= lines.
+#![no_main]
+
+use baton_control::sdp::{RelayEndpoint, Sdp};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut body = match Sdp::parse(text) {
+        Ok(body) => body,
+        Err(error) => {
+            assert!(error.line <= text.split('\n').count(), "{error}");
+            return;
+        }
+    };
+    let relay = RelayEndpoint {
+        rtp: "192.0.2.1:40000".parse().expect("addr"),
+        rtcp: "192.0.2.1:40001".parse().expect("addr"),
+    };
+    let count = body.media_count();
+    for index in 0..count {
+        match body.media(index) {
+            Ok(m) if m.is_rtp() && !m.is_disabled() => {
+                body.point_at(index, relay, Some(relay.rtp.ip()));
+            }
+            Ok(_) | Err(_) => body.disable(index),
+        }
+    }
+    body.finish_session(Some(relay.rtp.ip()));
+    body.set_version(body.version().wrapping_add(1));
+    let out = body.render();
+    let again = Sdp::parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(again.media_count(), count);
+});
