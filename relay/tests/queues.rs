@@ -1,0 +1,111 @@
+//! The bounded queue from the media workers to the control plane, full:
+//! informational events (a leg latched) are dropped and counted; events the
+//! control plane must get (a session ended, freeing its ports) are held by
+//! the worker and delivered once there is room.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use baton_relay::stream::{LegConfig, StreamConfig};
+use baton_relay::worker::{Command, EndReason, LegSetup, StreamSetup, Timeouts, WorkerEvent};
+use baton_relay::{Dataplane, DataplaneConfig, SessionId};
+
+fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[0xD5; 160]);
+    p
+}
+
+#[test]
+fn a_full_event_queue_drops_only_what_may_be_lost() {
+    let config = DataplaneConfig {
+        workers: 1,
+        media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        ports: (46000, 46099),
+        timeouts: Timeouts {
+            media: Duration::from_millis(300),
+            setup: Duration::from_secs(60),
+            hold: Duration::from_secs(60),
+        },
+        command_queue: 16,
+        busy_poll: false,
+    };
+    // Room for one event, and nobody reading yet.
+    let (events, mut events_rx) = tokio::sync::mpsc::channel(1);
+    let dataplane = Dataplane::start(&config, events).expect("start");
+    let leg = || LegSetup {
+        sockets: dataplane.allocate(Some(false), true).expect("ports"),
+        config: LegConfig {
+            rtcp_mux: true,
+            peer_rtp: None,
+            peer_rtcp: None,
+        },
+    };
+    let mut relay_addrs = Vec::new();
+    for id in 1..=3u64 {
+        let (user, remote) = (leg(), leg());
+        relay_addrs.push(user.sockets.rtp.local_addr().expect("addr"));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        dataplane
+            .send(
+                0,
+                Command::Add {
+                    id: SessionId(id),
+                    streams: vec![StreamSetup {
+                        config: StreamConfig {
+                            learning_window: Duration::from_secs(5),
+                            relearn: false,
+                            asymmetric: false,
+                        },
+                        clock_rates: vec![(0, 8000)],
+                        telephone_event: None,
+                        legs: [user, remote],
+                    }],
+                    reply,
+                },
+            )
+            .expect("queue");
+        answer.blocking_recv().expect("answer").expect("added");
+    }
+    // Three legs latch: three `SourceLatched` events for a queue of one.
+    let device = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for to in &relay_addrs {
+        device.send_to(&rtp(1, 7), to).expect("send");
+    }
+    let stats = || {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        dataplane.send(0, Command::Stats { reply }).expect("queue");
+        answer.blocking_recv().expect("stats")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats().events_lost < 2 {
+        assert!(Instant::now() < deadline, "latch events were not dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(stats().events_lost, 2, "one queued, two lost and counted");
+    // The media stops: three sessions end by the media timeout while the
+    // queue is still full. Those events are held, not lost.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(stats().sessions, 0, "the sessions ended");
+    assert_eq!(stats().events_lost, 2, "no end of session was dropped");
+    let mut ended = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ended.len() < 3 {
+        assert!(Instant::now() < deadline, "ends delivered: {ended:?}");
+        match events_rx.try_recv() {
+            Ok(WorkerEvent::SessionEnded { id, reason, .. }) => {
+                assert_eq!(reason, EndReason::MediaTimeout);
+                ended.push(id.0);
+            }
+            Ok(WorkerEvent::SourceLatched { .. }) => {}
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    ended.sort_unstable();
+    assert_eq!(ended, [1, 2, 3]);
+    dataplane.shutdown();
+}
