@@ -109,3 +109,43 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
     assert_eq!(ended, [1, 2, 3]);
     dataplane.shutdown();
 }
+
+#[test]
+fn a_full_command_queue_refuses_at_once_instead_of_blocking() {
+    let config = DataplaneConfig {
+        workers: 1,
+        media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        ports: (46100, 46199),
+        timeouts: Timeouts {
+            media: Duration::from_secs(60),
+            setup: Duration::from_secs(60),
+            hold: Duration::from_secs(60),
+        },
+        command_queue: 1,
+        busy_poll: false,
+    };
+    let (events, _events_rx) = tokio::sync::mpsc::channel(16);
+    let dataplane = Dataplane::start(&config, events).expect("start");
+    // Bursts faster than a worker wakes up: with room for one command, the
+    // second of a burst finds the queue full and is refused there and then
+    // (the control plane answers UNAVAILABLE); every accepted one is
+    // answered.
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for _ in 0..1000 {
+        for _ in 0..2 {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            match dataplane.send(0, Command::Stats { reply }) {
+                Ok(()) => accepted.push(answer),
+                Err(baton_relay::QueueError::Full(0)) => refused += 1,
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert!(refused > 0, "the queue never filled");
+    for answer in accepted {
+        answer
+            .blocking_recv()
+            .expect("an accepted command is answered");
+    }
+    dataplane.shutdown();
+}
