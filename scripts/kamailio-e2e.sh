@@ -17,6 +17,7 @@
 # the ports used, default 25060), KEEP_LOGS=1 (keep the log directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
 
 if ! command -v kamailio >/dev/null || ! command -v sipp >/dev/null; then
     sudo=""
