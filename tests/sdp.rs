@@ -368,6 +368,55 @@ async fn a_transfer_with_the_new_devices_sdp_gets_its_answer_and_one_stream_reac
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(gruu, GRUU_B);
+
+    // B puts the call on hold with a re-INVITE in its own numbering: the
+    // remote gets telephone-event as 101, the number it negotiated, as in
+    // the media; and the remote's answer reaches B as 96.
+    let b_hold = format!(
+        "v=0\r\no=alice-b 9 10 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 8 0 96\r\na=rtpmap:96 telephone-event/8000\r\na=rtcp-mux\r\n\
+         a=sendonly\r\n",
+        device_b.addr().port()
+    );
+    let Ok(Reply::UpdateSession(held)) = call
+        .client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: Some(by_id(&call.session)),
+            sdp: b_hold,
+            sdp_from: v1::Party::User as i32,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("B's re-INVITE failed");
+    };
+    let to_remote = Sdp::parse(&held.sdp).expect("sdp");
+    let m = to_remote.media(0).expect("audio");
+    assert_eq!(m.formats, ["8", "0", "101"], "{}", held.sdp);
+    assert_eq!(m.codecs[2].name, "telephone-event");
+    assert!(
+        held.sdp.contains("o=alice-a 4000 4001 "),
+        "the remote keeps A's origin: {}",
+        held.sdp
+    );
+    let Ok(Reply::UpdateSession(answered)) = call
+        .client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: Some(by_id(&call.session)),
+            sdp: answer_from(call.remote.addr(), 2, "recvonly"),
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("the remote's answer failed");
+    };
+    let to_b = Sdp::parse(&answered.sdp).expect("sdp");
+    assert_eq!(
+        to_b.media(0).expect("audio").formats,
+        ["0", "96"],
+        "{}",
+        answered.sdp
+    );
 }
 
 #[tokio::test]

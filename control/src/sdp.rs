@@ -698,6 +698,64 @@ impl Sdp {
         section.retain(|line| !is_ice(line));
     }
 
+    /// Renumbers the payload types of m= line `index` by `map` (from, to):
+    /// the format list and the `a=rtpmap`, `a=fmtp` and `a=rtcp-fb` lines.
+    /// A format not in the map keeps its number unless another format is
+    /// being renumbered onto it; then it is left out (with its lines), as
+    /// the receiver could not tell the two apart.
+    pub fn renumber(&mut self, index: usize, map: &[(u8, u8)]) {
+        if map.iter().all(|(from, to)| from == to) {
+            return;
+        }
+        let Some(section) = self.media.get_mut(index) else {
+            return;
+        };
+        let target = |pt: u8| -> Option<u8> {
+            match map.iter().find(|(from, _)| *from == pt) {
+                Some(&(_, to)) => Some(to),
+                None if map.iter().any(|&(_, to)| to == pt) => None,
+                None => Some(pt),
+            }
+        };
+        let mut fields: Vec<String> = section[0]
+            .value
+            .split_ascii_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if fields.len() < 4 {
+            return;
+        }
+        let formats: Vec<String> = fields
+            .split_off(3)
+            .into_iter()
+            .filter_map(|f| match f.parse::<u8>() {
+                Ok(pt) => target(pt).map(|to| to.to_string()),
+                Err(_) => Some(f),
+            })
+            .collect();
+        fields.extend(formats);
+        section[0].value = fields.join(" ");
+        section.retain_mut(|line| {
+            let Some((name, Some(value))) = line.attribute() else {
+                return true;
+            };
+            if !matches!(name, "rtpmap" | "fmtp" | "rtcp-fb") {
+                return true;
+            }
+            let (pt, rest) = value.split_once(' ').unwrap_or((value, ""));
+            let Ok(pt) = pt.parse::<u8>() else {
+                return true; // `a=rtcp-fb:* …` applies to every format
+            };
+            match target(pt) {
+                Some(to) => {
+                    line.value = format!("{name}:{to} {rest}").trim_end().to_owned();
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+
     /// Disables m= line `index` (port 0), for a stream the relay does not
     /// carry; its ICE attributes go too.
     pub fn disable(&mut self, index: usize) {

@@ -61,6 +61,10 @@ struct StreamRecord {
     held: [bool; 2],
     /// Rejected (port 0) in the last answer: no media is expected on it.
     rejected: bool,
+    /// The current device's payload types against the remote's (device,
+    /// remote), when a transfer brought a device that numbers differently;
+    /// empty for the same numbering.
+    user_payloads: Vec<(u8, u8)>,
 }
 
 impl StreamRecord {
@@ -108,6 +112,8 @@ struct PendingTransfer {
     committed_from: Option<String>,
     /// Per stream: the new device multiplexes RTCP.
     rtcp_mux: Vec<bool>,
+    /// Per stream: the new device's payload types against the remote's.
+    payloads: Vec<Vec<(u8, u8)>>,
     /// The new device's offer and the answer it got, if given as SDP.
     sdp: Option<PendingSdp>,
 }
@@ -421,6 +427,7 @@ impl Sessions {
                 ptime: spec.ptime_ms,
                 held: [false; 2],
                 rejected: false,
+                user_payloads: Vec::new(),
             });
         }
         let (reply, answer) = oneshot::channel();

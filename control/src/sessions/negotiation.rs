@@ -222,6 +222,7 @@ pub(super) fn render(
     sender_layout: &Layout,
     receiver: Option<(&Sdp, &Layout)>,
     relay: &[Option<RelayEndpoint>],
+    payloads: &[Vec<(u8, u8)>],
 ) -> Sdp {
     // (pick, stream carried there)
     let mut picks: Vec<(Pick<'_>, Option<usize>)> = Vec::new();
@@ -260,7 +261,12 @@ pub(super) fn render(
     for (index, (pick, stream)) in picks.iter().enumerate() {
         match (stream, pick) {
             (Some(s), Ok(_)) => match relay.get(*s).copied().flatten() {
-                Some(endpoint) => body.point_at(index, endpoint, first_ip),
+                Some(endpoint) => {
+                    body.point_at(index, endpoint, first_ip);
+                    if let Some(map) = payloads.get(*s) {
+                        body.renumber(index, map);
+                    }
+                }
                 None => body.disable(index),
             },
             (Some(_) | None, Ok(_) | Err(_)) => body.disable(index),
@@ -476,7 +482,7 @@ impl super::Sessions {
                 }
             }
             let relay = relay_toward(&record.streams, other);
-            let mut out = render(&body, &layout, None, &relay);
+            let mut out = render(&body, &layout, None, &relay, &[]);
             let mut state = SdpState::default();
             stamp(&mut out, &mut state.sent[other as usize]);
             state.layout[from as usize] = Some(layout);
@@ -666,7 +672,18 @@ impl super::Sessions {
                 (Some(body), Some(layout)) => Some((body, layout)),
                 _ => None,
             };
-            let mut out = render(&body, &layout, receiver, &relay);
+            // The relay renumbers a transferred device's payload types in
+            // its media; bodies crossing it are renumbered the same way, so
+            // each party keeps the numbers it negotiated.
+            let payloads: Vec<Vec<(u8, u8)>> = current
+                .streams
+                .iter()
+                .map(|s| match from {
+                    Side::User => s.user_payloads.clone(),
+                    Side::Remote => s.user_payloads.iter().map(|&(d, r)| (r, d)).collect(),
+                })
+                .collect();
+            let mut out = render(&body, &layout, receiver, &relay, &payloads);
             stamp(&mut out, &mut state.sent[other as usize]);
             state.layout[from as usize] = Some(layout);
             state.received[from as usize] = Some(body);
@@ -845,6 +862,7 @@ mod tests {
                     ptime: spec.ptime_ms,
                     held: [false; 2],
                     rejected: false,
+                    user_payloads: Vec::new(),
                 }
             })
             .collect()
@@ -946,7 +964,7 @@ mod tests {
 
             let streams = records(&specs, false);
             let relay = relay_toward(&streams, Side::Remote);
-            let out = render(&body, &layout, None, &relay);
+            let out = render(&body, &layout, None, &relay, &[]);
             let text = out.render();
             let unchanged = assert_only_relay_lines_changed(name, case.body, &text);
             assert!(unchanged >= 3, "{name}: too little compared");
@@ -989,11 +1007,24 @@ mod tests {
         assert_eq!(specs[0].user_family, v1::AddressFamily::Ipv6 as i32);
         let streams = records(&specs, true);
         // Sent to the user: the relay's user legs (IPv4 here) ...
-        let to_user = render(&body, &layout, None, &relay_toward(&streams, Side::User)).render();
+        let to_user = render(
+            &body,
+            &layout,
+            None,
+            &relay_toward(&streams, Side::User),
+            &[],
+        )
+        .render();
         assert!(to_user.contains("c=IN IP4 10.9.0.1\r\n"), "{to_user}");
         // ... and to a party behind IPv6 legs, IP6 lines.
-        let to_remote =
-            render(&body, &layout, None, &relay_toward(&streams, Side::Remote)).render();
+        let to_remote = render(
+            &body,
+            &layout,
+            None,
+            &relay_toward(&streams, Side::Remote),
+            &[],
+        )
+        .render();
         assert!(
             to_remote.contains("c=IN IP6 2001:db8:99::2\r\n"),
             "{to_remote}"
@@ -1185,5 +1216,37 @@ mod tests {
             (video.port, video.formats.as_slice()),
             (0, ["97".to_owned()].as_slice())
         );
+    }
+
+    #[test]
+    fn bodies_are_renumbered_like_the_media() {
+        // Device B numbers telephone-event 96 and G726 101; the remote has
+        // telephone-event as 101.
+        let mut body = Sdp::parse(
+            "v=0\r\no=b 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+             m=audio 5004 RTP/AVP 0 96 101\r\na=rtpmap:96 telephone-event/8000\r\n\
+             a=fmtp:96 0-15\r\na=rtpmap:101 G726-32/8000\r\na=rtcp-fb:* nack\r\na=sendonly\r\n",
+        )
+        .expect("parse");
+        body.renumber(0, &[(96, 101)]);
+        let text = body.render();
+        assert!(text.contains("m=audio 5004 RTP/AVP 0 101\r\n"), "{text}");
+        assert!(
+            text.contains("a=rtpmap:101 telephone-event/8000\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("a=fmtp:101 0-15\r\n"), "{text}");
+        assert!(
+            !text.contains("G726"),
+            "the colliding format is left out: {text}"
+        );
+        assert!(
+            text.contains("a=rtcp-fb:* nack\r\na=sendonly\r\n"),
+            "{text}"
+        );
+        // Identity maps change nothing.
+        let before = body.render();
+        body.renumber(0, &[(0, 0)]);
+        assert_eq!(body.render(), before);
     }
 }

@@ -264,6 +264,7 @@ impl Sessions {
                 local: local.clone(),
                 committed_from: None,
                 rtcp_mux: muxes,
+                payloads: shared.clone(),
                 sdp: None,
             });
         }
@@ -524,6 +525,9 @@ fn adopt(
         }
         if let Some(&mux) = pending.rtcp_mux.get(index) {
             stream.rtcp_mux[user] = mux;
+        }
+        if let Some(pairs) = pending.payloads.get(index) {
+            stream.user_payloads = pairs.iter().copied().filter(|(d, r)| d != r).collect();
         }
         stream.held[user] = false;
     }
