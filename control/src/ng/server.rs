@@ -22,6 +22,9 @@ const MAX_CONCURRENT: usize = 256;
 const MAX_TCP_MESSAGE: usize = 1 << 20;
 /// A TCP client silent this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(300);
+/// TCP clients at once per listener (a proxy keeps a handful); more are
+/// closed at once.
+const MAX_TCP_CLIENTS: usize = 256;
 
 /// Where an ng listener listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,14 +189,21 @@ async fn serve_udp(socket: Arc<UdpSocket>, service: NgService, cache: Arc<Mutex<
 }
 
 async fn serve_tcp(listener: TcpListener, service: NgService, cache: Arc<Mutex<CookieCache>>) {
+    let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
+                let Ok(slot) = Arc::clone(&clients).try_acquire_owned() else {
+                    warn!(%from, limit = MAX_TCP_CLIENTS, "ng: TCP client refused: limit reached");
+                    drop(stream);
+                    continue;
+                };
                 let (service, cache) = (service.clone(), Arc::clone(&cache));
                 tokio::spawn(async move {
                     if let Err(reason) = serve_connection(stream, from, &service, &cache).await {
                         debug!(%from, reason, "ng: TCP connection closed");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
