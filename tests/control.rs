@@ -430,16 +430,21 @@ fn stale_socket_is_replaced_but_a_live_one_is_not_stolen() {
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_with_a_reason() {
     let relay = Relay::start(&["--max-control-connections", "2"]);
-    // The readiness probe's connection may still hold a slot for a moment.
+    // The readiness probe's connection may still hold a slot for a moment:
+    // wait until the first client is the only one.
+    let first = relay.client().await;
     let deadline = std::time::Instant::now() + READ_DEADLINE;
-    while stdout_json(&relay.ctl(&["stats"]))["control_connections"] != 1 {
+    loop {
+        let reply = first.call(Command::GetStats(v1::GetStatsRequest {})).await;
+        if matches!(&reply, Ok(Reply::GetStats(stats)) if stats.control_connections == 1) {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "probe connection never closed"
+            "probe connection never closed: {reply:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let first = relay.client().await;
     let second = relay.client().await;
     for client in [&first, &second] {
         let reply = client.call(Command::Ping(v1::PingRequest {})).await;
