@@ -114,6 +114,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    if let Some(addr) = metrics
+        && !addr.ip().is_loopback()
+    {
+        warn!(listen = %addr, "the metrics endpoint has no authentication: firewall this address");
+    }
     let ng = NgService::new(Arc::clone(&service));
     let mut ng_addrs = Vec::new();
     for addr in &config.listen_ng {
