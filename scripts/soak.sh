@@ -104,7 +104,8 @@ sleep 5
 read -r s1 free1 total1 fd1 th1 rss1 < <(figures)
 echo "idle at end:   sessions $s1, free pairs $free1/$total1, open files $fd1, threads $th1, RSS ${rss1} KiB"
 timed_out=$("$BATON" ctl --control "$control" stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["sessions_timed_out"])')
-echo "rounds: $round; sessions ended by timeout: $timed_out"
+bindings=$("$BATON" ctl --control "$control" bindings | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("bindings", [])))')
+echo "rounds: $round; sessions ended by timeout: $timed_out; live device bindings: $bindings"
 # Memory: compare the end of the second round (allocator warmed up) with
 # the last round.
 first=${rss_samples[1]:-${rss_samples[0]}}
