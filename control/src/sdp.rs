@@ -150,7 +150,7 @@ impl Direction {
 /// ICE attributes (RFC 8839): meaningless once the relay is the media
 /// endpoint, and harmful if left (the far end would check candidates that
 /// bypass the relay).
-const ICE_ATTRIBUTES: [&str; 9] = [
+pub(crate) const ICE_ATTRIBUTES: [&str; 9] = [
     "ice-ufrag",
     "ice-pwd",
     "ice-options",

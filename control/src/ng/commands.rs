@@ -16,7 +16,7 @@ use tracing::debug;
 use super::wire::{Dict, dict, error, get_list, get_str, text};
 use crate::sdp::Sdp;
 use crate::service::Service;
-use crate::sessions::DialogView;
+use crate::sessions::{DialogView, by_id};
 use crate::status::Status;
 
 /// Keys this implementation reads; others are logged and ignored, as
@@ -272,9 +272,27 @@ impl NgService {
         {
             return self.handoff(request, &view, gruu, sdp, &options).await;
         }
-        let updated = sessions
+        self.update(&view, sdp, from_user, String::new(), &options)
+            .await
+    }
+
+    /// A body from one side of a known dialog: the session updated, the
+    /// reply the body for the other side. `to_tag` sets the dialog's to-tag
+    /// (empty: unchanged).
+    async fn update(
+        &self,
+        view: &DialogView,
+        sdp: String,
+        from_user: bool,
+        to_tag: String,
+        options: &Options,
+    ) -> Result<Value, Value> {
+        let updated = self
+            .service
+            .sessions()
             .update(v1::UpdateSessionRequest {
                 session: Some(by_id(view.id)),
+                to_tag,
                 sdp,
                 sdp_from: party(from_user),
                 ..Default::default()
@@ -364,23 +382,14 @@ impl NgService {
             // new device gets the relay's answer for it.
             return Ok(ok_with_sdp(options.outgoing(answer)));
         }
-        let updated = sessions
-            .update(v1::UpdateSessionRequest {
-                session: Some(by_id(view.id)),
-                // The dialog's to-tag: whichever tag is not the offerer's.
-                to_tag: if from_tag == view.from_tag {
-                    to_tag
-                } else {
-                    from_tag
-                }
-                .to_owned(),
-                sdp,
-                sdp_from: party(from_user),
-                ..Default::default()
-            })
+        // The dialog's to-tag: whichever tag is not the offerer's.
+        let dialog_to_tag = if from_tag == view.from_tag {
+            to_tag
+        } else {
+            from_tag
+        };
+        self.update(&view, sdp, from_user, dialog_to_tag.to_owned(), &options)
             .await
-            .map_err(|s| status_reply(&s))?;
-        Ok(ok_with_sdp(options.outgoing(updated.sdp)))
     }
 
     /// The sessions a delete or query names: one dialog, a branch by tag,
@@ -448,12 +457,6 @@ impl NgService {
             ("result", text("ok")),
             ("calls", Value::List(calls.into_iter().map(text).collect())),
         ])
-    }
-}
-
-fn by_id(id: SessionId) -> v1::SessionRef {
-    v1::SessionRef {
-        by: Some(v1::session_ref::By::Id(id.to_string())),
     }
 }
 

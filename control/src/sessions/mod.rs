@@ -977,7 +977,8 @@ fn party(value: i32, default: Side) -> Result<Side, Status> {
     }
 }
 
-fn by_id(id: SessionId) -> v1::SessionRef {
+/// A reference to a session by its id.
+pub(crate) fn by_id(id: SessionId) -> v1::SessionRef {
     v1::SessionRef {
         by: Some(By::Id(id.to_string())),
     }

@@ -280,14 +280,7 @@ pub(super) fn render(
 /// and remembers it.
 pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
     match sent {
-        None => {
-            *sent = Some(Sent {
-                identity: body.origin_identity(),
-                key: body.identity_key(),
-                version: body.version(),
-                text: body.render(),
-            });
-        }
+        None => *sent = Some(first_sent(body)),
         Some(previous) => {
             body.set_origin_identity(&previous.identity);
             let key = body.identity_key();
@@ -303,15 +296,12 @@ pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
 
 /// A fresh record of what was sent, for a body that starts a dialog.
 pub(super) fn first_sent(body: &Sdp) -> Sent {
-    let mut sent = None;
-    let mut copy = body.clone();
-    stamp(&mut copy, &mut sent);
-    sent.unwrap_or_else(|| Sent {
+    Sent {
         identity: body.origin_identity(),
         key: body.identity_key(),
         version: body.version(),
         text: body.render(),
-    })
+    }
 }
 
 /// The direction of stream `stream` in a party's last body.
@@ -504,6 +494,22 @@ impl super::Sessions {
         worker: usize,
         held: bool,
     ) -> Result<(), Status> {
+        let answer = self.send_held(id, worker, held)?;
+        if super::await_worker(answer).await? {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("session {id} has ended")))
+        }
+    }
+
+    /// Queues the hold state for the worker; the receiver says whether the
+    /// session was still there.
+    pub(super) fn send_held(
+        &self,
+        id: baton_relay::SessionId,
+        worker: usize,
+        held: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, Status> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(
             worker,
@@ -515,11 +521,7 @@ impl super::Sessions {
                 reply,
             },
         )?;
-        if super::await_worker(answer).await? {
-            Ok(())
-        } else {
-            Err(Status::not_found(format!("session {id} has ended")))
-        }
+        Ok(answer)
     }
 
     /// `update_session` with a body: peers, codecs, rtcp-mux and hold from
@@ -873,24 +875,12 @@ mod tests {
     }
 
     fn is_ice_line(line: &str) -> bool {
-        ICE.iter().any(|name| {
+        crate::sdp::ICE_ATTRIBUTES.iter().any(|name| {
             line.strip_prefix("a=")
                 .and_then(|rest| rest.strip_prefix(name))
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
         })
     }
-
-    const ICE: [&str; 9] = [
-        "ice-ufrag",
-        "ice-pwd",
-        "ice-options",
-        "ice-lite",
-        "ice-mismatch",
-        "ice-pacing",
-        "candidate",
-        "remote-candidates",
-        "end-of-candidates",
-    ];
 
     /// Checks that `output` is `input` with only the relay's lines changed:
     /// m= ports, c= addresses (some added at media level), a=rtcp, and ICE

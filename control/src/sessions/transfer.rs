@@ -458,17 +458,7 @@ impl Sessions {
         if let Some(held) = held {
             // Not awaited: this runs on the worker-event path, which must not
             // wait for a worker.
-            let (reply, _) = oneshot::channel();
-            let _ = self.send(
-                worker,
-                Command::Update {
-                    id,
-                    peers: Vec::new(),
-                    clock_rates: Vec::new(),
-                    held: Some(held),
-                    reply,
-                },
-            );
+            let _ = self.send_held(id, worker, held);
         }
         let media_gap_ms = gap.map_or(-1.0, |g| g.as_secs_f64() * 1000.0);
         self.telemetry.transfers_completed.inc();
