@@ -6,7 +6,11 @@
 //! checks, no statistics: `recvmmsg` in, `sendmmsg` out, one thread, epoll.
 //! What baton's per-packet work costs is the difference.
 //!
-//! Usage: forwarder PAIRS BASE_PORT SECONDS A_BASE B_BASE
+//! With SHARED > 0 the peers are SHARED addresses per side, pair i going to
+//! A_BASE + i * SHARED / PAIRS (and likewise B): the layout of a generator
+//! whose calls share sockets (`baton load --share-sockets`).
+//!
+//! Usage: forwarder PAIRS BASE_PORT SECONDS A_BASE B_BASE [SHARED]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -25,6 +29,7 @@ fn main() -> std::io::Result<()> {
     let seconds = number(3, 30);
     let a_base = number(4, 10_000) as u16;
     let b_base = number(5, 15_000) as u16;
+    let shared = number(6, 0) as usize;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut poll = Poll::new()?;
     let mut sockets = Vec::with_capacity(2 * pairs);
@@ -41,7 +46,13 @@ fn main() -> std::io::Result<()> {
     let peers: Vec<SocketAddr> = (0..2 * pairs)
         .map(|i| {
             let base = if i % 2 == 0 { a_base } else { b_base };
-            SocketAddr::from(([127, 0, 0, 1], base + (i / 2) as u16))
+            let pair = i / 2;
+            let peer = if shared == 0 {
+                pair
+            } else {
+                pair * shared / pairs
+            };
+            SocketAddr::from(([127, 0, 0, 1], base + peer as u16))
         })
         .collect();
     let mut recv = RecvBatch::new();

@@ -11,6 +11,12 @@ ANCHORS = os.environ.get("ANCHORS", "direct forwarder rtpengine baton-1w baton-2
 # Parts of the run: max (rates), latency, overload, scale, memory, handoffs, micro.
 SECTIONS = set(os.environ.get("SECTIONS", "max latency overload scale memory handoffs micro").split())
 RELAY_CORE, GEN_CORE = "0", "1"
+# Generator sockets per side, shared by the calls (`baton load
+# --share-sockets`): a generator with one socket per call side spends a
+# syscall per packet and its own ceiling, not the relay's, would bound the
+# figures at 5000 streams. The relays' work is the same either way: one
+# port per call side, one packet per wake-up per port.
+SHARE = int(os.environ.get("SHARE", "16"))
 WORK = tempfile.mkdtemp(prefix="baton-bench-")
 HAVE_RTPENGINE = subprocess.run(["sh", "-c", "command -v rtpengine"], capture_output=True).returncode == 0
 
@@ -148,23 +154,27 @@ class Relay:
         """Arguments of `baton load` for `streams` one-way streams, setting
         up fresh calls where the relay needs them."""
         calls = max(1, streams // 2)
+        share = ["--share-sockets", str(SHARE)] if SHARE else []
+        # Which shared generator address call k uses (as baton load and the
+        # forwarder lay them out: in blocks).
+        peer = (lambda k: k * min(SHARE, calls) // calls) if SHARE else (lambda k: k)
         if self.anchor == "direct":
-            return ["--direct", "--calls", str(calls)]
+            return ["--direct", "--calls", str(calls), *share]
         if self.anchor.startswith("baton"):
-            return ["--control", f"unix:{self.sock}", "--calls", str(calls)]
+            return ["--control", f"unix:{self.sock}", "--calls", str(calls), *share]
         plan = os.path.join(WORK, "plan.txt")
         lines = []
         if self.anchor == "forwarder":
             base = 51000
             for k in range(calls):
-                dev, rem = f"127.0.0.1:{10000 + k}", f"127.0.0.1:{15000 + k}"
+                dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
                 lines += [f"{dev} 127.0.0.1:{base + 2 * k} {rem}", f"{rem} 127.0.0.1:{base + 2 * k + 1} {dev}"]
         else:
             self.delete_calls()
             for k in range(calls):
                 self.serial += 1
                 # Generator ports stay below every relay's range (30000+).
-                call_id, dev_port, rem_port = f"bench-{self.serial}", 10000 + 2 * k, 20000 + 2 * k
+                call_id, dev_port, rem_port = f"bench-{self.serial}", 10000 + 2 * peer(k), 20000 + 2 * peer(k)
                 offer = ng(self.ng_addr, {"command": "offer", "call-id": call_id, "from-tag": "dev", "sdp": sdp(dev_port)})
                 answer = ng(self.ng_addr, {"command": "answer", "call-id": call_id, "from-tag": "dev",
                                            "to-tag": "rem", "sdp": sdp(rem_port)})
@@ -186,7 +196,7 @@ class Relay:
     def start_forwarder(self, streams, seconds):
         calls = max(1, streams // 2)
         return subprocess.Popen(pinned(RELAY_CORE, [FORWARDER, str(calls), "51000", str(int(seconds + 3)),
-                                                    "10000", "15000"]),
+                                                    "10000", "15000", str(min(SHARE, calls))]),
                                 stderr=subprocess.DEVNULL)
 
     def stop(self):

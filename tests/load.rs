@@ -6,7 +6,19 @@ use common::Relay;
 
 #[test]
 fn load_with_handoffs_loses_nothing_and_breaks_nothing() {
-    let relay = Relay::start(&["--ports", "44000-44999", "--workers", "2"]);
+    load_with_handoffs(&["--ports", "44000-44499"], &[]);
+}
+
+/// The same with the generator's calls sharing 3 sockets per side and
+/// thread: many calls' media from and to one address, so the relay must
+/// tell sessions apart by its own ports alone, handoffs included.
+#[test]
+fn load_with_shared_generator_sockets_loses_nothing() {
+    load_with_handoffs(&["--ports", "44500-44999"], &["--share-sockets", "3"]);
+}
+
+fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
+    let relay = Relay::start(&[relay_args, &["--workers", "2"]].concat());
     let output = std::process::Command::new(common::baton_bin())
         .args(["load", "--control"])
         .arg(relay.unix_addr().to_string())
@@ -21,6 +33,7 @@ fn load_with_handoffs_loses_nothing_and_breaks_nothing() {
             "2",
             "--json",
         ])
+        .args(load_args)
         .output()
         .expect("run baton load");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -52,6 +65,8 @@ fn load_with_handoffs_loses_nothing_and_breaks_nothing() {
         );
     }
     assert!(summary["pps"].as_f64().is_some_and(|v| v > 0.0));
+    // Loopback on Linux always gives receive timestamps.
+    assert_eq!(summary["latency_clock"], "kernel", "{stderr}");
 }
 
 #[test]
@@ -76,6 +91,41 @@ fn direct_mode_measures_the_generator_alone() {
     assert_eq!(summary["lost"], 0);
     assert_eq!(summary["received"], summary["sent"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("generator's own ceiling"));
+}
+
+#[test]
+fn direct_mode_with_shared_sockets_judges_every_flow() {
+    let output = std::process::Command::new(common::baton_bin())
+        .args([
+            "load",
+            "--direct",
+            "--calls",
+            "30",
+            "--share-sockets",
+            "4",
+            "--threads",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run baton load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("JSON")).expect("JSON");
+    // 60 flows, each judged on its own although 15 calls share 4 sockets a
+    // side per thread; at 50 packets/s for a second each sends about 50.
+    assert_eq!(summary["flows"], 60, "{stderr}");
+    assert_eq!(summary["lost"], 0, "{stderr}");
+    assert_eq!(summary["continuity_violations"], 0, "{stderr}");
+    assert_eq!(summary["received"], summary["sent"]);
+    assert!(
+        summary["sent"].as_u64().is_some_and(|n| n >= 60 * 45),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Batched UDP syscalls: `recvmmsg` and `sendmmsg` over buffers allocated
-//! once per worker. This is the only module with `unsafe` code; each block
-//! says why it is sound.
+//! once per worker, and the kernel receive timestamps the load generator
+//! reads. This is the only module with `unsafe` code; each block says why it
+//! is sound.
 //!
 //! Written against libc rather than through a crate: nix's wrappers allocate
 //! per call in places and quinn-udp turns on GRO/ECN socket options the relay
@@ -12,12 +13,17 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
 
 /// Datagrams moved per syscall.
 pub const BATCH: usize = 32;
 /// Receive buffer per datagram. RTP over UDP on an Ethernet path fits in
 /// 1500 bytes; larger datagrams are flagged as truncated and dropped.
 pub const BUF_LEN: usize = 2048;
+/// Control buffer per datagram, in 8-byte words (aligned for `cmsghdr`):
+/// room for one `SCM_TIMESTAMPNS` message (16-byte header + 16-byte
+/// timespec) with slack.
+const CONTROL_WORDS: usize = 8;
 
 /// Buffers and headers for one `recvmmsg` call, reused for every call.
 pub struct RecvBatch {
@@ -25,6 +31,9 @@ pub struct RecvBatch {
     names: Box<[libc::sockaddr_storage; BATCH]>,
     iovecs: Box<[libc::iovec; BATCH]>,
     headers: Box<[libc::mmsghdr; BATCH]>,
+    /// Control data per datagram, only when kernel timestamps are wanted
+    /// (the relay never asks for them).
+    control: Option<Box<[[u64; CONTROL_WORDS]; BATCH]>>,
     /// Length of each datagram; may be changed by rewriting.
     lens: [usize; BATCH],
     received: usize,
@@ -47,8 +56,19 @@ impl RecvBatch {
             names: Box::new(names),
             iovecs: Box::new(iovecs),
             headers: Box::new(headers),
+            control: None,
             lens: [0; BATCH],
             received: 0,
+        }
+    }
+
+    /// Like [`RecvBatch::new`], with room for each datagram's kernel receive
+    /// timestamp (see [`enable_rx_timestamps`] and
+    /// [`RecvBatch::kernel_timestamp`]).
+    pub fn with_timestamps() -> Self {
+        Self {
+            control: Some(Box::new([[0; CONTROL_WORDS]; BATCH])),
+            ..Self::new()
         }
     }
 
@@ -66,11 +86,17 @@ impl RecvBatch {
                 size_of::<libc::sockaddr_storage>() as libc::socklen_t,
                 &mut self.iovecs[i],
             );
+            if let Some(control) = self.control.as_mut() {
+                let header = &mut self.headers[i].msg_hdr;
+                header.msg_control = control[i].as_mut_ptr().cast();
+                header.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
+            }
         }
-        // SAFETY: every header points at a name buffer and one iovec of this
-        // batch, each iovec at a BUF_LEN buffer of this batch; all live in
-        // boxes owned by `self`, which is borrowed mutably for the call, so
-        // nothing else touches them while the kernel writes.
+        // SAFETY: every header points at a name buffer, one iovec and (with
+        // timestamps) a control buffer of this batch, each iovec at a
+        // BUF_LEN buffer of this batch; all live in boxes owned by `self`,
+        // which is borrowed mutably for the call, so nothing else touches
+        // them while the kernel writes.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
@@ -110,6 +136,87 @@ impl RecvBatch {
     /// Datagram `i`'s bytes, read-only (for sending after rewriting).
     pub fn bytes(&self, i: usize) -> &[u8] {
         &self.bufs[i][..self.lens[i]]
+    }
+
+    /// When the kernel received datagram `i` of the last call (wall clock,
+    /// since the Unix epoch): present for a batch made with
+    /// [`RecvBatch::with_timestamps`] on a socket with
+    /// [`enable_rx_timestamps`].
+    pub fn kernel_timestamp(&self, i: usize) -> Option<Duration> {
+        if i >= self.received || self.control.is_none() {
+            return None;
+        }
+        let header = &self.headers[i].msg_hdr;
+        if header.msg_control.is_null() || header.msg_flags & libc::MSG_CTRUNC != 0 {
+            return None;
+        }
+        // SAFETY: msg_control points at this batch's control buffer for
+        // datagram i and msg_controllen is what the kernel wrote into it;
+        // CMSG_FIRSTHDR/CMSG_NXTHDR only step within those bounds and
+        // return null at the end.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(header) };
+        while !cmsg.is_null() {
+            // SAFETY: non-null cmsg pointers from CMSG_FIRSTHDR/NXTHDR point
+            // at a complete cmsghdr inside the control buffer.
+            let message = unsafe { &*cmsg };
+            if message.cmsg_level == libc::SOL_SOCKET
+                && message.cmsg_type == libc::SCM_TIMESTAMPNS
+                && message.cmsg_len as usize
+                    >= size_of::<libc::cmsghdr>() + size_of::<libc::timespec>()
+            {
+                // SAFETY: the kernel wrote a timespec as this message's data
+                // (its length says so); it may be unaligned, hence the
+                // unaligned read.
+                let time = unsafe {
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>())
+                };
+                return Some(Duration::new(
+                    u64::try_from(time.tv_sec).ok()?,
+                    u32::try_from(time.tv_nsec).ok()?,
+                ));
+            }
+            // SAFETY: as for CMSG_FIRSTHDR: bounded by msg_controllen.
+            cmsg = unsafe { libc::CMSG_NXTHDR(header, cmsg) };
+        }
+        None
+    }
+}
+
+/// Lets the calling thread's timed sleeps end within a microsecond of when
+/// asked, instead of the default 50 µs timer slack: the load generator
+/// paces packets microseconds apart and sleeps between them.
+pub fn fine_timer_slack() -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument (nanoseconds)
+    // and reads or writes no memory of ours.
+    let result = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel to stamp every datagram the socket receives with its
+/// arrival time (`SO_TIMESTAMPNS`), so latency measured with
+/// [`RecvBatch::kernel_timestamp`] leaves out how long the datagram waited in
+/// the socket's queue for the reader.
+pub fn enable_rx_timestamps(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: passes a pointer to a live c_int and its size, as
+    // setsockopt(SO_TIMESTAMPNS) expects; the kernel only reads it.
+    let result = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -327,6 +434,47 @@ mod tests {
             }
             assert_eq!(got, payloads);
         }
+    }
+
+    #[test]
+    fn kernel_timestamps_are_read_when_enabled() {
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = b.local_addr().expect("addr");
+        enable_rx_timestamps(b.as_fd()).expect("SO_TIMESTAMPNS");
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        for i in 0..3u8 {
+            a.send_to(&[i; 20], to).expect("send");
+        }
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut peek = [0u8; 1];
+        let _ = b.peek_from(&mut peek);
+        let mut stamped = RecvBatch::with_timestamps();
+        let n = stamped.recv(b.as_fd()).expect("recv");
+        assert!(n >= 1);
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        for i in 0..n {
+            let at = stamped.kernel_timestamp(i).expect("a timestamp");
+            assert!(
+                before <= at && at <= after,
+                "{before:?} <= {at:?} <= {after:?}"
+            );
+            assert_eq!(stamped.bytes(i), &[i as u8; 20]);
+        }
+        assert_eq!(stamped.kernel_timestamp(n), None);
+
+        // A batch without control buffers reports none, even from a socket
+        // that stamps.
+        a.send_to(&[9; 20], to).expect("send");
+        let _ = b.peek_from(&mut peek);
+        let mut plain = RecvBatch::new();
+        assert_eq!(plain.recv(b.as_fd()).expect("recv"), 1);
+        assert_eq!(plain.kernel_timestamp(0), None);
     }
 
     #[test]

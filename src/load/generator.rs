@@ -1,18 +1,25 @@
 //! Generator threads: each owns some sockets, sends its flows evenly paced
 //! and judges what its sockets receive. Control actions (handoffs) reach it
 //! through a channel; it never blocks on anything but `epoll`.
+//!
+//! Sends to one socket's consecutive flows leave in one `sendmmsg` and
+//! receives come in `recvmmsg` batches, so a generator whose flows share
+//! sockets (`--share-sockets`) spends a fraction of a syscall per packet.
+//! Arrival times are the kernel's receive timestamps where it gives them:
+//! a datagram that waited in the generator's queue is not counted as
+//! relay latency.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::os::fd::AsFd;
 
 use baton_relay::rtp::RtpView;
-use baton_relay::sys::{BATCH, RecvBatch};
+use baton_relay::sys::{self, BATCH, RecvBatch, SendBatch};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
@@ -28,6 +35,103 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const SKIP_AFTER: Duration = Duration::from_millis(20);
 /// After the last send, how long receivers keep listening.
 const DRAIN: Duration = Duration::from_millis(300);
+/// Waits at least this long go to epoll; shorter ones are slept precisely.
+const EPOLL_WAIT_FROM: Duration = Duration::from_millis(2);
+
+/// Longest datagram the generator builds (12-byte header + at most 1400
+/// bytes of payload).
+const MAX_PACKET: usize = 1500;
+
+/// The stamps' clock: nanoseconds since the run's start on the wall clock,
+/// because that is the clock of the kernel's receive timestamps and sent
+/// and received times must compare. (A step of the wall clock during a run
+/// would skew the latency of that moment; NTP slewing does not matter at
+/// this scale.)
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_base: Duration,
+}
+
+impl Clock {
+    /// A clock whose zero is now.
+    pub fn start() -> Self {
+        Self {
+            wall_base: wall_now(),
+        }
+    }
+
+    fn now_ns(self) -> u64 {
+        self.at_ns(wall_now())
+    }
+
+    fn at_ns(self, wall: Duration) -> u64 {
+        wall.saturating_sub(self.wall_base).as_nanos() as u64
+    }
+}
+
+fn wall_now() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Packets built for one socket, to leave in one `sendmmsg`.
+struct Outbox {
+    socket: usize,
+    bufs: Box<[[u8; MAX_PACKET]; BATCH]>,
+    lens: [usize; BATCH],
+    to: [SocketAddr; BATCH],
+    count: usize,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            socket: 0,
+            bufs: Box::new([[0; MAX_PACKET]; BATCH]),
+            lens: [0; BATCH],
+            to: [SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
+            count: 0,
+        }
+    }
+
+    /// Room for a packet from `socket`, sending what is queued first when
+    /// it is for another socket or the batch is full. Returns the buffer
+    /// and how many packets went out to make room.
+    fn next(
+        &mut self,
+        socket: usize,
+        sockets: &[Option<UdpSocket>],
+        send: &mut SendBatch,
+    ) -> (&mut [u8; MAX_PACKET], u64) {
+        let mut sent = 0;
+        if self.count == BATCH || (self.count > 0 && self.socket != socket) {
+            sent = self.flush(sockets, send);
+        }
+        self.socket = socket;
+        (&mut self.bufs[self.count], sent)
+    }
+
+    /// Queues the packet just built in the buffer [`Outbox::next`] gave.
+    fn push(&mut self, len: usize, to: SocketAddr) {
+        self.lens[self.count] = len;
+        self.to[self.count] = to;
+        self.count += 1;
+    }
+
+    /// Sends what is queued; returns how many the kernel took.
+    fn flush(&mut self, sockets: &[Option<UdpSocket>], send: &mut SendBatch) -> u64 {
+        let count = std::mem::take(&mut self.count);
+        let Some(Some(socket)) = sockets.get(self.socket) else {
+            return 0;
+        };
+        let mut packets: [(SocketAddr, &[u8]); BATCH] = [(self.to[0], &[]); BATCH];
+        for (i, packet) in packets.iter_mut().enumerate().take(count) {
+            *packet = (self.to[i], &self.bufs[i][..self.lens[i]]);
+        }
+        send.send(socket.as_fd(), &packets[..count]).sent as u64
+    }
+}
 
 /// One sender of a flow (a handoff adds a new generation).
 struct Sender {
@@ -82,8 +186,10 @@ pub struct Plan {
     pub samples_per_packet: u32,
     /// Later than this counts as lost.
     pub late: Duration,
-    /// Clock of the stamps.
+    /// When the run began (the zero of `clock`).
     pub base: Instant,
+    /// Clock of the stamps.
+    pub clock: Clock,
     /// Start sending at.
     pub start: Instant,
     /// Stop sending at.
@@ -112,10 +218,18 @@ pub struct Report {
     pub rtcp_received: u64,
     /// Packets not sent because the generator fell behind its schedule.
     pub skipped: u64,
+    /// Datagrams timed by the kernel's receive timestamp.
+    pub kernel_timed: u64,
+    /// Datagrams timed when the generator read them (the kernel gave no
+    /// timestamp).
+    pub user_timed: u64,
 }
 
 fn register(poll: &Poll, socket: std::net::UdpSocket, token: usize) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
+    // Without timestamps the datagrams are timed when read, which counts
+    // the generator's own queueing as latency; the summary says which.
+    let _ = sys::enable_rx_timestamps(socket.as_fd());
     let mut socket = UdpSocket::from_std(socket);
     poll.registry()
         .register(&mut socket, Token(token), Interest::READABLE)?;
@@ -123,7 +237,17 @@ fn register(poll: &Poll, socket: std::net::UdpSocket, token: usize) -> io::Resul
 }
 
 /// Runs one generator thread to the end and reports.
-pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> io::Result<Report> {
+pub fn run(
+    mut plan: Plan,
+    handoffs: Receiver<Handoff>,
+    progress: Arc<Progress>,
+) -> io::Result<Report> {
+    // A socket's flows side by side in the send order, so that they leave
+    // in one sendmmsg; the order of flows is otherwise free.
+    plan.flows.sort_by_key(|flow| flow.socket);
+    // Without it sleeps overshoot by up to 50 µs and packets bunch; pacing
+    // is then coarser but still measured, so a refusal is no reason to stop.
+    let _ = sys::fine_timer_slack();
     let mut poll = Poll::new()?;
     let mut sockets = Vec::with_capacity(plan.sockets.len());
     for (token, socket) in plan.sockets.into_iter().enumerate() {
@@ -159,9 +283,14 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
             .map_err(|e| io::Error::other(e.to_string()))?,
         rtcp_received: 0,
         skipped: 0,
+        kernel_timed: 0,
+        user_timed: 0,
     };
-    let mut packet = vec![0u8; 12 + plan.payload_bytes.max(PAYLOAD_HEADER)];
-    let mut batch = RecvBatch::new();
+    let packet_len = (12 + plan.payload_bytes.max(PAYLOAD_HEADER)).min(MAX_PACKET);
+    let mut outbox = Outbox::new();
+    let mut send = SendBatch::new();
+    let clock = plan.clock;
+    let mut batch = RecvBatch::with_timestamps();
     let mut events = Events::with_capacity(1024);
     let flows = plan.flows.len().max(1) as u64;
     let period_ns = plan.period.as_nanos() as u64;
@@ -234,6 +363,12 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
                     let Some(socket) = sockets[sender.socket].as_ref() else {
                         continue;
                     };
+                    if now >= sender.next_rtcp {
+                        sender.next_rtcp = now + RTCP_INTERVAL;
+                        let _ = socket.send_to(&sender_report(sender), sender.to);
+                    }
+                    let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
+                    report.sent += sent;
                     packet[0] = 0x80;
                     packet[1] = 0;
                     packet[2..4].copy_from_slice(&sender.seq.to_be_bytes());
@@ -243,22 +378,17 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
                         flow,
                         generation: sender.generation,
                         index: sender.index,
-                        sent_ns: Instant::now().duration_since(plan.base).as_nanos() as u64,
+                        sent_ns: clock.now_ns(),
                     }
-                    .write(&mut packet[12..]);
-                    if socket.send_to(&packet, sender.to).is_ok() {
-                        report.sent += 1;
-                    }
+                    .write(&mut packet[12..packet_len]);
+                    outbox.push(packet_len, sender.to);
                     sender.seq = sender.seq.wrapping_add(1);
                     sender.ts = sender.ts.wrapping_add(plan.samples_per_packet);
                     sender.index += 1;
-                    if now >= sender.next_rtcp {
-                        sender.next_rtcp = now + RTCP_INTERVAL;
-                        let _ = socket.send_to(&sender_report(sender), sender.to);
-                    }
                 }
                 cursor += 1;
             }
+            report.sent += outbox.flush(&sockets, &mut send);
             progress.sent.store(report.sent, Ordering::Relaxed);
         }
         let wait = if now < plan.end && !plan.flows.is_empty() {
@@ -266,7 +396,23 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
         } else {
             Duration::from_millis(10)
         };
-        poll.poll(&mut events, Some(wait.min(Duration::from_millis(10))))?;
+        // epoll's timeout is whole milliseconds: waiting in it would send
+        // a millisecond's packets in one burst and the relay would see
+        // bursts, not a paced stream. Short waits sleep instead (with
+        // fine timer slack) and then collect what arrived meanwhile; the
+        // kernel's timestamps keep its arrival times exact.
+        if wait >= EPOLL_WAIT_FROM {
+            let rounded_down = wait - Duration::from_millis(1);
+            poll.poll(
+                &mut events,
+                Some(rounded_down.min(Duration::from_millis(10))),
+            )?;
+        } else {
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            poll.poll(&mut events, Some(Duration::ZERO))?;
+        }
         for event in &events {
             let token = event.token().0;
             let Some(Some(socket)) = sockets.get(token) else {
@@ -274,8 +420,18 @@ pub fn run(plan: Plan, handoffs: Receiver<Handoff>, progress: Arc<Progress>) -> 
             };
             // Drained in batches: the generator must outrun the relay.
             while let Ok(received) = batch.recv(socket.as_fd()) {
-                let arrived_ns = Instant::now().duration_since(plan.base).as_nanos() as u64;
+                let read_ns = clock.now_ns();
                 for i in 0..received {
+                    let arrived_ns = match batch.kernel_timestamp(i) {
+                        Some(at) => {
+                            report.kernel_timed += 1;
+                            clock.at_ns(at)
+                        }
+                        None => {
+                            report.user_timed += 1;
+                            read_ns
+                        }
+                    };
                     let Ok(view) = RtpView::new_checked(batch.bytes(i)) else {
                         report.rtcp_received += 1;
                         continue;

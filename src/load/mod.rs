@@ -23,7 +23,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 
 use analysis::Violations;
-use generator::{Flow, Handoff, Plan, Progress, Report};
+use generator::{Clock, Flow, Handoff, Plan, Progress, Report};
 
 /// How long the old device keeps sending after a handoff.
 const HANDOFF_OVERLAP: Duration = Duration::from_millis(40);
@@ -60,6 +60,13 @@ pub struct LoadArgs {
     /// Generator threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Send and receive through N sockets per side and thread, shared by
+    /// the calls, instead of one socket per call side. Far fewer syscalls
+    /// per packet, so the generator's ceiling rises; the relay's work per
+    /// packet stays the same (its ports are still one per call side).
+    /// 0: one socket per call side.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "plan")]
+    share_sockets: usize,
     /// Packets later than this many milliseconds count as lost.
     #[arg(long, default_value_t = 50)]
     late_ms: u64,
@@ -166,6 +173,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let mut flows: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut flow_thread: HashMap<u32, usize> = HashMap::new();
     let mut control = None;
+    let mut pool = SocketPool::new(threads, args.calls, args.share_sockets, &mut sockets)?;
     let mode;
     if let Some(path) = &args.plan {
         mode = "plan";
@@ -173,16 +181,13 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     } else if args.direct {
         mode = "direct";
         for call in 0..args.calls {
-            let t = call % threads;
-            let (device, remote) = (bind_local()?, bind_local()?);
-            let (device_addr, remote_addr) = (device.local_addr()?, remote.local_addr()?);
+            let ends = pool.ends(call, &mut sockets)?;
+            let [device_addr, remote_addr] = ends.addrs;
             add_call(
                 call,
-                t,
-                [device, remote],
+                ends,
                 remote_addr,
                 device_addr,
-                &mut sockets,
                 &mut flows,
                 &mut flow_thread,
             );
@@ -203,14 +208,10 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             let mut pending = Vec::new();
             let mut bound = Vec::new();
             for call in chunk.clone() {
-                let (device, remote) = (bind_local()?, bind_local()?);
-                let request = create_request(
-                    call,
-                    device.local_addr()?,
-                    remote.local_addr()?,
-                    !args.separate_rtcp,
-                );
-                bound.push((call, device, remote));
+                let ends = pool.ends(call, &mut sockets)?;
+                let request =
+                    create_request(call, ends.addrs[0], ends.addrs[1], !args.separate_rtcp);
+                bound.push((call, ends));
                 pending.push(async {
                     let sent = Instant::now();
                     let reply = client.call(Command::CreateSession(request)).await;
@@ -218,7 +219,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                 });
             }
             let replies = futures_util::future::join_all(pending).await;
-            for ((call, device, remote), (reply, took)) in bound.into_iter().zip(replies) {
+            for ((call, ends), (reply, took)) in bound.into_iter().zip(replies) {
                 let created = match reply {
                     Ok(Reply::CreateSession(created)) => created,
                     Ok(other) => bail!("unexpected answer to create: {other:?}"),
@@ -233,17 +234,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                     .context("remote address")?
                     .rtp
                     .parse()?;
-                let t = call % threads;
-                add_call(
-                    call,
-                    t,
-                    [device, remote],
-                    user,
-                    remote_relay,
-                    &mut sockets,
-                    &mut flows,
-                    &mut flow_thread,
-                );
+                add_call(call, ends, user, remote_relay, &mut flows, &mut flow_thread);
                 calls.push(Call {
                     session: created.session,
                     aor: format!("sip:load-{call}@load.invalid"),
@@ -265,6 +256,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
 
     // Generator threads.
     let base = Instant::now();
+    let clock = Clock::start();
     let start = base + Duration::from_millis(100);
     let end = start + Duration::from_secs_f64(args.duration);
     let progress = Arc::new(Progress::default());
@@ -287,6 +279,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             samples_per_packet,
             late: Duration::from_millis(args.late_ms),
             base,
+            clock,
             start,
             end,
         };
@@ -420,31 +413,114 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     Ok(summary.clean())
 }
 
-/// Gives call `call`'s device and remote sockets to thread `t`, with its
-/// two flows: device → `device_to`, remote → `remote_to`.
-#[allow(clippy::too_many_arguments)]
+#[derive(Clone, Copy)]
+/// A call's two generator ends: the thread that owns them, their socket
+/// indices in its list, and their addresses (device, remote).
+struct CallEnds {
+    thread: usize,
+    sockets: [usize; 2],
+    addrs: [SocketAddr; 2],
+}
+
+/// Where calls' device and remote ends live: a socket of their own each,
+/// or one of a few per side and thread shared with other calls.
+struct SocketPool {
+    threads: usize,
+    calls_per_thread: usize,
+    /// Per thread, with sharing: the shared (device, remote) pairs.
+    shared: Option<Vec<Vec<CallEnds>>>,
+}
+
+/// Receive buffer of a shared socket: it takes many calls' packets at once.
+const SHARED_RECEIVE_BUFFER: usize = 4 << 20;
+
+impl SocketPool {
+    fn new(
+        threads: usize,
+        calls: usize,
+        share: usize,
+        sockets: &mut [Vec<UdpSocket>],
+    ) -> anyhow::Result<Self> {
+        let calls_per_thread = calls.div_ceil(threads).max(1);
+        let shared = if share == 0 {
+            None
+        } else {
+            let per_thread = share.min(calls_per_thread);
+            let mut shared = Vec::with_capacity(threads);
+            for (thread, thread_sockets) in sockets.iter_mut().enumerate() {
+                let mut pairs = Vec::with_capacity(per_thread);
+                for _ in 0..per_thread {
+                    let mut pair = CallEnds {
+                        thread,
+                        sockets: [0; 2],
+                        addrs: [SocketAddr::from(([127, 0, 0, 1], 0)); 2],
+                    };
+                    for side in 0..2 {
+                        let socket = bind_local()?;
+                        // The kernel caps this at net.core.rmem_max; what it
+                        // grants is enough either way, so no error here.
+                        let _ = socket2::SockRef::from(&socket)
+                            .set_recv_buffer_size(SHARED_RECEIVE_BUFFER);
+                        pair.addrs[side] = socket.local_addr()?;
+                        pair.sockets[side] = thread_sockets.len();
+                        thread_sockets.push(socket);
+                    }
+                    pairs.push(pair);
+                }
+                shared.push(pairs);
+            }
+            Some(shared)
+        };
+        Ok(Self {
+            threads,
+            calls_per_thread,
+            shared,
+        })
+    }
+
+    /// The ends of call `call`: calls go round robin over the threads and,
+    /// within a thread, in blocks over its shared sockets (so that one
+    /// socket's flows are neighbours in the send order).
+    fn ends(&mut self, call: usize, sockets: &mut [Vec<UdpSocket>]) -> anyhow::Result<CallEnds> {
+        let thread = call % self.threads;
+        if let Some(shared) = &self.shared {
+            let pairs = &shared[thread];
+            let k = (call / self.threads) * pairs.len() / self.calls_per_thread;
+            return Ok(pairs[k.min(pairs.len() - 1)]);
+        }
+        let (device, remote) = (bind_local()?, bind_local()?);
+        let addrs = [device.local_addr()?, remote.local_addr()?];
+        let base = sockets[thread].len();
+        sockets[thread].push(device);
+        sockets[thread].push(remote);
+        Ok(CallEnds {
+            thread,
+            sockets: [base, base + 1],
+            addrs,
+        })
+    }
+}
+
+/// Adds call `call`'s two flows: device → `device_to`, remote →
+/// `remote_to`.
 fn add_call(
     call: usize,
-    t: usize,
-    [device, remote]: [UdpSocket; 2],
+    ends: CallEnds,
     device_to: SocketAddr,
     remote_to: SocketAddr,
-    sockets: &mut [Vec<UdpSocket>],
     flows: &mut [Vec<Flow>],
     flow_thread: &mut HashMap<u32, usize>,
 ) {
-    let base = sockets[t].len();
-    sockets[t].push(device);
-    sockets[t].push(remote);
+    let t = ends.thread;
     let device_flow = 2 * call as u32;
     flows[t].push(Flow {
         id: device_flow,
-        socket: base,
+        socket: ends.sockets[0],
         to: device_to,
     });
     flows[t].push(Flow {
         id: device_flow + 1,
-        socket: base + 1,
+        socket: ends.sockets[1],
         to: remote_to,
     });
     flow_thread.insert(device_flow, t);
@@ -649,6 +725,8 @@ struct Summary {
     delete_ms: [f64; 2],
     /// With an overload: (flows, flows through again, recovery ms p50, max).
     recovery: Option<(usize, usize, f64, f64)>,
+    /// Datagrams timed by the kernel's receive timestamp, and by reading.
+    timed: (u64, u64),
 }
 
 fn quantiles_ms(h: Option<&Histogram<u64>>) -> [f64; 2] {
@@ -688,7 +766,10 @@ impl Summary {
         let mut gaps_ms: Vec<f64> = Vec::new();
         let mut recoveries_ms: Vec<f64> = Vec::new();
         let mut skipped = 0;
+        let mut timed = (0, 0);
         for report in reports {
+            timed.0 += report.kernel_timed;
+            timed.1 += report.user_timed;
             sent += report.sent;
             skipped += report.skipped;
             rtcp += report.rtcp_received;
@@ -759,6 +840,17 @@ impl Summary {
                 let max = recoveries_ms.iter().copied().fold(0.0, f64::max);
                 (flows, through, percentile(&mut recoveries_ms, 0.5), max)
             }),
+            timed,
+        }
+    }
+
+    /// What timed arrivals: "kernel" (receive timestamps), "user" (the
+    /// generator's clock on reading, which adds its own queueing), "mixed".
+    fn latency_clock(&self) -> &'static str {
+        match self.timed {
+            (_, 0) => "kernel",
+            (0, _) => "user",
+            (_, _) => "mixed",
         }
     }
 
@@ -801,6 +893,15 @@ impl Summary {
         eprintln!(
             "  one-way latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
             l[0], l[1], l[2], l[3], l[4]
+        );
+        eprintln!(
+            "  arrivals timed by: {}",
+            match self.latency_clock() {
+                "kernel" => "the kernel's receive timestamps",
+                "user" =>
+                    "the generator on reading (no kernel timestamps: latency includes the generator's queueing)",
+                _ => "the kernel's receive timestamps, some on reading",
+            }
         );
         eprintln!(
             "  continuity violations: {} (ssrc changes {}, sequence {}, timestamp {}, missing marker {})",
@@ -852,6 +953,7 @@ impl Summary {
             "skipped": self.skipped,
             "pps": self.sent as f64 / self.duration,
             "latency_us": { "p50": l[0], "p90": l[1], "p99": l[2], "p999": l[3], "max": l[4] },
+            "latency_clock": self.latency_clock(),
             "continuity_violations": self.violations.total(),
             "violations": {
                 "ssrc_changes": self.violations.ssrc_changes,
