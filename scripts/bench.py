@@ -270,15 +270,19 @@ def main():
     if "max" in SECTIONS:
         for anchor in anchors:
             for streams in STREAMS:
-                rates = []
+                rates, cpus = [], []
                 for rep in range(REPS):
                     relay = Relay(anchor)
                     try:
-                        rate, _ = max_rate(relay, streams, ceilings[streams])
+                        rate, best = max_rate(relay, streams, ceilings[streams])
                     finally:
                         relay.stop()
                     rates.append(rate)
+                    if best and best["received"] and best["relay_cpu_s"]:
+                        cpus.append(1e6 * best["relay_cpu_s"] / best["received"])
                 results[(anchor, streams, "max_pps")] = statistics.median(rates)
+                if cpus:
+                    results[(anchor, streams, "cpu_at_max")] = statistics.median(cpus)
                 if anchor == "direct":
                     ceilings[streams] = min(700_000.0, 1.3 * statistics.median(rates) + 1000)
                 log(f"{anchor} {streams} streams: max {statistics.median(rates):.0f} pps (runs {rates})")
@@ -401,6 +405,11 @@ def write_report(results, anchors):
              f"on {os.cpu_count()} cores ({cpu}), Linux {kernel}; rtpengine: {rtpengine_version}.",
              "The relay is pinned to core 0 and the generator (`baton load`, one thread) to core 1; "
              "baton-2w uses both cores, so it shares core 1 with the generator (this machine has no third core).",
+             f"The generator's calls share {SHARE} sockets per side (`--share-sockets {SHARE}`; the forwarder and "
+             "rtpengine get the same addresses through their plans), so its sends and receives are batched; every relay "
+             "still has a port per call side and gets one packet per port per wake-up. Arrivals are timed by the "
+             "kernel's receive timestamps." if SHARE else
+             "The generator has a socket per call side.",
              "Streams are one-way RTP flows (a call is two). Medians of the repetitions.",
              *([f"Sections re-measured in a second sitting the same day on the same machine: {os.environ['REMEASURED']}; "
                 "that sitting merged its figures into the first's with `MERGE=first-results.json ANCHORS=rtpengine "
@@ -428,6 +437,17 @@ def write_report(results, anchors):
             if o:
                 parts.append(f"baton-1w / {other} = {b / o:.2f}")
         lines.append(f"- {s} streams: " + ", ".join(parts))
+    if any(isinstance(k, tuple) and len(k) == 3 and k[2] == "cpu_at_max" for k in results):
+        lines += ["", "Relay CPU per forwarded packet at that highest rate (µs; compare the 50 000 packets/s "
+                  "table below, where wake-ups dominate):", "",
+                  "| | " + " | ".join(f"{s} streams" for s in STREAMS) + " |",
+                  "|---|" + "---|" * len(STREAMS)]
+        for anchor in anchors:
+            if anchor == "direct":
+                continue
+            lines.append(f"| {anchor} | " + " | ".join(
+                f"{results[(anchor, s, 'cpu_at_max')]:.2f}" if (anchor, s, "cpu_at_max") in results else "-"
+                for s in STREAMS) + " |")
     lines += ["", "## 1000 streams x 50 packets/s (50 000 packets/s)", "",
               "| | p50 µs | p99 µs | relay CPU µs/packet | loss % |", "|---|---|---|---|---|"]
     for anchor in anchors + ["baton-1w-busy"]:
@@ -442,8 +462,11 @@ def write_report(results, anchors):
         ov = o["overload"]
         lines += ["## Overload", "",
                   f"baton-1w, 1000 streams: {o['overload_pps']:,.0f} packets/s asked for (twice its highest rate) for 10 s, then 50 000 "
-                  f"packets/s. The generator cannot offer that much (see `direct`): it skipped {o.get('skipped', 0):,} packets "
-                  f"it could not send in time, so the relay saw the generator's own ceiling for those 10 s. "
+                  f"packets/s. " + (f"The generator could not offer all of it (see `direct`): it skipped {o.get('skipped', 0):,} packets "
+                  f"it could not send in time, so for those 10 s the relay saw the generator's own ceiling. "
+                  if o.get("skipped", 0) > 0.01 * o.get("sent", 0) else
+                  f"The generator offered it ({o.get('skipped', 0):,} packets skipped). ") +
+                  f"Loss over the whole run: {o['bench_loss_pct']:.1f} %. "
                   f"{ov['recovered']} of {ov['streams']} streams got through again after the overload; "
                   f"recovery p50 {ov['recovery_ms']['p50']:.1f} ms, max {ov['recovery_ms']['max']:.1f} ms "
                   f"(end of overload to arrival of the first packet sent after it).", ""]
