@@ -65,6 +65,12 @@ fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
         );
     }
     assert!(summary["pps"].as_f64().is_some_and(|v| v > 0.0));
+    // RTCP (sender reports with a reception block, first ones spread over
+    // the first 5 s) crossed the relay too.
+    assert!(
+        summary["rtcp_received"].as_u64().is_some_and(|n| n > 0),
+        "{stderr}"
+    );
     // Loopback on Linux always gives receive timestamps.
     assert_eq!(summary["latency_clock"], "kernel", "{stderr}");
 }

@@ -65,6 +65,8 @@ pub struct Telemetry {
     pub transfer_gap: Histogram,
     /// ng requests by command and result.
     pub ng_requests: Family<RequestLabels, Counter>,
+    /// Media workers that failed (and were restarted).
+    pub worker_failures: Counter,
 }
 
 impl Default for Telemetry {
@@ -82,6 +84,7 @@ impl Default for Telemetry {
                 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
             ng_requests: Family::default(),
+            worker_failures: Counter::default(),
         }
     }
 }
@@ -450,8 +453,13 @@ impl Exporter {
         );
         registry.register(
             "baton_sessions_ended",
-            "Sessions ended, by reason (deleted, media_timeout, setup_timeout)",
+            "Sessions ended, by reason (deleted, media_timeout, setup_timeout, worker_failed)",
             t.sessions_ended,
+        );
+        registry.register(
+            "baton_worker_failures",
+            "Media worker threads that failed (a bug; their sessions were lost) and were restarted",
+            t.worker_failures,
         );
         registry.register(
             "baton_transfers_started",

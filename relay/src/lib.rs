@@ -18,8 +18,10 @@ pub mod stream;
 pub mod sys;
 pub mod worker;
 
+use std::any::Any;
 use std::fmt;
 use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -85,13 +87,85 @@ struct WorkerHandle {
     waker: Arc<Waker>,
     /// Set to stop the worker even when its command queue is full.
     stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What every worker is started with (again, after a failure).
+struct WorkerTemplate {
+    timeouts: Timeouts,
+    command_queue: usize,
+    busy_poll: bool,
+    /// Taken at shutdown, so that the event channel closes once the
+    /// workers have ended and its reader sees the end.
+    events: Mutex<Option<mpsc::Sender<WorkerEvent>>>,
 }
 
 /// The running data plane: port pools and worker threads.
 pub struct Dataplane {
-    workers: Vec<WorkerHandle>,
+    /// One slot per worker; a failed worker's slot gets a new worker. The
+    /// lock is taken per control command, never per packet.
+    workers: Vec<Mutex<WorkerHandle>>,
     pools: Vec<Arc<Mutex<PortPool>>>,
+    template: WorkerTemplate,
+}
+
+/// Starts worker `index`. Its thread catches a panic (a bug) and reports it
+/// as [`WorkerEvent::WorkerFailed`]: the worker's sessions are lost with it,
+/// but the rest of the relay keeps forwarding.
+fn spawn_worker(index: usize, template: &WorkerTemplate) -> std::io::Result<WorkerHandle> {
+    let events = template
+        .events
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| std::io::Error::other("the data plane has shut down"))?;
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+    let (commands, receiver) = crossbeam_channel::bounded(template.command_queue);
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = Worker::new(
+        index,
+        poll,
+        receiver,
+        events.clone(),
+        template.timeouts,
+        Arc::clone(&stop),
+    )?
+    .busy_poll(template.busy_poll);
+    let failures = events;
+    let thread = std::thread::Builder::new()
+        .name(format!("baton-worker-{index}"))
+        .spawn(move || {
+            // Unwinding drops the worker: its sockets close and their ports
+            // go back to the pools, so nothing leaks with the sessions.
+            let reason = match panic::catch_unwind(AssertUnwindSafe(move || worker.run())) {
+                Ok(Ok(())) => return,
+                Ok(Err(reason)) => reason,
+                Err(payload) => panic_message(payload.as_ref()),
+            };
+            // A plain thread, outside any runtime: blocking is allowed, and
+            // this event must not be dropped for a full queue.
+            let _ = failures.blocking_send(WorkerEvent::WorkerFailed {
+                worker: index,
+                reason,
+            });
+        })?;
+    Ok(WorkerHandle {
+        commands,
+        waker,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        format!("panicked: {text}")
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        format!("panicked: {text}")
+    } else {
+        "panicked".to_owned()
+    }
 }
 
 impl Dataplane {
@@ -106,32 +180,51 @@ impl Dataplane {
             .iter()
             .map(|&ip| Arc::new(Mutex::new(PortPool::new(ip, lo, hi))))
             .collect();
+        let template = WorkerTemplate {
+            timeouts: config.timeouts,
+            command_queue: config.command_queue,
+            busy_poll: config.busy_poll,
+            events: Mutex::new(Some(events)),
+        };
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
-            let (commands, receiver) = crossbeam_channel::bounded(config.command_queue);
-            let stop = Arc::new(AtomicBool::new(false));
-            let worker = Worker::new(
-                index,
-                poll,
-                receiver,
-                events.clone(),
-                config.timeouts,
-                Arc::clone(&stop),
-            )?
-            .busy_poll(config.busy_poll);
-            let thread = std::thread::Builder::new()
-                .name(format!("baton-worker-{index}"))
-                .spawn(move || worker.run())?;
-            workers.push(WorkerHandle {
-                commands,
-                waker,
-                stop,
-                thread: Mutex::new(Some(thread)),
-            });
+            workers.push(Mutex::new(spawn_worker(index, &template)?));
         }
-        Ok(Self { workers, pools })
+        Ok(Self {
+            workers,
+            pools,
+            template,
+        })
+    }
+
+    /// Starts a new worker in the slot of one that failed (after
+    /// [`WorkerEvent::WorkerFailed`]); it begins with no sessions.
+    pub fn restart_worker(&self, index: usize) -> std::io::Result<()> {
+        let slot = self
+            .workers
+            .get(index)
+            .ok_or_else(|| std::io::Error::other(format!("no media worker {index}")))?;
+        let fresh = spawn_worker(index, &self.template)?;
+        let old = std::mem::replace(
+            &mut *slot.lock().unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        // The old thread has reported its failure and is ending; joining
+        // one that has not quite finished would block the caller, so that
+        // one is left to finish on its own.
+        if let Some(thread) = old.thread
+            && thread.is_finished()
+        {
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+
+    /// Makes worker `index` panic, as a bug would: for tests of what the
+    /// relay does when a worker fails. Nothing in the relay calls it.
+    #[doc(hidden)]
+    pub fn fail_worker_for_tests(&self, index: usize) -> Result<(), QueueError> {
+        self.send(index, Command::Fail)
     }
 
     /// Number of workers.
@@ -144,7 +237,9 @@ impl Dataplane {
         let handle = self
             .workers
             .get(worker)
-            .ok_or(QueueError::Stopped(worker))?;
+            .ok_or(QueueError::Stopped(worker))?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         handle.commands.try_send(command).map_err(|e| match e {
             TrySendError::Full(_) => QueueError::Full(worker),
             TrySendError::Disconnected(_) => QueueError::Stopped(worker),
@@ -187,15 +282,21 @@ impl Dataplane {
 
     /// Stops every worker (ending their sessions) and waits for them.
     pub fn shutdown(&self) {
-        for handle in &self.workers {
+        self.template
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for slot in &self.workers {
+            let handle = slot.lock().unwrap_or_else(PoisonError::into_inner);
             handle.stop.store(true, Ordering::Relaxed);
             let _ = handle.waker.wake();
         }
-        for handle in &self.workers {
-            let thread = handle
-                .thread
+        for slot in &self.workers {
+            let thread = slot
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .thread
                 .take();
             if let Some(thread) = thread {
                 let _ = thread.join();

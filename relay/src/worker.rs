@@ -177,6 +177,11 @@ pub enum Command {
         /// The snapshot.
         reply: oneshot::Sender<WorkerStats>,
     },
+    /// Fail as a bug would, by panicking, so that tests can check what the
+    /// relay does then. Nothing in the relay sends it (see
+    /// [`Dataplane::fail_worker_for_tests`](crate::Dataplane::fail_worker_for_tests)).
+    #[doc(hidden)]
+    Fail,
 }
 
 /// Why a session ended on its own.
@@ -224,6 +229,15 @@ pub enum WorkerEvent {
         reason: EndReason,
         /// Its final report.
         report: SessionReport,
+    },
+    /// A worker thread failed (a bug: it panicked, or epoll failed). Its
+    /// sessions are gone and their ports are free again; the control plane
+    /// ends them and starts a new worker in its place.
+    WorkerFailed {
+        /// Worker number.
+        worker: usize,
+        /// The panic message or the error.
+        reason: String,
     },
     /// A leg learned (or re-learned) its peer's address.
     SourceLatched {
@@ -471,7 +485,8 @@ impl Worker {
         self
     }
 
-    pub(crate) fn run(mut self) {
+    /// Forwards until told to stop (`Ok`) or until epoll fails (`Err`).
+    pub(crate) fn run(mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(1024);
         let mut recv = RecvBatch::new();
         let mut send = SendBatch::new();
@@ -494,7 +509,7 @@ impl Worker {
                     continue;
                 }
                 error!(worker = self.index, "poll failed, worker stopping: {e}");
-                return;
+                return Err(format!("epoll failed: {e}"));
             }
             now = Instant::now();
             std::mem::swap(&mut unfinished, &mut retry);
@@ -505,7 +520,7 @@ impl Worker {
                 if event.token() == WAKER {
                     if !self.handle_commands() || self.stop.load(Ordering::Relaxed) {
                         self.shutdown();
-                        return;
+                        return Ok(());
                     }
                 } else {
                     self.drain(now, event.token().0, &mut recv, &mut send, &mut unfinished);
@@ -800,6 +815,9 @@ impl Worker {
                 }
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
+                }
+                Command::Fail => {
+                    panic!("media worker {} told to fail (a test)", self.index)
                 }
             }
         }

@@ -277,6 +277,14 @@ impl FlowCheck {
         latency
     }
 
+    /// What a receiver puts in an RTCP reception report about this flow:
+    /// the SSRC it sees, the last sequence number in order, and packets
+    /// lost so far. `None` before the first packet.
+    pub fn reception(&self) -> Option<(u32, u16, u64)> {
+        let last = self.last?;
+        Some((last.header.ssrc, last.header.seq, self.lost()))
+    }
+
     /// Packets the senders sent inside what reached this receiver that never
     /// arrived, plus late ones.
     pub fn lost(&self) -> u64 {

@@ -266,7 +266,10 @@ pub fn run(
                 ts: rand::random(),
                 index: 0,
                 stop_at: None,
-                next_rtcp: plan.start + RTCP_INTERVAL,
+                // Spread over the first interval, as RFC 3550 randomises
+                // report times: thousands of flows reporting in the same
+                // millisecond would be a burst no real relay sees.
+                next_rtcp: plan.start + RTCP_INTERVAL.mul_f64(rand::random::<f64>()),
             }]
         })
         .collect();
@@ -365,7 +368,11 @@ pub fn run(
                     };
                     if now >= sender.next_rtcp {
                         sender.next_rtcp = now + RTCP_INTERVAL;
-                        let _ = socket.send_to(&sender_report(sender), sender.to);
+                        // Flows come in pairs (2k, 2k+1) going opposite
+                        // ways: report on the one this socket receives.
+                        let reverse = report.flows.get(&(flow ^ 1, sender.socket));
+                        let rtcp = sender_report(sender, reverse.and_then(FlowCheck::reception));
+                        let _ = socket.send_to(&rtcp, sender.to);
                     }
                     let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
                     report.sent += sent;
@@ -465,16 +472,36 @@ pub fn run(
     Ok(report)
 }
 
-/// An RTCP sender report for a sender (built with the rtcp crate; a few a
-/// second, so allocating is fine here).
-fn sender_report(sender: &Sender) -> Vec<u8> {
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+
+/// An RTCP sender report for a sender, with a reception report block about
+/// the flow its socket receives when there is one, as an endpoint that
+/// sends and receives would send (built with the rtcp crate; a few a
+/// second, so allocating is fine here). The relay must translate both
+/// SSRCs across a handoff.
+fn sender_report(sender: &Sender, reception: Option<(u32, u16, u64)>) -> Vec<u8> {
     use webrtc_util::marshal::Marshal;
+    let wall = wall_now();
+    let ntp_time = ((wall.as_secs() + NTP_UNIX_OFFSET_SECS) << 32)
+        | ((u64::from(wall.subsec_nanos()) << 32) / 1_000_000_000);
     let report = rtcp::sender_report::SenderReport {
         ssrc: sender.ssrc,
-        ntp_time: 0,
+        ntp_time,
         rtp_time: sender.ts,
         packet_count: sender.index as u32,
         octet_count: 0,
+        reports: reception
+            .map(
+                |(ssrc, seq, lost)| rtcp::reception_report::ReceptionReport {
+                    ssrc,
+                    total_lost: lost.min(0x7f_ffff) as u32,
+                    last_sequence_number: u32::from(seq),
+                    ..Default::default()
+                },
+            )
+            .into_iter()
+            .collect(),
         ..Default::default()
     };
     report.marshal().map(|b| b.to_vec()).unwrap_or_default()

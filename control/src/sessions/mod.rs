@@ -14,7 +14,7 @@ use baton_relay::stream::{Component, LegConfig, LegReport, Side, StreamConfig};
 use baton_relay::worker::{Command, LegSetup, PeerUpdate, SessionReport, StreamSetup, WorkerEvent};
 use baton_relay::{AllocError, Dataplane, QueueError, SessionId};
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::bindings::Bindings;
 use crate::events::{EventBus, unix_time_ms};
@@ -124,6 +124,8 @@ struct Registry {
     by_call_id: HashMap<String, Vec<SessionId>>,
     /// Sessions per worker, for pinning new ones to the least loaded.
     load: Vec<usize>,
+    /// Workers that failed and could not be restarted: no new sessions.
+    down: Vec<bool>,
 }
 
 impl Registry {
@@ -146,6 +148,17 @@ impl Registry {
             }
         }
         Some(record)
+    }
+
+    /// Takes out every session pinned to `worker` (which failed).
+    fn remove_worker(&mut self, worker: usize) -> Vec<Record> {
+        let ids: Vec<SessionId> = self
+            .by_id
+            .values()
+            .filter(|r| r.worker == worker)
+            .map(|r| r.id)
+            .collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// Finds a session by id, or by dialog in either direction (requests
@@ -227,6 +240,7 @@ impl Sessions {
     pub fn new(dataplane: Dataplane, options: SessionOptions) -> Self {
         let registry = Registry {
             load: vec![0; dataplane.worker_count()],
+            down: vec![false; dataplane.worker_count()],
             ..Registry::default()
         };
         Self {
@@ -318,9 +332,12 @@ impl Sessions {
                     request.call_id, request.from_tag, request.to_tag
                 )));
             }
-            let worker = (0..registry.load.len())
+            let Some(worker) = (0..registry.load.len())
+                .filter(|&w| !registry.down[w])
                 .min_by_key(|&w| registry.load[w])
-                .unwrap_or(0);
+            else {
+                return Err(Status::unavailable("no media worker is running"));
+            };
             let mut id = SessionId(rand::random());
             while registry.by_id.contains_key(&id) {
                 id = SessionId(rand::random());
@@ -510,7 +527,8 @@ impl Sessions {
     fn send(&self, worker: usize, command: Command) -> Result<(), Status> {
         self.dataplane.send(worker, command).map_err(|e| match e {
             QueueError::Full(_) => Status::unavailable(e.to_string()),
-            QueueError::Stopped(_) => Status::internal(e.to_string()),
+            // A failed worker is being replaced: worth a retry.
+            QueueError::Stopped(_) => Status::unavailable(e.to_string()),
         })
     }
 
@@ -787,6 +805,9 @@ impl Sessions {
                 WorkerEvent::TransferCompleted { id, gap, report } => {
                     self.transfer_completed(id, gap, &report, bus);
                 }
+                WorkerEvent::WorkerFailed { worker, reason } => {
+                    self.worker_failed(worker, &reason, bus);
+                }
                 WorkerEvent::TransferTimedOut { id } => {
                     self.transfer_failed(id, "timeout", bus);
                 }
@@ -813,6 +834,48 @@ impl Sessions {
         info!("media workers stopped");
     }
 }
+
+impl Sessions {
+    /// A worker failed (a bug): its sessions are lost. End them as a
+    /// timeout would (an event per session, so the signalling side can hang
+    /// up the calls), and start a new worker in its place.
+    fn worker_failed(&self, worker: usize, reason: &str, bus: &EventBus) {
+        let lost = self.registry().remove_worker(worker);
+        error!(
+            worker,
+            reason,
+            sessions_lost = lost.len(),
+            "media worker failed; its sessions are lost, the other workers' are not"
+        );
+        // The new worker first: by the time anyone hears of the lost
+        // sessions, new calls can be placed again.
+        match self.dataplane.restart_worker(worker) {
+            Ok(()) => info!(worker, "media worker restarted"),
+            Err(e) => {
+                error!(
+                    worker,
+                    "cannot restart the media worker, new sessions go to the others: {e}"
+                );
+                if let Some(down) = self.registry().down.get_mut(worker) {
+                    *down = true;
+                }
+            }
+        }
+        self.telemetry.worker_failures.inc();
+        for record in lost {
+            self.telemetry.session_ended(WORKER_FAILED);
+            session_span(record.id, &record.call_id)
+                .in_scope(|| warn!(reason = WORKER_FAILED, "session ended"));
+            bus.publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
+                session: Some(session_info(&record, None)),
+                reason: WORKER_FAILED.to_owned(),
+            }));
+        }
+    }
+}
+
+/// End reason of sessions lost with a failed worker.
+const WORKER_FAILED: &str = "worker_failed";
 
 /// What the ng front end reads of a session.
 #[derive(Debug, Clone)]
@@ -987,7 +1050,9 @@ pub(crate) fn by_id(id: SessionId) -> v1::SessionRef {
 async fn await_worker<T>(answer: oneshot::Receiver<T>) -> Result<T, Status> {
     match tokio::time::timeout(WORKER_REPLY_TIMEOUT, answer).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(_)) => Err(Status::internal("media worker dropped the request")),
+        Ok(Err(_)) => Err(Status::unavailable(
+            "media worker failed while handling the request",
+        )),
         Err(_) => Err(Status::unavailable("media worker did not answer in time")),
     }
 }
