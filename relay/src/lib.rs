@@ -132,7 +132,6 @@ fn spawn_worker(index: usize, template: &WorkerTemplate) -> std::io::Result<Work
         Arc::clone(&stop),
     )?
     .busy_poll(template.busy_poll);
-    let failures = events;
     let thread = std::thread::Builder::new()
         .name(format!("baton-worker-{index}"))
         .spawn(move || {
@@ -145,7 +144,7 @@ fn spawn_worker(index: usize, template: &WorkerTemplate) -> std::io::Result<Work
             };
             // A plain thread, outside any runtime: blocking is allowed, and
             // this event must not be dropped for a full queue.
-            let _ = failures.blocking_send(WorkerEvent::WorkerFailed {
+            let _ = events.blocking_send(WorkerEvent::WorkerFailed {
                 worker: index,
                 reason,
             });
@@ -159,13 +158,11 @@ fn spawn_worker(index: usize, template: &WorkerTemplate) -> std::io::Result<Work
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        format!("panicked: {text}")
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        format!("panicked: {text}")
-    } else {
-        "panicked".to_owned()
-    }
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    text.map_or_else(|| "panicked".to_owned(), |text| format!("panicked: {text}"))
 }
 
 impl Dataplane {

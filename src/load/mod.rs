@@ -173,7 +173,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let mut flows: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut flow_thread: HashMap<u32, usize> = HashMap::new();
     let mut control = None;
-    let mut pool = SocketPool::new(threads, args.calls, args.share_sockets, &mut sockets)?;
+    let pool = SocketPool::new(threads, args.calls, args.share_sockets, &mut sockets)?;
     let mode;
     if let Some(path) = &args.plan {
         mode = "plan";
@@ -481,7 +481,7 @@ impl SocketPool {
     /// The ends of call `call`: calls go round robin over the threads and,
     /// within a thread, in blocks over its shared sockets (so that one
     /// socket's flows are neighbours in the send order).
-    fn ends(&mut self, call: usize, sockets: &mut [Vec<UdpSocket>]) -> anyhow::Result<CallEnds> {
+    fn ends(&self, call: usize, sockets: &mut [Vec<UdpSocket>]) -> anyhow::Result<CallEnds> {
         let thread = call % self.threads;
         if let Some(shared) = &self.shared {
             let pairs = &shared[thread];
@@ -844,13 +844,17 @@ impl Summary {
         }
     }
 
-    /// What timed arrivals: "kernel" (receive timestamps), "user" (the
-    /// generator's clock on reading, which adds its own queueing), "mixed".
-    fn latency_clock(&self) -> &'static str {
+    /// What timed arrivals, as a JSON name and in words: "kernel"
+    /// (receive timestamps), "user" (the generator's clock on reading,
+    /// which adds its own queueing) or "mixed".
+    fn latency_clock(&self) -> (&'static str, &'static str) {
         match self.timed {
-            (_, 0) => "kernel",
-            (0, _) => "user",
-            (_, _) => "mixed",
+            (_, 0) => ("kernel", "the kernel's receive timestamps"),
+            (0, _) => (
+                "user",
+                "the generator on reading (no kernel timestamps: latency includes the generator's queueing)",
+            ),
+            (_, _) => ("mixed", "the kernel's receive timestamps, some on reading"),
         }
     }
 
@@ -894,15 +898,7 @@ impl Summary {
             "  one-way latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
             l[0], l[1], l[2], l[3], l[4]
         );
-        eprintln!(
-            "  arrivals timed by: {}",
-            match self.latency_clock() {
-                "kernel" => "the kernel's receive timestamps",
-                "user" =>
-                    "the generator on reading (no kernel timestamps: latency includes the generator's queueing)",
-                _ => "the kernel's receive timestamps, some on reading",
-            }
-        );
+        eprintln!("  arrivals timed by: {}", self.latency_clock().1);
         eprintln!(
             "  continuity violations: {} (ssrc changes {}, sequence {}, timestamp {}, missing marker {})",
             v.total(),
@@ -953,7 +949,7 @@ impl Summary {
             "skipped": self.skipped,
             "pps": self.sent as f64 / self.duration,
             "latency_us": { "p50": l[0], "p90": l[1], "p99": l[2], "p999": l[3], "max": l[4] },
-            "latency_clock": self.latency_clock(),
+            "latency_clock": self.latency_clock().0,
             "continuity_violations": self.violations.total(),
             "violations": {
                 "ssrc_changes": self.violations.ssrc_changes,
