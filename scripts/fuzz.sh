@@ -16,6 +16,8 @@ cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 for target in $(cargo +nightly fuzz list); do
     echo "== $target: ${seconds} s"
     mkdir -p "corpus/$target"
+    # Known crashers and typical inputs start the corpus (fuzz/seeds/).
+    if [ -d "seeds/$target" ]; then cp -n "seeds/$target"/* "corpus/$target"/; fi
     cargo +nightly fuzz run "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=2048 2>&1 \
         | grep -E "^(#[0-9]+ +DONE|Done|==[0-9]+==|SUMMARY|artifact_prefix|Test unit)" || true

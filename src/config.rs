@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use std::net::IpAddr;
 
-use baton_control::ng::NgAddr;
+use baton_control::ng::{NgAccess, NgAddr};
+use baton_control::sdp::SdpLimits;
 use baton_control::sessions::SessionOptions;
 use baton_control::{ControlAddr, ServerOptions};
 use baton_relay::DataplaneConfig;
@@ -54,11 +55,19 @@ pub struct RunOptions {
 
     /// rtpengine ng protocol listener (Kamailio's and OpenSIPS's rtpengine
     /// module), udp:HOST:PORT or tcp:HOST:PORT; repeat for several. The
-    /// protocol has no authentication: keep it on loopback or a private,
-    /// firewalled address. [default: off]
+    /// protocol has no authentication: an address that is not loopback
+    /// needs --ng-allow. [default: off]
     #[arg(long, value_name = "ADDR")]
     #[serde(default)]
     pub listen_ng: Vec<String>,
+
+    /// Client network allowed to send ng requests, as CIDR (10.0.0.0/24) or
+    /// one IP; repeat for several. Requests from elsewhere are dropped and
+    /// counted. Required for an ng address that is not loopback.
+    /// [default: loopback only]
+    #[arg(long, value_name = "CIDR")]
+    #[serde(default)]
+    pub ng_allow: Vec<String>,
 
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (loopback is
     /// typical). [default: off]
@@ -136,6 +145,30 @@ pub struct RunOptions {
     #[arg(long)]
     #[serde(default)]
     pub busy_poll: bool,
+
+    /// UNSAFE: accept transfers whose new device has neither a signalled
+    /// media address nor a source IP; its leg then takes whoever sends
+    /// first, so anyone who can reach the relay's ports can take the call.
+    /// For lab set-ups only. [default: off]
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_unverified_transfer_source: bool,
+
+    /// Largest SDP body accepted, in bytes. [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub sdp_max_bytes: Option<usize>,
+
+    /// Most m= lines in an SDP body. [default: 32]
+    #[arg(long, value_name = "N")]
+    pub sdp_max_media: Option<usize>,
+
+    /// Most formats (payload types) on one m= line. [default: 128]
+    #[arg(long, value_name = "N")]
+    pub sdp_max_formats: Option<usize>,
+
+    /// Most a= lines in an SDP body. [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub sdp_max_attributes: Option<usize>,
 }
 
 /// Everything `baton run` needs, defaults applied and values checked.
@@ -151,6 +184,8 @@ pub struct Config {
     pub sessions: SessionOptions,
     /// rtpengine ng protocol listeners.
     pub listen_ng: Vec<NgAddr>,
+    /// Who may send ng requests.
+    pub ng_access: NgAccess,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -198,6 +233,17 @@ impl RunOptions {
             } else {
                 flags.listen_ng
             },
+            ng_allow: if flags.ng_allow.is_empty() {
+                self.ng_allow
+            } else {
+                flags.ng_allow
+            },
+            allow_unverified_transfer_source: flags.allow_unverified_transfer_source
+                || self.allow_unverified_transfer_source,
+            sdp_max_bytes: flags.sdp_max_bytes.or(self.sdp_max_bytes),
+            sdp_max_media: flags.sdp_max_media.or(self.sdp_max_media),
+            sdp_max_formats: flags.sdp_max_formats.or(self.sdp_max_formats),
+            sdp_max_attributes: flags.sdp_max_attributes.or(self.sdp_max_attributes),
             control_socket_mode: flags.control_socket_mode.or(self.control_socket_mode),
             max_frame_bytes: flags.max_frame_bytes.or(self.max_frame_bytes),
             max_control_connections: flags
@@ -242,6 +288,30 @@ impl RunOptions {
             .iter()
             .map(|text| text.parse::<NgAddr>().map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>, _>>()?;
+        let ng_allow = self
+            .ng_allow
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .with_context(|| {
+                        format!("ng-allow {text:?} is not a CIDR (10.0.0.0/24) or an IP")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if ng_allow.is_empty()
+            && let Some(open) = listen_ng.iter().find(|addr| {
+                let ip = match addr {
+                    NgAddr::Udp(a) | NgAddr::Tcp(a) => a.ip(),
+                };
+                !ip.is_loopback()
+            })
+        {
+            bail!(
+                "ng address {open} is not loopback and the ng protocol has no authentication: \
+                 give the proxies' networks with ng-allow (and firewall the port)"
+            );
+        }
         let metrics = self
             .metrics
             .as_deref()
@@ -286,6 +356,7 @@ impl RunOptions {
             },
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             listen_ng,
+            ng_access: NgAccess::new(ng_allow),
             metrics,
         })
     }
@@ -349,6 +420,18 @@ impl RunOptions {
         if max_sessions == 0 {
             bail!("max sessions must be at least 1");
         }
+        let defaults = SdpLimits::default();
+        let sdp_limits = SdpLimits {
+            max_bytes: self.sdp_max_bytes.unwrap_or(defaults.max_bytes),
+            max_media: self.sdp_max_media.unwrap_or(defaults.max_media),
+            max_formats: self.sdp_max_formats.unwrap_or(defaults.max_formats),
+            max_attributes: self.sdp_max_attributes.unwrap_or(defaults.max_attributes),
+        };
+        if sdp_limits.max_bytes < 256 || sdp_limits.max_media == 0 || sdp_limits.max_formats == 0 {
+            bail!(
+                "SDP limits too small: sdp-max-bytes at least 256, sdp-max-media and sdp-max-formats at least 1"
+            );
+        }
         Ok((
             DataplaneConfig {
                 workers,
@@ -363,6 +446,8 @@ impl RunOptions {
                 max_sessions,
                 advertise,
                 transfer_timeout,
+                allow_unverified_transfer_source: self.allow_unverified_transfer_source,
+                sdp_limits,
             },
         ))
     }

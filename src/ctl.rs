@@ -205,6 +205,10 @@ struct TransferArgs {
     /// The new device's media address per stream, RTP[,RTCP].
     #[arg(long = "user-peer", value_name = "IP:PORT")]
     user_peers: Vec<String>,
+    /// The IP the new device's request came from: a stream without a
+    /// --user-peer accepts the device only from this IP.
+    #[arg(long, value_name = "IP")]
+    source_ip: Option<String>,
     /// When to switch.
     #[arg(long, value_enum, default_value = "first-packet")]
     mode: Mode,
@@ -544,6 +548,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     by: Some(v1::session_ref::By::Id(id)),
                 }),
                 replaces: transfer.replaces.unwrap_or_default(),
+                source_ip: transfer.source_ip.unwrap_or_default(),
                 gruu: transfer.gruu,
                 streams,
                 mode: match transfer.mode {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use baton_control::ng::{self, NgAddr, NgService};
+use baton_control::ng::{NgAddr, NgListeners, NgService};
 use baton_control::sessions::Sessions;
 use baton_control::{ControlServer, Service};
 use baton_proto::v1;
@@ -119,10 +119,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         warn!(listen = %addr, "the metrics endpoint has no authentication: firewall this address");
     }
-    let ng = NgService::new(Arc::clone(&service));
+    let ng = NgListeners::new(
+        NgService::new(Arc::clone(&service)),
+        config.ng_access.clone(),
+    );
     let mut ng_addrs = Vec::new();
     for addr in &config.listen_ng {
-        let bound = ng::serve(*addr, ng.clone())
+        let bound = ng
+            .serve(*addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for ng on {addr}: {e}"))?;
         let shown = match addr {
@@ -130,7 +134,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             NgAddr::Tcp(_) => NgAddr::Tcp(bound),
         };
         if !bound.ip().is_loopback() {
-            warn!(listen = %shown, "the ng protocol has no authentication: firewall this address");
+            warn!(listen = %shown, "the ng protocol has no authentication: requests only from ng-allow are served; firewall this address too");
         }
         ng_addrs.push(shown.to_string());
     }

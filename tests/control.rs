@@ -431,11 +431,11 @@ fn stale_socket_is_replaced_but_a_live_one_is_not_stolen() {
 async fn connections_over_the_limit_are_refused_with_a_reason() {
     let relay = Relay::start(&["--max-control-connections", "2"]);
     // The readiness probe's connection may still hold a slot for a moment:
-    // wait until the first client is the only one.
-    let first = relay.client().await;
+    // wait until it has gone.
+    let probe = relay.client().await;
     let deadline = std::time::Instant::now() + READ_DEADLINE;
     loop {
-        let reply = first.call(Command::GetStats(v1::GetStatsRequest {})).await;
+        let reply = probe.call(Command::GetStats(v1::GetStatsRequest {})).await;
         if matches!(&reply, Ok(Reply::GetStats(stats)) if stats.control_connections == 1) {
             break;
         }
@@ -445,17 +445,49 @@ async fn connections_over_the_limit_are_refused_with_a_reason() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let second = relay.client().await;
+    drop(probe);
+    let tcp_client = || async {
+        Client::connect(&relay.tcp_addr(), None)
+            .await
+            .expect("connect over TCP")
+    };
+    // Two TCP clients take the two shared slots (waiting for the probe's to
+    // come back).
+    let first = tcp_client().await;
+    let second = loop {
+        let client = tcp_client().await;
+        if client.call(Command::Ping(v1::PingRequest {})).await.is_ok() {
+            break client;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probe slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for client in [&first, &second] {
         let reply = client.call(Command::Ping(v1::PingRequest {})).await;
         assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
     }
-    let third = UnixStream::connect(&relay.socket).await.expect("connect");
+    let third = TcpStream::connect(relay.tcp_socket_addr())
+        .await
+        .expect("connect");
     let messages = read_until_closed(third).await;
     assert_eq!(
         messages.first().and_then(error_of),
         Some((0, v1::Code::ResourceExhausted))
     );
+    // Issue 14: TCP clients filling every slot cannot lock the proxy's
+    // Unix-socket client out; it has slots of its own.
+    let local = relay.client().await;
+    let reply = local.call(Command::GetStats(v1::GetStatsRequest {})).await;
+    match reply {
+        Ok(Reply::GetStats(stats)) => {
+            assert_eq!(stats.control_connections, 3);
+            assert_eq!(stats.refusals.get("control_connection_limit"), Some(&1));
+        }
+        other => panic!("the Unix client was not served: {other:?}"),
+    }
     for client in [&first, &second] {
         let reply = client.call(Command::Ping(v1::PingRequest {})).await;
         assert!(matches!(reply, Ok(Reply::Ping(_))), "{reply:?}");
@@ -464,7 +496,7 @@ async fn connections_over_the_limit_are_refused_with_a_reason() {
     // The slot is free again once a client leaves.
     let deadline = std::time::Instant::now() + READ_DEADLINE;
     loop {
-        let client = relay.client().await;
+        let client = tcp_client().await;
         if client.call(Command::Ping(v1::PingRequest {})).await.is_ok() {
             break;
         }

@@ -15,7 +15,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -24,8 +24,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use crate::service::Service;
 
@@ -67,6 +69,9 @@ pub struct Telemetry {
     pub ng_requests: Family<RequestLabels, Counter>,
     /// Media workers that failed (and were restarted).
     pub worker_failures: Counter,
+    /// Requests, connections and datagrams refused or dropped at the edge
+    /// (limits, unauthenticated clients, sources not allowed), by reason.
+    pub refusals: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Telemetry {
@@ -85,6 +90,7 @@ impl Default for Telemetry {
             ]),
             ng_requests: Family::default(),
             worker_failures: Counter::default(),
+            refusals: Family::default(),
         }
     }
 }
@@ -109,6 +115,30 @@ impl Telemetry {
             .inc();
     }
 
+    /// Counts a refusal at the edge (see [`Telemetry::refusals`]).
+    pub fn refused(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Refusals so far, by reason (for `get_stats`).
+    pub fn refusal_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for reason in REFUSAL_REASONS {
+            let labels = ReasonLabels {
+                reason: (*reason).to_owned(),
+            };
+            let value = self.refusals.get_or_create(&labels).get();
+            if value > 0 {
+                counts.insert((*reason).to_owned(), value);
+            }
+        }
+        counts
+    }
+
     /// Counts a transfer that did not complete.
     pub fn transfer_failed(&self, reason: &str) {
         self.transfers_failed
@@ -118,6 +148,25 @@ impl Telemetry {
             .inc();
     }
 }
+
+/// Every reason [`Telemetry::refused`] is called with, for `get_stats`.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "control_connection_limit",
+    "control_auth_timeout",
+    "control_unauthenticated",
+    "control_wrong_token",
+    "metrics_connection_limit",
+    "metrics_timeout",
+    "ng_source_not_allowed",
+    "ng_malformed",
+    "ng_reply_too_large",
+    "ng_cache_evicted",
+    "sdp_too_large",
+    "sdp_too_many_media",
+    "sdp_too_many_formats",
+    "sdp_too_many_attributes",
+    "transfer_source_unknown",
+];
 
 /// One worker's numbers at the last scrape.
 #[derive(Debug, Clone, Default)]
@@ -476,6 +525,11 @@ impl Exporter {
             "Transfers that did not complete, by reason (refused, cancelled, timeout)",
             t.transfers_failed,
         );
+        registry.register(
+            "baton_refusals",
+            "Requests, connections and datagrams refused at the edge, by reason (limits, unauthenticated clients, sources not allowed)",
+            t.refusals,
+        );
         registry.register_with_unit(
             "baton_transfer_media_gap",
             "Time from the old device's last packet to the new device's first, at a switch",
@@ -500,29 +554,63 @@ impl Exporter {
     }
 }
 
+/// Scrapers connected at once; more are closed at once (counted).
+pub const MAX_METRICS_CONNECTIONS: usize = 32;
+/// A scraper must send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A metrics connection lasts at most this long, however it behaves.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait before accepting again after an accept error (out of
+/// file descriptors, say), instead of spinning on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serves `GET /metrics` on `addr` until the process ends; returns the
-/// bound address.
+/// bound address. Bounded so that scrapers, however many or slow, cannot
+/// starve control or media: a connection cap, header and connection
+/// timeouts, a pause after accept errors, and one worker round per scrape at
+/// a time.
 pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     info!(listen = %local, "metrics endpoint ready");
+    let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, from)) = listener.accept().await else {
+            let (stream, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let telemetry = service.sessions().telemetry();
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                telemetry.refused("metrics_connection_limit");
+                debug!(%from, "metrics connection refused: limit reached");
+                drop(stream);
                 continue;
             };
             let service = Arc::clone(&service);
             tokio::spawn(async move {
+                let telemetry = service.sessions().telemetry().clone();
                 let handler = service_fn(move |request: Request<Incoming>| {
                     let service = Arc::clone(&service);
                     async move { Ok::<_, Infallible>(respond(&service, &request).await) }
                 });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), handler)
-                    .await
-                {
-                    debug!(%from, error = %e, "metrics connection ended");
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), handler);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%from, error = %e, "metrics connection ended"),
+                    Err(_) => {
+                        telemetry.refused("metrics_timeout");
+                        debug!(%from, "metrics connection timed out");
+                    }
                 }
+                drop(slot);
             });
         }
     });

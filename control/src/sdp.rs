@@ -15,8 +15,64 @@ use std::net::{IpAddr, SocketAddr};
 
 use baton_proto::v1;
 
+use crate::status::excerpt;
+
 /// Most lines in a body; real ones have tens.
 const MAX_LINES: usize = 2000;
+
+/// How large a body may be. Every body from a request is checked against
+/// these before anything else is read or kept, so a hostile offer costs
+/// little CPU and no memory beyond its own bytes. The defaults pass the
+/// largest real bodies by a wide margin (a browser's audio + video + data
+/// offer: about 8 KB, 3 m= lines, 40 formats on its video line, 150 a=
+/// lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SdpLimits {
+    /// Bytes in the body (`sdp-max-bytes`).
+    pub max_bytes: usize,
+    /// m= lines (`sdp-max-media`).
+    pub max_media: usize,
+    /// Formats on one m= line (`sdp-max-formats`).
+    pub max_formats: usize,
+    /// a= lines in the whole body (`sdp-max-attributes`).
+    pub max_attributes: usize,
+}
+
+impl Default for SdpLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 65_536,
+            max_media: 32,
+            max_formats: 128,
+            max_attributes: 1000,
+        }
+    }
+}
+
+/// Which limit a body broke, as a refusal reason for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpLimit {
+    /// [`SdpLimits::max_bytes`].
+    Bytes,
+    /// [`SdpLimits::max_media`].
+    Media,
+    /// [`SdpLimits::max_formats`].
+    Formats,
+    /// [`SdpLimits::max_attributes`].
+    Attributes,
+}
+
+impl SdpLimit {
+    /// The counter's reason label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Bytes => "sdp_too_large",
+            Self::Media => "sdp_too_many_media",
+            Self::Formats => "sdp_too_many_formats",
+            Self::Attributes => "sdp_too_many_attributes",
+        }
+    }
+}
 
 /// A line the relay cannot accept, by its number in the body (from 1; 0 for
 /// the body as a whole).
@@ -29,6 +85,8 @@ pub struct SdpError {
     /// The relay understands the line but does not support it (as opposed
     /// to a malformed line).
     pub unsupported: bool,
+    /// The body broke a size limit.
+    pub limit: Option<SdpLimit>,
 }
 
 impl SdpError {
@@ -37,6 +95,7 @@ impl SdpError {
             line,
             message: message.into(),
             unsupported: false,
+            limit: None,
         }
     }
 
@@ -45,6 +104,16 @@ impl SdpError {
             line,
             message: message.into(),
             unsupported: true,
+            limit: None,
+        }
+    }
+
+    fn over(line: usize, limit: SdpLimit, message: String) -> Self {
+        Self {
+            line,
+            message,
+            unsupported: false,
+            limit: Some(limit),
         }
     }
 }
@@ -273,13 +342,13 @@ fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
     let [net, family, address] = fields.as_slice() else {
         return Err(SdpError::at(
             line,
-            format!("c={value:?} is not `IN IP4|IP6 ADDRESS`"),
+            format!("c={} is not `IN IP4|IP6 ADDRESS`", excerpt(value)),
         ));
     };
     if *net != "IN" {
         return Err(SdpError::at(
             line,
-            format!("network type {net:?} is not IN"),
+            format!("network type {} is not IN", excerpt(net)),
         ));
     }
     // Multicast forms carry a /ttl or /count suffix; unicast has none.
@@ -287,14 +356,17 @@ fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
     let ip: IpAddr = address.parse().map_err(|_| {
         SdpError::unsupported(
             line,
-            format!("connection address {address:?} is not an IP address"),
+            format!(
+                "connection address {} is not an IP address",
+                excerpt(address)
+            ),
         )
     })?;
     match (*family, ip) {
         ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
         (other, _) => Err(SdpError::at(
             line,
-            format!("address type {other:?} does not match {address}"),
+            format!("address type {} does not match {address}", excerpt(other)),
         )),
     }
 }
@@ -309,15 +381,34 @@ fn connection_value(ip: IpAddr) -> String {
 fn parse_u32(text: &str, line: usize, what: &str) -> Result<u32, SdpError> {
     text.trim()
         .parse()
-        .map_err(|_| SdpError::at(line, format!("{what} {text:?} is not a number")))
+        .map_err(|_| SdpError::at(line, format!("{what} {} is not a number", excerpt(text))))
 }
 
 impl Sdp {
-    /// Parses a body. Lines end in CRLF or LF; a trailing empty line is
-    /// allowed. Only the lines the relay reads are checked in depth.
+    /// Parses a body within the default [`SdpLimits`]. Lines end in CRLF or
+    /// LF; a trailing empty line is allowed. Only the lines the relay reads
+    /// are checked in depth.
     pub fn parse(text: &str) -> Result<Self, SdpError> {
+        Self::parse_limited(text, &SdpLimits::default())
+    }
+
+    /// Parses a body from a request: over any of `limits` it is refused
+    /// (naming the limit) before its lines are kept.
+    pub fn parse_limited(text: &str, limits: &SdpLimits) -> Result<Self, SdpError> {
+        if text.len() > limits.max_bytes {
+            return Err(SdpError::over(
+                0,
+                SdpLimit::Bytes,
+                format!(
+                    "the body has {} bytes, more than the limit of {} (sdp-max-bytes)",
+                    text.len(),
+                    limits.max_bytes
+                ),
+            ));
+        }
         let mut session = Vec::new();
         let mut media: Vec<Vec<Line>> = Vec::new();
+        let mut attributes = 0;
         let body = text.strip_suffix('\n').unwrap_or(text);
         if body.trim().is_empty() {
             return Err(SdpError::at(0, "the body is empty"));
@@ -332,8 +423,44 @@ impl Sdp {
             if bytes.len() < 2 || !bytes[0].is_ascii_lowercase() || bytes[1] != b'=' {
                 return Err(SdpError::at(
                     number,
-                    format!("{raw:?} is not a `x=value` line"),
+                    format!("{} is not a `x=value` line", excerpt(raw)),
                 ));
+            }
+            match bytes[0] {
+                b'a' => {
+                    attributes += 1;
+                    if attributes > limits.max_attributes {
+                        return Err(SdpError::over(
+                            number,
+                            SdpLimit::Attributes,
+                            format!(
+                                "more than {} a= lines (sdp-max-attributes)",
+                                limits.max_attributes
+                            ),
+                        ));
+                    }
+                }
+                b'm' => {
+                    if media.len() == limits.max_media {
+                        return Err(SdpError::over(
+                            number,
+                            SdpLimit::Media,
+                            format!("more than {} m= lines (sdp-max-media)", limits.max_media),
+                        ));
+                    }
+                    let formats = raw.split_ascii_whitespace().count().saturating_sub(3);
+                    if formats > limits.max_formats {
+                        return Err(SdpError::over(
+                            number,
+                            SdpLimit::Formats,
+                            format!(
+                                "{formats} formats on one m= line, more than the limit of {} (sdp-max-formats)",
+                                limits.max_formats
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
             }
             let line = Line {
                 kind: bytes[0],
@@ -395,13 +522,13 @@ impl Sdp {
         if fields.len() != 6 {
             return Err(SdpError::at(
                 line.number,
-                format!("o={:?} does not have 6 fields", line.value),
+                format!("o={} does not have 6 fields", excerpt(&line.value)),
             ));
         }
         let version = fields[2].parse::<u64>().map_err(|_| {
             SdpError::at(
                 line.number,
-                format!("session version {:?} is not a number", fields[2]),
+                format!("session version {} is not a number", excerpt(fields[2])),
             )
         })?;
         Ok((index, version))
@@ -536,16 +663,19 @@ impl Sdp {
         if fields.len() < 4 {
             return Err(SdpError::at(
                 m.number,
-                format!("m={:?} is not `MEDIA PORT PROTO FORMAT…`", m.value),
+                format!("m={} is not `MEDIA PORT PROTO FORMAT…`", excerpt(&m.value)),
             ));
         }
         let (port_text, count) = match fields[1].split_once('/') {
             Some((port, count)) => (port, Some(count)),
             None => (fields[1], None),
         };
-        let port: u16 = port_text
-            .parse()
-            .map_err(|_| SdpError::at(m.number, format!("port {:?} is not a number", fields[1])))?;
+        let port: u16 = port_text.parse().map_err(|_| {
+            SdpError::at(
+                m.number,
+                format!("port {} is not a number", excerpt(fields[1])),
+            )
+        })?;
         let mut media = Media {
             kind: fields[0].to_owned(),
             port,
@@ -565,7 +695,7 @@ impl Sdp {
         if count.is_some_and(|c| c != "1") {
             return Err(SdpError::unsupported(
                 m.number,
-                format!("port ranges ({}) are not supported", fields[1]),
+                format!("port ranges ({}) are not supported", excerpt(fields[1])),
             ));
         }
         let mut connection = self.session_connection()?;
@@ -608,7 +738,7 @@ impl Sdp {
                 .ok_or_else(|| {
                     SdpError::at(
                         m.number,
-                        format!("format {format:?} is not an RTP payload type"),
+                        format!("format {} is not an RTP payload type", excerpt(format)),
                     )
                 })?;
             let mut codec = match rtpmap.iter().find(|(p, _)| *p == pt) {
@@ -637,7 +767,10 @@ impl Sdp {
                 let mut parts = value.split_ascii_whitespace();
                 let rtcp_port = parts.next().unwrap_or_default();
                 let rtcp_port: u16 = rtcp_port.parse().map_err(|_| {
-                    SdpError::at(number, format!("a=rtcp port {rtcp_port:?} is not a number"))
+                    SdpError::at(
+                        number,
+                        format!("a=rtcp port {} is not a number", excerpt(rtcp_port)),
+                    )
                 })?;
                 let rest: Vec<&str> = parts.collect();
                 let rtcp_ip = if rest.is_empty() {
@@ -802,7 +935,10 @@ fn parse_rtpmap(value: &str, line: usize) -> Result<(u32, v1::Codec), SdpError> 
     let malformed = || {
         SdpError::at(
             line,
-            format!("a=rtpmap:{value:?} is not `PT NAME/RATE[/CHANNELS]`"),
+            format!(
+                "a=rtpmap:{} is not `PT NAME/RATE[/CHANNELS]`",
+                excerpt(value)
+            ),
         )
     };
     let (pt, encoding) = value.split_once(' ').ok_or_else(malformed)?;

@@ -39,6 +39,12 @@ const MAX_IN_FLIGHT_PER_CONNECTION: usize = 128;
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// How long to wait for connections to flush and close on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A client of a listener with a token that has not authenticated by then
+/// is closed, so unauthenticated connections cannot hold slots.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections only Unix-socket clients may use, beyond the shared limit:
+/// TCP clients filling every slot cannot lock the local proxy out.
+pub const UNIX_RESERVED_CONNECTIONS: usize = 64;
 
 /// How the control server is set up.
 #[derive(Debug, Clone)]
@@ -123,7 +129,13 @@ enum Listener {
 struct Shared {
     service: Arc<Service>,
     options: ServerOptions,
+    /// Every client's (`max_connections`).
     connection_slots: Arc<Semaphore>,
+    /// Unix-socket clients' only, taken when the shared ones are gone.
+    unix_slots: Arc<Semaphore>,
+    /// SHA-256 of the token, compared instead of the token itself (see
+    /// [`token_matches`]).
+    token_digest: Option<[u8; 32]>,
 }
 
 /// A bound control server, ready to run.
@@ -155,12 +167,16 @@ impl ControlServer {
             }
         }
         let connection_slots = Arc::new(Semaphore::new(options.max_connections));
+        let unix_slots = Arc::new(Semaphore::new(UNIX_RESERVED_CONNECTIONS));
+        let token_digest = options.token.as_deref().map(digest);
         Ok(Self {
             listeners,
             shared: Arc::new(Shared {
                 service,
                 options,
                 connection_slots,
+                unix_slots,
+                token_digest,
             }),
         })
     }
@@ -317,7 +333,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = Arc::clone(&shared.connection_slots).try_acquire_owned();
+        let slot = match &stream {
+            Accepted::Tcp(..) => Arc::clone(&shared.connection_slots).try_acquire_owned(),
+            Accepted::Unix(_) => Arc::clone(&shared.connection_slots)
+                .try_acquire_owned()
+                .or_else(|_| Arc::clone(&shared.unix_slots).try_acquire_owned()),
+        };
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         match (stream, slot) {
@@ -377,6 +398,11 @@ async fn accept(listener: &Listener) -> std::io::Result<(Accepted, bool)> {
 /// Tells a client over the connection limit why it is being closed.
 async fn refuse_over_limit<S: AsyncWrite + Unpin>(mut stream: S, shared: Arc<Shared>) {
     let limit = shared.options.max_connections;
+    shared
+        .service
+        .sessions()
+        .telemetry()
+        .refused("control_connection_limit");
     warn!(limit, "control connection refused: limit reached");
     let message = response_message(v1::Response::error(
         0,
@@ -438,10 +464,28 @@ async fn serve<S>(
     let mut frames = FramedRead::new(reader, codec);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let mut authenticated = !needs_token;
+    let auth_deadline = tokio::time::sleep(AUTH_DEADLINE);
+    tokio::pin!(auth_deadline);
     let mut subscribed = false;
     loop {
         let next = tokio::select! {
             () = closing.cancelled() => break,
+            () = &mut auth_deadline, if !authenticated => {
+                shared.service.sessions().telemetry().refused("control_auth_timeout");
+                warn!(%peer, "control client did not authenticate in time; closing");
+                let message = format!(
+                    "this control address requires a token: authenticate within {} s",
+                    AUTH_DEADLINE.as_secs()
+                );
+                let _ = out
+                    .send(response_message(v1::Response::error(
+                        0,
+                        Code::Unauthenticated,
+                        message,
+                    )))
+                    .await;
+                break;
+            }
             next = frames.next() => next,
         };
         let frame = match next {
@@ -496,16 +540,20 @@ async fn serve<S>(
         };
         if let Command::Authenticate(auth) = &command {
             let accepted = shared
-                .options
-                .token
-                .as_deref()
-                .is_none_or(|token| tokens_equal(token, &auth.token));
+                .token_digest
+                .as_ref()
+                .is_none_or(|expected| token_matches(expected, &auth.token));
             if accepted {
                 authenticated = true;
                 let ok = v1::response::Result::Authenticate(v1::AuthenticateResponse {});
                 let _ = reply(v1::Response::ok(id, ok)).await;
                 continue;
             }
+            shared
+                .service
+                .sessions()
+                .telemetry()
+                .refused("control_wrong_token");
             warn!(%peer, "control client presented a wrong token");
             let _ = reply(v1::Response::error(
                 id,
@@ -516,6 +564,11 @@ async fn serve<S>(
             break;
         }
         if !authenticated {
+            shared
+                .service
+                .sessions()
+                .telemetry()
+                .refused("control_unauthenticated");
             warn!(%peer, "control client did not authenticate");
             let message = "this control address requires a token: authenticate first";
             let _ = reply(v1::Response::error(id, Code::Unauthenticated, message)).await;
@@ -562,12 +615,21 @@ async fn serve<S>(
     debug!(%peer, "control connection closed");
 }
 
-/// Compares tokens without an early exit on the first differing byte, so
-/// response timing does not reveal a prefix of the secret. Written here
-/// because it is a five-line loop.
-fn tokens_equal(expected: &str, presented: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `presented` is the token whose digest is `expected`. Digests of
+/// a fixed length are compared without an early exit, so the time taken
+/// reveals neither a prefix of the secret nor its length.
+fn token_matches(expected: &[u8; 32], presented: &str) -> bool {
+    let presented = digest(presented);
+    expected
+        .iter()
+        .zip(&presented)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn forward_events(
@@ -666,13 +728,15 @@ fn encode_message(codec: &mut FrameCodec, message: v1::ServerMessage, buf: &mut 
 
 #[cfg(test)]
 mod tests {
-    use super::tokens_equal;
+    use super::{digest, token_matches};
 
     #[test]
     fn token_comparison() {
-        assert!(tokens_equal("s3cret", "s3cret"));
-        assert!(!tokens_equal("s3cret", "s3cres"));
-        assert!(!tokens_equal("s3cret", "s3cre"));
-        assert!(!tokens_equal("s3cret", ""));
+        let expected = digest("s3cret-s3cret-s3cret");
+        assert!(token_matches(&expected, "s3cret-s3cret-s3cret"));
+        assert!(!token_matches(&expected, "s3cret-s3cret-s3cres"));
+        assert!(!token_matches(&expected, "s3cret-s3cret-s3cre"));
+        assert!(!token_matches(&expected, "s3cret-s3cret-s3cret-"));
+        assert!(!token_matches(&expected, ""));
     }
 }

@@ -22,6 +22,9 @@ pub struct Service {
     exporter: crate::metrics::Exporter,
     connections: AtomicU32,
     requests: AtomicU64,
+    /// One scrape asks the workers at a time: a flood of scrapers waits here
+    /// instead of filling the workers' command queues.
+    scrape: tokio::sync::Mutex<()>,
 }
 
 impl Service {
@@ -34,6 +37,7 @@ impl Service {
             sessions,
             connections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            scrape: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -80,6 +84,7 @@ impl Service {
     /// The metrics as Prometheus text: what was counted, and the workers'
     /// and port pool's numbers now.
     pub async fn metrics_text(&self) -> String {
+        let _one_at_a_time = self.scrape.lock().await;
         let workers = self.sessions.worker_stats().await;
         let snapshot = crate::metrics::Snapshot {
             sessions: self.sessions.session_count() as u64,

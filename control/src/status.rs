@@ -18,7 +18,7 @@ macro_rules! constructors {
             $(
                 #[doc = concat!("A `", stringify!($code), "` status.")]
                 pub fn $name(message: impl Into<String>) -> Self {
-                    Self { code: Code::$code, message: message.into() }
+                    Self { code: Code::$code, message: bounded(message.into()) }
                 }
             )*
         }
@@ -44,5 +44,74 @@ impl From<Status> for v1::Error {
             code: status.code as i32,
             message: status.message,
         }
+    }
+}
+
+/// Longest error message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 400;
+
+/// An error message as it may leave the relay: control characters replaced
+/// and at most [`MAX_MESSAGE_CHARS`], whatever input it was built from. The
+/// net under [`excerpt`], for messages that quote more than they should.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_CHARS && !message.chars().any(char::is_control) {
+        return message;
+    }
+    let mut out: String = message
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Characters of untrusted input an error message may quote.
+const EXCERPT_CHARS: usize = 32;
+
+/// A short, printable excerpt of untrusted input for an error message or a
+/// log line, quoted: at most 32 characters, anything outside printable ASCII
+/// shown as `?`, an ellipsis when cut. Messages never echo more than this,
+/// so a hostile request cannot make its reply or the log grow with it.
+pub fn excerpt(input: &str) -> String {
+    let mut out = String::with_capacity(EXCERPT_CHARS + 4);
+    out.push('"');
+    for (i, c) in input.chars().enumerate() {
+        if i == EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push(if c == ' ' || c.is_ascii_graphic() {
+            c
+        } else {
+            '?'
+        });
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_MESSAGE_CHARS, Status, excerpt};
+
+    #[test]
+    fn excerpts_are_short_and_printable() {
+        assert_eq!(excerpt("RTP/SAVP"), "\"RTP/SAVP\"");
+        assert_eq!(excerpt("a\u{0}b\nc\u{1b}[2J"), "\"a?b?c?[2J\"");
+        let long = excerpt(&"x".repeat(60_000));
+        assert_eq!(long.chars().count(), 32 + 3);
+        assert!(long.ends_with("…\""));
+    }
+
+    #[test]
+    fn every_status_message_is_bounded() {
+        let status = Status::invalid_argument(format!("bad {:?}", "\u{1}".repeat(10_000)));
+        assert!(status.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+        assert!(!status.message.chars().any(char::is_control));
+        let fine = Status::not_found("no session 0000000000000001 → gone");
+        assert_eq!(fine.message, "no session 0000000000000001 → gone");
     }
 }

@@ -118,6 +118,8 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
             max_sessions: 100,
             advertise: Vec::new(),
             transfer_timeout: Duration::from_secs(5),
+            allow_unverified_transfer_source: false,
+            sdp_limits: baton_control::sdp::SdpLimits::default(),
         },
     ));
     let bus = Arc::new(EventBus::new());

@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         rtcp_mux: mux,
         peer_rtp: peer,
         peer_rtcp: None,
+        peer_ip: None,
     };
     let mut stream = Stream::new(
         t0,

@@ -10,72 +10,159 @@
 //! space. Until the first change of source nothing needs rewriting, and
 //! packets pass untouched.
 //!
-//! RTCP runs at a few packets a second per stream, so this path uses the
-//! `rtcp` crate (which allocates) instead of hand-written views.
-
-use bytes::Bytes;
-use rtcp::goodbye::Goodbye;
-use rtcp::packet::Packet;
-use rtcp::receiver_report::ReceiverReport;
-use rtcp::reception_report::ReceptionReport;
-use rtcp::sender_report::SenderReport;
-use rtcp::source_description::{SdesType, SourceDescription};
+//! Written by hand over the bytes, not with the `rtcp` crate: that crate
+//! panics on some feedback packets whose length is not a multiple of their
+//! entry size (one 24-byte datagram used to take a worker down), allocates
+//! per sub-packet, and parses packets nothing here rewrites (a transport-wide
+//! congestion control report cost ~50 µs). Here every sub-packet is bounded
+//! by [`check_rtcp`](crate::rtp::check_rtcp) first, only SR, RR and SDES are
+//! read, every other packet type is copied through byte for byte, and the
+//! cost is one pass over the datagram.
 
 use crate::continuity::Continuity;
+use crate::rtp::{self, RTCP_BYE, RTCP_RR, RTCP_SDES, RTCP_SR};
+use crate::sys::BUF_LEN;
 
-/// RTCP packet type of BYE.
-const RTCP_BYE: u8 = 203;
-/// RTCP packet type of SDES.
-const RTCP_SDES: u8 = 202;
-
-type Boxed = Box<dyn Packet + Send + Sync>;
+/// SDES item type of the canonical name (RFC 3550 §6.5.1).
+const SDES_CNAME: u8 = 1;
+/// Offset of the first report block in an SR and in an RR.
+const SR_BLOCKS: usize = 28;
+const RR_BLOCKS: usize = 8;
+/// Bytes of one reception report block.
+const BLOCK_LEN: usize = 24;
 
 /// What the translator remembers about a stream.
 #[derive(Debug, Clone, Default)]
 pub struct RtcpState {
-    first_cname: Option<Bytes>,
+    /// The CNAME of the first device, learned once (RTCP may allocate).
+    first_cname: Option<Box<[u8]>>,
 }
 
 /// Why RTCP could not be translated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TranslateError {
-    /// The `rtcp` crate could not parse or rebuild it.
+    /// Not a well-formed compound, or its translation would not fit.
     Malformed,
     /// Nothing is left to send (it was only a BYE).
     Empty,
 }
 
-/// Packet types of the sub-packets of a structurally checked compound.
-fn sub_packet_types(datagram: &[u8]) -> impl Iterator<Item = u8> + '_ {
+/// One sub-packet of a checked compound: its type, count field, all its
+/// bytes, and the part before any trailing padding.
+struct SubPacket<'a> {
+    packet_type: u8,
+    count: u8,
+    bytes: &'a [u8],
+    body: &'a [u8],
+}
+
+/// The sub-packets of a compound, each bounded by its length field; stops
+/// (with `Malformed` from the caller's check) at anything that does not fit.
+fn sub_packets(datagram: &[u8]) -> impl Iterator<Item = Result<SubPacket<'_>, TranslateError>> {
     let mut offset = 0;
     std::iter::from_fn(move || {
-        let header = datagram.get(offset..offset + 4)?;
-        let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        offset += 4 * (words + 1);
-        Some(header[1])
+        if offset >= datagram.len() {
+            return None;
+        }
+        let Some(header) = datagram.get(offset..offset + 4) else {
+            offset = datagram.len();
+            return Some(Err(TranslateError::Malformed));
+        };
+        let total = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
+        let Some(bytes) = datagram.get(offset..offset + total) else {
+            offset = datagram.len();
+            return Some(Err(TranslateError::Malformed));
+        };
+        offset += total;
+        // Padding (P bit): the last octet counts the octets to ignore.
+        let body_len = if header[0] & 0x20 != 0 {
+            let pad = usize::from(bytes[total - 1]);
+            if pad == 0 || pad > total - 4 {
+                offset = datagram.len();
+                return Some(Err(TranslateError::Malformed));
+            }
+            total - pad
+        } else {
+            total
+        };
+        Some(Ok(SubPacket {
+            packet_type: header[1],
+            count: header[0] & 0x1f,
+            bytes,
+            body: &bytes[..body_len],
+        }))
     })
 }
 
-fn parse(datagram: &[u8]) -> Result<Vec<Boxed>, TranslateError> {
-    let mut bytes = Bytes::copy_from_slice(datagram);
-    rtcp::packet::unmarshal(&mut bytes).map_err(|_| TranslateError::Malformed)
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn emit(packets: &[Boxed], buf: &mut [u8]) -> Result<usize, TranslateError> {
-    if packets.is_empty() {
-        return Err(TranslateError::Empty);
+fn write_u32(bytes: &mut [u8], at: usize, value: u32) {
+    if let Some(b) = bytes.get_mut(at..at + 4) {
+        b.copy_from_slice(&value.to_be_bytes());
     }
-    let bytes = rtcp::packet::marshal(packets).map_err(|_| TranslateError::Malformed)?;
-    let out = buf
-        .get_mut(..bytes.len())
-        .ok_or(TranslateError::Malformed)?;
-    out.copy_from_slice(&bytes);
-    Ok(bytes.len())
+}
+
+/// An output buffer that refuses to overflow.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), TranslateError> {
+        let end = self.len + bytes.len();
+        self.out
+            .get_mut(self.len..end)
+            .ok_or(TranslateError::Malformed)?
+            .copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// How the current device's SSRC maps to the outward one.
+#[derive(Clone, Copy)]
+struct Mapping {
+    outward: u32,
+    device: u32,
+    ts_offset: u32,
+    active: bool,
+}
+
+impl Mapping {
+    fn of(continuity: &Continuity) -> Self {
+        match (continuity.outward_ssrc(), continuity.current()) {
+            (Some(outward), Some((device, _, ts_offset))) => Self {
+                outward,
+                device,
+                ts_offset,
+                active: true,
+            },
+            // No RTP sent yet: nothing to map to.
+            _ => Self {
+                outward: 0,
+                device: 0,
+                ts_offset: 0,
+                active: false,
+            },
+        }
+    }
+
+    fn ssrc(self, ssrc: u32) -> u32 {
+        if self.active && ssrc == self.device {
+            self.outward
+        } else {
+            ssrc
+        }
+    }
 }
 
 /// Translates RTCP from the user's current device toward the remote, in
 /// place in `buf` (whose first `len` bytes are the datagram). Returns the new
-/// length.
+/// length, which may differ (a BYE removed, a CNAME replaced).
 pub fn toward_remote(
     buf: &mut [u8],
     len: usize,
@@ -83,71 +170,135 @@ pub fn toward_remote(
     state: &mut RtcpState,
 ) -> Result<usize, TranslateError> {
     let datagram = buf.get(..len).ok_or(TranslateError::Malformed)?;
-    let has_bye = sub_packet_types(datagram).any(|t| t == RTCP_BYE);
-    let learns_cname =
-        state.first_cname.is_none() && sub_packet_types(datagram).any(|t| t == RTCP_SDES);
+    rtp::check_rtcp(datagram).map_err(|_| TranslateError::Malformed)?;
+    let mut has_bye = false;
+    let mut has_sdes = false;
+    for packet in sub_packets(datagram) {
+        match packet?.packet_type {
+            RTCP_BYE => has_bye = true,
+            RTCP_SDES => has_sdes = true,
+            _ => {}
+        }
+    }
+    let learns_cname = state.first_cname.is_none() && has_sdes;
     if continuity.is_identity() && !has_bye && !learns_cname {
         return Ok(len);
     }
-    let packets = parse(datagram)?;
-    let (outward, device, ts_offset) = match (continuity.outward_ssrc(), continuity.current()) {
-        (Some(outward), Some((device, _, ts_offset))) => (outward, device, ts_offset),
-        // No RTP sent yet: nothing to map to.
-        _ => (0, 0, 0),
+    let map = Mapping::of(continuity);
+    // The translation goes to a scratch buffer on the stack (no heap), then
+    // back over the datagram: an SDES may grow when the first CNAME is
+    // longer than the device's.
+    let mut scratch = [0u8; BUF_LEN];
+    let mut out = Writer {
+        out: &mut scratch,
+        len: 0,
     };
-    let mapped = |ssrc: u32| {
-        if outward != 0 && ssrc == device {
-            outward
-        } else {
-            ssrc
-        }
-    };
-    let mut out: Vec<Boxed> = Vec::with_capacity(packets.len());
-    for packet in packets {
-        let any = packet.as_any();
-        if let Some(sr) = any.downcast_ref::<SenderReport>() {
-            let mut sr = sr.clone();
-            if outward != 0 && sr.ssrc == device {
-                sr.ssrc = outward;
-                sr.rtp_time = sr.rtp_time.wrapping_add(ts_offset);
-                (sr.packet_count, sr.octet_count) = continuity.sent_counts();
-            }
-            out.push(Box::new(sr));
-        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-            let mut rr = rr.clone();
-            rr.ssrc = mapped(rr.ssrc);
-            out.push(Box::new(rr));
-        } else if let Some(sdes) = any.downcast_ref::<SourceDescription>() {
-            let mut sdes = sdes.clone();
-            for chunk in &mut sdes.chunks {
-                chunk.source = mapped(chunk.source);
-                for item in &mut chunk.items {
-                    if item.sdes_type == SdesType::SdesCname {
-                        match &state.first_cname {
-                            Some(first) => item.text = first.clone(),
-                            None => state.first_cname = Some(item.text.clone()),
-                        }
-                    }
+    for packet in sub_packets(datagram) {
+        let packet = packet?;
+        match packet.packet_type {
+            RTCP_SR => {
+                let start = out.len;
+                out.put(packet.bytes)?;
+                let sr = &mut out.out[start..out.len];
+                let ssrc = read_u32(sr, 4).ok_or(TranslateError::Malformed)?;
+                if map.active && ssrc == map.device {
+                    let rtp_time = read_u32(sr, 16).ok_or(TranslateError::Malformed)?;
+                    let (packets, octets) = continuity.sent_counts();
+                    write_u32(sr, 4, map.outward);
+                    write_u32(sr, 16, rtp_time.wrapping_add(map.ts_offset));
+                    write_u32(sr, 20, packets);
+                    write_u32(sr, 24, octets);
                 }
             }
-            out.push(Box::new(sdes));
-        } else if any.downcast_ref::<Goodbye>().is_some() {
+            RTCP_RR => {
+                let start = out.len;
+                out.put(packet.bytes)?;
+                let rr = &mut out.out[start..out.len];
+                let ssrc = read_u32(rr, 4).ok_or(TranslateError::Malformed)?;
+                write_u32(rr, 4, map.ssrc(ssrc));
+            }
+            RTCP_SDES => sdes_toward_remote(&packet, map, state, &mut out)?,
             // The outward stream goes on with the next device.
-        } else {
-            out.push(packet);
+            RTCP_BYE => {}
+            // Feedback, APP, XR and the rest pass untouched.
+            _ => out.put(packet.bytes)?,
         }
     }
-    emit(&out, buf)
+    let new_len = out.len;
+    if new_len == 0 {
+        return Err(TranslateError::Empty);
+    }
+    buf.get_mut(..new_len)
+        .ok_or(TranslateError::Malformed)?
+        .copy_from_slice(&scratch[..new_len]);
+    Ok(new_len)
+}
+
+/// Re-emits an SDES packet with each chunk's source mapped and every CNAME
+/// replaced by the first device's (learned from the first one seen), without
+/// padding: each chunk is null-padded to 32 bits as RFC 3550 §6.5 says.
+fn sdes_toward_remote(
+    packet: &SubPacket<'_>,
+    map: Mapping,
+    state: &mut RtcpState,
+    out: &mut Writer<'_>,
+) -> Result<(), TranslateError> {
+    let input = packet.body;
+    let start = out.len;
+    out.put(&[0x80 | packet.count, RTCP_SDES, 0, 0])?;
+    let mut pos = 4;
+    for _ in 0..packet.count {
+        let ssrc = read_u32(input, pos).ok_or(TranslateError::Malformed)?;
+        pos += 4;
+        out.put(&map.ssrc(ssrc).to_be_bytes())?;
+        loop {
+            let item_type = *input.get(pos).ok_or(TranslateError::Malformed)?;
+            if item_type == 0 {
+                // The end of the item list, then null octets to the next
+                // 32-bit boundary.
+                pos = (pos + 1).next_multiple_of(4);
+                break;
+            }
+            let item_len = usize::from(*input.get(pos + 1).ok_or(TranslateError::Malformed)?);
+            let text = input
+                .get(pos + 2..pos + 2 + item_len)
+                .ok_or(TranslateError::Malformed)?;
+            pos += 2 + item_len;
+            let text = if item_type == SDES_CNAME {
+                state
+                    .first_cname
+                    .get_or_insert_with(|| text.to_vec().into_boxed_slice())
+            } else {
+                text
+            };
+            // A learned CNAME came from an item, so it fits the length byte.
+            let text_len = u8::try_from(text.len()).map_err(|_| TranslateError::Malformed)?;
+            out.put(&[item_type, text_len])?;
+            out.put(text)?;
+        }
+        out.put(&[0])?;
+        while (out.len - start) % 4 != 0 {
+            out.put(&[0])?;
+        }
+    }
+    if pos > input.len() {
+        return Err(TranslateError::Malformed);
+    }
+    let words = u16::try_from((out.len - start) / 4 - 1).map_err(|_| TranslateError::Malformed)?;
+    out.out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
+    Ok(())
 }
 
 /// Translates RTCP from the remote toward the user's current device, in
-/// place: report blocks about the outward SSRC are mapped back to the
-/// device's SSRC and sequence space (RFC 3550 §7.2).
+/// place and at the same length: report blocks about the outward SSRC are
+/// mapped back to the device's SSRC and sequence space (RFC 3550 §7.2).
 pub fn toward_user(
     buf: &mut [u8],
     len: usize,
     continuity: &Continuity,
 ) -> Result<usize, TranslateError> {
+    let datagram = buf.get_mut(..len).ok_or(TranslateError::Malformed)?;
+    rtp::check_rtcp(datagram).map_err(|_| TranslateError::Malformed)?;
     if continuity.is_identity() {
         return Ok(len);
     }
@@ -155,40 +306,58 @@ pub fn toward_user(
     else {
         return Ok(len);
     };
-    let datagram = buf.get(..len).ok_or(TranslateError::Malformed)?;
-    let packets = parse(datagram)?;
-    let map_blocks = |reports: &mut Vec<ReceptionReport>| {
-        for block in reports.iter_mut().filter(|b| b.ssrc == outward) {
-            block.ssrc = device;
-            if let Some(own) = continuity.to_source_extended(block.last_sequence_number) {
-                block.last_sequence_number = own;
+    let mut offset = 0;
+    while offset < len {
+        let header = datagram
+            .get(offset..offset + 4)
+            .ok_or(TranslateError::Malformed)?;
+        let total = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
+        let blocks_at = match header[1] {
+            RTCP_SR => Some(SR_BLOCKS),
+            RTCP_RR => Some(RR_BLOCKS),
+            _ => None,
+        };
+        let blocks = usize::from(header[0] & 0x1f);
+        let packet = datagram
+            .get_mut(offset..offset + total)
+            .ok_or(TranslateError::Malformed)?;
+        if let Some(first) = blocks_at {
+            for block in 0..blocks {
+                let at = first + block * BLOCK_LEN;
+                if at + BLOCK_LEN > packet.len() {
+                    return Err(TranslateError::Malformed);
+                }
+                if read_u32(packet, at) != Some(outward) {
+                    continue;
+                }
+                write_u32(packet, at, device);
+                let highest = read_u32(packet, at + 8).ok_or(TranslateError::Malformed)?;
+                if let Some(own) = continuity.to_source_extended(highest) {
+                    write_u32(packet, at + 8, own);
+                }
             }
         }
-    };
-    let mut out: Vec<Boxed> = Vec::with_capacity(packets.len());
-    for packet in packets {
-        let any = packet.as_any();
-        if let Some(sr) = any.downcast_ref::<SenderReport>() {
-            let mut sr = sr.clone();
-            map_blocks(&mut sr.reports);
-            out.push(Box::new(sr));
-        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-            let mut rr = rr.clone();
-            map_blocks(&mut rr.reports);
-            out.push(Box::new(rr));
-        } else {
-            out.push(packet);
-        }
+        offset += total;
     }
-    emit(&out, buf)
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rtp::RtpView;
-    use rtcp::source_description::{SourceDescriptionChunk, SourceDescriptionItem};
+    use bytes::Bytes;
+    use rtcp::goodbye::Goodbye;
+    use rtcp::packet::Packet;
+    use rtcp::receiver_report::ReceiverReport;
+    use rtcp::reception_report::ReceptionReport;
+    use rtcp::sender_report::SenderReport;
+    use rtcp::source_description::{
+        SdesType, SourceDescription, SourceDescriptionChunk, SourceDescriptionItem,
+    };
     use std::time::{Duration, Instant};
+
+    type Boxed = Box<dyn Packet + Send + Sync>;
 
     fn rtp(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
         let mut p = vec![0x80, 0];
@@ -206,11 +375,14 @@ mod tests {
     }
 
     fn compound(packets: Vec<Boxed>) -> Vec<u8> {
-        let mut buf = vec![0u8; 2048];
-        let bytes = rtcp::packet::marshal(&packets).expect("marshal");
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        buf.truncate(bytes.len());
-        buf
+        rtcp::packet::marshal(&packets).expect("marshal").to_vec()
+    }
+
+    /// Parses with the `rtcp` crate, only after our own check (the crate
+    /// panics on some malformed input).
+    fn parse(datagram: &[u8]) -> Vec<Boxed> {
+        rtp::check_rtcp(datagram).expect("well-formed");
+        rtcp::packet::unmarshal(&mut Bytes::copy_from_slice(datagram)).expect("parses")
     }
 
     fn sdes(ssrc: u32, cname: &'static [u8]) -> SourceDescription {
@@ -243,7 +415,7 @@ mod tests {
         // A's SDES is seen first: its CNAME is the stream's.
         let mut first = compound(vec![Box::new(sdes(0xA, b"alice@desk"))]);
         let len = first.len();
-        first.resize(2048, 0);
+        first.resize(BUF_LEN, 0);
         toward_remote(&mut first, len, &c, &mut state).expect("learned");
         for i in 0..5u16 {
             send(
@@ -265,9 +437,9 @@ mod tests {
     ) -> Result<Vec<Boxed>, TranslateError> {
         let mut buf = compound(packets);
         let len = buf.len();
-        buf.resize(2048, 0);
+        buf.resize(BUF_LEN, 0);
         let new_len = toward_remote(&mut buf, len, c, state)?;
-        parse(&buf[..new_len])
+        Ok(parse(&buf[..new_len]))
     }
 
     #[test]
@@ -282,7 +454,7 @@ mod tests {
         };
         let original = compound(vec![Box::new(sr)]);
         let mut buf = original.clone();
-        buf.resize(2048, 0);
+        buf.resize(BUF_LEN, 0);
         let len =
             toward_remote(&mut buf, original.len(), &c, &mut RtcpState::default()).expect("ok");
         assert_eq!(&buf[..len], &original[..]);
@@ -298,6 +470,11 @@ mod tests {
             rtp_time: 77 + 160 * 4,
             packet_count: 5,
             octet_count: 800,
+            reports: vec![ReceptionReport {
+                ssrc: 0xF,
+                last_sequence_number: 42,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let out = translate_toward_remote(
@@ -315,6 +492,8 @@ mod tests {
             (15, 15 * 160),
             "cumulative outward counts"
         );
+        assert_eq!(sr.reports[0].ssrc, 0xF, "blocks about the remote untouched");
+        assert_eq!(sr.reports[0].last_sequence_number, 42);
         let sdes = out[1]
             .as_any()
             .downcast_ref::<SourceDescription>()
@@ -325,6 +504,46 @@ mod tests {
             b"alice@desk",
             "the first CNAME is kept"
         );
+    }
+
+    #[test]
+    fn sdes_keeps_other_items_and_grows_or_shrinks_with_the_cname() {
+        let (c, mut state) = after_switch();
+        let chunk = |source, cname: &'static [u8]| SourceDescriptionChunk {
+            source,
+            items: vec![
+                SourceDescriptionItem {
+                    sdes_type: SdesType::SdesName,
+                    text: Bytes::from_static(b"Alice"),
+                },
+                SourceDescriptionItem {
+                    sdes_type: SdesType::SdesCname,
+                    text: Bytes::from_static(cname),
+                },
+                SourceDescriptionItem {
+                    sdes_type: SdesType::SdesTool,
+                    text: Bytes::from_static(b"phone 1.0"),
+                },
+            ],
+        };
+        for cname in [&b"b"[..], b"a-much-longer-cname@mobile.example.com"] {
+            let sdes = SourceDescription {
+                chunks: vec![chunk(0xB, cname), chunk(0x99, cname)],
+            };
+            let out =
+                translate_toward_remote(&c, &mut state, vec![Box::new(sdes)]).expect("translated");
+            let sdes = out[0]
+                .as_any()
+                .downcast_ref::<SourceDescription>()
+                .expect("SDES");
+            assert_eq!(sdes.chunks.len(), 2);
+            assert_eq!(sdes.chunks[0].source, 0xA);
+            assert_eq!(sdes.chunks[1].source, 0x99, "other sources untouched");
+            for chunk in &sdes.chunks {
+                let texts: Vec<&[u8]> = chunk.items.iter().map(|i| &i.text[..]).collect();
+                assert_eq!(texts, [&b"Alice"[..], b"alice@desk", b"phone 1.0"]);
+            }
+        }
     }
 
     #[test]
@@ -374,15 +593,24 @@ mod tests {
         };
         let rr = ReceiverReport {
             ssrc: 0xFACE,
-            reports: vec![block, other],
+            reports: vec![block.clone(), other],
             ..Default::default()
         };
-        let mut buf = compound(vec![Box::new(rr)]);
+        let sr = SenderReport {
+            ssrc: 0xFACE,
+            reports: vec![block],
+            ..Default::default()
+        };
+        let mut buf = compound(vec![Box::new(sr), Box::new(rr)]);
         let len = buf.len();
-        buf.resize(2048, 0);
+        buf.resize(BUF_LEN, 0);
         let new_len = toward_user(&mut buf, len, &c).expect("translated");
-        let out = parse(&buf[..new_len]).expect("parse");
-        let rr = out[0]
+        assert_eq!(new_len, len);
+        let out = parse(&buf[..new_len]);
+        let sr = out[0].as_any().downcast_ref::<SenderReport>().expect("SR");
+        assert_eq!(sr.reports[0].ssrc, 0xB);
+        assert_eq!(sr.reports[0].last_sequence_number, 5004);
+        let rr = out[1]
             .as_any()
             .downcast_ref::<ReceiverReport>()
             .expect("RR");
@@ -392,6 +620,7 @@ mod tests {
             rr.reports[0].last_sequence_number, 5004,
             "B's own sequence space"
         );
+        assert_eq!(rr.reports[0].jitter, 3);
         assert_eq!(rr.reports[1].ssrc, 0x77, "blocks about others untouched");
     }
 
@@ -425,9 +654,102 @@ mod tests {
     fn malformed_rtcp_is_an_error_not_a_panic() {
         let (c, mut state) = after_switch();
         let mut junk = vec![0x80, 200, 0, 1, 0, 0, 0, 0xB];
-        junk.resize(2048, 0);
+        junk.resize(BUF_LEN, 0);
         assert_eq!(
             toward_remote(&mut junk, 8, &c, &mut state),
+            Err(TranslateError::Malformed)
+        );
+    }
+
+    /// Datagrams that crashed the worker through the `rtcp` crate (issue
+    /// 14): feedback packets whose length is not a multiple of their entry
+    /// size, in a compound with a BYE (toward the remote) or alone (toward
+    /// the device after a switch). Feedback passes through untouched.
+    #[test]
+    fn feedback_crashers_pass_through_without_panicking() {
+        let crashers: [&[u8]; 3] = [
+            // BYE + PSFB FIR of three words.
+            &[
+                0x81, 0xcb, 0, 1, 0, 0, 0x11, 0x11, 0x84, 0xce, 0, 3, 0, 0, 0x11, 0x11, 0, 0, 0x22,
+                0x22, 0, 0, 0x33, 0x33,
+            ],
+            // RR + RTPFB NACK with a half entry.
+            &[
+                0x80, 0xc9, 0, 1, 0, 0, 0x11, 0x11, 0x81, 0xcd, 0, 3, 0, 0, 0x11, 0x11, 0, 0, 0xa,
+                0xa, 0, 1, 0, 0,
+            ],
+            // PSFB FIR alone.
+            &[
+                0x84, 0xce, 0, 3, 0, 0, 0x11, 0x11, 0, 0, 0, 0xa, 0, 0, 0x33, 0x33,
+            ],
+        ];
+        let (c, mut state) = after_switch();
+        for crasher in crashers {
+            let mut buf = [0u8; BUF_LEN];
+            buf[..crasher.len()].copy_from_slice(crasher);
+            let len = toward_user(&mut buf, crasher.len(), &c).expect("passes");
+            assert_eq!(&buf[..len], crasher, "toward the device: untouched");
+            let len = toward_remote(&mut buf, crasher.len(), &c, &mut state).expect("passes");
+            let feedback = crasher
+                .chunks(4)
+                .position(|w| w[1] == 0xce || w[1] == 0xcd)
+                .expect("has feedback");
+            assert_eq!(
+                buf[..len].last_chunk::<4>(),
+                crasher.last_chunk::<4>(),
+                "the feedback packet's last word went out as it came"
+            );
+            assert!(len >= crasher.len() - 4 * feedback);
+        }
+    }
+
+    #[test]
+    fn lying_counts_and_items_are_refused() {
+        let (c, mut state) = after_switch();
+        let cases: [&[u8]; 5] = [
+            // RR announcing 2 report blocks with none present.
+            &[0x82, 0xc9, 0, 1, 0, 0, 0, 0xB],
+            // SR shorter than its sender info.
+            &[0x80, 0xc8, 0, 2, 0, 0, 0, 0xB, 0, 0, 0, 0],
+            // SDES announcing 3 chunks in one word.
+            &[0x83, 0xca, 0, 1, 0, 0, 0, 0xB],
+            // SDES item longer than the packet.
+            &[0x81, 0xca, 0, 2, 0, 0, 0, 0xB, 1, 200, b'x', b'y'],
+            // Padding larger than the packet.
+            &[0xa0, 0xc9, 0, 1, 0, 0, 0, 0xB - 1, 0, 0, 0, 0xff],
+        ];
+        for case in cases {
+            let mut buf = [0u8; BUF_LEN];
+            buf[..case.len()].copy_from_slice(case);
+            assert_eq!(
+                toward_remote(&mut buf, case.len(), &c, &mut state),
+                Err(TranslateError::Malformed),
+                "{case:02x?}"
+            );
+            assert!(toward_user(&mut buf, case.len(), &c).is_err() || case[1] == 0xca);
+        }
+    }
+
+    #[test]
+    fn a_cname_that_would_overflow_the_buffer_is_refused() {
+        let (c, _) = after_switch();
+        // The first CNAME is 255 bytes; then a compound of many chunks with
+        // one-byte CNAMEs would grow past the buffer.
+        let mut state = RtcpState {
+            first_cname: Some(vec![b'c'; 255].into_boxed_slice()),
+        };
+        let chunks = 31;
+        let mut packet = vec![0x80 | chunks, 0xca, 0, 0];
+        for _ in 0..chunks {
+            packet.extend_from_slice(&0xBu32.to_be_bytes());
+            packet.extend_from_slice(&[1, 1, b'b', 0]);
+        }
+        let words = u16::try_from(packet.len() / 4 - 1).expect("fits");
+        packet[2..4].copy_from_slice(&words.to_be_bytes());
+        let mut buf = [0u8; BUF_LEN];
+        buf[..packet.len()].copy_from_slice(&packet);
+        assert_eq!(
+            toward_remote(&mut buf, packet.len(), &c, &mut state),
             Err(TranslateError::Malformed)
         );
     }

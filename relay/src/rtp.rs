@@ -161,10 +161,48 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> RtpView<T> {
     }
 }
 
+/// RTCP packet types (RFC 3550 §12.1, RFC 4585, RFC 3611).
+pub const RTCP_SR: u8 = 200;
+/// Receiver report.
+pub const RTCP_RR: u8 = 201;
+/// Source description.
+pub const RTCP_SDES: u8 = 202;
+/// Goodbye.
+pub const RTCP_BYE: u8 = 203;
+/// Application-defined.
+pub const RTCP_APP: u8 = 204;
+/// Transport-layer feedback (NACK, TMMBR, transport-wide CC).
+pub const RTCP_RTPFB: u8 = 205;
+/// Payload-specific feedback (PLI, FIR, REMB).
+pub const RTCP_PSFB: u8 = 206;
+/// Extended reports.
+pub const RTCP_XR: u8 = 207;
+
+/// The fewest bytes a sub-packet of `packet_type` with count field `count`
+/// can have: its fixed part and what the count announces.
+fn rtcp_min_len(packet_type: u8, count: usize) -> usize {
+    match packet_type {
+        // Header, sender SSRC, sender info, report blocks.
+        RTCP_SR => 28 + 24 * count,
+        RTCP_RR => 8 + 24 * count,
+        // Each chunk is at least an SSRC and a null item padded to 32 bits.
+        RTCP_SDES => 4 + 8 * count,
+        RTCP_BYE => 4 + 4 * count,
+        // Header, SSRC, name.
+        RTCP_APP => 12,
+        // Header, sender SSRC, media SSRC.
+        RTCP_RTPFB | RTCP_PSFB => 12,
+        RTCP_XR => 8,
+        _ => 4,
+    }
+}
+
 /// Checks the structure of a (compound) RTCP packet (RFC 3550 A.2, relaxed
 /// for RFC 5506 reduced-size RTCP: any RTCP packet type may come first): every
-/// sub-packet has version 2, a type in 192..=223 and a length that fits, and
-/// the lengths add up to the datagram. Returns the first sender SSRC.
+/// sub-packet has version 2, a type in 192..=223, a length that fits, room
+/// for what its type and count field announce, and padding within itself;
+/// the lengths add up to the datagram. Returns the first sender SSRC. What
+/// passes is safe to walk by length and count without further checks.
 pub fn check_rtcp(datagram: &[u8]) -> Result<u32, Malformed> {
     if datagram.len() < 8 {
         return Err(Malformed::Truncated);
@@ -180,11 +218,23 @@ pub fn check_rtcp(datagram: &[u8]) -> Result<u32, Malformed> {
         if !(192..=223).contains(&header[1]) {
             return Err(Malformed::RtcpLength);
         }
-        let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        offset += 4 * (words + 1);
-        if offset > datagram.len() {
+        let total = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
+        let packet = datagram
+            .get(offset..offset + total)
+            .ok_or(Malformed::RtcpLength)?;
+        let padding = if header[0] & 0x20 != 0 {
+            let count = usize::from(packet[total - 1]);
+            if count == 0 || count > total - 4 {
+                return Err(Malformed::Padding);
+            }
+            count
+        } else {
+            0
+        };
+        if total - padding < rtcp_min_len(header[1], usize::from(header[0] & 0x1f)) {
             return Err(Malformed::RtcpLength);
         }
+        offset += total;
     }
     Ok(u32::from_be_bytes([
         datagram[4],
@@ -337,5 +387,41 @@ mod tests {
         let mut lying = compound.to_vec();
         lying[3] = 0xff;
         assert_eq!(check_rtcp(&lying), Err(Malformed::RtcpLength));
+    }
+
+    #[test]
+    fn rtcp_counts_and_padding_must_fit_their_packet() {
+        // An RR announcing one report block, with none.
+        assert_eq!(
+            check_rtcp(&[0x81, 201, 0, 1, 0, 0, 0, 1]),
+            Err(Malformed::RtcpLength)
+        );
+        // A BYE announcing two sources, with one.
+        assert_eq!(
+            check_rtcp(&[0x82, 203, 0, 1, 0, 0, 0, 1]),
+            Err(Malformed::RtcpLength)
+        );
+        // Feedback without its media SSRC.
+        assert_eq!(
+            check_rtcp(&[0x81, 206, 0, 1, 0, 0, 0, 1]),
+            Err(Malformed::RtcpLength)
+        );
+        // Padding of 0, and padding past the header.
+        assert_eq!(
+            check_rtcp(&[0xa0, 201, 0, 1, 0, 0, 0, 0]),
+            Err(Malformed::Padding)
+        );
+        assert_eq!(
+            check_rtcp(&[0xa0, 201, 0, 1, 0, 0, 0, 5]),
+            Err(Malformed::Padding)
+        );
+        // A FIR of three words is structurally fine (its entries are the
+        // feedback's business, which is passed through).
+        assert_eq!(
+            check_rtcp(&[
+                0x84, 206, 0, 3, 0, 0, 0x11, 0x11, 0, 0, 0x22, 0x22, 0, 0, 0x33, 0x33
+            ]),
+            Ok(0x1111)
+        );
     }
 }

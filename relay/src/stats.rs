@@ -15,7 +15,9 @@ const RTP_SEQ_MOD: u32 = 1 << 16;
 pub struct Reception {
     ssrc: Option<u32>,
     max_seq: u16,
-    cycles: u32,
+    /// Sequence number wraps, times 2^16. 64 bits: a sender that wraps
+    /// every few packets (crafted jumps under MAX_DROPOUT) cannot overflow it.
+    cycles: u64,
     base_seq: u32,
     bad_seq: u32,
     probation: u16,
@@ -84,7 +86,7 @@ impl Reception {
         }
         if udelta < MAX_DROPOUT {
             if seq < self.max_seq {
-                self.cycles += RTP_SEQ_MOD;
+                self.cycles += u64::from(RTP_SEQ_MOD);
             }
             self.max_seq = seq;
         } else if u32::from(udelta) <= RTP_SEQ_MOD - u32::from(MAX_MISORDER) {
@@ -104,7 +106,7 @@ impl Reception {
 
     /// The extended highest sequence number received (A.3).
     pub fn extended_max(&self) -> u64 {
-        u64::from(self.cycles) + u64::from(self.max_seq)
+        self.cycles + u64::from(self.max_seq)
     }
 
     /// Packets expected from the first to the highest sequence number.
@@ -148,6 +150,21 @@ mod tests {
             let ts = u32::from(seq).wrapping_mul(160);
             r.record(7, seq, ts, Some(u64::from(ts) + 1_000_000 + delay(i)));
         }
+    }
+
+    /// Jumps just under MAX_DROPOUT wrap the sequence every 22 packets; a
+    /// 32-bit wrap counter overflowed (a panic in debug builds) after about
+    /// 1.4 million of them (issue 14).
+    #[test]
+    fn crafted_wraps_do_not_overflow_the_cycle_count() {
+        let mut r = Reception::default();
+        r.record(7, 0, 0, None);
+        let mut seq = 1u16;
+        for _ in 0..1_500_000u32 {
+            r.record(7, seq, 0, None);
+            seq = seq.wrapping_add(MAX_DROPOUT - 1);
+        }
+        assert!(r.extended_max() > u64::from(u32::MAX));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! continuous sequence numbers and timestamps, whoever sends) and RTCP
 //! through [`rtcp_translate`](crate::rtcp_translate).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::continuity::{Continuity, Refused};
@@ -260,6 +260,10 @@ pub struct LegConfig {
     /// The peer's RTCP address, if signalled (defaults to RTP port + 1 for a
     /// signalled RTP address, or the RTP address with rtcp-mux).
     pub peer_rtcp: Option<SocketAddr>,
+    /// When no address was signalled: the only IP the peer may be learned
+    /// from (for a new device, the IP the proxy saw its request come from).
+    /// Packets from any other IP are strangers and change nothing.
+    pub peer_ip: Option<IpAddr>,
 }
 
 /// Settings shared by all legs.
@@ -606,7 +610,17 @@ impl Stream {
         } else {
             Side::User
         };
-        let latched = match check_source(this, side, now, component, from, fields, policy) {
+        if role == Role::Pending
+            && let Some(f) = fields
+            && this.payloads.to_remote[usize::from(f.pt)] == NO_PT
+        {
+            // Only a packet that would be forwarded may prove the new device
+            // or switch to it: an unnegotiated payload type changes nothing.
+            return this.drop(DropReason::UnknownPayloadType);
+        }
+        let pending = role == Role::Pending;
+        let latched = match check_source(this, side, now, component, from, fields, policy, pending)
+        {
             Ok(latched) => latched,
             Err(reason) => return this.drop(reason),
         };
@@ -1021,6 +1035,11 @@ enum Role {
     Retired,
 }
 
+/// The source policy of one leg (see the module documentation). A pending
+/// leg is where a switch is authorised, so it is stricter: `asymmetric`
+/// still needs the signalled IP, and learning needs the signalled IP when
+/// one was given.
+#[allow(clippy::too_many_arguments)]
 fn check_source(
     leg: &mut Leg,
     side: Side,
@@ -1029,16 +1048,33 @@ fn check_source(
     from: SocketAddr,
     fields: Option<RtpFields>,
     policy: StreamConfig,
+    pending: bool,
 ) -> Result<Option<Latched>, DropReason> {
     let (relearn, asymmetric) = (policy.relearn, policy.asymmetric);
     let slot = leg.peer_slot(component);
     let peer = leg.peers[slot];
     let relearned = match (peer.source, peer.addr) {
         (_, Some(addr)) if addr == from => return Ok(None),
+        (PeerSource::Signalled, Some(addr)) if asymmetric && pending => {
+            if addr.ip() == from.ip() {
+                return Ok(None);
+            }
+            return Err(DropReason::Stranger);
+        }
         (PeerSource::Signalled, _) if asymmetric => return Ok(None),
         (PeerSource::Signalled, _) => return Err(DropReason::Stranger),
         (PeerSource::Learned, _) if relearn && leg.may_relearn(component, from, fields) => true,
         (PeerSource::Learned, _) => return Err(DropReason::Stranger),
+        (PeerSource::Unknown, _)
+            if leg
+                .config
+                .peer_ip
+                .is_some_and(|ip| ip.to_canonical() != from.ip().to_canonical()) =>
+        {
+            // Not from where the signalling saw the device: never a
+            // candidate, so it cannot displace the real one.
+            return Err(DropReason::Stranger);
+        }
         (PeerSource::Unknown, _) if now > leg.learning_until => {
             return Err(DropReason::LearningClosed);
         }
@@ -1129,6 +1165,7 @@ mod tests {
             rtcp_mux: mux,
             peer_rtp: peer.map(addr),
             peer_rtcp: None,
+            peer_ip: None,
         }
     }
 
@@ -1857,5 +1894,146 @@ mod tests {
             outcome.verdict,
             Verdict::Drop(DropReason::UnknownPayloadType)
         );
+    }
+
+    /// Issue 14: a sprayer that sends three in-order packets to every port
+    /// must not become the new device. With the IP the signalling saw, only
+    /// that IP is a candidate, and strangers never reset the real candidate.
+    #[test]
+    fn a_sprayer_cannot_take_a_pending_leg_or_reset_its_candidate() {
+        let t0 = Instant::now();
+        let (mut s, _) = transfer_setup(t0);
+        s.cancel_pending();
+        let mut config = leg(None, true);
+        config.peer_ip = Some("10.0.0.3".parse().expect("ip"));
+        let b = s
+            .add_pending(t0, config, PayloadMap::identity(Some(101)))
+            .expect("pending");
+        for seq in 0..3u16 {
+            // The attacker: in order, its own SSRC, another IP.
+            let (outcome, _) = feed(
+                &mut s,
+                t0,
+                b,
+                Component::Rtp,
+                "10.6.6.6:6666",
+                &rtp(100 + seq, 0x666),
+            );
+            assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
+            assert!(!outcome.switch_requested && outcome.latched.is_none());
+            // The real device, interleaved: its candidate keeps counting.
+            let (outcome, _) = feed(
+                &mut s,
+                t0,
+                b,
+                Component::Rtp,
+                "10.0.0.3:6000",
+                &rtp(20 + seq, 0xB),
+            );
+            if seq < 2 {
+                assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Probation));
+            } else {
+                assert!(outcome.switch_requested, "the third in-order packet");
+                assert_eq!(outcome.latched.map(|l| l.addr), Some(addr("10.0.0.3:6000")));
+            }
+        }
+    }
+
+    /// Issue 14 and 22: a packet of a payload type the new device did not
+    /// negotiate (comfort noise, PT 13) neither latches nor switches.
+    #[test]
+    fn an_unnegotiated_payload_type_never_switches() {
+        let t0 = Instant::now();
+        let (mut s, b) = transfer_setup(t0);
+        let (outcome, _) = feed(
+            &mut s,
+            t0,
+            b,
+            Component::Rtp,
+            "10.0.0.3:6000",
+            &rtp_pt(13, 1, 1, 0xB, &[0x40]),
+        );
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Drop(DropReason::UnknownPayloadType)
+        );
+        assert!(!outcome.switch_requested);
+        assert_eq!(s.leg_of(Side::User), USER, "A is still the device");
+        // A's media still reaches the remote.
+        let (outcome, _) = feed(
+            &mut s,
+            t0,
+            USER,
+            Component::Rtp,
+            "10.0.0.1:4000",
+            &rtp_pt(0, 1005, 8800, 0xA, &[1; 160]),
+        );
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+    }
+
+    /// `asymmetric` lets a signalled peer send from another port, but a
+    /// pending leg still needs the signalled IP.
+    #[test]
+    fn asymmetric_pending_legs_still_need_the_signalled_ip() {
+        let t0 = Instant::now();
+        let mut s = Stream::new(
+            t0,
+            StreamConfig {
+                learning_window: WINDOW,
+                relearn: false,
+                asymmetric: true,
+            },
+            leg(Some("10.0.0.1:4000"), true),
+            leg(Some("10.0.0.2:5000"), true),
+            &[(0, 8000)],
+            None,
+        );
+        let b = s
+            .add_pending(
+                t0,
+                leg(Some("10.0.0.3:6000"), true),
+                PayloadMap::identity(None),
+            )
+            .expect("pending");
+        let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.6.6.6:6000", &rtp(1, 9));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
+        let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6002", &rtp(1, 9));
+        assert!(outcome.switch_requested, "same IP, another port");
+    }
+
+    /// Issue 14, finding 1: a 24-byte BYE + FIR compound from the device
+    /// (toward the remote) and a FIR from the remote after a switch (toward
+    /// the device) used to panic inside the `rtcp` crate and take the whole
+    /// worker down. Now the feedback passes through.
+    #[test]
+    fn the_rtcp_crasher_is_forwarded_not_fatal() {
+        let crasher = [
+            0x81, 0xcb, 0, 1, 0, 0, 0x11, 0x11, 0x84, 0xce, 0, 3, 0, 0, 0x11, 0x11, 0, 0, 0x22,
+            0x22, 0, 0, 0x33, 0x33,
+        ];
+        let t0 = Instant::now();
+        let (mut s, b) = transfer_setup(t0);
+        assert!(s.switch(t0));
+        feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6000", &rtp(7, 0xB));
+        let (outcome, out) = feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6000", &crasher);
+        assert_eq!(
+            outcome.verdict,
+            fwd(REMOTE, Component::Rtp, "10.0.0.2:5000", 16),
+            "the BYE is removed, the FIR goes on"
+        );
+        assert_eq!(&out[..], &crasher[8..]);
+        let (outcome, out) = feed(
+            &mut s,
+            t0,
+            REMOTE,
+            Component::Rtp,
+            "10.0.0.2:5000",
+            &crasher[8..],
+        );
+        assert_eq!(outcome.verdict, fwd(b, Component::Rtp, "10.0.0.3:6000", 16));
+        assert_eq!(&out[..], &crasher[8..]);
     }
 }

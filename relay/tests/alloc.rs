@@ -69,6 +69,7 @@ fn state_machine_paths() -> u64 {
         rtcp_mux: true,
         peer_rtp: Some(addr(peer)),
         peer_rtcp: None,
+        peer_ip: None,
     };
     let config = StreamConfig {
         learning_window: Duration::from_secs(3),
@@ -166,6 +167,7 @@ fn worker_path() -> u64 {
             rtcp_mux: true,
             peer_rtp: Some(peer),
             peer_rtcp: None,
+            peer_ip: None,
         },
     };
     let user = leg(device.local_addr().expect("addr"));

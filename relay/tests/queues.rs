@@ -42,6 +42,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
             rtcp_mux: true,
             peer_rtp: None,
             peer_rtcp: None,
+            peer_ip: None,
         },
     };
     let mut relay_addrs = Vec::new();

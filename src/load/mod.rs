@@ -669,6 +669,7 @@ async fn hand_over(
             }],
             mode: v1::SwitchMode::FirstPacket as i32,
             sdp: String::new(),
+            source_ip: String::new(),
         }))
         .await?;
     stats.transfer_ms.push(sent.elapsed().as_micros() as u64);

@@ -17,7 +17,7 @@ use super::wire::{Dict, dict, error, get_list, get_str, text};
 use crate::sdp::Sdp;
 use crate::service::Service;
 use crate::sessions::{DialogView, by_id};
-use crate::status::Status;
+use crate::status::{Status, excerpt};
 
 /// Keys this implementation reads; others are logged and ignored, as
 /// rtpengine does.
@@ -81,31 +81,32 @@ impl Options {
             .collect();
         for flag in &flags {
             if !KNOWN_FLAGS.contains(&flag.as_str()) {
-                debug!(flag, "ng: unknown flag ignored");
+                debug!(flag = %excerpt(flag), "ng: unknown flag ignored");
             }
         }
         for key in request.keys() {
             let key = String::from_utf8_lossy(key);
             if !KNOWN_KEYS.contains(&key.as_ref()) {
-                debug!(%key, "ng: unknown key ignored");
+                debug!(key = %excerpt(&key), "ng: unknown key ignored");
             }
         }
         if let Some(protocol) = get_str(request, "transport-protocol")
             && !matches!(protocol, "RTP/AVP" | "RTP/AVPF")
         {
             return Err(format!(
-                "transport-protocol {protocol} is not supported: baton relays plain RTP (RTP/AVP, RTP/AVPF)"
+                "transport-protocol {} is not supported: baton relays plain RTP (RTP/AVP, RTP/AVPF)",
+                excerpt(protocol)
             ));
         }
         let ice = get_str(request, "ICE").unwrap_or("remove");
         if !ice.eq_ignore_ascii_case("remove") {
             debug!(
-                ice,
+                ice = %excerpt(ice),
                 "ng: ICE is always removed; the relay is the media endpoint"
             );
         }
         for direction in get_list(request, "direction") {
-            debug!(%direction, "ng: direction (interface selection) ignored: media IPs are chosen by address family");
+            debug!(direction = %excerpt(&direction), "ng: direction (interface selection) ignored: media IPs are chosen by address family");
         }
         // ["IP4", "203.0.113.7"]: where the SIP message came from.
         let received_from = match get_list(request, "received-from").as_slice() {
@@ -134,10 +135,18 @@ impl Options {
 
     /// The body as the relay should read it: with `SIP-source-address`, the
     /// media is where the SIP message came from, not where the SDP says.
-    fn incoming(&self, sdp: &str) -> Result<String, String> {
+    /// A body rewritten here is held to the SDP limits first; the session
+    /// checks every other body when it reads it.
+    fn incoming(&self, sdp: &str, sessions: &crate::sessions::Sessions) -> Result<String, String> {
+        let limits = sessions.sdp_limits();
         match self.received_from {
             Some(ip) if self.has("sip-source-address") && !self.has("trust-address") => {
-                let mut body = Sdp::parse(sdp).map_err(|e| e.to_string())?;
+                let mut body = Sdp::parse_limited(sdp, limits).map_err(|e| {
+                    if let Some(limit) = e.limit {
+                        sessions.telemetry().refused(limit.reason());
+                    }
+                    e.to_string()
+                })?;
                 body.set_connection_ip(ip);
                 Ok(body.render())
             }
@@ -194,6 +203,11 @@ impl NgService {
         Self { service }
     }
 
+    /// The control plane's counters.
+    pub fn telemetry(&self) -> &crate::metrics::Telemetry {
+        self.service.sessions().telemetry()
+    }
+
     /// Answers one request.
     pub async fn handle(&self, request: &Dict) -> Value {
         let command = get_str(request, "command").unwrap_or("").to_owned();
@@ -204,7 +218,7 @@ impl NgService {
             Some("delete") => self.delete(request).await,
             Some("query") => self.query(request).await,
             Some("list") => Ok(self.list(request)),
-            Some(other) => Err(error(format!("Unrecognized command '{other}'"))),
+            Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
             None => Err(error("No command in message")),
         };
         let code = if reply.is_ok() { "ok" } else { "error" };
@@ -232,8 +246,8 @@ impl NgService {
         let to_tag = get_str(request, "to-tag").unwrap_or_default();
         let sdp = required(request, "sdp")?;
         let options = Options::read(request).map_err(error)?;
-        let sdp = options.incoming(sdp).map_err(error)?;
         let sessions = self.service.sessions();
+        let sdp = options.incoming(sdp, sessions).map_err(error)?;
         let existing = match sessions.find_dialog(call_id, from_tag, to_tag) {
             Ok(view) => Some(view),
             Err(status) if status.code == v1::Code::NotFound && to_tag.is_empty() => None,
@@ -329,8 +343,9 @@ impl NgService {
             };
             if !names_this_call {
                 return Err(error(format!(
-                    "replaces {replaces:?} does not name call {}",
-                    view.call_id
+                    "replaces {} does not name call {}",
+                    excerpt(replaces),
+                    excerpt(&view.call_id)
                 )));
             }
         }
@@ -339,6 +354,13 @@ impl NgService {
                 session: Some(by_id(view.id)),
                 gruu: gruu.to_owned(),
                 sdp,
+                // Kamailio sends `received-from` with every request: the new
+                // device's media is accepted from that IP only, whatever
+                // the SDP says.
+                source_ip: options
+                    .received_from
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .await
@@ -355,8 +377,8 @@ impl NgService {
         let to_tag = required(request, "to-tag")?;
         let sdp = required(request, "sdp")?;
         let options = Options::read(request).map_err(error)?;
-        let sdp = options.incoming(sdp).map_err(error)?;
         let sessions = self.service.sessions();
+        let sdp = options.incoming(sdp, sessions).map_err(error)?;
         let view = match sessions.find_dialog(call_id, from_tag, to_tag) {
             Ok(view) => view,
             // The first answer: the session does not know the to-tag yet

@@ -15,4 +15,4 @@ pub mod server;
 pub mod wire;
 
 pub use commands::NgService;
-pub use server::{NgAddr, serve};
+pub use server::{NgAccess, NgAddr, NgListeners, serve};

@@ -1,8 +1,15 @@
 //! ng listeners: UDP (what Kamailio and OpenSIPS use) and TCP.
+//!
+//! The ng protocol has no authentication, so the listeners protect
+//! themselves: requests only from the allowed client networks (loopback
+//! unless configured), a reply cache bounded in entries and bytes, replies
+//! bounded in size, refusals logged at a bounded rate with short excerpts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -12,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::cache::{CookieCache, Seen};
 use super::commands::NgService;
 use super::wire;
+use crate::status::excerpt;
 
 /// The largest UDP payload (IPv4, 65535 minus IP and UDP headers); a reply
 /// that does not fit is replaced by an error, never cut.
@@ -25,6 +33,139 @@ const TCP_IDLE: Duration = Duration::from_secs(300);
 /// TCP clients at once per listener (a proxy keeps a handful); more are
 /// closed at once.
 const MAX_TCP_CLIENTS: usize = 256;
+/// Largest reply sent over TCP; a larger one becomes an error.
+pub const MAX_TCP_REPLY: usize = 1 << 20;
+/// Refusals logged per second; the rest are counted and summed up later.
+const REFUSAL_LOGS_PER_SECOND: u32 = 10;
+
+/// Which clients may send ng requests.
+#[derive(Debug, Clone)]
+pub struct NgAccess {
+    allow: Vec<IpNet>,
+}
+
+impl Default for NgAccess {
+    /// Loopback only.
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl NgAccess {
+    /// Clients from `allow`; loopback when it is empty.
+    pub fn new(allow: Vec<IpNet>) -> Self {
+        let allow = if allow.is_empty() {
+            vec![
+                loopback_v4(),
+                IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+            ]
+        } else {
+            allow
+        };
+        Self { allow }
+    }
+
+    /// Whether a request from `ip` is served.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+fn loopback_v4() -> IpNet {
+    // 127.0.0.0/8: a constant network, so the prefix is always valid.
+    IpNet::V4(ipnet::Ipv4Net::new_assert(
+        std::net::Ipv4Addr::new(127, 0, 0, 0),
+        8,
+    ))
+}
+
+/// Logs refused requests at most [`REFUSAL_LOGS_PER_SECOND`] a second, so a
+/// flood of bad requests cannot fill the disk; what was not logged is
+/// counted in the next line.
+#[derive(Debug)]
+struct RefusalLog {
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        Self {
+            window: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log now; returns the number not logged since the last
+    /// line when it does.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.logged = 0;
+        }
+        if self.logged >= REFUSAL_LOGS_PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// What the listeners of one relay share.
+#[derive(Debug)]
+struct Shared {
+    service: NgService,
+    cache: Mutex<CookieCache>,
+    access: NgAccess,
+    refusals: Mutex<RefusalLog>,
+}
+
+impl Shared {
+    fn log_refusal(&self, from: SocketAddr, command: &str, call_id: &str, reason: &str) {
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(Instant::now());
+        if let Some(not_logged) = admitted {
+            info!(
+                %from,
+                command = %excerpt(command),
+                call_id = %excerpt(call_id),
+                reason = %excerpt_long(reason),
+                not_logged,
+                "ng request refused"
+            );
+        }
+    }
+
+    /// Whether `from` may talk to the relay; counts and drops it if not.
+    fn admits(&self, from: SocketAddr) -> bool {
+        if self.access.allows(from.ip()) {
+            return true;
+        }
+        self.service.telemetry().refused("ng_source_not_allowed");
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(Instant::now());
+        if let Some(not_logged) = admitted {
+            warn!(%from, not_logged, "ng: request from a source outside ng-allow dropped");
+        }
+        false
+    }
+}
+
+/// A log excerpt of a refusal reason: longer than an input excerpt, still
+/// bounded.
+fn excerpt_long(text: &str) -> String {
+    crate::status::bounded(text.chars().take(160).collect())
+}
 
 /// Where an ng listener listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +205,7 @@ impl std::fmt::Display for NgAddr {
 
 /// Runs one request: decode, execute (once per cookie), encode.
 async fn respond(
-    service: &NgService,
-    cache: &Mutex<CookieCache>,
+    shared: &Shared,
     from: SocketAddr,
     message: &[u8],
     limit: usize,
@@ -73,15 +213,17 @@ async fn respond(
     let (cookie, body) = match wire::split(message) {
         Ok(parts) => parts,
         Err(reason) => {
+            shared.service.telemetry().refused("ng_malformed");
             debug!(%from, reason, "ng: message without a cookie dropped");
             return None;
         }
     };
-    let seen =
-        cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .begin(Instant::now(), from, cookie);
+    let seen = {
+        let mut cache = shared.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = cache.begin(Instant::now(), from, cookie);
+        count_evicted(shared, &mut cache);
+        seen
+    };
     match seen {
         Seen::Done(reply) => {
             debug!(%from, cookie, "ng: retransmission answered from the cache");
@@ -95,28 +237,48 @@ async fn respond(
     }
     let reply = match wire::decode(body) {
         Ok(request) => {
-            let reply = service.handle(&request).await;
+            let reply = shared.service.handle(&request).await;
             if let serde_bencode::value::Value::Dict(fields) = &reply
                 && wire::get_str(fields, "result") == Some("error")
             {
-                info!(
-                    %from,
-                    command = wire::get_str(&request, "command").unwrap_or("?"),
-                    call_id = wire::get_str(&request, "call-id").unwrap_or(""),
-                    reason = wire::get_str(fields, "error-reason").unwrap_or(""),
-                    "ng request refused"
+                shared.log_refusal(
+                    from,
+                    wire::get_str(&request, "command").unwrap_or("?"),
+                    wire::get_str(&request, "call-id").unwrap_or(""),
+                    wire::get_str(fields, "error-reason").unwrap_or(""),
                 );
             }
             reply
         }
-        Err(reason) => wire::error(format!("malformed message: {reason}")),
+        Err(reason) => {
+            shared.service.telemetry().refused("ng_malformed");
+            shared.log_refusal(from, "?", "", &reason);
+            wire::error(format!("malformed message: {reason}"))
+        }
     };
-    let bytes = fit(cookie, wire::encode(cookie, &reply), limit);
-    cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .finish(from, cookie, &bytes);
+    let encoded = wire::encode(cookie, &reply);
+    if encoded.len() > limit {
+        shared.service.telemetry().refused("ng_reply_too_large");
+    }
+    let bytes = fit(cookie, encoded, limit);
+    let mut cache = shared.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.finish(from, cookie, &bytes);
+    count_evicted(shared, &mut cache);
     Some(bytes)
+}
+
+fn count_evicted(shared: &Shared, cache: &mut CookieCache) {
+    let evicted = cache.take_evicted();
+    if evicted > 0 {
+        shared
+            .service
+            .telemetry()
+            .refusals
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: "ng_cache_evicted".to_owned(),
+            })
+            .inc_by(evicted);
+    }
 }
 
 /// `reply`, or an error in its place if it is longer than `limit`: a
@@ -126,41 +288,76 @@ fn fit(cookie: &str, reply: Vec<u8>, limit: usize) -> Vec<u8> {
         return reply;
     }
     warn!(
-        cookie,
+        cookie = %excerpt(cookie),
         bytes = reply.len(),
-        "ng: reply too large for a datagram; sent an error instead"
+        limit,
+        "ng: reply too large; sent an error instead"
     );
     wire::encode(
         cookie,
         &wire::error(format!(
-            "the reply ({} bytes) does not fit a datagram; query by tag, or use ng over TCP",
-            reply.len()
+            "the reply ({} bytes) is larger than {limit} bytes; query by tag{}",
+            reply.len(),
+            if limit == MAX_DATAGRAM {
+                ", or use ng over TCP"
+            } else {
+                ""
+            }
         )),
     )
 }
 
-/// Serves ng on `addr` until the task is dropped.
-pub async fn serve(addr: NgAddr, service: NgService) -> std::io::Result<SocketAddr> {
-    let cache = Arc::new(Mutex::new(CookieCache::default()));
-    match addr {
-        NgAddr::Udp(addr) => {
-            let socket = Arc::new(UdpSocket::bind(addr).await?);
-            let local = socket.local_addr()?;
-            info!(listen = %NgAddr::Udp(local), "ng listener ready");
-            tokio::spawn(serve_udp(socket, service, cache));
-            Ok(local)
+/// The ng listeners of one relay: they share the reply cache (a proxy may
+/// retransmit to another listener) and the access list.
+#[derive(Debug, Clone)]
+pub struct NgListeners {
+    shared: Arc<Shared>,
+}
+
+impl NgListeners {
+    /// Listeners for `service`, serving only clients `access` allows.
+    pub fn new(service: NgService, access: NgAccess) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                service,
+                cache: Mutex::new(CookieCache::default()),
+                access,
+                refusals: Mutex::new(RefusalLog::new()),
+            }),
         }
-        NgAddr::Tcp(addr) => {
-            let listener = TcpListener::bind(addr).await?;
-            let local = listener.local_addr()?;
-            info!(listen = %NgAddr::Tcp(local), "ng listener ready");
-            tokio::spawn(serve_tcp(listener, service, cache));
-            Ok(local)
+    }
+
+    /// Serves ng on `addr` until the process ends; returns the bound
+    /// address.
+    pub async fn serve(&self, addr: NgAddr) -> std::io::Result<SocketAddr> {
+        let shared = Arc::clone(&self.shared);
+        match addr {
+            NgAddr::Udp(addr) => {
+                let socket = Arc::new(UdpSocket::bind(addr).await?);
+                let local = socket.local_addr()?;
+                info!(listen = %NgAddr::Udp(local), "ng listener ready");
+                tokio::spawn(serve_udp(socket, shared));
+                Ok(local)
+            }
+            NgAddr::Tcp(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                let local = listener.local_addr()?;
+                info!(listen = %NgAddr::Tcp(local), "ng listener ready");
+                tokio::spawn(serve_tcp(listener, shared));
+                Ok(local)
+            }
         }
     }
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, service: NgService, cache: Arc<Mutex<CookieCache>>) {
+/// Serves ng on `addr` for loopback clients until the process ends.
+pub async fn serve(addr: NgAddr, service: NgService) -> std::io::Result<SocketAddr> {
+    NgListeners::new(service, NgAccess::default())
+        .serve(addr)
+        .await
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -172,13 +369,16 @@ async fn serve_udp(socket: Arc<UdpSocket>, service: NgService, cache: Arc<Mutex<
                 continue;
             }
         };
+        if !shared.admits(from) {
+            continue;
+        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let message = buf[..len].to_vec();
-        let (socket, service, cache) = (Arc::clone(&socket), service.clone(), Arc::clone(&cache));
+        let (socket, shared) = (Arc::clone(&socket), Arc::clone(&shared));
         tokio::spawn(async move {
-            if let Some(reply) = respond(&service, &cache, from, &message, MAX_DATAGRAM).await
+            if let Some(reply) = respond(&shared, from, &message, MAX_DATAGRAM).await
                 && let Err(e) = socket.send_to(&reply, from).await
             {
                 debug!(%from, error = %e, "ng: reply not sent");
@@ -188,19 +388,23 @@ async fn serve_udp(socket: Arc<UdpSocket>, service: NgService, cache: Arc<Mutex<
     }
 }
 
-async fn serve_tcp(listener: TcpListener, service: NgService, cache: Arc<Mutex<CookieCache>>) {
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
+                if !shared.admits(from) {
+                    drop(stream);
+                    continue;
+                }
                 let Ok(slot) = Arc::clone(&clients).try_acquire_owned() else {
                     warn!(%from, limit = MAX_TCP_CLIENTS, "ng: TCP client refused: limit reached");
                     drop(stream);
                     continue;
                 };
-                let (service, cache) = (service.clone(), Arc::clone(&cache));
+                let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    if let Err(reason) = serve_connection(stream, from, &service, &cache).await {
+                    if let Err(reason) = serve_connection(stream, from, &shared).await {
                         debug!(%from, reason, "ng: TCP connection closed");
                     }
                     drop(slot);
@@ -219,8 +423,7 @@ async fn serve_tcp(listener: TcpListener, service: NgService, cache: Arc<Mutex<C
 async fn serve_connection(
     mut stream: TcpStream,
     from: SocketAddr,
-    service: &NgService,
-    cache: &Mutex<CookieCache>,
+    shared: &Shared,
 ) -> Result<(), String> {
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
@@ -242,6 +445,7 @@ async fn serve_connection(
                 Ok(Some(len)) => space + 1 + len,
                 Ok(None) => break,
                 Err(reason) => {
+                    shared.service.telemetry().refused("ng_malformed");
                     let cookie = String::from_utf8_lossy(&buffer[..space]).into_owned();
                     let reply = wire::encode(
                         &cookie,
@@ -252,7 +456,7 @@ async fn serve_connection(
                 }
             };
             let message: Vec<u8> = buffer.drain(..end).collect();
-            if let Some(reply) = respond(service, cache, from, &message, usize::MAX).await {
+            if let Some(reply) = respond(shared, from, &message, MAX_TCP_REPLY).await {
                 stream.write_all(&reply).await.map_err(|e| e.to_string())?;
             }
         }
@@ -286,6 +490,30 @@ mod tests {
         assert!(wire::get_str(&dict, "error-reason").is_some_and(|r| r.contains("70")));
         let small = wire::encode("c", &wire::dict([("result", wire::text("ok"))]));
         assert_eq!(fit("c", small.clone(), MAX_DATAGRAM), small);
+    }
+
+    #[test]
+    fn only_allowed_networks_are_served() {
+        let loopback = NgAccess::default();
+        assert!(loopback.allows("127.0.0.1".parse().expect("ip")));
+        assert!(loopback.allows("127.9.9.9".parse().expect("ip")));
+        assert!(loopback.allows("::1".parse().expect("ip")));
+        assert!(loopback.allows("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(!loopback.allows("10.0.0.1".parse().expect("ip")));
+        let private = NgAccess::new(vec!["10.1.0.0/16".parse().expect("net")]);
+        assert!(private.allows("10.1.2.3".parse().expect("ip")));
+        assert!(!private.allows("10.2.0.1".parse().expect("ip")));
+        assert!(!private.allows("127.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn refusals_are_logged_at_a_bounded_rate() {
+        let mut log = RefusalLog::new();
+        let t0 = log.window;
+        let admitted = (0..1000).filter(|_| log.admit(t0).is_some()).count();
+        assert_eq!(admitted, REFUSAL_LOGS_PER_SECOND as usize);
+        let next = log.admit(t0 + Duration::from_secs(1));
+        assert_eq!(next, Some(1000 - u64::from(REFUSAL_LOGS_PER_SECOND)));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn extent(bytes: &[u8]) -> Result<Option<usize>, String> {
                 }
             }
             other => {
-                return Err(format!("unexpected byte {:?} at {pos}", char::from(other)));
+                return Err(format!("unexpected byte 0x{other:02x} at {pos}"));
             }
         }
         if depth == 0 {
@@ -142,9 +142,13 @@ pub fn dict<const N: usize>(pairs: [(&str, Value); N]) -> Value {
     )
 }
 
-/// An error reply, as rtpengine writes them.
+/// An error reply, as rtpengine writes them. The reason is bounded and
+/// printable whatever input it quotes ([`crate::status::bounded`]).
 pub fn error(reason: impl Into<String>) -> Value {
-    dict([("result", text("error")), ("error-reason", text(reason))])
+    dict([
+        ("result", text("error")),
+        ("error-reason", text(crate::status::bounded(reason.into()))),
+    ])
 }
 
 /// A key's value as a string, if it is one.

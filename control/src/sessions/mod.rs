@@ -42,6 +42,12 @@ pub struct SessionOptions {
     pub advertise: Vec<(IpAddr, IpAddr)>,
     /// A transfer not switched by then is rolled back.
     pub transfer_timeout: Duration,
+    /// Open transfers whose new device has neither a signalled address nor
+    /// a source IP: its leg then learns whoever sends first, so a sprayer
+    /// can take the call. Off by default; for lab set-ups only.
+    pub allow_unverified_transfer_source: bool,
+    /// Size limits of SDP bodies from requests (native and ng).
+    pub sdp_limits: crate::sdp::SdpLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -300,7 +306,7 @@ impl Sessions {
                 return Err(Status::invalid_argument("give streams or sdp, not both"));
             }
             let from = party(request.sdp_from, Side::User)?;
-            let body = negotiation::parse(&request.sdp)?;
+            let body = negotiation::parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
             let other_family = v1::AddressFamily::try_from(request.other_family).map_err(|_| {
                 Status::invalid_argument(format!("unknown address family {}", request.other_family))
             })?;
@@ -423,6 +429,7 @@ impl Sessions {
                         rtcp_mux: spec.rtcp_mux,
                         peer_rtp,
                         peer_rtcp,
+                        peer_ip: None,
                     },
                 });
             }
@@ -726,6 +733,11 @@ impl Sessions {
         self.registry().by_id.len()
     }
 
+    /// The size limits of SDP bodies from requests.
+    pub fn sdp_limits(&self) -> &crate::sdp::SdpLimits {
+        &self.options.sdp_limits
+    }
+
     /// What is counted as it happens, for `/metrics`.
     pub fn telemetry(&self) -> &crate::metrics::Telemetry {
         &self.telemetry
@@ -749,10 +761,17 @@ impl Sessions {
                     .get()
             })
             .sum();
+        stats.refusals = self.telemetry.refusal_counts().into_iter().collect();
         for (index, worker) in self.worker_stats().await {
             let us = |ns: u64| ns as f64 / 1000.0;
             stats.packets_forwarded += worker.forwarded;
             stats.packets_dropped += worker.dropped;
+            for reason in baton_relay::stream::DropReason::ALL {
+                let count = worker.drops[reason as usize];
+                if count > 0 {
+                    *stats.drops.entry(reason.name().to_owned()).or_default() += count;
+                }
+            }
             stats.workers.push(v1::WorkerStats {
                 index: index as u32,
                 sessions: worker.sessions as u32,

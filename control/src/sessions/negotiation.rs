@@ -12,7 +12,7 @@ use baton_proto::v1;
 use baton_relay::stream::Side;
 
 use super::StreamRecord;
-use crate::sdp::{AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError};
+use crate::sdp::{AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits};
 use crate::status::Status;
 
 /// A party's m= lines: for each, the stream it carries (`None`: not
@@ -51,16 +51,28 @@ pub(super) struct PendingSdp {
 
 /// An SDP error as the client sees it.
 pub(super) fn sdp_status(error: &SdpError) -> Status {
-    if error.unsupported {
+    if error.limit.is_some() {
+        Status::invalid_argument(error.to_string())
+    } else if error.unsupported {
         Status::unimplemented(error.to_string())
     } else {
         Status::invalid_argument(error.to_string())
     }
 }
 
-/// Parses a body from a request.
-pub(super) fn parse(text: &str) -> Result<Sdp, Status> {
-    Sdp::parse(text).map_err(|e| sdp_status(&e))
+/// Parses a body from a request, within the configured limits (counted
+/// when it breaks one).
+pub(super) fn parse(
+    text: &str,
+    limits: &SdpLimits,
+    telemetry: &crate::metrics::Telemetry,
+) -> Result<Sdp, Status> {
+    Sdp::parse_limited(text, limits).map_err(|e| {
+        if let Some(limit) = e.limit {
+            telemetry.refused(limit.reason());
+        }
+        sdp_status(&e)
+    })
 }
 
 /// Whether the relay carries an m= line: plain RTP with a port. Other
@@ -325,8 +337,7 @@ pub(super) struct AnswerPlan {
 
 impl AnswerPlan {
     /// Reads a new device's offer and matches its m= lines to the streams.
-    pub fn new(text: &str, streams: &[StreamRecord]) -> Result<Self, Status> {
-        let offer = parse(text)?;
+    pub fn new(offer: Sdp, streams: &[StreamRecord]) -> Result<Self, Status> {
         let media = media_of(&offer)?;
         let layout = match_by_kind(&media, streams);
         if layout.iter().all(Option::is_none) {
@@ -534,7 +545,7 @@ impl super::Sessions {
 
         let from = super::party(request.sdp_from, Side::Remote)?;
         let other = opposite(from);
-        let body = parse(&request.sdp)?;
+        let body = parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
         let media = media_of(&body)?;
         let record = {
             let registry = self.registry();
@@ -1135,7 +1146,7 @@ mod tests {
         let offer = "v=0\r\no=b 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
                      m=audio 5004 RTP/AVP 8 0 96\r\na=rtpmap:96 telephone-event/8000\r\na=rtcp-mux\r\n\
                      m=video 5006 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n";
-        let plan = AnswerPlan::new(offer, &streams).expect("plan");
+        let plan = AnswerPlan::new(Sdp::parse(offer).expect("offer"), &streams).expect("plan");
         assert_eq!(plan.layout, vec![Some(0), None]);
         let described = plan.transfer_streams(1);
         assert_eq!(described[0].rtcp_mux, Some(true));

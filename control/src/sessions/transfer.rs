@@ -177,7 +177,9 @@ impl Sessions {
         let plan = if request.sdp.is_empty() {
             None
         } else {
-            let plan = AnswerPlan::new(&request.sdp, &record.streams)?;
+            let offer =
+                negotiation::parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
+            let plan = AnswerPlan::new(offer, &record.streams)?;
             request.streams = plan.transfer_streams(record.streams.len());
             Some(plan)
         };
@@ -189,6 +191,15 @@ impl Sessions {
             )));
         }
 
+        let source_ip = match request.source_ip.trim() {
+            "" => None,
+            text => Some(text.parse::<std::net::IpAddr>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "source_ip {} is not an IP address",
+                    crate::status::excerpt(text)
+                ))
+            })?),
+        };
         let mut legs = Vec::with_capacity(record.streams.len());
         let mut local = Vec::with_capacity(record.streams.len());
         let mut shared = Vec::with_capacity(record.streams.len());
@@ -208,6 +219,19 @@ impl Sessions {
                 Some(endpoint) => parse_endpoint(endpoint, Side::User)?,
                 None => (None, None),
             };
+            if peer_rtp.is_none()
+                && source_ip.is_none()
+                && !self.options.allow_unverified_transfer_source
+            {
+                // Checked before any port is bound, so nothing is left over.
+                self.telemetry.refused("transfer_source_unknown");
+                return Err(Status::invalid_argument(format!(
+                    "stream {index} ({}): the new device's media address is unknown: give its \
+                     address (peer or SDP) or source_ip, the IP its request came from \
+                     (a transfer that learns from anyone can be taken over by a packet sprayer)",
+                    stream.kind
+                )));
+            }
             let ipv6 = match v1::AddressFamily::try_from(spec.family).unwrap_or_default() {
                 v1::AddressFamily::Ipv4 => Some(false),
                 v1::AddressFamily::Ipv6 => Some(true),
@@ -232,6 +256,7 @@ impl Sessions {
                         rtcp_mux,
                         peer_rtp,
                         peer_rtcp,
+                        peer_ip: source_ip,
                     },
                 },
                 payloads: PayloadMap::from_pairs(&pairs, device_te),
