@@ -16,7 +16,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use baton_relay::sys::{BATCH, RecvBatch, SendBatch};
+use baton_relay::io::sys::{BATCH, RecvBatch, SendBatch};
 use mio::net::UdpSocket as MioSocket;
 use mio::{Events, Interest, Poll, Token};
 

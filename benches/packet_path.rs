@@ -1,5 +1,5 @@
 //! Nanoseconds per packet of the relay's per-packet logic, without sockets:
-//! the stream state machine (parse, source check, route, in-place rewrite)
+//! the session core (parse, source check, route, in-place rewrite)
 //! for a first source passing through and for a switched source being
 //! rewritten, the continuity engine alone, and RTCP translation: a compound
 //! SR + SDES after a switch, and adversarial compounds (the worst a peer can
@@ -12,81 +12,115 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_relay::continuity::Continuity;
-use baton_relay::rtcp_translate::{self, RtcpState};
-use baton_relay::rtp::RtpView;
-use baton_relay::stream::{Component, FIRST_USER_LEG, LegConfig, PayloadMap, Stream, StreamConfig};
+use baton_relay::core::continuity::Continuity;
+use baton_relay::core::rtcp_translate::{self, RtcpState};
+use baton_relay::core::rtp::{RtpRepr, RtpView};
+use baton_relay::core::session::{PendingLeg, Session, StreamParams, SwitchMode, Timeouts};
+use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig};
+use baton_relay::{LegId, SessionId, StreamIndex, TransferId};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
 fn rtp(buf: &mut [u8], seq: u16, ts: u32, ssrc: u32) -> usize {
-    buf[0] = 0x80;
-    buf[1] = 0;
-    buf[2..4].copy_from_slice(&seq.to_be_bytes());
-    buf[4..8].copy_from_slice(&ts.to_be_bytes());
-    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    buf[12..172].fill(0xd5);
-    172
+    RtpRepr {
+        marker: false,
+        payload_type: 0,
+        sequence: seq,
+        timestamp: ts,
+        ssrc,
+    }
+    .emit(buf, &[0xd5; 160])
+    .unwrap_or(0)
 }
 
-fn stream(now: Instant) -> Stream {
-    let leg = |peer: &str| LegConfig {
+fn leg(peer: &str) -> LegConfig {
+    LegConfig {
         rtcp_mux: true,
         peer_rtp: peer.parse().ok(),
         peer_rtcp: None,
         peer_ip: None,
-    };
-    Stream::new(
-        now,
-        StreamConfig {
+    }
+}
+
+fn session(now: Instant) -> Session {
+    let params = StreamParams {
+        config: StreamConfig {
             learning_window: Duration::from_secs(3),
             relearn: false,
             asymmetric: false,
         },
-        leg("10.0.0.1:4000"),
-        leg("10.0.0.2:5000"),
-        &[(0, 8000), (101, 8000)],
-        Some(101),
-    )
+        clock_rates: vec![(0, 8000), (101, 8000)],
+        telephone_event: Some(101),
+        device: leg("10.0.0.1:4000"),
+        remote: leg("10.0.0.2:5000"),
+    };
+    let timeouts = Timeouts {
+        media: Duration::from_secs(3600),
+        setup: Duration::from_secs(3600),
+        hold: Duration::from_secs(3600),
+    };
+    Session::new(now, SessionId(1), &[params], timeouts)
 }
 
 fn packet_path(c: &mut Criterion) {
-    let mut group = c.benchmark_group("stream");
+    let mut group = c.benchmark_group("session");
     group.throughput(Throughput::Elements(1));
     let t0 = Instant::now();
+    let s0 = StreamIndex(0);
     let from_a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
     let from_b: SocketAddr = "10.0.0.3:6000".parse().expect("addr");
     let mut buf = [0u8; 2048];
 
-    let mut s = stream(t0);
+    let mut s = session(t0);
     let mut seq = 0u16;
-    group.bench_function("on_packet: first source, pass-through", |b| {
+    group.bench_function("handle_packet: first source, pass-through", |b| {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             let len = rtp(&mut buf, seq, u32::from(seq) * 160, 0xA);
-            black_box(s.on_packet(t0, FIRST_USER_LEG, Component::Rtp, from_a, &mut buf, len))
+            black_box(s.handle_packet(
+                t0,
+                s0,
+                LegId::FIRST_DEVICE,
+                Component::Rtp,
+                from_a,
+                &mut buf,
+                len,
+            ))
         })
     });
 
-    let mut s = stream(t0);
+    let mut s = session(t0);
     let len = rtp(&mut buf, 1, 0, 0xA);
-    s.on_packet(t0, FIRST_USER_LEG, Component::Rtp, from_a, &mut buf, len);
-    let pending = LegConfig {
-        rtcp_mux: true,
-        peer_rtp: Some(from_b),
-        peer_rtcp: None,
-        peer_ip: None,
+    s.handle_packet(
+        t0,
+        s0,
+        LegId::FIRST_DEVICE,
+        Component::Rtp,
+        from_a,
+        &mut buf,
+        len,
+    );
+    let pending = PendingLeg {
+        config: leg("10.0.0.3:6000"),
+        payloads: PayloadMap::identity([0, 101], Some(101)),
     };
     let leg_b = s
-        .add_pending(t0, pending, PayloadMap::identity(Some(101)))
-        .expect("pending");
-    s.switch(t0);
+        .begin_transfer(
+            t0,
+            TransferId(1),
+            &[pending],
+            SwitchMode::FirstPacket,
+            Duration::from_secs(3600),
+        )
+        .expect("transfer")[0];
     let mut seq = 0u16;
-    group.bench_function("on_packet: after a switch, rewritten", |b| {
+    group.bench_function("handle_packet: after a switch, rewritten", |b| {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             let len = rtp(&mut buf, seq, u32::from(seq) * 160, 0xB);
-            black_box(s.on_packet(t0, leg_b, Component::Rtp, from_b, &mut buf, len))
+            let verdict = s.handle_packet(t0, s0, leg_b, Component::Rtp, from_b, &mut buf, len);
+            while s.poll_event().is_some() {}
+            black_box(verdict)
         })
     });
 

@@ -9,11 +9,11 @@ use anyhow::{Context, bail};
 use std::net::IpAddr;
 
 use baton_control::ng::{NgAccess, NgAddr};
-use baton_control::sdp::SdpLimits;
 use baton_control::sessions::SessionOptions;
+use baton_control::sip::sdp::SdpLimits;
 use baton_control::{ControlAddr, ServerOptions};
 use baton_relay::DataplaneConfig;
-use baton_relay::worker::Timeouts;
+use baton_relay::core::session::Timeouts;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 

@@ -51,7 +51,10 @@ enum CtlCommand {
     Stats,
     /// Print events as they happen, one JSON object per line, until
     /// interrupted or the relay goes away.
-    Events,
+    Events(EventsArgs),
+    /// Check the session registry against the media workers (sessions
+    /// only in one of them would be lost track of).
+    Audit,
     /// Anchor a call on the relay; prints the relay addresses per stream.
     Create(CreateArgs),
     /// Apply signalling changes (peer addresses, to-tag, codecs).
@@ -72,13 +75,32 @@ enum CtlCommand {
     /// device's relay addresses.
     Transfer(TransferArgs),
     /// Switch a transfer opened with --mode commit.
-    Commit(SessionArgs),
+    Commit(OpenTransferArgs),
     /// Roll back an open transfer.
-    Cancel(SessionArgs),
+    Cancel(OpenTransferArgs),
     /// A live view: sessions, packet and drop rates per worker, latency,
     /// transfers, ports, the newest sessions; refreshed every second until
     /// interrupted.
     Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Resume after this event sequence number (the last one seen): the
+    /// relay replays the events after it that it still holds.
+    #[arg(long, value_name = "SEQUENCE")]
+    resume_after: Option<u64>,
+}
+
+/// Names an open transfer: its session, and optionally its id.
+#[derive(Debug, Args)]
+struct OpenTransferArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// The transfer's id (from `transfer`'s answer); refused if another
+    /// transfer is open. [default: whichever is open]
+    #[arg(long, value_name = "ID")]
+    transfer_id: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -374,7 +396,8 @@ async fn run(args: CtlArgs) -> ExitCode {
         | CtlCommand::Transfer(TransferArgs { sdp, .. }) => sdp.sdp_out.clone(),
         other @ (CtlCommand::Ping
         | CtlCommand::Stats
-        | CtlCommand::Events
+        | CtlCommand::Events(_)
+        | CtlCommand::Audit
         | CtlCommand::Delete(_)
         | CtlCommand::Get(_)
         | CtlCommand::List
@@ -399,9 +422,12 @@ async fn run(args: CtlArgs) -> ExitCode {
             Err(e) => report(e),
         };
     }
+    if let CtlCommand::Events(events) = &args.command {
+        return print_events(&client, events.resume_after).await;
+    }
     let command = match build_command(args.command) {
         Ok(Some(command)) => command,
-        Ok(None) => return print_events(&client).await,
+        Ok(None) => return fail("events are handled before"),
         Err(message) => return fail(&message),
     };
     match client.call(command).await {
@@ -432,7 +458,8 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
     Ok(Some(match command {
         CtlCommand::Ping => Command::Ping(v1::PingRequest {}),
         CtlCommand::Stats => Command::GetStats(v1::GetStatsRequest {}),
-        CtlCommand::Events => return Ok(None),
+        CtlCommand::Audit => Command::Audit(v1::AuditRequest {}),
+        CtlCommand::Events(_) => return Ok(None),
         CtlCommand::Create(create) => {
             if create.user_peers.len() > create.streams.len()
                 || create.remote_peers.len() > create.streams.len()
@@ -557,11 +584,13 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 },
             })
         }
-        CtlCommand::Commit(session) => Command::CommitTransfer(v1::CommitTransferRequest {
-            session: Some(session.reference()),
+        CtlCommand::Commit(open) => Command::CommitTransfer(v1::CommitTransferRequest {
+            session: Some(open.session.reference()),
+            transfer_id: open.transfer_id.unwrap_or(0),
         }),
-        CtlCommand::Cancel(session) => Command::CancelTransfer(v1::CancelTransferRequest {
-            session: Some(session.reference()),
+        CtlCommand::Cancel(open) => Command::CancelTransfer(v1::CancelTransferRequest {
+            session: Some(open.session.reference()),
+            transfer_id: open.transfer_id.unwrap_or(0),
         }),
         CtlCommand::Top(_) => return Err("top is handled before".to_owned()),
     }))
@@ -612,8 +641,12 @@ fn report(error: ClientError) -> ExitCode {
     }
 }
 
-async fn print_events(client: &Client) -> ExitCode {
-    if let Err(e) = client.subscribe().await {
+async fn print_events(client: &Client, resume_after: Option<u64>) -> ExitCode {
+    let subscribed = match resume_after {
+        Some(sequence) => client.resume_events(sequence).await,
+        None => client.subscribe().await,
+    };
+    if let Err(e) = subscribed {
         return report(e);
     }
     let mut stdout = std::io::stdout().lock();

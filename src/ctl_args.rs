@@ -28,7 +28,7 @@ fn parse_codec(text: &str) -> Result<v1::Codec, String> {
         .filter(|pt| *pt <= 127)
         .ok_or_else(|| format!("payload type {:?} is not 0-127", parts[0]))?;
     match parts.as_slice() {
-        [_] => baton_control::sdp::static_codec(payload_type)
+        [_] => baton_control::sip::sdp::static_codec(payload_type)
             .ok_or_else(|| format!("payload type {payload_type} is dynamic: give PT/NAME/CLOCK")),
         [_, name, clock, rest @ ..] if rest.len() <= 1 => {
             let clock_rate = clock

@@ -68,12 +68,14 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "sessions created {}   timed out {}   transfers started {}   completed {}   failed {}",
+        "sessions created {}   timed out {}   transfers started {}   completed {}   failed {}   pending {}   refused {}",
         now.sessions_created,
         now.sessions_timed_out,
         now.transfers_started,
         now.transfers_completed,
-        now.transfers_failed
+        now.transfers_failed,
+        now.transfers_pending,
+        now.transfers_refused
     );
     for ports in &now.ports {
         let _ = writeln!(

@@ -7,7 +7,7 @@ mod config;
 mod ctl;
 mod ctl_args;
 mod ctl_top;
-mod load;
+
 mod run;
 
 use std::process::ExitCode;
@@ -30,7 +30,7 @@ enum Commands {
     /// Send a control command to a running relay; prints JSON.
     Ctl(Box<ctl::CtlArgs>),
     /// Generate and analyse RTP load through a relay (or none).
-    Load(Box<load::LoadArgs>),
+    Load(Box<baton_load::LoadArgs>),
     /// Print the control protocol's schema (baton.proto).
     Schema,
 }
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Run(options) => run::main(*options),
         Commands::Ctl(args) => ctl::main(*args),
-        Commands::Load(args) => load::main(*args),
+        Commands::Load(args) => baton_load::main(*args),
         Commands::Schema => {
             print!("{}", baton_proto::SCHEMA);
             ExitCode::SUCCESS

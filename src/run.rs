@@ -4,11 +4,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use baton_control::ControlServer;
 use baton_control::ng::{NgAddr, NgListeners, NgService};
-use baton_control::sessions::Sessions;
-use baton_control::{ControlServer, Service};
 use baton_proto::v1;
-use baton_relay::Dataplane;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -19,9 +17,6 @@ use crate::config::{Config, LogFormat, RunOptions};
 const EXIT_CONFIG: u8 = 2;
 /// Exit status for failures at start-up or while running.
 const EXIT_FAILURE: u8 = 1;
-/// Worker → control events queued before workers hold them back (session
-/// ends) or drop them (latching notices, counted).
-const WORKER_EVENT_QUEUE: usize = 4096;
 
 /// Runs the daemon; returns its exit status.
 pub fn main(options: RunOptions) -> ExitCode {
@@ -94,21 +89,12 @@ fn raise_open_files_limit(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let (worker_events, worker_event_queue) = tokio::sync::mpsc::channel(WORKER_EVENT_QUEUE);
-    let dataplane = Dataplane::start(&config.dataplane, worker_events)
+    let service = baton_control::service::start(&config.dataplane, config.sessions)
         .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
-    let service = Arc::new(Service::new(Sessions::new(dataplane, config.sessions)));
-    let events_service = Arc::clone(&service);
-    tokio::spawn(async move {
-        events_service
-            .sessions()
-            .handle_worker_events(worker_event_queue, events_service.events())
-            .await;
-    });
     let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
     let metrics = match config.metrics {
         Some(addr) => Some(
-            baton_control::metrics::serve(addr, Arc::clone(&service))
+            baton_control::metrics_server::serve(addr, Arc::clone(&service))
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?,
         ),

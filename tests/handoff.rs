@@ -538,6 +538,7 @@ async fn cancel_and_timeout_roll_back() {
     .await;
     let cancel = v1::CancelTransferRequest {
         session: by_id(&c.session),
+        transfer_id: 0,
     };
     assert!(matches!(
         c.client.call(Command::CancelTransfer(cancel.clone())).await,
@@ -628,6 +629,7 @@ async fn commit_mode_switches_on_commit_only() {
     heard.extend(a.talk(&c.device, &c.user_addr, &c.remote, 3));
     let commit = v1::CommitTransferRequest {
         session: by_id(&c.session),
+        transfer_id: 0,
     };
     assert!(matches!(
         c.client.call(Command::CommitTransfer(commit)).await,

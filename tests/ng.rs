@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use baton_control::ng::wire::{self, Dict, dict, get_str, text};
-use baton_control::sdp::Sdp;
+use baton_control::sip::sdp::Sdp;
 use common::Relay;
 use common::media::{Peer, rtp};
 use serde_bencode::value::Value;
@@ -285,7 +285,7 @@ fn offer_answer_delete_with_media_between_the_rewritten_addresses() {
     assert_eq!(media_addr(&to_a), call.a_to_relay);
     assert_eq!(
         to_a.media(0).expect("m").direction,
-        baton_control::sdp::Direction::SendOnly
+        baton_control::sip::sdp::Direction::SendOnly
     );
 
     let deleted = call.proxy.call(&request(vec![
@@ -644,6 +644,7 @@ fn a_call_to_the_user_is_handed_over_from_the_device_that_answered() {
         ("to-tag", text("carol-tag")),
         ("sdp", text(body("alice-b", b.addr(), ""))),
         ("gruu", text(gruu_b)),
+        ("flags", flags(&["baton-handoff"])),
     ]);
     let unchanged = sdp_of(&proxy.call(&handoff));
     assert_eq!(media_addr(&unchanged), carol_to_relay);
@@ -684,6 +685,7 @@ fn a_call_to_the_user_is_handed_over_from_the_device_that_answered() {
         ("to-tag", text("carol-tag")),
         ("sdp", text(body("m", b.addr(), ""))),
         ("gruu", text("sip:mallory@example.com;gr=urn:uuid:1")),
+        ("flags", flags(&["baton-handoff"])),
     ]);
     assert!(reason(&proxy.call(&mallory)).contains("belongs to"));
 }

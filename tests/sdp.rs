@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use baton_control::sdp::{Direction, Sdp};
+use baton_control::sip::sdp::{Direction, Sdp};
 use baton_control::{Client, ClientError};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;

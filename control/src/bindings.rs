@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sip_uri::{Gruu, SipUri, classify, parse_name_addr};
+use crate::sip::uri::{Gruu, SipUri, classify, parse_name_addr};
 use crate::status::Status;
 
 /// Longest binding accepted (registrars rarely exceed a day).

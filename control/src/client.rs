@@ -160,9 +160,21 @@ impl Client {
 
     /// Subscribes to events; read them with [`next_event`](Self::next_event).
     pub async fn subscribe(&self) -> Result<(), ClientError> {
-        self.call(Command::Subscribe(v1::SubscribeRequest {}))
-            .await
-            .map(drop)
+        self.call(Command::Subscribe(v1::SubscribeRequest {
+            resume_after: None,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Subscribes to events after `sequence` (the last one seen before a
+    /// reconnect): the relay replays those it still holds first.
+    pub async fn resume_events(&self, sequence: u64) -> Result<(), ClientError> {
+        self.call(Command::Subscribe(v1::SubscribeRequest {
+            resume_after: Some(sequence),
+        }))
+        .await
+        .map(drop)
     }
 
     /// The next event, or `None` once the connection is closed.

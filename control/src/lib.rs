@@ -1,14 +1,20 @@
-//! baton's control plane.
+//! baton's control plane: the signalling side of calls.
 //!
-//! - [`server`]: the framed protobuf server on TCP and Unix sockets.
-//! - [`service`]: what each command does.
-//! - [`client`]: a client library (used by `baton ctl` and `baton load`).
-//! - [`events`]: the event bus behind `Subscribe`.
-//! - [`addr`]: `tcp:HOST:PORT` / `unix:PATH` addresses.
-//! - [`status`]: errors with gRPC-style codes.
-//! - [`sdp`]: reading and rewriting SDP bodies.
+//! - [`sessions`]: the session registry and device bindings, and what each
+//!   session command does (the media state itself lives in the data plane,
+//!   `baton_relay`, and is read from its reports and events).
+//! - [`sip`]: SIP text — SDP bodies, SIP URIs and GRUUs, offer/answer.
+//! - [`service`]: the commands of the control protocol, and
+//!   [`service::start`], which wires a data plane, the sessions and the
+//!   event path together.
+//! - [`server`]: the framed protobuf server on TCP and Unix sockets;
+//!   [`client`]: a client library (used by `baton ctl` and `baton load`).
 //! - [`ng`]: rtpengine's ng protocol, for Kamailio and OpenSIPS.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`events`]: the event bus behind `Subscribe`.
+//! - [`telemetry`]: counters and the Prometheus registry;
+//!   [`metrics_server`]: the `/metrics` endpoint.
+//! - [`addr`], [`status`], [`bindings`]: addresses, error codes, the AOR ↔
+//!   GRUU table.
 
 #![forbid(unsafe_code)]
 
@@ -16,14 +22,14 @@ pub mod addr;
 pub mod bindings;
 pub mod client;
 pub mod events;
-pub mod metrics;
+pub mod metrics_server;
 pub mod ng;
-pub mod sdp;
 pub mod server;
 pub mod service;
 pub mod sessions;
-pub mod sip_uri;
+pub mod sip;
 pub mod status;
+pub mod telemetry;
 
 pub use addr::ControlAddr;
 pub use client::{Client, ClientError};

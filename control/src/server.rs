@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::addr::ControlAddr;
-use crate::events::lagged;
+use crate::events::{Subscription, lagged};
 use crate::service::Service;
 
 /// Responses and events queued for one connection before the request reader
@@ -574,7 +574,7 @@ async fn serve<S>(
             let _ = reply(v1::Response::error(id, Code::Unauthenticated, message)).await;
             break;
         }
-        if let Command::Subscribe(_) = command {
+        if let Command::Subscribe(subscribe) = command {
             let ok = v1::response::Result::Subscribe(v1::SubscribeResponse {});
             if subscribed {
                 let _ = reply(v1::Response::ok(id, ok)).await;
@@ -582,8 +582,8 @@ async fn serve<S>(
             }
             subscribed = true;
             // Subscribe before answering, so no event raised after the
-            // answer can be missed.
-            let events = shared.service.events().subscribe();
+            // answer can be missed; events to replay go out after it.
+            let events = shared.service.events().subscribe(subscribe.resume_after);
             let _ = reply(v1::Response::ok(id, ok)).await;
             tokio::spawn(forward_events(events, out.clone(), closing.clone()));
             continue;
@@ -633,7 +633,7 @@ fn token_matches(expected: &[u8; 32], presented: &str) -> bool {
 }
 
 async fn forward_events(
-    mut events: broadcast::Receiver<v1::Event>,
+    subscription: Subscription,
     out: mpsc::Sender<v1::ServerMessage>,
     closing: CancellationToken,
 ) {
@@ -641,6 +641,15 @@ async fn forward_events(
     let wrap = |event| v1::ServerMessage {
         kind: Some(Kind::Event(event)),
     };
+    let Subscription {
+        replay,
+        live: mut events,
+    } = subscription;
+    for event in replay {
+        if out.send(wrap(event)).await.is_err() {
+            return;
+        }
+    }
     loop {
         let received = tokio::select! {
             biased;

@@ -8,18 +8,40 @@ use baton_proto::v1::{self, request::Command, response::Result as Reply};
 
 use crate::events::EventBus;
 use crate::sessions::Sessions;
+use crate::sessions::transfer::TransferContext;
 use crate::status::Status;
 
 /// The relay's version, as reported by `ping` and `get_stats`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Worker → control events queued before workers hold them back (session
+/// ends) or drop them (latching notices, counted).
+const WORKER_EVENT_QUEUE: usize = 4096;
+
+/// Starts the data plane and the service over it, and the task that applies
+/// the workers' events to the sessions; call from inside a Tokio runtime.
+/// The one place the relay is wired together (the daemon and the tests use
+/// it alike).
+pub fn start(
+    dataplane: &baton_relay::DataplaneConfig,
+    sessions: crate::sessions::SessionOptions,
+) -> std::io::Result<std::sync::Arc<Service>> {
+    let (worker_events, queue) = tokio::sync::mpsc::channel(WORKER_EVENT_QUEUE);
+    let dataplane = baton_relay::Dataplane::start(dataplane, worker_events)?;
+    let service = std::sync::Arc::new(Service::new(Sessions::new(dataplane, sessions)));
+    let events_service = std::sync::Arc::clone(&service);
+    tokio::spawn(async move {
+        events_service.sessions().handle_worker_events(queue).await;
+    });
+    Ok(service)
+}
+
 /// The state behind the control commands, shared by all connections.
 #[derive(Debug)]
 pub struct Service {
     started: Instant,
-    events: EventBus,
     sessions: Sessions,
-    exporter: crate::metrics::Exporter,
+    exporter: crate::telemetry::Exporter,
     connections: AtomicU32,
     requests: AtomicU64,
     /// One scrape asks the workers at a time: a flood of scrapers waits here
@@ -32,8 +54,7 @@ impl Service {
     pub fn new(sessions: Sessions) -> Self {
         Self {
             started: Instant::now(),
-            events: EventBus::new(),
-            exporter: crate::metrics::Exporter::new(sessions.telemetry()),
+            exporter: crate::telemetry::Exporter::new(sessions.telemetry()),
             sessions,
             connections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
@@ -43,7 +64,7 @@ impl Service {
 
     /// The relay's event bus.
     pub fn events(&self) -> &EventBus {
-        &self.events
+        self.sessions.events()
     }
 
     /// The relay's sessions.
@@ -86,19 +107,19 @@ impl Service {
     pub async fn metrics_text(&self) -> String {
         let _one_at_a_time = self.scrape.lock().await;
         let workers = self.sessions.worker_stats().await;
-        let snapshot = crate::metrics::Snapshot {
+        let snapshot = crate::telemetry::Snapshot {
             sessions: self.sessions.session_count() as u64,
             control_connections: u64::from(self.connection_count()),
-            subscribers: self.events.subscriber_count() as u64,
+            subscribers: self.events().subscriber_count() as u64,
             uptime_seconds: self.started.elapsed().as_secs(),
             workers: workers
                 .into_iter()
-                .map(|(index, w)| crate::metrics::WorkerSnapshot {
-                    index,
+                .map(|(worker, w)| crate::telemetry::WorkerSnapshot {
+                    index: worker.0,
                     sessions: w.sessions as u64,
                     packets_to: w.packets_to,
                     bytes_to: w.bytes_to,
-                    drops: baton_relay::stream::DropReason::ALL
+                    drops: baton_relay::core::stream::DropReason::ALL
                         .iter()
                         .map(|r| (r.name(), w.drops[*r as usize]))
                         .collect(),
@@ -169,21 +190,24 @@ impl Service {
                 .sessions
                 .list_bindings(&request)
                 .map(Reply::ListBindings),
-            Command::Transfer(request) => {
-                self.sessions.transfer(request).await.map(Reply::Transfer)
-            }
+            Command::Transfer(request) => self
+                .sessions
+                .transfer(request, TransferContext::default())
+                .await
+                .map(Reply::Transfer),
             Command::CommitTransfer(request) => {
                 self.sessions
-                    .commit_transfer(request.session.as_ref())
+                    .commit_transfer(request.session.as_ref(), request.transfer_id)
                     .await?;
                 Ok(Reply::CommitTransfer(v1::CommitTransferResponse {}))
             }
             Command::CancelTransfer(request) => {
                 self.sessions
-                    .cancel_transfer(request.session.as_ref(), &self.events)
+                    .cancel_transfer(request.session.as_ref(), request.transfer_id)
                     .await?;
                 Ok(Reply::CancelTransfer(v1::CancelTransferResponse {}))
             }
+            Command::Audit(_) => self.sessions.audit().await.map(Reply::Audit),
             Command::Authenticate(_) | Command::Subscribe(_) => Err(Status::internal(
                 "connection-level command reached the service",
             )),
@@ -196,7 +220,7 @@ impl Service {
             uptime_seconds: self.started.elapsed().as_secs(),
             control_connections: self.connection_count(),
             control_requests: self.requests.load(Ordering::Relaxed),
-            subscribers: u32::try_from(self.events.subscriber_count()).unwrap_or(u32::MAX),
+            subscribers: u32::try_from(self.events().subscriber_count()).unwrap_or(u32::MAX),
             ..v1::GetStatsResponse::default()
         }
     }
@@ -209,6 +233,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Ping(_) => "ping",
         Command::GetStats(_) => "get_stats",
         Command::Subscribe(_) => "subscribe",
+        Command::Audit(_) => "audit",
         Command::CreateSession(_) => "create_session",
         Command::UpdateSession(_) => "update_session",
         Command::DeleteSession(_) => "delete_session",

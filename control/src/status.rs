@@ -38,6 +38,26 @@ constructors! {
     unauthenticated => Unauthenticated,
 }
 
+/// Every refusal of the data plane, as a status code, in one place.
+impl From<baton_relay::DataplaneError> for Status {
+    fn from(error: baton_relay::DataplaneError) -> Self {
+        use baton_relay::DataplaneError as E;
+        use baton_relay::core::session::TransferError as T;
+        let message = error.to_string();
+        match error {
+            // A busy, failed (being replaced) or slow worker: worth a retry.
+            E::Busy(_) | E::Stopped(_) | E::NoAnswer(_) => Self::unavailable(message),
+            E::NoSession(_) => Self::not_found(message),
+            E::Exists(_) => Self::already_exists(message),
+            E::Sockets(_) | E::Transfer(T::NoLegSlot(_)) => Self::resource_exhausted(message),
+            E::Transfer(T::StreamCount { .. }) => Self::invalid_argument(message),
+            E::Transfer(T::AlreadyPending(_) | T::NonePending | T::NotThisTransfer { .. }) => {
+                Self::failed_precondition(message)
+            }
+        }
+    }
+}
+
 impl From<Status> for v1::Error {
     fn from(status: Status) -> Self {
         Self {

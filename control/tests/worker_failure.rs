@@ -3,14 +3,12 @@
 //! worker's calls keep flowing, and a new worker takes its place.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::Duration;
 
-use baton_control::events::EventBus;
 use baton_control::sessions::{SessionOptions, Sessions};
 use baton_proto::v1;
-use baton_relay::worker::Timeouts;
-use baton_relay::{Dataplane, DataplaneConfig};
+use baton_relay::core::session::Timeouts;
+use baton_relay::{DataplaneConfig, WorkerId};
 
 struct Call {
     session: String,
@@ -109,29 +107,25 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
         command_queue: 64,
         busy_poll: false,
     };
-    let (events, queue) = tokio::sync::mpsc::channel(64);
-    let dataplane = Dataplane::start(&config, events).expect("start");
-    let sessions = Arc::new(Sessions::new(
-        dataplane,
+    // Wired as the daemon wires it.
+    let service = baton_control::service::start(
+        &config,
         SessionOptions {
             learning_window: Duration::from_secs(3),
             max_sessions: 100,
             advertise: Vec::new(),
             transfer_timeout: Duration::from_secs(5),
             allow_unverified_transfer_source: false,
-            sdp_limits: baton_control::sdp::SdpLimits::default(),
+            sdp_limits: baton_control::sip::sdp::SdpLimits::default(),
         },
-    ));
-    let bus = Arc::new(EventBus::new());
-    let mut subscription = bus.subscribe();
-    let handler = {
-        let (sessions, bus) = (Arc::clone(&sessions), Arc::clone(&bus));
-        tokio::spawn(async move { sessions.handle_worker_events(queue, &bus).await })
-    };
+    )
+    .expect("start");
+    let sessions = service.sessions();
+    let mut subscription = sessions.events().subscribe(None).live;
 
     let mut calls = Vec::new();
     for n in 0..4 {
-        calls.push(create(&sessions, n).await);
+        calls.push(create(sessions, n).await);
     }
     let on_zero: Vec<&str> = calls
         .iter()
@@ -147,7 +141,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
 
     sessions
         .dataplane()
-        .fail_worker_for_tests(0)
+        .fail_worker_for_tests(WorkerId(0))
         .expect("queued");
 
     // Both of worker 0's sessions end with an event naming the reason.
@@ -177,10 +171,9 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
     }
 
     // A new worker 0 takes new calls (it is the least loaded) and forwards.
-    let fresh = create(&sessions, 10).await;
+    let fresh = create(sessions, 10).await;
     assert_eq!(fresh.worker, 0);
     assert!(media_flows(&fresh, 1), "a call on the restarted worker");
 
     sessions.dataplane().shutdown();
-    handler.abort();
 }

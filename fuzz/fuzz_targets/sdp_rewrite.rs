@@ -3,7 +3,7 @@
 //! keeps its m= lines.
 #![no_main]
 
-use baton_control::sdp::{RelayEndpoint, Sdp};
+use baton_control::sip::sdp::{RelayEndpoint, Sdp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

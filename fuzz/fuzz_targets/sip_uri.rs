@@ -3,7 +3,7 @@
 //! its own printed form.
 #![no_main]
 
-use baton_control::sip_uri::{SipUri, classify, parse_name_addr};
+use baton_control::sip::uri::{SipUri, classify, parse_name_addr};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

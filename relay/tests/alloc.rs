@@ -1,5 +1,5 @@
 //! The RTP path allocates nothing: counted with a global allocator, over
-//! the state machine's paths and over a real worker forwarding through real
+//! the session core's paths (the switch included) and over a real worker forwarding through real
 //! sockets. One test function, so nothing else in this process allocates
 //! while it counts.
 
@@ -8,11 +8,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_relay::stream::{
-    Component, FIRST_USER_LEG, LegConfig, PayloadMap, REMOTE_LEG, Stream, StreamConfig, Verdict,
+use baton_relay::core::rtp::RtpRepr;
+use baton_relay::core::session::{PendingLeg, Session, StreamParams, SwitchMode, Timeouts};
+use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig, Verdict};
+use baton_relay::{
+    Dataplane, DataplaneConfig, LegId, SessionId, StreamIndex, StreamSetup, TransferId, WorkerId,
 };
-use baton_relay::worker::{Command, LegSetup, StreamSetup, Timeouts};
-use baton_relay::{Dataplane, DataplaneConfig, SessionId};
 
 struct Counting;
 
@@ -60,10 +61,10 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().expect("address")
 }
 
-/// Every RTP path of the state machine: pass-through, toward the remote
-/// after a switch (rewritten), toward the user with a fork to a pending
-/// device, and a second switch.
-fn state_machine_paths() -> u64 {
+/// Every RTP path of a session: pass-through, toward the user with a fork
+/// to a pending device, the first-packet switch itself, and toward the
+/// remote after it (rewritten).
+fn session_paths() -> u64 {
     let t0 = Instant::now();
     let leg = |peer: &str| LegConfig {
         rtcp_mux: true,
@@ -71,70 +72,102 @@ fn state_machine_paths() -> u64 {
         peer_rtcp: None,
         peer_ip: None,
     };
-    let config = StreamConfig {
-        learning_window: Duration::from_secs(3),
-        relearn: false,
-        asymmetric: false,
+    let params = StreamParams {
+        config: StreamConfig {
+            learning_window: Duration::from_secs(3),
+            relearn: false,
+            asymmetric: false,
+        },
+        clock_rates: vec![(0, 8000)],
+        telephone_event: None,
+        device: leg("10.0.0.1:4000"),
+        remote: leg("10.0.0.2:5000"),
     };
-    let mut stream = Stream::new(
-        t0,
-        config,
-        leg("10.0.0.1:4000"),
-        leg("10.0.0.2:5000"),
-        &[(0, 8000)],
-        None,
-    );
+    let timeouts = Timeouts {
+        media: Duration::from_secs(60),
+        setup: Duration::from_secs(60),
+        hold: Duration::from_secs(60),
+    };
+    let mut session = Session::new(t0, SessionId(1), &[params], timeouts);
+    let s0 = StreamIndex(0);
     let mut buf = [0u8; 2048];
-    // Warm up, then open a pending leg (control-plane work, may allocate).
-    let len = rtp(&mut buf, 0, 1, 0, 0xA);
-    stream.on_packet(
+    let packet = |buf: &mut [u8], seq: u16, ts: u32, ssrc: u32| {
+        RtpRepr {
+            payload_type: 0,
+            sequence: seq,
+            timestamp: ts,
+            ssrc,
+            marker: false,
+        }
+        .emit(buf, &[0xd5; 160])
+        .expect("fits")
+    };
+    // Warm up, then open a transfer (control-plane work, may allocate).
+    let len = packet(&mut buf, 1, 0, 0xA);
+    session.handle_packet(
         t0,
-        FIRST_USER_LEG,
+        s0,
+        LegId::FIRST_DEVICE,
         Component::Rtp,
         addr("10.0.0.1:4000"),
         &mut buf,
         len,
     );
-    let b = stream
-        .add_pending(t0, leg("10.0.0.3:6000"), PayloadMap::identity(None))
-        .expect("pending");
+    let b = session
+        .begin_transfer(
+            t0,
+            TransferId(1),
+            &[PendingLeg {
+                config: leg("10.0.0.3:6000"),
+                payloads: PayloadMap::identity([0], None),
+            }],
+            SwitchMode::FirstPacket,
+            Duration::from_secs(60),
+        )
+        .expect("transfer")[0];
 
     let before = allocations();
     let mut forwarded = 0;
     for i in 0..10_000u32 {
         let now = t0 + Duration::from_millis(u64::from(i));
-        let len = rtp(&mut buf, 0, 2 + i as u16, 160 * i, 0xA);
-        let outcome = stream.on_packet(
+        let len = packet(&mut buf, 2 + i as u16, 160 * i, 0xA);
+        let verdict = session.handle_packet(
             now,
-            FIRST_USER_LEG,
+            s0,
+            LegId::FIRST_DEVICE,
             Component::Rtp,
             addr("10.0.0.1:4000"),
             &mut buf,
             len,
         );
-        forwarded += u32::from(matches!(outcome.verdict, Verdict::Forward { .. }));
-        let len = rtp(&mut buf, 0, i as u16, 160 * i, 0xF);
-        let outcome = stream.on_packet(
+        forwarded += u32::from(matches!(verdict, Verdict::Forward { .. }));
+        let len = packet(&mut buf, i as u16, 160 * i, 0xF);
+        let verdict = session.handle_packet(
             now,
-            REMOTE_LEG,
+            s0,
+            LegId::REMOTE,
             Component::Rtp,
             addr("10.0.0.2:5000"),
             &mut buf,
             len,
         );
-        assert!(matches!(
-            outcome.verdict,
-            Verdict::Forward { fork: Some(_), .. }
-        ));
+        assert!(matches!(verdict, Verdict::Forward { fork: Some(_), .. }));
     }
-    // The switch itself and the rewritten path after it.
-    stream.switch(t0 + Duration::from_secs(11));
+    // B's first packet switches; B is rewritten from then on.
     for i in 0..10_000u32 {
         let now = t0 + Duration::from_secs(11) + Duration::from_millis(u64::from(i));
-        let len = rtp(&mut buf, 0, 500 + i as u16, 77 + 160 * i, 0xB);
-        let outcome =
-            stream.on_packet(now, b, Component::Rtp, addr("10.0.0.3:6000"), &mut buf, len);
-        forwarded += u32::from(matches!(outcome.verdict, Verdict::Forward { .. }));
+        let len = packet(&mut buf, 500 + i as u16, 77 + 160 * i, 0xB);
+        let verdict = session.handle_packet(
+            now,
+            s0,
+            b,
+            Component::Rtp,
+            addr("10.0.0.3:6000"),
+            &mut buf,
+            len,
+        );
+        forwarded += u32::from(matches!(verdict, Verdict::Forward { .. }));
+        while session.poll_event().is_some() {}
     }
     assert_eq!(forwarded, 20_000);
     allocations() - before
@@ -154,6 +187,10 @@ fn worker_path() -> u64 {
         command_queue: 16,
         busy_poll: false,
     };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     let (events, _events_rx) = tokio::sync::mpsc::channel(64);
     let dataplane = Dataplane::start(&config, events).expect("start");
     let device = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -161,39 +198,32 @@ fn worker_path() -> u64 {
     remote
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let leg = |peer: SocketAddr| LegSetup {
-        sockets: dataplane.allocate(Some(false), true).expect("ports"),
-        config: LegConfig {
-            rtcp_mux: true,
-            peer_rtp: Some(peer),
-            peer_rtcp: None,
-            peer_ip: None,
-        },
+    let leg = |peer: SocketAddr| LegConfig {
+        rtcp_mux: true,
+        peer_rtp: Some(peer),
+        peer_rtcp: None,
+        peer_ip: None,
     };
-    let user = leg(device.local_addr().expect("addr"));
-    let relay_user = user.sockets.rtp.local_addr().expect("addr");
-    let remote_leg = leg(remote.local_addr().expect("addr"));
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    dataplane
-        .send(
-            0,
-            Command::Add {
-                id: SessionId(1),
-                streams: vec![StreamSetup {
-                    config: StreamConfig {
-                        learning_window: Duration::from_secs(3),
-                        relearn: false,
-                        asymmetric: false,
-                    },
-                    clock_rates: vec![(0, 8000)],
-                    telephone_event: None,
-                    legs: [user, remote_leg],
-                }],
-                reply,
+    let user_sockets = dataplane.allocate(Some(false), true).expect("ports");
+    let relay_user = user_sockets.rtp.local_addr().expect("addr");
+    let remote_sockets = dataplane.allocate(Some(false), true).expect("ports");
+    let setup = StreamSetup {
+        params: StreamParams {
+            config: StreamConfig {
+                learning_window: Duration::from_secs(3),
+                relearn: false,
+                asymmetric: false,
             },
-        )
-        .expect("queue");
-    answer.blocking_recv().expect("answer").expect("added");
+            clock_rates: vec![(0, 8000)],
+            telephone_event: None,
+            device: leg(device.local_addr().expect("addr")),
+            remote: leg(remote.local_addr().expect("addr")),
+        },
+        sockets: [user_sockets, remote_sockets],
+    };
+    runtime
+        .block_on(dataplane.add_session(WorkerId(0), SessionId(1), vec![setup]))
+        .expect("added");
 
     let mut buf = [0u8; 2048];
     let mut recv = [0u8; 2048];
@@ -224,7 +254,7 @@ fn the_rtp_path_allocates_nothing() {
         1,
         "the counting allocator is in place"
     );
-    assert_eq!(state_machine_paths(), 0, "allocations in Stream::on_packet");
+    assert_eq!(session_paths(), 0, "allocations in Session::handle_packet");
     assert_eq!(
         worker_path(),
         0,

@@ -6,9 +6,18 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use baton_relay::stream::{LegConfig, StreamConfig};
-use baton_relay::worker::{Command, EndReason, LegSetup, StreamSetup, Timeouts, WorkerEvent};
-use baton_relay::{Dataplane, DataplaneConfig, SessionId};
+use baton_relay::core::session::{EndReason, StreamParams, Timeouts};
+use baton_relay::core::stream::{LegConfig, StreamConfig};
+use baton_relay::{
+    Dataplane, DataplaneConfig, DataplaneError, SessionId, StreamSetup, WorkerEvent, WorkerId,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
 
 fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
     let mut p = vec![0x80, 0];
@@ -36,40 +45,35 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
     // Room for one event, and nobody reading yet.
     let (events, mut events_rx) = tokio::sync::mpsc::channel(1);
     let dataplane = Dataplane::start(&config, events).expect("start");
-    let leg = || LegSetup {
-        sockets: dataplane.allocate(Some(false), true).expect("ports"),
-        config: LegConfig {
-            rtcp_mux: true,
-            peer_rtp: None,
-            peer_rtcp: None,
-            peer_ip: None,
-        },
+    let runtime = runtime();
+    let leg = LegConfig {
+        rtcp_mux: true,
+        peer_rtp: None,
+        peer_rtcp: None,
+        peer_ip: None,
     };
     let mut relay_addrs = Vec::new();
     for id in 1..=3u64 {
-        let (user, remote) = (leg(), leg());
-        relay_addrs.push(user.sockets.rtp.local_addr().expect("addr"));
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        dataplane
-            .send(
-                0,
-                Command::Add {
-                    id: SessionId(id),
-                    streams: vec![StreamSetup {
-                        config: StreamConfig {
-                            learning_window: Duration::from_secs(5),
-                            relearn: false,
-                            asymmetric: false,
-                        },
-                        clock_rates: vec![(0, 8000)],
-                        telephone_event: None,
-                        legs: [user, remote],
-                    }],
-                    reply,
+        let user = dataplane.allocate(Some(false), true).expect("ports");
+        let remote = dataplane.allocate(Some(false), true).expect("ports");
+        relay_addrs.push(user.rtp.local_addr().expect("addr"));
+        let setup = StreamSetup {
+            params: StreamParams {
+                config: StreamConfig {
+                    learning_window: Duration::from_secs(5),
+                    relearn: false,
+                    asymmetric: false,
                 },
-            )
-            .expect("queue");
-        answer.blocking_recv().expect("answer").expect("added");
+                clock_rates: vec![(0, 8000)],
+                telephone_event: None,
+                device: leg,
+                remote: leg,
+            },
+            sockets: [user, remote],
+        };
+        runtime
+            .block_on(dataplane.add_session(WorkerId(0), SessionId(id), vec![setup]))
+            .expect("added");
     }
     // Three legs latch: three `SourceLatched` events for a queue of one.
     let device = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -77,9 +81,9 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
         device.send_to(&rtp(1, 7), to).expect("send");
     }
     let stats = || {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        dataplane.send(0, Command::Stats { reply }).expect("queue");
-        answer.blocking_recv().expect("stats")
+        runtime
+            .block_on(dataplane.worker_stats(WorkerId(0)))
+            .expect("stats")
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while stats().events_lost < 2 {
@@ -129,27 +133,27 @@ fn a_full_command_queue_refuses_at_once_instead_of_blocking() {
         busy_poll: false,
     };
     let (events, _events_rx) = tokio::sync::mpsc::channel(16);
-    let dataplane = Dataplane::start(&config, events).expect("start");
-    // Bursts faster than a worker wakes up: with room for one command, the
-    // second of a burst finds the queue full and is refused there and then
-    // (the control plane answers UNAVAILABLE); every accepted one is
-    // answered.
-    let (mut accepted, mut refused) = (Vec::new(), 0);
-    for _ in 0..1000 {
-        for _ in 0..2 {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            match dataplane.send(0, Command::Stats { reply }) {
-                Ok(()) => accepted.push(answer),
-                Err(baton_relay::QueueError::Full(0)) => refused += 1,
+    let dataplane = std::sync::Arc::new(Dataplane::start(&config, events).expect("start"));
+    // Bursts faster than a worker wakes up: with room for one command, most
+    // of a burst find the queue full and are refused there and then (the
+    // control plane answers UNAVAILABLE); every accepted one is answered.
+    let (accepted, refused) = runtime().block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..2000 {
+            let dataplane = std::sync::Arc::clone(&dataplane);
+            tasks.spawn(async move { dataplane.worker_stats(WorkerId(0)).await });
+        }
+        let (mut accepted, mut refused) = (0, 0);
+        while let Some(result) = tasks.join_next().await {
+            match result.expect("task") {
+                Ok(_) => accepted += 1,
+                Err(DataplaneError::Busy(WorkerId(0))) => refused += 1,
                 Err(other) => panic!("unexpected {other}"),
             }
         }
-    }
+        (accepted, refused)
+    });
     assert!(refused > 0, "the queue never filled");
-    for answer in accepted {
-        answer
-            .blocking_recv()
-            .expect("an accepted command is answered");
-    }
+    assert_eq!(accepted + refused, 2000, "every command answered once");
     dataplane.shutdown();
 }

@@ -1,22 +1,29 @@
 //! The ng commands (`ping`, `offer`, `answer`, `delete`, `query`, `list`)
 //! on baton's sessions, with rtpengine's semantics, and the handoff
-//! extension: an `offer` from the user's side naming another device's
-//! `gruu` is a verified transfer.
+//! extension: an `offer` from the user's side with the `baton-handoff` flag
+//! (or a `replaces` key) naming another device's `gruu` is a verified
+//! transfer, and a `delete` of that device's own dialog (`new-call-id`,
+//! `new-from-tag`) cancels it.
+//!
+//! Requests for one Call-ID run one at a time, in arrival order: a proxy's
+//! parallel processes may send the same offer twice at once (a retransmitted
+//! INVITE, a fork), and the second must see the first one's result, never
+//! half of it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use baton_proto::v1;
-use baton_relay::SessionId;
-use baton_relay::stream::Side;
+use baton_relay::{Party, SessionId};
 use serde_bencode::value::Value;
 use tracing::debug;
 
 use super::wire::{Dict, dict, error, get_list, get_str, text};
-use crate::sdp::Sdp;
 use crate::service::Service;
+use crate::sessions::transfer::TransferContext;
 use crate::sessions::{DialogView, by_id};
+use crate::sip::sdp::Sdp;
 use crate::status::{Status, excerpt};
 
 /// Keys this implementation reads; others are logged and ignored, as
@@ -191,26 +198,64 @@ fn ok_with_sdp(sdp: String) -> Value {
     dict([("result", text("ok")), ("sdp", text(sdp))])
 }
 
+/// One lock per Call-ID with requests in flight.
+#[derive(Debug, Default)]
+struct CallLocks {
+    calls: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl CallLocks {
+    /// Waits until no other request for `call_id` runs.
+    async fn lock(&self, call_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut calls = self
+                .calls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Forget the calls nobody holds any more (bounded by the
+            // requests in flight).
+            calls.retain(|_, lock| lock.strong_count() > 0);
+            match calls.get(call_id).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    calls.insert(call_id.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
 /// Runs ng requests against the relay's sessions.
 #[derive(Debug, Clone)]
 pub struct NgService {
     service: Arc<Service>,
+    calls: Arc<CallLocks>,
 }
 
 impl NgService {
     /// The ng front end of `service`.
     pub fn new(service: Arc<Service>) -> Self {
-        Self { service }
+        Self {
+            service,
+            calls: Arc::default(),
+        }
     }
 
     /// The control plane's counters.
-    pub fn telemetry(&self) -> &crate::metrics::Telemetry {
+    pub fn telemetry(&self) -> &crate::telemetry::Telemetry {
         self.service.sessions().telemetry()
     }
 
     /// Answers one request.
     pub async fn handle(&self, request: &Dict) -> Value {
         let command = get_str(request, "command").unwrap_or("").to_owned();
+        let _one_at_a_time = match get_str(request, "call-id") {
+            Some(call_id) if !call_id.is_empty() => Some(self.calls.lock(call_id).await),
+            Some(_) | None => None,
+        };
         let reply = match get_str(request, "command") {
             Some("ping") => Ok(dict([("result", text("pong"))])),
             Some("offer") => self.offer(request).await,
@@ -232,7 +277,7 @@ impl NgService {
             .sessions()
             .telemetry()
             .ng_requests
-            .get_or_create(&crate::metrics::RequestLabels {
+            .get_or_create(&crate::telemetry::RequestLabels {
                 command,
                 code: code.to_owned(),
             })
@@ -279,8 +324,14 @@ impl NgService {
                 .map_err(|s| status_reply(&s))?;
             return Ok(ok_with_sdp(options.outgoing(created.sdp)));
         };
-        let from_user = view.side_of(from_tag) == Side::User;
+        let from_user = view.side_of(from_tag) == Party::User;
+        // A handoff is asked for, never guessed: a proxy that passes the
+        // Contact as `gruu` on every offer must not turn a re-INVITE from a
+        // device without a GRUU into a transfer.
+        let handoff_asked = options.has("baton-handoff")
+            || get_str(request, "replaces").is_some_and(|r| !r.is_empty());
         if from_user
+            && handoff_asked
             && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
             && !same_uri(gruu, &view.gruu)
         {
@@ -349,24 +400,36 @@ impl NgService {
                 )));
             }
         }
+        let ng_dialog = match (
+            get_str(request, "new-call-id"),
+            get_str(request, "new-from-tag"),
+        ) {
+            (Some(call_id), Some(from_tag)) if !call_id.is_empty() && !from_tag.is_empty() => {
+                Some((call_id.to_owned(), from_tag.to_owned()))
+            }
+            _ => None,
+        };
         sessions
-            .transfer(v1::TransferRequest {
-                session: Some(by_id(view.id)),
-                gruu: gruu.to_owned(),
-                sdp,
-                // Kamailio sends `received-from` with every request: the new
-                // device's media is accepted from that IP only, whatever
-                // the SDP says.
-                source_ip: options
-                    .received_from
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default(),
-                ..Default::default()
-            })
+            .transfer(
+                v1::TransferRequest {
+                    session: Some(by_id(view.id)),
+                    gruu: gruu.to_owned(),
+                    sdp,
+                    // Kamailio sends `received-from` with every request: the
+                    // new device's media is accepted from that IP only where
+                    // the SDP gives no address.
+                    source_ip: options
+                        .received_from
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                },
+                TransferContext { ng_dialog },
+            )
             .await
             .map_err(|s| status_reply(&s))?;
         let to_remote = sessions
-            .last_sdp_sent(view.id, Side::Remote)
+            .last_sdp_sent(view.id, Party::Remote)
             .ok_or_else(|| error("the session has no SDP for the remote side"))?;
         Ok(ok_with_sdp(options.outgoing(to_remote)))
     }
@@ -389,7 +452,7 @@ impl NgService {
             Err(status) => return Err(status_reply(&status)),
         };
         // The body comes from the to-tag's side.
-        let from_user = view.side_of(to_tag) == Side::User;
+        let from_user = view.side_of(to_tag) == Party::User;
         if from_user
             && view.gruu.is_empty()
             && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
@@ -436,6 +499,23 @@ impl NgService {
     }
 
     async fn delete(&self, request: &Dict) -> Result<Value, Value> {
+        let sessions = self.service.sessions();
+        let call_id = required(request, "call-id")?;
+        if sessions.sessions_of_call(call_id, None).is_empty()
+            && let Some(id) = sessions.session_of_transfer_dialog(
+                call_id,
+                get_str(request, "from-tag").filter(|t| !t.is_empty()),
+            )
+        {
+            // The new device's own dialog of a handoff (its INVITE failed):
+            // the handoff is cancelled, the call goes on with the device it
+            // had.
+            sessions
+                .cancel_transfer_of_dialog(id)
+                .await
+                .map_err(|s| status_reply(&s))?;
+            return Ok(dict([("result", text("ok"))]));
+        }
         let ids = self.select(request)?;
         let mut infos = Vec::with_capacity(ids.len());
         for id in ids {
@@ -511,7 +591,7 @@ fn statistics(infos: &[v1::SessionInfo]) -> Value {
     let (mut rtp_packets, mut rtp_bytes, mut rtcp_packets, mut errors) = (0u64, 0u64, 0u64, 0u64);
     let created_ms = infos.iter().map(|i| i.created_unix_ms).min().unwrap_or(0);
     for info in infos {
-        for (tag, pick) in [(&info.from_tag, Side::User), (&info.to_tag, Side::Remote)] {
+        for (tag, pick) in [(&info.from_tag, Party::User), (&info.to_tag, Party::Remote)] {
             if tag.is_empty() {
                 continue;
             }
@@ -521,8 +601,8 @@ fn statistics(infos: &[v1::SessionInfo]) -> Value {
                 .enumerate()
                 .map(|(index, stream)| {
                     let leg = match pick {
-                        Side::User => stream.user.as_ref(),
-                        Side::Remote => stream.remote.as_ref(),
+                        Party::User => stream.user.as_ref(),
+                        Party::Remote => stream.remote.as_ref(),
                     };
                     let stats = leg.and_then(|l| l.stats.clone()).unwrap_or_default();
                     let drops: u64 = stats.drops.values().sum();

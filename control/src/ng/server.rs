@@ -274,7 +274,7 @@ fn count_evicted(shared: &Shared, cache: &mut CookieCache) {
             .service
             .telemetry()
             .refusals
-            .get_or_create(&crate::metrics::ReasonLabels {
+            .get_or_create(&crate::telemetry::ReasonLabels {
                 reason: "ng_cache_evicted".to_owned(),
             })
             .inc_by(evicted);

@@ -1,27 +1,38 @@
 //! Device bindings and transfers: verification from the binding table,
-//! the new device's legs, commit, cancel, and what the workers report back.
+//! the new device's legs, commit, cancel, and what the workers report about
+//! transfers. Every transfer has an id ([`TransferId`]) from the moment it
+//! opens; the worker names it in every report, and only the transfer a
+//! report names is ever acted on.
 
 use std::net::SocketAddr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use baton_proto::v1::{self, session_ref::By};
-use baton_relay::SessionId;
-use baton_relay::stream::{LegConfig, PayloadMap, Side};
-use baton_relay::worker::{Command, LegSetup, PendingSetup, SessionReport, SwitchMode};
-use tokio::sync::oneshot;
-use tracing::info;
+use baton_relay::core::session::{PendingLeg, SessionUpdate, SwitchMode};
+use baton_relay::core::stream::{LegConfig, PayloadMap};
+use baton_relay::{DataplaneError, Party, SessionId, TransferId, TransferSetup};
+use tracing::{debug, info};
 
-use super::negotiation::{self, AnswerPlan, PendingSdp};
-use super::{PendingTransfer, Sessions, await_worker, parse_endpoint, validate_codecs};
+use super::registry::{CommittedTransfer, OpenTransfer, Record};
+use super::{Sessions, parse_endpoint, session_span, validate_codecs};
 use crate::bindings::{Binding, Bindings, parse_aor, parse_gruu};
-use crate::events::EventBus;
-use crate::sip_uri::{Gruu, classify};
-use crate::status::Status;
+use crate::sip::negotiation::{self, AnswerPlan, NegotiatedStream, PendingSdp, SdpState};
+use crate::sip::uri::{Gruu, classify};
+use crate::status::{Status, excerpt};
 
 /// Codecs that carry no media of their own: a device sharing only these
 /// with the remote shares no codec.
 const AUXILIARY_CODECS: [&str; 3] = ["telephone-event", "cn", "red"];
+
+/// What a transfer request came with besides its `TransferRequest`: the ng
+/// front end's dialog of the new device, so a `delete` of it cancels.
+#[derive(Debug, Clone, Default)]
+pub struct TransferContext {
+    /// The new device's Call-ID and From tag (ng `new-call-id`,
+    /// `new-from-tag`).
+    pub ng_dialog: Option<(String, String)>,
+}
 
 impl Sessions {
     fn bindings(&self) -> std::sync::MutexGuard<'_, Bindings> {
@@ -81,23 +92,52 @@ impl Sessions {
 
     /// `transfer`: verifies that the new device belongs to the session's
     /// user, opens its legs on the session's worker and answers with their
-    /// addresses. Nothing changes when it is refused.
+    /// addresses and the transfer's id. Nothing changes when it is refused.
     pub async fn transfer(
         &self,
         request: v1::TransferRequest,
+        context: TransferContext,
     ) -> Result<v1::TransferResponse, Status> {
-        let result = self.open_transfer_legs(request).await;
-        if result.is_ok() {
-            self.telemetry.transfers_started.inc();
-        } else {
-            self.telemetry.transfer_failed("refused");
-        }
+        let result = self.open_transfer_legs(request, context).await;
+        match &result {
+            Ok(_) => self.telemetry.transfers_started.inc(),
+            Err(_) => self.telemetry.transfers_refused.inc(),
+        };
         result
+    }
+
+    /// The session a transfer names: by reference, or by its Replaces value.
+    fn transfer_target(&self, request: &v1::TransferRequest) -> Result<SessionId, Status> {
+        let registry = self.registry();
+        match (&request.session, request.replaces.trim()) {
+            (Some(_), replaces) if !replaces.is_empty() => Err(Status::invalid_argument(
+                "give the session or a Replaces value, not both",
+            )),
+            (Some(reference), _) => registry.find(Some(reference)),
+            (None, "") => Err(Status::invalid_argument(
+                "name the session: by id, dialog or Replaces value",
+            )),
+            (None, replaces) => {
+                let (dialog, early_only) = parse_replaces(replaces)?;
+                let id = registry.find(Some(&v1::SessionRef {
+                    by: Some(By::Dialog(dialog)),
+                }))?;
+                // RFC 3891: early-only refuses a confirmed dialog. A session
+                // counts as confirmed once its to-tag is known.
+                if early_only && !registry.by_id[&id].to_tag.is_empty() {
+                    return Err(Status::failed_precondition(
+                        "the dialog is confirmed and the Replaces header says early-only",
+                    ));
+                }
+                Ok(id)
+            }
+        }
     }
 
     async fn open_transfer_legs(
         &self,
         mut request: v1::TransferRequest,
+        context: TransferContext,
     ) -> Result<v1::TransferResponse, Status> {
         if !request.sdp.is_empty() && !request.streams.is_empty() {
             return Err(Status::invalid_argument("give streams or sdp, not both"));
@@ -113,37 +153,8 @@ impl Sessions {
                 )));
             }
         };
-        let record = {
-            let registry = self.registry();
-            let id = match (&request.session, request.replaces.trim()) {
-                (Some(_), replaces) if !replaces.is_empty() => {
-                    return Err(Status::invalid_argument(
-                        "give the session or a Replaces value, not both",
-                    ));
-                }
-                (Some(reference), _) => registry.find(Some(reference))?,
-                (None, "") => {
-                    return Err(Status::invalid_argument(
-                        "name the session: by id, dialog or Replaces value",
-                    ));
-                }
-                (None, replaces) => {
-                    let (dialog, early_only) = parse_replaces(replaces)?;
-                    let id = registry.find(Some(&v1::SessionRef {
-                        by: Some(By::Dialog(dialog)),
-                    }))?;
-                    // RFC 3891: early-only refuses a confirmed dialog. A
-                    // session counts as confirmed once its to-tag is known.
-                    if early_only && !registry.by_id[&id].to_tag.is_empty() {
-                        return Err(Status::failed_precondition(
-                            "the dialog is confirmed and the Replaces header says early-only",
-                        ));
-                    }
-                    id
-                }
-            };
-            registry.by_id[&id].clone()
-        };
+        let id = self.transfer_target(&request)?;
+        let (_guard, record) = self.lock_id(id).await?;
         let adopted_aor = if record.aor.is_empty() {
             // A session created without its user (over ng, no aor given):
             // the device's own AOR becomes the session's once this transfer
@@ -164,14 +175,10 @@ impl Sessions {
             None
         };
         // Who the device is comes first; then whether the session is free.
-        if let Some(pending) = record
-            .pending
-            .as_ref()
-            .filter(|p| p.committed_from.is_none())
-        {
+        if let Some(open) = &record.open_transfer {
             return Err(Status::failed_precondition(format!(
-                "a transfer to {} is already pending on session {}",
-                pending.gruu, record.id
+                "transfer {} to {} is already pending on session {}",
+                open.id, open.gruu, record.id
             )));
         }
         let plan = if request.sdp.is_empty() {
@@ -190,16 +197,17 @@ impl Sessions {
                 request.streams.len()
             )));
         }
-
         let source_ip = match request.source_ip.trim() {
             "" => None,
             text => Some(text.parse::<std::net::IpAddr>().map_err(|_| {
                 Status::invalid_argument(format!(
                     "source_ip {} is not an IP address",
-                    crate::status::excerpt(text)
+                    excerpt(text)
                 ))
             })?),
         };
+
+        let transfer = self.new_transfer_id();
         let mut legs = Vec::with_capacity(record.streams.len());
         let mut local = Vec::with_capacity(record.streams.len());
         let mut shared = Vec::with_capacity(record.streams.len());
@@ -216,7 +224,7 @@ impl Sessions {
                 Status::failed_precondition(format!("stream {index} ({}): {reason}", stream.kind))
             })?;
             let (peer_rtp, peer_rtcp) = match &spec.peer {
-                Some(endpoint) => parse_endpoint(endpoint, Side::User)?,
+                Some(endpoint) => parse_endpoint(endpoint, Party::User)?,
                 None => (None, None),
             };
             if peer_rtp.is_none()
@@ -245,80 +253,40 @@ impl Sessions {
             };
             let rtcp_mux = spec
                 .rtcp_mux
-                .unwrap_or(stream.rtcp_mux[Side::User as usize]);
+                .unwrap_or(stream.rtcp_mux[Party::User.index()]);
             let sockets = self.allocate_leg(ipv6, rtcp_mux)?;
             local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
             let device_te = super::telephone_event(&device_codecs);
-            legs.push(PendingSetup {
-                leg: LegSetup {
-                    sockets,
+            legs.push((
+                PendingLeg {
                     config: LegConfig {
                         rtcp_mux,
                         peer_rtp,
                         peer_rtcp,
                         peer_ip: source_ip,
                     },
+                    payloads: PayloadMap::from_pairs(&pairs, device_te),
                 },
-                payloads: PayloadMap::from_pairs(&pairs, device_te),
-            });
+                sockets,
+            ));
             shared.push(pairs);
             muxes.push(rtcp_mux);
         }
-
-        // Registered as pending before the worker is asked, so a second
-        // transfer on the same session is refused meanwhile.
-        {
-            let mut registry = self.registry();
-            let Some(current) = registry.by_id.get_mut(&record.id) else {
-                return Err(Status::not_found(format!(
-                    "session {} has ended",
-                    record.id
-                )));
-            };
-            if current
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.committed_from.is_none())
-            {
-                return Err(Status::failed_precondition(
-                    "another transfer started meanwhile",
-                ));
-            }
-            current.pending = Some(PendingTransfer {
-                gruu: gruu.to_string(),
-                local: local.clone(),
-                committed_from: None,
-                rtcp_mux: muxes,
-                payloads: shared.clone(),
-                sdp: None,
-            });
-        }
-        let (reply, answer) = oneshot::channel();
-        let sent = self.send(
-            record.worker,
-            Command::BeginTransfer {
-                id: record.id,
-                legs,
-                mode,
-                timeout: self.options.transfer_timeout,
-                reply,
-            },
-        );
-        let outcome = match sent {
-            Ok(()) => await_worker(answer)
-                .await
-                .and_then(|r| r.map_err(Status::failed_precondition)),
-            Err(status) => Err(status),
-        };
-        if let Err(status) = outcome {
-            if let Some(current) = self.registry().by_id.get_mut(&record.id) {
-                current.pending = None;
-            }
-            return Err(status);
-        }
+        self.dataplane
+            .begin_transfer(
+                record.worker,
+                record.id,
+                TransferSetup {
+                    transfer,
+                    legs,
+                    mode,
+                    timeout: self.options.transfer_timeout,
+                },
+            )
+            .await?;
         let answer = plan.map(|plan| {
             let state = record.sdp.clone().unwrap_or_default();
-            let remote = Side::Remote as usize;
+            let remote = Party::Remote.index();
             let directions: Vec<_> = (0..record.streams.len())
                 .map(|s| {
                     negotiation::direction_in(
@@ -340,35 +308,45 @@ impl Sessions {
                 &shared,
                 (record.id.0 >> 1, fallback_ip),
             );
-            let text = answer.render();
             let pending = PendingSdp {
                 sent: negotiation::first_sent(&answer),
                 offer: plan.offer,
                 layout: plan.layout,
             };
-            if let Some(current) = self.registry().by_id.get_mut(&record.id) {
-                current.transfer_answer = Some(text.clone());
-                if let Some(open) = current.pending.as_mut() {
-                    open.sdp = Some(pending);
+            (answer.render(), pending)
+        });
+        {
+            let mut registry = self.registry();
+            if let Some(current) = registry.by_id.get_mut(&record.id) {
+                current.open_transfer = Some(OpenTransfer {
+                    id: transfer,
+                    gruu: gruu.to_string(),
+                    local: local.clone(),
+                    rtcp_mux: muxes,
+                    payloads: shared,
+                    sdp: answer.as_ref().map(|(_, pending)| pending.clone()),
+                    ng_answer: answer.as_ref().map(|(text, _)| text.clone()),
+                    ng_dialog: context.ng_dialog,
+                });
+                if let Some(aor) = &adopted_aor
+                    && current.aor.is_empty()
+                {
+                    current.aor = aor.to_string();
                 }
             }
-            text
-        });
+        }
         if let Some(aor) = adopted_aor {
-            super::session_span(record.id, &record.call_id).in_scope(|| {
+            session_span(record.id, &record.call_id).in_scope(|| {
                 tracing::warn!(%aor, "the session had no AOR; it is now the transfer's device's");
             });
-            if let Some(current) = self.registry().by_id.get_mut(&record.id)
-                && current.aor.is_empty()
-            {
-                current.aor = aor.to_string();
-            }
         }
-        super::session_span(record.id, &record.call_id)
-            .in_scope(|| info!(from = %record.gruu, to = %gruu, ?mode, "transfer opened"));
+        session_span(record.id, &record.call_id).in_scope(
+            || info!(from = %record.gruu, to = %gruu, %transfer, ?mode, "transfer opened"),
+        );
         Ok(v1::TransferResponse {
-            sdp: answer.unwrap_or_default(),
+            sdp: answer.map(|(text, _)| text).unwrap_or_default(),
             session: record.id.to_string(),
+            transfer_id: transfer.0,
             streams: record
                 .streams
                 .iter()
@@ -382,32 +360,61 @@ impl Sessions {
         })
     }
 
-    /// `commit_transfer`.
-    pub async fn commit_transfer(&self, reference: Option<&v1::SessionRef>) -> Result<(), Status> {
-        let (id, worker) = self.open_transfer(reference)?;
-        let (reply, answer) = oneshot::channel();
-        self.send(worker, Command::Commit { id, reply })?;
-        await_worker(answer)
-            .await?
-            .map_err(Status::failed_precondition)?;
+    /// The open transfer of a session a command names, checked against the
+    /// id the command gives (0: any).
+    fn named_transfer(record: &Record, asked: u64) -> Result<&OpenTransfer, Status> {
+        let open = record.open_transfer.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!("no transfer is pending on session {}", record.id))
+        })?;
+        if asked != 0 && asked != open.id.0 {
+            return Err(Status::failed_precondition(format!(
+                "transfer {asked} is not the one pending on session {} ({})",
+                record.id, open.id
+            )));
+        }
+        Ok(open)
+    }
+
+    /// `commit_transfer`: the switch happens now; the registry shows the new
+    /// device from here on.
+    pub async fn commit_transfer(
+        &self,
+        reference: Option<&v1::SessionRef>,
+        transfer_id: u64,
+    ) -> Result<(), Status> {
+        let (_guard, record) = self.lock_session(reference).await?;
+        let transfer = Self::named_transfer(&record, transfer_id)?.id;
+        self.dataplane
+            .commit_transfer(record.worker, record.id, transfer)
+            .await?;
         let held = {
             let mut registry = self.registry();
-            if let Some(record) = registry.by_id.get_mut(&id)
-                && let Some(pending) = record.pending.as_mut()
-            {
-                // The remote's media goes to the new device from now on.
-                let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
-                let held = adopt(&mut record.streams, &mut record.sdp, pending);
-                pending.committed_from = Some(previous);
-                super::session_span(id, &record.call_id)
-                    .in_scope(|| info!(to = %record.gruu, "transfer committed"));
-                held
-            } else {
-                None
-            }
+            let Some(current) = registry.by_id.get_mut(&record.id) else {
+                return Ok(());
+            };
+            let Some(mut open) = current.open_transfer.take() else {
+                return Ok(());
+            };
+            let previous = std::mem::replace(&mut current.gruu, open.gruu.clone());
+            let held = adopt(&mut current.streams, &mut current.sdp, &mut open);
+            current.committed_transfer = Some(CommittedTransfer {
+                id: open.id,
+                gruu: open.gruu.clone(),
+                previous_gruu: previous,
+            });
+            self.telemetry.transfers_completed.inc();
+            session_span(record.id, &record.call_id)
+                .in_scope(|| info!(to = %open.gruu, %transfer, "transfer committed"));
+            held
         };
         if let Some(held) = held {
-            self.set_held(id, worker, held).await?;
+            let update = SessionUpdate {
+                held: Some(held),
+                ..SessionUpdate::default()
+            };
+            self.dataplane
+                .update_session(record.worker, record.id, update)
+                .await?;
         }
         Ok(())
     }
@@ -416,111 +423,172 @@ impl Sessions {
     pub async fn cancel_transfer(
         &self,
         reference: Option<&v1::SessionRef>,
-        bus: &EventBus,
+        transfer_id: u64,
     ) -> Result<(), Status> {
-        let (id, worker) = self.open_transfer(reference)?;
-        let (reply, answer) = oneshot::channel();
-        self.send(worker, Command::Cancel { id, reply })?;
-        await_worker(answer)
-            .await?
-            .map_err(Status::failed_precondition)?;
-        self.transfer_failed(id, "cancelled", bus);
+        let (_guard, record) = self.lock_session(reference).await?;
+        let transfer = Self::named_transfer(&record, transfer_id)?.id;
+        self.cancel_locked(&record, transfer).await
+    }
+
+    /// Rolls back `transfer` on a session whose lock the caller holds.
+    async fn cancel_locked(&self, record: &Record, transfer: TransferId) -> Result<(), Status> {
+        match self
+            .dataplane
+            .cancel_transfer(record.worker, record.id, Some(transfer))
+            .await
+        {
+            Ok(_) => {}
+            // It timed out on the worker at the same moment: its report is
+            // on the way and will find nothing left to do.
+            Err(DataplaneError::Transfer(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.transfer_failed(record.id, transfer, "cancelled");
         Ok(())
     }
 
-    /// The session's id and worker, if a transfer is open on it.
-    fn open_transfer(
-        &self,
-        reference: Option<&v1::SessionRef>,
-    ) -> Result<(SessionId, usize), Status> {
-        let registry = self.registry();
-        let id = registry.find(reference)?;
-        let record = &registry.by_id[&id];
-        if record
-            .pending
-            .as_ref()
-            .is_none_or(|p| p.committed_from.is_some())
-        {
-            return Err(Status::failed_precondition(format!(
-                "no transfer is pending on session {id}"
-            )));
-        }
-        Ok((id, record.worker))
+    /// Cancels the open transfer of the session whose new device has this
+    /// ng dialog (a `delete` of the new device's branch, its INVITE having
+    /// failed). The session itself stays.
+    pub async fn cancel_transfer_of_dialog(&self, id: SessionId) -> Result<(), Status> {
+        let (_guard, record) = self.lock_id(id).await?;
+        let transfer = Self::named_transfer(&record, 0)?.id;
+        self.cancel_locked(&record, transfer).await
     }
 
-    /// A worker switched a session to its new device.
-    pub(super) fn transfer_completed(
+    /// The SDP answer of the session's open transfer, once (the ng front
+    /// end replays it to the new device).
+    pub fn take_transfer_answer(&self, id: SessionId) -> Option<String> {
+        self.registry()
+            .by_id
+            .get_mut(&id)
+            .and_then(|r| r.open_transfer.as_mut())
+            .and_then(|t| t.ng_answer.take())
+    }
+
+    /// A worker switched a session to its new device and heard from it.
+    /// Acts only on the transfer the report names.
+    pub(super) async fn transfer_completed(
         &self,
         id: SessionId,
+        transfer: TransferId,
         gap: Option<Duration>,
-        report: &SessionReport,
-        bus: &EventBus,
     ) {
-        let (gruu, previous, held, worker, call_id) = {
+        let mut hold_update = None;
+        let done = {
             let mut registry = self.registry();
             let Some(record) = registry.by_id.get_mut(&id) else {
                 return;
             };
-            let Some(mut pending) = record.pending.take() else {
-                return;
-            };
-            let (previous, held) = match pending.committed_from {
-                Some(previous) => (previous, None),
-                None => {
-                    let held = adopt(&mut record.streams, &mut record.sdp, &mut pending);
-                    let previous = std::mem::replace(&mut record.gruu, pending.gruu.clone());
-                    (previous, held)
-                }
-            };
-            (
-                record.gruu.clone(),
-                previous,
-                held,
-                record.worker,
-                record.call_id.clone(),
-            )
+            if record
+                .committed_transfer
+                .as_ref()
+                .is_some_and(|c| c.id == transfer)
+            {
+                // Committed earlier; now the media gap is known.
+                let committed = record.committed_transfer.take();
+                committed.map(|c| (record.clone(), c.gruu, c.previous_gruu))
+            } else if record
+                .open_transfer
+                .as_ref()
+                .is_some_and(|t| t.id == transfer)
+            {
+                let Some(mut open) = record.open_transfer.take() else {
+                    return;
+                };
+                let held = adopt(&mut record.streams, &mut record.sdp, &mut open);
+                let previous = std::mem::replace(&mut record.gruu, open.gruu.clone());
+                self.telemetry.transfers_completed.inc();
+                hold_update = held.map(|held| (record.worker, held));
+                Some((record.clone(), open.gruu, previous))
+            } else {
+                debug!(session = %id, %transfer, "report of a transfer no longer open; ignored");
+                None
+            }
         };
-        if let Some(held) = held {
-            // Not awaited: this runs on the worker-event path, which must not
-            // wait for a worker.
-            let _ = self.send_held(id, worker, held);
+        if let Some((record, gruu, previous)) = done {
+            self.publish_completed(&record, transfer, &gruu, &previous, gap);
         }
+        if let Some((worker, held)) = hold_update {
+            // The new device's offer may hold or resume the call.
+            let update = SessionUpdate {
+                held: Some(held),
+                ..SessionUpdate::default()
+            };
+            if let Err(e) = self.dataplane.update_session(worker, id, update).await {
+                debug!(session = %id, "hold after the switch not applied: {e}");
+            }
+        }
+    }
+
+    pub(super) fn publish_completed(
+        &self,
+        record: &Record,
+        transfer: TransferId,
+        gruu: &str,
+        previous: &str,
+        gap: Option<Duration>,
+    ) {
         let media_gap_ms = gap.map_or(-1.0, |g| g.as_secs_f64() * 1000.0);
-        self.telemetry.transfers_completed.inc();
         if let Some(gap) = gap {
             self.telemetry.transfer_gap.observe(gap.as_secs_f64());
         }
-        super::session_span(id, &call_id).in_scope(|| {
-            info!(from = %previous, to = %gruu, media_gap_ms, streams = report.streams.len(), "transfer completed");
+        session_span(record.id, &record.call_id).in_scope(|| {
+            info!(from = %previous, to = %gruu, %transfer, media_gap_ms, "transfer completed");
         });
-        bus.publish(v1::event::Kind::TransferCompleted(v1::TransferCompleted {
-            session: id.to_string(),
-            gruu,
-            previous_gruu: previous,
-            media_gap_ms,
-        }));
+        self.events
+            .publish(v1::event::Kind::TransferCompleted(v1::TransferCompleted {
+                session: record.id.to_string(),
+                gruu: gruu.to_owned(),
+                previous_gruu: previous.to_owned(),
+                media_gap_ms,
+                transfer_id: transfer.0,
+            }));
     }
 
-    /// A transfer was rolled back (cancel or timeout).
-    pub(super) fn transfer_failed(&self, id: SessionId, reason: &str, bus: &EventBus) {
-        let (gruu, call_id) = {
+    /// A transfer was rolled back (cancel, timeout): acts only if it is the
+    /// one open.
+    pub(super) fn transfer_failed(&self, id: SessionId, transfer: TransferId, reason: &str) {
+        let failed = {
             let mut registry = self.registry();
             let Some(record) = registry.by_id.get_mut(&id) else {
                 return;
             };
-            let Some(pending) = record.pending.take() else {
+            if record
+                .open_transfer
+                .as_ref()
+                .is_none_or(|t| t.id != transfer)
+            {
                 return;
-            };
-            (pending.gruu, record.call_id.clone())
+            }
+            record
+                .open_transfer
+                .take()
+                .map(|open| (record.clone(), open))
         };
+        if let Some((record, open)) = failed {
+            self.transfer_failed_record(&record, &open, reason);
+        }
+    }
+
+    /// Counts and publishes the failure of `open`.
+    pub(super) fn transfer_failed_record(
+        &self,
+        record: &Record,
+        open: &OpenTransfer,
+        reason: &str,
+    ) {
         self.telemetry.transfer_failed(reason);
-        super::session_span(id, &call_id)
-            .in_scope(|| info!(to = %gruu, reason, "transfer rolled back"));
-        bus.publish(v1::event::Kind::TransferFailed(v1::TransferFailed {
-            session: id.to_string(),
-            gruu,
-            reason: reason.to_owned(),
-        }));
+        session_span(record.id, &record.call_id).in_scope(
+            || info!(to = %open.gruu, transfer = %open.id, reason, "transfer rolled back"),
+        );
+        self.events
+            .publish(v1::event::Kind::TransferFailed(v1::TransferFailed {
+                session: record.id.to_string(),
+                gruu: open.gruu.clone(),
+                reason: reason.to_owned(),
+                transfer_id: open.id.0,
+            }));
     }
 }
 
@@ -528,25 +596,25 @@ impl Sessions {
 /// offer/answer it went through. Returns the session's hold state if that
 /// changed (the new device's offer may hold or resume).
 fn adopt(
-    streams: &mut [super::StreamRecord],
-    sdp: &mut Option<negotiation::SdpState>,
-    pending: &mut PendingTransfer,
+    streams: &mut [NegotiatedStream],
+    sdp: &mut Option<SdpState>,
+    open: &mut OpenTransfer,
 ) -> Option<bool> {
-    let held_before = super::session_held(streams);
-    let user = Side::User as usize;
+    let held_before = negotiation::session_held(streams);
+    let user = Party::User.index();
     for (index, stream) in streams.iter_mut().enumerate() {
-        if let Some(local) = pending.local.get(index) {
+        if let Some(local) = open.local.get(index) {
             stream.local[user] = local.clone();
         }
-        if let Some(&mux) = pending.rtcp_mux.get(index) {
+        if let Some(&mux) = open.rtcp_mux.get(index) {
             stream.rtcp_mux[user] = mux;
         }
-        if let Some(pairs) = pending.payloads.get(index) {
+        if let Some(pairs) = open.payloads.get(index) {
             stream.user_payloads = pairs.iter().copied().filter(|(d, r)| d != r).collect();
         }
         stream.held[user] = false;
     }
-    if let Some(pending_sdp) = pending.sdp.take() {
+    if let Some(pending_sdp) = open.sdp.take() {
         if let Ok(media) = negotiation::media_of(&pending_sdp.offer) {
             for (m, slot) in media.iter().zip(&pending_sdp.layout) {
                 if let Some(stream) = slot.and_then(|s| streams.get_mut(s)) {
@@ -559,7 +627,7 @@ fn adopt(
         state.received[user] = Some(pending_sdp.offer);
         state.sent[user] = Some(pending_sdp.sent);
     }
-    let held = super::session_held(streams);
+    let held = negotiation::session_held(streams);
     (held != held_before).then_some(held)
 }
 
@@ -585,7 +653,8 @@ pub fn parse_replaces(text: &str) -> Result<(v1::Dialog, bool), Status> {
     let call_id = parts.next().unwrap_or_default().trim();
     if call_id.is_empty() {
         return Err(Status::invalid_argument(format!(
-            "Replaces {text:?} has no call-id"
+            "Replaces {} has no call-id",
+            excerpt(text)
         )));
     }
     let (mut to_tag, mut from_tag, mut early_only) = (None, None, false);
@@ -612,7 +681,8 @@ pub fn parse_replaces(text: &str) -> Result<(v1::Dialog, bool), Status> {
             early_only,
         )),
         _ => Err(Status::invalid_argument(format!(
-            "Replaces {text:?} needs both a to-tag and a from-tag"
+            "Replaces {} needs both a to-tag and a from-tag",
+            excerpt(text)
         ))),
     }
 }

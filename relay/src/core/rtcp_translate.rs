@@ -15,13 +15,12 @@
 //! entry size (one 24-byte datagram used to take a worker down), allocates
 //! per sub-packet, and parses packets nothing here rewrites (a transport-wide
 //! congestion control report cost ~50 µs). Here every sub-packet is bounded
-//! by [`check_rtcp`](crate::rtp::check_rtcp) first, only SR, RR and SDES are
+//! by [`check_rtcp`](crate::core::rtp::check_rtcp) first, only SR, RR and SDES are
 //! read, every other packet type is copied through byte for byte, and the
 //! cost is one pass over the datagram.
 
-use crate::continuity::Continuity;
-use crate::rtp::{self, RTCP_BYE, RTCP_RR, RTCP_SDES, RTCP_SR};
-use crate::sys::BUF_LEN;
+use crate::core::continuity::Continuity;
+use crate::core::rtp::{self, MAX_DATAGRAM as BUF_LEN, RTCP_BYE, RTCP_RR, RTCP_SDES, RTCP_SR};
 
 /// SDES item type of the canonical name (RFC 3550 §6.5.1).
 const SDES_CNAME: u8 = 1;
@@ -225,7 +224,9 @@ pub fn toward_remote(
         }
     }
     let new_len = out.len;
-    if new_len == 0 {
+    if new_len < rtp::RTCP_MIN_LEN {
+        // Nothing worth sending is left (a lone BYE, an empty SDES), and
+        // so short a datagram would not be valid RTCP.
         return Err(TranslateError::Empty);
     }
     buf.get_mut(..new_len)
@@ -244,6 +245,10 @@ fn sdes_toward_remote(
     out: &mut Writer<'_>,
 ) -> Result<(), TranslateError> {
     let input = packet.body;
+    if packet.count == 0 {
+        // No chunk, nothing to say.
+        return Ok(());
+    }
     let start = out.len;
     out.put(&[0x80 | packet.count, RTCP_SDES, 0, 0])?;
     let mut pos = 4;
@@ -345,7 +350,7 @@ pub fn toward_user(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtp::RtpView;
+    use crate::core::rtp::RtpView;
     use bytes::Bytes;
     use rtcp::goodbye::Goodbye;
     use rtcp::packet::Packet;
@@ -701,6 +706,24 @@ mod tests {
             );
             assert!(len >= crasher.len() - 4 * feedback);
         }
+    }
+
+    /// Found by the `rtcp_translate` fuzz target: an SDES without chunks
+    /// (but with a length) alone became a 4-byte datagram, which is not
+    /// RTCP. Now nothing is sent.
+    #[test]
+    fn a_translation_that_leaves_nothing_valid_is_not_sent() {
+        let (c, mut state) = after_switch();
+        let input: [u8; 28] = [
+            0x80, 0xca, 0, 6, 0, 0, 0, 0xb, 0x12, 0x34, 0, 0, 0x80, 0xb, 0xcd, 0x1b, 0xff, 0, 1, 0,
+            0, 3, 0x40, 0, 5, 0x63, 0x65, 0,
+        ];
+        let mut buf = [0u8; BUF_LEN];
+        buf[..input.len()].copy_from_slice(&input);
+        assert_eq!(
+            toward_remote(&mut buf, input.len(), &c, &mut state),
+            Err(TranslateError::Empty)
+        );
     }
 
     #[test]

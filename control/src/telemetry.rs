@@ -1,21 +1,12 @@
-//! Prometheus metrics: counters the control plane keeps as things happen,
-//! and a snapshot of the media workers and the port pool taken at each
-//! scrape (workers count for themselves and are asked only then, so the
-//! packet path never touches a shared counter).
-//!
-//! Served by [`serve`] on `--metrics HOST:PORT` as `GET /metrics` in the
-//! Prometheus text format.
+//! What the control plane counts as things happen ([`Telemetry`]), and the
+//! Prometheus registry that renders it with a snapshot of the media workers
+//! and the port pool taken at each scrape ([`Exporter`]; workers count for
+//! themselves and are asked only then, so the packet path never touches a
+//! shared counter). The HTTP endpoint is
+//! [`metrics_server`](crate::metrics_server).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -24,12 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
-
-use crate::service::Service;
 
 /// Labels of `baton_control_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,8 +46,11 @@ pub struct Telemetry {
     pub transfers_started: Counter,
     /// Transfers switched to the new device.
     pub transfers_completed: Counter,
-    /// Transfers not completed, by reason (refused, cancelled, timeout).
+    /// Transfers opened that did not complete, by reason (cancelled,
+    /// timeout, session_ended).
     pub transfers_failed: Family<ReasonLabels, Counter>,
+    /// Transfers refused (never opened).
+    pub transfers_refused: Counter,
     /// Media gap at the switch, in seconds.
     pub transfer_gap: Histogram,
     /// ng requests by command and result.
@@ -83,6 +71,7 @@ impl Default for Telemetry {
             transfers_started: Counter::default(),
             transfers_completed: Counter::default(),
             transfers_failed: Family::default(),
+            transfers_refused: Counter::default(),
             // 0.1 ms to 1 s: the gap is the time between the old device's
             // last packet and the new one's first.
             transfer_gap: Histogram::new([
@@ -113,6 +102,34 @@ impl Telemetry {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Sessions ended, every reason.
+    pub fn sessions_ended_total(&self) -> u64 {
+        SESSION_END_REASONS
+            .iter()
+            .map(|reason| {
+                self.sessions_ended
+                    .get_or_create(&ReasonLabels {
+                        reason: (*reason).to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Transfers opened that failed, every reason.
+    pub fn transfers_failed_total(&self) -> u64 {
+        TRANSFER_FAILURE_REASONS
+            .iter()
+            .map(|reason| {
+                self.transfers_failed
+                    .get_or_create(&ReasonLabels {
+                        reason: (*reason).to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
     }
 
     /// Counts a refusal at the edge (see [`Telemetry::refusals`]).
@@ -148,6 +165,13 @@ impl Telemetry {
             .inc();
     }
 }
+
+/// Every reason a session ends with.
+pub const SESSION_END_REASONS: &[&str] =
+    &["deleted", "media_timeout", "setup_timeout", "worker_failed"];
+
+/// Every reason an opened transfer fails with.
+pub const TRANSFER_FAILURE_REASONS: &[&str] = &["cancelled", "timeout", "session_ended"];
 
 /// Every reason [`Telemetry::refused`] is called with, for `get_stats`.
 pub const REFUSAL_REASONS: &[&str] = &[
@@ -522,8 +546,13 @@ impl Exporter {
         );
         registry.register(
             "baton_transfers_failed",
-            "Transfers that did not complete, by reason (refused, cancelled, timeout)",
+            "Transfers opened that did not complete, by reason (cancelled, timeout, session_ended)",
             t.transfers_failed,
+        );
+        registry.register(
+            "baton_transfers_refused",
+            "Transfers refused before opening (not the user's device, no common codec, another open)",
+            t.transfers_refused,
         );
         registry.register(
             "baton_refusals",
@@ -551,98 +580,5 @@ impl Exporter {
             Ok(()) => out,
             Err(_) => String::from("# encoding failed\n"),
         }
-    }
-}
-
-/// Scrapers connected at once; more are closed at once (counted).
-pub const MAX_METRICS_CONNECTIONS: usize = 32;
-/// A scraper must send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A metrics connection lasts at most this long, however it behaves.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait before accepting again after an accept error (out of
-/// file descriptors, say), instead of spinning on it.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Serves `GET /metrics` on `addr` until the process ends; returns the
-/// bound address. Bounded so that scrapers, however many or slow, cannot
-/// starve control or media: a connection cap, header and connection
-/// timeouts, a pause after accept errors, and one worker round per scrape at
-/// a time.
-pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    info!(listen = %local, "metrics endpoint ready");
-    let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
-    tokio::spawn(async move {
-        loop {
-            let (stream, from) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed; pausing");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let telemetry = service.sessions().telemetry();
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                telemetry.refused("metrics_connection_limit");
-                debug!(%from, "metrics connection refused: limit reached");
-                drop(stream);
-                continue;
-            };
-            let service = Arc::clone(&service);
-            tokio::spawn(async move {
-                let telemetry = service.sessions().telemetry().clone();
-                let handler = service_fn(move |request: Request<Incoming>| {
-                    let service = Arc::clone(&service);
-                    async move { Ok::<_, Infallible>(respond(&service, &request).await) }
-                });
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), handler);
-                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(%from, error = %e, "metrics connection ended"),
-                    Err(_) => {
-                        telemetry.refused("metrics_timeout");
-                        debug!(%from, "metrics connection timed out");
-                    }
-                }
-                drop(slot);
-            });
-        }
-    });
-    Ok(local)
-}
-
-async fn respond(service: &Service, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: String, content_type: &'static str| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
-            response
-                .headers_mut()
-                .insert(hyper::header::CONTENT_TYPE, value);
-        }
-        response
-    };
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            service.metrics_text().await,
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
-        (&Method::GET, "/") => reply(
-            StatusCode::OK,
-            "baton: metrics at /metrics\n".to_owned(),
-            "text/plain; charset=utf-8",
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "not found: GET /metrics\n".to_owned(),
-            "text/plain; charset=utf-8",
-        ),
     }
 }

@@ -4,64 +4,49 @@
 //! remote party's leg, fixed for the life of the call, and the user's
 //! current device's leg. During a transfer a *pending* leg for the new
 //! device exists beside it; after the switch the old device's leg is
-//! *retired* (its packets are dropped) until the worker closes it. Legs keep
-//! their id for life, so sockets map to legs without ever being re-keyed.
+//! *retired* (its packets are dropped) until its grace period ends. Legs
+//! keep their [`LegId`] for life, so sockets map to legs without ever being
+//! re-keyed.
 //!
-//! [`Stream::on_packet`] takes the time, the leg and socket a datagram
-//! arrived on, its source and its bytes, and says where to send it (after
-//! rewriting it in place) or why to drop it. It never reads a clock or
-//! touches a socket, so every rule here is unit-tested without either.
+//! A datagram goes through two steps. [`Stream::accept`] parses it and
+//! applies the receiving leg's source policy and payload rules; what it
+//! refuses is a counted drop and changes nothing. [`Stream::route`] decides
+//! where an accepted datagram goes and rewrites it in place. Between the two,
+//! the [`Session`](crate::core::session::Session) may switch the call to a
+//! new device, so the packet that triggers a switch is forwarded in the same
+//! pass. [`Stream::on_packet`] runs both for a stream on its own. Nothing
+//! here reads a clock or touches a socket, so every rule is unit-tested
+//! without either.
 //!
 //! Source policy (defence against RTP Bleed / injection): a leg whose peer was
 //! signalled accepts only that address; otherwise it latches the first source
-//! seen inside its learning window and is strict afterwards. With `relearn`,
-//! a latched leg moves to a new address (a NAT rebinding) only for a packet of
+//! seen inside its learning window (only from [`LegConfig::peer_ip`] when the
+//! signalling gave the IP) and is strict afterwards. With `relearn`, a
+//! latched leg moves to a new address (a NAT rebinding) only for a packet of
 //! the same SSRC with a sequence number close to the last one.
+//!
+//! Payload types: every device, the first included, may send only the
+//! payload types it negotiated (in its own numbering, mapped to the
+//! remote's); anything else is dropped and counted, so the rule is the same
+//! before and after a transfer.
 //!
 //! Toward the remote, RTP goes through the [`Continuity`] engine (one SSRC,
 //! continuous sequence numbers and timestamps, whoever sends) and RTCP
-//! through [`rtcp_translate`](crate::rtcp_translate).
+//! through [`rtcp_translate`](crate::core::rtcp_translate).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::continuity::{Continuity, Refused};
-use crate::rtcp_translate::{self, RtcpState, TranslateError};
-use crate::rtp::{self, RtpView};
-use crate::stats::Reception;
-
-/// A leg's id within its stream: an index below [`MAX_LEGS`].
-pub type LegId = usize;
-/// Legs a stream can hold at once: remote, user, pending and retired.
-pub const MAX_LEGS: usize = 4;
-/// The user leg of a new stream.
-pub const FIRST_USER_LEG: LegId = 0;
-/// The remote leg (never changes).
-pub const REMOTE_LEG: LegId = 1;
+use crate::core::continuity::{Continuity, Refused};
+use crate::core::ids::{LegId, Party};
+use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
+use crate::core::rtp::{self, RtpView};
+use crate::core::stats::Reception;
 
 /// How long an RFC 4733 event without its end packet counts as in progress.
 const DTMF_STALE: Duration = Duration::from_millis(1000);
 /// "No payload type" in a payload map.
 const NO_PT: u8 = 0xff;
-
-/// Which role a leg plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// Toward the user's current device.
-    User = 0,
-    /// Toward the remote party.
-    Remote = 1,
-}
-
-impl Side {
-    /// Lower-case name, for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Remote => "remote",
-        }
-    }
-}
 
 /// RTP or RTCP. On an rtcp-mux leg both use the RTP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +55,21 @@ pub enum Component {
     Rtp = 0,
     /// Control.
     Rtcp = 1,
+}
+
+impl Component {
+    /// The index of per-component arrays: RTP 0, RTCP 1.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Lower-case name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rtp => "rtp",
+            Self::Rtcp => "rtcp",
+        }
+    }
 }
 
 /// Why a datagram was not forwarded. Each is counted per leg.
@@ -94,7 +94,7 @@ pub enum DropReason {
     /// From the new device before the switch (commit mode, or while an
     /// RFC 4733 event of the old device finishes).
     TransferPending = 8,
-    /// A payload type the receiving side has not negotiated.
+    /// A payload type the sending side has not negotiated.
     UnknownPayloadType = 9,
     /// Older than the start of its source's segment in the outward stream.
     Late = 10,
@@ -191,37 +191,37 @@ impl Peer {
     }
 }
 
-/// How a user device numbers its payload types, relative to the remote
-/// party's numbering (which is the stream's).
+/// Which payload types a device may send and receive, and how it numbers
+/// them relative to the remote party's numbering (which is the stream's).
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadMap {
     to_remote: [u8; 128],
     from_remote: [u8; 128],
     telephone_event: Option<u8>,
+    /// The device numbers as the remote does: the map follows the stream's
+    /// codecs when they are renegotiated.
+    identity: bool,
 }
 
 impl PayloadMap {
-    /// The device numbers everything as the remote does (the first device).
-    pub fn identity(telephone_event: Option<u8>) -> Self {
-        let mut table = [0u8; 128];
-        for (pt, slot) in table.iter_mut().enumerate() {
-            *slot = pt as u8;
+    /// The device numbers as the remote does (the first device) and may use
+    /// exactly `negotiated`.
+    pub fn identity(negotiated: impl IntoIterator<Item = u8>, telephone_event: Option<u8>) -> Self {
+        let mut map = Self::none(telephone_event);
+        for pt in negotiated {
+            if pt < 128 {
+                map.to_remote[usize::from(pt)] = pt;
+                map.from_remote[usize::from(pt)] = pt;
+            }
         }
-        Self {
-            to_remote: table,
-            from_remote: table,
-            telephone_event,
-        }
+        map.identity = true;
+        map
     }
 
     /// From `(device PT, remote PT)` pairs of the codecs both sides share;
     /// other payload types are refused in both directions.
     pub fn from_pairs(pairs: &[(u8, u8)], telephone_event: Option<u8>) -> Self {
-        let mut map = Self {
-            to_remote: [NO_PT; 128],
-            from_remote: [NO_PT; 128],
-            telephone_event,
-        };
+        let mut map = Self::none(telephone_event);
         for &(device, remote) in pairs {
             if device < 128 && remote < 128 {
                 map.to_remote[usize::from(device)] = remote;
@@ -229,6 +229,31 @@ impl PayloadMap {
             }
         }
         map
+    }
+
+    fn none(telephone_event: Option<u8>) -> Self {
+        Self {
+            to_remote: [NO_PT; 128],
+            from_remote: [NO_PT; 128],
+            telephone_event,
+            identity: false,
+        }
+    }
+
+    /// The remote's number for the device's `pt`, if negotiated.
+    pub fn to_remote(&self, pt: u8) -> Option<u8> {
+        self.to_remote
+            .get(usize::from(pt))
+            .copied()
+            .filter(|&pt| pt != NO_PT)
+    }
+
+    /// The device's number for the remote's `pt`, if negotiated.
+    pub fn from_remote(&self, pt: u8) -> Option<u8> {
+        self.from_remote
+            .get(usize::from(pt))
+            .copied()
+            .filter(|&pt| pt != NO_PT)
     }
 }
 
@@ -279,7 +304,7 @@ pub struct StreamConfig {
     /// still sending to the signalled address, for endpoints that send from
     /// another port than they receive on (rtpengine's `asymmetric`). Off:
     /// only the signalled address is accepted, which is what stops RTP
-    /// injection.
+    /// injection. A pending leg still needs the signalled IP.
     pub asymmetric: bool,
 }
 
@@ -318,8 +343,8 @@ pub enum Verdict {
 /// A peer address that a leg has just learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latched {
-    /// The role of the leg (a pending device's leg is a user leg).
-    pub side: Side,
+    /// The party the leg faces (a pending device's leg faces the user).
+    pub party: Party,
     /// RTP or RTCP.
     pub component: Component,
     /// The address now accepted.
@@ -328,20 +353,19 @@ pub struct Latched {
     pub relearned: bool,
 }
 
-/// The result of [`Stream::on_packet`].
+/// The result of [`Stream::on_packet`] and [`Stream::route`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     /// Where the datagram goes.
     pub verdict: Verdict,
     /// A leg learned its peer.
     pub latched: Option<Latched>,
-    /// The pending device sent its first media: time to switch (first-packet
-    /// mode). The caller switches every stream of the session, then hands
-    /// this datagram in again.
-    pub switch_requested: bool,
     /// This was the first packet of the new device forwarded to the remote
     /// after a switch (the end of the media gap).
     pub new_device_started: bool,
+    /// A switch that waited for the old device's RFC 4733 event to end
+    /// happened on this packet (the event's end went out).
+    pub switch_completed: bool,
 }
 
 impl Outcome {
@@ -349,10 +373,56 @@ impl Outcome {
         Self {
             verdict,
             latched: None,
-            switch_requested: false,
             new_device_started: false,
+            switch_completed: false,
         }
     }
+}
+
+/// What a leg is to its stream now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegRole {
+    /// The user's current device.
+    Device,
+    /// The remote party.
+    Remote,
+    /// A device a transfer is open to, not switched yet.
+    Pending,
+    /// A device the call was transferred away from, in its grace period.
+    Retired,
+}
+
+/// A datagram [`Stream::accept`] let in: its leg, what it is, and whether
+/// its leg learned a peer from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    leg: LegId,
+    fields: Option<RtpFields>,
+    latched: Option<Latched>,
+}
+
+impl Accepted {
+    /// The leg it arrived on.
+    pub fn leg(&self) -> LegId {
+        self.leg
+    }
+
+    /// Whether it is RTP (media) rather than RTCP.
+    pub fn is_media(&self) -> bool {
+        self.fields.is_some()
+    }
+}
+
+/// What [`Stream::switch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// The pending device is now the user's device.
+    Done,
+    /// The current device is in the middle of an RFC 4733 event; the
+    /// switch happens when the event ends (or goes stale).
+    Waiting,
+    /// No transfer is open on this stream.
+    NothingPending,
 }
 
 /// In-order RTP packets from one source a pending device's leg needs, when
@@ -421,10 +491,10 @@ impl Leg {
         // A signalled address replaces a learned one; no address keeps what
         // was learned. With rtcp-mux only the RTP entry is used.
         if rtp.is_some() {
-            self.peers[Component::Rtp as usize] = Peer::from_signalled(rtp);
+            self.peers[Component::Rtp.index()] = Peer::from_signalled(rtp);
         }
         if rtcp.is_some() && !self.config.rtcp_mux {
-            self.peers[Component::Rtcp as usize] = Peer::from_signalled(rtcp);
+            self.peers[Component::Rtcp.index()] = Peer::from_signalled(rtcp);
         }
     }
 
@@ -432,9 +502,9 @@ impl Leg {
     /// for both.
     fn peer_slot(&self, component: Component) -> usize {
         if self.config.rtcp_mux {
-            Component::Rtp as usize
+            Component::Rtp.index()
         } else {
-            component as usize
+            component.index()
         }
     }
 
@@ -451,7 +521,7 @@ impl Leg {
                     && fields.seq.wrapping_sub(last_seq).wrapping_sub(1) < RELEARN_MAX_SEQ_DISTANCE
             }
             (Component::Rtcp, _, _) => {
-                self.peers[Component::Rtp as usize].addr.map(|a| a.ip()) == Some(from.ip())
+                self.peers[Component::Rtp.index()].addr.map(|a| a.ip()) == Some(from.ip())
             }
             (Component::Rtp, _, _) => false,
         }
@@ -480,8 +550,8 @@ struct RtpFields {
 #[derive(Debug, Clone)]
 pub struct Stream {
     config: StreamConfig,
-    legs: [Option<Leg>; MAX_LEGS],
-    user: LegId,
+    legs: [Option<Leg>; LegId::COUNT],
+    device: LegId,
     remote: LegId,
     pending: Option<LegId>,
     retired: Option<LegId>,
@@ -498,29 +568,32 @@ pub struct Stream {
     rtcp: RtcpState,
     epoch: Instant,
     last_rtp_at: Option<Instant>,
+    last_packet_at: Option<Instant>,
     last_toward_remote_at: Option<Instant>,
 }
 
 impl Stream {
-    /// A stream whose legs open now. `clock_rates` and `telephone_event`
-    /// are in the remote's numbering, which the first device shares.
+    /// A stream whose legs open now. `clock_rates` lists the negotiated
+    /// payload types with their rates and `telephone_event` the RFC 4733
+    /// type, in the remote's numbering, which the first device shares.
     pub fn new(
         now: Instant,
         config: StreamConfig,
-        user: LegConfig,
+        device: LegConfig,
         remote: LegConfig,
         clock_rates: &[(u8, u32)],
         telephone_event: Option<u8>,
     ) -> Self {
-        let identity = PayloadMap::identity(telephone_event);
-        let mut legs: [Option<Leg>; MAX_LEGS] = [None, None, None, None];
-        legs[FIRST_USER_LEG] = Some(Leg::new(user, now, config.learning_window, identity));
-        legs[REMOTE_LEG] = Some(Leg::new(remote, now, config.learning_window, identity));
+        let identity = PayloadMap::identity(clock_rates.iter().map(|&(pt, _)| pt), telephone_event);
+        let mut legs: [Option<Leg>; LegId::COUNT] = [None, None, None, None];
+        legs[LegId::FIRST_DEVICE.index()] =
+            Some(Leg::new(device, now, config.learning_window, identity));
+        legs[LegId::REMOTE.index()] = Some(Leg::new(remote, now, config.learning_window, identity));
         let mut stream = Self {
             config,
             legs,
-            user: FIRST_USER_LEG,
-            remote: REMOTE_LEG,
+            device: LegId::FIRST_DEVICE,
+            remote: LegId::REMOTE,
             pending: None,
             retired: None,
             closed: None,
@@ -531,13 +604,23 @@ impl Stream {
             rtcp: RtcpState::default(),
             epoch: now,
             last_rtp_at: None,
+            last_packet_at: None,
             last_toward_remote_at: None,
         };
         stream.set_clock_rates(clock_rates);
         stream
     }
 
+    fn leg(&self, id: LegId) -> Option<&Leg> {
+        self.legs[id.index()].as_ref()
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
+        self.legs[id.index()].as_mut()
+    }
+
     /// Replaces the payload type → clock rate map (after a renegotiation).
+    /// Legs that number as the remote does may use exactly these types now.
     pub fn set_clock_rates(&mut self, clock_rates: &[(u8, u32)]) {
         self.clock_rates = [0; 128];
         for &(pt, rate) in clock_rates {
@@ -545,13 +628,31 @@ impl Stream {
                 *slot = rate;
             }
         }
+        for leg in self.legs.iter_mut().flatten() {
+            if leg.payloads.identity {
+                leg.payloads = PayloadMap::identity(
+                    clock_rates.iter().map(|&(pt, _)| pt),
+                    leg.payloads.telephone_event,
+                );
+            }
+        }
     }
 
-    /// The leg that plays `side` now.
-    pub fn leg_of(&self, side: Side) -> LegId {
-        match side {
-            Side::User => self.user,
-            Side::Remote => self.remote,
+    /// The leg that faces `party` now.
+    pub fn leg_of(&self, party: Party) -> LegId {
+        match party {
+            Party::User => self.device,
+            Party::Remote => self.remote,
+        }
+    }
+
+    /// The party a leg faces: the remote leg the remote, every other leg
+    /// (current, pending, retired device) the user.
+    pub fn party_of(&self, leg: LegId) -> Party {
+        if leg == self.remote {
+            Party::Remote
+        } else {
+            Party::User
         }
     }
 
@@ -560,9 +661,24 @@ impl Stream {
         self.pending
     }
 
-    /// Handles one datagram (the first `len` bytes of `buf`) that arrived on
-    /// `leg`'s `arrived_on` socket from `from`. The datagram may be rewritten
-    /// in place, up to the buffer's length.
+    /// What `leg` is now; `None` if it no longer exists.
+    pub fn role(&self, leg: LegId) -> Option<LegRole> {
+        self.leg(leg)?;
+        Some(if leg == self.remote {
+            LegRole::Remote
+        } else if leg == self.device {
+            LegRole::Device
+        } else if Some(leg) == self.pending {
+            LegRole::Pending
+        } else {
+            LegRole::Retired
+        })
+    }
+
+    /// Handles one datagram on its own stream (the first `len` bytes of
+    /// `buf`) that arrived on `leg`'s `arrived_on` socket from `from`: the
+    /// pending device's media is held, never switched to (that is the
+    /// session's decision, see [`Stream::accept`]).
     pub fn on_packet(
         &mut self,
         now: Instant,
@@ -572,13 +688,34 @@ impl Stream {
         buf: &mut [u8],
         len: usize,
     ) -> Outcome {
+        match self.accept(now, leg, arrived_on, from, buf, len) {
+            Ok(accepted) => self.route(now, &accepted, buf, len),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Step one of a datagram: parse it (a malformed packet never latches),
+    /// check the payload type a device may send and the leg's source policy,
+    /// count it. A refusal comes back as the (counted) drop.
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        arrived_on: Component,
+        from: SocketAddr,
+        buf: &[u8],
+        len: usize,
+    ) -> Result<Accepted, Outcome> {
         let policy = self.config;
-        let role = self.role(leg);
-        let Some(this) = self.legs.get_mut(leg).and_then(Option::as_mut) else {
-            return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
+        let Some(role) = self.role(leg) else {
+            return Err(Outcome::verdict(Verdict::Drop(DropReason::OldSource)));
         };
-        if role == Role::Retired {
-            return this.drop(DropReason::OldSource);
+        let party = self.party_of(leg);
+        let Some(this) = self.legs[leg.index()].as_mut() else {
+            return Err(Outcome::verdict(Verdict::Drop(DropReason::OldSource)));
+        };
+        if role == LegRole::Retired {
+            return Err(this.drop(DropReason::OldSource));
         }
         let packet = &buf[..len.min(buf.len())];
         let component =
@@ -587,7 +724,6 @@ impl Stream {
             } else {
                 arrived_on
             };
-        // Parse before the source check: a malformed packet must never latch.
         let fields = match component {
             Component::Rtp => match RtpView::new_checked(packet) {
                 Ok(view) => Some(RtpFields {
@@ -596,100 +732,98 @@ impl Stream {
                     ts: view.timestamp(),
                     pt: view.payload_type(),
                 }),
-                Err(_) => return this.drop(DropReason::MalformedRtp),
+                Err(_) => return Err(this.drop(DropReason::MalformedRtp)),
             },
             Component::Rtcp => {
                 if rtp::check_rtcp(packet).is_err() {
-                    return this.drop(DropReason::MalformedRtcp);
+                    return Err(this.drop(DropReason::MalformedRtcp));
                 }
                 None
             }
         };
-        let side = if role == Role::Remote {
-            Side::Remote
-        } else {
-            Side::User
-        };
-        if role == Role::Pending
-            && let Some(f) = fields
-            && this.payloads.to_remote[usize::from(f.pt)] == NO_PT
-        {
-            // Only a packet that would be forwarded may prove the new device
-            // or switch to it: an unnegotiated payload type changes nothing.
-            return this.drop(DropReason::UnknownPayloadType);
+        let negotiated = fields.is_none_or(|f| match role {
+            LegRole::Remote => this.payloads.from_remote(f.pt).is_some(),
+            LegRole::Device | LegRole::Pending | LegRole::Retired => {
+                this.payloads.to_remote(f.pt).is_some()
+            }
+        });
+        let pending = role == LegRole::Pending;
+        let learning = this.peers[this.peer_slot(component)].addr.is_none();
+        if !negotiated && (pending || learning) {
+            // Only a packet that would be forwarded may prove a source or
+            // switch to a device: an unnegotiated type changes nothing.
+            return Err(this.drop(DropReason::UnknownPayloadType));
         }
-        let pending = role == Role::Pending;
-        let latched = match check_source(this, side, now, component, from, fields, policy, pending)
-        {
-            Ok(latched) => latched,
-            Err(reason) => return this.drop(reason),
-        };
+        let latched = check_source(this, party, now, component, from, fields, policy, pending)
+            .map_err(|reason| this.drop(reason))?;
 
         this.counters.bytes_in += len as u64;
         this.last_packet_at = Some(now);
+        self.last_packet_at = Some(now);
         if let Some(f) = fields {
             this.counters.rtp_in += 1;
             this.last_ssrc_seq = Some((f.ssrc, f.seq));
             this.last_payload_type = Some(f.pt);
-            let remote_pt = if role == Role::Remote {
-                f.pt
+            let remote_pt = if role == LegRole::Remote {
+                Some(f.pt)
             } else {
-                this.payloads.to_remote[usize::from(f.pt)]
+                this.payloads.to_remote(f.pt)
             };
-            let rate = self
-                .clock_rates
-                .get(usize::from(remote_pt))
-                .copied()
-                .unwrap_or(0);
+            let rate = remote_pt.map_or(0, |pt| self.clock_rates[usize::from(pt)]);
             let arrival = (rate != 0).then(|| {
                 let nanos = now.saturating_duration_since(self.epoch).as_nanos();
                 u64::try_from(nanos * u128::from(rate) / 1_000_000_000).unwrap_or(u64::MAX)
             });
             this.reception.record(f.ssrc, f.seq, f.ts, arrival);
             self.last_rtp_at = Some(now);
+            if !negotiated {
+                // From the leg's own peer, so counted as received, but not
+                // a type this side may send.
+                return Err(this.drop(DropReason::UnknownPayloadType));
+            }
         } else {
             this.counters.rtcp_in += 1;
         }
+        Ok(Accepted {
+            leg,
+            fields,
+            latched,
+        })
+    }
 
-        let mut outcome = match (role, fields) {
-            (Role::Pending, Some(_)) => {
-                // The new device's media is what triggers the switch in
-                // first-packet mode; it is forwarded once the switch is done.
-                let mut outcome = self.drop_on(leg, DropReason::TransferPending);
-                outcome.switch_requested = !self.switch_waiting;
-                outcome
-            }
-            (Role::Pending, None) => self.drop_on(leg, DropReason::TransferPending),
-            (Role::User, Some(f)) => self.user_rtp(now, leg, f, buf, len),
-            (Role::User, None) => self.user_rtcp(leg, buf, len),
-            (Role::Remote, Some(f)) => self.remote_rtp(leg, f, buf, len),
-            (Role::Remote, None) => self.remote_rtcp(leg, buf, len),
-            (Role::Retired, _) => self.drop_on(leg, DropReason::OldSource),
+    /// Step two: where an accepted datagram goes, rewritten in place up to
+    /// the buffer's length. The leg's role is read now, so a switch made
+    /// between the two steps applies to the packet that caused it.
+    pub fn route(
+        &mut self,
+        now: Instant,
+        accepted: &Accepted,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Outcome {
+        let leg = accepted.leg;
+        let mut outcome = match (self.role(leg), accepted.fields) {
+            (Some(LegRole::Device), Some(f)) => self.device_rtp(now, leg, f, buf, len),
+            (Some(LegRole::Device), None) => self.device_rtcp(leg, buf, len),
+            (Some(LegRole::Remote), Some(f)) => self.remote_rtp(leg, f, buf, len),
+            (Some(LegRole::Remote), None) => self.remote_rtcp(leg, buf, len),
+            // The new device's media counts as its proof and waits for the
+            // switch (commit mode, or an RFC 4733 event of the old device).
+            (Some(LegRole::Pending), _) => self.drop_on(leg, DropReason::TransferPending),
+            (Some(LegRole::Retired) | None, _) => self.drop_on(leg, DropReason::OldSource),
         };
-        outcome.latched = latched;
+        outcome.latched = accepted.latched;
         outcome
     }
 
-    fn role(&self, leg: LegId) -> Role {
-        if leg == self.remote {
-            Role::Remote
-        } else if leg == self.user {
-            Role::User
-        } else if Some(leg) == self.pending {
-            Role::Pending
-        } else {
-            Role::Retired
-        }
-    }
-
     fn drop_on(&mut self, leg: LegId, reason: DropReason) -> Outcome {
-        match self.legs[leg].as_mut() {
+        match self.leg_mut(leg) {
             Some(leg) => leg.drop(reason),
             None => Outcome::verdict(Verdict::Drop(reason)),
         }
     }
 
-    fn user_rtp(
+    fn device_rtp(
         &mut self,
         now: Instant,
         leg: LegId,
@@ -697,15 +831,15 @@ impl Stream {
         buf: &mut [u8],
         len: usize,
     ) -> Outcome {
-        let Some(this) = self.legs[leg].as_mut() else {
+        let Some(this) = self.legs[leg.index()].as_mut() else {
             return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
         };
-        let remote_pt = this.payloads.to_remote[usize::from(f.pt)];
-        if remote_pt == NO_PT {
+        let Some(remote_pt) = this.payloads.to_remote(f.pt) else {
             return this.drop(DropReason::UnknownPayloadType);
-        }
+        };
+        let is_event = Some(f.pt) == this.payloads.telephone_event;
         let mut event_ended = false;
-        if Some(f.pt) == this.payloads.telephone_event {
+        if is_event {
             // RFC 4733: the E bit is the top bit of the second payload byte.
             let payload = RtpView::new_checked(&buf[..len])
                 .ok()
@@ -725,14 +859,27 @@ impl Stream {
         let Ok(mut view) = RtpView::new_checked(&mut buf[..len]) else {
             return self.drop_on(leg, DropReason::MalformedRtp);
         };
-        match self.continuity.rewrite(now, leg, &mut view, rate) {
+        // RFC 4733 events on an SSRC of their own, beside the device's
+        // media: they join the outward stream without moving its anchor.
+        let secondary = is_event
+            && self
+                .continuity
+                .current_input()
+                .is_some_and(|(current_leg, ssrc)| current_leg == leg.index() && ssrc != f.ssrc);
+        let rewritten = if secondary {
+            self.continuity
+                .rewrite_secondary(now, leg.index(), &mut view, rate)
+        } else {
+            self.continuity.rewrite(now, leg.index(), &mut view, rate)
+        };
+        match rewritten {
             Ok(_) => {}
             Err(Refused::Late) => return self.drop_on(leg, DropReason::Late),
             Err(Refused::Duplicate) => return self.drop_on(leg, DropReason::Duplicate),
         }
         view.set_payload_type(remote_pt);
-        let Some(to) = self.legs[self.remote]
-            .as_ref()
+        let Some(to) = self
+            .leg(self.remote)
             .and_then(|r| r.destination(Component::Rtp))
         else {
             return self.drop_on(leg, DropReason::NoDestination);
@@ -752,11 +899,12 @@ impl Stream {
         if self.switch_waiting && event_ended {
             // The event's end went out; now the new device takes over.
             self.complete_switch();
+            outcome.switch_completed = true;
         }
         outcome
     }
 
-    fn user_rtcp(&mut self, leg: LegId, buf: &mut [u8], len: usize) -> Outcome {
+    fn device_rtcp(&mut self, leg: LegId, buf: &mut [u8], len: usize) -> Outcome {
         let len = match rtcp_translate::toward_remote(buf, len, &self.continuity, &mut self.rtcp) {
             Ok(len) => len,
             Err(TranslateError::Empty) => return self.drop_on(leg, DropReason::RtcpBye),
@@ -767,21 +915,18 @@ impl Stream {
     }
 
     fn remote_rtp(&mut self, leg: LegId, f: RtpFields, buf: &mut [u8], len: usize) -> Outcome {
-        let user = self.user;
-        let Some(device) = self.legs[user].as_ref() else {
+        let Some(device) = self.leg(self.device) else {
             return self.drop_on(leg, DropReason::NoDestination);
         };
-        let device_pt = device.payloads.from_remote[usize::from(f.pt)];
-        if device_pt == NO_PT {
+        let Some(device_pt) = device.payloads.from_remote(f.pt) else {
             return self.drop_on(leg, DropReason::UnknownPayloadType);
-        }
+        };
         let fork = self.pending.and_then(|pending| {
-            let pending_leg = self.legs[pending].as_ref()?;
-            let payload_type = pending_leg.payloads.from_remote[usize::from(f.pt)];
-            (payload_type != NO_PT).then_some(Fork {
+            let pending_leg = self.leg(pending)?;
+            Some(Fork {
                 leg: pending,
                 to: pending_leg.destination(Component::Rtp)?,
-                payload_type,
+                payload_type: pending_leg.payloads.from_remote(f.pt)?,
             })
         });
         if device_pt != f.pt
@@ -789,7 +934,8 @@ impl Stream {
         {
             view.set_payload_type(device_pt);
         }
-        let mut outcome = self.forward_to(leg, user, Component::Rtp, len);
+        let device = self.device;
+        let mut outcome = self.forward_to(leg, device, Component::Rtp, len);
         if let Verdict::Forward { fork: slot, .. } = &mut outcome.verdict {
             *slot = fork;
         }
@@ -803,8 +949,8 @@ impl Stream {
                 return self.drop_on(leg, DropReason::MalformedRtcp);
             }
         };
-        let user = self.user;
-        self.forward_to(leg, user, Component::Rtcp, len)
+        let device = self.device;
+        self.forward_to(leg, device, Component::Rtcp, len)
     }
 
     /// Forwards to `out`'s peer for `component`, through the socket that
@@ -816,7 +962,7 @@ impl Stream {
         component: Component,
         len: usize,
     ) -> Outcome {
-        let Some(out_leg) = self.legs[out].as_ref() else {
+        let Some(out_leg) = self.leg(out) else {
             return self.drop_on(from_leg, DropReason::NoDestination);
         };
         let socket = if out_leg.config.rtcp_mux {
@@ -847,30 +993,28 @@ impl Stream {
         if self.pending.is_some() {
             return None;
         }
-        let slot = (0..MAX_LEGS).find(|&i| self.legs[i].is_none())?;
+        let slot = LegId::all().find(|&id| self.leg(id).is_none())?;
         let mut leg = Leg::new(config, now, self.config.learning_window, payloads);
         leg.probation = PENDING_PROBATION;
-        self.legs[slot] = Some(leg);
+        self.legs[slot.index()] = Some(leg);
         self.pending = Some(slot);
         Some(slot)
     }
 
-    /// Makes the pending device the user's current device. Returns false
-    /// when the switch must wait for the current device's RFC 4733 event
-    /// to end (it then happens by itself), or when nothing is pending.
-    pub fn switch(&mut self, now: Instant) -> bool {
+    /// Makes the pending device the user's current device, unless the
+    /// current one is in the middle of an RFC 4733 event (then it happens
+    /// when the event ends).
+    pub fn switch(&mut self, now: Instant) -> Switch {
         if self.pending.is_none() {
-            return false;
+            return Switch::NothingPending;
         }
-        let busy = self.legs[self.user]
-            .as_ref()
-            .is_some_and(|l| l.dtmf_active(now));
+        let busy = self.leg(self.device).is_some_and(|l| l.dtmf_active(now));
         if busy {
             self.switch_waiting = true;
-            return false;
+            return Switch::Waiting;
         }
         self.complete_switch();
-        true
+        Switch::Done
     }
 
     fn complete_switch(&mut self) {
@@ -878,13 +1022,23 @@ impl Stream {
             return;
         };
         self.switch_waiting = false;
-        let old = std::mem::replace(&mut self.user, new);
+        let old = std::mem::replace(&mut self.device, new);
         if let Some(previous) = self.retired.replace(old) {
             // A second switch before the first one's grace ended.
-            self.legs[previous] = None;
+            self.legs[previous.index()] = None;
             self.closed = Some(previous);
         }
         self.awaiting_new_device = true;
+    }
+
+    /// Completes a switch that waits for an RFC 4733 event now (a newer
+    /// transfer begins). True when there was one.
+    pub fn finish_switch(&mut self) -> bool {
+        if self.switch_waiting {
+            self.complete_switch();
+            return true;
+        }
+        false
     }
 
     /// Whether a switch is waiting for an RFC 4733 event to end.
@@ -892,30 +1046,36 @@ impl Stream {
         self.switch_waiting
     }
 
-    /// Periodic work: a switch waiting for an event whose end packet never
-    /// came goes ahead once the event is stale.
-    pub fn tick(&mut self, now: Instant) {
-        if self.switch_waiting
-            && !self.legs[self.user]
-                .as_ref()
-                .is_some_and(|l| l.dtmf_active(now))
-        {
-            self.complete_switch();
+    /// When a waiting switch goes ahead even without the event's end.
+    pub fn switch_deadline(&self) -> Option<Instant> {
+        if !self.switch_waiting {
+            return None;
         }
+        self.leg(self.device).and_then(|l| l.dtmf_until)
+    }
+
+    /// Periodic work: a switch waiting for an event whose end packet never
+    /// came goes ahead once the event is stale. True when it did.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        if self.switch_waiting && !self.leg(self.device).is_some_and(|l| l.dtmf_active(now)) {
+            self.complete_switch();
+            return true;
+        }
+        false
     }
 
     /// Removes the pending leg (a cancelled or timed-out transfer).
     pub fn cancel_pending(&mut self) -> Option<LegId> {
         let leg = self.pending.take()?;
         self.switch_waiting = false;
-        self.legs[leg] = None;
+        self.legs[leg.index()] = None;
         Some(leg)
     }
 
     /// Removes the retired leg (its grace period is over).
     pub fn close_retired(&mut self) -> Option<LegId> {
         let leg = self.retired.take()?;
-        self.legs[leg] = None;
+        self.legs[leg.index()] = None;
         Some(leg)
     }
 
@@ -929,21 +1089,21 @@ impl Stream {
         self.last_toward_remote_at
     }
 
-    /// A signalling update for the leg playing `side`: new signalled
+    /// A signalling update for the leg facing `party`: new signalled
     /// addresses (replacing learned ones), whether the peer multiplexes
     /// RTCP, and a fresh learning window if it still has no peer, since
     /// media usually starts once the answer is through.
     pub fn update_leg(
         &mut self,
         now: Instant,
-        side: Side,
+        party: Party,
         peer_rtp: Option<SocketAddr>,
         peer_rtcp: Option<SocketAddr>,
         rtcp_mux: Option<bool>,
     ) {
         let window = self.config.learning_window;
-        let id = self.leg_of(side);
-        if let Some(leg) = self.legs[id].as_mut() {
+        let id = self.leg_of(party);
+        if let Some(leg) = self.leg_mut(id) {
             if let Some(mux) = rtcp_mux
                 && mux != leg.config.rtcp_mux
             {
@@ -956,7 +1116,7 @@ impl Stream {
                 }
             }
             leg.set_signalled(peer_rtp, peer_rtcp);
-            if leg.peers[Component::Rtp as usize].addr.is_none() {
+            if leg.peers[Component::Rtp.index()].addr.is_none() {
                 leg.learning_until = now + window;
             }
         }
@@ -964,7 +1124,7 @@ impl Stream {
 
     /// Accounts datagrams the kernel accepted on `leg`'s socket.
     pub fn record_sent(&mut self, leg: LegId, packets: u64, bytes: u64) {
-        if let Some(leg) = self.legs.get_mut(leg).and_then(Option::as_mut) {
+        if let Some(leg) = self.leg_mut(leg) {
             leg.counters.packets_out += packets;
             leg.counters.bytes_out += bytes;
         }
@@ -973,7 +1133,7 @@ impl Stream {
     /// Accounts datagrams the kernel refused on `leg`'s socket, or that
     /// arrived on it too large for the receive buffer.
     pub fn record_drop(&mut self, leg: LegId, reason: DropReason, packets: u64) {
-        if let Some(leg) = self.legs.get_mut(leg).and_then(Option::as_mut) {
+        if let Some(leg) = self.leg_mut(leg) {
             leg.counters.drops[reason as usize] += packets;
         }
     }
@@ -983,31 +1143,33 @@ impl Stream {
         self.last_rtp_at
     }
 
-    /// A snapshot of the leg playing `side`.
-    pub fn leg_report(&self, now: Instant, side: Side) -> LegReport {
-        self.report_of(now, self.leg_of(side))
+    /// When any packet (RTP or RTCP) was last accepted on any leg, if ever.
+    pub fn last_packet_at(&self) -> Option<Instant> {
+        self.last_packet_at
+    }
+
+    /// A snapshot of the leg facing `party`.
+    pub fn leg_report(&self, now: Instant, party: Party) -> LegReport {
+        self.report_of(now, self.leg_of(party))
     }
 
     /// A snapshot of leg `id` (empty if it no longer exists).
     pub fn report_of(&self, now: Instant, id: LegId) -> LegReport {
-        let Some(leg) = self.legs.get(id).and_then(Option::as_ref) else {
+        let Some(leg) = self.leg(id) else {
             return LegReport::default();
         };
-        let rtp_peer = leg.peers[Component::Rtp as usize];
+        let rtp_peer = leg.peers[Component::Rtp.index()];
         let rtcp_peer = leg.peers[leg.peer_slot(Component::Rtcp)];
         let rate = leg
             .last_payload_type
-            .map(|pt| {
-                let remote_pt = if id == self.remote {
-                    pt
+            .and_then(|pt| {
+                if id == self.remote {
+                    Some(pt)
                 } else {
-                    leg.payloads.to_remote[usize::from(pt)]
-                };
-                self.clock_rates
-                    .get(usize::from(remote_pt))
-                    .copied()
-                    .unwrap_or(0)
+                    leg.payloads.to_remote(pt)
+                }
             })
+            .map(|pt| self.clock_rates[usize::from(pt)])
             .filter(|&rate| rate != 0);
         LegReport {
             peer_rtp: rtp_peer.addr,
@@ -1027,14 +1189,6 @@ impl Stream {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    User,
-    Remote,
-    Pending,
-    Retired,
-}
-
 /// The source policy of one leg (see the module documentation). A pending
 /// leg is where a switch is authorised, so it is stricter: `asymmetric`
 /// still needs the signalled IP, and learning needs the signalled IP when
@@ -1042,7 +1196,7 @@ enum Role {
 #[allow(clippy::too_many_arguments)]
 fn check_source(
     leg: &mut Leg,
-    side: Side,
+    party: Party,
     now: Instant,
     component: Component,
     from: SocketAddr,
@@ -1105,7 +1259,7 @@ fn check_source(
         source: PeerSource::Learned,
     };
     Ok(Some(Latched {
-        side,
+        party,
         component,
         addr: from,
         relearned,
@@ -1142,8 +1296,8 @@ mod tests {
     }
 
     const WINDOW: Duration = Duration::from_secs(3);
-    const USER: LegId = FIRST_USER_LEG;
-    const REMOTE: LegId = REMOTE_LEG;
+    const USER: LegId = LegId::FIRST_DEVICE;
+    const REMOTE: LegId = LegId::REMOTE;
 
     fn stream(now: Instant, user: LegConfig, remote: LegConfig, relearn: bool) -> Stream {
         Stream::new(
@@ -1323,7 +1477,7 @@ mod tests {
             &rtp(2, 7),
         );
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
-        let report = s.leg_report(now, Side::User);
+        let report = s.leg_report(now, Party::User);
         assert_eq!(report.counters.drops[DropReason::Stranger as usize], 2);
         assert_eq!(report.counters.rtp_in, 1);
     }
@@ -1350,7 +1504,7 @@ mod tests {
         assert_eq!(
             outcome.latched,
             Some(Latched {
-                side: Side::User,
+                party: Party::User,
                 component: Component::Rtp,
                 addr: addr("192.0.2.1:7000"),
                 relearned: false
@@ -1400,7 +1554,7 @@ mod tests {
         );
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::LearningClosed));
         assert_eq!(outcome.latched, None);
-        s.update_leg(late, Side::User, None, None, None);
+        s.update_leg(late, Party::User, None, None, None);
         let (outcome, _) = feed(
             &mut s,
             late,
@@ -1432,7 +1586,7 @@ mod tests {
         );
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::NoDestination));
         assert_eq!(
-            s.leg_report(now, Side::User).counters.drops[DropReason::NoDestination as usize],
+            s.leg_report(now, Party::User).counters.drops[DropReason::NoDestination as usize],
             1
         );
     }
@@ -1586,7 +1740,7 @@ mod tests {
                 &rtp(seq, 7),
             );
         }
-        let report = s.leg_report(t0 + Duration::from_secs(3), Side::User);
+        let report = s.leg_report(t0 + Duration::from_secs(3), Party::User);
         assert_eq!(report.lost, 10);
         assert!(
             report.jitter_ms < 0.5,
@@ -1678,9 +1832,8 @@ mod tests {
         let t_b = t0 + Duration::from_millis(80 + 30);
         let first_b = rtp_pt(0, 40000, 777, 0xB, &[2; 160]);
         let (outcome, _) = feed(&mut s, t_b, b, Component::Rtp, "10.0.0.3:6000", &first_b);
-        assert!(outcome.switch_requested);
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::TransferPending));
-        assert!(s.switch(t_b));
+        assert_eq!(s.switch(t_b), Switch::Done);
         let (outcome, out) = feed(&mut s, t_b, b, Component::Rtp, "10.0.0.3:6000", &first_b);
         assert!(outcome.new_device_started);
         assert!(matches!(
@@ -1726,7 +1879,7 @@ mod tests {
         );
         assert_eq!(outcome.verdict, fwd(b, Component::Rtp, "10.0.0.3:6000", 16));
         assert_eq!(fields(&out).1, 96);
-        assert_eq!(s.leg_of(Side::User), b);
+        assert_eq!(s.leg_of(Party::User), b);
         assert_eq!(s.close_retired(), Some(USER));
     }
 
@@ -1761,8 +1914,8 @@ mod tests {
             "10.0.0.3:6000",
             &rtp_pt(0, 1, 1, 0xB, &[2; 160]),
         );
-        assert!(outcome.switch_requested);
-        assert!(!s.switch(t0));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::TransferPending));
+        assert_eq!(s.switch(t0), Switch::Waiting);
         assert!(s.switch_waiting());
         let (outcome, _) = feed(
             &mut s,
@@ -1773,7 +1926,6 @@ mod tests {
             &rtp_pt(0, 2, 161, 0xB, &[2; 160]),
         );
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::TransferPending));
-        assert!(!outcome.switch_requested, "already waiting");
         // A's event continues and ends; every packet of it reaches the remote.
         for (seq, end) in [(1006, false), (1007, true)] {
             let (outcome, out) = feed(
@@ -1788,7 +1940,7 @@ mod tests {
             assert_eq!(fields(&out).2, seq);
         }
         // Now B is the device, and its media continues the stream.
-        assert_eq!(s.leg_of(Side::User), b);
+        assert_eq!(s.leg_of(Party::User), b);
         let (outcome, out) = feed(
             &mut s,
             t0,
@@ -1806,7 +1958,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut s, b) = transfer_setup(t0);
         assert!(
-            s.add_pending(t0, leg(None, true), PayloadMap::identity(None))
+            s.add_pending(t0, leg(None, true), PayloadMap::identity([0], None))
                 .is_none(),
             "one transfer at a time"
         );
@@ -1844,7 +1996,11 @@ mod tests {
         let (mut s, _) = transfer_setup(t0);
         s.cancel_pending();
         let b = s
-            .add_pending(t0, leg(None, true), PayloadMap::identity(Some(101)))
+            .add_pending(
+                t0,
+                leg(None, true),
+                PayloadMap::identity([0, 101], Some(101)),
+            )
             .expect("pending");
         // Stray packets, even from one address, do not latch or switch.
         for (from, seq, ssrc) in [
@@ -1855,7 +2011,7 @@ mod tests {
         ] {
             let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, from, &rtp(seq, ssrc));
             assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Probation));
-            assert!(!outcome.switch_requested && outcome.latched.is_none());
+            assert!(outcome.latched.is_none());
         }
         // Three in order from one source: latched, and the switch is asked.
         let mut last = None;
@@ -1874,14 +2030,14 @@ mod tests {
         }
         let outcome = last.expect("fed");
         assert!(outcome.latched.is_some());
-        assert!(outcome.switch_requested);
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::TransferPending));
     }
 
     #[test]
     fn payload_types_the_new_device_did_not_negotiate_are_dropped() {
         let t0 = Instant::now();
         let (mut s, b) = transfer_setup(t0);
-        assert!(s.switch(t0));
+        assert_eq!(s.switch(t0), Switch::Done);
         let (outcome, _) = feed(
             &mut s,
             t0,
@@ -1907,7 +2063,7 @@ mod tests {
         let mut config = leg(None, true);
         config.peer_ip = Some("10.0.0.3".parse().expect("ip"));
         let b = s
-            .add_pending(t0, config, PayloadMap::identity(Some(101)))
+            .add_pending(t0, config, PayloadMap::identity([0, 101], Some(101)))
             .expect("pending");
         for seq in 0..3u16 {
             // The attacker: in order, its own SSRC, another IP.
@@ -1920,7 +2076,7 @@ mod tests {
                 &rtp(100 + seq, 0x666),
             );
             assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
-            assert!(!outcome.switch_requested && outcome.latched.is_none());
+            assert!(outcome.latched.is_none());
             // The real device, interleaved: its candidate keeps counting.
             let (outcome, _) = feed(
                 &mut s,
@@ -1933,7 +2089,11 @@ mod tests {
             if seq < 2 {
                 assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Probation));
             } else {
-                assert!(outcome.switch_requested, "the third in-order packet");
+                assert_eq!(
+                    outcome.verdict,
+                    Verdict::Drop(DropReason::TransferPending),
+                    "the third in-order packet proves B"
+                );
                 assert_eq!(outcome.latched.map(|l| l.addr), Some(addr("10.0.0.3:6000")));
             }
         }
@@ -1957,8 +2117,7 @@ mod tests {
             outcome.verdict,
             Verdict::Drop(DropReason::UnknownPayloadType)
         );
-        assert!(!outcome.switch_requested);
-        assert_eq!(s.leg_of(Side::User), USER, "A is still the device");
+        assert_eq!(s.leg_of(Party::User), USER, "A is still the device");
         // A's media still reaches the remote.
         let (outcome, _) = feed(
             &mut s,
@@ -1995,13 +2154,17 @@ mod tests {
             .add_pending(
                 t0,
                 leg(Some("10.0.0.3:6000"), true),
-                PayloadMap::identity(None),
+                PayloadMap::identity([0], None),
             )
             .expect("pending");
         let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.6.6.6:6000", &rtp(1, 9));
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
         let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6002", &rtp(1, 9));
-        assert!(outcome.switch_requested, "same IP, another port");
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Drop(DropReason::TransferPending),
+            "same IP, another port"
+        );
     }
 
     /// Issue 14, finding 1: a 24-byte BYE + FIR compound from the device
@@ -2016,7 +2179,7 @@ mod tests {
         ];
         let t0 = Instant::now();
         let (mut s, b) = transfer_setup(t0);
-        assert!(s.switch(t0));
+        assert_eq!(s.switch(t0), Switch::Done);
         feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6000", &rtp(7, 0xB));
         let (outcome, out) = feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6000", &crasher);
         assert_eq!(

@@ -19,7 +19,7 @@ use std::time::Duration;
 pub const BATCH: usize = 32;
 /// Receive buffer per datagram. RTP over UDP on an Ethernet path fits in
 /// 1500 bytes; larger datagrams are flagged as truncated and dropped.
-pub const BUF_LEN: usize = 2048;
+pub const BUF_LEN: usize = crate::core::rtp::MAX_DATAGRAM;
 /// Control buffer per datagram, in 8-byte words (aligned for `cmsghdr`):
 /// room for one `SCM_TIMESTAMPNS` message (16-byte header + 16-byte
 /// timespec) with slack.

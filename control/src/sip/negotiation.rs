@@ -9,20 +9,63 @@
 use std::net::SocketAddr;
 
 use baton_proto::v1;
-use baton_relay::stream::Side;
+use baton_relay::Party;
 
-use super::StreamRecord;
-use crate::sdp::{AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits};
+use crate::sip::sdp::{
+    AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits,
+};
 use crate::status::Status;
+
+/// What the signalling negotiated for one stream: its media type and codecs
+/// (the remote's numbering), the relay addresses each party was given, the
+/// parties' rtcp-mux and hold as their bodies say, and how the current
+/// device numbers payload types. The relay's media state (peers, counters,
+/// the transfer in progress) is not here: it lives in the data plane's
+/// session and is read from its reports.
+#[derive(Debug, Clone)]
+pub(crate) struct NegotiatedStream {
+    pub kind: String,
+    /// The remote party's codecs (the stream's numbering).
+    pub codecs: Vec<v1::Codec>,
+    /// Per party (user, remote): the peer multiplexes RTCP on the RTP port.
+    pub rtcp_mux: [bool; 2],
+    /// The legs have RTCP sockets, so rtcp-mux can be given up later.
+    pub rtcp_sockets: bool,
+    /// Advertised relay addresses, toward the user then the remote.
+    pub local: [v1::Endpoint; 2],
+    /// Packet time in ms, 0 if not signalled.
+    pub ptime: u32,
+    /// Held by each party's last body (user, remote).
+    pub held: [bool; 2],
+    /// Rejected (port 0) in the last answer: no media is expected on it.
+    pub rejected: bool,
+    /// The current device's payload types against the remote's (device,
+    /// remote), when a transfer brought a device that numbers differently;
+    /// empty for the same numbering.
+    pub user_payloads: Vec<(u8, u8)>,
+}
+
+impl NegotiatedStream {
+    /// Held by either party.
+    pub fn is_held(&self) -> bool {
+        self.held[0] || self.held[1]
+    }
+}
+
+/// A session is on hold when every stream that is in use is held.
+pub(crate) fn session_held(streams: &[NegotiatedStream]) -> bool {
+    let mut live = streams.iter().filter(|s| !s.rejected).peekable();
+    live.peek().is_some() && live.all(NegotiatedStream::is_held)
+}
 
 /// A party's m= lines: for each, the stream it carries (`None`: not
 /// relayed, sent on with port 0).
-pub(super) type Layout = Vec<Option<usize>>;
+pub(crate) type Layout = Vec<Option<usize>>;
 
 /// What was last sent to a party, so the next body keeps its origin and
 /// gets the right version (RFC 3264 §8).
 #[derive(Debug, Clone)]
-pub(super) struct Sent {
+pub(crate) struct Sent {
     identity: [String; 5],
     key: String,
     version: u64,
@@ -32,7 +75,7 @@ pub(super) struct Sent {
 
 /// The SDP side of a session created or updated with bodies.
 #[derive(Debug, Clone, Default)]
-pub(super) struct SdpState {
+pub(crate) struct SdpState {
     /// Per party (user, remote).
     pub layout: [Option<Layout>; 2],
     /// The last body from each party.
@@ -43,14 +86,14 @@ pub(super) struct SdpState {
 
 /// A transfer's SDP, adopted as the user side's when the switch happens.
 #[derive(Debug, Clone)]
-pub(super) struct PendingSdp {
+pub(crate) struct PendingSdp {
     pub offer: Sdp,
     pub layout: Layout,
     pub sent: Sent,
 }
 
 /// An SDP error as the client sees it.
-pub(super) fn sdp_status(error: &SdpError) -> Status {
+pub(crate) fn sdp_status(error: &SdpError) -> Status {
     if error.limit.is_some() {
         Status::invalid_argument(error.to_string())
     } else if error.unsupported {
@@ -62,10 +105,10 @@ pub(super) fn sdp_status(error: &SdpError) -> Status {
 
 /// Parses a body from a request, within the configured limits (counted
 /// when it breaks one).
-pub(super) fn parse(
+pub(crate) fn parse(
     text: &str,
     limits: &SdpLimits,
-    telemetry: &crate::metrics::Telemetry,
+    telemetry: &crate::telemetry::Telemetry,
 ) -> Result<Sdp, Status> {
     Sdp::parse_limited(text, limits).map_err(|e| {
         if let Some(limit) = e.limit {
@@ -82,7 +125,7 @@ fn carried(media: &Media) -> bool {
 }
 
 /// Why an m= line the relay leaves out is left out, for errors.
-fn left_out_reason(media: &Media) -> String {
+pub(crate) fn left_out_reason(media: &Media) -> String {
     if media.proto.to_ascii_uppercase().contains("SAVP") {
         format!(
             "line {}: {} is encrypted (SRTP); baton relays plain RTP (RTP/AVP, RTP/AVPF)",
@@ -97,14 +140,14 @@ fn left_out_reason(media: &Media) -> String {
 }
 
 /// Every m= line of a body, read.
-pub(super) fn media_of(sdp: &Sdp) -> Result<Vec<Media>, Status> {
+pub(crate) fn media_of(sdp: &Sdp) -> Result<Vec<Media>, Status> {
     (0..sdp.media_count())
         .map(|index| sdp.media(index).map_err(|e| sdp_status(&e)))
         .collect()
 }
 
 /// The sender's addresses for one stream, as an `Endpoint`.
-fn endpoint_of(media: &Media) -> Option<v1::Endpoint> {
+pub(crate) fn endpoint_of(media: &Media) -> Option<v1::Endpoint> {
     let rtp = media.rtp?;
     Some(v1::Endpoint {
         rtp: rtp.to_string(),
@@ -121,9 +164,9 @@ fn family_of(addr: Option<SocketAddr>) -> v1::AddressFamily {
 }
 
 /// Streams for a new session from the first body: one per carried m= line.
-pub(super) fn streams_from(
+pub(crate) fn streams_from(
     sdp: &Sdp,
-    from: Side,
+    from: Party,
     other_family: v1::AddressFamily,
 ) -> Result<(Vec<v1::StreamSpec>, Layout), Status> {
     let media = media_of(sdp)?;
@@ -138,8 +181,8 @@ pub(super) fn streams_from(
         let peer = endpoint_of(m);
         let family = family_of(m.rtp);
         let (user_peer, remote_peer, user_family, remote_family) = match from {
-            Side::User => (peer, None, family, other_family),
-            Side::Remote => (None, peer, other_family, family),
+            Party::User => (peer, None, family, other_family),
+            Party::Remote => (None, peer, other_family, family),
         };
         streams.push(v1::StreamSpec {
             kind: m.kind.clone(),
@@ -166,7 +209,7 @@ pub(super) fn streams_from(
 
 /// Matches a body's m= lines to existing streams by media type, in order
 /// (for a party whose first body this is, on a session it did not start).
-pub(super) fn match_by_kind(media: &[Media], streams: &[StreamRecord]) -> Layout {
+pub(crate) fn match_by_kind(media: &[Media], streams: &[NegotiatedStream]) -> Layout {
     let mut taken = vec![false; streams.len()];
     media
         .iter()
@@ -184,7 +227,7 @@ pub(super) fn match_by_kind(media: &[Media], streams: &[StreamRecord]) -> Layout
 /// The layout of a further body from a party: its known layout, extended
 /// by m= lines added at the end (allowed only if not relayed: the relay
 /// cannot add a stream to a live session).
-pub(super) fn extend_layout(known: &Layout, media: &[Media]) -> Result<Layout, Status> {
+pub(crate) fn extend_layout(known: &Layout, media: &[Media]) -> Result<Layout, Status> {
     if media.len() < known.len() {
         return Err(Status::invalid_argument(format!(
             "SDP: {} m= lines, but this party's earlier body had {} (RFC 3264 §8: m= lines are never removed)",
@@ -214,11 +257,14 @@ pub(super) fn extend_layout(known: &Layout, media: &[Media]) -> Result<Layout, S
 }
 
 /// The relay's addresses toward `side`, per stream.
-pub(super) fn relay_toward(streams: &[StreamRecord], side: Side) -> Vec<Option<RelayEndpoint>> {
+pub(crate) fn relay_toward(
+    streams: &[NegotiatedStream],
+    side: Party,
+) -> Vec<Option<RelayEndpoint>> {
     streams
         .iter()
         .map(|s| {
-            let local = &s.local[side as usize];
+            let local = &s.local[side.index()];
             let rtp: SocketAddr = local.rtp.parse().ok()?;
             let rtcp = local.rtcp.parse().unwrap_or(rtp);
             Some(RelayEndpoint { rtp, rtcp })
@@ -229,7 +275,7 @@ pub(super) fn relay_toward(streams: &[StreamRecord], side: Side) -> Vec<Option<R
 /// `sender`'s body rewritten for the other party: in the receiver's m= line
 /// layout, each carried stream pointing at the relay's legs toward the
 /// receiver, everything else as the sender wrote it.
-pub(super) fn render(
+pub(crate) fn render(
     sender: &Sdp,
     sender_layout: &Layout,
     receiver: Option<(&Sdp, &Layout)>,
@@ -290,7 +336,7 @@ pub(super) fn render(
 
 /// Gives `body` the origin and version the receiver expects after `sent`,
 /// and remembers it.
-pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
+pub(crate) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
     match sent {
         None => *sent = Some(first_sent(body)),
         Some(previous) => {
@@ -307,7 +353,7 @@ pub(super) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
 }
 
 /// A fresh record of what was sent, for a body that starts a dialog.
-pub(super) fn first_sent(body: &Sdp) -> Sent {
+pub(crate) fn first_sent(body: &Sdp) -> Sent {
     Sent {
         identity: body.origin_identity(),
         key: body.identity_key(),
@@ -317,7 +363,7 @@ pub(super) fn first_sent(body: &Sdp) -> Sent {
 }
 
 /// The direction of stream `stream` in a party's last body.
-pub(super) fn direction_in(
+pub(crate) fn direction_in(
     body: Option<&Sdp>,
     layout: Option<&Layout>,
     stream: usize,
@@ -329,7 +375,7 @@ pub(super) fn direction_in(
 }
 
 /// The answer to a new device's offer, per m= line of the offer.
-pub(super) struct AnswerPlan {
+pub(crate) struct AnswerPlan {
     pub offer: Sdp,
     pub media: Vec<Media>,
     pub layout: Layout,
@@ -337,7 +383,7 @@ pub(super) struct AnswerPlan {
 
 impl AnswerPlan {
     /// Reads a new device's offer and matches its m= lines to the streams.
-    pub fn new(offer: Sdp, streams: &[StreamRecord]) -> Result<Self, Status> {
+    pub fn new(offer: Sdp, streams: &[NegotiatedStream]) -> Result<Self, Status> {
         let media = media_of(&offer)?;
         let layout = match_by_kind(&media, streams);
         if layout.iter().all(Option::is_none) {
@@ -381,7 +427,7 @@ impl AnswerPlan {
         &self,
         template: Option<&Sdp>,
         remote_directions: &[Option<(Direction, Option<u32>)>],
-        streams: &[StreamRecord],
+        streams: &[NegotiatedStream],
         new_legs: &[v1::Endpoint],
         shared: &[Vec<(u8, u8)>],
         fallback_origin: (u64, std::net::IpAddr),
@@ -449,272 +495,38 @@ impl AnswerPlan {
                 }
             })
             .collect();
-        crate::sdp::write_answer(&self.offer, template, &media, fallback_origin)
+        crate::sip::sdp::write_answer(&self.offer, template, &media, fallback_origin)
     }
+}
+
+/// The first body of a session, from `from`: the streams' hold as it says,
+/// the body rewritten for the other party (pointing at the relay), and the
+/// offer/answer state that starts with it.
+pub(crate) fn answer_created(
+    streams: &mut [NegotiatedStream],
+    from: Party,
+    body: Sdp,
+    layout: Layout,
+) -> Result<(String, SdpState), Status> {
+    let other = from.other();
+    let media = media_of(&body)?;
+    for (m, slot) in media.iter().zip(&layout) {
+        if let Some(stream) = slot.and_then(|s| streams.get_mut(s)) {
+            stream.held[from.index()] = holds(m);
+        }
+    }
+    let relay = relay_toward(streams, other);
+    let mut out = render(&body, &layout, None, &relay, &[]);
+    let mut state = SdpState::default();
+    stamp(&mut out, &mut state.sent[other.index()]);
+    state.layout[from.index()] = Some(layout);
+    state.received[from.index()] = Some(body);
+    Ok((out.render(), state))
 }
 
 /// Whether `media` holds its stream: a direction other than sendrecv.
-pub(super) fn holds(media: &Media) -> bool {
+pub(crate) fn holds(media: &Media) -> bool {
     media.direction != Direction::SendRecv
-}
-
-impl super::Sessions {
-    /// Finishes a session created from a body: the body rewritten for the
-    /// other party, and the offer/answer state.
-    pub(super) async fn answer_created(
-        &self,
-        id: baton_relay::SessionId,
-        worker: usize,
-        mut response: v1::CreateSessionResponse,
-        from: Side,
-        body: Sdp,
-        layout: Layout,
-    ) -> Result<v1::CreateSessionResponse, Status> {
-        let other = opposite(from);
-        let media = media_of(&body)?;
-        let (rendered, held) = {
-            let mut registry = self.registry();
-            let Some(record) = registry.by_id.get_mut(&id) else {
-                return Err(Status::not_found(format!("session {id} has ended")));
-            };
-            for (m, slot) in media.iter().zip(&layout) {
-                if let Some(stream) = slot.and_then(|s| record.streams.get_mut(s)) {
-                    stream.held[from as usize] = holds(m);
-                }
-            }
-            let relay = relay_toward(&record.streams, other);
-            let mut out = render(&body, &layout, None, &relay, &[]);
-            let mut state = SdpState::default();
-            stamp(&mut out, &mut state.sent[other as usize]);
-            state.layout[from as usize] = Some(layout);
-            state.received[from as usize] = Some(body);
-            record.sdp = Some(state);
-            (out.render(), super::session_held(&record.streams))
-        };
-        if held {
-            self.set_held(id, worker, true).await?;
-        }
-        response.sdp = rendered;
-        Ok(response)
-    }
-
-    /// Tells the worker whether the session is on hold.
-    pub(super) async fn set_held(
-        &self,
-        id: baton_relay::SessionId,
-        worker: usize,
-        held: bool,
-    ) -> Result<(), Status> {
-        let answer = self.send_held(id, worker, held)?;
-        if super::await_worker(answer).await? {
-            Ok(())
-        } else {
-            Err(Status::not_found(format!("session {id} has ended")))
-        }
-    }
-
-    /// Queues the hold state for the worker; the receiver says whether the
-    /// session was still there.
-    pub(super) fn send_held(
-        &self,
-        id: baton_relay::SessionId,
-        worker: usize,
-        held: bool,
-    ) -> Result<tokio::sync::oneshot::Receiver<bool>, Status> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(
-            worker,
-            baton_relay::worker::Command::Update {
-                id,
-                peers: Vec::new(),
-                clock_rates: Vec::new(),
-                held: Some(held),
-                reply,
-            },
-        )?;
-        Ok(answer)
-    }
-
-    /// `update_session` with a body: peers, codecs, rtcp-mux and hold from
-    /// it, and the body rewritten for the other party.
-    pub(super) async fn update_from_sdp(
-        &self,
-        request: v1::UpdateSessionRequest,
-    ) -> Result<v1::UpdateSessionResponse, Status> {
-        use baton_relay::worker::{Command, PeerUpdate};
-
-        let from = super::party(request.sdp_from, Side::Remote)?;
-        let other = opposite(from);
-        let body = parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
-        let media = media_of(&body)?;
-        let record = {
-            let registry = self.registry();
-            let id = registry.find(request.session.as_ref())?;
-            registry.by_id[&id].clone()
-        };
-        if from == Side::User
-            && let Some(pending) = record
-                .pending
-                .as_ref()
-                .filter(|p| p.committed_from.is_none())
-        {
-            // Which device sent it? The old one is still live and the new
-            // one not yet: wait for the switch (or a cancel).
-            return Err(Status::failed_precondition(format!(
-                "a transfer to {} is open on session {}: update the user side after it completes or is cancelled",
-                pending.gruu, record.id
-            )));
-        }
-        let state = record.sdp.clone().unwrap_or_default();
-        let layout = match (&state.layout[from as usize], &state.layout[other as usize]) {
-            (Some(known), _) => extend_layout(known, &media)?,
-            // An answer has the offer's m= lines (RFC 3264 §6).
-            (None, Some(offered)) => extend_layout(offered, &media)?,
-            (None, None) => match_by_kind(&media, &record.streams),
-        };
-        let other_media = |stream: usize| {
-            let body = state.received[other as usize].as_ref()?;
-            let layout = state.layout[other as usize].as_ref()?;
-            let index = layout.iter().position(|s| *s == Some(stream))?;
-            body.media(index).ok()
-        };
-        let mut streams = record.streams.clone();
-        let mut peers = Vec::new();
-        let mut rates = Vec::new();
-        for (m, slot) in media.iter().zip(&layout) {
-            let Some(s) = *slot else {
-                continue;
-            };
-            let stream = &mut streams[s];
-            if m.kind != stream.kind {
-                return Err(Status::invalid_argument(format!(
-                    "SDP line {}: m={} where the session's stream {s} is {}",
-                    m.line, m.kind, stream.kind
-                )));
-            }
-            if m.is_disabled() {
-                stream.rejected = true;
-                continue;
-            }
-            if !m.is_rtp() {
-                return Err(Status::unimplemented(format!("SDP {}", left_out_reason(m))));
-            }
-            super::validate_codecs(&m.codecs, s)?;
-            stream.rejected = false;
-            if from == Side::Remote || state.received[Side::Remote as usize].is_none() {
-                stream.codecs.clone_from(&m.codecs);
-                rates.push((s, super::clock_rates(&m.codecs)));
-            }
-            stream.held[from as usize] = holds(m);
-            if let Some(ptime) = m.ptime {
-                stream.ptime = ptime;
-            }
-            // rtcp-mux holds once both parties' latest bodies carry it.
-            let mux = m.rtcp_mux && other_media(s).is_none_or(|o| o.rtcp_mux);
-            if !mux && stream.rtcp_mux.iter().any(|&on| on) && !stream.rtcp_sockets {
-                return Err(Status::failed_precondition(format!(
-                    "SDP line {}: stream {s} was created with rtcp-mux and has no RTCP port to fall back to",
-                    m.line
-                )));
-            }
-            let (rtp, rtcp) = match endpoint_of(m) {
-                Some(endpoint) => super::parse_endpoint(&endpoint, from)?,
-                None => (None, None),
-            };
-            for side in [from, other] {
-                let changed = stream.rtcp_mux[side as usize] != mux;
-                let (rtp, rtcp) = if side == from {
-                    (rtp, rtcp)
-                } else {
-                    (None, None)
-                };
-                if changed || rtp.is_some() {
-                    peers.push(PeerUpdate {
-                        stream: s,
-                        side,
-                        rtp,
-                        rtcp,
-                        rtcp_mux: changed.then_some(mux),
-                    });
-                }
-                stream.rtcp_mux[side as usize] = mux;
-            }
-        }
-        let held = super::session_held(&streams);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(
-            record.worker,
-            Command::Update {
-                id: record.id,
-                peers,
-                clock_rates: rates,
-                held: Some(held),
-                reply,
-            },
-        )?;
-        if !super::await_worker(answer).await? {
-            return Err(Status::not_found(format!(
-                "session {} has ended",
-                record.id
-            )));
-        }
-        let rendered = {
-            let mut registry = self.registry();
-            let Some(current) = registry.by_id.get_mut(&record.id) else {
-                return Err(Status::not_found(format!(
-                    "session {} has ended",
-                    record.id
-                )));
-            };
-            if !request.to_tag.is_empty() {
-                current.to_tag.clone_from(&request.to_tag);
-            }
-            for (now, updated) in current.streams.iter_mut().zip(&streams) {
-                now.codecs.clone_from(&updated.codecs);
-                now.held = updated.held;
-                now.ptime = updated.ptime;
-                now.rejected = updated.rejected;
-                now.rtcp_mux = updated.rtcp_mux;
-            }
-            let relay = relay_toward(&current.streams, other);
-            let state = current.sdp.get_or_insert_with(SdpState::default);
-            let receiver = match (
-                state.received[other as usize].as_ref(),
-                state.layout[other as usize].as_ref(),
-            ) {
-                (Some(body), Some(layout)) => Some((body, layout)),
-                _ => None,
-            };
-            // The relay renumbers a transferred device's payload types in
-            // its media; bodies crossing it are renumbered the same way, so
-            // each party keeps the numbers it negotiated.
-            let payloads: Vec<Vec<(u8, u8)>> = current
-                .streams
-                .iter()
-                .map(|s| match from {
-                    Side::User => s.user_payloads.clone(),
-                    Side::Remote => s.user_payloads.iter().map(|&(d, r)| (r, d)).collect(),
-                })
-                .collect();
-            let mut out = render(&body, &layout, receiver, &relay, &payloads);
-            stamp(&mut out, &mut state.sent[other as usize]);
-            state.layout[from as usize] = Some(layout);
-            state.received[from as usize] = Some(body);
-            out.render()
-        };
-        Ok(v1::UpdateSessionResponse {
-            session: Some(self.get(Some(&super::by_id(record.id))).await?),
-            sdp: rendered,
-        })
-    }
-}
-
-/// The other party.
-pub(super) fn opposite(side: Side) -> Side {
-    match side {
-        Side::User => Side::Remote,
-        Side::Remote => Side::User,
-    }
 }
 
 #[cfg(test)]
@@ -848,7 +660,7 @@ mod tests {
 
     /// Relay addresses for `count` streams: user side 10.9.0.1, remote side
     /// 10.9.0.2 (or 2001:db8:99::2 for IPv6).
-    fn records(specs: &[v1::StreamSpec], ipv6_remote: bool) -> Vec<StreamRecord> {
+    fn records(specs: &[v1::StreamSpec], ipv6_remote: bool) -> Vec<NegotiatedStream> {
         specs
             .iter()
             .enumerate()
@@ -866,7 +678,7 @@ mod tests {
                     rtp: a.to_string(),
                     rtcp: SocketAddr::new(a.ip(), a.port() + 1).to_string(),
                 };
-                StreamRecord {
+                NegotiatedStream {
                     kind: spec.kind.clone(),
                     codecs: spec.codecs.clone(),
                     rtcp_mux: [spec.rtcp_mux; 2],
@@ -886,7 +698,7 @@ mod tests {
     }
 
     fn is_ice_line(line: &str) -> bool {
-        crate::sdp::ICE_ATTRIBUTES.iter().any(|name| {
+        crate::sip::sdp::ICE_ATTRIBUTES.iter().any(|name| {
             line.strip_prefix("a=")
                 .and_then(|rest| rest.strip_prefix(name))
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
@@ -940,7 +752,7 @@ mod tests {
         for case in CORPUS {
             let name = case.name;
             let body = Sdp::parse(case.body).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let (specs, layout) = streams_from(&body, Side::User, v1::AddressFamily::Unspecified)
+            let (specs, layout) = streams_from(&body, Party::User, v1::AddressFamily::Unspecified)
                 .unwrap_or_else(|e| panic!("{name}: {e:?}"));
             let carried: Vec<Option<String>> = layout
                 .iter()
@@ -964,7 +776,7 @@ mod tests {
             assert_eq!(holds(&media[first]), case.held, "{name}: hold");
 
             let streams = records(&specs, false);
-            let relay = relay_toward(&streams, Side::Remote);
+            let relay = relay_toward(&streams, Party::Remote);
             let out = render(&body, &layout, None, &relay, &[]);
             let text = out.render();
             let unchanged = assert_only_relay_lines_changed(name, case.body, &text);
@@ -1004,7 +816,7 @@ mod tests {
     fn ipv6_relay_legs_get_ipv6_connection_lines() {
         let body = Sdp::parse(body!("carrier.sdp")).expect("parse");
         let (specs, layout) =
-            streams_from(&body, Side::Remote, v1::AddressFamily::Ipv6).expect("streams");
+            streams_from(&body, Party::Remote, v1::AddressFamily::Ipv6).expect("streams");
         assert_eq!(specs[0].user_family, v1::AddressFamily::Ipv6 as i32);
         let streams = records(&specs, true);
         // Sent to the user: the relay's user legs (IPv4 here) ...
@@ -1012,7 +824,7 @@ mod tests {
             &body,
             &layout,
             None,
-            &relay_toward(&streams, Side::User),
+            &relay_toward(&streams, Party::User),
             &[],
         )
         .render();
@@ -1022,7 +834,7 @@ mod tests {
             &body,
             &layout,
             None,
-            &relay_toward(&streams, Side::Remote),
+            &relay_toward(&streams, Party::Remote),
             &[],
         )
         .render();
@@ -1036,7 +848,7 @@ mod tests {
     #[test]
     fn t38_and_dtls_are_not_relayed_and_say_why() {
         let t38 = Sdp::parse(body!("carrier-t38.sdp")).expect("parse");
-        let error = streams_from(&t38, Side::User, v1::AddressFamily::Unspecified)
+        let error = streams_from(&t38, Party::User, v1::AddressFamily::Unspecified)
             .expect_err("nothing to relay");
         assert_eq!(error.code, v1::Code::Unimplemented);
         assert!(
@@ -1046,8 +858,8 @@ mod tests {
         );
 
         let dtls = Sdp::parse(body!("webrtc-browser-dtls.sdp")).expect("parse");
-        let error =
-            streams_from(&dtls, Side::User, v1::AddressFamily::Unspecified).expect_err("DTLS-SRTP");
+        let error = streams_from(&dtls, Party::User, v1::AddressFamily::Unspecified)
+            .expect_err("DTLS-SRTP");
         assert_eq!(error.code, v1::Code::Unimplemented);
         assert!(
             error.message.contains("line 7") && error.message.contains("SRTP"),
@@ -1140,7 +952,7 @@ mod tests {
         )
         .expect("remote");
         let (specs, _) =
-            streams_from(&remote, Side::Remote, v1::AddressFamily::Unspecified).expect("streams");
+            streams_from(&remote, Party::Remote, v1::AddressFamily::Unspecified).expect("streams");
         let streams = records(&specs, false);
         // Device B numbers telephone-event 96 and also offers video.
         let offer = "v=0\r\no=b 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\

@@ -5,7 +5,8 @@
 //! can panic. Setters exist only for a mutable buffer and change fixed header
 //! fields in place, so CSRCs, extensions, payload and padding pass untouched.
 //! Written by hand: the `rtp` crate parses into an owned, allocating struct,
-//! which the hot path cannot afford.
+//! which the hot path cannot afford. [`RtpRepr`] is the owned counterpart
+//! that builds packets, for tests, benches and the load generator.
 
 /// Why bytes are not a valid RTP or RTCP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub enum Malformed {
     /// An RTCP length field that does not fit the datagram.
     RtcpLength,
 }
+
+/// The largest datagram the relay handles (the receive buffer's size);
+/// anything longer is dropped as too large.
+pub const MAX_DATAGRAM: usize = 2048;
 
 /// Length of the fixed RTP header.
 pub const RTP_HEADER_LEN: usize = 12;
@@ -161,6 +166,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> RtpView<T> {
     }
 }
 
+/// The shortest valid RTCP datagram: one header and a sender SSRC.
+pub const RTCP_MIN_LEN: usize = 8;
+
 /// RTCP packet types (RFC 3550 §12.1, RFC 4585, RFC 3611).
 pub const RTCP_SR: u8 = 200;
 /// Receiver report.
@@ -197,6 +205,65 @@ fn rtcp_min_len(packet_type: u8, count: usize) -> usize {
     }
 }
 
+/// An RTP packet's fixed header, owned: builds packets ([`RtpRepr::emit`])
+/// and reads a view's fields back ([`RtpRepr::parse`]). No CSRCs, no
+/// extension, no padding: what the relay's tests and generator send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RtpRepr {
+    /// The marker bit.
+    pub marker: bool,
+    /// The payload type (7 bits).
+    pub payload_type: u8,
+    /// The sequence number.
+    pub sequence: u16,
+    /// The RTP timestamp.
+    pub timestamp: u32,
+    /// The synchronisation source.
+    pub ssrc: u32,
+}
+
+impl RtpRepr {
+    /// The fields of a checked packet.
+    pub fn parse<T: AsRef<[u8]>>(view: &RtpView<T>) -> Self {
+        Self {
+            marker: view.marker(),
+            payload_type: view.payload_type(),
+            sequence: view.sequence(),
+            timestamp: view.timestamp(),
+            ssrc: view.ssrc(),
+        }
+    }
+
+    /// Writes the header and `payload` to the start of `buf`; the packet's
+    /// length, or `None` when `buf` is too short.
+    pub fn emit(&self, buf: &mut [u8], payload: &[u8]) -> Option<usize> {
+        let len = RTP_HEADER_LEN + payload.len();
+        self.emit_header(buf.get_mut(..len)?)?;
+        buf[RTP_HEADER_LEN..len].copy_from_slice(payload);
+        Some(len)
+    }
+
+    /// Writes the 12-byte header alone (the caller writes the payload after
+    /// it, in place); `None` when `buf` is too short.
+    pub fn emit_header(&self, buf: &mut [u8]) -> Option<()> {
+        let out = buf.get_mut(..RTP_HEADER_LEN)?;
+        out[0] = 0x80;
+        out[1] = (u8::from(self.marker) << 7) | (self.payload_type & 0x7f);
+        out[2..4].copy_from_slice(&self.sequence.to_be_bytes());
+        out[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        Some(())
+    }
+
+    /// The packet as a new buffer (tests and set-up paths, not the hot one).
+    pub fn to_vec(&self, payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0; RTP_HEADER_LEN + payload.len()];
+        let len = self.emit(&mut buf, payload).unwrap_or(0);
+        buf.truncate(len);
+        buf
+    }
+}
+
 /// Checks the structure of a (compound) RTCP packet (RFC 3550 A.2, relaxed
 /// for RFC 5506 reduced-size RTCP: any RTCP packet type may come first): every
 /// sub-packet has version 2, a type in 192..=223, a length that fits, room
@@ -204,7 +271,7 @@ fn rtcp_min_len(packet_type: u8, count: usize) -> usize {
 /// the lengths add up to the datagram. Returns the first sender SSRC. What
 /// passes is safe to walk by length and count without further checks.
 pub fn check_rtcp(datagram: &[u8]) -> Result<u32, Malformed> {
-    if datagram.len() < 8 {
+    if datagram.len() < RTCP_MIN_LEN {
         return Err(Malformed::Truncated);
     }
     let mut offset = 0;
@@ -283,6 +350,26 @@ mod tests {
         assert_eq!(view.ssrc(), 0x1234_5678);
         assert_eq!(view.header_len(), 12 + 8);
         assert_eq!(view.payload(), &[9; 20]);
+    }
+
+    #[test]
+    fn repr_emits_what_the_view_and_the_rtp_crate_read() {
+        use webrtc_util::marshal::Unmarshal;
+        let repr = RtpRepr {
+            marker: true,
+            payload_type: 101,
+            sequence: 65535,
+            timestamp: 0xdead_beef,
+            ssrc: 0x1234_5678,
+        };
+        let bytes = repr.to_vec(&[7; 20]);
+        let view = RtpView::new_checked(&bytes[..]).expect("valid");
+        assert_eq!(RtpRepr::parse(&view), repr);
+        assert_eq!(view.payload(), &[7; 20]);
+        let parsed = rtp::packet::Packet::unmarshal(&mut &bytes[..]).expect("rtp crate");
+        assert_eq!(parsed.header.sequence_number, 65535);
+        assert!(parsed.header.marker);
+        assert_eq!(repr.emit(&mut [0u8; 31], &[7; 20]), None, "too short");
     }
 
     #[test]

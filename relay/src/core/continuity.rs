@@ -12,10 +12,18 @@
 //! spacing through fixed offsets, so gaps appear only where it lost packets.
 //! Packets older than a source's anchor, and duplicates, are dropped so that
 //! no sequence number is ever sent twice.
+//!
+//! RFC 4733 events that a device sends on an SSRC of their own, beside its
+//! media, are a *secondary* source ([`Continuity::rewrite_secondary`]): each
+//! packet takes the next outward sequence number (the main source's numbers
+//! move up by one, so nothing collides), all packets of one event share one
+//! outward timestamp taken from the clock at the event's first packet, and
+//! the marker is the event's own. Re-anchoring on every change of SSRC
+//! would make each packet a new event at the remote, and digits repeat.
+
+use crate::core::rtp::RtpView;
 
 use std::time::Instant;
-
-use crate::rtp::RtpView;
 
 /// A sequence jump larger than this, within one SSRC, is a restart
 /// (RFC 3550 A.1 MAX_DROPOUT).
@@ -74,6 +82,9 @@ pub struct Continuity {
     marker_pending: bool,
     packets_sent: u32,
     octets_sent: u32,
+    /// The secondary source (events on their own SSRC): its input key, the
+    /// input timestamp of its current event and that event's outward one.
+    secondary: Option<((usize, u32), u32, u32)>,
 }
 
 /// What [`Continuity::rewrite`] did.
@@ -221,6 +232,62 @@ impl Continuity {
         self.marker_pending = true;
     }
 
+    /// Rewrites one RFC 4733 event packet that input `leg` sends on an SSRC
+    /// other than its media's (see the module documentation). Needs a main
+    /// source; without one it is [`Continuity::rewrite`].
+    pub fn rewrite_secondary<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        leg: usize,
+        packet: &mut RtpView<T>,
+        clock_rate: u32,
+    ) -> Result<Rewritten, Refused> {
+        let (Some(outward), Some(main)) = (self.outward_ssrc, self.source.as_mut()) else {
+            return self.rewrite(now, leg, packet, clock_rate);
+        };
+        let key = (leg, packet.ssrc());
+        let input_ts = packet.timestamp();
+        let out_ts = match self.secondary {
+            Some((k, ts, out)) if k == key && ts == input_ts => out,
+            Some(_) | None => {
+                // A new event: its timestamp is now on the outward clock.
+                let rate = if clock_rate == 0 {
+                    self.last_rate.max(1)
+                } else {
+                    clock_rate
+                };
+                let elapsed = self
+                    .last_at
+                    .map_or(0, |at| now.saturating_duration_since(at).as_nanos());
+                let advance = elapsed * u128::from(rate) / 1_000_000_000;
+                let out = self
+                    .last_ts
+                    .wrapping_add(u32::try_from(advance).unwrap_or(u32::MAX));
+                self.secondary = Some((key, input_ts, out));
+                out
+            }
+        };
+        let out_seq = self.highest_seq.wrapping_add(1);
+        // The main source's later packets move up past the number taken.
+        main.seq_offset = main.seq_offset.wrapping_add(1);
+        main.anchor_ext = main.anchor_ext.wrapping_add(1);
+        self.highest_seq = out_seq;
+        self.highest_ext = self.highest_ext.wrapping_add(1);
+        packet.set_ssrc(outward);
+        packet.set_sequence(out_seq);
+        packet.set_timestamp(out_ts);
+        self.packets_sent = self.packets_sent.wrapping_add(1);
+        self.octets_sent = self
+            .octets_sent
+            .wrapping_add(u32::try_from(packet.payload_len()).unwrap_or(u32::MAX));
+        Ok(Rewritten { anchored: false })
+    }
+
+    /// The input the outward stream follows now: (leg, SSRC).
+    pub fn current_input(&self) -> Option<(usize, u32)> {
+        self.source.map(|s| s.key)
+    }
+
     /// The outward SSRC, once a packet has been sent.
     pub fn outward_ssrc(&self) -> Option<u32> {
         self.outward_ssrc
@@ -302,6 +369,65 @@ mod tests {
             input_seq: seq,
             input_ts: ts,
         })
+    }
+
+    /// Issue 22 finding 9: a device that sends RFC 4733 events on their
+    /// own SSRC. Each event keeps one timestamp and its own marker at the
+    /// remote (not one new event per packet), sequence numbers stay +1, and
+    /// the media around it is not re-anchored.
+    #[test]
+    fn events_on_their_own_ssrc_keep_one_timestamp_per_event() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for i in 0..3u16 {
+            run(
+                &mut c,
+                at(20 * u64::from(i)),
+                0,
+                100 + i,
+                1000 + 160 * u32::from(i),
+                0xA,
+            );
+        }
+        let mut event = Vec::new();
+        for i in 0..4u16 {
+            let mut bytes = packet(500 + i, 77_000, 0xD);
+            bytes[1] |= if i == 0 { 0x80 } else { 0 };
+            let mut view = RtpView::new_checked(&mut bytes[..]).expect("valid");
+            c.rewrite_secondary(at(50 + 20 * u64::from(i)), 0, &mut view, 8000)
+                .expect("sent");
+            event.push((
+                view.sequence(),
+                view.timestamp(),
+                view.ssrc(),
+                view.marker(),
+            ));
+            // The media goes on between the event's packets.
+            let media = run(
+                &mut c,
+                at(60 + 20 * u64::from(i)),
+                0,
+                103 + i,
+                1480 + 160 * u32::from(i),
+                0xA,
+            )
+            .expect("sent");
+            assert!(!media.marker, "the media is not re-anchored");
+            assert_eq!(media.ssrc, 0xA);
+            assert_eq!(media.seq, event[usize::from(i)].0 + 1);
+        }
+        let seqs: Vec<u16> = event.iter().map(|e| e.0).collect();
+        assert_eq!(seqs, [103, 105, 107, 109]);
+        assert!(event.iter().all(|e| e.1 == event[0].1), "one timestamp");
+        assert_eq!(event[0].1, 1000 + 160 * 2 + 10 * 8, "on the outward clock");
+        assert!(event.iter().all(|e| e.2 == 0xA), "the outward SSRC");
+        let markers: Vec<bool> = event.iter().map(|e| e.3).collect();
+        assert_eq!(
+            markers,
+            [true, false, false, false],
+            "the event's own marker"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! and judges what every receiver got (see [`analysis`]). `--plan` drives
 //! any relay from a list of flows; `--direct` measures the generator alone.
 
-mod analysis;
-mod generator;
+pub mod analysis;
+pub mod generator;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::os::fd::AsFd;
 
-use baton_relay::rtp::RtpView;
-use baton_relay::sys::{self, BATCH, RecvBatch, SendBatch};
+use baton_relay::core::rtp::{RtpRepr, RtpView};
+use baton_relay::io::sys::{self, BATCH, RecvBatch, SendBatch};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
@@ -376,11 +376,14 @@ pub fn run(
                     }
                     let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
                     report.sent += sent;
-                    packet[0] = 0x80;
-                    packet[1] = 0;
-                    packet[2..4].copy_from_slice(&sender.seq.to_be_bytes());
-                    packet[4..8].copy_from_slice(&sender.ts.to_be_bytes());
-                    packet[8..12].copy_from_slice(&sender.ssrc.to_be_bytes());
+                    let _ = RtpRepr {
+                        marker: false,
+                        payload_type: 0,
+                        sequence: sender.seq,
+                        timestamp: sender.ts,
+                        ssrc: sender.ssrc,
+                    }
+                    .emit_header(packet);
                     Stamp {
                         flow,
                         generation: sender.generation,

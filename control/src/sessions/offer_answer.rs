@@ -1,0 +1,165 @@
+//! `update_session` with an SDP body: peers, codecs, rtcp-mux and hold read
+//! from it, the session updated, and the body rewritten for the other party.
+
+use baton_proto::v1;
+use baton_relay::core::session::{LegUpdate, SessionUpdate};
+use baton_relay::{Party, StreamIndex};
+
+use super::Sessions;
+use crate::sip::negotiation::{
+    self, SdpState, endpoint_of, extend_layout, holds, left_out_reason, match_by_kind, media_of,
+    relay_toward, render, session_held, stamp,
+};
+use crate::status::Status;
+
+impl Sessions {
+    /// `update_session` with a body.
+    pub(super) async fn update_from_sdp(
+        &self,
+        request: v1::UpdateSessionRequest,
+    ) -> Result<v1::UpdateSessionResponse, Status> {
+        let from = super::party(request.sdp_from, Party::Remote)?;
+        let other = from.other();
+        let body = negotiation::parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
+        let media = media_of(&body)?;
+        let (_guard, record) = self.lock_session(request.session.as_ref()).await?;
+        if from == Party::User
+            && let Some(open) = &record.open_transfer
+        {
+            // Which device sent it? The old one is still live and the new
+            // one not yet: wait for the switch (or a cancel).
+            return Err(Status::failed_precondition(format!(
+                "a transfer to {} is open on session {}: update the user side after it completes or is cancelled",
+                open.gruu, record.id
+            )));
+        }
+        let state = record.sdp.clone().unwrap_or_default();
+        let layout = match (&state.layout[from.index()], &state.layout[other.index()]) {
+            (Some(known), _) => extend_layout(known, &media)?,
+            // An answer has the offer's m= lines (RFC 3264 §6).
+            (None, Some(offered)) => extend_layout(offered, &media)?,
+            (None, None) => match_by_kind(&media, &record.streams),
+        };
+        let other_media = |stream: usize| {
+            let body = state.received[other.index()].as_ref()?;
+            let layout = state.layout[other.index()].as_ref()?;
+            let index = layout.iter().position(|s| *s == Some(stream))?;
+            body.media(index).ok()
+        };
+        let mut streams = record.streams.clone();
+        let mut update = SessionUpdate::default();
+        for (m, slot) in media.iter().zip(&layout) {
+            let Some(s) = *slot else {
+                continue;
+            };
+            let stream = &mut streams[s];
+            if m.kind != stream.kind {
+                return Err(Status::invalid_argument(format!(
+                    "SDP line {}: m={} where the session's stream {s} is {}",
+                    m.line, m.kind, stream.kind
+                )));
+            }
+            if m.is_disabled() {
+                stream.rejected = true;
+                continue;
+            }
+            if !m.is_rtp() {
+                return Err(Status::unimplemented(format!("SDP {}", left_out_reason(m))));
+            }
+            super::validate_codecs(&m.codecs, s)?;
+            stream.rejected = false;
+            if from == Party::Remote || state.received[Party::Remote.index()].is_none() {
+                stream.codecs.clone_from(&m.codecs);
+                update
+                    .clock_rates
+                    .push((StreamIndex(s), super::clock_rates(&m.codecs)));
+            }
+            stream.held[from.index()] = holds(m);
+            if let Some(ptime) = m.ptime {
+                stream.ptime = ptime;
+            }
+            // rtcp-mux holds once both parties' latest bodies carry it.
+            let mux = m.rtcp_mux && other_media(s).is_none_or(|o| o.rtcp_mux);
+            if !mux && stream.rtcp_mux.iter().any(|&on| on) && !stream.rtcp_sockets {
+                return Err(Status::failed_precondition(format!(
+                    "SDP line {}: stream {s} was created with rtcp-mux and has no RTCP port to fall back to",
+                    m.line
+                )));
+            }
+            let (rtp, rtcp) = match endpoint_of(m) {
+                Some(endpoint) => super::parse_endpoint(&endpoint, from)?,
+                None => (None, None),
+            };
+            for party in [from, other] {
+                let changed = stream.rtcp_mux[party.index()] != mux;
+                let (rtp, rtcp) = if party == from {
+                    (rtp, rtcp)
+                } else {
+                    (None, None)
+                };
+                if changed || rtp.is_some() {
+                    update.peers.push(LegUpdate {
+                        stream: StreamIndex(s),
+                        party,
+                        rtp,
+                        rtcp,
+                        rtcp_mux: changed.then_some(mux),
+                    });
+                }
+                stream.rtcp_mux[party.index()] = mux;
+            }
+        }
+        update.held = Some(session_held(&streams));
+        self.dataplane
+            .update_session(record.worker, record.id, update)
+            .await?;
+        let rendered = {
+            let mut registry = self.registry();
+            let Some(current) = registry.by_id.get_mut(&record.id) else {
+                return Err(Status::not_found(format!(
+                    "session {} has ended",
+                    record.id
+                )));
+            };
+            if !request.to_tag.is_empty() {
+                current.to_tag.clone_from(&request.to_tag);
+            }
+            for (now, updated) in current.streams.iter_mut().zip(&streams) {
+                now.codecs.clone_from(&updated.codecs);
+                now.held = updated.held;
+                now.ptime = updated.ptime;
+                now.rejected = updated.rejected;
+                now.rtcp_mux = updated.rtcp_mux;
+            }
+            let relay = relay_toward(&current.streams, other);
+            let state = current.sdp.get_or_insert_with(SdpState::default);
+            let receiver = match (
+                state.received[other.index()].as_ref(),
+                state.layout[other.index()].as_ref(),
+            ) {
+                (Some(body), Some(layout)) => Some((body, layout)),
+                _ => None,
+            };
+            // The relay renumbers a transferred device's payload types in
+            // its media; bodies crossing it are renumbered the same way, so
+            // each party keeps the numbers it negotiated.
+            let payloads: Vec<Vec<(u8, u8)>> = current
+                .streams
+                .iter()
+                .map(|s| match from {
+                    Party::User => s.user_payloads.clone(),
+                    Party::Remote => s.user_payloads.iter().map(|&(d, r)| (r, d)).collect(),
+                })
+                .collect();
+            let mut out = render(&body, &layout, receiver, &relay, &payloads);
+            stamp(&mut out, &mut state.sent[other.index()]);
+            state.layout[from.index()] = Some(layout);
+            state.received[from.index()] = Some(body);
+            out.render()
+        };
+        Ok(v1::UpdateSessionResponse {
+            session: Some(self.info_unlocked(record.id).await?),
+            sdp: rendered,
+        })
+    }
+}

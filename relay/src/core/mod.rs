@@ -1,0 +1,19 @@
+//! The sans-IO core: a call's media state and every rule about it. Nothing
+//! here reads a clock or touches a socket.
+//!
+//! - [`session`]: one call — streams, the transfer lifecycle, hold, timeouts,
+//!   events.
+//! - [`stream`]: one media line — legs, source policy, payload rules,
+//!   routing, in-place rewriting.
+//! - [`continuity`]: the outward RTP timeline (one SSRC, continuous numbers).
+//! - [`rtcp_translate`]: RTCP that agrees with the rewritten RTP.
+//! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
+//!   loss and jitter; [`ids`]: the ids and the two parties.
+
+pub mod continuity;
+pub mod ids;
+pub mod rtcp_translate;
+pub mod rtp;
+pub mod session;
+pub mod stats;
+pub mod stream;

@@ -1,0 +1,1312 @@
+//! A call's media state, kept once: its streams and legs, the transfer
+//! lifecycle, hold, and the timeouts that end it.
+//!
+//! A [`Session`] is sans-IO, in the manner of str0m's `Rtc`: it never reads
+//! a clock or touches a socket. Time is an input ([`Session::handle_packet`]
+//! and [`Session::handle_timeout`] take `now`; [`Session::poll_timeout`] says
+//! when it next needs to be woken); decisions are outputs (the [`Verdict`]
+//! for each datagram, and [`SessionEvent`]s from [`Session::poll_event`]).
+//! The media worker only maps sockets to sessions, moves batches and drives
+//! time, so every rule below is tested in memory on simulated time.
+//!
+//! A transfer moves through three phases:
+//!
+//! ```text
+//!   Idle --begin_transfer--> Pending --switch--> Switched --new device's first packet--> Idle
+//!                               |  ^                                 (TransferCompleted)
+//!            cancel / timeout   |  |
+//!      (TransferTimedOut) <-----+  +-- begin_transfer while Switched reports the
+//!                                      previous transfer completed first
+//! ```
+//!
+//! The switch happens on the new device's first usable packet (first-packet
+//! mode: a negotiated payload type that passed the pending leg's source
+//! policy) or on [`Session::commit`]; every stream switches together, and
+//! the packet that caused it is forwarded in the same pass. A stream whose
+//! current device is in the middle of an RFC 4733 event finishes the event
+//! first. Once every stream has switched, the old device's legs are retired
+//! for [`RETIRE_GRACE`] (their packets counted as dropped rather than
+//! bounced with ICMP), then closed.
+//!
+//! Idle clocks: a session ends when no packet (RTP or RTCP) has arrived on
+//! any leg for the media timeout, or when none ever arrived within the setup
+//! timeout; while every stream is on hold the hold timeout replaces both.
+//! Putting a session on hold and taking it off restarts the clock, so a
+//! call resumed after a long hold has a whole media timeout for its media
+//! to start again.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId};
+use crate::core::stream::{
+    Component, DropReason, LegConfig, LegReport, LegRole, PayloadMap, Stream, StreamConfig, Verdict,
+};
+
+pub use crate::core::stream::Latched;
+
+/// How long the old device's legs stay open after a switch, so its late
+/// packets are counted as dropped rather than bounced with ICMP.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
+/// Informational events (a leg learned its peer) held at most; more are
+/// dropped and counted, so the packet path never allocates for them.
+const INFO_EVENTS: usize = 16;
+
+/// Timeouts that end a session.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// No packet on any leg for this long ends a session that had media.
+    pub media: Duration,
+    /// No packet at all for this long after creation ends a session.
+    pub setup: Duration,
+    /// Replaces both while every stream of a session is on hold.
+    pub hold: Duration,
+}
+
+/// One stream of a new session.
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    /// Learning window, NAT re-learning, asymmetric peers.
+    pub config: StreamConfig,
+    /// The negotiated payload types with their clock rates (the remote's
+    /// numbering, which the first device shares).
+    pub clock_rates: Vec<(u8, u32)>,
+    /// The RFC 4733 payload type, if negotiated.
+    pub telephone_event: Option<u8>,
+    /// The user's device's leg.
+    pub device: LegConfig,
+    /// The remote party's leg.
+    pub remote: LegConfig,
+}
+
+/// The new device's leg of one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLeg {
+    /// Its signalled address or source IP.
+    pub config: LegConfig,
+    /// Its payload numbering against the remote's.
+    pub payloads: PayloadMap,
+}
+
+/// When a transfer switches to the new device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchMode {
+    /// On the new device's first usable media packet.
+    FirstPacket,
+    /// On an explicit commit.
+    Commit,
+}
+
+/// New signalled addresses for one leg.
+#[derive(Debug, Clone, Copy)]
+pub struct LegUpdate {
+    /// The stream.
+    pub stream: StreamIndex,
+    /// The party whose leg it is.
+    pub party: Party,
+    /// RTP address, if signalled.
+    pub rtp: Option<SocketAddr>,
+    /// RTCP address, if signalled.
+    pub rtcp: Option<SocketAddr>,
+    /// Whether the peer multiplexes RTCP on the RTP port, if that changes.
+    pub rtcp_mux: Option<bool>,
+}
+
+/// A signalling update of a session (a re-INVITE, a hold).
+#[derive(Debug, Clone, Default)]
+pub struct SessionUpdate {
+    /// Legs with new addresses.
+    pub peers: Vec<LegUpdate>,
+    /// Streams with renegotiated codecs: payload types and clock rates.
+    pub clock_rates: Vec<(StreamIndex, Vec<(u8, u32)>)>,
+    /// On hold (every stream) or not; `None` leaves it.
+    pub held: Option<bool>,
+}
+
+/// Why a transfer command was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// A transfer is open (not switched) already.
+    #[error("transfer {0} is already pending on this session")]
+    AlreadyPending(TransferId),
+    /// No transfer is open.
+    #[error("no transfer is pending on this session")]
+    NonePending,
+    /// The open transfer is another one.
+    #[error("transfer {asked} is not the one open on this session ({open})")]
+    NotThisTransfer {
+        /// The transfer named by the command.
+        asked: TransferId,
+        /// The transfer open on the session.
+        open: TransferId,
+    },
+    /// The transfer describes another number of streams.
+    #[error("the session has {streams} streams, the transfer gave {given}")]
+    StreamCount {
+        /// Streams of the session.
+        streams: usize,
+        /// Legs given.
+        given: usize,
+    },
+    /// A stream has no room for another leg.
+    #[error("no free leg slot on stream {0}")]
+    NoLegSlot(StreamIndex),
+}
+
+/// Why a session ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Packets stopped for longer than the media (or hold) timeout.
+    MediaTimeout,
+    /// No packet ever arrived within the setup (or hold) timeout.
+    SetupTimeout,
+}
+
+impl EndReason {
+    /// snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MediaTimeout => "media_timeout",
+            Self::SetupTimeout => "setup_timeout",
+        }
+    }
+}
+
+/// Something a session tells its worker (and, through it, the control
+/// plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A leg learned (or re-learned) its peer's address.
+    SourceLatched {
+        /// The stream.
+        stream: StreamIndex,
+        /// What was learned.
+        latched: Latched,
+    },
+    /// The new device's media reached the remote: the transfer is done.
+    TransferCompleted {
+        /// The transfer.
+        transfer: TransferId,
+        /// The old device's last packet to the remote → the new one's
+        /// first; `None` if the new device never sent before a newer
+        /// transfer began.
+        gap: Option<Duration>,
+    },
+    /// A transfer was rolled back because its timeout passed.
+    TransferTimedOut {
+        /// The transfer.
+        transfer: TransferId,
+    },
+    /// A leg is gone: its sockets can be closed and its ports freed.
+    LegClosed {
+        /// The stream.
+        stream: StreamIndex,
+        /// The leg.
+        leg: LegId,
+    },
+    /// The session ended on its own; the worker removes it.
+    Ended {
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferPhase {
+    /// Open, not switched.
+    Pending,
+    /// Switched, the new device not heard yet.
+    Switched,
+}
+
+/// A session's state, for `get_session` and final statistics.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// Per stream: the device's leg, the remote's leg.
+    pub streams: Vec<[LegReport; 2]>,
+    /// The transfer in progress, if any.
+    pub transfer: Option<(TransferId, TransferPhase)>,
+    /// Time since the last packet on any leg (or since creation if none).
+    pub idle: Duration,
+    /// Whether the session is on hold.
+    pub held: bool,
+}
+
+impl SessionReport {
+    /// Whether a transfer is open (not switched yet).
+    pub fn transfer_pending(&self) -> bool {
+        matches!(self.transfer, Some((_, TransferPhase::Pending)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Transfer {
+    Idle,
+    Pending {
+        id: TransferId,
+        mode: SwitchMode,
+        deadline: Instant,
+    },
+    Switched {
+        id: TransferId,
+        /// When the old device's last packet went to the remote.
+        old_last_sent: Option<Instant>,
+    },
+}
+
+/// One call on the relay. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    streams: Vec<Stream>,
+    transfer: Transfer,
+    timeouts: Timeouts,
+    held: bool,
+    /// Creation, or the last change of hold: idle time counts from here.
+    clock_start: Instant,
+    /// When the old device's legs close, once every stream has switched.
+    retire_at: Option<Instant>,
+    events: VecDeque<SessionEvent>,
+    info_events_dropped: u64,
+    ended: bool,
+}
+
+impl Session {
+    /// A session whose legs open now.
+    pub fn new(now: Instant, id: SessionId, streams: &[StreamParams], timeouts: Timeouts) -> Self {
+        let streams = streams
+            .iter()
+            .map(|p| {
+                Stream::new(
+                    now,
+                    p.config,
+                    p.device,
+                    p.remote,
+                    &p.clock_rates,
+                    p.telephone_event,
+                )
+            })
+            .collect();
+        Self {
+            id,
+            streams,
+            transfer: Transfer::Idle,
+            timeouts,
+            held: false,
+            clock_start: now,
+            retire_at: None,
+            events: VecDeque::with_capacity(INFO_EVENTS),
+            info_events_dropped: 0,
+            ended: false,
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Its streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// One stream, for reports.
+    pub fn stream(&self, index: StreamIndex) -> Option<&Stream> {
+        self.streams.get(index.0)
+    }
+
+    /// The party a leg faces (for accounting what was sent where).
+    pub fn party_of(&self, stream: StreamIndex, leg: LegId) -> Party {
+        self.streams
+            .get(stream.0)
+            .map_or(Party::User, |s| s.party_of(leg))
+    }
+
+    /// Whether it has ended (an [`SessionEvent::Ended`] was raised).
+    pub fn has_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Informational events dropped because too many were waiting.
+    pub fn info_events_dropped(&self) -> u64 {
+        self.info_events_dropped
+    }
+
+    /// Handles one datagram (the first `len` bytes of `buf`) that arrived on
+    /// `leg` of `stream` through its `arrived_on` socket from `from`, and
+    /// says what to do with it, rewritten in place. In first-packet mode the
+    /// new device's first usable packet switches every stream and is
+    /// forwarded in the same call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        stream: StreamIndex,
+        leg: LegId,
+        arrived_on: Component,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Verdict {
+        let Some(s) = self.streams.get_mut(stream.0) else {
+            return Verdict::Drop(DropReason::OldSource);
+        };
+        let accepted = match s.accept(now, leg, arrived_on, from, buf, len) {
+            Ok(accepted) => accepted,
+            Err(outcome) => return outcome.verdict,
+        };
+        let first_packet = matches!(
+            self.transfer,
+            Transfer::Pending {
+                mode: SwitchMode::FirstPacket,
+                ..
+            }
+        );
+        if first_packet && accepted.is_media() && s.role(leg) == Some(LegRole::Pending) {
+            self.switch_all(now);
+        }
+        let outcome = self.streams[stream.0].route(now, &accepted, buf, len);
+        if let Some(latched) = outcome.latched {
+            self.info(SessionEvent::SourceLatched { stream, latched });
+        }
+        if outcome.switch_completed {
+            self.collect_closed();
+            self.start_retiring_if_switched(now);
+        }
+        if outcome.new_device_started
+            && let Transfer::Switched { id, old_last_sent } = self.transfer
+        {
+            self.transfer = Transfer::Idle;
+            self.events.push_back(SessionEvent::TransferCompleted {
+                transfer: id,
+                gap: old_last_sent.map(|at| now.saturating_duration_since(at)),
+            });
+        }
+        outcome.verdict
+    }
+
+    /// Opens a transfer to a new device: one pending leg per stream, in
+    /// order. Returns the new legs' ids; nothing changes on an error.
+    pub fn begin_transfer(
+        &mut self,
+        now: Instant,
+        id: TransferId,
+        legs: &[PendingLeg],
+        mode: SwitchMode,
+        timeout: Duration,
+    ) -> Result<Vec<LegId>, TransferError> {
+        if let Transfer::Pending { id: open, .. } = self.transfer {
+            return Err(TransferError::AlreadyPending(open));
+        }
+        if legs.len() != self.streams.len() {
+            return Err(TransferError::StreamCount {
+                streams: self.streams.len(),
+                given: legs.len(),
+            });
+        }
+        if let Transfer::Switched { id: previous, .. } = self.transfer {
+            // Switched, but the new device never sent: that transfer is done.
+            self.transfer = Transfer::Idle;
+            self.events.push_back(SessionEvent::TransferCompleted {
+                transfer: previous,
+                gap: None,
+            });
+        }
+        // A switch still waiting for an RFC 4733 event goes ahead now, and
+        // retired legs in their grace period make room.
+        for s in &mut self.streams {
+            s.finish_switch();
+        }
+        self.collect_closed();
+        self.close_retired();
+        let mut opened = Vec::with_capacity(legs.len());
+        for (index, pending) in legs.iter().enumerate() {
+            match self.streams[index].add_pending(now, pending.config, pending.payloads) {
+                Some(leg) => opened.push(leg),
+                None => {
+                    for s in &mut self.streams[..index] {
+                        s.cancel_pending();
+                    }
+                    return Err(TransferError::NoLegSlot(StreamIndex(index)));
+                }
+            }
+        }
+        self.transfer = Transfer::Pending {
+            id,
+            mode,
+            deadline: now + timeout,
+        };
+        Ok(opened)
+    }
+
+    /// Switches to the pending device now (commit mode).
+    pub fn commit(&mut self, now: Instant, id: TransferId) -> Result<(), TransferError> {
+        self.open_transfer(Some(id))?;
+        self.switch_all(now);
+        Ok(())
+    }
+
+    /// Rolls an open transfer back: the new device's legs close, the current
+    /// device is untouched. `None` cancels whichever is open.
+    pub fn cancel(&mut self, id: Option<TransferId>) -> Result<TransferId, TransferError> {
+        let open = self.open_transfer(id)?;
+        self.roll_back();
+        Ok(open)
+    }
+
+    fn open_transfer(&self, asked: Option<TransferId>) -> Result<TransferId, TransferError> {
+        match (self.transfer, asked) {
+            (Transfer::Pending { id, .. }, None) => Ok(id),
+            (Transfer::Pending { id, .. }, Some(asked)) if asked == id => Ok(id),
+            (Transfer::Pending { id, .. }, Some(asked)) => {
+                Err(TransferError::NotThisTransfer { asked, open: id })
+            }
+            (Transfer::Idle | Transfer::Switched { .. }, _) => Err(TransferError::NonePending),
+        }
+    }
+
+    fn roll_back(&mut self) {
+        for (index, s) in self.streams.iter_mut().enumerate() {
+            if let Some(leg) = s.cancel_pending() {
+                self.events.push_back(SessionEvent::LegClosed {
+                    stream: StreamIndex(index),
+                    leg,
+                });
+            }
+        }
+        self.transfer = Transfer::Idle;
+    }
+
+    /// Every stream switches to its pending leg (or waits for an RFC 4733
+    /// event to end first); the transfer counts as switched.
+    fn switch_all(&mut self, now: Instant) {
+        let Transfer::Pending { id, .. } = self.transfer else {
+            return;
+        };
+        let old_last_sent = self
+            .streams
+            .iter()
+            .filter_map(Stream::last_toward_remote_at)
+            .max();
+        for s in &mut self.streams {
+            s.switch(now);
+        }
+        self.transfer = Transfer::Switched { id, old_last_sent };
+        self.collect_closed();
+        self.start_retiring_if_switched(now);
+    }
+
+    /// Once no stream waits for an event any more, the old legs retire.
+    fn start_retiring_if_switched(&mut self, now: Instant) {
+        if !self.streams.iter().any(Stream::switch_waiting) {
+            self.retire_at = Some(now + RETIRE_GRACE);
+        }
+    }
+
+    /// Legs a switch removed outright (a second switch within the grace).
+    fn collect_closed(&mut self) {
+        for (index, s) in self.streams.iter_mut().enumerate() {
+            if let Some(leg) = s.take_closed() {
+                self.events.push_back(SessionEvent::LegClosed {
+                    stream: StreamIndex(index),
+                    leg,
+                });
+            }
+        }
+    }
+
+    fn close_retired(&mut self) {
+        self.retire_at = None;
+        for (index, s) in self.streams.iter_mut().enumerate() {
+            if let Some(leg) = s.close_retired() {
+                self.events.push_back(SessionEvent::LegClosed {
+                    stream: StreamIndex(index),
+                    leg,
+                });
+            }
+        }
+    }
+
+    /// Applies a signalling update. Going on hold or off it restarts the
+    /// idle clock.
+    pub fn update(&mut self, now: Instant, update: &SessionUpdate) {
+        for peer in &update.peers {
+            if let Some(s) = self.streams.get_mut(peer.stream.0) {
+                s.update_leg(now, peer.party, peer.rtp, peer.rtcp, peer.rtcp_mux);
+            }
+        }
+        for (index, rates) in &update.clock_rates {
+            if let Some(s) = self.streams.get_mut(index.0) {
+                s.set_clock_rates(rates);
+            }
+        }
+        if let Some(held) = update.held
+            && held != self.held
+        {
+            self.held = held;
+            self.clock_start = now;
+        }
+    }
+
+    /// Whether the session is on hold.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// When the session next needs [`Session::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.idle_deadline().0;
+        if let Transfer::Pending { deadline, .. } = self.transfer {
+            next = next.min(deadline);
+        }
+        if let Some(at) = self.retire_at {
+            next = next.min(at);
+        }
+        for s in &self.streams {
+            if let Some(at) = s.switch_deadline() {
+                next = next.min(at);
+            }
+        }
+        next
+    }
+
+    /// The idle deadline and what ends the session there.
+    fn idle_deadline(&self) -> (Instant, EndReason) {
+        let activity = self.streams.iter().filter_map(Stream::last_packet_at).max();
+        let (media, setup) = if self.held {
+            (self.timeouts.hold, self.timeouts.hold)
+        } else {
+            (self.timeouts.media, self.timeouts.setup)
+        };
+        match activity {
+            Some(at) => (at.max(self.clock_start) + media, EndReason::MediaTimeout),
+            None => (self.clock_start + setup, EndReason::SetupTimeout),
+        }
+    }
+
+    /// Everything due by `now`: waiting switches whose event went stale,
+    /// a transfer's timeout, the end of the old legs' grace, the idle
+    /// timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        let mut completed = false;
+        for s in &mut self.streams {
+            completed |= s.tick(now);
+        }
+        if completed {
+            self.collect_closed();
+            self.start_retiring_if_switched(now);
+        }
+        if let Transfer::Pending { id, deadline, .. } = self.transfer
+            && now >= deadline
+        {
+            self.roll_back();
+            self.events
+                .push_back(SessionEvent::TransferTimedOut { transfer: id });
+        }
+        if self.retire_at.is_some_and(|at| now >= at) {
+            self.close_retired();
+        }
+        let (deadline, reason) = self.idle_deadline();
+        if now >= deadline {
+            self.ended = true;
+            self.events.push_back(SessionEvent::Ended { reason });
+        }
+    }
+
+    /// The next event, if any. Call until `None` after every batch of
+    /// packets, command and timeout.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// An informational event, dropped (and counted) rather than growing
+    /// the queue on the packet path.
+    fn info(&mut self, event: SessionEvent) {
+        if self.events.len() < INFO_EVENTS {
+            self.events.push_back(event);
+        } else {
+            self.info_events_dropped += 1;
+        }
+    }
+
+    /// Accounts datagrams the kernel accepted on a leg's socket.
+    pub fn record_sent(&mut self, stream: StreamIndex, leg: LegId, packets: u64, bytes: u64) {
+        if let Some(s) = self.streams.get_mut(stream.0) {
+            s.record_sent(leg, packets, bytes);
+        }
+    }
+
+    /// Accounts datagrams dropped on a leg's socket outside the state
+    /// machine (too large to receive, refused by the kernel).
+    pub fn record_drop(
+        &mut self,
+        stream: StreamIndex,
+        leg: LegId,
+        reason: DropReason,
+        packets: u64,
+    ) {
+        if let Some(s) = self.streams.get_mut(stream.0) {
+            s.record_drop(leg, reason, packets);
+        }
+    }
+
+    /// The session's state now.
+    pub fn report(&self, now: Instant) -> SessionReport {
+        let last = self
+            .streams
+            .iter()
+            .filter_map(Stream::last_packet_at)
+            .max()
+            .unwrap_or(self.clock_start);
+        SessionReport {
+            streams: self
+                .streams
+                .iter()
+                .map(|s| {
+                    [
+                        s.leg_report(now, Party::User),
+                        s.leg_report(now, Party::Remote),
+                    ]
+                })
+                .collect(),
+            transfer: match self.transfer {
+                Transfer::Idle => None,
+                Transfer::Pending { id, .. } => Some((id, TransferPhase::Pending)),
+                Transfer::Switched { id, .. } => Some((id, TransferPhase::Switched)),
+            },
+            idle: now.saturating_duration_since(last),
+            held: self.held,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::rtp::RtpRepr;
+
+    const A: &str = "10.0.0.1:4000";
+    const REMOTE: &str = "10.0.0.2:5000";
+    const B: &str = "10.0.0.3:6000";
+    const C: &str = "10.0.0.4:7000";
+    const S0: StreamIndex = StreamIndex(0);
+    const TIMEOUTS: Timeouts = Timeouts {
+        media: Duration::from_secs(60),
+        setup: Duration::from_secs(180),
+        hold: Duration::from_secs(3600),
+    };
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    fn leg(peer: Option<&str>) -> LegConfig {
+        LegConfig {
+            rtcp_mux: true,
+            peer_rtp: peer.map(addr),
+            peer_rtcp: None,
+            peer_ip: None,
+        }
+    }
+
+    fn params() -> StreamParams {
+        StreamParams {
+            config: StreamConfig {
+                learning_window: Duration::from_secs(3),
+                relearn: false,
+                asymmetric: false,
+            },
+            clock_rates: vec![(0, 8000), (101, 8000)],
+            telephone_event: Some(101),
+            device: leg(Some(A)),
+            remote: leg(Some(REMOTE)),
+        }
+    }
+
+    /// A call driven on simulated time: a clock that only moves when told,
+    /// and each device's RTP numbering.
+    struct Call {
+        session: Session,
+        t0: Instant,
+        now: Instant,
+        /// Per device address: (SSRC, next sequence, next timestamp).
+        devices: Vec<(&'static str, u32, u16, u32)>,
+        events: Vec<SessionEvent>,
+    }
+
+    /// What the remote (or a device) received.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Heard {
+        to: SocketAddr,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        pt: u8,
+    }
+
+    impl Call {
+        fn new(streams: usize) -> Self {
+            let t0 = Instant::now();
+            let params: Vec<StreamParams> = (0..streams).map(|_| params()).collect();
+            Self {
+                session: Session::new(t0, SessionId(1), &params, TIMEOUTS),
+                t0,
+                now: t0,
+                devices: vec![(A, 0xA, 1000, 8000), (B, 0xB, 40000, 777), (C, 0xC, 7, 5)],
+                events: Vec::new(),
+            }
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            self.drive();
+        }
+
+        /// Runs the timeouts that are due and collects events.
+        fn drive(&mut self) {
+            if self.session.poll_timeout() <= self.now {
+                self.session.handle_timeout(self.now);
+            }
+            while let Some(e) = self.session.poll_event() {
+                self.events.push(e);
+            }
+        }
+
+        fn feed(&mut self, leg: LegId, from: &str, bytes: &[u8]) -> (Verdict, Vec<u8>) {
+            self.feed_on(S0, leg, from, bytes)
+        }
+
+        fn feed_on(
+            &mut self,
+            stream: StreamIndex,
+            leg: LegId,
+            from: &str,
+            bytes: &[u8],
+        ) -> (Verdict, Vec<u8>) {
+            let mut buf = [0u8; 2048];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            let verdict = self.session.handle_packet(
+                self.now,
+                stream,
+                leg,
+                Component::Rtp,
+                addr(from),
+                &mut buf,
+                bytes.len(),
+            );
+            self.drive();
+            let len = match verdict {
+                Verdict::Forward { len, .. } => len,
+                Verdict::Drop(_) => bytes.len(),
+            };
+            (verdict, buf[..len].to_vec())
+        }
+
+        /// The device at `from` sends one media packet of `pt` on `leg`.
+        fn speak(&mut self, leg: LegId, from: &'static str, pt: u8) -> Option<Heard> {
+            let device = self
+                .devices
+                .iter_mut()
+                .find(|d| d.0 == from)
+                .expect("known device");
+            let packet = RtpRepr {
+                payload_type: pt,
+                sequence: device.2,
+                timestamp: device.3,
+                ssrc: device.1,
+                marker: false,
+            }
+            .to_vec(&[0xd5; 160]);
+            device.2 = device.2.wrapping_add(1);
+            device.3 = device.3.wrapping_add(160);
+            heard(self.feed(leg, from, &packet))
+        }
+
+        fn remote_speaks(&mut self, pt: u8) -> Verdict {
+            let packet = RtpRepr {
+                payload_type: pt,
+                sequence: 1,
+                timestamp: 1,
+                ssrc: 0xF,
+                marker: false,
+            }
+            .to_vec(&[1, 0, 0, 160]);
+            self.feed(LegId::REMOTE, REMOTE, &packet).0
+        }
+
+        fn transfer(&mut self, id: u64, to: &str, mode: SwitchMode) -> LegId {
+            let legs = vec![
+                PendingLeg {
+                    config: leg(Some(to)),
+                    payloads: PayloadMap::identity([0, 101], Some(101)),
+                };
+                self.session.stream_count()
+            ];
+            let opened = self
+                .session
+                .begin_transfer(
+                    self.now,
+                    TransferId(id),
+                    &legs,
+                    mode,
+                    Duration::from_secs(30),
+                )
+                .expect("transfer opens");
+            self.drive();
+            opened[0]
+        }
+
+        fn take_events(&mut self) -> Vec<SessionEvent> {
+            std::mem::take(&mut self.events)
+        }
+    }
+
+    fn heard((verdict, bytes): (Verdict, Vec<u8>)) -> Option<Heard> {
+        let Verdict::Forward { to, .. } = verdict else {
+            return None;
+        };
+        let view = crate::core::rtp::RtpView::new_checked(&bytes[..]).expect("rtp");
+        Some(Heard {
+            to,
+            ssrc: view.ssrc(),
+            seq: view.sequence(),
+            ts: view.timestamp(),
+            marker: view.marker(),
+            pt: view.payload_type(),
+        })
+    }
+
+    fn closed(events: &[SessionEvent]) -> Vec<LegId> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::LegClosed { leg, .. } => Some(*leg),
+                SessionEvent::SourceLatched { .. }
+                | SessionEvent::TransferCompleted { .. }
+                | SessionEvent::TransferTimedOut { .. }
+                | SessionEvent::Ended { .. } => None,
+            })
+            .collect()
+    }
+
+    fn completed(events: &[SessionEvent]) -> Vec<(TransferId, Option<Duration>)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::TransferCompleted { transfer, gap } => Some((*transfer, *gap)),
+                SessionEvent::SourceLatched { .. }
+                | SessionEvent::TransferTimedOut { .. }
+                | SessionEvent::LegClosed { .. }
+                | SessionEvent::Ended { .. } => None,
+            })
+            .collect()
+    }
+
+    const TICK: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn switch_on_the_new_devices_first_packet_in_one_pass() {
+        let mut call = Call::new(1);
+        let mut last = None;
+        for _ in 0..5 {
+            last = call.speak(LegId::FIRST_DEVICE, A, 0);
+            call.advance(TICK);
+        }
+        let last = last.expect("A heard");
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        // While pending, the remote's media goes to both devices.
+        match call.remote_speaks(0) {
+            Verdict::Forward { to, fork, .. } => {
+                assert_eq!(to, addr(A));
+                assert_eq!(fork.map(|f| (f.leg, f.to)), Some((b, addr(B))));
+            }
+            Verdict::Drop(reason) => panic!("dropped: {reason:?}"),
+        }
+        call.advance(Duration::from_millis(10));
+        // B's first packet switches and is itself forwarded.
+        let first = call.speak(b, B, 0).expect("B's first packet is forwarded");
+        assert_eq!(first.to, addr(REMOTE));
+        assert_eq!(
+            (first.ssrc, first.seq, first.marker),
+            (0xA, last.seq + 1, true)
+        );
+        assert_eq!(first.ts, last.ts + 30 * 8, "30 ms after A's last packet");
+        assert_eq!(
+            completed(&call.take_events()),
+            vec![(TransferId(1), Some(Duration::from_millis(30)))]
+        );
+        // A is retired: its packets are dropped, its leg closes after the
+        // grace period.
+        assert_eq!(call.speak(LegId::FIRST_DEVICE, A, 0), None);
+        assert_eq!(
+            call.session
+                .stream(S0)
+                .and_then(|s| s.role(LegId::FIRST_DEVICE)),
+            Some(LegRole::Retired)
+        );
+        call.advance(RETIRE_GRACE);
+        assert_eq!(closed(&call.take_events()), vec![LegId::FIRST_DEVICE]);
+        // The remote's media now goes to B only.
+        match call.remote_speaks(0) {
+            Verdict::Forward { to, fork, .. } => assert_eq!((to, fork), (addr(B), None)),
+            Verdict::Drop(reason) => panic!("dropped: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn commit_mode_switches_on_commit_and_completes_on_first_media() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(7, B, SwitchMode::Commit);
+        call.advance(TICK);
+        assert_eq!(call.speak(b, B, 0), None, "held until the commit");
+        assert!(
+            call.speak(LegId::FIRST_DEVICE, A, 0).is_some(),
+            "A still talks"
+        );
+        assert_eq!(
+            call.session.commit(call.now, TransferId(8)),
+            Err(TransferError::NotThisTransfer {
+                asked: TransferId(8),
+                open: TransferId(7)
+            })
+        );
+        call.session
+            .commit(call.now, TransferId(7))
+            .expect("commit");
+        call.advance(TICK);
+        assert_eq!(call.session.cancel(None), Err(TransferError::NonePending));
+        let first = call.speak(b, B, 0).expect("forwarded after the commit");
+        assert!(first.marker);
+        assert_eq!(
+            completed(&call.take_events()),
+            vec![(TransferId(7), Some(TICK))]
+        );
+    }
+
+    #[test]
+    fn cancel_and_timeout_roll_back_and_leave_the_device_untouched() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        assert_eq!(call.session.cancel(Some(TransferId(1))), Ok(TransferId(1)));
+        call.drive();
+        assert_eq!(closed(&call.take_events()), vec![b]);
+        assert_eq!(call.speak(b, B, 0), None, "B's leg is gone");
+        let a = call.speak(LegId::FIRST_DEVICE, A, 0).expect("A talks");
+        assert!(!a.marker, "nothing changed for the remote");
+
+        let b = call.transfer(2, B, SwitchMode::FirstPacket);
+        call.advance(Duration::from_secs(29));
+        assert!(call.take_events().is_empty());
+        call.advance(Duration::from_secs(1));
+        let events = call.take_events();
+        assert_eq!(closed(&events), vec![b]);
+        assert!(events.contains(&SessionEvent::TransferTimedOut {
+            transfer: TransferId(2)
+        }));
+        assert!(call.speak(LegId::FIRST_DEVICE, A, 0).is_some());
+        // A new transfer can open after a rollback.
+        call.transfer(3, C, SwitchMode::FirstPacket);
+    }
+
+    #[test]
+    fn a_chain_of_transfers_is_one_stream_for_the_remote() {
+        let mut call = Call::new(1);
+        let mut heard = Vec::new();
+        heard.extend(call.speak(LegId::FIRST_DEVICE, A, 0));
+        call.advance(TICK);
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        for _ in 0..3 {
+            heard.extend(call.speak(b, B, 0));
+            call.advance(TICK);
+        }
+        // Back to A, on a new leg (a device gets a new leg each time).
+        let a2 = call.transfer(2, A, SwitchMode::FirstPacket);
+        for _ in 0..3 {
+            heard.extend(call.speak(a2, A, 0));
+            call.advance(TICK);
+        }
+        let c = call.transfer(3, C, SwitchMode::FirstPacket);
+        for _ in 0..3 {
+            heard.extend(call.speak(c, C, 0));
+            call.advance(TICK);
+        }
+        assert_eq!(heard.len(), 10);
+        assert!(heard.iter().all(|h| h.ssrc == 0xA && h.to == addr(REMOTE)));
+        for pair in heard.windows(2) {
+            assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "{pair:?}");
+            assert_eq!(pair[1].ts.wrapping_sub(pair[0].ts), 160, "{pair:?}");
+        }
+        let markers: Vec<usize> = heard
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.marker)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(markers, [1, 4, 7], "one marker per switch");
+        let done: Vec<TransferId> = completed(&call.take_events())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(done, [TransferId(1), TransferId(2), TransferId(3)]);
+    }
+
+    fn event(seq: u16, ts: u32, end: bool) -> Vec<u8> {
+        RtpRepr {
+            payload_type: 101,
+            sequence: seq,
+            timestamp: ts,
+            ssrc: 0xA,
+            marker: false,
+        }
+        .to_vec(&[5, if end { 0x8a } else { 0x0a }, 0, 160])
+    }
+
+    #[test]
+    fn a_dtmf_event_in_progress_finishes_before_the_switch_and_then_retires() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        assert!(heard(call.feed(LegId::FIRST_DEVICE, A, &event(1001, 8160, false))).is_some());
+        // B's first packet: the switch waits for A's event to end.
+        assert_eq!(call.speak(b, B, 0), None);
+        call.advance(TICK);
+        let end = heard(call.feed(LegId::FIRST_DEVICE, A, &event(1002, 8160, true)))
+            .expect("A's end packet reaches the remote");
+        assert_eq!(end.seq, 1002);
+        // Now B is the device, and its next packet completes the transfer.
+        let b_first = call.speak(b, B, 0).expect("B forwarded");
+        assert_eq!((b_first.seq, b_first.marker), (1003, true));
+        assert_eq!(completed(&call.take_events()).len(), 1);
+        // Issue 22 finding 10: the old device's leg closes after the grace
+        // period even though the switch waited for the event.
+        call.advance(RETIRE_GRACE);
+        assert_eq!(closed(&call.take_events()), vec![LegId::FIRST_DEVICE]);
+    }
+
+    #[test]
+    fn a_stale_event_lets_a_waiting_switch_go_ahead_and_retire() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        call.feed(LegId::FIRST_DEVICE, A, &event(1001, 8160, false));
+        call.speak(b, B, 0);
+        // The end packet is lost; after the stale time the switch goes
+        // ahead, and the grace period after it.
+        call.advance(Duration::from_millis(1100));
+        assert!(call.speak(b, B, 0).is_some());
+        call.advance(Duration::from_secs(3));
+        assert_eq!(closed(&call.take_events()), vec![LegId::FIRST_DEVICE]);
+    }
+
+    #[test]
+    fn hold_across_the_switch_keeps_the_session() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        call.session.update(
+            call.now,
+            &SessionUpdate {
+                held: Some(true),
+                ..SessionUpdate::default()
+            },
+        );
+        let b = call.transfer(1, B, SwitchMode::Commit);
+        call.session
+            .commit(call.now, TransferId(1))
+            .expect("commit");
+        // On hold, the new device is silent for longer than the media
+        // timeout: the session stays.
+        call.advance(TIMEOUTS.media * 2);
+        assert!(!call.session.has_ended());
+        assert!(call.session.report(call.now).held);
+        call.session.update(
+            call.now,
+            &SessionUpdate {
+                held: Some(false),
+                ..SessionUpdate::default()
+            },
+        );
+        call.advance(TICK);
+        assert!(call.speak(b, B, 0).is_some());
+        assert!(!call.session.has_ended());
+    }
+
+    /// Issue 22 finding 1: leaving hold restarts the idle clock; a call
+    /// held for longer than the media timeout survives its resume whether
+    /// the media restarts at once or a little later.
+    #[test]
+    fn a_resumed_call_survives_however_long_the_hold() {
+        for restart_after in [0, 20, 50, 100, 5_000] {
+            let mut call = Call::new(1);
+            call.speak(LegId::FIRST_DEVICE, A, 0);
+            let hold = |call: &mut Call, on| {
+                call.session.update(
+                    call.now,
+                    &SessionUpdate {
+                        held: Some(on),
+                        ..SessionUpdate::default()
+                    },
+                );
+                call.drive();
+            };
+            hold(&mut call, true);
+            call.advance(Duration::from_secs(600));
+            hold(&mut call, false);
+            call.advance(Duration::from_millis(restart_after));
+            assert!(
+                !call.session.has_ended(),
+                "ended {restart_after} ms after the resume"
+            );
+            assert!(call.speak(LegId::FIRST_DEVICE, A, 0).is_some());
+            // The media timeout applies again from the last packet.
+            call.advance(TIMEOUTS.media);
+            assert!(call.take_events().contains(&SessionEvent::Ended {
+                reason: EndReason::MediaTimeout
+            }));
+        }
+    }
+
+    /// The setup timeout had the same flaw: a session put on hold before
+    /// any media and resumed later gets a whole setup timeout.
+    #[test]
+    fn the_setup_clock_restarts_on_resume_too() {
+        let mut call = Call::new(1);
+        call.session.update(
+            call.now,
+            &SessionUpdate {
+                held: Some(true),
+                ..SessionUpdate::default()
+            },
+        );
+        call.advance(Duration::from_secs(400));
+        call.session.update(
+            call.now,
+            &SessionUpdate {
+                held: Some(false),
+                ..SessionUpdate::default()
+            },
+        );
+        call.advance(TIMEOUTS.setup - TICK);
+        assert!(!call.session.has_ended());
+        call.advance(TICK);
+        assert!(call.take_events().contains(&SessionEvent::Ended {
+            reason: EndReason::SetupTimeout
+        }));
+    }
+
+    /// Issue 22 finding 12: a session whose only traffic is RTCP is alive.
+    #[test]
+    fn rtcp_alone_keeps_a_session_alive() {
+        let mut call = Call::new(1);
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 0xA];
+        for _ in 0..10 {
+            call.advance(Duration::from_secs(30));
+            call.feed(LegId::FIRST_DEVICE, A, &rr);
+        }
+        assert!(call.now - call.t0 > TIMEOUTS.setup);
+        assert!(!call.session.has_ended());
+    }
+
+    /// Issue 22 findings 2 and 12: a packet the new device did not
+    /// negotiate (comfort noise) neither switches nor wedges the transfer;
+    /// the first device's unnegotiated types are dropped like any device's.
+    #[test]
+    fn an_unusable_packet_from_the_new_device_changes_nothing() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        assert_eq!(
+            call.speak(LegId::FIRST_DEVICE, A, 13),
+            None,
+            "one rule for all"
+        );
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        assert_eq!(call.speak(b, B, 13), None);
+        assert!(
+            call.speak(LegId::FIRST_DEVICE, A, 0)
+                .is_some_and(|h| !h.marker),
+            "A still the device"
+        );
+        // The transfer can still be cancelled, and a new one opened.
+        assert_eq!(call.session.cancel(None), Ok(TransferId(1)));
+        let c = call.transfer(2, C, SwitchMode::FirstPacket);
+        assert!(call.speak(c, C, 0).is_some());
+    }
+
+    /// Issue 22 finding 5: commit to B, B silent, then a transfer to C: the
+    /// report of B's switch names B, never C.
+    #[test]
+    fn every_transfer_report_names_its_own_transfer() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        call.transfer(1, B, SwitchMode::Commit);
+        call.session
+            .commit(call.now, TransferId(1))
+            .expect("commit");
+        call.advance(TICK);
+        let c = call.transfer(2, C, SwitchMode::FirstPacket);
+        assert_eq!(completed(&call.take_events()), vec![(TransferId(1), None)]);
+        assert_eq!(
+            call.session.report(call.now).transfer,
+            Some((TransferId(2), TransferPhase::Pending))
+        );
+        // C's timeout is C's.
+        call.advance(Duration::from_secs(30));
+        let events = call.take_events();
+        assert!(events.contains(&SessionEvent::TransferTimedOut {
+            transfer: TransferId(2)
+        }));
+        assert!(closed(&events).contains(&c));
+    }
+
+    #[test]
+    fn dtmf_across_the_switch_is_mapped_to_each_devices_numbering() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let legs = [PendingLeg {
+            config: leg(Some(B)),
+            payloads: PayloadMap::from_pairs(&[(0, 0), (96, 101)], Some(96)),
+        }];
+        let b = call
+            .session
+            .begin_transfer(
+                call.now,
+                TransferId(1),
+                &legs,
+                SwitchMode::FirstPacket,
+                Duration::from_secs(30),
+            )
+            .expect("transfer")[0];
+        call.speak(b, B, 0);
+        let digit = call.speak(b, B, 96).expect("B's telephone-event");
+        assert_eq!(digit.pt, 101, "in the remote's numbering");
+        let packet = RtpRepr {
+            payload_type: 101,
+            sequence: 9,
+            timestamp: 9,
+            ssrc: 0xF,
+            marker: false,
+        }
+        .to_vec(&[1, 0, 0, 160]);
+        let to_b = heard(call.feed(LegId::REMOTE, REMOTE, &packet)).expect("to B");
+        assert_eq!((to_b.to, to_b.pt), (addr(B), 96), "in B's numbering");
+    }
+
+    #[test]
+    fn every_stream_switches_together() {
+        let mut call = Call::new(2);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        call.speak(b, B, 0);
+        let s1 = call.session.stream(StreamIndex(1)).expect("video");
+        assert_eq!(s1.role(b), Some(LegRole::Device));
+        assert_eq!(s1.role(LegId::FIRST_DEVICE), Some(LegRole::Retired));
+    }
+}

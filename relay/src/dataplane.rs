@@ -1,0 +1,565 @@
+//! The handle the control plane holds: port pools, worker threads, and a
+//! typed API over the workers' command queues.
+//!
+//! Every call names the worker that owns the session and returns a
+//! [`DataplaneError`] when the worker is busy, gone, slow, or refuses; the
+//! queue, its waker and the reply channels stay inside. Commands to one
+//! worker run in the order they were queued.
+
+use std::any::Any;
+use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use mio::{Poll, Waker};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::ids::{SessionId, StreamIndex, TransferId, WorkerId};
+use crate::core::session::{
+    EndReason, Latched, PendingLeg, SessionReport, SessionUpdate, StreamParams, SwitchMode,
+    Timeouts, TransferError,
+};
+use crate::core::stream::DropReason;
+use crate::io::ports::{self, LegSockets, PortError, PortPool};
+use crate::io::worker::{self, Command, Worker};
+
+/// How long a worker may take to answer a command.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the data plane is set up.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Local IPs to bind media on, at most one per address family.
+    pub media_ips: Vec<IpAddr>,
+    /// Lowest and highest relay port.
+    pub ports: (u16, u16),
+    /// Session timeouts.
+    pub timeouts: Timeouts,
+    /// Commands queued per worker before the control plane is told the
+    /// worker is busy.
+    pub command_queue: usize,
+    /// Workers spin on epoll instead of sleeping in it: lower latency, one
+    /// core per worker at 100 % whatever the load.
+    pub busy_poll: bool,
+}
+
+/// One stream of a new session: its parameters and its two legs' sockets
+/// (the device's, the remote's).
+#[derive(Debug)]
+pub struct StreamSetup {
+    /// Codecs, peers, source policy.
+    pub params: StreamParams,
+    /// Bound sockets: device leg, remote leg.
+    pub sockets: [LegSockets; 2],
+}
+
+/// A transfer to open: its id, one leg per stream with its sockets, when to
+/// switch, when to give up.
+#[derive(Debug)]
+pub struct TransferSetup {
+    /// The control plane's id for it.
+    pub transfer: TransferId,
+    /// Per stream, in order.
+    pub legs: Vec<(PendingLeg, LegSockets)>,
+    /// When to switch.
+    pub mode: SwitchMode,
+    /// Roll back if not switched by then.
+    pub timeout: Duration,
+}
+
+/// Why the data plane did not do what was asked. Mapped to status codes in
+/// one place, by the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataplaneError {
+    /// The worker's command queue is full.
+    #[error("media worker {0} is overloaded (command queue full)")]
+    Busy(WorkerId),
+    /// The worker has stopped (it failed and is being replaced, or the
+    /// relay is shutting down).
+    #[error("media worker {0} has stopped")]
+    Stopped(WorkerId),
+    /// The worker did not answer within [`REPLY_TIMEOUT`].
+    #[error("media worker {0} did not answer in time")]
+    NoAnswer(WorkerId),
+    /// The session is not on its worker (it has ended).
+    #[error("session {0} is not on its media worker (it has ended)")]
+    NoSession(SessionId),
+    /// A session with this id is on the worker already.
+    #[error("session {0} exists on its media worker already")]
+    Exists(SessionId),
+    /// The session refused the transfer command.
+    #[error(transparent)]
+    Transfer(TransferError),
+    /// Sockets could not be registered with the worker's event loop.
+    #[error("cannot register sockets: {0}")]
+    Sockets(String),
+}
+
+/// Something a worker tells the control plane.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A transfer's new device took over.
+    TransferCompleted {
+        /// The session.
+        id: SessionId,
+        /// The transfer.
+        transfer: TransferId,
+        /// Last packet of the old device sent → first of the new one sent;
+        /// `None` if a newer transfer began before the new device sent.
+        gap: Option<Duration>,
+        /// The session after the switch.
+        report: SessionReport,
+    },
+    /// A transfer was rolled back by its timeout.
+    TransferTimedOut {
+        /// The session.
+        id: SessionId,
+        /// The transfer.
+        transfer: TransferId,
+    },
+    /// A session ended on its own; its ports are free.
+    SessionEnded {
+        /// The session.
+        id: SessionId,
+        /// Why.
+        reason: EndReason,
+        /// Its final report.
+        report: SessionReport,
+    },
+    /// A worker thread failed (a bug: it panicked, or epoll failed). Its
+    /// sessions are gone and their ports are free again; the control plane
+    /// ends them and starts a new worker in its place.
+    WorkerFailed {
+        /// Worker slot.
+        worker: WorkerId,
+        /// The panic message or the error.
+        reason: String,
+    },
+    /// A leg learned (or re-learned) its peer's address.
+    SourceLatched {
+        /// The session.
+        id: SessionId,
+        /// The stream.
+        stream: StreamIndex,
+        /// What was learned.
+        latched: Latched,
+    },
+}
+
+/// Worker-wide counters.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    /// Sessions on this worker.
+    pub sessions: usize,
+    /// Datagrams forwarded since start.
+    pub forwarded: u64,
+    /// Datagrams dropped since start, all reasons.
+    pub dropped: u64,
+    /// Receive-to-send latency percentiles in nanoseconds: p50, p90, p99,
+    /// p99.9, max.
+    pub latency_ns: [u64; 5],
+    /// Worker events lost because a queue was full.
+    pub events_lost: u64,
+    /// Datagrams sent, by the party they went to (user, remote).
+    pub packets_to: [u64; 2],
+    /// Bytes sent, by the party they went to (user, remote).
+    pub bytes_to: [u64; 2],
+    /// Datagrams dropped, by reason (indexed like `DropReason::ALL`).
+    pub drops: [u64; DropReason::COUNT],
+    /// Sampled relay latency: (upper bound in ns, samples at or below it),
+    /// cumulative, for [`LATENCY_BUCKETS_NS`].
+    pub latency_buckets: Vec<(u64, u64)>,
+    /// Latency samples.
+    pub latency_count: u64,
+    /// Sum of the latency samples in ns.
+    pub latency_sum_ns: f64,
+    /// CPU time the worker thread used, in seconds (user + system), if the
+    /// system reports it.
+    pub cpu_seconds: Option<f64>,
+}
+
+pub use crate::io::worker::LATENCY_BUCKETS_NS;
+
+/// Why a leg's sockets could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// No media IP of the wanted family is configured.
+    #[error("no media IP configured for {}", if *.0 { "IPv6" } else { "IPv4" })]
+    NoMediaIp(bool),
+    /// The pool ran out or could not bind.
+    #[error(transparent)]
+    Ports(PortError),
+}
+
+struct WorkerHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    /// Set to stop the worker even when its command queue is full.
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What every worker is started with (again, after a failure).
+struct WorkerTemplate {
+    timeouts: Timeouts,
+    command_queue: usize,
+    busy_poll: bool,
+    /// Taken at shutdown, so that the event channel closes once the
+    /// workers have ended and its reader sees the end.
+    events: Mutex<Option<mpsc::Sender<WorkerEvent>>>,
+}
+
+/// The running data plane: port pools and worker threads.
+pub struct Dataplane {
+    /// One slot per worker; a failed worker's slot gets a new worker. The
+    /// lock is taken per control command, never per packet.
+    workers: Vec<Mutex<WorkerHandle>>,
+    pools: Vec<Arc<Mutex<PortPool>>>,
+    template: WorkerTemplate,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts worker `index`. Its thread catches a panic (a bug) and reports it
+/// as [`WorkerEvent::WorkerFailed`]: the worker's sessions are lost with it,
+/// but the rest of the relay keeps forwarding.
+fn spawn_worker(index: WorkerId, template: &WorkerTemplate) -> std::io::Result<WorkerHandle> {
+    let events = template
+        .events
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| std::io::Error::other("the data plane has shut down"))?;
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+    let (commands, receiver) = crossbeam_channel::bounded(template.command_queue);
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = Worker::new(
+        index,
+        poll,
+        receiver,
+        events.clone(),
+        template.timeouts,
+        Arc::clone(&stop),
+    )?
+    .busy_poll(template.busy_poll);
+    let thread = std::thread::Builder::new()
+        .name(format!("baton-worker-{index}"))
+        .spawn(move || {
+            // Unwinding drops the worker: its sockets close and their ports
+            // go back to the pools, so nothing leaks with the sessions.
+            let reason = match panic::catch_unwind(AssertUnwindSafe(move || worker.run())) {
+                Ok(Ok(())) => return,
+                Ok(Err(reason)) => reason,
+                Err(payload) => panic_message(payload.as_ref()),
+            };
+            // A plain thread, outside any runtime: blocking is allowed, and
+            // this event must not be dropped for a full queue.
+            let _ = events.blocking_send(WorkerEvent::WorkerFailed {
+                worker: index,
+                reason,
+            });
+        })?;
+    Ok(WorkerHandle {
+        commands,
+        waker,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    text.map_or_else(|| "panicked".to_owned(), |text| format!("panicked: {text}"))
+}
+
+impl Dataplane {
+    /// Starts the workers; their events go to `events`.
+    pub fn start(
+        config: &DataplaneConfig,
+        events: mpsc::Sender<WorkerEvent>,
+    ) -> std::io::Result<Self> {
+        let (lo, hi) = config.ports;
+        let pools = config
+            .media_ips
+            .iter()
+            .map(|&ip| Arc::new(Mutex::new(PortPool::new(ip, lo, hi))))
+            .collect();
+        let template = WorkerTemplate {
+            timeouts: config.timeouts,
+            command_queue: config.command_queue,
+            busy_poll: config.busy_poll,
+            events: Mutex::new(Some(events)),
+        };
+        let mut workers = Vec::with_capacity(config.workers);
+        for index in 0..config.workers {
+            workers.push(Mutex::new(spawn_worker(WorkerId(index), &template)?));
+        }
+        Ok(Self {
+            workers,
+            pools,
+            template,
+        })
+    }
+
+    /// Starts a new worker in the slot of one that failed (after
+    /// [`WorkerEvent::WorkerFailed`]); it begins with no sessions.
+    pub fn restart_worker(&self, worker: WorkerId) -> std::io::Result<()> {
+        let slot = self
+            .workers
+            .get(worker.0)
+            .ok_or_else(|| std::io::Error::other(format!("no media worker {worker}")))?;
+        let fresh = spawn_worker(worker, &self.template)?;
+        let old = std::mem::replace(
+            &mut *slot.lock().unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        // The old thread has reported its failure and is ending; joining
+        // one that has not quite finished would block the caller, so that
+        // one is left to finish on its own.
+        if let Some(thread) = old.thread
+            && thread.is_finished()
+        {
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+
+    /// Makes worker `worker` panic, as a bug would: for tests of what the
+    /// relay does when a worker fails. Nothing in the relay calls it.
+    #[doc(hidden)]
+    pub fn fail_worker_for_tests(&self, worker: WorkerId) -> Result<(), DataplaneError> {
+        self.queue(worker, Command::Fail)
+    }
+
+    /// Number of workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Every worker's id.
+    pub fn workers(&self) -> impl Iterator<Item = WorkerId> {
+        (0..self.workers.len()).map(WorkerId)
+    }
+
+    /// Queues a command for a worker and wakes it.
+    fn queue(&self, worker: WorkerId, command: Command) -> Result<(), DataplaneError> {
+        let handle = self
+            .workers
+            .get(worker.0)
+            .ok_or(DataplaneError::Stopped(worker))?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        handle.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => DataplaneError::Busy(worker),
+            TrySendError::Disconnected(_) => DataplaneError::Stopped(worker),
+        })?;
+        handle
+            .waker
+            .wake()
+            .map_err(|_| DataplaneError::Stopped(worker))
+    }
+
+    /// Queues a command built around its reply channel and waits (bounded)
+    /// for the answer.
+    async fn ask<T>(
+        &self,
+        worker: WorkerId,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DataplaneError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(worker, command(reply))?;
+        match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
+            Ok(Ok(value)) => Ok(value),
+            // The worker dropped the reply: it failed while handling it.
+            Ok(Err(_)) => Err(DataplaneError::Stopped(worker)),
+            Err(_) => Err(DataplaneError::NoAnswer(worker)),
+        }
+    }
+
+    /// Hands a new session's sockets to `worker`, which starts forwarding.
+    /// If the worker does not answer in time, the session is removed again
+    /// behind the add (commands run in order), so a late add never leaves a
+    /// session the control plane does not know.
+    pub async fn add_session(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+        streams: Vec<StreamSetup>,
+    ) -> Result<(), DataplaneError> {
+        let result = self
+            .ask(worker, |reply| Command::Add { id, streams, reply })
+            .await
+            .and_then(|r| r);
+        if result == Err(DataplaneError::NoAnswer(worker)) {
+            let (reply, _) = oneshot::channel();
+            if self.queue(worker, Command::Remove { id, reply }).is_err() {
+                tracing::error!(
+                    %worker, session = %id,
+                    "a session added late could not be removed again; its setup timeout ends it"
+                );
+            }
+        }
+        result
+    }
+
+    /// Applies a signalling update to a session.
+    pub async fn update_session(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+        update: SessionUpdate,
+    ) -> Result<(), DataplaneError> {
+        self.ask(worker, |reply| Command::Update { id, update, reply })
+            .await?
+    }
+
+    /// Opens a transfer's legs on the session.
+    pub async fn begin_transfer(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+        setup: TransferSetup,
+    ) -> Result<(), DataplaneError> {
+        self.ask(worker, |reply| Command::BeginTransfer { id, setup, reply })
+            .await?
+    }
+
+    /// Switches an open transfer now (commit mode).
+    pub async fn commit_transfer(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+        transfer: TransferId,
+    ) -> Result<(), DataplaneError> {
+        self.ask(worker, |reply| Command::Commit {
+            id,
+            transfer,
+            reply,
+        })
+        .await?
+    }
+
+    /// Rolls back an open transfer (`transfer`, or whichever is open);
+    /// returns the id of the transfer rolled back.
+    pub async fn cancel_transfer(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+        transfer: Option<TransferId>,
+    ) -> Result<TransferId, DataplaneError> {
+        self.ask(worker, |reply| Command::Cancel {
+            id,
+            transfer,
+            reply,
+        })
+        .await?
+    }
+
+    /// Ends a session: its sockets close, its ports are free, and its final
+    /// report comes back.
+    pub async fn remove_session(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+    ) -> Result<SessionReport, DataplaneError> {
+        self.ask(worker, |reply| Command::Remove { id, reply })
+            .await?
+    }
+
+    /// A session's state now.
+    pub async fn inspect_session(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+    ) -> Result<SessionReport, DataplaneError> {
+        self.ask(worker, |reply| Command::Inspect { id, reply })
+            .await?
+    }
+
+    /// A worker's counters.
+    pub async fn worker_stats(&self, worker: WorkerId) -> Result<WorkerStats, DataplaneError> {
+        self.ask(worker, |reply| Command::Stats { reply }).await
+    }
+
+    /// The sessions a worker holds (to check the control plane's registry
+    /// against).
+    pub async fn worker_sessions(
+        &self,
+        worker: WorkerId,
+    ) -> Result<Vec<SessionId>, DataplaneError> {
+        self.ask(worker, |reply| Command::Sessions { reply }).await
+    }
+
+    /// The local media IPs, in configuration order.
+    pub fn media_ips(&self) -> Vec<IpAddr> {
+        self.pools
+            .iter()
+            .map(|p| p.lock().unwrap_or_else(PoisonError::into_inner).ip())
+            .collect()
+    }
+
+    /// Binds a leg's sockets on the media IP of the wanted family (IPv6 when
+    /// `ipv6`), or on the first media IP when `ipv6` is `None`.
+    pub fn allocate(&self, ipv6: Option<bool>, rtcp_mux: bool) -> Result<LegSockets, AllocError> {
+        let pool = self
+            .pools
+            .iter()
+            .find(|p| {
+                let ip = p.lock().unwrap_or_else(PoisonError::into_inner).ip();
+                ipv6.is_none_or(|v6| ip.is_ipv6() == v6)
+            })
+            .ok_or(AllocError::NoMediaIp(ipv6.unwrap_or(false)))?;
+        ports::allocate(pool, rtcp_mux).map_err(AllocError::Ports)
+    }
+
+    /// Per media IP: (ip, free pairs, pairs in the range).
+    pub fn port_usage(&self) -> Vec<(IpAddr, usize, usize)> {
+        self.pools
+            .iter()
+            .map(|p| {
+                let pool = p.lock().unwrap_or_else(PoisonError::into_inner);
+                (pool.ip(), pool.free_pairs(), pool.capacity())
+            })
+            .collect()
+    }
+
+    /// Stops every worker (ending their sessions) and waits for them.
+    pub fn shutdown(&self) {
+        self.template
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for slot in &self.workers {
+            let handle = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            handle.stop.store(true, Ordering::Relaxed);
+            let _ = handle.waker.wake();
+        }
+        for slot in &self.workers {
+            let thread = slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .thread
+                .take();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        }
+    }
+}

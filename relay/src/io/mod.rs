@@ -1,0 +1,7 @@
+//! The I/O shell around the sans-IO core: worker threads and their event
+//! loops, relay port pools, and the batched syscalls (the only `unsafe`
+//! code in the crate).
+
+pub mod ports;
+pub mod sys;
+pub mod worker;

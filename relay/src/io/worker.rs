@@ -1,0 +1,940 @@
+//! A media worker: one thread, one mio event loop, owning the sockets of the
+//! sessions pinned to it. It is the I/O shell around the sans-IO
+//! [`Session`]s: it maps each socket to its (session, stream, leg,
+//! component), hands datagrams to the session and sends what the session
+//! says to send, drives the sessions' time, and carries their events to the
+//! control plane. It decides nothing about calls itself.
+//!
+//! Per datagram: a slab lookup by token, [`Session::handle_packet`] on the
+//! receive buffer in place, a queued send; sends to the same socket leave in
+//! one `sendmmsg`. No allocation, no lock and no channel on that path.
+//! Commands from the control plane arrive on a bounded channel with a mio
+//! `Waker`; events go back on a bounded channel with `try_send`, and the few
+//! that must not be lost (a session's end, a transfer's outcome) wait in a
+//! backlog bounded by the number of sessions.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use hdrhistogram::Histogram;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
+use crate::core::rtp::RtpView;
+use crate::core::session::{
+    EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
+};
+use crate::core::stream::{Component, DropReason, Verdict};
+use crate::dataplane::{DataplaneError, StreamSetup, TransferSetup, WorkerEvent, WorkerStats};
+use crate::io::ports::{LegSockets, PortLease};
+use crate::io::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
+
+/// The waker's token; socket tokens are slab keys, far below it.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// How often the sessions' timeouts are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// `recvmmsg` calls on one socket per turn of the loop before the others get
+/// their turn (fairness under load).
+const BATCHES_PER_TURN: usize = 8;
+/// Largest latency recorded, in nanoseconds (anything slower is clamped).
+const LATENCY_MAX_NS: u64 = 10_000_000_000;
+/// One forwarded batch in this many has its relay latency recorded.
+const LATENCY_SAMPLING: u64 = 16;
+/// No socket in this slot.
+const NO_TOKEN: usize = usize::MAX;
+
+/// Bucket bounds of the exported latency histogram, in nanoseconds.
+pub const LATENCY_BUCKETS_NS: [u64; 12] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 50_000_000,
+];
+
+/// A reply channel for one command.
+pub(crate) type Reply<T> = oneshot::Sender<T>;
+
+/// A control-plane request to a worker, sent by
+/// [`Dataplane`](crate::Dataplane) (which hides this queue).
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Take over a session's sockets and start forwarding.
+    Add {
+        id: SessionId,
+        streams: Vec<StreamSetup>,
+        reply: Reply<Result<(), DataplaneError>>,
+    },
+    /// Apply a signalling update.
+    Update {
+        id: SessionId,
+        update: SessionUpdate,
+        reply: Reply<Result<(), DataplaneError>>,
+    },
+    /// Open the new device's legs.
+    BeginTransfer {
+        id: SessionId,
+        setup: TransferSetup,
+        reply: Reply<Result<(), DataplaneError>>,
+    },
+    /// Switch to the pending device now (commit mode).
+    Commit {
+        id: SessionId,
+        transfer: TransferId,
+        reply: Reply<Result<(), DataplaneError>>,
+    },
+    /// Roll back an open transfer (any, when `transfer` is `None`).
+    Cancel {
+        id: SessionId,
+        transfer: Option<TransferId>,
+        reply: Reply<Result<TransferId, DataplaneError>>,
+    },
+    /// End a session: close its sockets, free its ports, report.
+    Remove {
+        id: SessionId,
+        reply: Reply<Result<SessionReport, DataplaneError>>,
+    },
+    /// Report on a session without changing it.
+    Inspect {
+        id: SessionId,
+        reply: Reply<Result<SessionReport, DataplaneError>>,
+    },
+    /// Worker-wide counters.
+    Stats { reply: Reply<WorkerStats> },
+    /// The ids of the sessions on this worker.
+    Sessions { reply: Reply<Vec<SessionId>> },
+    /// Fail as a bug would, by panicking, so that tests can check what the
+    /// relay does then.
+    Fail,
+}
+
+/// What one batch sent: (sent, failed), and per destination party the
+/// datagrams and bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    sent: u64,
+    failed: u64,
+    packets_to: [u64; 2],
+    bytes_to: [u64; 2],
+}
+
+/// Total CPU time of the calling thread, from procfs.
+fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // procfs counts in USER_HZ, which Linux fixes at 100 for user space
+    // (what sysconf(_SC_CLK_TCK) reports).
+    const USER_HZ: f64 = 100.0;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+struct SocketEntry {
+    socket: UdpSocket,
+    session: usize,
+    stream: StreamIndex,
+    leg: LegId,
+    component: Component,
+}
+
+/// A session and the sockets of its legs.
+struct Entry {
+    session: Session,
+    /// Socket tokens by stream, leg and component; with rtcp-mux the RTCP
+    /// entry repeats the RTP token.
+    tokens: Vec<[[usize; 2]; LegId::COUNT]>,
+    /// Port leases by stream and leg, dropped after the leg's sockets close.
+    leases: Vec<[Option<PortLease>; LegId::COUNT]>,
+}
+
+/// A queued send: the socket token, destination and which datagram (in the
+/// receive batch, or in the fork buffers).
+#[derive(Clone, Copy)]
+struct Outgoing {
+    token: usize,
+    session: usize,
+    stream: StreamIndex,
+    leg: LegId,
+    to: SocketAddr,
+    index: usize,
+}
+
+const NO_OUTGOING: Outgoing = Outgoing {
+    token: NO_TOKEN,
+    session: 0,
+    stream: StreamIndex(0),
+    leg: LegId::FIRST_DEVICE,
+    to: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    )),
+    index: 0,
+};
+
+pub(crate) struct Worker {
+    index: WorkerId,
+    /// Never sleep in epoll (see `DataplaneConfig::busy_poll`).
+    busy_poll: bool,
+    poll: Poll,
+    commands: Receiver<Command>,
+    stop: Arc<AtomicBool>,
+    events: mpsc::Sender<WorkerEvent>,
+    timeouts: Timeouts,
+    sockets: Slab<SocketEntry>,
+    sessions: Slab<Entry>,
+    by_id: HashMap<SessionId, usize>,
+    /// Events the control plane must get (they free ports or change who the
+    /// user's device is) but whose queue was full.
+    undelivered: Vec<WorkerEvent>,
+    /// Copies of the remote's media for a pending device.
+    forks: Box<[[u8; BUF_LEN]; BATCH]>,
+    forwarded: u64,
+    dropped: u64,
+    packets_to: [u64; 2],
+    bytes_to: [u64; 2],
+    drops: [u64; DropReason::COUNT],
+    events_lost: u64,
+    latency: Histogram<u64>,
+    /// Forwarded batches, for latency sampling.
+    batches: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        index: WorkerId,
+        poll: Poll,
+        commands: Receiver<Command>,
+        events: mpsc::Sender<WorkerEvent>,
+        timeouts: Timeouts,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
+        let latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Self {
+            index,
+            busy_poll: false,
+            poll,
+            commands,
+            stop,
+            events,
+            timeouts,
+            sockets: Slab::with_capacity(1024),
+            sessions: Slab::with_capacity(256),
+            by_id: HashMap::with_capacity(256),
+            undelivered: Vec::new(),
+            forks: Box::new([[0; BUF_LEN]; BATCH]),
+            forwarded: 0,
+            dropped: 0,
+            packets_to: [0; 2],
+            bytes_to: [0; 2],
+            drops: [0; DropReason::COUNT],
+            events_lost: 0,
+            latency,
+            batches: 0,
+        })
+    }
+
+    pub(crate) fn busy_poll(mut self, enabled: bool) -> Self {
+        self.busy_poll = enabled;
+        self
+    }
+
+    /// Forwards until told to stop (`Ok`) or until epoll fails (`Err`).
+    pub(crate) fn run(mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(1024);
+        let mut recv = RecvBatch::new();
+        let mut send = SendBatch::new();
+        // Sockets that still had data when their turn ended.
+        let mut unfinished: Vec<usize> = Vec::with_capacity(1024);
+        let mut retry: Vec<usize> = Vec::with_capacity(1024);
+        let mut now = Instant::now();
+        let mut next_tick = now + TICK;
+        loop {
+            // One clock read per wake-up, shared by everything in it: at 50
+            // packets/s per stream a wake-up often carries one packet, and
+            // reading the clock is a measurable part of its cost.
+            let timeout = if unfinished.is_empty() && !self.busy_poll {
+                next_tick.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!(worker = %self.index, "poll failed, worker stopping: {e}");
+                return Err(format!("epoll failed: {e}"));
+            }
+            now = Instant::now();
+            std::mem::swap(&mut unfinished, &mut retry);
+            for token in retry.drain(..) {
+                self.drain(now, token, &mut recv, &mut send, &mut unfinished);
+            }
+            for event in &events {
+                if event.token() == WAKER {
+                    if !self.handle_commands() || self.stop.load(Ordering::Relaxed) {
+                        self.shutdown();
+                        return Ok(());
+                    }
+                } else {
+                    self.drain(now, event.token().0, &mut recv, &mut send, &mut unfinished);
+                }
+            }
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Reads a socket until it is empty or its turn is over.
+    fn drain(
+        &mut self,
+        now: Instant,
+        token: usize,
+        recv: &mut RecvBatch,
+        send: &mut SendBatch,
+        unfinished: &mut Vec<usize>,
+    ) {
+        for _ in 0..BATCHES_PER_TURN {
+            let Some(entry) = self.sockets.get(token) else {
+                return; // closed since the event was raised
+            };
+            let received = match recv.recv(entry.socket.as_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors reported on the socket and the like: the
+                    // socket itself is fine, try again on the next event.
+                    debug!(worker = %self.index, "recvmmsg: {e}");
+                    return;
+                }
+            };
+            self.process_batch(now, token, recv, received, send);
+            if received < BATCH {
+                // The queue was empty when the kernel returned; any later
+                // datagram raises a new edge.
+                return;
+            }
+        }
+        unfinished.push(token);
+    }
+
+    fn process_batch(
+        &mut self,
+        received_at: Instant,
+        token: usize,
+        recv: &mut RecvBatch,
+        received: usize,
+        send: &mut SendBatch,
+    ) {
+        let Some(socket) = self.sockets.get(token) else {
+            return;
+        };
+        let (key, stream, leg, component) =
+            (socket.session, socket.stream, socket.leg, socket.component);
+        let Some(entry) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let mut queued = [NO_OUTGOING; BATCH];
+        let mut queued_count = 0;
+        let mut forked = [NO_OUTGOING; BATCH];
+        let mut forked_count = 0;
+        let mut fork_lens = [0usize; BATCH];
+        for index in 0..received {
+            let (source, truncated, buf, len) = recv.datagram(index);
+            let Some(source) = source else { continue };
+            let verdict = if truncated {
+                entry
+                    .session
+                    .record_drop(stream, leg, DropReason::TooLarge, 1);
+                Verdict::Drop(DropReason::TooLarge)
+            } else {
+                entry
+                    .session
+                    .handle_packet(received_at, stream, leg, component, source, buf, len)
+            };
+            match verdict {
+                Verdict::Forward {
+                    leg: out_leg,
+                    component: out_component,
+                    to,
+                    len: new_len,
+                    fork,
+                } => {
+                    recv.set_len(index, new_len);
+                    queued[queued_count] = Outgoing {
+                        token: entry.tokens[stream.0][out_leg.index()][out_component.index()],
+                        session: key,
+                        stream,
+                        leg: out_leg,
+                        to,
+                        index,
+                    };
+                    queued_count += 1;
+                    if let Some(fork) = fork {
+                        fork_lens[forked_count] = new_len;
+                        let copy = &mut self.forks[forked_count][..new_len];
+                        copy.copy_from_slice(recv.bytes(index));
+                        if let Ok(mut view) = RtpView::new_checked(&mut copy[..]) {
+                            view.set_payload_type(fork.payload_type);
+                        }
+                        forked[forked_count] = Outgoing {
+                            token: entry.tokens[stream.0][fork.leg.index()][Component::Rtp.index()],
+                            session: key,
+                            stream,
+                            leg: fork.leg,
+                            to: fork.to,
+                            index: forked_count,
+                        };
+                        forked_count += 1;
+                    }
+                }
+                Verdict::Drop(reason) => {
+                    self.dropped += 1;
+                    self.drops[reason as usize] += 1;
+                }
+            }
+        }
+        let mut totals = Totals::default();
+        send_runs(
+            &self.sockets,
+            &mut self.sessions,
+            &queued[..queued_count],
+            |i| recv.bytes(i),
+            send,
+            &mut totals,
+        );
+        let forks = &self.forks;
+        send_runs(
+            &self.sockets,
+            &mut self.sessions,
+            &forked[..forked_count],
+            |i| &forks[i][..fork_lens[i]],
+            send,
+            &mut totals,
+        );
+        self.forwarded += totals.sent;
+        self.dropped += totals.failed;
+        self.drops[DropReason::SendFailed as usize] += totals.failed;
+        for party in Party::BOTH {
+            self.packets_to[party.index()] += totals.packets_to[party.index()];
+            self.bytes_to[party.index()] += totals.bytes_to[party.index()];
+        }
+        let total = queued_count + forked_count;
+        if total > 0 {
+            // Latency takes a second clock read, so it is sampled: one batch
+            // in LATENCY_SAMPLING, weighted by its packets.
+            self.batches = self.batches.wrapping_add(1);
+            if self.batches % LATENCY_SAMPLING == 0 {
+                let elapsed = u64::try_from(received_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let _ = self
+                    .latency
+                    .record_n(elapsed.clamp(1, LATENCY_MAX_NS), total as u64);
+            }
+        }
+        self.collect_events(key, received_at);
+    }
+
+    /// Carries a session's events out: legs to close, reports to the control
+    /// plane, its end.
+    fn collect_events(&mut self, key: usize, now: Instant) {
+        loop {
+            let Some(entry) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let Some(event) = entry.session.poll_event() else {
+                return;
+            };
+            let id = entry.session.id();
+            let report = matches!(event, SessionEvent::TransferCompleted { .. })
+                .then(|| entry.session.report(now));
+            match event {
+                SessionEvent::LegClosed { stream, leg } => self.close_leg(key, stream, leg),
+                SessionEvent::SourceLatched { stream, latched } => {
+                    self.inform(WorkerEvent::SourceLatched {
+                        id,
+                        stream,
+                        latched,
+                    });
+                }
+                SessionEvent::TransferCompleted { transfer, gap } => {
+                    let Some(report) = report else { continue };
+                    debug!(worker = %self.index, session = %id, %transfer, "transfer completed");
+                    self.deliver(WorkerEvent::TransferCompleted {
+                        id,
+                        transfer,
+                        gap,
+                        report,
+                    });
+                }
+                SessionEvent::TransferTimedOut { transfer } => {
+                    debug!(worker = %self.index, session = %id, %transfer, "transfer timed out; rolled back");
+                    self.deliver(WorkerEvent::TransferTimedOut { id, transfer });
+                }
+                SessionEvent::Ended { reason } => {
+                    self.end(key, now, reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, key: usize, now: Instant, reason: EndReason) {
+        let Some(entry) = self.sessions.get(key) else {
+            return;
+        };
+        let id = entry.session.id();
+        let report = entry.session.report(now);
+        self.remove_session(key);
+        debug!(worker = %self.index, session = %id, reason = reason.name(), "session ended");
+        self.deliver(WorkerEvent::SessionEnded { id, reason, report });
+    }
+
+    /// An informational event: dropped (and counted) if the control plane's
+    /// queue is full.
+    fn inform(&mut self, event: WorkerEvent) {
+        if self.events.try_send(event).is_err() {
+            self.events_lost += 1;
+        }
+    }
+
+    /// Queues an event the control plane must not miss; if its queue is
+    /// full, keeps it for the next tick (bounded: one per session end or
+    /// transfer outcome).
+    fn deliver(&mut self, event: WorkerEvent) {
+        deliver(&self.events, &mut self.undelivered, event);
+    }
+
+    /// Runs queued commands; false when the worker must stop.
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            let command = match self.commands.try_recv() {
+                Ok(command) => command,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            };
+            let now = Instant::now();
+            match command {
+                Command::Add { id, streams, reply } => {
+                    let _ = reply.send(self.add_session(now, id, streams));
+                }
+                Command::Update { id, update, reply } => {
+                    let result = self.with_session(id, |entry| {
+                        entry.session.update(now, &update);
+                        Ok(())
+                    });
+                    let _ = reply.send(result);
+                }
+                Command::BeginTransfer { id, setup, reply } => {
+                    let _ = reply.send(self.begin_transfer(now, id, setup));
+                }
+                Command::Commit {
+                    id,
+                    transfer,
+                    reply,
+                } => {
+                    let result = self.with_session(id, |entry| {
+                        entry
+                            .session
+                            .commit(now, transfer)
+                            .map_err(DataplaneError::Transfer)
+                    });
+                    let _ = reply.send(result);
+                }
+                Command::Cancel {
+                    id,
+                    transfer,
+                    reply,
+                } => {
+                    let result = self.with_session(id, |entry| {
+                        entry
+                            .session
+                            .cancel(transfer)
+                            .map_err(DataplaneError::Transfer)
+                    });
+                    let _ = reply.send(result);
+                }
+                Command::Remove { id, reply } => {
+                    let result = match self.by_id.get(&id).copied() {
+                        Some(key) => {
+                            let report = self.sessions[key].session.report(now);
+                            self.remove_session(key);
+                            Ok(report)
+                        }
+                        None => Err(DataplaneError::NoSession(id)),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Inspect { id, reply } => {
+                    let result = match self.by_id.get(&id) {
+                        Some(&key) => Ok(self.sessions[key].session.report(now)),
+                        None => Err(DataplaneError::NoSession(id)),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Stats { reply } => {
+                    let _ = reply.send(self.stats());
+                }
+                Command::Sessions { reply } => {
+                    let _ = reply.send(self.by_id.keys().copied().collect());
+                }
+                Command::Fail => {
+                    panic!("media worker {} told to fail (a test)", self.index)
+                }
+            }
+        }
+    }
+
+    /// Runs `change` on session `id`, then carries out its events.
+    fn with_session<T>(
+        &mut self,
+        id: SessionId,
+        change: impl FnOnce(&mut Entry) -> Result<T, DataplaneError>,
+    ) -> Result<T, DataplaneError> {
+        let key = *self.by_id.get(&id).ok_or(DataplaneError::NoSession(id))?;
+        let result = change(&mut self.sessions[key]);
+        self.collect_events(key, Instant::now());
+        result
+    }
+
+    fn add_session(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        streams: Vec<StreamSetup>,
+    ) -> Result<(), DataplaneError> {
+        if self.by_id.contains_key(&id) {
+            return Err(DataplaneError::Exists(id));
+        }
+        let params: Vec<_> = streams.iter().map(|s| s.params.clone()).collect();
+        let key = self.sessions.vacant_key();
+        let mut entry = Entry {
+            session: Session::new(now, id, &params, self.timeouts),
+            tokens: vec![[[NO_TOKEN; 2]; LegId::COUNT]; streams.len()],
+            leases: (0..streams.len())
+                .map(|_| [None, None, None, None])
+                .collect(),
+        };
+        let mut registered = Vec::new();
+        let mut result = Ok(());
+        for (index, setup) in streams.into_iter().enumerate() {
+            let [device, remote] = setup.sockets;
+            for (leg, sockets) in [(LegId::FIRST_DEVICE, device), (LegId::REMOTE, remote)] {
+                if let Err(e) = self.install_leg(
+                    &mut entry,
+                    key,
+                    StreamIndex(index),
+                    leg,
+                    sockets,
+                    &mut registered,
+                ) {
+                    result = Err(DataplaneError::Sockets(e.to_string()));
+                }
+            }
+        }
+        if let Err(e) = result {
+            for token in registered {
+                let mut socket = self.sockets.remove(token);
+                let _ = self.poll.registry().deregister(&mut socket.socket);
+            }
+            return Err(e);
+        }
+        self.sessions.insert(entry);
+        self.by_id.insert(id, key);
+        Ok(())
+    }
+
+    /// Registers a leg's sockets and keeps its lease.
+    fn install_leg(
+        &mut self,
+        entry: &mut Entry,
+        key: usize,
+        stream: StreamIndex,
+        leg: LegId,
+        sockets: LegSockets,
+        registered: &mut Vec<usize>,
+    ) -> io::Result<()> {
+        let LegSockets { rtp, rtcp, lease } = sockets;
+        entry.leases[stream.0][leg.index()] = Some(lease);
+        let rtp_token = self.register(rtp, key, stream, leg, Component::Rtp)?;
+        registered.push(rtp_token);
+        let rtcp_token = match rtcp {
+            Some(rtcp) => {
+                let token = self.register(rtcp, key, stream, leg, Component::Rtcp)?;
+                registered.push(token);
+                token
+            }
+            None => rtp_token,
+        };
+        entry.tokens[stream.0][leg.index()] = [rtp_token, rtcp_token];
+        Ok(())
+    }
+
+    fn register(
+        &mut self,
+        socket: std::net::UdpSocket,
+        session: usize,
+        stream: StreamIndex,
+        leg: LegId,
+        component: Component,
+    ) -> io::Result<usize> {
+        let mut socket = UdpSocket::from_std(socket);
+        let slot = self.sockets.vacant_entry();
+        let token = slot.key();
+        self.poll
+            .registry()
+            .register(&mut socket, Token(token), Interest::READABLE)?;
+        slot.insert(SocketEntry {
+            socket,
+            session,
+            stream,
+            leg,
+            component,
+        });
+        Ok(token)
+    }
+
+    fn begin_transfer(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        setup: TransferSetup,
+    ) -> Result<(), DataplaneError> {
+        let key = *self.by_id.get(&id).ok_or(DataplaneError::NoSession(id))?;
+        let TransferSetup {
+            transfer,
+            legs,
+            mode,
+            timeout,
+        } = setup;
+        let (pending, sockets): (Vec<_>, Vec<_>) = legs.into_iter().unzip();
+        let opened = self.sessions[key]
+            .session
+            .begin_transfer(now, transfer, &pending, mode, timeout)
+            .map_err(DataplaneError::Transfer);
+        // The session's earlier events first (the retired legs it closed, a
+        // previous transfer's completion): they are reported before this
+        // one's outcome.
+        self.collect_events(key, now);
+        let opened = opened?;
+        let Some(mut entry) = self.sessions.try_remove(key) else {
+            return Err(DataplaneError::NoSession(id));
+        };
+        let mut registered = Vec::new();
+        let mut result = Ok(());
+        for (index, (leg, sockets)) in opened.into_iter().zip(sockets).enumerate() {
+            if let Err(e) = self.install_leg(
+                &mut entry,
+                key,
+                StreamIndex(index),
+                leg,
+                sockets,
+                &mut registered,
+            ) {
+                result = Err(DataplaneError::Sockets(format!(
+                    "cannot register the new device's sockets: {e}"
+                )));
+                break;
+            }
+        }
+        if result.is_err() {
+            // Nothing of this transfer stays: its legs close again.
+            let _ = entry.session.cancel(Some(transfer));
+        }
+        self.reinsert(key, entry);
+        self.collect_events(key, now);
+        result
+    }
+
+    /// Puts back a session taken out with `try_remove(key)` (to borrow it
+    /// beside the socket table). The slab hands out the key freed last, so
+    /// it lands under the same key, which socket entries and `by_id` name.
+    fn reinsert(&mut self, key: usize, entry: Entry) {
+        let reinserted = self.sessions.insert(entry);
+        assert_eq!(reinserted, key, "a session moved in the slab");
+    }
+
+    /// Closes a leg's sockets, then frees its ports.
+    fn close_leg(&mut self, key: usize, stream: StreamIndex, leg: LegId) {
+        let Some(entry) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(tokens) = entry.tokens.get_mut(stream.0) else {
+            return;
+        };
+        let tokens = std::mem::replace(&mut tokens[leg.index()], [NO_TOKEN; 2]);
+        let lease = entry.leases[stream.0][leg.index()].take();
+        for (i, &token) in tokens.iter().enumerate() {
+            // With rtcp-mux the RTCP token repeats the RTP one.
+            if token == NO_TOKEN || (i == 1 && token == tokens[0]) {
+                continue;
+            }
+            if let Some(mut socket) = self.sockets.try_remove(token) {
+                let _ = self.poll.registry().deregister(&mut socket.socket);
+            }
+        }
+        drop(lease);
+    }
+
+    /// Closes a session's sockets, then returns its ports to the pool.
+    fn remove_session(&mut self, key: usize) {
+        let Some(entry) = self.sessions.get(key) else {
+            return;
+        };
+        let streams = entry.tokens.len();
+        for stream in 0..streams {
+            for leg in LegId::all() {
+                self.close_leg(key, StreamIndex(stream), leg);
+            }
+        }
+        let entry = self.sessions.remove(key);
+        self.by_id.remove(&entry.session.id());
+    }
+
+    /// Periodic work: events the control plane could not take before, and
+    /// the timeouts of the sessions that are due.
+    fn tick(&mut self, now: Instant) {
+        let backlog = std::mem::take(&mut self.undelivered);
+        for event in backlog {
+            self.deliver(event);
+        }
+        let due: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, entry)| entry.session.poll_timeout() <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in due {
+            if let Some(entry) = self.sessions.get_mut(key) {
+                entry.session.handle_timeout(now);
+            }
+            self.collect_events(key, now);
+        }
+    }
+
+    fn stats(&self) -> WorkerStats {
+        let h = &self.latency;
+        WorkerStats {
+            sessions: self.sessions.len(),
+            forwarded: self.forwarded,
+            dropped: self.dropped,
+            latency_ns: [
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+            ],
+            events_lost: self.events_lost
+                + self
+                    .sessions
+                    .iter()
+                    .map(|(_, e)| e.session.info_events_dropped())
+                    .sum::<u64>(),
+            packets_to: self.packets_to,
+            bytes_to: self.bytes_to,
+            drops: self.drops,
+            latency_buckets: LATENCY_BUCKETS_NS
+                .iter()
+                .map(|&bound| (bound, h.count_between(0, bound)))
+                .collect(),
+            latency_count: h.len(),
+            latency_sum_ns: h.mean() * h.len() as f64,
+            cpu_seconds: thread_cpu_seconds(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.remove_session(key);
+        }
+    }
+}
+
+/// Queues an event the control plane must not miss; if its queue is full,
+/// keeps it for the next tick.
+fn deliver(
+    events: &mpsc::Sender<WorkerEvent>,
+    undelivered: &mut Vec<WorkerEvent>,
+    event: WorkerEvent,
+) {
+    use mpsc::error::TrySendError;
+    // Order matters (a transfer's completion before the next one's): while
+    // a backlog exists, new events queue behind it.
+    if !undelivered.is_empty() {
+        undelivered.push(event);
+        return;
+    }
+    if let Err(TrySendError::Full(event) | TrySendError::Closed(event)) = events.try_send(event) {
+        warn!("control plane busy; holding worker events");
+        undelivered.push(event);
+    }
+}
+
+/// Sends queued datagrams, one `sendmmsg` per run of the same socket, and
+/// accounts them on their legs and in `totals`.
+fn send_runs<'a>(
+    sockets: &Slab<SocketEntry>,
+    sessions: &mut Slab<Entry>,
+    queued: &[Outgoing],
+    bytes: impl Fn(usize) -> &'a [u8],
+    send: &mut SendBatch,
+    totals: &mut Totals,
+) {
+    let mut start = 0;
+    while start < queued.len() {
+        let token = queued[start].token;
+        let end = start
+            + queued[start..]
+                .iter()
+                .take_while(|q| q.token == token)
+                .count();
+        let mut packets: [(SocketAddr, &[u8]); BATCH] = [(NO_OUTGOING.to, &[]); BATCH];
+        for (slot, q) in packets.iter_mut().zip(&queued[start..end]) {
+            *slot = (q.to, bytes(q.index));
+        }
+        let run = &queued[start];
+        match sockets.get(token) {
+            Some(socket) => {
+                let outcome = send.send(socket.socket.as_fd(), &packets[..end - start]);
+                totals.sent += outcome.sent as u64;
+                totals.failed += outcome.failed as u64;
+                if let Some(entry) = sessions.get_mut(run.session) {
+                    let party = entry.session.party_of(run.stream, run.leg);
+                    totals.packets_to[party.index()] += outcome.sent as u64;
+                    totals.bytes_to[party.index()] += outcome.sent_bytes as u64;
+                    entry.session.record_sent(
+                        run.stream,
+                        run.leg,
+                        outcome.sent as u64,
+                        outcome.sent_bytes as u64,
+                    );
+                    if outcome.failed > 0 {
+                        entry.session.record_drop(
+                            run.stream,
+                            run.leg,
+                            DropReason::SendFailed,
+                            outcome.failed as u64,
+                        );
+                    }
+                }
+            }
+            None => totals.failed += (end - start) as u64,
+        }
+        start = end;
+    }
+}
