@@ -151,10 +151,7 @@ async fn counters_move_through_a_call_and_a_transfer() {
     assert_eq!(value(&during, "baton_sessions"), 1.0);
     assert_eq!(value(&during, "baton_sessions_created_total"), 1.0);
     assert_eq!(value(&during, "baton_transfers_started_total"), 1.0);
-    assert_eq!(
-        value(&during, "baton_transfers_refused_total"),
-        1.0
-    );
+    assert_eq!(value(&during, "baton_transfers_refused_total"), 1.0);
     assert_eq!(
         value(&during, "baton_transfer_media_gap_seconds_count"),
         1.0
