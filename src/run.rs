@@ -136,7 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map(ToString::to_string)
         .collect();
     info!(
-        version = baton_control::service::VERSION,
+        version = baton_control::VERSION,
         control = ?addrs,
         ng = ?ng_addrs,
         metrics = ?metrics,

@@ -31,6 +31,9 @@ pub mod sip;
 pub mod status;
 pub mod telemetry;
 
+/// The relay's version, as reported by `ping`, `get_stats` and `/metrics`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use addr::ControlAddr;
 pub use client::{Client, ClientError};
 pub use server::{ControlServer, ServerOptions};

@@ -533,7 +533,7 @@ async fn serve<S>(
         let Some(command) = request.command else {
             let message = format!(
                 "request {id} carries no command this relay knows (baton {})",
-                crate::service::VERSION
+                crate::VERSION
             );
             let _ = reply(v1::Response::error(id, Code::Unimplemented, message)).await;
             continue;

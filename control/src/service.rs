@@ -11,8 +11,7 @@ use crate::sessions::Sessions;
 use crate::sessions::transfer::TransferContext;
 use crate::status::Status;
 
-/// The relay's version, as reported by `ping` and `get_stats`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::VERSION;
 
 /// Worker → control events queued before workers hold them back (session
 /// ends) or drop them (latching notices, counted).

@@ -317,7 +317,7 @@ impl Collector for SnapshotCollector {
                 version.metric_type(),
             )?;
             version.encode(m.encode_family(&VersionLabels {
-                version: crate::service::VERSION,
+                version: crate::VERSION,
             })?)?;
         }
         gauge(

@@ -84,10 +84,12 @@ async fn create(sessions: &Sessions, n: usize) -> Call {
 
 /// The device sends one RTP packet; true if the remote receives it.
 fn media_flows(call: &Call, seq: u16) -> bool {
-    let mut packet = [0u8; 172];
-    packet[0] = 0x80;
-    packet[2..4].copy_from_slice(&seq.to_be_bytes());
-    packet[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    let packet = baton_relay::core::rtp::RtpRepr {
+        sequence: seq,
+        ssrc: 0x1234_5678,
+        ..Default::default()
+    }
+    .to_vec(&[0; 160]);
     call.device.send_to(&packet, call.relay_user).expect("send");
     let mut buf = [0u8; 2048];
     matches!(call.remote.recv_from(&mut buf), Ok((172, _)))

@@ -1,13 +1,19 @@
-//! The per-stream state machine on hostile datagrams: RTP parsing, source
-//! checks, in-place rewriting and RTCP translation, before and after a
-//! switch to a new device. Nothing may panic, and a forwarded datagram
-//! never grows beyond the buffer.
+//! The session core on hostile datagrams and any order of control
+//! commands: RTP parsing, source checks, in-place rewriting and RTCP
+//! translation, before, during and after transfers (first-packet and
+//! commit mode, cancels, timeouts, holds). Nothing may panic, a forwarded
+//! datagram never grows beyond the buffer, and every event names a leg or
+//! transfer that exists.
 #![no_main]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_relay::stream::{Component, LegConfig, PayloadMap, Stream, StreamConfig, Verdict};
+use baton_relay::core::session::{
+    PendingLeg, Session, SessionEvent, SessionUpdate, StreamParams, SwitchMode, Timeouts,
+};
+use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig, Verdict};
+use baton_relay::{LegId, SessionId, StreamIndex, TransferId};
 use libfuzzer_sys::fuzz_target;
 
 const SOURCES: [&str; 4] = [
@@ -29,54 +35,102 @@ fuzz_target!(|data: &[u8]| {
         peer_rtcp: None,
         peer_ip: None,
     };
-    let mut stream = Stream::new(
-        t0,
-        StreamConfig {
+    let params = StreamParams {
+        config: StreamConfig {
             learning_window: Duration::from_secs(3),
             relearn: flags & 1 != 0,
             asymmetric: flags & 2 != 0,
         },
-        leg(if flags & 4 != 0 { addr(0) } else { None }, flags & 8 != 0),
-        leg(addr(1), flags & 8 != 0),
-        &[(0, 8000), (8, 8000), (101, 8000), (96, 48000)],
-        Some(101),
-    );
-    if flags & 16 != 0 {
-        stream.add_pending(
-            t0,
-            leg(if flags & 32 != 0 { addr(2) } else { None }, false),
-            PayloadMap::from_pairs(&[(0, 0), (96, 101)], Some(96)),
-        );
-    }
-    let mut step = 0u64;
+        clock_rates: vec![(0, 8000), (8, 8000), (101, 8000), (96, 48000)],
+        telephone_event: Some(101),
+        device: leg(if flags & 4 != 0 { addr(0) } else { None }, flags & 8 != 0),
+        remote: leg(addr(1), flags & 8 != 0),
+    };
+    let streams = 1 + usize::from(flags >> 7);
+    let timeouts = Timeouts {
+        media: Duration::from_secs(5),
+        setup: Duration::from_secs(10),
+        hold: Duration::from_secs(20),
+    };
+    let mut session = Session::new(t0, SessionId(1), &vec![params; streams], timeouts);
+    let mut next_transfer = 0u64;
+    let mut now = t0;
     while rest.len() >= 3 {
         let (head, tail) = rest.split_at(3);
         let [what, source, len] = [head[0], head[1], head[2]];
-        let len = usize::from(len).min(tail.len());
-        let (packet, tail) = tail.split_at(len);
+        now += Duration::from_millis(u64::from(what >> 4) * 10);
+        match what & 0x0f {
+            0x0 => {
+                next_transfer += 1;
+                let pending = PendingLeg {
+                    config: LegConfig {
+                        peer_ip: addr(usize::from(source)).map(|a| a.ip()),
+                        ..leg(
+                            if source & 0x10 != 0 { addr(2) } else { None },
+                            source & 0x20 != 0,
+                        )
+                    },
+                    payloads: PayloadMap::from_pairs(&[(0, 0), (96, 101)], Some(96)),
+                };
+                let mode = if source & 0x40 != 0 {
+                    SwitchMode::Commit
+                } else {
+                    SwitchMode::FirstPacket
+                };
+                let _ = session.begin_transfer(
+                    now,
+                    TransferId(next_transfer),
+                    &vec![pending; streams],
+                    mode,
+                    Duration::from_secs(2),
+                );
+            }
+            0x1 => {
+                let _ = session.commit(now, TransferId(u64::from(source & 3)));
+            }
+            0x2 => {
+                let _ = session.cancel((source & 1 != 0).then_some(TransferId(next_transfer)));
+            }
+            0x3 => session.update(
+                now,
+                &SessionUpdate {
+                    held: Some(source & 1 != 0),
+                    ..SessionUpdate::default()
+                },
+            ),
+            0x4 => session.handle_timeout(now),
+            _ => {
+                let len = usize::from(len).min(tail.len());
+                let (packet, tail) = tail.split_at(len);
+                rest = tail;
+                let Some(from) = addr(usize::from(source)) else {
+                    return;
+                };
+                let leg_id = LegId::new(usize::from(what & 3)).unwrap_or(LegId::REMOTE);
+                let component = if what & 4 != 0 {
+                    Component::Rtcp
+                } else {
+                    Component::Rtp
+                };
+                let stream = StreamIndex(usize::from(source >> 7) % streams);
+                let mut buf = [0u8; 2048];
+                buf[..packet.len()].copy_from_slice(packet);
+                let verdict =
+                    session.handle_packet(now, stream, leg_id, component, from, &mut buf, len);
+                if let Verdict::Forward { len, .. } = verdict {
+                    assert!(len <= buf.len());
+                }
+                while let Some(event) = session.poll_event() {
+                    if let SessionEvent::TransferCompleted { transfer, .. }
+                    | SessionEvent::TransferTimedOut { transfer } = event
+                    {
+                        assert!(transfer.0 >= 1 && transfer.0 <= next_transfer);
+                    }
+                }
+                continue;
+            }
+        }
         rest = tail;
-        step += 1;
-        let now = t0 + Duration::from_millis(step * 20);
-        if what & 0x80 != 0 {
-            stream.switch(now);
-        }
-        let Some(from) = addr(usize::from(source)) else {
-            return;
-        };
-        let leg_id = usize::from(what & 3);
-        let component = if what & 4 != 0 {
-            Component::Rtcp
-        } else {
-            Component::Rtp
-        };
-        let mut buf = [0u8; 2048];
-        buf[..packet.len()].copy_from_slice(packet);
-        let outcome = stream.on_packet(now, leg_id, component, from, &mut buf, packet.len());
-        if let Verdict::Forward { len, .. } = outcome.verdict {
-            assert!(len <= buf.len());
-        }
-        if what & 0x40 != 0 {
-            stream.tick(now);
-        }
+        while session.poll_event().is_some() {}
     }
 });

@@ -6,19 +6,21 @@
 
 use std::time::{Duration, Instant};
 
-use baton_relay::continuity::Continuity;
-use baton_relay::rtcp_translate::{self, RtcpState};
-use baton_relay::rtp::{self, RtpView};
+use baton_relay::core::continuity::Continuity;
+use baton_relay::core::rtcp_translate::{self, RtcpState};
+use baton_relay::core::rtp::{self, RtpRepr, RtpView};
 use libfuzzer_sys::fuzz_target;
 
 const BUF_LEN: usize = 2048;
 
 fn send(c: &mut Continuity, now: Instant, leg: usize, seq: u16, ssrc: u32) {
-    let mut p = [0u8; 172];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let mut p = RtpRepr {
+        sequence: seq,
+        timestamp: u32::from(seq) * 160,
+        ssrc,
+        ..Default::default()
+    }
+    .to_vec(&[0; 160]);
     if let Ok(mut view) = RtpView::new_checked(&mut p[..]) {
         let _ = c.rewrite(now, leg, &mut view, 8000);
     }

@@ -18,14 +18,13 @@ use crossbeam_channel::{Sender, TrySendError};
 use mio::{Poll, Waker};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::ids::{SessionId, StreamIndex, TransferId, WorkerId};
-use crate::core::session::{
-    EndReason, Latched, PendingLeg, SessionReport, SessionUpdate, StreamParams, SwitchMode,
-    Timeouts, TransferError,
-};
-use crate::core::stream::DropReason;
+use crate::core::ids::{SessionId, TransferId, WorkerId};
+use crate::core::session::{SessionReport, SessionUpdate, Timeouts};
 use crate::io::ports::{self, LegSockets, PortError, PortPool};
 use crate::io::worker::{self, Command, Worker};
+pub use crate::messages::{
+    DataplaneError, LATENCY_BUCKETS_NS, StreamSetup, TransferSetup, WorkerEvent, WorkerStats,
+};
 
 /// How long a worker may take to answer a command.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,143 +47,6 @@ pub struct DataplaneConfig {
     /// core per worker at 100 % whatever the load.
     pub busy_poll: bool,
 }
-
-/// One stream of a new session: its parameters and its two legs' sockets
-/// (the device's, the remote's).
-#[derive(Debug)]
-pub struct StreamSetup {
-    /// Codecs, peers, source policy.
-    pub params: StreamParams,
-    /// Bound sockets: device leg, remote leg.
-    pub sockets: [LegSockets; 2],
-}
-
-/// A transfer to open: its id, one leg per stream with its sockets, when to
-/// switch, when to give up.
-#[derive(Debug)]
-pub struct TransferSetup {
-    /// The control plane's id for it.
-    pub transfer: TransferId,
-    /// Per stream, in order.
-    pub legs: Vec<(PendingLeg, LegSockets)>,
-    /// When to switch.
-    pub mode: SwitchMode,
-    /// Roll back if not switched by then.
-    pub timeout: Duration,
-}
-
-/// Why the data plane did not do what was asked. Mapped to status codes in
-/// one place, by the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DataplaneError {
-    /// The worker's command queue is full.
-    #[error("media worker {0} is overloaded (command queue full)")]
-    Busy(WorkerId),
-    /// The worker has stopped (it failed and is being replaced, or the
-    /// relay is shutting down).
-    #[error("media worker {0} has stopped")]
-    Stopped(WorkerId),
-    /// The worker did not answer within [`REPLY_TIMEOUT`].
-    #[error("media worker {0} did not answer in time")]
-    NoAnswer(WorkerId),
-    /// The session is not on its worker (it has ended).
-    #[error("session {0} is not on its media worker (it has ended)")]
-    NoSession(SessionId),
-    /// A session with this id is on the worker already.
-    #[error("session {0} exists on its media worker already")]
-    Exists(SessionId),
-    /// The session refused the transfer command.
-    #[error(transparent)]
-    Transfer(TransferError),
-    /// Sockets could not be registered with the worker's event loop.
-    #[error("cannot register sockets: {0}")]
-    Sockets(String),
-}
-
-/// Something a worker tells the control plane.
-#[derive(Debug)]
-pub enum WorkerEvent {
-    /// A transfer's new device took over.
-    TransferCompleted {
-        /// The session.
-        id: SessionId,
-        /// The transfer.
-        transfer: TransferId,
-        /// Last packet of the old device sent → first of the new one sent;
-        /// `None` if a newer transfer began before the new device sent.
-        gap: Option<Duration>,
-        /// The session after the switch.
-        report: SessionReport,
-    },
-    /// A transfer was rolled back by its timeout.
-    TransferTimedOut {
-        /// The session.
-        id: SessionId,
-        /// The transfer.
-        transfer: TransferId,
-    },
-    /// A session ended on its own; its ports are free.
-    SessionEnded {
-        /// The session.
-        id: SessionId,
-        /// Why.
-        reason: EndReason,
-        /// Its final report.
-        report: SessionReport,
-    },
-    /// A worker thread failed (a bug: it panicked, or epoll failed). Its
-    /// sessions are gone and their ports are free again; the control plane
-    /// ends them and starts a new worker in its place.
-    WorkerFailed {
-        /// Worker slot.
-        worker: WorkerId,
-        /// The panic message or the error.
-        reason: String,
-    },
-    /// A leg learned (or re-learned) its peer's address.
-    SourceLatched {
-        /// The session.
-        id: SessionId,
-        /// The stream.
-        stream: StreamIndex,
-        /// What was learned.
-        latched: Latched,
-    },
-}
-
-/// Worker-wide counters.
-#[derive(Debug, Clone)]
-pub struct WorkerStats {
-    /// Sessions on this worker.
-    pub sessions: usize,
-    /// Datagrams forwarded since start.
-    pub forwarded: u64,
-    /// Datagrams dropped since start, all reasons.
-    pub dropped: u64,
-    /// Receive-to-send latency percentiles in nanoseconds: p50, p90, p99,
-    /// p99.9, max.
-    pub latency_ns: [u64; 5],
-    /// Worker events lost because a queue was full.
-    pub events_lost: u64,
-    /// Datagrams sent, by the party they went to (user, remote).
-    pub packets_to: [u64; 2],
-    /// Bytes sent, by the party they went to (user, remote).
-    pub bytes_to: [u64; 2],
-    /// Datagrams dropped, by reason (indexed like `DropReason::ALL`).
-    pub drops: [u64; DropReason::COUNT],
-    /// Sampled relay latency: (upper bound in ns, samples at or below it),
-    /// cumulative, for [`LATENCY_BUCKETS_NS`].
-    pub latency_buckets: Vec<(u64, u64)>,
-    /// Latency samples.
-    pub latency_count: u64,
-    /// Sum of the latency samples in ns.
-    pub latency_sum_ns: f64,
-    /// CPU time the worker thread used, in seconds (user + system), if the
-    /// system reports it.
-    pub cpu_seconds: Option<f64>,
-}
-
-pub use crate::io::worker::LATENCY_BUCKETS_NS;
 
 /// Why a leg's sockets could not be had.
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,12 @@
 //!   port pairs; [`io::sys`] batched syscalls (the only `unsafe` code).
 //!
 //! [`Dataplane`] is the handle the control plane holds: a typed API over the
-//! workers' command queues.
+//! workers' command queues; [`messages`] what goes in and comes out.
 
 pub mod core;
 pub mod dataplane;
 pub mod io;
+pub mod messages;
 
 pub use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 pub use dataplane::{

@@ -48,13 +48,15 @@ fn allocations() -> u64 {
 }
 
 fn rtp(buf: &mut [u8], pt: u8, seq: u16, ts: u32, ssrc: u32) -> usize {
-    buf[0] = 0x80;
-    buf[1] = pt;
-    buf[2..4].copy_from_slice(&seq.to_be_bytes());
-    buf[4..8].copy_from_slice(&ts.to_be_bytes());
-    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    buf[12..172].fill(0xd5);
-    172
+    RtpRepr {
+        marker: false,
+        payload_type: pt,
+        sequence: seq,
+        timestamp: ts,
+        ssrc,
+    }
+    .emit(buf, &[0xd5; 160])
+    .expect("fits")
 }
 
 fn addr(text: &str) -> SocketAddr {

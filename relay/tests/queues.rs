@@ -20,12 +20,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(&[0xD5; 160]);
-    p
+    baton_relay::core::rtp::RtpRepr {
+        sequence: seq,
+        timestamp: u32::from(seq) * 160,
+        ssrc,
+        ..Default::default()
+    }
+    .to_vec(&[0xD5; 160])
 }
 
 #[test]

@@ -76,12 +76,14 @@ impl Peer {
 
 /// An RTP packet: version 2, the given fields, a payload of `payload`.
 pub fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, pt & 0x7f];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&ts.to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
+    baton_relay::core::rtp::RtpRepr {
+        marker: false,
+        payload_type: pt,
+        sequence: seq,
+        timestamp: ts,
+        ssrc,
+    }
+    .to_vec(payload)
 }
 
 /// A minimal RTCP receiver report (no report blocks) from `ssrc`.

@@ -89,7 +89,7 @@ impl Sessions {
                 return Err(Status::invalid_argument("give streams or sdp, not both"));
             }
             let from = party(request.sdp_from, Party::User)?;
-            let body = negotiation::parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
+            let body = self.parse_sdp(&request.sdp)?;
             let other_family = v1::AddressFamily::try_from(request.other_family).map_err(|_| {
                 Status::invalid_argument(format!("unknown address family {}", request.other_family))
             })?;

@@ -158,6 +158,17 @@ impl Sessions {
         Ok((guard, record))
     }
 
+    /// Parses a body from a request within the SDP limits, counting a
+    /// body that breaks one.
+    fn parse_sdp(&self, text: &str) -> Result<crate::sip::sdp::Sdp, Status> {
+        crate::sip::negotiation::parse(text, &self.options.sdp_limits).map_err(|(status, limit)| {
+            if let Some(limit) = limit {
+                self.telemetry.refused(limit.reason());
+            }
+            status
+        })
+    }
+
     /// Binds a leg's sockets; running out of ports is RESOURCE_EXHAUSTED.
     fn allocate_leg(
         &self,

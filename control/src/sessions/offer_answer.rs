@@ -7,7 +7,7 @@ use baton_relay::{Party, StreamIndex};
 
 use super::Sessions;
 use crate::sip::negotiation::{
-    self, SdpState, endpoint_of, extend_layout, holds, left_out_reason, match_by_kind, media_of,
+    SdpState, endpoint_of, extend_layout, holds, left_out_reason, match_by_kind, media_of,
     relay_toward, render, session_held, stamp,
 };
 use crate::status::Status;
@@ -20,7 +20,7 @@ impl Sessions {
     ) -> Result<v1::UpdateSessionResponse, Status> {
         let from = super::party(request.sdp_from, Party::Remote)?;
         let other = from.other();
-        let body = negotiation::parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
+        let body = self.parse_sdp(&request.sdp)?;
         let media = media_of(&body)?;
         let (_guard, record) = self.lock_session(request.session.as_ref()).await?;
         if from == Party::User

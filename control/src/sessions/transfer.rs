@@ -184,8 +184,7 @@ impl Sessions {
         let plan = if request.sdp.is_empty() {
             None
         } else {
-            let offer =
-                negotiation::parse(&request.sdp, &self.options.sdp_limits, &self.telemetry)?;
+            let offer = self.parse_sdp(&request.sdp)?;
             let plan = AnswerPlan::new(offer, &record.streams)?;
             request.streams = plan.transfer_streams(record.streams.len());
             Some(plan)

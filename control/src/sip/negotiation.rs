@@ -103,19 +103,13 @@ pub(crate) fn sdp_status(error: &SdpError) -> Status {
     }
 }
 
-/// Parses a body from a request, within the configured limits (counted
-/// when it breaks one).
+/// Parses a body from a request, within the configured limits; a broken
+/// limit comes back with the error, for the caller to count.
 pub(crate) fn parse(
     text: &str,
     limits: &SdpLimits,
-    telemetry: &crate::telemetry::Telemetry,
-) -> Result<Sdp, Status> {
-    Sdp::parse_limited(text, limits).map_err(|e| {
-        if let Some(limit) = e.limit {
-            telemetry.refused(limit.reason());
-        }
-        sdp_status(&e)
-    })
+) -> Result<Sdp, (Status, Option<crate::sip::sdp::SdpLimit>)> {
+    Sdp::parse_limited(text, limits).map_err(|e| (sdp_status(&e), e.limit))
 }
 
 /// Whether the relay carries an m= line: plain RTP with a port. Other

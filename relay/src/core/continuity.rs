@@ -329,12 +329,13 @@ mod tests {
     use std::time::Duration;
 
     fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
-        let mut p = vec![0x80, 0];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&ts.to_be_bytes());
-        p.extend_from_slice(&ssrc.to_be_bytes());
-        p.extend_from_slice(&[0; 160]);
-        p
+        crate::core::rtp::RtpRepr {
+            sequence: seq,
+            timestamp: ts,
+            ssrc,
+            ..Default::default()
+        }
+        .to_vec(&[0; 160])
     }
 
     struct Sent {

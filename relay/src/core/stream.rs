@@ -1324,12 +1324,14 @@ mod tests {
     }
 
     fn rtp_pt(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x80, pt];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&ts.to_be_bytes());
-        p.extend_from_slice(&ssrc.to_be_bytes());
-        p.extend_from_slice(payload);
-        p
+        crate::core::rtp::RtpRepr {
+            marker: false,
+            payload_type: pt,
+            sequence: seq,
+            timestamp: ts,
+            ssrc,
+        }
+        .to_vec(payload)
     }
 
     fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {

@@ -35,9 +35,11 @@ use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
 };
 use crate::core::stream::{Component, DropReason, Verdict};
-use crate::dataplane::{DataplaneError, StreamSetup, TransferSetup, WorkerEvent, WorkerStats};
 use crate::io::ports::{LegSockets, PortLease};
 use crate::io::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
+use crate::messages::{
+    DataplaneError, LATENCY_BUCKETS_NS, StreamSetup, TransferSetup, WorkerEvent, WorkerStats,
+};
 
 /// The waker's token; socket tokens are slab keys, far below it.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -53,17 +55,11 @@ const LATENCY_SAMPLING: u64 = 16;
 /// No socket in this slot.
 const NO_TOKEN: usize = usize::MAX;
 
-/// Bucket bounds of the exported latency histogram, in nanoseconds.
-pub const LATENCY_BUCKETS_NS: [u64; 12] = [
-    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000, 50_000_000,
-];
-
 /// A reply channel for one command.
 pub(crate) type Reply<T> = oneshot::Sender<T>;
 
 /// A control-plane request to a worker, sent by
-/// [`Dataplane`](crate::Dataplane) (which hides this queue).
+/// [`Dataplane`](crate::Dataplane), which hides this queue.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Take over a session's sockets and start forwarding.
