@@ -13,14 +13,16 @@
 //! - [`events`]: the event bus behind `Subscribe`.
 //! - [`telemetry`]: counters and the Prometheus registry;
 //!   [`metrics_server`]: the `/metrics` endpoint.
-//! - [`addr`], [`status`], [`bindings`]: addresses, error codes, the AOR ↔
-//!   GRUU table.
+//! - [`devices`]: the device commands over the AOR ↔ GRUU table
+//!   ([`bindings`]).
+//! - [`addr`], [`status`]: addresses, error codes.
 
 #![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod bindings;
 pub mod client;
+pub mod devices;
 pub mod events;
 pub mod metrics_server;
 pub mod ng;

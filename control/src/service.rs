@@ -179,14 +179,17 @@ impl Service {
             Command::ListSessions(_) => Ok(Reply::ListSessions(self.sessions.list())),
             Command::RegisterDevice(request) => self
                 .sessions
+                .devices()
                 .register_device(&request)
                 .map(Reply::RegisterDevice),
             Command::UnregisterDevice(request) => self
                 .sessions
+                .devices()
                 .unregister_device(&request)
                 .map(Reply::UnregisterDevice),
             Command::ListBindings(request) => self
                 .sessions
+                .devices()
                 .list_bindings(&request)
                 .map(Reply::ListBindings),
             Command::Transfer(request) => self

@@ -1,6 +1,6 @@
-//! The control plane's side of calls: the registry of sessions and device
-//! bindings, and the commands that create, change, inspect and end sessions
-//! and move them between devices.
+//! The control plane's side of calls: the registry of sessions, and the
+//! commands that create, change, inspect and end sessions and move them
+//! between devices (checked against [`Devices`](crate::devices::Devices)).
 //!
 //! The control plane keeps the signalling — dialogs, users and devices,
 //! what the SDP negotiated, which worker carries a call — and the data
@@ -12,7 +12,7 @@
 //!
 //! - `calls`: create, update, get, delete, list, statistics, audit.
 //! - `offer_answer`: the same with SDP bodies.
-//! - [`transfer`]: device bindings, transfer, commit, cancel.
+//! - [`transfer`]: transfer, commit, cancel.
 //! - `worker_events`: what the workers report, applied to the registry.
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +25,6 @@ use baton_relay::core::stream::{DropReason, LegReport};
 use baton_relay::{AllocError, Dataplane, Party, SessionId, TransferId};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::bindings::Bindings;
 use crate::sip::negotiation::session_held;
 use crate::status::{Status, excerpt};
 
@@ -66,7 +65,7 @@ pub struct Sessions {
     dataplane: Dataplane,
     options: SessionOptions,
     registry: Mutex<Registry>,
-    bindings: Mutex<Bindings>,
+    devices: std::sync::Arc<crate::devices::Devices>,
     /// The next transfer's id.
     next_transfer: AtomicU64,
     /// Sessions ended by a timeout (media, setup, hold).
@@ -93,12 +92,17 @@ impl Sessions {
             registry: Mutex::new(Registry::new(dataplane.worker_count())),
             dataplane,
             options,
-            bindings: Mutex::new(Bindings::default()),
+            devices: std::sync::Arc::default(),
             next_transfer: AtomicU64::new(1),
             timed_out: AtomicU64::new(0),
             telemetry: crate::telemetry::Telemetry::default(),
             events: crate::events::EventBus::new(),
         }
+    }
+
+    /// The device bindings transfers are checked against.
+    pub fn devices(&self) -> &crate::devices::Devices {
+        &self.devices
     }
 
     /// The relay's event bus.

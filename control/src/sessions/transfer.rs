@@ -1,11 +1,9 @@
-//! Device bindings and transfers: verification from the binding table,
-//! the new device's legs, commit, cancel, and what the workers report about
-//! transfers. Every transfer has an id ([`TransferId`]) from the moment it
+//! Transfers: verification from the binding table, the new device's legs,
+//! commit, cancel, and what the workers report about transfers. Every transfer has an id ([`TransferId`]) from the moment it
 //! opens; the worker names it in every report, and only the transfer a
 //! report names is ever acted on.
 
 use std::net::SocketAddr;
-use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use baton_proto::v1::{self, session_ref::By};
@@ -16,9 +14,8 @@ use tracing::{debug, info};
 
 use super::registry::{CommittedTransfer, OpenTransfer, Record};
 use super::{Sessions, parse_endpoint, session_span, validate_codecs};
-use crate::bindings::{Binding, Bindings, parse_aor, parse_gruu};
+use crate::bindings::{parse_aor, parse_gruu};
 use crate::sip::negotiation::{self, AnswerPlan, NegotiatedStream, PendingSdp, SdpState};
-use crate::sip::uri::{Gruu, classify};
 use crate::status::{Status, excerpt};
 
 /// Codecs that carry no media of their own: a device sharing only these
@@ -35,61 +32,6 @@ pub struct TransferContext {
 }
 
 impl Sessions {
-    fn bindings(&self) -> std::sync::MutexGuard<'_, Bindings> {
-        self.bindings.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// `register_device`.
-    pub fn register_device(
-        &self,
-        request: &v1::RegisterDeviceRequest,
-    ) -> Result<v1::RegisterDeviceResponse, Status> {
-        let gruu = parse_gruu(&request.gruu, request.temporary)?;
-        let now = Instant::now();
-        let expires = Duration::from_secs(request.expires.into());
-        let mut bindings = self.bindings();
-        bindings.register(now, &request.aor, gruu.clone(), expires)?;
-        let binding = bindings
-            .list(now, None)
-            .into_iter()
-            .find(|b| b.gruu_text == gruu.to_string())
-            .map(|b| binding_message(&b, now));
-        Ok(v1::RegisterDeviceResponse { binding })
-    }
-
-    /// `unregister_device`.
-    pub fn unregister_device(
-        &self,
-        request: &v1::UnregisterDeviceRequest,
-    ) -> Result<v1::UnregisterDeviceResponse, Status> {
-        let gruu = parse_gruu(&request.gruu, false)?;
-        if self.bindings().unregister(Instant::now(), &gruu) {
-            Ok(v1::UnregisterDeviceResponse {})
-        } else {
-            Err(Status::not_found(format!("no binding for {gruu}")))
-        }
-    }
-
-    /// `list_bindings`.
-    pub fn list_bindings(
-        &self,
-        request: &v1::ListBindingsRequest,
-    ) -> Result<v1::ListBindingsResponse, Status> {
-        let aor = if request.aor.is_empty() {
-            None
-        } else {
-            Some(parse_aor(&request.aor)?)
-        };
-        let now = Instant::now();
-        let bindings = self
-            .bindings()
-            .list(now, aor.as_ref())
-            .iter()
-            .map(|b| binding_message(b, now))
-            .collect();
-        Ok(v1::ListBindingsResponse { bindings })
-    }
-
     /// `transfer`: verifies that the new device belongs to the session's
     /// user, opens its legs on the session's worker and answers with their
     /// addresses and the transfer's id. Nothing changes when it is refused.
@@ -162,14 +104,14 @@ impl Sessions {
             // vouches for this first one; a temporary GRUU still has to be
             // in the binding table.
             Some(
-                self.bindings()
+                self.devices
                     .aor_of(Instant::now(), &gruu)
                     .map_err(Status::permission_denied)?,
             )
         } else {
             let aor = parse_aor(&record.aor)
                 .map_err(|e| Status::internal(format!("stored AOR: {}", e.message)))?;
-            self.bindings()
+            self.devices
                 .verify(Instant::now(), &aor, &gruu)
                 .map_err(Status::permission_denied)?;
             None
@@ -628,20 +570,6 @@ fn adopt(
     }
     let held = negotiation::session_held(streams);
     (held != held_before).then_some(held)
-}
-
-fn binding_message(binding: &Binding, now: Instant) -> v1::Binding {
-    let kind = match binding.gruu_text.parse().map(|uri| classify(&uri)) {
-        Ok(Gruu::Temporary) => "temporary",
-        Ok(Gruu::Public { .. } | Gruu::NotAGruu) | Err(_) => "public",
-    };
-    v1::Binding {
-        aor: binding.aor_text.clone(),
-        gruu: binding.gruu_text.clone(),
-        kind: kind.to_owned(),
-        expires_in: u32::try_from(binding.expires_at.saturating_duration_since(now).as_secs())
-            .unwrap_or(u32::MAX),
-    }
 }
 
 /// Parses a Replaces header value (RFC 3891): `call-id;to-tag=…;from-tag=…`
