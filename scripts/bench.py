@@ -3,6 +3,10 @@ import json, os, platform, re, socket, statistics, subprocess, sys, tempfile, ti
 
 BATON = os.environ["BATON"]
 FORWARDER = os.environ["FORWARDER"]
+# Optional anchors: another baton build (say the previous commit's) and the
+# user-space floor (../shared/tools/limitfwd), for side-by-side sittings.
+BATON_PREV = os.environ.get("BATON_PREV")
+LIMITFWD = os.environ.get("LIMITFWD")
 REPS = int(os.environ.get("REPS", "3"))
 STEPS = int(os.environ.get("STEPS", "6"))
 TRIAL = float(os.environ.get("TRIAL", "3"))
@@ -122,6 +126,7 @@ class Relay:
     def __init__(self, anchor):
         self.anchor, self.proc, self.sock = anchor, None, None
         if anchor.startswith("baton"):
+            binary = BATON_PREV if anchor == "baton-prev" else BATON
             workers = "2" if anchor == "baton-2w" else "1"
             cores = RELAY_CORE if workers == "1" else f"{RELAY_CORE},{GEN_CORE}"
             self.sock = os.path.join(WORK, f"{anchor}.sock")
@@ -132,7 +137,7 @@ class Relay:
                 extra = ["--media-ip", "127.0.0.2", "--ports", "10000-59999"]
             else:
                 extra += ["--ports", "30000-49999"]
-            self.proc = subprocess.Popen(pinned(cores, [BATON, "run", "--control", f"unix:{self.sock}",
+            self.proc = subprocess.Popen(pinned(cores, [binary, "run", "--control", f"unix:{self.sock}",
                                                         "--workers", workers, "--max-sessions", "100000",
                                                         "--media-timeout", "120", *extra]),
                                          stderr=subprocess.DEVNULL)
@@ -164,7 +169,7 @@ class Relay:
             return ["--control", f"unix:{self.sock}", "--calls", str(calls), *share]
         plan = os.path.join(WORK, "plan.txt")
         lines = []
-        if self.anchor == "forwarder":
+        if self.anchor in ("forwarder", "limitfwd"):
             base = 51000
             for k in range(calls):
                 dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
@@ -195,6 +200,16 @@ class Relay:
 
     def start_forwarder(self, streams, seconds):
         calls = max(1, streams // 2)
+        if self.anchor == "limitfwd":
+            # The same legs as the forwarder's plan: relay port → peer.
+            peer = (lambda k: k * min(SHARE, calls) // calls) if SHARE else (lambda k: k)
+            legs = os.path.join(WORK, "limitfwd.map")
+            with open(legs, "w") as f:
+                for k in range(calls):
+                    dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
+                    f.write(f"127.0.0.1:{51000 + 2 * k} {rem}\n127.0.0.1:{51000 + 2 * k + 1} {dev}\n")
+            return subprocess.Popen(pinned(RELAY_CORE, [LIMITFWD, "--map", legs, "--max-seconds", str(int(seconds + 3))]),
+                                    stderr=subprocess.DEVNULL)
         return subprocess.Popen(pinned(RELAY_CORE, [FORWARDER, str(calls), "51000", str(int(seconds + 3)),
                                                     "10000", "15000", str(min(SHARE, calls))]),
                                 stderr=subprocess.DEVNULL)
@@ -210,7 +225,7 @@ class Relay:
 def trial(relay, streams, pps, seconds=TRIAL, extra=()):
     """One run of the generator at `pps` packets/s in total."""
     ptime_ms = streams * 1000.0 / pps
-    forwarder = relay.start_forwarder(streams, seconds) if relay.anchor == "forwarder" else None
+    forwarder = relay.start_forwarder(streams, seconds) if relay.anchor in ("forwarder", "limitfwd") else None
     if forwarder:
         time.sleep(0.3)
     args = relay.load_args(streams)
@@ -253,7 +268,56 @@ def max_rate(relay, streams, ceiling):
     return lo, best
 
 
+def compare():
+    """A side-by-side sitting of ANCHORS (say limitfwd, baton-prev and
+    baton-1w) at each of STREAMS: the highest rate with < 0.1 % loss and the
+    relay's CPU per packet there, then latency and CPU per packet at 50
+    packets/s per stream; medians of REPS, anchors interleaved within each
+    repetition so drift hits them alike. Writes COMPARE_OUT (markdown)."""
+    rows = {}
+    for streams in STREAMS:
+        for rep in range(REPS):
+            for anchor in ANCHORS:
+                relay = Relay(anchor)
+                try:
+                    rate, best = max_rate(relay, streams, 700_000.0)
+                finally:
+                    relay.stop()
+                row = rows.setdefault((anchor, streams), {"max": [], "cpu_max": [], "p50": [], "p99": [], "cpu": []})
+                row["max"].append(rate)
+                if best and best["received"] and best["relay_cpu_s"]:
+                    row["cpu_max"].append(1e6 * best["relay_cpu_s"] / best["received"])
+                relay = Relay(anchor)
+                try:
+                    r = trial(relay, streams, 50 * streams, seconds=5)
+                finally:
+                    relay.stop()
+                if r:
+                    row["p50"].append(r["latency_us"]["p50"])
+                    row["p99"].append(r["latency_us"]["p99"])
+                    row["cpu"].append(1e6 * r["relay_cpu_s"] / max(1, r["received"]))
+                log(f"{anchor} {streams} streams rep {rep}: max {rate:.0f} pps, "
+                    f"{row['cpu'][-1] if row['cpu'] else float('nan'):.2f} us/packet at 50 pps")
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
+    lines = [f"Machine: {platform.node()} ({os.cpu_count()} cores, {platform.release()}), "
+             f"{time.strftime('%Y-%m-%d')}; relay on core {RELAY_CORE}, generator on core {GEN_CORE}; "
+             f"medians of {REPS} repetitions, anchors interleaved.", "",
+             "| anchor | streams | highest rate < 0.1 % loss | CPU per packet there | p50 / p99 at 50 pps | CPU per packet at 50 pps |",
+             "|---|---|---|---|---|---|"]
+    for (anchor, streams), row in rows.items():
+        lines.append(f"| {anchor} | {streams} | {med(row['max']):.0f} (runs {', '.join(f'{x:.0f}' for x in row['max'])}) "
+                     f"| {med(row['cpu_max']):.2f} µs | {med(row['p50']):.1f} / {med(row['p99']):.1f} µs "
+                     f"| {med(row['cpu']):.2f} µs (runs {', '.join(f'{x:.2f}' for x in row['cpu'])}) |")
+    path = os.environ.get("COMPARE_OUT", "compare.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"wrote {path}")
+
+
 def main():
+    if "compare" in SECTIONS:
+        compare()
+        return
     results = {}
     merged_from = os.environ.get("MERGE")
     if merged_from:

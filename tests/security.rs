@@ -465,6 +465,59 @@ async fn oversized_sdp_is_refused_naming_the_limit_and_keeps_nothing() {
     assert_eq!(ports.free_pairs, ports.total_pairs, "no port held");
 }
 
+/// Review finding: a Call-ID, tag or URI of any length was kept in the
+/// registry and written into every log line of its session. Each is now
+/// refused past its limit, naming the field, over both protocols.
+#[tokio::test]
+async fn overlong_identifiers_are_refused_naming_the_field() {
+    let port = free_udp_port();
+    let ng: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let relay = Relay::start(&["--listen-ng", &format!("udp:{ng}")]);
+    let client = relay.client().await;
+    let long_id = "i".repeat(300);
+    let long_uri = format!("sip:{}@example.com", "u".repeat(3000));
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let cases = [
+        ("call_id", long_id.as_str(), "f", AOR),
+        ("from_tag", "c", long_id.as_str(), AOR),
+        ("aor", "c", "f", long_uri.as_str()),
+    ];
+    for (field, call_id, from_tag, aor) in cases {
+        let reply = client
+            .call(Command::CreateSession(v1::CreateSessionRequest {
+                call_id: call_id.into(),
+                from_tag: from_tag.into(),
+                aor: aor.into(),
+                gruu: DEVICE_A.into(),
+                sdp: sdp.into(),
+                ..Default::default()
+            }))
+            .await;
+        match reply {
+            Err(ClientError::Status(e)) => {
+                assert_eq!(e.code, v1::Code::InvalidArgument as i32, "{field}");
+                assert!(e.message.contains(field), "{field}: {}", e.message);
+                assert!(e.message.len() < 200, "{}", e.message);
+            }
+            other => panic!("{field} accepted: {other:?}"),
+        }
+    }
+    let proxy = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    proxy
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let offer = request(vec![
+        ("command", bytes("offer")),
+        ("call-id", bytes(long_id.as_str())),
+        ("from-tag", bytes("f")),
+        ("sdp", bytes(sdp)),
+    ]);
+    let reply = ng_call(&proxy, ng, "long", &offer).expect("a reply");
+    let reason = get_str(&reply, "error-reason").expect("an error");
+    assert!(reason.contains("call_id"), "{reason}");
+    assert_eq!(stats(&client).await.sessions, 0, "nothing kept");
+}
+
 /// Finding 4: a TCP client could hold a control slot forever without
 /// authenticating. Now it is closed after the deadline.
 #[tokio::test]
@@ -484,6 +537,49 @@ async fn an_unauthenticated_tcp_client_is_closed_after_the_deadline() {
         stats(&client).await.refusals.get("control_auth_timeout"),
         Some(&1)
     );
+}
+
+/// Review finding: before authenticating, a client could announce a 1 MiB
+/// frame and have the relay buffer it. The limit is 4 KiB until the token
+/// is checked, and the full limit after.
+#[tokio::test]
+async fn an_unauthenticated_client_cannot_send_a_large_frame() {
+    let token = "0123456789abcdef-token";
+    let relay = Relay::start(&["--control-token", token]);
+    let mut early = TcpStream::connect(relay.tcp_socket_addr()).expect("connect");
+    early
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    // A frame header announcing 64 KiB, then nothing: the relay must refuse
+    // on the header alone rather than wait for the body.
+    early
+        .write_all(&[0, 0, 1, 0, 0])
+        .expect("send frame header");
+    let mut received = Vec::new();
+    let _ = early.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("exceeds the limit of 4096 bytes"), "{text}");
+
+    // An authenticated client may still send frames of ordinary size: an
+    // SDP of 8 KiB is larger than the pre-auth limit.
+    let client = Client::connect(&relay.tcp_addr(), Some(token))
+        .await
+        .expect("authenticated client");
+    let padding = format!("a=x-pad:{}\r\n", "p".repeat(8192));
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{padding}m=audio 4000 RTP/AVP 0\r\n"
+    );
+    let created = client
+        .call(Command::CreateSession(v1::CreateSessionRequest {
+            call_id: "large-frame-after-auth".into(),
+            from_tag: "f".into(),
+            aor: AOR.into(),
+            gruu: DEVICE_A.into(),
+            sdp,
+            ..Default::default()
+        }))
+        .await;
+    assert!(created.is_ok(), "{created:?}");
 }
 
 /// The packaged config opens the Unix socket only; TCP is shown commented

@@ -32,6 +32,7 @@ pub struct Bindings {
 
 /// Parses an AOR (a URI, or a header value with angle brackets).
 pub fn parse_aor(text: &str) -> Result<SipUri, Status> {
+    crate::status::check_len("AOR", text, crate::status::MAX_URI_LEN)?;
     parse_name_addr(text)
         .map(|(uri, _)| uri)
         .map_err(|e| Status::invalid_argument(format!("AOR: {e}")))
@@ -41,6 +42,7 @@ pub fn parse_aor(text: &str) -> Result<SipUri, Status> {
 /// carrying `pub-gruu`/`temp-gruu` header parameters (a registrar's 200 OK)
 /// names its GRUU there; `temp` selects the temporary one.
 pub fn parse_gruu(text: &str, temp: bool) -> Result<SipUri, Status> {
+    crate::status::check_len("GRUU", text, crate::status::MAX_URI_LEN)?;
     let (uri, params) =
         parse_name_addr(text).map_err(|e| Status::invalid_argument(format!("GRUU: {e}")))?;
     let wanted = if temp { "temp-gruu" } else { "pub-gruu" };

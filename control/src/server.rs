@@ -42,6 +42,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// A client of a listener with a token that has not authenticated by then
 /// is closed, so unauthenticated connections cannot hold slots.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest frame a client may send before it has authenticated: an
+/// Authenticate request with a token of a few hundred bytes fits easily.
+pub const PRE_AUTH_MAX_FRAME_LEN: usize = 4096;
 /// Connections only Unix-socket clients may use, beyond the shared limit:
 /// TCP clients filling every slot cannot lock the local proxy out.
 pub const UNIX_RESERVED_CONNECTIONS: usize = 64;
@@ -462,6 +465,13 @@ async fn serve<S>(
     ));
 
     let mut frames = FramedRead::new(reader, codec);
+    if needs_token {
+        // Before the token is checked a client may send only small frames: an
+        // unauthenticated peer must not make the relay buffer a megabyte.
+        frames
+            .decoder_mut()
+            .set_max_frame_len(PRE_AUTH_MAX_FRAME_LEN.min(shared.options.max_frame_len));
+    }
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let mut authenticated = !needs_token;
     let auth_deadline = tokio::time::sleep(AUTH_DEADLINE);
@@ -545,6 +555,9 @@ async fn serve<S>(
                 .is_none_or(|expected| token_matches(expected, &auth.token));
             if accepted {
                 authenticated = true;
+                frames
+                    .decoder_mut()
+                    .set_max_frame_len(shared.options.max_frame_len);
                 let ok = v1::response::Result::Authenticate(v1::AuthenticateResponse {});
                 let _ = reply(v1::Response::ok(id, ok)).await;
                 continue;

@@ -51,9 +51,12 @@ impl From<baton_relay::DataplaneError> for Status {
             E::Exists(_) => Self::already_exists(message),
             E::Sockets(_) | E::Transfer(T::NoLegSlot(_)) => Self::resource_exhausted(message),
             E::Transfer(T::StreamCount { .. }) => Self::invalid_argument(message),
-            E::Transfer(T::AlreadyPending(_) | T::NonePending | T::NotThisTransfer { .. }) => {
-                Self::failed_precondition(message)
-            }
+            E::Transfer(
+                T::AlreadyPending(_)
+                | T::NonePending
+                | T::AlreadySwitched(_)
+                | T::NotThisTransfer { .. },
+            ) => Self::failed_precondition(message),
         }
     }
 }
@@ -65,6 +68,25 @@ impl From<Status> for v1::Error {
             message: status.message,
         }
     }
+}
+
+/// Longest Call-ID or tag accepted, in bytes (real ones are tens).
+pub const MAX_ID_LEN: usize = 256;
+/// Longest URI or header value accepted (AOR, GRUU, Contact, Replaces), in
+/// bytes.
+pub const MAX_URI_LEN: usize = 2048;
+
+/// Refuses an identifier longer than `max` bytes, naming the field: it
+/// would be kept in the registry and written into every log line of its
+/// session.
+pub fn check_len(what: &str, text: &str, max: usize) -> Result<(), Status> {
+    if text.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "{what} has {} bytes, more than {max}",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Longest error message, in characters.

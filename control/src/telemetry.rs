@@ -185,6 +185,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "ng_malformed",
     "ng_reply_too_large",
     "ng_cache_evicted",
+    "ng_call_busy",
     "sdp_too_large",
     "sdp_too_many_media",
     "sdp_too_many_formats",

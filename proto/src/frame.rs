@@ -57,6 +57,12 @@ impl FrameCodec {
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
     }
+
+    /// Changes the limit for the frames still to come; a server raises it
+    /// once a client has authenticated.
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
 }
 
 impl Default for FrameCodec {

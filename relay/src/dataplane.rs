@@ -244,40 +244,37 @@ impl Dataplane {
         worker: WorkerId,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, DataplaneError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         self.queue(worker, command(reply))?;
-        match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
+        match tokio::time::timeout(REPLY_TIMEOUT, &mut answer).await {
             Ok(Ok(value)) => Ok(value),
             // The worker dropped the reply: it failed while handling it.
             Ok(Err(_)) => Err(DataplaneError::Stopped(worker)),
-            Err(_) => Err(DataplaneError::NoAnswer(worker)),
+            Err(_) => {
+                // Closed before giving up: from here on the worker's answer
+                // fails and it undoes the command itself; an answer that
+                // arrived in between is still taken, so no outcome is lost.
+                answer.close();
+                answer
+                    .try_recv()
+                    .map_err(|_| DataplaneError::NoAnswer(worker))
+            }
         }
     }
 
     /// Hands a new session's sockets to `worker`, which starts forwarding.
-    /// If the worker does not answer in time, the session is removed again
-    /// behind the add (commands run in order), so a late add never leaves a
-    /// session the control plane does not know.
+    /// If the worker does not answer in time, it removes the session itself
+    /// when it finds nobody waiting for its answer, so a late add never
+    /// leaves a session the control plane does not know (and a transfer
+    /// opened late is rolled back the same way).
     pub async fn add_session(
         &self,
         worker: WorkerId,
         id: SessionId,
         streams: Vec<StreamSetup>,
     ) -> Result<(), DataplaneError> {
-        let result = self
-            .ask(worker, |reply| Command::Add { id, streams, reply })
-            .await
-            .and_then(|r| r);
-        if result == Err(DataplaneError::NoAnswer(worker)) {
-            let (reply, _) = oneshot::channel();
-            if self.queue(worker, Command::Remove { id, reply }).is_err() {
-                tracing::error!(
-                    %worker, session = %id,
-                    "a session added late could not be removed again; its setup timeout ends it"
-                );
-            }
-        }
-        result
+        self.ask(worker, |reply| Command::Add { id, streams, reply })
+            .await?
     }
 
     /// Applies a signalling update to a session.

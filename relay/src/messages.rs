@@ -84,8 +84,6 @@ pub enum WorkerEvent {
         /// Last packet of the old device sent → first of the new one sent;
         /// `None` if a newer transfer began before the new device sent.
         gap: Option<Duration>,
-        /// The session after the switch.
-        report: SessionReport,
     },
     /// A transfer was rolled back by its timeout.
     TransferTimedOut {
@@ -100,6 +98,15 @@ pub enum WorkerEvent {
         id: SessionId,
         /// Why.
         reason: EndReason,
+        /// Its final report.
+        report: SessionReport,
+    },
+    /// A session was removed by a `remove_session` whose caller had
+    /// stopped waiting (its reply timed out): the control plane ends the
+    /// record too.
+    SessionRemoved {
+        /// The session.
+        id: SessionId,
         /// Its final report.
         report: SessionReport,
     },

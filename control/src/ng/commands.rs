@@ -198,6 +198,10 @@ fn ok_with_sdp(sdp: String) -> Value {
     dict([("result", text("ok")), ("sdp", text(sdp))])
 }
 
+/// Requests for one Call-ID waiting at once; more are refused at once, so
+/// one call cannot tie up the listener's request slots.
+const MAX_WAITING_PER_CALL: usize = 8;
+
 /// One lock per Call-ID with requests in flight.
 #[derive(Debug, Default)]
 struct CallLocks {
@@ -205,8 +209,9 @@ struct CallLocks {
 }
 
 impl CallLocks {
-    /// Waits until no other request for `call_id` runs.
-    async fn lock(&self, call_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Waits until no other request for `call_id` runs; `None` when too
+    /// many wait already.
+    async fn lock(&self, call_id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let lock = {
             let mut calls = self
                 .calls
@@ -216,6 +221,8 @@ impl CallLocks {
             // requests in flight).
             calls.retain(|_, lock| lock.strong_count() > 0);
             match calls.get(call_id).and_then(Weak::upgrade) {
+                // Every holder and waiter keeps one reference.
+                Some(lock) if Arc::strong_count(&lock) > MAX_WAITING_PER_CALL => return None,
                 Some(lock) => lock,
                 None => {
                     let lock = Arc::new(tokio::sync::Mutex::new(()));
@@ -224,7 +231,7 @@ impl CallLocks {
                 }
             }
         };
-        lock.lock_owned().await
+        Some(lock.lock_owned().await)
     }
 }
 
@@ -253,7 +260,16 @@ impl NgService {
     pub async fn handle(&self, request: &Dict) -> Value {
         let command = get_str(request, "command").unwrap_or("").to_owned();
         let _one_at_a_time = match get_str(request, "call-id") {
-            Some(call_id) if !call_id.is_empty() => Some(self.calls.lock(call_id).await),
+            Some(call_id) if !call_id.is_empty() => match self.calls.lock(call_id).await {
+                Some(guard) => Some(guard),
+                None => {
+                    self.telemetry().refused("ng_call_busy");
+                    return error(format!(
+                        "too many requests in flight for call {}",
+                        excerpt(call_id)
+                    ));
+                }
+            },
             Some(_) | None => None,
         };
         let reply = match get_str(request, "command") {
@@ -705,4 +721,37 @@ fn statistics(infos: &[v1::SessionInfo]) -> Value {
             ]),
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: one Call-ID could tie up every request slot of the
+    /// listener with requests waiting on each other. Past
+    /// `MAX_WAITING_PER_CALL` a request is refused at once; other calls are
+    /// unaffected.
+    #[tokio::test]
+    async fn one_call_cannot_queue_more_than_its_share() {
+        let locks = Arc::new(CallLocks::default());
+        let holder = locks.lock("busy").await.expect("first request runs");
+        let mut waiters = Vec::new();
+        for _ in 1..MAX_WAITING_PER_CALL {
+            let locks = Arc::clone(&locks);
+            waiters.push(tokio::spawn(
+                async move { locks.lock("busy").await.is_some() },
+            ));
+        }
+        // Let every waiter reach the lock.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(locks.lock("busy").await.is_none(), "one too many waits");
+        assert!(locks.lock("other").await.is_some(), "other calls go on");
+        drop(holder);
+        for waiter in waiters {
+            assert!(waiter.await.expect("waiter"), "each waiter ran in turn");
+        }
+        assert!(locks.lock("busy").await.is_some(), "the call is free again");
+    }
 }

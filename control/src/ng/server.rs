@@ -35,6 +35,11 @@ const TCP_IDLE: Duration = Duration::from_secs(300);
 const MAX_TCP_CLIENTS: usize = 256;
 /// Largest reply sent over TCP; a larger one becomes an error.
 pub const MAX_TCP_REPLY: usize = 1 << 20;
+/// Bytes of a partial TCP message scanned, over all its reads, before the
+/// client is dropped: a message dribbled in tiny pieces would otherwise be
+/// rescanned from its start on every read (a quadratic cost). A proxy
+/// writes a message in one go and is scanned a few times at most.
+const TCP_SCAN_BUDGET: usize = 32 * MAX_TCP_MESSAGE;
 /// Refusals logged per second; the rest are counted and summed up later.
 const REFUSAL_LOGS_PER_SECOND: u32 = 10;
 
@@ -427,6 +432,8 @@ async fn serve_connection(
 ) -> Result<(), String> {
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
+    // Bytes scanned for the message at the front of the buffer so far.
+    let mut scanned = 0usize;
     loop {
         // Take every complete message in the buffer.
         loop {
@@ -435,12 +442,22 @@ async fn serve_connection(
                 .position(|b| !b.is_ascii_whitespace())
                 .unwrap_or(buffer.len());
             buffer.drain(..start);
-            let Some(space) = buffer.iter().position(|&b| b == b' ') else {
+            let cookie_end = buffer
+                .iter()
+                .take(wire::MAX_COOKIE + 1)
+                .position(|&b| b == b' ');
+            let Some(space) = cookie_end else {
                 if buffer.len() > wire::MAX_COOKIE {
+                    shared.service.telemetry().refused("ng_malformed");
                     return Err("no cookie".to_owned());
                 }
                 break;
             };
+            scanned += buffer.len();
+            if scanned > TCP_SCAN_BUDGET {
+                shared.service.telemetry().refused("ng_malformed");
+                return Err("message sent in too many pieces".to_owned());
+            }
             let end = match wire::extent(&buffer[space + 1..]) {
                 Ok(Some(len)) => space + 1 + len,
                 Ok(None) => break,
@@ -456,6 +473,7 @@ async fn serve_connection(
                 }
             };
             let message: Vec<u8> = buffer.drain(..end).collect();
+            scanned = 0;
             if let Some(reply) = respond(shared, from, &message, MAX_TCP_REPLY).await {
                 stream.write_all(&reply).await.map_err(|e| e.to_string())?;
             }

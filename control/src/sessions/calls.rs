@@ -158,7 +158,9 @@ impl Sessions {
                         record.state = RecordState::Live;
                         Ok(response)
                     }
-                    // Its worker failed meanwhile and took the session along.
+                    // Its worker failed meanwhile, and the session went with
+                    // it (or reached the worker that replaced it: removed
+                    // below).
                     None => Err(Status::unavailable(
                         "the media worker failed while the session was created; retry",
                     )),
@@ -169,6 +171,14 @@ impl Sessions {
                 }
             }
         };
+        if result
+            .as_ref()
+            .is_err_and(|e| e.code == v1::Code::Unavailable)
+        {
+            // A restarted worker may hold the session the failed one was
+            // asked to add: nothing may stay that the registry does not know.
+            let _ = self.dataplane.remove_session(worker, id).await;
+        }
         if result.is_ok() {
             self.telemetry.sessions_created.inc();
             session_span(id, &request.call_id).in_scope(|| {
@@ -299,6 +309,7 @@ impl Sessions {
             }
             return self.update_from_sdp(request).await;
         }
+        crate::status::check_len("to_tag", &request.to_tag, crate::status::MAX_ID_LEN)?;
         let (_guard, record) = self.lock_session(request.session.as_ref()).await?;
         let stream_count = record.streams.len();
         let mut held_streams = record.streams.clone();

@@ -26,7 +26,7 @@ use baton_relay::{AllocError, Dataplane, Party, SessionId, TransferId};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::sip::negotiation::session_held;
-use crate::status::{Status, excerpt};
+use crate::status::{MAX_ID_LEN, MAX_URI_LEN, Status, check_len, excerpt};
 
 pub(crate) mod calls;
 pub(crate) mod offer_answer;
@@ -317,6 +317,11 @@ fn validate_create(
             "call_id and from_tag are required",
         ));
     }
+    check_len("call_id", &request.call_id, MAX_ID_LEN)?;
+    check_len("from_tag", &request.from_tag, MAX_ID_LEN)?;
+    check_len("to_tag", &request.to_tag, MAX_ID_LEN)?;
+    check_len("aor", &request.aor, MAX_URI_LEN)?;
+    check_len("gruu", &request.gruu, MAX_URI_LEN)?;
     for (what, uri) in [("aor", &request.aor), ("gruu", &request.gruu)] {
         if uri.is_empty() && !user_required {
             continue;

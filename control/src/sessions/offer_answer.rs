@@ -18,6 +18,7 @@ impl Sessions {
         &self,
         request: v1::UpdateSessionRequest,
     ) -> Result<v1::UpdateSessionResponse, Status> {
+        crate::status::check_len("to_tag", &request.to_tag, crate::status::MAX_ID_LEN)?;
         let from = super::party(request.sdp_from, Party::Remote)?;
         let other = from.other();
         let body = self.parse_sdp(&request.sdp)?;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use baton_proto::v1::{self, session_ref::By};
-use baton_relay::core::session::{PendingLeg, SessionUpdate, SwitchMode};
+use baton_relay::core::session::{PendingLeg, SessionUpdate, SwitchMode, TransferError};
 use baton_relay::core::stream::{LegConfig, PayloadMap};
 use baton_relay::{DataplaneError, Party, SessionId, TransferId, TransferSetup};
 use tracing::{debug, info};
@@ -84,6 +84,7 @@ impl Sessions {
         if !request.sdp.is_empty() && !request.streams.is_empty() {
             return Err(Status::invalid_argument("give streams or sdp, not both"));
         }
+        crate::status::check_len("replaces", &request.replaces, crate::status::MAX_URI_LEN)?;
         let gruu = parse_gruu(&request.gruu, false)?;
         let mode = match v1::SwitchMode::try_from(request.mode) {
             Ok(v1::SwitchMode::FirstPacket) => SwitchMode::FirstPacket,
@@ -381,7 +382,9 @@ impl Sessions {
             Ok(_) => {}
             // It timed out on the worker at the same moment: its report is
             // on the way and will find nothing left to do.
-            Err(DataplaneError::Transfer(_)) => {}
+            Err(DataplaneError::Transfer(TransferError::NonePending)) => {}
+            // Switched already (the new device's first packet came): too
+            // late; its completion is on the way and adopts the device.
             Err(e) => return Err(e.into()),
         }
         self.transfer_failed(record.id, transfer, "cancelled");

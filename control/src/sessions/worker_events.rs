@@ -25,6 +25,16 @@ impl Sessions {
                 WorkerEvent::SessionEnded { id, reason, report } => {
                     self.session_timed_out(id, reason, &report).await;
                 }
+                WorkerEvent::SessionRemoved { id, .. } => {
+                    // A delete gave up waiting, then the worker removed the
+                    // session: the record goes too.
+                    let _guard = self.lock_if_known(id).await;
+                    if let Some(record) = self.registry().remove(id) {
+                        self.session_ended(&record, "deleted");
+                        session_span(id, &record.call_id)
+                            .in_scope(|| info!(reason = "deleted", "session ended"));
+                    }
+                }
                 WorkerEvent::TransferCompleted {
                     id, transfer, gap, ..
                 } => {

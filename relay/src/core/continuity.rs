@@ -60,6 +60,11 @@ struct Source {
     anchor_ext: u64,
     /// Highest input sequence number seen.
     max_seq: u16,
+    /// How far `max_seq` has moved past `base_seq` (saturating): a packet
+    /// further behind `max_seq` than this is older than the anchor. Kept as
+    /// a count, because comparing 16-bit sequence numbers with the base
+    /// goes wrong once the source is 32 768 packets past it.
+    progress: u32,
     /// Input sequence numbers seen at `max_seq - i` (bit i), for duplicates.
     seen: u64,
     last_ts: u32,
@@ -134,6 +139,7 @@ impl Continuity {
                         let shift = u32::from(delta.unsigned_abs());
                         source.seen = if shift >= 64 { 0 } else { source.seen << shift };
                         source.seen |= 1;
+                        source.progress = source.progress.saturating_add(shift);
                         source.max_seq = seq;
                         source.last_ts = ts;
                         source.last_at = now;
@@ -141,10 +147,10 @@ impl Continuity {
                 } else {
                     // At or behind the newest: reordered, or a duplicate.
                     newest = false;
-                    if (seq.wrapping_sub(source.base_seq) as i16) < 0 {
+                    let back = u32::from(delta.unsigned_abs());
+                    if back > source.progress {
                         return Err(Refused::Late);
                     }
-                    let back = u32::from(delta.unsigned_abs());
                     if back < 64 && source.seen & (1 << back) != 0 {
                         return Err(Refused::Duplicate);
                     }
@@ -164,6 +170,7 @@ impl Continuity {
                     base_seq: seq,
                     anchor_ext: u64::from(seq),
                     max_seq: seq,
+                    progress: 0,
                     seen: 1,
                     last_ts: ts,
                     last_at: now,
@@ -225,6 +232,7 @@ impl Continuity {
             base_seq: seq,
             anchor_ext: self.highest_ext.wrapping_add(1),
             max_seq: seq,
+            progress: 0,
             seen: 1,
             last_ts: ts,
             last_at: now,
@@ -370,6 +378,30 @@ mod tests {
             input_seq: seq,
             input_ts: ts,
         })
+    }
+
+    /// A source 40 000 packets past its anchor still gets its reordered
+    /// packets through (the check against the anchor used to compare 16-bit
+    /// numbers and dropped them as late for half of every wrap).
+    #[test]
+    fn reordered_packets_pass_however_long_the_source_has_run() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        run(&mut c, t0, 0, 0, 0, 0xA);
+        // Another source anchors; it then runs 40 000 packets.
+        let mut seq = 1000u16;
+        for i in 0..40_000u32 {
+            let at = t0 + Duration::from_millis(u64::from(i) * 20);
+            run(&mut c, at, 1, seq, i * 160, 0xB).expect("in order");
+            seq = seq.wrapping_add(1);
+        }
+        // Two packets swapped: the later one first, then the earlier.
+        let at = t0 + Duration::from_secs(801);
+        run(&mut c, at, 1, seq.wrapping_add(1), 40_001 * 160, 0xB).expect("ahead");
+        assert!(
+            run(&mut c, at, 1, seq, 40_000 * 160, 0xB).is_some(),
+            "a reordered packet is not late"
+        );
     }
 
     /// Issue 22 finding 9: a device that sends RFC 4733 events on their

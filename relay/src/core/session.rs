@@ -133,6 +133,10 @@ pub enum TransferError {
     /// No transfer is open.
     #[error("no transfer is pending on this session")]
     NonePending,
+    /// The transfer has switched to the new device already: too late to
+    /// cancel (or commit) it.
+    #[error("transfer {0} has switched to the new device already")]
+    AlreadySwitched(TransferId),
     /// The open transfer is another one.
     #[error("transfer {asked} is not the one open on this session ({open})")]
     NotThisTransfer {
@@ -424,7 +428,9 @@ impl Session {
         self.close_retired();
         let mut opened = Vec::with_capacity(legs.len());
         for (index, pending) in legs.iter().enumerate() {
-            match self.streams[index].add_pending(now, pending.config, pending.payloads) {
+            // The new device may answer late: its leg learns for as long
+            // as the transfer may wait.
+            match self.streams[index].add_pending(now, pending.config, pending.payloads, timeout) {
                 Some(leg) => opened.push(leg),
                 None => {
                     for s in &mut self.streams[..index] {
@@ -463,6 +469,9 @@ impl Session {
             (Transfer::Pending { id, .. }, Some(asked)) if asked == id => Ok(id),
             (Transfer::Pending { id, .. }, Some(asked)) => {
                 Err(TransferError::NotThisTransfer { asked, open: id })
+            }
+            (Transfer::Switched { id, .. }, asked) if asked.is_none_or(|a| a == id) => {
+                Err(TransferError::AlreadySwitched(id))
             }
             (Transfer::Idle | Transfer::Switched { .. }, _) => Err(TransferError::NonePending),
         }
@@ -982,7 +991,10 @@ mod tests {
             .commit(call.now, TransferId(7))
             .expect("commit");
         call.advance(TICK);
-        assert_eq!(call.session.cancel(None), Err(TransferError::NonePending));
+        assert_eq!(
+            call.session.cancel(None),
+            Err(TransferError::AlreadySwitched(TransferId(7)))
+        );
         let first = call.speak(b, B, 0).expect("forwarded after the commit");
         assert!(first.marker);
         assert_eq!(
@@ -1308,5 +1320,49 @@ mod tests {
         let s1 = call.session.stream(StreamIndex(1)).expect("video");
         assert_eq!(s1.role(b), Some(LegRole::Device));
         assert_eq!(s1.role(LegId::FIRST_DEVICE), Some(LegRole::Retired));
+    }
+
+    /// A device that never ends its RFC 4733 events (each packet without
+    /// the end bit) cannot hold the switch off: it goes ahead after a
+    /// bounded wait.
+    #[test]
+    fn endless_events_cannot_hold_a_switch_off() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(1, B, SwitchMode::FirstPacket);
+        let mut seq = 1001;
+        call.feed(LegId::FIRST_DEVICE, A, &event(seq, 8160, false));
+        assert_eq!(call.speak(b, B, 0), None, "waits for the event");
+        for _ in 0..150 {
+            seq += 1;
+            call.feed(LegId::FIRST_DEVICE, A, &event(seq, 8160, false));
+            call.advance(TICK);
+        }
+        assert_eq!(
+            call.session.stream(S0).and_then(|s| s.role(b)),
+            Some(LegRole::Device),
+            "switched within the bound"
+        );
+        assert!(call.speak(b, B, 0).is_some());
+    }
+
+    /// Cancelling a transfer that has switched already is refused as such,
+    /// not taken for a rollback.
+    #[test]
+    fn a_switched_transfer_cannot_be_cancelled() {
+        let mut call = Call::new(1);
+        call.speak(LegId::FIRST_DEVICE, A, 0);
+        let b = call.transfer(3, B, SwitchMode::Commit);
+        call.session
+            .commit(call.now, TransferId(3))
+            .expect("commit");
+        assert_eq!(
+            call.session.cancel(Some(TransferId(3))),
+            Err(TransferError::AlreadySwitched(TransferId(3)))
+        );
+        assert_eq!(
+            call.session.stream(S0).and_then(|s| s.role(b)),
+            Some(LegRole::Device)
+        );
     }
 }

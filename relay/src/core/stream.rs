@@ -432,6 +432,21 @@ const PENDING_PROBATION: u8 = 3;
 
 /// How far a sequence number may move for a NAT re-learn to be believed.
 const RELEARN_MAX_SEQ_DISTANCE: u16 = 64;
+/// A probation candidate's next packet may skip this many sequence numbers
+/// (lost packets) and still count as in order.
+const PROBATION_MAX_GAP: u16 = 3;
+/// Longest a switch waits for the old device's RFC 4733 event to end: a
+/// device that never ends its events cannot hold the switch off.
+const MAX_SWITCH_WAIT: Duration = Duration::from_secs(2);
+
+/// A source on probation for a leg that needs several in-order packets.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    addr: SocketAddr,
+    ssrc: u32,
+    seq: u16,
+    seen: u8,
+}
 
 #[derive(Debug, Clone)]
 struct Leg {
@@ -448,8 +463,10 @@ struct Leg {
     dtmf_until: Option<Instant>,
     /// Learning needs this many in-order packets (1: the first one).
     probation: u8,
-    /// The source on probation: address, SSRC, last sequence, packets seen.
-    candidate: Option<(SocketAddr, u32, u16, u8)>,
+    /// Sources on probation. Two, so that a second source from the allowed
+    /// IP (an event stream on its own SSRC, a NAT neighbour) cannot keep
+    /// resetting the device's own progress.
+    candidates: [Option<Candidate>; 2],
 }
 
 impl Leg {
@@ -466,7 +483,7 @@ impl Leg {
             last_packet_at: None,
             dtmf_until: None,
             probation: 1,
-            candidate: None,
+            candidates: [None; 2],
         };
         leg.set_signalled(config.peer_rtp, config.peer_rtcp);
         leg
@@ -558,8 +575,8 @@ pub struct Stream {
     /// Legs removed by a switch that the caller must close.
     closed: Option<LegId>,
     /// A switch was asked for while the current device was in the middle of
-    /// an RFC 4733 event; it happens when the event ends.
-    switch_waiting: bool,
+    /// an RFC 4733 event; it happens when the event ends, or at this time.
+    switch_waiting_until: Option<Instant>,
     /// After a switch, until the new device's first packet is forwarded.
     awaiting_new_device: bool,
     /// Clock rate by payload type in the remote's numbering (0: unknown).
@@ -597,7 +614,7 @@ impl Stream {
             pending: None,
             retired: None,
             closed: None,
-            switch_waiting: false,
+            switch_waiting_until: None,
             awaiting_new_device: false,
             clock_rates: [0; 128],
             continuity: Continuity::default(),
@@ -896,7 +913,7 @@ impl Stream {
             self.awaiting_new_device = false;
             outcome.new_device_started = true;
         }
-        if self.switch_waiting && event_ended {
+        if self.switch_waiting_until.is_some() && event_ended {
             // The event's end went out; now the new device takes over.
             self.complete_switch();
             outcome.switch_completed = true;
@@ -984,17 +1001,21 @@ impl Stream {
 
     /// Opens a leg for the device a call is being transferred to. `None`
     /// when a transfer is already open or no leg slot is free.
+    /// Its leg may learn the device for `learn_for` (at least the stream's
+    /// learning window): a device may answer long after the transfer opens.
     pub fn add_pending(
         &mut self,
         now: Instant,
         config: LegConfig,
         payloads: PayloadMap,
+        learn_for: Duration,
     ) -> Option<LegId> {
         if self.pending.is_some() {
             return None;
         }
         let slot = LegId::all().find(|&id| self.leg(id).is_none())?;
-        let mut leg = Leg::new(config, now, self.config.learning_window, payloads);
+        let window = learn_for.max(self.config.learning_window);
+        let mut leg = Leg::new(config, now, window, payloads);
         leg.probation = PENDING_PROBATION;
         self.legs[slot.index()] = Some(leg);
         self.pending = Some(slot);
@@ -1010,7 +1031,7 @@ impl Stream {
         }
         let busy = self.leg(self.device).is_some_and(|l| l.dtmf_active(now));
         if busy {
-            self.switch_waiting = true;
+            self.switch_waiting_until = Some(now + MAX_SWITCH_WAIT);
             return Switch::Waiting;
         }
         self.complete_switch();
@@ -1021,7 +1042,7 @@ impl Stream {
         let Some(new) = self.pending.take() else {
             return;
         };
-        self.switch_waiting = false;
+        self.switch_waiting_until = None;
         let old = std::mem::replace(&mut self.device, new);
         if let Some(previous) = self.retired.replace(old) {
             // A second switch before the first one's grace ended.
@@ -1034,7 +1055,7 @@ impl Stream {
     /// Completes a switch that waits for an RFC 4733 event now (a newer
     /// transfer begins). True when there was one.
     pub fn finish_switch(&mut self) -> bool {
-        if self.switch_waiting {
+        if self.switch_waiting_until.is_some() {
             self.complete_switch();
             return true;
         }
@@ -1043,21 +1064,27 @@ impl Stream {
 
     /// Whether a switch is waiting for an RFC 4733 event to end.
     pub fn switch_waiting(&self) -> bool {
-        self.switch_waiting
+        self.switch_waiting_until.is_some()
     }
 
     /// When a waiting switch goes ahead even without the event's end.
     pub fn switch_deadline(&self) -> Option<Instant> {
-        if !self.switch_waiting {
-            return None;
-        }
-        self.leg(self.device).and_then(|l| l.dtmf_until)
+        let until = self.switch_waiting_until?;
+        Some(
+            self.leg(self.device)
+                .and_then(|l| l.dtmf_until)
+                .map_or(until, |stale| stale.min(until)),
+        )
     }
 
     /// Periodic work: a switch waiting for an event whose end packet never
-    /// came goes ahead once the event is stale. True when it did.
+    /// came goes ahead once the event is stale, or once it has waited
+    /// [`MAX_SWITCH_WAIT`]. True when it did.
     pub fn tick(&mut self, now: Instant) -> bool {
-        if self.switch_waiting && !self.leg(self.device).is_some_and(|l| l.dtmf_active(now)) {
+        let Some(until) = self.switch_waiting_until else {
+            return false;
+        };
+        if now >= until || !self.leg(self.device).is_some_and(|l| l.dtmf_active(now)) {
             self.complete_switch();
             return true;
         }
@@ -1067,7 +1094,7 @@ impl Stream {
     /// Removes the pending leg (a cancelled or timed-out transfer).
     pub fn cancel_pending(&mut self) -> Option<LegId> {
         let leg = self.pending.take()?;
-        self.switch_waiting = false;
+        self.switch_waiting_until = None;
         self.legs[leg.index()] = None;
         Some(leg)
     }
@@ -1217,40 +1244,31 @@ fn check_source(
         }
         (PeerSource::Signalled, _) if asymmetric => return Ok(None),
         (PeerSource::Signalled, _) => return Err(DropReason::Stranger),
-        (PeerSource::Learned, _) if relearn && leg.may_relearn(component, from, fields) => true,
-        (PeerSource::Learned, _) => return Err(DropReason::Stranger),
-        (PeerSource::Unknown, _)
-            if leg
-                .config
-                .peer_ip
-                .is_some_and(|ip| ip.to_canonical() != from.ip().to_canonical()) =>
-        {
+        (PeerSource::Learned | PeerSource::Unknown, _) if !ip_allowed(leg, from) => {
             // Not from where the signalling saw the device: never a
-            // candidate, so it cannot displace the real one.
+            // candidate and never a re-learn, so it cannot displace the
+            // real one.
             return Err(DropReason::Stranger);
         }
+        (PeerSource::Learned, _) if relearn && leg.may_relearn(component, from, fields) => true,
+        (PeerSource::Learned, _) => return Err(DropReason::Stranger),
         (PeerSource::Unknown, _) if now > leg.learning_until => {
             return Err(DropReason::LearningClosed);
         }
         (PeerSource::Unknown, _) if leg.probation > 1 => {
-            // Only RTP proves a source: same address, same SSRC, sequence +1.
-            let Some(f) = fields else {
-                return Err(DropReason::Probation);
-            };
-            let seen = match leg.candidate {
-                Some((addr, ssrc, seq, seen))
-                    if addr == from && ssrc == f.ssrc && f.seq == seq.wrapping_add(1) =>
-                {
-                    seen + 1
+            match fields {
+                Some(f) if on_probation(leg, from, f) => false,
+                Some(_) => return Err(DropReason::Probation),
+                // RTCP proves nothing by itself; it follows the source RTP
+                // proved (on separate RTCP ports).
+                None => {
+                    let rtp_peer = leg.peers[Component::Rtp.index()].addr;
+                    if rtp_peer.is_none_or(|addr| addr.ip() != from.ip()) {
+                        return Err(DropReason::Probation);
+                    }
+                    false
                 }
-                Some(_) | None => 1,
-            };
-            leg.candidate = Some((from, f.ssrc, f.seq, seen));
-            if seen < leg.probation {
-                return Err(DropReason::Probation);
             }
-            leg.candidate = None;
-            false
         }
         (PeerSource::Unknown, _) => false,
     };
@@ -1264,6 +1282,60 @@ fn check_source(
         addr: from,
         relearned,
     }))
+}
+
+/// Whether `from` is the IP the signalling gave, when it gave one.
+fn ip_allowed(leg: &Leg, from: SocketAddr) -> bool {
+    leg.config
+        .peer_ip
+        .is_none_or(|ip| ip.to_canonical() == from.ip().to_canonical())
+}
+
+/// Counts an RTP packet towards its source's probation; true when the
+/// source has proved itself (that many packets of one SSRC from one
+/// address, each a little ahead of the last: a lost packet is allowed, a
+/// duplicate or a late one is ignored, a jump starts over).
+fn on_probation(leg: &mut Leg, from: SocketAddr, f: RtpFields) -> bool {
+    let known = leg
+        .candidates
+        .iter_mut()
+        .flatten()
+        .find(|c| c.addr == from && c.ssrc == f.ssrc);
+    let seen = match known {
+        Some(candidate) => {
+            let ahead = f.seq.wrapping_sub(candidate.seq);
+            if ahead == 0 || ahead > u16::MAX / 2 {
+                return false;
+            }
+            candidate.seen = if ahead <= PROBATION_MAX_GAP {
+                candidate.seen.saturating_add(1)
+            } else {
+                1
+            };
+            candidate.seq = f.seq;
+            candidate.seen
+        }
+        None => {
+            // A free slot, else the one that has proved least (the later
+            // slot on a tie, so the first source keeps its progress).
+            let slot = (0..leg.candidates.len())
+                .rev()
+                .min_by_key(|&i| leg.candidates[i].map_or(0, |c| c.seen))
+                .unwrap_or(0);
+            leg.candidates[slot] = Some(Candidate {
+                addr: from,
+                ssrc: f.ssrc,
+                seq: f.seq,
+                seen: 1,
+            });
+            1
+        }
+    };
+    if seen >= leg.probation {
+        leg.candidates = [None; 2];
+        return true;
+    }
+    false
 }
 
 /// A snapshot of one leg's state and counters.
@@ -1792,6 +1864,7 @@ mod tests {
                 t0,
                 leg(Some("10.0.0.3:6000"), true),
                 PayloadMap::from_pairs(&[(0, 0), (96, 101)], Some(96)),
+                WINDOW,
             )
             .expect("pending leg");
         (s, b)
@@ -1960,7 +2033,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut s, b) = transfer_setup(t0);
         assert!(
-            s.add_pending(t0, leg(None, true), PayloadMap::identity([0], None))
+            s.add_pending(t0, leg(None, true), PayloadMap::identity([0], None), WINDOW)
                 .is_none(),
             "one transfer at a time"
         );
@@ -2002,6 +2075,7 @@ mod tests {
                 t0,
                 leg(None, true),
                 PayloadMap::identity([0, 101], Some(101)),
+                WINDOW,
             )
             .expect("pending");
         // Stray packets, even from one address, do not latch or switch.
@@ -2065,7 +2139,12 @@ mod tests {
         let mut config = leg(None, true);
         config.peer_ip = Some("10.0.0.3".parse().expect("ip"));
         let b = s
-            .add_pending(t0, config, PayloadMap::identity([0, 101], Some(101)))
+            .add_pending(
+                t0,
+                config,
+                PayloadMap::identity([0, 101], Some(101)),
+                WINDOW,
+            )
             .expect("pending");
         for seq in 0..3u16 {
             // The attacker: in order, its own SSRC, another IP.
@@ -2157,6 +2236,7 @@ mod tests {
                 t0,
                 leg(Some("10.0.0.3:6000"), true),
                 PayloadMap::identity([0], None),
+                WINDOW,
             )
             .expect("pending");
         let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.6.6.6:6000", &rtp(1, 9));
@@ -2200,5 +2280,111 @@ mod tests {
         );
         assert_eq!(outcome.verdict, fwd(b, Component::Rtp, "10.0.0.3:6000", 16));
         assert_eq!(&out[..], &crasher[8..]);
+    }
+
+    /// A new device that answers after the learning window still proves
+    /// itself: its leg learns for as long as the transfer may wait. A lost
+    /// packet does not break its probation, a second SSRC from its address
+    /// (events on their own SSRC) does not reset it, and its RTCP on a
+    /// separate port follows the source RTP proved.
+    #[test]
+    fn a_pending_device_proves_itself_late_with_gaps_and_a_second_ssrc() {
+        let t0 = Instant::now();
+        let mut s = stream(
+            t0,
+            leg(Some("10.0.0.1:4000"), false),
+            leg(Some("10.0.0.2:5000"), false),
+            false,
+        );
+        let mut config = leg(None, false);
+        config.peer_ip = Some("10.0.0.3".parse().expect("ip"));
+        let b = s
+            .add_pending(
+                t0,
+                config,
+                PayloadMap::identity([0, 101], Some(101)),
+                Duration::from_secs(30),
+            )
+            .expect("pending");
+        let late = t0 + Duration::from_secs(10);
+        // RTCP first: nothing proven yet.
+        let (outcome, _) = feed(
+            &mut s,
+            late,
+            b,
+            Component::Rtcp,
+            "10.0.0.3:6001",
+            &rtcp_rr(0xB),
+        );
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Probation));
+        let sends = [(20u16, 0xB), (900, 0xD), (22, 0xB), (901, 0xD), (23, 0xB)];
+        let mut last = None;
+        for (seq, ssrc) in sends {
+            last = Some(
+                feed(
+                    &mut s,
+                    late,
+                    b,
+                    Component::Rtp,
+                    "10.0.0.3:6000",
+                    &rtp(seq, ssrc),
+                )
+                .0,
+            );
+        }
+        let outcome = last.expect("fed");
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Drop(DropReason::TransferPending),
+            "proven"
+        );
+        assert_eq!(outcome.latched.map(|l| l.addr), Some(addr("10.0.0.3:6000")));
+        let (outcome, _) = feed(
+            &mut s,
+            late,
+            b,
+            Component::Rtcp,
+            "10.0.0.3:6001",
+            &rtcp_rr(0xB),
+        );
+        assert_eq!(outcome.latched.map(|l| l.component), Some(Component::Rtcp));
+    }
+
+    /// NAT re-learning keeps to the IP the signalling gave.
+    #[test]
+    fn relearning_stays_on_the_signalled_ip() {
+        let t0 = Instant::now();
+        let mut s = stream(
+            t0,
+            leg(Some("10.0.0.1:4000"), true),
+            leg(Some("10.0.0.2:5000"), true),
+            true,
+        );
+        let mut config = leg(None, true);
+        config.peer_ip = Some("10.0.0.3".parse().expect("ip"));
+        let b = s
+            .add_pending(
+                t0,
+                config,
+                PayloadMap::identity([0, 101], Some(101)),
+                WINDOW,
+            )
+            .expect("pending");
+        for seq in 1..4 {
+            feed(
+                &mut s,
+                t0,
+                b,
+                Component::Rtp,
+                "10.0.0.3:6000",
+                &rtp(seq, 0xB),
+            );
+        }
+        // The same SSRC, the next number, from another IP: not followed.
+        let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.6.6.6:6000", &rtp(4, 0xB));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Stranger));
+        // From another port of the same IP: followed (a NAT rebinding).
+        let (outcome, _) = feed(&mut s, t0, b, Component::Rtp, "10.0.0.3:6100", &rtp(5, 0xB));
+        assert!(outcome.latched.is_some_and(|l| l.relearned));
     }
 }

@@ -455,8 +455,6 @@ impl Worker {
                 return;
             };
             let id = entry.session.id();
-            let report = matches!(event, SessionEvent::TransferCompleted { .. })
-                .then(|| entry.session.report(now));
             match event {
                 SessionEvent::LegClosed { stream, leg } => self.close_leg(key, stream, leg),
                 SessionEvent::SourceLatched { stream, latched } => {
@@ -467,14 +465,8 @@ impl Worker {
                     });
                 }
                 SessionEvent::TransferCompleted { transfer, gap } => {
-                    let Some(report) = report else { continue };
                     debug!(worker = %self.index, session = %id, %transfer, "transfer completed");
-                    self.deliver(WorkerEvent::TransferCompleted {
-                        id,
-                        transfer,
-                        gap,
-                        report,
-                    });
+                    self.deliver(WorkerEvent::TransferCompleted { id, transfer, gap });
                 }
                 SessionEvent::TransferTimedOut { transfer } => {
                     debug!(worker = %self.index, session = %id, %transfer, "transfer timed out; rolled back");
@@ -525,7 +517,16 @@ impl Worker {
             let now = Instant::now();
             match command {
                 Command::Add { id, streams, reply } => {
-                    let _ = reply.send(self.add_session(now, id, streams));
+                    let result = self.add_session(now, id, streams);
+                    let added = result.is_ok();
+                    if reply.send(result).is_err() && added {
+                        // The control plane gave up waiting and will not
+                        // know this session: it must not stay.
+                        warn!(worker = %self.index, session = %id, "session added after its create gave up; removed again");
+                        if let Some(&key) = self.by_id.get(&id) {
+                            self.remove_session(key);
+                        }
+                    }
                 }
                 Command::Update { id, update, reply } => {
                     let result = self.with_session(id, |entry| {
@@ -535,7 +536,18 @@ impl Worker {
                     let _ = reply.send(result);
                 }
                 Command::BeginTransfer { id, setup, reply } => {
-                    let _ = reply.send(self.begin_transfer(now, id, setup));
+                    let transfer = setup.transfer;
+                    let result = self.begin_transfer(now, id, setup);
+                    let opened = result.is_ok();
+                    if reply.send(result).is_err() && opened {
+                        // Nobody will ever name this transfer: roll it back.
+                        let _ = self.with_session(id, |entry| {
+                            entry
+                                .session
+                                .cancel(Some(transfer))
+                                .map_err(DataplaneError::Transfer)
+                        });
+                    }
                 }
                 Command::Commit {
                     id,
@@ -572,7 +584,11 @@ impl Worker {
                         }
                         None => Err(DataplaneError::NoSession(id)),
                     };
-                    let _ = reply.send(result);
+                    if let Err(Ok(report)) = reply.send(result) {
+                        // Removed after the delete gave up waiting: say so,
+                        // so the record does not outlive the session.
+                        self.deliver(WorkerEvent::SessionRemoved { id, report });
+                    }
                 }
                 Command::Inspect { id, reply } => {
                     let result = match self.by_id.get(&id) {
@@ -667,15 +683,14 @@ impl Worker {
         entry.leases[stream.0][leg.index()] = Some(lease);
         let rtp_token = self.register(rtp, key, stream, leg, Component::Rtp)?;
         registered.push(rtp_token);
-        let rtcp_token = match rtcp {
-            Some(rtcp) => {
-                let token = self.register(rtcp, key, stream, leg, Component::Rtcp)?;
-                registered.push(token);
-                token
-            }
-            None => rtp_token,
-        };
-        entry.tokens[stream.0][leg.index()] = [rtp_token, rtcp_token];
+        // Recorded at once, so a failure below still closes this socket
+        // with the leg.
+        entry.tokens[stream.0][leg.index()] = [rtp_token, rtp_token];
+        if let Some(rtcp) = rtcp {
+            let token = self.register(rtcp, key, stream, leg, Component::Rtcp)?;
+            registered.push(token);
+            entry.tokens[stream.0][leg.index()][Component::Rtcp.index()] = token;
+        }
         Ok(())
     }
 
@@ -932,5 +947,139 @@ fn send_runs<'a>(
             None => totals.failed += (end - start) as u64,
         }
         start = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::core::session::{PendingLeg, StreamParams, SwitchMode};
+    use crate::core::stream::{LegConfig, PayloadMap, StreamConfig};
+    use crate::io::ports::{PortPool, allocate};
+
+    const LEG: LegConfig = LegConfig {
+        rtcp_mux: true,
+        peer_rtp: None,
+        peer_rtcp: None,
+        peer_ip: None,
+    };
+
+    fn worker() -> (Worker, crossbeam_channel::Sender<Command>) {
+        let (commands, queue) = crossbeam_channel::bounded(8);
+        let (events, _) = mpsc::channel(8);
+        let timeouts = Timeouts {
+            media: Duration::from_secs(60),
+            setup: Duration::from_secs(60),
+            hold: Duration::from_secs(60),
+        };
+        let poll = Poll::new().expect("poll");
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker::new(WorkerId(0), poll, queue, events, timeouts, stop).expect("worker");
+        (worker, commands)
+    }
+
+    fn stream(pool: &Arc<Mutex<PortPool>>) -> StreamSetup {
+        StreamSetup {
+            params: StreamParams {
+                config: StreamConfig {
+                    learning_window: Duration::from_secs(5),
+                    relearn: false,
+                    asymmetric: false,
+                },
+                clock_rates: vec![(0, 8000)],
+                telephone_event: None,
+                device: LEG,
+                remote: LEG,
+            },
+            sockets: [
+                allocate(pool, true).expect("ports"),
+                allocate(pool, true).expect("ports"),
+            ],
+        }
+    }
+
+    fn pool() -> Arc<Mutex<PortPool>> {
+        Arc::new(Mutex::new(PortPool::new(
+            "127.0.0.1".parse().expect("ip"),
+            47100,
+            47199,
+        )))
+    }
+
+    fn free_pairs(pool: &Arc<Mutex<PortPool>>) -> usize {
+        pool.lock().expect("pool").free_pairs()
+    }
+
+    /// Review finding: a create that gave up waiting left the session on
+    /// the worker, unknown to the control plane, holding its ports for ever.
+    #[test]
+    fn a_session_added_after_its_create_gave_up_is_removed_again() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let before = free_pairs(&pool);
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        let add = Command::Add {
+            id: SessionId(1),
+            streams: vec![stream(&pool)],
+            reply,
+        };
+        commands.send(add).expect("queued");
+        assert!(worker.handle_commands());
+        assert!(worker.by_id.is_empty(), "no session nobody knows");
+        assert_eq!(free_pairs(&pool), before, "its ports are free again");
+    }
+
+    /// The same for a transfer: one opened after its request gave up is
+    /// rolled back, so it cannot wedge the session's next transfer.
+    #[test]
+    fn a_transfer_opened_after_its_request_gave_up_is_rolled_back() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let (reply, answer) = oneshot::channel();
+        let add = Command::Add {
+            id: SessionId(1),
+            streams: vec![stream(&pool)],
+            reply,
+        };
+        commands.send(add).expect("queued");
+        assert!(worker.handle_commands());
+        assert_eq!(answer.blocking_recv().expect("answer"), Ok(()));
+        let with_session = free_pairs(&pool);
+
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        let setup = TransferSetup {
+            transfer: TransferId(7),
+            legs: vec![(
+                PendingLeg {
+                    config: LEG,
+                    payloads: PayloadMap::identity([0], None),
+                },
+                allocate(&pool, true).expect("ports"),
+            )],
+            mode: SwitchMode::Commit,
+            timeout: Duration::from_secs(30),
+        };
+        let begin = Command::BeginTransfer {
+            id: SessionId(1),
+            setup,
+            reply,
+        };
+        commands.send(begin).expect("queued");
+        assert!(worker.handle_commands());
+        assert_eq!(free_pairs(&pool), with_session, "the new legs closed");
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Inspect {
+                id: SessionId(1),
+                reply,
+            })
+            .expect("queued");
+        assert!(worker.handle_commands());
+        let report = answer.blocking_recv().expect("answer").expect("session");
+        assert_eq!(report.transfer, None, "nothing pending");
     }
 }
