@@ -15,25 +15,10 @@ use baton_control::{Client, ClientError};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
 use common::media::{Peer, rtp};
+use common::native::{endpoint, pcmu};
 
 const AOR: &str = "sip:alice@example.com";
 const GRUU: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
-
-fn endpoint(addr: SocketAddr) -> v1::Endpoint {
-    v1::Endpoint {
-        rtp: addr.to_string(),
-        rtcp: String::new(),
-    }
-}
-
-fn pcmu() -> v1::Codec {
-    v1::Codec {
-        payload_type: 0,
-        name: "PCMU".into(),
-        clock_rate: 8000,
-        ..Default::default()
-    }
-}
 
 /// A call's relay addresses: (user RTP, user RTCP, remote RTP, remote RTCP).
 struct Call {

@@ -10,6 +10,7 @@ use baton_control::Client;
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
 use common::media::{Peer, rtcp_rr, rtp};
+use common::native::{by_id, endpoint};
 
 fn codec_pcmu() -> v1::Codec {
     v1::Codec {
@@ -18,13 +19,6 @@ fn codec_pcmu() -> v1::Codec {
         clock_rate: 8000,
         channels: 0,
         ..Default::default()
-    }
-}
-
-fn endpoint(addr: std::net::SocketAddr) -> v1::Endpoint {
-    v1::Endpoint {
-        rtp: addr.to_string(),
-        rtcp: String::new(),
     }
 }
 
@@ -59,12 +53,6 @@ async fn create(client: &Client, request: v1::CreateSessionRequest) -> v1::Creat
         Ok(Reply::CreateSession(created)) => created,
         other => panic!("create failed: {other:?}"),
     }
-}
-
-fn by_id(session: &str) -> Option<v1::SessionRef> {
-    Some(v1::SessionRef {
-        by: Some(v1::session_ref::By::Id(session.into())),
-    })
 }
 
 async fn get(client: &Client, session: &str) -> v1::SessionInfo {

@@ -16,34 +16,13 @@ use baton_control::{Client, ClientError};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
 use common::media::{Peer, rtp};
+use common::native::{by_id, endpoint, pcmu};
 use common::ng::{Proxy, body, flags, ng_call, reason, request, result, sdp_of, text};
 
 const AOR: &str = "sip:alice@example.com";
 const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
 const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000b";
 const GRUU_C: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000c";
-
-fn pcmu() -> v1::Codec {
-    v1::Codec {
-        payload_type: 0,
-        name: "PCMU".into(),
-        clock_rate: 8000,
-        ..Default::default()
-    }
-}
-
-fn endpoint(peer: &Peer) -> v1::Endpoint {
-    v1::Endpoint {
-        rtp: peer.addr().to_string(),
-        rtcp: String::new(),
-    }
-}
-
-fn by_id(session: &str) -> Option<v1::SessionRef> {
-    Some(v1::SessionRef {
-        by: Some(v1::session_ref::By::Id(session.into())),
-    })
-}
 
 fn by_dialog(call_id: &str) -> Option<v1::SessionRef> {
     Some(v1::SessionRef {
@@ -305,8 +284,8 @@ async fn commit_then_a_new_transfer_keeps_each_transfer_its_own() {
     let (a, b, c, remote) = (Peer::v4(), Peer::v4(), Peer::v4(), Peer::v4());
     let mut request = create_request("commit-then-transfer", 1);
     request.streams[0].rtcp_mux = true;
-    request.streams[0].user_peer = Some(endpoint(&a));
-    request.streams[0].remote_peer = Some(endpoint(&remote));
+    request.streams[0].user_peer = Some(endpoint(a.addr()));
+    request.streams[0].remote_peer = Some(endpoint(remote.addr()));
     let Ok(Reply::CreateSession(created)) = client.call(Command::CreateSession(request)).await
     else {
         panic!("create");
@@ -316,7 +295,7 @@ async fn commit_then_a_new_transfer_keeps_each_transfer_its_own() {
         session: by_id(&session),
         gruu: gruu.into(),
         streams: vec![v1::TransferStream {
-            peer: Some(endpoint(peer)),
+            peer: Some(endpoint(peer.addr())),
             ..Default::default()
         }],
         mode: mode as i32,
@@ -420,8 +399,8 @@ async fn a_long_hold_then_resume_keeps_the_call() {
         let (device, remote) = (Peer::v4(), Peer::v4());
         let mut request = create_request(&format!("hold-{i}"), 1);
         request.streams[0].rtcp_mux = true;
-        request.streams[0].user_peer = Some(endpoint(&device));
-        request.streams[0].remote_peer = Some(endpoint(&remote));
+        request.streams[0].user_peer = Some(endpoint(device.addr()));
+        request.streams[0].remote_peer = Some(endpoint(remote.addr()));
         let Ok(Reply::CreateSession(created)) = client.call(Command::CreateSession(request)).await
         else {
             panic!("create");

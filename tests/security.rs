@@ -17,6 +17,7 @@ use baton_control::{Client, ClientError};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
 use common::media::{Peer, rtp};
+use common::native::{by_id, endpoint, pcmu};
 use serde_bencode::value::Value;
 
 const AOR: &str = "sip:alice@example.com";
@@ -29,28 +30,6 @@ const CRASHER: [u8; 24] = [
     0x81, 0xcb, 0, 1, 0, 0, 0x11, 0x11, 0x84, 0xce, 0, 3, 0, 0, 0x11, 0x11, 0, 0, 0x22, 0x22, 0, 0,
     0x33, 0x33,
 ];
-
-fn endpoint(addr: SocketAddr) -> v1::Endpoint {
-    v1::Endpoint {
-        rtp: addr.to_string(),
-        rtcp: String::new(),
-    }
-}
-
-fn pcmu() -> v1::Codec {
-    v1::Codec {
-        payload_type: 0,
-        name: "PCMU".into(),
-        clock_rate: 8000,
-        ..Default::default()
-    }
-}
-
-fn session_ref(id: &str) -> Option<v1::SessionRef> {
-    Some(v1::SessionRef {
-        by: Some(v1::session_ref::By::Id(id.into())),
-    })
-}
 
 /// Creates an rtcp-mux call; returns (session, user relay address, remote
 /// relay address).
@@ -106,7 +85,7 @@ async fn stats(client: &Client) -> v1::GetStatsResponse {
 async fn exists(client: &Client, session: &str) -> bool {
     let reply = client
         .call(Command::GetSession(v1::GetSessionRequest {
-            session: session_ref(session),
+            session: by_id(session),
         }))
         .await;
     matches!(reply, Ok(Reply::GetSession(_)))
@@ -133,7 +112,7 @@ async fn one_rtcp_packet_cannot_end_the_calls_of_a_worker() {
     let b_port = transfer(
         &client,
         v1::TransferRequest {
-            session: session_ref(&session),
+            session: by_id(&session),
             gruu: DEVICE_B.into(),
             streams: vec![v1::TransferStream {
                 peer: Some(endpoint(device_b.addr())),
@@ -187,7 +166,7 @@ async fn a_sprayer_cannot_take_a_pending_transfer() {
     remote.recv();
 
     let request = |source_ip: &str| v1::TransferRequest {
-        session: session_ref(&session),
+        session: by_id(&session),
         gruu: DEVICE_B.into(),
         source_ip: source_ip.into(),
         ..Default::default()
@@ -248,7 +227,7 @@ async fn unverified_transfer_sources_only_when_the_operator_allows_them() {
     transfer(
         &client,
         v1::TransferRequest {
-            session: session_ref(&session),
+            session: by_id(&session),
             gruu: DEVICE_B.into(),
             ..Default::default()
         },

@@ -2,6 +2,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod media;
+pub mod native;
 pub mod ng;
 
 use std::net::TcpListener;
