@@ -1108,3 +1108,113 @@ pub fn write_answer(
         media: sections,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An offer shaped like a browser's with audio, video and data: every
+    /// codec variant on the video line with its retransmission format,
+    /// feedback and parameters, a dozen candidates per m= line, extension
+    /// headers, simulcast-style SSRC groups. The largest kind of body a
+    /// relay meets in practice.
+    fn browser_offer() -> String {
+        let mut body = String::from(
+            "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             a=group:BUNDLE 0 1 2\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS stream\r\n",
+        );
+        let candidates = |body: &mut String| {
+            for i in 0..12u32 {
+                body.push_str(&format!(
+                    "a=candidate:{i} 1 udp {} 192.0.2.{i} {} typ host generation 0 network-id 1\r\n",
+                    2_122_260_223 - i,
+                    50_000 + i
+                ));
+            }
+            body.push_str(
+                "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijklmn\r\na=ice-options:trickle\r\n\
+                 a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+                 a=setup:actpass\r\n",
+            );
+        };
+        let audio: Vec<u8> = vec![111, 63, 9, 0, 8, 13, 110, 126];
+        let list = |pts: &[u8]| pts.iter().map(u8::to_string).collect::<Vec<_>>().join(" ");
+        body.push_str(&format!(
+            "m=audio 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n",
+            list(&audio)
+        ));
+        candidates(&mut body);
+        body.push_str("a=mid:0\r\na=sendrecv\r\na=msid:stream audio\r\na=rtcp-mux\r\n");
+        for ext in 1..=5 {
+            body.push_str(&format!(
+                "a=extmap:{ext} urn:ietf:params:rtp-hdrext:ext{ext}\r\n"
+            ));
+        }
+        for (pt, name) in [
+            (111, "opus/48000/2"),
+            (63, "red/48000/2"),
+            (9, "G722/8000"),
+            (0, "PCMU/8000"),
+            (8, "PCMA/8000"),
+            (13, "CN/8000"),
+            (110, "telephone-event/48000"),
+            (126, "telephone-event/8000"),
+        ] {
+            body.push_str(&format!("a=rtpmap:{pt} {name}\r\n"));
+        }
+        body.push_str("a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtcp-fb:111 transport-cc\r\n");
+        body.push_str("a=ssrc:1001 cname:abcdefgh\r\na=ssrc:1001 msid:stream audio\r\n");
+        // Video: 20 codec variants, each with its rtx format.
+        let video: Vec<u8> = (96..136).collect();
+        body.push_str(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n",
+            list(&video)
+        ));
+        candidates(&mut body);
+        body.push_str(
+            "a=mid:1\r\na=sendrecv\r\na=msid:stream video\r\na=rtcp-mux\r\na=rtcp-rsize\r\n",
+        );
+        for ext in 6..=14 {
+            body.push_str(&format!(
+                "a=extmap:{ext} urn:ietf:params:rtp-hdrext:ext{ext}\r\n"
+            ));
+        }
+        for pair in video.chunks(2) {
+            let (media, rtx) = (pair[0], pair[1]);
+            body.push_str(&format!("a=rtpmap:{media} H264/90000\r\n"));
+            for fb in ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"] {
+                body.push_str(&format!("a=rtcp-fb:{media} {fb}\r\n"));
+            }
+            body.push_str(&format!(
+                "a=fmtp:{media} level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+                 a=rtpmap:{rtx} rtx/90000\r\na=fmtp:{rtx} apt={media}\r\n"
+            ));
+        }
+        body.push_str(
+            "a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abcdefgh\r\na=ssrc:2002 cname:abcdefgh\r\n",
+        );
+        body.push_str("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n");
+        candidates(&mut body);
+        body.push_str("a=mid:2\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n");
+        body
+    }
+
+    /// The default limits must never refuse a real call: a browser's offer
+    /// passes with room to spare on every limit.
+    #[test]
+    fn the_default_limits_pass_a_browser_offer_with_room_to_spare() {
+        let body = browser_offer();
+        let limits = SdpLimits::default();
+        let attributes = body.lines().filter(|l| l.starts_with("a=")).count();
+        assert!(body.len() * 4 < limits.max_bytes, "{} bytes", body.len());
+        assert!(
+            attributes * 2 < limits.max_attributes,
+            "{attributes} a= lines"
+        );
+        assert!(40 * 2 < limits.max_formats);
+        let sdp = Sdp::parse_limited(&body, &limits).expect("a real offer passes");
+        assert_eq!(sdp.media.len(), 3);
+        let video = sdp.media(1).expect("the video line reads");
+        assert_eq!(video.formats.len(), 40);
+    }
+}
