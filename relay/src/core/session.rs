@@ -1087,16 +1087,25 @@ mod tests {
         let mut call = Call::new(1);
         call.speak(LegId::FIRST_DEVICE, A, 0);
         let b = call.transfer(1, B, SwitchMode::FirstPacket);
-        assert!(heard(call.feed(LegId::FIRST_DEVICE, A, &event(1001, 8160, false))).is_some());
+        let start = heard(call.feed(LegId::FIRST_DEVICE, A, &event(1001, 8160, false)))
+            .expect("A's event reaches the remote");
         // B's first packet: the switch waits for A's event to end.
         assert_eq!(call.speak(b, B, 0), None);
         call.advance(TICK);
         let end = heard(call.feed(LegId::FIRST_DEVICE, A, &event(1002, 8160, true)))
             .expect("A's end packet reaches the remote");
         assert_eq!(end.seq, 1002);
-        // Now B is the device, and its next packet completes the transfer.
+        assert_eq!(
+            (end.ts, end.pt, end.ssrc),
+            (start.ts, start.pt, start.ssrc),
+            "the event keeps its timestamp, to its end"
+        );
+        // Now B is the device, and its next packet completes the transfer:
+        // the same stream, a marker, a timestamp after the event's.
         let b_first = call.speak(b, B, 0).expect("B forwarded");
         assert_eq!((b_first.seq, b_first.marker), (1003, true));
+        assert_eq!(b_first.ssrc, start.ssrc);
+        assert!(b_first.ts.wrapping_sub(start.ts) as i32 > 0);
         assert_eq!(completed(&call.take_events()).len(), 1);
         // Issue 22 finding 10: the old device's leg closes after the grace
         // period even though the switch waited for the event.
