@@ -478,14 +478,7 @@ impl Session {
     }
 
     fn roll_back(&mut self) {
-        for (index, s) in self.streams.iter_mut().enumerate() {
-            if let Some(leg) = s.cancel_pending() {
-                self.events.push_back(SessionEvent::LegClosed {
-                    stream: StreamIndex(index),
-                    leg,
-                });
-            }
-        }
+        self.close_legs(Stream::cancel_pending);
         self.transfer = Transfer::Idle;
     }
 
@@ -517,20 +510,18 @@ impl Session {
 
     /// Legs a switch removed outright (a second switch within the grace).
     fn collect_closed(&mut self) {
-        for (index, s) in self.streams.iter_mut().enumerate() {
-            if let Some(leg) = s.take_closed() {
-                self.events.push_back(SessionEvent::LegClosed {
-                    stream: StreamIndex(index),
-                    leg,
-                });
-            }
-        }
+        self.close_legs(Stream::take_closed);
     }
 
     fn close_retired(&mut self) {
         self.retire_at = None;
+        self.close_legs(Stream::close_retired);
+    }
+
+    /// Closes, in every stream, the leg `close` gives up, and says so.
+    fn close_legs(&mut self, mut close: impl FnMut(&mut Stream) -> Option<LegId>) {
         for (index, s) in self.streams.iter_mut().enumerate() {
-            if let Some(leg) = s.close_retired() {
+            if let Some(leg) = close(s) {
                 self.events.push_back(SessionEvent::LegClosed {
                     stream: StreamIndex(index),
                     leg,
@@ -584,7 +575,7 @@ impl Session {
 
     /// The idle deadline and what ends the session there.
     fn idle_deadline(&self) -> (Instant, EndReason) {
-        let activity = self.streams.iter().filter_map(Stream::last_packet_at).max();
+        let activity = self.last_packet_at();
         let (media, setup) = if self.held {
             (self.timeouts.hold, self.timeouts.hold)
         } else {
@@ -594,6 +585,11 @@ impl Session {
             Some(at) => (at.max(self.clock_start) + media, EndReason::MediaTimeout),
             None => (self.clock_start + setup, EndReason::SetupTimeout),
         }
+    }
+
+    /// When any leg last received a packet it accepted.
+    fn last_packet_at(&self) -> Option<Instant> {
+        self.streams.iter().filter_map(Stream::last_packet_at).max()
     }
 
     /// Everything due by `now`: waiting switches whose event went stale,
@@ -667,12 +663,7 @@ impl Session {
 
     /// The session's state now.
     pub fn report(&self, now: Instant) -> SessionReport {
-        let last = self
-            .streams
-            .iter()
-            .filter_map(Stream::last_packet_at)
-            .max()
-            .unwrap_or(self.clock_start);
+        let last = self.last_packet_at().unwrap_or(self.clock_start);
         SessionReport {
             streams: self
                 .streams

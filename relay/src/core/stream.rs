@@ -854,14 +854,14 @@ impl Stream {
         let Some(remote_pt) = this.payloads.to_remote(f.pt) else {
             return this.drop(DropReason::UnknownPayloadType);
         };
+        let Ok(mut view) = RtpView::new_checked(&mut buf[..len]) else {
+            return this.drop(DropReason::MalformedRtp);
+        };
         let is_event = Some(f.pt) == this.payloads.telephone_event;
         let mut event_ended = false;
         if is_event {
             // RFC 4733: the E bit is the top bit of the second payload byte.
-            let payload = RtpView::new_checked(&buf[..len])
-                .ok()
-                .map(|v| v.payload().get(1).copied());
-            let end = matches!(payload, Some(Some(b)) if b & 0x80 != 0);
+            let end = view.payload().get(1).is_some_and(|b| b & 0x80 != 0);
             if end {
                 event_ended = this.dtmf_until.take().is_some();
             } else {
@@ -873,9 +873,6 @@ impl Stream {
             event_ended = true;
         }
         let rate = self.clock_rates[usize::from(remote_pt)];
-        let Ok(mut view) = RtpView::new_checked(&mut buf[..len]) else {
-            return self.drop_on(leg, DropReason::MalformedRtp);
-        };
         // RFC 4733 events on an SSRC of their own, beside the device's
         // media: they join the outward stream without moving its anchor.
         let secondary = is_event
