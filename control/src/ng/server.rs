@@ -130,13 +130,17 @@ struct Shared {
 }
 
 impl Shared {
-    fn log_refusal(&self, from: SocketAddr, command: &str, call_id: &str, reason: &str) {
-        let admitted = self
-            .refusals
+    /// Whether a refusal may be logged now; `Some(refusals not logged
+    /// since the last line)` when it may.
+    fn refusal_line(&self) -> Option<u64> {
+        self.refusals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .admit(Instant::now());
-        if let Some(not_logged) = admitted {
+            .admit(Instant::now())
+    }
+
+    fn log_refusal(&self, from: SocketAddr, command: &str, call_id: &str, reason: &str) {
+        if let Some(not_logged) = self.refusal_line() {
             info!(
                 %from,
                 command = %excerpt(command),
@@ -154,12 +158,7 @@ impl Shared {
             return true;
         }
         self.service.telemetry().refused("ng_source_not_allowed");
-        let admitted = self
-            .refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .admit(Instant::now());
-        if let Some(not_logged) = admitted {
+        if let Some(not_logged) = self.refusal_line() {
             warn!(%from, not_logged, "ng: request from a source outside ng-allow dropped");
         }
         false

@@ -8,7 +8,7 @@ use baton_proto::v1;
 use baton_relay::core::session::{LegUpdate, SessionUpdate, StreamParams};
 use baton_relay::core::stream::{DropReason, LegConfig, StreamConfig};
 use baton_relay::{DataplaneError, Party, SessionId, StreamIndex, StreamSetup, WorkerId};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::registry::{Record, RecordState};
 use super::{
@@ -394,12 +394,7 @@ impl Sessions {
 
     /// The session's state, for a command that holds its lock already.
     pub(super) async fn info_unlocked(&self, id: SessionId) -> Result<v1::SessionInfo, Status> {
-        let record = self
-            .registry()
-            .by_id
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("session {id} has ended")))?;
+        let record = self.record_now(id)?;
         let report = self.dataplane.inspect_session(record.worker, id).await?;
         Ok(session_info(&record, Some(&report)))
     }
@@ -431,8 +426,6 @@ impl Sessions {
             )));
         };
         self.session_ended(&record, "deleted");
-        session_span(record.id, &record.call_id)
-            .in_scope(|| info!(reason = "deleted", "session ended"));
         Ok(session_info(&record, report.as_ref()))
     }
 
@@ -565,6 +558,13 @@ impl Sessions {
     /// committed one is reported completed.
     pub(super) fn session_ended(&self, record: &Record, reason: &str) {
         self.telemetry.session_ended(reason);
+        let span = session_span(record.id, &record.call_id);
+        if reason == super::worker_events::WORKER_FAILED {
+            // Lost, not ended by signalling or by its media.
+            span.in_scope(|| warn!(reason, "session ended"));
+        } else {
+            span.in_scope(|| info!(reason, "session ended"));
+        }
         if let Some(open) = &record.open_transfer {
             self.transfer_failed_record(record, open, "session_ended");
         }

@@ -153,13 +153,17 @@ impl Sessions {
             .map(|r| std::sync::Arc::clone(&r.lock))
             .ok_or_else(|| Status::not_found(format!("no session {id}")))?;
         let guard = lock.lock_owned().await;
-        let record = self
-            .registry()
+        Ok((guard, self.record_now(id)?))
+    }
+
+    /// A copy of the session's record as it is now; `NOT_FOUND` once it
+    /// has ended.
+    fn record_now(&self, id: SessionId) -> Result<Record, Status> {
+        self.registry()
             .by_id
             .get(&id)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("session {id} has ended")))?;
-        Ok((guard, record))
+            .ok_or_else(|| Status::not_found(format!("session {id} has ended")))
     }
 
     /// Parses a body from a request within the SDP limits, counting a

@@ -8,13 +8,13 @@ use baton_proto::v1;
 use baton_relay::core::session::{EndReason, SessionReport};
 use baton_relay::{SessionId, WorkerEvent, WorkerId};
 use tokio::sync::{OwnedMutexGuard, mpsc};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::registry::RecordState;
-use super::{Sessions, session_info, session_span};
+use super::{Sessions, session_info};
 
 /// End reason of sessions lost with a failed worker.
-const WORKER_FAILED: &str = "worker_failed";
+pub(super) const WORKER_FAILED: &str = "worker_failed";
 
 impl Sessions {
     /// Turns worker events into registry changes and published events,
@@ -31,8 +31,6 @@ impl Sessions {
                     let _guard = self.lock_if_known(id).await;
                     if let Some(record) = self.registry().remove(id) {
                         self.session_ended(&record, "deleted");
-                        session_span(id, &record.call_id)
-                            .in_scope(|| info!(reason = "deleted", "session ended"));
                     }
                 }
                 WorkerEvent::TransferCompleted {
@@ -81,8 +79,6 @@ impl Sessions {
         };
         self.timed_out.fetch_add(1, Ordering::Relaxed);
         self.session_ended(&record, reason.name());
-        session_span(id, &record.call_id)
-            .in_scope(|| info!(reason = reason.name(), "session ended"));
         self.events
             .publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
                 session: Some(session_info(&record, Some(report))),
@@ -119,8 +115,6 @@ impl Sessions {
         self.telemetry.worker_failures.inc();
         for record in lost.into_iter().filter(|r| r.state == RecordState::Live) {
             self.session_ended(&record, WORKER_FAILED);
-            session_span(record.id, &record.call_id)
-                .in_scope(|| warn!(reason = WORKER_FAILED, "session ended"));
             self.events
                 .publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
                     session: Some(session_info(&record, None)),
