@@ -12,6 +12,7 @@ use baton_control::{Client, ClientError};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
 use common::media::{Peer, rtp};
+use common::native::next_event;
 
 const AOR: &str = "sip:alice@example.com";
 const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
@@ -143,22 +144,6 @@ async fn get(client: &Client, session: &str) -> v1::SessionInfo {
             session: Some(info),
         })) => info,
         other => panic!("get failed: {other:?}"),
-    }
-}
-
-async fn next_event(client: &Client, wanted: impl Fn(&v1::event::Kind) -> bool) -> v1::event::Kind {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = tokio::time::timeout(left, client.next_event())
-            .await
-            .expect("event in time")
-            .expect("connection open");
-        if let Some(kind) = event.kind
-            && wanted(&kind)
-        {
-            return kind;
-        }
     }
 }
 

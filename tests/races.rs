@@ -16,7 +16,7 @@ use baton_control::{Client, ClientError};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
 use common::media::{Peer, rtp};
-use common::native::{by_id, endpoint, pcmu};
+use common::native::{by_id, endpoint, next_event, pcmu};
 use common::ng::{Proxy, body, flags, ng_call, reason, request, result, sdp_of, text};
 
 const AOR: &str = "sip:alice@example.com";
@@ -253,22 +253,6 @@ fn identical_ng_offers_at_once_make_one_working_call() {
         assert_eq!(stats(&client).await.sessions, 60, "one session per call");
         assert_invariants(&client).await;
     });
-}
-
-async fn next_event(client: &Client, wanted: impl Fn(&v1::event::Kind) -> bool) -> v1::event::Kind {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = tokio::time::timeout(left, client.next_event())
-            .await
-            .expect("event in time")
-            .expect("connection open");
-        if let Some(kind) = event.kind
-            && wanted(&kind)
-        {
-            return kind;
-        }
-    }
 }
 
 /// Finding 5: transfer to B in commit mode, commit, B silent, then a

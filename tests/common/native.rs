@@ -28,3 +28,24 @@ pub fn by_id(session: &str) -> Option<v1::SessionRef> {
         by: Some(v1::session_ref::By::Id(session.into())),
     })
 }
+
+/// The next event on `client`'s subscription that `wanted` picks, within
+/// 10 s; the others are skipped.
+pub async fn next_event(
+    client: &baton_control::Client,
+    wanted: impl Fn(&v1::event::Kind) -> bool,
+) -> v1::event::Kind {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = tokio::time::timeout(left, client.next_event())
+            .await
+            .expect("event in time")
+            .expect("connection open");
+        if let Some(kind) = event.kind
+            && wanted(&kind)
+        {
+            return kind;
+        }
+    }
+}
