@@ -84,6 +84,9 @@ pub struct Continuity {
     last_ts: u32,
     last_at: Option<Instant>,
     last_rate: u32,
+    /// How much media the newest packet carried (its timestamp step from
+    /// the packet before, per packet), in nanoseconds; 0 while unknown.
+    last_duration_ns: u64,
     marker_pending: bool,
     packets_sent: u32,
     octets_sent: u32,
@@ -136,6 +139,12 @@ impl Continuity {
                     if actual < -behind || actual > expected + ahead {
                         anchored = true;
                     } else {
+                        if actual > 0 && actual <= i64::from(rate) {
+                            // Lost packets in between share the step.
+                            let per_packet =
+                                actual.unsigned_abs() / u64::from(delta.unsigned_abs());
+                            self.last_duration_ns = per_packet * 1_000_000_000 / u64::from(rate);
+                        }
                         let shift = u32::from(delta.unsigned_abs());
                         source.seen = if shift >= 64 { 0 } else { source.seen << shift };
                         source.seen |= 1;
@@ -217,9 +226,14 @@ impl Continuity {
         let out_seq = self.highest_seq.wrapping_add(1);
         let out_ts = match self.last_at {
             Some(at) => {
-                let elapsed = now.saturating_duration_since(at);
-                let advance = elapsed.as_nanos() * u128::from(rate) / 1_000_000_000;
-                // Never backwards, never the same instant twice.
+                // The wall-clock time that passed, but at least the media
+                // the last packet carried: a source that takes over right
+                // after the last packet must not claim samples that packet
+                // already covered (a jitter buffer drops or glitches on the
+                // overlap). Never backwards, never the same instant twice.
+                let elapsed = now.saturating_duration_since(at).as_nanos();
+                let covered = elapsed.max(u128::from(self.last_duration_ns));
+                let advance = covered * u128::from(rate) / 1_000_000_000;
                 self.last_ts
                     .wrapping_add(u32::try_from(advance).unwrap_or(u32::MAX).max(1))
             }
@@ -543,6 +557,62 @@ mod tests {
             a.ts + 1,
             "never the same timestamp twice across a switch"
         );
+    }
+
+    /// Issue 16: a switch 0.1 ms after A's last 20 ms packet. A receiver
+    /// that places each packet's samples at its timestamp sees no overlap:
+    /// B's first packet starts at or after the end of A's last, though
+    /// only 0.1 ms of wall-clock time passed.
+    #[test]
+    fn a_switch_right_after_a_packet_does_not_overlap_its_samples() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        let mut sent = Vec::new();
+        for i in 0..5u16 {
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            sent.push(run(&mut c, at, 0, 100 + i, 8000 + 160 * u32::from(i), 0xA).expect("sent"));
+        }
+        let switch_at = t0 + Duration::from_micros(80_100);
+        for i in 0..5u16 {
+            let at = switch_at + Duration::from_millis(20 * u64::from(i));
+            sent.push(run(&mut c, at, 1, 7000 + i, 555 + 160 * u32::from(i), 0xB).expect("sent"));
+        }
+        // Each packet carries 160 samples from its timestamp on.
+        let mut end_of_previous: Option<u32> = None;
+        for s in &sent {
+            if let Some(end) = end_of_previous {
+                let gap = s.ts.wrapping_sub(end) as i32;
+                assert!(
+                    gap >= 0,
+                    "packet {} overlaps the one before by {} samples",
+                    s.seq,
+                    -gap
+                );
+            }
+            end_of_previous = Some(s.ts.wrapping_add(160));
+        }
+        assert_eq!(
+            sent[5].ts,
+            sent[4].ts + 160,
+            "one packet's duration, not 0.1 ms"
+        );
+        assert!(sent[5].marker);
+    }
+
+    /// Lost packets before the switch do not shrink the duration learned
+    /// (the step is shared by the packets in between), and more time than
+    /// one packet's duration still moves the clock by the time.
+    #[test]
+    fn the_switch_advance_is_the_larger_of_time_and_duration() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        run(&mut c, t0, 0, 10, 0, 0xA).expect("sent");
+        // Two packets lost: one step of 3 × 160.
+        let last = run(&mut c, t0 + Duration::from_millis(60), 0, 13, 480, 0xA).expect("sent");
+        let b = run(&mut c, t0 + Duration::from_millis(61), 1, 1, 9, 0xB).expect("sent");
+        assert_eq!(b.ts, last.ts + 160);
+        let later = run(&mut c, t0 + Duration::from_millis(161), 0, 500, 9, 0xC).expect("sent");
+        assert_eq!(later.ts, b.ts + 800, "100 ms at 8 kHz");
     }
 
     #[test]
