@@ -16,6 +16,7 @@ use baton_relay::core::continuity::Continuity;
 use baton_relay::core::rtcp_translate::{self, RtcpState};
 use baton_relay::core::rtp::{RtpRepr, RtpView};
 use baton_relay::core::session::{PendingLeg, Session, StreamParams, SwitchMode, Timeouts};
+use baton_relay::core::srtp::MAX_OVERHEAD;
 use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig};
 use baton_relay::{LegId, SessionId, StreamIndex, TransferId};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -39,6 +40,7 @@ fn leg(peer: &str) -> LegConfig {
         peer_rtp: peer.parse().ok(),
         peer_rtcp: None,
         peer_ip: None,
+        crypto: baton_relay::core::stream::LegCrypto::Plain,
     }
 }
 
@@ -69,7 +71,8 @@ fn packet_path(c: &mut Criterion) {
     let s0 = StreamIndex(0);
     let from_a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
     let from_b: SocketAddr = "10.0.0.3:6000".parse().expect("addr");
-    let mut buf = [0u8; 2048];
+    let mut buf = [0u8; 2048 + MAX_OVERHEAD];
+    let mut fork = [0u8; 2048 + MAX_OVERHEAD];
 
     let mut s = session(t0);
     let mut seq = 0u16;
@@ -85,6 +88,7 @@ fn packet_path(c: &mut Criterion) {
                 from_a,
                 &mut buf,
                 len,
+                &mut fork,
             ))
         })
     });
@@ -99,6 +103,7 @@ fn packet_path(c: &mut Criterion) {
         from_a,
         &mut buf,
         len,
+        &mut fork,
     );
     let pending = PendingLeg {
         config: leg("10.0.0.3:6000"),
@@ -118,7 +123,16 @@ fn packet_path(c: &mut Criterion) {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             let len = rtp(&mut buf, seq, u32::from(seq) * 160, 0xB);
-            let verdict = s.handle_packet(t0, s0, leg_b, Component::Rtp, from_b, &mut buf, len);
+            let verdict = s.handle_packet(
+                t0,
+                s0,
+                leg_b,
+                Component::Rtp,
+                from_b,
+                &mut buf,
+                len,
+                &mut fork,
+            );
             while s.poll_event().is_some() {}
             black_box(verdict)
         })

@@ -234,8 +234,77 @@ struct TransferArgs {
     /// When to switch.
     #[arg(long, value_enum, default_value = "first-packet")]
     mode: Mode,
+    /// SRTP on the new device's leg per stream, in order: SUITE[:KEY], KEY
+    /// being the device's key and salt in base64; the relay's key comes
+    /// back in `user_key`.
+    #[arg(long = "srtp", value_name = "SUITE[:KEY]")]
+    srtp: Vec<String>,
+    /// With --sdp: SDES suites the relay may accept (repeat).
+    #[arg(long = "sdes-only", value_name = "SUITE", requires = "sdp")]
+    sdes_only: Vec<String>,
+    /// With --sdp: SDES suites the relay refuses (repeat).
+    #[arg(long = "sdes-exclude", value_name = "SUITE", requires = "sdp")]
+    sdes_exclude: Vec<String>,
     #[command(flatten)]
     sdp: SdpArgs,
+}
+
+/// SRTP toward the other party for a body (create and update with --sdp).
+#[derive(Debug, Args)]
+struct BodySrtpArgs {
+    /// The transport toward the other party: RTP/AVP, RTP/AVPF, RTP/SAVP or
+    /// RTP/SAVPF (bridges plain RTP and SRTP); default: the body's.
+    #[arg(long, value_name = "PROTO", requires = "sdp")]
+    other_transport: Option<String>,
+    /// SDES suites the relay may accept and offer (repeat).
+    #[arg(long = "sdes-only", value_name = "SUITE", requires = "sdp")]
+    sdes_only: Vec<String>,
+    /// SDES suites the relay refuses and never offers (repeat).
+    #[arg(long = "sdes-exclude", value_name = "SUITE", requires = "sdp")]
+    sdes_exclude: Vec<String>,
+}
+
+impl BodySrtpArgs {
+    fn sdes(&self) -> Option<v1::SdesOptions> {
+        sdes_options(&self.sdes_only, &self.sdes_exclude)
+    }
+}
+
+fn sdes_options(only: &[String], exclude: &[String]) -> Option<v1::SdesOptions> {
+    (!only.is_empty() || !exclude.is_empty()).then(|| v1::SdesOptions {
+        only: only.to_vec(),
+        exclude: exclude.to_vec(),
+        ..Default::default()
+    })
+}
+
+/// `SUITE[:KEY]`: a leg's SRTP for an explicit stream.
+fn parse_leg_srtp(text: &str) -> Result<v1::LegSrtp, String> {
+    let (suite, key) = match text.split_once(':') {
+        Some((suite, key)) => (suite, Some(key)),
+        None => (text, None),
+    };
+    Ok(v1::LegSrtp {
+        suite: suite.to_owned(),
+        peer_key: key.map(|k| parse_key_bytes(suite, k)).transpose()?,
+    })
+}
+
+/// `SUITE:KEY`: an SRTP key, KEY in base64.
+fn parse_srtp_key(text: &str) -> Result<v1::SrtpKey, String> {
+    let (suite, key) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not SUITE:BASE64KEY"))?;
+    parse_key_bytes(suite, key)
+}
+
+fn parse_key_bytes(suite: &str, key: &str) -> Result<v1::SrtpKey, String> {
+    let key = baton_control::sip::crypto::decode_base64(key)
+        .ok_or_else(|| format!("the {suite} key is not base64"))?;
+    Ok(v1::SrtpKey {
+        suite: suite.to_owned(),
+        key,
+    })
 }
 
 /// Names a session: by id, or by its dialog.
@@ -331,6 +400,16 @@ struct CreateArgs {
     /// protection against injected media).
     #[arg(long)]
     asymmetric: bool,
+    /// SRTP on the user leg per stream, in order: SUITE[:KEY], KEY being the
+    /// device's key and salt in base64 (or later with update --user-key);
+    /// the relay's own key comes back in `user_key`.
+    #[arg(long = "user-srtp", value_name = "SUITE[:KEY]")]
+    user_srtp: Vec<String>,
+    /// SRTP on the remote leg per stream, in order (as --user-srtp).
+    #[arg(long = "remote-srtp", value_name = "SUITE[:KEY]")]
+    remote_srtp: Vec<String>,
+    #[command(flatten)]
+    srtp: BodySrtpArgs,
     #[command(flatten)]
     sdp: SdpArgs,
     /// Who sent the --sdp body. [default: user]
@@ -357,6 +436,14 @@ struct UpdateArgs {
     /// Put every stream on hold, or take it off.
     #[arg(long, value_enum)]
     hold: Option<OnOff>,
+    /// The device's SRTP key per stream, in order: SUITE:KEY (base64).
+    #[arg(long = "user-key", value_name = "SUITE:KEY")]
+    user_keys: Vec<String>,
+    /// The remote party's SRTP key per stream, in order: SUITE:KEY.
+    #[arg(long = "remote-key", value_name = "SUITE:KEY")]
+    remote_keys: Vec<String>,
+    #[command(flatten)]
+    srtp: BodySrtpArgs,
     #[command(flatten)]
     sdp: SdpArgs,
     /// Who sent the --sdp body. [default: remote]
@@ -478,6 +565,16 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     user_family: Family::proto(create.user_family),
                     remote_family: Family::proto(create.remote_family),
                     ptime_ms: 0,
+                    user_srtp: create
+                        .user_srtp
+                        .get(index)
+                        .map(|t| parse_leg_srtp(t))
+                        .transpose()?,
+                    remote_srtp: create
+                        .remote_srtp
+                        .get(index)
+                        .map(|t| parse_leg_srtp(t))
+                        .transpose()?,
                 });
             }
             // With a body, the family flag of the other party's legs applies.
@@ -497,6 +594,8 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 streams,
                 nat_relearn: create.nat_relearn,
                 asymmetric: create.asymmetric,
+                other_transport: create.srtp.other_transport.clone().unwrap_or_default(),
+                sdes: create.srtp.sdes(),
             })
         }
         CtlCommand::Update(update) => {
@@ -510,6 +609,8 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 .len()
                 .max(update.remote_peers.len())
                 .max(update.streams.len())
+                .max(update.user_keys.len())
+                .max(update.remote_keys.len())
                 .max(usize::from(hold != v1::Hold::Unchanged));
             let mut streams = Vec::new();
             for index in 0..count {
@@ -523,6 +624,16 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     remote_peer: update.remote_peers.get(index).map(|p| parse_peer(p)),
                     codecs,
                     hold: hold as i32,
+                    user_peer_key: update
+                        .user_keys
+                        .get(index)
+                        .map(|t| parse_srtp_key(t))
+                        .transpose()?,
+                    remote_peer_key: update
+                        .remote_keys
+                        .get(index)
+                        .map(|t| parse_srtp_key(t))
+                        .transpose()?,
                 });
             }
             Command::UpdateSession(v1::UpdateSessionRequest {
@@ -531,6 +642,8 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 session: Some(update.session.reference()),
                 to_tag: update.set_to_tag.unwrap_or_default(),
                 streams,
+                other_transport: update.srtp.other_transport.clone().unwrap_or_default(),
+                sdes: update.srtp.sdes(),
             })
         }
         CtlCommand::Delete(session) => Command::DeleteSession(v1::DeleteSessionRequest {
@@ -555,7 +668,11 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
             Command::ListBindings(v1::ListBindingsRequest { aor: bindings.aor })
         }
         CtlCommand::Transfer(transfer) => {
-            let count = transfer.streams.len().max(transfer.user_peers.len());
+            let count = transfer
+                .streams
+                .len()
+                .max(transfer.user_peers.len())
+                .max(transfer.srtp.len());
             let mut streams = Vec::with_capacity(count);
             for index in 0..count {
                 let codecs = match transfer.streams.get(index) {
@@ -567,6 +684,11 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     peer: transfer.user_peers.get(index).map(|p| parse_peer(p)),
                     family: v1::AddressFamily::Unspecified as i32,
                     rtcp_mux: None,
+                    srtp: transfer
+                        .srtp
+                        .get(index)
+                        .map(|t| parse_leg_srtp(t))
+                        .transpose()?,
                 });
             }
             Command::Transfer(v1::TransferRequest {
@@ -582,6 +704,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     Mode::FirstPacket => v1::SwitchMode::FirstPacket as i32,
                     Mode::Commit => v1::SwitchMode::Commit as i32,
                 },
+                sdes: sdes_options(&transfer.sdes_only, &transfer.sdes_exclude),
             })
         }
         CtlCommand::Commit(open) => Command::CommitTransfer(v1::CommitTransferRequest {

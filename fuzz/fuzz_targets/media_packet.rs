@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use baton_relay::core::session::{
     PendingLeg, Session, SessionEvent, SessionUpdate, StreamParams, SwitchMode, Timeouts,
 };
+use baton_relay::core::srtp::MAX_OVERHEAD;
 use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig, Verdict};
 use baton_relay::{LegId, SessionId, StreamIndex, TransferId};
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         peer_rtp: peer,
         peer_rtcp: None,
         peer_ip: None,
+        crypto: baton_relay::core::stream::LegCrypto::Plain,
     };
     let params = StreamParams {
         config: StreamConfig {
@@ -113,10 +115,12 @@ fuzz_target!(|data: &[u8]| {
                     Component::Rtp
                 };
                 let stream = StreamIndex(usize::from(source >> 7) % streams);
-                let mut buf = [0u8; 2048];
+                let mut buf = [0u8; 2048 + MAX_OVERHEAD];
+                let mut fork = [0u8; 2048 + MAX_OVERHEAD];
                 buf[..packet.len()].copy_from_slice(packet);
-                let verdict =
-                    session.handle_packet(now, stream, leg_id, component, from, &mut buf, len);
+                let verdict = session.handle_packet(
+                    now, stream, leg_id, component, from, &mut buf, len, &mut fork,
+                );
                 if let Verdict::Forward { len, .. } = verdict {
                     assert!(len <= buf.len());
                 }

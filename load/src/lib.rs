@@ -613,6 +613,8 @@ fn create_request(
             user_family: 0,
             remote_family: 0,
             ptime_ms: 20,
+            user_srtp: None,
+            remote_srtp: None,
         }],
         nat_relearn: false,
         ..Default::default()
@@ -666,10 +668,12 @@ async fn hand_over(
                 }),
                 family: 0,
                 rtcp_mux: None,
+                srtp: None,
             }],
             mode: v1::SwitchMode::FirstPacket as i32,
             sdp: String::new(),
             source_ip: String::new(),
+            sdes: None,
         }))
         .await?;
     stats.transfer_ms.push(sent.elapsed().as_micros() as u64);

@@ -1,4 +1,4 @@
-//! The RTP path allocates nothing: counted with a global allocator, over
+//! The RTP path allocates nothing, plain or SRTP: counted with a global allocator, over
 //! the session core's paths (the switch included) and over a real worker forwarding through real
 //! sockets. One test function, so nothing else in this process allocates
 //! while it counts.
@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use baton_relay::core::rtp::RtpRepr;
 use baton_relay::core::session::{PendingLeg, Session, StreamParams, SwitchMode, Timeouts};
-use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig, Verdict};
+use baton_relay::core::srtp::{MAX_OVERHEAD, MasterKey, SrtpSender, Suite};
+use baton_relay::core::stream::{
+    Component, LegConfig, LegCrypto, LegKeys, PayloadMap, StreamConfig, Verdict,
+};
 use baton_relay::{
     Dataplane, DataplaneConfig, LegId, SessionId, StreamIndex, StreamSetup, TransferId, WorkerId,
 };
@@ -43,6 +46,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// A receive buffer as the worker has: room for the SRTP trailer.
+const BUF: usize = 2048 + MAX_OVERHEAD;
+
 fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
@@ -65,14 +71,28 @@ fn addr(text: &str) -> SocketAddr {
 
 /// Every RTP path of a session: pass-through, toward the user with a fork
 /// to a pending device, the first-packet switch itself, and toward the
-/// remote after it (rewritten).
-fn session_paths() -> u64 {
+/// remote after it (rewritten). With `srtp`, every leg is SRTP: each packet
+/// is authenticated, decrypted and re-encrypted (RTCP too).
+fn session_paths(srtp: bool) -> u64 {
     let t0 = Instant::now();
-    let leg = |peer: &str| LegConfig {
+    let key = |n: u8| MasterKey::new(Suite::AesCm128HmacSha1_80, &[n; 30]).expect("key");
+    // Per party: the key it sends with and the relay's key toward it.
+    let crypto = |n: u8| {
+        if srtp {
+            LegCrypto::Srtp(LegKeys {
+                peer: key(n),
+                relay: key(n + 100),
+            })
+        } else {
+            LegCrypto::Plain
+        }
+    };
+    let leg = |peer: &str, n: u8| LegConfig {
         rtcp_mux: true,
         peer_rtp: Some(addr(peer)),
         peer_rtcp: None,
         peer_ip: None,
+        crypto: crypto(n),
     };
     let params = StreamParams {
         config: StreamConfig {
@@ -82,8 +102,8 @@ fn session_paths() -> u64 {
         },
         clock_rates: vec![(0, 8000)],
         telephone_event: None,
-        device: leg("10.0.0.1:4000"),
-        remote: leg("10.0.0.2:5000"),
+        device: leg("10.0.0.1:4000", 1),
+        remote: leg("10.0.0.2:5000", 2),
     };
     let timeouts = Timeouts {
         media: Duration::from_secs(60),
@@ -92,20 +112,20 @@ fn session_paths() -> u64 {
     };
     let mut session = Session::new(t0, SessionId(1), &[params], timeouts);
     let s0 = StreamIndex(0);
-    let mut buf = [0u8; 2048];
-    let packet = |buf: &mut [u8], seq: u16, ts: u32, ssrc: u32| {
-        RtpRepr {
-            payload_type: 0,
-            sequence: seq,
-            timestamp: ts,
-            ssrc,
-            marker: false,
+    let mut buf = [0u8; BUF];
+    let mut fork = [0u8; BUF];
+    // What each sender's SRTP stack does before the packet reaches us.
+    let mut senders = [1u8, 2, 3].map(|n| SrtpSender::new(&key(n)));
+    let mut packet = |buf: &mut [u8], from: usize, seq: u16, ts: u32, ssrc: u32| {
+        let len = rtp(buf, 0, seq, ts, ssrc);
+        if srtp {
+            senders[from].protect_rtp(buf, len).expect("protect")
+        } else {
+            len
         }
-        .emit(buf, &[0xd5; 160])
-        .expect("fits")
     };
     // Warm up, then open a transfer (control-plane work, may allocate).
-    let len = packet(&mut buf, 1, 0, 0xA);
+    let len = packet(&mut buf, 0, 1, 0, 0xA);
     session.handle_packet(
         t0,
         s0,
@@ -114,13 +134,14 @@ fn session_paths() -> u64 {
         addr("10.0.0.1:4000"),
         &mut buf,
         len,
+        &mut fork,
     );
     let b = session
         .begin_transfer(
             t0,
             TransferId(1),
             &[PendingLeg {
-                config: leg("10.0.0.3:6000"),
+                config: leg("10.0.0.3:6000", 3),
                 payloads: PayloadMap::identity([0], None),
             }],
             SwitchMode::FirstPacket,
@@ -132,7 +153,7 @@ fn session_paths() -> u64 {
     let mut forwarded = 0;
     for i in 0..10_000u32 {
         let now = t0 + Duration::from_millis(u64::from(i));
-        let len = packet(&mut buf, 2 + i as u16, 160 * i, 0xA);
+        let len = packet(&mut buf, 0, 2 + i as u16, 160 * i, 0xA);
         let verdict = session.handle_packet(
             now,
             s0,
@@ -141,9 +162,10 @@ fn session_paths() -> u64 {
             addr("10.0.0.1:4000"),
             &mut buf,
             len,
+            &mut fork,
         );
         forwarded += u32::from(matches!(verdict, Verdict::Forward { .. }));
-        let len = packet(&mut buf, i as u16, 160 * i, 0xF);
+        let len = packet(&mut buf, 1, i as u16, 160 * i, 0xF);
         let verdict = session.handle_packet(
             now,
             s0,
@@ -152,13 +174,14 @@ fn session_paths() -> u64 {
             addr("10.0.0.2:5000"),
             &mut buf,
             len,
+            &mut fork,
         );
         assert!(matches!(verdict, Verdict::Forward { fork: Some(_), .. }));
     }
     // B's first packet switches; B is rewritten from then on.
     for i in 0..10_000u32 {
         let now = t0 + Duration::from_secs(11) + Duration::from_millis(u64::from(i));
-        let len = packet(&mut buf, 500 + i as u16, 77 + 160 * i, 0xB);
+        let len = packet(&mut buf, 2, 500 + i as u16, 77 + 160 * i, 0xB);
         let verdict = session.handle_packet(
             now,
             s0,
@@ -167,6 +190,7 @@ fn session_paths() -> u64 {
             addr("10.0.0.3:6000"),
             &mut buf,
             len,
+            &mut fork,
         );
         forwarded += u32::from(matches!(verdict, Verdict::Forward { .. }));
         while session.poll_event().is_some() {}
@@ -205,6 +229,7 @@ fn worker_path() -> u64 {
         peer_rtp: Some(peer),
         peer_rtcp: None,
         peer_ip: None,
+        crypto: LegCrypto::Plain,
     };
     let user_sockets = dataplane.allocate(Some(false), true).expect("ports");
     let relay_user = user_sockets.rtp.local_addr().expect("addr");
@@ -256,7 +281,16 @@ fn the_rtp_path_allocates_nothing() {
         1,
         "the counting allocator is in place"
     );
-    assert_eq!(session_paths(), 0, "allocations in Session::handle_packet");
+    assert_eq!(
+        session_paths(false),
+        0,
+        "allocations in Session::handle_packet"
+    );
+    assert_eq!(
+        session_paths(true),
+        0,
+        "allocations in Session::handle_packet with SRTP on every leg"
+    );
     assert_eq!(
         worker_path(),
         0,

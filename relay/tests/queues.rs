@@ -52,6 +52,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
         peer_rtp: None,
         peer_rtcp: None,
         peer_ip: None,
+        crypto: baton_relay::core::stream::LegCrypto::Plain,
     };
     let mut relay_addrs = Vec::new();
     for id in 1..=3u64 {

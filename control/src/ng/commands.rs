@@ -28,7 +28,7 @@ use crate::status::{Status, excerpt};
 
 /// Keys this implementation reads; others are logged and ignored, as
 /// rtpengine does.
-const KNOWN_KEYS: [&str; 23] = [
+const KNOWN_KEYS: [&str; 26] = [
     "user",
     "command",
     "call-id",
@@ -52,6 +52,9 @@ const KNOWN_KEYS: [&str; 23] = [
     "via-branch",
     "rtcp-mux",
     "SDES",
+    "transport protocol",
+    "DTLS",
+    "OSRTP",
 ];
 
 /// Flags this implementation acts on or that describe its behaviour
@@ -78,6 +81,78 @@ struct Options {
     replace: HashSet<String>,
     received_from: Option<IpAddr>,
     other_family: v1::AddressFamily,
+    /// `transport-protocol`: the transport toward the message's recipient.
+    transport: Option<String>,
+    /// rtpengine's SDES options (the `SDES` list and `SDES-…` flags).
+    sdes: Option<v1::SdesOptions>,
+    /// `SDES-off`: offer no SDES keys.
+    sdes_off: bool,
+}
+
+/// Most SDES options read from one request.
+const MAX_SDES_OPTIONS: usize = 32;
+
+/// Reads rtpengine's SDES options: `no-SUITE`, `only-SUITE`, `pad`,
+/// `lifetime`, `off`; options that describe what baton does anyway
+/// (`static`, `prefer`, `encrypted_srtp`, …) are accepted; options baton
+/// cannot honour are refused, never ignored. Suites baton does not
+/// implement (F8, NULL, AES-192) in `no-` are ignored: it never offers them.
+fn sdes_options(items: &[String]) -> Result<(Option<v1::SdesOptions>, bool), String> {
+    if items.len() > MAX_SDES_OPTIONS {
+        return Err(format!("more than {MAX_SDES_OPTIONS} SDES options"));
+    }
+    let mut options = v1::SdesOptions::default();
+    let mut off = false;
+    let mut only_given = false;
+    let suite = |name: &str| {
+        baton_relay::core::srtp::Suite::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+            .map(|s| s.name().to_owned())
+    };
+    for item in items {
+        let lower = item.to_ascii_lowercase();
+        if let Some(name) = lower.strip_prefix("no-") {
+            if let Some(name) = suite(name) {
+                options.exclude.push(name);
+            }
+        } else if let Some(name) = lower.strip_prefix("only-") {
+            only_given = true;
+            if let Some(name) = suite(name) {
+                options.only.push(name);
+            }
+        } else {
+            match lower.as_str() {
+                "off" | "no" | "disable" | "disabled" => off = true,
+                "pad" => options.pad = true,
+                "lifetime" => options.lifetime = true,
+                // What baton does anyway: keys kept on re-offers, SDES
+                // only, always encrypted and authenticated.
+                "static" | "prefer" | "priority" | "encrypted_srtp" | "encrypted_srtcp"
+                | "authenticated_srtp" => {}
+                "unencrypted_srtp" | "unencrypted_srtcp" | "unauthenticated_srtp" => {
+                    return Err(format!(
+                        "SDES-{} is not supported: baton always encrypts and authenticates SRTP and SRTCP",
+                        excerpt(item)
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "SDES option {} is not supported (supported: off, no-SUITE, only-SUITE, pad, lifetime, static, prefer)",
+                        excerpt(item)
+                    ));
+                }
+            }
+        }
+    }
+    if only_given && options.only.is_empty() {
+        return Err(
+            "SDES-only names no suite baton implements (AES_CM_128_HMAC_SHA1_80/32, AES_256_CM_HMAC_SHA1_80/32, AEAD_AES_128_GCM, AEAD_AES_256_GCM)"
+                .to_owned(),
+        );
+    }
+    let given = options != v1::SdesOptions::default();
+    Ok((given.then_some(options), off))
 }
 
 impl Options {
@@ -97,13 +172,52 @@ impl Options {
                 debug!(key = %excerpt(&key), "ng: unknown key ignored");
             }
         }
-        if let Some(protocol) = get_str(request, "transport-protocol")
-            && !matches!(protocol, "RTP/AVP" | "RTP/AVPF")
+        let transport = match get_str(request, "transport-protocol")
+            .or_else(|| get_str(request, "transport protocol"))
         {
-            return Err(format!(
-                "transport-protocol {} is not supported: baton relays plain RTP (RTP/AVP, RTP/AVPF)",
-                excerpt(protocol)
-            ));
+            // The answer keeps what was offered.
+            None | Some("accept") => None,
+            Some(protocol) => match crate::sip::crypto::Transport::parse(protocol) {
+                Some(transport) => Some(transport.name().to_owned()),
+                None => {
+                    return Err(format!(
+                        "transport-protocol {} is not supported: baton relays RTP/AVP, RTP/AVPF, RTP/SAVP and RTP/SAVPF (SDES); DTLS-SRTP is not supported yet",
+                        excerpt(protocol)
+                    ));
+                }
+            },
+        };
+        let mut sdes_items = get_list(request, "SDES");
+        if let Some(single) = get_str(request, "SDES") {
+            sdes_items.push(single.to_owned());
+        }
+        sdes_items.extend(get_list(request, "flags").into_iter().filter_map(|f| {
+            f.get(5..)
+                .filter(|_| f.len() > 5 && f[..5].eq_ignore_ascii_case("sdes-"))
+                .map(str::to_owned)
+        }));
+        let (sdes, sdes_off) = sdes_options(&sdes_items)?;
+        if sdes_off
+            && transport
+                .as_deref()
+                .and_then(crate::sip::crypto::Transport::parse)
+                .is_some_and(crate::sip::crypto::Transport::is_srtp)
+        {
+            return Err(
+                "SDES-off with an SRTP transport-protocol leaves no key exchange: baton does not support DTLS-SRTP yet"
+                    .to_owned(),
+            );
+        }
+        match get_str(request, "OSRTP") {
+            None => {}
+            // A plain answer to an SRTP offer is accepted as plain RTP.
+            Some(value) if value.eq_ignore_ascii_case("accept") => {}
+            Some(value) => {
+                return Err(format!(
+                    "OSRTP {} is not supported (opportunistic SRTP offers)",
+                    excerpt(value)
+                ));
+            }
         }
         let ice = get_str(request, "ICE").unwrap_or("remove");
         if !ice.eq_ignore_ascii_case("remove") {
@@ -133,7 +247,28 @@ impl Options {
                 .collect(),
             received_from,
             other_family,
+            transport,
+            sdes,
+            sdes_off,
         })
+    }
+
+    /// `SDES-off` toward a recipient that would get SRTP (the body's own
+    /// transport mirrored): refused, as no key exchange is left.
+    fn check_sdes_off(&self, sdp: &str) -> Result<(), String> {
+        if !self.sdes_off || self.transport.is_some() {
+            return Ok(());
+        }
+        let srtp = Sdp::parse(sdp).is_ok_and(|body| {
+            (0..body.media_count()).any(|i| body.media(i).is_ok_and(|m| m.is_srtp()))
+        });
+        if srtp {
+            return Err(
+                "SDES-off toward an SRTP recipient leaves no key exchange: baton does not support DTLS-SRTP yet; give transport-protocol RTP/AVP to bridge to plain RTP"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 
     fn has(&self, flag: &str) -> bool {
@@ -307,6 +442,7 @@ impl NgService {
         let to_tag = get_str(request, "to-tag").unwrap_or_default();
         let sdp = required(request, "sdp")?;
         let options = Options::read(request).map_err(error)?;
+        options.check_sdes_off(sdp).map_err(error)?;
         let sessions = self.service.sessions();
         let sdp = options.incoming(sdp, sessions).map_err(error)?;
         let existing = match sessions.find_dialog(call_id, from_tag, to_tag) {
@@ -334,6 +470,8 @@ impl NgService {
                     other_family: options.other_family as i32,
                     nat_relearn: options.has("media-handover"),
                     asymmetric: options.has("asymmetric"),
+                    other_transport: options.transport.clone().unwrap_or_default(),
+                    sdes: options.sdes.clone(),
                     ..Default::default()
                 })
                 .await
@@ -353,7 +491,7 @@ impl NgService {
         {
             return self.handoff(request, &view, gruu, sdp, &options).await;
         }
-        self.update(&view, sdp, from_user, String::new(), &options)
+        self.update(&view, sdp, from_user, String::new(), &options, true)
             .await
     }
 
@@ -367,6 +505,7 @@ impl NgService {
         from_user: bool,
         to_tag: String,
         options: &Options,
+        offer: bool,
     ) -> Result<Value, Value> {
         let updated = self
             .service
@@ -376,6 +515,14 @@ impl NgService {
                 to_tag,
                 sdp,
                 sdp_from: party(from_user),
+                // An answer keeps the transport the offer set (rtpengine
+                // too); its SDES options still apply.
+                other_transport: if offer {
+                    options.transport.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                sdes: options.sdes.clone(),
                 ..Default::default()
             })
             .await
@@ -438,6 +585,7 @@ impl NgService {
                         .received_from
                         .map(|ip| ip.to_string())
                         .unwrap_or_default(),
+                    sdes: options.sdes.clone(),
                     ..Default::default()
                 },
                 TransferContext { ng_dialog },
@@ -489,8 +637,15 @@ impl NgService {
         } else {
             from_tag
         };
-        self.update(&view, sdp, from_user, dialog_to_tag.to_owned(), &options)
-            .await
+        self.update(
+            &view,
+            sdp,
+            from_user,
+            dialog_to_tag.to_owned(),
+            &options,
+            false,
+        )
+        .await
     }
 
     /// The sessions a delete or query names: one dialog, a branch by tag,

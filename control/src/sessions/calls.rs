@@ -16,6 +16,7 @@ use super::{
     telephone_event, validate_codecs, validate_create,
 };
 use crate::events::unix_time_ms;
+use crate::sip::crypto::{PartyCrypto, SdesPolicy};
 use crate::sip::negotiation::{self, NegotiatedStream, session_held};
 use crate::status::{Status, excerpt};
 
@@ -82,7 +83,14 @@ impl Sessions {
         mut request: v1::CreateSessionRequest,
         user_required: bool,
     ) -> Result<v1::CreateSessionResponse, Status> {
+        let policy = negotiation::sdes_policy(request.sdes.as_ref())?;
+        let other_transport = negotiation::requested_transport(&request.other_transport)?;
         let offer = if request.sdp.is_empty() {
+            if other_transport.is_some() || request.sdes.is_some() {
+                return Err(Status::invalid_argument(
+                    "other_transport and sdes apply to sdp; describe explicit streams' SRTP in user_srtp and remote_srtp",
+                ));
+            }
             None
         } else {
             if !request.streams.is_empty() {
@@ -98,6 +106,28 @@ impl Sessions {
             Some((from, body, layout))
         };
         let specs = validate_create(&request, user_required)?;
+        let crypto = match &offer {
+            Some((from, body, layout)) => {
+                negotiation::crypto_from(body, layout, *from, other_transport, &policy)?
+            }
+            None => request
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    Ok([
+                        super::explicit_crypto(
+                            spec.user_srtp.as_ref(),
+                            &format!("stream {i} user_srtp"),
+                        )?,
+                        super::explicit_crypto(
+                            spec.remote_srtp.as_ref(),
+                            &format!("stream {i} remote_srtp"),
+                        )?,
+                    ])
+                })
+                .collect::<Result<Vec<_>, Status>>()?,
+        };
         // Registered (as being created) and locked before anything is bound:
         // a concurrent create of the same dialog is refused, and any other
         // command on it waits until this one is done.
@@ -147,7 +177,9 @@ impl Sessions {
             });
             (id, worker)
         };
-        let started = self.start_session(id, worker, &request, specs, offer).await;
+        let started = self
+            .start_session(id, worker, &request, specs, offer, (crypto, &policy))
+            .await;
         let result = {
             let mut registry = self.registry();
             match started {
@@ -198,6 +230,7 @@ impl Sessions {
         request: &v1::CreateSessionRequest,
         specs: Vec<[Peers; 2]>,
         offer: Option<(Party, crate::sip::sdp::Sdp, negotiation::Layout)>,
+        (crypto, policy): (Vec<[PartyCrypto; 2]>, &SdesPolicy),
     ) -> Result<
         (
             v1::CreateSessionResponse,
@@ -214,7 +247,7 @@ impl Sessions {
         let rtcp_sockets = offer.is_some();
         let mut setups = Vec::with_capacity(specs.len());
         let mut streams = Vec::with_capacity(specs.len());
-        for (spec, peers) in request.streams.iter().zip(specs) {
+        for ((spec, peers), crypto) in request.streams.iter().zip(specs).zip(crypto) {
             let families = [spec.user_family(), spec.remote_family()];
             let mut sockets = Vec::with_capacity(2);
             let mut local = [v1::Endpoint::default(), v1::Endpoint::default()];
@@ -236,6 +269,7 @@ impl Sessions {
                     peer_rtp,
                     peer_rtcp,
                     peer_ip: None,
+                    crypto: crypto[party.index()].leg_crypto(),
                 });
             }
             let (Some(remote_sockets), Some(device_sockets)) = (sockets.pop(), sockets.pop())
@@ -262,12 +296,13 @@ impl Sessions {
                 held: [false; 2],
                 rejected: false,
                 user_payloads: Vec::new(),
+                crypto,
             });
         }
         let (rendered, sdp) = match offer {
             Some((from, body, layout)) => {
                 let (rendered, state) =
-                    negotiation::answer_created(&mut streams, from, body, layout)?;
+                    negotiation::answer_created(&mut streams, from, body, layout, policy)?;
                 (rendered, Some(state))
             }
             None => (String::new(), None),
@@ -292,6 +327,8 @@ impl Sessions {
                     kind: s.kind.clone(),
                     user: Some(s.local[0].clone()),
                     remote: Some(s.local[1].clone()),
+                    user_key: super::key_message(s.crypto[0].relay_key),
+                    remote_key: super::key_message(s.crypto[1].relay_key),
                 })
                 .collect(),
         };
@@ -321,18 +358,37 @@ impl Sessions {
                     "stream {index} does not exist (the session has {stream_count})"
                 )));
             }
-            for (party, endpoint) in [
-                (Party::User, &stream.user_peer),
-                (Party::Remote, &stream.remote_peer),
+            for (party, endpoint, key) in [
+                (Party::User, &stream.user_peer, &stream.user_peer_key),
+                (Party::Remote, &stream.remote_peer, &stream.remote_peer_key),
             ] {
-                if let Some(endpoint) = endpoint {
-                    let (rtp, rtcp) = parse_endpoint(endpoint, party)?;
+                let crypto = match key {
+                    Some(key) => {
+                        let what = format!("stream {index} {} peer key", party.name());
+                        let key = super::srtp_key(key, &what)?;
+                        let leg = &mut held_streams[index].crypto[party.index()];
+                        if !leg.transport.is_srtp() {
+                            return Err(Status::failed_precondition(format!(
+                                "{what}: the leg is plain RTP (a key applies to an SRTP leg)"
+                            )));
+                        }
+                        leg.peer_key = Some(key);
+                        Some(leg.leg_crypto())
+                    }
+                    None => None,
+                };
+                let (rtp, rtcp) = match endpoint {
+                    Some(endpoint) => parse_endpoint(endpoint, party)?,
+                    None => (None, None),
+                };
+                if endpoint.is_some() || crypto.is_some() {
                     update.peers.push(LegUpdate {
                         stream: StreamIndex(index),
                         party,
                         rtp,
                         rtcp,
                         rtcp_mux: None,
+                        crypto,
                     });
                 }
             }
@@ -371,6 +427,7 @@ impl Sessions {
                             now.codecs.clone_from(&stream.codecs);
                         }
                         now.held = held_streams[index].held;
+                        now.crypto.clone_from(&held_streams[index].crypto);
                     }
                 }
             }

@@ -25,8 +25,10 @@ use baton_relay::core::stream::{DropReason, LegReport};
 use baton_relay::{AllocError, Dataplane, Party, SessionId, TransferId};
 use tokio::sync::OwnedMutexGuard;
 
+use crate::sip::crypto::{PartyCrypto, Transport};
 use crate::sip::negotiation::session_held;
 use crate::status::{MAX_ID_LEN, MAX_URI_LEN, Status, check_len, excerpt};
+use baton_relay::core::srtp::{MasterKey, Suite};
 
 pub(crate) mod calls;
 pub(crate) mod offer_answer;
@@ -412,6 +414,15 @@ fn session_info(
                         .map_or("unknown", |l| l[party.index()].peer_source.name())
                         .to_owned(),
                     stats: legs.map(|l| leg_stats(&l[party.index()])),
+                    transport: crypto_of(stream, party).transport.name().to_owned(),
+                    srtp_suite: crypto_of(stream, party)
+                        .relay_key
+                        .map(|k| k.suite().name().to_owned())
+                        .unwrap_or_default(),
+                    peer_srtp_suite: crypto_of(stream, party)
+                        .peer_key
+                        .map(|k| k.suite().name().to_owned())
+                        .unwrap_or_default(),
                 };
                 v1::StreamInfo {
                     kind: stream.kind.clone(),
@@ -425,6 +436,66 @@ fn session_info(
             })
             .collect(),
     }
+}
+
+fn crypto_of(stream: &crate::sip::negotiation::NegotiatedStream, party: Party) -> &PartyCrypto {
+    &stream.crypto[party.index()]
+}
+
+/// Reads an SRTP key from a request.
+fn srtp_key(key: &v1::SrtpKey, what: &str) -> Result<MasterKey, Status> {
+    let suite = Suite::from_name(key.suite.trim()).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{what}: unknown SRTP suite {}",
+            crate::status::excerpt(&key.suite)
+        ))
+    })?;
+    MasterKey::new(suite, &key.key).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{what}: a {} key is {} bytes (key then salt), not {}",
+            suite.name(),
+            suite.master_len(),
+            key.key.len()
+        ))
+    })
+}
+
+/// The relay's key as the protocol shows it.
+fn key_message(key: Option<MasterKey>) -> Option<v1::SrtpKey> {
+    key.map(|k| v1::SrtpKey {
+        suite: k.suite().name().to_owned(),
+        key: k.key_and_salt().to_vec(),
+    })
+}
+
+/// A leg of an explicitly described stream: plain without `srtp`; with it,
+/// SRTP with a fresh relay key of the asked suite (or the peer key's, or
+/// AES_CM_128_HMAC_SHA1_80) and the peer's key if given.
+fn explicit_crypto(srtp: Option<&v1::LegSrtp>, what: &str) -> Result<PartyCrypto, Status> {
+    let Some(srtp) = srtp else {
+        return Ok(PartyCrypto::default());
+    };
+    let peer_key = srtp
+        .peer_key
+        .as_ref()
+        .map(|k| srtp_key(k, what))
+        .transpose()?;
+    let suite = if srtp.suite.trim().is_empty() {
+        peer_key.map_or(Suite::AesCm128HmacSha1_80, |k| k.suite())
+    } else {
+        Suite::from_name(srtp.suite.trim()).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{what}: unknown SRTP suite {}",
+                crate::status::excerpt(&srtp.suite)
+            ))
+        })?
+    };
+    Ok(PartyCrypto {
+        transport: Transport::Savp,
+        relay_key: Some(MasterKey::random(suite)),
+        peer_key,
+        ..PartyCrypto::default()
+    })
 }
 
 fn peer_endpoint(report: &LegReport) -> v1::Endpoint {

@@ -6,9 +6,10 @@ use baton_relay::core::session::{LegUpdate, SessionUpdate};
 use baton_relay::{Party, StreamIndex};
 
 use super::Sessions;
+use crate::sip::crypto::PartyCrypto;
 use crate::sip::negotiation::{
-    SdpState, endpoint_of, extend_layout, holds, left_out_reason, match_by_kind, media_of,
-    relay_toward, render, session_held, stamp,
+    SdpState, endpoint_of, extend_layout, holds, match_by_kind, media_of, relay_toward, render,
+    requested_transport, sdes_policy, security_toward, session_held, stamp, transport_of,
 };
 use crate::status::Status;
 
@@ -23,6 +24,8 @@ impl Sessions {
         let other = from.other();
         let body = self.parse_sdp(&request.sdp)?;
         let media = media_of(&body)?;
+        let policy = sdes_policy(request.sdes.as_ref())?;
+        let other_transport = requested_transport(&request.other_transport)?;
         let (_guard, record) = self.lock_session(request.session.as_ref()).await?;
         if from == Party::User
             && let Some(open) = &record.open_transfer
@@ -64,10 +67,25 @@ impl Sessions {
                 stream.rejected = true;
                 continue;
             }
-            if !m.is_rtp() {
-                return Err(Status::unimplemented(format!("SDP {}", left_out_reason(m))));
-            }
+            let transport = transport_of(m)?;
             super::validate_codecs(&m.codecs, s)?;
+            let crypto_before = stream.crypto.clone();
+            stream.crypto[from.index()]
+                .receive(transport, &m.crypto, m.line, &policy)
+                .map_err(Status::unimplemented)?;
+            if let Some(wanted) = other_transport {
+                let toward = &mut stream.crypto[other.index()];
+                if toward.transport.is_srtp() == wanted.is_srtp() {
+                    toward.transport = wanted;
+                } else {
+                    // SRTP switched on or off toward the other party: its
+                    // keys are offered afresh (or dropped).
+                    *toward = PartyCrypto {
+                        transport: wanted,
+                        ..PartyCrypto::default()
+                    };
+                }
+            }
             stream.rejected = false;
             if from == Party::Remote || state.received[Party::Remote.index()].is_none() {
                 stream.codecs.clone_from(&m.codecs);
@@ -98,13 +116,16 @@ impl Sessions {
                 } else {
                     (None, None)
                 };
-                if changed || rtp.is_some() {
+                let crypto = &stream.crypto[party.index()];
+                let crypto_changed = !crypto.same_leg_as(&crypto_before[party.index()]);
+                if changed || rtp.is_some() || crypto_changed {
                     update.peers.push(LegUpdate {
                         stream: StreamIndex(s),
                         party,
                         rtp,
                         rtcp,
                         rtcp_mux: changed.then_some(mux),
+                        crypto: crypto_changed.then(|| crypto.leg_crypto()),
                     });
                 }
                 stream.rtcp_mux[party.index()] = mux;
@@ -131,7 +152,9 @@ impl Sessions {
                 now.ptime = updated.ptime;
                 now.rejected = updated.rejected;
                 now.rtcp_mux = updated.rtcp_mux;
+                now.crypto.clone_from(&updated.crypto);
             }
+            let security = security_toward(&mut current.streams, other, &policy);
             let relay = relay_toward(&current.streams, other);
             let state = current.sdp.get_or_insert_with(SdpState::default);
             let receiver = match (
@@ -152,7 +175,7 @@ impl Sessions {
                     Party::Remote => s.user_payloads.iter().map(|&(d, r)| (r, d)).collect(),
                 })
                 .collect();
-            let mut out = render(&body, &layout, receiver, &relay, &payloads);
+            let mut out = render(&body, &layout, receiver, &relay, &payloads, &security);
             stamp(&mut out, &mut state.sent[other.index()]);
             state.layout[from.index()] = Some(layout);
             state.received[from.index()] = Some(body);

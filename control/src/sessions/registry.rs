@@ -41,6 +41,8 @@ pub(crate) struct OpenTransfer {
     pub rtcp_mux: Vec<bool>,
     /// Per stream: its payload types against the remote's.
     pub payloads: Vec<Vec<(u8, u8)>>,
+    /// Per stream: its transport and keys.
+    pub crypto: Vec<crate::sip::crypto::PartyCrypto>,
     /// Its offer and the answer it got, if it came as SDP.
     pub sdp: Option<PendingSdp>,
     /// The answer for the new device, until the ng front end reads it.

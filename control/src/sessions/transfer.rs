@@ -124,11 +124,17 @@ impl Sessions {
                 open.id, open.gruu, record.id
             )));
         }
+        let policy = negotiation::sdes_policy(request.sdes.as_ref())?;
         let plan = if request.sdp.is_empty() {
+            if request.sdes.is_some() {
+                return Err(Status::invalid_argument(
+                    "sdes applies to sdp; describe explicit streams' SRTP in their srtp field",
+                ));
+            }
             None
         } else {
             let offer = self.parse_sdp(&request.sdp)?;
-            let plan = AnswerPlan::new(offer, &record.streams)?;
+            let plan = AnswerPlan::new(offer, &record.streams, &policy)?;
             request.streams = plan.transfer_streams(record.streams.len());
             Some(plan)
         };
@@ -154,8 +160,15 @@ impl Sessions {
         let mut local = Vec::with_capacity(record.streams.len());
         let mut shared = Vec::with_capacity(record.streams.len());
         let mut muxes = Vec::with_capacity(record.streams.len());
+        let mut device_crypto = Vec::with_capacity(record.streams.len());
         for (index, stream) in record.streams.iter().enumerate() {
             let spec = request.streams.get(index).cloned().unwrap_or_default();
+            let crypto = match &plan {
+                Some(plan) => plan.crypto.get(index).cloned().unwrap_or_default(),
+                None => {
+                    super::explicit_crypto(spec.srtp.as_ref(), &format!("stream {index} srtp"))?
+                }
+            };
             let device_codecs = if spec.codecs.is_empty() {
                 stream.codecs.clone()
             } else {
@@ -206,6 +219,7 @@ impl Sessions {
                         peer_rtp,
                         peer_rtcp,
                         peer_ip: source_ip,
+                        crypto: crypto.leg_crypto(),
                     },
                     payloads: PayloadMap::from_pairs(&pairs, device_te),
                 },
@@ -213,6 +227,7 @@ impl Sessions {
             ));
             shared.push(pairs);
             muxes.push(rtcp_mux);
+            device_crypto.push(crypto);
         }
         self.dataplane
             .begin_transfer(
@@ -266,6 +281,7 @@ impl Sessions {
                     local: local.clone(),
                     rtcp_mux: muxes,
                     payloads: shared,
+                    crypto: device_crypto.clone(),
                     sdp: answer.as_ref().map(|(_, pending)| pending.clone()),
                     ng_answer: answer.as_ref().map(|(text, _)| text.clone()),
                     ng_dialog: context.ng_dialog,
@@ -293,10 +309,13 @@ impl Sessions {
                 .streams
                 .iter()
                 .zip(local)
-                .map(|(stream, user)| v1::StreamAddresses {
+                .zip(&device_crypto)
+                .map(|((stream, user), crypto)| v1::StreamAddresses {
                     kind: stream.kind.clone(),
                     user: Some(user),
                     remote: Some(stream.local[1].clone()),
+                    user_key: super::key_message(crypto.relay_key),
+                    remote_key: super::key_message(stream.crypto[1].relay_key),
                 })
                 .collect(),
         })
@@ -555,6 +574,9 @@ fn adopt(
         }
         if let Some(pairs) = open.payloads.get(index) {
             stream.user_payloads = pairs.iter().copied().filter(|(d, r)| d != r).collect();
+        }
+        if let Some(crypto) = open.crypto.get(index) {
+            stream.crypto[user] = crypto.clone();
         }
         stream.held[user] = false;
     }

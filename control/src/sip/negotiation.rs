@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use baton_proto::v1;
 use baton_relay::Party;
 
+use crate::sip::crypto::{self, PartyCrypto, SdesPolicy, Transport};
 use crate::sip::sdp::{
     AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits,
 };
@@ -43,6 +44,8 @@ pub(crate) struct NegotiatedStream {
     /// remote), when a transfer brought a device that numbers differently;
     /// empty for the same numbering.
     pub user_payloads: Vec<(u8, u8)>,
+    /// Per party (user, remote): plain RTP or SRTP, and the keys.
+    pub crypto: [PartyCrypto; 2],
 }
 
 impl NegotiatedStream {
@@ -112,22 +115,45 @@ pub(crate) fn parse(
     Sdp::parse_limited(text, limits).map_err(|e| (sdp_status(&e), e.limit))
 }
 
-/// Whether the relay carries an m= line: plain RTP with a port. Other
-/// transports (SRTP, DTLS, T.38, BFCP, MSRP) are sent on disabled.
+/// Whether the relay carries an m= line: plain RTP, or SRTP with at least
+/// one usable `a=crypto` line, with a port. Other transports (DTLS-SRTP,
+/// T.38, BFCP, MSRP) are sent on disabled.
 fn carried(media: &Media) -> bool {
-    media.is_rtp() && !media.is_disabled()
+    !media.is_disabled() && (media.is_rtp() || (media.is_srtp() && has_usable_crypto(media)))
+}
+
+fn has_usable_crypto(media: &Media) -> bool {
+    let policy = SdesPolicy::default();
+    media
+        .crypto
+        .iter()
+        .any(|(value, _)| crypto::parse(value, &policy).is_ok_and(|l| l.key.is_ok()))
 }
 
 /// Why an m= line the relay leaves out is left out, for errors.
 pub(crate) fn left_out_reason(media: &Media) -> String {
-    if media.proto.to_ascii_uppercase().contains("SAVP") {
+    if media.is_srtp() {
+        let policy = SdesPolicy::default();
+        let lines: Vec<crypto::CryptoLine> = media
+            .crypto
+            .iter()
+            .filter_map(|(value, _)| crypto::parse(value, &policy).ok())
+            .collect();
         format!(
-            "line {}: {} is encrypted (SRTP); baton relays plain RTP (RTP/AVP, RTP/AVPF)",
+            "line {}: {} with {}",
+            media.line,
+            media.proto,
+            crypto::why_none(&lines)
+        )
+    } else if media.proto.to_ascii_uppercase().contains("SAVP") {
+        format!(
+            "line {}: {} (DTLS-SRTP) is not supported yet; baton relays RTP/AVP(F) and \
+             RTP/SAVP(F) with SDES keys",
             media.line, media.proto
         )
     } else {
         format!(
-            "line {}: transport {} is not RTP; baton relays RTP (RTP/AVP, RTP/AVPF)",
+            "line {}: transport {} is not RTP; baton relays RTP (RTP/AVP(F), RTP/SAVP(F))",
             media.line, media.proto
         )
     }
@@ -187,6 +213,10 @@ pub(crate) fn streams_from(
             user_family: user_family as i32,
             remote_family: remote_family as i32,
             ptime_ms: m.ptime.unwrap_or(0),
+            // From SDP, the keys are negotiated from the body (see
+            // `crypto_from`), not described.
+            user_srtp: None,
+            remote_srtp: None,
         });
     }
     if streams.is_empty() {
@@ -199,6 +229,104 @@ pub(crate) fn streams_from(
         )));
     }
     Ok((streams, layout))
+}
+
+/// Each carried stream's crypto for a session's first body from `from`:
+/// the sender's keys read from the body (the relay's answer chosen), and
+/// toward the other party the requested transport, or the body's.
+pub(crate) fn crypto_from(
+    sdp: &Sdp,
+    layout: &Layout,
+    from: Party,
+    other_transport: Option<Transport>,
+    policy: &SdesPolicy,
+) -> Result<Vec<[PartyCrypto; 2]>, Status> {
+    let media = media_of(sdp)?;
+    let mut out = Vec::new();
+    for (m, slot) in media.iter().zip(layout) {
+        if slot.is_none() {
+            continue;
+        }
+        let transport = transport_of(m)?;
+        let mut parties: [PartyCrypto; 2] = Default::default();
+        parties[from.index()]
+            .receive(transport, &m.crypto, m.line, policy)
+            .map_err(Status::unimplemented)?;
+        parties[from.other().index()].transport = other_transport.unwrap_or(transport);
+        out.push(parties);
+    }
+    Ok(out)
+}
+
+/// The transport of a carried m= line.
+pub(crate) fn transport_of(media: &Media) -> Result<Transport, Status> {
+    Transport::parse(&media.proto)
+        .ok_or_else(|| Status::unimplemented(format!("SDP {}", left_out_reason(media))))
+}
+
+/// Reads a request's transport toward the other party ("" for none).
+pub(crate) fn requested_transport(text: &str) -> Result<Option<Transport>, Status> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    Transport::parse(text.trim()).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "transport {} is not RTP/AVP, RTP/AVPF, RTP/SAVP or RTP/SAVPF",
+            crate::status::excerpt(text)
+        ))
+    })
+}
+
+/// Reads a request's SDES options.
+pub(crate) fn sdes_policy(options: Option<&v1::SdesOptions>) -> Result<SdesPolicy, Status> {
+    use baton_relay::core::srtp::Suite;
+    let Some(options) = options else {
+        return Ok(SdesPolicy::default());
+    };
+    let suites = |names: &[String]| -> Result<Vec<Suite>, Status> {
+        if names.len() > Suite::ALL.len() * 2 {
+            return Err(Status::invalid_argument("too many SDES suites"));
+        }
+        names
+            .iter()
+            .map(|name| {
+                Suite::from_name(name.trim()).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "unknown SRTP suite {}",
+                        crate::status::excerpt(name)
+                    ))
+                })
+            })
+            .collect()
+    };
+    let policy = SdesPolicy {
+        only: suites(&options.only)?,
+        excluded: suites(&options.exclude)?,
+        pad: options.pad,
+        lifetime: options.lifetime,
+    };
+    if policy.default_offer().is_empty() {
+        return Err(Status::invalid_argument(
+            "the SDES options leave no suite to use",
+        ));
+    }
+    Ok(policy)
+}
+
+/// The transport and `a=crypto` lines of every stream in a body the relay
+/// sends to `receiver` (an offer of fresh keys to a party that has none).
+pub(crate) fn security_toward(
+    streams: &mut [NegotiatedStream],
+    receiver: Party,
+    policy: &SdesPolicy,
+) -> Vec<(Transport, Vec<String>)> {
+    streams
+        .iter_mut()
+        .map(|s| {
+            let party = &mut s.crypto[receiver.index()];
+            (party.transport, party.lines_toward(policy))
+        })
+        .collect()
 }
 
 /// Matches a body's m= lines to existing streams by media type, in order
@@ -275,6 +403,7 @@ pub(crate) fn render(
     receiver: Option<(&Sdp, &Layout)>,
     relay: &[Option<RelayEndpoint>],
     payloads: &[Vec<(u8, u8)>],
+    security: &[(Transport, Vec<String>)],
 ) -> Sdp {
     // (pick, stream carried there)
     let mut picks: Vec<(Pick<'_>, Option<usize>)> = Vec::new();
@@ -317,6 +446,14 @@ pub(crate) fn render(
                     body.point_at(index, endpoint, first_ip);
                     if let Some(map) = payloads.get(*s) {
                         body.renumber(index, map);
+                    }
+                    // The receiver's own transport and the relay's keys
+                    // for it: the sender's keys never cross the relay.
+                    match security.get(*s) {
+                        Some((transport, lines)) => {
+                            body.set_transport(index, Some(transport.name()), lines);
+                        }
+                        None => body.set_transport(index, None, &[]),
                     }
                 }
                 None => body.disable(index),
@@ -373,11 +510,21 @@ pub(crate) struct AnswerPlan {
     pub offer: Sdp,
     pub media: Vec<Media>,
     pub layout: Layout,
+    /// Per stream of the session: the new device's transport and keys (the
+    /// relay's answer chosen from its offer).
+    pub crypto: Vec<PartyCrypto>,
+    /// How the relay writes its keys.
+    pub policy: SdesPolicy,
 }
 
 impl AnswerPlan {
-    /// Reads a new device's offer and matches its m= lines to the streams.
-    pub fn new(offer: Sdp, streams: &[NegotiatedStream]) -> Result<Self, Status> {
+    /// Reads a new device's offer, matches its m= lines to the streams and
+    /// chooses the keys of its SRTP lines.
+    pub fn new(
+        offer: Sdp,
+        streams: &[NegotiatedStream],
+        policy: &SdesPolicy,
+    ) -> Result<Self, Status> {
         let media = media_of(&offer)?;
         let layout = match_by_kind(&media, streams);
         if layout.iter().all(Option::is_none) {
@@ -389,10 +536,20 @@ impl AnswerPlan {
                 "SDP: no m= line of the offer matches a stream of the session{reason}"
             )));
         }
+        let mut crypto = vec![PartyCrypto::default(); streams.len()];
+        for (m, slot) in media.iter().zip(&layout) {
+            if let Some(party) = slot.and_then(|s| crypto.get_mut(s)) {
+                party
+                    .receive(transport_of(m)?, &m.crypto, m.line, policy)
+                    .map_err(Status::unimplemented)?;
+            }
+        }
         Ok(Self {
             offer,
             media,
             layout,
+            crypto,
+            policy: policy.clone(),
         })
     }
 
@@ -409,6 +566,8 @@ impl AnswerPlan {
                     peer: endpoint_of(m),
                     family: family_of(m.rtp) as i32,
                     rtcp_mux: Some(m.rtcp_mux),
+                    // The keys are in `crypto`.
+                    srtp: None,
                 }
             })
             .collect()
@@ -437,6 +596,7 @@ impl AnswerPlan {
                     direction: Direction::Inactive,
                     ptime: None,
                     rtcp_mux: false,
+                    crypto: None,
                 };
                 let Some(s) = *slot else {
                     return rejected;
@@ -486,6 +646,10 @@ impl AnswerPlan {
                     ),
                     ptime,
                     rtcp_mux: m.rtcp_mux,
+                    crypto: self.crypto.get(s).and_then(|party| {
+                        let key = party.relay_key.filter(|_| party.transport.is_srtp())?;
+                        Some(crypto::render(party.tag, &key, &self.policy))
+                    }),
                 }
             })
             .collect();
@@ -501,6 +665,7 @@ pub(crate) fn answer_created(
     from: Party,
     body: Sdp,
     layout: Layout,
+    policy: &SdesPolicy,
 ) -> Result<(String, SdpState), Status> {
     let other = from.other();
     let media = media_of(&body)?;
@@ -510,7 +675,8 @@ pub(crate) fn answer_created(
         }
     }
     let relay = relay_toward(streams, other);
-    let mut out = render(&body, &layout, None, &relay, &[]);
+    let security = security_toward(streams, other, policy);
+    let mut out = render(&body, &layout, None, &relay, &[], &security);
     let mut state = SdpState::default();
     stamp(&mut out, &mut state.sent[other.index()]);
     state.layout[from.index()] = Some(layout);
@@ -642,11 +808,14 @@ mod tests {
             held: true,
         },
         Case {
-            name: "best-effort SRTP: the SAVP line declined, the AVP line relayed",
+            name: "best-effort SRTP: both lines relayed, each in its own transport",
             body: body!("srtp-best-effort.sdp"),
-            carried: &[None, Some("audio")],
-            codecs: &[&["PCMU", "PCMA", "telephone-event"]],
-            peer: Some("192.0.2.88:3458"),
+            carried: &[Some("audio"), Some("audio")],
+            codecs: &[
+                &["PCMU", "PCMA", "telephone-event"],
+                &["PCMU", "PCMA", "telephone-event"],
+            ],
+            peer: Some("192.0.2.88:3456"),
             rtcp_mux: false,
             held: false,
         },
@@ -682,6 +851,7 @@ mod tests {
                     held: [false; 2],
                     rejected: false,
                     user_payloads: Vec::new(),
+                    crypto: Default::default(),
                 }
             })
             .collect()
@@ -701,13 +871,17 @@ mod tests {
 
     /// Checks that `output` is `input` with only the relay's lines changed:
     /// m= ports, c= addresses (some added at media level), a=rtcp, and ICE
-    /// attributes removed. Returns the number of lines compared unchanged.
+    /// attributes removed, a=crypto lines the relay's own (each party has
+    /// its keys). Returns the number of lines compared unchanged.
     fn assert_only_relay_lines_changed(name: &str, input: &str, output: &str) -> usize {
         let input: Vec<&str> = lines(input)
             .into_iter()
-            .filter(|l| !is_ice_line(l))
+            .filter(|l| !is_ice_line(l) && !l.starts_with("a=crypto:"))
             .collect();
-        let output = lines(output);
+        let output: Vec<&str> = lines(output)
+            .into_iter()
+            .filter(|l| !l.starts_with("a=crypto:"))
+            .collect();
         let (mut i, mut o, mut same) = (0, 0, 0);
         while i < input.len() || o < output.len() {
             let (Some(a), Some(b)) = (input.get(i), output.get(o)) else {
@@ -771,7 +945,7 @@ mod tests {
 
             let streams = records(&specs, false);
             let relay = relay_toward(&streams, Party::Remote);
-            let out = render(&body, &layout, None, &relay, &[]);
+            let out = render(&body, &layout, None, &relay, &[], &[]);
             let text = out.render();
             let unchanged = assert_only_relay_lines_changed(name, case.body, &text);
             assert!(unchanged >= 3, "{name}: too little compared");
@@ -820,6 +994,7 @@ mod tests {
             None,
             &relay_toward(&streams, Party::User),
             &[],
+            &[],
         )
         .render();
         assert!(to_user.contains("c=IN IP4 10.9.0.1\r\n"), "{to_user}");
@@ -829,6 +1004,7 @@ mod tests {
             &layout,
             None,
             &relay_toward(&streams, Party::Remote),
+            &[],
             &[],
         )
         .render();
@@ -952,7 +1128,12 @@ mod tests {
         let offer = "v=0\r\no=b 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
                      m=audio 5004 RTP/AVP 8 0 96\r\na=rtpmap:96 telephone-event/8000\r\na=rtcp-mux\r\n\
                      m=video 5006 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n";
-        let plan = AnswerPlan::new(Sdp::parse(offer).expect("offer"), &streams).expect("plan");
+        let plan = AnswerPlan::new(
+            Sdp::parse(offer).expect("offer"),
+            &streams,
+            &SdesPolicy::default(),
+        )
+        .expect("plan");
         assert_eq!(plan.layout, vec![Some(0), None]);
         let described = plan.transfer_streams(1);
         assert_eq!(described[0].rtcp_mux, Some(true));

@@ -314,12 +314,28 @@ pub struct Media {
     pub ptime: Option<u32>,
     /// Line number of the m= line.
     pub line: usize,
+    /// The values of its `a=crypto` lines (SDES, RFC 4568) with their line
+    /// numbers, on an SRTP line; at most [`MAX_CRYPTO_LINES`].
+    pub crypto: Vec<(String, usize)>,
 }
 
+/// Most `a=crypto` lines on one m= line (real offers carry 1 to 8).
+pub const MAX_CRYPTO_LINES: usize = crate::sip::crypto::MAX_CRYPTO_LINES;
+
 impl Media {
-    /// An RTP stream the relay can carry: RTP/AVP or RTP/AVPF (plain RTP).
+    /// Plain RTP: RTP/AVP or RTP/AVPF.
     pub fn is_rtp(&self) -> bool {
         self.proto.eq_ignore_ascii_case("RTP/AVP") || self.proto.eq_ignore_ascii_case("RTP/AVPF")
+    }
+
+    /// SRTP with keys in the SDP (SDES): RTP/SAVP or RTP/SAVPF.
+    pub fn is_srtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/SAVP") || self.proto.eq_ignore_ascii_case("RTP/SAVPF")
+    }
+
+    /// RTP the relay can carry, plain or SRTP.
+    pub fn is_relayable(&self) -> bool {
+        self.is_rtp() || self.is_srtp()
     }
 
     /// Port 0: the stream is disabled (offer) or rejected (answer).
@@ -688,8 +704,9 @@ impl Sdp {
             direction: self.session_direction().unwrap_or(Direction::SendRecv),
             ptime: None,
             line: m.number,
+            crypto: Vec::new(),
         };
-        if !media.is_rtp() || media.is_disabled() {
+        if !media.is_relayable() || media.is_disabled() {
             return Ok(media);
         }
         if count.is_some_and(|c| c != "1") {
@@ -727,6 +744,15 @@ impl Sdp {
                 "ptime" => media.ptime = Some(parse_u32(value, line.number, "ptime")?),
                 "rtcp-mux" => media.rtcp_mux = true,
                 "rtcp" => rtcp_attribute = Some((value, line.number)),
+                "crypto" if media.is_srtp() => {
+                    if media.crypto.len() == MAX_CRYPTO_LINES {
+                        return Err(SdpError::at(
+                            line.number,
+                            format!("more than {MAX_CRYPTO_LINES} a=crypto lines on one m= line"),
+                        ));
+                    }
+                    media.crypto.push((value.to_owned(), line.number));
+                }
                 _ => {}
             }
         }
@@ -890,11 +916,46 @@ impl Sdp {
     }
 
     /// Disables m= line `index` (port 0), for a stream the relay does not
-    /// carry; its ICE attributes go too.
+    /// carry; its ICE and crypto attributes go too.
     pub fn disable(&mut self, index: usize) {
         if let Some(section) = self.media.get_mut(index) {
             set_port(&mut section[0], 0);
-            section.retain(|line| !is_ice(line));
+            // A party's keys never reach the other party, even on a line
+            // that carries nothing.
+            section.retain(|line| !is_ice(line) && !line.is_attribute("crypto"));
+        }
+    }
+
+    /// Sets the transport of m= line `index` (`RTP/AVP`, `RTP/SAVP`, …;
+    /// `None` keeps it) and replaces its `a=crypto` lines by `crypto`
+    /// (values without `a=`), written where the first one was, or else
+    /// after the m= line's own lines that come first (i=, c=, b=, k=).
+    pub fn set_transport(&mut self, index: usize, proto: Option<&str>, crypto: &[String]) {
+        let Some(section) = self.media.get_mut(index) else {
+            return;
+        };
+        if let Some(proto) = proto {
+            let mut fields: Vec<String> = section[0]
+                .value
+                .split_ascii_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if let Some(field) = fields.get_mut(2) {
+                field.clear();
+                field.push_str(proto);
+            }
+            section[0].value = fields.join(" ");
+        }
+        let first = section.iter().position(|l| l.is_attribute("crypto"));
+        section.retain(|l| !l.is_attribute("crypto"));
+        let at = first.unwrap_or_else(|| {
+            1 + section[1..]
+                .iter()
+                .take_while(|l| matches!(l.kind, b'i' | b'c' | b'b' | b'k'))
+                .count()
+        });
+        for (offset, value) in crypto.iter().enumerate() {
+            section.insert(at + offset, Line::new(b'a', value.clone()));
         }
     }
 
@@ -986,6 +1047,8 @@ pub struct AnswerMedia {
     pub ptime: Option<u32>,
     /// Accept the offer's rtcp-mux.
     pub rtcp_mux: bool,
+    /// The relay's `a=crypto` value (without `a=`) on an SRTP line.
+    pub crypto: Option<String>,
 }
 
 /// Writes an answer to `offer` (RFC 3264 §6: the same m= lines, in order,
@@ -1061,6 +1124,9 @@ pub fn write_answer(
             )];
             if relay.rtp.ip() != first_ip {
                 lines.push(Line::new(b'c', connection_value(relay.rtp.ip())));
+            }
+            if let Some(crypto) = &answer.crypto {
+                lines.push(Line::new(b'a', crypto.clone()));
             }
             for codec in &answer.codecs {
                 let channels = if codec.channels > 1 {

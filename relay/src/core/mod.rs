@@ -7,6 +7,7 @@
 //!   routing, in-place rewriting.
 //! - [`continuity`]: the outward RTP timeline (one SSRC, continuous numbers).
 //! - [`rtcp_translate`]: RTCP that agrees with the rewritten RTP.
+//! - [`srtp`]: SRTP/SRTCP per leg, in place (RFC 3711, 6188, 7714).
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
 //!   loss and jitter; [`ids`]: the ids and the two parties.
 
@@ -15,5 +16,6 @@ pub mod ids;
 pub mod rtcp_translate;
 pub mod rtp;
 pub mod session;
+pub mod srtp;
 pub mod stats;
 pub mod stream;

@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId};
 use crate::core::stream::{
-    Component, DropReason, LegConfig, LegReport, LegRole, PayloadMap, Stream, StreamConfig, Verdict,
+    Component, DropReason, LegConfig, LegCrypto, LegReport, LegRole, PayloadMap, Stream,
+    StreamConfig, Verdict,
 };
 
 pub use crate::core::stream::Latched;
@@ -111,6 +112,9 @@ pub struct LegUpdate {
     pub rtcp: Option<SocketAddr>,
     /// Whether the peer multiplexes RTCP on the RTP port, if that changes.
     pub rtcp_mux: Option<bool>,
+    /// New crypto settings (plain, SRTP awaiting keys, SRTP keys), if they
+    /// change. Unchanged keys keep their contexts.
+    pub crypto: Option<LegCrypto>,
 }
 
 /// A signalling update of a session (a re-INVITE, a hold).
@@ -341,9 +345,12 @@ impl Session {
 
     /// Handles one datagram (the first `len` bytes of `buf`) that arrived on
     /// `leg` of `stream` through its `arrived_on` socket from `from`, and
-    /// says what to do with it, rewritten in place. In first-packet mode the
-    /// new device's first usable packet switches every stream and is
-    /// forwarded in the same call.
+    /// says what to do with it, rewritten (and on SRTP legs decrypted and
+    /// re-encrypted) in place. In first-packet mode the new device's first
+    /// usable packet switches every stream and is forwarded in the same
+    /// call. The copy of the remote's media for a pending device, if any,
+    /// is written into `fork_buf` ([`Fork::len`](crate::core::stream::Fork::len) bytes). Both buffers need
+    /// [`MAX_OVERHEAD`](crate::core::srtp::MAX_OVERHEAD) bytes of room past the largest datagram.
     #[allow(clippy::too_many_arguments)]
     pub fn handle_packet(
         &mut self,
@@ -354,6 +361,7 @@ impl Session {
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
+        fork_buf: &mut [u8],
     ) -> Verdict {
         let Some(s) = self.streams.get_mut(stream.0) else {
             return Verdict::Drop(DropReason::OldSource);
@@ -372,7 +380,32 @@ impl Session {
         if first_packet && accepted.is_media() && s.role(leg) == Some(LegRole::Pending) {
             self.switch_all(now);
         }
-        let outcome = self.streams[stream.0].route(now, &accepted, buf, len);
+        let s = &mut self.streams[stream.0];
+        let mut outcome = s.route(now, &accepted, buf);
+        if let Verdict::Forward {
+            leg: out,
+            component,
+            len,
+            fork,
+            ..
+        } = &mut outcome.verdict
+        {
+            // The fork is copied from the plaintext, before the main
+            // datagram is encrypted for its own leg.
+            if let Some(f) = fork {
+                match s.write_fork(f, buf, *len, fork_buf) {
+                    Ok(sealed) => f.len = sealed,
+                    Err(_) => *fork = None,
+                }
+            }
+            match s.seal(*out, *component, buf, *len) {
+                Ok(sealed) => *len = sealed,
+                Err(reason) => {
+                    s.record_drop(leg, reason, 1);
+                    outcome.verdict = Verdict::Drop(reason);
+                }
+            }
+        }
         if let Some(latched) = outcome.latched {
             self.info(SessionEvent::SourceLatched { stream, latched });
         }
@@ -535,7 +568,14 @@ impl Session {
     pub fn update(&mut self, now: Instant, update: &SessionUpdate) {
         for peer in &update.peers {
             if let Some(s) = self.streams.get_mut(peer.stream.0) {
-                s.update_leg(now, peer.party, peer.rtp, peer.rtcp, peer.rtcp_mux);
+                s.update_leg(
+                    now,
+                    peer.party,
+                    peer.rtp,
+                    peer.rtcp,
+                    peer.rtcp_mux,
+                    peer.crypto,
+                );
             }
         }
         for (index, rates) in &update.clock_rates {
@@ -712,6 +752,7 @@ mod tests {
             peer_rtp: peer.map(addr),
             peer_rtcp: None,
             peer_ip: None,
+            crypto: crate::core::stream::LegCrypto::Plain,
         }
     }
 
@@ -790,7 +831,8 @@ mod tests {
             from: &str,
             bytes: &[u8],
         ) -> (Verdict, Vec<u8>) {
-            let mut buf = [0u8; 2048];
+            let mut buf = [0u8; 2048 + crate::core::srtp::MAX_OVERHEAD];
+            let mut fork = [0u8; 2048 + crate::core::srtp::MAX_OVERHEAD];
             buf[..bytes.len()].copy_from_slice(bytes);
             let verdict = self.session.handle_packet(
                 self.now,
@@ -800,6 +842,7 @@ mod tests {
                 addr(from),
                 &mut buf,
                 bytes.len(),
+                &mut fork,
             );
             self.drive();
             let len = match verdict {

@@ -41,6 +41,7 @@ use crate::core::continuity::{Continuity, Refused};
 use crate::core::ids::{LegId, Party};
 use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
 use crate::core::rtp::{self, RtpView};
+use crate::core::srtp::{MasterKey, SrtpError, SrtpReceiver, SrtpSender, Unprotected};
 use crate::core::stats::Reception;
 
 /// How long an RFC 4733 event without its end packet counts as in progress.
@@ -105,11 +106,19 @@ pub enum DropReason {
     /// From a new device without a signalled address, before enough
     /// in-order packets proved the source.
     Probation = 13,
+    /// SRTP/SRTCP that failed authentication (wrong key, tampered, or not
+    /// SRTP at all on an SRTP leg).
+    SrtpAuth = 14,
+    /// SRTP/SRTCP replayed, or older than the replay window.
+    SrtpReplay = 15,
+    /// On an SRTP leg whose keys are not negotiated yet (an offer without
+    /// its answer): nothing can be decrypted or encrypted.
+    SrtpNoKey = 16,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 17;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -126,6 +135,9 @@ impl DropReason {
         Self::Duplicate,
         Self::RtcpBye,
         Self::Probation,
+        Self::SrtpAuth,
+        Self::SrtpReplay,
+        Self::SrtpNoKey,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -145,6 +157,9 @@ impl DropReason {
             Self::Duplicate => "duplicate",
             Self::RtcpBye => "rtcp_bye",
             Self::Probation => "probation",
+            Self::SrtpAuth => "srtp_auth_failed",
+            Self::SrtpReplay => "srtp_replay",
+            Self::SrtpNoKey => "srtp_no_key",
         }
     }
 }
@@ -275,6 +290,68 @@ pub struct LegCounters {
     pub drops: [u64; DropReason::COUNT],
 }
 
+/// The SRTP keys of one leg (SDES, or later DTLS-SRTP).
+#[derive(Debug, Clone, Copy)]
+pub struct LegKeys {
+    /// What the peer sends with: the relay decrypts with it.
+    pub peer: MasterKey,
+    /// What the relay sends with: the peer decrypts with it.
+    pub relay: MasterKey,
+}
+
+impl LegKeys {
+    fn same_as(&self, other: &LegKeys) -> bool {
+        let same = |a: &MasterKey, b: &MasterKey| {
+            a.suite() == b.suite() && a.key_and_salt() == b.key_and_salt()
+        };
+        same(&self.peer, &other.peer) && same(&self.relay, &other.relay)
+    }
+}
+
+/// Whether a leg is plain RTP or SRTP, and its keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum LegCrypto {
+    /// RTP/AVP(F): forwarded as it is.
+    #[default]
+    Plain,
+    /// SRTP whose keys are not negotiated yet: its media is dropped.
+    AwaitingKeys,
+    /// SRTP: every packet is authenticated and decrypted on the way in,
+    /// and encrypted with the relay's key on the way out.
+    Srtp(LegKeys),
+}
+
+/// A leg's SRTP contexts: the peer's (inbound) and the relay's (outbound).
+/// The outbound one belongs to the leg, not to whoever sends through it,
+/// so the SRTP index toward a peer continues across a switch exactly like
+/// the sequence numbers do.
+struct LegSrtp {
+    keys: LegKeys,
+    receiver: SrtpReceiver,
+    sender: SrtpSender,
+}
+
+impl std::fmt::Debug for LegSrtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegSrtp")
+            .field("peer_suite", &self.keys.peer.suite())
+            .field("relay_suite", &self.keys.relay.suite())
+            .finish()
+    }
+}
+
+/// How an SRTP refusal is counted.
+fn srtp_drop(error: SrtpError, component: Component) -> DropReason {
+    match error {
+        SrtpError::Replayed | SrtpError::TooOld => DropReason::SrtpReplay,
+        SrtpError::TooShort | SrtpError::Malformed => match component {
+            Component::Rtp => DropReason::MalformedRtp,
+            Component::Rtcp => DropReason::MalformedRtcp,
+        },
+        SrtpError::AuthFailed | SrtpError::NoRoom | SrtpError::BadKey => DropReason::SrtpAuth,
+    }
+}
+
 /// Settings of one leg.
 #[derive(Debug, Clone, Copy)]
 pub struct LegConfig {
@@ -289,6 +366,8 @@ pub struct LegConfig {
     /// from (for a new device, the IP the proxy saw its request come from).
     /// Packets from any other IP are strangers and change nothing.
     pub peer_ip: Option<IpAddr>,
+    /// Plain RTP or SRTP.
+    pub crypto: LegCrypto,
 }
 
 /// Settings shared by all legs.
@@ -317,6 +396,9 @@ pub struct Fork {
     pub to: SocketAddr,
     /// The payload type in that device's numbering.
     pub payload_type: u8,
+    /// Length of the copy (set by [`Session::handle_packet`](crate::core::session::Session::handle_packet),
+    /// which writes it into the fork buffer, encrypted for that leg).
+    pub len: usize,
 }
 
 /// What happened to a datagram.
@@ -399,6 +481,8 @@ pub struct Accepted {
     leg: LegId,
     fields: Option<RtpFields>,
     latched: Option<Latched>,
+    /// Length after decryption (the received length on a plain leg).
+    len: usize,
 }
 
 impl Accepted {
@@ -410,6 +494,11 @@ impl Accepted {
     /// Whether it is RTP (media) rather than RTCP.
     pub fn is_media(&self) -> bool {
         self.fields.is_some()
+    }
+
+    /// Its length now (an SRTP packet's plaintext is shorter).
+    pub fn plain_len(&self) -> usize {
+        self.len
     }
 }
 
@@ -448,7 +537,7 @@ struct Candidate {
     seen: u8,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Leg {
     config: LegConfig,
     peers: [Peer; 2],
@@ -467,6 +556,10 @@ struct Leg {
     /// IP (an event stream on its own SSRC, a NAT neighbour) cannot keep
     /// resetting the device's own progress.
     candidates: [Option<Candidate>; 2],
+    /// SRTP contexts; `None` on a plain leg (and on an SRTP leg awaiting
+    /// keys, which `config.crypto` tells apart). Boxed: cipher state is
+    /// large and most legs are plain.
+    srtp: Option<Box<LegSrtp>>,
 }
 
 impl Leg {
@@ -484,9 +577,86 @@ impl Leg {
             dtmf_until: None,
             probation: 1,
             candidates: [None; 2],
+            srtp: None,
         };
         leg.set_signalled(config.peer_rtp, config.peer_rtcp);
+        leg.set_crypto(config.crypto);
         leg
+    }
+
+    /// Applies new crypto settings. Contexts whose keys did not change are
+    /// kept (a re-offer with the same keys must not reset the replay
+    /// window or the rollover counters).
+    fn set_crypto(&mut self, crypto: LegCrypto) {
+        self.config.crypto = crypto;
+        match crypto {
+            LegCrypto::Plain | LegCrypto::AwaitingKeys => self.srtp = None,
+            LegCrypto::Srtp(keys) => {
+                if self.srtp.as_ref().is_some_and(|s| s.keys.same_as(&keys)) {
+                    return;
+                }
+                let relay_unchanged = self.srtp.as_ref().is_some_and(|s| {
+                    s.keys.relay.suite() == keys.relay.suite()
+                        && s.keys.relay.key_and_salt() == keys.relay.key_and_salt()
+                });
+                let sender = match self.srtp.take() {
+                    // The peer re-keyed, the relay did not: the outbound
+                    // index toward the peer continues.
+                    Some(old) if relay_unchanged => old.sender,
+                    Some(_) | None => SrtpSender::new(&keys.relay),
+                };
+                self.srtp = Some(Box::new(LegSrtp {
+                    keys,
+                    receiver: SrtpReceiver::new(&keys.peer),
+                    sender,
+                }));
+            }
+        }
+    }
+
+    /// Authenticates and decrypts in place what the peer sent, on an SRTP
+    /// leg; nothing is recorded until [`Leg::commit_srtp`].
+    fn unprotect(
+        &mut self,
+        component: Component,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<Option<Unprotected>, DropReason> {
+        match (self.config.crypto, self.srtp.as_ref()) {
+            (LegCrypto::Plain, _) => Ok(None),
+            (LegCrypto::AwaitingKeys, _) | (LegCrypto::Srtp(_), None) => Err(DropReason::SrtpNoKey),
+            (LegCrypto::Srtp(_), Some(srtp)) => {
+                let result = match component {
+                    Component::Rtp => srtp.receiver.unprotect_rtp(buf, len),
+                    Component::Rtcp => srtp.receiver.unprotect_rtcp(buf, len),
+                };
+                result.map(Some).map_err(|e| srtp_drop(e, component))
+            }
+        }
+    }
+
+    fn commit_srtp(&mut self, unprotected: Option<Unprotected>) {
+        if let (Some(u), Some(srtp)) = (unprotected, self.srtp.as_mut()) {
+            srtp.receiver.commit(&u);
+        }
+    }
+
+    /// Encrypts in place what the relay sends to the peer, on an SRTP leg.
+    fn protect(&mut self, rtcp: bool, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+        match (self.config.crypto, self.srtp.as_mut()) {
+            (LegCrypto::Plain, _) => Ok(len),
+            (LegCrypto::AwaitingKeys, _) | (LegCrypto::Srtp(_), None) => Err(DropReason::SrtpNoKey),
+            (LegCrypto::Srtp(_), Some(srtp)) => {
+                let result = if rtcp {
+                    srtp.sender.protect_rtcp(buf, len)
+                } else {
+                    srtp.sender.protect_rtp(buf, len)
+                };
+                // The buffers keep room for the largest trailer, so only a
+                // datagram over the size limit gets here.
+                result.map_err(|_| DropReason::TooLarge)
+            }
+        }
     }
 
     fn set_signalled(&mut self, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
@@ -564,7 +734,7 @@ struct RtpFields {
 }
 
 /// One media stream: its legs, their roles and the outward timeline.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Stream {
     config: StreamConfig,
     legs: [Option<Leg>; LegId::COUNT],
@@ -705,22 +875,39 @@ impl Stream {
         buf: &mut [u8],
         len: usize,
     ) -> Outcome {
-        match self.accept(now, leg, arrived_on, from, buf, len) {
-            Ok(accepted) => self.route(now, &accepted, buf, len),
-            Err(outcome) => outcome,
+        let mut outcome = match self.accept(now, leg, arrived_on, from, buf, len) {
+            Ok(accepted) => self.route(now, &accepted, buf),
+            Err(outcome) => return outcome,
+        };
+        if let Verdict::Forward {
+            leg: out,
+            component,
+            len,
+            ..
+        } = &mut outcome.verdict
+        {
+            match self.seal(*out, *component, buf, *len) {
+                Ok(sealed) => *len = sealed,
+                Err(reason) => outcome.verdict = self.drop_on(leg, reason).verdict,
+            }
         }
+        outcome
     }
 
-    /// Step one of a datagram: parse it (a malformed packet never latches),
-    /// check the payload type a device may send and the leg's source policy,
-    /// count it. A refusal comes back as the (counted) drop.
+    /// Step one of a datagram: on an SRTP leg authenticate and decrypt it
+    /// in place, parse it (a malformed or unauthenticated packet never
+    /// latches, proves or switches anything), check the payload type a
+    /// device may send and the leg's source policy, count it. A refusal
+    /// comes back as the (counted) drop.
+    // The refusal is returned by value: boxing it would allocate per packet.
+    #[allow(clippy::result_large_err)]
     pub fn accept(
         &mut self,
         now: Instant,
         leg: LegId,
         arrived_on: Component,
         from: SocketAddr,
-        buf: &[u8],
+        buf: &mut [u8],
         len: usize,
     ) -> Result<Accepted, Outcome> {
         let policy = self.config;
@@ -734,13 +921,21 @@ impl Stream {
         if role == LegRole::Retired {
             return Err(this.drop(DropReason::OldSource));
         }
-        let packet = &buf[..len.min(buf.len())];
-        let component =
-            if arrived_on == Component::Rtp && this.config.rtcp_mux && rtp::is_rtcp(packet) {
-                Component::Rtcp
-            } else {
-                arrived_on
-            };
+        let wire_len = len.min(buf.len());
+        // The first bytes of SRTCP are RTCP's, in clear.
+        let component = if arrived_on == Component::Rtp
+            && this.config.rtcp_mux
+            && rtp::is_rtcp(&buf[..wire_len])
+        {
+            Component::Rtcp
+        } else {
+            arrived_on
+        };
+        let unprotected = this
+            .unprotect(component, buf, wire_len)
+            .map_err(|reason| this.drop(reason))?;
+        let len = unprotected.map_or(wire_len, |u| u.len());
+        let packet = &buf[..len];
         let fields = match component {
             Component::Rtp => match RtpView::new_checked(packet) {
                 Ok(view) => Some(RtpFields {
@@ -773,8 +968,12 @@ impl Stream {
         }
         let latched = check_source(this, party, now, component, from, fields, policy, pending)
             .map_err(|reason| this.drop(reason))?;
+        // Only a packet from the leg's peer moves its replay window: a
+        // stranger replaying the peer's packets first cannot get the
+        // peer's own copies dropped.
+        this.commit_srtp(unprotected);
 
-        this.counters.bytes_in += len as u64;
+        this.counters.bytes_in += wire_len as u64;
         this.last_packet_at = Some(now);
         self.last_packet_at = Some(now);
         if let Some(f) = fields {
@@ -805,20 +1004,15 @@ impl Stream {
             leg,
             fields,
             latched,
+            len,
         })
     }
 
     /// Step two: where an accepted datagram goes, rewritten in place up to
     /// the buffer's length. The leg's role is read now, so a switch made
     /// between the two steps applies to the packet that caused it.
-    pub fn route(
-        &mut self,
-        now: Instant,
-        accepted: &Accepted,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Outcome {
-        let leg = accepted.leg;
+    pub fn route(&mut self, now: Instant, accepted: &Accepted, buf: &mut [u8]) -> Outcome {
+        let (leg, len) = (accepted.leg, accepted.len);
         let mut outcome = match (self.role(leg), accepted.fields) {
             (Some(LegRole::Device), Some(f)) => self.device_rtp(now, leg, f, buf, len),
             (Some(LegRole::Device), None) => self.device_rtcp(leg, buf, len),
@@ -941,6 +1135,7 @@ impl Stream {
                 leg: pending,
                 to: pending_leg.destination(Component::Rtp)?,
                 payload_type: pending_leg.payloads.from_remote(f.pt)?,
+                len: 0,
             })
         });
         if device_pt != f.pt
@@ -994,6 +1189,50 @@ impl Stream {
             }),
             None => self.drop_on(from_leg, DropReason::NoDestination),
         }
+    }
+
+    /// Step three, for a datagram [`Stream::route`] forwards: on an SRTP
+    /// leg, encrypt it in place with the relay's key for that leg (`buf`
+    /// must have room for the suite's trailer; see
+    /// [`srtp::MAX_OVERHEAD`](crate::core::srtp::MAX_OVERHEAD)). Returns
+    /// the length to send. `component` is the socket it leaves on, as in
+    /// [`Verdict::Forward`].
+    pub fn seal(
+        &mut self,
+        leg: LegId,
+        component: Component,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, DropReason> {
+        let Some(out) = self.leg_mut(leg) else {
+            return Err(DropReason::NoDestination);
+        };
+        if matches!(out.config.crypto, LegCrypto::Plain) {
+            return Ok(len);
+        }
+        let len = len.min(buf.len());
+        let rtcp = component == Component::Rtcp || rtp::is_rtcp(&buf[..len]);
+        out.protect(rtcp, buf, len)
+    }
+
+    /// Writes the copy of the remote's media for a pending device into
+    /// `copy`: the routed (plaintext) datagram `buf[..len]` with the
+    /// device's payload type, sealed for its leg. Returns its length.
+    pub fn write_fork(
+        &mut self,
+        fork: &Fork,
+        buf: &[u8],
+        len: usize,
+        copy: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let (Some(source), Some(target)) = (buf.get(..len), copy.get_mut(..len)) else {
+            return Err(DropReason::TooLarge);
+        };
+        target.copy_from_slice(source);
+        if let Ok(mut view) = RtpView::new_checked(&mut target[..]) {
+            view.set_payload_type(fork.payload_type);
+        }
+        self.seal(fork.leg, Component::Rtp, copy, len)
     }
 
     /// Opens a leg for the device a call is being transferred to. `None`
@@ -1124,10 +1363,14 @@ impl Stream {
         peer_rtp: Option<SocketAddr>,
         peer_rtcp: Option<SocketAddr>,
         rtcp_mux: Option<bool>,
+        crypto: Option<LegCrypto>,
     ) {
         let window = self.config.learning_window;
         let id = self.leg_of(party);
         if let Some(leg) = self.leg_mut(id) {
+            if let Some(crypto) = crypto {
+                leg.set_crypto(crypto);
+            }
             if let Some(mux) = rtcp_mux
                 && mux != leg.config.rtcp_mux
             {
@@ -1389,6 +1632,7 @@ mod tests {
             peer_rtp: peer.map(addr),
             peer_rtcp: None,
             peer_ip: None,
+            crypto: LegCrypto::Plain,
         }
     }
 
@@ -1625,7 +1869,7 @@ mod tests {
         );
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::LearningClosed));
         assert_eq!(outcome.latched, None);
-        s.update_leg(late, Party::User, None, None, None);
+        s.update_leg(late, Party::User, None, None, None, None);
         let (outcome, _) = feed(
             &mut s,
             late,
@@ -1892,7 +2136,8 @@ mod tests {
                     Fork {
                         leg: b,
                         to: addr("10.0.0.3:6000"),
-                        payload_type: 96
+                        payload_type: 96,
+                        len: 0
                     }
                 );
             }

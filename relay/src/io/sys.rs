@@ -17,9 +17,12 @@ use std::time::Duration;
 
 /// Datagrams moved per syscall.
 pub const BATCH: usize = 32;
-/// Receive buffer per datagram. RTP over UDP on an Ethernet path fits in
+/// Largest datagram received. RTP over UDP on an Ethernet path fits in
 /// 1500 bytes; larger datagrams are flagged as truncated and dropped.
-pub const BUF_LEN: usize = crate::core::rtp::MAX_DATAGRAM;
+pub const RECV_LEN: usize = crate::core::rtp::MAX_DATAGRAM;
+/// Buffer per datagram: the largest received one plus room for the SRTP
+/// trailer the relay adds when it encrypts toward an SRTP leg.
+pub const BUF_LEN: usize = RECV_LEN + crate::core::srtp::MAX_OVERHEAD;
 /// Control buffer per datagram, in 8-byte words (aligned for `cmsghdr`):
 /// room for one `SCM_TIMESTAMPNS` message (16-byte header + 16-byte
 /// timespec) with slack.
@@ -78,7 +81,7 @@ impl RecvBatch {
         for i in 0..BATCH {
             self.iovecs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
-                iov_len: BUF_LEN,
+                iov_len: RECV_LEN,
             };
             point_header(
                 &mut self.headers[i],
@@ -93,8 +96,8 @@ impl RecvBatch {
             }
         }
         // SAFETY: every header points at a name buffer, one iovec and (with
-        // timestamps) a control buffer of this batch, each iovec at a
-        // BUF_LEN buffer of this batch; all live in boxes owned by `self`,
+        // timestamps) a control buffer of this batch, each iovec at the
+        // first RECV_LEN bytes of a BUF_LEN buffer of this batch; all live in boxes owned by `self`,
         // which is borrowed mutably for the call, so nothing else touches
         // them while the kernel writes.
         let n = unsafe {
@@ -112,7 +115,7 @@ impl RecvBatch {
         }
         self.received = n as usize;
         for i in 0..self.received {
-            self.lens[i] = (self.headers[i].msg_len as usize).min(BUF_LEN);
+            self.lens[i] = (self.headers[i].msg_len as usize).min(RECV_LEN);
         }
         Ok(self.received)
     }
@@ -483,7 +486,7 @@ mod tests {
         let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
         b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
-        a.send_to(&[1u8; BUF_LEN + 100], b.local_addr().expect("addr"))
+        a.send_to(&[1u8; RECV_LEN + 1], b.local_addr().expect("addr"))
             .expect("send");
         // Wait until it is queued, then take it in a batch.
         let mut peek = [0u8; 1];
@@ -492,6 +495,7 @@ mod tests {
         assert_eq!(recv.recv(b.as_fd()).expect("recv"), 1);
         let (_, truncated, _, len) = recv.datagram(0);
         assert!(truncated);
-        assert_eq!(len, BUF_LEN);
+        // The room past RECV_LEN is for the SRTP trailer, never for input.
+        assert_eq!(len, RECV_LEN);
     }
 }

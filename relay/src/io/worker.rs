@@ -30,7 +30,6 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
-use crate::core::rtp::RtpView;
 use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
 };
@@ -358,9 +357,16 @@ impl Worker {
                     .record_drop(stream, leg, DropReason::TooLarge, 1);
                 Verdict::Drop(DropReason::TooLarge)
             } else {
-                entry
-                    .session
-                    .handle_packet(received_at, stream, leg, component, source, buf, len)
+                entry.session.handle_packet(
+                    received_at,
+                    stream,
+                    leg,
+                    component,
+                    source,
+                    buf,
+                    len,
+                    &mut self.forks[forked_count][..],
+                )
             };
             match verdict {
                 Verdict::Forward {
@@ -381,12 +387,8 @@ impl Worker {
                     };
                     queued_count += 1;
                     if let Some(fork) = fork {
-                        fork_lens[forked_count] = new_len;
-                        let copy = &mut self.forks[forked_count][..new_len];
-                        copy.copy_from_slice(recv.bytes(index));
-                        if let Ok(mut view) = RtpView::new_checked(&mut copy[..]) {
-                            view.set_payload_type(fork.payload_type);
-                        }
+                        // The session wrote the copy into this fork buffer.
+                        fork_lens[forked_count] = fork.len;
                         forked[forked_count] = Outgoing {
                             token: entry.tokens[stream.0][fork.leg.index()][Component::Rtp.index()],
                             session: key,
@@ -964,6 +966,7 @@ mod tests {
         peer_rtp: None,
         peer_rtcp: None,
         peer_ip: None,
+        crypto: crate::core::stream::LegCrypto::Plain,
     };
 
     fn worker() -> (Worker, crossbeam_channel::Sender<Command>) {
