@@ -17,6 +17,17 @@ fn load_with_shared_generator_sockets_loses_nothing() {
     load_with_handoffs(&["--ports", "44500-44999"], &["--share-sockets", "3"]);
 }
 
+/// SRTP device legs (bridged to plain remotes), each handoff to a new
+/// device with its own key: the generator decrypts what it receives, and
+/// the decrypted streams are as continuous as plain ones.
+#[test]
+fn load_with_srtp_devices_and_handoffs_loses_nothing() {
+    load_with_handoffs(
+        &["--ports", "45000-45499"],
+        &["--srtp", "device", "--share-sockets", "3"],
+    );
+}
+
 fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
     let relay = Relay::start(&[relay_args, &["--workers", "2"]].concat());
     let output = std::process::Command::new(common::baton_bin())
@@ -47,6 +58,7 @@ fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
     assert_eq!(summary["lost"], 0, "{stderr}");
     assert_eq!(summary["continuity_violations"], 0, "{stderr}");
     assert_eq!(summary["duplicated"], 0, "{stderr}");
+    assert_eq!(summary["srtp_failed"], 0, "{stderr}");
     assert_eq!(summary["handoffs"]["failed"], 0, "{stderr}");
     let completed = summary["handoffs"]["completed"].as_u64().expect("count");
     assert!(
@@ -176,4 +188,51 @@ fn plan_mode_drives_flows_from_a_file() {
         .expect("run");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a loopback"));
+}
+
+/// Plan lines carry SRTP keys: `srtp-out` encrypts what FROM sends,
+/// `srtp-in` decrypts what FROM receives from TO. With the right key the
+/// flow is clean; with another key every packet fails and the run says so.
+#[test]
+fn plan_mode_encrypts_and_decrypts_with_the_keys_of_its_lines() {
+    let key = "AES_CM_128_HMAC_SHA1_80:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    let other = "AES_CM_128_HMAC_SHA1_80:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd";
+    let run = |decrypt_with: &str| {
+        let ports: Vec<u16> = (0..2).map(|_| common::free_tcp_port()).collect();
+        let (a, b) = (
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let plan = dir.path().join("plan.txt");
+        std::fs::write(
+            &plan,
+            format!(
+                "{a} {b} {b} srtp-out={key}
+{b} {a} {a} srtp-in={decrypt_with}
+"
+            ),
+        )
+        .expect("write");
+        let output = std::process::Command::new(common::baton_bin())
+            .args(["load", "--plan"])
+            .arg(&plan)
+            .args(["--duration", "1", "--json"])
+            .output()
+            .expect("run baton load");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().expect("JSON")).expect("JSON");
+        (output.status.success(), summary)
+    };
+    let (clean, summary) = run(key);
+    assert!(clean, "{summary}");
+    assert_eq!(summary["srtp_failed"], 0);
+    assert_eq!(summary["lost"], 0);
+    let (clean, summary) = run(other);
+    assert!(!clean, "a wrong key is a failed run: {summary}");
+    assert!(
+        summary["srtp_failed"].as_u64().is_some_and(|n| n >= 40),
+        "{summary}"
+    );
 }

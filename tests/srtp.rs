@@ -476,3 +476,477 @@ async fn unauthenticated_packets_never_switch_a_transfer() {
         "the outward SSRC"
     );
 }
+
+// ---------------------------------------------------------------------
+// Negotiation: SDES offer/answer through the relay (RFC 4568).
+
+use baton_control::sip::crypto::{decode_base64, encode_base64};
+use baton_control::sip::sdp::Sdp;
+
+fn srtp_body(ip: &str, port: u16, proto: &str, crypto: &[String]) -> String {
+    let mut body = format!(
+        "v=0\r\no=phone 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    );
+    for line in crypto {
+        body.push_str(&format!("a=crypto:{line}\r\n"));
+    }
+    body.push_str("a=rtcp-mux\r\na=sendrecv\r\n");
+    body
+}
+
+/// (tag, suite, key) of every a=crypto line of a body's first m= line.
+fn crypto_lines(body: &str) -> Vec<(u32, String, Vec<u8>)> {
+    let sdp = Sdp::parse(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    sdp.media(0)
+        .expect("m=")
+        .crypto
+        .iter()
+        .map(|(value, _)| {
+            let mut fields = value.split_ascii_whitespace();
+            let tag = fields.next().expect("tag").parse().expect("tag");
+            let suite = fields.next().expect("suite").to_owned();
+            let inline = fields
+                .next()
+                .expect("key")
+                .strip_prefix("inline:")
+                .expect("inline");
+            let key = decode_base64(inline.split('|').next().expect("key")).expect("base64");
+            (tag, suite, key)
+        })
+        .collect()
+}
+
+fn proto_of(body: &str) -> String {
+    Sdp::parse(body).expect("sdp").media(0).expect("m=").proto
+}
+
+fn addr_of(body: &str) -> String {
+    Sdp::parse(body)
+        .expect("sdp")
+        .media(0)
+        .expect("m=")
+        .rtp
+        .expect("address")
+        .to_string()
+}
+
+/// An SRTP phone calls a plain-RTP carrier (`other_transport` RTP/AVP):
+/// the relay declines the phone's lines it cannot honour (MKI, an unknown
+/// suite), answers the first usable one with its own key and the phone's
+/// tag, and the carrier sees plain RTP with no key at all. Media then flows
+/// both ways, encrypted only on the phone's leg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srtp_phone_bridged_to_a_plain_carrier_over_sdp() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let (phone, carrier) = (Peer::v4(), Peer::v4());
+    let phone_key = key("AES_CM_128_HMAC_SHA1_32", 0x42);
+    let encoded = encode_base64(&phone_key.key);
+    let offer = srtp_body(
+        "127.0.0.1",
+        phone.addr().port(),
+        "RTP/SAVP",
+        &[
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{encoded}|2^31|1:4"),
+            format!("2 F8_128_HMAC_SHA1_80 inline:{encoded}"),
+            format!("3 AES_CM_128_HMAC_SHA1_32 inline:{encoded}|2^31"),
+        ],
+    );
+    let created = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "sdes-bridge".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            sdp: offer,
+            other_transport: "RTP/AVP".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(proto_of(&created.sdp), "RTP/AVP");
+    assert!(!created.sdp.contains("a=crypto"), "{}", created.sdp);
+    let to_carrier = addr_of(&created.sdp);
+    let answer = srtp_body("127.0.0.1", carrier.addr().port(), "RTP/AVP", &[]);
+    let updated = match client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            to_tag: "c".into(),
+            sdp: answer,
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(Reply::UpdateSession(updated)) => updated,
+        other => panic!("update: {other:?}"),
+    };
+    assert_eq!(proto_of(&updated.sdp), "RTP/SAVP");
+    let lines = crypto_lines(&updated.sdp);
+    assert_eq!(lines.len(), 1, "{}", updated.sdp);
+    let (tag, suite, relay_key) = &lines[0];
+    assert_eq!((*tag, suite.as_str()), (3, "AES_CM_128_HMAC_SHA1_32"));
+    assert_eq!(relay_key.len(), 30);
+    assert_ne!(
+        relay_key, &phone_key.key,
+        "the relay answers with its own key"
+    );
+    let to_phone_relay = addr_of(&updated.sdp);
+    let info = session_info(&client, &created.session).await;
+    let user_leg = info.streams[0].user.clone().expect("user leg");
+    assert_eq!(
+        (user_leg.transport.as_str(), user_leg.srtp_suite.as_str()),
+        ("RTP/SAVP", "AES_CM_128_HMAC_SHA1_32")
+    );
+
+    let mut phone_tx = context(&phone_key);
+    let mut phone_rx = context(&v1::SrtpKey {
+        suite: suite.clone(),
+        key: relay_key.clone(),
+    });
+    for seq in 0..10u16 {
+        let plain = rtp(0, seq, u32::from(seq) * 160, 0x77, &[seq as u8; 160]);
+        phone.send(
+            &to_phone_relay,
+            &phone_tx.encrypt_rtp(&plain).expect("encrypt"),
+        );
+        assert_eq!(carrier.recv().0, plain, "the carrier gets plain RTP");
+        let back = rtp(0, 100 + seq, 0, 0x99, &[7; 160]);
+        carrier.send(&to_carrier, &back);
+        let (wire, _) = phone.recv();
+        assert_ne!(wire, back, "encrypted toward the phone");
+        assert_eq!(
+            phone_rx
+                .decrypt_rtp(&Bytes::from(wire))
+                .expect("decrypts")
+                .to_vec(),
+            back
+        );
+    }
+}
+
+/// A plain phone calls an SRTP-only party (`other_transport` RTP/SAVP):
+/// the relay offers every suite it implements with fresh keys, tags 1 to
+/// 6; the answer picks one; a re-offer keeps the relay's key for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_offers_its_own_keys_and_keeps_them_on_a_re_offer() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let (phone, far) = (Peer::v4(), Peer::v4());
+    let offer = srtp_body("127.0.0.1", phone.addr().port(), "RTP/AVP", &[]);
+    let created = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "sdes-offer".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            sdp: offer.clone(),
+            other_transport: "RTP/SAVP".into(),
+            sdes: Some(v1::SdesOptions {
+                exclude: vec!["AEAD_AES_256_GCM".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(proto_of(&created.sdp), "RTP/SAVP");
+    let offered = crypto_lines(&created.sdp);
+    let suites: Vec<&str> = offered.iter().map(|l| l.1.as_str()).collect();
+    assert_eq!(
+        suites,
+        [
+            "AES_CM_128_HMAC_SHA1_80",
+            "AES_CM_128_HMAC_SHA1_32",
+            "AEAD_AES_128_GCM",
+            "AES_256_CM_HMAC_SHA1_80",
+            "AES_256_CM_HMAC_SHA1_32"
+        ],
+        "every suite but the excluded one, best first"
+    );
+    assert_eq!(
+        offered.iter().map(|l| l.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(
+        created
+            .sdp
+            .lines()
+            .filter(|l| l.starts_with("a=crypto:"))
+            .all(|l| !l.trim_end().ends_with('=')),
+        "keys without base64 padding by default (rtpengine's habit; SDES-pad adds it)"
+    );
+    let far_key = key("AEAD_AES_128_GCM", 0x5c);
+    let answer = srtp_body(
+        "127.0.0.1",
+        far.addr().port(),
+        "RTP/SAVP",
+        &[format!(
+            "3 AEAD_AES_128_GCM inline:{}",
+            encode_base64(&far_key.key)
+        )],
+    );
+    let updated = match client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            to_tag: "f".into(),
+            sdp: answer,
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(Reply::UpdateSession(updated)) => updated,
+        other => panic!("update: {other:?}"),
+    };
+    assert_eq!(proto_of(&updated.sdp), "RTP/AVP");
+    assert!(!updated.sdp.contains("a=crypto"));
+    let to_far = addr_of(&created.sdp);
+    let to_phone = addr_of(&updated.sdp);
+    let relay_key = v1::SrtpKey {
+        suite: "AEAD_AES_128_GCM".into(),
+        key: offered[2].2.clone(),
+    };
+    let mut far_rx = context(&relay_key);
+    let mut far_tx = context(&far_key);
+    let plain = rtp(0, 1, 160, 0x10, &[3; 160]);
+    phone.send(&to_phone, &plain);
+    let (wire, _) = far.recv();
+    assert_eq!(
+        far_rx
+            .decrypt_rtp(&Bytes::from(wire))
+            .expect("decrypts")
+            .to_vec(),
+        plain
+    );
+    let back = rtp(0, 9, 160, 0x20, &[4; 160]);
+    far.send(&to_far, &far_tx.encrypt_rtp(&back).expect("encrypt"));
+    assert_eq!(phone.recv().0, back);
+
+    // The phone re-offers (same body): the far end gets the negotiated
+    // line again, with the key it already has.
+    let reoffer = match client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            sdp: offer,
+            sdp_from: v1::Party::User as i32,
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(Reply::UpdateSession(updated)) => updated,
+        other => panic!("re-offer: {other:?}"),
+    };
+    let again = crypto_lines(&reoffer.sdp);
+    assert_eq!(
+        again,
+        vec![(3, "AEAD_AES_128_GCM".to_owned(), offered[2].2.clone())]
+    );
+    // Media under the kept keys continues.
+    let plain = rtp(0, 2, 320, 0x10, &[5; 160]);
+    phone.send(&to_phone, &plain);
+    let (wire, _) = far.recv();
+    assert_eq!(
+        far_rx
+            .decrypt_rtp(&Bytes::from(wire))
+            .expect("decrypts")
+            .to_vec(),
+        plain
+    );
+}
+
+/// An SRTP offer with no line the relay can honour is refused, saying why
+/// for each line; a body that would smuggle many lines is refused by size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_offers_the_relay_cannot_honour_are_refused_with_the_reason() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let k = encode_base64(&[9; 30]);
+    let refused = |body: String| {
+        let client = &client;
+        async move {
+            match client
+                .call(Command::CreateSession(v1::CreateSessionRequest {
+                    call_id: format!("sdes-refused-{}", body.len()),
+                    from_tag: "a".into(),
+                    aor: AOR.into(),
+                    gruu: GRUU_A.into(),
+                    sdp: body,
+                    ..Default::default()
+                }))
+                .await
+            {
+                Err(baton_control::ClientError::Status(status)) => status.message,
+                other => panic!("expected a refusal: {other:?}"),
+            }
+        }
+    };
+    let message = refused(srtp_body(
+        "127.0.0.1",
+        4000,
+        "RTP/SAVP",
+        &[
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|2^31|1:4"),
+            format!("2 AES_CM_128_HMAC_SHA1_80 inline:{k} UNENCRYPTED_SRTCP"),
+            format!("3 AES_CM_128_HMAC_SHA1_80 inline:{k}|2^20"),
+        ],
+    ))
+    .await;
+    for reason in ["MKI", "UNENCRYPTED_SRTCP", "lifetime \"2^20\""] {
+        assert!(message.contains(reason), "{reason} in {message}");
+    }
+    let many: Vec<String> = (0..40)
+        .map(|i| format!("{i} AES_CM_128_HMAC_SHA1_80 inline:{k}"))
+        .collect();
+    let message = refused(srtp_body("127.0.0.1", 4000, "RTP/SAVP", &many)).await;
+    assert!(message.contains("a=crypto lines"), "{message}");
+}
+
+// ---------------------------------------------------------------------
+// rtpengine's ng protocol, as Kamailio drives SRTP bridging.
+
+use common::ng::{Proxy, flags, reason, relay_with_ng, request, result, text};
+
+/// Kamailio's `rtpengine_offer("RTP/SAVP SDES-no-AEAD_AES_256_GCM SDES-pad")`
+/// toward an SRTP party, then its SDES answer back to the plain phone.
+#[test]
+fn ng_bridges_a_plain_phone_to_an_srtp_party_with_rtpengine_flags() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (phone, far) = (Peer::v4(), Peer::v4());
+    let offer = proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("ng-sdes")),
+        ("from-tag", text("a-tag")),
+        (
+            "sdp",
+            text(srtp_body("127.0.0.1", phone.addr().port(), "RTP/AVP", &[])),
+        ),
+        ("ICE", text("remove")),
+        ("DTLS", text("off")),
+        ("transport-protocol", text("RTP/SAVP")),
+        (
+            "SDES",
+            flags(&["no-AEAD_AES_256_GCM", "no-F8_128_HMAC_SHA1_80"]),
+        ),
+        ("flags", flags(&["SDES-pad"])),
+    ]));
+    assert_eq!(result(&offer), "ok", "{}", reason(&offer));
+    let to_far = baton_control::ng::wire::get_str(&offer, "sdp")
+        .expect("sdp")
+        .to_owned();
+    assert_eq!(proto_of(&to_far), "RTP/SAVP");
+    let offered = crypto_lines(&to_far);
+    assert_eq!(offered.len(), 5, "{to_far}");
+    assert!(offered.iter().all(|l| l.1 != "AEAD_AES_256_GCM"));
+    assert!(
+        to_far.contains("AEAD_AES_128_GCM inline:")
+            && to_far
+                .lines()
+                .any(|l| l.contains("GCM") && l.trim_end().ends_with('=')),
+        "SDES-pad keeps the base64 padding: {to_far}"
+    );
+    let far_key = key("AES_CM_128_HMAC_SHA1_80", 0x21);
+    let answer = proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("ng-sdes")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("far-tag")),
+        (
+            "sdp",
+            text(srtp_body(
+                "127.0.0.1",
+                far.addr().port(),
+                "RTP/SAVP",
+                &[format!(
+                    "1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+                    encode_base64(&far_key.key)
+                )],
+            )),
+        ),
+        ("ICE", text("remove")),
+    ]));
+    assert_eq!(result(&answer), "ok", "{}", reason(&answer));
+    let to_phone = baton_control::ng::wire::get_str(&answer, "sdp")
+        .expect("sdp")
+        .to_owned();
+    assert_eq!(proto_of(&to_phone), "RTP/AVP");
+    assert!(!to_phone.contains("a=crypto"));
+    // Media: plain from the phone, SRTP under tag 1's relay key at the far end.
+    let mut far_rx = context(&v1::SrtpKey {
+        suite: "AES_CM_128_HMAC_SHA1_80".into(),
+        key: offered[0].2.clone(),
+    });
+    let plain = rtp(0, 1, 160, 0x31, &[1; 160]);
+    phone.send(&addr_of(&to_phone), &plain);
+    let (wire, _) = far.recv();
+    assert_eq!(
+        far_rx
+            .decrypt_rtp(&Bytes::from(wire))
+            .expect("decrypts")
+            .to_vec(),
+        plain
+    );
+    let mut far_tx = context(&far_key);
+    let back = rtp(0, 5, 800, 0x32, &[2; 160]);
+    far.send(
+        &addr_of(&to_far),
+        &far_tx.encrypt_rtp(&back).expect("encrypt"),
+    );
+    assert_eq!(phone.recv().0, back);
+}
+
+/// ng options baton cannot honour are refused with a reason, never
+/// ignored: SDES-off toward SRTP (no key exchange without DTLS), SDES
+/// options it does not implement, unencrypted SRTCP, DTLS transports.
+#[test]
+fn ng_sdes_options_baton_cannot_honour_are_refused() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let phone = Peer::v4();
+    let body = srtp_body("127.0.0.1", phone.addr().port(), "RTP/AVP", &[]);
+    for (n, (extra, why)) in [
+        (
+            vec![
+                ("transport-protocol", text("RTP/SAVP")),
+                ("SDES", flags(&["off"])),
+            ],
+            "DTLS-SRTP",
+        ),
+        (
+            vec![
+                ("transport-protocol", text("RTP/SAVP")),
+                ("flags", flags(&["SDES-nonew"])),
+            ],
+            "not supported",
+        ),
+        (
+            vec![("SDES", flags(&["unencrypted_srtcp"]))],
+            "always encrypts",
+        ),
+        (
+            vec![("transport-protocol", text("UDP/TLS/RTP/SAVPF"))],
+            "DTLS-SRTP",
+        ),
+        (
+            vec![("SDES", flags(&["only-F8_128_HMAC_SHA1_80"]))],
+            "names no suite",
+        ),
+        (vec![("OSRTP", text("offer"))], "OSRTP"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut pairs = vec![
+            ("command", text("offer")),
+            ("call-id", text(format!("ng-refused-{n}"))),
+            ("from-tag", text("a-tag")),
+            ("sdp", text(body.clone())),
+        ];
+        pairs.extend(extra);
+        let reply = proxy.call(&request(pairs));
+        assert_eq!(result(&reply), "error", "case {n}");
+        assert!(reason(&reply).contains(why), "case {n}: {}", reason(&reply));
+    }
+}

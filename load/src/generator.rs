@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::os::fd::AsFd;
 
-use baton_relay::core::rtp::{RtpRepr, RtpView};
+use baton_relay::core::rtp::{self, RtpRepr, RtpView};
+use baton_relay::core::srtp::{MasterKey, SrtpReceiver, SrtpSender};
 use baton_relay::io::sys::{self, BATCH, RecvBatch, SendBatch};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
@@ -135,6 +136,8 @@ impl Outbox {
 
 /// One sender of a flow (a handoff adds a new generation).
 struct Sender {
+    /// Encrypts what it sends, on an SRTP leg.
+    srtp: Option<SrtpSender>,
     socket: usize,
     to: SocketAddr,
     generation: u8,
@@ -154,6 +157,8 @@ pub struct Flow {
     pub socket: usize,
     /// Where to send.
     pub to: SocketAddr,
+    /// The key it encrypts with, on an SRTP leg.
+    pub srtp: Option<MasterKey>,
 }
 
 /// A handoff: flow `flow` continues from a new socket to a new address;
@@ -167,6 +172,11 @@ pub struct Handoff {
     pub to: SocketAddr,
     /// How long the old device keeps sending.
     pub overlap: Duration,
+    /// The new device's key, on an SRTP leg.
+    pub srtp: Option<MasterKey>,
+    /// The relay's key toward the new device: what arrives from `to` is
+    /// decrypted with it.
+    pub srtp_in: Option<MasterKey>,
 }
 
 /// How a thread runs.
@@ -194,6 +204,9 @@ pub struct Plan {
     pub start: Instant,
     /// Stop sending at.
     pub end: Instant,
+    /// On SRTP legs: what arrives from these relay addresses is decrypted
+    /// with these keys before it is judged.
+    pub srtp_in: Vec<(SocketAddr, MasterKey)>,
 }
 
 /// Live counters for the progress line.
@@ -223,6 +236,8 @@ pub struct Report {
     /// Datagrams timed when the generator read them (the kernel gave no
     /// timestamp).
     pub user_timed: u64,
+    /// SRTP packets that did not decrypt (authentication or replay).
+    pub srtp_failed: u64,
 }
 
 fn register(poll: &Poll, socket: std::net::UdpSocket, token: usize) -> io::Result<UdpSocket> {
@@ -258,6 +273,7 @@ pub fn run(
         .iter()
         .map(|f| {
             vec![Sender {
+                srtp: f.srtp.as_ref().map(SrtpSender::new),
                 socket: f.socket,
                 to: f.to,
                 generation: 0,
@@ -288,7 +304,13 @@ pub fn run(
         skipped: 0,
         kernel_timed: 0,
         user_timed: 0,
+        srtp_failed: 0,
     };
+    let mut decrypt: HashMap<SocketAddr, SrtpReceiver> = plan
+        .srtp_in
+        .iter()
+        .map(|(from, key)| (*from, SrtpReceiver::new(key)))
+        .collect();
     let packet_len = (12 + plan.payload_bytes.max(PAYLOAD_HEADER)).min(MAX_PACKET);
     let mut outbox = Outbox::new();
     let mut send = SendBatch::new();
@@ -337,7 +359,11 @@ pub fn run(
             for old in list.iter_mut().filter(|s| s.stop_at.is_none()) {
                 old.stop_at = Some(now + handoff.overlap);
             }
+            if let Some(key) = &handoff.srtp_in {
+                decrypt.insert(handoff.to, SrtpReceiver::new(key));
+            }
             list.push(Sender {
+                srtp: handoff.srtp.as_ref().map(SrtpSender::new),
                 socket: token,
                 to: handoff.to,
                 generation,
@@ -371,7 +397,14 @@ pub fn run(
                         // Flows come in pairs (2k, 2k+1) going opposite
                         // ways: report on the one this socket receives.
                         let reverse = report.flows.get(&(flow ^ 1, sender.socket));
-                        let rtcp = sender_report(sender, reverse.and_then(FlowCheck::reception));
+                        let mut rtcp =
+                            sender_report(sender, reverse.and_then(FlowCheck::reception));
+                        if let Some(srtp) = &mut sender.srtp {
+                            let len = rtcp.len();
+                            rtcp.resize(len + baton_relay::core::srtp::MAX_OVERHEAD, 0);
+                            let sealed = srtp.protect_rtcp(&mut rtcp, len).unwrap_or(0);
+                            rtcp.truncate(sealed);
+                        }
                         let _ = socket.send_to(&rtcp, sender.to);
                     }
                     let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
@@ -391,7 +424,12 @@ pub fn run(
                         sent_ns: clock.now_ns(),
                     }
                     .write(&mut packet[12..packet_len]);
-                    outbox.push(packet_len, sender.to);
+                    let len = match &mut sender.srtp {
+                        // MAX_PACKET leaves room for the trailer.
+                        Some(srtp) => srtp.protect_rtp(packet, packet_len).unwrap_or(0),
+                        None => packet_len,
+                    };
+                    outbox.push(len, sender.to);
                     sender.seq = sender.seq.wrapping_add(1);
                     sender.ts = sender.ts.wrapping_add(plan.samples_per_packet);
                     sender.index += 1;
@@ -432,6 +470,21 @@ pub fn run(
             while let Ok(received) = batch.recv(socket.as_fd()) {
                 let read_ns = clock.now_ns();
                 for i in 0..received {
+                    let (source, _, buf, len) = batch.datagram(i);
+                    if let Some(srtp) = source.and_then(|s| decrypt.get_mut(&s))
+                        && !rtp::is_rtcp(&buf[..len])
+                    {
+                        match srtp.unprotect_rtp(buf, len) {
+                            Ok(plain) => {
+                                srtp.commit(&plain);
+                                batch.set_len(i, plain.len());
+                            }
+                            Err(_) => {
+                                report.srtp_failed += 1;
+                                continue;
+                            }
+                        }
+                    }
                     let arrived_ns = match batch.kernel_timestamp(i) {
                         Some(at) => {
                             report.kernel_timed += 1;

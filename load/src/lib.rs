@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use baton_control::{Client, ControlAddr};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
+use baton_relay::core::srtp::{MasterKey, Suite};
 use clap::Args;
 use hdrhistogram::Histogram;
 
@@ -91,9 +92,74 @@ pub struct LoadArgs {
     /// per leg) instead of rtcp-mux.
     #[arg(long)]
     separate_rtcp: bool,
+    /// SRTP on the calls' device legs, remote legs or both (with a relay
+    /// under --control; a plan gives keys per line instead). The generator
+    /// encrypts what it sends there and decrypts what it receives there
+    /// before judging the streams, so continuity and loss are those of the
+    /// decrypted media; a packet that does not decrypt counts as lost and
+    /// as `srtp_failed`.
+    #[arg(long, value_enum, conflicts_with_all = ["plan", "direct"])]
+    srtp: Option<SrtpSides>,
+    /// The suite of --srtp's keys (SDP name).
+    #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80", requires = "srtp")]
+    srtp_suite: String,
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Which legs of the generated calls speak SRTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SrtpSides {
+    /// The user's device legs (SRTP ↔ RTP bridging).
+    Device,
+    /// The remote party's legs.
+    Remote,
+    /// Both (SRTP re-encrypted).
+    Both,
+}
+
+impl SrtpSides {
+    fn device(self) -> bool {
+        matches!(self, Self::Device | Self::Both)
+    }
+
+    fn remote(self) -> bool {
+        matches!(self, Self::Remote | Self::Both)
+    }
+}
+
+/// A key from the protocol.
+fn key_of(key: Option<&v1::SrtpKey>) -> anyhow::Result<MasterKey> {
+    let key = key.context("the relay's SRTP key in the answer")?;
+    let suite = Suite::from_name(&key.suite).context("the relay's suite")?;
+    MasterKey::new(suite, &key.key).map_err(|e| anyhow::anyhow!("the relay's key: {e}"))
+}
+
+fn key_message(key: &MasterKey) -> v1::SrtpKey {
+    v1::SrtpKey {
+        suite: key.suite().name().to_owned(),
+        key: key.key_and_salt().to_vec(),
+    }
+}
+
+fn leg_srtp(key: Option<&MasterKey>) -> Option<v1::LegSrtp> {
+    key.map(|k| v1::LegSrtp {
+        suite: k.suite().name().to_owned(),
+        peer_key: Some(key_message(k)),
+    })
+}
+
+/// `SUITE:BASE64` from a plan line.
+fn plan_key(text: &str, line: usize) -> anyhow::Result<MasterKey> {
+    let (suite, key) = text
+        .split_once(':')
+        .with_context(|| format!("plan line {line}: {text:?} is not SUITE:BASE64KEY"))?;
+    let suite = Suite::from_name(suite)
+        .with_context(|| format!("plan line {line}: unknown suite {suite}"))?;
+    let bytes = baton_control::sip::crypto::decode_base64(key)
+        .with_context(|| format!("plan line {line}: the key is not base64"))?;
+    MasterKey::new(suite, &bytes).map_err(|e| anyhow::anyhow!("plan line {line}: {e}"))
 }
 
 /// Runs `baton load`.
@@ -135,6 +201,8 @@ struct Call {
     session: String,
     aor: String,
     device_flow: u32,
+    /// The device leg's suite, when it speaks SRTP.
+    device_srtp: Option<Suite>,
 }
 
 /// What the generator needs to hand a call over.
@@ -172,12 +240,27 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let mut sockets: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
     let mut flows: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut flow_thread: HashMap<u32, usize> = HashMap::new();
+    let mut srtp_in: Vec<Vec<(SocketAddr, MasterKey)>> = (0..threads).map(|_| Vec::new()).collect();
+    let srtp_suite = match args.srtp {
+        Some(_) => Some(
+            Suite::from_name(&args.srtp_suite)
+                .with_context(|| format!("unknown SRTP suite {}", args.srtp_suite))?,
+        ),
+        None => None,
+    };
     let mut control = None;
     let pool = SocketPool::new(threads, args.calls, args.share_sockets, &mut sockets)?;
     let mode;
     if let Some(path) = &args.plan {
         mode = "plan";
-        plan_flows(path, threads, &mut sockets, &mut flows, &mut flow_thread)?;
+        plan_flows(
+            path,
+            threads,
+            &mut sockets,
+            &mut flows,
+            &mut flow_thread,
+            &mut srtp_in,
+        )?;
     } else if args.direct {
         mode = "direct";
         for call in 0..args.calls {
@@ -186,8 +269,8 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             add_call(
                 call,
                 ends,
-                remote_addr,
-                device_addr,
+                [remote_addr, device_addr],
+                [None, None],
                 &mut flows,
                 &mut flow_thread,
             );
@@ -209,9 +292,18 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             let mut bound = Vec::new();
             for call in chunk.clone() {
                 let ends = pool.ends(call, &mut sockets)?;
-                let request =
+                let side_key = |on: bool| srtp_suite.filter(|_| on).map(MasterKey::random);
+                let keys = [
+                    side_key(args.srtp.is_some_and(SrtpSides::device)),
+                    side_key(args.srtp.is_some_and(SrtpSides::remote)),
+                ];
+                let mut request =
                     create_request(call, ends.addrs[0], ends.addrs[1], !args.separate_rtcp);
-                bound.push((call, ends));
+                if let Some(stream) = request.streams.first_mut() {
+                    stream.user_srtp = leg_srtp(keys[0].as_ref());
+                    stream.remote_srtp = leg_srtp(keys[1].as_ref());
+                }
+                bound.push((call, ends, keys));
                 pending.push(async {
                     let sent = Instant::now();
                     let reply = client.call(Command::CreateSession(request)).await;
@@ -219,7 +311,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                 });
             }
             let replies = futures_util::future::join_all(pending).await;
-            for ((call, ends), (reply, took)) in bound.into_iter().zip(replies) {
+            for ((call, ends, keys), (reply, took)) in bound.into_iter().zip(replies) {
                 let created = match reply {
                     Ok(Reply::CreateSession(created)) => created,
                     Ok(other) => bail!("unexpected answer to create: {other:?}"),
@@ -234,11 +326,25 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                     .context("remote address")?
                     .rtp
                     .parse()?;
-                add_call(call, ends, user, remote_relay, &mut flows, &mut flow_thread);
+                if keys[0].is_some() {
+                    srtp_in[ends.thread].push((user, key_of(stream.user_key.as_ref())?));
+                }
+                if keys[1].is_some() {
+                    srtp_in[ends.thread].push((remote_relay, key_of(stream.remote_key.as_ref())?));
+                }
+                add_call(
+                    call,
+                    ends,
+                    [user, remote_relay],
+                    keys,
+                    &mut flows,
+                    &mut flow_thread,
+                );
                 calls.push(Call {
                     session: created.session,
                     aor: format!("sip:load-{call}@load.invalid"),
                     device_flow: 2 * call as u32,
+                    device_srtp: keys[0].map(|k| k.suite()),
                 });
             }
         }
@@ -262,7 +368,9 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let progress = Arc::new(Progress::default());
     let mut handoff_senders = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
-    for (t, (thread_sockets, thread_flows)) in sockets.into_iter().zip(flows).enumerate() {
+    for (t, ((thread_sockets, thread_flows), thread_srtp_in)) in
+        sockets.into_iter().zip(flows).zip(srtp_in).enumerate()
+    {
         let (sender, receiver) = crossbeam_channel::bounded(1024);
         handoff_senders.push(sender);
         let plan = Plan {
@@ -282,6 +390,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             clock,
             start,
             end,
+            srtp_in: thread_srtp_in,
         };
         let progress = Arc::clone(&progress);
         handles.push(
@@ -323,13 +432,15 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             let call = &control.calls[handoff_cursor % control.calls.len()];
             handoff_cursor += 1;
             match hand_over(&control.client, call, handoff_cursor, &mut handoffs).await {
-                Ok((socket, to)) => {
+                Ok((socket, to, srtp, srtp_in)) => {
                     let thread = flow_thread[&call.device_flow];
                     let _ = handoff_senders[thread].try_send(Handoff {
                         flow: call.device_flow,
                         socket,
                         to,
                         overlap: HANDOFF_OVERLAP,
+                        srtp,
+                        srtp_in,
                     });
                 }
                 Err(e) => {
@@ -501,28 +612,26 @@ impl SocketPool {
     }
 }
 
-/// Adds call `call`'s two flows: device → `device_to`, remote →
-/// `remote_to`.
+/// Adds call `call`'s two flows: device → `to[0]`, remote → `to[1]`,
+/// encrypted with `keys` (device's, remote's) on SRTP legs.
 fn add_call(
     call: usize,
     ends: CallEnds,
-    device_to: SocketAddr,
-    remote_to: SocketAddr,
+    to: [SocketAddr; 2],
+    keys: [Option<MasterKey>; 2],
     flows: &mut [Vec<Flow>],
     flow_thread: &mut HashMap<u32, usize>,
 ) {
     let t = ends.thread;
     let device_flow = 2 * call as u32;
-    flows[t].push(Flow {
-        id: device_flow,
-        socket: ends.sockets[0],
-        to: device_to,
-    });
-    flows[t].push(Flow {
-        id: device_flow + 1,
-        socket: ends.sockets[1],
-        to: remote_to,
-    });
+    for side in 0..2 {
+        flows[t].push(Flow {
+            id: device_flow + side as u32,
+            socket: ends.sockets[side],
+            to: to[side],
+            srtp: keys[side],
+        });
+    }
     flow_thread.insert(device_flow, t);
     flow_thread.insert(device_flow + 1, t);
 }
@@ -533,6 +642,7 @@ fn plan_flows(
     sockets: &mut [Vec<UdpSocket>],
     flows: &mut [Vec<Flow>],
     flow_thread: &mut HashMap<u32, usize>,
+    srtp_in: &mut [Vec<(SocketAddr, MasterKey)>],
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read plan {}", path.display()))?;
@@ -546,9 +656,22 @@ fn plan_flows(
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [from, to, expect] = fields.as_slice() else {
-            bail!("plan line {}: expected FROM TO EXPECT", number + 1);
+        let [from, to, expect, options @ ..] = fields.as_slice() else {
+            bail!(
+                "plan line {}: expected FROM TO EXPECT [srtp-out=SUITE:KEY] [srtp-in=SUITE:KEY]",
+                number + 1
+            );
         };
+        // srtp-out: FROM encrypts what it sends to TO; srtp-in: what FROM
+        // receives from TO is decrypted with this key.
+        let (mut srtp_out, mut srtp_from_relay) = (None, None);
+        for option in options {
+            match option.split_once('=') {
+                Some(("srtp-out", key)) => srtp_out = Some(plan_key(key, number + 1)?),
+                Some(("srtp-in", key)) => srtp_from_relay = Some(plan_key(key, number + 1)?),
+                _ => bail!("plan line {}: unknown option {option:?}", number + 1),
+            }
+        }
         let parse = |text: &str| -> anyhow::Result<SocketAddr> {
             let addr: SocketAddr = text
                 .parse()
@@ -570,7 +693,15 @@ fn plan_flows(
         }
         let (t, socket) = owner[&from];
         let id = flow_thread.len() as u32;
-        flows[t].push(Flow { id, socket, to });
+        flows[t].push(Flow {
+            id,
+            socket,
+            to,
+            srtp: srtp_out,
+        });
+        if let Some(key) = srtp_from_relay {
+            srtp_in[t].push((to, key));
+        }
         flow_thread.insert(id, t);
     }
     if flow_thread.is_empty() {
@@ -630,15 +761,19 @@ struct HandoffStats {
     transfer_ms: Vec<u64>,
 }
 
+/// The new device of a handoff: its socket, where it sends, and on an SRTP
+/// leg its own key and the relay's key toward it.
+type NewDevice = (UdpSocket, SocketAddr, Option<MasterKey>, Option<MasterKey>);
+
 /// Registers a new device (a temporary GRUU bound to the call's AOR) and
-/// transfers the call to it. Returns the new device's socket and where it
-/// sends.
+/// transfers the call to it.
 async fn hand_over(
     client: &Client,
     call: &Call,
     serial: usize,
     stats: &mut HandoffStats,
-) -> anyhow::Result<(UdpSocket, SocketAddr)> {
+) -> anyhow::Result<NewDevice> {
+    let device_key = call.device_srtp.map(MasterKey::random);
     let socket = bind_local()?;
     let gruu = format!(
         "sip:tgruu.{serial}.{}@load.invalid;gr",
@@ -668,7 +803,7 @@ async fn hand_over(
                 }),
                 family: 0,
                 rtcp_mux: None,
-                srtp: None,
+                srtp: leg_srtp(device_key.as_ref()),
             }],
             mode: v1::SwitchMode::FirstPacket as i32,
             sdp: String::new(),
@@ -681,14 +816,18 @@ async fn hand_over(
     let Reply::Transfer(transfer) = reply else {
         bail!("unexpected answer to transfer");
     };
-    let to = transfer
-        .streams
-        .first()
-        .and_then(|s| s.user.as_ref())
+    let stream = transfer.streams.first().context("a stream in the answer")?;
+    let to = stream
+        .user
+        .as_ref()
         .context("the new device's address")?
         .rtp
         .parse()?;
-    Ok((socket, to))
+    let relay_key = match device_key {
+        Some(_) => Some(key_of(stream.user_key.as_ref())?),
+        None => None,
+    };
+    Ok((socket, to, device_key, relay_key))
 }
 
 async fn drain_events(events: &Client, stats: &mut HandoffStats) {
@@ -721,6 +860,8 @@ struct Summary {
     reordered: u64,
     rtcp_received: u64,
     skipped: u64,
+    /// SRTP packets that did not decrypt at the generator.
+    srtp_failed: u64,
     violations: Violations,
     latency_us: [f64; 5],
     handoffs: (u64, u64),
@@ -771,8 +912,10 @@ impl Summary {
         let mut gaps_ms: Vec<f64> = Vec::new();
         let mut recoveries_ms: Vec<f64> = Vec::new();
         let mut skipped = 0;
+        let mut srtp_failed = 0;
         let mut timed = (0, 0);
         for report in reports {
+            srtp_failed += report.srtp_failed;
             timed.0 += report.kernel_timed;
             timed.1 += report.user_timed;
             sent += report.sent;
@@ -816,6 +959,7 @@ impl Summary {
             reordered,
             rtcp_received: rtcp,
             skipped,
+            srtp_failed,
             violations,
             latency_us: [
                 us(0.5),
@@ -874,7 +1018,11 @@ impl Summary {
 
     /// Nothing lost, nothing broken.
     fn clean(&self) -> bool {
-        self.lost == 0 && self.violations.total() == 0 && self.handoffs.1 == 0 && self.received > 0
+        self.lost == 0
+            && self.violations.total() == 0
+            && self.handoffs.1 == 0
+            && self.received > 0
+            && self.srtp_failed == 0
     }
 
     fn print_human(&self) {
@@ -894,6 +1042,9 @@ impl Summary {
             self.reordered,
             self.rtcp_received
         );
+        if self.srtp_failed > 0 {
+            eprintln!("  SRTP packets that did not decrypt: {}", self.srtp_failed);
+        }
         eprintln!(
             "  rate {:.0} packets/s sent",
             self.sent as f64 / self.duration
@@ -952,6 +1103,7 @@ impl Summary {
             "reordered": self.reordered,
             "rtcp_received": self.rtcp_received,
             "skipped": self.skipped,
+            "srtp_failed": self.srtp_failed,
             "pps": self.sent as f64 / self.duration,
             "latency_us": { "p50": l[0], "p90": l[1], "p99": l[2], "p999": l[3], "max": l[4] },
             "latency_clock": self.latency_clock().0,

@@ -1,0 +1,1 @@
+//! Nothing: the candidates are in benches/, examples/ and tests/.
