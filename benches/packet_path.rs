@@ -4,7 +4,10 @@
 //! rewritten, the continuity engine alone, and RTCP translation: a compound
 //! SR + SDES after a switch, and adversarial compounds (the worst a peer can
 //! send in one 1 500-byte datagram), beside the `rtcp` crate's parse of the
-//! transport-wide CC packet that used to cost ~50 µs per datagram.
+//! transport-wide CC packet that used to cost ~50 µs per datagram. The
+//! SRTP group runs the same session path with SRTP legs: decrypting an SRTP
+//! device's packet toward a plain remote, encrypting the remote's packet
+//! toward the SRTP device, and both (SRTP on both legs).
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
@@ -16,9 +19,12 @@ use baton_relay::core::continuity::Continuity;
 use baton_relay::core::rtcp_translate::{self, RtcpState};
 use baton_relay::core::rtp::{RtpRepr, RtpView};
 use baton_relay::core::session::{PendingLeg, Session, StreamParams, SwitchMode, Timeouts};
-use baton_relay::core::srtp::MAX_OVERHEAD;
-use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig};
+use baton_relay::core::srtp::{MAX_OVERHEAD, MasterKey, SrtpSender, Suite};
+use baton_relay::core::stream::{
+    Component, LegConfig, LegCrypto, LegKeys, PayloadMap, StreamConfig,
+};
 use baton_relay::{LegId, SessionId, StreamIndex, TransferId};
+use criterion::BatchSize;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -45,6 +51,10 @@ fn leg(peer: &str) -> LegConfig {
 }
 
 fn session(now: Instant) -> Session {
+    session_with(now, LegCrypto::Plain, LegCrypto::Plain)
+}
+
+fn session_with(now: Instant, device: LegCrypto, remote: LegCrypto) -> Session {
     let params = StreamParams {
         config: StreamConfig {
             learning_window: Duration::from_secs(3),
@@ -53,8 +63,14 @@ fn session(now: Instant) -> Session {
         },
         clock_rates: vec![(0, 8000), (101, 8000)],
         telephone_event: Some(101),
-        device: leg("10.0.0.1:4000"),
-        remote: leg("10.0.0.2:5000"),
+        device: LegConfig {
+            crypto: device,
+            ..leg("10.0.0.1:4000")
+        },
+        remote: LegConfig {
+            crypto: remote,
+            ..leg("10.0.0.2:5000")
+        },
     };
     let timeouts = Timeouts {
         media: Duration::from_secs(3600),
@@ -148,6 +164,84 @@ fn packet_path(c: &mut Criterion) {
             black_box(continuity.rewrite(t0, 1, &mut view, 8000).ok())
         })
     });
+    group.finish();
+}
+
+/// The session path with SRTP legs (AES_CM_128_HMAC_SHA1_80): what each
+/// packet costs beyond plain forwarding. The sender's encryption is done
+/// in untimed setup.
+fn srtp(c: &mut Criterion) {
+    let mut group = c.benchmark_group("srtp");
+    group.throughput(Throughput::Elements(1));
+    let t0 = Instant::now();
+    let s0 = StreamIndex(0);
+    let key = |n: u8| MasterKey::new(Suite::AesCm128HmacSha1_80, &[n; 30]).expect("key");
+    let keys = |n: u8| {
+        LegCrypto::Srtp(LegKeys {
+            peer: key(n),
+            relay: key(n + 100),
+        })
+    };
+    let from_a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
+    let from_r: SocketAddr = "10.0.0.2:5000".parse().expect("addr");
+    let mut fork = [0u8; 2048 + MAX_OVERHEAD];
+    type Packet = ([u8; 2048 + MAX_OVERHEAD], usize);
+    let cases: [(&str, LegCrypto, LegCrypto, bool); 3] = [
+        (
+            "handle_packet: SRTP device -> plain remote (decrypt)",
+            keys(1),
+            LegCrypto::Plain,
+            true,
+        ),
+        (
+            "handle_packet: plain remote -> SRTP device (encrypt)",
+            keys(1),
+            LegCrypto::Plain,
+            false,
+        ),
+        (
+            "handle_packet: SRTP device -> SRTP remote (decrypt + encrypt)",
+            keys(1),
+            keys(2),
+            true,
+        ),
+    ];
+    for (name, device, remote, from_device) in cases {
+        let mut s = session_with(t0, device, remote);
+        let mut sender = SrtpSender::new(&key(if from_device { 1 } else { 2 }));
+        let mut seq = 0u16;
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || -> Packet {
+                    seq = seq.wrapping_add(1);
+                    let mut buf = [0u8; 2048 + MAX_OVERHEAD];
+                    let mut len = rtp(&mut buf, seq, u32::from(seq) * 160, 0xA);
+                    if from_device {
+                        len = sender.protect_rtp(&mut buf, len).expect("protect");
+                    }
+                    (buf, len)
+                },
+                |(buf, len)| {
+                    let (leg, from) = if from_device {
+                        (LegId::FIRST_DEVICE, from_a)
+                    } else {
+                        (LegId::REMOTE, from_r)
+                    };
+                    black_box(s.handle_packet(
+                        t0,
+                        s0,
+                        leg,
+                        Component::Rtp,
+                        from,
+                        buf,
+                        *len,
+                        &mut fork,
+                    ))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 
@@ -291,5 +385,5 @@ fn rtcp_adversarial(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, packet_path, rtcp, rtcp_adversarial);
+criterion_group!(benches, packet_path, srtp, rtcp, rtcp_adversarial);
 criterion_main!(benches);

@@ -1,5 +1,5 @@
 """The benchmark orchestrator behind scripts/bench.sh (see there)."""
-import json, os, platform, re, socket, statistics, subprocess, sys, tempfile, time
+import base64, json, os, platform, re, socket, statistics, subprocess, sys, tempfile, time
 
 BATON = os.environ["BATON"]
 FORWARDER = os.environ["FORWARDER"]
@@ -110,9 +110,23 @@ def ng(addr, message, timeout=2.0):
         return None
 
 
-def sdp(port):
+def sdp(port, crypto=None):
+    """A PCMU offer or answer; with `crypto` (an a=crypto value) RTP/SAVP."""
+    proto, extra = ("RTP/SAVP", f"a=crypto:{crypto}\r\n") if crypto else ("RTP/AVP", "")
     return (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+            f"m=audio {port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\n{extra}a=sendrecv\r\n")
+
+
+# SRTP anchors bridge an SRTP device to a plain remote with this suite.
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def crypto_key(text):
+    """The base64 key of the first a=crypto line of SRTP_SUITE in a body."""
+    m = re.search(r"a=crypto:\d+ " + SRTP_SUITE + r" inline:([A-Za-z0-9+/=]+)", text)
+    if not m:
+        raise SystemExit(f"bench: no {SRTP_SUITE} key in {text!r}")
+    return m.group(1)
 
 
 def sdp_port(text):
@@ -142,7 +156,7 @@ class Relay:
                                                         "--media-timeout", "120", *extra]),
                                          stderr=subprocess.DEVNULL)
             wait_port(sock_path=self.sock)
-        elif anchor == "rtpengine":
+        elif anchor.startswith("rtpengine"):
             self.ng_addr = ("127.0.0.1", 2223)
             self.proc = subprocess.Popen(pinned(RELAY_CORE, [
                 "rtpengine", "--config-file=none", "--foreground", "--table=-1",
@@ -166,7 +180,8 @@ class Relay:
         if self.anchor == "direct":
             return ["--direct", "--calls", str(calls), *share]
         if self.anchor.startswith("baton"):
-            return ["--control", f"unix:{self.sock}", "--calls", str(calls), *share]
+            srtp = ["--srtp", "device", "--srtp-suite", SRTP_SUITE] if self.anchor == "baton-srtp" else []
+            return ["--control", f"unix:{self.sock}", "--calls", str(calls), *share, *srtp]
         plan = os.path.join(WORK, "plan.txt")
         lines = []
         if self.anchor in ("forwarder", "limitfwd"):
@@ -180,7 +195,14 @@ class Relay:
                 self.serial += 1
                 # Generator ports stay below every relay's range (30000+).
                 call_id, dev_port, rem_port = f"bench-{self.serial}", 10000 + 2 * peer(k), 20000 + 2 * peer(k)
-                offer = ng(self.ng_addr, {"command": "offer", "call-id": call_id, "from-tag": "dev", "sdp": sdp(dev_port)})
+                # rtpengine-srtp: the device offers SDES, the remote is
+                # plain RTP (SRTP <-> RTP bridging, userspace).
+                srtp = self.anchor == "rtpengine-srtp"
+                dev_key = base64.b64encode(os.urandom(30)).decode() if srtp else None
+                offer_flags = {"transport-protocol": "RTP/AVP", "DTLS": "off", "ICE": "remove"} if srtp else {}
+                offer = ng(self.ng_addr, {"command": "offer", "call-id": call_id, "from-tag": "dev",
+                                          "sdp": sdp(dev_port, f"1 {SRTP_SUITE} inline:{dev_key}" if srtp else None),
+                                          **offer_flags})
                 answer = ng(self.ng_addr, {"command": "answer", "call-id": call_id, "from-tag": "dev",
                                            "to-tag": "rem", "sdp": sdp(rem_port)})
                 if not offer or not answer or offer.get("result") != "ok" or answer.get("result") != "ok":
@@ -188,7 +210,8 @@ class Relay:
                 self.calls.append(call_id)
                 to_remote_side, to_device_side = sdp_port(offer["sdp"]), sdp_port(answer["sdp"])
                 dev, rem = f"127.0.0.1:{dev_port}", f"127.0.0.1:{rem_port}"
-                lines += [f"{dev} 127.0.0.1:{to_device_side} {rem}", f"{rem} 127.0.0.1:{to_remote_side} {dev}"]
+                keys = f" srtp-out={SRTP_SUITE}:{dev_key} srtp-in={SRTP_SUITE}:{crypto_key(answer['sdp'])}" if srtp else ""
+                lines += [f"{dev} 127.0.0.1:{to_device_side} {rem}{keys}", f"{rem} 127.0.0.1:{to_remote_side} {dev}"]
         with open(plan, "w") as f:
             f.write("\n".join(lines) + "\n")
         return ["--plan", plan]
@@ -215,7 +238,7 @@ class Relay:
                                 stderr=subprocess.DEVNULL)
 
     def stop(self):
-        if self.anchor == "rtpengine":
+        if self.anchor.startswith("rtpengine"):
             self.delete_calls()
         if self.proc:
             self.proc.terminate()
@@ -329,7 +352,7 @@ def main():
     if merged_from and SECTIONS:
         results["second_sitting"] = {"sections": " ".join(sorted(SECTIONS)), "anchors": " ".join(ANCHORS)}
     ceilings = {}
-    anchors = [a for a in ANCHORS if a != "rtpengine" or HAVE_RTPENGINE]
+    anchors = [a for a in ANCHORS if not a.startswith("rtpengine") or HAVE_RTPENGINE]
     # The generator's ceiling per stream count bounds every search.
     for streams in STREAMS:
         ceilings[streams] = 700_000.0

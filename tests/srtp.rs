@@ -141,6 +141,8 @@ struct Remote {
     relay: String,
     /// Decrypts what the relay sends (the relay's key toward the remote).
     inbound: Context,
+    /// That key.
+    inbound_key: v1::SrtpKey,
     /// What the remote sends with.
     outbound: Context,
     seq: u16,
@@ -149,6 +151,10 @@ struct Remote {
 }
 
 impl Remote {
+    fn inbound_key(&self) -> v1::SrtpKey {
+        self.inbound_key.clone()
+    }
+
     /// Receives one packet, which must decrypt (authentication, replay
     /// and rollover estimation of an independent stack).
     fn receive(&mut self) {
@@ -282,6 +288,7 @@ async fn srtp_call(
         peer: remote_peer,
         relay: stream.remote.as_ref().expect("remote").rtp.clone(),
         inbound: context(&to_remote),
+        inbound_key: to_remote.clone(),
         outbound: context(remote_key),
         seq: 7,
         received: Vec::new(),
@@ -406,6 +413,14 @@ async fn bad_srtp_is_dropped_by_reason_and_changes_nothing() {
     a.peer
         .send(&a.relay, &wrong.encrypt_rtp(&stray).expect("encrypt"));
     a.peer.send(&a.relay, &stray);
+    // The right key bytes under another suite (_80 where _32 was agreed).
+    let mut wrong_suite = context(&v1::SrtpKey {
+        suite: "AES_CM_128_HMAC_SHA1_80".into(),
+        key: a_key.key.clone(),
+    });
+    let stray = rtp(0, a.seq.wrapping_add(60), 5, 0xA, &[1; 160]);
+    a.peer
+        .send(&a.relay, &wrong_suite.encrypt_rtp(&stray).expect("encrypt"));
     for len in [0usize, 1, 11, 12, 15] {
         a.peer.send(&a.relay, &vec![0x80; len]);
     }
@@ -421,8 +436,8 @@ async fn bad_srtp_is_dropped_by_reason_and_changes_nothing() {
     let drops = user_drops(&client, &session).await;
     assert_eq!(drops.get("srtp_replay"), Some(&1), "{drops:?}");
     assert!(
-        drops.get("srtp_auth_failed").copied().unwrap_or(0) >= 5,
-        "tampered ×3, wrong key, plain: {drops:?}"
+        drops.get("srtp_auth_failed").copied().unwrap_or(0) >= 6,
+        "tampered ×3, wrong key, plain, wrong suite: {drops:?}"
     );
     assert!(
         drops.get("malformed_rtp").copied().unwrap_or(0) >= 4,
@@ -949,4 +964,208 @@ fn ng_sdes_options_baton_cannot_honour_are_refused() {
         assert_eq!(result(&reply), "error", "case {n}");
         assert!(reason(&reply).contains(why), "case {n}: {}", reason(&reply));
     }
+}
+
+/// SRTCP both ways across a switch: the new device's sender report
+/// reaches the remote decrypted, translated into the outward SSRC and
+/// re-encrypted under the remote leg's key with an SRTCP index that keeps
+/// rising (the remote's replay check accepts it); the remote's receiver
+/// report reaches the device under the device's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtcp_is_translated_on_the_decrypted_packets_across_a_switch() {
+    use webrtc_util::marshal::{Marshal, Unmarshal};
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let a_key = key("AES_CM_128_HMAC_SHA1_80", 0x61);
+    let b_key = key("AEAD_AES_128_GCM", 0x62);
+    let remote_key = key("AES_CM_128_HMAC_SHA1_32", 0x63);
+    let mut a = Device::new(Some(&a_key), 0xA, 300);
+    let (session, mut remote) = srtp_call(&client, "srtcp", &mut a, &a_key, &remote_key).await;
+    let sr = |ssrc: u32| {
+        rtcp::sender_report::SenderReport {
+            ssrc,
+            rtp_time: 1234,
+            packet_count: 1,
+            octet_count: 160,
+            ..Default::default()
+        }
+        .marshal()
+        .expect("marshal")
+        .to_vec()
+    };
+    let to_remote_key = {
+        let info = session_info(&client, &session).await;
+        assert_eq!(
+            info.streams[0].remote.as_ref().expect("leg").srtp_suite,
+            remote_key.suite
+        );
+        // The same key the remote's inbound context has.
+        remote.inbound_key()
+    };
+    let mut remote_rtcp_rx = context(&to_remote_key);
+    let mut sent_indexes = Vec::new();
+    let mut check_sr = |remote: &Remote, rx: &mut Context| {
+        let (wire, _) = remote.peer.recv();
+        let index = u32::from_be_bytes([
+            wire[wire.len() - 14],
+            wire[wire.len() - 13],
+            wire[wire.len() - 12],
+            wire[wire.len() - 11],
+        ]) & 0x7fff_ffff;
+        sent_indexes.push(index);
+        let plain = rx
+            .decrypt_rtcp(&Bytes::from(wire))
+            .expect("SRTCP decrypts at the remote");
+        let mut bytes = plain.clone();
+        rtcp::sender_report::SenderReport::unmarshal(&mut bytes)
+            .expect("an SR")
+            .ssrc
+    };
+    a.send_packet();
+    remote.receive();
+    let (ctx, _) = a.srtp.as_mut().expect("srtp");
+    a.peer
+        .send(&a.relay, &ctx.encrypt_rtcp(&sr(0xA)).expect("encrypt"));
+    assert_eq!(check_sr(&remote, &mut remote_rtcp_rx), 0xA);
+
+    let mut b = Device::new(Some(&b_key), 0xB, 9);
+    let to_b = transfer(
+        &client,
+        transfer_request(&session, GRUU_B, &b, Some(&b_key)),
+    )
+    .await;
+    b.attach(&to_b.streams[0]);
+    b.send_packet();
+    remote.receive();
+    let (ctx, _) = b.srtp.as_mut().expect("srtp");
+    b.peer
+        .send(&b.relay, &ctx.encrypt_rtcp(&sr(0xB)).expect("encrypt"));
+    assert_eq!(
+        check_sr(&remote, &mut remote_rtcp_rx),
+        0xA,
+        "B's report in the outward SSRC"
+    );
+    assert!(
+        sent_indexes[1] > sent_indexes[0],
+        "SRTCP index rises: {sent_indexes:?}"
+    );
+
+    // The remote's receiver report reaches B under B's key.
+    let rr = rtcp::receiver_report::ReceiverReport {
+        ssrc: 0xF,
+        ..Default::default()
+    }
+    .marshal()
+    .expect("marshal");
+    let wire = remote.outbound.encrypt_rtcp(&rr).expect("encrypt");
+    remote.peer.send(&remote.relay, &wire);
+    let (got, _) = b.peer.recv();
+    let relay_key = b.srtp.as_ref().map(|(_, k)| k.clone()).expect("key");
+    context(&relay_key)
+        .decrypt_rtcp(&Bytes::from(got))
+        .expect("the device decrypts the remote's report under its own key");
+}
+
+/// An explicit SRTP leg whose peer key comes later: its media is dropped
+/// (`srtp_no_key`) until `update_session` gives the key, then flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leg_waits_for_its_key_and_then_flows() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let (device, remote_peer) = (Peer::v4(), Peer::v4());
+    let created = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "late-key".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            streams: vec![v1::StreamSpec {
+                kind: "audio".into(),
+                codecs: vec![pcmu()],
+                rtcp_mux: true,
+                user_peer: Some(endpoint(device.addr())),
+                remote_peer: Some(endpoint(remote_peer.addr())),
+                remote_srtp: Some(v1::LegSrtp {
+                    suite: "AES_CM_128_HMAC_SHA1_80".into(),
+                    peer_key: None,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let stream = &created.streams[0];
+    let to_remote = stream
+        .remote_key
+        .clone()
+        .expect("the relay's key exists already");
+    let remote_relay = stream.remote.as_ref().expect("remote").rtp.clone();
+    let user_relay = stream.user.as_ref().expect("user").rtp.clone();
+    let remote_key = key("AES_CM_128_HMAC_SHA1_80", 0x77);
+    let mut remote_tx = context(&remote_key);
+    let plain = rtp(0, 1, 160, 0xF, &[1; 160]);
+    remote_peer.send(
+        &remote_relay,
+        &remote_tx.encrypt_rtp(&plain).expect("encrypt"),
+    );
+    device.expect_silence();
+    let info = session_info(&client, &created.session).await;
+    let drops = info.streams[0]
+        .remote
+        .clone()
+        .expect("leg")
+        .stats
+        .expect("stats")
+        .drops;
+    assert_eq!(drops.get("srtp_no_key"), Some(&1), "{drops:?}");
+
+    match client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            streams: vec![v1::StreamUpdate {
+                index: 0,
+                remote_peer_key: Some(remote_key.clone()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(Reply::UpdateSession(_)) => {}
+        other => panic!("update: {other:?}"),
+    }
+    let plain = rtp(0, 2, 320, 0xF, &[2; 160]);
+    remote_peer.send(
+        &remote_relay,
+        &remote_tx.encrypt_rtp(&plain).expect("encrypt"),
+    );
+    assert_eq!(device.recv().0, plain);
+    let up = rtp(0, 50, 160, 0xA, &[3; 160]);
+    device.send(&user_relay, &up);
+    let (wire, _) = remote_peer.recv();
+    assert_eq!(
+        context(&to_remote)
+            .decrypt_rtp(&Bytes::from(wire))
+            .expect("decrypts")
+            .to_vec(),
+        up
+    );
+    // A key for a plain leg is refused.
+    let refused = client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            streams: vec![v1::StreamUpdate {
+                index: 0,
+                user_peer_key: Some(remote_key),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(&refused, Err(baton_control::ClientError::Status(s)) if s.message.contains("plain RTP")),
+        "{refused:?}"
+    );
 }

@@ -3,7 +3,9 @@
 //! translation, before, during and after transfers (first-packet and
 //! commit mode, cancels, timeouts, holds). Nothing may panic, a forwarded
 //! datagram never grows beyond the buffer, and every event names a leg or
-//! transfer that exists.
+//! transfer that exists. Flags make legs SRTP; a datagram may be sent as
+//! valid SRTP under its leg's key (so the decrypt paths run, not only the
+//! authentication failures).
 #![no_main]
 
 use std::net::SocketAddr;
@@ -12,8 +14,10 @@ use std::time::{Duration, Instant};
 use baton_relay::core::session::{
     PendingLeg, Session, SessionEvent, SessionUpdate, StreamParams, SwitchMode, Timeouts,
 };
-use baton_relay::core::srtp::MAX_OVERHEAD;
-use baton_relay::core::stream::{Component, LegConfig, PayloadMap, StreamConfig, Verdict};
+use baton_relay::core::srtp::{MAX_OVERHEAD, MasterKey, SrtpSender, Suite};
+use baton_relay::core::stream::{
+    Component, LegConfig, LegCrypto, LegKeys, PayloadMap, StreamConfig, Verdict,
+};
 use baton_relay::{LegId, SessionId, StreamIndex, TransferId};
 use libfuzzer_sys::fuzz_target;
 
@@ -30,12 +34,28 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, mut rest)) = data.split_first() else {
         return;
     };
+    let key = |suite: Suite, n: u8| {
+        MasterKey::new(suite, &[n; 46][..suite.master_len()]).expect("length")
+    };
+    // Device-side legs send with key 1, the remote with key 2.
+    let suites = [Suite::AesCm128HmacSha1_32, Suite::AeadAes128Gcm];
+    let crypto = |on: bool, side: usize| {
+        if on {
+            LegCrypto::Srtp(LegKeys {
+                peer: key(suites[side], 1 + side as u8),
+                relay: key(suites[side], 10 + side as u8),
+            })
+        } else {
+            LegCrypto::Plain
+        }
+    };
+    let mut senders = [0usize, 1].map(|side| SrtpSender::new(&key(suites[side], 1 + side as u8)));
     let leg = |peer: Option<SocketAddr>, mux: bool| LegConfig {
         rtcp_mux: mux,
         peer_rtp: peer,
         peer_rtcp: None,
         peer_ip: None,
-        crypto: baton_relay::core::stream::LegCrypto::Plain,
+        crypto: LegCrypto::Plain,
     };
     let params = StreamParams {
         config: StreamConfig {
@@ -45,8 +65,14 @@ fuzz_target!(|data: &[u8]| {
         },
         clock_rates: vec![(0, 8000), (8, 8000), (101, 8000), (96, 48000)],
         telephone_event: Some(101),
-        device: leg(if flags & 4 != 0 { addr(0) } else { None }, flags & 8 != 0),
-        remote: leg(addr(1), flags & 8 != 0),
+        device: LegConfig {
+            crypto: crypto(flags & 0x10 != 0, 0),
+            ..leg(if flags & 4 != 0 { addr(0) } else { None }, flags & 8 != 0)
+        },
+        remote: LegConfig {
+            crypto: crypto(flags & 0x20 != 0, 1),
+            ..leg(addr(1), flags & 8 != 0)
+        },
     };
     let streams = 1 + usize::from(flags >> 7);
     let timeouts = Timeouts {
@@ -67,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
                 let pending = PendingLeg {
                     config: LegConfig {
                         peer_ip: addr(usize::from(source)).map(|a| a.ip()),
+                        crypto: crypto(source & 0x80 != 0, 0),
                         ..leg(
                             if source & 0x10 != 0 { addr(2) } else { None },
                             source & 0x20 != 0,
@@ -118,6 +145,18 @@ fuzz_target!(|data: &[u8]| {
                 let mut buf = [0u8; 2048 + MAX_OVERHEAD];
                 let mut fork = [0u8; 2048 + MAX_OVERHEAD];
                 buf[..packet.len()].copy_from_slice(packet);
+                let mut len = len;
+                if what & 8 != 0 {
+                    // As the leg's peer would send it, under its key.
+                    let side = usize::from(leg_id == LegId::REMOTE);
+                    let sealed = match component {
+                        Component::Rtp => senders[side].protect_rtp(&mut buf, len),
+                        Component::Rtcp => senders[side].protect_rtcp(&mut buf, len),
+                    };
+                    if let Ok(sealed) = sealed {
+                        len = sealed;
+                    }
+                }
                 let verdict = session.handle_packet(
                     now, stream, leg_id, component, from, &mut buf, len, &mut fork,
                 );
