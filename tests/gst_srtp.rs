@@ -158,6 +158,32 @@ fn collect(socket: &UdpSocket, until: Instant) -> Vec<(u32, u16, u32)> {
     got
 }
 
+/// A session of one PCMU stream with `stream`'s peers and SRTP.
+async fn create(
+    client: &baton_control::Client,
+    call_id: &str,
+    stream: v1::StreamSpec,
+) -> v1::CreateSessionResponse {
+    let request = v1::CreateSessionRequest {
+        call_id: call_id.into(),
+        from_tag: "a".into(),
+        to_tag: "r".into(),
+        aor: AOR.into(),
+        gruu: GRUU_A.into(),
+        streams: vec![v1::StreamSpec {
+            kind: "audio".into(),
+            codecs: vec![pcmu()],
+            rtcp_mux: true,
+            ..stream
+        }],
+        ..Default::default()
+    };
+    match client.call(Command::CreateSession(request)).await {
+        Ok(Reply::CreateSession(created)) => created,
+        other => panic!("create: {other:?}"),
+    }
+}
+
 fn key(suite: &str, byte: u8, len: usize) -> v1::SrtpKey {
     v1::SrtpKey {
         suite: suite.into(),
@@ -179,38 +205,26 @@ async fn libsrtp_at_the_remote_accepts_a_handoff_between_srtp_devices() {
     let a_key = key("AES_CM_128_HMAC_SHA1_80", 0xa0, 30);
     let b_key = key("AEAD_AES_128_GCM", 0xb0, 28);
     let remote_port = free_udp_port();
-    let created = match client
-        .call(Command::CreateSession(v1::CreateSessionRequest {
-            call_id: "gst-srtp".into(),
-            from_tag: "a".into(),
-            to_tag: "r".into(),
-            aor: AOR.into(),
-            gruu: GRUU_A.into(),
-            streams: vec![v1::StreamSpec {
-                kind: "audio".into(),
-                codecs: vec![pcmu()],
-                rtcp_mux: true,
-                remote_peer: Some(v1::Endpoint {
-                    rtp: format!("127.0.0.1:{remote_port}"),
-                    rtcp: String::new(),
-                }),
-                user_srtp: Some(v1::LegSrtp {
-                    suite: a_key.suite.clone(),
-                    peer_key: Some(a_key.clone()),
-                }),
-                remote_srtp: Some(v1::LegSrtp {
-                    suite: "AES_CM_128_HMAC_SHA1_32".into(),
-                    peer_key: Some(key("AES_CM_128_HMAC_SHA1_32", 0x70, 30)),
-                }),
-                ..Default::default()
-            }],
+    let created = create(
+        &client,
+        "gst-srtp",
+        v1::StreamSpec {
+            remote_peer: Some(v1::Endpoint {
+                rtp: format!("127.0.0.1:{remote_port}"),
+                rtcp: String::new(),
+            }),
+            user_srtp: Some(v1::LegSrtp {
+                suite: a_key.suite.clone(),
+                peer_key: Some(a_key.clone()),
+            }),
+            remote_srtp: Some(v1::LegSrtp {
+                suite: "AES_CM_128_HMAC_SHA1_32".into(),
+                peer_key: Some(key("AES_CM_128_HMAC_SHA1_32", 0x70, 30)),
+            }),
             ..Default::default()
-        }))
-        .await
-    {
-        Ok(Reply::CreateSession(created)) => created,
-        other => panic!("create: {other:?}"),
-    };
+        },
+    )
+    .await;
     let stream = &created.streams[0];
     let to_remote = stream.remote_key.clone().expect("key toward the remote");
     let out = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -297,34 +311,22 @@ async fn libsrtp_at_the_device_decrypts_the_remotes_plain_rtp() {
     let relay = Relay::start(&[]);
     let client = relay.client().await;
     let device_port = free_udp_port();
-    let created = match client
-        .call(Command::CreateSession(v1::CreateSessionRequest {
-            call_id: "gst-bridge".into(),
-            from_tag: "a".into(),
-            to_tag: "r".into(),
-            aor: AOR.into(),
-            gruu: GRUU_A.into(),
-            streams: vec![v1::StreamSpec {
-                kind: "audio".into(),
-                codecs: vec![pcmu()],
-                rtcp_mux: true,
-                user_peer: Some(v1::Endpoint {
-                    rtp: format!("127.0.0.1:{device_port}"),
-                    rtcp: String::new(),
-                }),
-                user_srtp: Some(v1::LegSrtp {
-                    suite: "AEAD_AES_256_GCM".into(),
-                    peer_key: Some(key("AEAD_AES_256_GCM", 0x44, 44)),
-                }),
-                ..Default::default()
-            }],
+    let created = create(
+        &client,
+        "gst-bridge",
+        v1::StreamSpec {
+            user_peer: Some(v1::Endpoint {
+                rtp: format!("127.0.0.1:{device_port}"),
+                rtcp: String::new(),
+            }),
+            user_srtp: Some(v1::LegSrtp {
+                suite: "AEAD_AES_256_GCM".into(),
+                peer_key: Some(key("AEAD_AES_256_GCM", 0x44, 44)),
+            }),
             ..Default::default()
-        }))
-        .await
-    {
-        Ok(Reply::CreateSession(created)) => created,
-        other => panic!("create: {other:?}"),
-    };
+        },
+    )
+    .await;
     let stream = &created.streams[0];
     let to_device = stream.user_key.clone().expect("key toward the device");
     let out = UdpSocket::bind("127.0.0.1:0").expect("bind");

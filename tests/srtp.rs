@@ -192,6 +192,13 @@ async fn create(client: &Client, request: v1::CreateSessionRequest) -> v1::Creat
     }
 }
 
+async fn update(client: &Client, request: v1::UpdateSessionRequest) -> v1::UpdateSessionResponse {
+    match client.call(Command::UpdateSession(request)).await {
+        Ok(Reply::UpdateSession(updated)) => updated,
+        other => panic!("update: {other:?}"),
+    }
+}
+
 async fn transfer(client: &Client, request: v1::TransferRequest) -> v1::TransferResponse {
     match client.call(Command::Transfer(request)).await {
         Ok(Reply::Transfer(response)) => response,
@@ -585,18 +592,16 @@ async fn an_srtp_phone_bridged_to_a_plain_carrier_over_sdp() {
     assert!(!created.sdp.contains("a=crypto"), "{}", created.sdp);
     let to_carrier = addr_of(&created.sdp);
     let answer = srtp_body("127.0.0.1", carrier.addr().port(), "RTP/AVP", &[]);
-    let updated = match client
-        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+    let updated = update(
+        &client,
+        v1::UpdateSessionRequest {
             session: by_id(&created.session),
             to_tag: "c".into(),
             sdp: answer,
             ..Default::default()
-        }))
-        .await
-    {
-        Ok(Reply::UpdateSession(updated)) => updated,
-        other => panic!("update: {other:?}"),
-    };
+        },
+    )
+    .await;
     assert_eq!(proto_of(&updated.sdp), "RTP/SAVP");
     let lines = crypto_lines(&updated.sdp);
     assert_eq!(lines.len(), 1, "{}", updated.sdp);
@@ -703,18 +708,16 @@ async fn the_relay_offers_its_own_keys_and_keeps_them_on_a_re_offer() {
             encode_base64(&far_key.key)
         )],
     );
-    let updated = match client
-        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+    let updated = update(
+        &client,
+        v1::UpdateSessionRequest {
             session: by_id(&created.session),
             to_tag: "f".into(),
             sdp: answer,
             ..Default::default()
-        }))
-        .await
-    {
-        Ok(Reply::UpdateSession(updated)) => updated,
-        other => panic!("update: {other:?}"),
-    };
+        },
+    )
+    .await;
     assert_eq!(proto_of(&updated.sdp), "RTP/AVP");
     assert!(!updated.sdp.contains("a=crypto"));
     let to_far = addr_of(&created.sdp);
@@ -741,18 +744,16 @@ async fn the_relay_offers_its_own_keys_and_keeps_them_on_a_re_offer() {
 
     // The phone re-offers (same body): the far end gets the negotiated
     // line again, with the key it already has.
-    let reoffer = match client
-        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+    let reoffer = update(
+        &client,
+        v1::UpdateSessionRequest {
             session: by_id(&created.session),
             sdp: offer,
             sdp_from: v1::Party::User as i32,
             ..Default::default()
-        }))
-        .await
-    {
-        Ok(Reply::UpdateSession(updated)) => updated,
-        other => panic!("re-offer: {other:?}"),
-    };
+        },
+    )
+    .await;
     let again = crypto_lines(&reoffer.sdp);
     assert_eq!(
         again,
@@ -1121,8 +1122,9 @@ async fn a_leg_waits_for_its_key_and_then_flows() {
         .drops;
     assert_eq!(drops.get("srtp_no_key"), Some(&1), "{drops:?}");
 
-    match client
-        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+    update(
+        &client,
+        v1::UpdateSessionRequest {
             session: by_id(&created.session),
             streams: vec![v1::StreamUpdate {
                 index: 0,
@@ -1130,12 +1132,9 @@ async fn a_leg_waits_for_its_key_and_then_flows() {
                 ..Default::default()
             }],
             ..Default::default()
-        }))
-        .await
-    {
-        Ok(Reply::UpdateSession(_)) => {}
-        other => panic!("update: {other:?}"),
-    }
+        },
+    )
+    .await;
     let plain = rtp(0, 2, 320, 0xF, &[2; 160]);
     remote_peer.send(
         &remote_relay,
@@ -1167,5 +1166,204 @@ async fn a_leg_waits_for_its_key_and_then_flows() {
     assert!(
         matches!(&refused, Err(baton_control::ClientError::Status(s)) if s.message.contains("plain RTP")),
         "{refused:?}"
+    );
+}
+
+/// A phone re-offers with a new key (a re-INVITE): until the answer
+/// reaches it, it still sends under the old key, and that media goes on;
+/// its first packet under the new key retires the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_key_keeps_the_old_key_until_the_new_one_is_used() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let (phone, carrier) = (Peer::v4(), Peer::v4());
+    let k1 = key("AES_CM_128_HMAC_SHA1_80", 0x01);
+    let k2 = key("AES_CM_128_HMAC_SHA1_80", 0x02);
+    let offer = |k: &v1::SrtpKey| {
+        srtp_body(
+            "127.0.0.1",
+            phone.addr().port(),
+            "RTP/SAVP",
+            &[format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+                encode_base64(&k.key)
+            )],
+        )
+    };
+    let created = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "re-key".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            sdp: offer(&k1),
+            other_transport: "RTP/AVP".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let answered = update(
+        &client,
+        v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            to_tag: "c".into(),
+            sdp: srtp_body("127.0.0.1", carrier.addr().port(), "RTP/AVP", &[]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let to_relay = addr_of(&answered.sdp);
+    let mut old = context(&k1);
+    let mut seq = 0u16;
+    let mut send = |ctx: &mut Context| {
+        seq += 1;
+        let plain = rtp(0, seq, u32::from(seq) * 160, 0x55, &[9; 160]);
+        phone.send(&to_relay, &ctx.encrypt_rtp(&plain).expect("encrypt"));
+        plain
+    };
+    let plain = send(&mut old);
+    assert_eq!(carrier.recv().0, plain);
+    // The re-offer with k2; the phone has not seen the answer yet.
+    update(
+        &client,
+        v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            sdp: offer(&k2),
+            sdp_from: v1::Party::User as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let plain = send(&mut old);
+    assert_eq!(carrier.recv().0, plain, "the old key still works meanwhile");
+    let mut new = context(&k2);
+    let plain = send(&mut new);
+    assert_eq!(carrier.recv().0, plain, "the new key works");
+    let _ = send(&mut old);
+    carrier.expect_silence();
+    let drops = user_drops(&client, &created.session).await;
+    assert_eq!(
+        drops.get("srtp_auth_failed"),
+        Some(&1),
+        "the old key is retired: {drops:?}"
+    );
+}
+
+/// The relay offered SRTP; a plain answer is refused unless the request
+/// accepts it (ng `OSRTP=accept`); an answer that renumbered the tag gets
+/// the relay's key of its suite; session-level keys never cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_the_relays_srtp_offer_are_read_as_answers() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let phone = Peer::v4();
+    let mut offer = srtp_body("127.0.0.1", phone.addr().port(), "RTP/AVP", &[]);
+    // A key where none belongs: at session level.
+    offer = offer.replacen(
+        "t=0 0\r\n",
+        "t=0 0\r\na=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\nk=clear:secret\r\n",
+        1,
+    );
+    let start = |call: &str| {
+        let client = &client;
+        let offer = offer.clone();
+        let call = call.to_owned();
+        async move {
+            create(
+                client,
+                v1::CreateSessionRequest {
+                    call_id: call,
+                    from_tag: "a".into(),
+                    aor: AOR.into(),
+                    gruu: GRUU_A.into(),
+                    sdp: offer,
+                    other_transport: "RTP/SAVP".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    let created = start("answer-plain").await;
+    assert!(
+        !created.sdp.contains("secret") && !created.sdp.contains("a=crypto:9"),
+        "{}",
+        created.sdp
+    );
+    let plain_answer = srtp_body("127.0.0.1", 4000, "RTP/AVP", &[]);
+    let refused = client
+        .call(Command::UpdateSession(v1::UpdateSessionRequest {
+            session: by_id(&created.session),
+            to_tag: "f".into(),
+            sdp: plain_answer.clone(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(&refused, Err(baton_control::ClientError::Status(s)) if s.message.contains("OSRTP=accept")),
+        "{refused:?}"
+    );
+    // With the answer (as Kamailio passes OSRTP-accept to rtpengine_answer).
+    let accepting = start("answer-plain-ok").await;
+    let updated = update(
+        &client,
+        v1::UpdateSessionRequest {
+            session: by_id(&accepting.session),
+            to_tag: "f".into(),
+            sdp: plain_answer,
+            sdes: Some(v1::SdesOptions {
+                accept_plain: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(proto_of(&updated.sdp), "RTP/AVP");
+    let info = session_info(&client, &accepting.session).await;
+    assert_eq!(
+        info.streams[0].remote.as_ref().expect("leg").transport,
+        "RTP/AVP"
+    );
+
+    // Tag 2 was AES_CM_128_HMAC_SHA1_32; the answer calls its line 7.
+    let renumbered = start("answer-renumbered").await;
+    let offered = crypto_lines(&renumbered.sdp);
+    assert_eq!(offered[1].1, "AES_CM_128_HMAC_SHA1_32");
+    let far_key = key("AES_CM_128_HMAC_SHA1_32", 0x3c);
+    let far = Peer::v4();
+    let answer = srtp_body(
+        "127.0.0.1",
+        far.addr().port(),
+        "RTP/SAVP",
+        &[format!(
+            "7 AES_CM_128_HMAC_SHA1_32 inline:{}",
+            encode_base64(&far_key.key)
+        )],
+    );
+    let updated = update(
+        &client,
+        v1::UpdateSessionRequest {
+            session: by_id(&renumbered.session),
+            to_tag: "f".into(),
+            sdp: answer,
+            ..Default::default()
+        },
+    )
+    .await;
+    let plain = rtp(0, 1, 160, 0x10, &[3; 160]);
+    phone.send(&addr_of(&updated.sdp), &plain);
+    let (wire, _) = far.recv();
+    let mut far_rx = context(&v1::SrtpKey {
+        suite: "AES_CM_128_HMAC_SHA1_32".into(),
+        key: offered[1].2.clone(),
+    });
+    assert_eq!(
+        far_rx
+            .decrypt_rtp(&Bytes::from(wire))
+            .expect("under the offered key of its suite")
+            .to_vec(),
+        plain
     );
 }

@@ -399,13 +399,17 @@ pub fn run(
                         let reverse = report.flows.get(&(flow ^ 1, sender.socket));
                         let mut rtcp =
                             sender_report(sender, reverse.and_then(FlowCheck::reception));
-                        if let Some(srtp) = &mut sender.srtp {
-                            let len = rtcp.len();
-                            rtcp.resize(len + baton_relay::core::srtp::MAX_OVERHEAD, 0);
-                            let sealed = srtp.protect_rtcp(&mut rtcp, len).unwrap_or(0);
-                            rtcp.truncate(sealed);
+                        let sealed = match &mut sender.srtp {
+                            Some(srtp) => {
+                                let len = rtcp.len();
+                                rtcp.resize(len + baton_relay::core::srtp::MAX_OVERHEAD, 0);
+                                srtp.protect_rtcp(&mut rtcp, len).ok()
+                            }
+                            None => Some(rtcp.len()),
+                        };
+                        if let Some(len) = sealed {
+                            let _ = socket.send_to(&rtcp[..len], sender.to);
                         }
-                        let _ = socket.send_to(&rtcp, sender.to);
                     }
                     let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
                     report.sent += sent;
@@ -424,12 +428,16 @@ pub fn run(
                         sent_ns: clock.now_ns(),
                     }
                     .write(&mut packet[12..packet_len]);
+                    // MAX_PACKET leaves room for the trailer (the payload is
+                    // at most 1400 bytes).
                     let len = match &mut sender.srtp {
-                        // MAX_PACKET leaves room for the trailer.
-                        Some(srtp) => srtp.protect_rtp(packet, packet_len).unwrap_or(0),
-                        None => packet_len,
+                        Some(srtp) => srtp.protect_rtp(packet, packet_len).ok(),
+                        None => Some(packet_len),
                     };
-                    outbox.push(len, sender.to);
+                    match len {
+                        Some(len) => outbox.push(len, sender.to),
+                        None => report.srtp_failed += 1,
+                    }
                     sender.seq = sender.seq.wrapping_add(1);
                     sender.ts = sender.ts.wrapping_add(plan.samples_per_packet);
                     sender.index += 1;

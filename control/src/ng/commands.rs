@@ -196,7 +196,7 @@ impl Options {
                 .filter(|_| f.len() > 5 && f[..5].eq_ignore_ascii_case("sdes-"))
                 .map(str::to_owned)
         }));
-        let (sdes, sdes_off) = sdes_options(&sdes_items)?;
+        let (mut sdes, sdes_off) = sdes_options(&sdes_items)?;
         if sdes_off
             && transport
                 .as_deref()
@@ -208,15 +208,29 @@ impl Options {
                     .to_owned(),
             );
         }
-        match get_str(request, "OSRTP") {
-            None => {}
-            // A plain answer to an SRTP offer is accepted as plain RTP.
-            Some(value) if value.eq_ignore_ascii_case("accept") => {}
-            Some(value) => {
-                return Err(format!(
-                    "OSRTP {} is not supported (opportunistic SRTP offers)",
-                    excerpt(value)
-                ));
+        // OSRTP, as a string, a list or `OSRTP-…` flags: `accept` lets a
+        // plain answer to an SRTP offer make that leg plain; opportunistic
+        // offers are not supported.
+        let mut osrtp = get_list(request, "OSRTP");
+        osrtp.extend(get_str(request, "OSRTP").map(str::to_owned));
+        osrtp.extend(
+            flags
+                .iter()
+                .filter_map(|f| f.strip_prefix("osrtp-").map(str::to_owned)),
+        );
+        for value in &osrtp {
+            let value = value.to_ascii_lowercase();
+            match value.as_str() {
+                "accept" | "accept-rfc" => {
+                    sdes.get_or_insert_with(v1::SdesOptions::default)
+                        .accept_plain = true;
+                }
+                _ => {
+                    return Err(format!(
+                        "OSRTP {} is not supported (opportunistic SRTP offers)",
+                        excerpt(&value)
+                    ));
+                }
             }
         }
         let ice = get_str(request, "ICE").unwrap_or("remove");

@@ -86,6 +86,9 @@ pub struct SdesPolicy {
     pub pad: bool,
     /// Write keys with the lifetime 2^31.
     pub lifetime: bool,
+    /// A plain RTP answer to the relay's SRTP offer makes that leg plain
+    /// (rtpengine's `OSRTP=accept`); without it such an answer is refused.
+    pub accept_plain: bool,
 }
 
 impl SdesPolicy {
@@ -323,7 +326,20 @@ impl PartyCrypto {
         media_line: usize,
         policy: &SdesPolicy,
     ) -> Result<(), String> {
+        // The party's first body after the relay offered it SRTP keys: its
+        // answer. (Later bodies may be offers of its own, which the relay
+        // answers; they are told apart by the keys the party already has.)
+        let first_answer =
+            self.transport.is_srtp() && self.peer_key.is_none() && !self.offered.is_empty();
         if !transport.is_srtp() {
+            if first_answer && !policy.accept_plain {
+                return Err(format!(
+                    "SDP line {media_line}: a {} answer to the relay's {} offer: accepting plain RTP \
+                     toward a party offered SRTP needs OSRTP=accept (sdes.accept_plain)",
+                    transport.name(),
+                    self.transport.name()
+                ));
+            }
             *self = Self {
                 transport,
                 ..Self::default()
@@ -334,16 +350,31 @@ impl PartyCrypto {
         for (value, number) in crypto {
             lines.push(parse(value, policy).map_err(|e| format!("SDP line {number}: {e}"))?);
         }
-        let answered = lines.iter().find_map(|line| {
+        // An answer takes the relay's key of its tag and suite, or — from
+        // an answerer that renumbered the tag — of its suite.
+        let offered = |line: &CryptoLine, by_tag: bool| {
             let theirs = line.key.as_ref().ok()?;
-            let (_, ours) = self
-                .offered
-                .iter()
-                .find(|(tag, ours)| *tag == line.tag && ours.suite() == theirs.suite())?;
+            let (_, ours) = self.offered.iter().find(|(tag, ours)| {
+                (!by_tag || *tag == line.tag) && ours.suite() == theirs.suite()
+            })?;
             Some((line.tag, *ours, *theirs))
-        });
+        };
+        let answered = lines
+            .iter()
+            .find_map(|line| offered(line, true))
+            .or_else(|| {
+                first_answer
+                    .then(|| lines.iter().find_map(|line| offered(line, false)))
+                    .flatten()
+            });
         let (tag, ours, theirs) = match answered {
             Some(found) => found,
+            None if first_answer => {
+                return Err(format!(
+                    "SDP line {media_line}: the answer's a=crypto lines match no suite the relay offered ({})",
+                    why_none(&lines)
+                ));
+            }
             None => {
                 let (tag, theirs) = choose(&lines)
                     .ok_or_else(|| format!("SDP line {media_line}: {}", why_none(&lines)))?;

@@ -304,6 +304,7 @@ pub(crate) fn sdes_policy(options: Option<&v1::SdesOptions>) -> Result<SdesPolic
         excluded: suites(&options.exclude)?,
         pad: options.pad,
         lifetime: options.lifetime,
+        accept_plain: options.accept_plain,
     };
     if policy.default_offer().is_empty() {
         return Err(Status::invalid_argument(

@@ -922,7 +922,7 @@ impl Sdp {
             set_port(&mut section[0], 0);
             // A party's keys never reach the other party, even on a line
             // that carries nothing.
-            section.retain(|line| !is_ice(line) && !line.is_attribute("crypto"));
+            section.retain(|line| !is_ice(line) && !is_key_line(line));
         }
     }
 
@@ -947,7 +947,7 @@ impl Sdp {
             section[0].value = fields.join(" ");
         }
         let first = section.iter().position(|l| l.is_attribute("crypto"));
-        section.retain(|l| !l.is_attribute("crypto"));
+        section.retain(|l| !is_key_line(l));
         let at = first.unwrap_or_else(|| {
             1 + section[1..]
                 .iter()
@@ -971,8 +971,16 @@ impl Sdp {
                 line.value = connection_value(ip);
             }
         }
-        self.session.retain(|line| !is_ice(line));
+        // A party's keys never reach the other party: SDES belongs at media
+        // level, but a key in the session part must not pass through either.
+        self.session
+            .retain(|line| !is_ice(line) && !is_key_line(line));
     }
+}
+
+/// `a=crypto` and `k=` lines: one party's keys.
+fn is_key_line(line: &Line) -> bool {
+    line.kind == b'k' || line.is_attribute("crypto")
 }
 
 fn is_ice(line: &Line) -> bool {
@@ -1071,6 +1079,7 @@ pub fn write_answer(
             .iter()
             .filter(|l| {
                 !is_ice(l)
+                    && !is_key_line(l)
                     && l.attribute()
                         .is_none_or(|(name, _)| Direction::parse(name).is_none())
             })

@@ -382,9 +382,9 @@ impl Session {
         }
         let s = &mut self.streams[stream.0];
         let mut outcome = s.route(now, &accepted, buf);
+        let rtcp = !accepted.is_media();
         if let Verdict::Forward {
             leg: out,
-            component,
             len,
             fork,
             ..
@@ -398,7 +398,7 @@ impl Session {
                     Err(_) => *fork = None,
                 }
             }
-            match s.seal(*out, *component, buf, *len) {
+            match s.seal(*out, rtcp, buf, *len) {
                 Ok(sealed) => *len = sealed,
                 Err(reason) => {
                     s.record_drop(leg, reason, 1);

@@ -174,10 +174,12 @@ pub enum SrtpError {
     Malformed,
     /// The authentication tag does not match: wrong key, corrupted or forged.
     AuthFailed,
-    /// This index was already accepted.
+    /// This index was already accepted (receiving), or already used (sending).
     Replayed,
     /// Behind the replay window (more than 128 packets older than the newest).
     TooOld,
+    /// Sending: every SSRC slot holds another source.
+    TooManySources,
     /// The buffer has no room for the tag (and SRTCP index).
     NoRoom,
     /// The master key and salt have the wrong length for the suite.
@@ -193,6 +195,7 @@ impl SrtpError {
             SrtpError::AuthFailed => "auth_failed",
             SrtpError::Replayed => "replayed",
             SrtpError::TooOld => "too_old",
+            SrtpError::TooManySources => "too_many_sources",
             SrtpError::NoRoom => "no_room",
             SrtpError::BadKey => "bad_key",
         }
@@ -439,9 +442,13 @@ impl fmt::Debug for SrtpReceiver {
 
 /// Encrypts and authenticates what baton sends to one peer.
 ///
-/// Keeps a rollover counter per SSRC in a fixed table of 8 slots (a new SSRC past that
-/// evicts the least recently used one, which restarts at ROC 0 if it comes back), and
-/// one SRTCP index shared by all SSRCs.
+/// Keeps, per SSRC in a fixed table of 8 slots, the rollover counter and a window of
+/// the indexes already sent: an index is never encrypted twice (that would reuse
+/// AES-CM keystream, or a GCM nonce, and leak plaintext or the GHASH key), so a
+/// packet whose index was used already, or lies behind the window, is refused
+/// ([`SrtpError::Replayed`], [`SrtpError::TooOld`]), and so is a ninth SSRC
+/// ([`SrtpError::TooManySources`]) rather than forgetting one whose indexes could
+/// then come round again. One SRTCP index is shared by all SSRCs.
 pub struct SrtpSender {
     session: Session,
     streams: Table<TxState>,
@@ -480,26 +487,29 @@ impl SrtpSender {
         let seq = read_u16(packet, 2)?;
         let ssrc = read_u32(packet, 8)?;
 
-        // Nothing below fails, so the ROC is advanced only for packets that go out.
-        let state = self.streams.touch(ssrc);
-        let index = match state.highest {
-            None => {
-                state.highest = Some(u64::from(seq));
-                u64::from(seq)
+        let state = self
+            .streams
+            .find_or_add(ssrc)
+            .ok_or(SrtpError::TooManySources)?;
+        let index = match &state.sent {
+            None => u64::from(seq),
+            Some(sent) => {
+                // Behind the stream's first packet across a wrap there is no ROC -1.
+                let index = guess_index(sent.top, seq).ok_or(SrtpError::TooOld)?;
+                sent.check(index)?;
+                index
             }
-            Some(highest) => match guess_index(highest, seq) {
-                Some(index) => {
-                    if index > highest {
-                        state.highest = Some(index);
-                    }
-                    index
-                }
-                // Behind the stream's first packet across a wrap: there is no ROC -1;
-                // send it with ROC 0 (the receiver will drop it) and keep the state.
-                None => u64::from(seq),
-            },
         };
-        self.session.rtp.seal_rtp(buf, len, header_len, ssrc, index)
+        let total = self
+            .session
+            .rtp
+            .seal_rtp(buf, len, header_len, ssrc, index)?;
+        // Recorded only once it went out.
+        state
+            .sent
+            .get_or_insert_with(|| Window::new(index))
+            .accept(index);
+        Ok(total)
     }
 
     /// Protects the (compound) RTCP packet in `buf[..len]` in place and returns the new
@@ -603,8 +613,8 @@ struct RxState {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct TxState {
-    /// Highest 48-bit index sent; `None` until the first packet.
-    highest: Option<u64>,
+    /// The 48-bit indexes sent; `None` until the first packet.
+    sent: Option<Window>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -635,6 +645,22 @@ impl<T: Copy + Default> Table<T> {
             .flatten()
             .find(|entry| entry.ssrc == ssrc)
             .map(|entry| &entry.state)
+    }
+
+    /// The state for `ssrc`, created in a free slot if absent; `None` when every slot
+    /// holds another SSRC (nothing is evicted).
+    fn find_or_add(&mut self, ssrc: u32) -> Option<&mut T> {
+        let at = self
+            .entries
+            .iter()
+            .position(|slot| matches!(slot, Some(entry) if entry.ssrc == ssrc))
+            .or_else(|| self.entries.iter().position(Option::is_none))?;
+        let entry = self.entries.get_mut(at)?.get_or_insert(Entry {
+            ssrc,
+            last_used: 0,
+            state: T::default(),
+        });
+        Some(&mut entry.state)
     }
 
     /// The state for `ssrc`, marked as just used; created if absent, in a free slot or
@@ -1763,7 +1789,11 @@ mod tests {
                     &plain,
                 );
             }
-            let sent = ours_tx.streams.get(SSRC).and_then(|s| s.highest);
+            let sent = ours_tx
+                .streams
+                .get(SSRC)
+                .and_then(|s| s.sent)
+                .map(|w| w.top);
             assert_eq!(sent, Some((1 << 16) | 13), "sender ROC 1, seq 13");
             let received = ours_rx.streams.get(SSRC).and_then(|s| s.rtp).map(|w| w.top);
             assert_eq!(received, Some((1 << 16) | 13), "receiver ROC 1, seq 13");
@@ -1965,7 +1995,7 @@ mod tests {
             }
             // 65533 -> 2 (ROC 1) -> 60000 -> 9000 (ROC 2) -> 65535 -> 10 (ROC 3)
             assert_eq!(
-                sender.streams.get(77).and_then(|s| s.highest),
+                sender.streams.get(77).and_then(|s| s.sent).map(|w| w.top),
                 Some((3 << 16) | 10)
             );
         }
@@ -2129,15 +2159,20 @@ mod tests {
     fn more_ssrcs_than_slots() {
         for suite in [Suite::AesCm128HmacSha1_80, Suite::AeadAes256Gcm] {
             let key = MasterKey::random(suite);
-            let mut sender = SrtpSender::new(&key);
+            // One sending stack per source, as each peer is; the receiver is ours.
+            let mut senders: std::collections::HashMap<u32, SrtpSender> =
+                std::collections::HashMap::new();
             let mut receiver = SrtpReceiver::new(&key);
             let ssrcs = 1..=(SSRC_SLOTS as u32 + 4);
-            // Interleave 12 SSRCs over 8 slots, each crossing a sequence wrap.
+            // Interleave 12 SSRCs over 8 receiver slots. (An evicted SSRC comes back
+            // with ROC 0 guessed: one that had wrapped would fail authentication, as
+            // the type's documentation says; these stay below the wrap.)
             for round in 0..40u16 {
                 for ssrc in ssrcs.clone() {
-                    let seq = 65520u16.wrapping_add(round).wrapping_add(ssrc as u16);
+                    let seq = 1000u16.wrapping_add(round).wrapping_add(ssrc as u16);
                     let plain = rtp(seq, ssrc, 0, 0, 12, 0);
-                    let wire = protect_rtp(&mut sender, &plain);
+                    let sender = senders.entry(ssrc).or_insert_with(|| SrtpSender::new(&key));
+                    let wire = protect_rtp(sender, &plain);
                     assert_eq!(
                         accept_rtp(&mut receiver, &wire),
                         Ok(plain),
@@ -2150,32 +2185,55 @@ mod tests {
                 receiver.streams.entries.iter().flatten().count(),
                 SSRC_SLOTS
             );
-            // A few hot SSRCs keep their state while others churn through the rest.
-            let hot = [100u32, 101];
-            for seq in 0..50u16 {
-                for (i, ssrc) in hot.iter().chain(&[200 + u32::from(seq)]).enumerate() {
-                    let plain = rtp(seq.wrapping_add(i as u16), *ssrc, 0, 0, 12, 0);
-                    let wire = protect_rtp(&mut sender, &plain);
-                    assert_eq!(accept_rtp(&mut receiver, &wire), Ok(plain));
-                }
-            }
-            for ssrc in hot {
-                assert!(receiver.streams.get(ssrc).is_some() && sender.streams.get(ssrc).is_some());
-            }
         }
+    }
+
+    /// The sender never encrypts one index twice: a sequence number sent
+    /// already, one far behind, one behind the first across a wrap and a
+    /// ninth SSRC are refused, and nothing is recorded for them.
+    #[test]
+    fn the_sender_never_reuses_an_index() {
+        let key = MasterKey::random(Suite::AeadAes128Gcm);
+        let mut sender = SrtpSender::new(&key);
+        let mut buf = [0u8; 256];
+        let mut send = |sender: &mut SrtpSender, seq: u16, ssrc: u32| {
+            let plain = rtp(seq, ssrc, 0, 0, 20, 0);
+            buf[..plain.len()].copy_from_slice(&plain);
+            sender.protect_rtp(&mut buf, plain.len()).map(|_| ())
+        };
+        assert_eq!(send(&mut sender, 10, 1), Ok(()));
+        assert_eq!(send(&mut sender, 10, 1), Err(SrtpError::Replayed));
+        assert_eq!(send(&mut sender, 9, 1), Ok(()), "reordered, unused: fine");
+        assert_eq!(send(&mut sender, 9, 1), Err(SrtpError::Replayed));
+        assert_eq!(send(&mut sender, 500, 1), Ok(()));
+        assert_eq!(send(&mut sender, 100, 1), Err(SrtpError::TooOld));
+        assert_eq!(
+            send(&mut sender, 501, 1),
+            Ok(()),
+            "the refusals recorded nothing"
+        );
+        // Behind the first packet across a wrap: no ROC -1.
+        assert_eq!(send(&mut sender, 3, 2), Ok(()));
+        assert_eq!(send(&mut sender, 65_000, 2), Err(SrtpError::TooOld));
+        for ssrc in 3..=SSRC_SLOTS as u32 {
+            assert_eq!(send(&mut sender, 1, ssrc), Ok(()));
+        }
+        assert_eq!(send(&mut sender, 1, 99), Err(SrtpError::TooManySources));
+        assert_eq!(send(&mut sender, 502, 1), Ok(()), "known sources go on");
     }
 
     #[test]
     fn table_evicts_least_recently_used() {
-        let mut table: Table<TxState> = Table::new();
+        let mut table: Table<RxState> = Table::new();
+        let top = |table: &Table<RxState>, ssrc| table.get(ssrc).and_then(|s| s.rtp).map(|w| w.top);
         for ssrc in 0..SSRC_SLOTS as u32 {
-            table.touch(ssrc).highest = Some(u64::from(ssrc));
+            table.touch(ssrc).rtp = Some(Window::new(u64::from(ssrc)));
         }
         table.touch(0); // now 1 is the oldest
         table.touch(99);
         assert!(table.get(1).is_none());
-        assert_eq!(table.get(0).and_then(|s| s.highest), Some(0));
-        assert_eq!(table.get(99).and_then(|s| s.highest), None);
-        assert_eq!(table.get(2).and_then(|s| s.highest), Some(2));
+        assert_eq!(top(&table, 0), Some(0));
+        assert_eq!(top(&table, 99), None);
+        assert_eq!(top(&table, 2), Some(2));
     }
 }

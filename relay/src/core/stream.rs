@@ -114,11 +114,15 @@ pub enum DropReason {
     /// On an SRTP leg whose keys are not negotiated yet (an offer without
     /// its answer): nothing can be decrypted or encrypted.
     SrtpNoKey = 16,
+    /// Toward an SRTP leg from a ninth source: the relay keeps the SRTP
+    /// index of eight sources per leg and never forgets one (its indexes
+    /// could come round again under the same key).
+    SrtpTooManySources = 17,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -138,6 +142,7 @@ impl DropReason {
         Self::SrtpAuth,
         Self::SrtpReplay,
         Self::SrtpNoKey,
+        Self::SrtpTooManySources,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -160,6 +165,7 @@ impl DropReason {
             Self::SrtpAuth => "srtp_auth_failed",
             Self::SrtpReplay => "srtp_replay",
             Self::SrtpNoKey => "srtp_no_key",
+            Self::SrtpTooManySources => "srtp_too_many_sources",
         }
     }
 }
@@ -329,6 +335,10 @@ struct LegSrtp {
     keys: LegKeys,
     receiver: SrtpReceiver,
     sender: SrtpSender,
+    /// After the peer re-keyed (a re-offer): its old key, until the first
+    /// packet under the new one. The peer sends under the old key until
+    /// the answer reaches it, and its media must not stop meanwhile.
+    previous: Option<SrtpReceiver>,
 }
 
 impl std::fmt::Debug for LegSrtp {
@@ -340,7 +350,9 @@ impl std::fmt::Debug for LegSrtp {
     }
 }
 
-/// How an SRTP refusal is counted.
+/// How an SRTP refusal is counted. On the way out `Replayed` and `TooOld`
+/// mean the index was used already (the sender went back): never sent
+/// twice under one key.
 fn srtp_drop(error: SrtpError, component: Component) -> DropReason {
     match error {
         SrtpError::Replayed | SrtpError::TooOld => DropReason::SrtpReplay,
@@ -348,7 +360,10 @@ fn srtp_drop(error: SrtpError, component: Component) -> DropReason {
             Component::Rtp => DropReason::MalformedRtp,
             Component::Rtcp => DropReason::MalformedRtcp,
         },
-        SrtpError::AuthFailed | SrtpError::NoRoom | SrtpError::BadKey => DropReason::SrtpAuth,
+        SrtpError::TooManySources => DropReason::SrtpTooManySources,
+        // The buffers keep room for the largest trailer.
+        SrtpError::NoRoom => DropReason::TooLarge,
+        SrtpError::AuthFailed | SrtpError::BadKey => DropReason::SrtpAuth,
     }
 }
 
@@ -595,20 +610,38 @@ impl Leg {
                 if self.srtp.as_ref().is_some_and(|s| s.keys.same_as(&keys)) {
                     return;
                 }
-                let relay_unchanged = self.srtp.as_ref().is_some_and(|s| {
-                    s.keys.relay.suite() == keys.relay.suite()
-                        && s.keys.relay.key_and_salt() == keys.relay.key_and_salt()
-                });
-                let sender = match self.srtp.take() {
-                    // The peer re-keyed, the relay did not: the outbound
-                    // index toward the peer continues.
-                    Some(old) if relay_unchanged => old.sender,
-                    Some(_) | None => SrtpSender::new(&keys.relay),
+                let same = |a: &MasterKey, b: &MasterKey| {
+                    a.suite() == b.suite() && a.key_and_salt() == b.key_and_salt()
+                };
+                let old = self.srtp.take();
+                let (sender, receiver, previous) = match old {
+                    Some(old) => {
+                        let old = *old;
+                        // The side that did not change keeps its context: the
+                        // outbound index toward the peer continues, the
+                        // replay window of the peer's stream too.
+                        let sender = if same(&old.keys.relay, &keys.relay) {
+                            old.sender
+                        } else {
+                            SrtpSender::new(&keys.relay)
+                        };
+                        if same(&old.keys.peer, &keys.peer) {
+                            (sender, old.receiver, old.previous)
+                        } else {
+                            (sender, SrtpReceiver::new(&keys.peer), Some(old.receiver))
+                        }
+                    }
+                    None => (
+                        SrtpSender::new(&keys.relay),
+                        SrtpReceiver::new(&keys.peer),
+                        None,
+                    ),
                 };
                 self.srtp = Some(Box::new(LegSrtp {
                     keys,
-                    receiver: SrtpReceiver::new(&keys.peer),
+                    receiver,
                     sender,
+                    previous,
                 }));
             }
         }
@@ -621,23 +654,38 @@ impl Leg {
         component: Component,
         buf: &mut [u8],
         len: usize,
-    ) -> Result<Option<Unprotected>, DropReason> {
+    ) -> Result<Option<(Unprotected, bool)>, DropReason> {
+        let open = |receiver: &SrtpReceiver, buf: &mut [u8]| match component {
+            Component::Rtp => receiver.unprotect_rtp(buf, len),
+            Component::Rtcp => receiver.unprotect_rtcp(buf, len),
+        };
         match (self.config.crypto, self.srtp.as_ref()) {
             (LegCrypto::Plain, _) => Ok(None),
             (LegCrypto::AwaitingKeys, _) | (LegCrypto::Srtp(_), None) => Err(DropReason::SrtpNoKey),
-            (LegCrypto::Srtp(_), Some(srtp)) => {
-                let result = match component {
-                    Component::Rtp => srtp.receiver.unprotect_rtp(buf, len),
-                    Component::Rtcp => srtp.receiver.unprotect_rtcp(buf, len),
-                };
-                result.map(Some).map_err(|e| srtp_drop(e, component))
-            }
+            (LegCrypto::Srtp(_), Some(srtp)) => match (open(&srtp.receiver, buf), &srtp.previous) {
+                (Ok(plain), _) => Ok(Some((plain, false))),
+                // A failed attempt leaves the buffer as it was (the tag is
+                // checked before anything is decrypted).
+                (Err(SrtpError::AuthFailed), Some(previous)) => open(previous, buf)
+                    .map(|plain| Some((plain, true)))
+                    .map_err(|e| srtp_drop(e, component)),
+                (Err(e), _) => Err(srtp_drop(e, component)),
+            },
         }
     }
 
-    fn commit_srtp(&mut self, unprotected: Option<Unprotected>) {
-        if let (Some(u), Some(srtp)) = (unprotected, self.srtp.as_mut()) {
-            srtp.receiver.commit(&u);
+    /// Records an accepted packet in the window of the key it came under;
+    /// the first packet under a new key retires the old one.
+    fn commit_srtp(&mut self, unprotected: Option<(Unprotected, bool)>) {
+        let (Some((plain, under_previous)), Some(srtp)) = (unprotected, self.srtp.as_mut()) else {
+            return;
+        };
+        match (under_previous, srtp.previous.as_mut()) {
+            (true, Some(previous)) => previous.commit(&plain),
+            (true, None) | (false, _) => {
+                srtp.receiver.commit(&plain);
+                srtp.previous = None;
+            }
         }
     }
 
@@ -647,14 +695,12 @@ impl Leg {
             (LegCrypto::Plain, _) => Ok(len),
             (LegCrypto::AwaitingKeys, _) | (LegCrypto::Srtp(_), None) => Err(DropReason::SrtpNoKey),
             (LegCrypto::Srtp(_), Some(srtp)) => {
-                let result = if rtcp {
-                    srtp.sender.protect_rtcp(buf, len)
+                let (result, component) = if rtcp {
+                    (srtp.sender.protect_rtcp(buf, len), Component::Rtcp)
                 } else {
-                    srtp.sender.protect_rtp(buf, len)
+                    (srtp.sender.protect_rtp(buf, len), Component::Rtp)
                 };
-                // The buffers keep room for the largest trailer, so only a
-                // datagram over the size limit gets here.
-                result.map_err(|_| DropReason::TooLarge)
+                result.map_err(|e| srtp_drop(e, component))
             }
         }
     }
@@ -875,18 +921,12 @@ impl Stream {
         buf: &mut [u8],
         len: usize,
     ) -> Outcome {
-        let mut outcome = match self.accept(now, leg, arrived_on, from, buf, len) {
-            Ok(accepted) => self.route(now, &accepted, buf),
+        let (mut outcome, rtcp) = match self.accept(now, leg, arrived_on, from, buf, len) {
+            Ok(accepted) => (self.route(now, &accepted, buf), !accepted.is_media()),
             Err(outcome) => return outcome,
         };
-        if let Verdict::Forward {
-            leg: out,
-            component,
-            len,
-            ..
-        } = &mut outcome.verdict
-        {
-            match self.seal(*out, *component, buf, *len) {
+        if let Verdict::Forward { leg: out, len, .. } = &mut outcome.verdict {
+            match self.seal(*out, rtcp, buf, *len) {
                 Ok(sealed) => *len = sealed,
                 Err(reason) => outcome.verdict = self.drop_on(leg, reason).verdict,
             }
@@ -931,10 +971,17 @@ impl Stream {
         } else {
             arrived_on
         };
+        let pending = role == LegRole::Pending;
+        // A stranger is refused before any cryptography: on a leg whose
+        // peer is known, nobody else can make the relay spend an HMAC or
+        // GCM check per datagram.
+        if this.srtp.is_some() && plainly_stranger(this, component, from, policy, pending) {
+            return Err(this.drop(DropReason::Stranger));
+        }
         let unprotected = this
             .unprotect(component, buf, wire_len)
             .map_err(|reason| this.drop(reason))?;
-        let len = unprotected.map_or(wire_len, |u| u.len());
+        let len = unprotected.map_or(wire_len, |(plain, _)| plain.len());
         let packet = &buf[..len];
         let fields = match component {
             Component::Rtp => match RtpView::new_checked(packet) {
@@ -959,7 +1006,6 @@ impl Stream {
                 this.payloads.to_remote(f.pt).is_some()
             }
         });
-        let pending = role == LegRole::Pending;
         let learning = this.peers[this.peer_slot(component)].addr.is_none();
         if !negotiated && (pending || learning) {
             // Only a packet that would be forwarded may prove a source or
@@ -1013,6 +1059,21 @@ impl Stream {
     /// between the two steps applies to the packet that caused it.
     pub fn route(&mut self, now: Instant, accepted: &Accepted, buf: &mut [u8]) -> Outcome {
         let (leg, len) = (accepted.leg, accepted.len);
+        // Toward an SRTP leg still without keys nothing can go, and nothing
+        // may be rewritten or counted as sent for it either.
+        let toward = match self.role(leg) {
+            Some(LegRole::Device) => Some(self.remote),
+            Some(LegRole::Remote) => Some(self.device),
+            Some(LegRole::Pending | LegRole::Retired) | None => None,
+        };
+        if toward
+            .and_then(|t| self.leg(t))
+            .is_some_and(|t| matches!(t.config.crypto, LegCrypto::AwaitingKeys))
+        {
+            let mut outcome = self.drop_on(leg, DropReason::SrtpNoKey);
+            outcome.latched = accepted.latched;
+            return outcome;
+        }
         let mut outcome = match (self.role(leg), accepted.fields) {
             (Some(LegRole::Device), Some(f)) => self.device_rtp(now, leg, f, buf, len),
             (Some(LegRole::Device), None) => self.device_rtcp(leg, buf, len),
@@ -1195,12 +1256,12 @@ impl Stream {
     /// leg, encrypt it in place with the relay's key for that leg (`buf`
     /// must have room for the suite's trailer; see
     /// [`srtp::MAX_OVERHEAD`](crate::core::srtp::MAX_OVERHEAD)). Returns
-    /// the length to send. `component` is the socket it leaves on, as in
-    /// [`Verdict::Forward`].
+    /// the length to send. `rtcp` says what the datagram is (the socket
+    /// alone does not, with rtcp-mux).
     pub fn seal(
         &mut self,
         leg: LegId,
-        component: Component,
+        rtcp: bool,
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, DropReason> {
@@ -1210,9 +1271,7 @@ impl Stream {
         if matches!(out.config.crypto, LegCrypto::Plain) {
             return Ok(len);
         }
-        let len = len.min(buf.len());
-        let rtcp = component == Component::Rtcp || rtp::is_rtcp(&buf[..len]);
-        out.protect(rtcp, buf, len)
+        out.protect(rtcp, buf, len.min(buf.len()))
     }
 
     /// Writes the copy of the remote's media for a pending device into
@@ -1232,7 +1291,7 @@ impl Stream {
         if let Ok(mut view) = RtpView::new_checked(&mut target[..]) {
             view.set_payload_type(fork.payload_type);
         }
-        self.seal(fork.leg, Component::Rtp, copy, len)
+        self.seal(fork.leg, false, copy, len)
     }
 
     /// Opens a leg for the device a call is being transferred to. `None`
@@ -1522,6 +1581,29 @@ fn check_source(
         addr: from,
         relearned,
     }))
+}
+
+/// Whether [`check_source`] would refuse `from` as a stranger whatever the
+/// packet says (its verdicts that need no look at the packet, and change
+/// nothing).
+fn plainly_stranger(
+    leg: &Leg,
+    component: Component,
+    from: SocketAddr,
+    policy: StreamConfig,
+    pending: bool,
+) -> bool {
+    let peer = leg.peers[leg.peer_slot(component)];
+    match (peer.source, peer.addr) {
+        (_, Some(addr)) if addr == from => false,
+        (PeerSource::Signalled, Some(addr)) if policy.asymmetric && pending => {
+            addr.ip() != from.ip()
+        }
+        (PeerSource::Signalled, _) => !policy.asymmetric,
+        (PeerSource::Learned | PeerSource::Unknown, _) if !ip_allowed(leg, from) => true,
+        (PeerSource::Learned, _) => !policy.relearn,
+        (PeerSource::Unknown, _) => false,
+    }
 }
 
 /// Whether `from` is the IP the signalling gave, when it gave one.
