@@ -803,6 +803,8 @@ pub struct Stream {
     last_rtp_at: Option<Instant>,
     last_packet_at: Option<Instant>,
     last_toward_remote_at: Option<Instant>,
+    /// Some leg is SRTP without keys yet (checked per packet only then).
+    awaiting_keys: bool,
 }
 
 impl Stream {
@@ -839,8 +841,10 @@ impl Stream {
             last_rtp_at: None,
             last_packet_at: None,
             last_toward_remote_at: None,
+            awaiting_keys: false,
         };
         stream.set_clock_rates(clock_rates);
+        stream.note_awaiting_keys();
         stream
     }
 
@@ -1059,22 +1063,25 @@ impl Stream {
     /// between the two steps applies to the packet that caused it.
     pub fn route(&mut self, now: Instant, accepted: &Accepted, buf: &mut [u8]) -> Outcome {
         let (leg, len) = (accepted.leg, accepted.len);
+        let role = self.role(leg);
         // Toward an SRTP leg still without keys nothing can go, and nothing
         // may be rewritten or counted as sent for it either.
-        let toward = match self.role(leg) {
-            Some(LegRole::Device) => Some(self.remote),
-            Some(LegRole::Remote) => Some(self.device),
-            Some(LegRole::Pending | LegRole::Retired) | None => None,
+        let toward = match role {
+            Some(LegRole::Device) => self.remote,
+            Some(LegRole::Remote) => self.device,
+            Some(LegRole::Pending | LegRole::Retired) | None => leg,
         };
-        if toward
-            .and_then(|t| self.leg(t))
-            .is_some_and(|t| matches!(t.config.crypto, LegCrypto::AwaitingKeys))
+        if self.awaiting_keys
+            && toward != leg
+            && self.legs[toward.index()]
+                .as_ref()
+                .is_some_and(|t| matches!(t.config.crypto, LegCrypto::AwaitingKeys))
         {
             let mut outcome = self.drop_on(leg, DropReason::SrtpNoKey);
             outcome.latched = accepted.latched;
             return outcome;
         }
-        let mut outcome = match (self.role(leg), accepted.fields) {
+        let mut outcome = match (role, accepted.fields) {
             (Some(LegRole::Device), Some(f)) => self.device_rtp(now, leg, f, buf, len),
             (Some(LegRole::Device), None) => self.device_rtcp(leg, buf, len),
             (Some(LegRole::Remote), Some(f)) => self.remote_rtp(leg, f, buf, len),
@@ -1314,7 +1321,18 @@ impl Stream {
         leg.probation = PENDING_PROBATION;
         self.legs[slot.index()] = Some(leg);
         self.pending = Some(slot);
+        self.note_awaiting_keys();
         Some(slot)
+    }
+
+    /// Recomputes whether a leg waits for its SRTP keys (after a leg's
+    /// crypto changed or a leg was added).
+    fn note_awaiting_keys(&mut self) {
+        self.awaiting_keys = self
+            .legs
+            .iter()
+            .flatten()
+            .any(|l| matches!(l.config.crypto, LegCrypto::AwaitingKeys));
     }
 
     /// Makes the pending device the user's current device, unless the
@@ -1445,6 +1463,9 @@ impl Stream {
             if leg.peers[Component::Rtp.index()].addr.is_none() {
                 leg.learning_until = now + window;
             }
+        }
+        if crypto.is_some() {
+            self.note_awaiting_keys();
         }
     }
 
