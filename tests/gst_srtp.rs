@@ -44,7 +44,9 @@ fn gstreamer_present() -> bool {
             std::env::var_os("BATON_REQUIRE_GSTREAMER").is_none(),
             "BATON_REQUIRE_GSTREAMER is set but gst-inspect-1.0 lacks srtpenc/srtpdec (gstreamer1.0-tools, -plugins-good, -plugins-bad)"
         );
-        eprintln!("skipped: GStreamer with srtpenc/srtpdec is not installed");
+        eprintln!(
+            "SKIPPED: GStreamer with srtpenc/srtpdec (apt-get install gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)"
+        );
     }
     present
 }
