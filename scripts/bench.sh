@@ -10,6 +10,8 @@
 #              its ng protocol (installed with apt-get when missing)
 #   baton-1w   baton, one media worker
 #   baton-2w   baton, one worker per core
+#   baton-srtp / rtpengine-srtp  an SRTP device bridged to a plain remote
+#              (section srtp, 1000 streams)
 # Per anchor and stream count (100, 1000, 5000 one-way streams): the highest
 # rate with < 0.1 % loss (a packet later than 50 ms counts as lost), found by
 # bisection, fresh calls for every trial. Then latency and relay CPU per

@@ -539,6 +539,37 @@ fn crypto_lines(body: &str) -> Vec<(u32, String, Vec<u8>)> {
         .collect()
 }
 
+/// The far party's SRTP answer (one `a=crypto` line, `tag` with `key`)
+/// through `update_session`, from the remote side.
+async fn answer_savp(
+    client: &Client,
+    session: &str,
+    far: &Peer,
+    tag: u32,
+    key: &v1::SrtpKey,
+) -> v1::UpdateSessionResponse {
+    let answer = srtp_body(
+        "127.0.0.1",
+        far.addr().port(),
+        "RTP/SAVP",
+        &[format!(
+            "{tag} {} inline:{}",
+            key.suite,
+            encode_base64(&key.key)
+        )],
+    );
+    update(
+        client,
+        v1::UpdateSessionRequest {
+            session: by_id(session),
+            to_tag: "f".into(),
+            sdp: answer,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 fn proto_of(body: &str) -> String {
     Sdp::parse(body).expect("sdp").media(0).expect("m=").proto
 }
@@ -699,25 +730,7 @@ async fn the_relay_offers_its_own_keys_and_keeps_them_on_a_re_offer() {
         "keys without base64 padding by default (rtpengine's habit; SDES-pad adds it)"
     );
     let far_key = key("AEAD_AES_128_GCM", 0x5c);
-    let answer = srtp_body(
-        "127.0.0.1",
-        far.addr().port(),
-        "RTP/SAVP",
-        &[format!(
-            "3 AEAD_AES_128_GCM inline:{}",
-            encode_base64(&far_key.key)
-        )],
-    );
-    let updated = update(
-        &client,
-        v1::UpdateSessionRequest {
-            session: by_id(&created.session),
-            to_tag: "f".into(),
-            sdp: answer,
-            ..Default::default()
-        },
-    )
-    .await;
+    let updated = answer_savp(&client, &created.session, &far, 3, &far_key).await;
     assert_eq!(proto_of(&updated.sdp), "RTP/AVP");
     assert!(!updated.sdp.contains("a=crypto"));
     let to_far = addr_of(&created.sdp);
@@ -1333,25 +1346,7 @@ async fn answers_to_the_relays_srtp_offer_are_read_as_answers() {
     assert_eq!(offered[1].1, "AES_CM_128_HMAC_SHA1_32");
     let far_key = key("AES_CM_128_HMAC_SHA1_32", 0x3c);
     let far = Peer::v4();
-    let answer = srtp_body(
-        "127.0.0.1",
-        far.addr().port(),
-        "RTP/SAVP",
-        &[format!(
-            "7 AES_CM_128_HMAC_SHA1_32 inline:{}",
-            encode_base64(&far_key.key)
-        )],
-    );
-    let updated = update(
-        &client,
-        v1::UpdateSessionRequest {
-            session: by_id(&renumbered.session),
-            to_tag: "f".into(),
-            sdp: answer,
-            ..Default::default()
-        },
-    )
-    .await;
+    let updated = answer_savp(&client, &renumbered.session, &far, 7, &far_key).await;
     let plain = rtp(0, 1, 160, 0x10, &[3; 160]);
     phone.send(&addr_of(&updated.sdp), &plain);
     let (wire, _) = far.recv();
