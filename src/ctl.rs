@@ -234,7 +234,8 @@ struct TransferArgs {
     /// When to switch.
     #[arg(long, value_enum, default_value = "first-packet")]
     mode: Mode,
-    /// SRTP on the new device's leg per stream, in order: SUITE[:KEY], KEY
+    /// SRTP on the new device's leg per stream, in order: SUITE[:KEY] (KEY
+    /// in base64, or @FILE holding it), KEY
     /// being the device's key and salt in base64; the relay's key comes
     /// back in `user_key`.
     #[arg(long = "srtp", value_name = "SUITE[:KEY]")]
@@ -298,8 +299,16 @@ fn parse_srtp_key(text: &str) -> Result<v1::SrtpKey, String> {
     parse_key_bytes(suite, key)
 }
 
+/// A key in base64, or `@FILE` holding it: a key on the command line is
+/// visible to every user of the machine (`/proc/PID/cmdline`) and stays in
+/// shell histories.
 fn parse_key_bytes(suite: &str, key: &str) -> Result<v1::SrtpKey, String> {
-    let key = baton_control::sip::crypto::decode_base64(key)
+    let text = match key.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the {suite} key from {path}: {e}"))?,
+        None => key.to_owned(),
+    };
+    let key = baton_control::sip::crypto::decode_base64(text.trim())
         .ok_or_else(|| format!("the {suite} key is not base64"))?;
     Ok(v1::SrtpKey {
         suite: suite.to_owned(),
@@ -400,7 +409,8 @@ struct CreateArgs {
     /// protection against injected media).
     #[arg(long)]
     asymmetric: bool,
-    /// SRTP on the user leg per stream, in order: SUITE[:KEY], KEY being the
+    /// SRTP on the user leg per stream, in order: SUITE[:KEY] (or
+    /// SUITE:@FILE, which keeps the key off the command line), KEY being the
     /// device's key and salt in base64 (or later with update --user-key);
     /// the relay's own key comes back in `user_key`.
     #[arg(long = "user-srtp", value_name = "SUITE[:KEY]")]
@@ -436,7 +446,8 @@ struct UpdateArgs {
     /// Put every stream on hold, or take it off.
     #[arg(long, value_enum)]
     hold: Option<OnOff>,
-    /// The device's SRTP key per stream, in order: SUITE:KEY (base64).
+    /// The device's SRTP key per stream, in order: SUITE:KEY (base64) or
+    /// SUITE:@FILE.
     #[arg(long = "user-key", value_name = "SUITE:KEY")]
     user_keys: Vec<String>,
     /// The remote party's SRTP key per stream, in order: SUITE:KEY.

@@ -1362,3 +1362,60 @@ async fn answers_to_the_relays_srtp_offer_are_read_as_answers() {
         plain
     );
 }
+
+/// `baton ctl` takes keys on the command line or, kept off it, from a file
+/// (`SUITE:@FILE`), and says which key is wrong.
+#[test]
+fn ctl_takes_srtp_keys_from_a_file() {
+    let relay = Relay::start(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("device.key");
+    std::fs::write(&path, "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\n").expect("write");
+    let srtp = format!("AES_CM_128_HMAC_SHA1_80:@{}", path.display());
+    let created = common::stdout_json(&relay.ctl(&[
+        "create",
+        "--call-id",
+        "ctl-srtp",
+        "--from-tag",
+        "a",
+        "--aor",
+        AOR,
+        "--gruu",
+        GRUU_A,
+        "--stream",
+        "audio:0",
+        "--user-peer",
+        "127.0.0.1:4000",
+        "--user-srtp",
+        &srtp,
+    ]));
+    let user_key = &created["streams"][0]["user_key"];
+    assert_eq!(user_key["suite"], "AES_CM_128_HMAC_SHA1_80", "{created}");
+    assert_eq!(
+        decode_base64(user_key["key"].as_str().expect("base64")).map(|k| k.len()),
+        Some(30)
+    );
+    let session = created["session"].as_str().expect("id");
+    let refused = relay.ctl(&[
+        "update",
+        "--session",
+        session,
+        "--user-key",
+        "AES_CM_128_HMAC_SHA1_80:not*base64",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not base64"));
+    let short = relay.ctl(&[
+        "update",
+        "--session",
+        session,
+        "--user-key",
+        "AES_CM_128_HMAC_SHA1_80:c2hvcnQ=",
+    ]);
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("30 bytes"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+}
