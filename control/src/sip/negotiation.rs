@@ -123,11 +123,14 @@ fn carried(media: &Media) -> bool {
 }
 
 fn has_usable_crypto(media: &Media) -> bool {
-    let policy = SdesPolicy::default();
+    has_usable_crypto_under(media, &SdesPolicy::default())
+}
+
+fn has_usable_crypto_under(media: &Media, policy: &SdesPolicy) -> bool {
     media
         .crypto
         .iter()
-        .any(|(value, _)| crypto::parse(value, &policy).is_ok_and(|l| l.key.is_ok()))
+        .any(|(value, _)| crypto::parse(value, policy).is_ok_and(|l| l.key.is_ok()))
 }
 
 /// Why an m= line the relay leaves out is left out, for errors.
@@ -527,7 +530,20 @@ impl AnswerPlan {
         policy: &SdesPolicy,
     ) -> Result<Self, Status> {
         let media = media_of(&offer)?;
-        let layout = match_by_kind(&media, streams);
+        // SRTP lines with no key usable under this request's options take
+        // no stream: a plain line of the same kind (a best-effort SRTP
+        // offer) gets it instead.
+        let usable: Vec<Media> = media
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                if m.is_srtp() && !has_usable_crypto_under(&m, policy) {
+                    m.port = 0;
+                }
+                m
+            })
+            .collect();
+        let layout = match_by_kind(&usable, streams);
         if layout.iter().all(Option::is_none) {
             let reason = media
                 .iter()
@@ -537,13 +553,23 @@ impl AnswerPlan {
                 "SDP: no m= line of the offer matches a stream of the session{reason}"
             )));
         }
+        // RFC 4568 §7.1.2: an SRTP m= line none of whose a=crypto lines the
+        // relay can honour (under this request's SDES options) is rejected
+        // in the answer (port 0); the offer fails only if nothing is left.
+        let mut layout = layout;
         let mut crypto = vec![PartyCrypto::default(); streams.len()];
-        for (m, slot) in media.iter().zip(&layout) {
+        let mut declined = None;
+        for (m, slot) in media.iter().zip(layout.iter_mut()) {
             if let Some(party) = slot.and_then(|s| crypto.get_mut(s)) {
-                party
-                    .receive(transport_of(m)?, &m.crypto, m.line, policy)
-                    .map_err(Status::unimplemented)?;
+                let read = party.receive(transport_of(m)?, &m.crypto, m.line, policy);
+                if let Err(reason) = read {
+                    *slot = None;
+                    declined.get_or_insert(reason);
+                }
             }
+        }
+        if let (true, Some(reason)) = (layout.iter().all(Option::is_none), declined) {
+            return Err(Status::unimplemented(reason));
         }
         Ok(Self {
             offer,
@@ -1111,6 +1137,73 @@ mod tests {
         stamp(&mut other, &mut sent);
         assert_eq!(other.version(), 1);
         assert_eq!(other.origin_identity(), first.origin_identity());
+    }
+
+    /// A new device's best-effort SRTP offer whose SAVP line has no key the
+    /// relay can honour (an MKI): that line is rejected in the answer (port
+    /// 0, no key), the plain line takes the stream. With a usable key the
+    /// SAVP line takes it, answered with the device's tag and a key of the
+    /// relay's own; excluded by the request's options, it is declined.
+    #[test]
+    fn a_new_devices_srtp_lines_are_answered_or_rejected_by_rfc_4568() {
+        let remote = Sdp::parse(
+            "v=0\r\no=carrier 5 9 IN IP4 198.51.100.1\r\ns=call\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
+             m=audio 30000 RTP/AVP 0\r\n",
+        )
+        .expect("remote");
+        let (specs, _) =
+            streams_from(&remote, Party::Remote, v1::AddressFamily::Unspecified).expect("streams");
+        let streams = records(&specs, false);
+        let key = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let offer = |params: &str| {
+            format!(
+                "v=0\r\no=b 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+                 m=audio 5004 RTP/SAVP 0\r\na=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{key}{params}\r\n\
+                 m=audio 5006 RTP/AVP 0\r\n"
+            )
+        };
+        let new_leg = v1::Endpoint {
+            rtp: "10.9.0.1:41000".into(),
+            rtcp: "10.9.0.1:41001".into(),
+        };
+        let answer_to = |text: &str, policy: &SdesPolicy| {
+            let plan =
+                AnswerPlan::new(Sdp::parse(text).expect("offer"), &streams, policy).expect("plan");
+            let answer = plan.answer(
+                Some(&remote),
+                &[None],
+                &streams,
+                std::slice::from_ref(&new_leg),
+                &[vec![(0, 0)]],
+                (1, "10.9.0.1".parse().expect("ip")),
+            );
+            (plan.layout.clone(), answer.render())
+        };
+        let (layout, answer) = answer_to(&offer("|2^31|1:4"), &SdesPolicy::default());
+        assert_eq!(layout, vec![None, Some(0)], "the MKI line takes no stream");
+        assert!(answer.contains("m=audio 0 RTP/SAVP"), "{answer}");
+        assert!(answer.contains("m=audio 41000 RTP/AVP 0"), "{answer}");
+        assert!(!answer.contains("a=crypto"), "{answer}");
+
+        let (layout, answer) = answer_to(&offer(""), &SdesPolicy::default());
+        assert_eq!(layout, vec![Some(0), None]);
+        assert!(answer.contains("m=audio 41000 RTP/SAVP 0"), "{answer}");
+        let line = answer
+            .lines()
+            .find(|l| l.starts_with("a=crypto:"))
+            .expect("the relay's key");
+        assert!(
+            line.starts_with("a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{line}"
+        );
+        assert!(!line.contains(key), "the relay's own key, not the device's");
+
+        let no_80 = SdesPolicy {
+            excluded: vec![baton_relay::core::srtp::Suite::AesCm128HmacSha1_80],
+            ..SdesPolicy::default()
+        };
+        let (layout, _) = answer_to(&offer(""), &no_80);
+        assert_eq!(layout, vec![None, Some(0)], "excluded by the options");
     }
 
     #[test]
