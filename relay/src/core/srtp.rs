@@ -343,6 +343,17 @@ impl SrtpReceiver {
         }
     }
 
+    /// A receiver for a new `key` that goes on from `old`'s rollover
+    /// counters and replay windows: for a peer that re-keys its existing
+    /// streams in place (libsrtp's `srtp_update`) rather than starting them
+    /// afresh.
+    pub fn continuing(key: &MasterKey, old: &SrtpReceiver) -> Self {
+        SrtpReceiver {
+            session: Session::new(key),
+            streams: old.streams.clone(),
+        }
+    }
+
     /// Authenticates and decrypts the SRTP packet in `buf[..len]` in place.
     ///
     /// Checks the replay window but changes no state: call [`commit`](Self::commit) if
@@ -463,6 +474,17 @@ impl SrtpSender {
             session: Session::new(key),
             streams: Table::new(),
             srtcp_index: 0,
+        }
+    }
+
+    /// A sender for a new `key` that goes on from `old`'s rollover
+    /// counters, as a peer re-keying in place does (tests play that peer).
+    #[cfg(test)]
+    pub(crate) fn continuing(key: &MasterKey, old: &SrtpSender) -> Self {
+        SrtpSender {
+            session: Session::new(key),
+            streams: old.streams.clone(),
+            srtcp_index: old.srtcp_index,
         }
     }
 
@@ -625,7 +647,7 @@ struct Entry<T> {
 }
 
 /// A fixed-size SSRC map with least-recently-used eviction; lookups scan 8 slots.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Table<T> {
     entries: [Option<Entry<T>>; SSRC_SLOTS],
     clock: u64,

@@ -339,6 +339,23 @@ struct LegSrtp {
     /// packet under the new one. The peer sends under the old key until
     /// the answer reaches it, and its media must not stop meanwhile.
     previous: Option<SrtpReceiver>,
+    /// Also until then: the new key going on from the old key's rollover
+    /// counters. A peer that makes a new SRTP context for a new key starts
+    /// its streams at rollover counter 0 (`receiver`); one that re-keys in
+    /// place (libsrtp's `srtp_update`) carries them on — past 65 536
+    /// packets only this one authenticates its packets.
+    continuing: Option<SrtpReceiver>,
+}
+
+/// Which of a leg's receivers accepted a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// The current key, fresh.
+    Current,
+    /// The current key, going on from the old key's counters.
+    Continuing,
+    /// The old key, before the peer switched to the new one.
+    Previous,
 }
 
 impl std::fmt::Debug for LegSrtp {
@@ -614,7 +631,7 @@ impl Leg {
                     a.suite() == b.suite() && a.key_and_salt() == b.key_and_salt()
                 };
                 let old = self.srtp.take();
-                let (sender, receiver, previous) = match old {
+                let (sender, receiver, previous, continuing) = match old {
                     Some(old) => {
                         let old = *old;
                         // The side that did not change keeps its context: the
@@ -626,14 +643,21 @@ impl Leg {
                             SrtpSender::new(&keys.relay)
                         };
                         if same(&old.keys.peer, &keys.peer) {
-                            (sender, old.receiver, old.previous)
+                            (sender, old.receiver, old.previous, old.continuing)
                         } else {
-                            (sender, SrtpReceiver::new(&keys.peer), Some(old.receiver))
+                            let continuing = SrtpReceiver::continuing(&keys.peer, &old.receiver);
+                            (
+                                sender,
+                                SrtpReceiver::new(&keys.peer),
+                                Some(old.receiver),
+                                Some(continuing),
+                            )
                         }
                     }
                     None => (
                         SrtpSender::new(&keys.relay),
                         SrtpReceiver::new(&keys.peer),
+                        None,
                         None,
                     ),
                 };
@@ -642,6 +666,7 @@ impl Leg {
                     receiver,
                     sender,
                     previous,
+                    continuing,
                 }));
             }
         }
@@ -654,36 +679,57 @@ impl Leg {
         component: Component,
         buf: &mut [u8],
         len: usize,
-    ) -> Result<Option<(Unprotected, bool)>, DropReason> {
+    ) -> Result<Option<(Unprotected, Opened)>, DropReason> {
         let open = |receiver: &SrtpReceiver, buf: &mut [u8]| match component {
             Component::Rtp => receiver.unprotect_rtp(buf, len),
             Component::Rtcp => receiver.unprotect_rtcp(buf, len),
         };
-        match (self.config.crypto, self.srtp.as_ref()) {
-            (LegCrypto::Plain, _) => Ok(None),
-            (LegCrypto::AwaitingKeys, _) | (LegCrypto::Srtp(_), None) => Err(DropReason::SrtpNoKey),
-            (LegCrypto::Srtp(_), Some(srtp)) => match (open(&srtp.receiver, buf), &srtp.previous) {
-                (Ok(plain), _) => Ok(Some((plain, false))),
-                // A failed attempt leaves the buffer as it was (the tag is
-                // checked before anything is decrypted).
-                (Err(SrtpError::AuthFailed), Some(previous)) => open(previous, buf)
-                    .map(|plain| Some((plain, true)))
-                    .map_err(|e| srtp_drop(e, component)),
-                (Err(e), _) => Err(srtp_drop(e, component)),
-            },
+        let (LegCrypto::Srtp(_), Some(srtp)) = (self.config.crypto, self.srtp.as_ref()) else {
+            return match self.config.crypto {
+                LegCrypto::Plain => Ok(None),
+                LegCrypto::AwaitingKeys | LegCrypto::Srtp(_) => Err(DropReason::SrtpNoKey),
+            };
+        };
+        let mut result = open(&srtp.receiver, buf).map(|plain| (plain, Opened::Current));
+        // Only after a re-key, and only for what the current key refused as
+        // forged: a failed attempt leaves the buffer as it was (the tag is
+        // checked before anything is decrypted).
+        for (alternative, which) in [
+            (&srtp.continuing, Opened::Continuing),
+            (&srtp.previous, Opened::Previous),
+        ] {
+            if let (Err(SrtpError::AuthFailed), Some(receiver)) = (&result, alternative) {
+                if let Ok(plain) = open(receiver, buf) {
+                    result = Ok((plain, which));
+                }
+            }
         }
+        result.map(Some).map_err(|e| srtp_drop(e, component))
     }
 
-    /// Records an accepted packet in the window of the key it came under;
-    /// the first packet under a new key retires the old one.
-    fn commit_srtp(&mut self, unprotected: Option<(Unprotected, bool)>) {
-        let (Some((plain, under_previous)), Some(srtp)) = (unprotected, self.srtp.as_mut()) else {
+    /// Records an accepted packet in the window of the receiver that took
+    /// it; the first packet under the new key retires the old key and the
+    /// reading of the new one that the peer does not use.
+    fn commit_srtp(&mut self, unprotected: Option<(Unprotected, Opened)>) {
+        let (Some((plain, opened)), Some(srtp)) = (unprotected, self.srtp.as_mut()) else {
             return;
         };
-        match (under_previous, srtp.previous.as_mut()) {
-            (true, Some(previous)) => previous.commit(&plain),
-            (true, None) | (false, _) => {
+        match opened {
+            Opened::Previous => {
+                if let Some(previous) = srtp.previous.as_mut() {
+                    previous.commit(&plain);
+                }
+            }
+            Opened::Current => {
                 srtp.receiver.commit(&plain);
+                srtp.previous = None;
+                srtp.continuing = None;
+            }
+            Opened::Continuing => {
+                if let Some(mut continuing) = srtp.continuing.take() {
+                    continuing.commit(&plain);
+                    srtp.receiver = continuing;
+                }
                 srtp.previous = None;
             }
         }
@@ -1778,6 +1824,84 @@ mod tests {
             Verdict::Drop(_) => bytes.len(),
         };
         (outcome, buf[..len].to_vec())
+    }
+
+    /// A device 65 540 packets into its call (rollover counter 1) re-keys
+    /// with a re-offer. Until the answer reaches it, it sends under the old
+    /// key; then under the new key either with a fresh context (rollover
+    /// counter 0, what most phones do) or going on from its counters
+    /// (libsrtp's `srtp_update`). The relay accepts all three, and once the
+    /// new key is in use, the old one no longer works.
+    #[test]
+    fn a_device_that_re_keys_is_understood_either_way() {
+        use crate::core::srtp::{MAX_OVERHEAD, Suite};
+        let t0 = Instant::now();
+        let key = |n: u8| MasterKey::new(Suite::AesCm128HmacSha1_80, &[n; 30]).expect("key");
+        let keys = |peer: u8| {
+            LegCrypto::Srtp(LegKeys {
+                peer: key(peer),
+                relay: key(99),
+            })
+        };
+        for in_place in [false, true] {
+            let user = LegConfig {
+                crypto: keys(1),
+                ..leg(Some("10.0.0.1:4000"), true)
+            };
+            let mut s = stream(t0, user, leg(Some("10.0.0.2:5000"), true), false);
+            let mut device = SrtpSender::new(&key(1));
+            let send = |s: &mut Stream, device: &mut SrtpSender, seq: u16| {
+                let plain = rtp(seq, 0xA);
+                let mut buf = [0u8; 2048 + MAX_OVERHEAD];
+                buf[..plain.len()].copy_from_slice(&plain);
+                let len = device.protect_rtp(&mut buf, plain.len()).expect("protect");
+                s.on_packet(
+                    t0,
+                    USER,
+                    Component::Rtp,
+                    addr("10.0.0.1:4000"),
+                    &mut buf,
+                    len,
+                )
+                .verdict
+            };
+            // Across the wrap: the device's rollover counter is 1 now.
+            for seq in 65_530..=65_535u16 {
+                assert!(matches!(
+                    send(&mut s, &mut device, seq),
+                    Verdict::Forward { .. }
+                ));
+            }
+            for seq in 0..4u16 {
+                assert!(matches!(
+                    send(&mut s, &mut device, seq),
+                    Verdict::Forward { .. }
+                ));
+            }
+            s.update_leg(t0, Party::User, None, None, None, Some(keys(2)));
+            assert!(
+                matches!(send(&mut s, &mut device, 4), Verdict::Forward { .. }),
+                "the old key until the answer arrives"
+            );
+            let mut renewed = if in_place {
+                SrtpSender::continuing(&key(2), &device)
+            } else {
+                SrtpSender::new(&key(2))
+            };
+            assert!(
+                matches!(send(&mut s, &mut renewed, 5), Verdict::Forward { .. }),
+                "the new key (in place: {in_place})"
+            );
+            assert!(matches!(
+                send(&mut s, &mut renewed, 6),
+                Verdict::Forward { .. }
+            ));
+            assert_eq!(
+                send(&mut s, &mut device, 7),
+                Verdict::Drop(DropReason::SrtpAuth),
+                "the old key is retired"
+            );
+        }
     }
 
     fn fwd(leg: LegId, component: Component, to: &str, len: usize) -> Verdict {
