@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_relay::core::continuity::Continuity;
+use baton_relay::core::continuity::{Continuity, SequenceShift};
 use baton_relay::core::rtcp_translate::{self, RtcpState};
 use baton_relay::core::rtp::{RtpRepr, RtpView};
 use baton_relay::core::session::{PendingLeg, Session, StreamParams, SwitchMode, Timeouts};
@@ -278,8 +278,14 @@ fn rtcp(c: &mut Criterion) {
         b.iter(|| {
             buf[..compound.len()].copy_from_slice(&compound);
             black_box(
-                rtcp_translate::toward_remote(&mut buf, compound.len(), &continuity, &mut state)
-                    .ok(),
+                rtcp_translate::toward_remote(
+                    &mut buf,
+                    compound.len(),
+                    &continuity,
+                    &SequenceShift::default(),
+                    &mut state,
+                )
+                .ok(),
             )
         })
     });
@@ -358,6 +364,7 @@ fn rtcp_adversarial(c: &mut Criterion) {
                     &mut buf,
                     compound.len(),
                     &continuity,
+                    &SequenceShift::default(),
                     &mut state,
                 ))
             })

@@ -1419,3 +1419,83 @@ fn ctl_takes_srtp_keys_from_a_file() {
         String::from_utf8_lossy(&short.stderr)
     );
 }
+
+/// A plain remote restarts its sequence numbers on the same SSRC (a PBX
+/// on hold and resume, or on its own transfer). Toward an SRTP device the
+/// relay continues them, so the device's SRTP, with its replay check on,
+/// accepts every packet after the restart (rtpengine's #1483, where the
+/// device dropped everything); the device's receiver report goes back to
+/// the remote in the remote's own numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_restarts_its_numbers_is_still_heard_by_an_srtp_device() {
+    use webrtc_util::marshal::{Marshal, Unmarshal};
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let a_key = key("AES_CM_128_HMAC_SHA1_80", 0x0a);
+    let mut a = Device::new(Some(&a_key), 0xA, 1);
+    let remote = Peer::v4();
+    let created = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "remote-restart".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            streams: vec![v1::StreamSpec {
+                kind: "audio".into(),
+                codecs: vec![pcmu()],
+                rtcp_mux: true,
+                user_peer: Some(endpoint(a.peer.addr())),
+                remote_peer: Some(endpoint(remote.addr())),
+                user_srtp: leg_srtp(&a_key.suite, &a_key),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let stream = &created.streams[0];
+    a.attach(stream);
+    let remote_relay = stream.remote.as_ref().expect("remote").rtp.clone();
+    let relay_key = a.srtp.as_ref().map(|(_, k)| k.clone()).expect("key");
+    // One context for the whole call, as a phone has: replay check on.
+    let mut device_rx = context(&relay_key);
+    let mut heard = Vec::new();
+    for seq in (5000..5010u16).chain(20..30) {
+        let plain = rtp(0, seq, u32::from(seq) * 160, 0xF, &[seq as u8; 160]);
+        remote.send(&remote_relay, &plain);
+        let (wire, _) = a.peer.recv();
+        let got = device_rx
+            .decrypt_rtp(&Bytes::from(wire))
+            .unwrap_or_else(|e| panic!("the device refused seq {seq}: {e}"));
+        assert_eq!(&got[12..], &plain[12..], "the payload");
+        heard.push(u16::from_be_bytes([got[2], got[3]]));
+    }
+    assert_eq!(
+        heard,
+        (5000..5020).collect::<Vec<u16>>(),
+        "one run of numbers"
+    );
+    // The device reports about the remote's stream: highest 5019 as it saw it.
+    let rr = rtcp::receiver_report::ReceiverReport {
+        ssrc: 0xA,
+        reports: vec![rtcp::reception_report::ReceptionReport {
+            ssrc: 0xF,
+            last_sequence_number: 5019,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .marshal()
+    .expect("marshal");
+    let (ctx, _) = a.srtp.as_mut().expect("srtp");
+    a.peer
+        .send(&a.relay, &ctx.encrypt_rtcp(&rr).expect("encrypt"));
+    let (mut plain, _) = remote.recv();
+    let mut bytes = Bytes::from(std::mem::take(&mut plain));
+    let report = rtcp::receiver_report::ReceiverReport::unmarshal(&mut bytes).expect("an RR");
+    assert_eq!(
+        report.reports[0].last_sequence_number, 29,
+        "in the remote's own numbers"
+    );
+}

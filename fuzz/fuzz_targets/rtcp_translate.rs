@@ -47,16 +47,21 @@ fuzz_target!(|data: &[u8]| {
         send(&mut continuity, t0 + Duration::from_millis(40), 1, 9000, ssrc(2));
     }
     let mut state = RtcpState::default();
+    // The remote's numbers toward the device restarted once: its reports
+    // about them are shifted back.
+    let mut shift = baton_relay::core::continuity::SequenceShift::default();
+    shift.rewrite(0xF, 5000);
+    shift.rewrite(0xF, 5);
     if flags & 4 != 0 {
         // Learn a first CNAME from the input itself.
         let mut buf = [0u8; BUF_LEN];
         buf[..compound.len()].copy_from_slice(compound);
-        let _ = rtcp_translate::toward_remote(&mut buf, compound.len(), &continuity, &mut state);
+        let _ = rtcp_translate::toward_remote(&mut buf, compound.len(), &continuity, &shift, &mut state);
     }
 
     let mut buf = [0u8; BUF_LEN];
     buf[..compound.len()].copy_from_slice(compound);
-    if let Ok(len) = rtcp_translate::toward_remote(&mut buf, compound.len(), &continuity, &mut state)
+    if let Ok(len) = rtcp_translate::toward_remote(&mut buf, compound.len(), &continuity, &shift, &mut state)
     {
         assert!(len <= BUF_LEN);
         assert!(rtp::check_rtcp(&buf[..len]).is_ok(), "forwarded a malformed compound");

@@ -38,6 +38,65 @@ const TS_BEHIND_DIVISOR: i64 = 2;
 /// Clock rate assumed when the payload type has none (keeps time moving).
 const FALLBACK_CLOCK_RATE: u32 = 8000;
 
+/// A reordered packet may be this far behind the newest and keep its
+/// source's numbering (RFC 3550 A.1 MAX_MISORDER); further back is a
+/// restart.
+const MAX_MISORDER: u16 = 100;
+
+/// The remote party's RTP toward the user's side. Its SSRC and timestamps
+/// pass as they are, but its sequence numbers continue across a restart of
+/// the remote's numbering on one SSRC (a PBX that restarts them on hold or
+/// on its own transfer): an SRTP device would see old indexes and drop
+/// everything after them (what rtpengine's users met, sipwise/rtpengine
+/// #1483), and the relay never encrypts an index twice. A new SSRC starts
+/// afresh, as SRTP starts it. Until a restart nothing is rewritten.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SequenceShift {
+    ssrc: Option<u32>,
+    /// Highest input sequence number of that SSRC.
+    highest_in: u16,
+    /// Added to the input's numbers since its last restart.
+    offset: u16,
+}
+
+impl SequenceShift {
+    /// The sequence number to send for the remote's `seq` on `ssrc`.
+    pub fn rewrite(&mut self, ssrc: u32, seq: u16) -> u16 {
+        match self.ssrc {
+            Some(known) if known == ssrc => {
+                let delta = seq.wrapping_sub(self.highest_in) as i16;
+                let distance = delta.unsigned_abs();
+                if delta > 0 && distance <= MAX_SEQ_JUMP {
+                    self.highest_in = seq;
+                } else if delta < 0 && distance <= MAX_MISORDER {
+                    // Reordered: the same offset.
+                } else if delta != 0 {
+                    // A restart: the next number after the highest sent.
+                    let highest_out = self.highest_in.wrapping_add(self.offset);
+                    self.offset = highest_out.wrapping_add(1).wrapping_sub(seq);
+                    self.highest_in = seq;
+                }
+            }
+            Some(_) | None => {
+                *self = Self {
+                    ssrc: Some(ssrc),
+                    highest_in: seq,
+                    offset: 0,
+                };
+            }
+        }
+        seq.wrapping_add(self.offset)
+    }
+
+    /// While the remote's numbers are shifted: its SSRC and the offset, for
+    /// reception reports about it going back to the remote.
+    pub fn active(&self) -> Option<(u32, u16)> {
+        self.ssrc
+            .filter(|_| self.offset != 0)
+            .map(|ssrc| (ssrc, self.offset))
+    }
+}
+
 /// Why a packet was not rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -613,6 +672,31 @@ mod tests {
         assert_eq!(b.ts, last.ts + 160);
         let later = run(&mut c, t0 + Duration::from_millis(161), 0, 500, 9, 0xC).expect("sent");
         assert_eq!(later.ts, b.ts + 800, "100 ms at 8 kHz");
+    }
+
+    /// The remote's numbers toward the user's side: untouched until the
+    /// remote restarts them on one SSRC, continuous after; reordering
+    /// keeps its place; a new SSRC starts afresh.
+    #[test]
+    fn the_remotes_restarts_are_smoothed_toward_the_user() {
+        let mut shift = SequenceShift::default();
+        let out: Vec<u16> = [1000, 1001, 1002, 1003]
+            .iter()
+            .map(|&s| shift.rewrite(0xF, s))
+            .collect();
+        assert_eq!(out, [1000, 1001, 1002, 1003]);
+        assert_eq!(shift.active(), None, "nothing rewritten yet");
+        // The remote restarts far lower (hold, its own transfer).
+        assert_eq!(shift.rewrite(0xF, 3), 1004);
+        assert_eq!(shift.rewrite(0xF, 5), 1006);
+        assert_eq!(shift.rewrite(0xF, 4), 1005, "reordered: its own place");
+        assert_eq!(shift.active(), Some((0xF, 1001)));
+        // Another restart, anywhere else: it goes on again.
+        assert_eq!(shift.rewrite(0xF, 40_000), 1007);
+        assert_eq!(shift.rewrite(0xF, 40_001), 1008);
+        // A new SSRC is a new stream for the device: untouched.
+        assert_eq!(shift.rewrite(0xE, 777), 777);
+        assert_eq!(shift.active(), None);
     }
 
     #[test]

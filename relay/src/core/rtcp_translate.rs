@@ -19,7 +19,7 @@
 //! read, every other packet type is copied through byte for byte, and the
 //! cost is one pass over the datagram.
 
-use crate::core::continuity::Continuity;
+use crate::core::continuity::{Continuity, SequenceShift};
 use crate::core::rtp::{self, MAX_DATAGRAM as BUF_LEN, RTCP_BYE, RTCP_RR, RTCP_SDES, RTCP_SR};
 
 /// SDES item type of the canonical name (RFC 3550 §6.5.1).
@@ -162,10 +162,15 @@ impl Mapping {
 /// Translates RTCP from the user's current device toward the remote, in
 /// place in `buf` (whose first `len` bytes are the datagram). Returns the new
 /// length, which may differ (a BYE removed, a CNAME replaced).
+///
+/// Reception reports the device sends about the remote's stream go back to
+/// the remote's own numbering when the relay shifted it (`toward_user`,
+/// RFC 3550 §7.2).
 pub fn toward_remote(
     buf: &mut [u8],
     len: usize,
     continuity: &Continuity,
+    toward_user: &SequenceShift,
     state: &mut RtcpState,
 ) -> Result<usize, TranslateError> {
     let datagram = buf.get(..len).ok_or(TranslateError::Malformed)?;
@@ -180,7 +185,8 @@ pub fn toward_remote(
         }
     }
     let learns_cname = state.first_cname.is_none() && has_sdes;
-    if continuity.is_identity() && !has_bye && !learns_cname {
+    let shifted = toward_user.active();
+    if continuity.is_identity() && !has_bye && !learns_cname && shifted.is_none() {
         return Ok(len);
     }
     let map = Mapping::of(continuity);
@@ -208,6 +214,7 @@ pub fn toward_remote(
                     write_u32(sr, 20, packets);
                     write_u32(sr, 24, octets);
                 }
+                unshift_blocks(sr, SR_BLOCKS, packet.count, shifted)?;
             }
             RTCP_RR => {
                 let start = out.len;
@@ -215,6 +222,7 @@ pub fn toward_remote(
                 let rr = &mut out.out[start..out.len];
                 let ssrc = read_u32(rr, 4).ok_or(TranslateError::Malformed)?;
                 write_u32(rr, 4, map.ssrc(ssrc));
+                unshift_blocks(rr, RR_BLOCKS, packet.count, shifted)?;
             }
             RTCP_SDES => sdes_toward_remote(&packet, map, state, &mut out)?,
             // The outward stream goes on with the next device.
@@ -233,6 +241,31 @@ pub fn toward_remote(
         .ok_or(TranslateError::Malformed)?
         .copy_from_slice(&scratch[..new_len]);
     Ok(new_len)
+}
+
+/// Report blocks (from `first`, `count` of them) about the remote's SSRC,
+/// whose numbers the relay shifted toward the device by `offset`: their
+/// extended highest sequence number goes back to the remote's numbering.
+fn unshift_blocks(
+    packet: &mut [u8],
+    first: usize,
+    count: u8,
+    shifted: Option<(u32, u16)>,
+) -> Result<(), TranslateError> {
+    let Some((remote, offset)) = shifted else {
+        return Ok(());
+    };
+    for block in 0..usize::from(count) {
+        let at = first + block * BLOCK_LEN;
+        if at + BLOCK_LEN > packet.len() {
+            return Err(TranslateError::Malformed);
+        }
+        if read_u32(packet, at) == Some(remote) {
+            let highest = read_u32(packet, at + 8).ok_or(TranslateError::Malformed)?;
+            write_u32(packet, at + 8, highest.wrapping_sub(u32::from(offset)));
+        }
+    }
+    Ok(())
 }
 
 /// Re-emits an SDES packet with each chunk's source mapped and every CNAME
@@ -422,7 +455,7 @@ mod tests {
         let mut first = compound(vec![Box::new(sdes(0xA, b"alice@desk"))]);
         let len = first.len();
         first.resize(BUF_LEN, 0);
-        toward_remote(&mut first, len, &c, &mut state).expect("learned");
+        toward_remote(&mut first, len, &c, &SequenceShift::default(), &mut state).expect("learned");
         for i in 0..5u16 {
             send(
                 &mut c,
@@ -444,7 +477,7 @@ mod tests {
         let mut buf = compound(packets);
         let len = buf.len();
         buf.resize(BUF_LEN, 0);
-        let new_len = toward_remote(&mut buf, len, c, state)?;
+        let new_len = toward_remote(&mut buf, len, c, &SequenceShift::default(), state)?;
         Ok(parse(&buf[..new_len]))
     }
 
@@ -461,8 +494,14 @@ mod tests {
         let original = compound(vec![Box::new(sr)]);
         let mut buf = original.clone();
         buf.resize(BUF_LEN, 0);
-        let len =
-            toward_remote(&mut buf, original.len(), &c, &mut RtcpState::default()).expect("ok");
+        let len = toward_remote(
+            &mut buf,
+            original.len(),
+            &c,
+            &SequenceShift::default(),
+            &mut RtcpState::default(),
+        )
+        .expect("ok");
         assert_eq!(&buf[..len], &original[..]);
     }
 
@@ -630,6 +669,48 @@ mod tests {
         assert_eq!(rr.reports[1].ssrc, 0x77, "blocks about others untouched");
     }
 
+    /// The device's reports about the remote's stream go back to the
+    /// remote's numbering when the relay shifted it toward the device.
+    #[test]
+    fn reports_about_the_remotes_shifted_stream_go_back_to_its_numbers() {
+        let c = Continuity::default();
+        let mut shift = SequenceShift::default();
+        shift.rewrite(0xF, 5000);
+        shift.rewrite(0xF, 7);
+        let (remote, offset) = shift.active().expect("shifted");
+        let rr = ReceiverReport {
+            ssrc: 0xA,
+            reports: vec![
+                ReceptionReport {
+                    ssrc: remote,
+                    last_sequence_number: (1 << 16) | u32::from(7u16.wrapping_add(offset)),
+                    ..Default::default()
+                },
+                ReceptionReport {
+                    ssrc: 0x77,
+                    last_sequence_number: 42,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut buf = compound(vec![Box::new(rr)]);
+        let len = buf.len();
+        buf.resize(BUF_LEN, 0);
+        let new_len =
+            toward_remote(&mut buf, len, &c, &shift, &mut RtcpState::default()).expect("ok");
+        let out = parse(&buf[..new_len]);
+        let rr = out[0]
+            .as_any()
+            .downcast_ref::<ReceiverReport>()
+            .expect("an RR");
+        assert_eq!(rr.reports[0].last_sequence_number, (1 << 16) | 7);
+        assert_eq!(
+            rr.reports[1].last_sequence_number, 42,
+            "other sources untouched"
+        );
+    }
+
     #[test]
     fn extended_numbers_map_across_wraps() {
         // A from 65530 (wraps after 6 packets), B from 65000 (wraps later).
@@ -662,7 +743,7 @@ mod tests {
         let mut junk = vec![0x80, 200, 0, 1, 0, 0, 0, 0xB];
         junk.resize(BUF_LEN, 0);
         assert_eq!(
-            toward_remote(&mut junk, 8, &c, &mut state),
+            toward_remote(&mut junk, 8, &c, &SequenceShift::default(), &mut state),
             Err(TranslateError::Malformed)
         );
     }
@@ -695,7 +776,14 @@ mod tests {
             buf[..crasher.len()].copy_from_slice(crasher);
             let len = toward_user(&mut buf, crasher.len(), &c).expect("passes");
             assert_eq!(&buf[..len], crasher, "toward the device: untouched");
-            let len = toward_remote(&mut buf, crasher.len(), &c, &mut state).expect("passes");
+            let len = toward_remote(
+                &mut buf,
+                crasher.len(),
+                &c,
+                &SequenceShift::default(),
+                &mut state,
+            )
+            .expect("passes");
             let feedback = crasher
                 .chunks(4)
                 .position(|w| w[1] == 0xce || w[1] == 0xcd)
@@ -722,7 +810,13 @@ mod tests {
         let mut buf = [0u8; BUF_LEN];
         buf[..input.len()].copy_from_slice(&input);
         assert_eq!(
-            toward_remote(&mut buf, input.len(), &c, &mut state),
+            toward_remote(
+                &mut buf,
+                input.len(),
+                &c,
+                &SequenceShift::default(),
+                &mut state
+            ),
             Err(TranslateError::Empty)
         );
     }
@@ -746,7 +840,13 @@ mod tests {
             let mut buf = [0u8; BUF_LEN];
             buf[..case.len()].copy_from_slice(case);
             assert_eq!(
-                toward_remote(&mut buf, case.len(), &c, &mut state),
+                toward_remote(
+                    &mut buf,
+                    case.len(),
+                    &c,
+                    &SequenceShift::default(),
+                    &mut state
+                ),
                 Err(TranslateError::Malformed),
                 "{case:02x?}"
             );
@@ -773,7 +873,13 @@ mod tests {
         let mut buf = [0u8; BUF_LEN];
         buf[..packet.len()].copy_from_slice(&packet);
         assert_eq!(
-            toward_remote(&mut buf, packet.len(), &c, &mut state),
+            toward_remote(
+                &mut buf,
+                packet.len(),
+                &c,
+                &SequenceShift::default(),
+                &mut state
+            ),
             Err(TranslateError::Malformed)
         );
     }

@@ -37,7 +37,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::core::continuity::{Continuity, Refused};
+use crate::core::continuity::{Continuity, Refused, SequenceShift};
 use crate::core::ids::{LegId, Party};
 use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
 use crate::core::rtp::{self, RtpView};
@@ -851,6 +851,9 @@ pub struct Stream {
     last_toward_remote_at: Option<Instant>,
     /// Some leg is SRTP without keys yet (checked per packet only then).
     awaiting_keys: bool,
+    /// The remote's sequence numbers toward the user's side, continuous
+    /// across the remote's own restarts.
+    toward_user: SequenceShift,
 }
 
 impl Stream {
@@ -888,6 +891,7 @@ impl Stream {
             last_packet_at: None,
             last_toward_remote_at: None,
             awaiting_keys: false,
+            toward_user: SequenceShift::default(),
         };
         stream.set_clock_rates(clock_rates);
         stream.note_awaiting_keys();
@@ -1227,7 +1231,13 @@ impl Stream {
     }
 
     fn device_rtcp(&mut self, leg: LegId, buf: &mut [u8], len: usize) -> Outcome {
-        let len = match rtcp_translate::toward_remote(buf, len, &self.continuity, &mut self.rtcp) {
+        let len = match rtcp_translate::toward_remote(
+            buf,
+            len,
+            &self.continuity,
+            &self.toward_user,
+            &mut self.rtcp,
+        ) {
             Ok(len) => len,
             Err(TranslateError::Empty) => return self.drop_on(leg, DropReason::RtcpBye),
             Err(TranslateError::Malformed) => return self.drop_on(leg, DropReason::MalformedRtcp),
@@ -1252,10 +1262,12 @@ impl Stream {
                 len: 0,
             })
         });
-        if device_pt != f.pt
+        let seq = self.toward_user.rewrite(f.ssrc, f.seq);
+        if (device_pt != f.pt || seq != f.seq)
             && let Ok(mut view) = RtpView::new_checked(&mut buf[..len])
         {
             view.set_payload_type(device_pt);
+            view.set_sequence(seq);
         }
         let device = self.device;
         let mut outcome = self.forward_to(leg, device, Component::Rtp, len);
