@@ -1499,3 +1499,92 @@ async fn a_remote_that_restarts_its_numbers_is_still_heard_by_an_srtp_device() {
         "in the remote's own numbers"
     );
 }
+
+/// RFC 4568 rejects an SRTP line none of whose keys can be used, and
+/// only that line: in a first body (here the request's options exclude its
+/// only suite, and the plain line of a best-effort offer carries the call)
+/// and in a re-offer (its line goes to the other party with port 0, the
+/// rest of the body applies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_srtp_lines_are_rejected_and_only_they() {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let k = encode_base64(&[5; 30]);
+    let best_effort = format!(
+        "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{k}\r\n\
+         m=audio 4002 RTP/AVP 0\r\n"
+    );
+    let created = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "reject-srtp-line".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            sdp: best_effort,
+            sdes: Some(v1::SdesOptions {
+                exclude: vec!["AES_CM_128_HMAC_SHA1_80".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = Sdp::parse(&created.sdp).expect("sdp");
+    assert!(body.media(0).expect("m").is_disabled(), "{}", created.sdp);
+    assert!(!body.media(1).expect("m").is_disabled(), "{}", created.sdp);
+    assert!(!created.sdp.contains("a=crypto"), "{}", created.sdp);
+
+    // An SRTP call whose phone re-offers with a key baton cannot honour
+    // (an MKI) on its line: that line is rejected, nothing fails.
+    let phone = Peer::v4();
+    let offer = srtp_body(
+        "127.0.0.1",
+        phone.addr().port(),
+        "RTP/SAVP",
+        &[format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}")],
+    );
+    let call = create(
+        &client,
+        v1::CreateSessionRequest {
+            call_id: "reject-on-reoffer".into(),
+            from_tag: "a".into(),
+            aor: AOR.into(),
+            gruu: GRUU_A.into(),
+            sdp: offer,
+            other_transport: "RTP/AVP".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    update(
+        &client,
+        v1::UpdateSessionRequest {
+            session: by_id(&call.session),
+            to_tag: "c".into(),
+            sdp: srtp_body("127.0.0.1", 4100, "RTP/AVP", &[]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let reoffer = srtp_body(
+        "127.0.0.1",
+        phone.addr().port(),
+        "RTP/SAVP",
+        &[format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|2^31|1:4")],
+    );
+    let updated = update(
+        &client,
+        v1::UpdateSessionRequest {
+            session: by_id(&call.session),
+            sdp: reoffer,
+            sdp_from: v1::Party::User as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = Sdp::parse(&updated.sdp).expect("sdp");
+    assert!(body.media(0).expect("m").is_disabled(), "{}", updated.sdp);
+    assert!(!updated.sdp.contains("a=crypto"), "{}", updated.sdp);
+}

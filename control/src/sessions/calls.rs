@@ -101,7 +101,8 @@ impl Sessions {
             let other_family = v1::AddressFamily::try_from(request.other_family).map_err(|_| {
                 Status::invalid_argument(format!("unknown address family {}", request.other_family))
             })?;
-            let (streams, layout) = negotiation::streams_from(&body, from, other_family)?;
+            let (streams, layout) =
+                negotiation::streams_from_under(&body, from, other_family, &policy)?;
             request.streams = streams;
             Some((from, body, layout))
         };

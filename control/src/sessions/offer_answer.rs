@@ -52,6 +52,10 @@ impl Sessions {
         };
         let mut streams = record.streams.clone();
         let mut update = SessionUpdate::default();
+        // SRTP lines none of whose keys the relay can honour: rejected by
+        // RFC 4568 (port 0 toward the other party, so its answer rejects
+        // them too), the rest of the body applied.
+        let mut declined = Vec::new();
         for (m, slot) in media.iter().zip(&layout) {
             let Some(s) = *slot else {
                 continue;
@@ -70,9 +74,19 @@ impl Sessions {
             let transport = transport_of(m)?;
             super::validate_codecs(&m.codecs, s)?;
             let crypto_before = stream.crypto.clone();
-            stream.crypto[from.index()]
-                .receive(transport, &m.crypto, m.line, &policy)
-                .map_err(Status::unimplemented)?;
+            if let Err(reason) =
+                stream.crypto[from.index()].receive(transport, &m.crypto, m.line, &policy)
+            {
+                // A plain answer to the relay's SRTP offer stays an error
+                // (the answerer must say OSRTP=accept); an SRTP line without
+                // a usable key is declined.
+                if !transport.is_srtp() {
+                    return Err(Status::unimplemented(reason));
+                }
+                stream.rejected = true;
+                declined.push(s);
+                continue;
+            }
             if let Some(wanted) = other_transport {
                 let toward = &mut stream.crypto[other.index()];
                 if toward.transport.is_srtp() == wanted.is_srtp() {
@@ -175,7 +189,9 @@ impl Sessions {
                     Party::Remote => s.user_payloads.iter().map(|&(d, r)| (r, d)).collect(),
                 })
                 .collect();
-            let mut out = render(&body, &layout, receiver, &relay, &payloads, &security);
+            let mut out = render(
+                &body, &layout, receiver, &relay, &payloads, &security, &declined,
+            );
             stamp(&mut out, &mut state.sent[other.index()]);
             state.layout[from.index()] = Some(layout);
             state.received[from.index()] = Some(body);

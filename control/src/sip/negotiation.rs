@@ -119,11 +119,14 @@ pub(crate) fn parse(
 /// one usable `a=crypto` line, with a port. Other transports (DTLS-SRTP,
 /// T.38, BFCP, MSRP) are sent on disabled.
 fn carried(media: &Media) -> bool {
-    !media.is_disabled() && (media.is_rtp() || (media.is_srtp() && has_usable_crypto(media)))
+    carried_under(media, &SdesPolicy::default())
 }
 
-fn has_usable_crypto(media: &Media) -> bool {
-    has_usable_crypto_under(media, &SdesPolicy::default())
+/// [`carried`] under a request's SDES options: an SRTP line none of whose
+/// keys they allow is not carried (RFC 4568: such a line is rejected).
+fn carried_under(media: &Media, policy: &SdesPolicy) -> bool {
+    !media.is_disabled()
+        && (media.is_rtp() || (media.is_srtp() && has_usable_crypto_under(media, policy)))
 }
 
 fn has_usable_crypto_under(media: &Media, policy: &SdesPolicy) -> bool {
@@ -187,16 +190,27 @@ fn family_of(addr: Option<SocketAddr>) -> v1::AddressFamily {
 }
 
 /// Streams for a new session from the first body: one per carried m= line.
+#[cfg(test)]
 pub(crate) fn streams_from(
     sdp: &Sdp,
     from: Party,
     other_family: v1::AddressFamily,
 ) -> Result<(Vec<v1::StreamSpec>, Layout), Status> {
+    streams_from_under(sdp, from, other_family, &SdesPolicy::default())
+}
+
+/// [`streams_from`] under a request's SDES options.
+pub(crate) fn streams_from_under(
+    sdp: &Sdp,
+    from: Party,
+    other_family: v1::AddressFamily,
+    policy: &SdesPolicy,
+) -> Result<(Vec<v1::StreamSpec>, Layout), Status> {
     let media = media_of(sdp)?;
     let mut layout = Vec::with_capacity(media.len());
     let mut streams = Vec::new();
     for m in &media {
-        if !carried(m) {
+        if !carried_under(m, policy) {
             layout.push(None);
             continue;
         }
@@ -408,6 +422,7 @@ pub(crate) fn render(
     relay: &[Option<RelayEndpoint>],
     payloads: &[Vec<(u8, u8)>],
     security: &[(Transport, Vec<String>)],
+    declined: &[usize],
 ) -> Sdp {
     // (pick, stream carried there)
     let mut picks: Vec<(Pick<'_>, Option<usize>)> = Vec::new();
@@ -445,6 +460,7 @@ pub(crate) fn render(
         });
     for (index, (pick, stream)) in picks.iter().enumerate() {
         match (stream, pick) {
+            (Some(s), Ok(_)) if declined.contains(s) => body.disable(index),
             (Some(s), Ok(_)) => match relay.get(*s).copied().flatten() {
                 Some(endpoint) => {
                     body.point_at(index, endpoint, first_ip);
@@ -703,7 +719,7 @@ pub(crate) fn answer_created(
     }
     let relay = relay_toward(streams, other);
     let security = security_toward(streams, other, policy);
-    let mut out = render(&body, &layout, None, &relay, &[], &security);
+    let mut out = render(&body, &layout, None, &relay, &[], &security, &[]);
     let mut state = SdpState::default();
     stamp(&mut out, &mut state.sent[other.index()]);
     state.layout[from.index()] = Some(layout);
@@ -972,7 +988,7 @@ mod tests {
 
             let streams = records(&specs, false);
             let relay = relay_toward(&streams, Party::Remote);
-            let out = render(&body, &layout, None, &relay, &[], &[]);
+            let out = render(&body, &layout, None, &relay, &[], &[], &[]);
             let text = out.render();
             let unchanged = assert_only_relay_lines_changed(name, case.body, &text);
             assert!(unchanged >= 3, "{name}: too little compared");
@@ -1022,6 +1038,7 @@ mod tests {
             &relay_toward(&streams, Party::User),
             &[],
             &[],
+            &[],
         )
         .render();
         assert!(to_user.contains("c=IN IP4 10.9.0.1\r\n"), "{to_user}");
@@ -1031,6 +1048,7 @@ mod tests {
             &layout,
             None,
             &relay_toward(&streams, Party::Remote),
+            &[],
             &[],
             &[],
         )
