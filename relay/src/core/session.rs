@@ -382,30 +382,13 @@ impl Session {
         }
         let s = &mut self.streams[stream.0];
         let mut outcome = s.route(now, &accepted, buf);
-        let rtcp = !accepted.is_media();
-        if let Verdict::Forward {
-            leg: out,
-            len,
-            fork,
-            ..
-        } = &mut outcome.verdict
-        {
-            // The fork is copied from the plaintext, before the main
-            // datagram is encrypted for its own leg.
-            if let Some(f) = fork {
-                match s.write_fork(f, buf, *len, fork_buf) {
-                    Ok(sealed) => f.len = sealed,
-                    Err(_) => *fork = None,
-                }
-            }
-            match s.seal(*out, rtcp, buf, *len) {
-                Ok(sealed) => *len = sealed,
-                Err(reason) => {
-                    s.record_drop(leg, reason, 1);
-                    outcome.verdict = Verdict::Drop(reason);
-                }
-            }
-        }
+        s.finish(
+            leg,
+            !accepted.is_media(),
+            &mut outcome.verdict,
+            buf,
+            Some(fork_buf),
+        );
         if let Some(latched) = outcome.latched {
             self.info(SessionEvent::SourceLatched { stream, latched });
         }

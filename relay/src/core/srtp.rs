@@ -265,6 +265,16 @@ impl MasterKey {
     }
 }
 
+/// Two keys are equal when suite, key and salt are; compared in constant
+/// time, as key material is.
+impl PartialEq for MasterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.suite == other.suite && bool::from(self.key_and_salt().ct_eq(other.key_and_salt()))
+    }
+}
+
+impl Eq for MasterKey {}
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MasterKey")

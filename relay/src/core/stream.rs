@@ -297,21 +297,12 @@ pub struct LegCounters {
 }
 
 /// The SRTP keys of one leg (SDES, or later DTLS-SRTP).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegKeys {
     /// What the peer sends with: the relay decrypts with it.
     pub peer: MasterKey,
     /// What the relay sends with: the peer decrypts with it.
     pub relay: MasterKey,
-}
-
-impl LegKeys {
-    fn same_as(&self, other: &LegKeys) -> bool {
-        let same = |a: &MasterKey, b: &MasterKey| {
-            a.suite() == b.suite() && a.key_and_salt() == b.key_and_salt()
-        };
-        same(&self.peer, &other.peer) && same(&self.relay, &other.relay)
-    }
 }
 
 /// Whether a leg is plain RTP or SRTP, and its keys.
@@ -527,11 +518,6 @@ impl Accepted {
     pub fn is_media(&self) -> bool {
         self.fields.is_some()
     }
-
-    /// Its length now (an SRTP packet's plaintext is shorter).
-    pub fn plain_len(&self) -> usize {
-        self.len
-    }
 }
 
 /// What [`Stream::switch`] did.
@@ -624,12 +610,9 @@ impl Leg {
         match crypto {
             LegCrypto::Plain | LegCrypto::AwaitingKeys => self.srtp = None,
             LegCrypto::Srtp(keys) => {
-                if self.srtp.as_ref().is_some_and(|s| s.keys.same_as(&keys)) {
+                if self.srtp.as_ref().is_some_and(|s| s.keys == keys) {
                     return;
                 }
-                let same = |a: &MasterKey, b: &MasterKey| {
-                    a.suite() == b.suite() && a.key_and_salt() == b.key_and_salt()
-                };
                 let old = self.srtp.take();
                 let (sender, receiver, previous, continuing) = match old {
                     Some(old) => {
@@ -637,12 +620,12 @@ impl Leg {
                         // The side that did not change keeps its context: the
                         // outbound index toward the peer continues, the
                         // replay window of the peer's stream too.
-                        let sender = if same(&old.keys.relay, &keys.relay) {
+                        let sender = if old.keys.relay == keys.relay {
                             old.sender
                         } else {
                             SrtpSender::new(&keys.relay)
                         };
-                        if same(&old.keys.peer, &keys.peer) {
+                        if old.keys.peer == keys.peer {
                             (sender, old.receiver, old.previous, old.continuing)
                         } else {
                             let continuing = SrtpReceiver::continuing(&keys.peer, &old.receiver);
@@ -684,8 +667,10 @@ impl Leg {
             Component::Rtp => receiver.unprotect_rtp(buf, len),
             Component::Rtcp => receiver.unprotect_rtcp(buf, len),
         };
-        let (LegCrypto::Srtp(_), Some(srtp)) = (self.config.crypto, self.srtp.as_ref()) else {
-            return match self.config.crypto {
+        // By reference: the keys make the settings a hundred bytes, and this
+        // runs for every packet, plain ones too.
+        let (LegCrypto::Srtp(_), Some(srtp)) = (&self.config.crypto, self.srtp.as_ref()) else {
+            return match &self.config.crypto {
                 LegCrypto::Plain => Ok(None),
                 LegCrypto::AwaitingKeys | LegCrypto::Srtp(_) => Err(DropReason::SrtpNoKey),
             };
@@ -737,7 +722,7 @@ impl Leg {
 
     /// Encrypts in place what the relay sends to the peer, on an SRTP leg.
     fn protect(&mut self, rtcp: bool, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
-        match (self.config.crypto, self.srtp.as_mut()) {
+        match (&self.config.crypto, self.srtp.as_mut()) {
             (LegCrypto::Plain, _) => Ok(len),
             (LegCrypto::AwaitingKeys, _) | (LegCrypto::Srtp(_), None) => Err(DropReason::SrtpNoKey),
             (LegCrypto::Srtp(_), Some(srtp)) => {
@@ -979,12 +964,7 @@ impl Stream {
             Ok(accepted) => (self.route(now, &accepted, buf), !accepted.is_media()),
             Err(outcome) => return outcome,
         };
-        if let Verdict::Forward { leg: out, len, .. } = &mut outcome.verdict {
-            match self.seal(*out, rtcp, buf, *len) {
-                Ok(sealed) => *len = sealed,
-                Err(reason) => outcome.verdict = self.drop_on(leg, reason).verdict,
-            }
-        }
+        self.finish(leg, rtcp, &mut outcome.verdict, buf, None);
         outcome
     }
 
@@ -1117,14 +1097,13 @@ impl Stream {
         // Toward an SRTP leg still without keys nothing can go, and nothing
         // may be rewritten or counted as sent for it either.
         let toward = match role {
-            Some(LegRole::Device) => self.remote,
-            Some(LegRole::Remote) => self.device,
-            Some(LegRole::Pending | LegRole::Retired) | None => leg,
+            Some(LegRole::Device) => Some(self.remote),
+            Some(LegRole::Remote) => Some(self.device),
+            Some(LegRole::Pending | LegRole::Retired) | None => None,
         };
         if self.awaiting_keys
-            && toward != leg
-            && self.legs[toward.index()]
-                .as_ref()
+            && toward
+                .and_then(|t| self.leg(t))
                 .is_some_and(|t| matches!(t.config.crypto, LegCrypto::AwaitingKeys))
         {
             let mut outcome = self.drop_on(leg, DropReason::SrtpNoKey);
@@ -1323,7 +1302,7 @@ impl Stream {
     /// [`srtp::MAX_OVERHEAD`](crate::core::srtp::MAX_OVERHEAD)). Returns
     /// the length to send. `rtcp` says what the datagram is (the socket
     /// alone does not, with rtcp-mux).
-    pub fn seal(
+    fn seal(
         &mut self,
         leg: LegId,
         rtcp: bool,
@@ -1339,10 +1318,49 @@ impl Stream {
         out.protect(rtcp, buf, len.min(buf.len()))
     }
 
+    /// Step three for a datagram that arrived on `from` and that
+    /// [`Stream::route`] forwards: the copy for a pending device written into
+    /// `fork_buf` from the plaintext (when there is a buffer for it; a copy
+    /// that cannot be made is left out), then the datagram sealed for the
+    /// leg it leaves on ([`Stream::seal`]). One that cannot be sealed is
+    /// dropped, counted on `from`.
+    #[inline]
+    pub fn finish(
+        &mut self,
+        from: LegId,
+        rtcp: bool,
+        verdict: &mut Verdict,
+        buf: &mut [u8],
+        fork_buf: Option<&mut [u8]>,
+    ) {
+        let Verdict::Forward {
+            leg: out,
+            len,
+            fork,
+            ..
+        } = verdict
+        else {
+            return;
+        };
+        if let (Some(f), Some(copy)) = (fork.as_mut(), fork_buf) {
+            match self.write_fork(f, buf, *len, copy) {
+                Ok(sealed) => f.len = sealed,
+                Err(_) => *fork = None,
+            }
+        }
+        match self.seal(*out, rtcp, buf, *len) {
+            Ok(sealed) => *len = sealed,
+            Err(reason) => {
+                self.record_drop(from, reason, 1);
+                *verdict = Verdict::Drop(reason);
+            }
+        }
+    }
+
     /// Writes the copy of the remote's media for a pending device into
     /// `copy`: the routed (plaintext) datagram `buf[..len]` with the
     /// device's payload type, sealed for its leg. Returns its length.
-    pub fn write_fork(
+    fn write_fork(
         &mut self,
         fork: &Fork,
         buf: &[u8],
