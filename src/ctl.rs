@@ -287,33 +287,18 @@ fn parse_leg_srtp(text: &str) -> Result<v1::LegSrtp, String> {
     };
     Ok(v1::LegSrtp {
         suite: suite.to_owned(),
-        peer_key: key.map(|k| parse_key_bytes(suite, k)).transpose()?,
+        peer_key: key
+            .map(|k| baton_control::sip::crypto::key_message_from_text(suite, k))
+            .transpose()?,
     })
 }
 
-/// `SUITE:KEY`: an SRTP key, KEY in base64.
+/// `SUITE:KEY`: an SRTP key, KEY in base64 or `@FILE`.
 fn parse_srtp_key(text: &str) -> Result<v1::SrtpKey, String> {
     let (suite, key) = text
         .split_once(':')
         .ok_or_else(|| format!("{text:?} is not SUITE:BASE64KEY"))?;
-    parse_key_bytes(suite, key)
-}
-
-/// A key in base64, or `@FILE` holding it: a key on the command line is
-/// visible to every user of the machine (`/proc/PID/cmdline`) and stays in
-/// shell histories.
-fn parse_key_bytes(suite: &str, key: &str) -> Result<v1::SrtpKey, String> {
-    let text = match key.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the {suite} key from {path}: {e}"))?,
-        None => key.to_owned(),
-    };
-    let key = baton_control::sip::crypto::decode_base64(text.trim())
-        .ok_or_else(|| format!("the {suite} key is not base64"))?;
-    Ok(v1::SrtpKey {
-        suite: suite.to_owned(),
-        key,
-    })
+    baton_control::sip::crypto::key_message_from_text(suite, key)
 }
 
 /// Names a session: by id, or by its dialog.

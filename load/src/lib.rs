@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use baton_control::sip::crypto;
 use baton_control::{Client, ControlAddr};
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use baton_relay::core::srtp::{MasterKey, Suite};
@@ -132,21 +133,13 @@ impl SrtpSides {
 /// A key from the protocol.
 fn key_of(key: Option<&v1::SrtpKey>) -> anyhow::Result<MasterKey> {
     let key = key.context("the relay's SRTP key in the answer")?;
-    let suite = Suite::from_name(&key.suite).context("the relay's suite")?;
-    MasterKey::new(suite, &key.key).map_err(|e| anyhow::anyhow!("the relay's key: {e}"))
-}
-
-fn key_message(key: &MasterKey) -> v1::SrtpKey {
-    v1::SrtpKey {
-        suite: key.suite().name().to_owned(),
-        key: key.key_and_salt().to_vec(),
-    }
+    crypto::key_from_message(key).map_err(|e| anyhow::anyhow!("the relay's key: {e}"))
 }
 
 fn leg_srtp(key: Option<&MasterKey>) -> Option<v1::LegSrtp> {
     key.map(|k| v1::LegSrtp {
         suite: k.suite().name().to_owned(),
-        peer_key: Some(key_message(k)),
+        peer_key: Some(crypto::key_to_message(k)),
     })
 }
 
@@ -155,11 +148,9 @@ fn plan_key(text: &str, line: usize) -> anyhow::Result<MasterKey> {
     let (suite, key) = text
         .split_once(':')
         .with_context(|| format!("plan line {line}: {text:?} is not SUITE:BASE64KEY"))?;
-    let suite = Suite::from_name(suite)
-        .with_context(|| format!("plan line {line}: unknown suite {suite}"))?;
-    let bytes = baton_control::sip::crypto::decode_base64(key)
-        .with_context(|| format!("plan line {line}: the key is not base64"))?;
-    MasterKey::new(suite, &bytes).map_err(|e| anyhow::anyhow!("plan line {line}: {e}"))
+    crypto::key_message_from_text(suite, key)
+        .and_then(|message| crypto::key_from_message(&message))
+        .map_err(|e| anyhow::anyhow!("plan line {line}: {e}"))
 }
 
 /// Runs `baton load`.

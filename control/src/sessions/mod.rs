@@ -444,28 +444,13 @@ fn crypto_of(stream: &crate::sip::negotiation::NegotiatedStream, party: Party) -
 
 /// Reads an SRTP key from a request.
 fn srtp_key(key: &v1::SrtpKey, what: &str) -> Result<MasterKey, Status> {
-    let suite = Suite::from_name(key.suite.trim()).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "{what}: unknown SRTP suite {}",
-            crate::status::excerpt(&key.suite)
-        ))
-    })?;
-    MasterKey::new(suite, &key.key).map_err(|_| {
-        Status::invalid_argument(format!(
-            "{what}: a {} key is {} bytes (key then salt), not {}",
-            suite.name(),
-            suite.master_len(),
-            key.key.len()
-        ))
-    })
+    crate::sip::crypto::key_from_message(key)
+        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
 /// The relay's key as the protocol shows it.
 fn key_message(key: Option<MasterKey>) -> Option<v1::SrtpKey> {
-    key.map(|k| v1::SrtpKey {
-        suite: k.suite().name().to_owned(),
-        key: k.key_and_salt().to_vec(),
-    })
+    key.as_ref().map(crate::sip::crypto::key_to_message)
 }
 
 /// A leg of an explicitly described stream: plain without `srtp`; with it,

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+use baton_proto::v1;
 use baton_relay::core::srtp::{MasterKey, Suite};
 use baton_relay::core::stream::{LegCrypto, LegKeys};
 
@@ -191,6 +192,45 @@ fn clip(text: &str) -> String {
     crate::status::excerpt(text).to_string()
 }
 
+/// A key from the control protocol, or what is wrong with it.
+pub fn key_from_message(key: &v1::SrtpKey) -> Result<MasterKey, String> {
+    let suite = Suite::from_name(key.suite.trim())
+        .ok_or_else(|| format!("unknown SRTP suite {}", clip(&key.suite)))?;
+    MasterKey::new(suite, &key.key).map_err(|_| {
+        format!(
+            "a {} key is {} bytes (key then salt), not {}",
+            suite.name(),
+            suite.master_len(),
+            key.key.len()
+        )
+    })
+}
+
+/// A key as operators write it, for `suite`: base64 of key and salt, or
+/// `@FILE` holding that (a key on a command line is visible to every user
+/// of the machine in `/proc/PID/cmdline` and stays in shell histories).
+/// Only the encoding is checked here; [`key_from_message`] checks the rest.
+pub fn key_message_from_text(suite: &str, key: &str) -> Result<v1::SrtpKey, String> {
+    let text = match key.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the {suite} key from {path}: {e}"))?,
+        None => key.to_owned(),
+    };
+    let key = decode_base64(text.trim()).ok_or_else(|| format!("the {suite} key is not base64"))?;
+    Ok(v1::SrtpKey {
+        suite: suite.to_owned(),
+        key,
+    })
+}
+
+/// A key as the control protocol carries it.
+pub fn key_to_message(key: &MasterKey) -> v1::SrtpKey {
+    v1::SrtpKey {
+        suite: key.suite().name().to_owned(),
+        key: key.key_and_salt().to_vec(),
+    }
+}
+
 /// The `a=crypto` value the relay writes for its own key: without base64
 /// padding unless `policy.pad` (rtpengine's default too: some devices
 /// refuse `=` in a key), with `|2^31` if `policy.lifetime`.
@@ -309,10 +349,9 @@ impl PartyCrypto {
 
     /// Whether `other` would configure the data plane the same way.
     pub fn same_leg_as(&self, other: &PartyCrypto) -> bool {
-        let key = |k: &Option<MasterKey>| k.map(|k| (k.suite(), k.key_and_salt().to_vec()));
         self.transport.is_srtp() == other.transport.is_srtp()
-            && key(&self.peer_key) == key(&other.peer_key)
-            && key(&self.relay_key) == key(&other.relay_key)
+            && self.peer_key == other.peer_key
+            && self.relay_key == other.relay_key
     }
 
     /// Reads a body's m= line from this party: its transport and, on SRTP,
