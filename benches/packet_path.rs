@@ -47,6 +47,8 @@ fn leg(peer: &str) -> LegConfig {
         peer_rtcp: None,
         peer_ip: None,
         crypto: baton_relay::core::stream::LegCrypto::Plain,
+        ice: None,
+        dtls: None,
     }
 }
 

@@ -14,6 +14,7 @@ use baton_control::sip::sdp::SdpLimits;
 use baton_control::{ControlAddr, ServerOptions};
 use baton_relay::DataplaneConfig;
 use baton_relay::core::session::Timeouts;
+use baton_relay::io::dtls::DtlsIdentity;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
@@ -146,6 +147,17 @@ pub struct RunOptions {
     #[serde(default)]
     pub busy_poll: bool,
 
+    /// PEM certificate the relay shows in DTLS-SRTP handshakes with WebRTC
+    /// peers (ECDSA P-256 or P-384; its sha-256 fingerprint goes into the
+    /// SDP). Needs --dtls-key. [default: a fresh self-signed certificate
+    /// at each start, as browsers make their own]
+    #[arg(long, value_name = "FILE")]
+    pub dtls_certificate: Option<PathBuf>,
+
+    /// PKCS#8 PEM private key of --dtls-certificate.
+    #[arg(long, value_name = "FILE")]
+    pub dtls_key: Option<PathBuf>,
+
     /// UNSAFE: accept transfers whose new device has neither a signalled
     /// media address nor a source IP; its leg then takes whoever sends
     /// first, so anyone who can reach the relay's ports can take the call.
@@ -269,6 +281,8 @@ impl RunOptions {
             max_sessions: flags.max_sessions.or(self.max_sessions),
             transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
             busy_poll: flags.busy_poll || self.busy_poll,
+            dtls_certificate: flags.dtls_certificate.or(self.dtls_certificate),
+            dtls_key: flags.dtls_key.or(self.dtls_key),
         }
     }
 
@@ -420,6 +434,21 @@ impl RunOptions {
         if max_sessions == 0 {
             bail!("max sessions must be at least 1");
         }
+        let dtls_identity = match (&self.dtls_certificate, &self.dtls_key) {
+            (None, None) => None,
+            (Some(certificate), Some(key)) => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))
+                };
+                let identity = DtlsIdentity::from_pem(&read(certificate)?, &read(key)?)
+                    .map_err(|e| anyhow::anyhow!("{e} ({})", certificate.display()))?;
+                Some(std::sync::Arc::new(identity))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("dtls-certificate and dtls-key go together")
+            }
+        };
         let defaults = SdpLimits::default();
         let sdp_limits = SdpLimits {
             max_bytes: self.sdp_max_bytes.unwrap_or(defaults.max_bytes),
@@ -440,6 +469,7 @@ impl RunOptions {
                 timeouts: Timeouts { media, setup, hold },
                 command_queue: 1024,
                 busy_poll: self.busy_poll,
+                dtls_identity,
             },
             SessionOptions {
                 learning_window,

@@ -253,8 +253,10 @@ struct TransferArgs {
 /// SRTP toward the other party for a body (create and update with --sdp).
 #[derive(Debug, Args)]
 struct BodySrtpArgs {
-    /// The transport toward the other party: RTP/AVP, RTP/AVPF, RTP/SAVP or
-    /// RTP/SAVPF (bridges plain RTP and SRTP); default: the body's.
+    /// The transport toward the other party: RTP/AVP, RTP/AVPF, RTP/SAVP,
+    /// RTP/SAVPF (bridges plain RTP and SDES-SRTP), UDP/TLS/RTP/SAVP or
+    /// UDP/TLS/RTP/SAVPF (WebRTC: ICE-lite and DTLS-SRTP); default: the
+    /// body's.
     #[arg(long, value_name = "PROTO", requires = "sdp")]
     other_transport: Option<String>,
     /// SDES suites the relay may accept and offer (repeat).
@@ -263,11 +265,25 @@ struct BodySrtpArgs {
     /// SDES suites the relay refuses and never offers (repeat).
     #[arg(long = "sdes-exclude", value_name = "SUITE", requires = "sdp")]
     sdes_exclude: Vec<String>,
+    /// ICE-lite toward the other party even on a non-WebRTC transport.
+    #[arg(long, requires = "sdp")]
+    force_ice: bool,
+    /// The relay's DTLS role in its offer to a WebRTC party: actpass
+    /// (default), active or passive.
+    #[arg(long, value_name = "ROLE", requires = "sdp")]
+    dtls_setup: Option<String>,
 }
 
 impl BodySrtpArgs {
     fn sdes(&self) -> Option<v1::SdesOptions> {
         sdes_options(&self.sdes_only, &self.sdes_exclude)
+    }
+
+    fn webrtc(&self) -> Option<v1::WebRtcOptions> {
+        (self.force_ice || self.dtls_setup.is_some()).then(|| v1::WebRtcOptions {
+            force_ice: self.force_ice,
+            dtls_setup: self.dtls_setup.clone().unwrap_or_default(),
+        })
     }
 }
 
@@ -592,6 +608,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 asymmetric: create.asymmetric,
                 other_transport: create.srtp.other_transport.clone().unwrap_or_default(),
                 sdes: create.srtp.sdes(),
+                webrtc: create.srtp.webrtc(),
             })
         }
         CtlCommand::Update(update) => {
@@ -640,6 +657,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 streams,
                 other_transport: update.srtp.other_transport.clone().unwrap_or_default(),
                 sdes: update.srtp.sdes(),
+                webrtc: update.srtp.webrtc(),
             })
         }
         CtlCommand::Delete(session) => Command::DeleteSession(v1::DeleteSessionRequest {

@@ -331,7 +331,7 @@ fn bad_requests_get_errors_and_the_listener_keeps_serving() {
                 ("command", text("offer")),
                 ("call-id", text("x")),
                 ("from-tag", text("f")),
-                ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+                ("transport-protocol", text("TCP/RTP/AVP")),
                 (
                     "sdp",
                     text(body("x", "127.0.0.1:5000".parse().expect("addr"), "")),

@@ -941,7 +941,7 @@ fn ng_sdes_options_baton_cannot_honour_are_refused() {
                 ("transport-protocol", text("RTP/SAVP")),
                 ("SDES", flags(&["off"])),
             ],
-            "DTLS-SRTP",
+            "leaves no key exchange",
         ),
         (
             vec![
@@ -955,8 +955,11 @@ fn ng_sdes_options_baton_cannot_honour_are_refused() {
             "always encrypts",
         ),
         (
-            vec![("transport-protocol", text("UDP/TLS/RTP/SAVPF"))],
-            "DTLS-SRTP",
+            vec![
+                ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+                ("DTLS", text("off")),
+            ],
+            "DTLS=off",
         ),
         (
             vec![("SDES", flags(&["only-F8_128_HMAC_SHA1_80"]))],

@@ -57,6 +57,12 @@ pub struct Telemetry {
     pub ng_requests: Family<RequestLabels, Counter>,
     /// Media workers that failed (and were restarted).
     pub worker_failures: Counter,
+    /// WebRTC legs whose DTLS handshake completed.
+    pub webrtc_dtls_connected: Counter,
+    /// WebRTC legs whose DTLS handshake failed.
+    pub webrtc_dtls_failed: Counter,
+    /// WebRTC legs whose ICE consent expired.
+    pub webrtc_consent_expired: Counter,
     /// Requests, connections and datagrams refused or dropped at the edge
     /// (limits, unauthenticated clients, sources not allowed), by reason.
     pub refusals: Family<ReasonLabels, Counter>,
@@ -79,6 +85,9 @@ impl Default for Telemetry {
             ]),
             ng_requests: Family::default(),
             worker_failures: Counter::default(),
+            webrtc_dtls_connected: Counter::default(),
+            webrtc_dtls_failed: Counter::default(),
+            webrtc_consent_expired: Counter::default(),
             refusals: Family::default(),
         }
     }
@@ -534,6 +543,21 @@ impl Exporter {
             "baton_worker_failures",
             "Media worker threads that failed (a bug; their sessions were lost) and were restarted",
             t.worker_failures,
+        );
+        registry.register(
+            "baton_webrtc_dtls_connected",
+            "WebRTC legs whose DTLS-SRTP handshake completed (keys in)",
+            t.webrtc_dtls_connected,
+        );
+        registry.register(
+            "baton_webrtc_dtls_failed",
+            "WebRTC legs whose DTLS-SRTP handshake failed (fingerprint mismatch, timeout, bad records)",
+            t.webrtc_dtls_failed,
+        );
+        registry.register(
+            "baton_webrtc_consent_expired",
+            "WebRTC legs whose ICE consent expired (no check for 30 s, RFC 7675)",
+            t.webrtc_consent_expired,
         );
         registry.register(
             "baton_transfers_started",

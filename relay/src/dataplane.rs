@@ -18,8 +18,10 @@ use crossbeam_channel::{Sender, TrySendError};
 use mio::{Poll, Waker};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::dtls::Fingerprint;
 use crate::core::ids::{SessionId, TransferId, WorkerId};
 use crate::core::session::{SessionReport, SessionUpdate, Timeouts};
+use crate::io::dtls::{self, DtlsCommand, DtlsIdentity};
 use crate::io::ports::{self, LegSockets, PortError, PortPool};
 use crate::io::worker::{self, Command, Worker};
 pub use crate::messages::{
@@ -46,6 +48,9 @@ pub struct DataplaneConfig {
     /// Workers spin on epoll instead of sleeping in it: lower latency, one
     /// core per worker at 100 % whatever the load.
     pub busy_poll: bool,
+    /// The relay's DTLS certificate for WebRTC legs; `None` makes a fresh
+    /// self-signed one at start.
+    pub dtls_identity: Option<Arc<DtlsIdentity>>,
 }
 
 /// Why a leg's sockets could not be had.
@@ -75,6 +80,9 @@ struct WorkerTemplate {
     /// Taken at shutdown, so that the event channel closes once the
     /// workers have ended and its reader sees the end.
     events: Mutex<Option<mpsc::Sender<WorkerEvent>>>,
+    /// The DTLS thread's queue; taken at shutdown too, so the thread ends
+    /// with the last worker.
+    dtls: Mutex<Option<Sender<DtlsCommand>>>,
 }
 
 /// The running data plane: port pools and worker threads.
@@ -84,6 +92,8 @@ pub struct Dataplane {
     workers: Vec<Mutex<WorkerHandle>>,
     pools: Vec<Arc<Mutex<PortPool>>>,
     template: WorkerTemplate,
+    identity: Arc<DtlsIdentity>,
+    dtls_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -108,6 +118,11 @@ fn spawn_worker(index: WorkerId, template: &WorkerTemplate) -> std::io::Result<W
     let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
     let (commands, receiver) = crossbeam_channel::bounded(template.command_queue);
     let stop = Arc::new(AtomicBool::new(false));
+    let dtls = template
+        .dtls
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let worker = Worker::new(
         index,
         poll,
@@ -115,6 +130,7 @@ fn spawn_worker(index: WorkerId, template: &WorkerTemplate) -> std::io::Result<W
         events.clone(),
         template.timeouts,
         Arc::clone(&stop),
+        (Arc::clone(&waker), dtls),
     )?
     .busy_poll(template.busy_poll);
     let thread = std::thread::Builder::new()
@@ -162,11 +178,17 @@ impl Dataplane {
             .iter()
             .map(|&ip| Arc::new(Mutex::new(PortPool::new(ip, lo, hi))))
             .collect();
+        let identity = match &config.dtls_identity {
+            Some(identity) => Arc::clone(identity),
+            None => Arc::new(DtlsIdentity::generate().map_err(std::io::Error::other)?),
+        };
+        let (dtls, dtls_thread) = dtls::spawn(Arc::clone(&identity), events.clone())?;
         let template = WorkerTemplate {
             timeouts: config.timeouts,
             command_queue: config.command_queue,
             busy_poll: config.busy_poll,
             events: Mutex::new(Some(events)),
+            dtls: Mutex::new(Some(dtls)),
         };
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
@@ -176,6 +198,8 @@ impl Dataplane {
             workers,
             pools,
             template,
+            identity,
+            dtls_thread: Mutex::new(Some(dtls_thread)),
         })
     }
 
@@ -405,6 +429,11 @@ impl Dataplane {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        self.template
+            .dtls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         for slot in &self.workers {
             let handle = slot.lock().unwrap_or_else(PoisonError::into_inner);
             handle.stop.store(true, Ordering::Relaxed);
@@ -420,5 +449,20 @@ impl Dataplane {
                 let _ = thread.join();
             }
         }
+        // Its queue closed with the last worker.
+        let dtls = self
+            .dtls_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = dtls {
+            let _ = thread.join();
+        }
+    }
+
+    /// The fingerprint of the relay's DTLS certificate, for
+    /// `a=fingerprint` toward WebRTC peers.
+    pub fn dtls_fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint()
     }
 }

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use crate::core::ids::{SessionId, StreamIndex, TransferId, WorkerId};
+use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 use crate::core::session::{
     EndReason, Latched, PendingLeg, SessionReport, StreamParams, SwitchMode, TransferError,
 };
+use crate::core::srtp::Suite;
 use crate::core::stream::DropReason;
 use crate::io::ports::LegSockets;
 
@@ -118,6 +119,42 @@ pub enum WorkerEvent {
         worker: WorkerId,
         /// The panic message or the error.
         reason: String,
+    },
+    /// A WebRTC leg's DTLS handshake completed: its SRTP keys are in.
+    DtlsConnected {
+        /// The session.
+        id: SessionId,
+        /// The stream.
+        stream: StreamIndex,
+        /// The leg.
+        leg: LegId,
+        /// The SRTP suite the handshake chose.
+        suite: Suite,
+    },
+    /// A WebRTC leg's DTLS handshake failed (the certificate did not match
+    /// the fingerprint, the peer gave up, it timed out): the leg has no
+    /// keys and its media stays dropped.
+    DtlsFailed {
+        /// The session.
+        id: SessionId,
+        /// The stream.
+        stream: StreamIndex,
+        /// The leg.
+        leg: LegId,
+        /// Why.
+        reason: String,
+    },
+    /// An ICE leg's peer stopped renewing consent for 30 s (RFC 7675):
+    /// nothing more is sent to it until it checks in again.
+    ConsentExpired {
+        /// The session.
+        id: SessionId,
+        /// The stream.
+        stream: StreamIndex,
+        /// The leg.
+        leg: LegId,
+        /// The party it faces.
+        party: Party,
     },
     /// A leg learned (or re-learned) its peer's address.
     SourceLatched {

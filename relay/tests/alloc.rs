@@ -93,6 +93,8 @@ fn session_paths(srtp: bool) -> u64 {
         peer_rtcp: None,
         peer_ip: None,
         crypto: crypto(n),
+        ice: None,
+        dtls: None,
     };
     let params = StreamParams {
         config: StreamConfig {
@@ -212,6 +214,7 @@ fn worker_path() -> u64 {
         },
         command_queue: 16,
         busy_poll: false,
+        dtls_identity: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -230,6 +233,8 @@ fn worker_path() -> u64 {
         peer_rtcp: None,
         peer_ip: None,
         crypto: LegCrypto::Plain,
+        ice: None,
+        dtls: None,
     };
     let user_sockets = dataplane.allocate(Some(false), true).expect("ports");
     let relay_user = user_sockets.rtp.local_addr().expect("addr");

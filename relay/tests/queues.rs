@@ -42,6 +42,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
         },
         command_queue: 16,
         busy_poll: false,
+        dtls_identity: None,
     };
     // Room for one event, and nobody reading yet.
     let (events, mut events_rx) = tokio::sync::mpsc::channel(1);
@@ -53,6 +54,8 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
         peer_rtcp: None,
         peer_ip: None,
         crypto: baton_relay::core::stream::LegCrypto::Plain,
+        ice: None,
+        dtls: None,
     };
     let mut relay_addrs = Vec::new();
     for id in 1..=3u64 {
@@ -133,6 +136,7 @@ fn a_full_command_queue_refuses_at_once_instead_of_blocking() {
         },
         command_queue: 1,
         busy_poll: false,
+        dtls_identity: None,
     };
     let (events, _events_rx) = tokio::sync::mpsc::channel(16);
     let dataplane = std::sync::Arc::new(Dataplane::start(&config, events).expect("start"));

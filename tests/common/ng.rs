@@ -5,7 +5,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use baton_control::ng::wire::{self, Dict, get_str};
+pub use baton_control::ng::wire::Dict;
+use baton_control::ng::wire::{self, get_str};
 use baton_control::sip::sdp::Sdp;
 use serde_bencode::value::Value;
 

@@ -87,10 +87,78 @@ struct Options {
     sdes: Option<v1::SdesOptions>,
     /// `SDES-off`: offer no SDES keys.
     sdes_off: bool,
+    /// `ICE` and `DTLS` toward the message's recipient.
+    webrtc: Option<v1::WebRtcOptions>,
 }
 
 /// Most SDES options read from one request.
 const MAX_SDES_OPTIONS: usize = 32;
+
+/// Reads `ICE` and `DTLS` (a string, or `ICE-…`/`DTLS-…` flags) toward the
+/// recipient. ICE: `remove` (none, unless the transport is WebRTC, which
+/// needs it), `force` (ICE-lite toward it), `default`/`optional` (as the
+/// transport needs). DTLS: `off`/`no`/`disable` (refused toward a WebRTC
+/// transport, which has no other key exchange), `passive`/`active` (the
+/// relay's role in its offer). Anything else is refused by name: what
+/// the relay cannot honour is never silently ignored.
+fn webrtc_options(
+    request: &Dict,
+    flags: &HashSet<String>,
+    transport: Option<crate::sip::crypto::Transport>,
+) -> Result<Option<v1::WebRtcOptions>, String> {
+    let pick = |key: &str| -> Vec<String> {
+        let prefix = format!("{}-", key.to_ascii_lowercase());
+        let mut values: Vec<String> = get_str(request, key)
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        values.extend(
+            flags
+                .iter()
+                .filter_map(|f| f.strip_prefix(&prefix).map(str::to_owned)),
+        );
+        values.into_iter().map(|v| v.to_ascii_lowercase()).collect()
+    };
+    let dtls_transport = transport.is_some_and(crate::sip::crypto::Transport::is_dtls);
+    let mut options = v1::WebRtcOptions::default();
+    for ice in pick("ICE") {
+        match ice.as_str() {
+            "remove" if dtls_transport => {
+                return Err(
+                    "ICE=remove toward a UDP/TLS/RTP/SAVP(F) recipient: baton's WebRTC legs need ICE (give ICE=force or leave ICE out)"
+                        .to_owned(),
+                );
+            }
+            "remove" | "default" | "optional" => {}
+            "force" => options.force_ice = true,
+            other => {
+                return Err(format!(
+                    "ICE={} is not supported (remove, force, default; baton is an ICE-lite agent with host candidates only, no TURN)",
+                    excerpt(other)
+                ));
+            }
+        }
+    }
+    for dtls in pick("DTLS") {
+        match dtls.as_str() {
+            "off" | "no" | "disable" if dtls_transport => {
+                return Err(
+                    "DTLS=off toward a UDP/TLS/RTP/SAVP(F) recipient leaves no key exchange"
+                        .to_owned(),
+                );
+            }
+            "off" | "no" | "disable" => {}
+            "passive" | "active" => options.dtls_setup = dtls.clone(),
+            other => {
+                return Err(format!(
+                    "DTLS={} is not supported (off, passive, active)",
+                    excerpt(other)
+                ));
+            }
+        }
+    }
+    Ok((options != v1::WebRtcOptions::default()).then_some(options))
+}
 
 /// Reads rtpengine's SDES options: `no-SUITE`, `only-SUITE`, `pad`,
 /// `lifetime`, `off`; options that describe what baton does anyway
@@ -181,7 +249,7 @@ impl Options {
                 Some(transport) => Some(transport.name().to_owned()),
                 None => {
                     return Err(format!(
-                        "transport-protocol {} is not supported: baton relays RTP/AVP, RTP/AVPF, RTP/SAVP and RTP/SAVPF (SDES); DTLS-SRTP is not supported yet",
+                        "transport-protocol {} is not supported: baton relays RTP/AVP, RTP/AVPF, RTP/SAVP, RTP/SAVPF (SDES), UDP/TLS/RTP/SAVP and UDP/TLS/RTP/SAVPF (DTLS-SRTP)",
                         excerpt(protocol)
                     ));
                 }
@@ -197,17 +265,16 @@ impl Options {
                 .map(str::to_owned)
         }));
         let (mut sdes, sdes_off) = sdes_options(&sdes_items)?;
-        if sdes_off
-            && transport
-                .as_deref()
-                .and_then(crate::sip::crypto::Transport::parse)
-                .is_some_and(crate::sip::crypto::Transport::is_srtp)
-        {
+        let wanted = transport
+            .as_deref()
+            .and_then(crate::sip::crypto::Transport::parse);
+        if sdes_off && wanted.is_some_and(crate::sip::crypto::Transport::is_srtp) {
             return Err(
-                "SDES-off with an SRTP transport-protocol leaves no key exchange: baton does not support DTLS-SRTP yet"
+                "SDES-off with an RTP/SAVP(F) transport-protocol leaves no key exchange; use UDP/TLS/RTP/SAVPF for DTLS-SRTP"
                     .to_owned(),
             );
         }
+        let webrtc = webrtc_options(request, &flags, wanted)?;
         // OSRTP, as a string, a list or `OSRTP-…` flags: `accept` lets a
         // plain answer to an SRTP offer make that leg plain; opportunistic
         // offers are not supported.
@@ -233,13 +300,6 @@ impl Options {
                 }
             }
         }
-        let ice = get_str(request, "ICE").unwrap_or("remove");
-        if !ice.eq_ignore_ascii_case("remove") {
-            debug!(
-                ice = %excerpt(ice),
-                "ng: ICE is always removed; the relay is the media endpoint"
-            );
-        }
         for direction in get_list(request, "direction") {
             debug!(direction = %excerpt(&direction), "ng: direction (interface selection) ignored: media IPs are chosen by address family");
         }
@@ -264,6 +324,7 @@ impl Options {
             transport,
             sdes,
             sdes_off,
+            webrtc,
         })
     }
 
@@ -278,7 +339,7 @@ impl Options {
         });
         if srtp {
             return Err(
-                "SDES-off toward an SRTP recipient leaves no key exchange: baton does not support DTLS-SRTP yet; give transport-protocol RTP/AVP to bridge to plain RTP"
+                "SDES-off toward an RTP/SAVP(F) recipient leaves no key exchange; give transport-protocol RTP/AVP to bridge to plain RTP, or UDP/TLS/RTP/SAVPF for DTLS-SRTP"
                     .to_owned(),
             );
         }
@@ -486,6 +547,7 @@ impl NgService {
                     asymmetric: options.has("asymmetric"),
                     other_transport: options.transport.clone().unwrap_or_default(),
                     sdes: options.sdes.clone(),
+                    webrtc: options.webrtc.clone(),
                     ..Default::default()
                 })
                 .await
@@ -537,6 +599,7 @@ impl NgService {
                     String::new()
                 },
                 sdes: options.sdes.clone(),
+                webrtc: if offer { options.webrtc.clone() } else { None },
                 ..Default::default()
             })
             .await

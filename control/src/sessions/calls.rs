@@ -108,9 +108,14 @@ impl Sessions {
         };
         let specs = validate_create(&request, user_required)?;
         let crypto = match &offer {
-            Some((from, body, layout)) => {
-                negotiation::crypto_from(body, layout, *from, other_transport, &policy)?
-            }
+            Some((from, body, layout)) => negotiation::crypto_from(
+                body,
+                layout,
+                *from,
+                other_transport,
+                &policy,
+                negotiation::webrtc_toward(request.webrtc.as_ref())?,
+            )?,
             None => request
                 .streams
                 .iter()
@@ -265,12 +270,16 @@ impl Sessions {
                 let bound = self.allocate_leg(ipv6, spec.rtcp_mux && !rtcp_sockets)?;
                 local[party.index()] = self.endpoint_of(&bound.rtp, bound.rtcp.as_ref());
                 sockets.push(bound);
+                let party_crypto = &crypto[party.index()];
                 legs.push(LegConfig {
-                    rtcp_mux: spec.rtcp_mux,
+                    // A WebRTC leg always multiplexes.
+                    rtcp_mux: spec.rtcp_mux || party_crypto.ice.is_some(),
                     peer_rtp,
                     peer_rtcp,
                     peer_ip: None,
-                    crypto: crypto[party.index()].leg_crypto(),
+                    crypto: party_crypto.leg_crypto(),
+                    ice: party_crypto.ice,
+                    dtls: party_crypto.dtls_params(),
                 });
             }
             let (Some(remote_sockets), Some(device_sockets)) = (sockets.pop(), sockets.pop())
@@ -302,8 +311,14 @@ impl Sessions {
         }
         let (rendered, sdp) = match offer {
             Some((from, body, layout)) => {
-                let (rendered, state) =
-                    negotiation::answer_created(&mut streams, from, body, layout, policy)?;
+                let (rendered, state) = negotiation::answer_created(
+                    &mut streams,
+                    from,
+                    body,
+                    layout,
+                    policy,
+                    &self.dataplane.dtls_fingerprint(),
+                )?;
                 (rendered, Some(state))
             }
             None => (String::new(), None),
@@ -390,6 +405,8 @@ impl Sessions {
                         rtcp,
                         rtcp_mux: None,
                         crypto,
+                        ice: None,
+                        dtls: None,
                     });
                 }
             }

@@ -10,6 +10,7 @@ use crate::sip::crypto::PartyCrypto;
 use crate::sip::negotiation::{
     SdpState, endpoint_of, extend_layout, holds, match_by_kind, media_of, relay_toward, render,
     requested_transport, sdes_policy, security_toward, session_held, stamp, transport_of,
+    webrtc_toward,
 };
 use crate::status::Status;
 
@@ -26,6 +27,7 @@ impl Sessions {
         let media = media_of(&body)?;
         let policy = sdes_policy(request.sdes.as_ref())?;
         let other_transport = requested_transport(&request.other_transport)?;
+        let webrtc = webrtc_toward(request.webrtc.as_ref())?;
         let (_guard, record) = self.lock_session(request.session.as_ref()).await?;
         if from == Party::User
             && let Some(open) = &record.open_transfer
@@ -74,14 +76,16 @@ impl Sessions {
             let transport = transport_of(m)?;
             super::validate_codecs(&m.codecs, s)?;
             let crypto_before = stream.crypto.clone();
-            if let Err(reason) =
-                stream.crypto[from.index()].receive(transport, &m.crypto, m.line, &policy)
-            {
+            if let Err(reason) = stream.crypto[from.index()].receive(transport, m, &policy) {
                 // A plain answer to the relay's SRTP offer stays an error
                 // (the answerer must say OSRTP=accept); an SRTP line without
                 // a usable key is declined.
                 if !transport.is_srtp() {
-                    return Err(Status::unimplemented(reason));
+                    return Err(if transport.is_dtls() {
+                        Status::invalid_argument(reason)
+                    } else {
+                        Status::unimplemented(reason)
+                    });
                 }
                 stream.rejected = true;
                 declined.push(s);
@@ -89,15 +93,18 @@ impl Sessions {
             }
             if let Some(wanted) = other_transport {
                 let toward = &mut stream.crypto[other.index()];
-                if toward.transport.is_srtp() == wanted.is_srtp() {
+                if toward.transport.is_srtp() == wanted.is_srtp()
+                    && toward.transport.is_dtls() == wanted.is_dtls()
+                {
                     toward.transport = wanted;
+                    if webrtc.force_ice && toward.ice.is_none() {
+                        toward.ice = Some(crate::sip::crypto::fresh_ice(None));
+                    }
                 } else {
-                    // SRTP switched on or off toward the other party: its
-                    // keys are offered afresh (or dropped).
-                    *toward = PartyCrypto {
-                        transport: wanted,
-                        ..PartyCrypto::default()
-                    };
+                    // SRTP switched on or off (or to DTLS) toward the other
+                    // party: its keys are offered afresh (or dropped).
+                    *toward = PartyCrypto::default();
+                    toward.offer_toward(wanted, webrtc);
                 }
             }
             stream.rejected = false;
@@ -113,7 +120,16 @@ impl Sessions {
             }
             // rtcp-mux holds once both parties' latest bodies carry it.
             let mux = m.rtcp_mux && other_media(s).is_none_or(|o| o.rtcp_mux);
-            if !mux && stream.rtcp_mux.iter().any(|&on| on) && !stream.rtcp_sockets {
+            let webrtc_legs = stream.crypto.iter().filter(|c| c.ice.is_some()).count();
+            if !mux
+                && webrtc_legs < 2
+                && stream
+                    .rtcp_mux
+                    .iter()
+                    .zip(&stream.crypto)
+                    .any(|(&on, c)| on && c.ice.is_none())
+                && !stream.rtcp_sockets
+            {
                 return Err(Status::failed_precondition(format!(
                     "SDP line {}: stream {s} was created with rtcp-mux and has no RTCP port to fall back to",
                     m.line
@@ -124,6 +140,8 @@ impl Sessions {
                 None => (None, None),
             };
             for party in [from, other] {
+                // A WebRTC leg multiplexes whatever the other side does.
+                let mux = mux || stream.crypto[party.index()].ice.is_some();
                 let changed = stream.rtcp_mux[party.index()] != mux;
                 let (rtp, rtcp) = if party == from {
                     (rtp, rtcp)
@@ -140,6 +158,8 @@ impl Sessions {
                         rtcp,
                         rtcp_mux: changed.then_some(mux),
                         crypto: crypto_changed.then(|| crypto.leg_crypto()),
+                        ice: crypto_changed.then_some(crypto.ice).flatten(),
+                        dtls: crypto_changed.then(|| crypto.dtls_params()).flatten(),
                     });
                 }
                 stream.rtcp_mux[party.index()] = mux;
@@ -168,7 +188,12 @@ impl Sessions {
                 now.rtcp_mux = updated.rtcp_mux;
                 now.crypto.clone_from(&updated.crypto);
             }
-            let security = security_toward(&mut current.streams, other, &policy);
+            let security = security_toward(
+                &mut current.streams,
+                other,
+                &policy,
+                &self.dataplane.dtls_fingerprint(),
+            );
             let relay = relay_toward(&current.streams, other);
             let state = current.sdp.get_or_insert_with(SdpState::default);
             let receiver = match (

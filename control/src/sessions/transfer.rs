@@ -215,11 +215,13 @@ impl Sessions {
             legs.push((
                 PendingLeg {
                     config: LegConfig {
-                        rtcp_mux,
+                        rtcp_mux: rtcp_mux || crypto.ice.is_some(),
                         peer_rtp,
                         peer_rtcp,
                         peer_ip: source_ip,
                         crypto: crypto.leg_crypto(),
+                        ice: crypto.ice,
+                        dtls: crypto.dtls_params(),
                     },
                     payloads: PayloadMap::from_pairs(&pairs, device_te),
                 },

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use baton_proto::v1;
 use baton_relay::core::session::{EndReason, SessionReport};
-use baton_relay::{SessionId, WorkerEvent, WorkerId};
+use baton_relay::{LegId, SessionId, WorkerEvent, WorkerId};
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tracing::{error, info};
 
@@ -46,6 +46,31 @@ impl Sessions {
                 WorkerEvent::WorkerFailed { worker, reason } => {
                     self.worker_failed(worker, &reason);
                 }
+                WorkerEvent::DtlsConnected {
+                    id,
+                    stream,
+                    leg,
+                    suite,
+                } => {
+                    self.telemetry.webrtc_dtls_connected.inc();
+                    self.webrtc_event(id, stream.0, leg, "dtls_connected", suite.name());
+                }
+                WorkerEvent::DtlsFailed {
+                    id,
+                    stream,
+                    leg,
+                    reason,
+                } => {
+                    self.telemetry.webrtc_dtls_failed.inc();
+                    info!(session = %id, stream = stream.0, %leg, "DTLS failed: {reason}");
+                    self.webrtc_event(id, stream.0, leg, "dtls_failed", &reason);
+                }
+                WorkerEvent::ConsentExpired {
+                    id, stream, leg, ..
+                } => {
+                    self.telemetry.webrtc_consent_expired.inc();
+                    self.webrtc_event(id, stream.0, leg, "consent_expired", "");
+                }
                 WorkerEvent::SourceLatched {
                     id,
                     stream,
@@ -64,6 +89,24 @@ impl Sessions {
             }
         }
         info!("media workers stopped");
+    }
+
+    fn webrtc_event(&self, id: SessionId, stream: usize, leg: LegId, what: &str, detail: &str) {
+        // The remote's leg is slot 1 for life; every other slot faces the
+        // user (the device, a transfer's new device).
+        let party = if leg == LegId::REMOTE {
+            "remote"
+        } else {
+            "user"
+        };
+        self.events
+            .publish(v1::event::Kind::WebrtcLeg(v1::WebRtcLeg {
+                session: id.to_string(),
+                stream: stream as u32,
+                leg: party.to_owned(),
+                what: what.to_owned(),
+                detail: detail.to_owned(),
+            }));
     }
 
     /// The session's lock, if the session is still known.

@@ -14,12 +14,20 @@
 //! unauthenticated SRTP/SRTCP, FEC parameters, and any session parameter it
 //! does not know (RFC 4568 §6.3: an unknown parameter means the line is not
 //! understood).
+//!
+//! A WebRTC party (`UDP/TLS/RTP/SAVPF`) gets no keys in SDP: the relay is
+//! an ICE-lite agent toward it and the keys come from a DTLS handshake
+//! with the certificate its `a=fingerprint` names ([`PartyDtls`]).
 
 use std::fmt;
 
 use baton_proto::v1;
+use baton_relay::core::dtls::{DtlsParams, DtlsRole, Fingerprint};
 use baton_relay::core::srtp::{MasterKey, Suite};
 use baton_relay::core::stream::{LegCrypto, LegKeys};
+use baton_relay::core::stun::{IceCredentials, IceText};
+
+use crate::sip::sdp::Media;
 
 /// Most `a=crypto` lines one m= line may carry; real offers have 1 to 8.
 pub const MAX_CRYPTO_LINES: usize = 16;
@@ -289,15 +297,26 @@ pub enum Transport {
     Savp,
     /// `RTP/SAVPF`.
     Savpf,
+    /// `UDP/TLS/RTP/SAVP`: DTLS-SRTP.
+    DtlsSavp,
+    /// `UDP/TLS/RTP/SAVPF`: DTLS-SRTP with feedback, what browsers use.
+    DtlsSavpf,
 }
 
 impl Transport {
     /// Reads an m= line's transport (case-insensitive); `None` for one the
     /// relay does not speak.
     pub fn parse(proto: &str) -> Option<Self> {
-        [Self::Avp, Self::Avpf, Self::Savp, Self::Savpf]
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(proto))
+        [
+            Self::Avp,
+            Self::Avpf,
+            Self::Savp,
+            Self::Savpf,
+            Self::DtlsSavp,
+            Self::DtlsSavpf,
+        ]
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(proto))
     }
 
     /// The SDP name.
@@ -307,19 +326,27 @@ impl Transport {
             Self::Avpf => "RTP/AVPF",
             Self::Savp => "RTP/SAVP",
             Self::Savpf => "RTP/SAVPF",
+            Self::DtlsSavp => "UDP/TLS/RTP/SAVP",
+            Self::DtlsSavpf => "UDP/TLS/RTP/SAVPF",
         }
     }
 
-    /// Whether it is SRTP.
+    /// Whether it is SRTP with keys in the SDP (SDES).
     pub fn is_srtp(self) -> bool {
         matches!(self, Self::Savp | Self::Savpf)
+    }
+
+    /// Whether it is DTLS-SRTP.
+    pub fn is_dtls(self) -> bool {
+        matches!(self, Self::DtlsSavp | Self::DtlsSavpf)
     }
 }
 
 /// One party's SRTP on one stream: its transport, the keys the relay
 /// offered it, and the keys negotiated with it. The relay's key toward a
 /// party stays the same across re-offers (so the party's SRTP context, and
-/// the index it tracks, carries on) unless the suite changes.
+/// the index it tracks, carries on) unless the suite changes. On a WebRTC
+/// leg, the ICE-lite credentials and the DTLS identity instead of keys.
 #[derive(Debug, Clone, Default)]
 pub struct PartyCrypto {
     /// The transport of this party's leg.
@@ -333,11 +360,59 @@ pub struct PartyCrypto {
     pub relay_key: Option<MasterKey>,
     /// The key this party sends with.
     pub peer_key: Option<MasterKey>,
+    /// ICE-lite on this party's leg: the relay's credentials and the
+    /// party's ufrag.
+    pub ice: Option<IceCredentials>,
+    /// DTLS-SRTP on this party's leg.
+    pub dtls: Option<PartyDtls>,
+}
+
+/// A party's DTLS-SRTP: the certificate it must show and who connects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartyDtls {
+    /// The party's `a=fingerprint`, once its body gave one.
+    pub peer: Option<Fingerprint>,
+    /// The relay's role, once negotiated.
+    pub role: Option<DtlsRole>,
+    /// The relay sent `a=setup:actpass` and waits for the answer's role.
+    pub offered: bool,
+}
+
+/// What a request asks of the relay toward a party it offers to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebRtcToward {
+    /// ICE-lite even on a non-WebRTC transport.
+    pub force_ice: bool,
+    /// The relay's DTLS role, instead of `actpass`.
+    pub role: Option<DtlsRole>,
+}
+
+/// Fresh ICE credentials of the relay toward a party (RFC 8445 §5.3: at
+/// least 24 bits of randomness in the ufrag, 128 in the password).
+pub fn fresh_ice(remote_ufrag: Option<IceText>) -> IceCredentials {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut text = |len: usize| -> IceText {
+        let value: String = (0..len)
+            .map(|_| char::from(CHARS[rng.random_range(0..CHARS.len())]))
+            .collect();
+        IceText::new(&value).expect("letters and digits within the bound are ICE text")
+    };
+    IceCredentials {
+        local_ufrag: text(8),
+        local_pwd: text(24),
+        remote_ufrag,
+    }
 }
 
 impl PartyCrypto {
     /// The data plane's settings for this party's leg.
     pub fn leg_crypto(&self) -> LegCrypto {
+        if self.transport.is_dtls() {
+            // The keys come from the handshake.
+            return LegCrypto::AwaitingKeys;
+        }
         if !self.transport.is_srtp() {
             return LegCrypto::Plain;
         }
@@ -347,11 +422,148 @@ impl PartyCrypto {
         }
     }
 
+    /// The data plane's DTLS settings for this party's leg, once the
+    /// party's fingerprint and the relay's role are known.
+    pub fn dtls_params(&self) -> Option<DtlsParams> {
+        let dtls = self.dtls.filter(|_| self.transport.is_dtls())?;
+        Some(DtlsParams {
+            role: dtls.role?,
+            peer: dtls.peer?,
+        })
+    }
+
     /// Whether `other` would configure the data plane the same way.
     pub fn same_leg_as(&self, other: &PartyCrypto) -> bool {
         self.transport.is_srtp() == other.transport.is_srtp()
+            && self.transport.is_dtls() == other.transport.is_dtls()
             && self.peer_key == other.peer_key
             && self.relay_key == other.relay_key
+            && self.ice == other.ice
+            && self.dtls_params() == other.dtls_params()
+    }
+
+    /// Sets the transport the relay offers this party (its first body
+    /// from the relay): fresh ICE credentials on a WebRTC leg, or when
+    /// `webrtc.force_ice` forces ICE on another transport; the relay's
+    /// `a=setup` (actpass unless `webrtc.role` insists).
+    pub fn offer_toward(&mut self, transport: Transport, webrtc: WebRtcToward) {
+        self.transport = transport;
+        if transport.is_dtls() || webrtc.force_ice {
+            self.ice.get_or_insert_with(|| fresh_ice(None));
+        } else {
+            self.ice = None;
+        }
+        self.dtls = transport.is_dtls().then_some(PartyDtls {
+            peer: None,
+            role: webrtc.role,
+            offered: true,
+        });
+    }
+
+    /// Reads a WebRTC party's m= line: its ICE ufrag (new credentials for
+    /// both sides on an ICE restart), its fingerprint, and the DTLS roles
+    /// (RFC 8842: an offer's `actpass` makes the relay passive; an answer
+    /// to the relay's `actpass` says which end the party took; a re-offer
+    /// keeps the established roles).
+    fn receive_webrtc(&mut self, transport: Transport, media: &Media) -> Result<(), String> {
+        let line = media.line;
+        let lines = &media.webrtc;
+        if !media.rtcp_mux {
+            return Err(format!(
+                "SDP line {line}: {} without a=rtcp-mux: baton's WebRTC legs need RTP and RTCP on one port",
+                transport.name()
+            ));
+        }
+        let (Some(ufrag), Some(pwd)) = (&lines.ice_ufrag, &lines.ice_pwd) else {
+            return Err(format!(
+                "SDP line {line}: {} without a=ice-ufrag and a=ice-pwd: baton's WebRTC legs need ICE",
+                transport.name()
+            ));
+        };
+        let peer_ufrag = IceText::new(ufrag)
+            .ok_or_else(|| format!("SDP line {line}: a=ice-ufrag is not 1 to 64 ICE characters"))?;
+        if IceText::new(pwd).is_none() || pwd.len() < 22 {
+            return Err(format!(
+                "SDP line {line}: a=ice-pwd is not 22 to 64 ICE characters (RFC 8839)"
+            ));
+        }
+        let fingerprint = lines
+            .fingerprint
+            .as_deref()
+            .ok_or_else(|| {
+                format!(
+                    "SDP line {line}: {} without a=fingerprint",
+                    transport.name()
+                )
+            })
+            .and_then(|value| {
+                Fingerprint::parse(value).map_err(|e| format!("SDP line {line}: {e}"))
+            })?;
+        let previous = self.dtls.filter(|_| self.transport.is_dtls());
+        let setup = lines
+            .setup
+            .as_deref()
+            .unwrap_or("active")
+            .to_ascii_lowercase();
+        let answering_our_offer = previous.is_some_and(|d| d.offered);
+        let insisted = previous.filter(|d| d.offered).and_then(|d| d.role);
+        let role = match (setup.as_str(), answering_our_offer) {
+            ("active", true) if insisted == Some(DtlsRole::Client) => {
+                return Err(format!(
+                    "SDP line {line}: a=setup:active answers the relay's a=setup:active"
+                ));
+            }
+            ("passive", true) if insisted == Some(DtlsRole::Server) => {
+                return Err(format!(
+                    "SDP line {line}: a=setup:passive answers the relay's a=setup:passive"
+                ));
+            }
+            ("active", _) => DtlsRole::Server,
+            ("passive", _) => DtlsRole::Client,
+            ("actpass", false) => match previous {
+                // Same certificate: the association and its roles stay.
+                Some(PartyDtls {
+                    peer: Some(known),
+                    role: Some(role),
+                    ..
+                }) if known == fingerprint => role,
+                _ => DtlsRole::Server,
+            },
+            ("actpass", true) => {
+                return Err(format!(
+                    "SDP line {line}: a=setup:actpass in an answer (RFC 8842: the answerer picks active or passive)"
+                ));
+            }
+            (other, _) => {
+                return Err(format!(
+                    "SDP line {line}: a=setup:{} is not supported (active, passive, actpass)",
+                    crate::status::excerpt(other)
+                ));
+            }
+        };
+        let ice = match self.ice {
+            // Same peer credentials: the relay's stay too.
+            Some(current) if current.remote_ufrag == Some(peer_ufrag) => current,
+            // The relay's offer had no peer ufrag yet: this is its answer.
+            Some(mut current) if current.remote_ufrag.is_none() && answering_our_offer => {
+                current.remote_ufrag = Some(peer_ufrag);
+                current
+            }
+            // New peer credentials: an ICE restart (RFC 8445 §9), both
+            // sides change.
+            Some(_) | None => fresh_ice(Some(peer_ufrag)),
+        };
+        *self = Self {
+            transport,
+            ice: Some(ice),
+            dtls: Some(PartyDtls {
+                peer: Some(fingerprint),
+                role: Some(role),
+                offered: false,
+            }),
+            ..Self::default()
+        };
+        Ok(())
     }
 
     /// Reads a body's m= line from this party: its transport and, on SRTP,
@@ -361,10 +573,13 @@ impl PartyCrypto {
     pub fn receive(
         &mut self,
         transport: Transport,
-        crypto: &[(String, usize)],
-        media_line: usize,
+        media: &Media,
         policy: &SdesPolicy,
     ) -> Result<(), String> {
+        let (crypto, media_line) = (&media.crypto, media.line);
+        if transport.is_dtls() {
+            return self.receive_webrtc(transport, media);
+        }
         // The party's first body after the relay offered it SRTP keys: its
         // answer. (Later bodies may be offers of its own, which the relay
         // answers; they are told apart by the keys the party already has.)
@@ -430,6 +645,9 @@ impl PartyCrypto {
             tag,
             relay_key: Some(ours),
             peer_key: Some(theirs),
+            // ICE toward an SDES party is kept if the relay offered it.
+            ice: self.ice,
+            dtls: None,
         };
         Ok(())
     }
@@ -438,19 +656,43 @@ impl PartyCrypto {
     /// negotiated line once there is one, else an offer of every allowed
     /// suite (kept until answered, so a body sent again offers the same
     /// keys). Empty on a plain leg.
-    pub fn lines_toward(&mut self, policy: &SdesPolicy) -> Vec<String> {
+    pub fn lines_toward(&mut self, policy: &SdesPolicy, relay: &Fingerprint) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(ice) = self.ice {
+            lines.push(format!("ice-ufrag:{}", ice.local_ufrag.as_str()));
+            lines.push(format!("ice-pwd:{}", ice.local_pwd.as_str()));
+        }
+        if let Some(dtls) = self.dtls.as_mut().filter(|_| self.transport.is_dtls()) {
+            lines.push(format!("fingerprint:{relay}"));
+            let setup = match dtls.role {
+                Some(DtlsRole::Server) => "passive",
+                Some(DtlsRole::Client) => "active",
+                None => {
+                    dtls.offered = true;
+                    "actpass"
+                }
+            };
+            if dtls.peer.is_none() {
+                // Until the party answers, this body is the relay's offer.
+                dtls.offered = true;
+            }
+            lines.push(format!("setup:{setup}"));
+            return lines;
+        }
         if !self.transport.is_srtp() {
-            return Vec::new();
+            return lines;
         }
         if let (Some(ours), true) = (self.relay_key, self.tag != 0) {
             self.offered = vec![(self.tag, ours)];
         } else if self.offered.is_empty() {
             self.offered = offer_keys(&policy.default_offer());
         }
-        self.offered
-            .iter()
-            .map(|(tag, key)| render(*tag, key, policy))
-            .collect()
+        lines.extend(
+            self.offered
+                .iter()
+                .map(|(tag, key)| render(*tag, key, policy)),
+        );
+        lines
     }
 }
 

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 
 use baton_proto::v1;
 use baton_relay::Party;
+use baton_relay::core::dtls::Fingerprint;
 
-use crate::sip::crypto::{self, PartyCrypto, SdesPolicy, Transport};
+use crate::sip::crypto::{self, PartyCrypto, SdesPolicy, Transport, WebRtcToward};
 use crate::sip::sdp::{
     AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits,
 };
@@ -126,7 +127,9 @@ fn carried(media: &Media) -> bool {
 /// keys they allow is not carried (RFC 4568: such a line is rejected).
 fn carried_under(media: &Media, policy: &SdesPolicy) -> bool {
     !media.is_disabled()
-        && (media.is_rtp() || (media.is_srtp() && has_usable_crypto_under(media, policy)))
+        && (media.is_rtp()
+            || media.is_dtls()
+            || (media.is_srtp() && has_usable_crypto_under(media, policy)))
 }
 
 fn has_usable_crypto_under(media: &Media, policy: &SdesPolicy) -> bool {
@@ -151,15 +154,9 @@ pub(crate) fn left_out_reason(media: &Media) -> String {
             media.proto,
             crypto::why_none(&lines)
         )
-    } else if media.proto.to_ascii_uppercase().contains("SAVP") {
-        format!(
-            "line {}: {} (DTLS-SRTP) is not supported yet; baton relays RTP/AVP(F) and \
-             RTP/SAVP(F) with SDES keys",
-            media.line, media.proto
-        )
     } else {
         format!(
-            "line {}: transport {} is not RTP; baton relays RTP (RTP/AVP(F), RTP/SAVP(F))",
+            "line {}: transport {} is not RTP; baton relays RTP (RTP/AVP(F), RTP/SAVP(F), UDP/TLS/RTP/SAVP(F))",
             media.line, media.proto
         )
     }
@@ -257,6 +254,7 @@ pub(crate) fn crypto_from(
     from: Party,
     other_transport: Option<Transport>,
     policy: &SdesPolicy,
+    webrtc: WebRtcToward,
 ) -> Result<Vec<[PartyCrypto; 2]>, Status> {
     let media = media_of(sdp)?;
     let mut out = Vec::new();
@@ -267,9 +265,9 @@ pub(crate) fn crypto_from(
         let transport = transport_of(m)?;
         let mut parties: [PartyCrypto; 2] = Default::default();
         parties[from.index()]
-            .receive(transport, &m.crypto, m.line, policy)
+            .receive(transport, m, policy)
             .map_err(Status::unimplemented)?;
-        parties[from.other().index()].transport = other_transport.unwrap_or(transport);
+        parties[from.other().index()].offer_toward(other_transport.unwrap_or(transport), webrtc);
         out.push(parties);
     }
     Ok(out)
@@ -288,9 +286,32 @@ pub(crate) fn requested_transport(text: &str) -> Result<Option<Transport>, Statu
     }
     Transport::parse(text.trim()).map(Some).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "transport {} is not RTP/AVP, RTP/AVPF, RTP/SAVP or RTP/SAVPF",
+            "transport {} is not RTP/AVP, RTP/AVPF, RTP/SAVP, RTP/SAVPF, UDP/TLS/RTP/SAVP or UDP/TLS/RTP/SAVPF",
             crate::status::excerpt(text)
         ))
+    })
+}
+
+/// Reads a request's WebRTC options.
+pub(crate) fn webrtc_toward(options: Option<&v1::WebRtcOptions>) -> Result<WebRtcToward, Status> {
+    use baton_relay::core::dtls::DtlsRole;
+    let Some(options) = options else {
+        return Ok(WebRtcToward::default());
+    };
+    let role = match options.dtls_setup.trim().to_ascii_lowercase().as_str() {
+        "" | "actpass" => None,
+        "active" => Some(DtlsRole::Client),
+        "passive" => Some(DtlsRole::Server),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "dtls_setup {} is not actpass, active or passive",
+                crate::status::excerpt(other)
+            )));
+        }
+    };
+    Ok(WebRtcToward {
+        force_ice: options.force_ice,
+        role,
     })
 }
 
@@ -331,20 +352,49 @@ pub(crate) fn sdes_policy(options: Option<&v1::SdesOptions>) -> Result<SdesPolic
     Ok(policy)
 }
 
-/// The transport and `a=crypto` lines of every stream in a body the relay
+/// How one stream is secured toward the receiver of a body.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSecurity {
+    /// The receiver's transport.
+    pub transport: Transport,
+    /// Its attribute lines (without `a=`): `a=crypto`, or the ICE
+    /// credentials and DTLS fingerprint and setup.
+    pub lines: Vec<String>,
+    /// The relay is an ICE-lite agent toward the receiver on this stream:
+    /// the body gets `a=ice-lite`, a host candidate and `a=rtcp-mux`.
+    pub ice: bool,
+}
+
+/// The transport and security lines of every stream in a body the relay
 /// sends to `receiver` (an offer of fresh keys to a party that has none).
 pub(crate) fn security_toward(
     streams: &mut [NegotiatedStream],
     receiver: Party,
     policy: &SdesPolicy,
-) -> Vec<(Transport, Vec<String>)> {
+    relay: &Fingerprint,
+) -> Vec<StreamSecurity> {
     streams
         .iter_mut()
         .map(|s| {
             let party = &mut s.crypto[receiver.index()];
-            (party.transport, party.lines_toward(policy))
+            StreamSecurity {
+                transport: party.transport,
+                ice: party.ice.is_some(),
+                lines: party.lines_toward(policy, relay),
+            }
         })
         .collect()
+}
+
+/// The relay's ICE host candidate for `endpoint` (RFC 8839 §5.1): one
+/// component, rtcp-mux; the priority of a host candidate of the highest
+/// local preference.
+fn host_candidate(endpoint: &RelayEndpoint) -> String {
+    format!(
+        "candidate:1 1 UDP 2130706431 {} {} typ host",
+        endpoint.rtp.ip(),
+        endpoint.rtp.port()
+    )
 }
 
 /// Matches a body's m= lines to existing streams by media type, in order
@@ -421,7 +471,7 @@ pub(crate) fn render(
     receiver: Option<(&Sdp, &Layout)>,
     relay: &[Option<RelayEndpoint>],
     payloads: &[Vec<(u8, u8)>],
-    security: &[(Transport, Vec<String>)],
+    security: &[StreamSecurity],
     declined: &[usize],
 ) -> Sdp {
     // (pick, stream carried there)
@@ -451,6 +501,8 @@ pub(crate) fn render(
     }
     let sections: Vec<Pick<'_>> = picks.iter().map(|(p, _)| *p).collect();
     let mut body = sender.with_sections(&sections);
+    // m= lines (of the body) on which the relay is an ICE-lite agent.
+    let mut ice_streams: Vec<usize> = Vec::new();
     // The session-level c= names the first carried stream's relay address.
     let first_ip = picks
         .iter()
@@ -470,8 +522,18 @@ pub(crate) fn render(
                     // The receiver's own transport and the relay's keys
                     // for it: the sender's keys never cross the relay.
                     match security.get(*s) {
-                        Some((transport, lines)) => {
-                            body.set_transport(index, Some(transport.name()), lines);
+                        Some(secured) => {
+                            body.set_transport(
+                                index,
+                                Some(secured.transport.name()),
+                                &secured.lines,
+                            );
+                            if secured.ice {
+                                body.add_media_attribute(index, &host_candidate(&endpoint));
+                                body.add_media_attribute(index, "end-of-candidates");
+                                body.require_rtcp_mux(index);
+                                ice_streams.push(index);
+                            }
                         }
                         None => body.set_transport(index, None, &[]),
                     }
@@ -482,6 +544,28 @@ pub(crate) fn render(
         }
     }
     body.finish_session(first_ip);
+    body.remove_groups();
+    if !ice_streams.is_empty() {
+        body.set_session_attribute("ice-lite");
+        // MIDs (RFC 8843): the receiver's own where its body named them,
+        // else the sender's, else the m= line's index; one carried stream
+        // is one transport, which a BUNDLE group of that MID names.
+        let receiver_mid = |index: usize| {
+            let (receiver_body, _) = receiver?;
+            receiver_body.media(index).ok()?.webrtc.mid
+        };
+        let mut mids = Vec::new();
+        for &index in &ice_streams {
+            let mid = receiver_mid(index)
+                .or_else(|| body.media(index).ok().and_then(|m| m.webrtc.mid))
+                .unwrap_or_else(|| index.to_string());
+            body.set_mid(index, &mid);
+            mids.push(mid);
+        }
+        if let [mid] = mids.as_slice() {
+            body.set_session_attribute(&format!("group:BUNDLE {mid}"));
+        }
+    }
     body
 }
 
@@ -577,7 +661,7 @@ impl AnswerPlan {
         let mut declined = None;
         for (m, slot) in media.iter().zip(layout.iter_mut()) {
             if let Some(party) = slot.and_then(|s| crypto.get_mut(s)) {
-                let read = party.receive(transport_of(m)?, &m.crypto, m.line, policy);
+                let read = party.receive(transport_of(m)?, m, policy);
                 if let Err(reason) = read {
                     *slot = None;
                     declined.get_or_insert(reason);
@@ -709,6 +793,7 @@ pub(crate) fn answer_created(
     body: Sdp,
     layout: Layout,
     policy: &SdesPolicy,
+    fingerprint: &Fingerprint,
 ) -> Result<(String, SdpState), Status> {
     let other = from.other();
     let media = media_of(&body)?;
@@ -718,7 +803,7 @@ pub(crate) fn answer_created(
         }
     }
     let relay = relay_toward(streams, other);
-    let security = security_toward(streams, other, policy);
+    let security = security_toward(streams, other, policy, fingerprint);
     let mut out = render(&body, &layout, None, &relay, &[], &security, &[]);
     let mut state = SdpState::default();
     stamp(&mut out, &mut state.sent[other.index()]);
@@ -917,14 +1002,23 @@ mod tests {
     /// attributes removed, a=crypto lines the relay's own (each party has
     /// its keys). Returns the number of lines compared unchanged.
     fn assert_only_relay_lines_changed(name: &str, input: &str, output: &str) -> usize {
-        let input: Vec<&str> = lines(input)
-            .into_iter()
-            .filter(|l| !is_ice_line(l) && !l.starts_with("a=crypto:"))
-            .collect();
-        let output: Vec<&str> = lines(output)
-            .into_iter()
-            .filter(|l| !l.starts_with("a=crypto:"))
-            .collect();
+        // Each party's keys and DTLS identity are its own; the relay's ICE
+        // lines and BUNDLE group are its own too.
+        let relays = |l: &&str| {
+            is_ice_line(l)
+                || [
+                    "a=crypto:",
+                    "a=setup:",
+                    "a=fingerprint:",
+                    "a=tls-id:",
+                    "a=group:",
+                    "a=end-of-candidates",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+        };
+        let input: Vec<&str> = lines(input).into_iter().filter(|l| !relays(l)).collect();
+        let output: Vec<&str> = lines(output).into_iter().filter(|l| !relays(l)).collect();
         let (mut i, mut o, mut same) = (0, 0, 0);
         while i < input.len() || o < output.len() {
             let (Some(a), Some(b)) = (input.get(i), output.get(o)) else {
@@ -1061,7 +1155,7 @@ mod tests {
     }
 
     #[test]
-    fn t38_and_dtls_are_not_relayed_and_say_why() {
+    fn t38_is_not_relayed_and_says_why() {
         let t38 = Sdp::parse(body!("carrier-t38.sdp")).expect("parse");
         let error = streams_from(&t38, Party::User, v1::AddressFamily::Unspecified)
             .expect_err("nothing to relay");
@@ -1071,16 +1165,37 @@ mod tests {
             "{}",
             error.message
         );
+    }
 
-        let dtls = Sdp::parse(body!("webrtc-browser-dtls.sdp")).expect("parse");
-        let error = streams_from(&dtls, Party::User, v1::AddressFamily::Unspecified)
-            .expect_err("DTLS-SRTP");
-        assert_eq!(error.code, v1::Code::Unimplemented);
-        assert!(
-            error.message.contains("line 7") && error.message.contains("SRTP"),
-            "{}",
-            error.message
-        );
+    #[test]
+    fn a_browsers_dtls_offer_is_read_with_its_ice_and_fingerprint() {
+        let body = Sdp::parse(body!("webrtc-browser-dtls.sdp")).expect("parse");
+        let (streams, layout) = streams_from(&body, Party::User, v1::AddressFamily::Unspecified)
+            .expect("a WebRTC line is relayed");
+        assert_eq!(streams.len(), 1);
+        assert!(streams[0].rtcp_mux);
+        let crypto = crypto_from(
+            &body,
+            &layout,
+            Party::User,
+            Some(Transport::Avp),
+            &SdesPolicy::default(),
+            WebRtcToward::default(),
+        )
+        .expect("its DTLS and ICE read");
+        let browser = &crypto[0][Party::User.index()];
+        assert!(browser.transport.is_dtls());
+        let params = browser.dtls_params().expect("fingerprint and role known");
+        // The browser offered actpass: the relay answers passive (server).
+        assert_eq!(params.role, baton_relay::core::dtls::DtlsRole::Server);
+        assert!(browser.ice.is_some_and(|ice| ice.remote_ufrag.is_some()));
+        let sip = &crypto[0][Party::Remote.index()];
+        assert_eq!(sip.transport, Transport::Avp);
+        assert!(sip.ice.is_none() && sip.dtls.is_none());
+        assert!(matches!(
+            sip.leg_crypto(),
+            baton_relay::core::stream::LegCrypto::Plain
+        ));
     }
 
     #[test]

@@ -317,7 +317,33 @@ pub struct Media {
     /// The values of its `a=crypto` lines (SDES, RFC 4568) with their line
     /// numbers, on an SRTP line; at most [`MAX_CRYPTO_LINES`].
     pub crypto: Vec<(String, usize)>,
+    /// WebRTC attributes (media level, else session level).
+    pub webrtc: WebRtcLines,
 }
+
+/// A WebRTC peer's transport attributes of one m= line: ICE credentials
+/// (RFC 8839), DTLS fingerprint and role (RFC 8122, RFC 4145/8842), MID
+/// (RFC 8843). Values as written, each at most [`MAX_WEBRTC_VALUE`]
+/// bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebRtcLines {
+    /// `a=ice-ufrag`.
+    pub ice_ufrag: Option<String>,
+    /// `a=ice-pwd`.
+    pub ice_pwd: Option<String>,
+    /// `a=fingerprint` (the first one: agents send one per certificate).
+    pub fingerprint: Option<String>,
+    /// `a=setup`.
+    pub setup: Option<String>,
+    /// `a=mid`.
+    pub mid: Option<String>,
+    /// The line number of the m= line, for errors.
+    pub line: usize,
+}
+
+/// Longest WebRTC attribute value read (a sha-512 fingerprint is 200
+/// bytes).
+pub const MAX_WEBRTC_VALUE: usize = 256;
 
 /// Most `a=crypto` lines on one m= line (real offers carry 1 to 8).
 pub const MAX_CRYPTO_LINES: usize = crate::sip::crypto::MAX_CRYPTO_LINES;
@@ -333,9 +359,15 @@ impl Media {
         self.proto.eq_ignore_ascii_case("RTP/SAVP") || self.proto.eq_ignore_ascii_case("RTP/SAVPF")
     }
 
-    /// RTP the relay can carry, plain or SRTP.
+    /// DTLS-SRTP (WebRTC): UDP/TLS/RTP/SAVP or UDP/TLS/RTP/SAVPF.
+    pub fn is_dtls(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVP")
+            || self.proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVPF")
+    }
+
+    /// RTP the relay can carry, plain, SDES-SRTP or DTLS-SRTP.
     pub fn is_relayable(&self) -> bool {
-        self.is_rtp() || self.is_srtp()
+        self.is_rtp() || self.is_srtp() || self.is_dtls()
     }
 
     /// Port 0: the stream is disabled (offer) or rejected (answer).
@@ -705,9 +737,45 @@ impl Sdp {
             ptime: None,
             line: m.number,
             crypto: Vec::new(),
+            webrtc: WebRtcLines {
+                line: m.number,
+                ..WebRtcLines::default()
+            },
         };
         if !media.is_relayable() || media.is_disabled() {
             return Ok(media);
+        }
+        // Session-level values first; media-level ones replace them.
+        let mut fingerprint_level: Option<bool> = None;
+        for line in self.session.iter().chain(&section[1..]) {
+            let Some((name, Some(value))) = line.attribute() else {
+                continue;
+            };
+            let slot = match name {
+                "ice-ufrag" => &mut media.webrtc.ice_ufrag,
+                "ice-pwd" => &mut media.webrtc.ice_pwd,
+                "fingerprint" => &mut media.webrtc.fingerprint,
+                "setup" => &mut media.webrtc.setup,
+                "mid" => &mut media.webrtc.mid,
+                _ => continue,
+            };
+            if value.len() > MAX_WEBRTC_VALUE {
+                return Err(SdpError::at(
+                    line.number,
+                    format!("a={name} is longer than {MAX_WEBRTC_VALUE} bytes"),
+                ));
+            }
+            // Agents list one fingerprint per hash function (sha-256,
+            // sha-384, …): the first of a level counts, and a media-level
+            // one replaces a session-level one.
+            let media_level = line.number > m.number;
+            if name == "fingerprint" {
+                if fingerprint_level == Some(media_level) {
+                    continue;
+                }
+                fingerprint_level = Some(media_level);
+            }
+            *slot = Some(value.trim().to_owned());
         }
         if count.is_some_and(|c| c != "1") {
             return Err(SdpError::unsupported(
@@ -947,7 +1015,7 @@ impl Sdp {
             section[0].value = fields.join(" ");
         }
         let first = section.iter().position(|l| l.is_attribute("crypto"));
-        section.retain(|l| !is_key_line(l));
+        section.retain(|l| !is_key_line(l) && !is_dtls_identity(l));
         let at = first.unwrap_or_else(|| {
             1 + section[1..]
                 .iter()
@@ -974,13 +1042,73 @@ impl Sdp {
         // A party's keys never reach the other party: SDES belongs at media
         // level, but a key in the session part must not pass through either.
         self.session
-            .retain(|line| !is_ice(line) && !is_key_line(line));
+            .retain(|line| !is_ice(line) && !is_key_line(line) && !is_dtls_identity(line));
+    }
+
+    /// Adds a session-level attribute (`a=ice-lite`, `a=group:BUNDLE …`)
+    /// before the first m= line, unless it is there already; any
+    /// `a=group` lines of the sender go first (a bundle is per transport,
+    /// and the relay's transports are its own).
+    pub fn set_session_attribute(&mut self, value: &str) {
+        if value.starts_with("group:") {
+            self.session.retain(|line| !line.is_attribute("group"));
+        }
+        if !self
+            .session
+            .iter()
+            .any(|line| line.kind == b'a' && line.value == value)
+        {
+            self.session.push(Line::new(b'a', value.to_owned()));
+        }
+    }
+
+    /// Removes the sender's `a=group` lines (BUNDLE, LS): the receiver
+    /// gets the relay's transports, which bundle nothing.
+    pub fn remove_groups(&mut self) {
+        self.session.retain(|line| !line.is_attribute("group"));
+    }
+
+    /// Gives m= line `index` the MID `mid` (the receiver's own, on a
+    /// WebRTC leg: RFC 8843 answers keep the offer's MIDs).
+    pub fn set_mid(&mut self, index: usize, mid: &str) {
+        let Some(section) = self.media.get_mut(index) else {
+            return;
+        };
+        section.retain(|line| !line.is_attribute("mid"));
+        section.push(Line::new(b'a', format!("mid:{mid}")));
+    }
+
+    /// Appends an attribute (value without `a=`) to m= line `index`.
+    pub fn add_media_attribute(&mut self, index: usize, value: &str) {
+        if let Some(section) = self.media.get_mut(index) {
+            section.push(Line::new(b'a', value.to_owned()));
+        }
+    }
+
+    /// Adds `a=rtcp-mux` to m= line `index` if it has none (WebRTC
+    /// requires it).
+    pub fn require_rtcp_mux(&mut self, index: usize) {
+        let Some(section) = self.media.get_mut(index) else {
+            return;
+        };
+        if !section.iter().any(|line| line.is_attribute("rtcp-mux")) {
+            section.push(Line::new(b'a', "rtcp-mux".to_owned()));
+        }
     }
 }
 
 /// `a=crypto` and `k=` lines: one party's keys.
 fn is_key_line(line: &Line) -> bool {
     line.kind == b'k' || line.is_attribute("crypto")
+}
+
+/// `a=fingerprint`, `a=setup` and `a=tls-id`: one party's DTLS identity
+/// on an RTP line, which the relay replaces by its own (on other lines,
+/// such as BFCP over TCP, `a=setup` is that party's and stays).
+fn is_dtls_identity(line: &Line) -> bool {
+    ["fingerprint", "setup", "tls-id"]
+        .iter()
+        .any(|name| line.is_attribute(name))
 }
 
 fn is_ice(line: &Line) -> bool {
@@ -1240,7 +1368,7 @@ mod tests {
         body.push_str("a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtcp-fb:111 transport-cc\r\n");
         body.push_str("a=ssrc:1001 cname:abcdefgh\r\na=ssrc:1001 msid:stream audio\r\n");
         // Video: 20 codec variants, each with its rtx format.
-        let video: Vec<u8> = (96..136).collect();
+        let video: Vec<u8> = (35..55).chain(96..116).collect();
         body.push_str(&format!(
             "m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n",
             list(&video)

@@ -8,10 +8,13 @@
 //! - [`continuity`]: the outward RTP timeline (one SSRC, continuous numbers).
 //! - [`rtcp_translate`]: RTCP that agrees with the rewritten RTP.
 //! - [`srtp`]: SRTP/SRTCP per leg, in place (RFC 3711, 6188, 7714).
+//! - [`dtls`]: DTLS-SRTP roles, fingerprints and the keys it exports.
+//! - [`stun`]: ICE-lite connectivity checks answered in place.
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
 //!   loss and jitter; [`ids`]: the ids and the two parties.
 
 pub mod continuity;
+pub mod dtls;
 pub mod ids;
 pub mod rtcp_translate;
 pub mod rtp;
@@ -19,3 +22,4 @@ pub mod session;
 pub mod srtp;
 pub mod stats;
 pub mod stream;
+pub mod stun;

@@ -315,7 +315,7 @@ fn sdes_toward_remote(
             out.put(text)?;
         }
         out.put(&[0])?;
-        while (out.len - start) % 4 != 0 {
+        while !(out.len - start).is_multiple_of(4) {
             out.put(&[0])?;
         }
     }

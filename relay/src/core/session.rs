@@ -39,11 +39,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::core::dtls::DtlsParams;
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId};
 use crate::core::stream::{
-    Component, DropReason, LegConfig, LegCrypto, LegReport, LegRole, PayloadMap, Stream,
+    Component, DropReason, LegConfig, LegCrypto, LegKeys, LegReport, LegRole, PayloadMap, Stream,
     StreamConfig, Verdict,
 };
+use crate::core::stun::IceCredentials;
 
 pub use crate::core::stream::Latched;
 
@@ -115,6 +117,11 @@ pub struct LegUpdate {
     /// New crypto settings (plain, SRTP awaiting keys, SRTP keys), if they
     /// change. Unchanged keys keep their contexts.
     pub crypto: Option<LegCrypto>,
+    /// The leg's ICE credentials, if given (new ones: an ICE restart).
+    pub ice: Option<IceCredentials>,
+    /// The leg's DTLS-SRTP settings, if given (new ones: a new handshake;
+    /// the current keys stay until it completes).
+    pub dtls: Option<DtlsParams>,
 }
 
 /// A signalling update of a session (a re-INVITE, a hold).
@@ -212,6 +219,26 @@ pub enum SessionEvent {
         stream: StreamIndex,
         /// The leg.
         leg: LegId,
+    },
+    /// A nominated ICE check selected a leg's peer address (the worker
+    /// tells the leg's DTLS handshake where its peer is).
+    IceSelected {
+        /// The stream.
+        stream: StreamIndex,
+        /// The leg.
+        leg: LegId,
+        /// The selected address.
+        addr: SocketAddr,
+    },
+    /// An ICE leg's peer stopped renewing consent (RFC 7675): nothing
+    /// more is sent to it until it checks in again.
+    ConsentExpired {
+        /// The stream.
+        stream: StreamIndex,
+        /// The leg.
+        leg: LegId,
+        /// The party it faces.
+        party: Party,
     },
     /// The session ended on its own; the worker removes it.
     Ended {
@@ -368,7 +395,19 @@ impl Session {
         };
         let accepted = match s.accept(now, leg, arrived_on, from, buf, len) {
             Ok(accepted) => accepted,
-            Err(outcome) => return outcome.verdict,
+            Err(outcome) => {
+                // An ICE check that selected its sender latches too, and a
+                // DTLS client starts toward it.
+                if let Some(latched) = outcome.latched {
+                    self.events.push_back(SessionEvent::IceSelected {
+                        stream,
+                        leg,
+                        addr: latched.addr,
+                    });
+                    self.info(SessionEvent::SourceLatched { stream, latched });
+                }
+                return outcome.verdict;
+            }
         };
         let first_packet = matches!(
             self.transfer,
@@ -548,9 +587,21 @@ impl Session {
 
     /// Applies a signalling update. Going on hold or off it restarts the
     /// idle clock.
-    pub fn update(&mut self, now: Instant, update: &SessionUpdate) {
+    /// Returns the legs whose DTLS settings changed: the caller starts a
+    /// handshake on each.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        update: &SessionUpdate,
+    ) -> Vec<(StreamIndex, LegId, DtlsParams)> {
+        let mut handshakes = Vec::new();
         for peer in &update.peers {
             if let Some(s) = self.streams.get_mut(peer.stream.0) {
+                if let Some(params) = peer.dtls
+                    && let Some(leg) = s.set_dtls(peer.party, params)
+                {
+                    handshakes.push((peer.stream, leg, params));
+                }
                 s.update_leg(
                     now,
                     peer.party,
@@ -559,6 +610,9 @@ impl Session {
                     peer.rtcp_mux,
                     peer.crypto,
                 );
+                if let Some(credentials) = peer.ice {
+                    s.set_ice(peer.party, credentials);
+                }
             }
         }
         for (index, rates) in &update.clock_rates {
@@ -571,6 +625,14 @@ impl Session {
         {
             self.held = held;
             self.clock_start = now;
+        }
+        handshakes
+    }
+
+    /// Installs the SRTP keys a DTLS-SRTP handshake on a leg produced.
+    pub fn set_leg_keys(&mut self, stream: StreamIndex, leg: LegId, keys: LegKeys) {
+        if let Some(s) = self.streams.get_mut(stream.0) {
+            s.set_leg_keys(leg, keys);
         }
     }
 
@@ -623,8 +685,15 @@ impl Session {
             return;
         }
         let mut completed = false;
-        for s in &mut self.streams {
+        for (index, s) in self.streams.iter_mut().enumerate() {
             completed |= s.tick(now);
+            for (leg, party) in s.expire_consent(now).into_iter().flatten() {
+                self.events.push_back(SessionEvent::ConsentExpired {
+                    stream: StreamIndex(index),
+                    leg,
+                    party,
+                });
+            }
         }
         if completed {
             self.collect_closed();
@@ -736,6 +805,8 @@ mod tests {
             peer_rtcp: None,
             peer_ip: None,
             crypto: crate::core::stream::LegCrypto::Plain,
+            ice: None,
+            dtls: None,
         }
     }
 
@@ -830,7 +901,7 @@ mod tests {
             self.drive();
             let len = match verdict {
                 Verdict::Forward { len, .. } => len,
-                Verdict::Drop(_) => bytes.len(),
+                Verdict::Drop(_) | Verdict::Handshake { .. } => bytes.len(),
             };
             (verdict, buf[..len].to_vec())
         }
@@ -915,6 +986,8 @@ mod tests {
             .filter_map(|e| match e {
                 SessionEvent::LegClosed { leg, .. } => Some(*leg),
                 SessionEvent::SourceLatched { .. }
+                | SessionEvent::IceSelected { .. }
+                | SessionEvent::ConsentExpired { .. }
                 | SessionEvent::TransferCompleted { .. }
                 | SessionEvent::TransferTimedOut { .. }
                 | SessionEvent::Ended { .. } => None,
@@ -928,6 +1001,8 @@ mod tests {
             .filter_map(|e| match e {
                 SessionEvent::TransferCompleted { transfer, gap } => Some((*transfer, *gap)),
                 SessionEvent::SourceLatched { .. }
+                | SessionEvent::IceSelected { .. }
+                | SessionEvent::ConsentExpired { .. }
                 | SessionEvent::TransferTimedOut { .. }
                 | SessionEvent::LegClosed { .. }
                 | SessionEvent::Ended { .. } => None,
@@ -954,6 +1029,7 @@ mod tests {
                 assert_eq!(fork.map(|f| (f.leg, f.to)), Some((b, addr(B))));
             }
             Verdict::Drop(reason) => panic!("dropped: {reason:?}"),
+            Verdict::Handshake { .. } => panic!("not DTLS"),
         }
         call.advance(Duration::from_millis(10));
         // B's first packet switches and is itself forwarded.
@@ -983,6 +1059,7 @@ mod tests {
         match call.remote_speaks(0) {
             Verdict::Forward { to, fork, .. } => assert_eq!((to, fork), (addr(B), None)),
             Verdict::Drop(reason) => panic!("dropped: {reason:?}"),
+            Verdict::Handshake { .. } => panic!("not DTLS"),
         }
     }
 

@@ -38,11 +38,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::core::continuity::{Continuity, Refused, SequenceShift};
+use crate::core::dtls::DtlsParams;
 use crate::core::ids::{LegId, Party};
 use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
 use crate::core::rtp::{self, RtpView};
 use crate::core::srtp::{MasterKey, SrtpError, SrtpReceiver, SrtpSender, Unprotected};
 use crate::core::stats::Reception;
+use crate::core::stun::{self, IceCredentials, StunRefusal};
 
 /// How long an RFC 4733 event without its end packet counts as in progress.
 const DTMF_STALE: Duration = Duration::from_millis(1000);
@@ -118,11 +120,24 @@ pub enum DropReason {
     /// index of eight sources per leg and never forgets one (its indexes
     /// could come round again under the same key).
     SrtpTooManySources = 17,
+    /// STUN on an ICE leg that is malformed or not authenticated with the
+    /// leg's credentials (a prober, or a peer of an ended session): never
+    /// answered, never moves the leg.
+    StunUnauthenticated = 18,
+    /// A well-formed STUN message that asks nothing (a response or an
+    /// indication): not answered.
+    StunIgnored = 19,
+    /// On an ICE leg, media or DTLS from an address no authenticated,
+    /// nominated check selected (before ICE completes, or a stranger).
+    IceUnchecked = 20,
+    /// A DTLS record the handshake thread could not take (its queue full,
+    /// or larger than a datagram it reads); the peer retransmits.
+    HandshakeBusy = 21,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 22;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -143,6 +158,10 @@ impl DropReason {
         Self::SrtpReplay,
         Self::SrtpNoKey,
         Self::SrtpTooManySources,
+        Self::StunUnauthenticated,
+        Self::StunIgnored,
+        Self::IceUnchecked,
+        Self::HandshakeBusy,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -166,6 +185,10 @@ impl DropReason {
             Self::SrtpReplay => "srtp_replay",
             Self::SrtpNoKey => "srtp_no_key",
             Self::SrtpTooManySources => "srtp_too_many_sources",
+            Self::StunUnauthenticated => "stun_unauthenticated",
+            Self::StunIgnored => "stun_ignored",
+            Self::IceUnchecked => "ice_unchecked",
+            Self::HandshakeBusy => "dtls_busy",
         }
     }
 }
@@ -180,6 +203,9 @@ pub enum PeerSource {
     Signalled,
     /// Latched from the first packet inside the learning window.
     Learned,
+    /// Selected by ICE: the address of the last authenticated check that
+    /// nominated it; only this address is accepted.
+    Ice,
 }
 
 impl PeerSource {
@@ -189,6 +215,7 @@ impl PeerSource {
             Self::Unknown => "unknown",
             Self::Signalled => "signalled",
             Self::Learned => "learned",
+            Self::Ice => "ice",
         }
     }
 }
@@ -391,6 +418,13 @@ pub struct LegConfig {
     pub peer_ip: Option<IpAddr>,
     /// Plain RTP or SRTP.
     pub crypto: LegCrypto,
+    /// ICE-lite on this leg (a WebRTC peer): its credentials. The peer's
+    /// address is then only what its nominated checks select; nothing is
+    /// learned from media. Needs `rtcp_mux`.
+    pub ice: Option<IceCredentials>,
+    /// DTLS-SRTP on this leg: the keys come from a handshake with the
+    /// ICE-selected peer (the leg's crypto is `AwaitingKeys` until then).
+    pub dtls: Option<DtlsParams>,
 }
 
 /// Settings shared by all legs.
@@ -443,6 +477,13 @@ pub enum Verdict {
     },
     /// Do not send; counted on the receiving leg.
     Drop(DropReason),
+    /// A DTLS record from `leg`'s ICE-selected peer: the caller hands the
+    /// datagram, as it is, to that leg's DTLS endpoint (which runs off the
+    /// media path).
+    Handshake {
+        /// The leg it arrived on.
+        leg: LegId,
+    },
 }
 
 /// A peer address that a leg has just learned.
@@ -578,6 +619,39 @@ struct Leg {
     /// keys, which `config.crypto` tells apart). Boxed: cipher state is
     /// large and most legs are plain.
     srtp: Option<Box<LegSrtp>>,
+    /// ICE-lite state on a WebRTC leg.
+    ice: Option<IceState>,
+}
+
+/// How long a selected ICE pair keeps consent without an authenticated
+/// check (RFC 7675 §5.1: 30 seconds).
+pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A leg's ICE-lite state.
+#[derive(Debug, Clone, Copy)]
+struct IceState {
+    /// The credentials the peer's checks must carry now.
+    current: IceCredentials,
+    /// After an ICE restart: the old ones, until the first check with the
+    /// new ones (the peer checks with the old set until the answer
+    /// reaches it).
+    previous: Option<IceCredentials>,
+    /// The last authenticated check from the selected address.
+    last_check: Option<Instant>,
+    /// Consent expired: nothing is sent to the peer until a new nominated
+    /// check selects an address again.
+    consent_lost: bool,
+}
+
+impl IceState {
+    fn new(current: IceCredentials) -> Self {
+        Self {
+            current,
+            previous: None,
+            last_check: None,
+            consent_lost: false,
+        }
+    }
 }
 
 impl Leg {
@@ -596,8 +670,15 @@ impl Leg {
             probation: 1,
             candidates: [None; 2],
             srtp: None,
+            ice: config.ice.map(IceState::new),
         };
-        leg.set_signalled(config.peer_rtp, config.peer_rtcp);
+        if config.ice.is_some() {
+            // ICE selects the peer (the SDP's address is only a candidate);
+            // media teaches nothing.
+            leg.learning_until = now;
+        } else {
+            leg.set_signalled(config.peer_rtp, config.peer_rtcp);
+        }
         leg.set_crypto(config.crypto);
         leg
     }
@@ -683,10 +764,10 @@ impl Leg {
             (&srtp.continuing, Opened::Continuing),
             (&srtp.previous, Opened::Previous),
         ] {
-            if let (Err(SrtpError::AuthFailed), Some(receiver)) = (&result, alternative) {
-                if let Ok(plain) = open(receiver, buf) {
-                    result = Ok((plain, which));
-                }
+            if let (Err(SrtpError::AuthFailed), Some(receiver)) = (&result, alternative)
+                && let Ok(plain) = open(receiver, buf)
+            {
+                result = Ok((plain, which));
             }
         }
         result.map(Some).map_err(|e| srtp_drop(e, component))
@@ -773,7 +854,101 @@ impl Leg {
     }
 
     fn destination(&self, component: Component) -> Option<SocketAddr> {
+        if self.ice.is_some_and(|ice| ice.consent_lost) {
+            // RFC 7675 §5.1: without consent nothing more is sent.
+            return None;
+        }
         self.peers[self.peer_slot(component)].addr
+    }
+
+    /// Answers a STUN datagram on an ICE leg: an authenticated Binding
+    /// request gets its success response written over it in `buf`, and
+    /// selects its source when it nominates (or keeps consent for the
+    /// selected one). Anything else is a counted drop that changes
+    /// nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn on_stun(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        party: Party,
+        arrived_on: Component,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Outcome {
+        let Some(ice) = self.ice.as_mut() else {
+            return self.drop(DropReason::StunUnauthenticated);
+        };
+        let sets = [ice.current, ice.previous.unwrap_or(ice.current)];
+        let checked = stun::check_binding(&buf[..len.min(buf.len())], &sets[..]);
+        let (request, set) = match checked {
+            Ok(found) => found,
+            Err(StunRefusal::NotARequest) => return self.drop(DropReason::StunIgnored),
+            Err(StunRefusal::Malformed | StunRefusal::Unauthenticated) => {
+                return self.drop(DropReason::StunUnauthenticated);
+            }
+        };
+        if set == 0 {
+            // The peer uses the new credentials: the old ones are done.
+            ice.previous = None;
+        }
+        let pwd = sets[set].local_pwd;
+        let slot = Component::Rtp.index();
+        let selected = self.peers[slot].addr;
+        let mut latched = None;
+        if selected == Some(from) {
+            ice.last_check = Some(now);
+            ice.consent_lost = false;
+        } else if request.use_candidate {
+            // A nominated pair (RFC 8445 §7.3.1.5): the peer's address now,
+            // also after an ICE restart or a network change.
+            self.peers[slot] = Peer {
+                addr: Some(from),
+                source: PeerSource::Ice,
+            };
+            ice.last_check = Some(now);
+            ice.consent_lost = false;
+            latched = Some(Latched {
+                party,
+                component: Component::Rtp,
+                addr: from,
+                relearned: selected.is_some(),
+            });
+        }
+        // Other checks are answered too, so the peer's pair succeeds and
+        // it can nominate it, but they select nothing.
+        let Some(reply_len) = stun::write_success(buf, &request, from, &pwd) else {
+            return self.drop(DropReason::TooLarge);
+        };
+        Outcome {
+            verdict: Verdict::Forward {
+                leg,
+                component: arrived_on,
+                to: from,
+                len: reply_len,
+                fork: None,
+            },
+            latched,
+            new_device_started: false,
+            switch_completed: false,
+        }
+    }
+
+    /// Whether the ICE-selected peer's consent has run out by `now`; marks
+    /// it lost (once).
+    fn consent_expires(&mut self, now: Instant) -> bool {
+        let Some(ice) = self.ice.as_mut() else {
+            return false;
+        };
+        let expired = !ice.consent_lost
+            && ice
+                .last_check
+                .is_some_and(|at| now.saturating_duration_since(at) >= CONSENT_TIMEOUT);
+        if expired {
+            ice.consent_lost = true;
+        }
+        expired
     }
 
     /// NAT re-learning: RTP of the same SSRC, a little ahead of the last
@@ -996,6 +1171,20 @@ impl Stream {
             return Err(this.drop(DropReason::OldSource));
         }
         let wire_len = len.min(buf.len());
+        if this.ice.is_some() {
+            // RFC 7983: one port carries STUN, DTLS and (S)RTP(C).
+            if stun::is_stun(&buf[..wire_len]) {
+                return Err(this.on_stun(now, leg, party, arrived_on, from, buf, wire_len));
+            }
+            // Everything else only from the pair ICE selected: no DTLS
+            // handshake and no media with anyone else.
+            if this.peers[Component::Rtp.index()].addr != Some(from) {
+                return Err(this.drop(DropReason::IceUnchecked));
+            }
+            if stun::is_dtls(&buf[..wire_len]) {
+                return Err(Outcome::verdict(Verdict::Handshake { leg }));
+            }
+        }
         // The first bytes of SRTCP are RTCP's, in clear.
         let component = if arrived_on == Component::Rtp
             && this.config.rtcp_mux
@@ -1535,14 +1724,76 @@ impl Stream {
                     leg.set_signalled(rtp, rtcp);
                 }
             }
-            leg.set_signalled(peer_rtp, peer_rtcp);
-            if leg.peers[Component::Rtp.index()].addr.is_none() {
-                leg.learning_until = now + window;
+            if leg.ice.is_none() {
+                leg.set_signalled(peer_rtp, peer_rtcp);
+                if leg.peers[Component::Rtp.index()].addr.is_none() {
+                    leg.learning_until = now + window;
+                }
             }
         }
         if crypto.is_some() {
             self.note_awaiting_keys();
         }
+    }
+
+    /// Sets the ICE credentials of the leg facing `party` (a re-offer or
+    /// re-answer). New credentials are an ICE restart (RFC 8445 §9): the
+    /// old set is still answered until the peer's first check with the
+    /// new one, and the selected address stays until a nominated check
+    /// moves it, so the media does not stop meanwhile.
+    pub fn set_ice(&mut self, party: Party, credentials: IceCredentials) {
+        let id = self.leg_of(party);
+        let Some(leg) = self.leg_mut(id) else {
+            return;
+        };
+        leg.config.ice = Some(credentials);
+        match leg.ice.as_mut() {
+            Some(ice) if ice.current == credentials => {}
+            Some(ice) => {
+                ice.previous = Some(ice.current);
+                ice.current = credentials;
+            }
+            None => leg.ice = Some(IceState::new(credentials)),
+        }
+    }
+
+    /// Sets the DTLS settings of the leg facing `party`; returns the leg if
+    /// they changed (a handshake is to start).
+    pub fn set_dtls(&mut self, party: Party, params: DtlsParams) -> Option<LegId> {
+        let id = self.leg_of(party);
+        let leg = self.leg_mut(id)?;
+        if leg.config.dtls == Some(params) {
+            return None;
+        }
+        leg.config.dtls = Some(params);
+        if matches!(leg.config.crypto, LegCrypto::Plain) {
+            leg.set_crypto(LegCrypto::AwaitingKeys);
+        }
+        self.note_awaiting_keys();
+        Some(id)
+    }
+
+    /// Installs keys that a DTLS-SRTP handshake on `leg` produced (RFC
+    /// 5764). Unchanged keys keep their contexts.
+    pub fn set_leg_keys(&mut self, leg: LegId, keys: LegKeys) {
+        if let Some(this) = self.leg_mut(leg) {
+            this.set_crypto(LegCrypto::Srtp(keys));
+        }
+        self.note_awaiting_keys();
+    }
+
+    /// The legs whose ICE consent ran out by `now` (RFC 7675: 30 s
+    /// without an authenticated check from the selected address), each
+    /// reported once; nothing more is sent to them.
+    pub fn expire_consent(&mut self, now: Instant) -> [Option<(LegId, Party)>; LegId::COUNT] {
+        let mut expired = [None; LegId::COUNT];
+        for id in LegId::all() {
+            let party = self.party_of(id);
+            if self.leg_mut(id).is_some_and(|leg| leg.consent_expires(now)) {
+                expired[id.index()] = Some((id, party));
+            }
+        }
+        expired
     }
 
     /// Accounts datagrams the kernel accepted on `leg`'s socket.
@@ -1639,7 +1890,8 @@ fn check_source(
             return Err(DropReason::Stranger);
         }
         (PeerSource::Signalled, _) if asymmetric => return Ok(None),
-        (PeerSource::Signalled, _) => return Err(DropReason::Stranger),
+        (PeerSource::Signalled | PeerSource::Ice, _) => return Err(DropReason::Stranger),
+        (PeerSource::Unknown, _) if leg.ice.is_some() => return Err(DropReason::IceUnchecked),
         (PeerSource::Learned | PeerSource::Unknown, _) if !ip_allowed(leg, from) => {
             // Not from where the signalling saw the device: never a
             // candidate and never a re-learn, so it cannot displace the
@@ -1697,6 +1949,7 @@ fn plainly_stranger(
             addr.ip() != from.ip()
         }
         (PeerSource::Signalled, _) => !policy.asymmetric,
+        (PeerSource::Ice, _) => true,
         (PeerSource::Learned | PeerSource::Unknown, _) if !ip_allowed(leg, from) => true,
         (PeerSource::Learned, _) => !policy.relearn,
         (PeerSource::Unknown, _) => false,
@@ -1812,6 +2065,8 @@ mod tests {
             peer_rtcp: None,
             peer_ip: None,
             crypto: LegCrypto::Plain,
+            ice: None,
+            dtls: None,
         }
     }
 
@@ -1851,7 +2106,7 @@ mod tests {
         let outcome = s.on_packet(now, leg, component, addr(from), &mut buf, bytes.len());
         let len = match outcome.verdict {
             Verdict::Forward { len, .. } => len,
-            Verdict::Drop(_) => bytes.len(),
+            Verdict::Drop(_) | Verdict::Handshake { .. } => bytes.len(),
         };
         (outcome, buf[..len].to_vec())
     }
@@ -2398,7 +2653,7 @@ mod tests {
                     }
                 );
             }
-            other @ (Verdict::Forward { .. } | Verdict::Drop(_)) => {
+            other @ (Verdict::Forward { .. } | Verdict::Drop(_) | Verdict::Handshake { .. }) => {
                 panic!("expected a fork, got {other:?}")
             }
         }

@@ -1,7 +1,8 @@
 //! The I/O shell around the sans-IO core: worker threads and their event
-//! loops, relay port pools, and the batched syscalls (the only `unsafe`
+//! loops, the DTLS-SRTP handshake thread, relay port pools, and the batched syscalls (the only `unsafe`
 //! code in the crate).
 
+pub mod dtls;
 pub mod ports;
 pub mod sys;
 pub mod worker;

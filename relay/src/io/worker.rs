@@ -29,11 +29,13 @@ use slab::Slab;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
+use crate::core::dtls::DtlsParams;
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
 };
 use crate::core::stream::{Component, DropReason, Verdict};
+use crate::io::dtls::{DtlsCommand, HandshakeDone, LegKey, MAX_DTLS_DATAGRAM, WorkerLink};
 use crate::io::ports::{LegSockets, PortLease};
 use crate::io::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
 use crate::messages::{
@@ -203,6 +205,12 @@ pub(crate) struct Worker {
     latency: Histogram<u64>,
     /// Forwarded batches, for latency sampling.
     batches: u64,
+    /// The DTLS thread, for WebRTC legs.
+    dtls: Option<crossbeam_channel::Sender<DtlsCommand>>,
+    /// How the DTLS thread sends keys back here.
+    link: WorkerLink,
+    /// Keys from completed handshakes.
+    handshakes: Receiver<HandshakeDone>,
 }
 
 impl Worker {
@@ -213,7 +221,13 @@ impl Worker {
         events: mpsc::Sender<WorkerEvent>,
         timeouts: Timeouts,
         stop: Arc<AtomicBool>,
+        (waker, dtls): (
+            Arc<mio::Waker>,
+            Option<crossbeam_channel::Sender<DtlsCommand>>,
+        ),
     ) -> io::Result<Self> {
+        // Bounded by the handshakes in flight; one message per handshake.
+        let (keys, handshakes) = crossbeam_channel::bounded(4096);
         let latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Self {
@@ -237,6 +251,9 @@ impl Worker {
             events_lost: 0,
             latency,
             batches: 0,
+            dtls,
+            link: WorkerLink { keys, waker },
+            handshakes,
         })
     }
 
@@ -282,6 +299,7 @@ impl Worker {
                         self.shutdown();
                         return Ok(());
                     }
+                    self.install_handshake_keys();
                 } else {
                     self.drain(now, event.token().0, &mut recv, &mut send, &mut unfinished);
                 }
@@ -404,6 +422,32 @@ impl Worker {
                     self.dropped += 1;
                     self.drops[reason as usize] += 1;
                 }
+                Verdict::Handshake { leg: on } => {
+                    // Off the media path: a copy to the DTLS thread (a few
+                    // records per call, so the allocation is not per
+                    // packet of media).
+                    let handed = match (&self.dtls, len <= MAX_DTLS_DATAGRAM) {
+                        (Some(dtls), true) => dtls
+                            .try_send(DtlsCommand::Datagram {
+                                key: LegKey {
+                                    session: entry.session.id(),
+                                    stream,
+                                    leg: on,
+                                },
+                                from: source,
+                                bytes: buf[..len].to_vec(),
+                            })
+                            .is_ok(),
+                        (Some(_) | None, _) => false,
+                    };
+                    if !handed {
+                        entry
+                            .session
+                            .record_drop(stream, on, DropReason::HandshakeBusy, 1);
+                        self.dropped += 1;
+                        self.drops[DropReason::HandshakeBusy as usize] += 1;
+                    }
+                }
             }
         }
         let mut totals = Totals::default();
@@ -436,7 +480,7 @@ impl Worker {
             // Latency takes a second clock read, so it is sampled: one batch
             // in LATENCY_SAMPLING, weighted by its packets.
             self.batches = self.batches.wrapping_add(1);
-            if self.batches % LATENCY_SAMPLING == 0 {
+            if self.batches.is_multiple_of(LATENCY_SAMPLING) {
                 let elapsed = u64::try_from(received_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let _ = self
                     .latency
@@ -464,6 +508,27 @@ impl Worker {
                         id,
                         stream,
                         latched,
+                    });
+                }
+                SessionEvent::IceSelected { stream, leg, addr } => {
+                    if let Some(dtls) = &self.dtls {
+                        let key = LegKey {
+                            session: id,
+                            stream,
+                            leg,
+                        };
+                        // A full queue: the peer's own ClientHello (or the
+                        // next nomination) starts it instead.
+                        let _ = dtls.try_send(DtlsCommand::Peer { key, addr });
+                    }
+                }
+                SessionEvent::ConsentExpired { stream, leg, party } => {
+                    debug!(worker = %self.index, session = %id, %stream, %leg, "ICE consent expired");
+                    self.deliver(WorkerEvent::ConsentExpired {
+                        id,
+                        stream,
+                        leg,
+                        party,
                     });
                 }
                 SessionEvent::TransferCompleted { transfer, gap } => {
@@ -508,6 +573,58 @@ impl Worker {
         deliver(&self.events, &mut self.undelivered, event);
     }
 
+    /// Starts (or restarts) a DTLS handshake on an installed leg whose
+    /// settings the signalling just gave or changed.
+    fn open_handshake(
+        &mut self,
+        id: SessionId,
+        stream: StreamIndex,
+        leg: LegId,
+        params: DtlsParams,
+    ) {
+        let (Some(thread), Some(&key)) = (&self.dtls, self.by_id.get(&id)) else {
+            return;
+        };
+        let token = self.sessions[key]
+            .tokens
+            .get(stream.0)
+            .map_or(NO_TOKEN, |t| t[leg.index()][Component::Rtp.index()]);
+        let Some(entry) = self.sockets.get(token) else {
+            return;
+        };
+        let socket = match entry.socket.as_fd().try_clone_to_owned() {
+            Ok(fd) => std::net::UdpSocket::from(fd),
+            Err(e) => {
+                warn!(worker = %self.index, session = %id, "cannot start a DTLS handshake: {e}");
+                return;
+            }
+        };
+        let open = DtlsCommand::Open {
+            key: LegKey {
+                session: id,
+                stream,
+                leg,
+            },
+            socket,
+            params,
+            worker: self.link.clone(),
+        };
+        if thread.try_send(open).is_err() {
+            warn!(worker = %self.index, session = %id, "the DTLS thread is overloaded; handshake not started");
+        }
+    }
+
+    /// Puts the keys of completed DTLS handshakes into their legs.
+    fn install_handshake_keys(&mut self) {
+        while let Ok(HandshakeDone { key, keys }) = self.handshakes.try_recv() {
+            if let Some(&slot) = self.by_id.get(&key.session) {
+                self.sessions[slot]
+                    .session
+                    .set_leg_keys(key.stream, key.leg, keys);
+            }
+        }
+    }
+
     /// Runs queued commands; false when the worker must stop.
     fn handle_commands(&mut self) -> bool {
         loop {
@@ -531,9 +648,12 @@ impl Worker {
                     }
                 }
                 Command::Update { id, update, reply } => {
-                    let result = self.with_session(id, |entry| {
-                        entry.session.update(now, &update);
-                        Ok(())
+                    let result =
+                        self.with_session(id, |entry| Ok(entry.session.update(now, &update)));
+                    let result = result.map(|handshakes| {
+                        for (stream, leg, params) in handshakes {
+                            self.open_handshake(id, stream, leg, params);
+                        }
                     });
                     let _ = reply.send(result);
                 }
@@ -646,13 +766,18 @@ impl Worker {
         let mut result = Ok(());
         for (index, setup) in streams.into_iter().enumerate() {
             let [device, remote] = setup.sockets;
-            for (leg, sockets) in [(LegId::FIRST_DEVICE, device), (LegId::REMOTE, remote)] {
+            let dtls = [setup.params.device.dtls, setup.params.remote.dtls];
+            for (leg, sockets, dtls) in [
+                (LegId::FIRST_DEVICE, device, dtls[0]),
+                (LegId::REMOTE, remote, dtls[1]),
+            ] {
                 if let Err(e) = self.install_leg(
                     &mut entry,
                     key,
                     StreamIndex(index),
                     leg,
                     sockets,
+                    dtls,
                     &mut registered,
                 ) {
                     result = Err(DataplaneError::Sockets(e.to_string()));
@@ -664,6 +789,9 @@ impl Worker {
                 let mut socket = self.sockets.remove(token);
                 let _ = self.poll.registry().deregister(&mut socket.socket);
             }
+            if let Some(dtls) = &self.dtls {
+                let _ = dtls.try_send(DtlsCommand::CloseSession { session: id });
+            }
             return Err(e);
         }
         self.sessions.insert(entry);
@@ -672,6 +800,8 @@ impl Worker {
     }
 
     /// Registers a leg's sockets and keeps its lease.
+    // The leg's place (session, stream, leg) and what to install there.
+    #[allow(clippy::too_many_arguments)]
     fn install_leg(
         &mut self,
         entry: &mut Entry,
@@ -679,10 +809,29 @@ impl Worker {
         stream: StreamIndex,
         leg: LegId,
         sockets: LegSockets,
+        dtls: Option<DtlsParams>,
         registered: &mut Vec<usize>,
     ) -> io::Result<()> {
         let LegSockets { rtp, rtcp, lease } = sockets;
         entry.leases[stream.0][leg.index()] = Some(lease);
+        if let (Some(params), Some(thread)) = (dtls, &self.dtls) {
+            // The handshake sends from the leg's own port (the peer's ICE
+            // pair), through a second descriptor of the same socket.
+            let key = LegKey {
+                session: entry.session.id(),
+                stream,
+                leg,
+            };
+            let open = DtlsCommand::Open {
+                key,
+                socket: rtp.try_clone()?,
+                params,
+                worker: self.link.clone(),
+            };
+            if thread.try_send(open).is_err() {
+                return Err(io::Error::other("the DTLS thread is overloaded"));
+            }
+        }
         let rtp_token = self.register(rtp, key, stream, leg, Component::Rtp)?;
         registered.push(rtp_token);
         // Recorded at once, so a failure below still closes this socket
@@ -749,12 +898,14 @@ impl Worker {
         let mut registered = Vec::new();
         let mut result = Ok(());
         for (index, (leg, sockets)) in opened.into_iter().zip(sockets).enumerate() {
+            let dtls = pending.get(index).and_then(|p| p.config.dtls);
             if let Err(e) = self.install_leg(
                 &mut entry,
                 key,
                 StreamIndex(index),
                 leg,
                 sockets,
+                dtls,
                 &mut registered,
             ) {
                 result = Err(DataplaneError::Sockets(format!(
@@ -790,6 +941,14 @@ impl Worker {
         };
         let tokens = std::mem::replace(&mut tokens[leg.index()], [NO_TOKEN; 2]);
         let lease = entry.leases[stream.0][leg.index()].take();
+        if let (Some(dtls), true) = (&self.dtls, tokens[0] != NO_TOKEN) {
+            let key = LegKey {
+                session: entry.session.id(),
+                stream,
+                leg,
+            };
+            let _ = dtls.try_send(DtlsCommand::Close { key });
+        }
         for (i, &token) in tokens.iter().enumerate() {
             // With rtcp-mux the RTCP token repeats the RTP one.
             if token == NO_TOKEN || (i == 1 && token == tokens[0]) {
@@ -967,6 +1126,8 @@ mod tests {
         peer_rtcp: None,
         peer_ip: None,
         crypto: crate::core::stream::LegCrypto::Plain,
+        ice: None,
+        dtls: None,
     };
 
     fn worker() -> (Worker, crossbeam_channel::Sender<Command>) {
@@ -979,7 +1140,17 @@ mod tests {
         };
         let poll = Poll::new().expect("poll");
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker::new(WorkerId(0), poll, queue, events, timeouts, stop).expect("worker");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).expect("waker"));
+        let worker = Worker::new(
+            WorkerId(0),
+            poll,
+            queue,
+            events,
+            timeouts,
+            stop,
+            (waker, None),
+        )
+        .expect("worker");
         (worker, commands)
     }
 

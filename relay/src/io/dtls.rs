@@ -1,0 +1,485 @@
+//! DTLS-SRTP handshakes (RFC 5763/5764), on a thread of their own so that
+//! their public-key operations and retransmission timers never hold up a
+//! media worker.
+//!
+//! A worker hands over each WebRTC leg when it installs it (a duplicate of
+//! the leg's socket, the relay's role, the fingerprint the peer's SDP
+//! gave), then the DTLS records that arrive from the leg's ICE-selected
+//! peer — nothing from anyone else reaches this thread. The handshake
+//! sends its own records from the leg's port. When it completes, the
+//! peer's certificate is checked against the fingerprint, the keys are
+//! exported and sent back to the worker, which puts them into the leg's
+//! SRTP contexts; a mismatch or a failed handshake is reported to the
+//! control plane and the leg keeps no keys (its media stays dropped).
+//!
+//! The DTLS state machine is the `dimpl` crate (sans-IO, DTLS 1.2 and
+//! 1.3); everything it is fed is bounded, and a panic inside it ends that
+//! one handshake, not the thread.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use mio::Waker;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::core::dtls::{
+    DtlsParams, DtlsRole, Fingerprint, HashFunction, SrtpProfile, keys_from_material,
+};
+use crate::core::ids::{LegId, SessionId, StreamIndex};
+use crate::core::stream::LegKeys;
+use crate::messages::WorkerEvent;
+
+/// Datagrams and commands queued for the DTLS thread before workers drop
+/// (and count) further records; handshakes retransmit.
+pub const DTLS_QUEUE: usize = 4096;
+/// Largest DTLS record datagram taken (a flight is split to the path MTU).
+pub const MAX_DTLS_DATAGRAM: usize = 1500;
+/// A handshake that has not completed by then fails.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Handshakes at once; beyond it new legs are refused (reported).
+pub const MAX_HANDSHAKES: usize = 65_536;
+
+/// The relay's DTLS certificate and its fingerprint for SDP.
+#[derive(Clone)]
+pub struct DtlsIdentity {
+    certificate: dimpl::DtlsCertificate,
+    fingerprint: Fingerprint,
+}
+
+impl std::fmt::Debug for DtlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DtlsIdentity({})", self.fingerprint)
+    }
+}
+
+impl DtlsIdentity {
+    /// A fresh self-signed ECDSA P-256 certificate (what browsers make for
+    /// themselves too: WebRTC trusts the fingerprint in the SDP, not a CA),
+    /// with a random serial number so no two relays share one.
+    pub fn generate() -> Result<Self, String> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| format!("cannot make a DTLS key: {e}"))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| format!("cannot make a DTLS certificate: {e}"))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "baton");
+        let serial: [u8; 16] = rand::random();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let certificate = params
+            .self_signed(&key)
+            .map_err(|e| format!("cannot sign the DTLS certificate: {e}"))?;
+        Ok(Self::from_der(
+            certificate.der().to_vec(),
+            key.serialize_der(),
+        ))
+    }
+
+    /// A certificate and its PKCS#8 private key from PEM text (the
+    /// operator's, from the configuration).
+    pub fn from_pem(certificate_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let certificate =
+            pem::parse(certificate_pem).map_err(|e| format!("DTLS certificate: not PEM: {e}"))?;
+        if certificate.tag() != "CERTIFICATE" {
+            return Err(format!(
+                "DTLS certificate: a PEM {} block, not CERTIFICATE",
+                certificate.tag()
+            ));
+        }
+        let key = rcgen::KeyPair::from_pem(key_pem)
+            .map_err(|e| format!("DTLS key: not a PKCS#8 PEM private key: {e}"))?;
+        if !key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256)
+            && !key.is_compatible(&rcgen::PKCS_ECDSA_P384_SHA384)
+        {
+            return Err("DTLS key: only ECDSA P-256 and P-384 keys are supported".to_owned());
+        }
+        Ok(Self::from_der(
+            certificate.contents().to_vec(),
+            key.serialize_der(),
+        ))
+    }
+
+    fn from_der(certificate: Vec<u8>, private_key: Vec<u8>) -> Self {
+        let fingerprint = Fingerprint::of_certificate(HashFunction::Sha256, &certificate);
+        Self {
+            certificate: dimpl::DtlsCertificate {
+                certificate,
+                private_key,
+            },
+            fingerprint,
+        }
+    }
+
+    /// The sha-256 fingerprint for `a=fingerprint`.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+}
+
+/// Which leg a handshake belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct LegKey {
+    pub session: SessionId,
+    pub stream: StreamIndex,
+    pub leg: LegId,
+}
+
+/// Keys for a leg, from the DTLS thread to the leg's worker.
+#[derive(Debug)]
+pub(crate) struct HandshakeDone {
+    pub key: LegKey,
+    pub keys: LegKeys,
+}
+
+/// How the DTLS thread reaches a worker.
+#[derive(Clone)]
+pub(crate) struct WorkerLink {
+    pub keys: Sender<HandshakeDone>,
+    pub waker: Arc<Waker>,
+}
+
+/// What workers tell the DTLS thread.
+pub(crate) enum DtlsCommand {
+    /// A WebRTC leg was installed.
+    Open {
+        key: LegKey,
+        socket: UdpSocket,
+        params: DtlsParams,
+        worker: WorkerLink,
+    },
+    /// ICE selected (or moved) the leg's peer: a client starts (or
+    /// restarts) its handshake toward it.
+    Peer { key: LegKey, addr: SocketAddr },
+    /// A DTLS record from the leg's selected peer.
+    Datagram {
+        key: LegKey,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// The leg closed.
+    Close { key: LegKey },
+    /// The session ended: every leg of it.
+    CloseSession { session: SessionId },
+}
+
+struct Handshake {
+    dtls: dimpl::Dtls,
+    socket: UdpSocket,
+    params: DtlsParams,
+    worker: WorkerLink,
+    peer: Option<SocketAddr>,
+    next_timeout: Option<Instant>,
+    deadline: Instant,
+    verified: bool,
+    material: Option<(Vec<u8>, SrtpProfile)>,
+    done: bool,
+}
+
+/// Starts the DTLS thread.
+pub(crate) fn spawn(
+    identity: Arc<DtlsIdentity>,
+    events: mpsc::Sender<WorkerEvent>,
+) -> std::io::Result<(Sender<DtlsCommand>, JoinHandle<()>)> {
+    let (sender, receiver) = crossbeam_channel::bounded(DTLS_QUEUE);
+    let (ready, started) = crossbeam_channel::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name("baton-dtls".to_owned())
+        .spawn(move || run(&identity, &receiver, &events, &ready))?;
+    // The thread has set itself up (its buffers, its configuration) before
+    // the relay takes calls: nothing of that happens later, beside media.
+    let _ = started.recv_timeout(Duration::from_secs(5));
+    Ok((sender, thread))
+}
+
+fn config() -> Arc<dimpl::Config> {
+    let built = dimpl::Config::builder()
+        .mtu(1200)
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
+        .build();
+    Arc::new(built.unwrap_or_default())
+}
+
+fn run(
+    identity: &DtlsIdentity,
+    commands: &Receiver<DtlsCommand>,
+    events: &mpsc::Sender<WorkerEvent>,
+    ready: &Sender<()>,
+) {
+    let config = config();
+    let mut legs: HashMap<LegKey, Handshake> = HashMap::with_capacity(64);
+    let mut out = vec![0u8; 2048];
+    let _ = ready.send(());
+    loop {
+        let now = Instant::now();
+        let wake = legs
+            .values()
+            .filter_map(|h| h.next_timeout.map(|t| t.min(h.deadline)))
+            .min()
+            .unwrap_or(now + Duration::from_secs(1));
+        let command = match commands.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(command) => Some(command),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let now = Instant::now();
+        let mut touched: Vec<LegKey> = Vec::new();
+        match command {
+            Some(DtlsCommand::Open {
+                key,
+                socket,
+                params,
+                worker,
+            }) => {
+                if legs.len() >= MAX_HANDSHAKES && !legs.contains_key(&key) {
+                    report_failure(events, key, "too many DTLS handshakes at once");
+                } else {
+                    let mut dtls = dimpl::Dtls::new_auto(
+                        Arc::clone(&config),
+                        identity.certificate.clone(),
+                        now,
+                    );
+                    if params.role == DtlsRole::Client {
+                        // A client waits for ICE to select its peer.
+                        dtls = dimpl::Dtls::new_12(
+                            Arc::clone(&config),
+                            identity.certificate.clone(),
+                            now,
+                        );
+                    }
+                    let previous_peer = legs.get(&key).and_then(|h| h.peer);
+                    legs.insert(
+                        key,
+                        Handshake {
+                            dtls,
+                            socket,
+                            params,
+                            worker,
+                            peer: previous_peer,
+                            next_timeout: None,
+                            deadline: now + HANDSHAKE_TIMEOUT,
+                            verified: false,
+                            material: None,
+                            done: false,
+                        },
+                    );
+                    if let (Some(_), Some(h)) = (previous_peer, legs.get_mut(&key)) {
+                        start_client(h, now);
+                    }
+                    touched.push(key);
+                }
+            }
+            Some(DtlsCommand::Peer { key, addr }) => {
+                if let Some(h) = legs.get_mut(&key) {
+                    let first = h.peer.is_none();
+                    h.peer = Some(addr);
+                    if first {
+                        start_client(h, now);
+                    }
+                    touched.push(key);
+                }
+            }
+            Some(DtlsCommand::Datagram { key, from, bytes }) => {
+                if let Some(h) = legs.get_mut(&key) {
+                    // The worker passes only the selected peer's records.
+                    h.peer = Some(from);
+                    let fed = guarded(|| {
+                        h.dtls.handle_timeout(now)?;
+                        h.dtls.handle_packet(&bytes)
+                    });
+                    if let Err(reason) = fed {
+                        fail(&mut legs, events, key, &reason);
+                    } else {
+                        touched.push(key);
+                    }
+                }
+            }
+            Some(DtlsCommand::Close { key }) => {
+                legs.remove(&key);
+            }
+            Some(DtlsCommand::CloseSession { session }) => {
+                legs.retain(|key, _| key.session != session);
+            }
+            None => {}
+        }
+        // Timers that are due.
+        let due: Vec<LegKey> = legs
+            .iter()
+            .filter(|(_, h)| {
+                h.next_timeout.is_some_and(|t| t <= now) || (!h.done && h.deadline <= now)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            let Some(h) = legs.get_mut(&key) else {
+                continue;
+            };
+            if !h.done && h.deadline <= now {
+                fail(
+                    &mut legs,
+                    events,
+                    key,
+                    "the DTLS handshake did not complete in 30 s",
+                );
+                continue;
+            }
+            h.next_timeout = None;
+            if let Err(reason) = guarded(|| h.dtls.handle_timeout(now)) {
+                fail(&mut legs, events, key, &reason);
+            } else {
+                touched.push(key);
+            }
+        }
+        for key in touched {
+            if let Err(reason) = drain(&mut legs, key, &mut out, events) {
+                fail(&mut legs, events, key, &reason);
+            }
+        }
+    }
+}
+
+/// Runs a call into the DTLS engine; its error or panic is that
+/// handshake's failure.
+fn guarded(call: impl FnOnce() -> Result<(), dimpl::Error>) -> Result<(), String> {
+    match panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("DTLS: {e}")),
+        Err(_) => Err("DTLS: the handshake failed on malformed input".to_owned()),
+    }
+}
+
+fn start_client(h: &mut Handshake, now: Instant) {
+    if h.params.role == DtlsRole::Client && !h.dtls.is_active() {
+        h.dtls.set_active(true);
+        h.deadline = now + HANDSHAKE_TIMEOUT;
+    }
+}
+
+/// Sends what the engine has to send and acts on what it reports.
+fn drain(
+    legs: &mut HashMap<LegKey, Handshake>,
+    key: LegKey,
+    out: &mut Vec<u8>,
+    events: &mpsc::Sender<WorkerEvent>,
+) -> Result<(), String> {
+    let Some(h) = legs.get_mut(&key) else {
+        return Ok(());
+    };
+    loop {
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| {
+            // Copied out of the engine's borrow of `out`.
+            match h.dtls.poll_output(out) {
+                dimpl::Output::Packet(p) => Polled::Packet(p.len()),
+                dimpl::Output::BufferTooSmall { needed } => Polled::Grow(needed),
+                dimpl::Output::Timeout(at) => Polled::Timeout(at),
+                dimpl::Output::Connected => Polled::Connected,
+                dimpl::Output::PeerCert(der) => Polled::PeerCert(h.params.peer.matches(der)),
+                dimpl::Output::KeyingMaterial(material, profile) => {
+                    Polled::Material(material.to_vec(), profile)
+                }
+                dimpl::Output::CloseNotify => Polled::Closed,
+                // Application data: no data channels here.
+                dimpl::Output::ApplicationData(_) => Polled::Nothing,
+                // Anything a newer engine reports is not used.
+                #[allow(clippy::wildcard_enum_match_arm)]
+                _ => Polled::Nothing,
+            }
+        }))
+        .map_err(|_| "DTLS: the handshake failed on malformed input".to_owned())?;
+        match polled {
+            Polled::Packet(len) => {
+                if let Some(peer) = h.peer {
+                    // Non-blocking: a full socket loses this record, and the
+                    // handshake retransmits it.
+                    if let Err(e) = h.socket.send_to(&out[..len], peer) {
+                        debug!("DTLS send to {peer}: {e}");
+                    }
+                }
+            }
+            Polled::Grow(needed) => {
+                if needed > 65_536 {
+                    return Err("DTLS: a record larger than 64 KiB".to_owned());
+                }
+                out.resize(needed, 0);
+            }
+            Polled::Timeout(at) => {
+                h.next_timeout = Some(at);
+                return Ok(());
+            }
+            Polled::PeerCert(true) => h.verified = true,
+            Polled::PeerCert(false) => {
+                return Err(format!(
+                    "the peer's DTLS certificate does not match its a=fingerprint ({})",
+                    h.params.peer.hash().name()
+                ));
+            }
+            Polled::Material(material, profile) => {
+                let profile = match profile {
+                    dimpl::SrtpProfile::AES128_CM_SHA1_80 => SrtpProfile::Aes128CmSha1_80,
+                    dimpl::SrtpProfile::AEAD_AES_128_GCM => SrtpProfile::AeadAes128Gcm,
+                    dimpl::SrtpProfile::AEAD_AES_256_GCM => SrtpProfile::AeadAes256Gcm,
+                    _ => return Err("DTLS: an SRTP profile the relay does not know".to_owned()),
+                };
+                h.material = Some((material, profile));
+            }
+            Polled::Connected | Polled::Nothing => {}
+            Polled::Closed => {
+                debug!(session = %key.session, "DTLS close_notify from the peer");
+            }
+        }
+        if !h.done && h.verified && h.material.is_some() {
+            let Some((material, profile)) = h.material.take() else {
+                continue;
+            };
+            let keys = keys_from_material(&material, profile, h.params.role)?;
+            h.done = true;
+            let sent = h.worker.keys.try_send(HandshakeDone { key, keys });
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sent {
+                return Err("the media worker could not take the DTLS keys".to_owned());
+            }
+            let _ = h.worker.waker.wake();
+            let _ = events.try_send(WorkerEvent::DtlsConnected {
+                id: key.session,
+                stream: key.stream,
+                leg: key.leg,
+                suite: profile.suite(),
+            });
+        }
+    }
+}
+
+enum Polled {
+    Packet(usize),
+    Grow(usize),
+    Timeout(Instant),
+    Connected,
+    PeerCert(bool),
+    Material(Vec<u8>, dimpl::SrtpProfile),
+    Closed,
+    Nothing,
+}
+
+fn fail(
+    legs: &mut HashMap<LegKey, Handshake>,
+    events: &mpsc::Sender<WorkerEvent>,
+    key: LegKey,
+    reason: &str,
+) {
+    legs.remove(&key);
+    warn!(session = %key.session, stream = %key.stream, leg = %key.leg, "{reason}");
+    report_failure(events, key, reason);
+}
+
+fn report_failure(events: &mpsc::Sender<WorkerEvent>, key: LegKey, reason: &str) {
+    let _ = events.try_send(WorkerEvent::DtlsFailed {
+        id: key.session,
+        stream: key.stream,
+        leg: key.leg,
+        reason: reason.to_owned(),
+    });
+}

@@ -1,0 +1,377 @@
+//! WebRTC legs through the real binary against aiortc (a WebRTC stack no
+//! one here wrote; `tests/webrtc/peer.py`): ICE-lite, DTLS-SRTP and
+//! rtcp-mux on the browser's side, plain RTP on the SIP side, set up over
+//! ng as Kamailio's WebRTC configurations do. aiortc is a full ICE agent
+//! (controlling) and checks the relay's candidate; its DTLS (OpenSSL)
+//! checks the relay's fingerprint and the relay checks its own.
+//!
+//! Needs Python with aiortc (`pip install aiortc`); CI installs it and sets
+//! BATON_REQUIRE_AIORTC so that these tests run there, never skip.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_control::sip::sdp::Sdp;
+use common::media::{Peer, rtp};
+use common::ng::{Proxy, flags, reason, request, result, sdp_of, text};
+use serde_json::Value as Json;
+
+fn python() -> &'static str {
+    "python3"
+}
+
+fn aiortc_present() -> bool {
+    let present = Command::new(python())
+        .args(["-c", "import aiortc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var_os("BATON_REQUIRE_AIORTC").is_none(),
+            "BATON_REQUIRE_AIORTC is set but python3 cannot import aiortc"
+        );
+        eprintln!("SKIPPED: python3 cannot import aiortc (pip install aiortc)");
+    }
+    present
+}
+
+/// The aiortc peer, driven over JSON lines.
+struct WebRtcPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl WebRtcPeer {
+    fn start(args: &[&str]) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webrtc/peer.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the aiortc peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn read(&mut self, key: &str) -> Json {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("a line from the peer");
+        let value: Json = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the peer printed {line:?}: {e}"));
+        value
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in {value}"))
+    }
+
+    fn write(&mut self, key: &str, sdp: &str) {
+        let line = serde_json::json!({ key: sdp }).to_string();
+        writeln!(self.stdin, "{line}").expect("write to the peer");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn finish(mut self) -> Json {
+        let result = self.read("result");
+        let _ = common::wait_bounded(&mut self.child);
+        result
+    }
+}
+
+impl Drop for WebRtcPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SIP phone's body: PCMU on `media`.
+fn sip_body(media: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=bob 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+        ip = media.ip(),
+        port = media.port()
+    )
+}
+
+fn attributes<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("a={name}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Sends PCMU from the SIP phone to the relay every 20 ms until stopped.
+fn speak(phone: Arc<Peer>, to: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut seq: u16 = 100;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            phone.send(
+                &to.to_string(),
+                &rtp(0, seq, u32::from(seq) * 160, 0xB0B, &[0xFF; 160]),
+            );
+            seq = seq.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// RTP the SIP phone received within `wait`: (payload type, seq, ssrc).
+fn heard(phone: &Peer, wait: Duration) -> Vec<(u8, u16, u32)> {
+    let until = Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some((bytes, _)) = phone.recv_within(left.min(Duration::from_millis(200))) else {
+            continue;
+        };
+        if bytes.len() >= 12 && bytes[0] >> 6 == 2 && !(200..=204).contains(&bytes[1]) {
+            got.push((
+                bytes[1] & 0x7f,
+                u16::from_be_bytes([bytes[2], bytes[3]]),
+                u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
+            ));
+        }
+    }
+    got
+}
+
+fn ng_offer(
+    proxy: &mut Proxy,
+    call_id: &str,
+    sdp: &str,
+    extra: Vec<(&str, serde_bencode::value::Value)>,
+) -> common::ng::Dict {
+    let mut offer = vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("browser-tag")),
+        ("sdp", text(sdp)),
+        ("replace", flags(&["origin", "session-connection"])),
+        ("received-from", flags(&["IP4", "127.0.0.1"])),
+    ];
+    offer.extend(extra);
+    proxy.call(&request(offer))
+}
+
+#[test]
+fn a_browser_calls_a_sip_phone_over_ice_lite_and_dtls_srtp() {
+    if !aiortc_present() {
+        return;
+    }
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let mut browser = WebRtcPeer::start(&["offer", "--seconds", "4"]);
+    let offer = browser.read("offer");
+    let offer = offer.as_str().expect("an SDP string");
+
+    // Kamailio's WebRTC → SIP flags: plain RTP, no ICE toward the phone.
+    let to_phone = sdp_of(&ng_offer(
+        &mut proxy,
+        "webrtc-call-1",
+        offer,
+        vec![
+            ("ICE", text("remove")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    let phone_text = to_phone.render();
+    let audio = to_phone.media(0).expect("audio");
+    assert_eq!(audio.proto, "RTP/AVP", "{phone_text}");
+    for browser_only in ["ice-", "candidate", "fingerprint", "setup", "group"] {
+        assert!(
+            attributes(&phone_text, browser_only).is_empty(),
+            "a={browser_only} reached the SIP phone:\n{phone_text}"
+        );
+    }
+    let phone = Arc::new(Peer::v4());
+    let answer = proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("webrtc-call-1")),
+        ("from-tag", text("browser-tag")),
+        ("to-tag", text("phone-tag")),
+        ("sdp", text(sip_body(phone.addr()))),
+    ]));
+    let to_browser = sdp_of(&answer);
+    let browser_text = to_browser.render();
+    let media = to_browser.media(0).expect("audio");
+    assert_eq!(media.proto, "UDP/TLS/RTP/SAVPF", "{browser_text}");
+    assert_eq!(
+        attributes(&browser_text, "ice-lite"),
+        vec![""],
+        "{browser_text}"
+    );
+    assert_eq!(attributes(&browser_text, "setup:"), vec!["passive"]);
+    assert_eq!(attributes(&browser_text, "mid:"), vec!["0"]);
+    assert_eq!(attributes(&browser_text, "group:"), vec!["BUNDLE 0"]);
+    assert!(media.rtcp_mux);
+    let candidate = attributes(&browser_text, "candidate:");
+    assert_eq!(candidate.len(), 1, "{browser_text}");
+    assert!(candidate[0].contains("127.0.0.1") && candidate[0].ends_with("typ host"));
+    browser.write("answer", &browser_text);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let speaker = speak(
+        Arc::clone(&phone),
+        common::ng::media_addr(&to_phone),
+        Arc::clone(&stop),
+    );
+    let from_browser = heard(&phone, Duration::from_secs(4));
+    let result = browser.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = speaker.join();
+
+    assert_eq!(result["ice"], "completed", "{result}");
+    assert_eq!(result["connection"], "connected", "{result}");
+    assert!(
+        !result["connection_states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .any(|s| s == "failed"),
+        "{result}"
+    );
+    // The phone spoke for about 4 s at 50 packets/s; the browser decrypted
+    // and decoded what it got.
+    let received = result["packets_received"].as_u64().expect("a count");
+    assert!(
+        received >= 50,
+        "the browser received {received} packets: {result}"
+    );
+    assert!(
+        result["frames_decoded"].as_u64().expect("a count") >= 50,
+        "{result}"
+    );
+    // And the phone heard the browser: plain PCMU, one stream, in order.
+    assert!(
+        from_browser.len() >= 50,
+        "the phone heard {} packets",
+        from_browser.len()
+    );
+    assert!(
+        from_browser.iter().all(|(pt, _, _)| *pt == 0),
+        "{from_browser:?}"
+    );
+    let ssrc = from_browser[0].2;
+    assert!(from_browser.iter().all(|(_, _, s)| *s == ssrc));
+    for pair in from_browser.windows(2) {
+        assert_eq!(pair[1].1, pair[0].1.wrapping_add(1), "sequence continues");
+    }
+}
+
+#[test]
+fn a_browser_whose_certificate_does_not_match_its_fingerprint_gets_no_media() {
+    if !aiortc_present() {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let mut browser = WebRtcPeer::start(&["offer", "--seconds", "3", "--bad-fingerprint"]);
+    let offer = browser.read("offer");
+    let to_phone = sdp_of(&ng_offer(
+        &mut proxy,
+        "webrtc-call-2",
+        offer.as_str().expect("sdp"),
+        vec![("transport-protocol", text("RTP/AVP"))],
+    ));
+    let phone = Arc::new(Peer::v4());
+    let answer = proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("webrtc-call-2")),
+        ("from-tag", text("browser-tag")),
+        ("to-tag", text("phone-tag")),
+        ("sdp", text(sip_body(phone.addr()))),
+    ]));
+    browser.write("answer", &sdp_of(&answer).render());
+    let stop = Arc::new(AtomicBool::new(false));
+    let speaker = speak(
+        Arc::clone(&phone),
+        common::ng::media_addr(&to_phone),
+        Arc::clone(&stop),
+    );
+    let from_browser = heard(&phone, Duration::from_secs(3));
+    let result = browser.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = speaker.join();
+    // ICE works (the credentials are right), the handshake does not.
+    assert_ne!(result["connection"], "connected", "{result}");
+    assert_eq!(result["packets_received"], 0, "{result}");
+    assert!(from_browser.is_empty(), "{from_browser:?}");
+    let log = relay.stderr();
+    assert!(
+        log.contains("does not match its a=fingerprint"),
+        "the relay says why:\n{log}"
+    );
+}
+
+#[test]
+fn webrtc_flags_the_relay_cannot_honour_are_refused_by_name() {
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let phone = Peer::v4();
+    let body = sip_body(phone.addr());
+    for (key, value) in [("ICE", "force-relay"), ("DTLS", "fingerprint")] {
+        let reply = ng_offer(
+            &mut proxy,
+            &format!("refused-{key}"),
+            &body,
+            vec![(key, text(value))],
+        );
+        let why = reason(&reply);
+        assert!(
+            why.contains(&format!("{key}=")) && why.contains(value),
+            "{why}"
+        );
+    }
+    let reply = ng_offer(
+        &mut proxy,
+        "refused-remove",
+        &body,
+        vec![
+            ("ICE", text("remove")),
+            ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+        ],
+    );
+    assert!(reason(&reply).contains("ICE=remove"));
+    // ICE=force toward a WebRTC recipient: an offer with the relay's
+    // ICE-lite credentials, candidate, fingerprint and actpass.
+    let reply = ng_offer(
+        &mut proxy,
+        "sip-to-browser",
+        &body,
+        vec![
+            ("ICE", text("force")),
+            ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+        ],
+    );
+    assert_eq!(result(&reply), "ok", "{reply:?}");
+    let to_browser: Sdp = sdp_of(&reply);
+    let text = to_browser.render();
+    assert_eq!(
+        to_browser.media(0).expect("audio").proto,
+        "UDP/TLS/RTP/SAVPF"
+    );
+    assert_eq!(attributes(&text, "setup:"), vec!["actpass"], "{text}");
+    assert_eq!(attributes(&text, "ice-ufrag:").len(), 1);
+    assert_eq!(attributes(&text, "fingerprint:sha-256 ").len(), 1);
+    assert!(attributes(&text, "rtcp-mux").len() == 1);
+}
