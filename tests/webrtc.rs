@@ -120,15 +120,21 @@ fn attributes<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Sends PCMU from the SIP phone to the relay every 20 ms until stopped.
-fn speak(phone: Arc<Peer>, to: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Sends payload type `pt` from the SIP phone to the relay every 20 ms
+/// until stopped.
+fn speak(
+    phone: Arc<Peer>,
+    pt: u8,
+    to: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut seq: u16 = 100;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             phone.send(
                 &to.to_string(),
-                &rtp(0, seq, u32::from(seq) * 160, 0xB0B, &[0xFF; 160]),
+                &rtp(pt, seq, u32::from(seq) * 160, 0xB0B, &[0xFF; 160]),
             );
             seq = seq.wrapping_add(1);
             std::thread::sleep(Duration::from_millis(20));
@@ -164,7 +170,7 @@ fn ng_offer(
     let mut offer = vec![
         ("command", text("offer")),
         ("call-id", text(call_id)),
-        ("from-tag", text("browser-tag")),
+        ("from-tag", text("a-tag")),
         ("sdp", text(sdp)),
         ("replace", flags(&["origin", "session-connection"])),
         ("received-from", flags(&["IP4", "127.0.0.1"])),
@@ -207,8 +213,8 @@ fn a_browser_calls_a_sip_phone_over_ice_lite_and_dtls_srtp() {
     let answer = proxy.call(&request(vec![
         ("command", text("answer")),
         ("call-id", text("webrtc-call-1")),
-        ("from-tag", text("browser-tag")),
-        ("to-tag", text("phone-tag")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
         ("sdp", text(sip_body(phone.addr()))),
     ]));
     let to_browser = sdp_of(&answer);
@@ -232,6 +238,7 @@ fn a_browser_calls_a_sip_phone_over_ice_lite_and_dtls_srtp() {
     let stop = Arc::new(AtomicBool::new(false));
     let speaker = speak(
         Arc::clone(&phone),
+        0,
         common::ng::media_addr(&to_phone),
         Arc::clone(&stop),
     );
@@ -297,14 +304,15 @@ fn a_browser_whose_certificate_does_not_match_its_fingerprint_gets_no_media() {
     let answer = proxy.call(&request(vec![
         ("command", text("answer")),
         ("call-id", text("webrtc-call-2")),
-        ("from-tag", text("browser-tag")),
-        ("to-tag", text("phone-tag")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
         ("sdp", text(sip_body(phone.addr()))),
     ]));
     browser.write("answer", &sdp_of(&answer).render());
     let stop = Arc::new(AtomicBool::new(false));
     let speaker = speak(
         Arc::clone(&phone),
+        0,
         common::ng::media_addr(&to_phone),
         Arc::clone(&stop),
     );
@@ -374,4 +382,244 @@ fn webrtc_flags_the_relay_cannot_honour_are_refused_by_name() {
     assert_eq!(attributes(&text, "ice-ufrag:").len(), 1);
     assert_eq!(attributes(&text, "fingerprint:sha-256 ").len(), 1);
     assert!(attributes(&text, "rtcp-mux").len() == 1);
+}
+
+const AOR: &str = "sip:alice@example.com";
+const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000a1";
+const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000b2";
+
+/// A desk phone's body: PCMA on `media`.
+fn phone_body(origin: &str, media: SocketAddr) -> String {
+    format!(
+        "v=0\r\no={origin} 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n",
+        ip = media.ip(),
+        port = media.port()
+    )
+}
+
+/// The handoff a proxy asks for when the user's other device sends an
+/// INVITE with Replaces (GRUU B replacing the dialog of GRUU A).
+fn handoff_offer(call_id: &str, sdp: &str) -> serde_bencode::value::Value {
+    request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(sdp)),
+        ("aor", text(AOR)),
+        ("gruu", text(GRUU_B)),
+        ("replaces", text(call_id)),
+        ("new-call-id", text(format!("{call_id}-b"))),
+        ("new-from-tag", text("b-tag")),
+        ("received-from", flags(&["IP4", "127.0.0.1"])),
+        ("flags", flags(&["baton-handoff"])),
+    ])
+}
+
+/// bob's answer replayed by the proxy; the reply is the new device's
+/// answer.
+fn bob_answers(proxy: &mut Proxy, call_id: &str, bob: &Peer) -> Sdp {
+    sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(phone_body("bob", bob.addr()))),
+    ])))
+}
+
+/// One RTP packet as bob heard it: payload type, sequence number,
+/// timestamp, SSRC, first payload byte.
+type Heard = (u8, u16, u32, u32, u8);
+
+/// What the remote heard is one stream: one SSRC, sequence numbers that
+/// never skip or repeat, timestamps that never go back.
+fn assert_one_stream(heard: &[Heard]) {
+    let ssrc = heard[0].3;
+    for pair in heard.windows(2) {
+        let ((_, seq0, ts0, s0, _), (_, seq1, ts1, s1, _)) = (pair[0], pair[1]);
+        assert_eq!((s0, s1), (ssrc, ssrc), "one SSRC");
+        assert_eq!(seq1, seq0.wrapping_add(1), "sequence continues: {pair:?}");
+        assert!(
+            ts1.wrapping_sub(ts0) < 0x8000_0000,
+            "timestamps go forward: {pair:?}"
+        );
+    }
+}
+
+/// RTP bob received until `until`: (payload type, seq, timestamp, SSRC,
+/// first payload byte).
+fn record(bob: Arc<Peer>, until: Instant) -> std::thread::JoinHandle<Vec<Heard>> {
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            let Some((b, _)) = bob.recv_within(left.min(Duration::from_millis(100))) else {
+                continue;
+            };
+            if b.len() > 12 && b[0] >> 6 == 2 && !(200..=204).contains(&b[1]) {
+                got.push((
+                    b[1] & 0x7f,
+                    u16::from_be_bytes([b[2], b[3]]),
+                    u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+                    b[12],
+                ));
+            }
+        }
+        got
+    })
+}
+
+#[test]
+fn a_call_moves_from_a_desk_phone_to_a_browser_and_the_remote_hears_one_stream() {
+    if !aiortc_present() {
+        return;
+    }
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (desk, bob) = (Arc::new(Peer::v4()), Arc::new(Peer::v4()));
+    let call_id = "desk-to-browser";
+    let to_bob = sdp_of(&ng_offer(
+        &mut proxy,
+        call_id,
+        &phone_body("alice-desk", desk.addr()),
+        vec![("aor", text(AOR)), ("gruu", text(GRUU_A))],
+    ));
+    let bob_to_relay = common::ng::media_addr(&to_bob);
+    let to_desk = bob_answers(&mut proxy, call_id, &bob);
+    let desk_to_relay = common::ng::media_addr(&to_desk);
+    let heard = record(Arc::clone(&bob), Instant::now() + Duration::from_secs(8));
+    // The desk phone talks for a while.
+    for seq in 0..25u16 {
+        desk.send(
+            &desk_to_relay.to_string(),
+            &rtp(
+                8,
+                1000 + seq,
+                8000 + u32::from(seq) * 160,
+                0xDE5C,
+                &[0xD5; 160],
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The browser takes the call: its INVITE with Replaces.
+    let mut browser = WebRtcPeer::start(&["offer", "--seconds", "4"]);
+    let offer = browser.read("offer");
+    let reoffer = sdp_of(&proxy.call(&handoff_offer(call_id, offer.as_str().expect("sdp"))));
+    assert_eq!(
+        common::ng::media_addr(&reoffer),
+        bob_to_relay,
+        "bob's leg stays"
+    );
+    let to_browser = bob_answers(&mut proxy, call_id, &bob);
+    let text = to_browser.render();
+    assert_eq!(
+        to_browser.media(0).expect("audio").proto,
+        "UDP/TLS/RTP/SAVPF",
+        "{text}"
+    );
+    assert_eq!(attributes(&text, "ice-lite"), vec![""], "{text}");
+    assert_eq!(attributes(&text, "setup:"), vec!["passive"], "{text}");
+    assert_eq!(attributes(&text, "mid:"), vec!["0"], "{text}");
+    assert_eq!(attributes(&text, "candidate:").len(), 1, "{text}");
+    browser.write("answer", &text);
+    // bob keeps talking; the desk phone goes on until the switch (its
+    // packets after it are dropped).
+    let stop = Arc::new(AtomicBool::new(false));
+    let bob_speaks = speak(Arc::clone(&bob), 8, bob_to_relay, Arc::clone(&stop));
+    let result = browser.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = bob_speaks.join();
+    let heard = heard.join().expect("recorder");
+
+    assert_eq!(result["connection"], "connected", "{result}");
+    assert!(
+        result["packets_received"].as_u64().expect("count") >= 50,
+        "{result}"
+    );
+    let from_desk = heard.iter().filter(|p| p.0 == 8).count();
+    assert!(from_desk >= 25, "bob heard the desk phone: {heard:?}");
+    // The browser's PCMA follows the desk phone's in the same stream.
+    assert!(heard.len() >= 25 + 50, "bob heard {} packets", heard.len());
+    assert!(heard.iter().all(|p| p.0 == 8), "PCMA throughout: {heard:?}");
+    assert_one_stream(&heard);
+}
+
+#[test]
+fn a_call_moves_from_a_browser_to_a_desk_phone_and_the_remote_hears_one_stream() {
+    if !aiortc_present() {
+        return;
+    }
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let bob = Arc::new(Peer::v4());
+    let call_id = "browser-to-desk";
+    let mut browser = WebRtcPeer::start(&["offer", "--seconds", "5"]);
+    let offer = browser.read("offer");
+    let to_bob = sdp_of(&ng_offer(
+        &mut proxy,
+        call_id,
+        offer.as_str().expect("sdp"),
+        vec![
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_A)),
+            ("ICE", text("remove")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    let bob_to_relay = common::ng::media_addr(&to_bob);
+    let to_browser = bob_answers(&mut proxy, call_id, &bob);
+    browser.write("answer", &to_browser.render());
+    let heard = record(Arc::clone(&bob), Instant::now() + Duration::from_secs(6));
+    let stop = Arc::new(AtomicBool::new(false));
+    let bob_speaks = speak(Arc::clone(&bob), 8, bob_to_relay, Arc::clone(&stop));
+    // The browser talks for a while, then the desk phone takes the call.
+    std::thread::sleep(Duration::from_secs(2));
+    let desk = Peer::v4();
+    let reoffer = sdp_of(&proxy.call(&handoff_offer(
+        call_id,
+        &phone_body("alice-desk", desk.addr()),
+    )));
+    assert_eq!(common::ng::media_addr(&reoffer), bob_to_relay);
+    let to_desk = bob_answers(&mut proxy, call_id, &bob);
+    let desk_to_relay = common::ng::media_addr(&to_desk);
+    assert_eq!(to_desk.media(0).expect("audio").proto, "RTP/AVP");
+    for seq in 0..50u16 {
+        desk.send(
+            &desk_to_relay.to_string(),
+            &rtp(
+                8,
+                30_000 + seq,
+                9_000_000 + u32::from(seq) * 160,
+                0xDE5C,
+                &[0x11; 160],
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // bob's media now reaches the desk phone.
+    assert!(
+        desk.recv_within(Duration::from_secs(2)).is_some(),
+        "the desk phone hears bob"
+    );
+    let result = browser.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = bob_speaks.join();
+    let heard = heard.join().expect("recorder");
+    assert_eq!(result["connection"], "connected", "{result}");
+    // The desk phone's payload is 0x11…; aiortc's silence is not.
+    let from_browser = heard.iter().take_while(|p| p.4 != 0x11).count();
+    assert!(
+        from_browser >= 50,
+        "bob heard {from_browser} packets from the browser"
+    );
+    assert!(
+        heard.len() >= from_browser + 45,
+        "and then the desk phone: {}",
+        heard.len()
+    );
+    assert!(heard.iter().all(|p| p.0 == 8), "PCMA throughout");
+    assert_one_stream(&heard);
 }

@@ -266,6 +266,7 @@ impl Sessions {
                 &local,
                 &shared,
                 (record.id.0 >> 1, fallback_ip),
+                &self.dataplane.dtls_fingerprint(),
             );
             let pending = PendingSdp {
                 sent: negotiation::first_sent(&answer),

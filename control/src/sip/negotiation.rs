@@ -711,6 +711,7 @@ impl AnswerPlan {
         new_legs: &[v1::Endpoint],
         shared: &[Vec<(u8, u8)>],
         fallback_origin: (u64, std::net::IpAddr),
+        fingerprint: &Fingerprint,
     ) -> Sdp {
         let media: Vec<AnswerMedia> = self
             .media
@@ -723,7 +724,8 @@ impl AnswerPlan {
                     direction: Direction::Inactive,
                     ptime: None,
                     rtcp_mux: false,
-                    crypto: None,
+                    security: Vec::new(),
+                    ice: false,
                 };
                 let Some(s) = *slot else {
                     return rejected;
@@ -773,10 +775,12 @@ impl AnswerPlan {
                     ),
                     ptime,
                     rtcp_mux: m.rtcp_mux,
-                    crypto: self.crypto.get(s).and_then(|party| {
-                        let key = party.relay_key.filter(|_| party.transport.is_srtp())?;
-                        Some(crypto::render(party.tag, &key, &self.policy))
+                    security: self.crypto.get(s).map_or_else(Vec::new, |party| {
+                        // An answer: the relay's key of the chosen tag, or
+                        // its ICE and DTLS lines with the role it took.
+                        party.clone().lines_toward(&self.policy, fingerprint)
                     }),
+                    ice: self.crypto.get(s).is_some_and(|party| party.ice.is_some()),
                 }
             })
             .collect();
@@ -820,6 +824,10 @@ pub(crate) fn holds(media: &Media) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_fingerprint() -> Fingerprint {
+        Fingerprint::of_certificate(baton_relay::core::dtls::HashFunction::Sha256, b"test")
+    }
 
     /// One body of the corpus and what the relay must read from it.
     struct Case {
@@ -1309,6 +1317,7 @@ mod tests {
                 std::slice::from_ref(&new_leg),
                 &[vec![(0, 0)]],
                 (1, "10.9.0.1".parse().expect("ip")),
+                &test_fingerprint(),
             );
             (plan.layout.clone(), answer.render())
         };
@@ -1382,6 +1391,7 @@ mod tests {
                 &[new_leg],
                 &[vec![(0, 0), (96, 101)]],
                 (1, "10.9.0.1".parse().expect("ip")),
+                &test_fingerprint(),
             )
             .render();
         let parsed = Sdp::parse(&answer).unwrap_or_else(|e| panic!("{e}\n{answer}"));
@@ -1416,6 +1426,7 @@ mod tests {
                 }],
                 &[vec![(0, 0)]],
                 (77, "10.9.0.1".parse().expect("ip")),
+                &test_fingerprint(),
             )
             .render();
         assert!(

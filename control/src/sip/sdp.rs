@@ -1183,8 +1183,13 @@ pub struct AnswerMedia {
     pub ptime: Option<u32>,
     /// Accept the offer's rtcp-mux.
     pub rtcp_mux: bool,
-    /// The relay's `a=crypto` value (without `a=`) on an SRTP line.
-    pub crypto: Option<String>,
+    /// The relay's `a=crypto` value on an SRTP line, or its ICE
+    /// credentials, fingerprint and setup on a WebRTC line (values without
+    /// `a=`).
+    pub security: Vec<String>,
+    /// The relay is an ICE-lite agent on this line: a host candidate,
+    /// `a=rtcp-mux`, the offer's MID, `a=ice-lite` at session level.
+    pub ice: bool,
 }
 
 /// Writes an answer to `offer` (RFC 3264 §6: the same m= lines, in order,
@@ -1234,6 +1239,8 @@ pub fn write_answer(
         .unwrap_or(session.len());
     session.insert(at, Line::new(b'c', connection_value(first_ip)));
 
+    // The MIDs of the lines on which the relay is an ICE-lite agent.
+    let ice_mids = std::cell::RefCell::new(Vec::new());
     let sections = offer
         .media
         .iter()
@@ -1262,8 +1269,27 @@ pub fn write_answer(
             if relay.rtp.ip() != first_ip {
                 lines.push(Line::new(b'c', connection_value(relay.rtp.ip())));
             }
-            if let Some(crypto) = &answer.crypto {
-                lines.push(Line::new(b'a', crypto.clone()));
+            for value in &answer.security {
+                lines.push(Line::new(b'a', value.clone()));
+            }
+            if answer.ice {
+                lines.push(Line::new(
+                    b'a',
+                    format!(
+                        "candidate:1 1 UDP 2130706431 {} {} typ host",
+                        relay.rtp.ip(),
+                        relay.rtp.port()
+                    ),
+                ));
+                lines.push(Line::new(b'a', "end-of-candidates"));
+                // RFC 8843 §7.3: the answer keeps the offer's MID.
+                let mid = offer
+                    .media(index)
+                    .ok()
+                    .and_then(|m| m.webrtc.mid)
+                    .unwrap_or_else(|| index.to_string());
+                lines.push(Line::new(b'a', format!("mid:{mid}")));
+                ice_mids.borrow_mut().push(mid);
             }
             for codec in &answer.codecs {
                 let channels = if codec.channels > 1 {
@@ -1288,7 +1314,7 @@ pub fn write_answer(
             if let Some(ptime) = answer.ptime {
                 lines.push(Line::new(b'a', format!("ptime:{ptime}")));
             }
-            if answer.rtcp_mux {
+            if answer.rtcp_mux || answer.ice {
                 lines.push(Line::new(b'a', "rtcp-mux"));
             } else if relay.rtcp.port() != relay.rtp.port().wrapping_add(1)
                 || relay.rtcp.ip() != relay.rtp.ip()
@@ -1306,10 +1332,18 @@ pub fn write_answer(
             lines
         })
         .collect();
-    Sdp {
+    let mut answer = Sdp {
         session,
         media: sections,
+    };
+    let ice_mids = ice_mids.into_inner();
+    if !ice_mids.is_empty() {
+        answer.set_session_attribute("ice-lite");
+        if let [mid] = ice_mids.as_slice() {
+            answer.set_session_attribute(&format!("group:BUNDLE {mid}"));
+        }
     }
+    answer
 }
 
 #[cfg(test)]

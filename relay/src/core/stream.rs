@@ -3142,3 +3142,254 @@ mod tests {
         assert!(outcome.latched.is_some_and(|l| l.relearned));
     }
 }
+
+#[cfg(test)]
+mod ice_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use stun_rs::attributes::ice::{IceControlling, Priority, UseCandidate};
+    use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity, UserName};
+    use stun_rs::methods::BINDING;
+    use stun_rs::{HMACKey, MessageClass, MessageEncoderBuilder, StunMessageBuilder};
+
+    use super::*;
+    use crate::core::stun::IceText;
+
+    const USER: LegId = LegId::FIRST_DEVICE;
+    const REMOTE: LegId = LegId::REMOTE;
+    const BROWSER: &str = "127.0.0.1:40000";
+    const ELSEWHERE: &str = "127.0.0.1:40002";
+    const PHONE: &str = "127.0.0.1:6000";
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn credentials(ufrag: &str, pwd: &str) -> IceCredentials {
+        IceCredentials {
+            local_ufrag: IceText::new(ufrag).unwrap(),
+            local_pwd: IceText::new(pwd).unwrap(),
+            remote_ufrag: Some(IceText::new("brws").unwrap()),
+        }
+    }
+
+    const OLD: (&str, &str) = ("rly1", "relaypassword1relaypassword1");
+    const NEW: (&str, &str) = ("rly2", "relaypassword2relaypassword2");
+
+    /// A plain leg with ICE toward the user (as `ICE=force` makes), and a
+    /// signalled phone as the remote.
+    fn stream(now: Instant) -> Stream {
+        let browser = LegConfig {
+            rtcp_mux: true,
+            peer_rtp: Some(addr("192.0.2.9:9")),
+            peer_rtcp: None,
+            peer_ip: None,
+            crypto: LegCrypto::Plain,
+            ice: Some(credentials(OLD.0, OLD.1)),
+            dtls: None,
+        };
+        let phone = LegConfig {
+            rtcp_mux: false,
+            peer_rtp: Some(addr(PHONE)),
+            peer_rtcp: None,
+            peer_ip: None,
+            crypto: LegCrypto::Plain,
+            ice: None,
+            dtls: None,
+        };
+        Stream::new(
+            now,
+            StreamConfig {
+                learning_window: Duration::from_secs(3),
+                relearn: true,
+                asymmetric: true,
+            },
+            browser,
+            phone,
+            &[(0, 8000)],
+            None,
+        )
+    }
+
+    /// A check as the browser's ICE agent writes it.
+    fn check((ufrag, pwd): (&str, &str), nominate: bool) -> Vec<u8> {
+        let mut builder = StunMessageBuilder::new(BINDING, MessageClass::Request)
+            .with_attribute(UserName::new(format!("{ufrag}:brws")).unwrap())
+            .with_attribute(IceControlling::from(1u64))
+            .with_attribute(Priority::from(2_130_706_431u32));
+        if nominate {
+            builder = builder.with_attribute(UseCandidate::default());
+        }
+        let message = builder
+            .with_attribute(MessageIntegrity::new(HMACKey::new_short_term(pwd).unwrap()))
+            .with_attribute(Fingerprint::default())
+            .build();
+        let mut buf = vec![0; 512];
+        let len = MessageEncoderBuilder::default()
+            .build()
+            .encode(&mut buf, &message)
+            .unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0xFF; 160]);
+        p
+    }
+
+    fn feed(s: &mut Stream, now: Instant, leg: LegId, from: &str, bytes: &[u8]) -> Outcome {
+        let mut buf = [0u8; 2048];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        s.on_packet(now, leg, Component::Rtp, addr(from), &mut buf, bytes.len())
+    }
+
+    fn answered(outcome: &Outcome, to: &str) -> bool {
+        matches!(outcome.verdict, Verdict::Forward { leg, to: dest, .. } if leg == USER && dest == addr(to))
+    }
+
+    fn drops(s: &Stream, now: Instant, reason: DropReason) -> u64 {
+        s.report_of(now, USER).counters.drops[reason as usize]
+    }
+
+    #[test]
+    fn stun_without_the_credentials_is_dropped_counted_and_moves_nothing() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        for bad in [
+            check(("rly1", "wrongpasswordwrongpassword"), true),
+            check(("other", OLD.1), true),
+            b"\x00\x01\x00\x00garbage-not-stun".to_vec(),
+        ] {
+            let outcome = feed(&mut s, t0, USER, BROWSER, &bad);
+            assert_eq!(
+                outcome.verdict,
+                Verdict::Drop(DropReason::StunUnauthenticated)
+            );
+            assert!(outcome.latched.is_none());
+        }
+        assert_eq!(drops(&s, t0, DropReason::StunUnauthenticated), 3);
+        // Media from anyone before a nominated check: nobody is selected,
+        // the SDP's address included.
+        for from in [BROWSER, "192.0.2.9:9"] {
+            let outcome = feed(&mut s, t0, USER, from, &rtp(1));
+            assert_eq!(outcome.verdict, Verdict::Drop(DropReason::IceUnchecked));
+        }
+        // Nothing reaches the browser either.
+        let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(1));
+        assert_eq!(toward.verdict, Verdict::Drop(DropReason::NoDestination));
+    }
+
+    #[test]
+    fn a_nominated_check_selects_the_pair_and_only_it() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        // A check without nomination is answered, selects nothing.
+        let probe = feed(&mut s, t0, USER, ELSEWHERE, &check(OLD, false));
+        assert!(answered(&probe, ELSEWHERE), "{probe:?}");
+        assert!(probe.latched.is_none());
+        let nominated = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
+        assert!(answered(&nominated, BROWSER));
+        assert_eq!(nominated.latched.map(|l| l.addr), Some(addr(BROWSER)));
+        let media = feed(&mut s, t0, USER, BROWSER, &rtp(1));
+        assert!(
+            matches!(media.verdict, Verdict::Forward { leg: REMOTE, to, .. } if to == addr(PHONE)),
+            "{media:?}"
+        );
+        let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(1));
+        assert!(
+            matches!(toward.verdict, Verdict::Forward { leg: USER, to, .. } if to == addr(BROWSER))
+        );
+        // The other candidate's media, and unnominated checks from it,
+        // never move the leg (asymmetric and relearn do not apply to ICE).
+        let stranger = feed(&mut s, t0, USER, ELSEWHERE, &rtp(2));
+        assert_eq!(stranger.verdict, Verdict::Drop(DropReason::IceUnchecked));
+        let _ = feed(&mut s, t0, USER, ELSEWHERE, &check(OLD, false));
+        let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(2));
+        assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(BROWSER)));
+    }
+
+    #[test]
+    fn consent_expires_after_30_seconds_without_checks_and_comes_back() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let _ = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
+        // Consent checks every few seconds keep it.
+        let t20 = t0 + Duration::from_secs(20);
+        let _ = feed(&mut s, t20, USER, BROWSER, &check(OLD, false));
+        assert_eq!(
+            s.expire_consent(t0 + Duration::from_secs(49)),
+            [None; LegId::COUNT]
+        );
+        let t50 = t0 + Duration::from_secs(50);
+        let expired = s.expire_consent(t50);
+        assert_eq!(expired[USER.index()], Some((USER, Party::User)));
+        // Reported once; nothing more is sent to the browser.
+        assert_eq!(
+            s.expire_consent(t50 + Duration::from_secs(5)),
+            [None; LegId::COUNT]
+        );
+        let toward = feed(&mut s, t50, REMOTE, PHONE, &rtp(3));
+        assert_eq!(toward.verdict, Verdict::Drop(DropReason::NoDestination));
+        // A new authenticated check from the selected address restores it.
+        let back = feed(&mut s, t50, USER, BROWSER, &check(OLD, false));
+        assert!(answered(&back, BROWSER));
+        let toward = feed(&mut s, t50, REMOTE, PHONE, &rtp(4));
+        assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(BROWSER)));
+    }
+
+    #[test]
+    fn an_ice_restart_moves_the_leg_without_a_gap() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let _ = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
+        // The re-offer with new credentials (the browser changed network).
+        s.set_ice(Party::User, credentials(NEW.0, NEW.1));
+        // Until the answer reaches it the browser checks with the old set:
+        // still answered, media still flows to the old address.
+        let old = feed(&mut s, t0, USER, BROWSER, &check(OLD, false));
+        assert!(answered(&old, BROWSER));
+        let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(5));
+        assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(BROWSER)));
+        // Its new network's nominated check with the new set moves the leg.
+        let moved = feed(&mut s, t0, USER, ELSEWHERE, &check(NEW, true));
+        assert!(answered(&moved, ELSEWHERE));
+        let latched = moved.latched.unwrap();
+        assert!(latched.relearned && latched.addr == addr(ELSEWHERE));
+        let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(6));
+        assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(ELSEWHERE)));
+        // From now on the old credentials are refused.
+        let stale = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
+        assert_eq!(
+            stale.verdict,
+            Verdict::Drop(DropReason::StunUnauthenticated)
+        );
+        let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(7));
+        assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(ELSEWHERE)));
+    }
+
+    #[test]
+    fn dtls_records_go_to_the_handshake_only_from_the_selected_peer() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            feed(&mut s, t0, USER, BROWSER, &hello).verdict,
+            Verdict::Drop(DropReason::IceUnchecked)
+        );
+        let _ = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
+        assert_eq!(
+            feed(&mut s, t0, USER, BROWSER, &hello).verdict,
+            Verdict::Handshake { leg: USER }
+        );
+        assert_eq!(
+            feed(&mut s, t0, USER, ELSEWHERE, &hello).verdict,
+            Verdict::Drop(DropReason::IceUnchecked)
+        );
+    }
+}
