@@ -134,7 +134,12 @@ impl Sessions {
             None
         } else {
             let offer = self.parse_sdp(&request.sdp)?;
-            let plan = AnswerPlan::new(offer, &record.streams, &policy)?;
+            let plan = AnswerPlan::new(
+                offer,
+                &record.streams,
+                &policy,
+                self.dataplane.dtls_fingerprint(),
+            )?;
             request.streams = plan.transfer_streams(record.streams.len());
             Some(plan)
         };
@@ -266,7 +271,6 @@ impl Sessions {
                 &local,
                 &shared,
                 (record.id.0 >> 1, fallback_ip),
-                &self.dataplane.dtls_fingerprint(),
             );
             let pending = PendingSdp {
                 sent: negotiation::first_sent(&answer),

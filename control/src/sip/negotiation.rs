@@ -619,6 +619,8 @@ pub(crate) struct AnswerPlan {
     pub crypto: Vec<PartyCrypto>,
     /// How the relay writes its keys.
     pub policy: SdesPolicy,
+    /// The relay's DTLS certificate, for a WebRTC device's answer.
+    pub fingerprint: Fingerprint,
 }
 
 impl AnswerPlan {
@@ -628,6 +630,7 @@ impl AnswerPlan {
         offer: Sdp,
         streams: &[NegotiatedStream],
         policy: &SdesPolicy,
+        fingerprint: Fingerprint,
     ) -> Result<Self, Status> {
         let media = media_of(&offer)?;
         // SRTP lines with no key usable under this request's options take
@@ -677,6 +680,7 @@ impl AnswerPlan {
             layout,
             crypto,
             policy: policy.clone(),
+            fingerprint,
         })
     }
 
@@ -711,8 +715,8 @@ impl AnswerPlan {
         new_legs: &[v1::Endpoint],
         shared: &[Vec<(u8, u8)>],
         fallback_origin: (u64, std::net::IpAddr),
-        fingerprint: &Fingerprint,
     ) -> Sdp {
+        let fingerprint = &self.fingerprint;
         let media: Vec<AnswerMedia> = self
             .media
             .iter()
@@ -1308,8 +1312,13 @@ mod tests {
             rtcp: "10.9.0.1:41001".into(),
         };
         let answer_to = |text: &str, policy: &SdesPolicy| {
-            let plan =
-                AnswerPlan::new(Sdp::parse(text).expect("offer"), &streams, policy).expect("plan");
+            let plan = AnswerPlan::new(
+                Sdp::parse(text).expect("offer"),
+                &streams,
+                policy,
+                test_fingerprint(),
+            )
+            .expect("plan");
             let answer = plan.answer(
                 Some(&remote),
                 &[None],
@@ -1317,7 +1326,6 @@ mod tests {
                 std::slice::from_ref(&new_leg),
                 &[vec![(0, 0)]],
                 (1, "10.9.0.1".parse().expect("ip")),
-                &test_fingerprint(),
             );
             (plan.layout.clone(), answer.render())
         };
@@ -1368,6 +1376,7 @@ mod tests {
             Sdp::parse(offer).expect("offer"),
             &streams,
             &SdesPolicy::default(),
+            test_fingerprint(),
         )
         .expect("plan");
         assert_eq!(plan.layout, vec![Some(0), None]);
@@ -1391,7 +1400,6 @@ mod tests {
                 &[new_leg],
                 &[vec![(0, 0), (96, 101)]],
                 (1, "10.9.0.1".parse().expect("ip")),
-                &test_fingerprint(),
             )
             .render();
         let parsed = Sdp::parse(&answer).unwrap_or_else(|e| panic!("{e}\n{answer}"));
@@ -1426,7 +1434,6 @@ mod tests {
                 }],
                 &[vec![(0, 0)]],
                 (77, "10.9.0.1".parse().expect("ip")),
-                &test_fingerprint(),
             )
             .render();
         assert!(
