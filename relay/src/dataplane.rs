@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::dtls::Fingerprint;
 use crate::core::ids::{SessionId, TransferId, WorkerId};
 use crate::core::session::{SessionReport, SessionUpdate, Timeouts};
-use crate::io::dtls::{self, DtlsCommand, DtlsIdentity};
+use crate::io::dtls::{self, DtlsHandle, DtlsIdentity};
 use crate::io::ports::{self, LegSockets, PortError, PortPool};
 use crate::io::worker::{self, Command, Worker};
 pub use crate::messages::{
@@ -82,7 +82,7 @@ struct WorkerTemplate {
     events: Mutex<Option<mpsc::Sender<WorkerEvent>>>,
     /// The DTLS thread's queue; taken at shutdown too, so the thread ends
     /// with the last worker.
-    dtls: Mutex<Option<Sender<DtlsCommand>>>,
+    dtls: Mutex<Option<DtlsHandle>>,
 }
 
 /// The running data plane: port pools and worker threads.

@@ -150,6 +150,8 @@ impl Sessions {
                 };
                 let crypto = &stream.crypto[party.index()];
                 let crypto_changed = !crypto.same_leg_as(&crypto_before[party.index()]);
+                let dtls_both =
+                    crypto.transport.is_dtls() && crypto_before[party.index()].transport.is_dtls();
                 if changed || rtp.is_some() || crypto_changed {
                     update.peers.push(LegUpdate {
                         stream: StreamIndex(s),
@@ -157,7 +159,11 @@ impl Sessions {
                         rtp,
                         rtcp,
                         rtcp_mux: changed.then_some(mux),
-                        crypto: crypto_changed.then(|| crypto.leg_crypto()),
+                        // A WebRTC leg's keys are its handshake's: an ICE
+                        // restart or a re-offer keeps the association
+                        // (RFC 8842), and a new fingerprint starts a new
+                        // handshake whose keys replace these when it ends.
+                        crypto: (crypto_changed && !dtls_both).then(|| crypto.leg_crypto()),
                         ice: crypto_changed.then_some(crypto.ice).flatten(),
                         dtls: crypto_changed.then(|| crypto.dtls_params()).flatten(),
                     });

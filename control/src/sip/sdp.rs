@@ -988,9 +988,15 @@ impl Sdp {
     pub fn disable(&mut self, index: usize) {
         if let Some(section) = self.media.get_mut(index) {
             set_port(&mut section[0], 0);
-            // A party's keys never reach the other party, even on a line
-            // that carries nothing.
-            section.retain(|line| !is_ice(line) && !is_key_line(line));
+            // A party's keys and certificate never reach the other party,
+            // even on a line that carries nothing (`a=setup` stays: on a
+            // TCP line such as BFCP it is that line's own).
+            section.retain(|line| {
+                !is_ice(line)
+                    && !is_key_line(line)
+                    && !line.is_attribute("fingerprint")
+                    && !line.is_attribute("tls-id")
+            });
         }
     }
 

@@ -597,6 +597,10 @@ impl Session {
         let mut handshakes = Vec::new();
         for peer in &update.peers {
             if let Some(s) = self.streams.get_mut(peer.stream.0) {
+                // ICE first: on an ICE leg the SDP's address is no peer.
+                if let Some(credentials) = peer.ice {
+                    s.set_ice(now, peer.party, credentials);
+                }
                 if let Some(params) = peer.dtls
                     && let Some(leg) = s.set_dtls(peer.party, params)
                 {
@@ -610,9 +614,6 @@ impl Session {
                     peer.rtcp_mux,
                     peer.crypto,
                 );
-                if let Some(credentials) = peer.ice {
-                    s.set_ice(peer.party, credentials);
-                }
             }
         }
         for (index, rates) in &update.clock_rates {
@@ -652,6 +653,9 @@ impl Session {
         }
         for s in &self.streams {
             if let Some(at) = s.switch_deadline() {
+                next = next.min(at);
+            }
+            if let Some(at) = s.consent_deadline() {
                 next = next.min(at);
             }
         }

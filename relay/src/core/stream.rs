@@ -641,16 +641,67 @@ struct IceState {
     /// Consent expired: nothing is sent to the peer until a new nominated
     /// check selects an address again.
     consent_lost: bool,
+    /// Transaction ids of the last checks: a check seen before (the
+    /// peer's retransmission, or someone replaying it from elsewhere) is
+    /// answered but selects nothing and renews no consent.
+    recent: [[u8; 12]; RECENT_CHECKS],
+    /// Next slot of `recent` to overwrite.
+    recent_next: usize,
+    /// DTLS records the leg may still hand to the handshake thread, and
+    /// when that budget was last refilled.
+    dtls_budget: (u32, Instant),
 }
 
+/// Checks remembered per ICE leg (a peer checks a pair every few
+/// seconds, and retransmits within half a second).
+const RECENT_CHECKS: usize = 8;
+/// DTLS records a leg may pass to the handshake thread at once: a
+/// handshake is about a dozen, with retransmissions a few dozen.
+const DTLS_BURST: u32 = 64;
+/// …and per second after that.
+const DTLS_PER_SECOND: u32 = 20;
+
 impl IceState {
-    fn new(current: IceCredentials) -> Self {
+    fn new(current: IceCredentials, now: Instant) -> Self {
         Self {
             current,
             previous: None,
             last_check: None,
             consent_lost: false,
+            recent: [[0; 12]; RECENT_CHECKS],
+            recent_next: 0,
+            dtls_budget: (DTLS_BURST, now),
         }
+    }
+
+    /// Remembers a check's transaction id; false if it was seen already.
+    fn first_seen(&mut self, transaction: &[u8; 12]) -> bool {
+        if self.recent.contains(transaction) {
+            return false;
+        }
+        self.recent[self.recent_next] = *transaction;
+        self.recent_next = (self.recent_next + 1) % RECENT_CHECKS;
+        true
+    }
+
+    /// Takes one DTLS record from the leg's budget (a token bucket), so
+    /// one peer cannot fill the handshake thread's queue.
+    fn take_dtls_token(&mut self, now: Instant) -> bool {
+        let (tokens, since) = self.dtls_budget;
+        let elapsed = now.saturating_duration_since(since);
+        let refill = (elapsed.as_millis() as u64 * u64::from(DTLS_PER_SECOND) / 1000) as u32;
+        let tokens = if refill > 0 {
+            self.dtls_budget.1 = now;
+            (tokens + refill).min(DTLS_BURST)
+        } else {
+            tokens
+        };
+        if tokens == 0 {
+            self.dtls_budget.0 = 0;
+            return false;
+        }
+        self.dtls_budget.0 = tokens - 1;
+        true
     }
 }
 
@@ -670,7 +721,9 @@ impl Leg {
             probation: 1,
             candidates: [None; 2],
             srtp: None,
-            ice: config.ice.map(IceState::new),
+            ice: config
+                .ice
+                .map(|credentials| IceState::new(credentials, now)),
         };
         if config.ice.is_some() {
             // ICE selects the peer (the SDP's address is only a candidate);
@@ -881,7 +934,9 @@ impl Leg {
             return self.drop(DropReason::StunUnauthenticated);
         };
         let sets = [ice.current, ice.previous.unwrap_or(ice.current)];
-        let checked = stun::check_binding(&buf[..len.min(buf.len())], &sets[..]);
+        // One HMAC per forged message unless an ICE restart is under way.
+        let count = if ice.previous.is_some() { 2 } else { 1 };
+        let checked = stun::check_binding(&buf[..len.min(buf.len())], &sets[..count]);
         let (request, set) = match checked {
             Ok(found) => found,
             Err(StunRefusal::NotARequest) => return self.drop(DropReason::StunIgnored),
@@ -897,7 +952,10 @@ impl Leg {
         let slot = Component::Rtp.index();
         let selected = self.peers[slot].addr;
         let mut latched = None;
-        if selected == Some(from) {
+        if !ice.first_seen(&request.transaction) {
+            // A retransmission (or a replay from elsewhere): answered,
+            // nothing more.
+        } else if selected == Some(from) {
             ice.last_check = Some(now);
             ice.consent_lost = false;
         } else if request.use_candidate {
@@ -933,6 +991,12 @@ impl Leg {
             new_device_started: false,
             switch_completed: false,
         }
+    }
+
+    /// When the selected peer's consent runs out without a new check.
+    fn consent_deadline(&self) -> Option<Instant> {
+        let ice = self.ice.as_ref().filter(|ice| !ice.consent_lost)?;
+        Some(ice.last_check? + CONSENT_TIMEOUT)
     }
 
     /// Whether the ICE-selected peer's consent has run out by `now`; marks
@@ -1182,6 +1246,13 @@ impl Stream {
                 return Err(this.drop(DropReason::IceUnchecked));
             }
             if stun::is_dtls(&buf[..wire_len]) {
+                let within_budget = this
+                    .ice
+                    .as_mut()
+                    .is_some_and(|ice| ice.take_dtls_token(now));
+                if !within_budget {
+                    return Err(this.drop(DropReason::HandshakeBusy));
+                }
                 return Err(Outcome::verdict(Verdict::Handshake { leg }));
             }
         }
@@ -1741,7 +1812,7 @@ impl Stream {
     /// old set is still answered until the peer's first check with the
     /// new one, and the selected address stays until a nominated check
     /// moves it, so the media does not stop meanwhile.
-    pub fn set_ice(&mut self, party: Party, credentials: IceCredentials) {
+    pub fn set_ice(&mut self, now: Instant, party: Party, credentials: IceCredentials) {
         let id = self.leg_of(party);
         let Some(leg) = self.leg_mut(id) else {
             return;
@@ -1753,8 +1824,22 @@ impl Stream {
                 ice.previous = Some(ice.current);
                 ice.current = credentials;
             }
-            None => leg.ice = Some(IceState::new(credentials)),
+            None => {
+                // The leg becomes an ICE leg: only a nominated check
+                // selects its peer from now on.
+                leg.ice = Some(IceState::new(credentials, now));
+                leg.peers = [Peer::from_signalled(None); 2];
+            }
         }
+    }
+
+    /// When the next ICE consent of this stream runs out.
+    pub fn consent_deadline(&self) -> Option<Instant> {
+        self.legs
+            .iter()
+            .flatten()
+            .filter_map(Leg::consent_deadline)
+            .min()
     }
 
     /// Sets the DTLS settings of the leg facing `party`; returns the leg if
@@ -3349,7 +3434,7 @@ mod ice_tests {
         let mut s = stream(t0);
         let _ = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
         // The re-offer with new credentials (the browser changed network).
-        s.set_ice(Party::User, credentials(NEW.0, NEW.1));
+        s.set_ice(t0, Party::User, credentials(NEW.0, NEW.1));
         // Until the answer reaches it the browser checks with the old set:
         // still answered, media still flows to the old address.
         let old = feed(&mut s, t0, USER, BROWSER, &check(OLD, false));
@@ -3371,6 +3456,54 @@ mod ice_tests {
         );
         let toward = feed(&mut s, t0, REMOTE, PHONE, &rtp(7));
         assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(ELSEWHERE)));
+    }
+
+    #[test]
+    fn a_replayed_check_selects_nothing_and_renews_no_consent() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let nominating = check(OLD, true);
+        let _ = feed(&mut s, t0, USER, BROWSER, &nominating);
+        assert_eq!(s.consent_deadline(), Some(t0 + CONSENT_TIMEOUT));
+        // Someone on the path replays it from elsewhere: answered (it
+        // could be the peer's retransmission), but the leg stays.
+        let t1 = t0 + Duration::from_secs(10);
+        let replayed = feed(&mut s, t1, USER, ELSEWHERE, &nominating);
+        assert!(answered(&replayed, ELSEWHERE));
+        assert!(replayed.latched.is_none());
+        let toward = feed(&mut s, t1, REMOTE, PHONE, &rtp(1));
+        assert!(matches!(toward.verdict, Verdict::Forward { to, .. } if to == addr(BROWSER)));
+        // Replayed from the selected address, it does not renew consent.
+        let _ = feed(&mut s, t1, USER, BROWSER, &nominating);
+        assert_eq!(s.consent_deadline(), Some(t0 + CONSENT_TIMEOUT));
+        let _ = feed(&mut s, t1, USER, BROWSER, &check(OLD, false));
+        assert_eq!(s.consent_deadline(), Some(t1 + CONSENT_TIMEOUT));
+    }
+
+    #[test]
+    fn a_peer_cannot_flood_the_handshake_thread() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let _ = feed(&mut s, t0, USER, BROWSER, &check(OLD, true));
+        let record = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let handed = (0..100)
+            .filter(|_| {
+                feed(&mut s, t0, USER, BROWSER, &record).verdict == Verdict::Handshake { leg: USER }
+            })
+            .count();
+        assert_eq!(handed, DTLS_BURST as usize);
+        assert_eq!(
+            drops(&s, t0, DropReason::HandshakeBusy),
+            100 - u64::from(DTLS_BURST)
+        );
+        // The budget refills with time (a real handshake retransmits).
+        let t1 = t0 + Duration::from_secs(1);
+        let handed = (0..100)
+            .filter(|_| {
+                feed(&mut s, t1, USER, BROWSER, &record).verdict == Verdict::Handshake { leg: USER }
+            })
+            .count();
+        assert_eq!(handed, DTLS_PER_SECOND as usize);
     }
 
     #[test]

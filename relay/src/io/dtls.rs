@@ -16,14 +16,15 @@
 //! 1.3); everything it is fed is bounded, and a panic inside it ends that
 //! one handshake, not the thread.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::Waker;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -123,7 +124,7 @@ impl DtlsIdentity {
 }
 
 /// Which leg a handshake belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct LegKey {
     pub session: SessionId,
     pub stream: StreamIndex,
@@ -146,15 +147,15 @@ pub(crate) struct WorkerLink {
 
 /// What workers tell the DTLS thread.
 pub(crate) enum DtlsCommand {
-    /// A WebRTC leg was installed.
+    /// A WebRTC leg was installed (or its DTLS settings changed).
     Open {
         key: LegKey,
         socket: UdpSocket,
         params: DtlsParams,
         worker: WorkerLink,
     },
-    /// ICE selected (or moved) the leg's peer: a client starts (or
-    /// restarts) its handshake toward it.
+    /// ICE selected (or moved) the leg's peer: a client starts its
+    /// handshake toward it.
     Peer { key: LegKey, addr: SocketAddr },
     /// A DTLS record from the leg's selected peer.
     Datagram {
@@ -168,6 +169,36 @@ pub(crate) enum DtlsCommand {
     CloseSession { session: SessionId },
 }
 
+/// The workers' way to the DTLS thread: records on a bounded queue (a full
+/// one drops them, counted; handshakes retransmit), everything else on an
+/// unbounded one that never drops — a lost `Close` would keep a socket
+/// open after its port went back to the pool. Its messages are few: a
+/// handful per leg.
+#[derive(Clone)]
+pub(crate) struct DtlsHandle {
+    control: Sender<DtlsCommand>,
+    records: Sender<DtlsCommand>,
+}
+
+impl DtlsHandle {
+    /// Queues a command; false if it was dropped (a record on a full
+    /// queue) or the thread is gone.
+    pub fn send(&self, command: DtlsCommand) -> bool {
+        match command {
+            DtlsCommand::Datagram { .. } => self.records.try_send(command).is_ok(),
+            DtlsCommand::Open { .. }
+            | DtlsCommand::Peer { .. }
+            | DtlsCommand::Close { .. }
+            | DtlsCommand::CloseSession { .. } => self.control.send(command).is_ok(),
+        }
+    }
+}
+
+/// Resets of one leg's handshake after failures before it is given up:
+/// a stray or forged record can end a DTLS handshake, and the peer's next
+/// ClientHello must still find one.
+const MAX_RESETS: u32 = 5;
+
 struct Handshake {
     dtls: dimpl::Dtls,
     socket: UdpSocket,
@@ -175,26 +206,63 @@ struct Handshake {
     worker: WorkerLink,
     peer: Option<SocketAddr>,
     next_timeout: Option<Instant>,
-    deadline: Instant,
+    /// Set when the handshake starts (the first record, or a client's
+    /// start), not when the leg opens: a browser's answer can wait for a
+    /// long ringing.
+    deadline: Option<Instant>,
     verified: bool,
     material: Option<(Vec<u8>, SrtpProfile)>,
     done: bool,
+    resets: u32,
+}
+
+impl Handshake {
+    fn engine(
+        config: &Arc<dimpl::Config>,
+        identity: &DtlsIdentity,
+        role: DtlsRole,
+        now: Instant,
+    ) -> dimpl::Dtls {
+        match role {
+            // Either version, as the client's hello says.
+            DtlsRole::Server => {
+                dimpl::Dtls::new_auto(Arc::clone(config), identity.certificate.clone(), now)
+            }
+            // Started (made active) once ICE has selected the peer.
+            DtlsRole::Client => {
+                dimpl::Dtls::new_12(Arc::clone(config), identity.certificate.clone(), now)
+            }
+        }
+    }
+
+    /// The earliest time this handshake needs the thread.
+    fn wake_at(&self) -> Option<Instant> {
+        match (self.next_timeout, self.deadline.filter(|_| !self.done)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Starts the DTLS thread.
 pub(crate) fn spawn(
     identity: Arc<DtlsIdentity>,
     events: mpsc::Sender<WorkerEvent>,
-) -> std::io::Result<(Sender<DtlsCommand>, JoinHandle<()>)> {
-    let (sender, receiver) = crossbeam_channel::bounded(DTLS_QUEUE);
+) -> std::io::Result<(DtlsHandle, JoinHandle<()>)> {
+    let (control, control_rx) = crossbeam_channel::unbounded();
+    let (records, records_rx) = crossbeam_channel::bounded(DTLS_QUEUE);
     let (ready, started) = crossbeam_channel::bounded(1);
     let thread = std::thread::Builder::new()
         .name("baton-dtls".to_owned())
-        .spawn(move || run(&identity, &receiver, &events, &ready))?;
+        .spawn(move || {
+            let mut thread = DtlsThread::new(identity, events);
+            let _ = ready.send(());
+            thread.run(&control_rx, &records_rx);
+        })?;
     // The thread has set itself up (its buffers, its configuration) before
     // the relay takes calls: nothing of that happens later, beside media.
     let _ = started.recv_timeout(Duration::from_secs(5));
-    Ok((sender, thread))
+    Ok((DtlsHandle { control, records }, thread))
 }
 
 fn config() -> Arc<dimpl::Config> {
@@ -205,140 +273,199 @@ fn config() -> Arc<dimpl::Config> {
     Arc::new(built.unwrap_or_default())
 }
 
-fn run(
-    identity: &DtlsIdentity,
-    commands: &Receiver<DtlsCommand>,
-    events: &mpsc::Sender<WorkerEvent>,
-    ready: &Sender<()>,
-) {
-    let config = config();
-    let mut legs: HashMap<LegKey, Handshake> = HashMap::with_capacity(64);
-    let mut out = vec![0u8; 2048];
-    let _ = ready.send(());
-    loop {
-        let now = Instant::now();
-        let wake = legs
-            .values()
-            .filter_map(|h| h.next_timeout.map(|t| t.min(h.deadline)))
-            .min()
-            .unwrap_or(now + Duration::from_secs(1));
-        let command = match commands.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(command) => Some(command),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let now = Instant::now();
-        let mut touched: Vec<LegKey> = Vec::new();
+struct DtlsThread {
+    identity: Arc<DtlsIdentity>,
+    events: mpsc::Sender<WorkerEvent>,
+    config: Arc<dimpl::Config>,
+    legs: HashMap<LegKey, Handshake>,
+    /// When each leg next needs the thread; stale entries (the leg's time
+    /// moved, or it closed) are skipped when they come up.
+    timers: BinaryHeap<Reverse<(Instant, LegKey)>>,
+    out: Vec<u8>,
+}
+
+impl DtlsThread {
+    fn new(identity: Arc<DtlsIdentity>, events: mpsc::Sender<WorkerEvent>) -> Self {
+        Self {
+            identity,
+            events,
+            config: config(),
+            legs: HashMap::with_capacity(64),
+            timers: BinaryHeap::with_capacity(64),
+            out: vec![0u8; 2048],
+        }
+    }
+
+    fn run(&mut self, control: &Receiver<DtlsCommand>, records: &Receiver<DtlsCommand>) {
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .timers
+                .peek()
+                .map_or(Duration::from_secs(1), |Reverse((at, _))| {
+                    at.saturating_duration_since(now)
+                });
+            // Control first: a leg's Open must come before its records.
+            let command = match control.try_recv() {
+                Ok(command) => Some(command),
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => crossbeam_channel::select! {
+                    recv(control) -> command => match command {
+                        Ok(command) => Some(command),
+                        Err(_) => return,
+                    },
+                    recv(records) -> command => command.ok(),
+                    default(wait) => None,
+                },
+            };
+            let now = Instant::now();
+            if let Some(command) = command {
+                self.handle(command, now);
+            }
+            self.fire_timers(now);
+        }
+    }
+
+    fn handle(&mut self, command: DtlsCommand, now: Instant) {
         match command {
-            Some(DtlsCommand::Open {
+            DtlsCommand::Open {
                 key,
                 socket,
                 params,
                 worker,
-            }) => {
-                if legs.len() >= MAX_HANDSHAKES && !legs.contains_key(&key) {
-                    report_failure(events, key, "too many DTLS handshakes at once");
-                } else {
-                    let mut dtls = dimpl::Dtls::new_auto(
-                        Arc::clone(&config),
-                        identity.certificate.clone(),
-                        now,
-                    );
-                    if params.role == DtlsRole::Client {
-                        // A client waits for ICE to select its peer.
-                        dtls = dimpl::Dtls::new_12(
-                            Arc::clone(&config),
-                            identity.certificate.clone(),
-                            now,
-                        );
-                    }
-                    let previous_peer = legs.get(&key).and_then(|h| h.peer);
-                    legs.insert(
-                        key,
-                        Handshake {
-                            dtls,
-                            socket,
-                            params,
-                            worker,
-                            peer: previous_peer,
-                            next_timeout: None,
-                            deadline: now + HANDSHAKE_TIMEOUT,
-                            verified: false,
-                            material: None,
-                            done: false,
-                        },
-                    );
-                    if let (Some(_), Some(h)) = (previous_peer, legs.get_mut(&key)) {
-                        start_client(h, now);
-                    }
-                    touched.push(key);
+            } => {
+                if self.legs.len() >= MAX_HANDSHAKES && !self.legs.contains_key(&key) {
+                    report_failure(&self.events, key, "too many DTLS handshakes at once");
+                    return;
                 }
-            }
-            Some(DtlsCommand::Peer { key, addr }) => {
-                if let Some(h) = legs.get_mut(&key) {
-                    let first = h.peer.is_none();
-                    h.peer = Some(addr);
-                    if first {
-                        start_client(h, now);
-                    }
-                    touched.push(key);
-                }
-            }
-            Some(DtlsCommand::Datagram { key, from, bytes }) => {
-                if let Some(h) = legs.get_mut(&key) {
-                    // The worker passes only the selected peer's records.
-                    h.peer = Some(from);
-                    let fed = guarded(|| {
-                        h.dtls.handle_timeout(now)?;
-                        h.dtls.handle_packet(&bytes)
-                    });
-                    if let Err(reason) = fed {
-                        fail(&mut legs, events, key, &reason);
-                    } else {
-                        touched.push(key);
-                    }
-                }
-            }
-            Some(DtlsCommand::Close { key }) => {
-                legs.remove(&key);
-            }
-            Some(DtlsCommand::CloseSession { session }) => {
-                legs.retain(|key, _| key.session != session);
-            }
-            None => {}
-        }
-        // Timers that are due.
-        let due: Vec<LegKey> = legs
-            .iter()
-            .filter(|(_, h)| {
-                h.next_timeout.is_some_and(|t| t <= now) || (!h.done && h.deadline <= now)
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        for key in due {
-            let Some(h) = legs.get_mut(&key) else {
-                continue;
-            };
-            if !h.done && h.deadline <= now {
-                fail(
-                    &mut legs,
-                    events,
+                let peer = self.legs.get(&key).and_then(|h| h.peer);
+                let dtls = Handshake::engine(&self.config, &self.identity, params.role, now);
+                self.legs.insert(
                     key,
-                    "the DTLS handshake did not complete in 30 s",
+                    Handshake {
+                        dtls,
+                        socket,
+                        params,
+                        worker,
+                        peer,
+                        next_timeout: None,
+                        deadline: None,
+                        verified: false,
+                        material: None,
+                        done: false,
+                        resets: 0,
+                    },
                 );
+                if peer.is_some() {
+                    self.start_client(key, now);
+                }
+            }
+            DtlsCommand::Peer { key, addr } => {
+                let Some(h) = self.legs.get_mut(&key) else {
+                    return;
+                };
+                let first = h.peer.is_none();
+                h.peer = Some(addr);
+                if first {
+                    self.start_client(key, now);
+                }
+            }
+            DtlsCommand::Datagram { key, from, bytes } => {
+                let Some(h) = self.legs.get_mut(&key) else {
+                    return;
+                };
+                // The worker passes only the selected peer's records.
+                h.peer = Some(from);
+                h.deadline.get_or_insert(now + HANDSHAKE_TIMEOUT);
+                let fed = guarded(|| {
+                    h.dtls.handle_timeout(now)?;
+                    h.dtls.handle_packet(&bytes)
+                });
+                match fed {
+                    Ok(()) => self.drain(key, now),
+                    Err(reason) => self.fail(key, &reason, now),
+                }
+            }
+            DtlsCommand::Close { key } => {
+                self.legs.remove(&key);
+            }
+            DtlsCommand::CloseSession { session } => {
+                self.legs.retain(|key, _| key.session != session);
+            }
+        }
+    }
+
+    /// A client starts toward its (ICE-selected) peer.
+    fn start_client(&mut self, key: LegKey, now: Instant) {
+        let Some(h) = self.legs.get_mut(&key) else {
+            return;
+        };
+        if h.params.role == DtlsRole::Client && !h.dtls.is_active() && h.peer.is_some() {
+            h.dtls.set_active(true);
+            h.deadline = Some(now + HANDSHAKE_TIMEOUT);
+            self.drain(key, now);
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(h) = self.legs.get_mut(&key) else {
+                continue; // closed
+            };
+            if h.wake_at().is_none_or(|wake| wake > now) {
+                continue; // stale: the leg's time moved
+            }
+            if !h.done && h.deadline.is_some_and(|d| d <= now) {
+                self.fail(key, "the DTLS handshake did not complete in 30 s", now);
                 continue;
             }
             h.next_timeout = None;
-            if let Err(reason) = guarded(|| h.dtls.handle_timeout(now)) {
-                fail(&mut legs, events, key, &reason);
-            } else {
-                touched.push(key);
+            match guarded(|| h.dtls.handle_timeout(now)) {
+                Ok(()) => self.drain(key, now),
+                Err(reason) => self.fail(key, &reason, now),
             }
         }
-        for key in touched {
-            if let Err(reason) = drain(&mut legs, key, &mut out, events) {
-                fail(&mut legs, events, key, &reason);
+    }
+
+    /// Sends what the engine has to send and acts on what it reports.
+    fn drain(&mut self, key: LegKey, now: Instant) {
+        if let Err(reason) = drain(&mut self.legs, key, &mut self.out, &self.events) {
+            self.fail(key, &reason, now);
+            return;
+        }
+        if let Some(at) = self.legs.get(&key).and_then(Handshake::wake_at) {
+            self.timers.push(Reverse((at, key)));
+        }
+    }
+
+    /// A failed handshake is reported, then begun again for the peer's
+    /// next attempt (a few times), or given up.
+    fn fail(&mut self, key: LegKey, reason: &str, now: Instant) {
+        warn!(session = %key.session, stream = %key.stream, leg = %key.leg, "{reason}");
+        report_failure(&self.events, key, reason);
+        let Some(h) = self.legs.get_mut(&key) else {
+            return;
+        };
+        if h.done || h.resets >= MAX_RESETS {
+            // Keys are in (a later error changes nothing), or the peer
+            // keeps failing: no more handshakes on this leg.
+            if !h.done {
+                self.legs.remove(&key);
             }
+            return;
+        }
+        h.resets += 1;
+        h.dtls = Handshake::engine(&self.config, &self.identity, h.params.role, now);
+        h.deadline = None;
+        h.next_timeout = None;
+        h.verified = false;
+        h.material = None;
+        if h.params.role == DtlsRole::Client {
+            self.start_client(key, now);
         }
     }
 }
@@ -350,13 +477,6 @@ fn guarded(call: impl FnOnce() -> Result<(), dimpl::Error>) -> Result<(), String
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("DTLS: {e}")),
         Err(_) => Err("DTLS: the handshake failed on malformed input".to_owned()),
-    }
-}
-
-fn start_client(h: &mut Handshake, now: Instant) {
-    if h.params.role == DtlsRole::Client && !h.dtls.is_active() {
-        h.dtls.set_active(true);
-        h.deadline = now + HANDSHAKE_TIMEOUT;
     }
 }
 
@@ -462,17 +582,6 @@ enum Polled {
     Material(Vec<u8>, dimpl::SrtpProfile),
     Closed,
     Nothing,
-}
-
-fn fail(
-    legs: &mut HashMap<LegKey, Handshake>,
-    events: &mpsc::Sender<WorkerEvent>,
-    key: LegKey,
-    reason: &str,
-) {
-    legs.remove(&key);
-    warn!(session = %key.session, stream = %key.stream, leg = %key.leg, "{reason}");
-    report_failure(events, key, reason);
 }
 
 fn report_failure(events: &mpsc::Sender<WorkerEvent>, key: LegKey, reason: &str) {

@@ -35,7 +35,9 @@ use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
 };
 use crate::core::stream::{Component, DropReason, Verdict};
-use crate::io::dtls::{DtlsCommand, HandshakeDone, LegKey, MAX_DTLS_DATAGRAM, WorkerLink};
+use crate::io::dtls::{
+    DtlsCommand, DtlsHandle, HandshakeDone, LegKey, MAX_DTLS_DATAGRAM, WorkerLink,
+};
 use crate::io::ports::{LegSockets, PortLease};
 use crate::io::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
 use crate::messages::{
@@ -206,7 +208,7 @@ pub(crate) struct Worker {
     /// Forwarded batches, for latency sampling.
     batches: u64,
     /// The DTLS thread, for WebRTC legs.
-    dtls: Option<crossbeam_channel::Sender<DtlsCommand>>,
+    dtls: Option<DtlsHandle>,
     /// How the DTLS thread sends keys back here.
     link: WorkerLink,
     /// Keys from completed handshakes.
@@ -221,10 +223,7 @@ impl Worker {
         events: mpsc::Sender<WorkerEvent>,
         timeouts: Timeouts,
         stop: Arc<AtomicBool>,
-        (waker, dtls): (
-            Arc<mio::Waker>,
-            Option<crossbeam_channel::Sender<DtlsCommand>>,
-        ),
+        (waker, dtls): (Arc<mio::Waker>, Option<DtlsHandle>),
     ) -> io::Result<Self> {
         // Bounded by the handshakes in flight; one message per handshake.
         let (keys, handshakes) = crossbeam_channel::bounded(4096);
@@ -427,17 +426,15 @@ impl Worker {
                     // records per call, so the allocation is not per
                     // packet of media).
                     let handed = match (&self.dtls, len <= MAX_DTLS_DATAGRAM) {
-                        (Some(dtls), true) => dtls
-                            .try_send(DtlsCommand::Datagram {
-                                key: LegKey {
-                                    session: entry.session.id(),
-                                    stream,
-                                    leg: on,
-                                },
-                                from: source,
-                                bytes: buf[..len].to_vec(),
-                            })
-                            .is_ok(),
+                        (Some(dtls), true) => dtls.send(DtlsCommand::Datagram {
+                            key: LegKey {
+                                session: entry.session.id(),
+                                stream,
+                                leg: on,
+                            },
+                            from: source,
+                            bytes: buf[..len].to_vec(),
+                        }),
                         (Some(_) | None, _) => false,
                     };
                     if !handed {
@@ -519,7 +516,7 @@ impl Worker {
                         };
                         // A full queue: the peer's own ClientHello (or the
                         // next nomination) starts it instead.
-                        let _ = dtls.try_send(DtlsCommand::Peer { key, addr });
+                        let _ = dtls.send(DtlsCommand::Peer { key, addr });
                     }
                 }
                 SessionEvent::ConsentExpired { stream, leg, party } => {
@@ -609,7 +606,7 @@ impl Worker {
             params,
             worker: self.link.clone(),
         };
-        if thread.try_send(open).is_err() {
+        if !thread.send(open) {
             warn!(worker = %self.index, session = %id, "the DTLS thread is overloaded; handshake not started");
         }
     }
@@ -790,7 +787,7 @@ impl Worker {
                 let _ = self.poll.registry().deregister(&mut socket.socket);
             }
             if let Some(dtls) = &self.dtls {
-                let _ = dtls.try_send(DtlsCommand::CloseSession { session: id });
+                let _ = dtls.send(DtlsCommand::CloseSession { session: id });
             }
             return Err(e);
         }
@@ -828,7 +825,7 @@ impl Worker {
                 params,
                 worker: self.link.clone(),
             };
-            if thread.try_send(open).is_err() {
+            if !thread.send(open) {
                 return Err(io::Error::other("the DTLS thread is overloaded"));
             }
         }
@@ -947,7 +944,7 @@ impl Worker {
                 stream,
                 leg,
             };
-            let _ = dtls.try_send(DtlsCommand::Close { key });
+            let _ = dtls.send(DtlsCommand::Close { key });
         }
         for (i, &token) in tokens.iter().enumerate() {
             // With rtcp-mux the RTCP token repeats the RTP one.
