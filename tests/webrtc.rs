@@ -623,3 +623,156 @@ fn a_call_moves_from_a_browser_to_a_desk_phone_and_the_remote_hears_one_stream()
     assert!(heard.iter().all(|p| p.0 == 8), "PCMA throughout");
     assert_one_stream(&heard);
 }
+
+/// A check as an ICE agent (stun-rs) writes it.
+fn stun_check(username: &str, pwd: &str, nominate: bool) -> Vec<u8> {
+    use stun_rs::attributes::ice::{IceControlling, Priority, UseCandidate};
+    use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity, UserName};
+    use stun_rs::{HMACKey, MessageClass, MessageEncoderBuilder, StunMessageBuilder};
+    let mut builder = StunMessageBuilder::new(stun_rs::methods::BINDING, MessageClass::Request)
+        .with_attribute(UserName::new(username).expect("username"))
+        .with_attribute(IceControlling::from(42u64))
+        .with_attribute(Priority::from(2_130_706_431u32));
+    if nominate {
+        builder = builder.with_attribute(UseCandidate::default());
+    }
+    let message = builder
+        .with_attribute(MessageIntegrity::new(
+            HMACKey::new_short_term(pwd).expect("key"),
+        ))
+        .with_attribute(Fingerprint::default())
+        .build();
+    let mut buf = vec![0; 512];
+    let len = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, &message)
+        .expect("encode");
+    buf.truncate(len);
+    buf
+}
+
+/// The mapped address of a success response authenticated with `pwd`.
+fn mapped_address(response: &[u8], pwd: &str) -> SocketAddr {
+    use stun_rs::attributes::stun::XorMappedAddress;
+    use stun_rs::{DecoderContextBuilder, HMACKey, MessageClass, MessageDecoderBuilder};
+    let context = DecoderContextBuilder::default()
+        .with_key(HMACKey::new_short_term(pwd).expect("key"))
+        .with_validation()
+        .build();
+    let (message, _) = MessageDecoderBuilder::default()
+        .with_context(context)
+        .build()
+        .decode(response)
+        .expect("a valid, authenticated response");
+    assert_eq!(message.class(), MessageClass::SuccessResponse);
+    *message
+        .get::<XorMappedAddress>()
+        .expect("XOR-MAPPED-ADDRESS")
+        .as_xor_mapped_address()
+        .expect("an address")
+        .socket_address()
+}
+
+/// `ICE=force` toward a SIP phone that does ICE: the relay is its ICE-lite
+/// peer. Only checks with the relay's credentials are answered; a
+/// nominated one selects the phone's address; a stranger's STUN and media
+/// are dropped, counted, and move nothing.
+#[test]
+fn ice_toward_a_sip_phone_selects_only_what_the_credentials_nominate() {
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (caller, phone, stranger) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let to_phone = sdp_of(&ng_offer(
+        &mut proxy,
+        "ice-forced",
+        &phone_body("caller", caller.addr()),
+        vec![
+            ("ICE", text("force")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    let offer_text = to_phone.render();
+    assert_eq!(
+        attributes(&offer_text, "ice-lite"),
+        vec![""],
+        "{offer_text}"
+    );
+    let ufrag = attributes(&offer_text, "ice-ufrag:")[0].to_owned();
+    let pwd = attributes(&offer_text, "ice-pwd:")[0].to_owned();
+    let relay_port = common::ng::media_addr(&to_phone);
+    let answer_body = format!(
+        "{}a=ice-ufrag:ph0n\r\na=ice-pwd:phonepasswordphonepassword\r\na=rtcp-mux\r\n",
+        phone_body("phone", phone.addr())
+    );
+    let to_caller = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("ice-forced")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(answer_body)),
+    ])));
+    let caller_to_relay = common::ng::media_addr(&to_caller);
+    let username = format!("{ufrag}:ph0n");
+    // Before any check, the caller's media goes nowhere (not even to the
+    // address in the phone's SDP).
+    caller.send(
+        &caller_to_relay.to_string(),
+        &rtp(8, 1, 160, 0xCA, &[1; 160]),
+    );
+    assert!(phone.recv_within(Duration::from_millis(300)).is_none());
+    // A stranger without the password: no answer, and nothing moves.
+    stranger.send(
+        &relay_port.to_string(),
+        &stun_check(&username, "guessedpasswordguessedpw", true),
+    );
+    assert!(stranger.recv_within(Duration::from_millis(300)).is_none());
+    // The phone's nominated check is answered and selects it.
+    phone.send(&relay_port.to_string(), &stun_check(&username, &pwd, true));
+    let (response, from) = phone
+        .recv_within(Duration::from_secs(2))
+        .expect("a response");
+    assert_eq!(from, relay_port);
+    assert_eq!(mapped_address(&response, &pwd), phone.addr());
+    caller.send(
+        &caller_to_relay.to_string(),
+        &rtp(8, 2, 320, 0xCA, &[2; 160]),
+    );
+    let (media, _) = phone
+        .recv_within(Duration::from_secs(2))
+        .expect("media to the phone");
+    assert_eq!(media[12], 2);
+    // The stranger's media and its valid-looking but unauthenticated
+    // nomination change nothing.
+    stranger.send(&relay_port.to_string(), &rtp(8, 3, 480, 0x5, &[9; 160]));
+    stranger.send(
+        &relay_port.to_string(),
+        &stun_check(&username, "guessedpasswordguessedpw", true),
+    );
+    caller.send(
+        &caller_to_relay.to_string(),
+        &rtp(8, 3, 480, 0xCA, &[3; 160]),
+    );
+    assert_eq!(
+        phone.recv_within(Duration::from_secs(2)).expect("media").0[12],
+        3
+    );
+    assert!(
+        caller.recv_within(Duration::from_millis(300)).is_none(),
+        "the stranger's media is not relayed"
+    );
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", "ice-forced", "--from-tag", "a-tag"]));
+    let drops = &report["session"]["streams"][0]["remote"]["stats"]["drops"];
+    let count = |reason: &str| {
+        drops[reason]
+            .as_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("stun_unauthenticated"), 2, "{report}");
+    assert!(count("ice_unchecked") >= 1, "{report}");
+    assert_eq!(
+        report["session"]["streams"][0]["remote"]["peer_source"], "ice",
+        "{report}"
+    );
+}

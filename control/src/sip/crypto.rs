@@ -378,6 +378,24 @@ pub struct PartyDtls {
     pub offered: bool,
 }
 
+/// The relay's ICE credentials toward a party (ICE forced on a non-WebRTC
+/// leg) after that party's body: its ufrag learned, or on a new one (an
+/// ICE restart) fresh credentials for both sides. A body without ICE
+/// leaves them (the party checks with what it had).
+fn peer_ice(current: IceCredentials, media: &Media) -> IceCredentials {
+    let Some(ufrag) = media.webrtc.ice_ufrag.as_deref().and_then(IceText::new) else {
+        return current;
+    };
+    match current.remote_ufrag {
+        None => IceCredentials {
+            remote_ufrag: Some(ufrag),
+            ..current
+        },
+        Some(known) if known == ufrag => current,
+        Some(_) => fresh_ice(Some(ufrag)),
+    }
+}
+
 /// What a request asks of the relay toward a party it offers to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WebRtcToward {
@@ -596,6 +614,7 @@ impl PartyCrypto {
             }
             *self = Self {
                 transport,
+                ice: self.ice.map(|ice| peer_ice(ice, media)),
                 ..Self::default()
             };
             return Ok(());
@@ -646,7 +665,7 @@ impl PartyCrypto {
             relay_key: Some(ours),
             peer_key: Some(theirs),
             // ICE toward an SDES party is kept if the relay offered it.
-            ice: self.ice,
+            ice: self.ice.map(|ice| peer_ice(ice, media)),
             dtls: None,
         };
         Ok(())
