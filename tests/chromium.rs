@@ -1,0 +1,564 @@
+//! A real browser through the relay: headless Chromium (Debian's
+//! `chromium`, fake microphone) loads a page this test serves, calls a
+//! SIP-side phone through baton over ng as Kamailio's WebRTC configuration
+//! drives it, and the call moves between the browser and a GStreamer
+//! device (`gst-launch-1.0` sending PCMU) while the phone checks it hears
+//! one stream. The page reports its `getStats()`: audio received, DTLS
+//! connected, ICE connected.
+//!
+//! The test runs in a network namespace of its own with only a loopback
+//! interface (it re-executes itself under `unshare --net`), so the browser
+//! has no other address to check from: nothing leaves 127.0.0.1.
+//!
+//! Needs chromium, gstreamer1.0-tools (+ plugins-good), unshare and ip;
+//! CI installs them and sets BATON_REQUIRE_CHROMIUM, so it runs there.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::media::Peer;
+use common::ng::{Proxy, flags, request, sdp_of, text};
+use serde_json::Value as Json;
+
+const INSIDE: &str = "BATON_CHROMIUM_NETNS";
+const AOR: &str = "sip:alice@example.com";
+const GRUU_BROWSER: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-00000000c401";
+const GRUU_GST: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-00000000c402";
+
+fn tools_present() -> bool {
+    let have = |tool: &str, arg: &str| {
+        Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let present = have("chromium", "--version")
+        && have("gst-launch-1.0", "--version")
+        && have("unshare", "--version");
+    if !present {
+        assert!(
+            std::env::var_os("BATON_REQUIRE_CHROMIUM").is_none(),
+            "BATON_REQUIRE_CHROMIUM is set but chromium, gst-launch-1.0 or unshare is missing"
+        );
+        eprintln!(
+            "SKIPPED: chromium, gst-launch-1.0 or unshare missing (apt-get install chromium gstreamer1.0-tools)"
+        );
+    }
+    present
+}
+
+/// Runs `name` again inside a network namespace with only loopback;
+/// returns true if this is the inner run (which does the work).
+fn inside_namespace(name: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip link set lo up");
+        assert!(up.success());
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut command = Command::new("unshare");
+    // As root the namespace needs no user namespace; otherwise map to root.
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| {
+        o.stdout.starts_with(
+            b"0
+",
+        )
+    });
+    if !root {
+        command.arg("--map-root-user");
+    }
+    let status = command
+        .arg("--net")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(INSIDE, "1")
+        .status()
+        .expect("unshare");
+    assert!(
+        status.success(),
+        "{name} failed inside its network namespace"
+    );
+    false
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html><body><script>
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+async function run() {
+  const params = new URLSearchParams(location.search);
+  const pc = new RTCPeerConnection({ bundlePolicy: params.get('bundle') || 'balanced' });
+  const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+  mic.getTracks().forEach(t => pc.addTrack(t, mic));
+  pc.ontrack = e => { const a = new Audio(); a.srcObject = e.streams[0]; a.play().catch(() => {}); };
+  const states = [];
+  pc.onconnectionstatechange = () => states.push(pc.connectionState);
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => {
+    if (pc.iceGatheringState === 'complete') return r();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r();
+  });
+  const answer = await (await fetch('/offer', { method: 'POST', body: pc.localDescription.sdp })).text();
+  await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+  await sleep(Number(params.get('ms') || 4000));
+  const result = { states, connection: pc.connectionState, inbound: 0, outbound: 0, dtls: [], ice: [] };
+  (await pc.getStats()).forEach(s => {
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') result.inbound += s.packetsReceived;
+    if (s.type === 'outbound-rtp' && s.kind === 'audio') result.outbound += s.packetsSent;
+    if (s.type === 'transport') { result.dtls.push(s.dtlsState); result.ice.push(s.iceState); }
+  });
+  await fetch('/stats', { method: 'POST', body: JSON.stringify(result) });
+}
+run().catch(e => fetch('/stats', { method: 'POST', body: JSON.stringify({ error: String(e) }) }));
+</script></body></html>"#;
+
+/// The page's requests, for the test to answer.
+struct Request {
+    path: String,
+    body: String,
+    reply: mpsc::Sender<String>,
+}
+
+/// Serves the page and hands its POSTs to the test.
+fn serve(listener: TcpListener) -> mpsc::Receiver<Request> {
+    let (requests, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                let _ = handle(stream, &requests);
+            });
+        }
+    });
+    received
+}
+
+fn handle(stream: TcpStream, requests: &mpsc::Sender<Request>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0).min(1 << 20);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let (content_type, reply) = if method != "POST" {
+        ("text/html", PAGE.to_owned())
+    } else {
+        let (reply, answer) = mpsc::channel();
+        let _ = requests.send(Request {
+            path: path.split('?').next().unwrap_or("").to_owned(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            reply,
+        });
+        (
+            "text/plain",
+            answer
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_default(),
+        )
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        reply.len()
+    )
+}
+
+/// Headless Chromium on `url`, with a fake microphone.
+fn chromium(url: &str, profile: &std::path::Path) -> Child {
+    Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--autoplay-policy=no-user-gesture-required",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium")
+}
+
+/// A GStreamer device: a PCMU tone to `to`, from a fixed local port.
+fn gstreamer_device(to: SocketAddr, from_port: u16) -> Child {
+    Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "audiotestsrc",
+            "is-live=true",
+            // 20 ms packets, as phones send.
+            "samplesperbuffer=160",
+            "wave=sine",
+            "!",
+            "audio/x-raw,rate=8000,channels=1",
+            "!",
+            "mulawenc",
+            "!",
+            "rtppcmupay",
+            "pt=0",
+            "!",
+            "udpsink",
+        ])
+        .arg(format!("host={}", to.ip()))
+        .arg(format!("port={}", to.port()))
+        .arg(format!("bind-port={from_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gst-launch-1.0")
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn phone_body(origin: &str, media: SocketAddr) -> String {
+    format!(
+        "v=0\r\no={origin} 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+        ip = media.ip(),
+        port = media.port()
+    )
+}
+
+/// (seq, timestamp, SSRC, when) of the RTP the phone hears until `until`,
+/// while it sends PCMU itself every 20 ms.
+fn phone_call(
+    phone: Arc<Peer>,
+    to: SocketAddr,
+    until: Instant,
+) -> std::thread::JoinHandle<Vec<(u16, u32, u32, Instant)>> {
+    std::thread::spawn(move || {
+        let mut heard = Vec::new();
+        let mut seq: u16 = 1;
+        let mut next_send = Instant::now();
+        while Instant::now() < until {
+            if Instant::now() >= next_send {
+                phone.send(
+                    &to.to_string(),
+                    &common::media::rtp(0, seq, u32::from(seq) * 160, 0xB0B, &[0x7F; 160]),
+                );
+                seq = seq.wrapping_add(1);
+                next_send += Duration::from_millis(20);
+            }
+            if let Some((b, _)) = phone.recv_within(Duration::from_millis(5))
+                && b.len() > 12
+                && b[0] >> 6 == 2
+                && b[1] & 0x7f == 0
+            {
+                heard.push((
+                    u16::from_be_bytes([b[2], b[3]]),
+                    u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+                    Instant::now(),
+                ));
+            }
+        }
+        heard
+    })
+}
+
+fn assert_one_stream(heard: &[(u16, u32, u32, Instant)]) {
+    for pair in heard.windows(2) {
+        let ((seq0, ts0, s0, _), (seq1, ts1, s1, _)) = (pair[0], pair[1]);
+        assert_eq!(s0, s1, "one SSRC");
+        assert_eq!(seq1, seq0.wrapping_add(1), "sequence continues");
+        assert!(ts1.wrapping_sub(ts0) < 0x8000_0000, "timestamps go forward");
+    }
+}
+
+/// The handoff a proxy asks for when another device of the user sends an
+/// INVITE with Replaces.
+fn handoff(call_id: &str, gruu: &str, sdp: &str) -> serde_bencode::value::Value {
+    request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(sdp)),
+        ("aor", text(AOR)),
+        ("gruu", text(gruu)),
+        ("replaces", text(call_id)),
+        ("new-call-id", text(format!("{call_id}-{}", gruu.len()))),
+        ("new-from-tag", text("new-tag")),
+        ("received-from", flags(&["IP4", "127.0.0.1"])),
+        ("flags", flags(&["baton-handoff"])),
+    ])
+}
+
+fn bob_answer(call_id: &str, phone: &Peer) -> serde_bencode::value::Value {
+    request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(phone_body("bob", phone.addr()))),
+    ])
+}
+
+/// Answers the page's offer with a call to the phone (or, with `handoff`,
+/// a handoff of the phone's call to the browser); returns the page's
+/// stats when it posts them.
+fn drive_page(
+    requests: &mpsc::Receiver<Request>,
+    proxy: &mut Proxy,
+    call_id: &str,
+    phone: &Peer,
+    handoff_from_gruu: Option<&str>,
+    mut on_answered: impl FnMut(&mut Proxy, SocketAddr),
+) -> Json {
+    loop {
+        let request = requests
+            .recv_timeout(Duration::from_secs(40))
+            .expect("the page's request");
+        match request.path.as_str() {
+            "/offer" => {
+                let (to_phone, answer) = match handoff_from_gruu {
+                    None => {
+                        let to_phone = sdp_of(&proxy.call(&common::ng::request(vec![
+                            ("command", text("offer")),
+                            ("call-id", text(call_id)),
+                            ("from-tag", text("a-tag")),
+                            ("sdp", text(request.body.as_str())),
+                            ("aor", text(AOR)),
+                            ("gruu", text(GRUU_BROWSER)),
+                            ("ICE", text("remove")),
+                            ("transport-protocol", text("RTP/AVP")),
+                            ("replace", flags(&["origin", "session-connection"])),
+                            ("received-from", flags(&["IP4", "127.0.0.1"])),
+                        ])));
+                        (to_phone, sdp_of(&proxy.call(&bob_answer(call_id, phone))))
+                    }
+                    Some(_) => {
+                        let to_phone =
+                            sdp_of(&proxy.call(&handoff(call_id, GRUU_BROWSER, &request.body)));
+                        (to_phone, sdp_of(&proxy.call(&bob_answer(call_id, phone))))
+                    }
+                };
+                let _ = request.reply.send(answer.render());
+                on_answered(proxy, common::ng::media_addr(&to_phone));
+            }
+            "/stats" => {
+                let _ = request.reply.send(String::new());
+                return serde_json::from_str(&request.body).expect("the page's JSON");
+            }
+            other => {
+                let _ = request.reply.send(String::new());
+                eprintln!("ignored a POST to {other}: {}", request.body);
+            }
+        }
+    }
+}
+
+fn assert_browser_heard_and_connected(stats: &Json) {
+    assert!(stats.get("error").is_none(), "the page failed: {stats}");
+    assert_eq!(stats["connection"], "connected", "{stats}");
+    assert!(
+        stats["dtls"]
+            .as_array()
+            .expect("transports")
+            .iter()
+            .all(|s| s == "connected"),
+        "{stats}"
+    );
+    assert!(
+        !stats["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .any(|s| s == "failed"),
+        "{stats}"
+    );
+    let inbound = stats["inbound"].as_u64().expect("packets");
+    assert!(
+        inbound >= 50,
+        "the browser received {inbound} packets: {stats}"
+    );
+}
+
+#[test]
+fn chromium_calls_through_baton_and_hands_the_call_to_a_gstreamer_device() {
+    if !tools_present()
+        || !inside_namespace(
+            "chromium_calls_through_baton_and_hands_the_call_to_a_gstreamer_device",
+        )
+    {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let url = format!("http://{}/?ms=7000", listener.local_addr().expect("addr"));
+    let requests = serve(listener);
+    let profile = tempfile::tempdir().expect("profile");
+    let mut browser = chromium(&url, profile.path());
+    let phone = Arc::new(Peer::v4());
+    let call_id = "chromium-to-gst";
+    let mut heard = None;
+    let mut device = None;
+    let mut handed_at: Option<Instant> = None;
+    let stats = drive_page(
+        &requests,
+        &mut proxy,
+        call_id,
+        &phone,
+        None,
+        |proxy, to_phone_relay| {
+            heard = Some(phone_call(
+                Arc::clone(&phone),
+                to_phone_relay,
+                Instant::now() + Duration::from_secs(9),
+            ));
+            // After 3 s of the browser, a GStreamer device takes the call.
+            std::thread::sleep(Duration::from_secs(3));
+            let port = free_udp_port();
+            let local: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let _ = sdp_of(&proxy.call(&handoff(call_id, GRUU_GST, &phone_body("gst", local))));
+            let to_device = sdp_of(&proxy.call(&bob_answer(call_id, &phone)));
+            handed_at = Some(Instant::now());
+            device = Some(gstreamer_device(common::ng::media_addr(&to_device), port));
+        },
+    );
+    let heard = heard.expect("the call started").join().expect("phone");
+    if let Some(mut device) = device {
+        let _ = device.kill();
+        let _ = device.wait();
+    }
+    let _ = browser.kill();
+    let _ = browser.wait();
+    assert_browser_heard_and_connected(&stats);
+    // The phone heard the browser (its fake microphone, PCMU), then the
+    // GStreamer device, as one stream with no gap in the numbers.
+    let handed_at: Instant = handed_at.expect("handed off");
+    let before = heard.iter().filter(|p| p.3 < handed_at).count();
+    let after = heard.len() - before;
+    assert!(
+        before >= 100,
+        "the phone heard {before} packets from the browser"
+    );
+    assert!(after >= 100, "and {after} from the GStreamer device");
+    assert_one_stream(&heard);
+    let user = user_leg(&relay, call_id);
+    assert_eq!(user["transport"], "RTP/AVP", "{user}");
+    assert!(count(&user["stats"]["rtp_packets_in"]) >= 100, "{user}");
+}
+
+#[test]
+fn a_call_moves_from_a_gstreamer_device_to_chromium() {
+    if !tools_present() || !inside_namespace("a_call_moves_from_a_gstreamer_device_to_chromium") {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let phone = Arc::new(Peer::v4());
+    let call_id = "gst-to-chromium";
+    let port = free_udp_port();
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let to_phone = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(phone_body("gst", local))),
+        ("aor", text(AOR)),
+        ("gruu", text(GRUU_GST)),
+        ("received-from", flags(&["IP4", "127.0.0.1"])),
+    ])));
+    let to_device = sdp_of(&proxy.call(&bob_answer(call_id, &phone)));
+    let mut device = gstreamer_device(common::ng::media_addr(&to_device), port);
+    let heard = phone_call(
+        Arc::clone(&phone),
+        common::ng::media_addr(&to_phone),
+        Instant::now() + Duration::from_secs(10),
+    );
+    // The GStreamer device talks for 3 s, then the browser takes the call.
+    std::thread::sleep(Duration::from_secs(3));
+    let handed_at = Instant::now();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let url = format!("http://{}/?ms=4000", listener.local_addr().expect("addr"));
+    let requests = serve(listener);
+    let profile = tempfile::tempdir().expect("profile");
+    let mut browser = chromium(&url, profile.path());
+    let stats = drive_page(
+        &requests,
+        &mut proxy,
+        call_id,
+        &phone,
+        Some(GRUU_GST),
+        |_, _| {},
+    );
+    let heard = heard.join().expect("phone");
+    let _ = device.kill();
+    let _ = device.wait();
+    let _ = browser.kill();
+    let _ = browser.wait();
+    assert_browser_heard_and_connected(&stats);
+    let before = heard.iter().filter(|p| p.3 < handed_at).count();
+    let after = heard.len() - before;
+    assert!(
+        before >= 100,
+        "the phone heard {before} packets from the device"
+    );
+    assert!(after >= 100, "and {after} after the handoff");
+    assert_one_stream(&heard);
+    // The user's leg is the browser's now, and the phone's stream carried
+    // its media.
+    let user = user_leg(&relay, call_id);
+    assert_eq!(user["transport"], "UDP/TLS/RTP/SAVPF", "{user}");
+    assert!(count(&user["stats"]["rtp_packets_in"]) >= 50, "{user}");
+}
+
+/// The user's leg in the relay's report of a call.
+fn user_leg(relay: &common::Relay, call_id: &str) -> Json {
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
+    report["session"]["streams"][0]["user"].clone()
+}
+
+/// A counter of a report (64-bit numbers are JSON strings).
+fn count(value: &Json) -> u64 {
+    value
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .or_else(|| value.as_u64())
+        .unwrap_or(0)
+}
