@@ -92,35 +92,9 @@ fn inside_namespace(name: &str) -> bool {
     false
 }
 
-const PAGE: &str = r#"<!doctype html>
-<html><body><script>
-const sleep = ms => new Promise(r => setTimeout(r, ms));
-async function run() {
-  const params = new URLSearchParams(location.search);
-  const pc = new RTCPeerConnection({ bundlePolicy: params.get('bundle') || 'balanced' });
-  const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
-  mic.getTracks().forEach(t => pc.addTrack(t, mic));
-  pc.ontrack = e => { const a = new Audio(); a.srcObject = e.streams[0]; a.play().catch(() => {}); };
-  const states = [];
-  pc.onconnectionstatechange = () => states.push(pc.connectionState);
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise(r => {
-    if (pc.iceGatheringState === 'complete') return r();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r();
-  });
-  const answer = await (await fetch('/offer', { method: 'POST', body: pc.localDescription.sdp })).text();
-  await pc.setRemoteDescription({ type: 'answer', sdp: answer });
-  await sleep(Number(params.get('ms') || 4000));
-  const result = { states, connection: pc.connectionState, inbound: 0, outbound: 0, dtls: [], ice: [] };
-  (await pc.getStats()).forEach(s => {
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') result.inbound += s.packetsReceived;
-    if (s.type === 'outbound-rtp' && s.kind === 'audio') result.outbound += s.packetsSent;
-    if (s.type === 'transport') { result.dtls.push(s.dtlsState); result.ice.push(s.iceState); }
-  });
-  await fetch('/stats', { method: 'POST', body: JSON.stringify(result) });
-}
-run().catch(e => fetch('/stats', { method: 'POST', body: JSON.stringify({ error: String(e) }) }));
-</script></body></html>"#;
+/// The page: a call from the browser's fake microphone, `getStats()`
+/// posted back (shared with `scripts/webrtc-demo.sh`).
+const PAGE: &str = include_str!("webrtc/page.html");
 
 /// The page's requests, for the test to answer.
 struct Request {
@@ -428,7 +402,10 @@ fn chromium_calls_through_baton_and_hands_the_call_to_a_gstreamer_device() {
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
     let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
-    let url = format!("http://{}/?ms=7000", listener.local_addr().expect("addr"));
+    let url = format!(
+        "http://{}/?ms=7000&bundle=max-bundle",
+        listener.local_addr().expect("addr")
+    );
     let requests = serve(listener);
     let profile = tempfile::tempdir().expect("profile");
     let mut browser = chromium(&url, profile.path());

@@ -337,6 +337,13 @@ fn webrtc_flags_the_relay_cannot_honour_are_refused_by_name() {
     let mut proxy = Proxy::new(ng);
     let phone = Peer::v4();
     let body = sip_body(phone.addr());
+    let reply = ng_offer(
+        &mut proxy,
+        "refused-mux",
+        &body,
+        vec![("rtcp-mux", flags(&["reject"]))],
+    );
+    assert!(reason(&reply).contains("rtcp-mux-\"reject\""), "{reply:?}");
     for (key, value) in [("ICE", "force-relay"), ("DTLS", "fingerprint")] {
         let reply = ng_offer(
             &mut proxy,

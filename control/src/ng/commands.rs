@@ -59,7 +59,7 @@ const KNOWN_KEYS: [&str; 26] = [
 
 /// Flags this implementation acts on or that describe its behaviour
 /// already; others are logged and ignored.
-const KNOWN_FLAGS: [&str; 9] = [
+const KNOWN_FLAGS: [&str; 10] = [
     "port-latching",
     "strict-source",
     "media-handover",
@@ -69,6 +69,8 @@ const KNOWN_FLAGS: [&str; 9] = [
     "sip-source-address",
     "baton-handoff",
     "no-rtcp-attribute",
+    // A WebRTC body always gets a MID per m= line.
+    "generate-mid",
 ];
 
 /// How many calls `list` returns without a `limit`.
@@ -120,6 +122,19 @@ fn webrtc_options(
         values.into_iter().map(|v| v.to_ascii_lowercase()).collect()
     };
     let dtls_transport = transport.is_some_and(crate::sip::crypto::Transport::is_dtls);
+    // rtcp-mux: a WebRTC leg always multiplexes; toward a SIP phone the
+    // relay offers what the sender offered and falls back to separate RTCP
+    // ports when the answer has no a=rtcp-mux (RFC 5761), which is what
+    // `demux` asks for. Nothing else is honoured.
+    for mux in get_list(request, "rtcp-mux") {
+        let mux = mux.to_ascii_lowercase();
+        if !matches!(mux.as_str(), "offer" | "require" | "demux" | "accept") {
+            return Err(format!(
+                "rtcp-mux-{} is not supported (offer, require, demux, accept)",
+                excerpt(&mux)
+            ));
+        }
+    }
     let mut options = v1::WebRtcOptions::default();
     for ice in pick("ICE") {
         match ice.as_str() {
