@@ -236,3 +236,40 @@ fn plan_mode_encrypts_and_decrypts_with_the_keys_of_its_lines() {
         "{summary}"
     );
 }
+
+#[test]
+fn new_webrtc_legs_connect_while_calls_flow() {
+    let relay = Relay::start(&["--ports", "45500-45999", "--workers", "2"]);
+    let output = std::process::Command::new(common::baton_bin())
+        .args(["load", "--control"])
+        .arg(relay.unix_addr().to_string())
+        .args([
+            "--calls",
+            "20",
+            "--duration",
+            "3",
+            "--webrtc-legs-per-second",
+            "10",
+            "--json",
+        ])
+        .output()
+        .expect("run baton load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "baton load:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let webrtc: serde_json::Value =
+        serde_json::from_str(lines[lines.len() - 2]).expect("the WebRTC line");
+    let summary: serde_json::Value =
+        serde_json::from_str(lines[lines.len() - 1]).expect("the summary");
+    let attempted = webrtc["attempted"].as_u64().expect("count");
+    assert!(attempted >= 20, "{webrtc}");
+    assert_eq!(
+        webrtc["connected"], attempted,
+        "every leg connects: {webrtc}\n{stderr}"
+    );
+    assert_eq!(webrtc["failed"], 0, "{webrtc}");
+    assert!(webrtc["setup_ms_p50"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert_eq!(summary["lost"], 0, "the calls lose nothing: {stderr}");
+    assert_eq!(summary["continuity_violations"], 0, "{stderr}");
+}

@@ -783,3 +783,136 @@ fn ice_toward_a_sip_phone_selects_only_what_the_credentials_nominate() {
         "{report}"
     );
 }
+
+#[test]
+fn a_call_moves_from_one_browser_to_another() {
+    if !aiortc_present() {
+        return;
+    }
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let bob = Arc::new(Peer::v4());
+    let call_id = "browser-to-browser";
+    let mut first = WebRtcPeer::start(&["offer", "--seconds", "6"]);
+    let offer = first.read("offer");
+    let to_bob = sdp_of(&ng_offer(
+        &mut proxy,
+        call_id,
+        offer.as_str().expect("sdp"),
+        vec![
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_A)),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    let bob_to_relay = common::ng::media_addr(&to_bob);
+    first.write("answer", &bob_answers(&mut proxy, call_id, &bob).render());
+    let heard = record(Arc::clone(&bob), Instant::now() + Duration::from_secs(7));
+    let stop = Arc::new(AtomicBool::new(false));
+    let bob_speaks = speak(Arc::clone(&bob), 8, bob_to_relay, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(2));
+    // The second browser takes the call.
+    let mut second = WebRtcPeer::start(&["offer", "--seconds", "3"]);
+    let offer = second.read("offer");
+    let _ = sdp_of(&proxy.call(&handoff_offer(call_id, offer.as_str().expect("sdp"))));
+    let to_second = bob_answers(&mut proxy, call_id, &bob);
+    assert_eq!(
+        to_second.media(0).expect("audio").proto,
+        "UDP/TLS/RTP/SAVPF"
+    );
+    second.write("answer", &to_second.render());
+    let second_result = second.finish();
+    let first_result = first.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = bob_speaks.join();
+    let heard = heard.join().expect("recorder");
+    assert_eq!(first_result["connection"], "connected", "{first_result}");
+    assert_eq!(second_result["connection"], "connected", "{second_result}");
+    assert!(
+        second_result["packets_received"].as_u64().expect("count") >= 50,
+        "the second browser hears bob: {second_result}"
+    );
+    assert!(heard.len() >= 250, "bob heard {} packets", heard.len());
+    assert_one_stream(&heard);
+}
+
+/// The remote party is the browser (a SIP phone calls a WebRTC user over
+/// `ICE=force UDP/TLS/RTP/SAVPF`), and the caller moves the call between
+/// two desk phones: the browser's SRTP stream from the relay goes on under
+/// one SSRC with indexes it accepts (it keeps decoding after the switch).
+#[test]
+fn a_remote_browser_hears_one_stream_across_the_callers_handoff() {
+    if !aiortc_present() {
+        return;
+    }
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (desk_a, desk_b) = (Peer::v4(), Peer::v4());
+    let call_id = "to-a-browser";
+    let to_browser = sdp_of(&ng_offer(
+        &mut proxy,
+        call_id,
+        &phone_body("desk-a", desk_a.addr()),
+        vec![
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_A)),
+            ("ICE", text("force")),
+            ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+        ],
+    ));
+    let mut browser = WebRtcPeer::start(&["answer", "--seconds", "5"]);
+    browser.write("offer", &to_browser.render());
+    let answer = browser.read("answer");
+    let to_desk_a = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(answer.as_str().expect("sdp"))),
+    ])));
+    let a_to_relay = common::ng::media_addr(&to_desk_a);
+    for seq in 0..100u16 {
+        desk_a.send(
+            &a_to_relay.to_string(),
+            &rtp(8, 500 + seq, 8000 + u32::from(seq) * 160, 0xA, &[0xD5; 160]),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Desk phone B takes the call; the proxy replays the browser's answer.
+    let reoffer = sdp_of(&proxy.call(&handoff_offer(
+        call_id,
+        &phone_body("desk-b", desk_b.addr()),
+    )));
+    assert_eq!(reoffer.media(0).expect("audio").proto, "UDP/TLS/RTP/SAVPF");
+    let to_desk_b = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(answer.as_str().expect("sdp"))),
+    ])));
+    let b_to_relay = common::ng::media_addr(&to_desk_b);
+    for seq in 0..100u16 {
+        desk_b.send(
+            &b_to_relay.to_string(),
+            &rtp(
+                8,
+                40_000 + seq,
+                999_000 + u32::from(seq) * 160,
+                0xB,
+                &[0xD5; 160],
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = browser.finish();
+    assert_eq!(result["connection"], "connected", "{result}");
+    // Both phones' packets reached the browser and decrypted: one SSRC.
+    let received = result["packets_received"].as_u64().expect("count");
+    assert!(received >= 180, "the browser received {received}: {result}");
+    assert_eq!(
+        result["ssrcs_received"].as_array().map(Vec::len),
+        Some(1),
+        "{result}"
+    );
+}

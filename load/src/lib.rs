@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod generator;
+mod webrtc;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -104,6 +105,13 @@ pub struct LoadArgs {
     /// The suite of --srtp's keys (SDP name).
     #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80", requires = "srtp")]
     srtp_suite: String,
+    /// Open this many new WebRTC legs a second while the calls run (a
+    /// relay under --control): calls whose device does ICE and a DTLS
+    /// handshake with the relay, deleted a second after they connect; the
+    /// summary gives their setup times, and the calls' figures show what
+    /// the handshakes cost the media already flowing.
+    #[arg(long, value_name = "RATE", conflicts_with_all = ["plan", "direct"])]
+    webrtc_legs_per_second: Option<f64>,
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -391,6 +399,20 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
         );
     }
 
+    // New WebRTC legs alongside, on a connection of their own.
+    let churn = match args.webrtc_legs_per_second {
+        Some(rate) if rate > 0.0 && control.is_some() => {
+            let addr: ControlAddr = args
+                .control
+                .as_deref()
+                .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
+                .parse()?;
+            let client = Client::connect(&addr, args.token.as_deref()).await?;
+            Some((rate, tokio::spawn(webrtc::churn(client, rate, end))))
+        }
+        Some(_) | None => None,
+    };
+
     // Handoffs and the progress line, until the end.
     let mut handoffs = HandoffStats::default();
     let events = match &control {
@@ -497,6 +519,17 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             for (_, took) in futures_util::future::join_all(deletes).await {
                 let _ = delete_ms.record((took.as_micros() as u64).max(1));
             }
+        }
+    }
+
+    if let Some((rate, churn)) = churn {
+        let stats = churn.await??;
+        eprintln!("baton load: {}", stats.line(rate));
+        for reason in &stats.reasons {
+            eprintln!("baton load: a WebRTC leg failed: {reason}");
+        }
+        if args.json {
+            println!("{}", stats.json(rate));
         }
     }
 

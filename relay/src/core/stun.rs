@@ -284,6 +284,73 @@ fn username_matches(username: &[u8], set: &IceCredentials) -> bool {
         .is_none_or(|remote| remote.as_bytes() == rest)
 }
 
+/// Writes a Binding request as a controlling ICE agent sends it: USERNAME
+/// (`username`, the answerer's ufrag then the sender's), PRIORITY,
+/// ICE-CONTROLLING, USE-CANDIDATE when `nominate`, MESSAGE-INTEGRITY keyed
+/// with the answerer's password, FINGERPRINT. For `baton load`'s WebRTC
+/// legs and for tests; `None` if `buf` is too small or the username longer
+/// than a ufrag pair can be.
+pub fn write_request(
+    buf: &mut [u8],
+    transaction: &[u8; 12],
+    username: &str,
+    pwd: &IceText,
+    nominate: bool,
+    tie_breaker: u64,
+) -> Option<usize> {
+    let name = username.as_bytes();
+    if name.len() > 2 * MAX_ICE_TEXT + 1 {
+        return None;
+    }
+    let padded = name.len().div_ceil(4) * 4;
+    let total = HEADER_LEN
+        + (4 + padded)
+        + (4 + 4)
+        + (4 + 8)
+        + if nominate { 4 } else { 0 }
+        + (4 + INTEGRITY_LEN)
+        + 8;
+    let out = buf.get_mut(..total)?;
+    out.fill(0);
+    out[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
+    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out[8..HEADER_LEN].copy_from_slice(transaction);
+    let mut at = HEADER_LEN;
+    let attribute = |out: &mut [u8], kind: u16, value: &[u8], at: &mut usize| {
+        out[*at..*at + 2].copy_from_slice(&kind.to_be_bytes());
+        out[*at + 2..*at + 4].copy_from_slice(&(value.len() as u16).to_be_bytes());
+        out[*at + 4..*at + 4 + value.len()].copy_from_slice(value);
+        *at += 4 + value.len().div_ceil(4) * 4;
+    };
+    attribute(out, ATTR_USERNAME, name, &mut at);
+    // Type preference of a host candidate, as the peer would compute it.
+    attribute(out, ATTR_PRIORITY, &2_130_706_431u32.to_be_bytes(), &mut at);
+    attribute(
+        out,
+        ATTR_ICE_CONTROLLING,
+        &tie_breaker.to_be_bytes(),
+        &mut at,
+    );
+    if nominate {
+        attribute(out, ATTR_USE_CANDIDATE, &[], &mut at);
+    }
+    out[2..4].copy_from_slice(&((at + 4 + INTEGRITY_LEN - HEADER_LEN) as u16).to_be_bytes());
+    let mac = integrity(pwd.as_bytes(), &[&out[..at]]);
+    attribute(out, ATTR_MESSAGE_INTEGRITY, &mac, &mut at);
+    out[2..4].copy_from_slice(&((at + 8 - HEADER_LEN) as u16).to_be_bytes());
+    let crc = crc32fast::hash(&out[..at]) ^ FINGERPRINT_XOR;
+    attribute(out, ATTR_FINGERPRINT, &crc.to_be_bytes(), &mut at);
+    Some(at)
+}
+
+/// Whether `buf` is a Binding success response to `transaction`.
+pub fn is_success_for(buf: &[u8], transaction: &[u8; 12]) -> bool {
+    buf.len() >= HEADER_LEN
+        && read_u16(buf, 0) == Some(BINDING_SUCCESS)
+        && read_u32(buf, 4) == Some(MAGIC_COOKIE)
+        && buf[8..HEADER_LEN] == transaction[..]
+}
+
 /// Writes the success response to `request` into `buf` (which held the
 /// request): XOR-MAPPED-ADDRESS of `from`, MESSAGE-INTEGRITY with the
 /// relay's password, FINGERPRINT. Returns its length, or `None` if `buf`
@@ -514,6 +581,37 @@ mod tests {
             Err(StunRefusal::NotARequest)
         );
         assert!(check_binding(&[0u8; MAX_STUN_LEN + 4], &[set]).is_err());
+    }
+
+    #[test]
+    fn the_relays_own_requests_are_checks_another_stack_accepts() {
+        let set = credentials("rlyA", "relaypassword0123456789", Some("peer"));
+        let mut buf = [0u8; 256];
+        let len = write_request(&mut buf, &[7; 12], "rlyA:peer", &set.local_pwd, true, 99).unwrap();
+        let (request, _) = check_binding(&buf[..len], &[set]).unwrap();
+        assert!(request.use_candidate && request.controlling);
+        let context = DecoderContextBuilder::default()
+            .with_key(HMACKey::new_short_term("relaypassword0123456789").unwrap())
+            .with_validation()
+            .build();
+        let (message, _) = MessageDecoderBuilder::default()
+            .with_context(context)
+            .build()
+            .decode(&buf[..len])
+            .unwrap();
+        assert_eq!(message.class(), MessageClass::Request);
+        assert!(message.get::<UseCandidate>().is_some());
+        let mut reply = [0u8; 256];
+        reply[..len].copy_from_slice(&buf[..len]);
+        let n = write_success(
+            &mut reply,
+            &request,
+            "127.0.0.1:9".parse().unwrap(),
+            &set.local_pwd,
+        )
+        .unwrap();
+        assert!(is_success_for(&reply[..n], &[7; 12]));
+        assert!(!is_success_for(&reply[..n], &[8; 12]));
     }
 
     #[test]

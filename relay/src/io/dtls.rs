@@ -43,6 +43,8 @@ pub const DTLS_QUEUE: usize = 4096;
 pub const MAX_DTLS_DATAGRAM: usize = 1500;
 /// A handshake that has not completed by then fails.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The DTLS thread's nice value: below the media workers.
+const HANDSHAKE_NICE: i32 = 10;
 /// Handshakes at once; beyond it new legs are refused (reported).
 pub const MAX_HANDSHAKES: usize = 65_536;
 
@@ -120,6 +122,12 @@ impl DtlsIdentity {
     /// The sha-256 fingerprint for `a=fingerprint`.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// The certificate and key as the DTLS engine takes them (for
+    /// `baton load`'s WebRTC clients).
+    pub fn engine_certificate(&self) -> dimpl::DtlsCertificate {
+        self.certificate.clone()
     }
 }
 
@@ -255,6 +263,11 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("baton-dtls".to_owned())
         .spawn(move || {
+            // Handshakes wait a little; media must not: when both could
+            // run, the workers go first.
+            if let Err(e) = crate::io::sys::lower_thread_priority(HANDSHAKE_NICE) {
+                debug!("DTLS thread keeps its priority: {e}");
+            }
             let mut thread = DtlsThread::new(identity, events);
             let _ = ready.send(());
             thread.run(&control_rx, &records_rx);

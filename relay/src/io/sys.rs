@@ -199,6 +199,40 @@ pub fn fine_timer_slack() -> io::Result<()> {
     }
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (0 to 19):
+/// work that may wait — DTLS handshakes, the load generator's WebRTC
+/// clients — then yields the core to media workers whenever both could
+/// run. On Linux the priority of `PRIO_PROCESS` with a thread id is that
+/// thread's alone.
+pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and touches no memory.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes three integers (which, who, priority) and
+    // reads or writes no memory of ours.
+    let result =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice.clamp(0, 19)) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`: it runs only when its core has
+/// nothing else to do. For measurement side-work (the load generator's
+/// WebRTC clients) that must not take time from what is measured.
+pub fn idle_thread_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that outlives the call, which only reads it.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Asks the kernel to stamp every datagram the socket receives with its
 /// arrival time (`SO_TIMESTAMPNS`), so latency measured with
 /// [`RecvBatch::kernel_timestamp`] leaves out how long the datagram waited in
