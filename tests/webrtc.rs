@@ -916,3 +916,113 @@ fn a_remote_browser_hears_one_stream_across_the_callers_handoff() {
         "{result}"
     );
 }
+
+/// RFC 7675 end to end: a peer that stops checking loses consent after
+/// 30 s — a `webrtc_leg` event says so and nothing more is sent to it —
+/// and its next check brings the media back.
+#[test]
+fn a_peer_that_stops_checking_loses_consent_after_30_seconds_and_gets_it_back() {
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (caller, phone) = (Peer::v4(), Peer::v4());
+    let to_phone = sdp_of(&ng_offer(
+        &mut proxy,
+        "consent",
+        &phone_body("caller", caller.addr()),
+        vec![
+            ("ICE", text("force")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    let offer_text = to_phone.render();
+    let username = format!("{}:ph0n", attributes(&offer_text, "ice-ufrag:")[0]);
+    let pwd = attributes(&offer_text, "ice-pwd:")[0].to_owned();
+    let relay_port = common::ng::media_addr(&to_phone);
+    let to_caller = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("consent")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        (
+            "sdp",
+            text(format!(
+                "{}a=ice-ufrag:ph0n\r\na=ice-pwd:phonepasswordphonepassword\r\na=rtcp-mux\r\n",
+                phone_body("phone", phone.addr())
+            )),
+        ),
+    ])));
+    let caller_to_relay = common::ng::media_addr(&to_caller).to_string();
+    let mut events = Command::new(common::baton_bin())
+        .args(["ctl", "--control"])
+        .arg(relay.unix_addr().to_string())
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baton ctl events");
+    let lines = BufReader::new(events.stdout.take().expect("stdout"));
+    let (seen, expired) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if line.contains("consent_expired") {
+                let _ = seen.send(line);
+                return;
+            }
+        }
+    });
+    phone.send(&relay_port.to_string(), &stun_check(&username, &pwd, true));
+    assert!(
+        phone.recv_within(Duration::from_secs(2)).is_some(),
+        "answered"
+    );
+    let mut seq = 0u16;
+    let mut say = |caller: &Peer| {
+        seq += 1;
+        caller.send(
+            &caller_to_relay,
+            &rtp(8, seq, u32::from(seq) * 160, 0xCA, &[7; 160]),
+        );
+    };
+    say(&caller);
+    assert!(
+        phone.recv_within(Duration::from_secs(2)).is_some(),
+        "media flows"
+    );
+    // The phone goes quiet (no checks); the caller keeps talking.
+    let started = Instant::now();
+    let line = loop {
+        say(&caller);
+        while phone.recv_within(Duration::from_millis(1)).is_some() {}
+        if let Ok(line) = expired.recv_timeout(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no consent_expired event"
+        );
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(29),
+        "consent lasts 30 s, it ended after {waited:?}: {line}"
+    );
+    while phone.recv_within(Duration::from_millis(100)).is_some() {}
+    say(&caller);
+    assert!(
+        phone.recv_within(Duration::from_millis(500)).is_none(),
+        "nothing is sent without consent"
+    );
+    // A new check restores it.
+    phone.send(&relay_port.to_string(), &stun_check(&username, &pwd, false));
+    assert!(
+        phone.recv_within(Duration::from_secs(2)).is_some(),
+        "answered"
+    );
+    say(&caller);
+    let (media, _) = phone
+        .recv_within(Duration::from_secs(2))
+        .expect("media flows again");
+    assert_eq!(media[12], 7);
+    let _ = events.kill();
+    let _ = events.wait();
+}
