@@ -440,6 +440,31 @@ fn bob_answers(proxy: &mut Proxy, call_id: &str, bob: &Peer) -> Sdp {
 /// timestamp, SSRC, first payload byte.
 type Heard = (u8, u16, u32, u32, u8);
 
+/// A browser (aiortc, talking for `seconds`) calls bob over ng as the user
+/// (AOR, GRUU A), bridged to plain RTP; returns it and where bob sends.
+fn browser_calls_bob(
+    proxy: &mut Proxy,
+    call_id: &str,
+    bob: &Peer,
+    seconds: &str,
+) -> (WebRtcPeer, SocketAddr) {
+    let mut browser = WebRtcPeer::start(&["offer", "--seconds", seconds]);
+    let offer = browser.read("offer");
+    let to_bob = sdp_of(&ng_offer(
+        proxy,
+        call_id,
+        offer.as_str().expect("sdp"),
+        vec![
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_A)),
+            ("ICE", text("remove")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    browser.write("answer", &bob_answers(proxy, call_id, bob).render());
+    (browser, common::ng::media_addr(&to_bob))
+}
+
 /// What the remote heard is one stream: one SSRC, sequence numbers that
 /// never skip or repeat, timestamps that never go back.
 fn assert_one_stream(heard: &[Heard]) {
@@ -563,22 +588,7 @@ fn a_call_moves_from_a_browser_to_a_desk_phone_and_the_remote_hears_one_stream()
     let mut proxy = Proxy::new(ng);
     let bob = Arc::new(Peer::v4());
     let call_id = "browser-to-desk";
-    let mut browser = WebRtcPeer::start(&["offer", "--seconds", "5"]);
-    let offer = browser.read("offer");
-    let to_bob = sdp_of(&ng_offer(
-        &mut proxy,
-        call_id,
-        offer.as_str().expect("sdp"),
-        vec![
-            ("aor", text(AOR)),
-            ("gruu", text(GRUU_A)),
-            ("ICE", text("remove")),
-            ("transport-protocol", text("RTP/AVP")),
-        ],
-    ));
-    let bob_to_relay = common::ng::media_addr(&to_bob);
-    let to_browser = bob_answers(&mut proxy, call_id, &bob);
-    browser.write("answer", &to_browser.render());
+    let (browser, bob_to_relay) = browser_calls_bob(&mut proxy, call_id, &bob, "5");
     let heard = record(Arc::clone(&bob), Instant::now() + Duration::from_secs(6));
     let stop = Arc::new(AtomicBool::new(false));
     let bob_speaks = speak(Arc::clone(&bob), 8, bob_to_relay, Arc::clone(&stop));
@@ -629,6 +639,56 @@ fn a_call_moves_from_a_browser_to_a_desk_phone_and_the_remote_hears_one_stream()
     );
     assert!(heard.iter().all(|p| p.0 == 8), "PCMA throughout");
     assert_one_stream(&heard);
+}
+
+/// A call whose callee is a SIP phone doing ICE (`ICE=force` on RTP/AVP),
+/// set up over ng: the relay's credentials and addresses.
+struct ForcedIce {
+    /// The relay's offer to the phone, as text.
+    offer: String,
+    /// USERNAME of the phone's checks (relay ufrag : phone ufrag).
+    username: String,
+    /// The relay's ICE password toward the phone.
+    pwd: String,
+    /// Where the phone checks and sends.
+    relay_port: SocketAddr,
+    /// Where the caller sends.
+    caller_to_relay: SocketAddr,
+}
+
+fn forced_ice_call(proxy: &mut Proxy, call_id: &str, caller: &Peer, phone: &Peer) -> ForcedIce {
+    let to_phone = sdp_of(&ng_offer(
+        proxy,
+        call_id,
+        &phone_body("caller", caller.addr()),
+        vec![
+            ("ICE", text("force")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    let offer = to_phone.render();
+    let username = format!("{}:ph0n", attributes(&offer, "ice-ufrag:")[0]);
+    let pwd = attributes(&offer, "ice-pwd:")[0].to_owned();
+    let to_caller = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        (
+            "sdp",
+            text(format!(
+                "{}a=ice-ufrag:ph0n\r\na=ice-pwd:phonepasswordphonepassword\r\na=rtcp-mux\r\n",
+                phone_body("phone", phone.addr())
+            )),
+        ),
+    ])));
+    ForcedIce {
+        offer,
+        username,
+        pwd,
+        relay_port: common::ng::media_addr(&to_phone),
+        caller_to_relay: common::ng::media_addr(&to_caller),
+    }
 }
 
 /// A check as an ICE agent (stun-rs) writes it.
@@ -689,37 +749,18 @@ fn ice_toward_a_sip_phone_selects_only_what_the_credentials_nominate() {
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
     let (caller, phone, stranger) = (Peer::v4(), Peer::v4(), Peer::v4());
-    let to_phone = sdp_of(&ng_offer(
-        &mut proxy,
-        "ice-forced",
-        &phone_body("caller", caller.addr()),
-        vec![
-            ("ICE", text("force")),
-            ("transport-protocol", text("RTP/AVP")),
-        ],
-    ));
-    let offer_text = to_phone.render();
+    let ForcedIce {
+        offer: offer_text,
+        username,
+        pwd,
+        relay_port,
+        caller_to_relay,
+    } = forced_ice_call(&mut proxy, "ice-forced", &caller, &phone);
     assert_eq!(
         attributes(&offer_text, "ice-lite"),
         vec![""],
         "{offer_text}"
     );
-    let ufrag = attributes(&offer_text, "ice-ufrag:")[0].to_owned();
-    let pwd = attributes(&offer_text, "ice-pwd:")[0].to_owned();
-    let relay_port = common::ng::media_addr(&to_phone);
-    let answer_body = format!(
-        "{}a=ice-ufrag:ph0n\r\na=ice-pwd:phonepasswordphonepassword\r\na=rtcp-mux\r\n",
-        phone_body("phone", phone.addr())
-    );
-    let to_caller = sdp_of(&proxy.call(&request(vec![
-        ("command", text("answer")),
-        ("call-id", text("ice-forced")),
-        ("from-tag", text("a-tag")),
-        ("to-tag", text("bob-tag")),
-        ("sdp", text(answer_body)),
-    ])));
-    let caller_to_relay = common::ng::media_addr(&to_caller);
-    let username = format!("{ufrag}:ph0n");
     // Before any check, the caller's media goes nowhere (not even to the
     // address in the phone's SDP).
     caller.send(
@@ -793,20 +834,7 @@ fn a_call_moves_from_one_browser_to_another() {
     let mut proxy = Proxy::new(ng);
     let bob = Arc::new(Peer::v4());
     let call_id = "browser-to-browser";
-    let mut first = WebRtcPeer::start(&["offer", "--seconds", "6"]);
-    let offer = first.read("offer");
-    let to_bob = sdp_of(&ng_offer(
-        &mut proxy,
-        call_id,
-        offer.as_str().expect("sdp"),
-        vec![
-            ("aor", text(AOR)),
-            ("gruu", text(GRUU_A)),
-            ("transport-protocol", text("RTP/AVP")),
-        ],
-    ));
-    let bob_to_relay = common::ng::media_addr(&to_bob);
-    first.write("answer", &bob_answers(&mut proxy, call_id, &bob).render());
+    let (first, bob_to_relay) = browser_calls_bob(&mut proxy, call_id, &bob, "6");
     let heard = record(Arc::clone(&bob), Instant::now() + Duration::from_secs(7));
     let stop = Arc::new(AtomicBool::new(false));
     let bob_speaks = speak(Arc::clone(&bob), 8, bob_to_relay, Arc::clone(&stop));
@@ -925,33 +953,9 @@ fn a_peer_that_stops_checking_loses_consent_after_30_seconds_and_gets_it_back() 
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
     let (caller, phone) = (Peer::v4(), Peer::v4());
-    let to_phone = sdp_of(&ng_offer(
-        &mut proxy,
-        "consent",
-        &phone_body("caller", caller.addr()),
-        vec![
-            ("ICE", text("force")),
-            ("transport-protocol", text("RTP/AVP")),
-        ],
-    ));
-    let offer_text = to_phone.render();
-    let username = format!("{}:ph0n", attributes(&offer_text, "ice-ufrag:")[0]);
-    let pwd = attributes(&offer_text, "ice-pwd:")[0].to_owned();
-    let relay_port = common::ng::media_addr(&to_phone);
-    let to_caller = sdp_of(&proxy.call(&request(vec![
-        ("command", text("answer")),
-        ("call-id", text("consent")),
-        ("from-tag", text("a-tag")),
-        ("to-tag", text("bob-tag")),
-        (
-            "sdp",
-            text(format!(
-                "{}a=ice-ufrag:ph0n\r\na=ice-pwd:phonepasswordphonepassword\r\na=rtcp-mux\r\n",
-                phone_body("phone", phone.addr())
-            )),
-        ),
-    ])));
-    let caller_to_relay = common::ng::media_addr(&to_caller).to_string();
+    let call = forced_ice_call(&mut proxy, "consent", &caller, &phone);
+    let (username, pwd, relay_port) = (call.username, call.pwd, call.relay_port);
+    let caller_to_relay = call.caller_to_relay.to_string();
     let mut events = Command::new(common::baton_bin())
         .args(["ctl", "--control"])
         .arg(relay.unix_addr().to_string())

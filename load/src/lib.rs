@@ -216,6 +216,15 @@ fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
+/// The relay's control address: `--control`, or the default.
+fn control_addr(args: &LoadArgs) -> anyhow::Result<ControlAddr> {
+    Ok(args
+        .control
+        .as_deref()
+        .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
+        .parse()?)
+}
+
 fn bind_local() -> anyhow::Result<UdpSocket> {
     UdpSocket::bind("127.0.0.1:0").context("bind a generator socket on 127.0.0.1")
 }
@@ -276,11 +285,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
         }
     } else {
         mode = "relay";
-        let addr: ControlAddr = args
-            .control
-            .as_deref()
-            .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
-            .parse()?;
+        let addr = control_addr(&args)?;
         let client = Client::connect(&addr, args.token.as_deref()).await?;
         let mut create_ms = histogram();
         let mut calls = Vec::with_capacity(args.calls);
@@ -402,11 +407,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     // New WebRTC legs alongside, on a connection of their own.
     let churn = match args.webrtc_legs_per_second {
         Some(rate) if rate > 0.0 && control.is_some() => {
-            let addr: ControlAddr = args
-                .control
-                .as_deref()
-                .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
-                .parse()?;
+            let addr = control_addr(&args)?;
             let client = Client::connect(&addr, args.token.as_deref()).await?;
             Some((rate, tokio::spawn(webrtc::churn(client, rate, end))))
         }
@@ -417,11 +418,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let mut handoffs = HandoffStats::default();
     let events = match &control {
         Some(_) if args.handoff_every.is_some() => {
-            let addr: ControlAddr = args
-                .control
-                .as_deref()
-                .unwrap_or(baton_control::addr::DEFAULT_CONTROL_ADDR)
-                .parse()?;
+            let addr = control_addr(&args)?;
             let events = Client::connect(&addr, args.token.as_deref()).await?;
             events.subscribe().await?;
             Some(events)

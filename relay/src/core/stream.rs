@@ -3235,11 +3235,6 @@ mod ice_tests {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use stun_rs::attributes::ice::{IceControlling, Priority, UseCandidate};
-    use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity, UserName};
-    use stun_rs::methods::BINDING;
-    use stun_rs::{HMACKey, MessageClass, MessageEncoderBuilder, StunMessageBuilder};
-
     use super::*;
     use crate::core::stun::IceText;
 
@@ -3299,24 +3294,21 @@ mod ice_tests {
         )
     }
 
-    /// A check as the browser's ICE agent writes it.
+    /// A check as the browser's ICE agent writes it (the writer is
+    /// checked against an independent STUN stack in `core::stun`).
     fn check((ufrag, pwd): (&str, &str), nominate: bool) -> Vec<u8> {
-        let mut builder = StunMessageBuilder::new(BINDING, MessageClass::Request)
-            .with_attribute(UserName::new(format!("{ufrag}:brws")).unwrap())
-            .with_attribute(IceControlling::from(1u64))
-            .with_attribute(Priority::from(2_130_706_431u32));
-        if nominate {
-            builder = builder.with_attribute(UseCandidate::default());
-        }
-        let message = builder
-            .with_attribute(MessageIntegrity::new(HMACKey::new_short_term(pwd).unwrap()))
-            .with_attribute(Fingerprint::default())
-            .build();
         let mut buf = vec![0; 512];
-        let len = MessageEncoderBuilder::default()
-            .build()
-            .encode(&mut buf, &message)
-            .unwrap();
+        let transaction: [u8; 12] = rand::random();
+        let pwd = IceText::new(pwd).unwrap();
+        let len = stun::write_request(
+            &mut buf,
+            &transaction,
+            &format!("{ufrag}:brws"),
+            &pwd,
+            nominate,
+            1,
+        )
+        .unwrap();
         buf.truncate(len);
         buf
     }
