@@ -1030,3 +1030,49 @@ fn a_peer_that_stops_checking_loses_consent_after_30_seconds_and_gets_it_back() 
     let _ = events.kill();
     let _ = events.wait();
 }
+
+/// `ICE=force` toward a phone that answers without ICE: the leg is not
+/// gated by ICE (nobody would ever check it) and takes the phone's
+/// signalled address, as any plain leg.
+#[test]
+fn a_phone_that_answers_forced_ice_without_it_gets_media_anyway() {
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (caller, phone) = (Peer::v4(), Peer::v4());
+    let to_phone = sdp_of(&ng_offer(
+        &mut proxy,
+        "ice-ignored",
+        &phone_body("caller", caller.addr()),
+        vec![
+            ("ICE", text("force")),
+            ("transport-protocol", text("RTP/AVP")),
+        ],
+    ));
+    assert_eq!(attributes(&to_phone.render(), "ice-lite"), vec![""]);
+    let to_caller = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("ice-ignored")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(phone_body("phone", phone.addr()))),
+    ])));
+    caller.send(
+        &common::ng::media_addr(&to_caller).to_string(),
+        &rtp(8, 1, 160, 0xCA, &[5; 160]),
+    );
+    let (media, _) = phone
+        .recv_within(Duration::from_secs(2))
+        .expect("media without ICE");
+    assert_eq!(media[12], 5);
+    phone.send(
+        &common::ng::media_addr(&to_phone).to_string(),
+        &rtp(8, 1, 160, 0xB0, &[6; 160]),
+    );
+    assert_eq!(
+        caller
+            .recv_within(Duration::from_secs(2))
+            .expect("and back")
+            .0[12],
+        6
+    );
+}

@@ -407,6 +407,8 @@ impl Sessions {
                         crypto,
                         ice: None,
                         dtls: None,
+                        ice_off: false,
+                        dtls_off: false,
                     });
                 }
             }

@@ -166,6 +166,9 @@ impl Sessions {
                         crypto: (crypto_changed && !dtls_both).then(|| crypto.leg_crypto()),
                         ice: crypto_changed.then_some(crypto.ice).flatten(),
                         dtls: crypto_changed.then(|| crypto.dtls_params()).flatten(),
+                        ice_off: crypto.ice.is_none() && crypto_before[party.index()].ice.is_some(),
+                        dtls_off: !crypto.transport.is_dtls()
+                            && crypto_before[party.index()].transport.is_dtls(),
                     });
                 }
                 stream.rtcp_mux[party.index()] = mux;

@@ -380,20 +380,21 @@ pub struct PartyDtls {
 
 /// The relay's ICE credentials toward a party (ICE forced on a non-WebRTC
 /// leg) after that party's body: its ufrag learned, or on a new one (an
-/// ICE restart) fresh credentials for both sides. A body without ICE
-/// leaves them (the party checks with what it had).
-fn peer_ice(current: IceCredentials, media: &Media) -> IceCredentials {
-    let Some(ufrag) = media.webrtc.ice_ufrag.as_deref().and_then(IceText::new) else {
-        return current;
-    };
-    match current.remote_ufrag {
+/// ICE restart) fresh credentials for both sides; a body without ICE ends
+/// ICE toward the party.
+fn peer_ice(current: IceCredentials, media: &Media) -> Option<IceCredentials> {
+    // No ICE in the body: a party that never did ICE (a phone answering
+    // the relay's forced offer without it) or stopped (a re-offer without
+    // it) is not gated by ICE any more.
+    let ufrag = media.webrtc.ice_ufrag.as_deref().and_then(IceText::new)?;
+    Some(match current.remote_ufrag {
         None => IceCredentials {
             remote_ufrag: Some(ufrag),
             ..current
         },
         Some(known) if known == ufrag => current,
         Some(_) => fresh_ice(Some(ufrag)),
-    }
+    })
 }
 
 /// What a request asks of the relay toward a party it offers to.
@@ -614,7 +615,7 @@ impl PartyCrypto {
             }
             *self = Self {
                 transport,
-                ice: self.ice.map(|ice| peer_ice(ice, media)),
+                ice: self.ice.and_then(|ice| peer_ice(ice, media)),
                 ..Self::default()
             };
             return Ok(());
@@ -664,8 +665,8 @@ impl PartyCrypto {
             tag,
             relay_key: Some(ours),
             peer_key: Some(theirs),
-            // ICE toward an SDES party is kept if the relay offered it.
-            ice: self.ice.map(|ice| peer_ice(ice, media)),
+            // ICE toward an SDES party is kept if the party does it.
+            ice: self.ice.and_then(|ice| peer_ice(ice, media)),
             dtls: None,
         };
         Ok(())

@@ -122,6 +122,11 @@ pub struct LegUpdate {
     /// The leg's DTLS-SRTP settings, if given (new ones: a new handshake;
     /// the current keys stay until it completes).
     pub dtls: Option<DtlsParams>,
+    /// The peer no longer does ICE (its body has none): the leg goes back
+    /// to signalled or learned peers.
+    pub ice_off: bool,
+    /// The peer no longer does DTLS-SRTP: its handshake ends.
+    pub dtls_off: bool,
 }
 
 /// A signalling update of a session (a re-INVITE, a hold).
@@ -588,23 +593,29 @@ impl Session {
     /// Applies a signalling update. Going on hold or off it restarts the
     /// idle clock.
     /// Returns the legs whose DTLS settings changed: the caller starts a
-    /// handshake on each.
+    /// handshake on each (`Some`), or ends it (`None`).
     pub fn update(
         &mut self,
         now: Instant,
         update: &SessionUpdate,
-    ) -> Vec<(StreamIndex, LegId, DtlsParams)> {
+    ) -> Vec<(StreamIndex, LegId, Option<DtlsParams>)> {
         let mut handshakes = Vec::new();
         for peer in &update.peers {
             if let Some(s) = self.streams.get_mut(peer.stream.0) {
                 // ICE first: on an ICE leg the SDP's address is no peer.
                 if let Some(credentials) = peer.ice {
                     s.set_ice(now, peer.party, credentials);
+                } else if peer.ice_off {
+                    s.clear_ice(now, peer.party);
                 }
                 if let Some(params) = peer.dtls
                     && let Some(leg) = s.set_dtls(peer.party, params)
                 {
-                    handshakes.push((peer.stream, leg, params));
+                    handshakes.push((peer.stream, leg, Some(params)));
+                } else if peer.dtls_off
+                    && let Some(leg) = s.clear_dtls(peer.party)
+                {
+                    handshakes.push((peer.stream, leg, None));
                 }
                 s.update_leg(
                     now,

@@ -1833,6 +1833,35 @@ impl Stream {
         }
     }
 
+    /// The leg facing `party` stops doing ICE (the peer's new body has
+    /// none): the selected address stays as a learned one, and a new
+    /// learning window opens, as after any signalling update.
+    pub fn clear_ice(&mut self, now: Instant, party: Party) {
+        let window = self.config.learning_window;
+        let id = self.leg_of(party);
+        let Some(leg) = self.leg_mut(id) else {
+            return;
+        };
+        if leg.ice.take().is_none() {
+            return;
+        }
+        leg.config.ice = None;
+        for peer in &mut leg.peers {
+            if peer.source == PeerSource::Ice {
+                peer.source = PeerSource::Learned;
+            }
+        }
+        leg.learning_until = now + window;
+    }
+
+    /// The leg facing `party` stops doing DTLS-SRTP; returns it if it did
+    /// (its handshake is to end). Its crypto comes with the same update.
+    pub fn clear_dtls(&mut self, party: Party) -> Option<LegId> {
+        let id = self.leg_of(party);
+        let leg = self.leg_mut(id)?;
+        leg.config.dtls.take().map(|_| id)
+    }
+
     /// When the next ICE consent of this stream runs out.
     pub fn consent_deadline(&self) -> Option<Instant> {
         self.legs

@@ -649,7 +649,19 @@ impl Worker {
                         self.with_session(id, |entry| Ok(entry.session.update(now, &update)));
                     let result = result.map(|handshakes| {
                         for (stream, leg, params) in handshakes {
-                            self.open_handshake(id, stream, leg, params);
+                            match params {
+                                Some(params) => self.open_handshake(id, stream, leg, params),
+                                None => {
+                                    if let Some(dtls) = &self.dtls {
+                                        let key = LegKey {
+                                            session: id,
+                                            stream,
+                                            leg,
+                                        };
+                                        let _ = dtls.send(DtlsCommand::Close { key });
+                                    }
+                                }
+                            }
                         }
                     });
                     let _ = reply.send(result);
