@@ -1076,3 +1076,34 @@ fn a_phone_that_answers_forced_ice_without_it_gets_media_anyway() {
         6
     );
 }
+
+/// Behind NAT the candidate is the advertised address (nothing is sent
+/// to it here: it only appears in the body).
+#[test]
+fn the_candidate_is_the_advertised_address() {
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let _relay = common::Relay::start(&[
+        "--listen-ng",
+        &format!("udp:127.0.0.1:{udp_port}"),
+        "--media-ip",
+        "127.0.0.1",
+        "--advertise-ip",
+        "192.0.2.10",
+    ]);
+    let mut proxy = Proxy::new(format!("127.0.0.1:{udp_port}").parse().expect("addr"));
+    let caller = Peer::v4();
+    let to_browser = sdp_of(&ng_offer(
+        &mut proxy,
+        "advertised",
+        &phone_body("caller", caller.addr()),
+        vec![("transport-protocol", text("UDP/TLS/RTP/SAVPF"))],
+    ));
+    let body = to_browser.render();
+    let candidate = attributes(&body, "candidate:");
+    assert_eq!(candidate.len(), 1, "{body}");
+    assert!(candidate[0].contains(" 192.0.2.10 "), "{body}");
+    assert!(!body.contains("127.0.0.1"), "{body}");
+}

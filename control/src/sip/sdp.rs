@@ -1442,6 +1442,39 @@ mod tests {
         body
     }
 
+    #[test]
+    fn webrtc_attributes_are_bounded_and_read_with_their_levels() {
+        let body = |extra: &str| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 AA\r\n\
+                 m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 192.0.2.1\r\na=rtcp-mux\r\n{extra}"
+            )
+        };
+        // Session level, then media level replaces it; the first of a
+        // level counts.
+        let sdp = Sdp::parse(&body(
+            "a=fingerprint:sha-256 BB\r\na=fingerprint:sha-512 CC\r\na=ice-ufrag:abcd\r\na=mid:0\r\n",
+        ))
+        .expect("parse");
+        let media = sdp.media(0).expect("media");
+        assert_eq!(media.webrtc.fingerprint.as_deref(), Some("sha-256 BB"));
+        assert_eq!(media.webrtc.ice_ufrag.as_deref(), Some("abcd"));
+        assert_eq!(media.webrtc.mid.as_deref(), Some("0"));
+        let session_only = Sdp::parse(&body("")).expect("parse");
+        assert_eq!(
+            session_only
+                .media(0)
+                .expect("media")
+                .webrtc
+                .fingerprint
+                .as_deref(),
+            Some("sha-256 AA")
+        );
+        let long = format!("a=ice-pwd:{}\r\n", "x".repeat(MAX_WEBRTC_VALUE + 1));
+        let error = Sdp::parse(&body(&long)).expect_err("too long");
+        assert!(error.to_string().contains("ice-pwd"), "{error}");
+    }
+
     /// The default limits must never refuse a real call: a browser's offer
     /// passes with room to spare on every limit.
     #[test]

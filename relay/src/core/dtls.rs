@@ -289,6 +289,16 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_read_or_refused_without_a_panic(text in ".{0,300}") {
+            if let Ok(fingerprint) = Fingerprint::parse(&text) {
+                // What is accepted prints back to the same fingerprint.
+                proptest::prop_assert_eq!(Fingerprint::parse(&fingerprint.to_string()), Ok(fingerprint));
+            }
+        }
+    }
+
     #[test]
     fn keys_are_split_as_rfc_5764_says() {
         let material: Vec<u8> = (0..60u8).collect();
