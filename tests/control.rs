@@ -568,3 +568,13 @@ fn ctl_events_prints_one_json_object_per_line() {
     assert_eq!(lines.len(), 1, "{stdout}");
     assert_eq!(lines[0]["shutting_down"]["reason"], "SIGTERM");
 }
+
+/// Logs written to a file (or the journal) carry no terminal colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour_escapes() {
+    let mut relay = Relay::start(&[]);
+    let _ = relay.terminate();
+    let log = relay.stderr();
+    assert!(log.contains("baton ready"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
+}
