@@ -620,7 +620,8 @@ struct Leg {
     /// large and most legs are plain.
     srtp: Option<Box<LegSrtp>>,
     /// ICE-lite state on a WebRTC leg.
-    ice: Option<IceState>,
+    /// Boxed, like `srtp`: most legs are not WebRTC legs.
+    ice: Option<Box<IceState>>,
 }
 
 /// How long a selected ICE pair keeps consent without an authenticated
@@ -723,7 +724,7 @@ impl Leg {
             srtp: None,
             ice: config
                 .ice
-                .map(|credentials| IceState::new(credentials, now)),
+                .map(|credentials| Box::new(IceState::new(credentials, now))),
         };
         if config.ice.is_some() {
             // ICE selects the peer (the SDP's address is only a candidate);
@@ -907,7 +908,7 @@ impl Leg {
     }
 
     fn destination(&self, component: Component) -> Option<SocketAddr> {
-        if self.ice.is_some_and(|ice| ice.consent_lost) {
+        if self.ice.as_ref().is_some_and(|ice| ice.consent_lost) {
             // RFC 7675 §5.1: without consent nothing more is sent.
             return None;
         }
@@ -1827,7 +1828,7 @@ impl Stream {
             None => {
                 // The leg becomes an ICE leg: only a nominated check
                 // selects its peer from now on.
-                leg.ice = Some(IceState::new(credentials, now));
+                leg.ice = Some(Box::new(IceState::new(credentials, now)));
                 leg.peers = [Peer::from_signalled(None); 2];
             }
         }
