@@ -21,6 +21,8 @@ use baton_relay::core::stun::{self, IceText};
 use baton_relay::io::dtls::DtlsIdentity;
 use hdrhistogram::Histogram;
 
+/// Most new legs a second (each is a handshake on both sides).
+const MAX_RATE: f64 = 10_000.0;
 /// How long one leg may take to connect.
 const SETUP_LIMIT: Duration = Duration::from_secs(5);
 /// The WebRTC clients' nice value, below the generator threads.
@@ -75,6 +77,9 @@ impl ChurnStats {
 /// Opens `rate` WebRTC legs a second until `until`, then waits for the
 /// last ones.
 pub(crate) async fn churn(client: Client, rate: f64, until: Instant) -> anyhow::Result<ChurnStats> {
+    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
+        bail!("--webrtc-legs-per-second must be above 0 and at most {MAX_RATE}");
+    }
     let client = Arc::new(client);
     let identity = Arc::new(DtlsIdentity::generate().map_err(anyhow::Error::msg)?);
     let every = Duration::from_secs_f64(1.0 / rate);
@@ -161,18 +166,40 @@ async fn leg(
         Err(e) => bail!("create: {e}"),
     };
     let session = created.session.clone();
+    let by_id = || v1::SessionRef {
+        by: Some(v1::session_ref::By::Id(session.clone())),
+    };
+    let result = connect_leg(client, identity, &socket, &remote, ufrag, by_id()).await;
+    if result.is_ok() {
+        tokio::time::sleep(LEG_LIFETIME).await;
+    }
+    // Deleted whatever happened, so no leg outlives the run.
+    let _ = client
+        .call(Command::DeleteSession(v1::DeleteSessionRequest {
+            session: Some(by_id()),
+        }))
+        .await;
+    result
+}
+
+/// The remote's answer, then the client's check and handshake.
+async fn connect_leg(
+    client: &Client,
+    identity: &Arc<DtlsIdentity>,
+    socket: &UdpSocket,
+    remote: &UdpSocket,
+    ufrag: String,
+    session: v1::SessionRef,
+) -> anyhow::Result<Duration> {
     let remote_addr = remote.local_addr()?;
     let answer = format!(
         "v=0\r\no=r 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
         remote_addr.port()
     );
-    let by_id = || v1::SessionRef {
-        by: Some(v1::session_ref::By::Id(session.clone())),
-    };
     let updated = match client
         .call(Command::UpdateSession(v1::UpdateSessionRequest {
-            session: Some(by_id()),
+            session: Some(session),
             to_tag: "r".into(),
             sdp: answer,
             sdp_from: v1::Party::Remote as i32,
@@ -186,22 +213,19 @@ async fn leg(
     };
     let to_client = Relay::read(&updated.sdp)?;
     let certificate = identity.engine_certificate();
-    let result = tokio::task::spawn_blocking(move || {
-        // The client's handshake work yields to the generator's own
-        // threads, so it disturbs the measurement as little as it can.
-        let _ = baton_relay::io::sys::lower_thread_priority(CLIENT_NICE);
+    let socket = socket.try_clone()?;
+    tokio::task::spawn_blocking(move || {
+        // The client's handshake work runs only when the generator's core
+        // is otherwise idle, so it does not delay the packets being
+        // measured (the relay's side is what is under test). The blocking
+        // pool's threads serve nothing else in `baton load`.
+        if baton_relay::io::sys::idle_thread_priority().is_err() {
+            let _ = baton_relay::io::sys::lower_thread_priority(CLIENT_NICE);
+        }
         connect(&socket, &to_client, &ufrag, certificate)
     })
     .await
-    .context("the handshake task")?;
-    tokio::time::sleep(LEG_LIFETIME).await;
-    let _ = client
-        .call(Command::DeleteSession(v1::DeleteSessionRequest {
-            session: Some(by_id()),
-        }))
-        .await;
-    drop(remote);
-    result
+    .context("the handshake task")?
 }
 
 /// What the relay's answer to the client says.
@@ -286,7 +310,12 @@ fn connect(
                     verified = true;
                 }
                 dimpl::Output::KeyingMaterial(..) => keys = true,
-                dimpl::Output::BufferTooSmall { needed } => out.resize(needed.min(65_536), 0),
+                dimpl::Output::BufferTooSmall { needed } => {
+                    if needed > 65_536 {
+                        bail!("a DTLS record larger than 64 KiB");
+                    }
+                    out.resize(needed, 0);
+                }
                 dimpl::Output::Connected
                 | dimpl::Output::ApplicationData(_)
                 | dimpl::Output::CloseNotify => {}

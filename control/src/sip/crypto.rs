@@ -519,12 +519,18 @@ impl PartyCrypto {
                 Fingerprint::parse(value).map_err(|e| format!("SDP line {line}: {e}"))
             })?;
         let previous = self.dtls.filter(|_| self.transport.is_dtls());
+        let answering_our_offer = previous.is_some_and(|d| d.offered);
+        // RFC 4145 §4: without a=setup an offer is active, an answer
+        // passive.
         let setup = lines
             .setup
             .as_deref()
-            .unwrap_or("active")
+            .unwrap_or(if answering_our_offer {
+                "passive"
+            } else {
+                "active"
+            })
             .to_ascii_lowercase();
-        let answering_our_offer = previous.is_some_and(|d| d.offered);
         let insisted = previous.filter(|d| d.offered).and_then(|d| d.role);
         let role = match (setup.as_str(), answering_our_offer) {
             ("active", true) if insisted == Some(DtlsRole::Client) => {

@@ -558,6 +558,7 @@ pub(crate) fn render(
         for &index in &ice_streams {
             let mid = receiver_mid(index)
                 .or_else(|| body.media(index).ok().and_then(|m| m.webrtc.mid))
+                .filter(|mid| crate::sip::sdp::is_token(mid))
                 .unwrap_or_else(|| index.to_string());
             body.set_mid(index, &mid);
             mids.push(mid);

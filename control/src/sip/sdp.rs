@@ -1103,6 +1103,14 @@ impl Sdp {
     }
 }
 
+/// Whether `text` is an SDP token (RFC 8866 §9), as a MID must be.
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`{|}~".contains(&b))
+}
+
 /// `a=crypto` and `k=` lines: one party's keys.
 fn is_key_line(line: &Line) -> bool {
     line.kind == b'k' || line.is_attribute("crypto")
@@ -1293,6 +1301,7 @@ pub fn write_answer(
                     .media(index)
                     .ok()
                     .and_then(|m| m.webrtc.mid)
+                    .filter(|mid| is_token(mid))
                     .unwrap_or_else(|| index.to_string());
                 lines.push(Line::new(b'a', format!("mid:{mid}")));
                 ice_mids.borrow_mut().push(mid);

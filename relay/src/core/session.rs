@@ -641,11 +641,18 @@ impl Session {
         handshakes
     }
 
-    /// Installs the SRTP keys a DTLS-SRTP handshake on a leg produced.
-    pub fn set_leg_keys(&mut self, stream: StreamIndex, leg: LegId, keys: LegKeys) {
-        if let Some(s) = self.streams.get_mut(stream.0) {
-            s.set_leg_keys(leg, keys);
-        }
+    /// Installs the SRTP keys a DTLS-SRTP handshake on a leg produced under
+    /// `under` (see [`Stream::set_leg_keys`]); returns whether they went in.
+    pub fn set_leg_keys(
+        &mut self,
+        stream: StreamIndex,
+        leg: LegId,
+        keys: LegKeys,
+        under: &DtlsParams,
+    ) -> bool {
+        self.streams
+            .get_mut(stream.0)
+            .is_some_and(|s| s.set_leg_keys(leg, keys, under))
     }
 
     /// Whether the session is on hold.

@@ -653,9 +653,11 @@ struct IceState {
     dtls_budget: (u32, Instant),
 }
 
-/// Checks remembered per ICE leg (a peer checks a pair every few
-/// seconds, and retransmits within half a second).
-const RECENT_CHECKS: usize = 8;
+/// Checks remembered per ICE leg: more than a browser sends in the 30 s
+/// of a consent period (a check per pair every few seconds, a few pairs,
+/// retransmissions), so a check captured and replayed later than that is
+/// still recognised while it could matter.
+const RECENT_CHECKS: usize = 64;
 /// DTLS records a leg may pass to the handshake thread at once: a
 /// handshake is about a dozen, with retransmissions a few dozen.
 const DTLS_BURST: u32 = 64;
@@ -1889,12 +1891,20 @@ impl Stream {
     }
 
     /// Installs keys that a DTLS-SRTP handshake on `leg` produced (RFC
-    /// 5764). Unchanged keys keep their contexts.
-    pub fn set_leg_keys(&mut self, leg: LegId, keys: LegKeys) {
-        if let Some(this) = self.leg_mut(leg) {
-            this.set_crypto(LegCrypto::Srtp(keys));
+    /// 5764), if the leg still has the DTLS settings that handshake ran
+    /// under: a handshake overtaken by new settings, by the end of DTLS on
+    /// the leg or by another device in the leg's slot installs nothing.
+    /// Unchanged keys keep their contexts. Returns whether they went in.
+    pub fn set_leg_keys(&mut self, leg: LegId, keys: LegKeys, under: &DtlsParams) -> bool {
+        let Some(this) = self.leg_mut(leg) else {
+            return false;
+        };
+        if this.config.dtls.as_ref() != Some(under) {
+            return false;
         }
+        this.set_crypto(LegCrypto::Srtp(keys));
         self.note_awaiting_keys();
+        true
     }
 
     /// The legs whose ICE consent ran out by `now` (RFC 7675: 30 s

@@ -144,6 +144,9 @@ pub(crate) struct LegKey {
 pub(crate) struct HandshakeDone {
     pub key: LegKey,
     pub keys: LegKeys,
+    /// The settings the handshake ran under: the worker installs the keys
+    /// only if the leg still has them.
+    pub params: DtlsParams,
 }
 
 /// How the DTLS thread reaches a worker.
@@ -222,7 +225,15 @@ struct Handshake {
     material: Option<(Vec<u8>, SrtpProfile)>,
     done: bool,
     resets: u32,
+    /// The earliest time this leg has in the timer heap, if any: a time is
+    /// pushed only when it comes before it (the heap holds at most a few
+    /// entries per leg).
+    scheduled: Option<Instant>,
 }
+
+/// Timers further away than this are not scheduled: a completed
+/// handshake's engine asks to be woken years from now.
+const FAR_FUTURE: Duration = Duration::from_secs(3600);
 
 impl Handshake {
     fn engine(
@@ -367,6 +378,7 @@ impl DtlsThread {
                         material: None,
                         done: false,
                         resets: 0,
+                        scheduled: None,
                     },
                 );
                 if peer.is_some() {
@@ -377,11 +389,10 @@ impl DtlsThread {
                 let Some(h) = self.legs.get_mut(&key) else {
                     return;
                 };
-                let first = h.peer.is_none();
                 h.peer = Some(addr);
-                if first {
-                    self.start_client(key, now);
-                }
+                // A client not started yet starts now (does nothing for a
+                // server or a client under way).
+                self.start_client(key, now);
             }
             DtlsCommand::Datagram { key, from, bytes } => {
                 let Some(h) = self.legs.get_mut(&key) else {
@@ -429,8 +440,21 @@ impl DtlsThread {
             let Some(h) = self.legs.get_mut(&key) else {
                 continue; // closed
             };
-            if h.wake_at().is_none_or(|wake| wake > now) {
-                continue; // stale: the leg's time moved
+            if h.scheduled == Some(at) {
+                h.scheduled = None;
+            }
+            match h.wake_at() {
+                None => continue,
+                Some(wake) if wake > now => {
+                    // Stale: the leg's time moved later. It stays in the
+                    // heap under its real time.
+                    if h.scheduled.is_none() && wake < now + FAR_FUTURE {
+                        h.scheduled = Some(wake);
+                        self.timers.push(Reverse((wake, key)));
+                    }
+                    continue;
+                }
+                Some(_) => {}
             }
             if !h.done && h.deadline.is_some_and(|d| d <= now) {
                 self.fail(key, "the DTLS handshake did not complete in 30 s", now);
@@ -450,31 +474,48 @@ impl DtlsThread {
             self.fail(key, &reason, now);
             return;
         }
-        if let Some(at) = self.legs.get(&key).and_then(Handshake::wake_at) {
+        let Some(h) = self.legs.get_mut(&key) else {
+            return;
+        };
+        if let Some(at) = h.wake_at().filter(|at| *at < now + FAR_FUTURE)
+            && h.scheduled.is_none_or(|scheduled| at < scheduled)
+        {
+            h.scheduled = Some(at);
             self.timers.push(Reverse((at, key)));
+        }
+        // Entries of closed legs go when they come up; should they pile up
+        // (many legs closed with timers far ahead), the heap is rebuilt.
+        if self.timers.len() > 2 * self.legs.len() + 64 {
+            let legs = &self.legs;
+            self.timers
+                .retain(|Reverse((_, key))| legs.contains_key(key));
         }
     }
 
     /// A failed handshake is reported, then begun again for the peer's
     /// next attempt (a few times), or given up.
     fn fail(&mut self, key: LegKey, reason: &str, now: Instant) {
-        warn!(session = %key.session, stream = %key.stream, leg = %key.leg, "{reason}");
-        report_failure(&self.events, key, reason);
         let Some(h) = self.legs.get_mut(&key) else {
             return;
         };
-        if h.done || h.resets >= MAX_RESETS {
-            // Keys are in (a later error changes nothing), or the peer
-            // keeps failing: no more handshakes on this leg.
-            if !h.done {
-                self.legs.remove(&key);
-            }
+        if h.done {
+            // Keys are in; what the peer sends now changes nothing, and is
+            // not worth an event per record.
+            debug!(session = %key.session, "after the handshake: {reason}");
+            return;
+        }
+        warn!(session = %key.session, stream = %key.stream, leg = %key.leg, "{reason}");
+        report_failure(&self.events, key, reason);
+        if h.resets >= MAX_RESETS {
+            // The peer keeps failing: no more handshakes on this leg.
+            self.legs.remove(&key);
             return;
         }
         h.resets += 1;
         h.dtls = Handshake::engine(&self.config, &self.identity, h.params.role, now);
         h.deadline = None;
         h.next_timeout = None;
+        h.scheduled = None;
         h.verified = false;
         h.material = None;
         if h.params.role == DtlsRole::Client {
@@ -570,11 +611,15 @@ fn drain(
                 continue;
             };
             let keys = keys_from_material(&material, profile, h.params.role)?;
-            h.done = true;
-            let sent = h.worker.keys.try_send(HandshakeDone { key, keys });
+            let sent = h.worker.keys.try_send(HandshakeDone {
+                key,
+                keys,
+                params: h.params,
+            });
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sent {
                 return Err("the media worker could not take the DTLS keys".to_owned());
             }
+            h.done = true;
             let _ = h.worker.waker.wake();
             let _ = events.try_send(WorkerEvent::DtlsConnected {
                 id: key.session,

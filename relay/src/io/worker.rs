@@ -613,11 +613,14 @@ impl Worker {
 
     /// Puts the keys of completed DTLS handshakes into their legs.
     fn install_handshake_keys(&mut self) {
-        while let Ok(HandshakeDone { key, keys }) = self.handshakes.try_recv() {
-            if let Some(&slot) = self.by_id.get(&key.session) {
+        while let Ok(HandshakeDone { key, keys, params }) = self.handshakes.try_recv() {
+            let installed = self.by_id.get(&key.session).is_some_and(|&slot| {
                 self.sessions[slot]
                     .session
-                    .set_leg_keys(key.stream, key.leg, keys);
+                    .set_leg_keys(key.stream, key.leg, keys, &params)
+            });
+            if !installed {
+                debug!(worker = %self.index, session = %key.session, "keys of an overtaken DTLS handshake dropped");
             }
         }
     }
@@ -823,24 +826,14 @@ impl Worker {
     ) -> io::Result<()> {
         let LegSockets { rtp, rtcp, lease } = sockets;
         entry.leases[stream.0][leg.index()] = Some(lease);
-        if let (Some(params), Some(thread)) = (dtls, &self.dtls) {
-            // The handshake sends from the leg's own port (the peer's ICE
-            // pair), through a second descriptor of the same socket.
-            let key = LegKey {
-                session: entry.session.id(),
-                stream,
-                leg,
-            };
-            let open = DtlsCommand::Open {
-                key,
-                socket: rtp.try_clone()?,
-                params,
-                worker: self.link.clone(),
-            };
-            if !thread.send(open) {
-                return Err(io::Error::other("the DTLS thread is overloaded"));
-            }
-        }
+        // The handshake sends from the leg's own port (the peer's ICE
+        // pair), through a second descriptor of the same socket, handed
+        // over only once the leg is registered (a failed registration must
+        // not leave that descriptor holding the port).
+        let handshake_socket = match (dtls, &self.dtls) {
+            (Some(_), Some(_)) => Some(rtp.try_clone()?),
+            (Some(_) | None, None) | (None, Some(_)) => None,
+        };
         let rtp_token = self.register(rtp, key, stream, leg, Component::Rtp)?;
         registered.push(rtp_token);
         // Recorded at once, so a failure below still closes this socket
@@ -850,6 +843,21 @@ impl Worker {
             let token = self.register(rtcp, key, stream, leg, Component::Rtcp)?;
             registered.push(token);
             entry.tokens[stream.0][leg.index()][Component::Rtcp.index()] = token;
+        }
+        if let (Some(params), Some(socket), Some(thread)) = (dtls, handshake_socket, &self.dtls) {
+            let open = DtlsCommand::Open {
+                key: LegKey {
+                    session: entry.session.id(),
+                    stream,
+                    leg,
+                },
+                socket,
+                params,
+                worker: self.link.clone(),
+            };
+            if !thread.send(open) {
+                return Err(io::Error::other("the DTLS thread has stopped"));
+            }
         }
         Ok(())
     }
