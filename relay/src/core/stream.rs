@@ -596,9 +596,24 @@ struct Candidate {
     seen: u8,
 }
 
+/// What a leg keeps of its [`LegConfig`] on the packet path: the ICE
+/// credentials live in its (boxed) `IceState` and its DTLS settings in a
+/// box of their own, so that a plain leg's per-packet fields stay close
+/// together.
+#[derive(Debug, Clone, Copy)]
+struct LegSettings {
+    rtcp_mux: bool,
+    peer_rtp: Option<SocketAddr>,
+    peer_rtcp: Option<SocketAddr>,
+    peer_ip: Option<IpAddr>,
+    crypto: LegCrypto,
+}
+
 #[derive(Debug)]
 struct Leg {
-    config: LegConfig,
+    config: LegSettings,
+    /// DTLS-SRTP settings of a WebRTC leg.
+    dtls: Option<Box<DtlsParams>>,
     peers: [Peer; 2],
     learning_until: Instant,
     counters: LegCounters,
@@ -711,7 +726,14 @@ impl IceState {
 impl Leg {
     fn new(config: LegConfig, now: Instant, window: Duration, payloads: PayloadMap) -> Self {
         let mut leg = Self {
-            config,
+            config: LegSettings {
+                rtcp_mux: config.rtcp_mux,
+                peer_rtp: config.peer_rtp,
+                peer_rtcp: config.peer_rtcp,
+                peer_ip: config.peer_ip,
+                crypto: config.crypto,
+            },
+            dtls: config.dtls.map(Box::new),
             peers: [Peer::from_signalled(None); 2],
             learning_until: now + window,
             counters: LegCounters::default(),
@@ -922,6 +944,45 @@ impl Leg {
     /// selects its source when it nominates (or keeps consent for the
     /// selected one). Anything else is a counted drop that changes
     /// nothing.
+    /// On an ICE leg (RFC 7983: one port carries STUN, DTLS and
+    /// (S)RTP(C)): STUN is answered, DTLS handed to the handshake, both
+    /// and media only from the pair ICE selected. `None`: media from that
+    /// pair, to go on with. Apart from `accept`, so that plain legs'
+    /// packets do not carry its code.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn ice_demux(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        party: Party,
+        arrived_on: Component,
+        from: SocketAddr,
+        buf: &mut [u8],
+        wire_len: usize,
+    ) -> Option<Outcome> {
+        if stun::is_stun(&buf[..wire_len]) {
+            return Some(self.on_stun(now, leg, party, arrived_on, from, buf, wire_len));
+        }
+        if self.peers[Component::Rtp.index()].addr != Some(from) {
+            return Some(self.drop(DropReason::IceUnchecked));
+        }
+        if stun::is_dtls(&buf[..wire_len]) {
+            let within_budget = self
+                .ice
+                .as_mut()
+                .is_some_and(|ice| ice.take_dtls_token(now));
+            if !within_budget {
+                return Some(self.drop(DropReason::HandshakeBusy));
+            }
+            return Some(Outcome::verdict(Verdict::Handshake { leg }));
+        }
+        None
+    }
+
+    // Cold: a few checks a second per WebRTC leg.
+    #[cold]
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn on_stun(
         &mut self,
@@ -1238,26 +1299,10 @@ impl Stream {
             return Err(this.drop(DropReason::OldSource));
         }
         let wire_len = len.min(buf.len());
-        if this.ice.is_some() {
-            // RFC 7983: one port carries STUN, DTLS and (S)RTP(C).
-            if stun::is_stun(&buf[..wire_len]) {
-                return Err(this.on_stun(now, leg, party, arrived_on, from, buf, wire_len));
-            }
-            // Everything else only from the pair ICE selected: no DTLS
-            // handshake and no media with anyone else.
-            if this.peers[Component::Rtp.index()].addr != Some(from) {
-                return Err(this.drop(DropReason::IceUnchecked));
-            }
-            if stun::is_dtls(&buf[..wire_len]) {
-                let within_budget = this
-                    .ice
-                    .as_mut()
-                    .is_some_and(|ice| ice.take_dtls_token(now));
-                if !within_budget {
-                    return Err(this.drop(DropReason::HandshakeBusy));
-                }
-                return Err(Outcome::verdict(Verdict::Handshake { leg }));
-            }
+        if this.ice.is_some()
+            && let Some(outcome) = this.ice_demux(now, leg, party, arrived_on, from, buf, wire_len)
+        {
+            return Err(outcome);
         }
         // The first bytes of SRTCP are RTCP's, in clear.
         let component = if arrived_on == Component::Rtp
@@ -1820,7 +1865,6 @@ impl Stream {
         let Some(leg) = self.leg_mut(id) else {
             return;
         };
-        leg.config.ice = Some(credentials);
         match leg.ice.as_mut() {
             Some(ice) if ice.current == credentials => {}
             Some(ice) => {
@@ -1848,7 +1892,6 @@ impl Stream {
         if leg.ice.take().is_none() {
             return;
         }
-        leg.config.ice = None;
         for peer in &mut leg.peers {
             if peer.source == PeerSource::Ice {
                 peer.source = PeerSource::Learned;
@@ -1862,7 +1905,7 @@ impl Stream {
     pub fn clear_dtls(&mut self, party: Party) -> Option<LegId> {
         let id = self.leg_of(party);
         let leg = self.leg_mut(id)?;
-        leg.config.dtls.take().map(|_| id)
+        leg.dtls.take().map(|_| id)
     }
 
     /// When the next ICE consent of this stream runs out.
@@ -1879,10 +1922,10 @@ impl Stream {
     pub fn set_dtls(&mut self, party: Party, params: DtlsParams) -> Option<LegId> {
         let id = self.leg_of(party);
         let leg = self.leg_mut(id)?;
-        if leg.config.dtls == Some(params) {
+        if leg.dtls.as_deref() == Some(&params) {
             return None;
         }
-        leg.config.dtls = Some(params);
+        leg.dtls = Some(Box::new(params));
         if matches!(leg.config.crypto, LegCrypto::Plain) {
             leg.set_crypto(LegCrypto::AwaitingKeys);
         }
@@ -1899,7 +1942,7 @@ impl Stream {
         let Some(this) = self.leg_mut(leg) else {
             return false;
         };
-        if this.config.dtls.as_ref() != Some(under) {
+        if this.dtls.as_deref() != Some(under) {
             return false;
         }
         this.set_crypto(LegCrypto::Srtp(keys));
