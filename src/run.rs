@@ -27,6 +27,10 @@ pub fn main(options: RunOptions) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(message) = check_media_ips(&config) {
+        eprintln!("baton: {message}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     init_logging(config.log_format);
     raise_open_files_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -49,6 +53,21 @@ pub fn main(options: RunOptions) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Every media IP must be an address of this host: a test bind now, before
+/// the relay says it is ready, instead of every call failing later.
+fn check_media_ips(config: &Config) -> Result<(), String> {
+    for ip in &config.dataplane.media_ips {
+        if let Err(e) = std::net::UdpSocket::bind(std::net::SocketAddr::new(*ip, 0)) {
+            return Err(format!(
+                "media-ip {ip} cannot be bound on this host ({e}): give one of this host's \
+                 addresses (`ip -br addr` lists them), and the address callers reach with \
+                 advertise-ip when the relay is behind NAT"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

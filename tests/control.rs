@@ -578,3 +578,26 @@ fn logs_to_a_file_have_no_colour_escapes() {
     assert!(log.contains("baton ready"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
 }
+
+/// A media IP that is not this host's is refused at start (exit 2, naming
+/// the key and the fix), not accepted and then failing every call.
+#[test]
+fn a_media_ip_not_on_this_host_is_refused_at_start() {
+    let output = std::process::Command::new(common::baton_bin())
+        .args([
+            "run",
+            "--control",
+            "tcp:127.0.0.1:0",
+            "--media-ip",
+            "192.0.2.77",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("media-ip 192.0.2.77 cannot be bound") && stderr.contains("advertise-ip"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ready"), "{stderr}");
+}
