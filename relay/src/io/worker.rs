@@ -596,19 +596,31 @@ impl Worker {
                 return;
             }
         };
-        let open = DtlsCommand::Open {
-            key: LegKey {
-                session: id,
-                stream,
-                leg,
-            },
+        let key = LegKey {
+            session: id,
+            stream,
+            leg,
+        };
+        if !self.hand_to_dtls(thread, key, socket, params) {
+            warn!(worker = %self.index, session = %id, "the DTLS thread has stopped; handshake not started");
+        }
+    }
+
+    /// Gives the DTLS thread a leg to run its handshake on; false if the
+    /// thread has stopped.
+    fn hand_to_dtls(
+        &self,
+        thread: &DtlsHandle,
+        key: LegKey,
+        socket: std::net::UdpSocket,
+        params: DtlsParams,
+    ) -> bool {
+        thread.send(DtlsCommand::Open {
+            key,
             socket,
             params,
             worker: self.link.clone(),
-        };
-        if !thread.send(open) {
-            warn!(worker = %self.index, session = %id, "the DTLS thread is overloaded; handshake not started");
-        }
+        })
     }
 
     /// Puts the keys of completed DTLS handshakes into their legs.
@@ -845,17 +857,12 @@ impl Worker {
             entry.tokens[stream.0][leg.index()][Component::Rtcp.index()] = token;
         }
         if let (Some(params), Some(socket), Some(thread)) = (dtls, handshake_socket, &self.dtls) {
-            let open = DtlsCommand::Open {
-                key: LegKey {
-                    session: entry.session.id(),
-                    stream,
-                    leg,
-                },
-                socket,
-                params,
-                worker: self.link.clone(),
+            let key = LegKey {
+                session: entry.session.id(),
+                stream,
+                leg,
             };
-            if !thread.send(open) {
+            if !self.hand_to_dtls(thread, key, socket, params) {
                 return Err(io::Error::other("the DTLS thread has stopped"));
             }
         }
