@@ -224,6 +224,10 @@ struct Handshake {
     verified: bool,
     material: Option<(Vec<u8>, SrtpProfile)>,
     done: bool,
+    /// When the keys went to the worker: the engine and its descriptor of
+    /// the leg's socket are kept a little longer (a peer whose last flight
+    /// got lost retransmits it), then dropped.
+    finished_at: Option<Instant>,
     resets: u32,
     /// The earliest time this leg has in the timer heap, if any: a time is
     /// pushed only when it comes before it (the heap holds at most a few
@@ -231,6 +235,10 @@ struct Handshake {
     scheduled: Option<Instant>,
 }
 
+/// How long a finished handshake is kept for the peer's retransmissions
+/// (its flights are retried after 1, 2, 4, 8 … s) before the engine and
+/// its socket descriptor go.
+const FINISHED_GRACE: Duration = Duration::from_secs(30);
 /// Timers further away than this are not scheduled: a completed
 /// handshake's engine asks to be woken years from now.
 const FAR_FUTURE: Duration = Duration::from_secs(3600);
@@ -256,10 +264,12 @@ impl Handshake {
 
     /// The earliest time this handshake needs the thread.
     fn wake_at(&self) -> Option<Instant> {
-        match (self.next_timeout, self.deadline.filter(|_| !self.done)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let deadline = self.deadline.filter(|_| !self.done);
+        let retire = self.finished_at.map(|at| at + FINISHED_GRACE);
+        [self.next_timeout, deadline, retire]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -377,6 +387,7 @@ impl DtlsThread {
                         verified: false,
                         material: None,
                         done: false,
+                        finished_at: None,
                         resets: 0,
                         scheduled: None,
                     },
@@ -455,6 +466,12 @@ impl DtlsThread {
                     continue;
                 }
                 Some(_) => {}
+            }
+            if h.finished_at.is_some_and(|at| at + FINISHED_GRACE <= now) {
+                // Done long enough: the keys are the leg's; the engine and
+                // the socket descriptor go (late records are ignored).
+                self.legs.remove(&key);
+                continue;
             }
             if !h.done && h.deadline.is_some_and(|d| d <= now) {
                 self.fail(key, "the DTLS handshake did not complete in 30 s", now);
@@ -620,6 +637,7 @@ fn drain(
                 return Err("the media worker could not take the DTLS keys".to_owned());
             }
             h.done = true;
+            h.finished_at = Some(Instant::now());
             let _ = h.worker.waker.wake();
             let _ = events.try_send(WorkerEvent::DtlsConnected {
                 id: key.session,
@@ -649,4 +667,74 @@ fn report_failure(events: &mpsc::Sender<WorkerEvent>, key: LegKey, reason: &str)
         leg: key.leg,
         reason: reason.to_owned(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::core::dtls::HashFunction;
+
+    fn handshake(thread: &DtlsThread, finished_at: Option<Instant>) -> Handshake {
+        let now = Instant::now();
+        let (keys, _) = crossbeam_channel::bounded(1);
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        Handshake {
+            dtls: Handshake::engine(&thread.config, &thread.identity, DtlsRole::Server, now),
+            socket: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            params: DtlsParams {
+                role: DtlsRole::Server,
+                peer: Fingerprint::of_certificate(HashFunction::Sha256, b"peer"),
+            },
+            worker: WorkerLink { keys, waker },
+            peer: None,
+            next_timeout: None,
+            deadline: None,
+            verified: true,
+            material: None,
+            done: finished_at.is_some(),
+            finished_at,
+            resets: 0,
+            scheduled: None,
+        }
+    }
+
+    fn key(leg: usize) -> LegKey {
+        LegKey {
+            session: SessionId(1),
+            stream: StreamIndex(0),
+            leg: LegId::new(leg).unwrap(),
+        }
+    }
+
+    #[test]
+    fn finished_handshakes_are_dropped_after_their_grace_and_no_sooner() {
+        let (events, _) = mpsc::channel(8);
+        let mut thread = DtlsThread::new(Arc::new(DtlsIdentity::generate().unwrap()), events);
+        let now = Instant::now();
+        let long_ago = now
+            .checked_sub(FINISHED_GRACE + Duration::from_secs(1))
+            .unwrap();
+        let just_now = now.checked_sub(Duration::from_secs(1)).unwrap();
+        for (leg, finished) in [(0, Some(long_ago)), (1, Some(just_now)), (2, None)] {
+            let h = handshake(&thread, finished);
+            thread.legs.insert(key(leg), h);
+            if let Some(at) = thread.legs[&key(leg)].wake_at() {
+                thread.timers.push(Reverse((at, key(leg))));
+            }
+        }
+        thread.fire_timers(now);
+        assert!(
+            !thread.legs.contains_key(&key(0)),
+            "finished 31 s ago: dropped"
+        );
+        assert!(thread.legs.contains_key(&key(1)), "finished 1 s ago: kept");
+        assert!(thread.legs.contains_key(&key(2)), "not finished: kept");
+        // The kept finished one goes when its grace ends.
+        thread.fire_timers(just_now + FINISHED_GRACE);
+        assert!(!thread.legs.contains_key(&key(1)));
+        assert!(thread.legs.contains_key(&key(2)));
+    }
 }
