@@ -112,6 +112,9 @@ fn raise_open_files_limit(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Signals first: once a client can connect, a SIGTERM must mean a
+    // clean shutdown, not the default death.
+    let mut signals = ShutdownSignals::install()?;
     let service = baton_control::service::start(&config.dataplane, config.sessions)
         .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
     let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
@@ -177,7 +180,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server_task = tokio::spawn(server.run(shutdown.clone()));
 
-    let reason = wait_for_shutdown_signal().await?;
+    let reason = signals.wait().await;
     info!(signal = reason, "shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     service
@@ -193,11 +196,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<&'static str> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, caught from the start of `serve`.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The first of them to arrive.
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }
