@@ -693,10 +693,7 @@ impl PartyCrypto {
             let setup = match dtls.role {
                 Some(DtlsRole::Server) => "passive",
                 Some(DtlsRole::Client) => "active",
-                None => {
-                    dtls.offered = true;
-                    "actpass"
-                }
+                None => "actpass",
             };
             if dtls.peer.is_none() {
                 // Until the party answers, this body is the relay's offer.

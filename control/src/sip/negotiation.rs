@@ -14,7 +14,7 @@ use baton_relay::core::dtls::Fingerprint;
 
 use crate::sip::crypto::{self, PartyCrypto, SdesPolicy, Transport, WebRtcToward};
 use crate::sip::sdp::{
-    AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits,
+    AnswerMedia, Direction, Media, Pick, RelayEndpoint, Sdp, SdpError, SdpLimits, host_candidate,
 };
 use crate::status::Status;
 
@@ -386,17 +386,6 @@ pub(crate) fn security_toward(
         .collect()
 }
 
-/// The relay's ICE host candidate for `endpoint` (RFC 8839 §5.1): one
-/// component, rtcp-mux; the priority of a host candidate of the highest
-/// local preference.
-fn host_candidate(endpoint: &RelayEndpoint) -> String {
-    format!(
-        "candidate:1 1 UDP 2130706431 {} {} typ host",
-        endpoint.rtp.ip(),
-        endpoint.rtp.port()
-    )
-}
-
 /// Matches a body's m= lines to existing streams by media type, in order
 /// (for a party whose first body this is, on a session it did not start).
 pub(crate) fn match_by_kind(media: &[Media], streams: &[NegotiatedStream]) -> Layout {
@@ -545,28 +534,20 @@ pub(crate) fn render(
     }
     body.finish_session(first_ip);
     body.remove_groups();
-    if !ice_streams.is_empty() {
-        body.set_session_attribute("ice-lite");
-        // MIDs (RFC 8843): the receiver's own where its body named them,
-        // else the sender's, else the m= line's index; one carried stream
-        // is one transport, which a BUNDLE group of that MID names.
-        let receiver_mid = |index: usize| {
-            let (receiver_body, _) = receiver?;
-            receiver_body.media(index).ok()?.webrtc.mid
-        };
-        let mut mids = Vec::new();
-        for &index in &ice_streams {
-            let mid = receiver_mid(index)
-                .or_else(|| body.media(index).ok().and_then(|m| m.webrtc.mid))
-                .filter(|mid| crate::sip::sdp::is_token(mid))
-                .unwrap_or_else(|| index.to_string());
-            body.set_mid(index, &mid);
-            mids.push(mid);
-        }
-        if let [mid] = mids.as_slice() {
-            body.set_session_attribute(&format!("group:BUNDLE {mid}"));
-        }
+    // MIDs (RFC 8843): the receiver's own where its body named them, else
+    // the sender's, else the m= line's index.
+    let receiver_mid = |index: usize| {
+        let (receiver_body, _) = receiver?;
+        receiver_body.media(index).ok()?.webrtc.mid
+    };
+    let mut mids = Vec::with_capacity(ice_streams.len());
+    for &index in &ice_streams {
+        let mid = receiver_mid(index).or_else(|| body.media(index).ok().and_then(|m| m.webrtc.mid));
+        let mid = crate::sip::sdp::mid_or_index(mid, index);
+        body.set_mid(index, &mid);
+        mids.push(mid);
     }
+    body.set_ice_lite_transports(&mids);
     body
 }
 

@@ -1068,6 +1068,19 @@ impl Sdp {
         }
     }
 
+    /// The session lines of a body whose m= lines with `mids` are the
+    /// relay's ICE-lite transports: `a=ice-lite`, and for one transport a
+    /// BUNDLE group of its MID. Nothing when `mids` is empty.
+    pub fn set_ice_lite_transports(&mut self, mids: &[String]) {
+        if mids.is_empty() {
+            return;
+        }
+        self.set_session_attribute("ice-lite");
+        if let [mid] = mids {
+            self.set_session_attribute(&format!("group:BUNDLE {mid}"));
+        }
+    }
+
     /// Removes the sender's `a=group` lines (BUNDLE, LS): the receiver
     /// gets the relay's transports, which bundle nothing.
     pub fn remove_groups(&mut self) {
@@ -1101,6 +1114,23 @@ impl Sdp {
             section.push(Line::new(b'a', "rtcp-mux".to_owned()));
         }
     }
+}
+
+/// The relay's ICE host candidate for `endpoint` (RFC 8839 §5.1): one
+/// component, rtcp-mux; the priority of a host candidate of the highest
+/// local preference.
+pub fn host_candidate(endpoint: &RelayEndpoint) -> String {
+    format!(
+        "candidate:1 1 UDP 2130706431 {} {} typ host",
+        endpoint.rtp.ip(),
+        endpoint.rtp.port()
+    )
+}
+
+/// A MID for m= line `index`: `mid` if it is a token, else the index.
+pub fn mid_or_index(mid: Option<String>, index: usize) -> String {
+    mid.filter(|mid| is_token(mid))
+        .unwrap_or_else(|| index.to_string())
 }
 
 /// Whether `text` is an SDP token (RFC 8866 §9), as a MID must be.
@@ -1287,22 +1317,10 @@ pub fn write_answer(
                 lines.push(Line::new(b'a', value.clone()));
             }
             if answer.ice {
-                lines.push(Line::new(
-                    b'a',
-                    format!(
-                        "candidate:1 1 UDP 2130706431 {} {} typ host",
-                        relay.rtp.ip(),
-                        relay.rtp.port()
-                    ),
-                ));
+                lines.push(Line::new(b'a', host_candidate(&relay)));
                 lines.push(Line::new(b'a', "end-of-candidates"));
                 // RFC 8843 §7.3: the answer keeps the offer's MID.
-                let mid = offer
-                    .media(index)
-                    .ok()
-                    .and_then(|m| m.webrtc.mid)
-                    .filter(|mid| is_token(mid))
-                    .unwrap_or_else(|| index.to_string());
+                let mid = mid_or_index(offer.media(index).ok().and_then(|m| m.webrtc.mid), index);
                 lines.push(Line::new(b'a', format!("mid:{mid}")));
                 ice_mids.borrow_mut().push(mid);
             }
@@ -1351,13 +1369,7 @@ pub fn write_answer(
         session,
         media: sections,
     };
-    let ice_mids = ice_mids.into_inner();
-    if !ice_mids.is_empty() {
-        answer.set_session_attribute("ice-lite");
-        if let [mid] = ice_mids.as_slice() {
-            answer.set_session_attribute(&format!("group:BUNDLE {mid}"));
-        }
-    }
+    answer.set_ice_lite_transports(&ice_mids.into_inner());
     answer
 }
 
