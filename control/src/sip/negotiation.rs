@@ -1162,6 +1162,27 @@ mod tests {
     }
 
     #[test]
+    fn webrtc_options_are_read_or_refused_by_name() {
+        use baton_relay::core::dtls::DtlsRole;
+        let read = |setup: &str| {
+            webrtc_toward(Some(&v1::WebRtcOptions {
+                force_ice: true,
+                dtls_setup: setup.to_owned(),
+            }))
+        };
+        assert_eq!(read("").map(|w| (w.force_ice, w.role)), Ok((true, None)));
+        assert_eq!(read("ACTPASS").map(|w| w.role), Ok(None));
+        assert_eq!(read("active").map(|w| w.role), Ok(Some(DtlsRole::Client)));
+        assert_eq!(read("passive").map(|w| w.role), Ok(Some(DtlsRole::Server)));
+        for bad in ["holdconn", "x".repeat(10_000).as_str(), "active\u{1b}[2J"] {
+            let error = read(bad).expect_err("refused");
+            assert_eq!(error.code, v1::Code::InvalidArgument);
+            assert!(error.message.contains("dtls_setup"), "{}", error.message);
+            assert!(error.message.len() < 200 && !error.message.contains('\u{1b}'));
+        }
+    }
+
+    #[test]
     fn a_browsers_dtls_offer_is_read_with_its_ice_and_fingerprint() {
         let body = Sdp::parse(body!("webrtc-browser-dtls.sdp")).expect("parse");
         let (streams, layout) = streams_from(&body, Party::User, v1::AddressFamily::Unspecified)
