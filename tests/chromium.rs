@@ -539,3 +539,212 @@ fn count(value: &Json) -> u64 {
         .or_else(|| value.as_u64())
         .unwrap_or(0)
 }
+
+/// The VP8 payload type of a body's video line (the browser's numbering).
+fn vp8_payload_type(body: &baton_control::sip::sdp::Sdp) -> u32 {
+    let video = (0..body.media_count())
+        .filter_map(|i| body.media(i).ok())
+        .find(|m| m.kind == "video")
+        .expect("a video line");
+    video
+        .codecs
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case("VP8"))
+        .map(|c| c.payload_type)
+        .expect("VP8 offered")
+}
+
+/// The relay's address on the `index`th m= line of a body.
+fn line_addr(body: &baton_control::sip::sdp::Sdp, index: usize) -> SocketAddr {
+    body.media(index).expect("m= line").rtp.expect("an address")
+}
+
+/// What one port of the phone heard: packets by payload type.
+fn listen(
+    peer: Arc<Peer>,
+    to: SocketAddr,
+    send_pt: u8,
+    until: Instant,
+) -> std::thread::JoinHandle<std::collections::BTreeMap<u8, u64>> {
+    std::thread::spawn(move || {
+        let mut heard = std::collections::BTreeMap::new();
+        let mut seq: u16 = 1;
+        let mut next_send = Instant::now();
+        while Instant::now() < until {
+            if Instant::now() >= next_send {
+                // PCMU, or a VP8 packet (payload descriptor: start of a
+                // partition) the browser's RTP receiver counts.
+                let mut payload = vec![0x10];
+                payload.extend_from_slice(&[0x55; 159]);
+                peer.send(
+                    &to.to_string(),
+                    &common::media::rtp(
+                        send_pt,
+                        seq,
+                        u32::from(seq) * 160,
+                        0xB0B0 + u32::from(send_pt),
+                        &payload,
+                    ),
+                );
+                seq = seq.wrapping_add(1);
+                next_send += Duration::from_millis(20);
+            }
+            if let Some((b, _)) = peer.recv_within(Duration::from_millis(5))
+                && b.len() > 12
+                && b[0] >> 6 == 2
+            {
+                *heard.entry(b[1] & 0x7f).or_insert(0) += 1;
+            }
+        }
+        heard
+    })
+}
+
+/// A browser sending audio and video (fake camera) under both bundle
+/// policies: the relay answers with one BUNDLE transport for both m=
+/// lines (max-bundle offers the video line bundle-only), routes what
+/// arrives on it by MID and payload type to the phone's separate audio and
+/// video ports, and sends the phone's audio and video back on it.
+#[test]
+fn chromium_audio_and_video_share_one_bundled_transport() {
+    if !tools_present() || !inside_namespace("chromium_audio_and_video_share_one_bundled_transport")
+    {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    for policy in ["max-bundle", "balanced"] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+        let url = format!(
+            "http://{}/?ms=5000&video=1&bundle={policy}",
+            listener.local_addr().expect("addr")
+        );
+        let requests = serve(listener);
+        let profile = tempfile::tempdir().expect("profile");
+        let mut browser = chromium(&url, profile.path());
+        let call_id = format!("bundle-{policy}");
+        let audio = Arc::new(Peer::v4());
+        let video = Arc::new(Peer::v4());
+        let mut heard = None;
+        let mut answer_text = String::new();
+        let stats = loop {
+            let page = requests
+                .recv_timeout(Duration::from_secs(40))
+                .expect("the page's request");
+            match page.path.as_str() {
+                "/offer" => {
+                    assert!(page.body.contains("a=group:BUNDLE"), "{}", page.body);
+                    let to_phone = sdp_of(&proxy.call(&request(vec![
+                        ("command", text("offer")),
+                        ("call-id", text(&call_id)),
+                        ("from-tag", text("a-tag")),
+                        ("sdp", text(page.body.as_str())),
+                        ("aor", text(AOR)),
+                        ("gruu", text(GRUU_BROWSER)),
+                        ("ICE", text("remove")),
+                        ("transport-protocol", text("RTP/AVP")),
+                        ("received-from", flags(&["IP4", "127.0.0.1"])),
+                    ])));
+                    // Toward the phone: two lines on two relay ports,
+                    // plain RTP, no bundle.
+                    let rendered = to_phone.render();
+                    assert!(!rendered.contains("a=group"), "{rendered}");
+                    assert!(!rendered.contains("bundle-only"), "{rendered}");
+                    let (to_audio, to_video) = (line_addr(&to_phone, 0), line_addr(&to_phone, 1));
+                    assert_ne!(to_audio, to_video, "{rendered}");
+                    let vp8 = vp8_payload_type(&to_phone);
+                    let phone = format!(
+                        "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+                         m=video {} RTP/AVP {vp8}\r\na=rtpmap:{vp8} VP8/90000\r\na=sendrecv\r\n",
+                        audio.addr().port(),
+                        video.addr().port()
+                    );
+                    let answer = sdp_of(&proxy.call(&request(vec![
+                        ("command", text("answer")),
+                        ("call-id", text(&call_id)),
+                        ("from-tag", text("a-tag")),
+                        ("to-tag", text("bob-tag")),
+                        ("sdp", text(phone)),
+                    ])));
+                    answer_text = answer.render();
+                    let until = Instant::now() + Duration::from_secs(7);
+                    heard = Some((
+                        listen(Arc::clone(&audio), to_audio, 0, until),
+                        listen(Arc::clone(&video), to_video, vp8 as u8, until),
+                        vp8 as u8,
+                    ));
+                    let _ = page.reply.send(answer_text.clone());
+                }
+                "/stats" => {
+                    let _ = page.reply.send(String::new());
+                    break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
+                }
+                other => {
+                    let _ = page.reply.send(String::new());
+                    eprintln!("ignored a POST to {other}: {}", page.body);
+                }
+            }
+        };
+        let _ = browser.kill();
+        let _ = browser.wait();
+        let (audio_heard, video_heard, vp8) = heard.expect("the call started");
+        let (audio_heard, video_heard) = (
+            audio_heard.join().expect("audio"),
+            video_heard.join().expect("video"),
+        );
+        // The answer bundles both lines on one relay address, keeping the
+        // browser's MIDs.
+        let answer = baton_control::sip::sdp::Sdp::parse(&answer_text).expect("answer");
+        assert_eq!(
+            line_addr(&answer, 0),
+            line_addr(&answer, 1),
+            "{answer_text}"
+        );
+        assert!(answer_text.contains("a=group:BUNDLE 0 1"), "{answer_text}");
+        // Not the MID header extension: the relay writes no MIDs, and a
+        // browser that negotiated them drops packets without one.
+        assert!(
+            !answer_text.contains("urn:ietf:params:rtp-hdrext:sdes:mid"),
+            "{answer_text}"
+        );
+        let report =
+            common::stdout_json(&relay.ctl(&["get", "--call-id", &call_id, "--from-tag", "a-tag"]));
+        assert_browser_heard_and_connected(&stats);
+        assert_eq!(
+            stats["dtls"].as_array().map(Vec::len),
+            Some(1),
+            "one transport ({policy}): {stats}"
+        );
+        let inbound_video = stats["inboundVideo"].as_u64().unwrap_or(0);
+        assert!(
+            inbound_video >= 20,
+            "the browser received {inbound_video} video packets ({policy}): {stats}"
+        );
+        // Each of the phone's ports heard only its own medium.
+        let audio_packets = audio_heard.get(&0).copied().unwrap_or(0);
+        let video_packets = video_heard.get(&vp8).copied().unwrap_or(0);
+        assert!(
+            audio_packets >= 50,
+            "audio port ({policy}): {audio_heard:?}"
+        );
+        assert!(
+            video_packets >= 20,
+            "video port ({policy}): {video_heard:?}"
+        );
+        assert_eq!(
+            audio_heard.keys().copied().collect::<Vec<_>>(),
+            vec![0],
+            "only audio on the audio port ({policy})"
+        );
+        assert!(
+            video_heard.keys().all(|&pt| pt == vp8),
+            "only video on the video port ({policy}): {video_heard:?}"
+        );
+        let video_user = &report["session"]["streams"][1]["user"];
+        assert!(
+            count(&video_user["stats"]["rtp_packets_in"]) >= 20,
+            "{video_user}"
+        );
+    }
+}

@@ -25,7 +25,8 @@ use crate::io::dtls::{self, DtlsHandle, DtlsIdentity};
 use crate::io::ports::{self, LegSockets, PortError, PortPool};
 use crate::io::worker::{self, Command, Worker};
 pub use crate::messages::{
-    DataplaneError, LATENCY_BUCKETS_NS, StreamSetup, TransferSetup, WorkerEvent, WorkerStats,
+    DataplaneError, LATENCY_BUCKETS_NS, StreamSetup, TransferLeg, TransferSetup, WorkerEvent,
+    WorkerStats,
 };
 
 /// How long a worker may take to answer a command.

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::core::bundle::BundleTag;
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 use crate::core::session::{
     EndReason, Latched, PendingLeg, SessionReport, StreamParams, SwitchMode, TransferError,
@@ -26,8 +27,23 @@ pub const LATENCY_BUCKETS_NS: [u64; 12] = [
 pub struct StreamSetup {
     /// Codecs, peers, source policy.
     pub params: StreamParams,
-    /// Bound sockets: device leg, remote leg.
-    pub sockets: [LegSockets; 2],
+    /// Bound sockets: device leg, remote leg. `None` for a leg that rides
+    /// an earlier stream's transport (its `bundle` tag names which).
+    pub sockets: [Option<LegSockets>; 2],
+    /// Per leg (device, remote): the BUNDLE transport it is on, if any.
+    pub bundle: [Option<BundleTag>; 2],
+}
+
+/// The new device's leg of one stream in a transfer.
+#[derive(Debug)]
+pub struct TransferLeg {
+    /// Its peer, crypto and payload numbering.
+    pub leg: PendingLeg,
+    /// Its bound sockets; `None` if it rides an earlier stream's
+    /// transport (see `bundle`).
+    pub sockets: Option<LegSockets>,
+    /// The BUNDLE transport it is on, if any.
+    pub bundle: Option<BundleTag>,
 }
 
 /// A transfer to open: its id, one leg per stream with its sockets, when to
@@ -37,7 +53,7 @@ pub struct TransferSetup {
     /// The control plane's id for it.
     pub transfer: TransferId,
     /// Per stream, in order.
-    pub legs: Vec<(PendingLeg, LegSockets)>,
+    pub legs: Vec<TransferLeg>,
     /// When to switch.
     pub mode: SwitchMode,
     /// Roll back if not switched by then.

@@ -251,7 +251,8 @@ fn worker_path() -> u64 {
             device: leg(device.local_addr().expect("addr")),
             remote: leg(remote.local_addr().expect("addr")),
         },
-        sockets: [user_sockets, remote_sockets],
+        sockets: [Some(user_sockets), Some(remote_sockets)],
+        bundle: [None, None],
     };
     runtime
         .block_on(dataplane.add_session(WorkerId(0), SessionId(1), vec![setup]))

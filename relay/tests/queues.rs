@@ -74,7 +74,8 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
                 device: leg,
                 remote: leg,
             },
-            sockets: [user, remote],
+            sockets: [Some(user), Some(remote)],
+            bundle: [None, None],
         };
         runtime
             .block_on(dataplane.add_session(WorkerId(0), SessionId(id), vec![setup]))

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::events::unix_time_ms;
 use crate::sip::crypto::{PartyCrypto, SdesPolicy};
-use crate::sip::negotiation::{self, NegotiatedStream, session_held};
+use crate::sip::negotiation::{self, NegotiatedStream, StreamBundle, session_held};
 use crate::status::{Status, excerpt};
 
 /// What the ng front end reads of a session.
@@ -251,9 +251,14 @@ impl Sessions {
             asymmetric: request.asymmetric,
         };
         let rtcp_sockets = offer.is_some();
+        let bundles = negotiation::session_bundles(offer.as_ref(), &crypto)?;
+        let mut crypto = crypto;
+        negotiation::align_bundled_crypto(&mut crypto, &bundles);
         let mut setups = Vec::with_capacity(specs.len());
-        let mut streams = Vec::with_capacity(specs.len());
-        for ((spec, peers), crypto) in request.streams.iter().zip(specs).zip(crypto) {
+        let mut streams: Vec<NegotiatedStream> = Vec::with_capacity(specs.len());
+        for (index, ((spec, peers), crypto)) in
+            request.streams.iter().zip(specs).zip(crypto).enumerate()
+        {
             let families = [spec.user_family(), spec.remote_family()];
             let mut sockets = Vec::with_capacity(2);
             let mut local = [v1::Endpoint::default(), v1::Endpoint::default()];
@@ -265,11 +270,22 @@ impl Sessions {
                     v1::AddressFamily::Ipv6 => Some(true),
                     v1::AddressFamily::Unspecified => peer_rtp.map(|a| a.is_ipv6()),
                 };
-                // With SDP, the other party may refuse rtcp-mux: keep the
-                // RTCP port to fall back to (RFC 5761 §5.1.1).
-                let bound = self.allocate_leg(ipv6, spec.rtcp_mux && !rtcp_sockets)?;
-                local[party.index()] = self.endpoint_of(&bound.rtp, bound.rtcp.as_ref());
-                sockets.push(bound);
+                let owner = bundles[index][party.index()]
+                    .as_ref()
+                    .filter(|b| b.follows(index))
+                    .and_then(|b| streams.get(b.primary));
+                if let Some(owner) = owner {
+                    // On an earlier stream's BUNDLE transport: its address,
+                    // no socket of its own.
+                    local[party.index()] = owner.local[party.index()].clone();
+                    sockets.push(None);
+                } else {
+                    // With SDP, the other party may refuse rtcp-mux: keep
+                    // the RTCP port to fall back to (RFC 5761 §5.1.1).
+                    let bound = self.allocate_leg(ipv6, spec.rtcp_mux && !rtcp_sockets)?;
+                    local[party.index()] = self.endpoint_of(&bound.rtp, bound.rtcp.as_ref());
+                    sockets.push(Some(bound));
+                }
                 let party_crypto = &crypto[party.index()];
                 legs.push(LegConfig {
                     // A WebRTC leg always multiplexes.
@@ -295,6 +311,10 @@ impl Sessions {
                     remote: legs[1],
                 },
                 sockets: [device_sockets, remote_sockets],
+                bundle: [
+                    bundles[index][0].as_ref().and_then(StreamBundle::tag),
+                    bundles[index][1].as_ref().and_then(StreamBundle::tag),
+                ],
             });
             streams.push(NegotiatedStream {
                 kind: spec.kind.clone(),
@@ -307,6 +327,7 @@ impl Sessions {
                 rejected: false,
                 user_payloads: Vec::new(),
                 crypto,
+                bundle: bundles[index].clone(),
             });
         }
         let (rendered, sdp) = match offer {

@@ -62,7 +62,9 @@ impl Sessions {
             let Some(s) = *slot else {
                 continue;
             };
-            let stream = &mut streams[s];
+            // Bundle owners come before their followers.
+            let (earlier, rest) = streams.split_at_mut(s);
+            let stream = &mut rest[0];
             if m.kind != stream.kind {
                 return Err(Status::invalid_argument(format!(
                     "SDP line {}: m={} where the session's stream {s} is {}",
@@ -105,6 +107,19 @@ impl Sessions {
                     // party: its keys are offered afresh (or dropped).
                     *toward = PartyCrypto::default();
                     toward.offer_toward(wanted, webrtc);
+                }
+            }
+            // A BUNDLE follower shares its transport owner's ICE and DTLS
+            // (an ICE restart renews them once, for the transport).
+            for party in [from, other] {
+                let owner = stream.bundle[party.index()]
+                    .as_ref()
+                    .filter(|b| b.follows(s))
+                    .and_then(|b| earlier.get(b.primary));
+                if let Some(owner) = owner {
+                    let owner = owner.crypto[party.index()].clone();
+                    stream.crypto[party.index()].ice = owner.ice;
+                    stream.crypto[party.index()].dtls = owner.dtls;
                 }
             }
             stream.rejected = false;

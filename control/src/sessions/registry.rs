@@ -43,6 +43,8 @@ pub(crate) struct OpenTransfer {
     pub payloads: Vec<Vec<(u8, u8)>>,
     /// Per stream: its transport and keys.
     pub crypto: Vec<crate::sip::crypto::PartyCrypto>,
+    /// Per stream: the BUNDLE transport it offered the stream on.
+    pub bundles: Vec<Option<crate::sip::negotiation::StreamBundle>>,
     /// Its offer and the answer it got, if it came as SDP.
     pub sdp: Option<PendingSdp>,
     /// The answer for the new device, until the ng front end reads it.

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use baton_proto::v1::{self, session_ref::By};
 use baton_relay::core::session::{PendingLeg, SessionUpdate, SwitchMode, TransferError};
 use baton_relay::core::stream::{LegConfig, PayloadMap};
-use baton_relay::{DataplaneError, Party, SessionId, TransferId, TransferSetup};
+use baton_relay::{DataplaneError, Party, SessionId, TransferId, TransferLeg, TransferSetup};
 use tracing::{debug, info};
 
 use super::registry::{CommittedTransfer, OpenTransfer, Record};
 use super::{Sessions, parse_endpoint, session_span, validate_codecs};
 use crate::bindings::{parse_aor, parse_gruu};
-use crate::sip::negotiation::{self, AnswerPlan, NegotiatedStream, PendingSdp, SdpState};
+use crate::sip::negotiation::{
+    self, AnswerPlan, NegotiatedStream, PendingSdp, SdpState, StreamBundle,
+};
 use crate::status::{Status, excerpt};
 
 /// Codecs that carry no media of their own: a device sharing only these
@@ -166,6 +168,7 @@ impl Sessions {
         let mut shared = Vec::with_capacity(record.streams.len());
         let mut muxes = Vec::with_capacity(record.streams.len());
         let mut device_crypto = Vec::with_capacity(record.streams.len());
+        let mut bundles = Vec::with_capacity(record.streams.len());
         for (index, stream) in record.streams.iter().enumerate() {
             let spec = request.streams.get(index).cloned().unwrap_or_default();
             let crypto = match &plan {
@@ -214,11 +217,29 @@ impl Sessions {
             let rtcp_mux = spec
                 .rtcp_mux
                 .unwrap_or(stream.rtcp_mux[Party::User.index()]);
-            let sockets = self.allocate_leg(ipv6, rtcp_mux)?;
-            local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
+            let bundle = plan
+                .as_ref()
+                .and_then(|plan| plan.bundles.get(index).cloned().flatten());
+            let owner = bundle
+                .as_ref()
+                .filter(|b| b.follows(index))
+                .and_then(|b| local.get(b.primary).cloned());
+            let sockets = match owner {
+                // On an earlier stream's BUNDLE transport: no socket of
+                // its own.
+                Some(owner) => {
+                    local.push(owner);
+                    None
+                }
+                None => {
+                    let sockets = self.allocate_leg(ipv6, rtcp_mux)?;
+                    local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
+                    Some(sockets)
+                }
+            };
             let device_te = super::telephone_event(&device_codecs);
-            legs.push((
-                PendingLeg {
+            legs.push(TransferLeg {
+                leg: PendingLeg {
                     config: LegConfig {
                         rtcp_mux: rtcp_mux || crypto.ice.is_some(),
                         peer_rtp,
@@ -231,7 +252,9 @@ impl Sessions {
                     payloads: PayloadMap::from_pairs(&pairs, device_te),
                 },
                 sockets,
-            ));
+                bundle: bundle.as_ref().and_then(StreamBundle::tag),
+            });
+            bundles.push(bundle);
             shared.push(pairs);
             muxes.push(rtcp_mux);
             device_crypto.push(crypto);
@@ -289,6 +312,7 @@ impl Sessions {
                     rtcp_mux: muxes,
                     payloads: shared,
                     crypto: device_crypto.clone(),
+                    bundles,
                     sdp: answer.as_ref().map(|(_, pending)| pending.clone()),
                     ng_answer: answer.as_ref().map(|(text, _)| text.clone()),
                     ng_dialog: context.ng_dialog,
@@ -585,6 +609,7 @@ fn adopt(
         if let Some(crypto) = open.crypto.get(index) {
             stream.crypto[user] = crypto.clone();
         }
+        stream.bundle[user] = open.bundles.get(index).cloned().flatten();
         stream.held[user] = false;
     }
     if let Some(pending_sdp) = open.sdp.take() {

@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 
 use baton_proto::v1;
-use baton_relay::Party;
+use baton_relay::core::bundle::{BundleTag, Mid};
 use baton_relay::core::dtls::Fingerprint;
+use baton_relay::{Party, StreamIndex};
 
 use crate::sip::crypto::{self, PartyCrypto, SdesPolicy, Transport, WebRtcToward};
 use crate::sip::sdp::{
@@ -47,6 +48,161 @@ pub(crate) struct NegotiatedStream {
     pub user_payloads: Vec<(u8, u8)>,
     /// Per party (user, remote): plain RTP or SRTP, and the keys.
     pub crypto: [PartyCrypto; 2],
+    /// Per party (user, remote): the BUNDLE transport the stream is on.
+    pub bundle: [Option<StreamBundle>; 2],
+}
+
+/// A stream's place on one party's BUNDLE transport (RFC 8843): the relay
+/// receives every stream of the group on the first one's socket, with its
+/// ICE and DTLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamBundle {
+    /// The stream owning the transport (the group's lowest index).
+    pub primary: usize,
+    /// This stream's MID toward the party.
+    pub mid: String,
+    /// The MID header extension's id the party uses, if negotiated.
+    pub mid_extension: Option<u8>,
+}
+
+impl StreamBundle {
+    /// The data plane's form.
+    pub fn tag(&self) -> Option<BundleTag> {
+        Some(BundleTag {
+            primary: StreamIndex(self.primary),
+            mid: Mid::new(&self.mid)?,
+            mid_extension: self.mid_extension,
+        })
+    }
+
+    /// Whether the stream rides another stream's transport.
+    pub fn follows(&self, stream: usize) -> bool {
+        self.primary != stream
+    }
+}
+
+/// Per stream, the BUNDLE transport an offer's sender put it on: the
+/// carried ICE streams of each `a=group:BUNDLE` (`ice(stream)`), under
+/// the group's lowest stream. Streams outside a group get `None` (a
+/// transport of their own).
+pub(crate) fn bundles_in_offer(
+    sdp: &Sdp,
+    media: &[Media],
+    layout: &Layout,
+    stream_count: usize,
+    ice: impl Fn(usize) -> bool,
+) -> Vec<Option<StreamBundle>> {
+    let mut bundles = vec![None; stream_count];
+    for group in sdp.bundle_groups() {
+        let members: Vec<(usize, &Media, &str)> = media
+            .iter()
+            .zip(layout)
+            .filter_map(|(m, slot)| {
+                let s = (*slot)?;
+                let mid = m.webrtc.mid.as_deref()?;
+                (s < stream_count
+                    && ice(s)
+                    && group.iter().any(|g| g == mid)
+                    && Mid::new(mid).is_some())
+                .then_some((s, m, mid))
+            })
+            .collect();
+        let Some(&(primary, _, _)) = members.iter().min_by_key(|(s, _, _)| *s) else {
+            continue;
+        };
+        for (s, _, mid) in members {
+            if bundles[s].is_none() {
+                bundles[s] = Some(StreamBundle {
+                    primary,
+                    mid: mid.to_owned(),
+                    // The relay's answer does not take up the MID header
+                    // extension: it does not write MIDs into what it sends,
+                    // and a browser that negotiated them drops packets of
+                    // unsignalled SSRCs without one. The offerer's streams
+                    // are told apart by SSRC and payload type (RFC 8843
+                    // §9.2).
+                    mid_extension: None,
+                });
+            }
+        }
+    }
+    bundles
+}
+
+/// Per stream, the BUNDLE transport of a body the relay offers to an ICE
+/// party: every stream it reaches with ICE on one transport (a max-bundle
+/// browser takes nothing else), MIDs as [`render`] writes them (the
+/// sender's, else the m= line's index), the sender's MID extension.
+pub(crate) fn bundles_toward(
+    sender: &[Media],
+    layout: &Layout,
+    stream_count: usize,
+    ice: impl Fn(usize) -> bool,
+) -> Vec<Option<StreamBundle>> {
+    let mut bundles = vec![None; stream_count];
+    let mut primary = None;
+    for (index, (m, slot)) in sender.iter().zip(layout).enumerate() {
+        let Some(s) = *slot else { continue };
+        if s >= stream_count || !ice(s) {
+            continue;
+        }
+        let mid = crate::sip::sdp::mid_or_index(m.webrtc.mid.clone(), index);
+        if Mid::new(&mid).is_none() {
+            continue;
+        }
+        let primary = *primary.get_or_insert(s);
+        bundles[s] = Some(StreamBundle {
+            primary,
+            mid,
+            mid_extension: m.webrtc.mid_extension,
+        });
+    }
+    bundles
+}
+
+/// Per stream and party (user, remote), the BUNDLE transports of a new
+/// session: the offerer's groups as its body has them, and toward the
+/// other party, if the relay reaches it with ICE, one transport.
+pub(crate) fn session_bundles(
+    offer: Option<&(Party, Sdp, Layout)>,
+    crypto: &[[PartyCrypto; 2]],
+) -> Result<Vec<[Option<StreamBundle>; 2]>, Status> {
+    let mut bundles = vec![[None, None]; crypto.len()];
+    let Some((from, body, layout)) = offer else {
+        return Ok(bundles);
+    };
+    let media = media_of(body)?;
+    let ice = |party: Party| move |s: usize| crypto[s][party.index()].ice.is_some();
+    let offered = bundles_in_offer(body, &media, layout, crypto.len(), ice(*from));
+    let toward = bundles_toward(&media, layout, crypto.len(), ice(from.other()));
+    for (s, (offered, toward)) in offered.into_iter().zip(toward).enumerate() {
+        bundles[s][from.index()] = offered;
+        bundles[s][from.other().index()] = toward;
+    }
+    Ok(bundles)
+}
+
+/// [`align_bundled`] on a new session's crypto, before its streams exist.
+pub(crate) fn align_bundled_crypto(
+    crypto: &mut [[PartyCrypto; 2]],
+    bundles: &[[Option<StreamBundle>; 2]],
+) {
+    for s in 0..crypto.len() {
+        for party in Party::BOTH {
+            let Some(primary) = bundles[s][party.index()]
+                .as_ref()
+                .filter(|b| b.follows(s))
+                .map(|b| b.primary)
+            else {
+                continue;
+            };
+            let Some(owner) = crypto.get(primary).map(|c| c[party.index()].clone()) else {
+                continue;
+            };
+            crypto[s][party.index()].ice = owner.ice;
+            crypto[s][party.index()].dtls = owner.dtls;
+        }
+    }
 }
 
 impl NegotiatedStream {
@@ -164,9 +320,36 @@ pub(crate) fn left_out_reason(media: &Media) -> String {
 
 /// Every m= line of a body, read.
 pub(crate) fn media_of(sdp: &Sdp) -> Result<Vec<Media>, Status> {
-    (0..sdp.media_count())
+    let mut media: Vec<Media> = (0..sdp.media_count())
         .map(|index| sdp.media(index).map_err(|e| sdp_status(&e)))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // A bundle-only line is carried only on a BUNDLE group's transport
+    // that some line of the group opens with a port; otherwise it is what
+    // its port says, disabled (RFC 8843 §6).
+    let groups = sdp.bundle_groups();
+    let opened: Vec<bool> = groups
+        .iter()
+        .map(|group| {
+            media.iter().any(|m| {
+                !m.webrtc.bundle_only
+                    && !m.is_disabled()
+                    && m.is_dtls()
+                    && m.webrtc.mid.as_ref().is_some_and(|mid| group.contains(mid))
+            })
+        })
+        .collect();
+    for m in &mut media {
+        let in_opened_group = m.webrtc.mid.as_ref().is_some_and(|mid| {
+            groups
+                .iter()
+                .zip(&opened)
+                .any(|(group, &open)| open && group.contains(mid))
+        });
+        if m.webrtc.bundle_only && !in_opened_group {
+            m.webrtc.bundle_only = false;
+        }
+    }
+    Ok(media)
 }
 
 /// The sender's addresses for one stream, as an `Endpoint`.
@@ -491,7 +674,7 @@ pub(crate) fn render(
     let sections: Vec<Pick<'_>> = picks.iter().map(|(p, _)| *p).collect();
     let mut body = sender.with_sections(&sections);
     // m= lines (of the body) on which the relay is an ICE-lite agent.
-    let mut ice_streams: Vec<usize> = Vec::new();
+    let mut ice_streams: Vec<(usize, SocketAddr)> = Vec::new();
     // The session-level c= names the first carried stream's relay address.
     let first_ip = picks
         .iter()
@@ -521,7 +704,7 @@ pub(crate) fn render(
                                 body.add_media_attribute(index, &host_candidate(&endpoint));
                                 body.add_media_attribute(index, "end-of-candidates");
                                 body.require_rtcp_mux(index);
-                                ice_streams.push(index);
+                                ice_streams.push((index, endpoint.rtp));
                             }
                         }
                         None => body.set_transport(index, None, &[]),
@@ -541,11 +724,11 @@ pub(crate) fn render(
         receiver_body.media(index).ok()?.webrtc.mid
     };
     let mut mids = Vec::with_capacity(ice_streams.len());
-    for &index in &ice_streams {
+    for &(index, transport) in &ice_streams {
         let mid = receiver_mid(index).or_else(|| body.media(index).ok().and_then(|m| m.webrtc.mid));
         let mid = crate::sip::sdp::mid_or_index(mid, index);
         body.set_mid(index, &mid);
-        mids.push(mid);
+        mids.push((mid, transport));
     }
     body.set_ice_lite_transports(&mids);
     body
@@ -603,6 +786,9 @@ pub(crate) struct AnswerPlan {
     pub policy: SdesPolicy,
     /// The relay's DTLS certificate, for a WebRTC device's answer.
     pub fingerprint: Fingerprint,
+    /// Per stream of the session: the BUNDLE transport the new device
+    /// offered it on.
+    pub bundles: Vec<Option<StreamBundle>>,
 }
 
 impl AnswerPlan {
@@ -656,6 +842,21 @@ impl AnswerPlan {
         if let (true, Some(reason)) = (layout.iter().all(Option::is_none), declined) {
             return Err(Status::unimplemented(reason));
         }
+        let bundles = bundles_in_offer(&offer, &media, &layout, streams.len(), |s| {
+            crypto[s].ice.is_some()
+        });
+        // Bundled streams share one transport: its owner's credentials.
+        for s in 0..crypto.len() {
+            if let Some(primary) = bundles[s]
+                .as_ref()
+                .filter(|b| b.follows(s))
+                .map(|b| b.primary)
+            {
+                let owner = crypto[primary].clone();
+                crypto[s].ice = owner.ice;
+                crypto[s].dtls = owner.dtls;
+            }
+        }
         Ok(Self {
             offer,
             media,
@@ -663,6 +864,7 @@ impl AnswerPlan {
             crypto,
             policy: policy.clone(),
             fingerprint,
+            bundles,
         })
     }
 
@@ -974,6 +1176,7 @@ mod tests {
                     rejected: false,
                     user_payloads: Vec::new(),
                     crypto: Default::default(),
+                    bundle: Default::default(),
                 }
             })
             .collect()

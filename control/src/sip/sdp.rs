@@ -337,9 +337,18 @@ pub struct WebRtcLines {
     pub setup: Option<String>,
     /// `a=mid`.
     pub mid: Option<String>,
+    /// `a=bundle-only` on a port-0 line (RFC 8843 §6): carried on the
+    /// transport of its BUNDLE group, not disabled.
+    pub bundle_only: bool,
+    /// The id of the MID header extension (`a=extmap:ID
+    /// urn:ietf:params:rtp-hdrext:sdes:mid`), if offered.
+    pub mid_extension: Option<u8>,
     /// The line number of the m= line, for errors.
     pub line: usize,
 }
+
+/// The RTP header extension carrying MIDs (RFC 8843 §15.1).
+pub const MID_EXTENSION_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 
 /// Longest WebRTC attribute value read (a sha-512 fingerprint is 200
 /// bytes).
@@ -370,9 +379,11 @@ impl Media {
         self.is_rtp() || self.is_srtp() || self.is_dtls()
     }
 
-    /// Port 0: the stream is disabled (offer) or rejected (answer).
+    /// Port 0: the stream is disabled (offer) or rejected (answer) —
+    /// unless it is a bundle-only line (RFC 8843), carried on its group's
+    /// transport.
     pub fn is_disabled(&self) -> bool {
-        self.port == 0
+        self.port == 0 && !self.webrtc.bundle_only
     }
 }
 
@@ -742,6 +753,12 @@ impl Sdp {
                 ..WebRtcLines::default()
             },
         };
+        media.webrtc.bundle_only = port == 0
+            && media.is_dtls()
+            && section[1..].iter().any(|line| {
+                line.attribute()
+                    .is_some_and(|(name, _)| name == "bundle-only")
+            });
         if !media.is_relayable() || media.is_disabled() {
             return Ok(media);
         }
@@ -811,6 +828,11 @@ impl Sdp {
                 }
                 "ptime" => media.ptime = Some(parse_u32(value, line.number, "ptime")?),
                 "rtcp-mux" => media.rtcp_mux = true,
+                "extmap" => {
+                    if let Some(id) = mid_extension_id(value) {
+                        media.webrtc.mid_extension = Some(id);
+                    }
+                }
                 "rtcp" => rtcp_attribute = Some((value, line.number)),
                 "crypto" if media.is_srtp() => {
                     if media.crypto.len() == MAX_CRYPTO_LINES {
@@ -852,10 +874,13 @@ impl Sdp {
                 "no c= line for this stream (neither media nor session level)",
             ));
         };
-        if ip.is_unspecified() {
+        if ip.is_unspecified() && media.webrtc.ice_ufrag.is_some() {
+            // ICE's placeholder (RFC 8839 §4.2.1): the address comes from
+            // the checks.
+        } else if ip.is_unspecified() {
             // RFC 2543 hold: "do not send to me".
             media.direction = Direction::from_flags(media.direction.sends(), false);
-        } else {
+        } else if port != 0 {
             media.rtp = Some(SocketAddr::new(ip, port));
             if let Some((value, number)) = rtcp_attribute {
                 let mut parts = value.split_ascii_whitespace();
@@ -892,15 +917,26 @@ impl Sdp {
             .ok()
             .flatten()
             .is_some_and(|(ip, _)| ip.is_unspecified());
+        // On an ICE line an unspecified c= is ICE's placeholder (RFC 8839
+        // §4.2.1: no candidate yet, or BUNDLE-d), not hold.
+        let ice_line = self
+            .session
+            .iter()
+            .chain(self.media.get(index).map_or(&[][..], |s| &s[1..]))
+            .any(|line| line.is_attribute("ice-ufrag"));
+        let session_hold = session_hold && !ice_line;
         let Some(section) = self.media.get_mut(index) else {
             return;
         };
         set_port(&mut section[0], relay.rtp.port());
+        // A bundle-only line has a port of its own now.
+        section.retain(|line| !line.is_attribute("bundle-only"));
         let mut has_connection = false;
         for line in section.iter_mut().skip(1) {
             if line.kind == b'c' {
                 has_connection = true;
-                if !parse_connection(&line.value, 0).is_ok_and(|ip| ip.is_unspecified()) {
+                if ice_line || !parse_connection(&line.value, 0).is_ok_and(|ip| ip.is_unspecified())
+                {
                     line.value = connection_value(relay.rtp.ip());
                 }
             } else if line.is_attribute("rtcp") {
@@ -1068,17 +1104,53 @@ impl Sdp {
         }
     }
 
-    /// The session lines of a body whose m= lines with `mids` are the
-    /// relay's ICE-lite transports: `a=ice-lite`, and for one transport a
-    /// BUNDLE group of its MID. Nothing when `mids` is empty.
-    pub fn set_ice_lite_transports(&mut self, mids: &[String]) {
-        if mids.is_empty() {
+    /// The session lines of a body whose m= lines (by MID) are the
+    /// relay's ICE-lite transports, each with the relay address it is on:
+    /// `a=ice-lite`, and a BUNDLE group per address that carries several
+    /// m= lines — or, when there is only one, for the lone line (what a
+    /// max-bundle browser needs). Nothing when `transports` is empty.
+    pub fn set_ice_lite_transports(&mut self, transports: &[(String, SocketAddr)]) {
+        if transports.is_empty() {
             return;
         }
         self.set_session_attribute("ice-lite");
-        if let [mid] = mids {
-            self.set_session_attribute(&format!("group:BUNDLE {mid}"));
+        self.session.retain(|line| !line.is_attribute("group"));
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for (_, addr) in transports {
+            if !addresses.contains(addr) {
+                addresses.push(*addr);
+            }
         }
+        for addr in &addresses {
+            let mids: Vec<&str> = transports
+                .iter()
+                .filter(|(_, a)| a == addr)
+                .map(|(mid, _)| mid.as_str())
+                .collect();
+            if mids.len() > 1 || transports.len() == 1 {
+                self.session
+                    .push(Line::new(b'a', format!("group:BUNDLE {}", mids.join(" "))));
+            }
+        }
+    }
+
+    /// The MIDs of each `a=group:BUNDLE` line (RFC 8843), at most as many
+    /// groups and members as there are m= lines.
+    pub fn bundle_groups(&self) -> Vec<Vec<String>> {
+        let limit = self.media.len();
+        self.session
+            .iter()
+            .filter_map(Line::attribute)
+            .filter_map(|(name, value)| (name == "group").then_some(value?))
+            .filter_map(|value| {
+                let mut fields = value.split_ascii_whitespace();
+                fields
+                    .next()
+                    .is_some_and(|semantics| semantics.eq_ignore_ascii_case("BUNDLE"))
+                    .then(|| fields.take(limit).map(str::to_owned).collect::<Vec<_>>())
+            })
+            .take(limit)
+            .collect()
     }
 
     /// Removes the sender's `a=group` lines (BUNDLE, LS): the receiver
@@ -1153,6 +1225,16 @@ fn is_dtls_identity(line: &Line) -> bool {
     ["fingerprint", "setup", "tls-id"]
         .iter()
         .any(|name| line.is_attribute(name))
+}
+
+/// The id of an `a=extmap` value if it maps the MID header extension
+/// (RFC 8285: `ID[/direction] URI [attributes]`, ids 1–14 and 16–255).
+fn mid_extension_id(value: &str) -> Option<u8> {
+    let mut fields = value.split_ascii_whitespace();
+    let id = fields.next()?.split('/').next()?;
+    let uri = fields.next()?;
+    let id: u8 = id.parse().ok().filter(|&id| id != 0 && id != 15)?;
+    uri.eq_ignore_ascii_case(MID_EXTENSION_URI).then_some(id)
 }
 
 fn is_ice(line: &Line) -> bool {
@@ -1322,7 +1404,7 @@ pub fn write_answer(
                 // RFC 8843 §7.3: the answer keeps the offer's MID.
                 let mid = mid_or_index(offer.media(index).ok().and_then(|m| m.webrtc.mid), index);
                 lines.push(Line::new(b'a', format!("mid:{mid}")));
-                ice_mids.borrow_mut().push(mid);
+                ice_mids.borrow_mut().push((mid, relay.rtp));
             }
             for codec in &answer.codecs {
                 let channels = if codec.channels > 1 {

@@ -10,9 +10,11 @@
 //! - [`srtp`]: SRTP/SRTCP per leg, in place (RFC 3711, 6188, 7714).
 //! - [`dtls`]: DTLS-SRTP roles, fingerprints and the keys it exports.
 //! - [`stun`]: ICE-lite connectivity checks answered in place.
+//! - [`bundle`]: several streams on one transport, routed by MID, SSRC, payload type.
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
 //!   loss and jitter; [`ids`]: the ids and the two parties.
 
+pub mod bundle;
 pub mod continuity;
 pub mod dtls;
 pub mod ids;

@@ -39,6 +39,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::core::bundle::{Bundle, BundleError, BundleTag, Routed};
 use crate::core::dtls::DtlsParams;
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId};
 use crate::core::stream::{
@@ -311,6 +312,9 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     info_events_dropped: u64,
     ended: bool,
+    /// Streams of one party sharing a transport (RFC 8843); empty for
+    /// most calls.
+    bundles: Vec<Bundle>,
 }
 
 impl Session {
@@ -340,6 +344,95 @@ impl Session {
             events: VecDeque::with_capacity(INFO_EVENTS),
             info_events_dropped: 0,
             ended: false,
+            bundles: Vec::new(),
+        }
+    }
+
+    /// Groups legs into bundles (per stream, its leg and tag): after
+    /// creation for the first legs, after a transfer opens for the new
+    /// device's. Bundles of the same legs from before are replaced.
+    pub fn set_bundles(
+        &mut self,
+        legs: &[(StreamIndex, LegId, Option<BundleTag>)],
+    ) -> Result<(), BundleError> {
+        let formed = Bundle::from_tags(legs)?;
+        self.bundles.retain(|bundle| {
+            !legs
+                .iter()
+                .any(|&(stream, leg, _)| bundle.primary() == (stream, leg))
+        });
+        self.bundles.extend(formed);
+        Ok(())
+    }
+
+    /// Which member of the bundle owned by `stream`'s `leg` a datagram
+    /// belongs to (see [`Bundle::route`]); the leg itself if it owns no
+    /// bundle.
+    pub fn route_bundle(&self, stream: StreamIndex, leg: LegId, buf: &[u8], len: usize) -> Routed {
+        let own = Routed {
+            stream,
+            leg,
+            learn: None,
+        };
+        let Some(bundle) = self.bundles.iter().find(|b| b.primary() == (stream, leg)) else {
+            return own;
+        };
+        bundle.route(buf, len, |member, member_leg, pt| {
+            self.streams
+                .get(member.0)
+                .is_some_and(|s| s.takes_payload(member_leg, pt))
+        })
+    }
+
+    /// Ties an SSRC to a bundle member whose leg accepted a packet with it.
+    pub fn learn_bundle_ssrc(
+        &mut self,
+        owner: (StreamIndex, LegId),
+        ssrc: u32,
+        member: StreamIndex,
+    ) {
+        if let Some(bundle) = self.bundles.iter_mut().find(|b| b.primary() == owner) {
+            bundle.learn(ssrc, member);
+        }
+    }
+
+    /// Whether `stream`'s `leg` rides another stream's transport (it has
+    /// no socket, ICE or handshake of its own).
+    pub fn is_bundle_follower(&self, stream: StreamIndex, leg: LegId) -> bool {
+        self.bundles
+            .iter()
+            .any(|b| b.followers().any(|member| member == (stream, leg)))
+    }
+
+    /// The stream and leg whose transport `stream`'s `leg` rides, if it
+    /// is a bundle follower.
+    pub fn bundle_owner(&self, stream: StreamIndex, leg: LegId) -> Option<(StreamIndex, LegId)> {
+        self.bundles
+            .iter()
+            .find(|b| b.followers().any(|member| member == (stream, leg)))
+            .map(Bundle::primary)
+    }
+
+    /// Whether `stream`'s `leg` owns a transport other streams ride.
+    pub fn owns_bundle(&self, stream: StreamIndex, leg: LegId) -> bool {
+        self.bundles
+            .iter()
+            .any(|b| b.primary() == (stream, leg) && b.has_followers())
+    }
+
+    /// Gives the followers of the bundle owned by `stream`'s `leg` what
+    /// its ICE selected and whether consent holds: they share its pair.
+    fn share_ice(&mut self, stream: StreamIndex, leg: LegId) {
+        let Some(bundle) = self.bundles.iter().find(|b| b.primary() == (stream, leg)) else {
+            return;
+        };
+        let Some(view) = self.streams.get(stream.0).and_then(|s| s.ice_view(leg)) else {
+            return;
+        };
+        for (member, member_leg) in bundle.followers() {
+            if let Some(s) = self.streams.get_mut(member.0) {
+                s.follow_ice(member_leg, view);
+            }
         }
     }
 
@@ -401,6 +494,11 @@ impl Session {
         let accepted = match s.accept(now, leg, arrived_on, from, buf, len) {
             Ok(accepted) => accepted,
             Err(outcome) => {
+                if !self.bundles.is_empty() {
+                    // A check on a bundle's transport speaks for every
+                    // stream on it.
+                    self.share_ice(stream, leg);
+                }
                 // An ICE check that selected its sender latches too, and a
                 // DTLS client starts toward it.
                 if let Some(latched) = outcome.latched {
@@ -608,12 +706,20 @@ impl Session {
                 } else if peer.ice_off {
                     s.clear_ice(now, peer.party);
                 }
+                // A bundle follower's keys come from its owner's handshake.
+                let follower = self.bundles.iter().any(|b| {
+                    b.followers()
+                        .any(|(m, leg)| m == peer.stream && leg == s.leg_of(peer.party))
+                });
                 if let Some(params) = peer.dtls
                     && let Some(leg) = s.set_dtls(peer.party, params)
                 {
-                    handshakes.push((peer.stream, leg, Some(params)));
+                    if !follower {
+                        handshakes.push((peer.stream, leg, Some(params)));
+                    }
                 } else if peer.dtls_off
                     && let Some(leg) = s.clear_dtls(peer.party)
+                    && !follower
                 {
                     handshakes.push((peer.stream, leg, None));
                 }
@@ -650,9 +756,22 @@ impl Session {
         keys: LegKeys,
         under: &DtlsParams,
     ) -> bool {
-        self.streams
+        let installed = self
+            .streams
             .get_mut(stream.0)
-            .is_some_and(|s| s.set_leg_keys(leg, keys, under))
+            .is_some_and(|s| s.set_leg_keys(leg, keys, under));
+        // One handshake keys every stream of a bundle (RFC 8843 §11: one
+        // DTLS association per transport).
+        if installed
+            && let Some(bundle) = self.bundles.iter().find(|b| b.primary() == (stream, leg))
+        {
+            for (member, member_leg) in bundle.followers() {
+                if let Some(s) = self.streams.get_mut(member.0) {
+                    s.set_leg_keys(member_leg, keys, under);
+                }
+            }
+        }
+        installed
     }
 
     /// Whether the session is on hold.
@@ -707,15 +826,20 @@ impl Session {
             return;
         }
         let mut completed = false;
+        let mut expired = Vec::new();
         for (index, s) in self.streams.iter_mut().enumerate() {
             completed |= s.tick(now);
             for (leg, party) in s.expire_consent(now).into_iter().flatten() {
+                expired.push((StreamIndex(index), leg));
                 self.events.push_back(SessionEvent::ConsentExpired {
                     stream: StreamIndex(index),
                     leg,
                     party,
                 });
             }
+        }
+        for (stream, leg) in expired {
+            self.share_ice(stream, leg);
         }
         if completed {
             self.collect_closed();

@@ -639,6 +639,15 @@ struct Leg {
     ice: Option<Box<IceState>>,
 }
 
+/// A leg's ICE outcome, shared with the streams bundled on its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IceView {
+    /// The address the peer's nominated check selected.
+    pub selected: Option<SocketAddr>,
+    /// Consent ran out (RFC 7675): nothing is sent.
+    pub consent_lost: bool,
+}
+
 /// How long a selected ICE pair keeps consent without an authenticated
 /// check (RFC 7675 §5.1: 30 seconds).
 pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1906,6 +1915,45 @@ impl Stream {
         let id = self.leg_of(party);
         let leg = self.leg_mut(id)?;
         leg.dtls.take().map(|_| id)
+    }
+
+    /// Whether `leg` may send payload type `pt` (in its own numbering).
+    pub fn takes_payload(&self, leg: LegId, pt: u8) -> bool {
+        self.leg(leg)
+            .is_some_and(|leg| leg.payloads.to_remote(pt).is_some())
+    }
+
+    /// What `leg`'s ICE selected and whether consent holds, to share with
+    /// the streams bundled on its transport.
+    pub fn ice_view(&self, leg: LegId) -> Option<IceView> {
+        let leg = self.leg(leg)?;
+        let ice = leg.ice.as_ref()?;
+        Some(IceView {
+            selected: leg.peers[Component::Rtp.index()]
+                .addr
+                .filter(|_| leg.peers[Component::Rtp.index()].source == PeerSource::Ice),
+            consent_lost: ice.consent_lost,
+        })
+    }
+
+    /// Makes `leg` (a bundle follower, with no checks of its own) take its
+    /// transport owner's ICE state: the selected pair, and consent. It
+    /// never times out by itself; the owner's expiry reaches it here.
+    pub fn follow_ice(&mut self, leg: LegId, view: IceView) {
+        let Some(leg) = self.leg_mut(leg) else {
+            return;
+        };
+        let Some(ice) = leg.ice.as_mut() else {
+            return;
+        };
+        ice.last_check = None;
+        ice.consent_lost = view.consent_lost;
+        if let Some(addr) = view.selected {
+            leg.peers[Component::Rtp.index()] = Peer {
+                addr: Some(addr),
+                source: PeerSource::Ice,
+            };
+        }
     }
 
     /// When the next ICE consent of this stream runs out.

@@ -145,6 +145,9 @@ struct SocketEntry {
     stream: StreamIndex,
     leg: LegId,
     component: Component,
+    /// Other streams' legs ride this socket (BUNDLE): each datagram is
+    /// routed to its stream first.
+    bundled: bool,
 }
 
 /// A session and the sockets of its legs.
@@ -355,8 +358,13 @@ impl Worker {
         let Some(socket) = self.sockets.get(token) else {
             return;
         };
-        let (key, stream, leg, component) =
-            (socket.session, socket.stream, socket.leg, socket.component);
+        let (key, owner, owner_leg, component, bundled) = (
+            socket.session,
+            socket.stream,
+            socket.leg,
+            socket.component,
+            socket.bundled,
+        );
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
@@ -368,6 +376,12 @@ impl Worker {
         for index in 0..received {
             let (source, truncated, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
+            let (stream, leg, learn) = if bundled {
+                let routed = entry.session.route_bundle(owner, owner_leg, buf, len);
+                (routed.stream, routed.leg, routed.learn)
+            } else {
+                (owner, owner_leg, None)
+            };
             let verdict = if truncated {
                 entry
                     .session
@@ -393,6 +407,11 @@ impl Worker {
                     len: new_len,
                     fork,
                 } => {
+                    if let Some(ssrc) = learn {
+                        entry
+                            .session
+                            .learn_bundle_ssrc((owner, owner_leg), ssrc, stream);
+                    }
                     recv.set_len(index, new_len);
                     queued[queued_count] = Outgoing {
                         token: entry.tokens[stream.0][out_leg.index()][out_component.index()],
@@ -788,6 +807,17 @@ impl Worker {
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
+        let mut tags = Vec::new();
+        for (index, setup) in streams.iter().enumerate() {
+            tags.push((StreamIndex(index), LegId::FIRST_DEVICE, setup.bundle[0]));
+            tags.push((StreamIndex(index), LegId::REMOTE, setup.bundle[1]));
+        }
+        // Device legs first, then remote ones: grouped by leg, each
+        // bundle's owner comes before its followers.
+        tags.sort_by_key(|&(stream, leg, _)| (leg, stream));
+        if let Err(e) = entry.session.set_bundles(&tags) {
+            return Err(DataplaneError::Sockets(e.to_string()));
+        }
         for (index, setup) in streams.into_iter().enumerate() {
             let [device, remote] = setup.sockets;
             let dtls = [setup.params.device.dtls, setup.params.remote.dtls];
@@ -823,7 +853,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Registers a leg's sockets and keeps its lease.
+    /// Registers a leg's sockets and keeps its lease; a BUNDLE follower
+    /// (no sockets) sends through its transport owner's.
     // The leg's place (session, stream, leg) and what to install there.
     #[allow(clippy::too_many_arguments)]
     fn install_leg(
@@ -832,10 +863,36 @@ impl Worker {
         key: usize,
         stream: StreamIndex,
         leg: LegId,
-        sockets: LegSockets,
+        sockets: Option<LegSockets>,
         dtls: Option<DtlsParams>,
         registered: &mut Vec<usize>,
     ) -> io::Result<()> {
+        let follower = entry.session.is_bundle_follower(stream, leg);
+        let sockets = match (sockets, follower) {
+            (Some(sockets), false) => sockets,
+            (None, true) => {
+                let owner = entry
+                    .session
+                    .bundle_owner(stream, leg)
+                    .and_then(|(owner, owner_leg)| {
+                        entry
+                            .tokens
+                            .get(owner.0)
+                            .map(|tokens| tokens[owner_leg.index()])
+                    })
+                    .filter(|tokens| tokens[0] != NO_TOKEN)
+                    .ok_or_else(|| io::Error::other("a bundled leg's transport is not open"))?;
+                entry.tokens[stream.0][leg.index()] = owner;
+                return Ok(());
+            }
+            (Some(_), true) => {
+                return Err(io::Error::other(
+                    "a bundled leg was given sockets of its own",
+                ));
+            }
+            (None, false) => return Err(io::Error::other("a leg was given no sockets")),
+        };
+        let bundled = entry.session.owns_bundle(stream, leg);
         let LegSockets { rtp, rtcp, lease } = sockets;
         entry.leases[stream.0][leg.index()] = Some(lease);
         // The handshake sends from the leg's own port (the peer's ICE
@@ -848,6 +905,7 @@ impl Worker {
         };
         let rtp_token = self.register(rtp, key, stream, leg, Component::Rtp)?;
         registered.push(rtp_token);
+        self.sockets[rtp_token].bundled = bundled;
         // Recorded at once, so a failure below still closes this socket
         // with the leg.
         entry.tokens[stream.0][leg.index()] = [rtp_token, rtp_token];
@@ -889,6 +947,7 @@ impl Worker {
             stream,
             leg,
             component,
+            bundled: false,
         });
         Ok(token)
     }
@@ -906,7 +965,9 @@ impl Worker {
             mode,
             timeout,
         } = setup;
-        let (pending, sockets): (Vec<_>, Vec<_>) = legs.into_iter().unzip();
+        let pending: Vec<_> = legs.iter().map(|l| l.leg).collect();
+        let tags: Vec<_> = legs.iter().map(|l| l.bundle).collect();
+        let sockets: Vec<_> = legs.into_iter().map(|l| l.sockets).collect();
         let opened = self.sessions[key]
             .session
             .begin_transfer(now, transfer, &pending, mode, timeout)
@@ -921,7 +982,19 @@ impl Worker {
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
+        let bundle_tags: Vec<_> = opened
+            .iter()
+            .zip(&tags)
+            .enumerate()
+            .map(|(index, (&leg, &tag))| (StreamIndex(index), leg, tag))
+            .collect();
+        if let Err(e) = entry.session.set_bundles(&bundle_tags) {
+            result = Err(DataplaneError::Sockets(e.to_string()));
+        }
         for (index, (leg, sockets)) in opened.into_iter().zip(sockets).enumerate() {
+            if result.is_err() {
+                break;
+            }
             let dtls = pending.get(index).and_then(|p| p.config.dtls);
             if let Err(e) = self.install_leg(
                 &mut entry,
@@ -974,8 +1047,15 @@ impl Worker {
             let _ = dtls.send(DtlsCommand::Close { key });
         }
         for (i, &token) in tokens.iter().enumerate() {
-            // With rtcp-mux the RTCP token repeats the RTP one.
-            if token == NO_TOKEN || (i == 1 && token == tokens[0]) {
+            // With rtcp-mux the RTCP token repeats the RTP one; a bundle
+            // follower's tokens are its owner's sockets.
+            if token == NO_TOKEN
+                || (i == 1 && token == tokens[0])
+                || self
+                    .sockets
+                    .get(token)
+                    .is_some_and(|socket| socket.stream != stream || socket.leg != leg)
+            {
                 continue;
             }
             if let Some(mut socket) = self.sockets.try_remove(token) {
@@ -1143,6 +1223,7 @@ mod tests {
     use crate::core::session::{PendingLeg, StreamParams, SwitchMode};
     use crate::core::stream::{LegConfig, PayloadMap, StreamConfig};
     use crate::io::ports::{PortPool, allocate};
+    use crate::messages::TransferLeg;
 
     const LEG: LegConfig = LegConfig {
         rtcp_mux: true,
@@ -1192,9 +1273,10 @@ mod tests {
                 remote: LEG,
             },
             sockets: [
-                allocate(pool, true).expect("ports"),
-                allocate(pool, true).expect("ports"),
+                Some(allocate(pool, true).expect("ports")),
+                Some(allocate(pool, true).expect("ports")),
             ],
+            bundle: [None, None],
         }
     }
 
@@ -1251,13 +1333,14 @@ mod tests {
         drop(answer);
         let setup = TransferSetup {
             transfer: TransferId(7),
-            legs: vec![(
-                PendingLeg {
+            legs: vec![TransferLeg {
+                leg: PendingLeg {
                     config: LEG,
                     payloads: PayloadMap::identity([0], None),
                 },
-                allocate(&pool, true).expect("ports"),
-            )],
+                sockets: Some(allocate(&pool, true).expect("ports")),
+                bundle: None,
+            }],
             mode: SwitchMode::Commit,
             timeout: Duration::from_secs(30),
         };
