@@ -748,3 +748,236 @@ fn chromium_audio_and_video_share_one_bundled_transport() {
         );
     }
 }
+
+/// A SIP phone with audio and video calls a max-bundle browser (which
+/// refuses any offer without BUNDLE): the relay's offer puts both lines on
+/// one ICE/DTLS transport with one BUNDLE group, and media flows both ways.
+#[test]
+fn a_phone_with_video_calls_a_max_bundle_browser() {
+    if !tools_present() || !inside_namespace("a_phone_with_video_calls_a_max_bundle_browser") {
+        return;
+    }
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let url = format!(
+        "http://{}/?ms=5000&video=1&bundle=max-bundle&role=answer",
+        listener.local_addr().expect("addr")
+    );
+    let requests = serve(listener);
+    let profile = tempfile::tempdir().expect("profile");
+    let mut browser = chromium(&url, profile.path());
+    let call_id = "phone-to-browser-video";
+    let audio = Arc::new(Peer::v4());
+    let video = Arc::new(Peer::v4());
+    let phone = format!(
+        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+         m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
+        audio.addr().port(),
+        video.addr().port()
+    );
+    let mut offer_text = String::new();
+    let mut heard = None;
+    let stats = loop {
+        let page = requests
+            .recv_timeout(Duration::from_secs(40))
+            .expect("the page's request");
+        match page.path.as_str() {
+            "/offer-to-me" => {
+                let to_browser = sdp_of(&proxy.call(&request(vec![
+                    ("command", text("offer")),
+                    ("call-id", text(call_id)),
+                    ("from-tag", text("a-tag")),
+                    ("sdp", text(phone.as_str())),
+                    ("aor", text(AOR)),
+                    ("gruu", text(GRUU_GST)),
+                    ("ICE", text("force")),
+                    ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+                    ("received-from", flags(&["IP4", "127.0.0.1"])),
+                ])));
+                offer_text = to_browser.render();
+                let _ = page.reply.send(offer_text.clone());
+            }
+            "/answer" => {
+                let to_phone = sdp_of(&proxy.call(&request(vec![
+                    ("command", text("answer")),
+                    ("call-id", text(call_id)),
+                    ("from-tag", text("a-tag")),
+                    ("to-tag", text("browser-tag")),
+                    ("sdp", text(page.body.as_str())),
+                ])));
+                let (to_audio, to_video) = (line_addr(&to_phone, 0), line_addr(&to_phone, 1));
+                assert_ne!(to_audio, to_video, "{}", to_phone.render());
+                let until = Instant::now() + Duration::from_secs(6);
+                heard = Some((
+                    listen(Arc::clone(&audio), to_audio, 0, until),
+                    listen(Arc::clone(&video), to_video, 96, until),
+                ));
+                let _ = page.reply.send(String::new());
+            }
+            "/stats" => {
+                let _ = page.reply.send(String::new());
+                break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
+            }
+            other => {
+                let _ = page.reply.send(String::new());
+                eprintln!("ignored a POST to {other}: {}", page.body);
+            }
+        }
+    };
+    let _ = browser.kill();
+    let _ = browser.wait();
+    let offer = baton_control::sip::sdp::Sdp::parse(&offer_text).expect("offer");
+    assert_eq!(line_addr(&offer, 0), line_addr(&offer, 1), "{offer_text}");
+    assert!(offer_text.contains("a=group:BUNDLE 0 1"), "{offer_text}");
+    let (audio_heard, video_heard) = heard.expect("answered");
+    let (audio_heard, video_heard) = (
+        audio_heard.join().expect("audio"),
+        video_heard.join().expect("video"),
+    );
+    assert_browser_heard_and_connected(&stats);
+    assert_eq!(stats["dtls"].as_array().map(Vec::len), Some(1), "{stats}");
+    let inbound_video = stats["inboundVideo"].as_u64().unwrap_or(0);
+    assert!(inbound_video >= 20, "{stats}");
+    assert!(
+        audio_heard.get(&0).copied().unwrap_or(0) >= 50,
+        "{audio_heard:?}"
+    );
+    assert!(
+        video_heard.get(&96).copied().unwrap_or(0) >= 20,
+        "{video_heard:?}"
+    );
+    assert_eq!(audio_heard.keys().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(video_heard.keys().copied().collect::<Vec<_>>(), vec![96]);
+}
+
+/// A call with audio and video moves from a plain SIP device (a port per
+/// stream) to a max-bundle browser: the relay answers the browser's
+/// handoff offer with one BUNDLE transport, the remote keeps hearing one
+/// audio stream, and both media reach the browser and come from it.
+#[test]
+fn a_video_call_moves_from_a_sip_device_to_a_bundled_browser() {
+    if !tools_present()
+        || !inside_namespace("a_video_call_moves_from_a_sip_device_to_a_bundled_browser")
+    {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let call_id = "video-to-browser";
+    let body = |origin: &str, audio: SocketAddr, video: SocketAddr| {
+        format!(
+            "v=0\r\no={origin} 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+             m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
+            audio.port(),
+            video.port()
+        )
+    };
+    let (device_audio, device_video) = (Arc::new(Peer::v4()), Arc::new(Peer::v4()));
+    let (bob_audio, bob_video) = (Arc::new(Peer::v4()), Arc::new(Peer::v4()));
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        (
+            "sdp",
+            text(body("dev", device_audio.addr(), device_video.addr())),
+        ),
+        ("aor", text(AOR)),
+        ("gruu", text(GRUU_GST)),
+        ("received-from", flags(&["IP4", "127.0.0.1"])),
+    ])));
+    let bob_body = body("bob", bob_audio.addr(), bob_video.addr());
+    let bob_answers = |proxy: &mut Proxy| {
+        sdp_of(&proxy.call(&request(vec![
+            ("command", text("answer")),
+            ("call-id", text(call_id)),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(bob_body.as_str())),
+        ])))
+    };
+    let to_device = bob_answers(&mut proxy);
+    let until = Instant::now() + Duration::from_secs(11);
+    let bob_heard = phone_call(Arc::clone(&bob_audio), line_addr(&to_bob, 0), until);
+    let bob_video_heard = listen(Arc::clone(&bob_video), line_addr(&to_bob, 1), 96, until);
+    // The device talks and shows video for 3 s.
+    let device_until = Instant::now() + Duration::from_secs(3);
+    let device_sent = (
+        listen(
+            Arc::clone(&device_audio),
+            line_addr(&to_device, 0),
+            0,
+            device_until,
+        ),
+        listen(
+            Arc::clone(&device_video),
+            line_addr(&to_device, 1),
+            96,
+            device_until,
+        ),
+    );
+    let _ = device_sent.0.join();
+    let _ = device_sent.1.join();
+    let handed_at = Instant::now();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let url = format!(
+        "http://{}/?ms=5000&video=1&bundle=max-bundle",
+        listener.local_addr().expect("addr")
+    );
+    let requests = serve(listener);
+    let profile = tempfile::tempdir().expect("profile");
+    let mut browser = chromium(&url, profile.path());
+    let mut answer_text = String::new();
+    let stats = loop {
+        let page = requests
+            .recv_timeout(Duration::from_secs(40))
+            .expect("the page's request");
+        match page.path.as_str() {
+            "/offer" => {
+                let _ = sdp_of(&proxy.call(&handoff(call_id, GRUU_BROWSER, &page.body)));
+                answer_text = bob_answers(&mut proxy).render();
+                let _ = page.reply.send(answer_text.clone());
+            }
+            "/stats" => {
+                let _ = page.reply.send(String::new());
+                break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
+            }
+            other => {
+                let _ = page.reply.send(String::new());
+                eprintln!("ignored a POST to {other}: {}", page.body);
+            }
+        }
+    };
+    let _ = browser.kill();
+    let _ = browser.wait();
+    let heard = bob_heard.join().expect("bob");
+    let _ = bob_video_heard.join().expect("bob's video");
+    let answer = baton_control::sip::sdp::Sdp::parse(&answer_text).expect("answer");
+    assert_eq!(
+        line_addr(&answer, 0),
+        line_addr(&answer, 1),
+        "{answer_text}"
+    );
+    assert!(answer_text.contains("a=group:BUNDLE 0 1"), "{answer_text}");
+    assert_browser_heard_and_connected(&stats);
+    assert_eq!(stats["dtls"].as_array().map(Vec::len), Some(1), "{stats}");
+    assert!(stats["inboundVideo"].as_u64().unwrap_or(0) >= 20, "{stats}");
+    // Bob heard the device, then the browser, as one audio stream.
+    let before = heard.iter().filter(|p| p.3 < handed_at).count();
+    let after = heard.len() - before;
+    assert!(before >= 100, "bob heard {before} packets from the device");
+    assert!(after >= 100, "and {after} from the browser");
+    assert_one_stream(&heard);
+    // The browser's video went to Bob's video port through its own stream.
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
+    let video_user = &report["session"]["streams"][1]["user"];
+    assert_eq!(video_user["transport"], "UDP/TLS/RTP/SAVPF", "{video_user}");
+    assert!(
+        count(&video_user["stats"]["rtp_packets_in"]) >= 20,
+        "{video_user}"
+    );
+}

@@ -1615,3 +1615,310 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod bundle_tests {
+    //! A browser's audio and video on one transport (RFC 8843), toward a
+    //! phone with a port per stream: what the owner's ICE and DTLS decide
+    //! holds for the follower, and routing never lets a stranger in.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::core::bundle::Mid;
+    use crate::core::dtls::{DtlsRole, Fingerprint, HashFunction};
+    use crate::core::srtp::{MasterKey, SrtpSender, Suite};
+    use crate::core::stream::LegCrypto;
+    use crate::core::stun::{self, IceText};
+
+    const BROWSER: &str = "127.0.0.1:40000";
+    const STRANGER: &str = "127.0.0.1:40001";
+    const PHONE_AUDIO: &str = "127.0.0.1:6000";
+    const PHONE_VIDEO: &str = "127.0.0.1:6002";
+    const DEVICE: LegId = LegId::FIRST_DEVICE;
+    const AUDIO: StreamIndex = StreamIndex(0);
+    const VIDEO: StreamIndex = StreamIndex(1);
+    const PWD: &str = "relaypassword1relaypassword1";
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn dtls() -> DtlsParams {
+        DtlsParams {
+            role: DtlsRole::Server,
+            peer: Fingerprint::of_certificate(HashFunction::Sha256, b"browser"),
+        }
+    }
+
+    fn session(now: Instant) -> Session {
+        let ice = IceCredentials {
+            local_ufrag: IceText::new("rly1").unwrap(),
+            local_pwd: IceText::new(PWD).unwrap(),
+            remote_ufrag: Some(IceText::new("brws").unwrap()),
+        };
+        let browser = LegConfig {
+            rtcp_mux: true,
+            peer_rtp: None,
+            peer_rtcp: None,
+            peer_ip: None,
+            crypto: LegCrypto::AwaitingKeys,
+            ice: Some(ice),
+            dtls: Some(dtls()),
+        };
+        let phone = |at: &str| LegConfig {
+            rtcp_mux: false,
+            peer_rtp: Some(addr(at)),
+            peer_rtcp: None,
+            peer_ip: None,
+            crypto: LegCrypto::Plain,
+            ice: None,
+            dtls: None,
+        };
+        let stream = |pt: u8, rate: u32, at: &str| StreamParams {
+            config: StreamConfig {
+                learning_window: Duration::from_secs(3),
+                relearn: false,
+                asymmetric: false,
+            },
+            clock_rates: vec![(pt, rate)],
+            telephone_event: None,
+            device: browser,
+            remote: phone(at),
+        };
+        let timeouts = Timeouts {
+            media: Duration::from_secs(3600),
+            setup: Duration::from_secs(3600),
+            hold: Duration::from_secs(3600),
+        };
+        let mut session = Session::new(
+            now,
+            SessionId(9),
+            &[stream(0, 8000, PHONE_AUDIO), stream(96, 90000, PHONE_VIDEO)],
+            timeouts,
+        );
+        let tag = |mid: &str| {
+            Some(BundleTag {
+                primary: AUDIO,
+                mid: Mid::new(mid).unwrap(),
+                mid_extension: Some(4),
+            })
+        };
+        session
+            .set_bundles(&[(AUDIO, DEVICE, tag("0")), (VIDEO, DEVICE, tag("1"))])
+            .unwrap();
+        session
+    }
+
+    /// Feeds a datagram arriving on the bundle's socket as the worker
+    /// does: routed first, the SSRC learned once the member accepted it.
+    fn arrive(
+        session: &mut Session,
+        now: Instant,
+        from: &str,
+        bytes: &[u8],
+    ) -> (StreamIndex, Verdict, Vec<u8>) {
+        let mut buf = [0u8; 2048];
+        let mut fork = [0u8; 2048];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let routed = session.route_bundle(AUDIO, DEVICE, &buf, bytes.len());
+        let verdict = session.handle_packet(
+            now,
+            routed.stream,
+            routed.leg,
+            Component::Rtp,
+            addr(from),
+            &mut buf,
+            bytes.len(),
+            &mut fork,
+        );
+        if let (Verdict::Forward { .. }, Some(ssrc)) = (verdict, routed.learn) {
+            session.learn_bundle_ssrc((AUDIO, DEVICE), ssrc, routed.stream);
+        }
+        let len = match verdict {
+            Verdict::Forward { len, .. } => len,
+            Verdict::Drop(_) | Verdict::Handshake { .. } => bytes.len(),
+        };
+        (routed.stream, verdict, buf[..len].to_vec())
+    }
+
+    fn check(nominate: bool) -> Vec<u8> {
+        let mut buf = vec![0; 512];
+        let len = stun::write_request(
+            &mut buf,
+            &rand::random(),
+            "rly1:brws",
+            &IceText::new(PWD).unwrap(),
+            nominate,
+            7,
+        )
+        .unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    /// The browser's SRTP for one stream, under the DTLS-exported key.
+    fn srtp(sender: &mut SrtpSender, pt: u8, seq: u16, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0u8; 2048];
+        let header = [0x80, pt, (seq >> 8) as u8, seq as u8, 0, 0, 0, 1];
+        p[..8].copy_from_slice(&header);
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p[12..172].fill(0x55);
+        let len = sender.protect_rtp(&mut p, 172).unwrap();
+        p.truncate(len);
+        p
+    }
+
+    fn sent_to(verdict: Verdict) -> Option<SocketAddr> {
+        match verdict {
+            Verdict::Forward { to, .. } => Some(to),
+            Verdict::Drop(_) | Verdict::Handshake { .. } => None,
+        }
+    }
+
+    #[test]
+    fn the_follower_shares_the_owners_ice_keys_and_consent() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        assert!(s.is_bundle_follower(VIDEO, DEVICE));
+        assert_eq!(s.bundle_owner(VIDEO, DEVICE), Some((AUDIO, DEVICE)));
+        assert!(s.owns_bundle(AUDIO, DEVICE));
+
+        // Before ICE, the browser's video is no one's media.
+        let keys = LegKeys {
+            peer: MasterKey::random(Suite::AesCm128HmacSha1_80),
+            relay: MasterKey::random(Suite::AesCm128HmacSha1_80),
+        };
+        let mut browser_video = SrtpSender::new(&keys.peer);
+        let mut browser_audio = SrtpSender::new(&keys.peer);
+        let (_, verdict, _) = arrive(&mut s, t0, BROWSER, &srtp(&mut browser_video, 96, 1, 0x71D));
+        assert_eq!(verdict, Verdict::Drop(DropReason::IceUnchecked));
+
+        // A nominated check on the shared port selects the browser for both.
+        let (to, verdict, _) = arrive(&mut s, t0, BROWSER, &check(true));
+        assert_eq!(to, AUDIO, "STUN belongs to the transport's owner");
+        assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
+        // One handshake (the owner's) keys both streams.
+        assert!(s.set_leg_keys(AUDIO, DEVICE, keys, &dtls()));
+
+        // Video by payload type to the video stream, then by its SSRC.
+        let (to, verdict, plain) =
+            arrive(&mut s, t0, BROWSER, &srtp(&mut browser_video, 96, 2, 0x71D));
+        assert_eq!(to, VIDEO);
+        assert_eq!(sent_to(verdict), Some(addr(PHONE_VIDEO)));
+        assert_eq!(plain[1] & 0x7f, 96);
+        let (to, verdict, _) = arrive(&mut s, t0, BROWSER, &srtp(&mut browser_audio, 0, 1, 0xA0D));
+        assert_eq!((to, sent_to(verdict)), (AUDIO, Some(addr(PHONE_AUDIO))));
+
+        // A stranger's packet with the video's SSRC reaches the video
+        // stream's leg, which refuses it: nothing is forwarded or learned.
+        let mut forged = SrtpSender::new(&keys.peer);
+        let (to, verdict, _) = arrive(&mut s, t0, STRANGER, &srtp(&mut forged, 0, 3, 0x71D));
+        assert_eq!(to, VIDEO);
+        assert_eq!(verdict, Verdict::Drop(DropReason::IceUnchecked));
+        // An unauthenticated packet from the browser's address with the
+        // audio payload type cannot re-tie the video's SSRC either.
+        let mut junk = srtp(&mut browser_video, 0, 4, 0x71D);
+        let last = junk.len() - 1;
+        junk[last] ^= 1;
+        let (to, verdict, _) = arrive(&mut s, t0, BROWSER, &junk);
+        assert_eq!(to, VIDEO, "the learned SSRC decides");
+        assert_eq!(verdict, Verdict::Drop(DropReason::SrtpAuth));
+
+        // The phone's video goes back to the browser through the shared pair.
+        let mut from_phone = vec![0x80, 96, 0, 9, 0, 0, 0, 1, 0, 0, 0xB, 0xB];
+        from_phone.extend_from_slice(&[0x10; 100]);
+        let mut buf = [0u8; 2048];
+        buf[..from_phone.len()].copy_from_slice(&from_phone);
+        let mut fork = [0u8; 2048];
+        let verdict = s.handle_packet(
+            t0,
+            VIDEO,
+            LegId::REMOTE,
+            Component::Rtp,
+            addr(PHONE_VIDEO),
+            &mut buf,
+            from_phone.len(),
+            &mut fork,
+        );
+        assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
+
+        // Consent: checks on the owner keep it for both; when they stop for
+        // 30 s, neither stream sends to the browser any more, and one event
+        // (the transport's) is raised.
+        let later = t0 + Duration::from_secs(20);
+        let _ = arrive(&mut s, later, BROWSER, &check(false));
+        s.handle_timeout(t0 + Duration::from_secs(31));
+        while s.poll_event().is_some() {}
+        let gone = later + crate::core::stream::CONSENT_TIMEOUT;
+        s.handle_timeout(gone);
+        let mut expired = Vec::new();
+        while let Some(event) = s.poll_event() {
+            if let SessionEvent::ConsentExpired { stream, .. } = event {
+                expired.push(stream);
+            }
+        }
+        assert_eq!(expired, vec![AUDIO]);
+        buf[..from_phone.len()].copy_from_slice(&from_phone);
+        buf[3] = 10;
+        let verdict = s.handle_packet(
+            gone,
+            VIDEO,
+            LegId::REMOTE,
+            Component::Rtp,
+            addr(PHONE_VIDEO),
+            &mut buf,
+            from_phone.len(),
+            &mut fork,
+        );
+        assert_eq!(
+            sent_to(verdict),
+            None,
+            "no consent, nothing sent: {verdict:?}"
+        );
+        // A new check brings both back.
+        let _ = arrive(&mut s, gone, BROWSER, &check(false));
+        buf[..from_phone.len()].copy_from_slice(&from_phone);
+        buf[3] = 11;
+        let verdict = s.handle_packet(
+            gone,
+            VIDEO,
+            LegId::REMOTE,
+            Component::Rtp,
+            addr(PHONE_VIDEO),
+            &mut buf,
+            from_phone.len(),
+            &mut fork,
+        );
+        assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
+    }
+
+    #[test]
+    fn a_renegotiated_dtls_starts_one_handshake_for_the_transport() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let fresh = DtlsParams {
+            role: DtlsRole::Server,
+            peer: Fingerprint::of_certificate(HashFunction::Sha256, b"browser after restart"),
+        };
+        let leg = |stream| LegUpdate {
+            stream,
+            party: Party::User,
+            rtp: None,
+            rtcp: None,
+            rtcp_mux: None,
+            crypto: None,
+            ice: None,
+            dtls: Some(fresh),
+            ice_off: false,
+            dtls_off: false,
+        };
+        let handshakes = s.update(
+            t0,
+            &SessionUpdate {
+                peers: vec![leg(AUDIO), leg(VIDEO)],
+                ..SessionUpdate::default()
+            },
+        );
+        assert_eq!(handshakes, vec![(AUDIO, DEVICE, Some(fresh))]);
+    }
+}

@@ -1051,10 +1051,9 @@ impl Worker {
             // follower's tokens are its owner's sockets.
             if token == NO_TOKEN
                 || (i == 1 && token == tokens[0])
-                || self
-                    .sockets
-                    .get(token)
-                    .is_some_and(|socket| socket.stream != stream || socket.leg != leg)
+                || self.sockets.get(token).is_some_and(|socket| {
+                    (socket.session, socket.stream, socket.leg) != (key, stream, leg)
+                })
             {
                 continue;
             }
@@ -1290,6 +1289,128 @@ mod tests {
 
     fn free_pairs(pool: &Arc<Mutex<PortPool>>) -> usize {
         pool.lock().expect("pool").free_pairs()
+    }
+
+    /// One command answered, as the control plane waits for it.
+    fn run<T: std::fmt::Debug>(
+        worker: &mut Worker,
+        commands: &crossbeam_channel::Sender<Command>,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> T {
+        let (reply, answer) = oneshot::channel();
+        commands.send(command(reply)).expect("queued");
+        assert!(worker.handle_commands());
+        answer.blocking_recv().expect("answer")
+    }
+
+    /// Two streams whose device legs share stream 0's socket (BUNDLE).
+    fn bundled_streams(pool: &Arc<Mutex<PortPool>>) -> Vec<StreamSetup> {
+        let tag = |mid: &str| {
+            Some(crate::core::bundle::BundleTag {
+                primary: StreamIndex(0),
+                mid: crate::core::bundle::Mid::new(mid).expect("mid"),
+                mid_extension: None,
+            })
+        };
+        let mut owner = stream(pool);
+        owner.bundle[0] = tag("0");
+        let mut follower = stream(pool);
+        drop(follower.sockets[0].take());
+        follower.bundle[0] = tag("1");
+        vec![owner, follower]
+    }
+
+    /// A bundle's sockets belong to its owner: the follower opens none and
+    /// closes none, a transfer away from the bundle and the session's end
+    /// leave every port free, and bundles that do not hold together are
+    /// refused with nothing left bound.
+    #[test]
+    fn a_bundled_leg_shares_its_owners_socket_and_frees_nothing_twice() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let before = free_pairs(&pool);
+        let streams = bundled_streams(&pool);
+        assert_eq!(free_pairs(&pool), before - 3, "three sockets for four legs");
+        let added = run(&mut worker, &commands, |reply| Command::Add {
+            id: SessionId(1),
+            streams,
+            reply,
+        });
+        assert_eq!(added, Ok(()));
+        let key = worker.by_id[&SessionId(1)];
+        let tokens = &worker.sessions[key].tokens;
+        assert_eq!(
+            tokens[0][LegId::FIRST_DEVICE.index()],
+            tokens[1][LegId::FIRST_DEVICE.index()],
+            "the follower sends through the owner's socket"
+        );
+        let owner = tokens[0][LegId::FIRST_DEVICE.index()][0];
+        assert!(worker.sockets[owner].bundled);
+        assert_eq!(worker.sockets.len(), 3);
+
+        // The call moves to a device with a socket per stream.
+        let legs = (0..2)
+            .map(|_| TransferLeg {
+                leg: PendingLeg {
+                    config: LEG,
+                    payloads: PayloadMap::identity([0], None),
+                },
+                sockets: Some(allocate(&pool, true).expect("ports")),
+                bundle: None,
+            })
+            .collect();
+        let begun = run(&mut worker, &commands, |reply| Command::BeginTransfer {
+            id: SessionId(1),
+            setup: TransferSetup {
+                transfer: TransferId(1),
+                legs,
+                mode: SwitchMode::Commit,
+                timeout: Duration::from_secs(30),
+            },
+            reply,
+        });
+        assert_eq!(begun, Ok(()));
+        let committed = run(&mut worker, &commands, |reply| Command::Commit {
+            id: SessionId(1),
+            transfer: TransferId(1),
+            reply,
+        });
+        assert_eq!(committed, Ok(()));
+        let removed = run(&mut worker, &commands, |reply| Command::Remove {
+            id: SessionId(1),
+            reply,
+        });
+        assert!(removed.is_ok());
+        assert_eq!(free_pairs(&pool), before, "every port is free again");
+        assert!(worker.sockets.is_empty());
+
+        // A follower given sockets of its own, and one whose owner is not
+        // the first stream of its bundle: refused, nothing left bound.
+        let mut streams = bundled_streams(&pool);
+        streams[1].sockets[0] = Some(allocate(&pool, true).expect("ports"));
+        let added = run(&mut worker, &commands, |reply| Command::Add {
+            id: SessionId(2),
+            streams,
+            reply,
+        });
+        assert!(
+            matches!(added, Err(DataplaneError::Sockets(_))),
+            "{added:?}"
+        );
+        let mut streams = bundled_streams(&pool);
+        streams[0].bundle[0] = None;
+        let added = run(&mut worker, &commands, |reply| Command::Add {
+            id: SessionId(3),
+            streams,
+            reply,
+        });
+        assert!(
+            matches!(added, Err(DataplaneError::Sockets(_))),
+            "{added:?}"
+        );
+        assert!(worker.by_id.is_empty());
+        assert!(worker.sockets.is_empty());
+        assert_eq!(free_pairs(&pool), before);
     }
 
     /// Review finding: a create that gave up waiting left the session on
