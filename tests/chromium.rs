@@ -981,3 +981,132 @@ fn a_video_call_moves_from_a_sip_device_to_a_bundled_browser() {
         "{video_user}"
     );
 }
+
+/// The relay's `a=ice-ufrag` in a body.
+fn ice_ufrag(body: &str) -> String {
+    body.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("an ice-ufrag")
+        .trim()
+        .to_owned()
+}
+
+/// A browser restarts ICE mid-call (`restartIce()`, a re-offer with new
+/// credentials, as after a network change) on its bundled audio and video:
+/// the relay answers with fresh credentials for the one transport, the
+/// browser's checks with them move the leg, and the media goes on.
+#[test]
+fn chromium_restarts_ice_mid_call_and_the_media_goes_on() {
+    if !tools_present() || !inside_namespace("chromium_restarts_ice_mid_call_and_the_media_goes_on")
+    {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let url = format!(
+        "http://{}/?ms=4000&video=1&bundle=max-bundle&restart=1",
+        listener.local_addr().expect("addr")
+    );
+    let requests = serve(listener);
+    let profile = tempfile::tempdir().expect("profile");
+    let mut browser = chromium(&url, profile.path());
+    let call_id = "ice-restart";
+    let audio = Arc::new(Peer::v4());
+    let video = Arc::new(Peer::v4());
+    let phone_body = |vp8: u32| {
+        format!(
+            "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+             m=video {} RTP/AVP {vp8}\r\na=rtpmap:{vp8} VP8/90000\r\na=sendrecv\r\n",
+            audio.addr().port(),
+            video.addr().port()
+        )
+    };
+    let offer_from_browser = |proxy: &mut Proxy, body: &str| {
+        sdp_of(&proxy.call(&request(vec![
+            ("command", text("offer")),
+            ("call-id", text(call_id)),
+            ("from-tag", text("a-tag")),
+            ("sdp", text(body)),
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_BROWSER)),
+            ("ICE", text("remove")),
+            ("transport-protocol", text("RTP/AVP")),
+            ("received-from", flags(&["IP4", "127.0.0.1"])),
+        ])))
+    };
+    let phone_answers = |proxy: &mut Proxy, vp8: u32| {
+        sdp_of(&proxy.call(&request(vec![
+            ("command", text("answer")),
+            ("call-id", text(call_id)),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(phone_body(vp8))),
+        ])))
+        .render()
+    };
+    let mut answers = Vec::new();
+    let mut heard = None;
+    let stats = loop {
+        let page = requests
+            .recv_timeout(Duration::from_secs(40))
+            .expect("the page's request");
+        match page.path.as_str() {
+            "/offer" | "/reoffer" => {
+                let to_phone = offer_from_browser(&mut proxy, &page.body);
+                let vp8 = vp8_payload_type(&to_phone);
+                if heard.is_none() {
+                    let until = Instant::now() + Duration::from_secs(10);
+                    heard = Some(listen(
+                        Arc::clone(&audio),
+                        line_addr(&to_phone, 0),
+                        0,
+                        until,
+                    ));
+                    let _ = listen(
+                        Arc::clone(&video),
+                        line_addr(&to_phone, 1),
+                        vp8 as u8,
+                        until,
+                    );
+                }
+                let answer = phone_answers(&mut proxy, vp8);
+                answers.push(answer.clone());
+                let _ = page.reply.send(answer);
+            }
+            "/stats" => {
+                let _ = page.reply.send(String::new());
+                break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
+            }
+            other => {
+                let _ = page.reply.send(String::new());
+                eprintln!("ignored a POST to {other}: {}", page.body);
+            }
+        }
+    };
+    let _ = browser.kill();
+    let _ = browser.wait();
+    let _ = heard.expect("the call started").join();
+    assert_eq!(answers.len(), 2, "an offer and the restart's re-offer");
+    assert_ne!(
+        ice_ufrag(&answers[0]),
+        ice_ufrag(&answers[1]),
+        "fresh relay credentials for the restart"
+    );
+    assert!(answers[1].contains("a=group:BUNDLE 0 1"), "{}", answers[1]);
+    assert_browser_heard_and_connected(&stats);
+    let at_restart = stats["inboundAtRestart"].as_u64().expect("snapshot");
+    let inbound = stats["inbound"].as_u64().unwrap_or(0);
+    assert!(
+        inbound >= at_restart + 100,
+        "audio went on after the restart: {at_restart} then {inbound}: {stats}"
+    );
+    // The relay's leg is still the browser's, selected by ICE.
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
+    for stream in 0..2 {
+        let user = &report["session"]["streams"][stream]["user"];
+        assert_eq!(user["peer_source"], "ice", "{user}");
+    }
+}
