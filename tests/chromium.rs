@@ -1110,3 +1110,116 @@ fn chromium_restarts_ice_mid_call_and_the_media_goes_on() {
         assert_eq!(user["peer_source"], "ice", "{user}");
     }
 }
+
+/// Browser to browser through the relay, each with audio and video on one
+/// BUNDLE transport of its own: the caller's offer and the callee's answer
+/// each bundle, the relay terminates ICE and DTLS on both sides.
+#[test]
+fn two_browsers_call_each_other_with_bundled_audio_and_video() {
+    if !tools_present()
+        || !inside_namespace("two_browsers_call_each_other_with_bundled_audio_and_video")
+    {
+        return;
+    }
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let base = format!("http://{}/", listener.local_addr().expect("addr"));
+    let requests = serve(listener);
+    let (profile_a, profile_b) = (
+        tempfile::tempdir().expect("profile"),
+        tempfile::tempdir().expect("profile"),
+    );
+    let mut caller = chromium(
+        &format!("{base}?ms=5000&video=1&bundle=max-bundle&who=caller"),
+        profile_a.path(),
+    );
+    let mut callee = chromium(
+        &format!("{base}?ms=5000&video=1&bundle=max-bundle&role=answer&who=callee"),
+        profile_b.path(),
+    );
+    let call_id = "browser-to-browser";
+    let mut to_callee: Option<String> = None;
+    let mut waiting_callee: Option<Request> = None;
+    let mut waiting_caller: Option<Request> = None;
+    let mut stats = Vec::new();
+    while stats.len() < 2 {
+        let page = requests
+            .recv_timeout(Duration::from_secs(40))
+            .expect("a page's request");
+        match page.path.as_str() {
+            "/offer" => {
+                let offer = sdp_of(&proxy.call(&request(vec![
+                    ("command", text("offer")),
+                    ("call-id", text(call_id)),
+                    ("from-tag", text("a-tag")),
+                    ("sdp", text(page.body.as_str())),
+                    ("aor", text(AOR)),
+                    ("gruu", text(GRUU_BROWSER)),
+                    ("ICE", text("force")),
+                    ("received-from", flags(&["IP4", "127.0.0.1"])),
+                ])));
+                let rendered = offer.render();
+                assert_eq!(line_addr(&offer, 0), line_addr(&offer, 1), "{rendered}");
+                if let Some(callee) = waiting_callee.take() {
+                    let _ = callee.reply.send(rendered.clone());
+                }
+                to_callee = Some(rendered);
+                waiting_caller = Some(page);
+            }
+            "/offer-to-me" => match &to_callee {
+                Some(offer) => {
+                    let _ = page.reply.send(offer.clone());
+                }
+                None => waiting_callee = Some(page),
+            },
+            "/answer" => {
+                let answer = sdp_of(&proxy.call(&request(vec![
+                    ("command", text("answer")),
+                    ("call-id", text(call_id)),
+                    ("from-tag", text("a-tag")),
+                    ("to-tag", text("b-tag")),
+                    ("sdp", text(page.body.as_str())),
+                ])));
+                let rendered = answer.render();
+                assert_eq!(line_addr(&answer, 0), line_addr(&answer, 1), "{rendered}");
+                assert!(rendered.contains("a=group:BUNDLE 0 1"), "{rendered}");
+                let _ = page.reply.send(String::new());
+                let _ = waiting_caller
+                    .take()
+                    .expect("the caller waits for its answer")
+                    .reply
+                    .send(rendered);
+            }
+            "/stats" => {
+                let _ = page.reply.send(String::new());
+                stats.push(serde_json::from_str::<Json>(&page.body).expect("the page's JSON"));
+            }
+            other => {
+                let _ = page.reply.send(String::new());
+                eprintln!("ignored a POST to {other}: {}", page.body);
+            }
+        }
+    }
+    for browser in [&mut caller, &mut callee] {
+        let _ = browser.kill();
+        let _ = browser.wait();
+    }
+    for result in &stats {
+        assert_browser_heard_and_connected(result);
+        assert_eq!(result["dtls"].as_array().map(Vec::len), Some(1), "{result}");
+        assert!(
+            result["inboundVideo"].as_u64().unwrap_or(0) >= 20,
+            "{result}"
+        );
+    }
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
+    for stream in 0..2 {
+        for side in ["user", "remote"] {
+            let leg = &report["session"]["streams"][stream][side];
+            assert_eq!(leg["peer_source"], "ice", "{leg}");
+            assert!(count(&leg["stats"]["rtp_packets_in"]) >= 20, "{leg}");
+        }
+    }
+}

@@ -1107,3 +1107,124 @@ fn the_candidate_is_the_advertised_address() {
     assert!(candidate[0].contains(" 192.0.2.10 "), "{body}");
     assert!(!body.contains("127.0.0.1"), "{body}");
 }
+
+/// The relay offers audio and video on one BUNDLE transport to a WebRTC
+/// party; an answerer that declines the bundle (a transport per line, no
+/// `a=group`, RFC 8843 §7.3.3) gets its unbundled line declined — port 0
+/// toward the caller — rather than media routed where it did not ask.
+#[test]
+fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() {
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (audio, video) = (Peer::v4(), Peer::v4());
+    let call_id = "declined-bundle";
+    let phone = format!(
+        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+         m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
+        audio.addr().port(),
+        video.addr().port()
+    );
+    let offer = sdp_of(&ng_offer(
+        &mut proxy,
+        call_id,
+        &phone,
+        vec![
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_A)),
+            ("ICE", text("force")),
+            ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+        ],
+    ));
+    let rendered = offer.render();
+    assert!(rendered.contains("a=group:BUNDLE 0 1"), "{rendered}");
+    assert_eq!(
+        offer.media(0).expect("audio").port,
+        offer.media(1).expect("video").port,
+        "{rendered}"
+    );
+    // The answerer keeps a transport per line and no group.
+    let line = |kind: &str, port: u16, pt: &str, mid: u8| {
+        format!(
+            "m={kind} {port} UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 127.0.0.1\r\n\
+             a=ice-ufrag:ansr{mid}\r\na=ice-pwd:answererpassword{mid}answerer\r\n\
+             a=fingerprint:sha-256 {fp}\r\na=setup:active\r\na=mid:{mid}\r\na=rtcp-mux\r\na=sendrecv\r\n",
+            fp = ["AB"; 32].join(":")
+        )
+    };
+    let answer = format!(
+        "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n{}a=rtpmap:0 PCMU/8000\r\n{}a=rtpmap:96 VP8/90000\r\n",
+        line("audio", 40_000, "0", 0),
+        line("video", 40_002, "96", 1)
+    );
+    let to_phone = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("b-tag")),
+        ("sdp", text(answer)),
+    ])));
+    let text = to_phone.render();
+    assert_ne!(to_phone.media(0).expect("audio").port, 0, "{text}");
+    assert_eq!(
+        to_phone.media(1).expect("video").port,
+        0,
+        "the unbundled video is declined: {text}"
+    );
+}
+
+/// An answerer that accepts the relay's BUNDLE but rejects its first line
+/// (the one whose socket carries the transport): the transport's ICE and
+/// DTLS come from the line it kept, and the call goes on with that line.
+#[test]
+fn a_bundle_whose_first_line_is_rejected_keeps_its_other_line() {
+    let (relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (audio, video) = (Peer::v4(), Peer::v4());
+    let call_id = "owner-rejected";
+    let phone = format!(
+        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+         m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
+        audio.addr().port(),
+        video.addr().port()
+    );
+    let _ = sdp_of(&ng_offer(
+        &mut proxy,
+        call_id,
+        &phone,
+        vec![
+            ("aor", text(AOR)),
+            ("gruu", text(GRUU_A)),
+            ("ICE", text("force")),
+            ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
+        ],
+    ));
+    let answer = format!(
+        "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 1\r\n\
+         m=audio 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n\
+         m=video 40002 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 127.0.0.1\r\n\
+         a=ice-ufrag:ansr\r\na=ice-pwd:answererpasswordanswerer\r\n\
+         a=fingerprint:sha-256 {fp}\r\na=setup:active\r\na=mid:1\r\na=rtcp-mux\r\n\
+         a=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
+        fp = ["CD"; 32].join(":")
+    );
+    let to_phone = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("b-tag")),
+        ("sdp", text(answer)),
+    ])));
+    let text = to_phone.render();
+    assert_eq!(to_phone.media(0).expect("audio").port, 0, "{text}");
+    assert_ne!(to_phone.media(1).expect("video").port, 0, "{text}");
+    // The session lives on; the transport waits for the kept line's peer.
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
+    let video_remote = &report["session"]["streams"][1]["remote"];
+    assert_eq!(
+        video_remote["transport"], "UDP/TLS/RTP/SAVPF",
+        "{video_remote}"
+    );
+}

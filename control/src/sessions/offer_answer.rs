@@ -58,11 +58,20 @@ impl Sessions {
         // RFC 4568 (port 0 toward the other party, so its answer rejects
         // them too), the rest of the body applied.
         let mut declined = Vec::new();
-        for (m, slot) in media.iter().zip(&layout) {
-            let Some(s) = *slot else {
-                continue;
-            };
-            // Bundle owners come before their followers.
+        // In stream order: a BUNDLE transport's owner (its lowest stream)
+        // before its followers, however the body orders its lines.
+        let mut lines: Vec<(&crate::sip::sdp::Media, usize)> = media
+            .iter()
+            .zip(&layout)
+            .filter_map(|(m, slot)| slot.map(|s| (m, s)))
+            .collect();
+        lines.sort_by_key(|&(_, s)| s);
+        let groups = body.bundle_groups();
+        // Streams whose keys and credentials this body gave, and owners
+        // that take theirs from a follower's line (their own rejected).
+        let mut received = vec![false; streams.len()];
+        let mut owners_from_followers = Vec::new();
+        for (m, s) in lines {
             let (earlier, rest) = streams.split_at_mut(s);
             let stream = &mut rest[0];
             if m.kind != stream.kind {
@@ -72,8 +81,26 @@ impl Sessions {
                 )));
             }
             if m.is_disabled() {
+                // Rejected (or disabled): port 0 toward the other party
+                // too, never a live relay port for a line no one uses.
                 stream.rejected = true;
+                declined.push(s);
                 continue;
+            }
+            let bundle = stream.bundle[from.index()].clone();
+            if let Some(bundle) = bundle.as_ref().filter(|b| b.follows(s)) {
+                // A line the relay bundled that this body does not bundle
+                // (an answerer declining the relay's BUNDLE offer, RFC
+                // 8843 §7.3.3) would need a transport the relay did not
+                // open for it: it is declined, toward the other party too.
+                let mid = m.webrtc.mid.as_deref();
+                if !mid.is_some_and(|mid| groups.iter().any(|g| g.iter().any(|x| x == mid)))
+                    || mid != Some(bundle.mid.as_str())
+                {
+                    stream.rejected = true;
+                    declined.push(s);
+                    continue;
+                }
             }
             let transport = transport_of(m)?;
             super::validate_codecs(&m.codecs, s)?;
@@ -109,14 +136,28 @@ impl Sessions {
                     toward.offer_toward(wanted, webrtc);
                 }
             }
+            received[s] = true;
             // A BUNDLE follower shares its transport owner's ICE and DTLS
-            // (an ICE restart renews them once, for the transport).
+            // (an ICE restart renews them once, for the transport) — or,
+            // when this body rejected the owner's line, gives them to the
+            // owner, whose socket carries the transport.
             for party in [from, other] {
-                let owner = stream.bundle[party.index()]
+                let Some(primary) = stream.bundle[party.index()]
                     .as_ref()
                     .filter(|b| b.follows(s))
-                    .and_then(|b| earlier.get(b.primary));
-                if let Some(owner) = owner {
+                    .map(|b| b.primary)
+                else {
+                    continue;
+                };
+                let Some(owner) = earlier.get_mut(primary) else {
+                    continue;
+                };
+                if party == from && !received[primary] {
+                    owner.crypto[party.index()].ice = stream.crypto[party.index()].ice;
+                    owner.crypto[party.index()].dtls = stream.crypto[party.index()].dtls;
+                    received[primary] = true;
+                    owners_from_followers.push(primary);
+                } else {
                     let owner = owner.crypto[party.index()].clone();
                     stream.crypto[party.index()].ice = owner.ice;
                     stream.crypto[party.index()].dtls = owner.dtls;
@@ -187,6 +228,24 @@ impl Sessions {
                     });
                 }
                 stream.rtcp_mux[party.index()] = mux;
+            }
+        }
+        for owner in owners_from_followers {
+            let before = &record.streams[owner].crypto[from.index()];
+            let crypto = &streams[owner].crypto[from.index()];
+            if crypto.ice != before.ice || crypto.dtls != before.dtls {
+                update.peers.push(LegUpdate {
+                    stream: StreamIndex(owner),
+                    party: from,
+                    rtp: None,
+                    rtcp: None,
+                    rtcp_mux: None,
+                    crypto: None,
+                    ice: crypto.ice,
+                    dtls: crypto.dtls_params(),
+                    ice_off: false,
+                    dtls_off: false,
+                });
             }
         }
         update.held = Some(session_held(&streams));

@@ -678,6 +678,11 @@ impl PartyCrypto {
         Ok(())
     }
 
+    /// A WebRTC leg: ICE and DTLS-SRTP (the only kind that bundles).
+    pub fn is_webrtc(&self) -> bool {
+        self.ice.is_some() && self.transport.is_dtls()
+    }
+
     /// The `a=crypto` values for a body the relay sends this party: the
     /// negotiated line once there is one, else an offer of every allowed
     /// suite (kept until answered, so a body sent again offers the same

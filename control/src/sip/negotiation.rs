@@ -82,74 +82,90 @@ impl StreamBundle {
 }
 
 /// Per stream, the BUNDLE transport an offer's sender put it on: the
-/// carried ICE streams of each `a=group:BUNDLE` (`ice(stream)`), under
-/// the group's lowest stream. Streams outside a group get `None` (a
-/// transport of their own).
+/// carried DTLS-SRTP streams (`webrtc(stream)`) of each `a=group:BUNDLE`,
+/// under the group's lowest stream. Streams outside a group, in a second
+/// group, or whose MID another member has already, get `None` (a
+/// transport of their own): a malformed group costs the sender its
+/// bundling, never the call.
 pub(crate) fn bundles_in_offer(
     sdp: &Sdp,
     media: &[Media],
     layout: &Layout,
     stream_count: usize,
-    ice: impl Fn(usize) -> bool,
+    webrtc: impl Fn(usize) -> bool,
 ) -> Vec<Option<StreamBundle>> {
-    let mut bundles = vec![None; stream_count];
+    let mut bundles: Vec<Option<StreamBundle>> = vec![None; stream_count];
     for group in sdp.bundle_groups() {
-        let members: Vec<(usize, &Media, &str)> = media
-            .iter()
-            .zip(layout)
-            .filter_map(|(m, slot)| {
-                let s = (*slot)?;
-                let mid = m.webrtc.mid.as_deref()?;
-                (s < stream_count
-                    && ice(s)
-                    && group.iter().any(|g| g == mid)
-                    && Mid::new(mid).is_some())
-                .then_some((s, m, mid))
-            })
-            .collect();
-        let Some(&(primary, _, _)) = members.iter().min_by_key(|(s, _, _)| *s) else {
+        let mut members: Vec<(usize, String)> = Vec::new();
+        for (m, slot) in media.iter().zip(layout) {
+            let (Some(s), Some(mid)) = (*slot, m.webrtc.mid.as_deref()) else {
+                continue;
+            };
+            let fits = s < stream_count
+                && webrtc(s)
+                && bundles[s].is_none()
+                && group.iter().any(|g| g == mid)
+                && Mid::new(mid).is_some()
+                && !members
+                    .iter()
+                    .any(|(other, known)| *other == s || known == mid);
+            if fits {
+                members.push((s, mid.to_owned()));
+            }
+        }
+        let Some(primary) = members.iter().map(|(s, _)| *s).min() else {
             continue;
         };
-        for (s, _, mid) in members {
-            if bundles[s].is_none() {
-                bundles[s] = Some(StreamBundle {
-                    primary,
-                    mid: mid.to_owned(),
-                    // The relay's answer does not take up the MID header
-                    // extension: it does not write MIDs into what it sends,
-                    // and a browser that negotiated them drops packets of
-                    // unsignalled SSRCs without one. The offerer's streams
-                    // are told apart by SSRC and payload type (RFC 8843
-                    // §9.2).
-                    mid_extension: None,
-                });
-            }
+        for (s, mid) in members {
+            bundles[s] = Some(StreamBundle {
+                primary,
+                mid,
+                // The relay's answer does not take up the MID header
+                // extension: it does not write MIDs into what it sends,
+                // and a browser that negotiated them drops packets of
+                // unsignalled SSRCs without one. The offerer's streams
+                // are told apart by SSRC and payload type (RFC 8843
+                // §9.2).
+                mid_extension: None,
+            });
         }
     }
     bundles
 }
 
-/// Per stream, the BUNDLE transport of a body the relay offers to an ICE
-/// party: every stream it reaches with ICE on one transport (a max-bundle
-/// browser takes nothing else), MIDs as [`render`] writes them (the
-/// sender's, else the m= line's index), the sender's MID extension.
+/// Per stream, the BUNDLE transport of a body the relay offers to a
+/// WebRTC party: every stream it reaches with DTLS-SRTP (`webrtc(stream)`)
+/// on one transport (a max-bundle browser takes nothing else), MIDs as
+/// [`render`] writes them (the sender's, else the m= line's index), the
+/// sender's MID extension. A stream whose payload types overlap those of
+/// a stream already bundled, or whose MID repeats one, keeps a transport
+/// of its own: one transport cannot tell such streams apart (RFC 8843
+/// §9.1).
 pub(crate) fn bundles_toward(
     sender: &[Media],
     layout: &Layout,
     stream_count: usize,
-    ice: impl Fn(usize) -> bool,
+    webrtc: impl Fn(usize) -> bool,
 ) -> Vec<Option<StreamBundle>> {
     let mut bundles = vec![None; stream_count];
     let mut primary = None;
+    let mut payload_types: Vec<u32> = Vec::new();
+    let mut mids: Vec<String> = Vec::new();
     for (index, (m, slot)) in sender.iter().zip(layout).enumerate() {
         let Some(s) = *slot else { continue };
-        if s >= stream_count || !ice(s) {
+        if s >= stream_count || !webrtc(s) {
             continue;
         }
         let mid = crate::sip::sdp::mid_or_index(m.webrtc.mid.clone(), index);
-        if Mid::new(&mid).is_none() {
+        let overlaps = m
+            .codecs
+            .iter()
+            .any(|c| payload_types.contains(&c.payload_type));
+        if Mid::new(&mid).is_none() || mids.contains(&mid) || overlaps {
             continue;
         }
+        payload_types.extend(m.codecs.iter().map(|c| c.payload_type));
+        mids.push(mid.clone());
         let primary = *primary.get_or_insert(s);
         bundles[s] = Some(StreamBundle {
             primary,
@@ -172,9 +188,9 @@ pub(crate) fn session_bundles(
         return Ok(bundles);
     };
     let media = media_of(body)?;
-    let ice = |party: Party| move |s: usize| crypto[s][party.index()].ice.is_some();
-    let offered = bundles_in_offer(body, &media, layout, crypto.len(), ice(*from));
-    let toward = bundles_toward(&media, layout, crypto.len(), ice(from.other()));
+    let webrtc = |party: Party| move |s: usize| crypto[s][party.index()].is_webrtc();
+    let offered = bundles_in_offer(body, &media, layout, crypto.len(), webrtc(*from));
+    let toward = bundles_toward(&media, layout, crypto.len(), webrtc(from.other()));
     for (s, (offered, toward)) in offered.into_iter().zip(toward).enumerate() {
         bundles[s][from.index()] = offered;
         bundles[s][from.other().index()] = toward;
@@ -843,7 +859,7 @@ impl AnswerPlan {
             return Err(Status::unimplemented(reason));
         }
         let bundles = bundles_in_offer(&offer, &media, &layout, streams.len(), |s| {
-            crypto[s].ice.is_some()
+            crypto[s].is_webrtc()
         });
         // Bundled streams share one transport: its owner's credentials.
         for s in 0..crypto.len() {

@@ -74,11 +74,15 @@ pub struct Bundle {
     /// (stream, its leg, its MID); the first owns the transport.
     members: Vec<(StreamIndex, LegId, Mid)>,
     mid_extension: Option<u8>,
-    /// SSRCs tied to a member (by index into `members`), oldest first
-    /// overwritten.
-    learned: [(u32, u8); LEARNED_SSRCS],
+    /// SSRCs tied to a member stream, oldest first overwritten.
+    learned: [(u32, StreamIndex); LEARNED_SSRCS],
     learned_count: usize,
     learned_next: usize,
+    /// SSRCs the relay sends on the transport, by member stream: one
+    /// SSRC, one stream (RFC 8843 §9.1), whatever the other party does.
+    sending: [(u32, StreamIndex); LEARNED_SSRCS],
+    sending_count: usize,
+    sending_next: usize,
 }
 
 /// Why a set of bundle tags cannot form a bundle.
@@ -129,9 +133,12 @@ impl Bundle {
                 None if tag.primary == stream => bundles.push(Bundle {
                     members: vec![(stream, leg, tag.mid)],
                     mid_extension: tag.mid_extension.filter(|&id| id != 0),
-                    learned: [(0, 0); LEARNED_SSRCS],
+                    learned: [(0, StreamIndex(0)); LEARNED_SSRCS],
                     learned_count: 0,
                     learned_next: 0,
+                    sending: [(0, StreamIndex(0)); LEARNED_SSRCS],
+                    sending_count: 0,
+                    sending_next: 0,
                 }),
                 None => {
                     return Err(BundleError::BadPrimary {
@@ -152,6 +159,18 @@ impl Bundle {
     /// Every member but the first.
     pub fn followers(&self) -> impl Iterator<Item = (StreamIndex, LegId)> + '_ {
         self.members[1..].iter().map(|m| (m.0, m.1))
+    }
+
+    /// Whether `stream`'s `leg` is a member.
+    pub fn contains(&self, stream: StreamIndex, leg: LegId) -> bool {
+        self.members.iter().any(|m| (m.0, m.1) == (stream, leg))
+    }
+
+    /// Drops a follower whose leg closed.
+    pub fn forget(&mut self, stream: StreamIndex, leg: LegId) {
+        if self.primary() != (stream, leg) {
+            self.members.retain(|m| (m.0, m.1) != (stream, leg));
+        }
     }
 
     /// Whether the bundle holds more than its owner.
@@ -218,28 +237,43 @@ impl Bundle {
         }
     }
 
-    /// The member an SSRC is tied to.
-    fn learned(&self, ssrc: u32) -> Option<usize> {
-        self.learned[..self.learned_count]
+    /// Whether `stream` may send `ssrc` on the transport: no other member
+    /// sends it (the first to send an SSRC keeps it).
+    pub fn may_send(&mut self, ssrc: u32, stream: StreamIndex) -> bool {
+        if let Some(&(_, owner)) = self.sending[..self.sending_count]
             .iter()
             .find(|(known, _)| *known == ssrc)
-            .map(|&(_, index)| usize::from(index))
+        {
+            return owner == stream;
+        }
+        self.sending[self.sending_next] = (ssrc, stream);
+        self.sending_next = (self.sending_next + 1) % LEARNED_SSRCS;
+        self.sending_count = (self.sending_count + 1).min(LEARNED_SSRCS);
+        true
+    }
+
+    /// The member (its index in `members`) an SSRC is tied to.
+    fn learned(&self, ssrc: u32) -> Option<usize> {
+        let stream = self.learned[..self.learned_count]
+            .iter()
+            .find(|(known, _)| *known == ssrc)
+            .map(|&(_, stream)| stream)?;
+        self.members.iter().position(|m| m.0 == stream)
     }
 
     /// Ties `ssrc` to `stream` (after its leg accepted a packet with it).
     pub fn learn(&mut self, ssrc: u32, stream: StreamIndex) {
-        let Some(index) = self.members.iter().position(|m| m.0 == stream) else {
+        if !self.members.iter().any(|m| m.0 == stream) {
             return;
-        };
-        let index = index as u8;
+        }
         if let Some(slot) = self.learned[..self.learned_count]
             .iter_mut()
             .find(|(known, _)| *known == ssrc)
         {
-            slot.1 = index;
+            slot.1 = stream;
             return;
         }
-        self.learned[self.learned_next] = (ssrc, index);
+        self.learned[self.learned_next] = (ssrc, stream);
         self.learned_next = (self.learned_next + 1) % LEARNED_SSRCS;
         self.learned_count = (self.learned_count + 1).min(LEARNED_SSRCS);
     }
@@ -447,6 +481,18 @@ mod tests {
     }
 
     #[test]
+    fn one_ssrc_is_sent_by_one_stream_only() {
+        let mut b = bundle(None);
+        assert!(b.may_send(5, StreamIndex(0)));
+        assert!(b.may_send(5, StreamIndex(0)));
+        assert!(
+            !b.may_send(5, StreamIndex(1)),
+            "the video may not reuse the audio's SSRC"
+        );
+        assert!(b.may_send(6, StreamIndex(1)));
+    }
+
+    #[test]
     fn the_learned_table_stays_bounded() {
         let mut b = bundle(None);
         for ssrc in 0..1000 {
@@ -454,6 +500,14 @@ mod tests {
         }
         assert_eq!(b.learned_count, LEARNED_SSRCS);
         assert_eq!(b.learned(999), Some(1));
+        b.forget(StreamIndex(1), DEVICE);
+        assert_eq!(b.learned(999), None, "a forgotten member routes nothing");
+        assert!(!b.has_followers());
+        b.forget(StreamIndex(0), DEVICE);
+        assert!(
+            b.contains(StreamIndex(0), DEVICE),
+            "the owner stays until its bundle goes"
+        );
         assert_eq!(b.learned(0), None);
     }
 }

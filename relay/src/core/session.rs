@@ -348,9 +348,10 @@ impl Session {
         }
     }
 
-    /// Groups legs into bundles (per stream, its leg and tag): after
-    /// creation for the first legs, after a transfer opens for the new
-    /// device's. Bundles of the same legs from before are replaced.
+    /// Groups one party's legs into bundles (per stream, its leg and tag):
+    /// after creation for each party's first legs, after a transfer opens
+    /// for the new device's. Bundles of the same legs from before are
+    /// replaced.
     pub fn set_bundles(
         &mut self,
         legs: &[(StreamIndex, LegId, Option<BundleTag>)],
@@ -359,7 +360,7 @@ impl Session {
         self.bundles.retain(|bundle| {
             !legs
                 .iter()
-                .any(|&(stream, leg, _)| bundle.primary() == (stream, leg))
+                .any(|&(stream, leg, _)| bundle.contains(stream, leg))
         });
         self.bundles.extend(formed);
         Ok(())
@@ -418,6 +419,59 @@ impl Session {
         self.bundles
             .iter()
             .any(|b| b.primary() == (stream, leg) && b.has_followers())
+    }
+
+    /// Drops (and counts) what `stream` would send on a BUNDLE transport
+    /// under an SSRC another stream of the bundle sends (read from the
+    /// clear header, also of SRTP/SRTCP), and likewise the copy for a
+    /// pending device.
+    #[cold]
+    fn check_bundle_ssrc(
+        &mut self,
+        stream: StreamIndex,
+        rtcp: bool,
+        verdict: &mut Verdict,
+        buf: &[u8],
+        fork_buf: &[u8],
+    ) {
+        let Verdict::Forward {
+            leg,
+            len,
+            ref mut fork,
+            ..
+        } = *verdict
+        else {
+            return;
+        };
+        let at = if rtcp { 4 } else { 8 };
+        let ssrc_in = |bytes: &[u8], len: usize| {
+            bytes
+                .get(at..at + 4)
+                .filter(|_| len >= at + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let mut refused = None;
+        if let Some(copy) = *fork
+            && let Some(ssrc) = ssrc_in(fork_buf, copy.len)
+            && let Some(bundle) = self
+                .bundles
+                .iter_mut()
+                .find(|b| b.contains(stream, copy.leg))
+            && !bundle.may_send(ssrc, stream)
+        {
+            *fork = None;
+            refused = Some(copy.leg);
+        }
+        if let Some(ssrc) = ssrc_in(buf, len)
+            && let Some(bundle) = self.bundles.iter_mut().find(|b| b.contains(stream, leg))
+            && !bundle.may_send(ssrc, stream)
+        {
+            *verdict = Verdict::Drop(DropReason::BundleSsrcCollision);
+            refused = Some(leg);
+        }
+        if let (Some(leg), Some(s)) = (refused, self.streams.get_mut(stream.0)) {
+            s.record_drop(leg, DropReason::BundleSsrcCollision, 1);
+        }
     }
 
     /// Gives the followers of the bundle owned by `stream`'s `leg` what
@@ -531,6 +585,15 @@ impl Session {
             buf,
             Some(fork_buf),
         );
+        if !self.bundles.is_empty() {
+            self.check_bundle_ssrc(
+                stream,
+                !accepted.is_media(),
+                &mut outcome.verdict,
+                buf,
+                fork_buf,
+            );
+        }
         if let Some(latched) = outcome.latched {
             self.info(SessionEvent::SourceLatched { stream, latched });
         }
@@ -676,14 +739,18 @@ impl Session {
         self.close_legs(Stream::close_retired);
     }
 
-    /// Closes, in every stream, the leg `close` gives up, and says so.
+    /// Closes, in every stream, the leg `close` gives up, and says so; a
+    /// closed leg leaves its bundle (the bundle goes with its owner).
     fn close_legs(&mut self, mut close: impl FnMut(&mut Stream) -> Option<LegId>) {
         for (index, s) in self.streams.iter_mut().enumerate() {
             if let Some(leg) = close(s) {
-                self.events.push_back(SessionEvent::LegClosed {
-                    stream: StreamIndex(index),
-                    leg,
-                });
+                let stream = StreamIndex(index);
+                self.bundles.retain(|b| b.primary() != (stream, leg));
+                for bundle in &mut self.bundles {
+                    bundle.forget(stream, leg);
+                }
+                self.events
+                    .push_back(SessionEvent::LegClosed { stream, leg });
             }
         }
     }
@@ -1841,6 +1908,28 @@ mod bundle_tests {
             &mut fork,
         );
         assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
+        // The phone's audio under the same SSRC (legal on its separate
+        // ports) would reuse keystream on the browser's one transport: it
+        // is dropped and counted, never sent.
+        let mut same_ssrc = from_phone.clone();
+        same_ssrc[1] = 0;
+        buf[..same_ssrc.len()].copy_from_slice(&same_ssrc);
+        let verdict = s.handle_packet(
+            t0,
+            AUDIO,
+            LegId::REMOTE,
+            Component::Rtp,
+            addr(PHONE_AUDIO),
+            &mut buf,
+            same_ssrc.len(),
+            &mut fork,
+        );
+        assert_eq!(verdict, Verdict::Drop(DropReason::BundleSsrcCollision));
+        let audio_report = s.report(t0);
+        assert_eq!(
+            audio_report.streams[0][0].counters.drops[DropReason::BundleSsrcCollision as usize],
+            1
+        );
 
         // Consent: checks on the owner keep it for both; when they stop for
         // 30 s, neither stream sends to the browser any more, and one event

@@ -133,11 +133,16 @@ pub enum DropReason {
     /// A DTLS record the handshake thread could not take (its queue full,
     /// or larger than a datagram it reads); the peer retransmits.
     HandshakeBusy = 21,
+    /// Toward a BUNDLE transport, an SSRC another stream of the bundle
+    /// sends already (a SIP party may use one SSRC for its audio and its
+    /// video): on one transport, under one SRTP key, the two would reuse
+    /// keystream and could not be told apart.
+    BundleSsrcCollision = 22,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 23;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -162,6 +167,7 @@ impl DropReason {
         Self::StunIgnored,
         Self::IceUnchecked,
         Self::HandshakeBusy,
+        Self::BundleSsrcCollision,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -189,6 +195,7 @@ impl DropReason {
             Self::StunIgnored => "stun_ignored",
             Self::IceUnchecked => "ice_unchecked",
             Self::HandshakeBusy => "dtls_busy",
+            Self::BundleSsrcCollision => "bundle_ssrc_collision",
         }
     }
 }

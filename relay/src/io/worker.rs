@@ -807,16 +807,16 @@ impl Worker {
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
-        let mut tags = Vec::new();
-        for (index, setup) in streams.iter().enumerate() {
-            tags.push((StreamIndex(index), LegId::FIRST_DEVICE, setup.bundle[0]));
-            tags.push((StreamIndex(index), LegId::REMOTE, setup.bundle[1]));
-        }
-        // Device legs first, then remote ones: grouped by leg, each
-        // bundle's owner comes before its followers.
-        tags.sort_by_key(|&(stream, leg, _)| (leg, stream));
-        if let Err(e) = entry.session.set_bundles(&tags) {
-            return Err(DataplaneError::Sockets(e.to_string()));
+        // Each party's legs form their own bundles.
+        for (side, leg) in [(0, LegId::FIRST_DEVICE), (1, LegId::REMOTE)] {
+            let tags: Vec<_> = streams
+                .iter()
+                .enumerate()
+                .map(|(index, setup)| (StreamIndex(index), leg, setup.bundle[side]))
+                .collect();
+            if let Err(e) = entry.session.set_bundles(&tags) {
+                return Err(DataplaneError::Sockets(e.to_string()));
+            }
         }
         for (index, setup) in streams.into_iter().enumerate() {
             let [device, remote] = setup.sockets;
@@ -1317,6 +1317,9 @@ mod tests {
         let mut follower = stream(pool);
         drop(follower.sockets[0].take());
         follower.bundle[0] = tag("1");
+        // The remote party is a browser too, on a transport of its own per
+        // stream here: bundles of one stream, with the same MIDs.
+        owner.bundle[1] = tag("0");
         vec![owner, follower]
     }
 
