@@ -1704,4 +1704,114 @@ mod tests {
         body.renumber(0, &[(0, 0)]);
         assert_eq!(body.render(), before);
     }
+
+    /// A WebRTC body: session lines `groups`, then per line (kind, port,
+    /// payload type, MID, bundle-only).
+    fn webrtc_body(groups: &[&str], lines: &[(&str, u16, u8, &str, bool)]) -> Sdp {
+        let mut text = String::from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+        for group in groups {
+            text.push_str(&format!("a=group:BUNDLE {group}\r\n"));
+        }
+        for &(kind, port, pt, mid, bundle_only) in lines {
+            let codec = if kind == "audio" {
+                "PCMU/8000"
+            } else {
+                "VP8/90000"
+            };
+            text.push_str(&format!(
+                "m={kind} {port} UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 127.0.0.1\r\n\
+                 a=rtpmap:{pt} {codec}\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijklmn\r\n\
+                 a=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\na=rtcp-mux\r\na=mid:{mid}\r\n{only}",
+                fp = ["AB"; 32].join(":"),
+                only = if bundle_only { "a=bundle-only\r\n" } else { "" }
+            ));
+        }
+        Sdp::parse(&text).expect("body")
+    }
+
+    /// (primary, mid) per stream of an offer's bundles.
+    fn offered_bundles(body: &Sdp) -> Vec<Option<(usize, String)>> {
+        let (specs, layout) =
+            streams_from(body, Party::User, v1::AddressFamily::Ipv4).expect("streams");
+        let media = media_of(body).expect("media");
+        bundles_in_offer(body, &media, &layout, specs.len(), |_| true)
+            .into_iter()
+            .map(|b| b.map(|b| (b.primary, b.mid)))
+            .collect()
+    }
+
+    #[test]
+    fn an_offers_bundle_groups_become_transports_and_malformed_ones_do_not() {
+        // max-bundle: the video line is bundle-only (port 0) and carried.
+        let body = webrtc_body(
+            &["0 1"],
+            &[("audio", 9, 0, "0", false), ("video", 0, 96, "1", true)],
+        );
+        assert_eq!(
+            offered_bundles(&body),
+            vec![Some((0, "0".to_owned())), Some((0, "1".to_owned()))]
+        );
+        // A bundle-only line in no opened group is disabled, not carried.
+        let body = webrtc_body(
+            &[],
+            &[("audio", 9, 0, "0", false), ("video", 0, 96, "1", true)],
+        );
+        let (specs, _) =
+            streams_from(&body, Party::User, v1::AddressFamily::Ipv4).expect("streams");
+        assert_eq!(specs.len(), 1);
+        // A MID in two groups: the first group has it, the second bundles
+        // without it.
+        let body = webrtc_body(
+            &["0 1", "1 2"],
+            &[
+                ("audio", 9, 0, "0", false),
+                ("video", 9, 96, "1", false),
+                ("video", 9, 97, "2", false),
+            ],
+        );
+        assert_eq!(
+            offered_bundles(&body),
+            vec![
+                Some((0, "0".to_owned())),
+                Some((0, "1".to_owned())),
+                Some((2, "2".to_owned()))
+            ]
+        );
+        // A repeated MID, and one too long: those lines keep a transport of
+        // their own.
+        let long = "m".repeat(40);
+        let body = webrtc_body(
+            &[&format!("0 {long}")],
+            &[
+                ("audio", 9, 0, "0", false),
+                ("video", 9, 96, "0", false),
+                ("video", 9, 97, &long, false),
+            ],
+        );
+        assert_eq!(
+            offered_bundles(&body),
+            vec![Some((0, "0".to_owned())), None, None]
+        );
+    }
+
+    #[test]
+    fn the_relays_own_bundle_leaves_out_overlapping_payload_types() {
+        let body = webrtc_body(
+            &[],
+            &[
+                ("audio", 9, 96, "a", false),
+                ("video", 9, 96, "v", false),
+                ("video", 9, 97, "w", false),
+            ],
+        );
+        let (specs, layout) =
+            streams_from(&body, Party::User, v1::AddressFamily::Ipv4).expect("streams");
+        let media = media_of(&body).expect("media");
+        let bundles: Vec<_> = bundles_toward(&media, &layout, specs.len(), |s| s != 2)
+            .into_iter()
+            .map(|b| b.map(|b| (b.primary, b.mid)))
+            .collect();
+        // The second line repeats payload type 96; the third is not WebRTC.
+        assert_eq!(bundles, vec![Some((0, "a".to_owned())), None, None]);
+    }
 }
