@@ -111,18 +111,19 @@ pub struct RunOptions {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// Seconds without RTP on any leg before a session is torn down.
-    /// [default: 60]
+    /// Seconds without RTP on any leg before a session is torn down; 0
+    /// turns it off. [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub media_timeout: Option<f64>,
 
-    /// Seconds a session that never saw RTP lives. [default: 180]
+    /// Seconds a session that never saw RTP lives; 0 turns it off.
+    /// [default: 180]
     #[arg(long, value_name = "SECONDS")]
     pub setup_timeout: Option<f64>,
 
     /// Seconds without RTP before a session whose streams are all on hold
     /// (SDP sendonly, recvonly, inactive) is torn down; replaces the media
-    /// and setup timeouts while on hold. [default: 3600]
+    /// and setup timeouts while on hold; 0 turns it off. [default: 3600]
     #[arg(long, value_name = "SECONDS")]
     pub hold_timeout: Option<f64>,
 
@@ -425,11 +426,11 @@ impl RunOptions {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
-        let media = seconds(self.media_timeout, 60.0, "media timeout")?;
-        let setup = seconds(self.setup_timeout, 180.0, "setup timeout")?;
-        let hold = seconds(self.hold_timeout, 3600.0, "hold timeout")?;
-        let learning_window = seconds(self.learning_window, 3.0, "learning window")?;
-        let transfer_timeout = seconds(self.transfer_timeout, 30.0, "transfer timeout")?;
+        let media = timeout(self.media_timeout, 60.0, "media-timeout")?;
+        let setup = timeout(self.setup_timeout, 180.0, "setup-timeout")?;
+        let hold = timeout(self.hold_timeout, 3600.0, "hold-timeout")?;
+        let learning_window = seconds(self.learning_window, 3.0, "learning-window")?;
+        let transfer_timeout = seconds(self.transfer_timeout, 30.0, "transfer-timeout")?;
         let max_sessions = self.max_sessions.unwrap_or(20_000);
         if max_sessions == 0 {
             bail!("max sessions must be at least 1");
@@ -493,12 +494,29 @@ fn parse_ips(texts: &[String], what: &str) -> anyhow::Result<Vec<IpAddr>> {
         .collect()
 }
 
+/// A duration that must be there: more than 0 s, at most a day.
 fn seconds(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
     let value = value.unwrap_or(default);
     if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
-        bail!("{what} {value} is not a number of seconds between 0 and 86400");
+        bail!("{what} = {value}: give a number of seconds more than 0 and at most 86400");
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+/// How long "off" lasts for a session timeout: longer than any call, short
+/// enough that adding it to a clock reading cannot overflow.
+pub const TIMEOUT_OFF: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A session timeout: seconds up to a day, or 0 for off (as rtpengine's
+/// timeouts and operators' habits have it).
+fn timeout(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
+    match value {
+        Some(zero) if zero == 0.0 => Ok(TIMEOUT_OFF),
+        Some(value) if !(value.is_finite() && value > 0.0 && value <= 86_400.0) => bail!(
+            "{what} = {value}: give a number of seconds from 1 to 86400, or 0 to turn it off"
+        ),
+        value => seconds(value, default, what),
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +525,26 @@ mod tests {
 
     fn parse(toml_text: &str) -> anyhow::Result<RunOptions> {
         toml::from_str(toml_text).map_err(Into::into)
+    }
+
+    #[test]
+    fn a_session_timeout_of_0_is_off_and_other_durations_must_be_positive() -> anyhow::Result<()> {
+        let config = parse("media-timeout = 0\nsetup-timeout = 0\nhold-timeout = 0\n")?.load()?;
+        assert_eq!(config.dataplane.timeouts.media, TIMEOUT_OFF);
+        assert_eq!(config.dataplane.timeouts.setup, TIMEOUT_OFF);
+        assert_eq!(config.dataplane.timeouts.hold, TIMEOUT_OFF);
+        let config = parse("media-timeout = 30\n")?.load()?;
+        assert_eq!(config.dataplane.timeouts.media, Duration::from_secs(30));
+        for (text, named) in [
+            ("media-timeout = -1\n", "media-timeout = -1"),
+            ("media-timeout = 90000\n", "or 0 to turn it off"),
+            ("learning-window = 0\n", "learning-window = 0: give a number of seconds more than 0"),
+            ("transfer-timeout = 0\n", "transfer-timeout = 0"),
+        ] {
+            let refused = parse(text)?.load().expect_err(text).to_string();
+            assert!(refused.contains(named), "{text}: {refused}");
+        }
+        Ok(())
     }
 
     #[test]

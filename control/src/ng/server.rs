@@ -184,8 +184,19 @@ impl std::str::FromStr for NgAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // rtpengine's `listen-ng` is UDP and written without a scheme:
+        // IP:PORT means the same here.
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self::Udp(addr));
+        }
+        if let Ok(port) = text.parse::<u16>() {
+            return Err(format!(
+                "ng address {text:?}: give the address too, e.g. udp:127.0.0.1:{port} \
+                 (ng has no authentication: listen on loopback or a private address)"
+            ));
+        }
         let (kind, addr) = text.split_once(':').ok_or_else(|| {
-            format!("ng address {text:?}: expected udp:HOST:PORT or tcp:HOST:PORT")
+            format!("ng address {text:?}: expected udp:HOST:PORT, tcp:HOST:PORT or IP:PORT (UDP)")
         })?;
         let addr: SocketAddr = addr
             .parse()
@@ -543,6 +554,18 @@ mod tests {
             "tcp:[::1]:2223".parse::<NgAddr>(),
             Ok(NgAddr::Tcp("[::1]:2223".parse().expect("addr")))
         );
+        // rtpengine's form: IP:PORT is UDP; a bare port is refused with the
+        // form to write.
+        assert_eq!(
+            "127.0.0.1:2299".parse::<NgAddr>(),
+            Ok(NgAddr::Udp("127.0.0.1:2299".parse().expect("addr")))
+        );
+        assert_eq!(
+            "[::1]:2299".parse::<NgAddr>(),
+            Ok(NgAddr::Udp("[::1]:2299".parse().expect("addr")))
+        );
+        let bare = "2299".parse::<NgAddr>().expect_err("a bare port");
+        assert!(bare.contains("udp:127.0.0.1:2299"), "{bare}");
         assert!("sctp:127.0.0.1:1".parse::<NgAddr>().is_err());
         assert!("udp:localhost:1".parse::<NgAddr>().is_err());
     }
