@@ -512,9 +512,9 @@ pub const TIMEOUT_OFF: Duration = Duration::from_secs(100 * 365 * 86_400);
 fn timeout(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
     match value {
         Some(zero) if zero == 0.0 => Ok(TIMEOUT_OFF),
-        Some(value) if !(value.is_finite() && value > 0.0 && value <= 86_400.0) => bail!(
-            "{what} = {value}: give a number of seconds from 1 to 86400, or 0 to turn it off"
-        ),
+        Some(value) if !(value.is_finite() && value > 0.0 && value <= 86_400.0) => {
+            bail!("{what} = {value}: give a number of seconds from 1 to 86400, or 0 to turn it off")
+        }
         value => seconds(value, default, what),
     }
 }
@@ -538,7 +538,10 @@ mod tests {
         for (text, named) in [
             ("media-timeout = -1\n", "media-timeout = -1"),
             ("media-timeout = 90000\n", "or 0 to turn it off"),
-            ("learning-window = 0\n", "learning-window = 0: give a number of seconds more than 0"),
+            (
+                "learning-window = 0\n",
+                "learning-window = 0: give a number of seconds more than 0",
+            ),
             ("transfer-timeout = 0\n", "transfer-timeout = 0"),
         ] {
             let refused = parse(text)?.load().expect_err(text).to_string();

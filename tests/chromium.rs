@@ -1131,11 +1131,11 @@ fn two_browsers_call_each_other_with_bundled_audio_and_video() {
         tempfile::tempdir().expect("profile"),
     );
     let mut caller = chromium(
-        &format!("{base}?ms=5000&video=1&bundle=max-bundle&who=caller"),
+        &format!("{base}?ms=8000&video=1&bundle=max-bundle&who=caller"),
         profile_a.path(),
     );
     let mut callee = chromium(
-        &format!("{base}?ms=5000&video=1&bundle=max-bundle&role=answer&who=callee"),
+        &format!("{base}?ms=8000&video=1&bundle=max-bundle&role=answer&who=callee"),
         profile_b.path(),
     );
     let call_id = "browser-to-browser";

@@ -93,10 +93,21 @@ impl Sessions {
                 // (an answerer declining the relay's BUNDLE offer, RFC
                 // 8843 §7.3.3) would need a transport the relay did not
                 // open for it: it is declined, toward the other party too.
-                let mid = m.webrtc.mid.as_deref();
-                if !mid.is_some_and(|mid| groups.iter().any(|g| g.iter().any(|x| x == mid)))
-                    || mid != Some(bundle.mid.as_str())
-                {
+                // Its group must hold the owner's line too, unless this
+                // body rejected that line (the transport lives on).
+                let owner = earlier
+                    .get(bundle.primary)
+                    .and_then(|o| o.bundle[from.index()].as_ref());
+                let owner_line_kept = layout
+                    .iter()
+                    .position(|slot| *slot == Some(bundle.primary))
+                    .and_then(|j| media.get(j))
+                    .is_some_and(|o| !o.is_disabled());
+                let grouped = groups.iter().any(|g| {
+                    g.contains(&bundle.mid)
+                        && (!owner_line_kept || owner.is_some_and(|o| g.contains(&o.mid)))
+                });
+                if !grouped || m.webrtc.mid.as_deref() != Some(bundle.mid.as_str()) {
                     stream.rejected = true;
                     declined.push(s);
                     continue;

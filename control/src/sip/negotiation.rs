@@ -84,9 +84,9 @@ impl StreamBundle {
 /// Per stream, the BUNDLE transport an offer's sender put it on: the
 /// carried DTLS-SRTP streams (`webrtc(stream)`) of each `a=group:BUNDLE`,
 /// under the group's lowest stream. Streams outside a group, in a second
-/// group, or whose MID another member has already, get `None` (a
-/// transport of their own): a malformed group costs the sender its
-/// bundling, never the call.
+/// group, whose MID another member has already, or whose payload types
+/// overlap an earlier member's get `None` (a transport of their own): a
+/// malformed group costs the sender its bundling, never the call.
 pub(crate) fn bundles_in_offer(
     sdp: &Sdp,
     media: &[Media],
@@ -97,6 +97,9 @@ pub(crate) fn bundles_in_offer(
     let mut bundles: Vec<Option<StreamBundle>> = vec![None; stream_count];
     for group in sdp.bundle_groups() {
         let mut members: Vec<(usize, String)> = Vec::new();
+        // Payload types must tell the members apart: the relay's answer
+        // routes by them (see below).
+        let mut payload_types: Vec<u32> = Vec::new();
         for (m, slot) in media.iter().zip(layout) {
             let (Some(s), Some(mid)) = (*slot, m.webrtc.mid.as_deref()) else {
                 continue;
@@ -108,8 +111,13 @@ pub(crate) fn bundles_in_offer(
                 && Mid::new(mid).is_some()
                 && !members
                     .iter()
-                    .any(|(other, known)| *other == s || known == mid);
+                    .any(|(other, known)| *other == s || known == mid)
+                && !m
+                    .codecs
+                    .iter()
+                    .any(|c| payload_types.contains(&c.payload_type));
             if fits {
+                payload_types.extend(m.codecs.iter().map(|c| c.payload_type));
                 members.push((s, mid.to_owned()));
             }
         }

@@ -82,7 +82,6 @@ pub struct Bundle {
     /// SSRC, one stream (RFC 8843 §9.1), whatever the other party does.
     sending: [(u32, StreamIndex); LEARNED_SSRCS],
     sending_count: usize,
-    sending_next: usize,
 }
 
 /// Why a set of bundle tags cannot form a bundle.
@@ -138,7 +137,6 @@ impl Bundle {
                     learned_next: 0,
                     sending: [(0, StreamIndex(0)); LEARNED_SSRCS],
                     sending_count: 0,
-                    sending_next: 0,
                 }),
                 None => {
                     return Err(BundleError::BadPrimary {
@@ -246,9 +244,29 @@ impl Bundle {
         {
             return owner == stream;
         }
-        self.sending[self.sending_next] = (ssrc, stream);
-        self.sending_next = (self.sending_next + 1) % LEARNED_SSRCS;
-        self.sending_count = (self.sending_count + 1).min(LEARNED_SSRCS);
+        if self.sending_count < LEARNED_SSRCS {
+            self.sending[self.sending_count] = (ssrc, stream);
+            self.sending_count += 1;
+            return true;
+        }
+        // Full: the claimant gives up its own oldest claim, else the
+        // stream holding the most gives up its oldest — never another
+        // stream's only SSRC, which a colliding stream could then take.
+        let claims = |of: StreamIndex| self.sending.iter().filter(|e| e.1 == of).count();
+        let giver = if claims(stream) > 0 {
+            stream
+        } else {
+            self.sending
+                .iter()
+                .map(|e| e.1)
+                .max_by_key(|&s| claims(s))
+                .unwrap_or(stream)
+        };
+        if let Some(slot) = self.sending.iter().position(|e| e.1 == giver) {
+            // Oldest first: the rest move down, the new claim goes last.
+            self.sending.copy_within(slot + 1.., slot);
+            self.sending[LEARNED_SSRCS - 1] = (ssrc, stream);
+        }
         true
     }
 
@@ -489,6 +507,12 @@ mod tests {
             !b.may_send(5, StreamIndex(1)),
             "the video may not reuse the audio's SSRC"
         );
+        assert!(b.may_send(6, StreamIndex(1)));
+        // Churn on the audio never frees the video's SSRC for the audio.
+        for ssrc in 100..200 {
+            assert!(b.may_send(ssrc, StreamIndex(0)));
+        }
+        assert!(!b.may_send(6, StreamIndex(0)), "the video's claim survived");
         assert!(b.may_send(6, StreamIndex(1)));
     }
 

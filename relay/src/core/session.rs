@@ -422,17 +422,16 @@ impl Session {
     }
 
     /// Drops (and counts) what `stream` would send on a BUNDLE transport
-    /// under an SSRC another stream of the bundle sends (read from the
-    /// clear header, also of SRTP/SRTCP), and likewise the copy for a
-    /// pending device.
-    #[cold]
+    /// under an SSRC another stream of the bundle sends, and likewise the
+    /// copy for a pending device (the same packet, the same SSRC). Reads
+    /// the routed header before it is sealed, so a refused packet
+    /// advances no SRTP sender.
     fn check_bundle_ssrc(
         &mut self,
         stream: StreamIndex,
         rtcp: bool,
         verdict: &mut Verdict,
         buf: &[u8],
-        fork_buf: &[u8],
     ) {
         let Verdict::Forward {
             leg,
@@ -444,15 +443,15 @@ impl Session {
             return;
         };
         let at = if rtcp { 4 } else { 8 };
-        let ssrc_in = |bytes: &[u8], len: usize| {
-            bytes
-                .get(at..at + 4)
-                .filter(|_| len >= at + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        let Some(ssrc) = buf
+            .get(at..at + 4)
+            .filter(|_| len >= at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            return;
         };
         let mut refused = None;
         if let Some(copy) = *fork
-            && let Some(ssrc) = ssrc_in(fork_buf, copy.len)
             && let Some(bundle) = self
                 .bundles
                 .iter_mut()
@@ -462,8 +461,7 @@ impl Session {
             *fork = None;
             refused = Some(copy.leg);
         }
-        if let Some(ssrc) = ssrc_in(buf, len)
-            && let Some(bundle) = self.bundles.iter_mut().find(|b| b.contains(stream, leg))
+        if let Some(bundle) = self.bundles.iter_mut().find(|b| b.contains(stream, leg))
             && !bundle.may_send(ssrc, stream)
         {
             *verdict = Verdict::Drop(DropReason::BundleSsrcCollision);
@@ -576,24 +574,17 @@ impl Session {
         if first_packet && accepted.is_media() && s.role(leg) == Some(LegRole::Pending) {
             self.switch_all(now);
         }
-        let s = &mut self.streams[stream.0];
-        let mut outcome = s.route(now, &accepted, buf);
-        s.finish(
+        let mut outcome = self.streams[stream.0].route(now, &accepted, buf);
+        if !self.bundles.is_empty() {
+            self.check_bundle_ssrc(stream, !accepted.is_media(), &mut outcome.verdict, buf);
+        }
+        self.streams[stream.0].finish(
             leg,
             !accepted.is_media(),
             &mut outcome.verdict,
             buf,
             Some(fork_buf),
         );
-        if !self.bundles.is_empty() {
-            self.check_bundle_ssrc(
-                stream,
-                !accepted.is_media(),
-                &mut outcome.verdict,
-                buf,
-                fork_buf,
-            );
-        }
         if let Some(latched) = outcome.latched {
             self.info(SessionEvent::SourceLatched { stream, latched });
         }

@@ -1060,6 +1060,16 @@ impl Worker {
             if let Some(mut socket) = self.sockets.try_remove(token) {
                 let _ = self.poll.registry().deregister(&mut socket.socket);
             }
+            // Followers that sent through this socket have no transport
+            // now (they close with their owner; this keeps a reused slot
+            // from ever carrying their packets).
+            if let Some(entry) = self.sessions.get_mut(key) {
+                for other in entry.tokens.iter_mut().flatten() {
+                    if other.contains(&token) {
+                        *other = [NO_TOKEN; 2];
+                    }
+                }
+            }
         }
         drop(lease);
     }
