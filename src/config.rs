@@ -511,7 +511,7 @@ pub const TIMEOUT_OFF: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// timeouts and operators' habits have it).
 fn timeout(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
     match value {
-        Some(zero) if zero == 0.0 => Ok(TIMEOUT_OFF),
+        Some(0.0) => Ok(TIMEOUT_OFF),
         Some(value) if !(value.is_finite() && value > 0.0 && value <= 86_400.0) => {
             bail!("{what} = {value}: give a number of seconds from 1 to 86400, or 0 to turn it off")
         }
