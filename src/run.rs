@@ -117,7 +117,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
     let service = baton_control::service::start(&config.dataplane, config.sessions)
         .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
-    let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
     let metrics = match config.metrics {
         Some(addr) => Some(
             baton_control::metrics_server::serve(addr, Arc::clone(&service))
@@ -150,6 +149,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         ng_addrs.push(shown.to_string());
     }
+    // The control listener last: a client that reaches it (tests, scripts
+    // waiting for the socket) finds every other listener bound already.
+    let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()

@@ -244,11 +244,20 @@ fn free_udp_port() -> u16 {
 }
 
 fn ng_call(socket: &UdpSocket, to: SocketAddr, cookie: &str, request: &Value) -> Option<Dict> {
-    socket
-        .send_to(&wire::encode(cookie, request), to)
-        .expect("send");
+    // As a proxy does over UDP: the same request (same cookie) again if
+    // no reply came; the relay answers a retransmission from its cache.
     let mut buf = vec![0u8; 65_536];
-    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let mut received = None;
+    for _ in 0..3 {
+        socket
+            .send_to(&wire::encode(cookie, request), to)
+            .expect("send");
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            received = Some(n);
+            break;
+        }
+    }
+    let n = received?;
     let (echoed, body) = wire::split(&buf[..n]).expect("cookie and body");
     assert_eq!(echoed, cookie);
     Some(wire::decode(body).expect("a dictionary"))
