@@ -401,14 +401,7 @@ fn chromium_calls_through_baton_and_hands_the_call_to_a_gstreamer_device() {
     }
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
-    let url = format!(
-        "http://{}/?ms=7000&bundle=max-bundle",
-        listener.local_addr().expect("addr")
-    );
-    let requests = serve(listener);
-    let profile = tempfile::tempdir().expect("profile");
-    let mut browser = chromium(&url, profile.path());
+    let (requests, mut browser, _profile) = open_page("ms=7000&bundle=max-bundle");
     let phone = Arc::new(Peer::v4());
     let call_id = "chromium-to-gst";
     let mut heard = None;
@@ -540,6 +533,54 @@ fn count(value: &Json) -> u64 {
         .unwrap_or(0)
 }
 
+/// Headless Chromium on the test's page with the query `query`, and the
+/// page's requests; keep the profile directory until the browser is gone.
+fn open_page(query: &str) -> (mpsc::Receiver<Request>, Child, tempfile::TempDir) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
+    let url = format!("http://{}/?{query}", listener.local_addr().expect("addr"));
+    let requests = serve(listener);
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(&url, profile.path());
+    (requests, browser, profile)
+}
+
+/// Serves the pages' requests until `pages` of them posted their
+/// `getStats()`, which it returns in the order they came. `answer` gets
+/// every other request: it replies (or keeps the request to reply later)
+/// and returns `None`, or hands back a request it does not know, which is
+/// answered empty.
+fn answer_pages(
+    requests: &mpsc::Receiver<Request>,
+    pages: usize,
+    mut answer: impl FnMut(Request) -> Option<Request>,
+) -> Vec<Json> {
+    let mut stats = Vec::new();
+    while stats.len() < pages {
+        let page = requests
+            .recv_timeout(Duration::from_secs(40))
+            .expect("a page's request");
+        if page.path == "/stats" {
+            let _ = page.reply.send(String::new());
+            stats.push(serde_json::from_str::<Json>(&page.body).expect("the page's JSON"));
+        } else if let Some(unknown) = answer(page) {
+            let _ = unknown.reply.send(String::new());
+            eprintln!("ignored a POST to {}: {}", unknown.path, unknown.body);
+        }
+    }
+    stats
+}
+
+/// A SIP party's audio (PCMU) and video (VP8 as `vp8`) on two ports.
+fn audio_video_body(origin: &str, audio: SocketAddr, video: SocketAddr, vp8: u32) -> String {
+    format!(
+        "v=0\r\no={origin} 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
+         m=video {} RTP/AVP {vp8}\r\na=rtpmap:{vp8} VP8/90000\r\na=sendrecv\r\n",
+        audio.port(),
+        video.port()
+    )
+}
+
 /// The VP8 payload type of a body's video line (the browser's numbering).
 fn vp8_payload_type(body: &baton_control::sip::sdp::Sdp) -> u32 {
     let video = (0..body.media_count())
@@ -614,23 +655,14 @@ fn chromium_audio_and_video_share_one_bundled_transport() {
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
     for policy in ["max-bundle", "balanced"] {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
-        let url = format!(
-            "http://{}/?ms=5000&video=1&bundle={policy}",
-            listener.local_addr().expect("addr")
-        );
-        let requests = serve(listener);
-        let profile = tempfile::tempdir().expect("profile");
-        let mut browser = chromium(&url, profile.path());
+        let (requests, mut browser, _profile) =
+            open_page(&format!("ms=5000&video=1&bundle={policy}"));
         let call_id = format!("bundle-{policy}");
         let audio = Arc::new(Peer::v4());
         let video = Arc::new(Peer::v4());
         let mut heard = None;
         let mut answer_text = String::new();
-        let stats = loop {
-            let page = requests
-                .recv_timeout(Duration::from_secs(40))
-                .expect("the page's request");
+        let stats = answer_pages(&requests, 1, |page| {
             match page.path.as_str() {
                 "/offer" => {
                     assert!(page.body.contains("a=group:BUNDLE"), "{}", page.body);
@@ -653,13 +685,7 @@ fn chromium_audio_and_video_share_one_bundled_transport() {
                     let (to_audio, to_video) = (line_addr(&to_phone, 0), line_addr(&to_phone, 1));
                     assert_ne!(to_audio, to_video, "{rendered}");
                     let vp8 = vp8_payload_type(&to_phone);
-                    let phone = format!(
-                        "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-                         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
-                         m=video {} RTP/AVP {vp8}\r\na=rtpmap:{vp8} VP8/90000\r\na=sendrecv\r\n",
-                        audio.addr().port(),
-                        video.addr().port()
-                    );
+                    let phone = audio_video_body("bob", audio.addr(), video.addr(), vp8);
                     let answer = sdp_of(&proxy.call(&request(vec![
                         ("command", text("answer")),
                         ("call-id", text(&call_id)),
@@ -676,16 +702,11 @@ fn chromium_audio_and_video_share_one_bundled_transport() {
                     ));
                     let _ = page.reply.send(answer_text.clone());
                 }
-                "/stats" => {
-                    let _ = page.reply.send(String::new());
-                    break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
-                }
-                other => {
-                    let _ = page.reply.send(String::new());
-                    eprintln!("ignored a POST to {other}: {}", page.body);
-                }
+                _ => return Some(page),
             }
-        };
+            None
+        })
+        .remove(0);
         let _ = browser.kill();
         let _ = browser.wait();
         let (audio_heard, video_heard, vp8) = heard.expect("the call started");
@@ -759,30 +780,15 @@ fn a_phone_with_video_calls_a_max_bundle_browser() {
     }
     let (_relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
-    let url = format!(
-        "http://{}/?ms=5000&video=1&bundle=max-bundle&role=answer",
-        listener.local_addr().expect("addr")
-    );
-    let requests = serve(listener);
-    let profile = tempfile::tempdir().expect("profile");
-    let mut browser = chromium(&url, profile.path());
+    let (requests, mut browser, _profile) =
+        open_page("ms=5000&video=1&bundle=max-bundle&role=answer");
     let call_id = "phone-to-browser-video";
     let audio = Arc::new(Peer::v4());
     let video = Arc::new(Peer::v4());
-    let phone = format!(
-        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
-         m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
-        audio.addr().port(),
-        video.addr().port()
-    );
+    let phone = audio_video_body("alice", audio.addr(), video.addr(), 96);
     let mut offer_text = String::new();
     let mut heard = None;
-    let stats = loop {
-        let page = requests
-            .recv_timeout(Duration::from_secs(40))
-            .expect("the page's request");
+    let stats = answer_pages(&requests, 1, |page| {
         match page.path.as_str() {
             "/offer-to-me" => {
                 let to_browser = sdp_of(&proxy.call(&request(vec![
@@ -816,16 +822,11 @@ fn a_phone_with_video_calls_a_max_bundle_browser() {
                 ));
                 let _ = page.reply.send(String::new());
             }
-            "/stats" => {
-                let _ = page.reply.send(String::new());
-                break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
-            }
-            other => {
-                let _ = page.reply.send(String::new());
-                eprintln!("ignored a POST to {other}: {}", page.body);
-            }
+            _ => return Some(page),
         }
-    };
+        None
+    })
+    .remove(0);
     let _ = browser.kill();
     let _ = browser.wait();
     let offer = baton_control::sip::sdp::Sdp::parse(&offer_text).expect("offer");
@@ -866,15 +867,7 @@ fn a_video_call_moves_from_a_sip_device_to_a_bundled_browser() {
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
     let call_id = "video-to-browser";
-    let body = |origin: &str, audio: SocketAddr, video: SocketAddr| {
-        format!(
-            "v=0\r\no={origin} 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
-             m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
-            audio.port(),
-            video.port()
-        )
-    };
+    let body = |origin: &str, audio, video| audio_video_body(origin, audio, video, 96);
     let (device_audio, device_video) = (Arc::new(Peer::v4()), Arc::new(Peer::v4()));
     let (bob_audio, bob_video) = (Arc::new(Peer::v4()), Arc::new(Peer::v4()));
     let to_bob = sdp_of(&proxy.call(&request(vec![
@@ -922,35 +915,20 @@ fn a_video_call_moves_from_a_sip_device_to_a_bundled_browser() {
     let _ = device_sent.0.join();
     let _ = device_sent.1.join();
     let handed_at = Instant::now();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
-    let url = format!(
-        "http://{}/?ms=5000&video=1&bundle=max-bundle",
-        listener.local_addr().expect("addr")
-    );
-    let requests = serve(listener);
-    let profile = tempfile::tempdir().expect("profile");
-    let mut browser = chromium(&url, profile.path());
+    let (requests, mut browser, _profile) = open_page("ms=5000&video=1&bundle=max-bundle");
     let mut answer_text = String::new();
-    let stats = loop {
-        let page = requests
-            .recv_timeout(Duration::from_secs(40))
-            .expect("the page's request");
+    let stats = answer_pages(&requests, 1, |page| {
         match page.path.as_str() {
             "/offer" => {
                 let _ = sdp_of(&proxy.call(&handoff(call_id, GRUU_BROWSER, &page.body)));
                 answer_text = bob_answers(&mut proxy).render();
                 let _ = page.reply.send(answer_text.clone());
             }
-            "/stats" => {
-                let _ = page.reply.send(String::new());
-                break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
-            }
-            other => {
-                let _ = page.reply.send(String::new());
-                eprintln!("ignored a POST to {other}: {}", page.body);
-            }
+            _ => return Some(page),
         }
-    };
+        None
+    })
+    .remove(0);
     let _ = browser.kill();
     let _ = browser.wait();
     let heard = bob_heard.join().expect("bob");
@@ -1003,26 +981,12 @@ fn chromium_restarts_ice_mid_call_and_the_media_goes_on() {
     }
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("page server");
-    let url = format!(
-        "http://{}/?ms=4000&video=1&bundle=max-bundle&restart=1",
-        listener.local_addr().expect("addr")
-    );
-    let requests = serve(listener);
-    let profile = tempfile::tempdir().expect("profile");
-    let mut browser = chromium(&url, profile.path());
+    let (requests, mut browser, _profile) =
+        open_page("ms=4000&video=1&bundle=max-bundle&restart=1");
     let call_id = "ice-restart";
     let audio = Arc::new(Peer::v4());
     let video = Arc::new(Peer::v4());
-    let phone_body = |vp8: u32| {
-        format!(
-            "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
-             m=video {} RTP/AVP {vp8}\r\na=rtpmap:{vp8} VP8/90000\r\na=sendrecv\r\n",
-            audio.addr().port(),
-            video.addr().port()
-        )
-    };
+    let phone_body = |vp8: u32| audio_video_body("bob", audio.addr(), video.addr(), vp8);
     let offer_from_browser = |proxy: &mut Proxy, body: &str| {
         sdp_of(&proxy.call(&request(vec![
             ("command", text("offer")),
@@ -1048,10 +1012,7 @@ fn chromium_restarts_ice_mid_call_and_the_media_goes_on() {
     };
     let mut answers = Vec::new();
     let mut heard = None;
-    let stats = loop {
-        let page = requests
-            .recv_timeout(Duration::from_secs(40))
-            .expect("the page's request");
+    let stats = answer_pages(&requests, 1, |page| {
         match page.path.as_str() {
             "/offer" | "/reoffer" => {
                 let to_phone = offer_from_browser(&mut proxy, &page.body);
@@ -1075,16 +1036,11 @@ fn chromium_restarts_ice_mid_call_and_the_media_goes_on() {
                 answers.push(answer.clone());
                 let _ = page.reply.send(answer);
             }
-            "/stats" => {
-                let _ = page.reply.send(String::new());
-                break serde_json::from_str::<Json>(&page.body).expect("the page's JSON");
-            }
-            other => {
-                let _ = page.reply.send(String::new());
-                eprintln!("ignored a POST to {other}: {}", page.body);
-            }
+            _ => return Some(page),
         }
-    };
+        None
+    })
+    .remove(0);
     let _ = browser.kill();
     let _ = browser.wait();
     let _ = heard.expect("the call started").join();
@@ -1142,11 +1098,7 @@ fn two_browsers_call_each_other_with_bundled_audio_and_video() {
     let mut to_callee: Option<String> = None;
     let mut waiting_callee: Option<Request> = None;
     let mut waiting_caller: Option<Request> = None;
-    let mut stats = Vec::new();
-    while stats.len() < 2 {
-        let page = requests
-            .recv_timeout(Duration::from_secs(40))
-            .expect("a page's request");
+    let stats = answer_pages(&requests, 2, |page| {
         match page.path.as_str() {
             "/offer" => {
                 let offer = sdp_of(&proxy.call(&request(vec![
@@ -1191,30 +1143,24 @@ fn two_browsers_call_each_other_with_bundled_audio_and_video() {
                     .reply
                     .send(rendered);
             }
-            "/stats" => {
-                let _ = page.reply.send(String::new());
-                stats.push(serde_json::from_str::<Json>(&page.body).expect("the page's JSON"));
-            }
-            other => {
-                let _ = page.reply.send(String::new());
-                eprintln!("ignored a POST to {other}: {}", page.body);
-            }
+            _ => return Some(page),
         }
-    }
+        None
+    });
     for browser in [&mut caller, &mut callee] {
         let _ = browser.kill();
         let _ = browser.wait();
     }
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
     for result in &stats {
         assert_browser_heard_and_connected(result);
         assert_eq!(result["dtls"].as_array().map(Vec::len), Some(1), "{result}");
         assert!(
             result["inboundVideo"].as_u64().unwrap_or(0) >= 20,
-            "{result}"
+            "{result}\nrelay: {report}"
         );
     }
-    let report =
-        common::stdout_json(&relay.ctl(&["get", "--call-id", call_id, "--from-tag", "a-tag"]));
     for stream in 0..2 {
         for side in ["user", "remote"] {
             let leg = &report["session"]["streams"][stream][side];

@@ -1108,16 +1108,10 @@ fn the_candidate_is_the_advertised_address() {
     assert!(!body.contains("127.0.0.1"), "{body}");
 }
 
-/// The relay offers audio and video on one BUNDLE transport to a WebRTC
-/// party; an answerer that declines the bundle (a transport per line, no
-/// `a=group`, RFC 8843 §7.3.3) gets its unbundled line declined — port 0
-/// toward the caller — rather than media routed where it did not ask.
-#[test]
-fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() {
-    let (_relay, ng, _) = common::ng::relay_with_ng();
-    let mut proxy = Proxy::new(ng);
+/// A SIP phone's audio and video call to a WebRTC party (ICE forced,
+/// DTLS-SRTP toward it): the relay's offer to that party.
+fn video_call_to_webrtc(proxy: &mut Proxy, call_id: &str) -> Sdp {
     let (audio, video) = (Peer::v4(), Peer::v4());
-    let call_id = "declined-bundle";
     let phone = format!(
         "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
@@ -1125,8 +1119,8 @@ fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() 
         audio.addr().port(),
         video.addr().port()
     );
-    let offer = sdp_of(&ng_offer(
-        &mut proxy,
+    sdp_of(&ng_offer(
+        proxy,
         call_id,
         &phone,
         vec![
@@ -1135,7 +1129,19 @@ fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() 
             ("ICE", text("force")),
             ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
         ],
-    ));
+    ))
+}
+
+/// The relay offers audio and video on one BUNDLE transport to a WebRTC
+/// party; an answerer that declines the bundle (a transport per line, no
+/// `a=group`, RFC 8843 §7.3.3) gets its unbundled line declined — port 0
+/// toward the caller — rather than media routed where it did not ask.
+#[test]
+fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() {
+    let (_relay, ng, _) = common::ng::relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let call_id = "declined-bundle";
+    let offer = video_call_to_webrtc(&mut proxy, call_id);
     let rendered = offer.render();
     assert!(rendered.contains("a=group:BUNDLE 0 1"), "{rendered}");
     assert_eq!(
@@ -1180,26 +1186,8 @@ fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() 
 fn a_bundle_whose_first_line_is_rejected_keeps_its_other_line() {
     let (relay, ng, _) = common::ng::relay_with_ng();
     let mut proxy = Proxy::new(ng);
-    let (audio, video) = (Peer::v4(), Peer::v4());
     let call_id = "owner-rejected";
-    let phone = format!(
-        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n\
-         m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
-        audio.addr().port(),
-        video.addr().port()
-    );
-    let _ = sdp_of(&ng_offer(
-        &mut proxy,
-        call_id,
-        &phone,
-        vec![
-            ("aor", text(AOR)),
-            ("gruu", text(GRUU_A)),
-            ("ICE", text("force")),
-            ("transport-protocol", text("UDP/TLS/RTP/SAVPF")),
-        ],
-    ));
+    let _ = video_call_to_webrtc(&mut proxy, call_id);
     let answer = format!(
         "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 1\r\n\
          m=audio 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n\

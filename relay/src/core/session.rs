@@ -421,18 +421,12 @@ impl Session {
             .any(|b| b.primary() == (stream, leg) && b.has_followers())
     }
 
-    /// Drops (and counts) what `stream` would send on a BUNDLE transport
-    /// under an SSRC another stream of the bundle sends, and likewise the
-    /// copy for a pending device (the same packet, the same SSRC). Reads
-    /// the routed header before it is sealed, so a refused packet
-    /// advances no SRTP sender.
-    fn check_bundle_ssrc(
-        &mut self,
-        stream: StreamIndex,
-        rtcp: bool,
-        verdict: &mut Verdict,
-        buf: &[u8],
-    ) {
+    /// Drops (and counts) RTP that `stream` would send on a BUNDLE
+    /// transport under an SSRC another stream of the bundle sends, and
+    /// likewise the copy for a pending device (the same packet, the same
+    /// SSRC). Reads the routed header before it is sealed, so a refused
+    /// packet advances no SRTP sender.
+    fn check_bundle_ssrc(&mut self, stream: StreamIndex, verdict: &mut Verdict, buf: &[u8]) {
         let Verdict::Forward {
             leg,
             len,
@@ -442,7 +436,7 @@ impl Session {
         else {
             return;
         };
-        let at = if rtcp { 4 } else { 8 };
+        let at = 8;
         let Some(ssrc) = buf
             .get(at..at + 4)
             .filter(|_| len >= at + 4)
@@ -576,7 +570,12 @@ impl Session {
         }
         let mut outcome = self.streams[stream.0].route(now, &accepted, buf);
         if !self.bundles.is_empty() {
-            self.check_bundle_ssrc(stream, !accepted.is_media(), &mut outcome.verdict, buf);
+            // RTP only: RTCP may carry another member's SSRC before RTP
+            // tied it to its stream (and the members' SRTCP index ranges
+            // keep it from repeating under the key, see `set_leg_keys`).
+            if accepted.is_media() {
+                self.check_bundle_ssrc(stream, &mut outcome.verdict, buf);
+            }
         }
         self.streams[stream.0].finish(
             leg,
@@ -823,9 +822,18 @@ impl Session {
         if installed
             && let Some(bundle) = self.bundles.iter().find(|b| b.primary() == (stream, leg))
         {
-            for (member, member_leg) in bundle.followers() {
-                if let Some(s) = self.streams.get_mut(member.0) {
-                    s.set_leg_keys(member_leg, keys, under);
+            let members = bundle.followers().count() as u64 + 1;
+            for (position, (member, member_leg)) in bundle.followers().enumerate() {
+                if let Some(s) = self.streams.get_mut(member.0)
+                    && s.set_leg_keys(member_leg, keys, under)
+                {
+                    // One key, one SRTCP index space: each member sends
+                    // in its own range (2^31 / members: years of RTCP),
+                    // so RTCP carrying another member's SSRC (sent before
+                    // that SSRC was tied to its stream) never repeats an
+                    // SSRC and index under the key.
+                    let range = (1u64 << 31) / members;
+                    s.start_srtcp_index_at(member_leg, ((position as u64 + 1) * range) as u32);
                 }
             }
         }
@@ -1826,6 +1834,32 @@ mod bundle_tests {
         p
     }
 
+    /// The phone sends RTP of `pt` (SSRC 0xB0B, sequence `seq`) on
+    /// `stream`'s port.
+    fn from_phone(s: &mut Session, now: Instant, stream: StreamIndex, pt: u8, seq: u16) -> Verdict {
+        let mut packet = vec![0x80, pt, 0, 0, 0, 0, 0, 1, 0, 0, 0xB, 0xB];
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&[0x10; 100]);
+        let mut buf = [0u8; 2048];
+        buf[..packet.len()].copy_from_slice(&packet);
+        let mut fork = [0u8; 2048];
+        let from = if stream == AUDIO {
+            PHONE_AUDIO
+        } else {
+            PHONE_VIDEO
+        };
+        s.handle_packet(
+            now,
+            stream,
+            LegId::REMOTE,
+            Component::Rtp,
+            addr(from),
+            &mut buf,
+            packet.len(),
+            &mut fork,
+        )
+    }
+
     fn sent_to(verdict: Verdict) -> Option<SocketAddr> {
         match verdict {
             Verdict::Forward { to, .. } => Some(to),
@@ -1883,38 +1917,34 @@ mod bundle_tests {
         assert_eq!(verdict, Verdict::Drop(DropReason::SrtpAuth));
 
         // The phone's video goes back to the browser through the shared pair.
-        let mut from_phone = vec![0x80, 96, 0, 9, 0, 0, 0, 1, 0, 0, 0xB, 0xB];
-        from_phone.extend_from_slice(&[0x10; 100]);
+        // RTCP naming the phone's video SSRC that reaches the audio stream
+        // first (a phone's report, or one routed before the SSRC was tied
+        // to its stream) is forwarded and claims nothing: the video's RTP
+        // under that SSRC still goes.
+        let mut report = vec![0x80, 200, 0, 6, 0, 0, 0xB, 0xB];
+        report.extend_from_slice(&[0; 20]);
         let mut buf = [0u8; 2048];
-        buf[..from_phone.len()].copy_from_slice(&from_phone);
+        buf[..report.len()].copy_from_slice(&report);
         let mut fork = [0u8; 2048];
-        let verdict = s.handle_packet(
-            t0,
-            VIDEO,
-            LegId::REMOTE,
-            Component::Rtp,
-            addr(PHONE_VIDEO),
-            &mut buf,
-            from_phone.len(),
-            &mut fork,
-        );
-        assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
-        // The phone's audio under the same SSRC (legal on its separate
-        // ports) would reuse keystream on the browser's one transport: it
-        // is dropped and counted, never sent.
-        let mut same_ssrc = from_phone.clone();
-        same_ssrc[1] = 0;
-        buf[..same_ssrc.len()].copy_from_slice(&same_ssrc);
         let verdict = s.handle_packet(
             t0,
             AUDIO,
             LegId::REMOTE,
-            Component::Rtp,
-            addr(PHONE_AUDIO),
+            Component::Rtcp,
+            addr("127.0.0.1:6001"),
             &mut buf,
-            same_ssrc.len(),
+            report.len(),
             &mut fork,
         );
+        assert_eq!(sent_to(verdict), Some(addr(BROWSER)), "{verdict:?}");
+        // The phone's video (PT 96, SSRC 0xB0B) goes back to the browser
+        // through the shared pair.
+        let verdict = from_phone(&mut s, t0, VIDEO, 96, 9);
+        assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
+        // The phone's audio under the same SSRC (legal on its separate
+        // ports) would reuse keystream on the browser's one transport: it
+        // is dropped and counted, never sent.
+        let verdict = from_phone(&mut s, t0, AUDIO, 0, 9);
         assert_eq!(verdict, Verdict::Drop(DropReason::BundleSsrcCollision));
         let audio_report = s.report(t0);
         assert_eq!(
@@ -1938,18 +1968,7 @@ mod bundle_tests {
             }
         }
         assert_eq!(expired, vec![AUDIO]);
-        buf[..from_phone.len()].copy_from_slice(&from_phone);
-        buf[3] = 10;
-        let verdict = s.handle_packet(
-            gone,
-            VIDEO,
-            LegId::REMOTE,
-            Component::Rtp,
-            addr(PHONE_VIDEO),
-            &mut buf,
-            from_phone.len(),
-            &mut fork,
-        );
+        let verdict = from_phone(&mut s, gone, VIDEO, 96, 10);
         assert_eq!(
             sent_to(verdict),
             None,
@@ -1957,18 +1976,7 @@ mod bundle_tests {
         );
         // A new check brings both back.
         let _ = arrive(&mut s, gone, BROWSER, &check(false));
-        buf[..from_phone.len()].copy_from_slice(&from_phone);
-        buf[3] = 11;
-        let verdict = s.handle_packet(
-            gone,
-            VIDEO,
-            LegId::REMOTE,
-            Component::Rtp,
-            addr(PHONE_VIDEO),
-            &mut buf,
-            from_phone.len(),
-            &mut fork,
-        );
+        let verdict = from_phone(&mut s, gone, VIDEO, 96, 11);
         assert_eq!(sent_to(verdict), Some(addr(BROWSER)));
     }
 

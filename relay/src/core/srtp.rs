@@ -487,6 +487,16 @@ impl SrtpSender {
         }
     }
 
+    /// Moves the next SRTCP index up to `index` (never back): senders that
+    /// share a key on one transport (BUNDLE) start in disjoint index
+    /// ranges, so no SSRC and index ever come twice under that key.
+    pub fn start_srtcp_index_at(&mut self, index: u32) {
+        let index = index & SRTCP_INDEX_MASK;
+        if index > self.srtcp_index {
+            self.srtcp_index = index;
+        }
+    }
+
     /// A sender for a new `key` that goes on from `old`'s rollover
     /// counters, as a peer re-keying in place does (tests play that peer).
     #[cfg(test)]
@@ -2267,5 +2277,17 @@ mod tests {
         assert_eq!(top(&table, 0), Some(0));
         assert_eq!(top(&table, 99), None);
         assert_eq!(top(&table, 2), Some(2));
+    }
+
+    #[test]
+    fn bundled_senders_start_their_srtcp_index_where_told_and_never_go_back() {
+        let key = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut sender = SrtpSender::new(&key);
+        sender.start_srtcp_index_at(1 << 30);
+        assert_eq!(sender.srtcp_index, 1 << 30);
+        sender.start_srtcp_index_at(5);
+        assert_eq!(sender.srtcp_index, 1 << 30, "never back");
+        sender.start_srtcp_index_at(u32::MAX);
+        assert_eq!(sender.srtcp_index, SRTCP_INDEX_MASK, "31 bits");
     }
 }

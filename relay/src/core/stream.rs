@@ -1924,6 +1924,14 @@ impl Stream {
         leg.dtls.take().map(|_| id)
     }
 
+    /// Starts `leg`'s outbound SRTCP index at `index` at least (see
+    /// [`SrtpSender::start_srtcp_index_at`]).
+    pub fn start_srtcp_index_at(&mut self, leg: LegId, index: u32) {
+        if let Some(srtp) = self.leg_mut(leg).and_then(|leg| leg.srtp.as_mut()) {
+            srtp.sender.start_srtcp_index_at(index);
+        }
+    }
+
     /// Whether `leg` may send payload type `pt` (in its own numbering).
     pub fn takes_payload(&self, leg: LegId, pt: u8) -> bool {
         self.leg(leg)
