@@ -108,7 +108,8 @@ struct TopArgs {
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
-    /// Print one screen and exit (for scripts).
+    /// Print one screen and exit (for scripts); its rates are over one
+    /// interval.
     #[arg(long)]
     once: bool,
 }

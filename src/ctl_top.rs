@@ -150,9 +150,15 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Refreshes every `interval` until interrupted (or once with `once`).
+/// Refreshes every `interval` until interrupted (or once with `once`,
+/// after one interval, so that its rates are measured too).
 pub async fn run(client: &Client, interval: Duration, once: bool) -> Result<(), ClientError> {
     let mut previous: Option<(v1::GetStatsResponse, Instant)> = None;
+    if once {
+        let (stats, _) = snapshot(client).await?;
+        previous = Some((stats, Instant::now()));
+        tokio::time::sleep(interval).await;
+    }
     loop {
         let (stats, sessions) = snapshot(client).await?;
         let at = Instant::now();

@@ -56,6 +56,18 @@ async fn counters_move_through_a_call_and_a_transfer() {
     let before = scrape(port);
     assert_eq!(value(&before, "baton_sessions"), 0.0);
     assert_eq!(value(&before, "baton_build_info{version=\"0.1.0\"}"), 1.0);
+    // Labelled counters exist at zero from the start, so dashboards and
+    // alerts can name them before the first event.
+    for series in [
+        "baton_sessions_ended_total{reason=\"media_timeout\"}",
+        "baton_sessions_ended_total{reason=\"worker_failed\"}",
+        "baton_transfers_failed_total{reason=\"timeout\"}",
+        "baton_refusals_total{reason=\"ng_source_not_allowed\"}",
+        "baton_ng_requests_total{command=\"offer\",code=\"error\"}",
+        "baton_control_requests_total{command=\"transfer\",code=\"OK\"}",
+    ] {
+        assert_eq!(before.get(series), Some(&0.0), "{series}");
+    }
 
     let client = relay.client().await;
     let (device, remote, stranger) = (Peer::v4(), Peer::v4(), Peer::v4());
@@ -224,6 +236,13 @@ async fn counters_move_through_a_call_and_a_transfer() {
         "{screen}"
     );
     assert!(screen.contains(&created.session), "{screen}");
+    // Its rates are measured over one interval, not left as "-".
+    let rates = screen
+        .lines()
+        .find(|l| l.starts_with("packets/s"))
+        .expect("the rates line");
+    assert!(!rates.contains(" - "), "{screen}");
+    assert!(screen.ends_with('\n'), "{screen:?}");
 
     // Ending the call.
     let deleted = client
@@ -235,6 +254,38 @@ async fn counters_move_through_a_call_and_a_transfer() {
         .await;
     assert!(deleted.is_ok());
     let after = scrape(port);
+    // Every metric the README and the docs name is exported by that name.
+    let mut docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/docs")).expect("docs") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push_str(&std::fs::read_to_string(&path).expect("doc"));
+        }
+    }
+    let mut named: Vec<&str> = docs
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| {
+            word.starts_with("baton_")
+                && word.len() > "baton_".len()
+                && word.as_bytes()["baton_".len()].is_ascii_lowercase()
+        })
+        .filter(|word| *word != "baton_client")
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    assert!(named.len() >= 15, "{named:?}");
+    for name in named {
+        let exported = after.keys().chain(during.keys()).any(|key| {
+            key == name
+                || key.starts_with(&format!("{name}{{"))
+                || key.starts_with(&format!("{name}_bucket"))
+        });
+        assert!(
+            exported,
+            "the docs name {name}, which /metrics does not export"
+        );
+    }
     assert_eq!(value(&after, "baton_sessions"), 0.0);
     assert_eq!(
         value(&after, "baton_sessions_ended_total{reason=\"deleted\"}"),

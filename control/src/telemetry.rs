@@ -70,7 +70,7 @@ pub struct Telemetry {
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Self {
+        let telemetry = Self {
             requests: Family::default(),
             sessions_created: Counter::default(),
             sessions_ended: Family::default(),
@@ -89,11 +89,44 @@ impl Default for Telemetry {
             webrtc_dtls_failed: Counter::default(),
             webrtc_consent_expired: Counter::default(),
             refusals: Family::default(),
-        }
+        };
+        telemetry.zero_known_labels();
+        telemetry
     }
 }
 
 impl Telemetry {
+    /// Creates every labelled series whose label values are known at zero,
+    /// so dashboards and alerts can name them before the first event.
+    fn zero_known_labels(&self) {
+        let reason = |reason: &str| ReasonLabels {
+            reason: reason.to_owned(),
+        };
+        for r in SESSION_END_REASONS {
+            self.sessions_ended.get_or_create(&reason(r));
+        }
+        for r in TRANSFER_FAILURE_REASONS {
+            self.transfers_failed.get_or_create(&reason(r));
+        }
+        for r in REFUSAL_REASONS {
+            self.refusals.get_or_create(&reason(r));
+        }
+        for command in NG_COMMANDS {
+            for code in ["ok", "error"] {
+                self.ng_requests.get_or_create(&RequestLabels {
+                    command: (*command).to_owned(),
+                    code: code.to_owned(),
+                });
+            }
+        }
+        for command in CONTROL_COMMANDS {
+            self.requests.get_or_create(&RequestLabels {
+                command: (*command).to_owned(),
+                code: "OK".to_owned(),
+            });
+        }
+    }
+
     /// Counts a finished control request.
     pub fn request(&self, command: &str, code: &str) {
         self.requests
@@ -174,6 +207,31 @@ impl Telemetry {
             .inc();
     }
 }
+
+/// The ng commands counted by name (any other is counted as "other").
+pub const NG_COMMANDS: &[&str] = &[
+    "ping", "offer", "answer", "delete", "query", "list", "other",
+];
+
+/// The control commands, as `baton_control_requests_total` names them.
+pub const CONTROL_COMMANDS: &[&str] = &[
+    "authenticate",
+    "ping",
+    "get_stats",
+    "subscribe",
+    "audit",
+    "create_session",
+    "update_session",
+    "delete_session",
+    "get_session",
+    "list_sessions",
+    "register_device",
+    "unregister_device",
+    "list_bindings",
+    "transfer",
+    "commit_transfer",
+    "cancel_transfer",
+];
 
 /// Every reason a session ends with.
 pub const SESSION_END_REASONS: &[&str] =

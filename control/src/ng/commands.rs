@@ -508,8 +508,7 @@ impl NgService {
             None => Err(error("No command in message")),
         };
         let code = if reply.is_ok() { "ok" } else { "error" };
-        let known = ["ping", "offer", "answer", "delete", "query", "list"];
-        let command = if known.contains(&command.as_str()) {
+        let command = if crate::telemetry::NG_COMMANDS.contains(&command.as_str()) {
             command
         } else {
             "other".to_owned()
