@@ -103,24 +103,24 @@ impl Telemetry {
             reason: reason.to_owned(),
         };
         for r in SESSION_END_REASONS {
-            self.sessions_ended.get_or_create(&reason(r));
+            let _ = self.sessions_ended.get_or_create(&reason(r));
         }
         for r in TRANSFER_FAILURE_REASONS {
-            self.transfers_failed.get_or_create(&reason(r));
+            let _ = self.transfers_failed.get_or_create(&reason(r));
         }
         for r in REFUSAL_REASONS {
-            self.refusals.get_or_create(&reason(r));
+            let _ = self.refusals.get_or_create(&reason(r));
         }
         for command in NG_COMMANDS {
             for code in ["ok", "error"] {
-                self.ng_requests.get_or_create(&RequestLabels {
+                let _ = self.ng_requests.get_or_create(&RequestLabels {
                     command: (*command).to_owned(),
                     code: code.to_owned(),
                 });
             }
         }
         for command in CONTROL_COMMANDS {
-            self.requests.get_or_create(&RequestLabels {
+            let _ = self.requests.get_or_create(&RequestLabels {
                 command: (*command).to_owned(),
                 code: "OK".to_owned(),
             });
