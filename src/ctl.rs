@@ -377,11 +377,13 @@ struct CreateArgs {
     /// To tag, if the dialog is established.
     #[arg(long, default_value = "")]
     to_tag: String,
-    /// The user's address of record (sip:user@domain).
-    #[arg(long)]
+    /// The user's address of record (sip:user@domain); without it (and
+    /// without a public GRUU) the call relays media but cannot be handed
+    /// off until a transfer names the user's device.
+    #[arg(long, default_value = "")]
     aor: String,
     /// The GRUU of the user's current device.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     gruu: String,
     /// A media line: KIND:PT/NAME/CLOCK[/CHANNELS][,…], e.g.
     /// audio:0/PCMU/8000,101/telephone-event/8000; static payload types may

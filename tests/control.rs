@@ -601,3 +601,56 @@ fn a_media_ip_not_on_this_host_is_refused_at_start() {
     );
     assert!(!stderr.contains("ready"), "{stderr}");
 }
+
+/// Issue 24: `ctl create` without `--aor`/`--gruu` (a call that will never
+/// be handed off) relays like any other; the relay starts with the
+/// session timeouts off (`0`) and rtpengine's `listen-ng` form (IP:PORT,
+/// UDP), and refuses a bare port naming the form to write.
+#[test]
+fn a_call_needs_no_user_and_rtpengine_habits_are_understood() {
+    let ng_port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr").port()
+    };
+    let relay = common::Relay::start(&[
+        "--media-timeout",
+        "0",
+        "--setup-timeout",
+        "0",
+        "--listen-ng",
+        &format!("127.0.0.1:{ng_port}"),
+    ]);
+    let created = relay.ctl(&[
+        "create",
+        "--call-id",
+        "no-user",
+        "--from-tag",
+        "f",
+        "--stream",
+        "audio:0",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let report =
+        common::stdout_json(&relay.ctl(&["get", "--call-id", "no-user", "--from-tag", "f"]));
+    assert_eq!(report["session"]["aor"], "", "{report}");
+    // The ng listener took rtpengine's form as UDP: a ping is answered.
+    let mut proxy = common::ng::Proxy::new(format!("127.0.0.1:{ng_port}").parse().expect("addr"));
+    let pong = proxy.call(&common::ng::request(vec![(
+        "command",
+        common::ng::text("ping"),
+    )]));
+    assert_eq!(
+        pong.get(b"result".as_slice()).map(|v| format!("{v:?}")),
+        Some(format!(
+            "{:?}",
+            serde_bencode::value::Value::Bytes(b"pong".to_vec())
+        ))
+    );
+    let bare = std::process::Command::new(common::baton_bin())
+        .args(["run", "--control", "tcp:127.0.0.1:0", "--listen-ng", "2299"])
+        .output()
+        .expect("run");
+    assert_eq!(bare.status.code(), Some(2), "{bare:?}");
+    let stderr = String::from_utf8_lossy(&bare.stderr);
+    assert!(stderr.contains("udp:127.0.0.1:2299"), "{stderr}");
+}

@@ -53,12 +53,15 @@ impl DialogView {
 }
 
 impl Sessions {
-    /// `create_session`.
+    /// `create_session`. The user's AOR and device GRUU may be left
+    /// empty: such a session relays media like any other and can be
+    /// handed off once a transfer names the user's device (see
+    /// [`Sessions::create_without_user`]); given, they must be SIP URIs.
     pub async fn create(
         &self,
         request: v1::CreateSessionRequest,
     ) -> Result<v1::CreateSessionResponse, Status> {
-        self.create_checked(request, true).await
+        self.create_without_user(request).await
     }
 
     /// `create_session` where the user may be unknown (rtpengine's ng
