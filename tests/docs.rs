@@ -137,3 +137,25 @@ fn the_packaged_default_config_names_every_key() {
     common::signal(&child, nix::sys::signal::Signal::SIGTERM);
     assert!(common::wait_bounded(&mut child).success());
 }
+
+/// The README's table of drop reasons names every reason the relay counts,
+/// and nothing else.
+#[test]
+fn readme_lists_every_drop_reason() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let start = readme
+        .find("| reason | what was dropped |")
+        .expect("the drop reasons table");
+    let documented: BTreeSet<&str> = readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| line.split('`').nth(1))
+        .collect();
+    let actual: BTreeSet<&str> = baton_relay::core::stream::DropReason::ALL
+        .iter()
+        .map(|reason| reason.name())
+        .collect();
+    assert_eq!(documented, actual);
+}
