@@ -198,10 +198,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, caught from the start of `serve`.
+/// SIGTERM and SIGINT, caught from the start of `serve`; SIGHUP caught
+/// too, so that it never kills the relay (and its calls) by its default
+/// action.
 struct ShutdownSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -209,14 +212,21 @@ impl ShutdownSignals {
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// The first of them to arrive.
+    /// The first signal that stops the relay; SIGHUP is logged and the
+    /// relay goes on.
     async fn wait(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return "SIGTERM",
+                _ = self.interrupt.recv() => return "SIGINT",
+                _ = self.hangup.recv() => warn!(
+                    "SIGHUP: nothing is reloaded at run time; restart baton to apply configuration changes (the calls on it end)"
+                ),
+            }
         }
     }
 }

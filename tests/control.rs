@@ -654,3 +654,35 @@ fn a_call_needs_no_user_and_rtpengine_habits_are_understood() {
     let stderr = String::from_utf8_lossy(&bare.stderr);
     assert!(stderr.contains("udp:127.0.0.1:2299"), "{stderr}");
 }
+
+/// Issue 24: SIGHUP no longer kills the relay (and every call on it) by its
+/// default action: it is logged, the calls and the control socket stay,
+/// and SIGTERM still stops it cleanly.
+#[test]
+fn sighup_is_logged_and_harmless() {
+    let mut relay = common::Relay::start(&[]);
+    let created = relay.ctl(&[
+        "create",
+        "--call-id",
+        "hup",
+        "--from-tag",
+        "f",
+        "--stream",
+        "audio:0",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    common::signal(&relay.child, Signal::SIGHUP);
+    // Still serving, the call still there.
+    let deadline = std::time::Instant::now() + common::PROCESS_DEADLINE;
+    while !relay.stderr().contains("SIGHUP") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        relay.stderr().contains("SIGHUP: nothing is reloaded"),
+        "{}",
+        relay.stderr()
+    );
+    let listed = common::stdout_json(&relay.ctl(&["get", "--call-id", "hup", "--from-tag", "f"]));
+    assert_eq!(listed["session"]["call_id"], "hup", "{listed}");
+    assert!(relay.terminate().success());
+}
