@@ -190,6 +190,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .publish(v1::event::Kind::ShuttingDown(v1::ShuttingDown {
             reason: reason.to_owned(),
         }));
+    // Every call's end, with its final statistics, is logged and
+    // published before the subscribers' connections close.
+    service.sessions().end_all().await;
     shutdown.cancel();
     server_task.await?;
     // Ends every session and joins the worker threads.

@@ -686,3 +686,61 @@ fn sighup_is_logged_and_harmless() {
     assert_eq!(listed["session"]["call_id"], "hup", "{listed}");
     assert!(relay.terminate().success());
 }
+
+/// Issue 24: every session end — a delete, the relay's shutdown — is one
+/// `SessionEnded` event and one log line with the final statistics, so
+/// calls driven over ng keep their figures without a query first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_end_is_an_event_and_a_log_line_with_its_statistics() {
+    let mut relay = Relay::start(&[]);
+    let subscriber = relay.client().await;
+    subscriber.subscribe().await.expect("subscribe");
+    for call in ["ended-by-delete", "ended-by-shutdown"] {
+        let created = tokio::task::block_in_place(|| {
+            relay.ctl(&[
+                "create",
+                "--call-id",
+                call,
+                "--from-tag",
+                "f",
+                "--stream",
+                "audio:0",
+            ])
+        });
+        assert!(created.status.success(), "{created:?}");
+    }
+    let deleted = tokio::task::block_in_place(|| {
+        relay.ctl(&["delete", "--call-id", "ended-by-delete", "--from-tag", "f"])
+    });
+    assert!(deleted.status.success(), "{deleted:?}");
+    let status = tokio::task::block_in_place(|| relay.terminate());
+    assert!(status.success(), "exit status {status}");
+    let mut ended = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(READ_DEADLINE, subscriber.next_event()).await {
+        if let Some(v1::event::Kind::SessionEnded(end)) = event.kind {
+            let session = end.session.expect("its final state");
+            assert_eq!(session.streams.len(), 1, "with its streams' statistics");
+            ended.push((session.call_id, end.reason));
+        }
+    }
+    assert_eq!(
+        ended,
+        vec![
+            ("ended-by-delete".to_owned(), "deleted".to_owned()),
+            ("ended-by-shutdown".to_owned(), "shutdown".to_owned())
+        ]
+    );
+    let log = relay.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    for (line, reason) in lines.iter().zip(["deleted", "shutdown"]) {
+        assert!(line.contains(&format!("reason={reason}")), "{line}");
+        assert!(
+            line.contains("packets_in=0") && line.contains("jitter_ms="),
+            "{line}"
+        );
+    }
+}

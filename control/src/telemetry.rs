@@ -234,8 +234,13 @@ pub const CONTROL_COMMANDS: &[&str] = &[
 ];
 
 /// Every reason a session ends with.
-pub const SESSION_END_REASONS: &[&str] =
-    &["deleted", "media_timeout", "setup_timeout", "worker_failed"];
+pub const SESSION_END_REASONS: &[&str] = &[
+    "deleted",
+    "media_timeout",
+    "setup_timeout",
+    "shutdown",
+    "worker_failed",
+];
 
 /// Every reason an opened transfer fails with.
 pub const TRANSFER_FAILURE_REASONS: &[&str] = &["cancelled", "timeout", "session_ended"];

@@ -526,7 +526,7 @@ impl Sessions {
                 record.id
             )));
         };
-        self.session_ended(&record, "deleted");
+        self.session_ended(&record, "deleted", report.as_ref());
         Ok(session_info(&record, report.as_ref()))
     }
 
@@ -654,18 +654,73 @@ impl Sessions {
         })
     }
 
+    /// Ends every session (the relay is shutting down): each gets its end
+    /// logged and published with its final statistics, reason `shutdown`.
+    pub async fn end_all(&self) {
+        let ids: Vec<SessionId> = self.registry().by_id.keys().copied().collect();
+        for id in ids {
+            let Ok((_guard, record)) = self.lock_id(id).await else {
+                continue;
+            };
+            let report = self
+                .dataplane
+                .remove_session(record.worker, record.id)
+                .await
+                .ok();
+            if let Some(record) = self.registry().remove(id) {
+                self.session_ended(&record, "shutdown", report.as_ref());
+            }
+        }
+    }
+
     /// Counts a session's end (each record's end is counted once, whoever
-    /// removed it) and finishes its transfers: an open one failed, a
-    /// committed one is reported completed.
-    pub(super) fn session_ended(&self, record: &Record, reason: &str) {
+    /// removed it), logs and publishes it with its final statistics, and
+    /// finishes its transfers: an open one failed, a committed one is
+    /// reported completed.
+    pub(super) fn session_ended(
+        &self,
+        record: &Record,
+        reason: &str,
+        report: Option<&baton_relay::core::session::SessionReport>,
+    ) {
         self.telemetry.session_ended(reason);
         let span = session_span(record.id, &record.call_id);
+        let duration_ms = unix_time_ms().saturating_sub(record.created_unix_ms);
+        let FinalTotals {
+            packets_in,
+            packets_out,
+            bytes_in,
+            bytes_out,
+            lost,
+            dropped,
+            jitter_ms,
+        } = FinalTotals::of(report);
+        let duration_s = duration_ms as f64 / 1000.0;
         if reason == super::worker_events::WORKER_FAILED {
             // Lost, not ended by signalling or by its media.
-            span.in_scope(|| warn!(reason, "session ended"));
+            span.in_scope(|| warn!(reason = %reason, duration_s, "session ended"));
         } else {
-            span.in_scope(|| info!(reason, "session ended"));
+            span.in_scope(|| {
+                info!(
+                    reason = %reason,
+                    duration_s,
+                    packets_in,
+                    packets_out,
+                    bytes_in,
+                    bytes_out,
+                    lost,
+                    dropped,
+                    jitter_ms,
+                    "session ended"
+                );
+            });
         }
+        self.events
+            .publish(v1::event::Kind::SessionEnded(v1::SessionEnded {
+                session: Some(session_info(record, report)),
+                reason: reason.to_owned(),
+                duration_ms,
+            }));
         if let Some(open) = &record.open_transfer {
             self.transfer_failed_record(record, open, "session_ended");
         }
@@ -762,5 +817,37 @@ impl Sessions {
         let registry = self.registry();
         let state = registry.by_id.get(&id)?.sdp.as_ref()?;
         state.sent[party.index()].as_ref().map(|s| s.text.clone())
+    }
+}
+
+/// A session's final figures, summed over its streams and legs.
+#[derive(Debug, Default, Clone, Copy)]
+struct FinalTotals {
+    packets_in: u64,
+    packets_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// RTP lost from the parties (RFC 3550 A.3), all legs.
+    lost: i64,
+    /// Datagrams dropped, every reason.
+    dropped: u64,
+    /// The largest interarrival jitter of a leg, in milliseconds.
+    jitter_ms: f64,
+}
+
+impl FinalTotals {
+    fn of(report: Option<&baton_relay::core::session::SessionReport>) -> Self {
+        let mut totals = Self::default();
+        for leg in report.iter().flat_map(|r| r.streams.iter().flatten()) {
+            let c = &leg.counters;
+            totals.packets_in += c.rtp_in + c.rtcp_in;
+            totals.packets_out += c.packets_out;
+            totals.bytes_in += c.bytes_in;
+            totals.bytes_out += c.bytes_out;
+            totals.lost += leg.lost;
+            totals.dropped += c.drops.iter().sum::<u64>();
+            totals.jitter_ms = totals.jitter_ms.max(leg.jitter_ms);
+        }
+        totals
     }
 }

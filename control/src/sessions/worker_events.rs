@@ -25,12 +25,12 @@ impl Sessions {
                 WorkerEvent::SessionEnded { id, reason, report } => {
                     self.session_timed_out(id, reason, &report).await;
                 }
-                WorkerEvent::SessionRemoved { id, .. } => {
+                WorkerEvent::SessionRemoved { id, report } => {
                     // A delete gave up waiting, then the worker removed the
                     // session: the record goes too.
                     let _guard = self.lock_if_known(id).await;
                     if let Some(record) = self.registry().remove(id) {
-                        self.session_ended(&record, "deleted");
+                        self.session_ended(&record, "deleted", Some(&report));
                     }
                 }
                 WorkerEvent::TransferCompleted {
@@ -121,7 +121,7 @@ impl Sessions {
             return; // deleted at the same moment: counted there
         };
         self.timed_out.fetch_add(1, Ordering::Relaxed);
-        self.session_ended(&record, reason.name());
+        self.session_ended(&record, reason.name(), Some(report));
         self.events
             .publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
                 session: Some(session_info(&record, Some(report))),
@@ -157,7 +157,7 @@ impl Sessions {
         }
         self.telemetry.worker_failures.inc();
         for record in lost.into_iter().filter(|r| r.state == RecordState::Live) {
-            self.session_ended(&record, WORKER_FAILED);
+            self.session_ended(&record, WORKER_FAILED, None);
             self.events
                 .publish(v1::event::Kind::SessionTimedOut(v1::SessionTimedOut {
                     session: Some(session_info(&record, None)),
