@@ -163,13 +163,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    // Values printed as values (an operator greps for them), not as Rust
+    // debug forms.
+    let (lo, hi) = config.dataplane.ports;
     info!(
         version = baton_control::VERSION,
-        control = ?addrs,
-        ng = ?ng_addrs,
-        metrics = ?metrics,
-        media = ?media,
-        ports = ?config.dataplane.ports,
+        control = %addrs.join(","),
+        ng = %if ng_addrs.is_empty() { "off".to_owned() } else { ng_addrs.join(",") },
+        metrics = %metrics.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
+        media = %media.join(","),
+        ports = %format!("{lo}-{hi}"),
         workers = config.dataplane.workers,
         "baton ready"
     );

@@ -577,6 +577,15 @@ fn logs_to_a_file_have_no_colour_escapes() {
     let log = relay.stderr();
     assert!(log.contains("baton ready"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
+    // Field values are printed as values, not as Rust debug forms.
+    let ready = log
+        .lines()
+        .find(|l| l.contains("baton ready"))
+        .expect("the ready line");
+    assert!(
+        !ready.contains("Some(") && !ready.contains("[\"") && ready.contains("ng=off"),
+        "{ready}"
+    );
 }
 
 /// A media IP that is not this host's is refused at start (exit 2, naming
