@@ -27,11 +27,17 @@ pub fn main(options: RunOptions) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(message) = check_media_ips(&config) {
+    if let Err(message) = check_media_ips(&config).and_then(|()| check_control_sockets(&config)) {
         eprintln!("baton: {message}");
         return ExitCode::from(EXIT_CONFIG);
     }
     init_logging(config.log_format);
+    if config.control.socket_mode & 0o002 != 0 {
+        warn!(
+            mode = %format!("{:04o}", config.control.socket_mode),
+            "control-socket-mode lets every local user drive the relay (world-writable); use 0600, or 0660 with a group"
+        );
+    }
     raise_open_files_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // The control plane is light; the media workers have their own threads.
@@ -53,6 +59,27 @@ pub fn main(options: RunOptions) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// A Unix control socket's directory must exist (the relay does not make
+/// it): refused as configuration, with the fix, instead of failing to bind.
+fn check_control_sockets(config: &Config) -> Result<(), String> {
+    for addr in &config.control.listen {
+        let baton_control::addr::ControlAddr::Unix(path) = addr else {
+            continue;
+        };
+        let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            continue;
+        };
+        if !dir.is_dir() {
+            return Err(format!(
+                "control {addr}: the directory {} does not exist; create it, or choose another \
+                 path (under systemd the unit's RuntimeDirectory=baton creates /run/baton)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every media IP must be an address of this host: a test bind now, before

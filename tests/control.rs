@@ -753,3 +753,45 @@ async fn every_session_end_is_an_event_and_a_log_line_with_its_statistics() {
         );
     }
 }
+
+/// Issue 24: a Unix control socket in a directory that does not exist is
+/// bad configuration (exit 2, one line naming the directory and the fix);
+/// a bind failure prints its cause once; a world-writable socket mode is
+/// warned about.
+#[test]
+fn control_socket_mistakes_are_named_once_with_the_fix() {
+    let missing = std::process::Command::new(common::baton_bin())
+        .args([
+            "run",
+            "--control",
+            "unix:/nonexistent-baton-dir/control.sock",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("/nonexistent-baton-dir does not exist")
+            && stderr.contains("RuntimeDirectory"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // A port held by someone else: the OS error once.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr");
+    let busy = std::process::Command::new(common::baton_bin())
+        .args(["run", "--control", &format!("tcp:{taken}")])
+        .output()
+        .expect("run");
+    assert!(!busy.status.success());
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+    // 0666: warned, still runs.
+    let mut relay = Relay::start(&["--control-socket-mode", "0666"]);
+    let _ = relay.terminate();
+    assert!(
+        relay.stderr().contains("world-writable"),
+        "{}",
+        relay.stderr()
+    );
+}

@@ -89,7 +89,7 @@ pub enum BindError {
     )]
     NotLoopbackWithoutToken(ControlAddr),
     /// The host name did not resolve.
-    #[error("cannot resolve control address {addr}: {source}")]
+    #[error("cannot resolve control address {addr}")]
     Resolve {
         /// The address.
         addr: ControlAddr,
@@ -102,8 +102,9 @@ pub enum BindError {
     /// The Unix socket path exists and is something else.
     #[error("{0} exists and is not a socket; not replacing it")]
     NotASocket(PathBuf),
-    /// Binding failed.
-    #[error("cannot listen on {addr}: {source}")]
+    /// Binding failed (the OS error is the source: printed once, after
+    /// this, by whoever prints the chain).
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: ControlAddr,
