@@ -226,7 +226,18 @@ impl RunOptions {
                     format!(" (line {line})")
                 })
                 .unwrap_or_default();
-            anyhow::anyhow!("config file {}{at}: {message}", path.display())
+            // An rtpengine option: say what baton calls it.
+            let hint = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .and_then(|key| {
+                    RTPENGINE_OPTIONS
+                        .iter()
+                        .find(|(option, _)| *option == key)
+                        .map(|(option, ours)| format!(" (rtpengine's {option}: {ours})"))
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("config file {}{at}: {message}{hint}", path.display())
         })
     }
 
@@ -494,6 +505,41 @@ fn parse_ips(texts: &[String], what: &str) -> anyhow::Result<Vec<IpAddr>> {
         .collect()
 }
 
+/// rtpengine's configuration options and what baton calls them (or why
+/// it has none), for the error a config file copied from rtpengine gets.
+/// docs/kamailio.md has the same table.
+pub const RTPENGINE_OPTIONS: &[(&str, &str)] = &[
+    (
+        "interface",
+        "use media-ip = [\"IP\"], and advertise-ip = [\"PUBLIC\"] for IP!PUBLIC",
+    ),
+    ("port-min", "use ports = \"MIN-MAX\""),
+    ("port-max", "use ports = \"MIN-MAX\""),
+    ("num-threads", "use workers"),
+    ("timeout", "use media-timeout (0: off)"),
+    (
+        "silent-timeout",
+        "use hold-timeout (while every stream is on hold; 0: off)",
+    ),
+    (
+        "final-timeout",
+        "no equivalent: a call ends by delete or a timeout",
+    ),
+    (
+        "delete-delay",
+        "no equivalent: a deleted call's ports are freed at once",
+    ),
+    ("listen-cli", "use control (and baton ctl)"),
+    (
+        "listen-tcp",
+        "no equivalent: use listen-ng with udp: or tcp:",
+    ),
+    ("log-level", "use RUST_LOG (e.g. RUST_LOG=info)"),
+    ("redis", "no equivalent yet (planned: state in Redis)"),
+    ("recording-dir", "no equivalent yet (recording is planned)"),
+    ("tos", "no equivalent"),
+];
+
 /// A duration that must be there: more than 0 s, at most a day.
 fn seconds(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
     let value = value.unwrap_or(default);
@@ -546,6 +592,22 @@ mod tests {
         ] {
             let refused = parse(text)?.load().expect_err(text).to_string();
             assert!(refused.contains(named), "{text}: {refused}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_rtpengine_option_in_the_config_file_names_batons_key() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("baton.toml");
+        for (line, expected) in [
+            ("port-min = 30000\n", "ports = \"MIN-MAX\""),
+            ("num-threads = 4\n", "use workers"),
+            ("timeout = 60\n", "use media-timeout"),
+        ] {
+            std::fs::write(&path, line)?;
+            let refused = RunOptions::from_file(&path).expect_err(line).to_string();
+            assert!(refused.contains(expected), "{line}: {refused}");
         }
         Ok(())
     }

@@ -159,3 +159,38 @@ fn readme_lists_every_drop_reason() {
         .collect();
     assert_eq!(documented, actual);
 }
+
+/// docs/kamailio.md maps every rtpengine option the relay names in its
+/// refusals (the two tables are kept together by this test).
+#[test]
+fn the_rtpengine_option_table_covers_what_the_relay_names() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/kamailio.md"))
+        .expect("docs/kamailio.md");
+    let start = doc.find("| rtpengine | baton |").expect("the table");
+    let table: String = doc[start..]
+        .lines()
+        .take_while(|line| line.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for option in [
+        "interface",
+        "port-min",
+        "port-max",
+        "num-threads",
+        "timeout",
+        "silent-timeout",
+        "final-timeout",
+        "delete-delay",
+        "listen-cli",
+        "listen-tcp",
+        "log-level",
+        "redis",
+        "recording-dir",
+        "tos",
+    ] {
+        assert!(
+            table.contains(&format!("`{option}`")),
+            "{option} missing from the table"
+        );
+    }
+}
