@@ -1132,6 +1132,18 @@ fn video_call_to_webrtc(proxy: &mut Proxy, call_id: &str) -> Sdp {
     ))
 }
 
+/// The WebRTC party's answer to [`video_call_to_webrtc`]; the relay's
+/// answer to the phone.
+fn webrtc_answers(proxy: &mut Proxy, call_id: &str, answer: &str) -> Sdp {
+    sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("b-tag")),
+        ("sdp", text(answer)),
+    ])))
+}
+
 /// The relay offers audio and video on one BUNDLE transport to a WebRTC
 /// party; an answerer that declines the bundle (a transport per line, no
 /// `a=group`, RFC 8843 §7.3.3) gets its unbundled line declined — port 0
@@ -1163,13 +1175,7 @@ fn an_answer_that_declines_the_relays_bundle_gets_the_unbundled_line_declined() 
         line("audio", 40_000, "0", 0),
         line("video", 40_002, "96", 1)
     );
-    let to_phone = sdp_of(&proxy.call(&request(vec![
-        ("command", text("answer")),
-        ("call-id", text(call_id)),
-        ("from-tag", text("a-tag")),
-        ("to-tag", text("b-tag")),
-        ("sdp", text(answer)),
-    ])));
+    let to_phone = webrtc_answers(&mut proxy, call_id, &answer);
     let text = to_phone.render();
     assert_ne!(to_phone.media(0).expect("audio").port, 0, "{text}");
     assert_eq!(
@@ -1197,13 +1203,7 @@ fn a_bundle_whose_first_line_is_rejected_keeps_its_other_line() {
          a=rtpmap:96 VP8/90000\r\na=sendrecv\r\n",
         fp = ["CD"; 32].join(":")
     );
-    let to_phone = sdp_of(&proxy.call(&request(vec![
-        ("command", text("answer")),
-        ("call-id", text(call_id)),
-        ("from-tag", text("a-tag")),
-        ("to-tag", text("b-tag")),
-        ("sdp", text(answer)),
-    ])));
+    let to_phone = webrtc_answers(&mut proxy, call_id, &answer);
     let text = to_phone.render();
     assert_eq!(to_phone.media(0).expect("audio").port, 0, "{text}");
     assert_ne!(to_phone.media(1).expect("video").port, 0, "{text}");

@@ -273,10 +273,8 @@ impl Sessions {
                     v1::AddressFamily::Ipv6 => Some(true),
                     v1::AddressFamily::Unspecified => peer_rtp.map(|a| a.is_ipv6()),
                 };
-                let owner = bundles[index][party.index()]
-                    .as_ref()
-                    .filter(|b| b.follows(index))
-                    .and_then(|b| streams.get(b.primary));
+                let owner = StreamBundle::owner_of(bundles[index][party.index()].as_ref(), index)
+                    .and_then(|primary| streams.get(primary));
                 if let Some(owner) = owner {
                     // On an earlier stream's BUNDLE transport: its address,
                     // no socket of its own.

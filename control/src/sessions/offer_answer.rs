@@ -8,9 +8,9 @@ use baton_relay::{Party, StreamIndex};
 use super::Sessions;
 use crate::sip::crypto::PartyCrypto;
 use crate::sip::negotiation::{
-    SdpState, endpoint_of, extend_layout, holds, match_by_kind, media_of, relay_toward, render,
-    requested_transport, sdes_policy, security_toward, session_held, stamp, transport_of,
-    webrtc_toward,
+    SdpState, StreamBundle, endpoint_of, extend_layout, holds, match_by_kind, media_of,
+    relay_toward, render, requested_transport, sdes_policy, security_toward, session_held, stamp,
+    transport_of, webrtc_toward,
 };
 use crate::status::Status;
 
@@ -153,25 +153,24 @@ impl Sessions {
             // when this body rejected the owner's line, gives them to the
             // owner, whose socket carries the transport.
             for party in [from, other] {
-                let Some(primary) = stream.bundle[party.index()]
-                    .as_ref()
-                    .filter(|b| b.follows(s))
-                    .map(|b| b.primary)
+                let Some(primary) =
+                    StreamBundle::owner_of(stream.bundle[party.index()].as_ref(), s)
                 else {
                     continue;
                 };
                 let Some(owner) = earlier.get_mut(primary) else {
                     continue;
                 };
+                let (owner, follower) = (
+                    &mut owner.crypto[party.index()],
+                    &mut stream.crypto[party.index()],
+                );
                 if party == from && !received[primary] {
-                    owner.crypto[party.index()].ice = stream.crypto[party.index()].ice;
-                    owner.crypto[party.index()].dtls = stream.crypto[party.index()].dtls;
+                    owner.share_transport_of(follower);
                     received[primary] = true;
                     owners_from_followers.push(primary);
                 } else {
-                    let owner = owner.crypto[party.index()].clone();
-                    stream.crypto[party.index()].ice = owner.ice;
-                    stream.crypto[party.index()].dtls = owner.dtls;
+                    follower.share_transport_of(owner);
                 }
             }
             stream.rejected = false;

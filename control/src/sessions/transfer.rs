@@ -220,10 +220,8 @@ impl Sessions {
             let bundle = plan
                 .as_ref()
                 .and_then(|plan| plan.bundles.get(index).cloned().flatten());
-            let owner = bundle
-                .as_ref()
-                .filter(|b| b.follows(index))
-                .and_then(|b| local.get(b.primary).cloned());
+            let owner = StreamBundle::owner_of(bundle.as_ref(), index)
+                .and_then(|primary| local.get(primary).cloned());
             let sockets = match owner {
                 // On an earlier stream's BUNDLE transport: no socket of
                 // its own.

@@ -678,6 +678,14 @@ impl PartyCrypto {
         Ok(())
     }
 
+    /// Takes the ICE credentials and DTLS settings of the stream whose
+    /// BUNDLE transport this one shares: one transport, one set (RFC 8843
+    /// §5).
+    pub fn share_transport_of(&mut self, owner: &PartyCrypto) {
+        self.ice = owner.ice;
+        self.dtls = owner.dtls;
+    }
+
     /// A WebRTC leg: ICE and DTLS-SRTP (the only kind that bundles).
     pub fn is_webrtc(&self) -> bool {
         self.ice.is_some() && self.transport.is_dtls()

@@ -79,6 +79,12 @@ impl StreamBundle {
     pub fn follows(&self, stream: usize) -> bool {
         self.primary != stream
     }
+
+    /// The stream whose transport `stream` rides, if `bundle` (its place)
+    /// makes it a follower.
+    pub fn owner_of(bundle: Option<&Self>, stream: usize) -> Option<usize> {
+        bundle.filter(|b| b.follows(stream)).map(|b| b.primary)
+    }
 }
 
 /// Per stream, the BUNDLE transport an offer's sender put it on: the
@@ -213,18 +219,14 @@ pub(crate) fn align_bundled_crypto(
 ) {
     for s in 0..crypto.len() {
         for party in Party::BOTH {
-            let Some(primary) = bundles[s][party.index()]
-                .as_ref()
-                .filter(|b| b.follows(s))
-                .map(|b| b.primary)
+            let Some(primary) = StreamBundle::owner_of(bundles[s][party.index()].as_ref(), s)
             else {
                 continue;
             };
             let Some(owner) = crypto.get(primary).map(|c| c[party.index()].clone()) else {
                 continue;
             };
-            crypto[s][party.index()].ice = owner.ice;
-            crypto[s][party.index()].dtls = owner.dtls;
+            crypto[s][party.index()].share_transport_of(&owner);
         }
     }
 }
@@ -871,14 +873,9 @@ impl AnswerPlan {
         });
         // Bundled streams share one transport: its owner's credentials.
         for s in 0..crypto.len() {
-            if let Some(primary) = bundles[s]
-                .as_ref()
-                .filter(|b| b.follows(s))
-                .map(|b| b.primary)
-            {
+            if let Some(primary) = StreamBundle::owner_of(bundles[s].as_ref(), s) {
                 let owner = crypto[primary].clone();
-                crypto[s].ice = owner.ice;
-                crypto[s].dtls = owner.dtls;
+                crypto[s].share_transport_of(&owner);
             }
         }
         Ok(Self {

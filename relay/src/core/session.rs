@@ -375,7 +375,7 @@ impl Session {
             leg,
             learn: None,
         };
-        let Some(bundle) = self.bundles.iter().find(|b| b.primary() == (stream, leg)) else {
+        let Some(bundle) = self.bundle_owned_by(stream, leg) else {
             return own;
         };
         bundle.route(buf, len, |member, member_leg, pt| {
@@ -397,12 +397,16 @@ impl Session {
         }
     }
 
+    /// The bundle whose transport `stream`'s `leg` owns, if any (where the
+    /// streams are changed meanwhile, the field is searched directly).
+    fn bundle_owned_by(&self, stream: StreamIndex, leg: LegId) -> Option<&Bundle> {
+        self.bundles.iter().find(|b| b.primary() == (stream, leg))
+    }
+
     /// Whether `stream`'s `leg` rides another stream's transport (it has
     /// no socket, ICE or handshake of its own).
     pub fn is_bundle_follower(&self, stream: StreamIndex, leg: LegId) -> bool {
-        self.bundles
-            .iter()
-            .any(|b| b.followers().any(|member| member == (stream, leg)))
+        self.bundle_owner(stream, leg).is_some()
     }
 
     /// The stream and leg whose transport `stream`'s `leg` rides, if it
@@ -416,9 +420,8 @@ impl Session {
 
     /// Whether `stream`'s `leg` owns a transport other streams ride.
     pub fn owns_bundle(&self, stream: StreamIndex, leg: LegId) -> bool {
-        self.bundles
-            .iter()
-            .any(|b| b.primary() == (stream, leg) && b.has_followers())
+        self.bundle_owned_by(stream, leg)
+            .is_some_and(Bundle::has_followers)
     }
 
     /// Drops (and counts) RTP that `stream` would send on a BUNDLE
@@ -756,6 +759,11 @@ impl Session {
     ) -> Vec<(StreamIndex, LegId, Option<DtlsParams>)> {
         let mut handshakes = Vec::new();
         for peer in &update.peers {
+            // A bundle follower's keys come from its owner's handshake.
+            let follower = self
+                .streams
+                .get(peer.stream.0)
+                .is_some_and(|s| self.is_bundle_follower(peer.stream, s.leg_of(peer.party)));
             if let Some(s) = self.streams.get_mut(peer.stream.0) {
                 // ICE first: on an ICE leg the SDP's address is no peer.
                 if let Some(credentials) = peer.ice {
@@ -763,11 +771,6 @@ impl Session {
                 } else if peer.ice_off {
                     s.clear_ice(now, peer.party);
                 }
-                // A bundle follower's keys come from its owner's handshake.
-                let follower = self.bundles.iter().any(|b| {
-                    b.followers()
-                        .any(|(m, leg)| m == peer.stream && leg == s.leg_of(peer.party))
-                });
                 if let Some(params) = peer.dtls
                     && let Some(leg) = s.set_dtls(peer.party, params)
                 {
