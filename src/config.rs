@@ -30,7 +30,7 @@ pub enum LogFormat {
 
 /// Flags of `baton run`; the same names are the keys of the config file.
 /// Every field is optional so that file and flags can be layered.
-#[derive(Debug, Default, Args, Deserialize)]
+#[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RunOptions {
     /// TOML config file; flags given on the command line override it.
@@ -87,9 +87,23 @@ pub struct RunOptions {
     #[arg(long, value_name = "N")]
     pub max_control_connections: Option<usize>,
 
-    /// Log format on stderr (RUST_LOG sets the filter). [default: text]
+    /// Log format on stderr. [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Which log lines are written: error, warn, info, debug or trace, or
+    /// directives such as info,baton_control=debug; rtpengine's syslog
+    /// levels 0-7 are read too. RUST_LOG, when set, overrides it. SIGHUP
+    /// applies a changed value. [default: info]
+    #[arg(long, value_name = "FILTER")]
+    #[serde(default, deserialize_with = "level_or_filter")]
+    pub log_level: Option<String>,
+
+    /// Seconds a drain (SIGUSR1, or baton ctl drain without --deadline)
+    /// waits for the calls to end before it ends the rest and the relay
+    /// exits; 0 waits for every call. [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<f64>,
 
     /// Local IP to bind media ports on; repeat for one IPv4 and one IPv6.
     /// [default: 127.0.0.1]
@@ -191,6 +205,8 @@ pub struct Config {
     pub control: ServerOptions,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Log filter directives (RUST_LOG's syntax), from `log-level`.
+    pub log_filter: String,
     /// The data plane's settings.
     pub dataplane: DataplaneConfig,
     /// Session settings.
@@ -204,11 +220,12 @@ pub struct Config {
 }
 
 impl RunOptions {
-    /// Reads the config file (if any) and lays the flags over it.
-    pub fn load(self) -> anyhow::Result<Config> {
+    /// Reads the config file (if any) and lays the flags over it; again
+    /// at each reload.
+    pub fn load(&self) -> anyhow::Result<Config> {
         let merged = match &self.config {
-            Some(path) => Self::from_file(path)?.overlaid_with(self),
-            None => self,
+            Some(path) => Self::from_file(path)?.overlaid_with(self.clone()),
+            None => self.clone(),
         };
         merged.resolve()
     }
@@ -274,6 +291,8 @@ impl RunOptions {
                 .max_control_connections
                 .or(self.max_control_connections),
             log_format: flags.log_format.or(self.log_format),
+            log_level: flags.log_level.or(self.log_level),
+            drain_timeout: flags.drain_timeout.or(self.drain_timeout),
             media_ip: if flags.media_ip.is_empty() {
                 self.media_ip
             } else {
@@ -381,6 +400,7 @@ impl RunOptions {
                 write_stall_timeout: Duration::from_secs(10),
             },
             log_format: self.log_format.unwrap_or(LogFormat::Text),
+            log_filter: log_filter(self.log_level.as_deref())?,
             listen_ng,
             ng_access: NgAccess::new(ng_allow),
             metrics,
@@ -442,6 +462,10 @@ impl RunOptions {
         let hold = timeout(self.hold_timeout, 3600.0, "hold-timeout")?;
         let learning_window = seconds(self.learning_window, 3.0, "learning-window")?;
         let transfer_timeout = seconds(self.transfer_timeout, 30.0, "transfer-timeout")?;
+        let drain_timeout = match timeout(self.drain_timeout, 3600.0, "drain-timeout")? {
+            TIMEOUT_OFF => None,
+            deadline => Some(deadline),
+        };
         let max_sessions = self.max_sessions.unwrap_or(20_000);
         if max_sessions == 0 {
             bail!("max sessions must be at least 1");
@@ -490,6 +514,7 @@ impl RunOptions {
                 transfer_timeout,
                 allow_unverified_transfer_source: self.allow_unverified_transfer_source,
                 sdp_limits,
+                drain_timeout,
             },
         ))
     }
@@ -534,11 +559,46 @@ pub const RTPENGINE_OPTIONS: &[(&str, &str)] = &[
         "listen-tcp",
         "no equivalent: use listen-ng with udp: or tcp:",
     ),
-    ("log-level", "use RUST_LOG (e.g. RUST_LOG=info)"),
     ("redis", "no equivalent yet (planned: state in Redis)"),
     ("recording-dir", "no equivalent yet (recording is planned)"),
     ("tos", "no equivalent"),
 ];
+
+/// `log-level` as a filter: a filter as given, or rtpengine's syslog level
+/// (0-7) as the nearest one.
+fn log_filter(value: Option<&str>) -> anyhow::Result<String> {
+    let text = value.map_or("info", str::trim);
+    let filter = match text.parse::<u8>() {
+        Ok(0..=3) => "error",
+        Ok(4) => "warn",
+        Ok(5 | 6) => "info",
+        Ok(7) => "debug",
+        Ok(_) => bail!("log-level {text}: a syslog level is 0 to 7"),
+        Err(_) => text,
+    };
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        anyhow::anyhow!(
+            "log-level {text:?} is not a log filter ({e}): give error, warn, info, debug or trace, or directives like info,baton_control=debug"
+        )
+    })?;
+    Ok(filter.to_owned())
+}
+
+/// Reads `log-level` as a string or, as rtpengine writes it, a number.
+fn level_or_filter<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Level {
+        Number(u8),
+        Text(String),
+    }
+    Ok(Some(match Level::deserialize(deserializer)? {
+        Level::Number(n) => n.to_string(),
+        Level::Text(text) => text,
+    }))
+}
 
 /// A duration that must be there: more than 0 s, at most a day.
 fn seconds(value: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {

@@ -82,6 +82,28 @@ enum CtlCommand {
     /// transfers, ports, the newest sessions; refreshed every second until
     /// interrupted.
     Top(TopArgs),
+    /// Take the relay out of service without cutting calls: new sessions
+    /// are refused (a new call's ng offer gets "load limit", on which
+    /// Kamailio tries its next relay), live ones go on, and the relay exits
+    /// once the last one ends or at the deadline.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+struct DrainArgs {
+    /// Seconds until the calls still open are ended and the relay exits;
+    /// 0 waits for every call. [default: the relay's drain-timeout]
+    #[arg(long, value_name = "SECONDS")]
+    deadline: Option<u32>,
+    /// Answer ng pings with an error while draining, so that a proxy that
+    /// pings its relays marks this one disabled. Only with a proxy that
+    /// still sends a disabled relay's live calls to it (Kamailio:
+    /// rtpengine_allow_op=1).
+    #[arg(long)]
+    refuse_ng_ping: bool,
+    /// Take the relay back into service instead.
+    #[arg(long, conflicts_with_all = ["deadline", "refuse_ng_ping"])]
+    cancel: bool,
 }
 
 #[derive(Debug, Args)]
@@ -508,7 +530,8 @@ async fn run(args: CtlArgs) -> ExitCode {
         | CtlCommand::Bindings(_)
         | CtlCommand::Commit(_)
         | CtlCommand::Cancel(_)
-        | CtlCommand::Top(_)) => {
+        | CtlCommand::Top(_)
+        | CtlCommand::Drain(_)) => {
             let _ = other;
             None
         }
@@ -670,6 +693,11 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
             session: Some(session.reference()),
         }),
         CtlCommand::List => Command::ListSessions(v1::ListSessionsRequest {}),
+        CtlCommand::Drain(drain) => Command::Drain(v1::DrainRequest {
+            deadline_seconds: drain.deadline,
+            cancel: drain.cancel,
+            refuse_ng_ping: drain.refuse_ng_ping,
+        }),
         CtlCommand::Register(register) => Command::RegisterDevice(v1::RegisterDeviceRequest {
             aor: register.aor,
             gruu: register.gruu,

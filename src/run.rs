@@ -1,17 +1,24 @@
-//! `baton run`: start the relay, serve until SIGINT or SIGTERM, shut down
-//! cleanly.
+//! `baton run`: start the relay, serve until SIGINT or SIGTERM (or the end
+//! of a drain), shut down cleanly; SIGHUP reloads the configuration,
+//! SIGUSR1 starts a drain.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use baton_control::ControlServer;
+use baton_control::drain::DrainPlan;
 use baton_control::ng::{NgAddr, NgListeners, NgService};
+use baton_control::service::Service;
 use baton_proto::v1;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat, RunOptions};
+
+/// The log filter, replaced by a reload.
+type LogFilter = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 /// Exit status for configuration errors (as for usage errors).
 const EXIT_CONFIG: u8 = 2;
@@ -31,7 +38,7 @@ pub fn main(options: RunOptions) -> ExitCode {
         eprintln!("baton: {message}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    init_logging(config.log_format);
+    let log_filter = init_logging(config.log_format, &config.log_filter);
     if config.control.socket_mode & 0o002 != 0 {
         warn!(
             mode = %format!("{:04o}", config.control.socket_mode),
@@ -52,7 +59,7 @@ pub fn main(options: RunOptions) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, &options, &log_filter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -97,20 +104,28 @@ fn check_media_ips(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// The filter from `log-level`, unless RUST_LOG is set (it wins, at start
+/// and at reloads).
+fn log_filter(configured: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured))
+}
+
+fn init_logging(format: LogFormat, configured: &str) -> LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(configured));
     // Colour only on a terminal: escapes in a file or the journal are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry.with(lines).init(),
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).init(),
     }
+    handle
 }
 
 /// Every media leg holds one or two sockets, so a busy relay needs far more
@@ -138,11 +153,11 @@ fn raise_open_files_limit(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow::Result<()> {
     // Signals first: once a client can connect, a SIGTERM must mean a
     // clean shutdown, not the default death.
     let mut signals = ShutdownSignals::install()?;
-    let service = baton_control::service::start(&config.dataplane, config.sessions)
+    let service = baton_control::service::start(&config.dataplane, config.sessions.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
     let metrics = match config.metrics {
         Some(addr) => Some(
@@ -178,7 +193,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // The control listener last: a client that reaches it (tests, scripts
     // waiting for the socket) finds every other listener bound already.
-    let server = ControlServer::bind(config.control, Arc::clone(&service)).await?;
+    let server = ControlServer::bind(config.control.clone(), Arc::clone(&service)).await?;
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
@@ -212,8 +227,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server_task = tokio::spawn(server.run(shutdown.clone()));
 
-    let reason = signals.wait().await;
-    info!(signal = reason, "shutting down");
+    let mut running = config;
+    let (reason, end_reason) =
+        serve_until_stopped(&mut signals, &service, &ng, options, &mut running, log).await;
+    info!(reason = %reason, "shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     service
         .events()
@@ -222,7 +239,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }));
     // Every call's end, with its final statistics, is logged and
     // published before the subscribers' connections close.
-    service.sessions().end_all().await;
+    service.sessions().end_all(end_reason).await;
     shutdown.cancel();
     server_task.await?;
     // Ends every session and joins the worker threads.
@@ -231,13 +248,215 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, caught from the start of `serve`; SIGHUP caught
-/// too, so that it never kills the relay (and its calls) by its default
-/// action.
+/// Serves until a signal stops the relay or a drain ends; reloads and
+/// drains on their signals on the way. Returns why the relay stops and the
+/// end reason of the sessions still open.
+async fn serve_until_stopped(
+    signals: &mut ShutdownSignals,
+    service: &Service,
+    ng: &NgListeners,
+    options: &RunOptions,
+    running: &mut Config,
+    log: &LogFilter,
+) -> (&'static str, &'static str) {
+    let sessions = service.sessions();
+    let mut drain_changes = sessions.drain().watch();
+    // How soon a drain notices its last call ended or its deadline came.
+    let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut last_status = None;
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => return (name, "shutdown"),
+                Signal::Reload => reload(options, running, service, ng, log).await,
+                Signal::Drain => {
+                    sessions.set_drain(Some(DrainPlan::new(
+                        sessions.options().drain_timeout,
+                        false,
+                    )));
+                }
+            },
+            _ = drain_changes.changed() => {}
+            _ = check.tick() => {}
+        }
+        let Some(plan) = sessions.drain().plan() else {
+            if last_status.take().is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("serving")]);
+            }
+            continue;
+        };
+        let left = sessions.session_count();
+        if left == 0 {
+            return ("drained", "shutdown");
+        }
+        if plan
+            .deadline
+            .is_some_and(|at| std::time::Instant::now() >= at)
+        {
+            warn!(
+                sessions = left,
+                "drain deadline: the calls still open are ended"
+            );
+            return ("drain deadline", "drain_deadline");
+        }
+        if last_status != Some(left) {
+            last_status = Some(left);
+            let status = format!("draining: {left} sessions left");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+        }
+    }
+}
+
+/// Reads the configuration again and applies what can change while calls
+/// run: `log-level`; the session timeouts (`media-timeout`,
+/// `setup-timeout`, `hold-timeout`, live sessions included);
+/// `max-sessions`, `learning-window`, `transfer-timeout`,
+/// `allow-unverified-transfer-source`, the SDP limits and `drain-timeout`
+/// (for what comes next); `ng-allow`. Anything else that changed is named
+/// in a warning: it needs a restart. A file that does not load changes
+/// nothing.
+async fn reload(
+    options: &RunOptions,
+    running: &mut Config,
+    service: &Service,
+    ng: &NgListeners,
+    log: &LogFilter,
+) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let new = match options.load() {
+        Ok(new) => new,
+        Err(e) => {
+            error!("SIGHUP: configuration not reloaded, the running one is kept: {e:#}");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            return;
+        }
+    };
+    let mut applied: Vec<&str> = Vec::new();
+    if new.log_filter != running.log_filter {
+        if std::env::var_os("RUST_LOG").is_some() {
+            warn!("log-level changed, but RUST_LOG is set and wins; unset it to use log-level");
+        } else if let Err(e) = log.reload(log_filter(&new.log_filter)) {
+            warn!("cannot apply log-level: {e}");
+        } else {
+            applied.push("log-level");
+        }
+    }
+    let sessions = service.sessions();
+    if new.dataplane.timeouts != running.dataplane.timeouts {
+        match sessions
+            .dataplane()
+            .set_timeouts(new.dataplane.timeouts)
+            .await
+        {
+            Ok(()) => applied.push("timeouts"),
+            Err(e) => warn!("session timeouts not applied on every worker: {e}"),
+        }
+    }
+    let (old, next) = (&running.sessions, &new.sessions);
+    for (key, changed) in [
+        ("max-sessions", old.max_sessions != next.max_sessions),
+        (
+            "learning-window",
+            old.learning_window != next.learning_window,
+        ),
+        (
+            "transfer-timeout",
+            old.transfer_timeout != next.transfer_timeout,
+        ),
+        (
+            "allow-unverified-transfer-source",
+            old.allow_unverified_transfer_source != next.allow_unverified_transfer_source,
+        ),
+        ("sdp limits", old.sdp_limits != next.sdp_limits),
+        ("drain-timeout", old.drain_timeout != next.drain_timeout),
+    ] {
+        if changed {
+            applied.push(key);
+        }
+    }
+    sessions.reload_options(new.sessions.clone());
+    if new.ng_access != running.ng_access {
+        ng.set_access(new.ng_access.clone());
+        applied.push("ng-allow");
+    }
+    for key in needs_restart(running, &new) {
+        warn!(
+            key = %key,
+            "changed in the configuration: it takes effect at the next restart (the calls on the relay end then)"
+        );
+    }
+    info!(
+        applied = %if applied.is_empty() { "nothing changed".to_owned() } else { applied.join(",") },
+        "configuration reloaded"
+    );
+    // What needs a restart keeps its running value, so that the next
+    // reload compares against what is in force.
+    running.log_filter = new.log_filter;
+    running.dataplane.timeouts = new.dataplane.timeouts;
+    running.sessions = new.sessions;
+    running.ng_access = new.ng_access;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// The keys whose change only a restart applies.
+fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.dataplane, &new.dataplane);
+    let fingerprint = |d: &baton_relay::DataplaneConfig| {
+        d.dtls_identity
+            .as_ref()
+            .map(|identity| identity.fingerprint().to_string())
+    };
+    [
+        ("control", running.control.listen != new.control.listen),
+        ("control-token", running.control.token != new.control.token),
+        (
+            "control-socket-mode",
+            running.control.socket_mode != new.control.socket_mode,
+        ),
+        (
+            "max-frame-bytes",
+            running.control.max_frame_len != new.control.max_frame_len,
+        ),
+        (
+            "max-control-connections",
+            running.control.max_connections != new.control.max_connections,
+        ),
+        ("log-format", running.log_format != new.log_format),
+        ("listen-ng", running.listen_ng != new.listen_ng),
+        ("metrics", running.metrics != new.metrics),
+        ("media-ip", a.media_ips != b.media_ips),
+        (
+            "advertise-ip",
+            running.sessions.advertise != new.sessions.advertise,
+        ),
+        ("ports", a.ports != b.ports),
+        ("workers", a.workers != b.workers),
+        ("busy-poll", a.busy_poll != b.busy_poll),
+        ("dtls-certificate", fingerprint(a) != fingerprint(b)),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+/// What a caught signal asks for.
+enum Signal {
+    /// Stop now (SIGTERM, SIGINT).
+    Stop(&'static str),
+    /// Reload the configuration (SIGHUP).
+    Reload,
+    /// Start a drain with the configured deadline (SIGUSR1).
+    Drain,
+}
+
+/// SIGTERM and SIGINT, caught from the start of `serve`, and SIGHUP and
+/// SIGUSR1, caught so that their default action (death) never ends the
+/// relay's calls.
 struct ShutdownSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    drain: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -246,20 +465,17 @@ impl ShutdownSignals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            drain: signal(SignalKind::user_defined1())?,
         })
     }
 
-    /// The first signal that stops the relay; SIGHUP is logged and the
-    /// relay goes on.
-    async fn wait(&mut self) -> &'static str {
-        loop {
-            tokio::select! {
-                _ = self.terminate.recv() => return "SIGTERM",
-                _ = self.interrupt.recv() => return "SIGINT",
-                _ = self.hangup.recv() => warn!(
-                    "SIGHUP: nothing is reloaded at run time; restart baton to apply configuration changes (the calls on it end)"
-                ),
-            }
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
+            _ = self.interrupt.recv() => Signal::Stop("SIGINT"),
+            _ = self.hangup.recv() => Signal::Reload,
+            _ = self.drain.recv() => Signal::Drain,
         }
     }
 }

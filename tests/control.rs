@@ -664,36 +664,238 @@ fn a_call_needs_no_user_and_rtpengine_habits_are_understood() {
     assert!(stderr.contains("udp:127.0.0.1:2299"), "{stderr}");
 }
 
-/// Issue 24: SIGHUP no longer kills the relay (and every call on it) by its
-/// default action: it is logged, the calls and the control socket stay,
-/// and SIGTERM still stops it cleanly.
-#[test]
-fn sighup_is_logged_and_harmless() {
-    let mut relay = common::Relay::start(&[]);
-    let created = relay.ctl(&[
+/// A free loopback UDP port for an ng listener.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
+}
+
+fn ctl_create(relay: &Relay, call_id: &str) -> std::process::Output {
+    relay.ctl(&[
         "create",
         "--call-id",
-        "hup",
+        call_id,
         "--from-tag",
         "f",
         "--stream",
         "audio:0",
-    ]);
-    assert!(created.status.success(), "{created:?}");
-    common::signal(&relay.child, Signal::SIGHUP);
-    // Still serving, the call still there.
-    let deadline = std::time::Instant::now() + common::PROCESS_DEADLINE;
-    while !relay.stderr().contains("SIGHUP") && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ])
+}
+
+/// Issue 24: SIGHUP reloads what can change while calls run — the log
+/// filter, the session limit, the timeouts (live sessions included) — names
+/// what needs a restart, and keeps the running configuration when the file
+/// does not load. The calls and the control socket stay throughout.
+#[test]
+fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("baton.toml");
+    std::fs::write(
+        &file,
+        "max-sessions = 1\nsetup-timeout = 600\nlog-level = \"warn\"\n",
+    )
+    .expect("write");
+    let file_arg = file.display().to_string();
+    let relay = Relay::start_logging(&["--config", &file_arg], None);
+    assert!(ctl_create(&relay, "before-reload").status.success());
+    let refused = ctl_create(&relay, "over-the-limit");
+    assert!(!refused.status.success());
     assert!(
-        relay.stderr().contains("SIGHUP: nothing is reloaded"),
+        String::from_utf8_lossy(&refused.stderr).contains("RESOURCE_EXHAUSTED"),
+        "{refused:?}"
+    );
+    // log-level = "warn": the info lines are not written.
+    assert!(
+        !relay.stderr().contains("baton ready"),
         "{}",
         relay.stderr()
     );
-    let listed = common::stdout_json(&relay.ctl(&["get", "--call-id", "hup", "--from-tag", "f"]));
-    assert_eq!(listed["session"]["call_id"], "hup", "{listed}");
+
+    std::fs::write(
+        &file,
+        "max-sessions = 5\nsetup-timeout = 1\nlog-level = \"info\"\nports = \"40000-40999\"\n",
+    )
+    .expect("rewrite");
+    common::signal(&relay.child, Signal::SIGHUP);
+    assert!(
+        relay.wait_for_log("configuration reloaded"),
+        "{}",
+        relay.stderr()
+    );
+    let log = relay.stderr();
+    let reloaded = log
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .expect("the line");
+    for key in ["log-level", "timeouts", "max-sessions"] {
+        assert!(reloaded.contains(key), "{key} applied: {reloaded}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("key=ports") && l.contains("next restart")),
+        "{log}"
+    );
+    // The new limit is in force.
+    assert!(ctl_create(&relay, "after-reload").status.success());
+    // The new setup timeout applies to the session created before it.
+    assert!(
+        relay.wait_for_log("reason=setup_timeout"),
+        "{}",
+        relay.stderr()
+    );
+    let ended = relay.stderr();
+    assert!(
+        ended
+            .lines()
+            .any(|l| l.contains("before-reload") && l.contains("reason=setup_timeout")),
+        "{ended}"
+    );
+
+    // A file that does not load changes nothing, and the relay goes on.
+    std::fs::write(&file, "max-sessions = \"many\"\n").expect("rewrite");
+    common::signal(&relay.child, Signal::SIGHUP);
+    assert!(
+        relay.wait_for_log("configuration not reloaded"),
+        "{}",
+        relay.stderr()
+    );
+    let stats = stdout_json(&relay.ctl(&["stats"]));
+    assert_eq!(stats["version"], env!("CARGO_PKG_VERSION"));
+    let mut relay = relay;
     assert!(relay.terminate().success());
+}
+
+/// Issue 24: a drain refuses new calls — `UNAVAILABLE` natively, `load
+/// limit` over ng to a proxy that supports it, an error otherwise — while
+/// the live call goes on (re-offers, media), pings still answer `pong`,
+/// and the relay exits 0 by itself when the last call is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_refuses_new_calls_keeps_live_ones_and_exits_when_the_last_ends() {
+    let ng_port = free_udp_port();
+    let ng_arg = format!("udp:127.0.0.1:{ng_port}");
+    let ng: std::net::SocketAddr = format!("127.0.0.1:{ng_port}").parse().expect("addr");
+    let mut relay = Relay::start(&["--listen-ng", &ng_arg]);
+    let subscriber = relay.client().await;
+    subscriber.subscribe().await.expect("subscribe");
+    let mut call = tokio::task::block_in_place(|| common::ng::ng_call(ng, "live-call", vec![]));
+
+    let drained = stdout_json(&tokio::task::block_in_place(|| {
+        relay.ctl(&["drain", "--deadline", "0"])
+    }));
+    assert_eq!(drained["draining"], true, "{drained}");
+    assert_eq!(drained["sessions"], 1, "{drained}");
+    assert_eq!(drained["deadline_unix_ms"], "0", "no deadline: {drained}");
+    let stats = stdout_json(&tokio::task::block_in_place(|| relay.ctl(&["stats"])));
+    assert_eq!(stats["draining"], true, "{stats}");
+
+    tokio::task::block_in_place(|| {
+        let refused = ctl_create(&relay, "new-native");
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("UNAVAILABLE") && stderr.contains("draining"),
+            "{stderr}"
+        );
+        use common::ng::{body, flags, request, result, text};
+        let offer = |call_id: &str, supports: bool| {
+            let mut pairs = vec![
+                ("command", text("offer")),
+                ("call-id", text(call_id)),
+                ("from-tag", text("x")),
+                (
+                    "sdp",
+                    text(body("x", "127.0.0.1:4000".parse().expect("addr"), "")),
+                ),
+            ];
+            if supports {
+                pairs.push(("supports", flags(&["load limit"])));
+            }
+            request(pairs)
+        };
+        let limited = call.proxy.call(&offer("new-ng", true));
+        assert_eq!(result(&limited), "load limit", "{limited:?}");
+        let plain = call.proxy.call(&offer("new-ng-2", false));
+        assert!(common::ng::reason(&plain).contains("draining"), "{plain:?}");
+        let pong = call.proxy.call(&request(vec![("command", text("ping"))]));
+        assert_eq!(result(&pong), "pong");
+        // The live call: a re-offer is served, media flows.
+        let reoffer = call.proxy.call(&request(vec![
+            ("command", text("offer")),
+            ("call-id", text("live-call")),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(body("alice-a", call.a.addr(), ""))),
+        ]));
+        assert_eq!(result(&reoffer), "ok", "{reoffer:?}");
+        call.a.send(
+            &call.a_to_relay.to_string(),
+            &common::media::rtp(8, 1, 160, 0x1234, &[0u8; 160]),
+        );
+        let (_, from) = call.bob.recv();
+        assert_eq!(from, call.bob_to_relay);
+        let deleted = call.proxy.call(&request(vec![
+            ("command", text("delete")),
+            ("call-id", text("live-call")),
+            ("from-tag", text("a-tag")),
+        ]));
+        assert_eq!(result(&deleted), "ok", "{deleted:?}");
+    });
+    // The last call ended: the relay exits by itself, cleanly.
+    let status = tokio::task::block_in_place(|| common::wait_bounded(&mut relay.child));
+    assert!(status.success(), "exit status {status}: {}", relay.stderr());
+    assert!(
+        relay.stderr().contains("reason=drained"),
+        "{}",
+        relay.stderr()
+    );
+    let mut drain_events = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(READ_DEADLINE, subscriber.next_event()).await {
+        if let Some(v1::event::Kind::Draining(drain)) = event.kind {
+            drain_events.push((drain.draining, drain.sessions));
+        }
+    }
+    assert_eq!(drain_events, vec![(true, 1)]);
+}
+
+/// Issue 24: `ctl drain --refuse-ng-ping` makes ng pings fail (a proxy
+/// that pings marks the relay disabled); `--cancel` takes the relay back
+/// into service; SIGUSR1 drains with `drain-timeout`, whose deadline ends
+/// the calls left (each with its final statistics) and the relay exits 0.
+#[test]
+fn a_drain_can_refuse_pings_be_cancelled_and_its_deadline_ends_the_calls_left() {
+    let ng_port = free_udp_port();
+    let ng_arg = format!("udp:127.0.0.1:{ng_port}");
+    let ng: std::net::SocketAddr = format!("127.0.0.1:{ng_port}").parse().expect("addr");
+    let mut relay = Relay::start(&["--listen-ng", &ng_arg, "--drain-timeout", "1"]);
+    let mut proxy = common::ng::Proxy::new(ng);
+    let ping = || common::ng::request(vec![("command", common::ng::text("ping"))]);
+    assert!(ctl_create(&relay, "first").status.success());
+
+    let drained = stdout_json(&relay.ctl(&["drain", "--deadline", "600", "--refuse-ng-ping"]));
+    assert_ne!(drained["deadline_unix_ms"], "0", "{drained}");
+    let refused = proxy.call(&ping());
+    assert!(
+        common::ng::reason(&refused).contains("draining"),
+        "{refused:?}"
+    );
+
+    let back = stdout_json(&relay.ctl(&["drain", "--cancel"]));
+    assert_eq!(back["draining"], false, "{back}");
+    assert_eq!(common::ng::result(&proxy.call(&ping())), "pong");
+    assert!(ctl_create(&relay, "second").status.success());
+
+    common::signal(&relay.child, Signal::SIGUSR1);
+    let status = common::wait_bounded(&mut relay.child);
+    assert!(status.success(), "exit status {status}: {}", relay.stderr());
+    let log = relay.stderr();
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended") && l.contains("reason=drain_deadline"))
+        .collect();
+    assert_eq!(ended.len(), 2, "{log}");
+    assert!(log.contains("reason=drain deadline"), "{log}");
 }
 
 /// Issue 24: every session end — a delete, the relay's shutdown — is one

@@ -541,3 +541,30 @@ fn a_call_to_the_user_is_handed_over_from_the_device_that_answered() {
     ]);
     assert!(reason(&proxy.call(&mallory)).contains("belongs to"));
 }
+
+/// Issue 24: a relay at its session limit refuses a new call with
+/// rtpengine's own reason, which Kamailio's rtpengine module compares whole
+/// and answers by offering the call to the next relay of its set.
+#[test]
+fn a_full_relay_refuses_a_new_call_in_words_kamailio_fails_over_on() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port");
+    let _relay = common::Relay::start(&[
+        "--listen-ng",
+        &format!("udp:127.0.0.1:{port}"),
+        "--max-sessions",
+        "1",
+    ]);
+    let ng: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut call = ng_call(ng, "fills-the-relay", vec![]);
+    let refused = call.proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("one-too-many")),
+        ("from-tag", text("x")),
+        ("sdp", text(body("x", call.a.addr(), ""))),
+        ("supports", flags(&["load limit"])),
+    ]));
+    assert_eq!(reason(&refused), "Parallel session limit reached");
+}

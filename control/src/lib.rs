@@ -15,6 +15,7 @@
 //!   [`metrics_server`]: the `/metrics` endpoint.
 //! - [`devices`]: the device commands over the AOR ↔ GRUU table
 //!   ([`bindings`]).
+//! - [`drain`]: taking the relay out of service without cutting calls.
 //! - [`addr`], [`status`]: addresses, error codes.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod addr;
 pub mod bindings;
 pub mod client;
 pub mod devices;
+pub mod drain;
 pub mod events;
 pub mod metrics_server;
 pub mod ng;

@@ -111,6 +111,7 @@ impl Service {
             control_connections: u64::from(self.connection_count()),
             subscribers: self.events().subscriber_count() as u64,
             uptime_seconds: self.started.elapsed().as_secs(),
+            draining: self.sessions.drain().is_draining(),
             workers: workers
                 .into_iter()
                 .map(|(worker, w)| crate::telemetry::WorkerSnapshot {
@@ -210,10 +211,27 @@ impl Service {
                 Ok(Reply::CancelTransfer(v1::CancelTransferResponse {}))
             }
             Command::Audit(_) => self.sessions.audit().await.map(Reply::Audit),
+            Command::Drain(request) => Ok(Reply::Drain(self.drain(&request))),
             Command::Authenticate(_) | Command::Subscribe(_) => Err(Status::internal(
                 "connection-level command reached the service",
             )),
         }
+    }
+
+    /// Starts, replaces or cancels the drain.
+    fn drain(&self, request: &v1::DrainRequest) -> v1::DrainResponse {
+        if request.cancel {
+            return self.sessions.set_drain(None);
+        }
+        let deadline = match request.deadline_seconds {
+            Some(0) => None,
+            Some(seconds) => Some(std::time::Duration::from_secs(u64::from(seconds))),
+            None => self.sessions.options().drain_timeout,
+        };
+        self.sessions.set_drain(Some(crate::drain::DrainPlan::new(
+            deadline,
+            request.refuse_ng_ping,
+        )))
     }
 
     fn stats(&self) -> v1::GetStatsResponse {
@@ -223,6 +241,7 @@ impl Service {
             control_connections: self.connection_count(),
             control_requests: self.requests.load(Ordering::Relaxed),
             subscribers: u32::try_from(self.events().subscriber_count()).unwrap_or(u32::MAX),
+            draining: self.sessions.drain().is_draining(),
             ..v1::GetStatsResponse::default()
         }
     }
@@ -247,5 +266,6 @@ fn command_name(command: &Command) -> &'static str {
         Command::Transfer(_) => "transfer",
         Command::CommitTransfer(_) => "commit_transfer",
         Command::CancelTransfer(_) => "cancel_transfer",
+        Command::Drain(_) => "drain",
     }
 }

@@ -10,6 +10,29 @@ pub struct Status {
     pub code: Code,
     /// What went wrong, for a human.
     pub message: String,
+    /// The relay's capacity refused the request: another relay may take
+    /// it. The ng front end answers these in rtpengine's words, on which
+    /// Kamailio's rtpengine module tries the next relay of its set.
+    pub capacity: Option<Capacity>,
+}
+
+/// Which capacity of the relay a request ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// `max-sessions` sessions are open.
+    Sessions,
+    /// Every port of the range is in use.
+    Ports,
+    /// The relay is draining.
+    Draining,
+}
+
+impl Status {
+    /// The same status, marked as a capacity refusal.
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
 }
 
 macro_rules! constructors {
@@ -18,7 +41,7 @@ macro_rules! constructors {
             $(
                 #[doc = concat!("A `", stringify!($code), "` status.")]
                 pub fn $name(message: impl Into<String>) -> Self {
-                    Self { code: Code::$code, message: bounded(message.into()) }
+                    Self { code: Code::$code, message: bounded(message.into()), capacity: None }
                 }
             )*
         }

@@ -231,6 +231,7 @@ pub const CONTROL_COMMANDS: &[&str] = &[
     "transfer",
     "commit_transfer",
     "cancel_transfer",
+    "drain",
 ];
 
 /// Every reason a session ends with.
@@ -239,6 +240,7 @@ pub const SESSION_END_REASONS: &[&str] = &[
     "media_timeout",
     "setup_timeout",
     "shutdown",
+    "drain_deadline",
     "worker_failed",
 ];
 
@@ -263,6 +265,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "sdp_too_many_formats",
     "sdp_too_many_attributes",
     "transfer_source_unknown",
+    "draining",
 ];
 
 /// One worker's numbers at the last scrape.
@@ -301,6 +304,8 @@ pub struct Snapshot {
     pub subscribers: u64,
     /// Seconds since start.
     pub uptime_seconds: u64,
+    /// The relay is draining.
+    pub draining: bool,
     /// Per worker.
     pub workers: Vec<WorkerSnapshot>,
     /// Per media IP: (ip, free pairs, total pairs).
@@ -398,6 +403,12 @@ impl Collector for SnapshotCollector {
             "baton_sessions",
             "Sessions on the relay now",
             s.sessions,
+        )?;
+        gauge(
+            &mut encoder,
+            "baton_draining",
+            "1 while the relay drains (refuses new sessions, exits when the last one ends)",
+            u64::from(s.draining),
         )?;
         gauge(
             &mut encoder,

@@ -120,6 +120,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
             transfer_timeout: Duration::from_secs(5),
             allow_unverified_transfer_source: false,
             sdp_limits: baton_control::sip::sdp::SdpLimits::default(),
+            drain_timeout: None,
         },
     )
     .expect("start");

@@ -75,7 +75,8 @@ struct WorkerHandle {
 
 /// What every worker is started with (again, after a failure).
 struct WorkerTemplate {
-    timeouts: Timeouts,
+    /// Replaced by a reload, so that a restarted worker gets the new ones.
+    timeouts: Mutex<Timeouts>,
     command_queue: usize,
     busy_poll: bool,
     /// Taken at shutdown, so that the event channel closes once the
@@ -129,7 +130,10 @@ fn spawn_worker(index: WorkerId, template: &WorkerTemplate) -> std::io::Result<W
         poll,
         receiver,
         events.clone(),
-        template.timeouts,
+        *template
+            .timeouts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
         Arc::clone(&stop),
         (Arc::clone(&waker), dtls),
     )?
@@ -185,7 +189,7 @@ impl Dataplane {
         };
         let (dtls, dtls_thread) = dtls::spawn(Arc::clone(&identity), events.clone())?;
         let template = WorkerTemplate {
-            timeouts: config.timeouts,
+            timeouts: Mutex::new(config.timeouts),
             command_queue: config.command_queue,
             busy_poll: config.busy_poll,
             events: Mutex::new(Some(events)),
@@ -379,6 +383,27 @@ impl Dataplane {
     /// A worker's counters.
     pub async fn worker_stats(&self, worker: WorkerId) -> Result<WorkerStats, DataplaneError> {
         self.ask(worker, |reply| Command::Stats { reply }).await
+    }
+
+    /// Replaces the session timeouts on every worker, for live sessions
+    /// and new ones (a reload). A worker that does not take them is
+    /// reported; the others have them.
+    pub async fn set_timeouts(&self, timeouts: Timeouts) -> Result<(), DataplaneError> {
+        *self
+            .template
+            .timeouts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = timeouts;
+        let mut result = Ok(());
+        for worker in self.workers() {
+            if let Err(e) = self
+                .ask(worker, |reply| Command::SetTimeouts { timeouts, reply })
+                .await
+            {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     /// The sessions a worker holds (to check the control plane's registry

@@ -39,18 +39,28 @@ impl Relay {
     /// Starts a relay listening on a Unix socket in a fresh temp dir and on a
     /// free loopback TCP port, with `extra` flags, and waits until it answers.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_logging(extra, Some("debug"))
+    }
+
+    /// As [`Relay::start`], with RUST_LOG set to `rust_log` or (`None`)
+    /// unset, so that the configuration's `log-level` decides.
+    pub fn start_logging(extra: &[&str], rust_log: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("control.sock");
         let tcp_port = free_tcp_port();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(baton_bin())
+        let mut command = Command::new(baton_bin());
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command
             .arg("run")
             .arg("--control")
             .arg(format!("unix:{}", socket.display()))
             .arg("--control")
             .arg(format!("tcp:127.0.0.1:{tcp_port}"))
             .args(extra)
-            .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -108,6 +118,18 @@ impl Relay {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log has `text`; false if it never came.
+    pub fn wait_for_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        while Instant::now() < deadline {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit.

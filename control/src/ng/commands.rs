@@ -373,7 +373,7 @@ impl Options {
         let limits = sessions.sdp_limits();
         match self.received_from {
             Some(ip) if self.has("sip-source-address") && !self.has("trust-address") => {
-                let mut body = Sdp::parse_limited(sdp, limits).map_err(|e| {
+                let mut body = Sdp::parse_limited(sdp, &limits).map_err(|e| {
                     if let Some(limit) = e.limit {
                         sessions.telemetry().refused(limit.reason());
                     }
@@ -412,6 +412,35 @@ impl Options {
 fn status_reply(status: &Status) -> Value {
     error(status.message.clone())
 }
+
+/// A new call the relay cannot take, in the words Kamailio's rtpengine
+/// module fails over on (it then offers the call to the next relay of its
+/// set): `load limit` while draining, to a proxy that says it `supports`
+/// it (Kamailio does), and rtpengine's own reasons for a full relay.
+/// Every other refusal is an error like any other.
+fn new_call_refused(status: &Status, request: &Dict) -> Value {
+    use crate::status::Capacity;
+    const DRAINING: &str = "draining: new calls go to another relay";
+    match status.capacity {
+        Some(Capacity::Draining)
+            if get_list(request, "supports")
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case("load limit")) =>
+        {
+            dict([("result", text("load limit")), ("message", text(DRAINING))])
+        }
+        Some(Capacity::Draining) => error(DRAINING),
+        Some(Capacity::Sessions) => error(SESSION_LIMIT_REASON),
+        Some(Capacity::Ports) => error(OUT_OF_PORTS_REASON),
+        None => status_reply(status),
+    }
+}
+
+/// rtpengine's reason for a relay at its session limit; a proxy compares it
+/// whole.
+pub const SESSION_LIMIT_REASON: &str = "Parallel session limit reached";
+/// rtpengine's reason for a relay out of ports; a proxy compares it whole.
+pub const OUT_OF_PORTS_REASON: &str = "Ran out of ports";
 
 fn required<'a>(request: &'a Dict, key: &str) -> Result<&'a str, Value> {
     get_str(request, key)
@@ -498,7 +527,7 @@ impl NgService {
             Some(_) | None => None,
         };
         let reply = match get_str(request, "command") {
-            Some("ping") => Ok(dict([("result", text("pong"))])),
+            Some("ping") => self.ping(),
             Some("offer") => self.offer(request).await,
             Some("answer") => self.answer(request).await,
             Some("delete") => self.delete(request).await,
@@ -523,6 +552,17 @@ impl NgService {
             })
             .inc();
         reply.unwrap_or_else(|e| e)
+    }
+
+    /// `pong`, unless a drain asked to refuse pings: a proxy that pings its
+    /// relays then marks this one disabled.
+    fn ping(&self) -> Result<Value, Value> {
+        match self.service.sessions().drain().plan() {
+            Some(plan) if plan.refuse_ng_ping => Err(error(
+                "draining: this relay takes no new calls and exits when its calls end",
+            )),
+            Some(_) | None => Ok(dict([("result", text("pong"))])),
+        }
     }
 
     async fn offer(&self, request: &Dict) -> Result<Value, Value> {
@@ -565,7 +605,7 @@ impl NgService {
                     ..Default::default()
                 })
                 .await
-                .map_err(|s| status_reply(&s))?;
+                .map_err(|s| new_call_refused(&s, request))?;
             return Ok(ok_with_sdp(options.outgoing(created.sdp)));
         };
         let from_user = view.side_of(from_tag) == Party::User;
@@ -972,6 +1012,45 @@ fn statistics(infos: &[v1::SessionInfo]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 24: a new call the relay cannot take is refused in the words
+    /// Kamailio's rtpengine module fails over on (it compares them whole).
+    #[test]
+    fn a_full_or_draining_relay_refuses_a_new_call_in_rtpengines_words() {
+        use crate::status::Capacity;
+        let reason_of = |value: &Value| match value {
+            Value::Dict(d) => (
+                get_str(d, "result").unwrap_or_default().to_owned(),
+                get_str(d, "error-reason").unwrap_or_default().to_owned(),
+            ),
+            Value::Bytes(_) | Value::Int(_) | Value::List(_) => panic!("a dictionary"),
+        };
+        let plain = Dict::new();
+        let full =
+            Status::resource_exhausted("session limit reached (1)").capacity(Capacity::Sessions);
+        assert_eq!(
+            reason_of(&new_call_refused(&full, &plain)),
+            (
+                "error".to_owned(),
+                "Parallel session limit reached".to_owned()
+            )
+        );
+        let ports = Status::resource_exhausted("no free relay ports").capacity(Capacity::Ports);
+        assert_eq!(
+            reason_of(&new_call_refused(&ports, &plain)).1,
+            "Ran out of ports"
+        );
+        let draining = Status::unavailable("draining").capacity(Capacity::Draining);
+        assert_eq!(reason_of(&new_call_refused(&draining, &plain)).0, "error");
+        let mut supports = Dict::new();
+        supports.insert(b"supports".to_vec(), Value::List(vec![text("load limit")]));
+        assert_eq!(
+            reason_of(&new_call_refused(&draining, &supports)).0,
+            "load limit"
+        );
+        let other = Status::invalid_argument("bad SDP");
+        assert_eq!(reason_of(&new_call_refused(&other, &supports)).1, "bad SDP");
+    }
 
     /// Review finding: one Call-ID could tie up every request slot of the
     /// listener with requests waiting on each other. Past

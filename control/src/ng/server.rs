@@ -44,7 +44,7 @@ const TCP_SCAN_BUDGET: usize = 32 * MAX_TCP_MESSAGE;
 const REFUSAL_LOGS_PER_SECOND: u32 = 10;
 
 /// Which clients may send ng requests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NgAccess {
     allow: Vec<IpNet>,
 }
@@ -125,7 +125,8 @@ impl RefusalLog {
 struct Shared {
     service: NgService,
     cache: Mutex<CookieCache>,
-    access: NgAccess,
+    /// Replaced by a reload (SIGHUP); read once per request.
+    access: std::sync::RwLock<NgAccess>,
     refusals: Mutex<RefusalLog>,
 }
 
@@ -154,7 +155,12 @@ impl Shared {
 
     /// Whether `from` may talk to the relay; counts and drops it if not.
     fn admits(&self, from: SocketAddr) -> bool {
-        if self.access.allows(from.ip()) {
+        if self
+            .access
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allows(from.ip())
+        {
             return true;
         }
         self.service.telemetry().refused("ng_source_not_allowed");
@@ -336,10 +342,19 @@ impl NgListeners {
             shared: Arc::new(Shared {
                 service,
                 cache: Mutex::new(CookieCache::default()),
-                access,
+                access: std::sync::RwLock::new(access),
                 refusals: Mutex::new(RefusalLog::new()),
             }),
         }
+    }
+
+    /// Replaces who may send requests (a reload), from the next request on.
+    pub fn set_access(&self, access: NgAccess) {
+        *self
+            .shared
+            .access
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = access;
     }
 
     /// Serves ng on `addr` until the process ends; returns the bound

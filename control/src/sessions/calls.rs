@@ -146,11 +146,19 @@ impl Sessions {
             .map_err(|_| Status::internal("a new session's lock is taken"))?;
         let (id, worker) = {
             let mut registry = self.registry();
-            if registry.by_id.len() >= self.options.max_sessions {
+            if self.drain.is_draining() {
+                self.telemetry.refused("draining");
+                return Err(Status::unavailable(
+                    "the relay is draining: it takes no new sessions; create the session on another relay",
+                )
+                .capacity(crate::status::Capacity::Draining));
+            }
+            let max_sessions = self.options().max_sessions;
+            if registry.by_id.len() >= max_sessions {
                 return Err(Status::resource_exhausted(format!(
-                    "session limit reached ({})",
-                    self.options.max_sessions
-                )));
+                    "session limit reached ({max_sessions})"
+                ))
+                .capacity(crate::status::Capacity::Sessions));
             }
             if registry.has_dialog(&request.call_id, &request.from_tag, &request.to_tag) {
                 return Err(Status::already_exists(format!(
@@ -249,7 +257,7 @@ impl Sessions {
         Status,
     > {
         let config = StreamConfig {
-            learning_window: self.options.learning_window,
+            learning_window: self.options().learning_window,
             relearn: request.nat_relearn,
             asymmetric: request.asymmetric,
         };
@@ -652,9 +660,10 @@ impl Sessions {
         })
     }
 
-    /// Ends every session (the relay is shutting down): each gets its end
-    /// logged and published with its final statistics, reason `shutdown`.
-    pub async fn end_all(&self) {
+    /// Ends every session (the relay is shutting down, or a drain's
+    /// deadline came): each gets its end logged and published with its
+    /// final statistics and `reason` (`shutdown`, `drain_deadline`).
+    pub async fn end_all(&self, reason: &'static str) {
         let ids: Vec<SessionId> = self.registry().by_id.keys().copied().collect();
         for id in ids {
             let Ok((_guard, record)) = self.lock_id(id).await else {
@@ -666,7 +675,7 @@ impl Sessions {
                 .await
                 .ok();
             if let Some(record) = self.registry().remove(id) {
-                self.session_ended(&record, "shutdown", report.as_ref());
+                self.session_ended(&record, reason, report.as_ref());
             }
         }
     }

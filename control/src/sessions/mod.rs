@@ -60,12 +60,16 @@ pub struct SessionOptions {
     pub allow_unverified_transfer_source: bool,
     /// Size limits of SDP bodies from requests (native and ng).
     pub sdp_limits: crate::sip::sdp::SdpLimits,
+    /// A drain without its own deadline ends the sessions left after this;
+    /// `None` waits for every session.
+    pub drain_timeout: Option<Duration>,
 }
 
 /// The sessions of the relay and the data plane that carries them.
 pub struct Sessions {
     dataplane: Dataplane,
-    options: SessionOptions,
+    /// Replaced by a reload (SIGHUP); read per command, never per packet.
+    options: std::sync::RwLock<SessionOptions>,
     registry: Mutex<Registry>,
     devices: std::sync::Arc<crate::devices::Devices>,
     /// The next transfer's id.
@@ -74,12 +78,13 @@ pub struct Sessions {
     timed_out: AtomicU64,
     telemetry: crate::telemetry::Telemetry,
     events: crate::events::EventBus,
+    drain: crate::drain::Drain,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
-            .field("options", &self.options)
+            .field("options", &self.options())
             .finish_non_exhaustive()
     }
 }
@@ -93,12 +98,47 @@ impl Sessions {
         Self {
             registry: Mutex::new(Registry::new(dataplane.worker_count())),
             dataplane,
-            options,
+            options: std::sync::RwLock::new(options),
             devices: std::sync::Arc::default(),
             next_transfer: AtomicU64::new(1),
             timed_out: AtomicU64::new(0),
             telemetry: crate::telemetry::Telemetry::default(),
             events: crate::events::EventBus::new(),
+            drain: crate::drain::Drain::default(),
+        }
+    }
+
+    /// The relay's drain: while it is on, new sessions are refused.
+    pub fn drain(&self) -> &crate::drain::Drain {
+        &self.drain
+    }
+
+    /// Starts, replaces or (`None`) cancels the drain, and publishes it.
+    pub fn set_drain(&self, plan: Option<crate::drain::DrainPlan>) -> v1::DrainResponse {
+        self.drain.set(plan);
+        let sessions = u32::try_from(self.session_count()).unwrap_or(u32::MAX);
+        let deadline_unix_ms = plan.map_or(0, |p| p.deadline_unix_ms());
+        match plan {
+            Some(p) => tracing::warn!(
+                sessions,
+                deadline = %p.deadline.map_or_else(
+                    || "none".to_owned(),
+                    |d| format!("{}s", d.saturating_duration_since(std::time::Instant::now()).as_secs())
+                ),
+                refuse_ng_ping = p.refuse_ng_ping,
+                "draining: new sessions are refused; the relay exits when the last one ends"
+            ),
+            None => tracing::warn!(sessions, "drain cancelled: new sessions are accepted again"),
+        }
+        self.events.publish(v1::event::Kind::Draining(v1::Draining {
+            draining: plan.is_some(),
+            sessions,
+            deadline_unix_ms,
+        }));
+        v1::DrainResponse {
+            draining: plan.is_some(),
+            sessions,
+            deadline_unix_ms,
         }
     }
 
@@ -112,6 +152,23 @@ impl Sessions {
         &self.events
     }
 
+    /// The session settings in force (a reload replaces them).
+    pub fn options(&self) -> SessionOptions {
+        self.options
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies reloaded settings to sessions created from now on (limits,
+    /// windows, transfer timeout); `advertise` stays as started, since it
+    /// belongs to the media IPs, which only a restart changes.
+    pub fn reload_options(&self, mut options: SessionOptions) {
+        let mut current = self.options.write().unwrap_or_else(PoisonError::into_inner);
+        options.advertise = std::mem::take(&mut current.advertise);
+        *current = options;
+    }
+
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -122,8 +179,8 @@ impl Sessions {
     }
 
     /// The size limits of SDP bodies from requests.
-    pub fn sdp_limits(&self) -> &crate::sip::sdp::SdpLimits {
-        &self.options.sdp_limits
+    pub fn sdp_limits(&self) -> crate::sip::sdp::SdpLimits {
+        self.options().sdp_limits
     }
 
     /// What is counted as it happens, for `/metrics`.
@@ -171,7 +228,7 @@ impl Sessions {
     /// Parses a body from a request within the SDP limits, counting a
     /// body that breaks one.
     fn parse_sdp(&self, text: &str) -> Result<crate::sip::sdp::Sdp, Status> {
-        crate::sip::negotiation::parse(text, &self.options.sdp_limits).map_err(|(status, limit)| {
+        crate::sip::negotiation::parse(text, &self.sdp_limits()).map_err(|(status, limit)| {
             if let Some(limit) = limit {
                 self.telemetry.refused(limit.reason());
             }
@@ -179,7 +236,10 @@ impl Sessions {
         })
     }
 
-    /// Binds a leg's sockets; running out of ports is RESOURCE_EXHAUSTED.
+    /// Binds a leg's sockets. Running out of ports or file descriptors is
+    /// RESOURCE_EXHAUSTED; a media IP that is no longer this host's, or a
+    /// bind the system forbids, is FAILED_PRECONDITION: the operator must
+    /// act, and the relay's log says so.
     fn allocate_leg(
         &self,
         ipv6: Option<bool>,
@@ -187,10 +247,7 @@ impl Sessions {
     ) -> Result<baton_relay::io::ports::LegSockets, Status> {
         self.dataplane
             .allocate(ipv6, rtcp_mux)
-            .map_err(|e| match e {
-                AllocError::NoMediaIp(_) => Status::failed_precondition(e.to_string()),
-                AllocError::Ports(_) => Status::resource_exhausted(e.to_string()),
-            })
+            .map_err(|e| alloc_status(&e))
     }
 
     /// The advertised addresses of a leg's sockets.
@@ -215,11 +272,57 @@ impl Sessions {
     fn advertised(&self, local: SocketAddr) -> SocketAddr {
         let ip = self
             .options
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .advertise
             .iter()
             .find(|(bound, _)| *bound == local.ip())
             .map_or(local.ip(), |(_, announced)| *announced);
         SocketAddr::new(ip, local.port())
+    }
+}
+
+/// The status for a leg whose sockets could not be had, logged (at most
+/// once a second: a broken address fails every call) when the operator
+/// must act.
+fn alloc_status(error: &AllocError) -> Status {
+    use baton_relay::io::ports::PortError;
+    use std::io::ErrorKind;
+    static LAST_LOGGED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let log = |message: &str| {
+        let mut last = LAST_LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            tracing::error!("{message}");
+        }
+    };
+    match error {
+        AllocError::NoMediaIp(_) => Status::failed_precondition(error.to_string()),
+        AllocError::Ports(PortError::Exhausted { .. }) => {
+            log(&error.to_string());
+            Status::resource_exhausted(error.to_string()).capacity(crate::status::Capacity::Ports)
+        }
+        AllocError::Ports(PortError::Bind { ip, source }) => {
+            let kind = source.kind();
+            if kind == ErrorKind::AddrNotAvailable {
+                let message = format!(
+                    "media IP {ip} is not an address of this host any more ({source}): \
+                     restore it, or restart the relay with the host's addresses"
+                );
+                log(&message);
+                Status::failed_precondition(message)
+            } else if kind == ErrorKind::PermissionDenied {
+                let message = format!("the system forbids binding media ports on {ip}: {source}");
+                log(&message);
+                Status::failed_precondition(message)
+            } else {
+                // Other programs hold the free ports, or the open files
+                // limit is reached: capacity, which another relay may have.
+                log(&error.to_string());
+                Status::resource_exhausted(error.to_string())
+                    .capacity(crate::status::Capacity::Ports)
+            }
+        }
     }
 }
 
@@ -510,5 +613,42 @@ fn leg_stats(report: &LegReport) -> v1::LegStats {
         last_packet_ms_ago: report
             .last_packet_age
             .map_or(-1, |age| i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::v1::Code;
+    use baton_relay::io::ports::PortError;
+
+    fn bind_error(kind: std::io::Error) -> AllocError {
+        AllocError::Ports(PortError::Bind {
+            ip: IpAddr::from([192, 0, 2, 7]),
+            source: kind,
+        })
+    }
+
+    /// Issue 24: an address problem is not "resource exhausted": the
+    /// operator must act, and the message says on which address.
+    #[test]
+    fn a_bind_failure_is_coded_by_what_happened() {
+        let gone = alloc_status(&bind_error(std::io::ErrorKind::AddrNotAvailable.into()));
+        assert_eq!(gone.code, Code::FailedPrecondition);
+        assert!(gone.message.contains("192.0.2.7"), "{}", gone.message);
+        assert_eq!(gone.capacity, None);
+        let forbidden = alloc_status(&bind_error(std::io::ErrorKind::PermissionDenied.into()));
+        assert_eq!(forbidden.code, Code::FailedPrecondition);
+        // Out of file descriptors (EMFILE) and ports: capacity.
+        let files = alloc_status(&bind_error(std::io::Error::from_raw_os_error(24)));
+        assert_eq!(files.code, Code::ResourceExhausted);
+        assert_eq!(files.capacity, Some(crate::status::Capacity::Ports));
+        let exhausted = alloc_status(&AllocError::Ports(PortError::Exhausted {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            lo: 30000,
+            hi: 30003,
+        }));
+        assert_eq!(exhausted.code, Code::ResourceExhausted);
+        assert_eq!(exhausted.capacity, Some(crate::status::Capacity::Ports));
     }
 }

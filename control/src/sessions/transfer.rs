@@ -192,7 +192,7 @@ impl Sessions {
             };
             if peer_rtp.is_none()
                 && source_ip.is_none()
-                && !self.options.allow_unverified_transfer_source
+                && !self.options().allow_unverified_transfer_source
             {
                 // Checked before any port is bound, so nothing is left over.
                 self.telemetry.refused("transfer_source_unknown");
@@ -265,7 +265,7 @@ impl Sessions {
                     transfer,
                     legs,
                     mode,
-                    timeout: self.options.transfer_timeout,
+                    timeout: self.options().transfer_timeout,
                 },
             )
             .await?;

@@ -58,7 +58,7 @@ pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
 const INFO_EVENTS: usize = 16;
 
 /// Timeouts that end a session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// No packet on any leg for this long ends a session that had media.
     pub media: Duration,
@@ -866,6 +866,12 @@ impl Session {
             }
         }
         next
+    }
+
+    /// Replaces the session's timeouts (a reload): the idle deadline is
+    /// counted from the last packet with the new values.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
     }
 
     /// The idle deadline and what ends the session there.

@@ -109,6 +109,11 @@ pub(crate) enum Command {
     Stats { reply: Reply<WorkerStats> },
     /// The ids of the sessions on this worker.
     Sessions { reply: Reply<Vec<SessionId>> },
+    /// New timeouts, for this worker's sessions and the ones it gets later.
+    SetTimeouts {
+        timeouts: Timeouts,
+        reply: Reply<()>,
+    },
     /// Fail as a bug would, by panicking, so that tests can check what the
     /// relay does then.
     Fail,
@@ -767,6 +772,13 @@ impl Worker {
                 }
                 Command::Sessions { reply } => {
                     let _ = reply.send(self.by_id.keys().copied().collect());
+                }
+                Command::SetTimeouts { timeouts, reply } => {
+                    self.timeouts = timeouts;
+                    for (_, entry) in &mut self.sessions {
+                        entry.session.set_timeouts(timeouts);
+                    }
+                    let _ = reply.send(());
                 }
                 Command::Fail => {
                     panic!("media worker {} told to fail (a test)", self.index)
