@@ -15,7 +15,8 @@ deb=$(cargo deb --locked --profile deb 2>/dev/null | tail -n 1)
 
 contents=$(dpkg-deb --contents "$deb")
 for path in ./usr/bin/baton ./etc/baton/baton.toml ./usr/share/baton/baton.proto \
-    ./usr/lib/systemd/system/baton.service ./usr/share/doc/baton/README.md; do
+    ./usr/lib/systemd/system/baton.service ./usr/share/doc/baton/README.md \
+    ./usr/lib/sysusers.d/baton.conf; do
     grep -q " $path\$" <<<"$contents" || { echo "missing from the package: $path"; exit 1; }
 done
 dpkg-deb --info "$deb" | sed -n 's/^ *\(Package\|Version\|Depends\|Installed-Size\):/&/p'
@@ -23,6 +24,8 @@ dpkg-deb --info "$deb" | sed -n 's/^ *\(Package\|Version\|Depends\|Installed-Siz
 if [ "${INSTALL:-0}" = 1 ]; then
     dpkg -i "$deb"
     systemd-analyze verify /usr/lib/systemd/system/baton.service
+    # The unit's user and group came with the package.
+    getent group baton >/dev/null || { echo "no baton group after install"; exit 1; }
     # Without systemd as PID 1 (a container), start it as the unit would.
     timeout 5 /usr/bin/baton run --config /etc/baton/baton.toml \
         --control unix:/tmp/baton-deb-check.sock >/tmp/baton-deb-check.log 2>&1 &

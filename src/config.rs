@@ -99,8 +99,8 @@ pub struct RunOptions {
     #[serde(default, deserialize_with = "level_or_filter")]
     pub log_level: Option<String>,
 
-    /// Seconds a drain (SIGUSR1, or baton ctl drain without --deadline)
-    /// waits for the calls to end before it ends the rest and the relay
+    /// Seconds a drain (SIGUSR1, or baton ctl drain without a deadline of
+    /// its own) waits for the calls to end before it ends the rest and the relay
     /// exits; 0 waits for every call. [default: 3600]
     #[arg(long, value_name = "SECONDS")]
     pub drain_timeout: Option<f64>,
@@ -588,16 +588,23 @@ fn log_filter(value: Option<&str>) -> anyhow::Result<String> {
 fn level_or_filter<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Level {
-        Number(u8),
-        Text(String),
+    struct Level;
+    impl serde::de::Visitor<'_> for Level {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a log filter such as \"info\", or a syslog level 0-7")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(text.to_owned()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
     }
-    Ok(Some(match Level::deserialize(deserializer)? {
-        Level::Number(n) => n.to_string(),
-        Level::Text(text) => text,
-    }))
+    deserializer.deserialize_any(Level)
 }
 
 /// A duration that must be there: more than 0 s, at most a day.
@@ -653,6 +660,35 @@ mod tests {
             let refused = parse(text)?.load().expect_err(text).to_string();
             assert!(refused.contains(named), "{text}: {refused}");
         }
+        Ok(())
+    }
+
+    /// Issue 24: `log-level` takes a filter, or rtpengine's syslog number;
+    /// a bad one is refused naming the key; `drain-timeout = 0` means no
+    /// deadline.
+    #[test]
+    fn log_level_reads_filters_and_syslog_levels() -> anyhow::Result<()> {
+        assert_eq!(parse("")?.load()?.log_filter, "info");
+        assert_eq!(parse("log-level = 7\n")?.load()?.log_filter, "debug");
+        assert_eq!(parse("log-level = 3\n")?.load()?.log_filter, "error");
+        assert_eq!(
+            parse("log-level = \"warn,baton_control=debug\"\n")?
+                .load()?
+                .log_filter,
+            "warn,baton_control=debug"
+        );
+        for bad in ["log-level = 9\n", "log-level = \"info,=[\"\n"] {
+            let refused = parse(bad)?.load().expect_err(bad).to_string();
+            assert!(refused.contains("log-level"), "{bad}: {refused}");
+        }
+        assert_eq!(
+            parse("drain-timeout = 0\n")?.load()?.sessions.drain_timeout,
+            None
+        );
+        assert_eq!(
+            parse("")?.load()?.sessions.drain_timeout,
+            Some(Duration::from_secs(3600))
+        );
         Ok(())
     }
 

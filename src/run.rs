@@ -61,12 +61,55 @@ pub fn main(options: RunOptions) -> ExitCode {
     };
     match runtime.block_on(serve(config, &options, &log_filter)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ListenError>().is_some() => {
+            error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             error!("{e:#}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
 }
+
+/// A listener of the configuration that cannot listen: the configuration
+/// can fix it (another address, another port), so it exits 2 like bad
+/// configuration, naming the key, the address and the fix.
+#[derive(Debug)]
+struct ListenError(String);
+
+impl ListenError {
+    fn new(key: &str, addr: impl std::fmt::Display, error: &std::io::Error) -> Self {
+        Self(format!(
+            "{key} {addr}: cannot listen: {}",
+            Self::hint(error)
+        ))
+    }
+
+    /// The OS error and what usually fixes it.
+    fn hint(error: &std::io::Error) -> String {
+        use std::io::ErrorKind;
+        let kind = error.kind();
+        let fix = if kind == ErrorKind::AddrInUse {
+            "another program (or another baton) listens there; stop it or choose another port"
+        } else if kind == ErrorKind::PermissionDenied {
+            "ports below 1024 need CAP_NET_BIND_SERVICE; choose a port from 1024 up"
+        } else if kind == ErrorKind::AddrNotAvailable {
+            "not an address of this host (`ip -br addr` lists them)"
+        } else {
+            return error.to_string();
+        };
+        format!("{error}: {fix}")
+    }
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ListenError {}
 
 /// A Unix control socket's directory must exist (the relay does not make
 /// it): refused as configuration, with the fix, instead of failing to bind.
@@ -163,7 +206,7 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
         Some(addr) => Some(
             baton_control::metrics_server::serve(addr, Arc::clone(&service))
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?,
+                .map_err(|e| ListenError::new("metrics", addr, &e))?,
         ),
         None => None,
     };
@@ -181,7 +224,7 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
         let bound = ng
             .serve(*addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for ng on {addr}: {e}"))?;
+            .map_err(|e| ListenError::new("listen-ng", addr, &e))?;
         let shown = match addr {
             NgAddr::Udp(_) => NgAddr::Udp(bound),
             NgAddr::Tcp(_) => NgAddr::Tcp(bound),
@@ -193,7 +236,15 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
     }
     // The control listener last: a client that reaches it (tests, scripts
     // waiting for the socket) finds every other listener bound already.
-    let server = ControlServer::bind(config.control.clone(), Arc::clone(&service)).await?;
+    let server = ControlServer::bind(config.control.clone(), Arc::clone(&service))
+        .await
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map(|io| format!(": {}", ListenError::hint(io)))
+                .unwrap_or_default();
+            ListenError(format!("control: {e}{cause}"))
+        })?;
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()

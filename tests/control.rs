@@ -985,9 +985,30 @@ fn control_socket_mistakes_are_named_once_with_the_fix() {
         .args(["run", "--control", &format!("tcp:{taken}")])
         .output()
         .expect("run");
-    assert!(!busy.status.success());
+    assert_eq!(busy.status.code(), Some(2), "configuration can fix it");
     let stderr = String::from_utf8_lossy(&busy.stderr);
     assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+    assert!(stderr.contains("choose another port"), "{stderr}");
+    // The same for an ng or metrics listener: the key, the address, the fix.
+    let udp_holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let udp_taken = udp_holder.local_addr().expect("addr");
+    for (flag, value, key) in [
+        ("--listen-ng", format!("udp:{udp_taken}"), "listen-ng"),
+        ("--metrics", taken.to_string(), "metrics"),
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        let output = std::process::Command::new(common::baton_bin())
+            .args(["run", flag, &value, "--control"])
+            .arg(format!("unix:{}/c.sock", dir.path().display()))
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{key} ")) && stderr.contains("choose another port"),
+            "{stderr}"
+        );
+    }
     // 0666: warned, still runs.
     let mut relay = Relay::start(&["--control-socket-mode", "0666"]);
     let _ = relay.terminate();

@@ -194,3 +194,86 @@ fn the_rtpengine_option_table_covers_what_the_relay_names() {
         );
     }
 }
+
+/// Issue 24: the README's operating sections name only real things: every
+/// `baton ctl COMMAND` is a command of `baton ctl`, every flag given to
+/// `baton ctl drain` is one of its flags, and every key the SIGHUP row says
+/// is reloaded is a key of `baton run`.
+#[test]
+fn the_readmes_operating_sections_match_the_binary() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let help = |args: &[&str]| {
+        let output = std::process::Command::new(common::baton_bin())
+            .args(args)
+            .output()
+            .expect("baton --help");
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let ctl_help = help(&["ctl", "--help"]);
+    let commands: BTreeSet<&str> = ctl_help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        commands.contains("drain") && commands.contains("top"),
+        "{commands:?}"
+    );
+    let mut named = BTreeSet::new();
+    for (at, _) in readme.match_indices("baton ctl ") {
+        let rest = &readme[at + "baton ctl ".len()..];
+        // Skip the global options (`--control ADDR`) to the command.
+        let mut words = rest.split_whitespace();
+        let mut word = words.next().unwrap_or_default();
+        while word.starts_with("--") {
+            words.next();
+            word = words.next().unwrap_or_default();
+        }
+        let command: String = word
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+            .collect();
+        if !command.is_empty() {
+            named.insert(command);
+        }
+    }
+    for command in &named {
+        assert!(
+            commands.contains(command.as_str()),
+            "README names `baton ctl {command}`, which does not exist"
+        );
+    }
+    assert!(named.contains("drain"), "{named:?}");
+
+    let drain_flags = flags_in(&help(&["ctl", "drain", "--help"]));
+    for flag in ["deadline", "refuse-ng-ping", "cancel"] {
+        assert!(drain_flags.contains(flag), "{flag}: {drain_flags:?}");
+        assert!(
+            readme.contains(&format!("--{flag}")),
+            "README explains --{flag}"
+        );
+    }
+
+    let run_flags = flags_in(&help(&["run", "--help"]));
+    let sighup = readme
+        .lines()
+        .find(|line| line.starts_with("| SIGHUP |"))
+        .expect("the SIGHUP row of the signals table");
+    let keys: Vec<&str> = sighup
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|key| key.contains('-'))
+        .collect();
+    assert!(keys.len() >= 8, "{keys:?}");
+    for key in keys {
+        assert!(
+            run_flags.contains(key),
+            "the SIGHUP row names {key}, which is not a key of baton run"
+        );
+    }
+}

@@ -43,6 +43,16 @@ fn scrape(port: u16) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The shipped Prometheus alert rules and Grafana dashboard.
+const ALERT_RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/contrib/prometheus/baton-alerts.yml"
+);
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/contrib/grafana/baton-dashboard.json"
+);
+
 fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
     *samples
         .get(name)
@@ -254,9 +264,13 @@ async fn counters_move_through_a_call_and_a_transfer() {
         .await;
     assert!(deleted.is_ok());
     let after = scrape(port);
-    // Every metric the README and the docs name is exported by that name.
+    // Every metric the README, the docs, the alert rules and the dashboard
+    // name is exported by that name.
     let mut docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    for contrib in [ALERT_RULES, DASHBOARD] {
+        docs.push_str(&std::fs::read_to_string(contrib).expect("contrib file"));
+    }
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/docs")).expect("docs") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "md") {
@@ -270,7 +284,17 @@ async fn counters_move_through_a_call_and_a_transfer() {
                 && word.len() > "baton_".len()
                 && word.as_bytes()["baton_".len()].is_ascii_lowercase()
         })
-        .filter(|word| *word != "baton_client")
+        // The Python client and the crates (in log filters) are not metrics.
+        .filter(|word| {
+            ![
+                "baton_client",
+                "baton_control",
+                "baton_relay",
+                "baton_proto",
+                "baton_load",
+            ]
+            .contains(word)
+        })
         .collect();
     named.sort_unstable();
     named.dedup();
@@ -298,4 +322,102 @@ async fn counters_move_through_a_call_and_a_transfer() {
         ),
         0.0
     );
+}
+
+/// Whether promtool (Debian's prometheus package) is here; without it the
+/// test fails under `BATON_REQUIRE_PROMTOOL=1` (set by `.ci/run`) and skips
+/// otherwise.
+fn promtool_present() -> bool {
+    let present = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var_os("BATON_REQUIRE_PROMTOOL").is_none(),
+            "BATON_REQUIRE_PROMTOOL is set but promtool is missing (apt-get install prometheus)"
+        );
+        eprintln!("SKIPPED: promtool (apt-get install prometheus)");
+    }
+    present
+}
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("feed promtool");
+    drop(input);
+    child.wait_with_output().expect("promtool output")
+}
+
+/// Issue 24: the alert rules and the dashboard in contrib/ are valid for
+/// Prometheus (promtool checks every expression; the rules' unit tests say
+/// which alerts fire on which series), and the relay's own /metrics passes
+/// promtool's lint.
+#[test]
+fn the_contrib_alert_rules_and_dashboard_are_valid_prometheus() {
+    if !promtool_present() {
+        return;
+    }
+    let checked = promtool(&["check", "rules", ALERT_RULES], None);
+    assert!(checked.status.success(), "{checked:?}");
+    let tests = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/prometheus/baton-alerts.test.yml"
+    );
+    let tested = promtool(&["test", "rules", tests], None);
+    assert!(tested.status.success(), "{tested:?}");
+
+    // Each dashboard query, with Grafana's variables filled in, as a
+    // recording rule: `promtool check rules` parses every one.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()));
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("an expression")
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            queries += 1;
+            rules.push_str(&format!(
+                "      - record: dashboard:query{queries}\n        expr: {}\n",
+                serde_json::Value::String(expr)
+            ));
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&path, rules).expect("write");
+    let parsed = promtool(&["check", "rules", &path.display().to_string()], None);
+    assert!(parsed.status.success(), "{parsed:?}");
+
+    // The exposition itself, linted.
+    let port = common::free_tcp_port();
+    let _relay = Relay::start(&["--metrics", &format!("127.0.0.1:{port}")]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (_, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let linted = promtool(&["check", "metrics"], Some(body));
+    assert!(linted.status.success(), "{linted:?}");
 }

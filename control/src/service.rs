@@ -112,6 +112,7 @@ impl Service {
             subscribers: self.events().subscriber_count() as u64,
             uptime_seconds: self.started.elapsed().as_secs(),
             draining: self.sessions.drain().is_draining(),
+            max_sessions: self.sessions.options().max_sessions as u64,
             workers: workers
                 .into_iter()
                 .map(|(worker, w)| crate::telemetry::WorkerSnapshot {

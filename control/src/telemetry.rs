@@ -306,6 +306,8 @@ pub struct Snapshot {
     pub uptime_seconds: u64,
     /// The relay is draining.
     pub draining: bool,
+    /// The session limit in force.
+    pub max_sessions: u64,
     /// Per worker.
     pub workers: Vec<WorkerSnapshot>,
     /// Per media IP: (ip, free pairs, total pairs).
@@ -403,6 +405,12 @@ impl Collector for SnapshotCollector {
             "baton_sessions",
             "Sessions on the relay now",
             s.sessions,
+        )?;
+        gauge(
+            &mut encoder,
+            "baton_max_sessions",
+            "The session limit in force (max-sessions); more are refused",
+            s.max_sessions,
         )?;
         gauge(
             &mut encoder,
