@@ -82,15 +82,17 @@ impl ListenError {
     fn new(key: &str, addr: impl std::fmt::Display, error: &std::io::Error) -> Self {
         Self(format!(
             "{key} {addr}: cannot listen: {}",
-            Self::hint(error)
+            Self::hint(error, false)
         ))
     }
 
-    /// The OS error and what usually fixes it.
-    fn hint(error: &std::io::Error) -> String {
+    /// The OS error and what usually fixes it (`unix`: for a Unix socket).
+    fn hint(error: &std::io::Error, unix: bool) -> String {
         use std::io::ErrorKind;
         let kind = error.kind();
-        let fix = if kind == ErrorKind::AddrInUse {
+        let fix = if unix && kind == ErrorKind::PermissionDenied {
+            "the relay's user may not create files in that directory; fix its owner or mode, or choose another path"
+        } else if kind == ErrorKind::AddrInUse {
             "another program (or another baton) listens there; stop it or choose another port"
         } else if kind == ErrorKind::PermissionDenied {
             "ports below 1024 need CAP_NET_BIND_SERVICE; choose a port from 1024 up"
@@ -239,9 +241,16 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
     let server = ControlServer::bind(config.control.clone(), Arc::clone(&service))
         .await
         .map_err(|e| {
+            let unix = matches!(
+                &e,
+                baton_control::server::BindError::Bind {
+                    addr: baton_control::ControlAddr::Unix(_),
+                    ..
+                }
+            );
             let cause = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<std::io::Error>())
-                .map(|io| format!(": {}", ListenError::hint(io)))
+                .map(|io| format!(": {}", ListenError::hint(io, unix)))
                 .unwrap_or_default();
             ListenError(format!("control: {e}{cause}"))
         })?;

@@ -262,7 +262,11 @@ async fn counters_move_through_a_call_and_a_transfer() {
             }),
         }))
         .await;
-    assert!(deleted.is_ok());
+    // Its final statistics count the handoff.
+    let Ok(Reply::DeleteSession(deleted)) = deleted else {
+        panic!("delete failed: {deleted:?}");
+    };
+    assert_eq!(deleted.session.expect("final state").handoffs, 1);
     let after = scrape(port);
     // Every metric the README, the docs, the alert rules and the dashboard
     // name is exported by that name.

@@ -191,6 +191,7 @@ impl Sessions {
                 offerer: offer.as_ref().map_or(Party::User, |(from, _, _)| *from),
                 open_transfer: None,
                 committed_transfer: None,
+                handoffs: 0,
             });
             (id, worker)
         };
@@ -718,6 +719,7 @@ impl Sessions {
                     lost,
                     dropped,
                     jitter_ms,
+                    handoffs = record.handoffs,
                     "session ended"
                 );
             });

@@ -502,6 +502,7 @@ fn session_info(
         created_unix_ms: record.created_unix_ms,
         pending_gruu: open.map(|t| t.gruu.clone()).unwrap_or_default(),
         pending_transfer_id: open.map_or(0, |t| t.id.0),
+        handoffs: record.handoffs,
         on_hold: report.map_or_else(|| session_held(&record.streams), |r| r.held),
         idle_ms: report.map_or(0, |r| u64::try_from(r.idle.as_millis()).unwrap_or(u64::MAX)),
         streams: record

@@ -87,6 +87,8 @@ pub(crate) struct Record {
     pub offerer: Party,
     pub open_transfer: Option<OpenTransfer>,
     pub committed_transfer: Option<CommittedTransfer>,
+    /// Transfers switched to a new device so far.
+    pub handoffs: u32,
 }
 
 /// The sessions and their indexes.
@@ -298,6 +300,7 @@ mod tests {
             offerer: Party::User,
             open_transfer: None,
             committed_transfer: None,
+            handoffs: 0,
         }
     }
 

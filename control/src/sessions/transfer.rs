@@ -393,6 +393,7 @@ impl Sessions {
                 previous_gruu: previous,
             });
             self.telemetry.transfers_completed.inc();
+            current.handoffs = current.handoffs.saturating_add(1);
             session_span(record.id, &record.call_id)
                 .in_scope(|| info!(to = %open.gruu, %transfer, "transfer committed"));
             held
@@ -491,6 +492,7 @@ impl Sessions {
                 let held = adopt(&mut record.streams, &mut record.sdp, &mut open);
                 let previous = std::mem::replace(&mut record.gruu, open.gruu.clone());
                 self.telemetry.transfers_completed.inc();
+                record.handoffs = record.handoffs.saturating_add(1);
                 hold_update = held.map(|held| (record.worker, held));
                 Some((record.clone(), open.gruu, previous))
             } else {
