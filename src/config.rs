@@ -576,6 +576,16 @@ fn log_filter(value: Option<&str>) -> anyhow::Result<String> {
         Ok(_) => bail!("log-level {text}: a syslog level is 0 to 7"),
         Err(_) => text,
     };
+    // A bare word that is not a level reads as a target and would silently
+    // turn every other line off ("warning", "notice" from other programs).
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    if let Some(word) = filter.split(',').map(str::trim).find(|d| {
+        !d.is_empty() && !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+    }) {
+        bail!(
+            "log-level {text:?}: {word:?} is not a level; give off, error, warn, info, debug or trace, or TARGET=LEVEL"
+        );
+    }
     tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
         anyhow::anyhow!(
             "log-level {text:?} is not a log filter ({e}): give error, warn, info, debug or trace, or directives like info,baton_control=debug"
@@ -677,7 +687,12 @@ mod tests {
                 .log_filter,
             "warn,baton_control=debug"
         );
-        for bad in ["log-level = 9\n", "log-level = \"info,=[\"\n"] {
+        for bad in [
+            "log-level = 9\n",
+            "log-level = \"info,=[\"\n",
+            "log-level = \"warning\"\n",
+            "log-level = \"info,baton_control\"\n",
+        ] {
             let refused = parse(bad)?.load().expect_err(bad).to_string();
             assert!(refused.contains("log-level"), "{bad}: {refused}");
         }

@@ -102,8 +102,13 @@ struct DrainArgs {
     #[arg(long)]
     refuse_ng_ping: bool,
     /// Take the relay back into service instead.
-    #[arg(long, conflicts_with_all = ["deadline", "refuse_ng_ping"])]
+    #[arg(long, conflicts_with_all = ["deadline", "refuse_ng_ping", "wait"])]
     cancel: bool,
+    /// Stay until the relay has shut down (its last call ended, or the
+    /// deadline came), then exit 0: `baton ctl drain --wait && apt install
+    /// …` upgrades without cutting calls.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -550,6 +555,11 @@ async fn run(args: CtlArgs) -> ExitCode {
     if let CtlCommand::Events(events) = &args.command {
         return print_events(&client, events.resume_after).await;
     }
+    if let CtlCommand::Drain(drain) = &args.command
+        && drain.wait
+    {
+        return drain_and_wait(&client, drain).await;
+    }
     let command = match build_command(args.command) {
         Ok(Some(command)) => command,
         Ok(None) => return fail("events are handled before"),
@@ -807,6 +817,36 @@ fn report(error: ClientError) -> ExitCode {
         | ClientError::Protocol(_)
         | ClientError::Timeout(_)) => fail(&other.to_string()),
     }
+}
+
+/// `drain --wait`: subscribes first (so the end cannot be missed), starts
+/// the drain, prints its state, then waits for the relay's shutdown.
+async fn drain_and_wait(client: &Client, drain: &DrainArgs) -> ExitCode {
+    if let Err(e) = client.subscribe().await {
+        return report(e);
+    }
+    let request = Command::Drain(v1::DrainRequest {
+        deadline_seconds: drain.deadline,
+        cancel: false,
+        refuse_ng_ping: drain.refuse_ng_ping,
+    });
+    match client.call(request).await {
+        Ok(reply) => println!("{}", reply_json(reply)),
+        Err(e) => return report(e),
+    }
+    while let Some(event) = client.next_event().await {
+        match event.kind {
+            Some(v1::event::Kind::ShuttingDown(down)) => {
+                println!("{}", serde_json::json!({ "shut_down": down.reason }));
+                return ExitCode::SUCCESS;
+            }
+            Some(v1::event::Kind::Draining(state)) if !state.draining => {
+                return fail("the drain was cancelled");
+            }
+            Some(_) | None => {}
+        }
+    }
+    fail("the relay closed the connection before shutting down")
 }
 
 async fn print_events(client: &Client, resume_after: Option<u64>) -> ExitCode {

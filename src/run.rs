@@ -9,6 +9,7 @@ use baton_control::ControlServer;
 use baton_control::drain::DrainPlan;
 use baton_control::ng::{NgAddr, NgListeners, NgService};
 use baton_control::service::Service;
+use baton_control::sessions::SessionOptions;
 use baton_proto::v1;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -327,8 +328,19 @@ async fn serve_until_stopped(
     loop {
         tokio::select! {
             signal = signals.next() => match signal {
-                Signal::Stop(name) => return (name, "shutdown"),
+                Signal::Stop(name) => {
+                    // New sessions are refused from here on (ng: `load
+                    // limit`, so the proxy goes to another relay) while
+                    // the open ones are ended.
+                    sessions.drain().set(Some(DrainPlan::new(None, false)));
+                    return (name, "shutdown");
+                }
                 Signal::Reload => reload(options, running, service, ng, log).await,
+                // A drain under way keeps its own plan (its deadline, its
+                // pings).
+                Signal::Drain if sessions.drain().is_draining() => {
+                    info!("SIGUSR1: already draining");
+                }
                 Signal::Drain => {
                     sessions.set_drain(Some(DrainPlan::new(
                         sessions.options().drain_timeout,
@@ -408,8 +420,12 @@ async fn reload(
             .set_timeouts(new.dataplane.timeouts)
             .await
         {
-            Ok(()) => applied.push("timeouts"),
-            Err(e) => warn!("session timeouts not applied on every worker: {e}"),
+            Ok(()) => {
+                applied.push("timeouts");
+                running.dataplane.timeouts = new.dataplane.timeouts;
+            }
+            // Not recorded as in force: the next reload tries again.
+            Err(e) => warn!("session timeouts not applied on every worker (reload again): {e}"),
         }
     }
     let (old, next) = (&running.sessions, &new.sessions);
@@ -452,8 +468,11 @@ async fn reload(
     // What needs a restart keeps its running value, so that the next
     // reload compares against what is in force.
     running.log_filter = new.log_filter;
-    running.dataplane.timeouts = new.dataplane.timeouts;
-    running.sessions = new.sessions;
+    let advertise = std::mem::take(&mut running.sessions.advertise);
+    running.sessions = SessionOptions {
+        advertise,
+        ..new.sessions
+    };
     running.ng_access = new.ng_access;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }

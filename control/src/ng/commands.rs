@@ -416,20 +416,23 @@ fn status_reply(status: &Status) -> Value {
 /// A new call the relay cannot take, in the words Kamailio's rtpengine
 /// module fails over on (it then offers the call to the next relay of its
 /// set): `load limit` while draining, to a proxy that says it `supports`
-/// it (Kamailio does), and rtpengine's own reasons for a full relay.
-/// Every other refusal is an error like any other.
+/// it (Kamailio since 2019), else rtpengine's session-limit reason, which
+/// older proxies fail over on too; rtpengine's own reasons for a full
+/// relay. Every other refusal is an error like any other.
 fn new_call_refused(status: &Status, request: &Dict) -> Value {
     use crate::status::Capacity;
-    const DRAINING: &str = "draining: new calls go to another relay";
     match status.capacity {
         Some(Capacity::Draining)
             if get_list(request, "supports")
                 .iter()
                 .any(|s| s.eq_ignore_ascii_case("load limit")) =>
         {
-            dict([("result", text("load limit")), ("message", text(DRAINING))])
+            dict([
+                ("result", text("load limit")),
+                ("message", text("draining: new calls go to another relay")),
+            ])
         }
-        Some(Capacity::Draining) => error(DRAINING),
+        Some(Capacity::Draining) => error(SESSION_LIMIT_REASON),
         Some(Capacity::Sessions) => error(SESSION_LIMIT_REASON),
         Some(Capacity::Ports) => error(OUT_OF_PORTS_REASON),
         None => status_reply(status),
@@ -1041,7 +1044,10 @@ mod tests {
             "Ran out of ports"
         );
         let draining = Status::unavailable("draining").capacity(Capacity::Draining);
-        assert_eq!(reason_of(&new_call_refused(&draining, &plain)).0, "error");
+        assert_eq!(
+            reason_of(&new_call_refused(&draining, &plain)).1,
+            "Parallel session limit reached"
+        );
         let mut supports = Dict::new();
         supports.insert(b"supports".to_vec(), Value::List(vec![text("load limit")]));
         assert_eq!(

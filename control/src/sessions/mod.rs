@@ -310,7 +310,10 @@ fn alloc_status(error: &AllocError) -> Status {
                      restore it, or restart the relay with the host's addresses"
                 );
                 log(&message);
-                Status::failed_precondition(message)
+                // Marked as capacity too: over ng, the proxy then offers the
+                // call to another relay (a floating address that moved to
+                // the standby is the usual cause).
+                Status::failed_precondition(message).capacity(crate::status::Capacity::Ports)
             } else if kind == ErrorKind::PermissionDenied {
                 let message = format!("the system forbids binding media ports on {ip}: {source}");
                 log(&message);
@@ -637,7 +640,7 @@ mod tests {
         let gone = alloc_status(&bind_error(std::io::ErrorKind::AddrNotAvailable.into()));
         assert_eq!(gone.code, Code::FailedPrecondition);
         assert!(gone.message.contains("192.0.2.7"), "{}", gone.message);
-        assert_eq!(gone.capacity, None);
+        assert_eq!(gone.capacity, Some(crate::status::Capacity::Ports));
         let forbidden = alloc_status(&bind_error(std::io::ErrorKind::PermissionDenied.into()));
         assert_eq!(forbidden.code, Code::FailedPrecondition);
         // Out of file descriptors (EMFILE) and ports: capacity.
