@@ -55,41 +55,9 @@ fn tools_present() -> bool {
     present
 }
 
-/// Runs `name` again inside a network namespace with only loopback;
-/// returns true if this is the inner run (which does the work).
+/// Runs `name` again inside a network namespace of its own.
 fn inside_namespace(name: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("ip link set lo up");
-        assert!(up.success());
-        return true;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let mut command = Command::new("unshare");
-    // As root the namespace needs no user namespace; otherwise map to root.
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| {
-        o.stdout.starts_with(
-            b"0
-",
-        )
-    });
-    if !root {
-        command.arg("--map-root-user");
-    }
-    let status = command
-        .arg("--net")
-        .arg(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env(INSIDE, "1")
-        .status()
-        .expect("unshare");
-    assert!(
-        status.success(),
-        "{name} failed inside its network namespace"
-    );
-    false
+    common::inside_namespace(name, INSIDE)
 }
 
 /// The page: a call from the browser's fake microphone, `getStats()`

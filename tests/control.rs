@@ -1041,3 +1041,69 @@ fn control_socket_mistakes_are_named_once_with_the_fix() {
         relay.stderr()
     );
 }
+
+/// Issue 24: a media IP that stops being the host's after start (a
+/// floating address moved away) is reported as what it is —
+/// FAILED_PRECONDITION naming the address, and a line in the relay's log —
+/// not as RESOURCE_EXHAUSTED; over ng a new call gets rtpengine's "Ran out
+/// of ports", on which the proxy tries another relay. Run in a network
+/// namespace of its own, where the address can come and go.
+#[test]
+fn a_media_ip_that_goes_away_is_reported_as_such() {
+    if !common::netns_tools_present()
+        || !common::inside_namespace(
+            "a_media_ip_that_goes_away_is_reported_as_such",
+            "BATON_CONTROL_NETNS",
+        )
+    {
+        return;
+    }
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(status.success(), "ip {args:?}");
+    };
+    // Only in this namespace, on its loopback: nothing is sent to it.
+    ip(&["addr", "add", "192.0.2.77/32", "dev", "lo"]);
+    let ng_port = free_udp_port();
+    let ng: std::net::SocketAddr = format!("127.0.0.1:{ng_port}").parse().expect("addr");
+    let relay = Relay::start(&[
+        "--media-ip",
+        "192.0.2.77",
+        "--listen-ng",
+        &format!("udp:127.0.0.1:{ng_port}"),
+    ]);
+    assert!(ctl_create(&relay, "while-it-is-here").status.success());
+
+    ip(&["addr", "del", "192.0.2.77/32", "dev", "lo"]);
+    let refused = ctl_create(&relay, "after-it-went");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("FAILED_PRECONDITION")
+            && stderr.contains("192.0.2.77")
+            && stderr.contains("not an address of this host"),
+        "{stderr}"
+    );
+    let mut proxy = common::ng::Proxy::new(ng);
+    use common::ng::{body, request, text};
+    let offer = proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("ng-after-it-went")),
+        ("from-tag", text("x")),
+        (
+            "sdp",
+            text(body("x", "127.0.0.1:4000".parse().expect("addr"), "")),
+        ),
+    ]));
+    assert_eq!(common::ng::reason(&offer), "Ran out of ports");
+    assert!(
+        relay.wait_for_log("is not an address of this host any more"),
+        "{}",
+        relay.stderr()
+    );
+    let mut relay = relay;
+    assert!(relay.terminate().success());
+}

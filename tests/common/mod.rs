@@ -150,6 +150,67 @@ impl Drop for Relay {
     }
 }
 
+/// Runs the test `name` again, in this test binary, inside a network
+/// namespace with only loopback (up), with `marker` set in its environment;
+/// returns true in that inner run, which does the work, and false in the
+/// outer one after checking the inner one passed. Nothing in the namespace
+/// reaches any network.
+pub fn inside_namespace(name: &str, marker: &str) -> bool {
+    if std::env::var_os(marker).is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip link set lo up");
+        assert!(up.success());
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut command = Command::new("unshare");
+    // As root the namespace needs no user namespace; otherwise map to root.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        command.arg("--map-root-user");
+    }
+    let status = command
+        .arg("--net")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(marker, "1")
+        .status()
+        .expect("unshare");
+    assert!(
+        status.success(),
+        "{name} failed inside its network namespace"
+    );
+    false
+}
+
+/// Whether `unshare` and `ip` are here for [`inside_namespace`]; without
+/// them a test fails under `BATON_REQUIRE_NETNS=1` (set by `.ci/run`) and
+/// skips otherwise.
+pub fn netns_tools_present() -> bool {
+    let have = |tool: &str, arg: &str| {
+        Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let present = have("unshare", "--version") && have("ip", "-V");
+    if !present {
+        assert!(
+            std::env::var_os("BATON_REQUIRE_NETNS").is_none(),
+            "BATON_REQUIRE_NETNS is set but unshare or ip is missing (util-linux, iproute2)"
+        );
+        eprintln!("SKIPPED: unshare or ip missing (apt-get install util-linux iproute2)");
+    }
+    present
+}
+
 pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
     nix::sys::signal::kill(pid, signal).expect("send signal");
