@@ -122,9 +122,14 @@ impl Relay {
 
     /// Waits (bounded) until the log has `text`; false if it never came.
     pub fn wait_for_log(&self, text: &str) -> bool {
+        self.wait_for_line(|line| line.contains(text))
+    }
+
+    /// Waits (bounded) until a line of the log matches; false if none did.
+    pub fn wait_for_line(&self, matches: impl Fn(&str) -> bool) -> bool {
         let deadline = Instant::now() + PROCESS_DEADLINE;
         while Instant::now() < deadline {
-            if self.stderr().contains(text) {
+            if self.stderr().lines().any(&matches) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
