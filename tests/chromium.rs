@@ -32,14 +32,7 @@ const GRUU_BROWSER: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000
 const GRUU_GST: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-00000000c402";
 
 fn tools_present() -> bool {
-    let have = |tool: &str, arg: &str| {
-        Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let have = common::tool_answers;
     let present = have("chromium", "--version")
         && have("gst-launch-1.0", "--version")
         && have("unshare", "--version");

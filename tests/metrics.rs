@@ -18,6 +18,18 @@ const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-
 
 /// GET /metrics; the samples by their full name with labels.
 fn scrape(port: u16) -> HashMap<String, f64> {
+    scrape_text(port)
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// GET /metrics; the exposition as served.
+fn scrape_text(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -34,13 +46,7 @@ fn scrape(port: u16) -> HashMap<String, f64> {
             .contains("content-type: text/plain; version=0.0.4"),
         "{head}"
     );
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    body.to_owned()
 }
 
 /// The shipped Prometheus alert rules and Grafana dashboard.
@@ -412,16 +418,6 @@ fn the_contrib_alert_rules_and_dashboard_are_valid_prometheus() {
     // The exposition itself, linted.
     let port = common::free_tcp_port();
     let _relay = Relay::start(&["--metrics", &format!("127.0.0.1:{port}")]);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let (_, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let linted = promtool(&["check", "metrics"], Some(body));
+    let linted = promtool(&["check", "metrics"], Some(&scrape_text(port)));
     assert!(linted.status.success(), "{linted:?}");
 }

@@ -193,19 +193,21 @@ pub fn inside_namespace(name: &str, marker: &str) -> bool {
     false
 }
 
+/// Whether `tool ARG` runs and succeeds (a tool a test needs is here).
+pub fn tool_answers(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Whether `unshare` and `ip` are here for [`inside_namespace`]; without
 /// them a test fails under `BATON_REQUIRE_NETNS=1` (set by `.ci/run`) and
 /// skips otherwise.
 pub fn netns_tools_present() -> bool {
-    let have = |tool: &str, arg: &str| {
-        Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let present = have("unshare", "--version") && have("ip", "-V");
+    let present = tool_answers("unshare", "--version") && tool_answers("ip", "-V");
     if !present {
         assert!(
             std::env::var_os("BATON_REQUIRE_NETNS").is_none(),
