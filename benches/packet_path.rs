@@ -64,6 +64,7 @@ fn session_with(now: Instant, device: LegCrypto, remote: LegCrypto) -> Session {
             asymmetric: false,
         },
         clock_rates: vec![(0, 8000), (101, 8000)],
+        rtx: Vec::new(),
         telephone_event: Some(101),
         device: LegConfig {
             crypto: device,
@@ -378,6 +379,7 @@ fn rtcp_adversarial(c: &mut Criterion) {
                     &mut buf,
                     compound.len(),
                     &continuity,
+                    &mut state,
                 ))
             })
         });

@@ -360,6 +360,15 @@ fn telephone_event(codecs: &[v1::Codec]) -> Option<u8> {
         .and_then(|c| u8::try_from(c.payload_type).ok())
 }
 
+/// The RTX payload types (RFC 4588) among `codecs`.
+fn rtx_types(codecs: &[v1::Codec]) -> Vec<u8> {
+    codecs
+        .iter()
+        .filter(|c| c.name.eq_ignore_ascii_case("rtx"))
+        .filter_map(|c| u8::try_from(c.payload_type).ok())
+        .collect()
+}
+
 fn clock_rates(codecs: &[v1::Codec]) -> Vec<(u8, u32)> {
     codecs
         .iter()

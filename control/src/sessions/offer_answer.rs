@@ -179,6 +179,9 @@ impl Sessions {
                 update
                     .clock_rates
                     .push((StreamIndex(s), super::clock_rates(&m.codecs)));
+                update
+                    .rtx
+                    .push((StreamIndex(s), super::rtx_types(&m.codecs)));
             }
             stream.held[from.index()] = holds(m);
             if let Some(ptime) = m.ptime {

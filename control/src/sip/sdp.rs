@@ -958,7 +958,7 @@ impl Sdp {
             let at = 1 + section[1..].iter().take_while(|l| l.kind == b'i').count();
             section.insert(at, Line::new(b'c', connection_value(relay.rtp.ip())));
         }
-        section.retain(|line| !is_ice(line));
+        section.retain(|line| !is_ice(line) && !is_transport_cc(line));
     }
 
     /// Renumbers the payload types of m= line `index` by `map` (from, to):
@@ -1235,6 +1235,26 @@ fn mid_extension_id(value: &str) -> Option<u8> {
     let uri = fields.next()?;
     let id: u8 = id.parse().ok().filter(|&id| id != 0 && id != 15)?;
     uri.eq_ignore_ascii_case(MID_EXTENSION_URI).then_some(id)
+}
+
+/// Transport-wide congestion control (its `a=rtcp-fb` and header
+/// extension) is not negotiated through the relay: its feedback counts the
+/// transport sequence numbers of the device that sent them, which start
+/// afresh with the next device, and the remote's bandwidth estimate would
+/// collapse at every switch. Without it, both ends fall back to REMB or to
+/// receiver reports, which the relay maps across a switch.
+fn is_transport_cc(line: &Line) -> bool {
+    match line.attribute() {
+        Some(("rtcp-fb", Some(value))) => value
+            .split_ascii_whitespace()
+            .nth(1)
+            .is_some_and(|fb| fb.eq_ignore_ascii_case("transport-cc")),
+        Some(("extmap", Some(value))) => value
+            .split_ascii_whitespace()
+            .nth(1)
+            .is_some_and(|uri| uri.contains("transport-wide-cc")),
+        _ => false,
+    }
 }
 
 fn is_ice(line: &Line) -> bool {
@@ -1576,6 +1596,38 @@ mod tests {
         let long = format!("a=ice-pwd:{}\r\n", "x".repeat(MAX_WEBRTC_VALUE + 1));
         let error = Sdp::parse(&body(&long)).expect_err("too long");
         assert!(error.to_string().contains("ice-pwd"), "{error}");
+    }
+
+    /// Issue 18: transport-wide congestion control is not negotiated
+    /// through the relay (its numbers restart with each device); REMB,
+    /// NACK and PLI feedback stay.
+    #[test]
+    fn transport_wide_congestion_control_is_not_passed_on() {
+        let before = browser_offer().replacen(
+            "a=mid:0\r\n",
+            "a=mid:0\r\na=extmap:13 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
+            1,
+        );
+        assert!(before.contains("transport-wide-cc"), "the sample offers it");
+        let mut sdp = Sdp::parse(&before).expect("parse");
+        let relay: SocketAddr = "203.0.113.5:30000".parse().expect("addr");
+        for index in 0..sdp.media_count() {
+            sdp.point_at(
+                index,
+                RelayEndpoint {
+                    rtp: relay,
+                    rtcp: relay,
+                },
+                None,
+            );
+        }
+        let out = sdp.render();
+        assert!(!out.contains("transport-cc"), "{out}");
+        assert!(!out.contains("transport-wide-cc"), "{out}");
+        assert!(before.contains("transport-cc"), "the sample offers it");
+        for kept in ["goog-remb", "nack pli", "ccm fir"] {
+            assert_eq!(before.contains(kept), out.contains(kept), "{kept}");
+        }
     }
 
     /// The default limits must never refuse a real call: a browser's offer

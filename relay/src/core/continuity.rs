@@ -388,6 +388,37 @@ impl Continuity {
         Some(u32::from(source.base_seq).wrapping_add(moved))
     }
 
+    /// The current source's own sequence number for an outward one the
+    /// remote names (a NACK); `None` when an earlier source sent it (the
+    /// device before a switch) or it was never sent.
+    pub fn to_source(&self, outward_seq: u16) -> Option<u16> {
+        let source = self.source?;
+        let span = self.current_span(&source);
+        let behind = self.highest_seq.wrapping_sub(outward_seq);
+        (u32::from(behind) <= span).then(|| outward_seq.wrapping_sub(source.seq_offset))
+    }
+
+    /// The outward sequence number of `seq` of the current source, when it
+    /// is input `leg`'s (an RTX packet's original sequence number, RFC 4588
+    /// §4); `None` for another leg or a packet before the anchor.
+    pub fn to_outward(&self, leg: usize, seq: u16) -> Option<u16> {
+        let source = self.source.filter(|s| s.key.0 == leg)?;
+        let outward = seq.wrapping_add(source.seq_offset);
+        let behind = self.highest_seq.wrapping_sub(outward);
+        (u32::from(behind) <= self.current_span(&source)).then_some(outward)
+    }
+
+    /// How many outward numbers before the highest belong to the current
+    /// source (its anchor and after).
+    fn current_span(&self, source: &Source) -> u32 {
+        if source.progress >= 0x8000 {
+            0x7fff
+        } else {
+            let anchor_out = source.base_seq.wrapping_add(source.seq_offset);
+            u32::from(self.highest_seq.wrapping_sub(anchor_out)).min(0x7fff)
+        }
+    }
+
     /// Packets and payload octets sent outward (RTCP SR counts, mod 2^32).
     pub fn sent_counts(&self) -> (u32, u32) {
         (self.packets_sent, self.octets_sent)
@@ -451,6 +482,31 @@ mod tests {
             input_seq: seq,
             input_ts: ts,
         })
+    }
+
+    /// Issue 18: a NACK's outward numbers map back into the current
+    /// device's own numbering, and those the device before the switch sent
+    /// map to nothing; an RTX packet's original number maps forward.
+    #[test]
+    fn outward_numbers_map_to_the_current_source_and_back() {
+        let mut c = Continuity::default();
+        let t0 = Instant::now();
+        for i in 0..5u16 {
+            run(&mut c, t0, 0, 100 + i, 0, 0xA).expect("sent");
+        }
+        // Outward 100..=104 are A's own. B takes over at its 7000.
+        assert_eq!(c.to_source(103), Some(103));
+        for i in 0..3u16 {
+            run(&mut c, t0 + Duration::from_millis(100), 1, 7000 + i, 0, 0xB).expect("sent");
+        }
+        // B's 7000..=7002 went out as 105..=107.
+        assert_eq!(c.to_source(106), Some(7001));
+        assert_eq!(c.to_source(105), Some(7000));
+        assert_eq!(c.to_source(104), None, "A sent it");
+        assert_eq!(c.to_source(108), None, "never sent");
+        assert_eq!(c.to_outward(1, 7002), Some(107));
+        assert_eq!(c.to_outward(1, 6999), None, "before B's anchor");
+        assert_eq!(c.to_outward(0, 7001), None, "A is no longer the source");
     }
 
     /// A source 40 000 packets past its anchor still gets its reordered

@@ -10,6 +10,17 @@
 //! space. Until the first change of source nothing needs rewriting, and
 //! packets pass untouched.
 //!
+//! Feedback (RFC 4585, RFC 5104) follows the device. From the remote, what
+//! names the outward SSRC names the current device's: PLI, FIR, TMMBR and
+//! TMMBN entries, REMB's list; a generic NACK's sequence numbers go back
+//! into the device's own numbering, and a NACK for packets only the device
+//! before the switch sent is removed (it must not reach the new one). FIR
+//! command numbers are the relay's own toward each side, one more for each
+//! new request, so a device that never saw the other one's requests still
+//! takes the next as new. From the device, feedback's sender becomes the
+//! outward SSRC, and NACKs about the remote's stream go back to the
+//! remote's numbering when the relay shifted it.
+//!
 //! Written by hand over the bytes, not with the `rtcp` crate: that crate
 //! panics on some feedback packets whose length is not a multiple of their
 //! entry size (one 24-byte datagram used to take a worker down), allocates
@@ -20,7 +31,9 @@
 //! cost is one pass over the datagram.
 
 use crate::core::continuity::{Continuity, SequenceShift};
-use crate::core::rtp::{self, MAX_DATAGRAM as BUF_LEN, RTCP_BYE, RTCP_RR, RTCP_SDES, RTCP_SR};
+use crate::core::rtp::{
+    self, MAX_DATAGRAM as BUF_LEN, RTCP_BYE, RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SDES, RTCP_SR,
+};
 
 /// SDES item type of the canonical name (RFC 3550 §6.5.1).
 const SDES_CNAME: u8 = 1;
@@ -29,12 +42,51 @@ const SR_BLOCKS: usize = 28;
 const RR_BLOCKS: usize = 8;
 /// Bytes of one reception report block.
 const BLOCK_LEN: usize = 24;
+/// Feedback message types (RFC 4585 §6.1, RFC 5104 §4).
+const FMT_NACK: u8 = 1;
+const FMT_TMMBR: u8 = 3;
+const FMT_TMMBN: u8 = 4;
+const FMT_FIR: u8 = 4;
+const FMT_AFB: u8 = 15;
+/// The common feedback header: V/P/FMT, PT, length, sender, media source.
+const FB_HEADER: usize = 12;
 
 /// What the translator remembers about a stream.
 #[derive(Debug, Clone, Default)]
 pub struct RtcpState {
     /// The CNAME of the first device, learned once (RTCP may allocate).
     first_cname: Option<Box<[u8]>>,
+    /// FIR command numbers toward the user's device and toward the remote.
+    fir_to_user: FirNumbers,
+    fir_to_remote: FirNumbers,
+}
+
+impl RtcpState {
+    /// The FIR command number for a new request toward the user's device
+    /// that the relay makes itself (a keyframe at a switch).
+    pub fn next_fir_to_user(&mut self) -> u8 {
+        self.fir_to_user.out = self.fir_to_user.out.wrapping_add(1);
+        self.fir_to_user.out
+    }
+}
+
+/// The relay's FIR command numbers toward one side (RFC 5104 §4.3.1.1): a
+/// request whose (requester, number) differs from the last one seen is new
+/// and gets the next number; a repeat keeps it.
+#[derive(Debug, Clone, Copy, Default)]
+struct FirNumbers {
+    seen: Option<(u32, u8)>,
+    out: u8,
+}
+
+impl FirNumbers {
+    fn number(&mut self, requester: u32, seq: u8) -> u8 {
+        if self.seen != Some((requester, seq)) {
+            self.seen = Some((requester, seq));
+            self.out = self.out.wrapping_add(1);
+        }
+        self.out
+    }
 }
 
 /// Why RTCP could not be translated.
@@ -44,6 +96,9 @@ pub enum TranslateError {
     Malformed,
     /// Nothing is left to send (it was only a BYE).
     Empty,
+    /// Nothing is left to send: it was only NACKs for packets the device
+    /// before the switch sent.
+    StaleNack,
 }
 
 /// One sub-packet of a checked compound: its type, count field, all its
@@ -157,6 +212,16 @@ impl Mapping {
             ssrc
         }
     }
+
+    /// The other way: the outward SSRC (as the remote names it) becomes
+    /// the current device's.
+    fn to_device(self, ssrc: u32) -> u32 {
+        if self.active && ssrc == self.outward {
+            self.device
+        } else {
+            ssrc
+        }
+    }
 }
 
 /// Translates RTCP from the user's current device toward the remote, in
@@ -177,16 +242,18 @@ pub fn toward_remote(
     rtp::check_rtcp(datagram).map_err(|_| TranslateError::Malformed)?;
     let mut has_bye = false;
     let mut has_sdes = false;
+    let mut has_feedback = false;
     for packet in sub_packets(datagram) {
         match packet?.packet_type {
             RTCP_BYE => has_bye = true,
             RTCP_SDES => has_sdes = true,
+            RTCP_RTPFB | RTCP_PSFB => has_feedback = true,
             _ => {}
         }
     }
     let learns_cname = state.first_cname.is_none() && has_sdes;
     let shifted = toward_user.active();
-    if continuity.is_identity() && !has_bye && !learns_cname && shifted.is_none() {
+    if continuity.is_identity() && !has_bye && !learns_cname && shifted.is_none() && !has_feedback {
         return Ok(len);
     }
     let map = Mapping::of(continuity);
@@ -225,6 +292,9 @@ pub fn toward_remote(
                 unshift_blocks(rr, RR_BLOCKS, packet.count, shifted)?;
             }
             RTCP_SDES => sdes_toward_remote(&packet, map, state, &mut out)?,
+            RTCP_RTPFB | RTCP_PSFB => {
+                feedback_toward_remote(&packet, map, shifted, state, &mut out)?;
+            }
             // The outward stream goes on with the next device.
             RTCP_BYE => {}
             // Feedback, APP, XR and the rest pass untouched.
@@ -327,57 +397,270 @@ fn sdes_toward_remote(
     Ok(())
 }
 
+/// The common header and the FCI of a feedback packet whose FCI is a
+/// whole number of `entry`-byte entries; `None` for one that is not (it is
+/// passed on untouched: nothing in it can be read safely, and refusing it
+/// would take the reports beside it too).
+fn feedback_parts<'a>(packet: &SubPacket<'a>, entry: usize) -> Option<(&'a [u8], &'a [u8])> {
+    let header = packet.body.get(..FB_HEADER)?;
+    let fci = &packet.body[FB_HEADER..];
+    fci.len().is_multiple_of(entry).then_some((header, fci))
+}
+
+/// The FCI entry size of a feedback message this module rewrites (1 for
+/// those read as a whole or passed on).
+fn entry_size(packet_type: u8, fmt: u8) -> usize {
+    match (packet_type, fmt) {
+        (RTCP_RTPFB, FMT_NACK) => 4,
+        (RTCP_RTPFB, FMT_TMMBR | FMT_TMMBN) | (RTCP_PSFB, FMT_FIR) => 8,
+        _ => 1,
+    }
+}
+
+/// Starts a feedback packet in `out`: its common header with the sender and
+/// media source given, padding dropped. Returns where it starts.
+fn put_feedback_header(
+    out: &mut Writer<'_>,
+    header: &[u8],
+    sender: u32,
+    media: u32,
+) -> Result<usize, TranslateError> {
+    let start = out.len;
+    out.put(&[header[0] & !0x20, header[1], 0, 0])?;
+    out.put(&sender.to_be_bytes())?;
+    out.put(&media.to_be_bytes())?;
+    Ok(start)
+}
+
+/// Sets the length field of the packet written from `start`.
+fn finish_packet(out: &mut Writer<'_>, start: usize) -> Result<(), TranslateError> {
+    let words = u16::try_from((out.len - start) / 4 - 1).map_err(|_| TranslateError::Malformed)?;
+    out.out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
+    Ok(())
+}
+
+/// Feedback from the device about the remote's stream: its sender becomes
+/// the outward SSRC, NACKed numbers go back to the remote's own when the
+/// relay shifted them, FIR numbers are the relay's toward the remote.
+fn feedback_toward_remote(
+    packet: &SubPacket<'_>,
+    map: Mapping,
+    shifted: Option<(u32, u16)>,
+    state: &mut RtcpState,
+    out: &mut Writer<'_>,
+) -> Result<(), TranslateError> {
+    let Some((header, fci)) = feedback_parts(packet, entry_size(packet.packet_type, packet.count))
+    else {
+        return out.put(packet.bytes);
+    };
+    let sender = read_u32(header, 4).ok_or(TranslateError::Malformed)?;
+    let media = read_u32(header, 8).ok_or(TranslateError::Malformed)?;
+    let start = put_feedback_header(out, header, map.ssrc(sender), media)?;
+    match (packet.packet_type, packet.count) {
+        (RTCP_RTPFB, FMT_NACK) => {
+            for entry in fci.chunks_exact(4) {
+                let pid = u16::from_be_bytes([entry[0], entry[1]]);
+                let pid = match shifted {
+                    Some((remote, offset)) if remote == media => pid.wrapping_sub(offset),
+                    Some(_) | None => pid,
+                };
+                out.put(&pid.to_be_bytes())?;
+                out.put(&entry[2..4])?;
+            }
+        }
+        (RTCP_PSFB, FMT_FIR) => {
+            for entry in fci.chunks_exact(8) {
+                let number = state.fir_to_remote.number(sender, entry[4]);
+                out.put(&entry[..4])?;
+                out.put(&[number])?;
+                out.put(&entry[5..8])?;
+            }
+        }
+        _ => out.put(fci)?,
+    }
+    finish_packet(out, start)
+}
+
+/// Feedback from the remote: what names the outward stream names the
+/// current device's (see the module documentation). Returns false when
+/// nothing of it is left (a NACK only for the earlier device's packets).
+fn feedback_toward_user(
+    packet: &SubPacket<'_>,
+    map: Mapping,
+    continuity: &Continuity,
+    state: &mut RtcpState,
+    out: &mut Writer<'_>,
+) -> Result<bool, TranslateError> {
+    let Some((header, fci)) = feedback_parts(packet, entry_size(packet.packet_type, packet.count))
+    else {
+        out.put(packet.bytes)?;
+        return Ok(true);
+    };
+    let sender = read_u32(header, 4).ok_or(TranslateError::Malformed)?;
+    let media = read_u32(header, 8).ok_or(TranslateError::Malformed)?;
+    let start = put_feedback_header(out, header, sender, map.to_device(media))?;
+    match (packet.packet_type, packet.count) {
+        (RTCP_RTPFB, FMT_NACK) if map.active && media == map.outward => {
+            if !nack_toward_device(fci, continuity, out)? {
+                out.len = start;
+                return Ok(false);
+            }
+        }
+        (RTCP_RTPFB, FMT_TMMBR | FMT_TMMBN) => {
+            for entry in fci.chunks_exact(8) {
+                let ssrc = read_u32(entry, 0).ok_or(TranslateError::Malformed)?;
+                out.put(&map.to_device(ssrc).to_be_bytes())?;
+                out.put(&entry[4..8])?;
+            }
+        }
+        (RTCP_PSFB, FMT_FIR) => {
+            for entry in fci.chunks_exact(8) {
+                let ssrc = read_u32(entry, 0).ok_or(TranslateError::Malformed)?;
+                let number = state.fir_to_user.number(sender, entry[4]);
+                out.put(&map.to_device(ssrc).to_be_bytes())?;
+                out.put(&[number])?;
+                out.put(&entry[5..8])?;
+            }
+        }
+        (RTCP_PSFB, FMT_AFB) if fci.starts_with(b"REMB") => {
+            // "REMB", the SSRC count, exponent and mantissa, then the SSRCs.
+            let count = fci.get(4).map_or(usize::MAX / 8, |&n| usize::from(n));
+            let Some(ssrcs) = fci.get(8..8 + 4 * count) else {
+                // A list longer than the packet: on untouched, as above.
+                out.len = start;
+                out.put(packet.bytes)?;
+                return Ok(true);
+            };
+            out.put(&fci[..8])?;
+            for ssrc in ssrcs.chunks_exact(4) {
+                let ssrc = read_u32(ssrc, 0).ok_or(TranslateError::Malformed)?;
+                out.put(&map.to_device(ssrc).to_be_bytes())?;
+            }
+            out.put(&fci[8 + 4 * count..])?;
+        }
+        _ => out.put(fci)?,
+    }
+    finish_packet(out, start)?;
+    Ok(true)
+}
+
+/// A generic NACK's entries (RFC 4585 §6.2.1) in the current device's
+/// numbering: each lost outward number that the device sent is mapped, the
+/// rest (the earlier device's) left out. Returns false if none is left.
+fn nack_toward_device(
+    fci: &[u8],
+    continuity: &Continuity,
+    out: &mut Writer<'_>,
+) -> Result<bool, TranslateError> {
+    let mut any = false;
+    for entry in fci.chunks_exact(4) {
+        let pid = u16::from_be_bytes([entry[0], entry[1]]);
+        let blp = u16::from_be_bytes([entry[2], entry[3]]);
+        // The packet ID and the (up to) 16 after it that the bitmask names,
+        // mapped; within one source the offset is fixed, so those left fit
+        // one entry again.
+        let mut first: Option<u16> = None;
+        let mut mask = 0u16;
+        for k in 0..17u16 {
+            if k > 0 && blp & (1 << (k - 1)) == 0 {
+                continue;
+            }
+            let Some(own) = continuity.to_source(pid.wrapping_add(k)) else {
+                continue;
+            };
+            match first {
+                None => first = Some(own),
+                Some(base) => {
+                    let distance = own.wrapping_sub(base);
+                    if (1..=16).contains(&distance) {
+                        mask |= 1 << (distance - 1);
+                    }
+                }
+            }
+        }
+        if let Some(base) = first {
+            out.put(&base.to_be_bytes())?;
+            out.put(&mask.to_be_bytes())?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
 /// Translates RTCP from the remote toward the user's current device, in
-/// place and at the same length: report blocks about the outward SSRC are
-/// mapped back to the device's SSRC and sequence space (RFC 3550 §7.2).
+/// place: report blocks about the outward SSRC are mapped back to the
+/// device's SSRC and sequence space (RFC 3550 §7.2), and feedback follows
+/// the device (see the module documentation). Returns the new length and
+/// how many NACKs were removed for naming only the earlier device's
+/// packets; [`TranslateError::StaleNack`] when nothing else was in it.
 pub fn toward_user(
     buf: &mut [u8],
     len: usize,
     continuity: &Continuity,
-) -> Result<usize, TranslateError> {
-    let datagram = buf.get_mut(..len).ok_or(TranslateError::Malformed)?;
+    state: &mut RtcpState,
+) -> Result<(usize, u32), TranslateError> {
+    let datagram = buf.get(..len).ok_or(TranslateError::Malformed)?;
     rtp::check_rtcp(datagram).map_err(|_| TranslateError::Malformed)?;
-    if continuity.is_identity() {
-        return Ok(len);
+    let mut has_feedback = false;
+    for packet in sub_packets(datagram) {
+        if matches!(packet?.packet_type, RTCP_RTPFB | RTCP_PSFB) {
+            has_feedback = true;
+        }
     }
-    let (Some(outward), Some((device, _, _))) = (continuity.outward_ssrc(), continuity.current())
-    else {
-        return Ok(len);
+    let map = Mapping::of(continuity);
+    let reports = !continuity.is_identity() && map.active;
+    if !reports && !has_feedback {
+        return Ok((len, 0));
+    }
+    let mut scratch = [0u8; BUF_LEN];
+    let mut out = Writer {
+        out: &mut scratch,
+        len: 0,
     };
-    let mut offset = 0;
-    while offset < len {
-        let header = datagram
-            .get(offset..offset + 4)
-            .ok_or(TranslateError::Malformed)?;
-        let total = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
-        let blocks_at = match header[1] {
-            RTCP_SR => Some(SR_BLOCKS),
-            RTCP_RR => Some(RR_BLOCKS),
-            _ => None,
-        };
-        let blocks = usize::from(header[0] & 0x1f);
-        let packet = datagram
-            .get_mut(offset..offset + total)
-            .ok_or(TranslateError::Malformed)?;
-        if let Some(first) = blocks_at {
-            for block in 0..blocks {
-                let at = first + block * BLOCK_LEN;
-                if at + BLOCK_LEN > packet.len() {
-                    return Err(TranslateError::Malformed);
-                }
-                if read_u32(packet, at) != Some(outward) {
-                    continue;
-                }
-                write_u32(packet, at, device);
-                let highest = read_u32(packet, at + 8).ok_or(TranslateError::Malformed)?;
-                if let Some(own) = continuity.to_source_extended(highest) {
-                    write_u32(packet, at + 8, own);
+    let mut removed = 0u32;
+    for packet in sub_packets(datagram) {
+        let packet = packet?;
+        match packet.packet_type {
+            RTCP_SR | RTCP_RR if reports => {
+                let first = if packet.packet_type == RTCP_SR {
+                    SR_BLOCKS
+                } else {
+                    RR_BLOCKS
+                };
+                let start = out.len;
+                out.put(packet.bytes)?;
+                let report = &mut out.out[start..out.len];
+                for block in 0..usize::from(packet.count) {
+                    let at = first + block * BLOCK_LEN;
+                    if at + BLOCK_LEN > report.len() {
+                        return Err(TranslateError::Malformed);
+                    }
+                    if read_u32(report, at) != Some(map.outward) {
+                        continue;
+                    }
+                    write_u32(report, at, map.device);
+                    let highest = read_u32(report, at + 8).ok_or(TranslateError::Malformed)?;
+                    if let Some(own) = continuity.to_source_extended(highest) {
+                        write_u32(report, at + 8, own);
+                    }
                 }
             }
+            RTCP_RTPFB | RTCP_PSFB => {
+                if !feedback_toward_user(&packet, map, continuity, state, &mut out)? {
+                    removed += 1;
+                }
+            }
+            _ => out.put(packet.bytes)?,
         }
-        offset += total;
     }
-    Ok(len)
+    let new_len = out.len;
+    if new_len < rtp::RTCP_MIN_LEN {
+        return Err(TranslateError::StaleNack);
+    }
+    buf.get_mut(..new_len)
+        .ok_or(TranslateError::Malformed)?
+        .copy_from_slice(&scratch[..new_len]);
+    Ok((new_len, removed))
 }
 
 #[cfg(test)]
@@ -649,7 +932,8 @@ mod tests {
         let mut buf = compound(vec![Box::new(sr), Box::new(rr)]);
         let len = buf.len();
         buf.resize(BUF_LEN, 0);
-        let new_len = toward_user(&mut buf, len, &c).expect("translated");
+        let (new_len, _) =
+            toward_user(&mut buf, len, &c, &mut RtcpState::default()).expect("translated");
         assert_eq!(new_len, len);
         let out = parse(&buf[..new_len]);
         let sr = out[0].as_any().downcast_ref::<SenderReport>().expect("SR");
@@ -774,7 +1058,7 @@ mod tests {
         for crasher in crashers {
             let mut buf = [0u8; BUF_LEN];
             buf[..crasher.len()].copy_from_slice(crasher);
-            let len = toward_user(&mut buf, crasher.len(), &c).expect("passes");
+            let (len, _) = toward_user(&mut buf, crasher.len(), &c, &mut state).expect("passes");
             assert_eq!(&buf[..len], crasher, "toward the device: untouched");
             let len = toward_remote(
                 &mut buf,
@@ -850,8 +1134,219 @@ mod tests {
                 Err(TranslateError::Malformed),
                 "{case:02x?}"
             );
-            assert!(toward_user(&mut buf, case.len(), &c).is_err() || case[1] == 0xca);
+            assert!(toward_user(&mut buf, case.len(), &c, &mut state).is_err() || case[1] == 0xca);
         }
+    }
+
+    use rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
+    use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    use rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+    use rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+
+    /// Translates `packets` from the remote toward the device.
+    fn to_user(
+        c: &Continuity,
+        state: &mut RtcpState,
+        packets: Vec<Boxed>,
+    ) -> Result<(Vec<Boxed>, u32), TranslateError> {
+        let mut buf = compound(packets);
+        let len = buf.len();
+        buf.resize(BUF_LEN, 0);
+        let (len, removed) = toward_user(&mut buf, len, c, state)?;
+        Ok((parse(&buf[..len]), removed))
+    }
+
+    fn nack(pairs: &[(u16, u16)]) -> TransportLayerNack {
+        TransportLayerNack {
+            sender_ssrc: 0xFACE,
+            media_ssrc: 0xA,
+            nacks: pairs
+                .iter()
+                .map(|&(packet_id, lost_packets)| NackPair {
+                    packet_id,
+                    lost_packets,
+                })
+                .collect(),
+        }
+    }
+
+    fn fir(sender: u32, target: u32, seq: u8) -> FullIntraRequest {
+        FullIntraRequest {
+            sender_ssrc: sender,
+            media_ssrc: 0,
+            fir: vec![FirEntry {
+                ssrc: target,
+                sequence_number: seq,
+            }],
+        }
+    }
+
+    /// Issue 18: after a switch the remote's PLI, FIR and REMB name the
+    /// outward SSRC (A's); the new device B gets them naming its own, and a
+    /// new FIR gets the relay's next command number (a repeat keeps it).
+    #[test]
+    fn the_remotes_feedback_names_the_current_device() {
+        let (c, mut state) = after_switch();
+        let pli = PictureLossIndication {
+            sender_ssrc: 0xFACE,
+            media_ssrc: 0xA,
+        };
+        let remb = ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 0xFACE,
+            bitrate: 1_000_000.0,
+            ssrcs: vec![0xA, 0xC],
+        };
+        let (out, removed) = to_user(
+            &c,
+            &mut state,
+            vec![Box::new(pli), Box::new(fir(0xFACE, 0xA, 9)), Box::new(remb)],
+        )
+        .expect("translated");
+        assert_eq!(removed, 0);
+        let pli = out[0]
+            .as_any()
+            .downcast_ref::<PictureLossIndication>()
+            .expect("PLI");
+        assert_eq!((pli.sender_ssrc, pli.media_ssrc), (0xFACE, 0xB));
+        let first = out[1]
+            .as_any()
+            .downcast_ref::<FullIntraRequest>()
+            .expect("FIR");
+        assert_eq!(first.fir[0].ssrc, 0xB);
+        let remb = out[2]
+            .as_any()
+            .downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+            .expect("REMB");
+        assert_eq!(remb.ssrcs, vec![0xB, 0xC], "other SSRCs are left alone");
+        let number = |state: &mut RtcpState, seq: u8| {
+            let (out, _) =
+                to_user(&c, state, vec![Box::new(fir(0xFACE, 0xA, seq))]).expect("translated");
+            out[0]
+                .as_any()
+                .downcast_ref::<FullIntraRequest>()
+                .expect("FIR")
+                .fir[0]
+                .sequence_number
+        };
+        let repeat = number(&mut state, 9);
+        assert_eq!(repeat, first.fir[0].sequence_number, "a repeat is not new");
+        let next = number(&mut state, 10);
+        assert_eq!(next, repeat.wrapping_add(1), "a new request is");
+        // The relay's own request (a keyframe at a switch) takes the next.
+        assert_eq!(state.next_fir_to_user(), next.wrapping_add(1));
+    }
+
+    /// Issue 18: a NACK's outward numbers go back into B's numbering; what
+    /// only A sent never reaches B (removed and counted), and a datagram
+    /// left with nothing is refused as such.
+    #[test]
+    fn nacks_map_into_the_devices_numbering_and_stale_ones_are_removed() {
+        let (c, mut state) = after_switch();
+        // Outward 100..=109 were A's, 110..=114 are B's 5000..=5004.
+        let rr = ReceiverReport {
+            ssrc: 0xFACE,
+            ..Default::default()
+        };
+        let (out, removed) = to_user(
+            &c,
+            &mut state,
+            vec![
+                Box::new(rr.clone()),
+                // 108 (A), 109 (A), 110 and 112 (B).
+                Box::new(nack(&[(108, 0b1011)])),
+                // 105 only: A's.
+                Box::new(nack(&[(105, 0)])),
+                // 111, 113.
+                Box::new(nack(&[(111, 0b10)])),
+            ],
+        )
+        .expect("translated");
+        assert_eq!(removed, 1, "the NACK for A's packet alone");
+        assert_eq!(out.len(), 3);
+        let lost = |packet: &Boxed| {
+            let nack = packet
+                .as_any()
+                .downcast_ref::<TransportLayerNack>()
+                .expect("NACK");
+            assert_eq!(nack.media_ssrc, 0xB);
+            nack.nacks
+                .iter()
+                .flat_map(|pair| pair.packet_list())
+                .collect::<Vec<u16>>()
+        };
+        assert_eq!(lost(&out[1]), vec![5000, 5002]);
+        assert_eq!(lost(&out[2]), vec![5001, 5003]);
+        assert_eq!(
+            to_user(&c, &mut state, vec![Box::new(nack(&[(100, 0xff)]))]).err(),
+            Some(TranslateError::StaleNack),
+            "only A's packets: nothing to send"
+        );
+    }
+
+    /// Issue 18: TMMBR entries naming the outward SSRC name B's.
+    #[test]
+    fn tmmbr_names_the_current_device() {
+        let (c, mut state) = after_switch();
+        // V=2 FMT=3, RTPFB, 4 words: sender, media 0, then (SSRC, bitrate).
+        let mut buf = vec![
+            0x83, 205, 0, 4, 0, 0, 0xFA, 0xCE, 0, 0, 0, 0, 0, 0, 0, 0xA, 0x08, 0x01, 0x23, 0x45,
+        ];
+        let len = buf.len();
+        buf.resize(BUF_LEN, 0);
+        let (len, _) = toward_user(&mut buf, len, &c, &mut state).expect("translated");
+        assert_eq!(read_u32(&buf[..len], 12), Some(0xB));
+        assert_eq!(
+            &buf[16..20],
+            &[0x08, 0x01, 0x23, 0x45],
+            "the bitrate as sent"
+        );
+    }
+
+    /// Issue 18: the device's feedback speaks as the outward stream (its
+    /// sender is the outward SSRC), and its FIR numbers are the relay's
+    /// toward the remote: B's first request is new to the remote even when
+    /// it carries the number A's last one did.
+    #[test]
+    fn the_devices_feedback_speaks_as_the_outward_stream() {
+        let (c, mut state) = after_switch();
+        let from_device = |state: &mut RtcpState, packet: Boxed| {
+            let mut buf = compound(vec![packet]);
+            let len = buf.len();
+            buf.resize(BUF_LEN, 0);
+            let len = toward_remote(&mut buf, len, &c, &SequenceShift::default(), state)
+                .expect("translated");
+            parse(&buf[..len])
+        };
+        let a_fir = from_device(&mut state, Box::new(fir(0xA, 0xFACE, 5)));
+        let b_fir = from_device(&mut state, Box::new(fir(0xB, 0xFACE, 5)));
+        let seq = |out: &[Boxed]| {
+            let fir = out[0]
+                .as_any()
+                .downcast_ref::<FullIntraRequest>()
+                .expect("FIR");
+            (fir.sender_ssrc, fir.fir[0].ssrc, fir.fir[0].sequence_number)
+        };
+        let (sender, target, a_number) = seq(&a_fir);
+        assert_eq!((sender, target), (0xA, 0xFACE));
+        let (sender, target, b_number) = seq(&b_fir);
+        assert_eq!(
+            (sender, target),
+            (0xA, 0xFACE),
+            "B speaks as the outward SSRC"
+        );
+        assert_ne!(b_number, a_number, "B's request is new to the remote");
+        let pli = from_device(
+            &mut state,
+            Box::new(PictureLossIndication {
+                sender_ssrc: 0xB,
+                media_ssrc: 0xFACE,
+            }),
+        );
+        let pli = pli[0]
+            .as_any()
+            .downcast_ref::<PictureLossIndication>()
+            .expect("PLI");
+        assert_eq!((pli.sender_ssrc, pli.media_ssrc), (0xA, 0xFACE));
     }
 
     #[test]
@@ -861,6 +1356,7 @@ mod tests {
         // one-byte CNAMEs would grow past the buffer.
         let mut state = RtcpState {
             first_cname: Some(vec![b'c'; 255].into_boxed_slice()),
+            ..RtcpState::default()
         };
         let chunks = 31;
         let mut packet = vec![0x80 | chunks, 0xca, 0, 0];

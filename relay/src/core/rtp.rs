@@ -138,6 +138,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> RtpView<T> {
         self.buf.as_mut()
     }
 
+    /// The payload, writable (an RTX packet's original sequence number).
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let (start, end) = (self.header_len, self.bytes().len() - self.padding_len);
+        &mut self.bytes_mut()[start..end]
+    }
+
     /// Sets or clears the marker bit.
     pub fn set_marker(&mut self, marker: bool) {
         let b = &mut self.bytes_mut()[1];

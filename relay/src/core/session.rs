@@ -78,6 +78,8 @@ pub struct StreamParams {
     pub clock_rates: Vec<(u8, u32)>,
     /// The RFC 4733 payload type, if negotiated.
     pub telephone_event: Option<u8>,
+    /// RTX payload types (RFC 4588), in the remote's numbering.
+    pub rtx: Vec<u8>,
     /// The user's device's leg.
     pub device: LegConfig,
     /// The remote party's leg.
@@ -137,6 +139,8 @@ pub struct SessionUpdate {
     pub peers: Vec<LegUpdate>,
     /// Streams with renegotiated codecs: payload types and clock rates.
     pub clock_rates: Vec<(StreamIndex, Vec<(u8, u32)>)>,
+    /// The same streams' RTX payload types (RFC 4588).
+    pub rtx: Vec<(StreamIndex, Vec<u8>)>,
     /// On hold (every stream) or not; `None` leaves it.
     pub held: Option<bool>,
 }
@@ -323,14 +327,16 @@ impl Session {
         let streams = streams
             .iter()
             .map(|p| {
-                Stream::new(
+                let mut stream = Stream::new(
                     now,
                     p.config,
                     p.device,
                     p.remote,
                     &p.clock_rates,
                     p.telephone_event,
-                )
+                );
+                stream.set_rtx(&p.rtx);
+                stream
             })
             .collect();
         Self {
@@ -798,6 +804,11 @@ impl Session {
                 s.set_clock_rates(rates);
             }
         }
+        for (index, rtx) in &update.rtx {
+            if let Some(s) = self.streams.get_mut(index.0) {
+                s.set_rtx(rtx);
+            }
+        }
         if let Some(held) = update.held
             && held != self.held
         {
@@ -1039,6 +1050,7 @@ mod tests {
                 asymmetric: false,
             },
             clock_rates: vec![(0, 8000), (101, 8000)],
+            rtx: Vec::new(),
             telephone_event: Some(101),
             device: leg(Some(A)),
             remote: leg(Some(REMOTE)),
@@ -1756,6 +1768,7 @@ mod bundle_tests {
                 asymmetric: false,
             },
             clock_rates: vec![(pt, rate)],
+            rtx: Vec::new(),
             telephone_event: None,
             device: browser,
             remote: phone(at),

@@ -138,11 +138,15 @@ pub enum DropReason {
     /// video): on one transport, under one SRTP key, the two would reuse
     /// keystream and could not be told apart.
     BundleSsrcCollision = 22,
+    /// A NACK (one RTCP feedback message) from the remote naming only
+    /// packets the device before a switch sent: removed, so the new
+    /// device is never asked to resend what it never sent.
+    StaleNack = 23,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -168,6 +172,7 @@ impl DropReason {
         Self::IceUnchecked,
         Self::HandshakeBusy,
         Self::BundleSsrcCollision,
+        Self::StaleNack,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -196,6 +201,7 @@ impl DropReason {
             Self::IceUnchecked => "ice_unchecked",
             Self::HandshakeBusy => "dtls_busy",
             Self::BundleSsrcCollision => "bundle_ssrc_collision",
+            Self::StaleNack => "stale_nack",
         }
     }
 }
@@ -1158,6 +1164,34 @@ pub struct Stream {
     /// The remote's sequence numbers toward the user's side, continuous
     /// across the remote's own restarts.
     toward_user: SequenceShift,
+    /// RTX payload types (RFC 4588), in the remote's numbering: bit `pt`.
+    rtx: u128,
+    /// The devices' retransmissions toward the remote, as one repair stream.
+    repair: RepairStream,
+}
+
+/// The outward RTX stream (RFC 4588): the first device's repair SSRC for
+/// every device, its own sequence numbers continuing +1 (SRTP's index never
+/// repeats), and each packet's original sequence number in the outward
+/// numbering of the main stream.
+#[derive(Debug, Clone, Copy, Default)]
+struct RepairStream {
+    ssrc: Option<u32>,
+    next_seq: u16,
+}
+
+impl RepairStream {
+    /// The SSRC and sequence number for the next repair packet; the first
+    /// one keeps its own.
+    fn next(&mut self, ssrc: u32, seq: u16) -> (u32, u16) {
+        let outward = *self.ssrc.get_or_insert_with(|| {
+            self.next_seq = seq;
+            ssrc
+        });
+        let out = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        (outward, out)
+    }
 }
 
 impl Stream {
@@ -1196,6 +1230,8 @@ impl Stream {
             last_toward_remote_at: None,
             awaiting_keys: false,
             toward_user: SequenceShift::default(),
+            rtx: 0,
+            repair: RepairStream::default(),
         };
         stream.set_clock_rates(clock_rates);
         stream.note_awaiting_keys();
@@ -1227,6 +1263,54 @@ impl Stream {
                 );
             }
         }
+    }
+
+    /// Sets which payload types (the remote's numbering) are RTX repair
+    /// streams (RFC 4588), after a negotiation.
+    pub fn set_rtx(&mut self, payload_types: &[u8]) {
+        self.rtx = payload_types
+            .iter()
+            .filter(|&&pt| pt < 128)
+            .fold(0, |mask, &pt| mask | 1 << pt);
+    }
+
+    fn is_rtx(&self, remote_pt: u8) -> bool {
+        remote_pt < 128 && self.rtx & (1 << remote_pt) != 0
+    }
+
+    /// A retransmission from the current device (RFC 4588): it joins the
+    /// outward repair stream, and its original sequence number becomes the
+    /// outward one of the packet it repeats. It never moves the main
+    /// stream's anchor, nor switches a transfer. A repeat of a packet the
+    /// outward stream does not carry from this device is late.
+    fn device_rtx(&mut self, leg: LegId, remote_pt: u8, buf: &mut [u8], len: usize) -> Outcome {
+        let Ok(mut view) = RtpView::new_checked(&mut buf[..len]) else {
+            return self.drop_on(leg, DropReason::MalformedRtp);
+        };
+        // Padding alone (bandwidth probes) has no original to map.
+        if let Some(osn) = view
+            .payload()
+            .get(..2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        {
+            let Some(outward) = self.continuity.to_outward(leg.index(), osn) else {
+                return self.drop_on(leg, DropReason::Late);
+            };
+            view.payload_mut()[..2].copy_from_slice(&outward.to_be_bytes());
+        }
+        let ts_offset = match self.continuity.current_input() {
+            Some((current, _)) if current == leg.index() => {
+                self.continuity.current().map_or(0, |(_, _, ts)| ts)
+            }
+            Some(_) | None => return self.drop_on(leg, DropReason::Late),
+        };
+        let (ssrc, seq) = self.repair.next(view.ssrc(), view.sequence());
+        view.set_ssrc(ssrc);
+        view.set_sequence(seq);
+        view.set_timestamp(view.timestamp().wrapping_add(ts_offset));
+        view.set_payload_type(remote_pt);
+        let remote = self.remote;
+        self.forward_to(leg, remote, Component::Rtp, len)
     }
 
     /// The leg that faces `party` now.
@@ -1469,6 +1553,12 @@ impl Stream {
         let Some(remote_pt) = this.payloads.to_remote(f.pt) else {
             return this.drop(DropReason::UnknownPayloadType);
         };
+        if self.is_rtx(remote_pt) {
+            return self.device_rtx(leg, remote_pt, buf, len);
+        }
+        let Some(this) = self.legs[leg.index()].as_mut() else {
+            return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
+        };
         let Ok(mut view) = RtpView::new_checked(&mut buf[..len]) else {
             return this.drop(DropReason::MalformedRtp);
         };
@@ -1543,7 +1633,9 @@ impl Stream {
         ) {
             Ok(len) => len,
             Err(TranslateError::Empty) => return self.drop_on(leg, DropReason::RtcpBye),
-            Err(TranslateError::Malformed) => return self.drop_on(leg, DropReason::MalformedRtcp),
+            Err(TranslateError::Malformed | TranslateError::StaleNack) => {
+                return self.drop_on(leg, DropReason::MalformedRtcp);
+            }
         };
         let remote = self.remote;
         self.forward_to(leg, remote, Component::Rtcp, len)
@@ -1565,12 +1657,28 @@ impl Stream {
                 len: 0,
             })
         });
-        let seq = self.toward_user.rewrite(f.ssrc, f.seq);
-        if (device_pt != f.pt || seq != f.seq)
+        let rtx = self.is_rtx(f.pt);
+        // A repair stream keeps its own numbers (and leaves the main
+        // stream's shift alone); its originals follow the shift.
+        let seq = if rtx {
+            f.seq
+        } else {
+            self.toward_user.rewrite(f.ssrc, f.seq)
+        };
+        let osn_shift = if rtx {
+            self.toward_user.active().map_or(0, |(_, offset)| offset)
+        } else {
+            0
+        };
+        if (device_pt != f.pt || seq != f.seq || osn_shift != 0)
             && let Ok(mut view) = RtpView::new_checked(&mut buf[..len])
         {
             view.set_payload_type(device_pt);
             view.set_sequence(seq);
+            if rtx && let Some(osn) = view.payload_mut().get_mut(..2) {
+                let shifted = u16::from_be_bytes([osn[0], osn[1]]).wrapping_add(osn_shift);
+                osn.copy_from_slice(&shifted.to_be_bytes());
+            }
         }
         let device = self.device;
         let mut outcome = self.forward_to(leg, device, Component::Rtp, len);
@@ -1581,8 +1689,15 @@ impl Stream {
     }
 
     fn remote_rtcp(&mut self, leg: LegId, buf: &mut [u8], len: usize) -> Outcome {
-        let len = match rtcp_translate::toward_user(buf, len, &self.continuity) {
-            Ok(len) => len,
+        let len = match rtcp_translate::toward_user(buf, len, &self.continuity, &mut self.rtcp) {
+            Ok((len, stale)) => {
+                // Removed from a compound that still goes on.
+                if let Some(from) = self.leg_mut(leg) {
+                    from.counters.drops[DropReason::StaleNack as usize] += u64::from(stale);
+                }
+                len
+            }
+            Err(TranslateError::StaleNack) => return self.drop_on(leg, DropReason::StaleNack),
             Err(TranslateError::Empty | TranslateError::Malformed) => {
                 return self.drop_on(leg, DropReason::MalformedRtcp);
             }
@@ -2941,6 +3056,86 @@ mod tests {
         assert_eq!(fields(&out).1, 96);
         assert_eq!(s.leg_of(Party::User), b);
         assert_eq!(s.close_retired(), Some(USER));
+    }
+
+    /// Issue 18: RTX (RFC 4588). A device's retransmissions join one
+    /// outward repair stream (the first device's repair SSRC, numbers +1)
+    /// with their original sequence number in the outward numbering, and
+    /// never move the main stream's anchor; after a switch the new device's
+    /// repairs map into its part of the outward stream, and a repair of a
+    /// packet from before its anchor is late.
+    #[test]
+    fn retransmissions_join_one_repair_stream_in_the_outward_numbering() {
+        let t0 = Instant::now();
+        let mut s = Stream::new(
+            t0,
+            StreamConfig {
+                learning_window: WINDOW,
+                relearn: false,
+                asymmetric: false,
+            },
+            leg(Some("10.0.0.1:4000"), true),
+            leg(Some("10.0.0.2:5000"), true),
+            &[(96, 90000), (97, 90000)],
+            None,
+        );
+        s.set_rtx(&[97]);
+        let video = |seq: u16, ssrc: u32| rtp_pt(96, seq, 3000 * u32::from(seq), ssrc, &[1; 100]);
+        let repair = |seq: u16, ssrc: u32, osn: u16| {
+            let mut payload = osn.to_be_bytes().to_vec();
+            payload.extend_from_slice(&[1; 100]);
+            rtp_pt(97, seq, 3000 * u32::from(osn), ssrc, &payload)
+        };
+        let osn = |out: &[u8]| {
+            let view = RtpView::new_checked(out).expect("rtp");
+            u16::from_be_bytes([view.payload()[0], view.payload()[1]])
+        };
+        let a = "10.0.0.1:4000";
+        for seq in 100..105u16 {
+            feed(&mut s, t0, USER, Component::Rtp, a, &video(seq, 0xA));
+        }
+        let (outcome, out) = feed(&mut s, t0, USER, Component::Rtp, a, &repair(500, 0xAA, 102));
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+        assert_eq!(
+            (fields(&out).1, fields(&out).2, fields(&out).4),
+            (97, 500, 0xAA)
+        );
+        assert_eq!(osn(&out), 102);
+        // The main stream goes on unanchored (no marker, next number).
+        let (_, out) = feed(&mut s, t0, USER, Component::Rtp, a, &video(105, 0xA));
+        assert_eq!(
+            (fields(&out).0, fields(&out).2, fields(&out).4),
+            (false, 105, 0xA)
+        );
+
+        let b = s
+            .add_pending(
+                t0,
+                leg(Some("10.0.0.3:6000"), true),
+                PayloadMap::from_pairs(&[(96, 96), (97, 97)], None),
+                WINDOW,
+            )
+            .expect("pending leg");
+        let b_at = "10.0.0.3:6000";
+        let t1 = t0 + Duration::from_millis(40);
+        feed(&mut s, t1, b, Component::Rtp, b_at, &video(9000, 0xB));
+        assert_eq!(s.switch(t1), Switch::Done);
+        let (_, out) = feed(&mut s, t1, b, Component::Rtp, b_at, &video(9000, 0xB));
+        assert_eq!(
+            (fields(&out).0, fields(&out).2, fields(&out).4),
+            (true, 106, 0xA)
+        );
+        feed(&mut s, t1, b, Component::Rtp, b_at, &video(9001, 0xB));
+        // B's repair of its 9000: the first device's repair SSRC, the next
+        // repair number, the original's outward number.
+        let (_, out) = feed(&mut s, t1, b, Component::Rtp, b_at, &repair(42, 0xBB, 9000));
+        assert_eq!((fields(&out).2, fields(&out).4), (501, 0xAA));
+        assert_eq!(osn(&out), 106);
+        let (outcome, _) = feed(&mut s, t1, b, Component::Rtp, b_at, &repair(43, 0xBB, 8999));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Late));
     }
 
     #[test]

@@ -1289,6 +1289,7 @@ mod tests {
                     asymmetric: false,
                 },
                 clock_rates: vec![(0, 8000)],
+                rtx: Vec::new(),
                 telephone_event: None,
                 device: LEG,
                 remote: LEG,
