@@ -52,6 +52,20 @@ struct Call {
 /// A call between device A (GRUU_A) and a remote party, both signalled,
 /// rtcp-mux on both legs.
 async fn call(relay: &Relay, call_id: &str) -> Call {
+    call_with(relay, call_id, "audio", session_codecs()).await
+}
+
+/// VP8 and its RTX repair format (RFC 4588).
+fn video_codecs() -> Vec<v1::Codec> {
+    let at_90k = |pt: u32, name: &str| v1::Codec {
+        clock_rate: 90_000,
+        ..codec(pt, name)
+    };
+    vec![at_90k(96, "VP8"), at_90k(97, "rtx")]
+}
+
+/// As [`call`], with one stream of `kind` and `codecs`.
+async fn call_with(relay: &Relay, call_id: &str, kind: &str, codecs: Vec<v1::Codec>) -> Call {
     let client = relay.client().await;
     let (device, remote) = (Peer::v4(), Peer::v4());
     let request = v1::CreateSessionRequest {
@@ -61,8 +75,8 @@ async fn call(relay: &Relay, call_id: &str) -> Call {
         aor: AOR.into(),
         gruu: GRUU_A.into(),
         streams: vec![v1::StreamSpec {
-            kind: "audio".into(),
-            codecs: session_codecs(),
+            kind: kind.into(),
+            codecs,
             rtcp_mux: true,
             user_peer: Some(v1::Endpoint {
                 rtp: device.addr().to_string(),
@@ -388,6 +402,114 @@ async fn rtcp_follows_the_switch() {
     c.device
         .send(&c.user_addr, &bye.marshal().expect("marshal"));
     c.remote.expect_silence();
+}
+
+/// Issue 18: after a handoff of a video call, the remote's feedback
+/// reaches the new device in its own terms — PLI and FIR naming its SSRC,
+/// NACKs in its own numbering, a NACK only for the old device's packets
+/// never (counted) — and the new device's RTX repairs reach the remote as
+/// the outward repair stream, the original's outward number inside, while
+/// the video stream goes on unbroken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_feedback_and_repairs_follow_the_device() {
+    use rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
+    use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    use rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+    use webrtc_util::marshal::{Marshal, Unmarshal};
+    let relay = Relay::start(&[]);
+    let c = call_with(&relay, "video-feedback", "video", video_codecs()).await;
+    let device_b = Peer::v4();
+    let frame = |seq: u16, ts: u32, ssrc: u32, tag: u8| rtp(96, seq, ts, ssrc, &[tag; 100]);
+    for i in 0..5u16 {
+        c.device.send(
+            &c.user_addr,
+            &frame(100 + i, 3000 * u32::from(i), 0xAAAA, b'A'),
+        );
+        c.remote.recv();
+    }
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    for i in 0..5u16 {
+        device_b.send(
+            &b_addr,
+            &frame(5000 + i, 77 + 3000 * u32::from(i), 0xBBBB, b'B'),
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        c.remote.recv();
+    }
+    // The outward stream: A's 100..=104, then B's 5000..=5004 as 105..=109.
+    let from_remote = |packet: &[u8]| c.remote.send(&c.remote_addr, packet);
+    from_remote(
+        &PictureLossIndication {
+            sender_ssrc: 0x0F0F,
+            media_ssrc: 0xAAAA,
+        }
+        .marshal()
+        .expect("marshal"),
+    );
+    let (bytes, _) = device_b.recv();
+    let pli = PictureLossIndication::unmarshal(&mut &bytes[..]).expect("a PLI");
+    assert_eq!(pli.media_ssrc, 0xBBBB);
+    let nack = |pairs: &[(u16, u16)]| {
+        TransportLayerNack {
+            sender_ssrc: 0x0F0F,
+            media_ssrc: 0xAAAA,
+            nacks: pairs
+                .iter()
+                .map(|&(packet_id, lost_packets)| NackPair {
+                    packet_id,
+                    lost_packets,
+                })
+                .collect(),
+        }
+        .marshal()
+        .expect("marshal")
+    };
+    // 102 is A's; 106 and 108 are B's 5001 and 5003.
+    from_remote(&nack(&[(102, 0), (106, 0b10)]));
+    let (bytes, _) = device_b.recv();
+    let got = TransportLayerNack::unmarshal(&mut &bytes[..]).expect("a NACK");
+    assert_eq!(got.media_ssrc, 0xBBBB);
+    let lost: Vec<u16> = got.nacks.iter().flat_map(|p| p.packet_list()).collect();
+    assert_eq!(lost, vec![5001, 5003]);
+    // Only A's packets: B hears nothing, and it is counted.
+    from_remote(&nack(&[(101, 0b1)]));
+    device_b.expect_silence();
+    let info = get(&c.client, &c.session).await;
+    let remote_leg = info.streams[0].remote.as_ref().expect("remote leg");
+    let drops = &remote_leg.stats.as_ref().expect("stats").drops;
+    assert_eq!(drops.get("stale_nack"), Some(&1), "{drops:?}");
+    from_remote(
+        &FullIntraRequest {
+            sender_ssrc: 0x0F0F,
+            media_ssrc: 0,
+            fir: vec![FirEntry {
+                ssrc: 0xAAAA,
+                sequence_number: 7,
+            }],
+        }
+        .marshal()
+        .expect("marshal"),
+    );
+    let (bytes, _) = device_b.recv();
+    let fir = FullIntraRequest::unmarshal(&mut &bytes[..]).expect("a FIR");
+    assert_eq!(fir.fir[0].ssrc, 0xBBBB);
+
+    // B repairs its 5001 (outward 106) on its RTX SSRC.
+    let mut repair = 5001u16.to_be_bytes().to_vec();
+    repair.extend_from_slice(&[b'B'; 100]);
+    device_b.send(&b_addr, &rtp(97, 9, 77 + 3000, 0xB0B0, &repair));
+    let (bytes, _) = c.remote.recv();
+    let got = seen(&bytes);
+    assert_eq!((got.pt, got.ssrc, got.seq), (97, 0xB0B0, 9));
+    assert_eq!(u16::from_be_bytes([bytes[12], bytes[13]]), 106);
+    // The video stream goes on: 110, no marker.
+    device_b.send(&b_addr, &frame(5005, 77 + 15_000, 0xBBBB, b'B'));
+    let next = seen(&c.remote.recv().0);
+    assert_eq!((next.seq, next.ssrc, next.marker), (110, 0xAAAA, false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
