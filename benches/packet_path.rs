@@ -64,7 +64,7 @@ fn session_with(now: Instant, device: LegCrypto, remote: LegCrypto) -> Session {
             asymmetric: false,
         },
         clock_rates: vec![(0, 8000), (101, 8000)],
-        rtx: Vec::new(),
+        formats: Vec::new(),
         telephone_event: Some(101),
         device: LegConfig {
             crypto: device,

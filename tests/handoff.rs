@@ -432,7 +432,30 @@ async fn video_feedback_and_repairs_follow_the_device() {
         transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
     )
     .await;
-    for i in 0..5u16 {
+    // B's first packet is an inter frame (VP8, P bit set): held, and B is
+    // asked for a keyframe (PLI and FIR about its SSRC) instead.
+    device_b.send(&b_addr, &rtp(96, 5000, 77, 0xBBBB, &[0x10, 0x01, b'B']));
+    let (bytes, _) = device_b.recv();
+    let request = rtcp::packet::unmarshal(&mut &bytes[..]).expect("RTCP");
+    let asked = request[1]
+        .as_any()
+        .downcast_ref::<PictureLossIndication>()
+        .expect("a PLI");
+    assert_eq!(asked.media_ssrc, 0xBBBB);
+    assert!(
+        request[2]
+            .as_any()
+            .downcast_ref::<FullIntraRequest>()
+            .is_some(),
+        "and a FIR"
+    );
+    c.remote.expect_silence();
+    // Its keyframe goes out next, then the rest.
+    let keyframe = rtp(96, 5001, 77 + 3000, 0xBBBB, &[0x10, 0x00, b'B']);
+    device_b.send(&b_addr, &keyframe);
+    let first = seen(&c.remote.recv().0);
+    assert_eq!((first.seq, first.ssrc, first.marker), (105, 0xAAAA, false));
+    for i in 2..6u16 {
         device_b.send(
             &b_addr,
             &frame(5000 + i, 77 + 3000 * u32::from(i), 0xBBBB, b'B'),
@@ -440,7 +463,7 @@ async fn video_feedback_and_repairs_follow_the_device() {
         std::thread::sleep(Duration::from_millis(2));
         c.remote.recv();
     }
-    // The outward stream: A's 100..=104, then B's 5000..=5004 as 105..=109.
+    // The outward stream: A's 100..=104, then B's 5001..=5005 as 105..=109.
     let from_remote = |packet: &[u8]| c.remote.send(&c.remote_addr, packet);
     from_remote(
         &PictureLossIndication {
@@ -468,13 +491,13 @@ async fn video_feedback_and_repairs_follow_the_device() {
         .marshal()
         .expect("marshal")
     };
-    // 102 is A's; 106 and 108 are B's 5001 and 5003.
+    // 102 is A's; 106 and 108 are B's 5002 and 5004.
     from_remote(&nack(&[(102, 0), (106, 0b10)]));
     let (bytes, _) = device_b.recv();
     let got = TransportLayerNack::unmarshal(&mut &bytes[..]).expect("a NACK");
     assert_eq!(got.media_ssrc, 0xBBBB);
     let lost: Vec<u16> = got.nacks.iter().flat_map(|p| p.packet_list()).collect();
-    assert_eq!(lost, vec![5001, 5003]);
+    assert_eq!(lost, vec![5002, 5004]);
     // Only A's packets: B hears nothing, and it is counted.
     from_remote(&nack(&[(101, 0b1)]));
     device_b.expect_silence();
@@ -498,8 +521,8 @@ async fn video_feedback_and_repairs_follow_the_device() {
     let fir = FullIntraRequest::unmarshal(&mut &bytes[..]).expect("a FIR");
     assert_eq!(fir.fir[0].ssrc, 0xBBBB);
 
-    // B repairs its 5001 (outward 106) on its RTX SSRC.
-    let mut repair = 5001u16.to_be_bytes().to_vec();
+    // B repairs its 5002 (outward 106) on its RTX SSRC.
+    let mut repair = 5002u16.to_be_bytes().to_vec();
     repair.extend_from_slice(&[b'B'; 100]);
     device_b.send(&b_addr, &rtp(97, 9, 77 + 3000, 0xB0B0, &repair));
     let (bytes, _) = c.remote.recv();
@@ -507,7 +530,7 @@ async fn video_feedback_and_repairs_follow_the_device() {
     assert_eq!((got.pt, got.ssrc, got.seq), (97, 0xB0B0, 9));
     assert_eq!(u16::from_be_bytes([bytes[12], bytes[13]]), 106);
     // The video stream goes on: 110, no marker.
-    device_b.send(&b_addr, &frame(5005, 77 + 15_000, 0xBBBB, b'B'));
+    device_b.send(&b_addr, &frame(5006, 77 + 18_000, 0xBBBB, b'B'));
     let next = seen(&c.remote.recv().0);
     assert_eq!((next.seq, next.ssrc, next.marker), (110, 0xAAAA, false));
 }

@@ -104,7 +104,7 @@ fn session_paths(srtp: bool) -> u64 {
         },
         clock_rates: vec![(0, 8000)],
         telephone_event: None,
-        rtx: Vec::new(),
+        formats: Vec::new(),
         device: leg("10.0.0.1:4000", 1),
         remote: leg("10.0.0.2:5000", 2),
     };
@@ -249,7 +249,7 @@ fn worker_path() -> u64 {
             },
             clock_rates: vec![(0, 8000)],
             telephone_event: None,
-            rtx: Vec::new(),
+            formats: Vec::new(),
             device: leg(device.local_addr().expect("addr")),
             remote: leg(remote.local_addr().expect("addr")),
         },

@@ -71,7 +71,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
                 },
                 clock_rates: vec![(0, 8000)],
                 telephone_event: None,
-                rtx: Vec::new(),
+                formats: Vec::new(),
                 device: leg,
                 remote: leg,
             },

@@ -317,7 +317,7 @@ impl Sessions {
                     config,
                     clock_rates: clock_rates(&spec.codecs),
                     telephone_event: telephone_event(&spec.codecs),
-                    rtx: super::rtx_types(&spec.codecs),
+                    formats: super::payload_formats(&spec.codecs),
                     device: legs[0],
                     remote: legs[1],
                 },
@@ -450,8 +450,8 @@ impl Sessions {
                     .clock_rates
                     .push((StreamIndex(index), clock_rates(&stream.codecs)));
                 update
-                    .rtx
-                    .push((StreamIndex(index), super::rtx_types(&stream.codecs)));
+                    .formats
+                    .push((StreamIndex(index), super::payload_formats(&stream.codecs)));
             }
             match v1::Hold::try_from(stream.hold) {
                 Ok(v1::Hold::Unchanged) => {}

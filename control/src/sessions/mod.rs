@@ -360,12 +360,15 @@ fn telephone_event(codecs: &[v1::Codec]) -> Option<u8> {
         .and_then(|c| u8::try_from(c.payload_type).ok())
 }
 
-/// The RTX payload types (RFC 4588) among `codecs`.
-fn rtx_types(codecs: &[v1::Codec]) -> Vec<u8> {
+/// The payload types among `codecs` of formats the data plane treats
+/// specially: RTX (RFC 4588) and the video codecs whose keyframes it finds.
+fn payload_formats(codecs: &[v1::Codec]) -> Vec<(u8, baton_relay::core::keyframe::PayloadFormat)> {
     codecs
         .iter()
-        .filter(|c| c.name.eq_ignore_ascii_case("rtx"))
-        .filter_map(|c| u8::try_from(c.payload_type).ok())
+        .filter_map(|c| {
+            let format = baton_relay::core::keyframe::PayloadFormat::from_name(&c.name)?;
+            Some((u8::try_from(c.payload_type).ok()?, format))
+        })
         .collect()
 }
 
@@ -626,6 +629,7 @@ fn leg_stats(report: &LegReport) -> v1::LegStats {
         last_packet_ms_ago: report
             .last_packet_age
             .map_or(-1, |age| i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+        keyframe_waits_expired: c.keyframe_waits_expired,
     }
 }
 

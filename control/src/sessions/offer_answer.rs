@@ -180,8 +180,8 @@ impl Sessions {
                     .clock_rates
                     .push((StreamIndex(s), super::clock_rates(&m.codecs)));
                 update
-                    .rtx
-                    .push((StreamIndex(s), super::rtx_types(&m.codecs)));
+                    .formats
+                    .push((StreamIndex(s), super::payload_formats(&m.codecs)));
             }
             stream.held[from.index()] = holds(m);
             if let Some(ptime) = m.ptime {

@@ -88,6 +88,11 @@ impl SequenceShift {
         seq.wrapping_add(self.offset)
     }
 
+    /// The SSRC of the stream followed (the remote's), once it has sent.
+    pub fn ssrc(&self) -> Option<u32> {
+        self.ssrc
+    }
+
     /// While the remote's numbers are shifted: its SSRC and the offset, for
     /// reception reports about it going back to the remote.
     pub fn active(&self) -> Option<(u32, u16)> {
@@ -310,7 +315,9 @@ impl Continuity {
             last_ts: ts,
             last_at: now,
         });
-        self.marker_pending = true;
+        // A talkspurt starts here; on video the marker ends a frame, and the
+        // packet keeps its own.
+        self.marker_pending = rate != crate::core::stream::VIDEO_CLOCK_RATE;
     }
 
     /// Rewrites one RFC 4733 event packet that input `leg` sends on an SSRC

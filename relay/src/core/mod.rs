@@ -11,6 +11,7 @@
 //! - [`dtls`]: DTLS-SRTP roles, fingerprints and the keys it exports.
 //! - [`stun`]: ICE-lite connectivity checks answered in place.
 //! - [`bundle`]: several streams on one transport, routed by MID, SSRC, payload type.
+//! - [`keyframe`]: video formats, where keyframes start, keyframe requests.
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
 //!   loss and jitter; [`ids`]: the ids and the two parties.
 
@@ -18,6 +19,7 @@ pub mod bundle;
 pub mod continuity;
 pub mod dtls;
 pub mod ids;
+pub mod keyframe;
 pub mod rtcp_translate;
 pub mod rtp;
 pub mod session;

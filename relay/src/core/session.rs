@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use crate::core::bundle::{Bundle, BundleError, BundleTag, Routed};
 use crate::core::dtls::DtlsParams;
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId};
+use crate::core::keyframe::PayloadFormat;
 use crate::core::stream::{
     Component, DropReason, LegConfig, LegCrypto, LegKeys, LegReport, LegRole, PayloadMap, Stream,
     StreamConfig, Verdict,
@@ -78,8 +79,9 @@ pub struct StreamParams {
     pub clock_rates: Vec<(u8, u32)>,
     /// The RFC 4733 payload type, if negotiated.
     pub telephone_event: Option<u8>,
-    /// RTX payload types (RFC 4588), in the remote's numbering.
-    pub rtx: Vec<u8>,
+    /// Payload types of formats the relay treats specially (RTX, video
+    /// codecs), in the remote's numbering.
+    pub formats: Vec<(u8, PayloadFormat)>,
     /// The user's device's leg.
     pub device: LegConfig,
     /// The remote party's leg.
@@ -139,8 +141,8 @@ pub struct SessionUpdate {
     pub peers: Vec<LegUpdate>,
     /// Streams with renegotiated codecs: payload types and clock rates.
     pub clock_rates: Vec<(StreamIndex, Vec<(u8, u32)>)>,
-    /// The same streams' RTX payload types (RFC 4588).
-    pub rtx: Vec<(StreamIndex, Vec<u8>)>,
+    /// The same streams' special formats (RTX, video codecs).
+    pub formats: Vec<(StreamIndex, Vec<(u8, PayloadFormat)>)>,
     /// On hold (every stream) or not; `None` leaves it.
     pub held: Option<bool>,
 }
@@ -335,7 +337,7 @@ impl Session {
                     &p.clock_rates,
                     p.telephone_event,
                 );
-                stream.set_rtx(&p.rtx);
+                stream.set_formats(&p.formats);
                 stream
             })
             .collect();
@@ -591,8 +593,41 @@ impl Session {
             !accepted.is_media(),
             &mut outcome.verdict,
             buf,
-            Some(fork_buf),
+            Some(&mut *fork_buf),
         );
+        if let Some(request) = outcome.keyframe_request {
+            // A held packet's buffer carries the request instead; beside a
+            // forwarded one it takes the fork's (free: no transfer is open
+            // once the switch happened).
+            let s = &mut self.streams[stream.0];
+            match &mut outcome.verdict {
+                Verdict::Drop(_) => {
+                    if let Some(len) = s.write_keyframe_request(&request, buf) {
+                        outcome.verdict = Verdict::Forward {
+                            leg: request.leg,
+                            component: request.socket,
+                            to: request.to,
+                            len,
+                            fork: None,
+                        };
+                    }
+                }
+                Verdict::Forward {
+                    fork: slot @ None, ..
+                } => {
+                    if let Some(len) = s.write_keyframe_request(&request, fork_buf) {
+                        *slot = Some(crate::core::stream::Fork {
+                            leg: request.leg,
+                            to: request.to,
+                            socket: request.socket,
+                            payload_type: 0,
+                            len,
+                        });
+                    }
+                }
+                Verdict::Forward { .. } | Verdict::Handshake { .. } => {}
+            }
+        }
         if let Some(latched) = outcome.latched {
             self.info(SessionEvent::SourceLatched { stream, latched });
         }
@@ -804,9 +839,9 @@ impl Session {
                 s.set_clock_rates(rates);
             }
         }
-        for (index, rtx) in &update.rtx {
+        for (index, formats) in &update.formats {
             if let Some(s) = self.streams.get_mut(index.0) {
-                s.set_rtx(rtx);
+                s.set_formats(formats);
             }
         }
         if let Some(held) = update.held
@@ -1050,7 +1085,7 @@ mod tests {
                 asymmetric: false,
             },
             clock_rates: vec![(0, 8000), (101, 8000)],
-            rtx: Vec::new(),
+            formats: Vec::new(),
             telephone_event: Some(101),
             device: leg(Some(A)),
             remote: leg(Some(REMOTE)),
@@ -1768,7 +1803,7 @@ mod bundle_tests {
                 asymmetric: false,
             },
             clock_rates: vec![(pt, rate)],
-            rtx: Vec::new(),
+            formats: Vec::new(),
             telephone_event: None,
             device: browser,
             remote: phone(at),

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use crate::core::continuity::{Continuity, Refused, SequenceShift};
 use crate::core::dtls::DtlsParams;
 use crate::core::ids::{LegId, Party};
+use crate::core::keyframe::PayloadFormat;
 use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
 use crate::core::rtp::{self, RtpView};
 use crate::core::srtp::{MasterKey, SrtpError, SrtpReceiver, SrtpSender, Unprotected};
@@ -48,6 +49,16 @@ use crate::core::stun::{self, IceCredentials, StunRefusal};
 
 /// How long an RFC 4733 event without its end packet counts as in progress.
 const DTMF_STALE: Duration = Duration::from_millis(1000);
+/// After a switch, the new device's video waits this long at most for its
+/// first keyframe; then it passes anyway (counted).
+pub const KEYFRAME_WAIT: Duration = Duration::from_secs(1);
+/// While it waits, the keyframe request is repeated this often (a request
+/// or its answer may be lost).
+const KEYFRAME_REQUEST_EVERY: Duration = Duration::from_millis(250);
+/// The clock rate of every video payload format (RFC 3551 §5): on such a
+/// stream a new source's first packet keeps its own marker, which marks a
+/// frame's end, not a talkspurt's start.
+pub const VIDEO_CLOCK_RATE: u32 = 90_000;
 /// "No payload type" in a payload map.
 const NO_PT: u8 = 0xff;
 
@@ -142,11 +153,14 @@ pub enum DropReason {
     /// packets the device before a switch sent: removed, so the new
     /// device is never asked to resend what it never sent.
     StaleNack = 23,
+    /// Video from the new device after a switch, before its first keyframe
+    /// (the remote's decoder still holds the old device's pictures).
+    AwaitingKeyframe = 24,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 25;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -173,6 +187,7 @@ impl DropReason {
         Self::HandshakeBusy,
         Self::BundleSsrcCollision,
         Self::StaleNack,
+        Self::AwaitingKeyframe,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -202,6 +217,7 @@ impl DropReason {
             Self::HandshakeBusy => "dtls_busy",
             Self::BundleSsrcCollision => "bundle_ssrc_collision",
             Self::StaleNack => "stale_nack",
+            Self::AwaitingKeyframe => "awaiting_keyframe",
         }
     }
 }
@@ -334,6 +350,9 @@ pub struct LegCounters {
     pub bytes_out: u64,
     /// Datagrams dropped, indexed by [`DropReason`].
     pub drops: [u64; DropReason::COUNT],
+    /// Switches after which this device's video passed without a keyframe
+    /// because none came within [`KEYFRAME_WAIT`].
+    pub keyframe_waits_expired: u64,
 }
 
 /// The SRTP keys of one leg (SDES, or later DTLS-SRTP).
@@ -460,10 +479,12 @@ pub struct StreamConfig {
 /// A second copy of a datagram: the remote's media to a pending device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fork {
-    /// The pending leg.
+    /// The pending leg (or, for a keyframe request, the new device's).
     pub leg: LegId,
     /// Its peer.
     pub to: SocketAddr,
+    /// The socket it leaves on.
+    pub socket: Component,
     /// The payload type in that device's numbering.
     pub payload_type: u8,
     /// Length of the copy (set by [`Session::handle_packet`](crate::core::session::Session::handle_packet),
@@ -525,6 +546,10 @@ pub struct Outcome {
     /// A switch that waited for the old device's RFC 4733 event to end
     /// happened on this packet (the event's end went out).
     pub switch_completed: bool,
+    /// Ask the device on this leg for a keyframe (a video switch): the
+    /// session writes the request ([`Stream::write_keyframe_request`]) and
+    /// sends it with this datagram's outcome.
+    pub keyframe_request: Option<KeyframeRequest>,
 }
 
 impl Outcome {
@@ -534,8 +559,41 @@ impl Outcome {
             latched: None,
             new_device_started: false,
             switch_completed: false,
+            keyframe_request: None,
         }
     }
+}
+
+/// A keyframe request due toward a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyframeRequest {
+    /// The device's leg.
+    pub leg: LegId,
+    /// Where its RTCP goes.
+    pub to: SocketAddr,
+    /// The socket it leaves on (RTP with rtcp-mux).
+    pub socket: Component,
+    /// The device's SSRC (the request is about it).
+    pub media: u32,
+}
+
+/// What the keyframe wait does with a packet (each with a request to send,
+/// when one is due).
+enum Gate {
+    Pass(Option<KeyframeRequest>),
+    Hold(Option<KeyframeRequest>),
+}
+
+/// After a video switch: the keyframe request and the hold of the new
+/// device's video (see [`crate::core::keyframe`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyframeWait {
+    /// A switch happened on a video stream and its keyframe has not come.
+    active: bool,
+    /// The hold ends here (set by the new device's first packet).
+    until: Option<Instant>,
+    /// The last request; `None` when one is due.
+    requested_at: Option<Instant>,
 }
 
 /// What a leg is to its stream now.
@@ -1076,6 +1134,7 @@ impl Leg {
             latched,
             new_device_started: false,
             switch_completed: false,
+            keyframe_request: None,
         }
     }
 
@@ -1164,10 +1223,13 @@ pub struct Stream {
     /// The remote's sequence numbers toward the user's side, continuous
     /// across the remote's own restarts.
     toward_user: SequenceShift,
-    /// RTX payload types (RFC 4588), in the remote's numbering: bit `pt`.
-    rtx: u128,
+    /// Formats the relay treats specially (RTX, video codecs), by payload
+    /// type in the remote's numbering.
+    formats: [Option<PayloadFormat>; 128],
     /// The devices' retransmissions toward the remote, as one repair stream.
     repair: RepairStream,
+    /// After a video switch, until the new device's first keyframe.
+    keyframe: KeyframeWait,
 }
 
 /// The outward RTX stream (RFC 4588): the first device's repair SSRC for
@@ -1230,8 +1292,9 @@ impl Stream {
             last_toward_remote_at: None,
             awaiting_keys: false,
             toward_user: SequenceShift::default(),
-            rtx: 0,
+            formats: [None; 128],
             repair: RepairStream::default(),
+            keyframe: KeyframeWait::default(),
         };
         stream.set_clock_rates(clock_rates);
         stream.note_awaiting_keys();
@@ -1265,17 +1328,23 @@ impl Stream {
         }
     }
 
-    /// Sets which payload types (the remote's numbering) are RTX repair
-    /// streams (RFC 4588), after a negotiation.
-    pub fn set_rtx(&mut self, payload_types: &[u8]) {
-        self.rtx = payload_types
-            .iter()
-            .filter(|&&pt| pt < 128)
-            .fold(0, |mask, &pt| mask | 1 << pt);
+    /// Sets which payload types (the remote's numbering) are of a format
+    /// the relay treats specially, after a negotiation.
+    pub fn set_formats(&mut self, formats: &[(u8, PayloadFormat)]) {
+        self.formats = [None; 128];
+        for &(pt, format) in formats {
+            if let Some(slot) = self.formats.get_mut(usize::from(pt)) {
+                *slot = Some(format);
+            }
+        }
+    }
+
+    fn format(&self, remote_pt: u8) -> Option<PayloadFormat> {
+        self.formats.get(usize::from(remote_pt)).copied().flatten()
     }
 
     fn is_rtx(&self, remote_pt: u8) -> bool {
-        remote_pt < 128 && self.rtx & (1 << remote_pt) != 0
+        self.format(remote_pt) == Some(PayloadFormat::Rtx)
     }
 
     /// A retransmission from the current device (RFC 4588): it joins the
@@ -1556,6 +1625,20 @@ impl Stream {
         if self.is_rtx(remote_pt) {
             return self.device_rtx(leg, remote_pt, buf, len);
         }
+        let keyframe_request = if self.keyframe.active {
+            let view = RtpView::new_checked(&buf[..len]).ok();
+            let payload = view.as_ref().map_or(&[][..], |v| v.payload());
+            match self.keyframe_gate(now, leg, remote_pt, f.ssrc, payload) {
+                Gate::Pass(request) => request,
+                Gate::Hold(request) => {
+                    let mut held = self.drop_on(leg, DropReason::AwaitingKeyframe);
+                    held.keyframe_request = request;
+                    return held;
+                }
+            }
+        } else {
+            None
+        };
         let Some(this) = self.legs[leg.index()].as_mut() else {
             return Outcome::verdict(Verdict::Drop(DropReason::OldSource));
         };
@@ -1611,6 +1694,7 @@ impl Stream {
             len,
             fork: None,
         });
+        outcome.keyframe_request = keyframe_request;
         if self.awaiting_new_device {
             self.awaiting_new_device = false;
             outcome.new_device_started = true;
@@ -1653,6 +1737,7 @@ impl Stream {
             Some(Fork {
                 leg: pending,
                 to: pending_leg.destination(Component::Rtp)?,
+                socket: Component::Rtp,
                 payload_type: pending_leg.payloads.from_remote(f.pt)?,
                 len: 0,
             })
@@ -1878,6 +1963,94 @@ impl Stream {
             self.closed = Some(previous);
         }
         self.awaiting_new_device = true;
+        // A video stream: the new device is asked for a keyframe, and its
+        // video waits for one.
+        self.keyframe = KeyframeWait {
+            active: self.is_video(),
+            until: None,
+            requested_at: None,
+        };
+    }
+
+    /// Whether this stream carries video: a video format or a 90 kHz clock.
+    fn is_video(&self) -> bool {
+        self.formats.iter().flatten().any(|f| f.is_video())
+            || self.clock_rates.contains(&VIDEO_CLOCK_RATE)
+    }
+
+    /// The keyframe wait, for a packet from the current device with the
+    /// remote's payload type `remote_pt`: held (a request riding in its
+    /// place when one is due), or passed (with a request beside it when
+    /// one is due and the format has no keyframe to wait for).
+    fn keyframe_gate(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        remote_pt: u8,
+        ssrc: u32,
+        payload: &[u8],
+    ) -> Gate {
+        if !self.keyframe.active || leg != self.device {
+            return Gate::Pass(None);
+        }
+        let due = self
+            .keyframe
+            .requested_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_REQUEST_EVERY);
+        let request = if due {
+            self.leg(leg).and_then(|l| {
+                Some(KeyframeRequest {
+                    leg,
+                    to: l.destination(Component::Rtcp)?,
+                    socket: if l.config.rtcp_mux {
+                        Component::Rtp
+                    } else {
+                        Component::Rtcp
+                    },
+                    media: ssrc,
+                })
+            })
+        } else {
+            None
+        };
+        if request.is_some() {
+            self.keyframe.requested_at = Some(now);
+        }
+        let Some(format) = self.format(remote_pt).filter(|f| f.is_video()) else {
+            // Nothing to wait for in this format (or audio on a video
+            // line): asked once, then it passes.
+            self.keyframe.active = false;
+            return Gate::Pass(request);
+        };
+        if crate::core::keyframe::starts_keyframe(format, payload) {
+            self.keyframe.active = false;
+            return Gate::Pass(None);
+        }
+        let until = *self.keyframe.until.get_or_insert(now + KEYFRAME_WAIT);
+        if now >= until {
+            self.keyframe.active = false;
+            if let Some(device) = self.leg_mut(leg) {
+                device.counters.keyframe_waits_expired += 1;
+            }
+            return Gate::Pass(None);
+        }
+        Gate::Hold(request)
+    }
+
+    /// Writes (and seals, on an SRTP leg) the keyframe request `request`
+    /// into `buf`, from the remote's SSRC with the relay's next FIR command
+    /// number toward the device. Returns its length.
+    pub fn write_keyframe_request(
+        &mut self,
+        request: &KeyframeRequest,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        // The remote's SSRC when it has sent; else a fixed one of the relay's.
+        const RELAY_SSRC: u32 = 0x6261_746f;
+        let sender = self.toward_user.ssrc().unwrap_or(RELAY_SSRC);
+        let number = self.rtcp.next_fir_to_user();
+        let len = crate::core::keyframe::write_request(buf, sender, request.media, number)?;
+        self.seal(request.leg, true, buf, len).ok()
     }
 
     /// Completes a switch that waits for an RFC 4733 event now (a newer
@@ -2994,6 +3167,7 @@ mod tests {
                     Fork {
                         leg: b,
                         to: addr("10.0.0.3:6000"),
+                        socket: Component::Rtp,
                         payload_type: 96,
                         len: 0
                     }
@@ -3079,7 +3253,7 @@ mod tests {
             &[(96, 90000), (97, 90000)],
             None,
         );
-        s.set_rtx(&[97]);
+        s.set_formats(&[(96, PayloadFormat::Vp8), (97, PayloadFormat::Rtx)]);
         let video = |seq: u16, ssrc: u32| rtp_pt(96, seq, 3000 * u32::from(seq), ssrc, &[1; 100]);
         let repair = |seq: u16, ssrc: u32, osn: u16| {
             let mut payload = osn.to_be_bytes().to_vec();
@@ -3121,12 +3295,15 @@ mod tests {
             .expect("pending leg");
         let b_at = "10.0.0.3:6000";
         let t1 = t0 + Duration::from_millis(40);
-        feed(&mut s, t1, b, Component::Rtp, b_at, &video(9000, 0xB));
+        // B's first packet starts a VP8 keyframe (S, partition 0, P clear).
+        let key = rtp_pt(96, 9000, 3000 * 9000, 0xB, &[0x10, 0x00, 1, 1]);
+        feed(&mut s, t1, b, Component::Rtp, b_at, &key);
         assert_eq!(s.switch(t1), Switch::Done);
-        let (_, out) = feed(&mut s, t1, b, Component::Rtp, b_at, &video(9000, 0xB));
+        let (_, out) = feed(&mut s, t1, b, Component::Rtp, b_at, &key);
+        // Video: the first packet keeps its own marker (a frame's end).
         assert_eq!(
             (fields(&out).0, fields(&out).2, fields(&out).4),
-            (true, 106, 0xA)
+            (false, 106, 0xA)
         );
         feed(&mut s, t1, b, Component::Rtp, b_at, &video(9001, 0xB));
         // B's repair of its 9000: the first device's repair SSRC, the next
@@ -3136,6 +3313,109 @@ mod tests {
         assert_eq!(osn(&out), 106);
         let (outcome, _) = feed(&mut s, t1, b, Component::Rtp, b_at, &repair(43, 0xBB, 8999));
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::Late));
+    }
+
+    /// Issue 18: at a video switch the new device is asked for a keyframe
+    /// (PLI and FIR to its RTCP address, in place of its first held
+    /// packet, again every 250 ms), its inter frames are held until a
+    /// keyframe starts, and after [`KEYFRAME_WAIT`] without one they pass,
+    /// counted. The outward stream then goes on from the keyframe.
+    #[test]
+    fn a_video_switch_asks_for_a_keyframe_and_holds_until_one_starts() {
+        let t0 = Instant::now();
+        let remote_at = "10.0.0.2:5000";
+        let new_stream = || {
+            let mut s = Stream::new(
+                t0,
+                StreamConfig {
+                    learning_window: WINDOW,
+                    relearn: false,
+                    asymmetric: false,
+                },
+                leg(Some("10.0.0.1:4000"), true),
+                leg(Some(remote_at), true),
+                &[(96, 90000)],
+                None,
+            );
+            s.set_formats(&[(96, PayloadFormat::Vp8)]);
+            let delta = rtp_pt(96, 100, 0, 0xA, &[0x10, 0x01, 1]);
+            feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &delta);
+            // The remote's video toward A: its SSRC is the requests' sender.
+            let remote_video = rtp_pt(96, 1, 0, 0xF, &[0x10, 0, 1]);
+            feed(&mut s, t0, REMOTE, Component::Rtp, remote_at, &remote_video);
+            let b = s
+                .add_pending(
+                    t0,
+                    leg(Some("10.0.0.3:6000"), true),
+                    PayloadMap::from_pairs(&[(96, 96)], None),
+                    WINDOW,
+                )
+                .expect("pending leg");
+            assert_eq!(s.switch(t0), Switch::Done);
+            (s, b)
+        };
+        let b_at = "10.0.0.3:6000";
+        let delta = |seq: u16| rtp_pt(96, seq, 900 * u32::from(seq), 0xB, &[0x10, 0x01, 1]);
+        let key = |seq: u16| rtp_pt(96, seq, 900 * u32::from(seq), 0xB, &[0x10, 0x00, 1]);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+
+        let (mut s, b) = new_stream();
+        let (outcome, _) = feed(&mut s, ms(10), b, Component::Rtp, b_at, &delta(500));
+        // Held, with a request to B (the session sends it in its place).
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
+        let request = outcome.keyframe_request.expect("a request");
+        assert_eq!(
+            request,
+            KeyframeRequest {
+                leg: b,
+                to: addr(b_at),
+                socket: Component::Rtp,
+                media: 0xB
+            }
+        );
+        let mut out = [0u8; 64];
+        let len = s
+            .write_keyframe_request(&request, &mut out)
+            .expect("written");
+        let parsed =
+            rtcp::packet::unmarshal(&mut bytes::Bytes::copy_from_slice(&out[..len])).expect("RTCP");
+        let pli = parsed[1]
+            .as_any()
+            .downcast_ref::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+            .expect("PLI");
+        assert_eq!((pli.sender_ssrc, pli.media_ssrc), (0xF, 0xB));
+        // More inter frames: held quietly, until the request is due again.
+        let (outcome, _) = feed(&mut s, ms(100), b, Component::Rtp, b_at, &delta(501));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
+        assert_eq!(outcome.keyframe_request, None);
+        let (outcome, _) = feed(&mut s, ms(300), b, Component::Rtp, b_at, &delta(502));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
+        assert!(outcome.keyframe_request.is_some(), "asked again");
+        // The keyframe goes out as the next outward packet.
+        let (outcome, out) = feed(&mut s, ms(320), b, Component::Rtp, b_at, &key(503));
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+        assert_eq!((fields(&out).2, fields(&out).4), (101, 0xA));
+        let (outcome, _) = feed(&mut s, ms(340), b, Component::Rtp, b_at, &delta(504));
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+        let held = s.leg(b).expect("B").counters.drops[DropReason::AwaitingKeyframe as usize];
+        assert_eq!(held, 3);
+
+        // No keyframe within the wait: the video passes, counted.
+        let (mut s, b) = new_stream();
+        feed(&mut s, ms(10), b, Component::Rtp, b_at, &delta(500));
+        let late = ms(10) + KEYFRAME_WAIT;
+        let (outcome, _) = feed(&mut s, late, b, Component::Rtp, b_at, &delta(530));
+        assert!(matches!(
+            outcome.verdict,
+            Verdict::Forward { leg: REMOTE, .. }
+        ));
+        assert_eq!(s.leg(b).expect("B").counters.keyframe_waits_expired, 1);
     }
 
     #[test]

@@ -431,7 +431,7 @@ impl Worker {
                         // The session wrote the copy into this fork buffer.
                         fork_lens[forked_count] = fork.len;
                         forked[forked_count] = Outgoing {
-                            token: entry.tokens[stream.0][fork.leg.index()][Component::Rtp.index()],
+                            token: entry.tokens[stream.0][fork.leg.index()][fork.socket.index()],
                             session: key,
                             stream,
                             leg: fork.leg,
@@ -1289,7 +1289,7 @@ mod tests {
                     asymmetric: false,
                 },
                 clock_rates: vec![(0, 8000)],
-                rtx: Vec::new(),
+                formats: Vec::new(),
                 telephone_event: None,
                 device: LEG,
                 remote: LEG,
