@@ -666,14 +666,6 @@ fn a_call_needs_no_user_and_rtpengine_habits_are_understood() {
     assert!(stderr.contains("udp:127.0.0.1:2299"), "{stderr}");
 }
 
-/// A free loopback UDP port for an ng listener.
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free UDP port")
-}
-
 fn ctl_create(relay: &Relay, call_id: &str) -> std::process::Output {
     relay.ctl(&[
         "create",
@@ -768,7 +760,7 @@ fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
 /// and the relay exits 0 by itself when the last call is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_refuses_new_calls_keeps_live_ones_and_exits_when_the_last_ends() {
-    let ng_port = free_udp_port();
+    let ng_port = common::free_udp_port();
     let ng_arg = format!("udp:127.0.0.1:{ng_port}");
     let ng: std::net::SocketAddr = format!("127.0.0.1:{ng_port}").parse().expect("addr");
     let mut relay = Relay::start(&["--listen-ng", &ng_arg]);
@@ -879,7 +871,7 @@ async fn a_drain_refuses_new_calls_keeps_live_ones_and_exits_when_the_last_ends(
 /// the calls left (each with its final statistics) and the relay exits 0.
 #[test]
 fn a_drain_can_refuse_pings_be_cancelled_and_its_deadline_ends_the_calls_left() {
-    let ng_port = free_udp_port();
+    let ng_port = common::free_udp_port();
     let ng_arg = format!("udp:127.0.0.1:{ng_port}");
     let ng: std::net::SocketAddr = format!("127.0.0.1:{ng_port}").parse().expect("addr");
     let mut relay = Relay::start(&["--listen-ng", &ng_arg, "--drain-timeout", "1"]);
@@ -1060,7 +1052,7 @@ fn a_media_ip_that_goes_away_is_reported_as_such() {
     };
     // Only in this namespace, on its loopback: nothing is sent to it.
     ip(&["addr", "add", "192.0.2.77/32", "dev", "lo"]);
-    let ng_port = free_udp_port();
+    let ng_port = common::free_udp_port();
     let ng: std::net::SocketAddr = format!("127.0.0.1:{ng_port}").parse().expect("addr");
     let relay = Relay::start(&[
         "--media-ip",

@@ -193,6 +193,14 @@ pub fn inside_namespace(name: &str, marker: &str) -> bool {
     false
 }
 
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral UDP port")
+}
+
 /// Whether `tool ARG` runs and succeeds (a tool a test needs is here).
 pub fn tool_answers(tool: &str, arg: &str) -> bool {
     Command::new(tool)

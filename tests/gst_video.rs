@@ -1,0 +1,491 @@
+//! Issue 18: a video call handed A → B → A between GStreamer devices with
+//! real encoders, heard by a GStreamer receiver with a real decoder.
+//!
+//! Each device is `gst-launch-1.0` with `rtpbin` (which turns a PLI or FIR
+//! from the relay into a key-unit request to its encoder); the encoders
+//! make keyframes only when asked (`keyframe-max-dist` far beyond the
+//! test), so every keyframe after the first is the relay's doing. The
+//! remote is `rtpbin` → depayloader → decoder. The test sits between each
+//! GStreamer process and the relay (one UDP socket per party, rtcp-mux
+//! toward the relay), so it sees the outward stream as the remote's network
+//! does: one SSRC, sequence numbers +1, and after each switch the new
+//! device's first packet starts a keyframe. The decoder reports no error,
+//! and the frames it decodes around each switch are printed (what
+//! BENCHMARKS.md quotes).
+//!
+//! `.ci/run` installs gstreamer1.0-plugins-good (vp8enc/vp8dec) and -bad
+//! (openh264enc/openh264dec) and sets `BATON_REQUIRE_GSTREAMER=1`, so there
+//! the tests run or fail; elsewhere they say they skipped.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_control::Client;
+use baton_proto::v1::{self, request::Command, response::Result as Reply};
+use common::Relay;
+
+const AOR: &str = "sip:alice@example.com";
+const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
+const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000b";
+const PT: u8 = 96;
+
+/// The codec under test and its GStreamer elements.
+#[derive(Clone, Copy)]
+enum Codec {
+    Vp8,
+    H264,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Vp8 => "VP8",
+            Self::H264 => "H264",
+        }
+    }
+
+    fn elements(self) -> [&'static str; 4] {
+        match self {
+            Self::Vp8 => ["vp8enc", "vp8dec", "rtpvp8pay", "rtpvp8depay"],
+            Self::H264 => ["openh264enc", "openh264dec", "rtph264pay", "rtph264depay"],
+        }
+    }
+
+    /// Encoder and payloader for device `which` (0 or 1): keyframes only
+    /// when asked, and (VP8) a picture ID range of its own, so the test
+    /// can tell the devices apart in the outward stream.
+    fn sender(self, which: u16) -> String {
+        match self {
+            Self::Vp8 => format!(
+                "vp8enc deadline=1 cpu-used=8 keyframe-max-dist=100000 ! \
+                 rtpvp8pay pt={PT} picture-id-mode=15-bit picture-id-offset={}",
+                which * 16_000
+            ),
+            Self::H264 => format!(
+                "openh264enc gop-size=100000 complexity=low ! \
+                 rtph264pay pt={PT} config-interval=-1 aggregate-mode=zero-latency"
+            ),
+        }
+    }
+
+    fn receiver(self) -> &'static str {
+        match self {
+            Self::Vp8 => "rtpvp8depay ! vp8dec",
+            Self::H264 => "rtph264depay ! h264parse ! openh264dec",
+        }
+    }
+
+    /// Whether an RTP payload starts a keyframe, read with the relay's own
+    /// rule (unit-tested on the RFCs' layouts); the picture IDs (VP8) and
+    /// the decoder's clean run are the independent checks.
+    fn starts_keyframe(self, payload: &[u8]) -> bool {
+        baton_relay::core::keyframe::starts_keyframe(
+            match self {
+                Self::Vp8 => baton_relay::core::keyframe::PayloadFormat::Vp8,
+                Self::H264 => baton_relay::core::keyframe::PayloadFormat::H264,
+            },
+            payload,
+        )
+    }
+}
+
+/// Whether GStreamer has the codec's elements; without them the test fails
+/// under `BATON_REQUIRE_GSTREAMER=1` and skips otherwise.
+fn gstreamer_has(codec: Codec) -> bool {
+    let present = codec
+        .elements()
+        .iter()
+        .chain(&["rtpbin", "videotestsrc", "h264parse"])
+        .all(|element| common::tool_answers("gst-inspect-1.0", element));
+    if !present {
+        assert!(
+            std::env::var_os("BATON_REQUIRE_GSTREAMER").is_none(),
+            "BATON_REQUIRE_GSTREAMER is set but GStreamer lacks {:?} (gstreamer1.0-plugins-good, -plugins-bad)",
+            codec.elements()
+        );
+        eprintln!("SKIPPED: GStreamer {} elements", codec.name());
+    }
+    present
+}
+
+/// One packet the remote's network saw.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: Instant,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    keyframe: bool,
+    /// VP8 picture ID (tells the devices apart), if any.
+    picture: Option<u16>,
+}
+
+fn vp8_picture_id(payload: &[u8]) -> Option<u16> {
+    let (&first, rest) = payload.split_first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let (&ext, rest) = rest.split_first()?;
+    if ext & 0x80 == 0 {
+        return None;
+    }
+    match rest {
+        [high, low, ..] if high & 0x80 != 0 => Some(u16::from_be_bytes([high & 0x7f, *low])),
+        [id, ..] => Some(u16::from(*id)),
+        [] => None,
+    }
+}
+
+/// The test's place between one GStreamer process and the relay: a socket
+/// the relay sees as the party (rtcp-mux), forwarding the relay's RTP and
+/// RTCP to GStreamer's two ports and GStreamer's to the relay.
+struct Shim {
+    /// The address the relay is told (the party's).
+    addr: SocketAddr,
+    /// Where GStreamer sends its RTP and its RTCP.
+    gst_rtp_in: u16,
+    gst_rtcp_in: u16,
+    /// The relay's address for this party (changes at a transfer).
+    relay: Arc<Mutex<Option<SocketAddr>>>,
+    /// RTP from the relay, as seen.
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shim {
+    /// A shim delivering to GStreamer on `gst_rtp` and `gst_rtcp`.
+    fn new(codec: Codec, gst_rtp: u16, gst_rtcp: u16) -> Self {
+        let bind = || {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            Arc::new(socket)
+        };
+        let (outer, rtp_in, rtcp_in) = (bind(), bind(), bind());
+        let shim = Self {
+            addr: outer.local_addr().expect("addr"),
+            gst_rtp_in: rtp_in.local_addr().expect("addr").port(),
+            gst_rtcp_in: rtcp_in.local_addr().expect("addr").port(),
+            relay: Arc::default(),
+            seen: Arc::default(),
+            stop: Arc::default(),
+        };
+        // The relay → GStreamer, RTCP told apart by its packet type.
+        let (from_relay, seen, stop) = (
+            Arc::clone(&outer),
+            Arc::clone(&shim.seen),
+            Arc::clone(&shim.stop),
+        );
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((len, _)) = from_relay.recv_from(&mut buf) else {
+                    continue;
+                };
+                let packet = &buf[..len];
+                let rtcp = len >= 2 && (192..=223).contains(&packet[1]);
+                let port = if rtcp { gst_rtcp } else { gst_rtp };
+                if !rtcp && len > 12 {
+                    let payload = &packet[12..];
+                    seen.lock().expect("lock").push(Seen {
+                        at: Instant::now(),
+                        seq: u16::from_be_bytes([packet[2], packet[3]]),
+                        ts: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+                        ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+                        keyframe: codec.starts_keyframe(payload),
+                        picture: vp8_picture_id(payload),
+                    });
+                }
+                let _ = from_relay.send_to(packet, ("127.0.0.1", port));
+            }
+        });
+        // GStreamer → the relay, once the relay's address is known.
+        for inner in [rtp_in, rtcp_in] {
+            let (to_relay, relay, stop) = (
+                Arc::clone(&outer),
+                Arc::clone(&shim.relay),
+                Arc::clone(&shim.stop),
+            );
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, _)) = inner.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    if let Some(to) = *relay.lock().expect("lock") {
+                        let _ = to_relay.send_to(&buf[..len], to);
+                    }
+                }
+            });
+        }
+        shim
+    }
+
+    fn send_to(&self, relay: &str) {
+        *self.relay.lock().expect("lock") = Some(relay.parse().expect("relay address"));
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A GStreamer process, killed when dropped.
+struct Gst(Child);
+
+impl Drop for Gst {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A device: a moving test picture at 30 fps, encoded, through `rtpbin`.
+fn device(codec: Codec, which: u16, ssrc: u32, shim: &Shim, rtcp_port: u16) -> Gst {
+    let pipeline = format!(
+        "rtpbin name=rb videotestsrc is-live=true pattern=ball \
+         ! video/x-raw,width=320,height=240,framerate=30/1 ! {} ! application/x-rtp,ssrc=(uint){ssrc} \
+         ! rb.send_rtp_sink_0 \
+         rb.send_rtp_src_0 ! udpsink host=127.0.0.1 port={} sync=false async=false \
+         rb.send_rtcp_src_0 ! udpsink host=127.0.0.1 port={} sync=false async=false \
+         udpsrc port={rtcp_port} ! rb.recv_rtcp_sink_0",
+        codec.sender(which),
+        shim.gst_rtp_in,
+        shim.gst_rtcp_in,
+    );
+    Gst(Process::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0"))
+}
+
+/// The remote: `rtpbin` with a jitter buffer, depayloader, decoder; prints
+/// a line per decoded frame (identity, -v), read into `frames` as they
+/// come. Its warnings and errors go to `log`.
+fn receiver(
+    codec: Codec,
+    shim: &Shim,
+    rtp_port: u16,
+    rtcp_port: u16,
+    log: &std::path::Path,
+) -> (Gst, Arc<Mutex<Vec<Instant>>>) {
+    let pipeline = format!(
+        "rtpbin name=rb latency=100 \
+         udpsrc port={rtp_port} caps=application/x-rtp,media=video,clock-rate=90000,encoding-name={},payload={PT} \
+         ! rb.recv_rtp_sink_0 \
+         udpsrc port={rtcp_port} ! rb.recv_rtcp_sink_0 \
+         rb.send_rtcp_src_0 ! udpsink host=127.0.0.1 port={} sync=false async=false \
+         rb. ! {} ! identity name=decoded silent=false ! fakesink sync=false",
+        codec.name(),
+        shim.gst_rtcp_in,
+        codec.receiver(),
+    );
+    let mut child = Process::new("gst-launch-1.0")
+        .arg("-v")
+        .args(pipeline.split_whitespace())
+        .env("GST_DEBUG", "*:2")
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("gst-launch-1.0");
+    let frames: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let seen = Arc::clone(&frames);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("decoded: last-message = chain") {
+                seen.lock().expect("lock").push(Instant::now());
+            }
+        }
+    });
+    (Gst(child), frames)
+}
+
+async fn transfer(client: &Client, session: &str, gruu: &str, peer: SocketAddr) -> String {
+    let request = v1::TransferRequest {
+        session: common::native::by_id(session),
+        gruu: gruu.into(),
+        streams: vec![v1::TransferStream {
+            peer: Some(v1::Endpoint {
+                rtp: peer.to_string(),
+                rtcp: String::new(),
+            }),
+            ..Default::default()
+        }],
+        mode: v1::SwitchMode::FirstPacket as i32,
+        ..Default::default()
+    };
+    match client.call(Command::Transfer(request)).await {
+        Ok(Reply::Transfer(t)) => t.streams[0].user.as_ref().expect("user").rtp.clone(),
+        other => panic!("transfer failed: {other:?}"),
+    }
+}
+
+/// Frames decoded in each 100 ms from 300 ms before `at` to 1 s after.
+fn frames_around(frames: &[Instant], at: Instant) -> Vec<usize> {
+    (0..13)
+        .map(|slot| {
+            let from = at - Duration::from_millis(300) + Duration::from_millis(100 * slot);
+            let to = from + Duration::from_millis(100);
+            frames.iter().filter(|t| **t >= from && **t < to).count()
+        })
+        .collect()
+}
+
+/// A → B → A with real encoders and a real decoder; see the module
+/// documentation.
+async fn hand_video_back_and_forth(codec: Codec) {
+    let relay = Relay::start(&[]);
+    let client = relay.client().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (remote_rtp, remote_rtcp) = (common::free_udp_port(), common::free_udp_port());
+    let (a_rtcp, b_rtcp) = (common::free_udp_port(), common::free_udp_port());
+    let remote = Shim::new(codec, remote_rtp, remote_rtcp);
+    // Devices' shims: GStreamer takes only RTCP from the relay.
+    let a = Shim::new(codec, common::free_udp_port(), a_rtcp);
+    let b = Shim::new(codec, common::free_udp_port(), b_rtcp);
+    let request = v1::CreateSessionRequest {
+        call_id: format!("gst-video-{}", codec.name()),
+        from_tag: "a-tag".into(),
+        to_tag: "r-tag".into(),
+        aor: AOR.into(),
+        gruu: GRUU_A.into(),
+        streams: vec![v1::StreamSpec {
+            kind: "video".into(),
+            codecs: vec![v1::Codec {
+                payload_type: u32::from(PT),
+                name: codec.name().into(),
+                clock_rate: 90_000,
+                ..Default::default()
+            }],
+            rtcp_mux: true,
+            user_peer: Some(v1::Endpoint {
+                rtp: a.addr.to_string(),
+                rtcp: String::new(),
+            }),
+            remote_peer: Some(v1::Endpoint {
+                rtp: remote.addr.to_string(),
+                rtcp: String::new(),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let Ok(Reply::CreateSession(created)) = client.call(Command::CreateSession(request)).await
+    else {
+        panic!("create failed")
+    };
+    let stream = &created.streams[0];
+    a.send_to(&stream.user.as_ref().expect("user").rtp);
+    remote.send_to(&stream.remote.as_ref().expect("remote").rtp);
+
+    let (_receiver, frames) = receiver(
+        codec,
+        &remote,
+        remote_rtp,
+        remote_rtcp,
+        &dir.path().join("receiver.log"),
+    );
+    let _a = device(codec, 0, 0xAAAA_0001, &a, a_rtcp);
+    let _b = device(codec, 1, 0xBBBB_0002, &b, b_rtcp);
+    let settle = Duration::from_secs(2);
+    tokio::time::sleep(settle).await;
+
+    // To B, whose encoder has been running (its keyframe long gone).
+    let b_relay = transfer(&client, &created.session, GRUU_B, b.addr).await;
+    let to_b = Instant::now();
+    b.send_to(&b_relay);
+    tokio::time::sleep(settle).await;
+    // Back to A, mid-stream too.
+    let a_relay = transfer(&client, &created.session, GRUU_A, a.addr).await;
+    let to_a = Instant::now();
+    a.send_to(&a_relay);
+    tokio::time::sleep(settle).await;
+
+    let seen = remote.seen.lock().expect("lock").clone();
+    assert!(seen.len() > 100, "{} packets", seen.len());
+    // One stream: one SSRC, every sequence number +1, timestamps forward.
+    for pair in seen.windows(2) {
+        let (x, y) = (pair[0], pair[1]);
+        assert_eq!(y.ssrc, x.ssrc, "one SSRC");
+        assert_eq!(y.seq, x.seq.wrapping_add(1), "sequence +1: {x:?} → {y:?}");
+        assert!(
+            (y.ts.wrapping_sub(x.ts) as i32) >= 0,
+            "timestamps: {x:?} → {y:?}"
+        );
+    }
+    // Keyframes: the first device's first, then one per switch, each the
+    // relay's request answered; none otherwise (the encoders make them
+    // only when asked).
+    let keyframes: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].keyframe).collect();
+    assert_eq!(keyframes.len(), 3, "keyframes at {keyframes:?}");
+    assert_eq!(keyframes[0], 0, "the stream starts with one");
+    if let Codec::Vp8 = codec {
+        // The devices' picture IDs: A's from 0, B's from 16000. Wherever
+        // the device changes, the new one's first packet starts a keyframe.
+        let device = |s: &Seen| s.picture.map(|id| id >= 16_000);
+        let switches: Vec<usize> = (1..seen.len())
+            .filter(|&i| device(&seen[i]) != device(&seen[i - 1]))
+            .collect();
+        assert_eq!(switches, keyframes[1..], "switches at the keyframes");
+    }
+    let log = std::fs::read_to_string(dir.path().join("receiver.log")).unwrap_or_default();
+    // Warnings and errors of the depayloader and the decoder (caps
+    // negotiation at start-up is another category, and not about media).
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            let mut fields = l.split_whitespace().skip(3);
+            let (Some(level), Some(category)) = (fields.next(), fields.next()) else {
+                return false;
+            };
+            matches!(level, "WARN" | "ERROR")
+                && (category.contains("dec") || category.contains("depay"))
+        })
+        .collect();
+    assert!(problems.is_empty(), "the decoder complained: {problems:#?}");
+    let frames = frames.lock().expect("lock").clone();
+    for (name, at) in [("A→B", to_b), ("B→A", to_a)] {
+        let around = frames_around(&frames, at);
+        let keyframe = seen
+            .iter()
+            .find(|s| s.keyframe && s.at > at)
+            .map(|s| s.at - at);
+        eprintln!(
+            "{} {name}: frames decoded per 100 ms from -300 ms: {around:?}; the new device's keyframe at the remote {keyframe:?} after the transfer",
+            codec.name(),
+        );
+        assert!(
+            around[4..].iter().sum::<usize>() > 0,
+            "{name}: the picture resumed ({around:?})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_video_handed_a_to_b_to_a_decodes_cleanly() {
+    if gstreamer_has(Codec::Vp8) {
+        hand_video_back_and_forth(Codec::Vp8).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_video_handed_a_to_b_to_a_decodes_cleanly() {
+    if gstreamer_has(Codec::H264) {
+        hand_video_back_and_forth(Codec::H264).await;
+    }
+}
