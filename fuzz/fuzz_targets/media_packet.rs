@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use baton_relay::core::session::{
     PendingLeg, Session, SessionEvent, SessionUpdate, StreamParams, SwitchMode, Timeouts,
 };
+use baton_relay::core::keyframe::PayloadFormat;
 use baton_relay::core::srtp::{MAX_OVERHEAD, MasterKey, SrtpSender, Suite};
 use baton_relay::core::stream::{
     Component, LegConfig, LegCrypto, LegKeys, PayloadMap, StreamConfig, Verdict,
@@ -56,6 +57,8 @@ fuzz_target!(|data: &[u8]| {
         peer_rtcp: None,
         peer_ip: None,
         crypto: LegCrypto::Plain,
+        ice: None,
+        dtls: None,
     };
     let params = StreamParams {
         config: StreamConfig {
@@ -63,8 +66,18 @@ fuzz_target!(|data: &[u8]| {
             relearn: flags & 1 != 0,
             asymmetric: flags & 2 != 0,
         },
-        clock_rates: vec![(0, 8000), (8, 8000), (101, 8000), (96, 48000)],
+        // Audio, and video with its repair format: the keyframe wait at a
+        // switch and the RTX repair stream run too.
+        clock_rates: vec![
+            (0, 8000),
+            (8, 8000),
+            (101, 8000),
+            (96, 48000),
+            (97, 90000),
+            (98, 90000),
+        ],
         telephone_event: Some(101),
+        formats: vec![(97, PayloadFormat::Vp8), (98, PayloadFormat::Rtx)],
         device: LegConfig {
             crypto: crypto(flags & 0x10 != 0, 0),
             ..leg(if flags & 4 != 0 { addr(0) } else { None }, flags & 8 != 0)
@@ -99,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
                             source & 0x20 != 0,
                         )
                     },
-                    payloads: PayloadMap::from_pairs(&[(0, 0), (96, 101)], Some(96)),
+                    payloads: PayloadMap::from_pairs(&[(0, 0), (96, 101), (97, 97), (98, 98)], Some(96)),
                 };
                 let mode = if source & 0x40 != 0 {
                     SwitchMode::Commit

@@ -402,6 +402,10 @@ fn sdes_toward_remote(
 /// passed on untouched: nothing in it can be read safely, and refusing it
 /// would take the reports beside it too).
 fn feedback_parts<'a>(packet: &SubPacket<'a>, entry: usize) -> Option<(&'a [u8], &'a [u8])> {
+    // Rewritten without its padding, the packet must still be whole words.
+    if !packet.body.len().is_multiple_of(4) {
+        return None;
+    }
     let header = packet.body.get(..FB_HEADER)?;
     let fci = &packet.body[FB_HEADER..];
     fci.len().is_multiple_of(entry).then_some((header, fci))
@@ -1281,6 +1285,34 @@ mod tests {
             Some(TranslateError::StaleNack),
             "only A's packets: nothing to send"
         );
+    }
+
+    /// Review finding: a padded feedback packet whose content is not whole
+    /// words passes untouched (rewritten without its padding it would be
+    /// malformed), and the compound stays well-formed.
+    #[test]
+    fn padded_feedback_of_odd_length_passes_untouched() {
+        let (c, mut state) = after_switch();
+        // PLI with P set: 3 words of header, 1 word of FCI whose last 3
+        // octets are padding (count 3).
+        let pli = [
+            0xa1, 206, 0, 3, 0, 0, 0xFA, 0xCE, 0, 0, 0, 0xA, 0xEE, 0, 0, 3,
+        ];
+        let mut buf = [0u8; BUF_LEN];
+        buf[..pli.len()].copy_from_slice(&pli);
+        let (len, _) = toward_user(&mut buf, pli.len(), &c, &mut state).expect("passes");
+        assert_eq!(&buf[..len], &pli[..]);
+        rtp::check_rtcp(&buf[..len]).expect("well-formed");
+        buf[..pli.len()].copy_from_slice(&pli);
+        let len = toward_remote(
+            &mut buf,
+            pli.len(),
+            &c,
+            &SequenceShift::default(),
+            &mut state,
+        )
+        .expect("passes");
+        rtp::check_rtcp(&buf[..len]).expect("well-formed");
     }
 
     /// Issue 18: TMMBR entries naming the outward SSRC name B's.

@@ -595,7 +595,7 @@ impl Session {
             buf,
             Some(&mut *fork_buf),
         );
-        if let Some(request) = outcome.keyframe_request {
+        if let Some(request) = self.streams[stream.0].take_keyframe_request() {
             // A held packet's buffer carries the request instead; beside a
             // forwarded one it takes the fork's (free: no transfer is open
             // once the switch happened).

@@ -546,10 +546,6 @@ pub struct Outcome {
     /// A switch that waited for the old device's RFC 4733 event to end
     /// happened on this packet (the event's end went out).
     pub switch_completed: bool,
-    /// Ask the device on this leg for a keyframe (a video switch): the
-    /// session writes the request ([`Stream::write_keyframe_request`]) and
-    /// sends it with this datagram's outcome.
-    pub keyframe_request: Option<KeyframeRequest>,
 }
 
 impl Outcome {
@@ -559,7 +555,6 @@ impl Outcome {
             latched: None,
             new_device_started: false,
             switch_completed: false,
-            keyframe_request: None,
         }
     }
 }
@@ -1134,7 +1129,6 @@ impl Leg {
             latched,
             new_device_started: false,
             switch_completed: false,
-            keyframe_request: None,
         }
     }
 
@@ -1230,6 +1224,9 @@ pub struct Stream {
     repair: RepairStream,
     /// After a video switch, until the new device's first keyframe.
     keyframe: KeyframeWait,
+    /// A keyframe request the packet just routed asks for (kept here, not
+    /// in [`Outcome`], so that every packet's outcome stays small).
+    keyframe_request: Option<KeyframeRequest>,
 }
 
 /// The outward RTX stream (RFC 4588): the first device's repair SSRC for
@@ -1295,6 +1292,7 @@ impl Stream {
             formats: [None; 128],
             repair: RepairStream::default(),
             keyframe: KeyframeWait::default(),
+            keyframe_request: None,
         };
         stream.set_clock_rates(clock_rates);
         stream.note_awaiting_keys();
@@ -1631,9 +1629,8 @@ impl Stream {
             match self.keyframe_gate(now, leg, remote_pt, f.ssrc, payload) {
                 Gate::Pass(request) => request,
                 Gate::Hold(request) => {
-                    let mut held = self.drop_on(leg, DropReason::AwaitingKeyframe);
-                    held.keyframe_request = request;
-                    return held;
+                    self.keyframe_request = request;
+                    return self.drop_on(leg, DropReason::AwaitingKeyframe);
                 }
             }
         } else {
@@ -1694,7 +1691,9 @@ impl Stream {
             len,
             fork: None,
         });
-        outcome.keyframe_request = keyframe_request;
+        if keyframe_request.is_some() {
+            self.keyframe_request = keyframe_request;
+        }
         if self.awaiting_new_device {
             self.awaiting_new_device = false;
             outcome.new_device_started = true;
@@ -2017,8 +2016,16 @@ impl Stream {
             self.keyframe.requested_at = Some(now);
         }
         let Some(format) = self.format(remote_pt).filter(|f| f.is_video()) else {
-            // Nothing to wait for in this format (or audio on a video
-            // line): asked once, then it passes.
+            if self.formats.iter().flatten().any(|f| f.is_video()) {
+                // Another format on a line whose video is waited for (FEC,
+                // RED, a codec without a known keyframe): it waits too,
+                // within the same bound, rather than end the wait.
+                let until = *self.keyframe.until.get_or_insert(now + KEYFRAME_WAIT);
+                if now < until {
+                    return Gate::Hold(request);
+                }
+            }
+            // Nothing to wait for on this line: asked once, then it passes.
             self.keyframe.active = false;
             return Gate::Pass(request);
         };
@@ -2035,6 +2042,13 @@ impl Stream {
             return Gate::Pass(None);
         }
         Gate::Hold(request)
+    }
+
+    /// The keyframe request the last routed packet asks for, if any (the
+    /// session sends it with that packet's outcome).
+    #[inline]
+    pub fn take_keyframe_request(&mut self) -> Option<KeyframeRequest> {
+        self.keyframe_request.take()
     }
 
     /// Writes (and seals, on an SRTP leg) the keyframe request `request`
@@ -3363,7 +3377,7 @@ mod tests {
         let (outcome, _) = feed(&mut s, ms(10), b, Component::Rtp, b_at, &delta(500));
         // Held, with a request to B (the session sends it in its place).
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
-        let request = outcome.keyframe_request.expect("a request");
+        let request = s.take_keyframe_request().expect("a request");
         assert_eq!(
             request,
             KeyframeRequest {
@@ -3387,10 +3401,10 @@ mod tests {
         // More inter frames: held quietly, until the request is due again.
         let (outcome, _) = feed(&mut s, ms(100), b, Component::Rtp, b_at, &delta(501));
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
-        assert_eq!(outcome.keyframe_request, None);
+        assert_eq!(s.take_keyframe_request(), None);
         let (outcome, _) = feed(&mut s, ms(300), b, Component::Rtp, b_at, &delta(502));
         assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
-        assert!(outcome.keyframe_request.is_some(), "asked again");
+        assert!(s.take_keyframe_request().is_some(), "asked again");
         // The keyframe goes out as the next outward packet.
         let (outcome, out) = feed(&mut s, ms(320), b, Component::Rtp, b_at, &key(503));
         assert!(matches!(
