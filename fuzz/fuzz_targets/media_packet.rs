@@ -133,13 +133,15 @@ fuzz_target!(|data: &[u8]| {
             0x2 => {
                 let _ = session.cancel((source & 1 != 0).then_some(TransferId(next_transfer)));
             }
-            0x3 => session.update(
-                now,
-                &SessionUpdate {
-                    held: Some(source & 1 != 0),
-                    ..SessionUpdate::default()
-                },
-            ),
+            0x3 => {
+                let _ = session.update(
+                    now,
+                    &SessionUpdate {
+                        held: Some(source & 1 != 0),
+                        ..SessionUpdate::default()
+                    },
+                );
+            }
             0x4 => session.handle_timeout(now),
             _ => {
                 let len = usize::from(len).min(tail.len());
