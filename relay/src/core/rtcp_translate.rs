@@ -59,9 +59,29 @@ pub struct RtcpState {
     /// FIR command numbers toward the user's device and toward the remote.
     fir_to_user: FirNumbers,
     fir_to_remote: FirNumbers,
+    /// The current device's RTX stream and the outward repair stream.
+    repair: Option<RepairMap>,
+}
+
+/// How the current device's RTX stream (RFC 4588) maps to the outward
+/// repair stream: its SSRC, and the offset of the outward sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairMap {
+    /// The device's repair SSRC.
+    pub device: u32,
+    /// The outward repair SSRC.
+    pub outward: u32,
+    /// Outward repair sequence number minus the device's.
+    pub seq_offset: u16,
 }
 
 impl RtcpState {
+    /// Records the repair stream's mapping (with every repair forwarded),
+    /// so RTCP about it is translated like the main stream's.
+    pub fn set_repair(&mut self, map: RepairMap) {
+        self.repair = Some(map);
+    }
+
     /// The FIR command number for a new request toward the user's device
     /// that the relay makes itself (a keyframe at a switch).
     pub fn next_fir_to_user(&mut self) -> u8 {
@@ -177,23 +197,26 @@ impl Writer<'_> {
     }
 }
 
-/// How the current device's SSRC maps to the outward one.
+/// How the current device's SSRCs (its media's and its repair stream's)
+/// map to the outward ones.
 #[derive(Clone, Copy)]
 struct Mapping {
     outward: u32,
     device: u32,
     ts_offset: u32,
     active: bool,
+    repair: Option<RepairMap>,
 }
 
 impl Mapping {
-    fn of(continuity: &Continuity) -> Self {
+    fn of(continuity: &Continuity, state: &RtcpState) -> Self {
         match (continuity.outward_ssrc(), continuity.current()) {
             (Some(outward), Some((device, _, ts_offset))) => Self {
                 outward,
                 device,
                 ts_offset,
                 active: true,
+                repair: state.repair,
             },
             // No RTP sent yet: nothing to map to.
             _ => Self {
@@ -201,25 +224,26 @@ impl Mapping {
                 device: 0,
                 ts_offset: 0,
                 active: false,
+                repair: None,
             },
         }
     }
 
     fn ssrc(self, ssrc: u32) -> u32 {
-        if self.active && ssrc == self.device {
-            self.outward
-        } else {
-            ssrc
+        match self.repair {
+            _ if self.active && ssrc == self.device => self.outward,
+            Some(repair) if ssrc == repair.device => repair.outward,
+            Some(_) | None => ssrc,
         }
     }
 
-    /// The other way: the outward SSRC (as the remote names it) becomes
-    /// the current device's.
+    /// The other way: an outward SSRC (as the remote names it) becomes the
+    /// current device's.
     fn to_device(self, ssrc: u32) -> u32 {
-        if self.active && ssrc == self.outward {
-            self.device
-        } else {
-            ssrc
+        match self.repair {
+            _ if self.active && ssrc == self.outward => self.device,
+            Some(repair) if ssrc == repair.outward => repair.device,
+            Some(_) | None => ssrc,
         }
     }
 }
@@ -256,7 +280,7 @@ pub fn toward_remote(
     if continuity.is_identity() && !has_bye && !learns_cname && shifted.is_none() && !has_feedback {
         return Ok(len);
     }
-    let map = Mapping::of(continuity);
+    let map = Mapping::of(continuity, state);
     // The translation goes to a scratch buffer on the stack (no heap), then
     // back over the datagram: an SDES may grow when the first CNAME is
     // longer than the device's.
@@ -280,6 +304,13 @@ pub fn toward_remote(
                     write_u32(sr, 16, rtp_time.wrapping_add(map.ts_offset));
                     write_u32(sr, 20, packets);
                     write_u32(sr, 24, octets);
+                } else if let Some(repair) = map.repair.filter(|r| map.active && r.device == ssrc) {
+                    // The repair stream's report: its outward SSRC, on the
+                    // main stream's timeline (RTX keeps its original's
+                    // timestamps, RFC 4588 §4).
+                    let rtp_time = read_u32(sr, 16).ok_or(TranslateError::Malformed)?;
+                    write_u32(sr, 4, repair.outward);
+                    write_u32(sr, 16, rtp_time.wrapping_add(map.ts_offset));
                 }
                 unshift_blocks(sr, SR_BLOCKS, packet.count, shifted)?;
             }
@@ -611,7 +642,7 @@ pub fn toward_user(
             has_feedback = true;
         }
     }
-    let map = Mapping::of(continuity);
+    let map = Mapping::of(continuity, state);
     let reports = !continuity.is_identity() && map.active;
     if !reports && !has_feedback {
         return Ok((len, 0));
@@ -639,13 +670,18 @@ pub fn toward_user(
                     if at + BLOCK_LEN > report.len() {
                         return Err(TranslateError::Malformed);
                     }
-                    if read_u32(report, at) != Some(map.outward) {
-                        continue;
-                    }
-                    write_u32(report, at, map.device);
+                    let about = read_u32(report, at).ok_or(TranslateError::Malformed)?;
                     let highest = read_u32(report, at + 8).ok_or(TranslateError::Malformed)?;
-                    if let Some(own) = continuity.to_source_extended(highest) {
-                        write_u32(report, at + 8, own);
+                    if about == map.outward {
+                        write_u32(report, at, map.device);
+                        if let Some(own) = continuity.to_source_extended(highest) {
+                            write_u32(report, at + 8, own);
+                        }
+                    } else if let Some(repair) = map.repair.filter(|r| r.outward == about) {
+                        // The outward repair numbers, back in the device's.
+                        let low = (highest as u16).wrapping_sub(repair.seq_offset);
+                        write_u32(report, at, repair.device);
+                        write_u32(report, at + 8, (highest & 0xffff_0000) | u32::from(low));
                     }
                 }
             }
@@ -1313,6 +1349,53 @@ mod tests {
         )
         .expect("passes");
         rtp::check_rtcp(&buf[..len]).expect("well-formed");
+    }
+
+    /// Review finding (issue 18): RTCP about the repair stream is
+    /// translated like the main stream's: B's RTX sender report speaks as
+    /// the outward repair SSRC on the outward timeline, and the remote's
+    /// report about that SSRC reaches B about its own, in its numbers.
+    #[test]
+    fn rtcp_about_the_repair_stream_follows_the_device() {
+        let (c, mut state) = after_switch();
+        state.set_repair(RepairMap {
+            device: 0xBB,
+            outward: 0xAA,
+            seq_offset: 100,
+        });
+        let sr = SenderReport {
+            ssrc: 0xBB,
+            rtp_time: 1000,
+            ..Default::default()
+        };
+        let mut buf = compound(vec![Box::new(sr)]);
+        let len = buf.len();
+        buf.resize(BUF_LEN, 0);
+        let len = toward_remote(&mut buf, len, &c, &SequenceShift::default(), &mut state)
+            .expect("translated");
+        let out = parse(&buf[..len]);
+        let sr = out[0].as_any().downcast_ref::<SenderReport>().expect("SR");
+        let (_, _, ts_offset) = c.current().expect("B is the source");
+        assert_eq!(
+            (sr.ssrc, sr.rtp_time),
+            (0xAA, 1000u32.wrapping_add(ts_offset))
+        );
+        let rr = ReceiverReport {
+            ssrc: 0xFACE,
+            reports: vec![ReceptionReport {
+                ssrc: 0xAA,
+                last_sequence_number: 0x0001_0200,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (out, _) = to_user(&c, &mut state, vec![Box::new(rr)]).expect("translated");
+        let rr = out[0]
+            .as_any()
+            .downcast_ref::<ReceiverReport>()
+            .expect("RR");
+        assert_eq!(rr.reports[0].ssrc, 0xBB);
+        assert_eq!(rr.reports[0].last_sequence_number, 0x0001_0200 - 100);
     }
 
     /// Issue 18: TMMBR entries naming the outward SSRC name B's.

@@ -1371,7 +1371,13 @@ impl Stream {
             }
             Some(_) | None => return self.drop_on(leg, DropReason::Late),
         };
-        let (ssrc, seq) = self.repair.next(view.ssrc(), view.sequence());
+        let (input_ssrc, input_seq) = (view.ssrc(), view.sequence());
+        let (ssrc, seq) = self.repair.next(input_ssrc, input_seq);
+        self.rtcp.set_repair(rtcp_translate::RepairMap {
+            device: input_ssrc,
+            outward: ssrc,
+            seq_offset: seq.wrapping_sub(input_seq),
+        });
         view.set_ssrc(ssrc);
         view.set_sequence(seq);
         view.set_timestamp(view.timestamp().wrapping_add(ts_offset));
