@@ -1739,6 +1739,135 @@ mod tests {
 }
 
 #[cfg(test)]
+mod keyframe_tests {
+    //! The keyframe request at a video switch, as the worker sends it.
+    use super::*;
+    use crate::core::keyframe::PayloadFormat;
+    use crate::core::rtp::RtpRepr;
+    use crate::core::srtp::{MasterKey, SrtpReceiver, SrtpSender, Suite};
+    use crate::core::stream::{LegCrypto, LegKeys};
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    fn leg(peer: &str) -> LegConfig {
+        LegConfig {
+            rtcp_mux: true,
+            peer_rtp: Some(addr(peer)),
+            peer_rtcp: None,
+            peer_ip: None,
+            crypto: LegCrypto::Plain,
+            ice: None,
+            dtls: None,
+        }
+    }
+
+    /// Review finding (issue 18): toward an SRTP device the request goes
+    /// out as SRTCP under the relay's key for that leg (in the held
+    /// packet's place), so the device can read it; it names its SSRC.
+    #[test]
+    fn the_keyframe_request_toward_an_srtp_device_is_srtcp() {
+        let t0 = Instant::now();
+        let key = |n: u8| MasterKey::new(Suite::AesCm128HmacSha1_80, &[n; 30]).expect("key");
+        let params = StreamParams {
+            config: StreamConfig {
+                learning_window: Duration::from_secs(3),
+                relearn: false,
+                asymmetric: false,
+            },
+            clock_rates: vec![(96, 90_000)],
+            formats: vec![(96, PayloadFormat::Vp8)],
+            telephone_event: None,
+            device: leg("10.0.0.1:4000"),
+            remote: leg("10.0.0.2:5000"),
+        };
+        let timeouts = Timeouts {
+            media: Duration::from_secs(60),
+            setup: Duration::from_secs(60),
+            hold: Duration::from_secs(60),
+        };
+        let mut session = Session::new(t0, SessionId(1), &[params], timeouts);
+        let mut buf = [0u8; 2048 + crate::core::srtp::MAX_OVERHEAD];
+        let mut fork = [0u8; 2048 + crate::core::srtp::MAX_OVERHEAD];
+        let video = |ssrc: u32, seq: u16, payload: &[u8]| {
+            RtpRepr {
+                payload_type: 96,
+                sequence: seq,
+                timestamp: 3000 * u32::from(seq),
+                ssrc,
+                marker: false,
+            }
+            .to_vec(payload)
+        };
+        let a = video(0xA, 1, &[0x10, 0x00, 1]);
+        buf[..a.len()].copy_from_slice(&a);
+        let from_a = addr("10.0.0.1:4000");
+        let sent = session.handle_packet(
+            t0,
+            StreamIndex(0),
+            LegId::FIRST_DEVICE,
+            Component::Rtp,
+            from_a,
+            &mut buf,
+            a.len(),
+            &mut fork,
+        );
+        assert!(matches!(sent, Verdict::Forward { .. }));
+        let b_keys = LegKeys {
+            peer: key(1),
+            relay: key(2),
+        };
+        let b = session
+            .begin_transfer(
+                t0,
+                TransferId(1),
+                &[PendingLeg {
+                    config: LegConfig {
+                        crypto: LegCrypto::Srtp(b_keys),
+                        ..leg("10.0.0.3:6000")
+                    },
+                    payloads: PayloadMap::from_pairs(&[(96, 96)], None),
+                }],
+                SwitchMode::FirstPacket,
+                Duration::from_secs(30),
+            )
+            .expect("transfer")[0];
+        // B's first packet, an inter frame, under its SRTP key.
+        let inter = video(0xB, 500, &[0x10, 0x01, 1]);
+        buf[..inter.len()].copy_from_slice(&inter);
+        let len = SrtpSender::new(&key(1))
+            .protect_rtp(&mut buf, inter.len())
+            .expect("protected");
+        let from_b = addr("10.0.0.3:6000");
+        let verdict = session.handle_packet(
+            t0,
+            StreamIndex(0),
+            b,
+            Component::Rtp,
+            from_b,
+            &mut buf,
+            len,
+            &mut fork,
+        );
+        let Verdict::Forward { leg, to, len, .. } = verdict else {
+            panic!("expected the request, got {verdict:?}");
+        };
+        assert_eq!((leg, to), (b, from_b));
+        let plain = SrtpReceiver::new(&key(2))
+            .unprotect_rtcp(&mut buf, len)
+            .expect("SRTCP under the relay's key for B");
+        let bytes = bytes::Bytes::copy_from_slice(&buf[..plain.len()]);
+        let parsed = rtcp::packet::unmarshal(&mut bytes.clone()).expect("RTCP");
+        let pli = parsed[1]
+            .as_any()
+            .downcast_ref::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+            .expect("PLI");
+        assert_eq!(pli.media_ssrc, 0xB);
+    }
+}
+
+#[cfg(test)]
 mod bundle_tests {
     //! A browser's audio and video on one transport (RFC 8843), toward a
     //! phone with a port per stream: what the owner's ICE and DTLS decide
