@@ -3252,15 +3252,10 @@ mod tests {
         assert_eq!(s.close_retired(), Some(USER));
     }
 
-    /// Issue 18: RTX (RFC 4588). A device's retransmissions join one
-    /// outward repair stream (the first device's repair SSRC, numbers +1)
-    /// with their original sequence number in the outward numbering, and
-    /// never move the main stream's anchor; after a switch the new device's
-    /// repairs map into its part of the outward stream, and a repair of a
-    /// packet from before its anchor is late.
-    #[test]
-    fn retransmissions_join_one_repair_stream_in_the_outward_numbering() {
-        let t0 = Instant::now();
+    /// A video stream between A (10.0.0.1) and the remote (10.0.0.2),
+    /// rtcp-mux, its payload types at 90 kHz with `formats`.
+    fn video_stream(t0: Instant, formats: &[(u8, PayloadFormat)]) -> Stream {
+        let rates: Vec<(u8, u32)> = formats.iter().map(|&(pt, _)| (pt, 90_000)).collect();
         let mut s = Stream::new(
             t0,
             StreamConfig {
@@ -3270,10 +3265,23 @@ mod tests {
             },
             leg(Some("10.0.0.1:4000"), true),
             leg(Some("10.0.0.2:5000"), true),
-            &[(96, 90000), (97, 90000)],
+            &rates,
             None,
         );
-        s.set_formats(&[(96, PayloadFormat::Vp8), (97, PayloadFormat::Rtx)]);
+        s.set_formats(formats);
+        s
+    }
+
+    /// Issue 18: RTX (RFC 4588). A device's retransmissions join one
+    /// outward repair stream (the first device's repair SSRC, numbers +1)
+    /// with their original sequence number in the outward numbering, and
+    /// never move the main stream's anchor; after a switch the new device's
+    /// repairs map into its part of the outward stream, and a repair of a
+    /// packet from before its anchor is late.
+    #[test]
+    fn retransmissions_join_one_repair_stream_in_the_outward_numbering() {
+        let t0 = Instant::now();
+        let mut s = video_stream(t0, &[(96, PayloadFormat::Vp8), (97, PayloadFormat::Rtx)]);
         let video = |seq: u16, ssrc: u32| rtp_pt(96, seq, 3000 * u32::from(seq), ssrc, &[1; 100]);
         let repair = |seq: u16, ssrc: u32, osn: u16| {
             let mut payload = osn.to_be_bytes().to_vec();
@@ -3345,19 +3353,7 @@ mod tests {
         let t0 = Instant::now();
         let remote_at = "10.0.0.2:5000";
         let new_stream = || {
-            let mut s = Stream::new(
-                t0,
-                StreamConfig {
-                    learning_window: WINDOW,
-                    relearn: false,
-                    asymmetric: false,
-                },
-                leg(Some("10.0.0.1:4000"), true),
-                leg(Some(remote_at), true),
-                &[(96, 90000)],
-                None,
-            );
-            s.set_formats(&[(96, PayloadFormat::Vp8)]);
+            let mut s = video_stream(t0, &[(96, PayloadFormat::Vp8)]);
             let delta = rtp_pt(96, 100, 0, 0xA, &[0x10, 0x01, 1]);
             feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &delta);
             // The remote's video toward A: its SSRC is the requests' sender.
