@@ -22,7 +22,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,8 @@ struct Shim {
     relay: Arc<Mutex<Option<SocketAddr>>>,
     /// RTP from the relay, as seen.
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Datagrams GStreamer has sent (its pipeline is running).
+    from_gst: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -175,6 +177,7 @@ impl Shim {
             gst_rtcp_in: rtcp_in.local_addr().expect("addr").port(),
             relay: Arc::default(),
             seen: Arc::default(),
+            from_gst: Arc::default(),
             stop: Arc::default(),
         };
         // The relay → GStreamer, RTCP told apart by its packet type.
@@ -208,10 +211,11 @@ impl Shim {
         });
         // GStreamer → the relay, once the relay's address is known.
         for inner in [rtp_in, rtcp_in] {
-            let (to_relay, relay, stop) = (
+            let (to_relay, relay, stop, count) = (
                 Arc::clone(&outer),
                 Arc::clone(&shim.relay),
                 Arc::clone(&shim.stop),
+                Arc::clone(&shim.from_gst),
             );
             std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
@@ -219,6 +223,7 @@ impl Shim {
                     let Ok((len, _)) = inner.recv_from(&mut buf) else {
                         continue;
                     };
+                    count.fetch_add(1, Ordering::Relaxed);
                     if let Some(to) = *relay.lock().expect("lock") {
                         let _ = to_relay.send_to(&buf[..len], to);
                     }
@@ -249,8 +254,16 @@ impl Drop for Gst {
     }
 }
 
-/// A device: a moving test picture at 30 fps, encoded, through `rtpbin`.
-fn device(codec: Codec, which: u16, ssrc: u32, shim: &Shim, rtcp_port: u16) -> Gst {
+/// A device: a moving test picture at 30 fps, encoded, through `rtpbin`;
+/// its messages go to `log`.
+fn device(
+    codec: Codec,
+    which: u16,
+    ssrc: u32,
+    shim: &Shim,
+    rtcp_port: u16,
+    log: &std::path::Path,
+) -> Gst {
     let pipeline = format!(
         "rtpbin name=rb videotestsrc is-live=true pattern=ball \
          ! video/x-raw,width=320,height=240,framerate=30/1 ! {} ! application/x-rtp,ssrc=(uint){ssrc} \
@@ -266,14 +279,40 @@ fn device(codec: Codec, which: u16, ssrc: u32, shim: &Shim, rtcp_port: u16) -> G
         .arg("-q")
         .args(pipeline.split_whitespace())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
         .spawn()
         .expect("gst-launch-1.0"))
 }
 
+/// Waits (bounded) until the session's open transfer has switched: the new
+/// device's first packet reached the relay.
+async fn switched(client: &Client, session: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = client
+            .call(Command::GetSession(v1::GetSessionRequest {
+                session: common::native::by_id(session),
+            }))
+            .await;
+        let Ok(Reply::GetSession(got)) = reply else {
+            panic!("get failed: {reply:?}");
+        };
+        if got.session.is_some_and(|s| s.pending_transfer_id == 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the new device never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The two codecs' runs, one at a time: each starts three encoders and a
+/// decoder, as much as this test machine's two cores carry.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The remote: `rtpbin` with a jitter buffer, depayloader, decoder; prints
 /// a line per decoded frame (identity, -v), read into `frames` as they
-/// come. Its warnings and errors go to `log`.
+/// come. Its warnings and errors go to `log`. Returns once it plays (its
+/// sockets bound), bounded.
 fn receiver(
     codec: Codec,
     shim: &Shim,
@@ -303,15 +342,23 @@ fn receiver(
         .expect("gst-launch-1.0");
     let frames: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let stdout = child.stdout.take().expect("stdout");
-    let seen = Arc::clone(&frames);
+    let (seen, playing) = (Arc::clone(&frames), Arc::new(AtomicBool::new(false)));
+    let started = Arc::clone(&playing);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
             if line.contains("decoded: last-message = chain") {
                 seen.lock().expect("lock").push(Instant::now());
+            } else if line.starts_with("Setting pipeline to PLAYING") {
+                started.store(true, Ordering::Relaxed);
             }
         }
     });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !playing.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (Gst(child), frames)
 }
 
@@ -349,6 +396,7 @@ fn frames_around(frames: &[Instant], at: Instant) -> Vec<usize> {
 /// A → B → A with real encoders and a real decoder; see the module
 /// documentation.
 async fn hand_video_back_and_forth(codec: Codec) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let relay = Relay::start(&[]);
     let client = relay.client().await;
     let dir = tempfile::tempdir().expect("dir");
@@ -400,20 +448,42 @@ async fn hand_video_back_and_forth(codec: Codec) {
         remote_rtcp,
         &dir.path().join("receiver.log"),
     );
-    let _a = device(codec, 0, 0xAAAA_0001, &a, a_rtcp);
-    let _b = device(codec, 1, 0xBBBB_0002, &b, b_rtcp);
+    let mut a_process = device(codec, 0, 0xAAAA_0001, &a, a_rtcp, &dir.path().join("a.log"));
+    let mut b_process = device(codec, 1, 0xBBBB_0002, &b, b_rtcp, &dir.path().join("b.log"));
+    // Both encoders running and A's picture at the remote (a fresh
+    // machine's first GStreamer start builds its plugin registry first).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&a, &b]
+        .iter()
+        .any(|s| s.from_gst.load(Ordering::Relaxed) < 60)
+        || remote.seen.lock().expect("lock").len() < 30
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the GStreamer devices did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let settle = Duration::from_secs(2);
-    tokio::time::sleep(settle).await;
+    for (name, process) in [("A", &mut a_process), ("B", &mut b_process)] {
+        if let Ok(Some(status)) = process.0.try_wait() {
+            let log =
+                std::fs::read_to_string(dir.path().join(format!("{}.log", name.to_lowercase())));
+            panic!("device {name}'s GStreamer ended ({status}): {log:?}");
+        }
+    }
 
     // To B, whose encoder has been running (its keyframe long gone).
     let b_relay = transfer(&client, &created.session, GRUU_B, b.addr).await;
     let to_b = Instant::now();
     b.send_to(&b_relay);
+    switched(&client, &created.session).await;
     tokio::time::sleep(settle).await;
     // Back to A, mid-stream too.
     let a_relay = transfer(&client, &created.session, GRUU_A, a.addr).await;
     let to_a = Instant::now();
     a.send_to(&a_relay);
+    switched(&client, &created.session).await;
     tokio::time::sleep(settle).await;
 
     let seen = remote.seen.lock().expect("lock").clone();
@@ -468,6 +538,10 @@ async fn hand_video_back_and_forth(codec: Codec) {
         eprintln!(
             "{} {name}: frames decoded per 100 ms from -300 ms: {around:?}; the new device's keyframe at the remote {keyframe:?} after the transfer",
             codec.name(),
+        );
+        assert!(
+            around[..3].iter().sum::<usize>() > 0,
+            "{name}: a picture before ({around:?})"
         );
         assert!(
             around[4..].iter().sum::<usize>() > 0,
