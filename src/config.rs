@@ -181,6 +181,13 @@ pub struct RunOptions {
     #[serde(default)]
     pub allow_unverified_transfer_source: bool,
 
+    /// At a video handoff, hold the new device's VP8, VP9 and H.264 video
+    /// until its first keyframe (at most 1 s), so the remote never decodes
+    /// its frames against the old device's pictures; false passes it at
+    /// once (the device is asked for a keyframe either way). [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub keyframe_wait: Option<bool>,
+
     /// Largest SDP body accepted, in bytes. [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub sdp_max_bytes: Option<usize>,
@@ -281,6 +288,7 @@ impl RunOptions {
             },
             allow_unverified_transfer_source: flags.allow_unverified_transfer_source
                 || self.allow_unverified_transfer_source,
+            keyframe_wait: flags.keyframe_wait.or(self.keyframe_wait),
             sdp_max_bytes: flags.sdp_max_bytes.or(self.sdp_max_bytes),
             sdp_max_media: flags.sdp_max_media.or(self.sdp_max_media),
             sdp_max_formats: flags.sdp_max_formats.or(self.sdp_max_formats),
@@ -515,6 +523,7 @@ impl RunOptions {
                 allow_unverified_transfer_source: self.allow_unverified_transfer_source,
                 sdp_limits,
                 drain_timeout,
+                keyframe_wait: self.keyframe_wait.unwrap_or(true),
             },
         ))
     }

@@ -445,6 +445,7 @@ async fn reload(
         ),
         ("sdp limits", old.sdp_limits != next.sdp_limits),
         ("drain-timeout", old.drain_timeout != next.drain_timeout),
+        ("keyframe-wait", old.keyframe_wait != next.keyframe_wait),
     ] {
         if changed {
             applied.push(key);

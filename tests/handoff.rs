@@ -535,6 +535,47 @@ async fn video_feedback_and_repairs_follow_the_device() {
     assert_eq!((next.seq, next.ssrc, next.marker), (110, 0xAAAA, false));
 }
 
+/// Issue 18: with `keyframe-wait = false` the new device's first inter
+/// frame goes out at once (no hold), and the device is still asked for a
+/// keyframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_keyframe_wait_video_passes_at_once_and_a_keyframe_is_asked() {
+    use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    let relay = Relay::start(&["--keyframe-wait", "false"]);
+    let c = call_with(&relay, "video-no-wait", "video", video_codecs()).await;
+    for i in 0..3u16 {
+        c.device.send(
+            &c.user_addr,
+            &rtp(
+                96,
+                100 + i,
+                3000 * u32::from(i),
+                0xAAAA,
+                &[0x10, 0x01, b'A'],
+            ),
+        );
+        c.remote.recv();
+    }
+    let device_b = Peer::v4();
+    let b_addr = transfer(
+        &c.client,
+        transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
+    )
+    .await;
+    // An inter frame: forwarded at once, as the next outward packet.
+    device_b.send(&b_addr, &rtp(96, 5000, 77, 0xBBBB, &[0x10, 0x01, b'B']));
+    let first = seen(&c.remote.recv().0);
+    assert_eq!((first.seq, first.ssrc), (103, 0xAAAA));
+    // And B is asked for a keyframe.
+    let (bytes, _) = device_b.recv();
+    let request = rtcp::packet::unmarshal(&mut &bytes[..]).expect("RTCP");
+    let pli = request[1]
+        .as_any()
+        .downcast_ref::<PictureLossIndication>()
+        .expect("a PLI");
+    assert_eq!(pli.media_ssrc, 0xBBBB);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_transfers_change_nothing() {
     let relay = Relay::start(&["--ports", "45300-45399"]);

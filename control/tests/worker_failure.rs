@@ -121,6 +121,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
             allow_unverified_transfer_source: false,
             sdp_limits: baton_control::sip::sdp::SdpLimits::default(),
             drain_timeout: None,
+            keyframe_wait: true,
         },
     )
     .expect("start");

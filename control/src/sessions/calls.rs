@@ -317,7 +317,7 @@ impl Sessions {
                     config,
                     clock_rates: clock_rates(&spec.codecs),
                     telephone_event: telephone_event(&spec.codecs),
-                    formats: super::payload_formats(&spec.codecs),
+                    formats: self.payload_formats(&spec.codecs),
                     device: legs[0],
                     remote: legs[1],
                 },
@@ -451,7 +451,7 @@ impl Sessions {
                     .push((StreamIndex(index), clock_rates(&stream.codecs)));
                 update
                     .formats
-                    .push((StreamIndex(index), super::payload_formats(&stream.codecs)));
+                    .push((StreamIndex(index), self.payload_formats(&stream.codecs)));
             }
             match v1::Hold::try_from(stream.hold) {
                 Ok(v1::Hold::Unchanged) => {}

@@ -63,6 +63,9 @@ pub struct SessionOptions {
     /// A drain without its own deadline ends the sessions left after this;
     /// `None` waits for every session.
     pub drain_timeout: Option<Duration>,
+    /// At a video handoff, the new device's video waits for its first
+    /// keyframe (it is asked for one either way).
+    pub keyframe_wait: bool,
 }
 
 /// The sessions of the relay and the data plane that carries them.
@@ -360,16 +363,24 @@ fn telephone_event(codecs: &[v1::Codec]) -> Option<u8> {
         .and_then(|c| u8::try_from(c.payload_type).ok())
 }
 
-/// The payload types among `codecs` of formats the data plane treats
-/// specially: RTX (RFC 4588) and the video codecs whose keyframes it finds.
-fn payload_formats(codecs: &[v1::Codec]) -> Vec<(u8, baton_relay::core::keyframe::PayloadFormat)> {
-    codecs
-        .iter()
-        .filter_map(|c| {
-            let format = baton_relay::core::keyframe::PayloadFormat::from_name(&c.name)?;
-            Some((u8::try_from(c.payload_type).ok()?, format))
-        })
-        .collect()
+impl Sessions {
+    /// The payload types among `codecs` of formats the data plane treats
+    /// specially: RTX (RFC 4588), and the video codecs whose keyframes it
+    /// waits for at a handoff (none when `keyframe-wait` is off: the new
+    /// device is still asked for a keyframe, and its video passes at once).
+    fn payload_formats(
+        &self,
+        codecs: &[v1::Codec],
+    ) -> Vec<(u8, baton_relay::core::keyframe::PayloadFormat)> {
+        let wait = self.options().keyframe_wait;
+        codecs
+            .iter()
+            .filter_map(|c| {
+                let format = baton_relay::core::keyframe::PayloadFormat::from_name(&c.name)?;
+                (wait || !format.is_video()).then_some((u8::try_from(c.payload_type).ok()?, format))
+            })
+            .collect()
+    }
 }
 
 fn clock_rates(codecs: &[v1::Codec]) -> Vec<(u8, u32)> {

@@ -181,7 +181,7 @@ impl Sessions {
                     .push((StreamIndex(s), super::clock_rates(&m.codecs)));
                 update
                     .formats
-                    .push((StreamIndex(s), super::payload_formats(&m.codecs)));
+                    .push((StreamIndex(s), self.payload_formats(&m.codecs)));
             }
             stream.held[from.index()] = holds(m);
             if let Some(ptime) = m.ptime {
