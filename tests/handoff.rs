@@ -576,6 +576,42 @@ async fn without_the_keyframe_wait_video_passes_at_once_and_a_keyframe_is_asked(
     assert_eq!(pli.media_ssrc, 0xBBBB);
 }
 
+/// Issue 18: a new device whose SDP offers only `ccm fir` is asked for its
+/// keyframe by FIR alone (PLI alone for `nack pli`: the request writer's
+/// and the SDP reader's unit tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyframe_request_is_the_one_the_new_device_negotiated() {
+    use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+    let relay = Relay::start(&[]);
+    let c = call_with(&relay, "video-fir-only", "video", video_codecs()).await;
+    c.device
+        .send(&c.user_addr, &rtp(96, 100, 0, 0xAAAA, &[0x10, 0x00, b'A']));
+    c.remote.recv();
+    let device_b = Peer::v4();
+    let offer = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=video {} RTP/AVPF 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 ccm fir\r\na=rtcp-mux\r\n",
+        device_b.addr().port()
+    );
+    let request = v1::TransferRequest {
+        session: by_id(&c.session),
+        gruu: GRUU_B.into(),
+        sdp: offer,
+        mode: v1::SwitchMode::FirstPacket as i32,
+        ..Default::default()
+    };
+    let b_addr = transfer(&c.client, request).await;
+    device_b.send(&b_addr, &rtp(96, 5000, 77, 0xBBBB, &[0x10, 0x01, b'B']));
+    let (bytes, _) = device_b.recv();
+    let request = rtcp::packet::unmarshal(&mut &bytes[..]).expect("RTCP");
+    assert_eq!(request.len(), 2, "a report and one request: {request:?}");
+    let fir = request[1]
+        .as_any()
+        .downcast_ref::<FullIntraRequest>()
+        .expect("a FIR, not a PLI");
+    assert_eq!(fir.fir[0].ssrc, 0xBBBB);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_transfers_change_nothing() {
     let relay = Relay::start(&["--ports", "45300-45399"]);

@@ -247,7 +247,10 @@ impl Sessions {
                         ice: crypto.ice,
                         dtls: crypto.dtls_params(),
                     },
-                    payloads: PayloadMap::from_pairs(&pairs, device_te),
+                    payloads: PayloadMap::from_pairs(&pairs, device_te).with_keyframe_by(
+                        plan.as_ref()
+                            .map_or_else(Default::default, |p| p.keyframe_by(index)),
+                    ),
                 },
                 sockets,
                 bundle: bundle.as_ref().and_then(StreamBundle::tag),

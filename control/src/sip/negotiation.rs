@@ -890,6 +890,18 @@ impl AnswerPlan {
     }
 
     /// The transfer's per-stream description of the new device.
+    /// The keyframe request the new device offered for stream `stream`
+    /// (both, when its line offers neither or there is none).
+    pub fn keyframe_by(&self, stream: usize) -> baton_relay::core::keyframe::KeyframeBy {
+        let (pli, fir) = self
+            .layout
+            .iter()
+            .position(|t| *t == Some(stream))
+            .and_then(|j| self.media.get(j))
+            .map_or((false, false), |m| m.keyframe_feedback);
+        baton_relay::core::keyframe::KeyframeBy::negotiated(pli, fir)
+    }
+
     pub fn transfer_streams(&self, stream_count: usize) -> Vec<v1::TransferStream> {
         (0..stream_count)
             .map(|s| {

@@ -319,6 +319,8 @@ pub struct Media {
     pub crypto: Vec<(String, usize)>,
     /// WebRTC attributes (media level, else session level).
     pub webrtc: WebRtcLines,
+    /// The keyframe requests the line's `a=rtcp-fb` offer: (PLI, FIR).
+    pub keyframe_feedback: (bool, bool),
 }
 
 /// A WebRTC peer's transport attributes of one m= line: ICE credentials
@@ -752,6 +754,7 @@ impl Sdp {
                 line: m.number,
                 ..WebRtcLines::default()
             },
+            keyframe_feedback: (false, false),
         };
         media.webrtc.bundle_only = port == 0
             && media.is_dtls()
@@ -828,6 +831,26 @@ impl Sdp {
                 }
                 "ptime" => media.ptime = Some(parse_u32(value, line.number, "ptime")?),
                 "rtcp-mux" => media.rtcp_mux = true,
+                "rtcp-fb" => {
+                    // `a=rtcp-fb:<pt or *> nack pli` / `ccm fir` (RFC 4585
+                    // §4.2, RFC 5104 §7.1); only two flags are kept.
+                    let mut words = value.split_ascii_whitespace().skip(1);
+                    match (words.next(), words.next()) {
+                        (Some(kind), Some(param))
+                            if kind.eq_ignore_ascii_case("nack")
+                                && param.eq_ignore_ascii_case("pli") =>
+                        {
+                            media.keyframe_feedback.0 = true;
+                        }
+                        (Some(kind), Some(param))
+                            if kind.eq_ignore_ascii_case("ccm")
+                                && param.eq_ignore_ascii_case("fir") =>
+                        {
+                            media.keyframe_feedback.1 = true;
+                        }
+                        _ => {}
+                    }
+                }
                 "extmap" => {
                     if let Some(id) = mid_extension_id(value) {
                         media.webrtc.mid_extension = Some(id);
@@ -1596,6 +1619,32 @@ mod tests {
         let long = format!("a=ice-pwd:{}\r\n", "x".repeat(MAX_WEBRTC_VALUE + 1));
         let error = Sdp::parse(&body(&long)).expect_err("too long");
         assert!(error.to_string().contains("ice-pwd"), "{error}");
+    }
+
+    /// Issue 18: which keyframe requests a line's `a=rtcp-fb` offers.
+    #[test]
+    fn keyframe_feedback_is_read_from_rtcp_fb() {
+        let read = |fb: &str| {
+            let body = format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+                 m=video 5000 RTP/AVPF 96\r\na=rtpmap:96 VP8/90000\r\n{fb}"
+            );
+            Sdp::parse(&body)
+                .expect("parse")
+                .media(0)
+                .expect("media")
+                .keyframe_feedback
+        };
+        assert_eq!(read("a=rtcp-fb:96 nack pli\r\n"), (true, false));
+        assert_eq!(read("a=rtcp-fb:* ccm fir\r\n"), (false, true));
+        assert_eq!(
+            read("a=rtcp-fb:96 nack\r\na=rtcp-fb:96 goog-remb\r\n"),
+            (false, false)
+        );
+        assert_eq!(
+            read("a=rtcp-fb:96 NACK PLI\r\na=rtcp-fb:96 ccm fir\r\n"),
+            (true, true)
+        );
     }
 
     /// Issue 18: transport-wide congestion control is not negotiated

@@ -166,31 +166,76 @@ fn h264_starts_keyframe(payload: &[u8]) -> bool {
     }
 }
 
-/// Bytes of [`write_request`]'s compound.
+/// Which keyframe request a device takes, from what it negotiated
+/// (`a=rtcp-fb:… nack pli`, `a=rtcp-fb:… ccm fir`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyframeBy {
+    /// PLI (RFC 4585 §6.3.1).
+    Pli,
+    /// FIR (RFC 5104 §4.3.1).
+    Fir,
+    /// Both: the device negotiated neither (or it is not known), and acts
+    /// on the one it implements.
+    #[default]
+    Both,
+}
+
+impl KeyframeBy {
+    /// From what a device's SDP offered: PLI when it offered PLI, else FIR
+    /// when it offered FIR, else both.
+    pub fn negotiated(pli: bool, fir: bool) -> Self {
+        match (pli, fir) {
+            (true, _) => Self::Pli,
+            (false, true) => Self::Fir,
+            (false, false) => Self::Both,
+        }
+    }
+}
+
+/// Bytes of the longest request [`write_request`] writes (both kinds).
 pub const REQUEST_LEN: usize = 40;
 
 /// Writes a keyframe request toward a device into `buf`: an empty receiver
-/// report (a compound starts with one, RFC 3550 §6.1), a PLI and a FIR
-/// with command number `fir_number`, from `sender` about the device's
-/// `media` SSRC. Returns its length; `None` if `buf` is too short.
-pub fn write_request(buf: &mut [u8], sender: u32, media: u32, fir_number: u8) -> Option<usize> {
-    let out = buf.get_mut(..REQUEST_LEN)?;
+/// report (a compound starts with one, RFC 3550 §6.1), then a PLI, a FIR
+/// with command number `fir_number`, or both (`by`), from `sender` about
+/// the device's `media` SSRC. Returns its length; `None` if `buf` is too
+/// short.
+pub fn write_request(
+    buf: &mut [u8],
+    sender: u32,
+    media: u32,
+    fir_number: u8,
+    by: KeyframeBy,
+) -> Option<usize> {
+    let len = match by {
+        KeyframeBy::Pli => 20,
+        KeyframeBy::Fir => 28,
+        KeyframeBy::Both => REQUEST_LEN,
+    };
+    let out = buf.get_mut(..len)?;
     let s = sender.to_be_bytes();
     let m = media.to_be_bytes();
     // RR, no report blocks: 2 words.
     out[..4].copy_from_slice(&[0x80, 201, 0, 1]);
     out[4..8].copy_from_slice(&s);
-    // PLI (PSFB FMT 1): 3 words.
-    out[8..12].copy_from_slice(&[0x81, 206, 0, 2]);
-    out[12..16].copy_from_slice(&s);
-    out[16..20].copy_from_slice(&m);
-    // FIR (PSFB FMT 4): media source 0, one entry (SSRC, number, reserved).
-    out[20..24].copy_from_slice(&[0x84, 206, 0, 4]);
-    out[24..28].copy_from_slice(&s);
-    out[28..32].copy_from_slice(&[0; 4]);
-    out[32..36].copy_from_slice(&m);
-    out[36..40].copy_from_slice(&[fir_number, 0, 0, 0]);
-    Some(REQUEST_LEN)
+    let mut at = 8;
+    if by != KeyframeBy::Fir {
+        // PLI (PSFB FMT 1): 3 words.
+        out[at..at + 4].copy_from_slice(&[0x81, 206, 0, 2]);
+        out[at + 4..at + 8].copy_from_slice(&s);
+        out[at + 8..at + 12].copy_from_slice(&m);
+        at += 12;
+    }
+    if by != KeyframeBy::Pli {
+        // FIR (PSFB FMT 4): media source 0, one entry (SSRC, number,
+        // reserved).
+        out[at..at + 4].copy_from_slice(&[0x84, 206, 0, 4]);
+        out[at + 4..at + 8].copy_from_slice(&s);
+        out[at + 8..at + 12].copy_from_slice(&[0; 4]);
+        out[at + 12..at + 16].copy_from_slice(&m);
+        out[at + 16..at + 20].copy_from_slice(&[fir_number, 0, 0, 0]);
+    }
+    Some(len)
 }
 
 #[cfg(test)]
@@ -291,7 +336,7 @@ mod tests {
     #[test]
     fn the_request_is_rr_pli_and_fir_about_the_device() {
         let mut buf = [0u8; 64];
-        let len = write_request(&mut buf, 0xF00D, 0xB0B, 7).expect("room");
+        let len = write_request(&mut buf, 0xF00D, 0xB0B, 7, KeyframeBy::Both).expect("room");
         assert_eq!(len, REQUEST_LEN);
         crate::core::rtp::check_rtcp(&buf[..len]).expect("well-formed");
         let parsed = rtcp::packet::unmarshal(&mut bytes::Bytes::copy_from_slice(&buf[..len]))
@@ -306,7 +351,31 @@ mod tests {
             .downcast_ref::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
             .expect("FIR");
         assert_eq!((fir.fir[0].ssrc, fir.fir[0].sequence_number), (0xB0B, 7));
-        assert_eq!(write_request(&mut [0u8; 39], 1, 2, 3), None);
+        assert_eq!(
+            write_request(&mut [0u8; 39], 1, 2, 3, KeyframeBy::Both),
+            None
+        );
+    }
+
+    /// A device that negotiated only one kind gets only that one.
+    #[test]
+    fn the_request_is_the_kind_the_device_negotiated() {
+        assert_eq!(KeyframeBy::negotiated(true, true), KeyframeBy::Pli);
+        assert_eq!(KeyframeBy::negotiated(false, true), KeyframeBy::Fir);
+        assert_eq!(KeyframeBy::negotiated(false, false), KeyframeBy::Both);
+        for (by, types) in [
+            (KeyframeBy::Pli, vec![201u8, 206]),
+            (KeyframeBy::Fir, vec![201, 206]),
+        ] {
+            let mut buf = [0u8; 64];
+            let len = write_request(&mut buf, 1, 2, 3, by).expect("room");
+            crate::core::rtp::check_rtcp(&buf[..len]).expect("well-formed");
+            let parsed = rtcp::packet::unmarshal(&mut bytes::Bytes::copy_from_slice(&buf[..len]))
+                .expect("parses");
+            assert_eq!(parsed.len(), types.len(), "{by:?}");
+            let fmt = buf[8] & 0x1f;
+            assert_eq!(fmt, if by == KeyframeBy::Pli { 1 } else { 4 }, "{by:?}");
+        }
     }
 
     #[test]

@@ -275,6 +275,8 @@ pub struct PayloadMap {
     to_remote: [u8; 128],
     from_remote: [u8; 128],
     telephone_event: Option<u8>,
+    /// The keyframe request the device negotiated (for a video switch).
+    keyframe_by: crate::core::keyframe::KeyframeBy,
     /// The device numbers as the remote does: the map follows the stream's
     /// codecs when they are renegotiated.
     identity: bool,
@@ -313,8 +315,15 @@ impl PayloadMap {
             to_remote: [NO_PT; 128],
             from_remote: [NO_PT; 128],
             telephone_event,
+            keyframe_by: crate::core::keyframe::KeyframeBy::Both,
             identity: false,
         }
+    }
+
+    /// The same map, with the keyframe request the device negotiated.
+    pub fn with_keyframe_by(mut self, by: crate::core::keyframe::KeyframeBy) -> Self {
+        self.keyframe_by = by;
+        self
     }
 
     /// The remote's number for the device's `pt`, if negotiated.
@@ -2069,7 +2078,8 @@ impl Stream {
         const RELAY_SSRC: u32 = 0x6261_746f;
         let sender = self.toward_user.ssrc().unwrap_or(RELAY_SSRC);
         let number = self.rtcp.next_fir_to_user();
-        let len = crate::core::keyframe::write_request(buf, sender, request.media, number)?;
+        let by = self.leg(request.leg)?.payloads.keyframe_by;
+        let len = crate::core::keyframe::write_request(buf, sender, request.media, number, by)?;
         self.seal(request.leg, true, buf, len).ok()
     }
 
