@@ -180,13 +180,6 @@ fn gstreamer_device(to: SocketAddr, from_port: u16) -> Child {
         .expect("start gst-launch-1.0")
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn phone_body(origin: &str, media: SocketAddr) -> String {
     format!(
         "v=0\r\no={origin} 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
@@ -382,7 +375,7 @@ fn chromium_calls_through_baton_and_hands_the_call_to_a_gstreamer_device() {
             ));
             // After 3 s of the browser, a GStreamer device takes the call.
             std::thread::sleep(Duration::from_secs(3));
-            let port = free_udp_port();
+            let port = common::free_udp_port();
             let local: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
             let _ = sdp_of(&proxy.call(&handoff(call_id, GRUU_GST, &phone_body("gst", local))));
             let to_device = sdp_of(&proxy.call(&bob_answer(call_id, &phone)));
@@ -423,7 +416,7 @@ fn a_call_moves_from_a_gstreamer_device_to_chromium() {
     let mut proxy = Proxy::new(ng);
     let phone = Arc::new(Peer::v4());
     let call_id = "gst-to-chromium";
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let to_phone = sdp_of(&proxy.call(&request(vec![
         ("command", text("offer")),

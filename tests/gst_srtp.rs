@@ -69,13 +69,6 @@ fn gst_suite(suite: &str) -> (&'static str, &'static str, &'static str) {
     }
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("port")
-        .port()
-}
-
 /// A device: PCMU at 20 ms, encrypted with `key`, sent to `to`.
 fn sender(key: &v1::SrtpKey, ssrc: u32, first_seq: u16, packets: u32, to: &str) -> Child {
     let (cipher, auth, rtcp_auth) = gst_suite(&key.suite);
@@ -206,7 +199,7 @@ async fn libsrtp_at_the_remote_accepts_a_handoff_between_srtp_devices() {
     let client = relay.client().await;
     let a_key = key("AES_CM_128_HMAC_SHA1_80", 0xa0, 30);
     let b_key = key("AEAD_AES_128_GCM", 0xb0, 28);
-    let remote_port = free_udp_port();
+    let remote_port = common::free_udp_port();
     let created = create(
         &client,
         "gst-srtp",
@@ -312,7 +305,7 @@ async fn libsrtp_at_the_device_decrypts_the_remotes_plain_rtp() {
     }
     let relay = Relay::start(&[]);
     let client = relay.client().await;
-    let device_port = free_udp_port();
+    let device_port = common::free_udp_port();
     let created = create(
         &client,
         "gst-bridge",

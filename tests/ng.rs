@@ -547,10 +547,7 @@ fn a_call_to_the_user_is_handed_over_from_the_device_that_answered() {
 /// and answers by offering the call to the next relay of its set.
 #[test]
 fn a_full_relay_refuses_a_new_call_in_words_kamailio_fails_over_on() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free UDP port");
+    let port = common::free_udp_port();
     let _relay = common::Relay::start(&[
         "--listen-ng",
         &format!("udp:127.0.0.1:{port}"),

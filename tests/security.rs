@@ -236,13 +236,6 @@ async fn unverified_transfer_sources_only_when_the_operator_allows_them() {
     .expect("allowed by the operator");
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free UDP port")
-}
-
 fn ng_call(socket: &UdpSocket, to: SocketAddr, cookie: &str, request: &Value) -> Option<Dict> {
     // As a proxy does over UDP: the same request (same cookie) again if
     // no reply came; the relay answers a retransmission from its cache.
@@ -294,7 +287,7 @@ fn a_public_ng_address_needs_an_allow_list() {
 /// Finding 3: requests from outside the allow-list are dropped and counted.
 #[tokio::test]
 async fn ng_requests_from_outside_the_allow_list_are_dropped_and_counted() {
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let ng: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let relay = Relay::start(&[
         "--listen-ng",
@@ -322,7 +315,7 @@ async fn ng_requests_from_outside_the_allow_list_are_dropped_and_counted() {
 /// refusals are logged at most 10 a second.
 #[tokio::test]
 async fn ng_errors_and_logs_stay_small_whatever_the_request() {
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let ng: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let relay = Relay::start(&["--listen-ng", &format!("udp:{ng}")]);
     let proxy = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -378,7 +371,7 @@ async fn ng_errors_and_logs_stay_small_whatever_the_request() {
 /// nothing kept.
 #[tokio::test]
 async fn oversized_sdp_is_refused_naming_the_limit_and_keeps_nothing() {
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let ng: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let relay = Relay::start(&[
         "--listen-ng",
@@ -459,7 +452,7 @@ async fn oversized_sdp_is_refused_naming_the_limit_and_keeps_nothing() {
 /// refused past its limit, naming the field, over both protocols.
 #[tokio::test]
 async fn overlong_identifiers_are_refused_naming_the_field() {
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let ng: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let relay = Relay::start(&["--listen-ng", &format!("udp:{ng}")]);
     let client = relay.client().await;

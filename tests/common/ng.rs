@@ -20,10 +20,7 @@ pub fn text(value: impl Into<String>) -> Value {
 
 /// A relay with ng on UDP and TCP.
 pub fn relay_with_ng() -> (Relay, SocketAddr, SocketAddr) {
-    let udp_port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free UDP port");
+    let udp_port = super::free_udp_port();
     let tcp_port = super::free_tcp_port();
     let udp = format!("udp:127.0.0.1:{udp_port}");
     let tcp = format!("tcp:127.0.0.1:{tcp_port}");

@@ -1023,6 +1023,17 @@ impl Leg {
         self.peers[self.peer_slot(component)].addr
     }
 
+    /// Where `component` goes to this leg's peer: the socket it leaves on
+    /// (the RTP one with rtcp-mux) and the peer's address.
+    fn send_path(&self, component: Component) -> Option<(Component, SocketAddr)> {
+        let socket = if self.config.rtcp_mux {
+            Component::Rtp
+        } else {
+            component
+        };
+        Some((socket, self.destination(component)?))
+    }
+
     /// Answers a STUN datagram on an ICE leg: an authenticated Binding
     /// request gets its success response written over it in `buf`, and
     /// selects its source when it nominates (or keeps consent for the
@@ -1814,16 +1825,8 @@ impl Stream {
         component: Component,
         len: usize,
     ) -> Outcome {
-        let Some(out_leg) = self.leg(out) else {
-            return self.drop_on(from_leg, DropReason::NoDestination);
-        };
-        let socket = if out_leg.config.rtcp_mux {
-            Component::Rtp
-        } else {
-            component
-        };
-        match out_leg.destination(component) {
-            Some(to) => Outcome::verdict(Verdict::Forward {
+        match self.leg(out).and_then(|l| l.send_path(component)) {
+            Some((socket, to)) => Outcome::verdict(Verdict::Forward {
                 leg: out,
                 component: socket,
                 to,
@@ -2012,18 +2015,14 @@ impl Stream {
             .requested_at
             .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_REQUEST_EVERY);
         let request = if due {
-            self.leg(leg).and_then(|l| {
-                Some(KeyframeRequest {
+            self.leg(leg)
+                .and_then(|l| l.send_path(Component::Rtcp))
+                .map(|(socket, to)| KeyframeRequest {
                     leg,
-                    to: l.destination(Component::Rtcp)?,
-                    socket: if l.config.rtcp_mux {
-                        Component::Rtp
-                    } else {
-                        Component::Rtcp
-                    },
+                    to,
+                    socket,
                     media: ssrc,
                 })
-            })
         } else {
             None
         };
