@@ -11,278 +11,32 @@
 //! does: one SSRC, sequence numbers +1, and after each switch the new
 //! device's first packet starts a keyframe. The decoder reports no error,
 //! and the frames it decodes around each switch are printed (what
-//! BENCHMARKS.md quotes).
+//! BENCHMARKS.md quotes). tshark's RTP stream analysis of the same
+//! datagrams (written as a capture) finds one stream, nothing lost, no
+//! problem.
 //!
-//! `.ci/run` installs gstreamer1.0-plugins-good (vp8enc/vp8dec) and -bad
-//! (openh264enc/openh264dec) and sets `BATON_REQUIRE_GSTREAMER=1`, so there
-//! the tests run or fail; elsewhere they say they skipped.
+//! `.ci/run` installs gstreamer1.0-plugins-good (vp8enc/vp8dec), -bad
+//! (openh264enc/openh264dec) and tshark, and sets `BATON_REQUIRE_GSTREAMER=1`
+//! and `BATON_REQUIRE_TSHARK=1`, so there the tests run or fail; elsewhere
+//! they say they skipped.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command as Process, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_control::Client;
 use baton_proto::v1::{self, request::Command, response::Result as Reply};
 use common::Relay;
+use common::gst::{Codec, Gst, PT, Seen, Shim, device, gstreamer_has};
 
 const AOR: &str = "sip:alice@example.com";
 const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000a";
 const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-0000-0000-00000000000b";
-const PT: u8 = 96;
-
-/// The codec under test and its GStreamer elements.
-#[derive(Clone, Copy)]
-enum Codec {
-    Vp8,
-    H264,
-}
-
-impl Codec {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Vp8 => "VP8",
-            Self::H264 => "H264",
-        }
-    }
-
-    fn elements(self) -> [&'static str; 4] {
-        match self {
-            Self::Vp8 => ["vp8enc", "vp8dec", "rtpvp8pay", "rtpvp8depay"],
-            Self::H264 => ["openh264enc", "openh264dec", "rtph264pay", "rtph264depay"],
-        }
-    }
-
-    /// Encoder and payloader for device `which` (0 or 1): keyframes only
-    /// when asked, and (VP8) a picture ID range of its own, so the test
-    /// can tell the devices apart in the outward stream.
-    fn sender(self, which: u16) -> String {
-        match self {
-            Self::Vp8 => format!(
-                "vp8enc deadline=1 cpu-used=8 keyframe-max-dist=100000 ! \
-                 rtpvp8pay pt={PT} picture-id-mode=15-bit picture-id-offset={}",
-                which * 16_000
-            ),
-            Self::H264 => format!(
-                "openh264enc gop-size=100000 complexity=low ! \
-                 rtph264pay pt={PT} config-interval=-1 aggregate-mode=zero-latency"
-            ),
-        }
-    }
-
-    fn receiver(self) -> &'static str {
-        match self {
-            Self::Vp8 => "rtpvp8depay ! vp8dec",
-            Self::H264 => "rtph264depay ! h264parse ! openh264dec",
-        }
-    }
-
-    /// Whether an RTP payload starts a keyframe, read with the relay's own
-    /// rule (unit-tested on the RFCs' layouts); the picture IDs (VP8) and
-    /// the decoder's clean run are the independent checks.
-    fn starts_keyframe(self, payload: &[u8]) -> bool {
-        baton_relay::core::keyframe::starts_keyframe(
-            match self {
-                Self::Vp8 => baton_relay::core::keyframe::PayloadFormat::Vp8,
-                Self::H264 => baton_relay::core::keyframe::PayloadFormat::H264,
-            },
-            payload,
-        )
-    }
-}
-
-/// Whether GStreamer has the codec's elements; without them the test fails
-/// under `BATON_REQUIRE_GSTREAMER=1` and skips otherwise.
-fn gstreamer_has(codec: Codec) -> bool {
-    let present = codec
-        .elements()
-        .iter()
-        .chain(&["rtpbin", "videotestsrc", "h264parse"])
-        .all(|element| common::tool_answers("gst-inspect-1.0", element));
-    if !present {
-        assert!(
-            std::env::var_os("BATON_REQUIRE_GSTREAMER").is_none(),
-            "BATON_REQUIRE_GSTREAMER is set but GStreamer lacks {:?} (gstreamer1.0-plugins-good, -plugins-bad)",
-            codec.elements()
-        );
-        eprintln!("SKIPPED: GStreamer {} elements", codec.name());
-    }
-    present
-}
-
-/// One packet the remote's network saw.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    at: Instant,
-    seq: u16,
-    ts: u32,
-    ssrc: u32,
-    keyframe: bool,
-    /// VP8 picture ID (tells the devices apart), if any.
-    picture: Option<u16>,
-}
-
-fn vp8_picture_id(payload: &[u8]) -> Option<u16> {
-    let (&first, rest) = payload.split_first()?;
-    if first & 0x80 == 0 {
-        return None;
-    }
-    let (&ext, rest) = rest.split_first()?;
-    if ext & 0x80 == 0 {
-        return None;
-    }
-    match rest {
-        [high, low, ..] if high & 0x80 != 0 => Some(u16::from_be_bytes([high & 0x7f, *low])),
-        [id, ..] => Some(u16::from(*id)),
-        [] => None,
-    }
-}
-
-/// The test's place between one GStreamer process and the relay: a socket
-/// the relay sees as the party (rtcp-mux), forwarding the relay's RTP and
-/// RTCP to GStreamer's two ports and GStreamer's to the relay.
-struct Shim {
-    /// The address the relay is told (the party's).
-    addr: SocketAddr,
-    /// Where GStreamer sends its RTP and its RTCP.
-    gst_rtp_in: u16,
-    gst_rtcp_in: u16,
-    /// The relay's address for this party (changes at a transfer).
-    relay: Arc<Mutex<Option<SocketAddr>>>,
-    /// RTP from the relay, as seen.
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Datagrams GStreamer has sent (its pipeline is running).
-    from_gst: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Shim {
-    /// A shim delivering to GStreamer on `gst_rtp` and `gst_rtcp`.
-    fn new(codec: Codec, gst_rtp: u16, gst_rtcp: u16) -> Self {
-        let bind = || {
-            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(100)))
-                .expect("timeout");
-            Arc::new(socket)
-        };
-        let (outer, rtp_in, rtcp_in) = (bind(), bind(), bind());
-        let shim = Self {
-            addr: outer.local_addr().expect("addr"),
-            gst_rtp_in: rtp_in.local_addr().expect("addr").port(),
-            gst_rtcp_in: rtcp_in.local_addr().expect("addr").port(),
-            relay: Arc::default(),
-            seen: Arc::default(),
-            from_gst: Arc::default(),
-            stop: Arc::default(),
-        };
-        // The relay → GStreamer, RTCP told apart by its packet type.
-        let (from_relay, seen, stop) = (
-            Arc::clone(&outer),
-            Arc::clone(&shim.seen),
-            Arc::clone(&shim.stop),
-        );
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((len, _)) = from_relay.recv_from(&mut buf) else {
-                    continue;
-                };
-                let packet = &buf[..len];
-                let rtcp = len >= 2 && (192..=223).contains(&packet[1]);
-                let port = if rtcp { gst_rtcp } else { gst_rtp };
-                if !rtcp && len > 12 {
-                    let payload = &packet[12..];
-                    seen.lock().expect("lock").push(Seen {
-                        at: Instant::now(),
-                        seq: u16::from_be_bytes([packet[2], packet[3]]),
-                        ts: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
-                        ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
-                        keyframe: codec.starts_keyframe(payload),
-                        picture: vp8_picture_id(payload),
-                    });
-                }
-                let _ = from_relay.send_to(packet, ("127.0.0.1", port));
-            }
-        });
-        // GStreamer → the relay, once the relay's address is known.
-        for inner in [rtp_in, rtcp_in] {
-            let (to_relay, relay, stop, count) = (
-                Arc::clone(&outer),
-                Arc::clone(&shim.relay),
-                Arc::clone(&shim.stop),
-                Arc::clone(&shim.from_gst),
-            );
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((len, _)) = inner.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    count.fetch_add(1, Ordering::Relaxed);
-                    if let Some(to) = *relay.lock().expect("lock") {
-                        let _ = to_relay.send_to(&buf[..len], to);
-                    }
-                }
-            });
-        }
-        shim
-    }
-
-    fn send_to(&self, relay: &str) {
-        *self.relay.lock().expect("lock") = Some(relay.parse().expect("relay address"));
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A GStreamer process, killed when dropped.
-struct Gst(Child);
-
-impl Drop for Gst {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A device: a moving test picture at 30 fps, encoded, through `rtpbin`;
-/// its messages go to `log`.
-fn device(
-    codec: Codec,
-    which: u16,
-    ssrc: u32,
-    shim: &Shim,
-    rtcp_port: u16,
-    log: &std::path::Path,
-) -> Gst {
-    let pipeline = format!(
-        "rtpbin name=rb videotestsrc is-live=true pattern=ball \
-         ! video/x-raw,width=320,height=240,framerate=30/1 ! {} ! application/x-rtp,ssrc=(uint){ssrc} \
-         ! rb.send_rtp_sink_0 \
-         rb.send_rtp_src_0 ! udpsink host=127.0.0.1 port={} sync=false async=false \
-         rb.send_rtcp_src_0 ! udpsink host=127.0.0.1 port={} sync=false async=false \
-         udpsrc port={rtcp_port} ! rb.recv_rtcp_sink_0",
-        codec.sender(which),
-        shim.gst_rtp_in,
-        shim.gst_rtcp_in,
-    );
-    Gst(Process::new("gst-launch-1.0")
-        .arg("-q")
-        .args(pipeline.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("gst-launch-1.0"))
-}
 
 /// Waits (bounded) until the session's open transfer has switched: the new
 /// device's first packet reached the relay.
@@ -501,6 +255,19 @@ async fn hand_video_back_and_forth(codec: Codec) {
     // Keyframes: the first device's first, then one per switch, each the
     // relay's request answered; none otherwise (the encoders make them
     // only when asked).
+    // And tshark's own analysis of the same datagrams, written as a
+    // capture: one stream, nothing lost, no sequence or timestamp problem.
+    if common::gst::tshark_present() {
+        let pcap = dir.path().join("remote.pcap");
+        let captured = remote.captured.lock().expect("lock").clone();
+        common::gst::write_pcap(&pcap, &captured);
+        let streams = common::gst::tshark_rtp_streams(&pcap, remote.addr.port()).expect("tshark");
+        assert_eq!(streams.len(), 1, "tshark: one stream, {streams:?}");
+        assert_eq!(streams[0].ssrc, seen[0].ssrc, "{streams:?}");
+        assert_eq!(streams[0].packets, captured.len() as u64, "{streams:?}");
+        assert_eq!(streams[0].lost, 0, "{streams:?}");
+        assert!(!streams[0].problem, "tshark marks a problem: {streams:?}");
+    }
     let keyframes: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].keyframe).collect();
     assert_eq!(keyframes.len(), 3, "keyframes at {keyframes:?}");
     assert_eq!(keyframes[0], 0, "the stream starts with one");

@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `baton` binary on loopback.
 #![allow(dead_code, missing_docs)]
 
+pub mod gst;
 pub mod media;
 pub mod native;
 pub mod ng;
