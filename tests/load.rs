@@ -87,6 +87,70 @@ fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
     assert_eq!(summary["latency_clock"], "kernel", "{stderr}");
 }
 
+/// Video-like calls (VP8 frames of several packets, keyframes only when
+/// asked for), SRTP toward the devices, handoffs under load: every switch
+/// lands on the new device's keyframe, which it sent because the relay's
+/// PLI or FIR (SRTCP) reached it, and the outward streams stay continuous.
+#[test]
+fn video_load_with_handoffs_switches_on_keyframes() {
+    let relay = Relay::start(&["--ports", "43500-43999", "--workers", "2"]);
+    let output = std::process::Command::new(common::baton_bin())
+        .args(["load", "--control"])
+        .arg(relay.unix_addr().to_string())
+        .args([
+            "--video",
+            "--srtp",
+            "device",
+            "--calls",
+            "30",
+            "--duration",
+            "3",
+            "--handoff-every",
+            "0.1",
+            "--payload-bytes",
+            "900",
+            "--json",
+        ])
+        .output()
+        .expect("run baton load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "baton load:\n{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    assert_eq!(summary["lost"], 0, "{stderr}");
+    assert_eq!(summary["continuity_violations"], 0, "{stderr}");
+    assert_eq!(
+        summary["violations"]["switches_off_keyframe"], 0,
+        "{stderr}"
+    );
+    assert_eq!(summary["srtp_failed"], 0, "{stderr}");
+    let completed = summary["handoffs"]["completed"].as_u64().expect("count");
+    assert!(
+        completed >= 15,
+        "handoffs under load: {completed}\n{stderr}"
+    );
+    // Each new device's keyframe reached the remote, asked for by the relay
+    // (the devices send none unasked).
+    let video = &summary["video"];
+    assert_eq!(
+        video["switch_keyframes"].as_u64(),
+        Some(completed),
+        "{stderr}"
+    );
+    assert!(
+        video["keyframe_requests"].as_u64().unwrap_or(0) >= completed,
+        "{stderr}"
+    );
+    assert!(
+        video["switch_to_keyframe_ms"]["p50"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{stderr}"
+    );
+}
+
 #[test]
 fn direct_mode_measures_the_generator_alone() {
     let output = std::process::Command::new(common::baton_bin())

@@ -12,11 +12,19 @@
 //!   change, a sequence step that the sender's own indices do not explain,
 //!   a timestamp step inconsistent with the sender's clock (same sender) or
 //!   with the time that passed (across a switch), a switch without marker.
+//!
+//! Video flows (`--video`) carry their frame number too: packets of one
+//! frame share a timestamp, and a switch must land on a keyframe (the
+//! relay holds the new device's video until one starts; there is no
+//! marker rule, the marker ends a frame). The receiver measures each
+//! switch from the new device's start to the arrival of its first
+//! keyframe, the one the relay asked for.
 
 use std::collections::HashMap;
 
-/// Bytes of the generator's own header after the RTP header.
-pub const PAYLOAD_HEADER: usize = 22;
+/// Bytes of the generator's own header after the RTP header (after the
+/// video payload descriptor on video flows).
+pub const PAYLOAD_HEADER: usize = 35;
 
 /// The generator's fields of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +37,12 @@ pub struct Stamp {
     pub index: u64,
     /// When it was sent, in nanoseconds on the generator's clock.
     pub sent_ns: u64,
+    /// The sender's frame number (the packet index on audio).
+    pub frame: u32,
+    /// Whether the packet starts a keyframe (video).
+    pub keyframe: bool,
+    /// When this sender (device) started, on the generator's clock.
+    pub generation_start_ns: u64,
 }
 
 impl Stamp {
@@ -40,6 +54,9 @@ impl Stamp {
         payload[5] = self.generation;
         payload[6..14].copy_from_slice(&self.index.to_be_bytes());
         payload[14..22].copy_from_slice(&self.sent_ns.to_be_bytes());
+        payload[22..26].copy_from_slice(&self.frame.to_be_bytes());
+        payload[26] = u8::from(self.keyframe);
+        payload[27..35].copy_from_slice(&self.generation_start_ns.to_be_bytes());
     }
 
     /// Reads a stamp from an RTP packet's payload, if it carries one.
@@ -58,6 +75,9 @@ impl Stamp {
             generation: p[5],
             index: u64_at(6),
             sent_ns: u64_at(14),
+            frame: u32::from_be_bytes([p[22], p[23], p[24], p[25]]),
+            keyframe: p[26] & 1 != 0,
+            generation_start_ns: u64_at(27),
         })
     }
 }
@@ -85,14 +105,21 @@ pub struct Violations {
     /// A timestamp step inconsistent with the sender's clock or the time
     /// that passed.
     pub ts_errors: u64,
-    /// A change of sender without the marker bit.
+    /// A change of sender without the marker bit (audio).
     pub missing_markers: u64,
+    /// A change of sender whose first packet does not start a keyframe
+    /// (video).
+    pub switches_off_keyframe: u64,
 }
 
 impl Violations {
     /// All of them.
     pub fn total(&self) -> u64 {
-        self.ssrc_changes + self.seq_errors + self.ts_errors + self.missing_markers
+        self.ssrc_changes
+            + self.seq_errors
+            + self.ts_errors
+            + self.missing_markers
+            + self.switches_off_keyframe
     }
 
     /// Adds another flow's counts.
@@ -101,6 +128,7 @@ impl Violations {
         self.seq_errors += other.seq_errors;
         self.ts_errors += other.ts_errors;
         self.missing_markers += other.missing_markers;
+        self.switches_off_keyframe += other.switches_off_keyframe;
     }
 }
 
@@ -118,13 +146,18 @@ struct Span {
     unique: u64,
     /// Indices `highest - i` seen (bit i), for duplicates.
     window: u64,
+    /// This sender took over from another (a handoff), and whether its
+    /// first keyframe has arrived.
+    switched_in: bool,
+    keyframe_seen: bool,
 }
 
 /// The receiver's judgement of one flow.
 #[derive(Debug, Clone)]
 pub struct FlowCheck {
-    samples_per_packet: u32,
+    ts_per_frame: u32,
     clock_rate: u32,
+    video: bool,
     late_ns: u64,
     last: Option<Last>,
     spans: HashMap<u8, Span>,
@@ -141,6 +174,9 @@ pub struct FlowCheck {
     /// Receiver-side gaps at each change of sender: arrival of the old
     /// sender's last packet to the new sender's first, in nanoseconds.
     pub switch_gaps_ns: Vec<u64>,
+    /// Video: for each sender that took over, from its start to the
+    /// arrival of its first keyframe, in nanoseconds.
+    pub switch_to_keyframe_ns: Vec<u64>,
     /// After an overload ending at this time (ns), when the first packet
     /// sent after it arrived.
     recovery_from_ns: Option<u64>,
@@ -150,12 +186,13 @@ pub struct FlowCheck {
 
 impl FlowCheck {
     /// A check for a flow whose senders advance their timestamp by
-    /// `samples_per_packet` per packet at `clock_rate`; packets later than
-    /// `late_ns` count as lost.
-    pub fn new(samples_per_packet: u32, clock_rate: u32, late_ns: u64) -> Self {
+    /// `ts_per_frame` per frame (per packet on audio) at `clock_rate`;
+    /// packets later than `late_ns` count as lost.
+    pub fn new(ts_per_frame: u32, clock_rate: u32, late_ns: u64) -> Self {
         Self {
-            samples_per_packet,
+            ts_per_frame,
             clock_rate,
+            video: false,
             late_ns,
             last: None,
             spans: HashMap::new(),
@@ -165,9 +202,17 @@ impl FlowCheck {
             late: 0,
             violations: Violations::default(),
             switch_gaps_ns: Vec::new(),
+            switch_to_keyframe_ns: Vec::new(),
             recovery_from_ns: None,
             recovered_at_ns: None,
         }
+    }
+
+    /// Judges the flow as video: no marker at a switch, which must land on
+    /// a keyframe instead.
+    pub fn video(mut self) -> Self {
+        self.video = true;
+        self
     }
 
     /// Watches for the first packet sent at or after `end_ns` (the end of an
@@ -198,12 +243,20 @@ impl FlowCheck {
         if latency > self.late_ns {
             self.late += 1;
         }
+        let switched_in = self.last.is_some();
         let span = self.spans.entry(stamp.generation).or_insert(Span {
             first: stamp.index,
             highest: stamp.index,
             unique: 0,
             window: 0,
+            switched_in,
+            keyframe_seen: false,
         });
+        if self.video && stamp.keyframe && span.switched_in && !span.keyframe_seen {
+            span.keyframe_seen = true;
+            self.switch_to_keyframe_ns
+                .push(arrived_ns.saturating_sub(stamp.generation_start_ns));
+        }
         if span.unique > 0 && stamp.index <= span.highest {
             let back = span.highest - stamp.index;
             let seen = back < 64 && span.window & (1 << back) != 0;
@@ -244,23 +297,28 @@ impl FlowCheck {
                 if u64::from(seq_step) != index_step & 0xffff {
                     v.seq_errors += 1;
                 }
-                let expected_ts = (index_step as u32).wrapping_mul(self.samples_per_packet);
+                let frame_step = stamp.frame.wrapping_sub(last.stamp.frame);
+                let expected_ts = frame_step.wrapping_mul(self.ts_per_frame);
                 if ts_step != expected_ts {
                     v.ts_errors += 1;
                 }
             } else {
-                // A change of sender: the next number, the marker, and a
-                // timestamp step matching the time between the two sends
-                // (within a packet time either way, for scheduling).
+                // A change of sender: the next number, the marker (audio)
+                // or a keyframe (video), and a timestamp step matching the
+                // time between the two sends (within two packet or frame
+                // times either way, for scheduling).
                 if seq_step != 1 {
                     v.seq_errors += 1;
                 }
-                if !header.marker {
+                if self.video && !stamp.keyframe {
+                    v.switches_off_keyframe += 1;
+                }
+                if !self.video && !header.marker {
                     v.missing_markers += 1;
                 }
                 let elapsed_ns = stamp.sent_ns.saturating_sub(last.stamp.sent_ns);
                 let expected = elapsed_ns as f64 * f64::from(self.clock_rate) / 1e9;
-                let tolerance = f64::from(self.samples_per_packet) * 2.0;
+                let tolerance = f64::from(self.ts_per_frame) * 2.0;
                 let step = f64::from(ts_step as i32);
                 if step <= 0.0 || (step - expected).abs() > tolerance {
                     v.ts_errors += 1;
@@ -337,6 +395,9 @@ mod tests {
                     generation: self.generation,
                     index: self.index,
                     sent_ns: at_ms * MS,
+                    frame: self.index as u32,
+                    keyframe: false,
+                    generation_start_ns: 0,
                 },
             );
             self.seq = self.seq.wrapping_add(1);
@@ -486,11 +547,75 @@ mod tests {
             generation: 3,
             index: u64::MAX - 1,
             sent_ns: 123_456_789,
+            frame: 0xfeed_f00d,
+            keyframe: true,
+            generation_start_ns: 987_654_321,
         };
         let mut payload = [0u8; 40];
         stamp.write(&mut payload);
         assert_eq!(Stamp::read(&payload), Some(stamp));
         assert_eq!(Stamp::read(&[0u8; 40]), None);
         assert_eq!(Stamp::read(&payload[..10]), None);
+    }
+
+    /// A video sender: `packets` per frame at 30 fps (3000 ticks), all of
+    /// a frame's packets sent together.
+    fn video_frame(
+        s: &mut Sender,
+        frame: u32,
+        packets: usize,
+        keyframe: bool,
+        start_ms: u64,
+    ) -> Vec<(Header, Stamp)> {
+        (0..packets)
+            .map(|i| {
+                let (mut header, mut stamp) =
+                    s.next(start_ms + u64::from(frame) * 33, i + 1 == packets);
+                header.ts = frame.wrapping_mul(3000);
+                stamp.frame = frame;
+                stamp.keyframe = keyframe && i == 0;
+                stamp.generation_start_ns = start_ms * MS;
+                (header, stamp)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn video_frames_share_a_timestamp_and_a_switch_must_land_on_a_keyframe() {
+        let video_check = || FlowCheck::new(3000, 90_000, 50 * MS).video();
+        let mut c = video_check();
+        let mut a = Sender::new(0, 7, 100, 0);
+        for frame in 0..3 {
+            for packet in video_frame(&mut a, frame, 4, frame == 0, 0) {
+                deliver(&mut c, packet);
+            }
+        }
+        assert_eq!(c.violations.total(), 0, "{:?}", c.violations);
+        // The new device's keyframe, rewritten onto the outward stream as
+        // a relay does (no marker: on video it ends a frame).
+        for (keyframe, off) in [(true, 0), (false, 1)] {
+            let mut c = c.clone();
+            let mut b = Sender::new(1, 9, 5000, 0);
+            let first = video_frame(&mut b, 3, 2, keyframe, 0);
+            for (i, (mut header, stamp)) in first.into_iter().enumerate() {
+                header.ssrc = 7;
+                header.seq = 112 + i as u16;
+                header.ts = 3 * 3000;
+                deliver(&mut c, (header, stamp));
+            }
+            assert_eq!(c.violations.switches_off_keyframe, off);
+            assert_eq!(c.violations.total(), off, "{:?}", c.violations);
+            assert_eq!(c.switch_to_keyframe_ns.len(), usize::from(keyframe));
+        }
+        // Within a sender, a timestamp step that is not whole frames.
+        let mut c = video_check();
+        let mut a = Sender::new(0, 7, 100, 0);
+        for packet in video_frame(&mut a, 0, 2, true, 0) {
+            deliver(&mut c, packet);
+        }
+        let (mut header, stamp) = video_frame(&mut a, 1, 1, false, 0).remove(0);
+        header.ts = 4500;
+        deliver(&mut c, (header, stamp));
+        assert_eq!(c.violations.ts_errors, 1);
     }
 }

@@ -8,6 +8,11 @@
 //! Arrival times are the kernel's receive timestamps where it gives them:
 //! a datagram that waited in the generator's queue is not counted as
 //! relay latency.
+//!
+//! Video flows ([`VideoShape`]) send a frame's packets together, as an
+//! encoder's packetizer does, with a VP8 payload descriptor before the
+//! stamp, and answer a PLI or FIR with a keyframe on the next frame, as
+//! an encoder behind a real RTP stack does.
 
 use std::collections::HashMap;
 use std::io;
@@ -39,9 +44,32 @@ const DRAIN: Duration = Duration::from_millis(300);
 /// Waits at least this long go to epoll; shorter ones are slept precisely.
 const EPOLL_WAIT_FROM: Duration = Duration::from_millis(2);
 
-/// Longest datagram the generator builds (12-byte header + at most 1400
-/// bytes of payload).
+/// Longest datagram the generator builds (12-byte header, the video
+/// prefix, at most 1400 bytes of payload, and room for an SRTP tag).
 const MAX_PACKET: usize = 1500;
+
+/// On video, the bytes before the stamp: the VP8 payload descriptor (one
+/// byte: S set on a frame's first packet, partition 0) and on a frame's
+/// first packet the first bytes of the VP8 payload header, whose lowest
+/// bit is 0 on a keyframe (RFC 7741 §4.2, §4.3); other packets carry
+/// zeros there. A fixed size keeps the stamp at a fixed place.
+pub const VIDEO_PREFIX: usize = 4;
+
+/// The payload type of generated video (dynamic, VP8 in the calls the
+/// generator creates).
+pub const VIDEO_PAYLOAD_TYPE: u8 = 96;
+
+/// The shape of a generated video stream.
+#[derive(Debug, Clone, Copy)]
+pub struct VideoShape {
+    /// Packets of an inter frame.
+    pub frame_packets: usize,
+    /// Packets of a keyframe.
+    pub keyframe_packets: usize,
+    /// A keyframe every this many frames (0: only the first and those
+    /// asked for by PLI or FIR).
+    pub keyframe_every: u32,
+}
 
 /// The stamps' clock: nanoseconds since the run's start on the wall clock,
 /// because that is the clock of the kernel's receive timestamps and sent
@@ -145,6 +173,12 @@ struct Sender {
     seq: u16,
     ts: u32,
     index: u64,
+    /// Frames sent (packets, on audio).
+    frame: u32,
+    /// The next frame is a keyframe (the first, or one asked for).
+    keyframe_due: bool,
+    /// When the sender started, on the stamps' clock.
+    started_ns: u64,
     stop_at: Option<Instant>,
     next_rtcp: Instant,
 }
@@ -190,10 +224,15 @@ pub struct Plan {
     /// An overload at the start: for this long, packets go out this many
     /// times faster.
     pub overload: Option<(Duration, f64)>,
-    /// RTP payload size (at least the stamp).
+    /// RTP payload size (at least the stamp; the video prefix comes on
+    /// top).
     pub payload_bytes: usize,
-    /// Samples per packet at 8 kHz.
-    pub samples_per_packet: u32,
+    /// Timestamp ticks per frame (per packet on audio).
+    pub ts_per_frame: u32,
+    /// The RTP clock rate.
+    pub clock_rate: u32,
+    /// Video frames instead of one audio packet per period.
+    pub video: Option<VideoShape>,
     /// Later than this counts as lost.
     pub late: Duration,
     /// When the run began (the zero of `clock`).
@@ -238,6 +277,8 @@ pub struct Report {
     pub user_timed: u64,
     /// SRTP packets that did not decrypt (authentication or replay).
     pub srtp_failed: u64,
+    /// Keyframe requests (PLI, FIR) the devices received.
+    pub keyframe_requests: u64,
 }
 
 fn register(poll: &Poll, socket: std::net::UdpSocket, token: usize) -> io::Result<UdpSocket> {
@@ -281,6 +322,9 @@ pub fn run(
                 seq: rand::random(),
                 ts: rand::random(),
                 index: 0,
+                frame: 0,
+                keyframe_due: true,
+                started_ns: 0,
                 stop_at: None,
                 // Spread over the first interval, as RFC 3550 randomises
                 // report times: thousands of flows reporting in the same
@@ -305,13 +349,19 @@ pub fn run(
         kernel_timed: 0,
         user_timed: 0,
         srtp_failed: 0,
+        keyframe_requests: 0,
     };
     let mut decrypt: HashMap<SocketAddr, SrtpReceiver> = plan
         .srtp_in
         .iter()
         .map(|(from, key)| (*from, SrtpReceiver::new(key)))
         .collect();
-    let packet_len = (12 + plan.payload_bytes.max(PAYLOAD_HEADER)).min(MAX_PACKET);
+    let prefix = if plan.video.is_some() {
+        VIDEO_PREFIX
+    } else {
+        0
+    };
+    let packet_len = (12 + prefix + plan.payload_bytes.max(PAYLOAD_HEADER)).min(MAX_PACKET);
     let mut outbox = Outbox::new();
     let mut send = SendBatch::new();
     let clock = plan.clock;
@@ -371,6 +421,12 @@ pub fn run(
                 seq: rand::random(),
                 ts: rand::random(),
                 index: 0,
+                frame: 0,
+                // A device taking over a call mid-stream: its encoder has
+                // run for a while, so its next keyframe is the one the
+                // relay asks for.
+                keyframe_due: false,
+                started_ns: clock.now_ns(),
                 stop_at: None,
                 next_rtcp: now + RTCP_INTERVAL,
             });
@@ -411,36 +467,70 @@ pub fn run(
                             let _ = socket.send_to(&rtcp[..len], sender.to);
                         }
                     }
-                    let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
-                    report.sent += sent;
-                    let _ = RtpRepr {
-                        marker: false,
-                        payload_type: 0,
-                        sequence: sender.seq,
-                        timestamp: sender.ts,
-                        ssrc: sender.ssrc,
-                    }
-                    .emit_header(packet);
-                    Stamp {
-                        flow,
-                        generation: sender.generation,
-                        index: sender.index,
-                        sent_ns: clock.now_ns(),
-                    }
-                    .write(&mut packet[12..packet_len]);
-                    // MAX_PACKET leaves room for the trailer (the payload is
-                    // at most 1400 bytes).
-                    let len = match &mut sender.srtp {
-                        Some(srtp) => srtp.protect_rtp(packet, packet_len).ok(),
-                        None => Some(packet_len),
+                    // A frame: one packet on audio; on video the frame's
+                    // packets back to back, a keyframe when one is due.
+                    let (packets, keyframe) = match plan.video {
+                        Some(shape) => {
+                            let keyframe = sender.keyframe_due
+                                || (shape.keyframe_every > 0
+                                    && sender.frame % shape.keyframe_every == 0);
+                            let packets = if keyframe {
+                                shape.keyframe_packets
+                            } else {
+                                shape.frame_packets
+                            };
+                            (packets, keyframe)
+                        }
+                        None => (1, false),
                     };
-                    match len {
-                        Some(len) => outbox.push(len, sender.to),
-                        None => report.srtp_failed += 1,
+                    for packet_in_frame in 0..packets {
+                        let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
+                        report.sent += sent;
+                        let video = plan.video.is_some();
+                        let _ = RtpRepr {
+                            // On video the marker ends a frame.
+                            marker: video && packet_in_frame + 1 == packets,
+                            payload_type: if video { VIDEO_PAYLOAD_TYPE } else { 0 },
+                            sequence: sender.seq,
+                            timestamp: sender.ts,
+                            ssrc: sender.ssrc,
+                        }
+                        .emit_header(packet);
+                        if video {
+                            let first = packet_in_frame == 0;
+                            packet[12..12 + VIDEO_PREFIX].copy_from_slice(&[
+                                if first { 0x10 } else { 0 },
+                                if first && !keyframe { 1 } else { 0 },
+                                0,
+                                0,
+                            ]);
+                        }
+                        Stamp {
+                            flow,
+                            generation: sender.generation,
+                            index: sender.index,
+                            sent_ns: clock.now_ns(),
+                            frame: sender.frame,
+                            keyframe: keyframe && packet_in_frame == 0,
+                            generation_start_ns: sender.started_ns,
+                        }
+                        .write(&mut packet[12 + prefix..packet_len]);
+                        // MAX_PACKET leaves room for the trailer (the
+                        // payload is at most 1400 bytes).
+                        let len = match &mut sender.srtp {
+                            Some(srtp) => srtp.protect_rtp(packet, packet_len).ok(),
+                            None => Some(packet_len),
+                        };
+                        match len {
+                            Some(len) => outbox.push(len, sender.to),
+                            None => report.srtp_failed += 1,
+                        }
+                        sender.seq = sender.seq.wrapping_add(1);
+                        sender.index += 1;
                     }
-                    sender.seq = sender.seq.wrapping_add(1);
-                    sender.ts = sender.ts.wrapping_add(plan.samples_per_packet);
-                    sender.index += 1;
+                    sender.ts = sender.ts.wrapping_add(plan.ts_per_frame);
+                    sender.frame = sender.frame.wrapping_add(1);
+                    sender.keyframe_due = false;
                 }
                 cursor += 1;
             }
@@ -479,19 +569,40 @@ pub fn run(
                 let read_ns = clock.now_ns();
                 for i in 0..received {
                     let (source, _, buf, len) = batch.datagram(i);
-                    if let Some(srtp) = source.and_then(|s| decrypt.get_mut(&s))
-                        && !rtp::is_rtcp(&buf[..len])
-                    {
-                        match srtp.unprotect_rtp(buf, len) {
-                            Ok(plain) => {
+                    let rtcp = rtp::is_rtcp(&buf[..len]);
+                    if let Some(srtp) = source.and_then(|s| decrypt.get_mut(&s)) {
+                        // SRTCP is opened only where it is read: a video
+                        // device's keyframe requests.
+                        let opened = match (rtcp, plan.video) {
+                            (false, _) => Some(srtp.unprotect_rtp(buf, len)),
+                            (true, Some(_)) => Some(srtp.unprotect_rtcp(buf, len)),
+                            (true, None) => None,
+                        };
+                        match opened {
+                            Some(Ok(plain)) => {
                                 srtp.commit(&plain);
                                 batch.set_len(i, plain.len());
                             }
-                            Err(_) => {
+                            Some(Err(_)) => {
                                 report.srtp_failed += 1;
                                 continue;
                             }
+                            None => {}
                         }
+                    }
+                    if rtcp {
+                        report.rtcp_received += 1;
+                        if plan.video.is_some() && asks_for_keyframe(batch.bytes(i)) {
+                            report.keyframe_requests += 1;
+                            // The device (or remote) on this socket answers
+                            // with a keyframe on its next frame.
+                            for sender in senders.iter_mut().flatten() {
+                                if sender.socket == token && sender.stop_at.is_none() {
+                                    sender.keyframe_due = true;
+                                }
+                            }
+                        }
+                        continue;
                     }
                     let arrived_ns = match batch.kernel_timestamp(i) {
                         Some(at) => {
@@ -507,7 +618,7 @@ pub fn run(
                         report.rtcp_received += 1;
                         continue;
                     };
-                    let Some(stamp) = Stamp::read(view.payload()) else {
+                    let Some(stamp) = view.payload().get(prefix..).and_then(Stamp::read) else {
                         report.rtcp_received += 1;
                         continue;
                     };
@@ -518,8 +629,13 @@ pub fn run(
                         marker: view.marker(),
                     };
                     let check = report.flows.entry((stamp.flow, token)).or_insert_with(|| {
-                        FlowCheck::new(plan.samples_per_packet, 8000, late_ns)
-                            .watch_recovery(recovery_from)
+                        let check = FlowCheck::new(plan.ts_per_frame, plan.clock_rate, late_ns)
+                            .watch_recovery(recovery_from);
+                        if plan.video.is_some() {
+                            check.video()
+                        } else {
+                            check
+                        }
                     });
                     let latency = check.on_packet(arrived_ns, header, stamp);
                     let _ = report.latency.record(latency.max(1));
@@ -534,6 +650,25 @@ pub fn run(
         }
     }
     Ok(report)
+}
+
+/// Whether a (compound) RTCP datagram holds a PLI or a FIR (RFC 4585
+/// §6.3.1, RFC 5104 §4.3.1). Walks the packets by their length fields and
+/// stops at the first that does not fit.
+fn asks_for_keyframe(datagram: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(header) = datagram.get(at..at + 4) {
+        let (format, packet_type) = (header[0] & 0x1f, header[1]);
+        if header[0] >> 6 != 2 {
+            return false;
+        }
+        if packet_type == 206 && (format == 1 || format == 4) {
+            return true;
+        }
+        let len = (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1) * 4;
+        at += len;
+    }
+    false
 }
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).

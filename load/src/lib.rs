@@ -3,7 +3,10 @@
 //! Against baton (`--control`), it creates the calls itself, sends RTP both
 //! ways at the packet time, evenly paced, with RTCP sender reports now and
 //! then, hands calls over to new devices under load (`--handoff-every`),
-//! and judges what every receiver got (see [`analysis`]). `--plan` drives
+//! and judges what every receiver got (see [`analysis`]). With `--video`
+//! the calls carry video-like streams instead: frames of several packets
+//! sent together, keyframes when asked for, and per switch the time until
+//! the new device's first keyframe was forwarded. `--plan` drives
 //! any relay from a list of flows; `--direct` measures the generator alone.
 
 pub mod analysis;
@@ -26,7 +29,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 
 use analysis::Violations;
-use generator::{Clock, Flow, Handoff, Plan, Progress, Report};
+use generator::{Clock, Flow, Handoff, Plan, Progress, Report, VideoShape};
 
 /// How long the old device keeps sending after a handoff.
 const HANDOFF_OVERLAP: Duration = Duration::from_millis(40);
@@ -112,6 +115,26 @@ pub struct LoadArgs {
     /// the handshakes cost the media already flowing.
     #[arg(long, value_name = "RATE", conflicts_with_all = ["plan", "direct"])]
     webrtc_legs_per_second: Option<f64>,
+    /// Video-like streams instead of audio: VP8 at 90 kHz (the calls are
+    /// created as video, so the relay asks a new device for a keyframe and
+    /// holds its video until one starts), frames of several packets sent
+    /// back to back, keyframes on PLI or FIR. --ptime-ms is ignored; see
+    /// --fps, --frame-packets, --keyframe-packets, --keyframe-every.
+    #[arg(long)]
+    video: bool,
+    /// Video frames a second.
+    #[arg(long, default_value_t = 30.0, requires = "video")]
+    fps: f64,
+    /// Packets of a video inter frame.
+    #[arg(long, default_value_t = 3, requires = "video")]
+    frame_packets: usize,
+    /// Packets of a video keyframe.
+    #[arg(long, default_value_t = 12, requires = "video")]
+    keyframe_packets: usize,
+    /// A keyframe every N frames besides those asked for (0: only the
+    /// first and those asked for, as WebRTC encoders do).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "video")]
+    keyframe_every: u32,
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -239,9 +262,35 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     if !(args.ptime_ms > 0.0 && args.duration > 0.0 && args.threads > 0) {
         bail!("--ptime-ms, --duration and --threads must be positive");
     }
-    let period = Duration::from_secs_f64(args.ptime_ms / 1000.0);
-    // Samples per packet at 8 kHz, at least 1.
-    let samples_per_packet = ((args.ptime_ms * 8.0).round() as u32).max(1);
+    let video = if args.video {
+        if !(args.fps >= 1.0 && args.fps <= 120.0) {
+            bail!("--fps must be between 1 and 120");
+        }
+        if !(1..=64).contains(&args.frame_packets) || !(1..=64).contains(&args.keyframe_packets) {
+            bail!("--frame-packets and --keyframe-packets must be between 1 and 64");
+        }
+        Some(VideoShape {
+            frame_packets: args.frame_packets,
+            keyframe_packets: args.keyframe_packets,
+            keyframe_every: args.keyframe_every,
+        })
+    } else {
+        None
+    };
+    // One period per frame: a packet of audio, or a video frame's packets.
+    let (period, ts_per_frame, clock_rate) = match video {
+        Some(_) => (
+            Duration::from_secs_f64(1.0 / args.fps),
+            ((90_000.0 / args.fps).round() as u32).max(1),
+            90_000,
+        ),
+        // Samples per packet at 8 kHz, at least 1.
+        None => (
+            Duration::from_secs_f64(args.ptime_ms / 1000.0),
+            ((args.ptime_ms * 8.0).round() as u32).max(1),
+            8000,
+        ),
+    };
 
     // Sockets (by thread), flows (by thread).
     let threads = args.threads;
@@ -301,8 +350,13 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                     side_key(args.srtp.is_some_and(SrtpSides::device)),
                     side_key(args.srtp.is_some_and(SrtpSides::remote)),
                 ];
-                let mut request =
-                    create_request(call, ends.addrs[0], ends.addrs[1], !args.separate_rtcp);
+                let mut request = create_request(
+                    call,
+                    ends.addrs[0],
+                    ends.addrs[1],
+                    !args.separate_rtcp,
+                    args.video,
+                );
                 if let Some(stream) = request.streams.first_mut() {
                     stream.user_srtp = leg_srtp(keys[0].as_ref());
                     stream.remote_srtp = leg_srtp(keys[1].as_ref());
@@ -388,7 +442,9 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                 _ => None,
             },
             payload_bytes: args.payload_bytes,
-            samples_per_packet,
+            ts_per_frame,
+            clock_rate,
+            video,
             late: Duration::from_millis(args.late_ms),
             base,
             clock,
@@ -736,7 +792,31 @@ fn create_request(
     device: SocketAddr,
     remote: SocketAddr,
     rtcp_mux: bool,
+    video: bool,
 ) -> v1::CreateSessionRequest {
+    let (kind, codec, ptime_ms) = if video {
+        (
+            "video",
+            v1::Codec {
+                payload_type: u32::from(generator::VIDEO_PAYLOAD_TYPE),
+                name: "VP8".into(),
+                clock_rate: 90_000,
+                ..Default::default()
+            },
+            0,
+        )
+    } else {
+        (
+            "audio",
+            v1::Codec {
+                payload_type: 0,
+                name: "PCMU".into(),
+                clock_rate: 8000,
+                ..Default::default()
+            },
+            20,
+        )
+    };
     v1::CreateSessionRequest {
         call_id: format!("load-{call}-{}", std::process::id()),
         from_tag: "load-a".into(),
@@ -746,13 +826,8 @@ fn create_request(
             "sip:load-{call}@load.invalid;gr=urn:uuid:{call:08x}-0000-0000-0000-000000000000"
         ),
         streams: vec![v1::StreamSpec {
-            kind: "audio".into(),
-            codecs: vec![v1::Codec {
-                payload_type: 0,
-                name: "PCMU".into(),
-                clock_rate: 8000,
-                ..Default::default()
-            }],
+            kind: kind.into(),
+            codecs: vec![codec],
             rtcp_mux,
             user_peer: Some(v1::Endpoint {
                 rtp: device.to_string(),
@@ -764,7 +839,7 @@ fn create_request(
             }),
             user_family: 0,
             remote_family: 0,
-            ptime_ms: 20,
+            ptime_ms,
             user_srtp: None,
             remote_srtp: None,
         }],
@@ -894,6 +969,14 @@ struct Summary {
     recovery: Option<(usize, usize, f64, f64)>,
     /// Datagrams timed by the kernel's receive timestamp, and by reading.
     timed: (u64, u64),
+    /// Video: from a new device's start to its first keyframe at the
+    /// remote (p50, p99, max ms).
+    switch_to_keyframe_ms: [f64; 3],
+    /// Video: how many new devices' keyframes reached the remote.
+    switch_keyframes: usize,
+    /// Video: keyframe requests (PLI, FIR) the generated parties received.
+    keyframe_requests: u64,
+    video: bool,
 }
 
 fn quantiles_ms(h: Option<&Histogram<u64>>) -> [f64; 2] {
@@ -932,11 +1015,14 @@ impl Summary {
         let mut flows = 0;
         let mut gaps_ms: Vec<f64> = Vec::new();
         let mut recoveries_ms: Vec<f64> = Vec::new();
+        let mut to_keyframe_ms: Vec<f64> = Vec::new();
+        let mut keyframe_requests = 0;
         let mut skipped = 0;
         let mut srtp_failed = 0;
         let mut timed = (0, 0);
         for report in reports {
             srtp_failed += report.srtp_failed;
+            keyframe_requests += report.keyframe_requests;
             timed.0 += report.kernel_timed;
             timed.1 += report.user_timed;
             sent += report.sent;
@@ -952,6 +1038,12 @@ impl Summary {
                 reordered += check.reordered;
                 violations.add(&check.violations);
                 gaps_ms.extend(check.switch_gaps_ns.iter().map(|ns| *ns as f64 / 1e6));
+                to_keyframe_ms.extend(
+                    check
+                        .switch_to_keyframe_ns
+                        .iter()
+                        .map(|ns| *ns as f64 / 1e6),
+                );
                 if let Some(ns) = check.recovery_ns() {
                     recoveries_ms.push(ns as f64 / 1e6);
                 }
@@ -1011,6 +1103,14 @@ impl Summary {
                 (flows, through, percentile(&mut recoveries_ms, 0.5), max)
             }),
             timed,
+            switch_keyframes: to_keyframe_ms.len(),
+            switch_to_keyframe_ms: [
+                percentile(&mut to_keyframe_ms, 0.5),
+                percentile(&mut to_keyframe_ms, 0.99),
+                to_keyframe_ms.iter().copied().fold(0.0, f64::max),
+            ],
+            keyframe_requests,
+            video: args.video,
         }
     }
 
@@ -1077,12 +1177,13 @@ impl Summary {
         );
         eprintln!("  arrivals timed by: {}", self.latency_clock().1);
         eprintln!(
-            "  continuity violations: {} (ssrc changes {}, sequence {}, timestamp {}, missing marker {})",
+            "  continuity violations: {} (ssrc changes {}, sequence {}, timestamp {}, missing marker {}, switch off a keyframe {})",
             v.total(),
             v.ssrc_changes,
             v.seq_errors,
             v.ts_errors,
-            v.missing_markers
+            v.missing_markers,
+            v.switches_off_keyframe
         );
         if self.mode == "relay" {
             eprintln!(
@@ -1098,6 +1199,13 @@ impl Summary {
                 self.delete_ms[0],
                 self.delete_ms[1]
             );
+            if self.video {
+                let k = self.switch_to_keyframe_ms;
+                eprintln!(
+                    "  video: from a new device's start to its first keyframe at the remote ms p50 {:.1}  p99 {:.1}  max {:.1}  ({} keyframes; keyframe requests received {})",
+                    k[0], k[1], k[2], self.switch_keyframes, self.keyframe_requests
+                );
+            }
         }
         if let Some((flows, through, p50, max)) = self.recovery {
             eprintln!(
@@ -1134,12 +1242,22 @@ impl Summary {
                 "seq_errors": self.violations.seq_errors,
                 "ts_errors": self.violations.ts_errors,
                 "missing_markers": self.violations.missing_markers,
+                "switches_off_keyframe": self.violations.switches_off_keyframe,
             },
             "handoffs": {
                 "completed": self.handoffs.0,
                 "failed": self.handoffs.1,
                 "gap_ms": { "p50": self.gap_ms[0], "p99": self.gap_ms[1], "max": self.gap_ms[2] },
             },
+            "video": self.video.then(|| serde_json::json!({
+                "switch_to_keyframe_ms": {
+                    "p50": self.switch_to_keyframe_ms[0],
+                    "p99": self.switch_to_keyframe_ms[1],
+                    "max": self.switch_to_keyframe_ms[2],
+                },
+                "switch_keyframes": self.switch_keyframes,
+                "keyframe_requests": self.keyframe_requests,
+            })),
             "overload": self.recovery.map(|(flows, through, p50, max)| serde_json::json!({
                 "streams": flows, "recovered": through, "recovery_ms": { "p50": p50, "max": max },
             })),
