@@ -321,6 +321,10 @@ pub struct Session {
     /// Streams of one party sharing a transport (RFC 8843); empty for
     /// most calls.
     bundles: Vec<Bundle>,
+    /// The last packet was dropped for this reason, though its buffer went
+    /// out carrying a keyframe request: the worker's drop counters take it
+    /// from [`Session::take_hidden_drop`].
+    hidden_drop: Option<DropReason>,
 }
 
 impl Session {
@@ -353,7 +357,15 @@ impl Session {
             info_events_dropped: 0,
             ended: false,
             bundles: Vec::new(),
+            hidden_drop: None,
         }
+    }
+
+    /// The drop behind the last verdict, when that verdict forwards a
+    /// keyframe request in the dropped packet's buffer instead (so the
+    /// worker counts both).
+    pub fn take_hidden_drop(&mut self) -> Option<DropReason> {
+        self.hidden_drop.take()
     }
 
     /// Groups one party's legs into bundles (per stream, its leg and tag):
@@ -545,6 +557,7 @@ impl Session {
         len: usize,
         fork_buf: &mut [u8],
     ) -> Verdict {
+        self.hidden_drop = None;
         let Some(s) = self.streams.get_mut(stream.0) else {
             return Verdict::Drop(DropReason::OldSource);
         };
@@ -601,8 +614,10 @@ impl Session {
             // once the switch happened).
             let s = &mut self.streams[stream.0];
             match &mut outcome.verdict {
-                Verdict::Drop(_) => {
+                Verdict::Drop(reason) => {
+                    let reason = *reason;
                     if let Some(len) = s.write_keyframe_request(&request, buf) {
+                        self.hidden_drop = Some(reason);
                         outcome.verdict = Verdict::Forward {
                             leg: request.leg,
                             component: request.socket,
@@ -1814,6 +1829,7 @@ mod keyframe_tests {
             &mut fork,
         );
         assert!(matches!(sent, Verdict::Forward { .. }));
+        assert_eq!(session.take_hidden_drop(), None, "A's packet just went");
         let b_keys = LegKeys {
             peer: key(1),
             relay: key(2),
@@ -1854,6 +1870,12 @@ mod keyframe_tests {
             panic!("expected the request, got {verdict:?}");
         };
         assert_eq!((leg, to), (b, from_b));
+        // The held packet still counts as a drop where the worker counts.
+        assert_eq!(
+            session.take_hidden_drop(),
+            Some(DropReason::AwaitingKeyframe)
+        );
+        assert_eq!(session.take_hidden_drop(), None);
         let plain = SrtpReceiver::new(&key(2))
             .unprotect_rtcp(&mut buf, len)
             .expect("SRTCP under the relay's key for B");

@@ -2029,26 +2029,26 @@ impl Stream {
         if request.is_some() {
             self.keyframe.requested_at = Some(now);
         }
-        let Some(format) = self.format(remote_pt).filter(|f| f.is_video()) else {
-            if self.formats.iter().flatten().any(|f| f.is_video()) {
-                // Another format on a line whose video is waited for (FEC,
-                // RED, a codec without a known keyframe): it waits too,
-                // within the same bound, rather than end the wait.
-                let until = *self.keyframe.until.get_or_insert(now + KEYFRAME_WAIT);
-                if now < until {
-                    return Gate::Hold(request);
-                }
+        let format = self.format(remote_pt).filter(|f| f.is_video());
+        match format {
+            Some(format) if crate::core::keyframe::starts_keyframe(format, payload) => {
+                self.keyframe.active = false;
+                return Gate::Pass(None);
             }
-            // Nothing to wait for on this line: asked once, then it passes.
-            self.keyframe.active = false;
-            return Gate::Pass(request);
-        };
-        if crate::core::keyframe::starts_keyframe(format, payload) {
-            self.keyframe.active = false;
-            return Gate::Pass(None);
+            None if !self.formats.iter().flatten().any(|f| f.is_video()) => {
+                // Nothing to wait for on this line: asked once, then it
+                // passes.
+                self.keyframe.active = false;
+                return Gate::Pass(request);
+            }
+            // Video that does not start a keyframe, or another format on a
+            // line whose video is waited for (FEC, RED, a codec without a
+            // known keyframe), which waits too rather than end the wait.
+            Some(_) | None => {}
         }
         let until = *self.keyframe.until.get_or_insert(now + KEYFRAME_WAIT);
         if now >= until {
+            // One expiry, whichever packet found it.
             self.keyframe.active = false;
             if let Some(device) = self.leg_mut(leg) {
                 device.counters.keyframe_waits_expired += 1;
@@ -3440,6 +3440,36 @@ mod tests {
             outcome.verdict,
             Verdict::Forward { leg: REMOTE, .. }
         ));
+        assert_eq!(s.leg(b).expect("B").counters.keyframe_waits_expired, 1);
+
+        // The wait ends on a packet of another format of the line (RED,
+        // FEC: it waited too): counted the same.
+        let mut s = video_stream(t0, &[(96, PayloadFormat::Vp8)]);
+        feed(
+            &mut s,
+            t0,
+            USER,
+            Component::Rtp,
+            "10.0.0.1:4000",
+            &delta(100),
+        );
+        let b = s
+            .add_pending(
+                t0,
+                leg(Some(b_at), true),
+                PayloadMap::from_pairs(&[(96, 96), (100, 100)], None),
+                WINDOW,
+            )
+            .expect("pending leg");
+        assert_eq!(s.switch(t0), Switch::Done);
+        let red = |seq: u16| rtp_pt(100, seq, 900 * u32::from(seq), 0xB, &[96, 1, 2, 3]);
+        let (outcome, _) = feed(&mut s, ms(10), b, Component::Rtp, b_at, &red(500));
+        assert_eq!(outcome.verdict, Verdict::Drop(DropReason::AwaitingKeyframe));
+        let (outcome, _) = feed(&mut s, late, b, Component::Rtp, b_at, &red(501));
+        assert!(
+            matches!(outcome.verdict, Verdict::Forward { leg: REMOTE, .. }),
+            "{outcome:?}"
+        );
         assert_eq!(s.leg(b).expect("B").counters.keyframe_waits_expired, 1);
     }
 

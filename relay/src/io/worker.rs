@@ -418,6 +418,11 @@ impl Worker {
                             .learn_bundle_ssrc((owner, owner_leg), ssrc, stream);
                     }
                     recv.set_len(index, new_len);
+                    if let Some(reason) = entry.session.take_hidden_drop() {
+                        // The packet was held; its buffer carries a request.
+                        self.dropped += 1;
+                        self.drops[reason as usize] += 1;
+                    }
                     queued[queued_count] = Outgoing {
                         token: entry.tokens[stream.0][out_leg.index()][out_component.index()],
                         session: key,
