@@ -210,28 +210,41 @@ fn direct_mode_with_shared_sockets_judges_every_flow() {
     );
 }
 
+/// Runs `baton load --plan --duration 1 --json` on the plan `plan(a, b)`
+/// writes for two loopback UDP ports that were free a moment ago; when a
+/// parallel test took one before the generator bound it, again with new
+/// ports (at most 5 tries). Returns the run, the plan file (its directory
+/// kept) and the two addresses.
+fn run_plan(
+    plan: impl Fn(&str, &str) -> String,
+) -> (std::process::Output, tempfile::TempPath, String, String) {
+    for _ in 0..5 {
+        let (a, b) = (
+            format!("127.0.0.1:{}", common::free_udp_port()),
+            format!("127.0.0.1:{}", common::free_udp_port()),
+        );
+        let file = tempfile::NamedTempFile::new().expect("plan file");
+        std::fs::write(file.path(), plan(&a, &b)).expect("write");
+        let path = file.into_temp_path();
+        let output = std::process::Command::new(common::baton_bin())
+            .args(["load", "--plan"])
+            .arg(&path)
+            .args(["--duration", "1", "--json"])
+            .output()
+            .expect("run baton load");
+        if !String::from_utf8_lossy(&output.stderr).contains("Address already in use") {
+            return (output, path, a, b);
+        }
+    }
+    panic!("no two free UDP ports in 5 tries");
+}
+
 #[test]
 fn plan_mode_drives_flows_from_a_file() {
     // Two flows straight between two generator sockets: the plan format
     // without a relay in between.
-    let ports: Vec<u16> = (0..2).map(|_| common::free_tcp_port()).collect();
-    let (a, b) = (
-        format!("127.0.0.1:{}", ports[0]),
-        format!("127.0.0.1:{}", ports[1]),
-    );
-    let dir = tempfile::tempdir().expect("dir");
-    let plan = dir.path().join("plan.txt");
-    std::fs::write(
-        &plan,
-        format!("# from to expect\n{a} {b} {b}\n{b} {a} {a}\n"),
-    )
-    .expect("write");
-    let output = std::process::Command::new(common::baton_bin())
-        .args(["load", "--plan"])
-        .arg(&plan)
-        .args(["--duration", "1", "--json"])
-        .output()
-        .expect("run baton load");
+    let (output, plan, a, _) =
+        run_plan(|a, b| format!("# from to expect\n{a} {b} {b}\n{b} {a} {a}\n"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -243,7 +256,7 @@ fn plan_mode_drives_flows_from_a_file() {
     assert_eq!(summary["flows"], 2);
     assert_eq!(summary["lost"], 0);
     // A plan naming a non-loopback address is refused.
-    std::fs::write(&plan, format!("{a} 192.0.2.1:9 {b}\n")).expect("write");
+    std::fs::write(&plan, format!("{a} 192.0.2.1:9 127.0.0.1:9\n")).expect("write");
     let refused = std::process::Command::new(common::baton_bin())
         .args(["load", "--plan"])
         .arg(&plan)
@@ -262,28 +275,9 @@ fn plan_mode_encrypts_and_decrypts_with_the_keys_of_its_lines() {
     let key = "AES_CM_128_HMAC_SHA1_80:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
     let other = "AES_CM_128_HMAC_SHA1_80:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd";
     let run = |decrypt_with: &str| {
-        let ports: Vec<u16> = (0..2).map(|_| common::free_tcp_port()).collect();
-        let (a, b) = (
-            format!("127.0.0.1:{}", ports[0]),
-            format!("127.0.0.1:{}", ports[1]),
-        );
-        let dir = tempfile::tempdir().expect("dir");
-        let plan = dir.path().join("plan.txt");
-        std::fs::write(
-            &plan,
-            format!(
-                "{a} {b} {b} srtp-out={key}
-{b} {a} {a} srtp-in={decrypt_with}
-"
-            ),
-        )
-        .expect("write");
-        let output = std::process::Command::new(common::baton_bin())
-            .args(["load", "--plan"])
-            .arg(&plan)
-            .args(["--duration", "1", "--json"])
-            .output()
-            .expect("run baton load");
+        let (output, ..) = run_plan(|a, b| {
+            format!("{a} {b} {b} srtp-out={key}\n{b} {a} {a} srtp-in={decrypt_with}\n")
+        });
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let summary: serde_json::Value =
             serde_json::from_str(stdout.lines().last().expect("JSON")).expect("JSON");

@@ -565,3 +565,253 @@ fn a_full_relay_refuses_a_new_call_in_words_kamailio_fails_over_on() {
     ]));
     assert_eq!(reason(&refused), "Parallel session limit reached");
 }
+
+const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000a1";
+const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000b1";
+
+/// A call from alice's device A to bob, with A's GRUU.
+fn alice_calls_bob(ng: std::net::SocketAddr, call_id: &str) -> common::ng::NgCall {
+    ng_call(
+        ng,
+        call_id,
+        vec![
+            ("aor", text("sip:alice@example.com")),
+            ("gruu", text(GRUU_A)),
+        ],
+    )
+}
+
+/// Media still goes A ⇄ bob through the addresses they were given.
+fn a_and_bob_still_talk(call: &common::ng::NgCall, seq: u16) {
+    call.a.send(
+        &call.a_to_relay.to_string(),
+        &rtp(8, seq, u32::from(seq) * 160, 0xA, &[0xA; 160]),
+    );
+    assert_eq!(call.bob.recv().0[12], 0xA, "bob hears A");
+    call.bob.send(
+        &call.bob_to_relay.to_string(),
+        &rtp(8, seq, u32::from(seq) * 160, 0xB0B, &[0xC; 160]),
+    );
+    let (heard, from) = call.a.recv();
+    assert_eq!((heard[12], from), (0xC, call.a_to_relay), "A hears bob");
+}
+
+/// Issue 23: a handoff offer whose tags the proxy took from a Replaces
+/// header read the other way round (from-tag = the remote's, to-tag = the
+/// user's) is still the user's new device: the transfer opens, the remote
+/// keeps its body, and the replayed answer gives B's. It never re-points
+/// the remote's leg at B.
+#[test]
+fn a_handoff_with_its_tags_either_way_round_moves_the_user_side_only() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut call = alice_calls_bob(ng, "either-way");
+    a_and_bob_still_talk(&call, 1);
+    let b = Peer::v4();
+    let to_bob = sdp_of(&call.proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("either-way")),
+        ("from-tag", text("bob-tag")),
+        ("to-tag", text("a-tag")),
+        ("sdp", text(body("alice-b", b.addr(), ""))),
+        ("gruu", text(GRUU_B)),
+        ("replaces", text("either-way;to-tag=a-tag;from-tag=bob-tag")),
+        ("flags", flags(&["baton-handoff"])),
+    ])));
+    assert_eq!(
+        media_addr(&to_bob),
+        call.bob_to_relay,
+        "bob's body unchanged"
+    );
+    let to_b = sdp_of(&call.proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("either-way")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", call.bob.addr(), ""))),
+    ])));
+    let b_to_relay = media_addr(&to_b);
+    assert_ne!(b_to_relay, call.a_to_relay);
+    b.send(&b_to_relay.to_string(), &rtp(8, 7, 700, 0xB, &[0xB; 160]));
+    let (heard, _) = call.bob.recv();
+    assert_eq!(heard[12], 0xB, "bob hears B");
+    assert_eq!(
+        u32::from_be_bytes([heard[8], heard[9], heard[10], heard[11]]),
+        0xA,
+        "on A's SSRC"
+    );
+    call.bob.send(
+        &call.bob_to_relay.to_string(),
+        &rtp(8, 9, 1440, 0xB0B, &[0xC; 160]),
+    );
+    assert_eq!(b.recv().1, b_to_relay, "B hears bob");
+}
+
+/// Issue 23: an offer that asks for a handoff but cannot open one is an
+/// error naming why, and changes nothing: no new session, the remote's leg
+/// where it was, A and bob still talking.
+#[test]
+fn a_handoff_that_cannot_open_is_refused_and_changes_nothing() {
+    let (relay, ng, _) = relay_with_ng();
+    let mut call = alice_calls_bob(ng, "refused");
+    let b = Peer::v4();
+    let offer = |call_id: &str, from: &str, to: &str, extra: Vec<(&'static str, Value)>| {
+        let mut pairs = vec![
+            ("command", text("offer")),
+            ("call-id", text(call_id)),
+            ("from-tag", text(from)),
+            ("to-tag", text(to)),
+            ("sdp", text(body("alice-b", b.addr(), ""))),
+        ];
+        pairs.extend(extra);
+        request(pairs)
+    };
+    let handoff_flag = || ("flags", flags(&["baton-handoff"]));
+    for (request, why) in [
+        // The flag without the new device's GRUU (a proxy that forgot it).
+        (
+            offer("refused", "bob-tag", "a-tag", vec![handoff_flag()]),
+            "needs the new device's gruu",
+        ),
+        (
+            offer(
+                "refused",
+                "a-tag",
+                "bob-tag",
+                vec![("replaces", text("refused"))],
+            ),
+            "needs the new device's gruu",
+        ),
+        // The device that already has the call.
+        (
+            offer(
+                "refused",
+                "a-tag",
+                "bob-tag",
+                vec![handoff_flag(), ("gruu", text(GRUU_A))],
+            ),
+            "already the device",
+        ),
+        // Another call, or tags that name no dialog of this one.
+        (
+            offer(
+                "no-such-call",
+                "a-tag",
+                "bob-tag",
+                vec![handoff_flag(), ("gruu", text(GRUU_B))],
+            ),
+            "no call",
+        ),
+        (
+            offer(
+                "refused",
+                "a-tag",
+                "someone-else",
+                vec![handoff_flag(), ("gruu", text(GRUU_B))],
+            ),
+            "no call",
+        ),
+    ] {
+        let reply = call.proxy.call(&request);
+        assert!(reason(&reply).contains(why), "{why}: {reply:?}");
+    }
+    a_and_bob_still_talk(&call, 2);
+    let listed = common::stdout_json(&relay.ctl(&["list"]));
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
+
+/// Issue 23: a forked INVITE's answers each keep their branch (as
+/// rtpengine keeps a monologue per to-tag): the media follows the branch
+/// that answered last, an earlier branch answering again takes it back, a
+/// delete of a branch the media left ends only that branch, a delete
+/// naming a to-tag no branch has deletes nothing, and a delete of the
+/// branch the media follows ends the call.
+#[test]
+fn forked_answers_keep_a_branch_each_and_deletes_end_only_what_they_name() {
+    let (relay, ng, _) = relay_with_ng();
+    let mut call = alice_calls_bob(ng, "forked");
+    let (bob2, bob3) = (Peer::v4(), Peer::v4());
+    let answer = |tag: &str, peer: &Peer| {
+        request(vec![
+            ("command", text("answer")),
+            ("call-id", text("forked")),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text(tag)),
+            ("sdp", text(body(tag, peer.addr(), ""))),
+        ])
+    };
+    let delete = |to: &str| {
+        request(vec![
+            ("command", text("delete")),
+            ("call-id", text("forked")),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text(to)),
+        ])
+    };
+    let a_says = |call: &common::ng::NgCall, seq: u16| {
+        call.a.send(
+            &call.a_to_relay.to_string(),
+            &rtp(8, seq, u32::from(seq) * 160, 0xA, &[0xA; 160]),
+        );
+    };
+    // bob-tag answered first (ng_call); branch 2 answers too.
+    let _ = sdp_of(&call.proxy.call(&answer("bob2-tag", &bob2)));
+    a_says(&call, 1);
+    assert_eq!(bob2.recv().0[12], 0xA, "the media follows the last answer");
+    // Branch 3 answers, then branch 2 again (its 200 OK after its 183).
+    let _ = sdp_of(&call.proxy.call(&answer("bob3-tag", &bob3)));
+    let _ = sdp_of(&call.proxy.call(&answer("bob2-tag", &bob2)));
+    a_says(&call, 2);
+    assert_eq!(bob2.recv().0[12], 0xA);
+    // A to-tag no branch has: an error, nothing deleted.
+    let reply = call.proxy.call(&delete("never-answered"));
+    assert!(reason(&reply).contains("not found"), "{reply:?}");
+    // Branch 3, which the media left: only it goes.
+    assert_eq!(result(&call.proxy.call(&delete("bob3-tag"))), "ok");
+    a_says(&call, 3);
+    assert_eq!(bob2.recv().0[12], 0xA, "the call goes on");
+    let listed = common::stdout_json(&relay.ctl(&["list"]));
+    assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1));
+    // The branch the media follows is the call: it goes whole.
+    assert_eq!(result(&call.proxy.call(&delete("bob2-tag"))), "ok");
+    let listed = common::stdout_json(&relay.ctl(&["list"]));
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{listed}"
+    );
+    a_says(&call, 4);
+    bob2.expect_silence();
+}
+
+/// Issue 23 (rtpengine's rule): a delete naming a to-tag on a call whose
+/// offer was never answered (a CANCEL, or a failure reply's to-tag) ends
+/// the call.
+#[test]
+fn a_delete_of_an_unanswered_call_with_a_failure_to_tag_ends_it() {
+    let (relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let a = Peer::v4();
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("cancelled")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+    ])));
+    let reply = proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("cancelled")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("487-tag")),
+    ]));
+    assert_eq!(result(&reply), "ok", "{reply:?}");
+    let listed = common::stdout_json(&relay.ctl(&["list"]));
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{listed}"
+    );
+}

@@ -21,6 +21,7 @@ use tracing::debug;
 
 use super::wire::{Dict, dict, error, get_list, get_str, text};
 use crate::service::Service;
+use crate::sessions::BranchEnd;
 use crate::sessions::transfer::TransferContext;
 use crate::sessions::{DialogView, by_id};
 use crate::sip::sdp::Sdp;
@@ -577,14 +578,40 @@ impl NgService {
         options.check_sdes_off(sdp).map_err(error)?;
         let sessions = self.service.sessions();
         let sdp = options.incoming(sdp, sessions).map_err(error)?;
+        // (the session, whether the tags matched it exactly)
         let existing = match sessions.find_dialog(call_id, from_tag, to_tag) {
-            Ok(view) => Some(view),
+            Ok(view) => Some((view, true)),
             Err(status) if status.code == v1::Code::NotFound && to_tag.is_empty() => None,
             Err(status) if status.code == v1::Code::NotFound => {
                 // A re-INVITE whose to-tag the relay has not seen yet.
-                sessions.find_dialog(call_id, from_tag, "").ok()
+                sessions
+                    .find_dialog(call_id, from_tag, "")
+                    .ok()
+                    .map(|view| (view, false))
             }
             Err(status) => return Err(status_reply(&status)),
+        };
+        // A handoff is asked for, never guessed: a proxy that passes the
+        // Contact as `gruu` on every offer must not turn a re-INVITE from a
+        // device without a GRUU into a transfer. `baton-handoff` asks for
+        // one on a known dialog, whatever else comes; a `replaces` key
+        // (which some configurations pass on every INVITE) asks on a known
+        // dialog unless it comes from the device that has the call.
+        let flagged = options.has("baton-handoff");
+        let replaces = get_str(request, "replaces").is_some_and(|r| !r.is_empty());
+        let no_call = || {
+            error(format!(
+                "handoff refused: no call {} with from-tag {} and to-tag {}",
+                excerpt(call_id),
+                excerpt(from_tag),
+                excerpt(to_tag)
+            ))
+        };
+        let existing = match existing {
+            Some((_, false)) if flagged || replaces => return Err(no_call()),
+            None if flagged => return Err(no_call()),
+            Some((view, _)) => Some(view),
+            None => None,
         };
         let Some(view) = existing else {
             // `user=callee`: a call to the user; the offerer is the remote.
@@ -611,19 +638,33 @@ impl NgService {
                 .map_err(|s| new_call_refused(&s, request))?;
             return Ok(ok_with_sdp(options.outgoing(created.sdp)));
         };
-        let from_user = view.side_of(from_tag) == Party::User;
-        // A handoff is asked for, never guessed: a proxy that passes the
-        // Contact as `gruu` on every offer must not turn a re-INVITE from a
-        // device without a GRUU into a transfer.
-        let handoff_asked = options.has("baton-handoff")
-            || get_str(request, "replaces").is_some_and(|r| !r.is_empty());
-        if from_user
-            && handoff_asked
-            && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
-            && !same_uri(gruu, &view.gruu)
-        {
-            return self.handoff(request, &view, gruu, sdp, &options).await;
+        if flagged || replaces {
+            // Whichever way the proxy oriented the tags (from the user's
+            // side or the remote's, as a Replaces header can be read
+            // either way), the body is the user's device's: it never
+            // updates the remote's leg, and an offer that cannot open a
+            // transfer is refused, changing nothing.
+            let gruu = get_str(request, "gruu")
+                .filter(|g| !g.is_empty())
+                .ok_or_else(|| {
+                    error("a handoff (baton-handoff or replaces) needs the new device's gruu")
+                })?;
+            if !same_uri(gruu, &view.gruu) {
+                return self.handoff(request, &view, gruu, sdp, &options).await;
+            }
+            if flagged {
+                return Err(error(format!(
+                    "handoff refused: {} is already the device of call {}",
+                    excerpt(gruu),
+                    excerpt(&view.call_id)
+                )));
+            }
+            // The device that has the call, re-offering.
+            return self
+                .update(&view, sdp, true, String::new(), &options, true)
+                .await;
         }
+        let from_user = view.side_of(from_tag) == Party::User;
         self.update(&view, sdp, from_user, String::new(), &options, true)
             .await
     }
@@ -821,6 +862,11 @@ impl NgService {
                 .map_err(|s| status_reply(&s))?;
             return Ok(dict([("result", text("ok"))]));
         }
+        let from_tag = get_str(request, "from-tag").filter(|t| !t.is_empty());
+        let to_tag = get_str(request, "to-tag").filter(|t| !t.is_empty());
+        if let (Some(from_tag), Some(to_tag)) = (from_tag, to_tag) {
+            return self.delete_dialog(call_id, from_tag, to_tag).await;
+        }
         let ids = self.select(request)?;
         let mut infos = Vec::with_capacity(ids.len());
         for id in ids {
@@ -834,6 +880,55 @@ impl NgService {
             return Err(error("Call-ID not found or tags didn't match"));
         }
         Ok(statistics(&infos))
+    }
+
+    /// A delete naming both tags: the branch the to-tag (or, the other way
+    /// round, the from-tag) names, as rtpengine ends one branch of a
+    /// forked call; a tag no branch has deletes nothing, except on a call
+    /// never answered (a CANCEL's or a failure's to-tag), which goes whole.
+    async fn delete_dialog(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Result<Value, Value> {
+        let sessions = self.service.sessions();
+        let not_found = || {
+            error(format!(
+                "Call-ID not found or tags didn't match: to-tag {} is no branch of call {}",
+                excerpt(to_tag),
+                excerpt(call_id)
+            ))
+        };
+        let (id, branch) = match sessions.find_dialog(call_id, from_tag, to_tag) {
+            Ok(view) if view.from_tag == from_tag => (view.id, to_tag),
+            Ok(view) => (view.id, from_tag),
+            Err(status) if status.code == v1::Code::NotFound => {
+                match sessions.find_dialog(call_id, from_tag, "") {
+                    Ok(view) if view.to_tag.is_empty() => (view.id, ""),
+                    Ok(_) | Err(_) => return Err(not_found()),
+                }
+            }
+            Err(status) => return Err(status_reply(&status)),
+        };
+        let ended = if branch.is_empty() {
+            sessions
+                .delete(Some(&by_id(id)))
+                .await
+                .map(|info| BranchEnd::Session(Box::new(info)))
+        } else {
+            sessions.delete_branch(id, branch).await
+        };
+        match ended.map_err(|s| status_reply(&s))? {
+            BranchEnd::Session(info) => Ok(statistics(&[*info])),
+            BranchEnd::Branch => {
+                let info = sessions
+                    .get(Some(&by_id(id)))
+                    .await
+                    .map_err(|s| status_reply(&s))?;
+                Ok(statistics(&[info]))
+            }
+        }
     }
 
     async fn query(&self, request: &Dict) -> Result<Value, Value> {

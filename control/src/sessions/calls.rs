@@ -20,6 +20,15 @@ use crate::sip::crypto::{PartyCrypto, SdesPolicy};
 use crate::sip::negotiation::{self, NegotiatedStream, StreamBundle, session_held};
 use crate::status::{Status, excerpt};
 
+/// What ending a branch ended.
+#[derive(Debug)]
+pub enum BranchEnd {
+    /// The whole session, with its final statistics.
+    Session(Box<v1::SessionInfo>),
+    /// That branch only; the session goes on.
+    Branch,
+}
+
 /// What the ng front end reads of a session.
 #[derive(Debug, Clone)]
 pub struct DialogView {
@@ -192,6 +201,7 @@ impl Sessions {
                 open_transfer: None,
                 committed_transfer: None,
                 handoffs: 0,
+                branches: Vec::new(),
             });
             (id, worker)
         };
@@ -539,6 +549,27 @@ impl Sessions {
         };
         self.session_ended(&record, "deleted", report.as_ref());
         Ok(session_info(&record, report.as_ref()))
+    }
+
+    /// Ends the branch `tag` of a forked call (ng `delete` naming a
+    /// to-tag), as rtpengine does: a branch the media no longer follows
+    /// (another answered after it) goes alone; the one it follows is the
+    /// call, which goes whole.
+    pub async fn delete_branch(&self, id: SessionId, tag: &str) -> Result<BranchEnd, Status> {
+        {
+            let mut registry = self.registry();
+            let record = registry
+                .by_id
+                .get_mut(&id)
+                .ok_or_else(|| Status::not_found(format!("no session {id}")))?;
+            if record.to_tag != tag && record.branches.iter().any(|b| b.to_tag == tag) {
+                record.branches.retain(|b| b.to_tag != tag);
+                return Ok(BranchEnd::Branch);
+            }
+        }
+        self.delete(Some(&super::by_id(id)))
+            .await
+            .map(|info| BranchEnd::Session(Box::new(info)))
     }
 
     /// `list_sessions`: the sessions answered with an id (not those being

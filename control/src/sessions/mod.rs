@@ -36,7 +36,7 @@ pub(crate) mod registry;
 pub mod transfer;
 pub(crate) mod worker_events;
 
-pub use calls::DialogView;
+pub use calls::{BranchEnd, DialogView};
 use registry::{Record, Registry};
 pub use transfer::parse_replaces;
 

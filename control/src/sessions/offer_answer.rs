@@ -29,6 +29,17 @@ impl Sessions {
         let other_transport = requested_transport(&request.other_transport)?;
         let webrtc = webrtc_toward(request.webrtc.as_ref())?;
         let (_guard, record) = self.lock_session(request.session.as_ref()).await?;
+        let names_branch = !request.to_tag.is_empty() && from != record.offerer;
+        if names_branch
+            && !record.has_to_tag(&request.to_tag)
+            && record.branches.len() >= super::registry::MAX_BRANCHES
+        {
+            return Err(Status::resource_exhausted(format!(
+                "session {} has {} answered branches already; delete one first",
+                record.id,
+                record.branches.len()
+            )));
+        }
         if from == Party::User
             && let Some(open) = &record.open_transfer
         {
@@ -275,6 +286,15 @@ impl Sessions {
             };
             if !request.to_tag.is_empty() {
                 current.to_tag.clone_from(&request.to_tag);
+            }
+            if names_branch {
+                // A forked call keeps each answered branch (as rtpengine
+                // does); the media follows the one that answered last.
+                if !current.branches.iter().any(|b| b.to_tag == request.to_tag) {
+                    current.branches.push(super::registry::Branch {
+                        to_tag: request.to_tag.clone(),
+                    });
+                }
             }
             for (now, updated) in current.streams.iter_mut().zip(&streams) {
                 now.codecs.clone_from(&updated.codecs);

@@ -64,6 +64,16 @@ pub(crate) struct CommittedTransfer {
     pub previous_gruu: String,
 }
 
+/// Branches of a forked call kept per session: more to-tags answering one
+/// offer than any real fork has (a proxy forks to a user's devices).
+pub(crate) const MAX_BRANCHES: usize = 16;
+
+/// One answered branch of the call: its to-tag (RFC 3261 §12.1).
+#[derive(Debug, Clone)]
+pub(crate) struct Branch {
+    pub to_tag: String,
+}
+
 /// One session.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
@@ -89,6 +99,16 @@ pub(crate) struct Record {
     pub committed_transfer: Option<CommittedTransfer>,
     /// Transfers switched to a new device so far.
     pub handoffs: u32,
+    /// The branches that answered, oldest first; `to_tag` is the one the
+    /// media follows.
+    pub branches: Vec<Branch>,
+}
+
+impl Record {
+    /// Whether `tag` is the dialog's to-tag or another answered branch's.
+    pub fn has_to_tag(&self, tag: &str) -> bool {
+        self.to_tag == tag || self.branches.iter().any(|b| b.to_tag == tag)
+    }
 }
 
 /// The sessions and their indexes.
@@ -197,10 +217,10 @@ impl Registry {
                     .filter(|id| {
                         let r = &self.by_id[id];
                         let forward = r.from_tag == dialog.from_tag
-                            && (dialog.to_tag.is_empty() || r.to_tag == dialog.to_tag);
+                            && (dialog.to_tag.is_empty() || r.has_to_tag(&dialog.to_tag));
                         let backward = !dialog.to_tag.is_empty()
                             && r.from_tag == dialog.to_tag
-                            && r.to_tag == dialog.from_tag;
+                            && r.has_to_tag(&dialog.from_tag);
                         forward || backward
                     })
                     .collect();
@@ -301,6 +321,7 @@ mod tests {
             open_transfer: None,
             committed_transfer: None,
             handoffs: 0,
+            branches: Vec::new(),
         }
     }
 
