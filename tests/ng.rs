@@ -815,3 +815,105 @@ fn a_delete_of_an_unanswered_call_with_a_failure_to_tag_ends_it() {
         "{listed}"
     );
 }
+
+/// Issue 23: the registrar's bindings reach the relay over ng (a `query`
+/// with `baton-bind`, which Kamailio's `rtpengine_query` sends after
+/// `save`), so a handoff to a device using its temporary GRUU verifies;
+/// before the binding, or after it is removed, the same handoff is
+/// refused. Malformed bindings are refused by name.
+#[test]
+fn bindings_sent_over_ng_let_a_temporary_gruu_take_the_call() {
+    let (relay, ng, _) = relay_with_ng();
+    let mut call = alice_calls_bob(ng, "temp-gruu");
+    let temp = "sip:uloc-6b0cdec8-b94-1-dd7f25d6@example.com;gr";
+    let b = Peer::v4();
+    let handoff = || {
+        request(vec![
+            ("command", text("offer")),
+            ("call-id", text("temp-gruu")),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(body("alice-b", b.addr(), ""))),
+            ("gruu", text(temp)),
+            ("replaces", text("temp-gruu;to-tag=bob-tag;from-tag=a-tag")),
+            ("new-call-id", text("temp-gruu-b")),
+            ("new-from-tag", text("b-tag")),
+            ("flags", flags(&["baton-handoff"])),
+        ])
+    };
+    let bind = |aor: &str, gruu: &str, expires: Option<&str>| {
+        let mut pairs = vec![
+            ("command", text("query")),
+            ("call-id", text("register-1")),
+            ("from-tag", text("reg-tag")),
+            ("flags", flags(&["baton-bind"])),
+            ("aor", text(aor)),
+            ("gruu", text(gruu)),
+        ];
+        if let Some(expires) = expires {
+            pairs.push(("expires", text(expires)));
+        }
+        request(pairs)
+    };
+    let refused = call.proxy.call(&handoff());
+    assert!(reason(&refused).contains("not bound"), "{refused:?}");
+    for (request, why) in [
+        (bind("sip:alice@example.com", temp, None), "needs expires"),
+        (
+            bind("sip:alice@example.com", temp, Some("soon")),
+            "needs expires",
+        ),
+        (
+            bind(
+                "sip:alice@example.com",
+                "sip:alice@127.0.0.1:5070",
+                Some("60"),
+            ),
+            "not a GRUU",
+        ),
+        (
+            bind("sip:alice@example.com", temp, Some("99999999")),
+            "longer than",
+        ),
+        (bind("not a uri", temp, Some("60")), "AOR"),
+    ] {
+        let reply = call.proxy.call(&request);
+        assert!(reason(&reply).contains(why), "{why}: {reply:?}");
+    }
+    assert_eq!(
+        result(
+            &call
+                .proxy
+                .call(&bind("sip:alice@example.com", temp, Some("60")))
+        ),
+        "ok"
+    );
+    // Bound to alice: nobody else can claim it.
+    let taken = call
+        .proxy
+        .call(&bind("sip:mallory@example.com", temp, Some("60")));
+    assert!(reason(&taken).contains("bound to"), "{taken:?}");
+    let bindings = common::stdout_json(&relay.ctl(&["bindings"]));
+    assert!(bindings.to_string().contains("uloc-6b0cdec8"), "{bindings}");
+    // Removed, refused again; bound again, the handoff opens.
+    assert_eq!(
+        result(
+            &call
+                .proxy
+                .call(&bind("sip:alice@example.com", temp, Some("0")))
+        ),
+        "ok"
+    );
+    let refused = call.proxy.call(&handoff());
+    assert!(reason(&refused).contains("not bound"), "{refused:?}");
+    assert_eq!(
+        result(
+            &call
+                .proxy
+                .call(&bind("sip:alice@example.com", temp, Some("60")))
+        ),
+        "ok"
+    );
+    let to_bob = sdp_of(&call.proxy.call(&handoff()));
+    assert_eq!(media_addr(&to_bob), call.bob_to_relay);
+}

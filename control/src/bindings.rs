@@ -10,6 +10,11 @@ use crate::status::Status;
 /// Longest binding accepted (registrars rarely exceed a day).
 pub const MAX_EXPIRES: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Most live bindings the table holds: a registrar's devices for a large
+/// platform, far below what would strain the relay's memory (each is a few
+/// hundred bytes).
+pub const MAX_BINDINGS: usize = 500_000;
+
 /// One binding.
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -111,6 +116,11 @@ impl Bindings {
         };
         match existing {
             Some(index) => self.entries[index] = binding,
+            None if self.entries.len() >= MAX_BINDINGS => {
+                return Err(Status::resource_exhausted(format!(
+                    "the relay holds {MAX_BINDINGS} device bindings already"
+                )));
+            }
             None => self.entries.push(binding),
         }
         Ok(true)

@@ -3,7 +3,9 @@
 //! extension: an `offer` from the user's side with the `baton-handoff` flag
 //! (or a `replaces` key) naming another device's `gruu` is a verified
 //! transfer, and a `delete` of that device's own dialog (`new-call-id`,
-//! `new-from-tag`) cancels it.
+//! `new-from-tag`) cancels it. A `query` with the `baton-bind` flag is the
+//! registrar's binding of a device (`aor`, `gruu`, `expires`), so that a
+//! temporary GRUU verifies at a handoff (the native `RegisterDevice`).
 //!
 //! Requests for one Call-ID run one at a time, in arrival order: a proxy's
 //! parallel processes may send the same offer twice at once (a retransmitted
@@ -29,7 +31,7 @@ use crate::status::{Status, excerpt};
 
 /// Keys this implementation reads; others are logged and ignored, as
 /// rtpengine does.
-const KNOWN_KEYS: [&str; 26] = [
+const KNOWN_KEYS: [&str; 27] = [
     "user",
     "command",
     "call-id",
@@ -48,6 +50,7 @@ const KNOWN_KEYS: [&str; 26] = [
     "replaces",
     "new-call-id",
     "new-from-tag",
+    "expires",
     "address family",
     "limit",
     "via-branch",
@@ -60,7 +63,7 @@ const KNOWN_KEYS: [&str; 26] = [
 
 /// Flags this implementation acts on or that describe its behaviour
 /// already; others are logged and ignored.
-const KNOWN_FLAGS: [&str; 10] = [
+const KNOWN_FLAGS: [&str; 11] = [
     "port-latching",
     "strict-source",
     "media-handover",
@@ -69,6 +72,7 @@ const KNOWN_FLAGS: [&str; 10] = [
     "trust-address",
     "sip-source-address",
     "baton-handoff",
+    "baton-bind",
     "no-rtcp-attribute",
     // A WebRTC body always gets a MID per m= line.
     "generate-mid",
@@ -535,6 +539,9 @@ impl NgService {
             Some("offer") => self.offer(request).await,
             Some("answer") => self.answer(request).await,
             Some("delete") => self.delete(request).await,
+            Some("query") if get_list(request, "flags").iter().any(|f| f == "baton-bind") => {
+                self.bind(request)
+            }
             Some("query") => self.query(request).await,
             Some("list") => Ok(self.list(request)),
             Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
@@ -929,6 +936,35 @@ impl NgService {
                 Ok(statistics(&[info]))
             }
         }
+    }
+
+    /// The registrar's binding of a device, sent by the proxy after a
+    /// REGISTER (`rtpengine_query("baton-bind aor=… gruu=… expires=…")`):
+    /// the same table and checks as the native `RegisterDevice`; `expires`
+    /// 0 removes it. The request's Call-ID and tags (the REGISTER's) are
+    /// not a call and are not looked up.
+    fn bind(&self, request: &Dict) -> Result<Value, Value> {
+        let aor = required(request, "aor")?;
+        let gruu = required(request, "gruu")?;
+        let expires = match request.get(b"expires".as_slice()) {
+            Some(Value::Int(n)) => u32::try_from(*n).ok(),
+            Some(Value::Bytes(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            Some(Value::List(_) | Value::Dict(_)) | None => None,
+        }
+        .ok_or_else(|| error("baton-bind needs expires: whole seconds (0 removes the binding)"))?;
+        self.service
+            .sessions()
+            .devices()
+            .register_device(&v1::RegisterDeviceRequest {
+                aor: aor.to_owned(),
+                gruu: gruu.to_owned(),
+                expires,
+                temporary: false,
+            })
+            .map_err(|s| status_reply(&s))?;
+        Ok(dict([("result", text("ok"))]))
     }
 
     async fn query(&self, request: &Dict) -> Result<Value, Value> {
