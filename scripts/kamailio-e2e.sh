@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # End to end with a real SIP proxy: Kamailio (registrar with GRUU, the
-# rtpengine module pointed at baton's ng listener) and SIPp user agents.
+# rtpengine module pointed at baton's ng listener) running
+# contrib/kamailio/kamailio.cfg as shipped (settings in a
+# kamailio-baton-local.cfg beside it), and SIPp user agents.
 #
-#   1. device A (SIPp) calls bob (SIPp); RTP from A reaches bob via baton;
-#   2. device B of the same user registers (gets a public GRUU) and sends
-#      INVITE with Replaces; Kamailio authenticates it (digest), hands the
-#      call over through baton (ng offer/answer with baton's handoff keys),
-#      answers B and ends A's leg with a BYE; bob is told nothing;
-#   3. B talks, then hangs up; Kamailio deletes the call and BYEs bob;
-#   4. what bob received is checked: one SSRC, no sequence gap, timestamps
-#      never backwards, A's media then B's.
+# Usage: scripts/kamailio-e2e.sh [CASE]      (default: basic)
+#   basic   device A calls bob; device B of the same user registers (digest;
+#           its public GRUU comes from the registrar) and sends INVITE with
+#           Replaces naming A's dialog as A sees it; the proxy authenticates
+#           it, hands the call over through baton, answers B and BYEs A; B
+#           talks and hangs up, and bob gets a BYE in his own dialog.
+#   held    the same, but B uses its temporary GRUU (the proxy sent baton
+#           the registrar's binding) and a Replaces with the tags the other
+#           way round; after the handoff bob puts the call on hold (B gets
+#           the re-INVITE in its own dialog and answers) and hangs up (B
+#           gets the BYE).
+# Then: what bob received (one SSRC, no sequence gap, timestamps never
+# backwards, A's media then B's), and `baton ctl list` is empty.
 #
 # Everything runs on 127.0.0.1, bounded in time, and is stopped by PID.
 # Installs kamailio and sip-tester (SIPp) from Debian when missing.
@@ -31,6 +38,12 @@ if [ -z "${BATON:-}" ]; then
     cargo build --release --quiet
     BATON=target/release/baton
 fi
+
+case_name=${1:-basic}
+case "$case_name" in
+    basic | held) ;;
+    *) echo "unknown case $case_name (basic, held)" >&2; exit 2 ;;
+esac
 
 base=${E2E_BASE:-25060}
 sip_port=$base
@@ -79,9 +92,14 @@ for _ in $(seq 50); do
 done
 "$BATON" ctl --control "tcp:127.0.0.1:$control_port" ping >/dev/null || fail "baton did not start"
 
-# Kamailio in the foreground, with our config.
-sed -e "s/__SIP_PORT__/$sip_port/g" -e "s/__LOOP_PORT__/$loop_port/g" -e "s/__NG__/udp:127.0.0.1:$ng_port/" \
-    -e "s/__PASSWORD__/$password/" -e "s/^debug=2/debug=${KAMAILIO_DEBUG:-2}/" contrib/kamailio/kamailio.cfg >"$logs/kamailio.cfg"
+# Kamailio in the foreground, with the config as shipped and this run's
+# settings beside it.
+kamailio -c -f contrib/kamailio/kamailio.cfg >"$logs/kamailio-check.log" 2>&1 \
+    || fail "contrib/kamailio/kamailio.cfg does not pass kamailio -c as shipped"
+cp contrib/kamailio/kamailio.cfg "$logs/kamailio.cfg"
+printf '%s\n' "#!substdef \"!SIP_PORT!$sip_port!g\"" "#!substdef \"!LOOP_PORT!$loop_port!g\"" \
+    "#!substdef \"!BATON_NG!udp:127.0.0.1:$ng_port!g\"" "#!substdef \"!DEMO_PASSWORD!$password!g\"" \
+    >"$logs/kamailio-baton-local.cfg"
 timeout 90 kamailio -f "$logs/kamailio.cfg" -DD -E -m 64 -M 8 -w "$logs" -Y "$logs" \
     >"$logs/kamailio.log" 2>&1 &
 pids+=($!)
@@ -96,8 +114,18 @@ sipp_common=(-i 127.0.0.1 -m 1 -timeout 40s -timeout_error -nostdin -trace_err
     -key bob_port "$bob_sip" -key proxy_port "$sip_port")
 
 # bob answers; his RTP socket belongs to media.py.
-timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/bob.xml -p "$bob_sip" \
-    -key bob_tag bob-tag-1 -key bob_rtp_port "$bob_rtp" \
+bob_scenario=scripts/e2e/bob.xml
+b_variant=()
+replaces="$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
+if [ "$case_name" = held ]; then
+    bob_scenario=scripts/e2e/bob_holds_and_hangs_up.xml
+    b_variant=(--temp-gruu --stays)
+    # The tags the other way round (RFC 3891 allows either reading).
+    replaces="$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1"
+fi
+python3 scripts/e2e/variant.py scripts/e2e/alice_b.xml "${b_variant[@]}" >"$logs/alice_b.xml"
+timeout 60 sipp "${sipp_common[@]}" -sf "$bob_scenario" -p "$bob_sip" \
+    -key bob_tag bob-tag-1 -key bob_rtp_port "$bob_rtp" -d 6000 \
     -error_file "$logs/bob-errors.log" >"$logs/bob.log" 2>&1 &
 bob_pid=$!
 pids+=($bob_pid)
@@ -122,23 +150,43 @@ echo "call up: device A <-> bob, relay port for A: $(cat "$logs/a-relay-port")"
 sleep 2
 
 # Device B takes the call over.
-timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/alice_b.xml -p "$b_sip" \
+timeout 60 sipp "${sipp_common[@]}" -sf "$logs/alice_b.xml" -p "$b_sip" \
     -cid_str "baton-e2e-b-$$@127.0.0.1" -key b_tag alice-b-tag-1 -key b_rtp_port "$b_rtp" \
-    -key replaces "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1" \
+    -key replaces "$replaces" \
     -key b_relay_file "$logs/b-relay-port" -au alice -ap "$password" -d 3000 \
     -error_file "$logs/b-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-b.log" 2>&1 &
 b_pid=$!
 pids+=($b_pid)
 
 status=0
-wait "$b_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
+if [ "$case_name" = held ]; then
+    wait "$b_pid" || fail "device B's scenario failed (register, handoff, the remote's hold re-INVITE and BYE in B's dialog)"
+    echo "device B got the remote's re-INVITE and BYE in its own dialog"
+else
+    wait "$b_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
+fi
 echo "handoff: device B answered by the proxy, relay port for B: $(cat "$logs/b-relay-port")"
 wait "$a_pid" || fail "device A's leg was not ended with a BYE"
 echo "device A's leg ended by the proxy's BYE"
-wait "$bob_pid" || fail "bob's scenario failed (bob must see one call, then a BYE)"
-echo "bob saw one INVITE and one BYE: no re-INVITE, no Replaces"
+if [ "$case_name" = held ]; then
+    wait "$bob_pid" || fail "bob's scenario failed (his hold and BYE must be answered in his dialog)"
+    echo "bob's hold re-INVITE and BYE were answered in his own dialog"
+else
+    wait "$bob_pid" || fail "bob's scenario failed (bob must see one call, then a BYE in his dialog)"
+    echo "bob saw one INVITE and one BYE in his own dialog: no re-INVITE, no Replaces"
+fi
 wait "$media_pid" || status=$?
 cat "$logs/media.log"
 [ "$status" = 0 ] || fail "bob did not receive one continuous stream"
 grep -q "the session had no AOR" "$logs/baton.log" && fail "the initial offer did not carry the AOR"
+# Nothing left behind on the relay.
+left=""
+for _ in $(seq 30); do
+    left=$("$BATON" ctl --control "tcp:127.0.0.1:$control_port" list \
+        | python3 -c 'import json, sys; print(len(json.load(sys.stdin).get("sessions", [])))')
+    [ "$left" = 0 ] && break
+    sleep 0.1
+done
+[ "$left" = 0 ] || fail "baton still lists $left session(s) after the call"
+echo "baton lists no session afterwards"
 echo "PASS"
