@@ -15,6 +15,11 @@
 #           way round; after the handoff bob puts the call on hold (B gets
 #           the re-INVITE in its own dialog and answers) and hangs up (B
 #           gets the BYE).
+#   chain   A -> B -> A -> C: B takes the call from A, A takes it back
+#           (naming B's dialog with the proxy), C takes it from A (with its
+#           temporary GRUU); each device that gave the call away gets a BYE
+#           in its own dialog, bob hears one stream through three switches
+#           and gets C's BYE in his dialog.
 # Then: what bob received (one SSRC, no sequence gap, timestamps never
 # backwards, A's media then B's), and `baton ctl list` is empty.
 #
@@ -41,8 +46,8 @@ fi
 
 case_name=${1:-basic}
 case "$case_name" in
-    basic | held) ;;
-    *) echo "unknown case $case_name (basic, held)" >&2; exit 2 ;;
+    basic | held | chain) ;;
+    *) echo "unknown case $case_name (basic, held, chain)" >&2; exit 2 ;;
 esac
 
 base=${E2E_BASE:-25060}
@@ -53,9 +58,13 @@ loop_port=$((base + 3))
 bob_sip=$((base + 10))
 a_sip=$((base + 11))
 b_sip=$((base + 12))
+a2_sip=$((base + 13))
+c_sip=$((base + 14))
 bob_rtp=$((base + 20))
 a_rtp=$((base + 22))
 b_rtp=$((base + 24))
+a2_rtp=$((base + 26))
+c_rtp=$((base + 28))
 media_lo=$((base + 1000))
 media_hi=$((base + 1999))
 password=e2e-digest-secret
@@ -78,6 +87,9 @@ fail() {
     failed=1
     echo "FAILED: $*"
     for f in "$logs"/*.log; do echo "--- $f"; tail -n 25 "$f"; done
+    echo "--- baton's sessions and bindings"
+    "$BATON" ctl --control "tcp:127.0.0.1:$control_port" list 2>&1 || true
+    "$BATON" ctl --control "tcp:127.0.0.1:$control_port" bindings 2>&1 || true
     exit 1
 }
 
@@ -113,26 +125,56 @@ kill -0 "${pids[1]}" 2>/dev/null || fail "kamailio did not start"
 sipp_common=(-i 127.0.0.1 -m 1 -timeout 40s -timeout_error -nostdin -trace_err
     -key bob_port "$bob_sip" -key proxy_port "$sip_port")
 
-# bob answers; his RTP socket belongs to media.py.
+# One of the user's devices taking the call: a variant of alice_b.xml
+# (variant.py) run by SIPp. Arguments: name, SIP port, RTP port, From tag,
+# Replaces value, then variant.py options. Its relay port goes to
+# $logs/<name>-relay-port, the proxy's tag in its dialog (with
+# --write-dialog) to $logs/<name>-dialog; its Call-ID is
+# baton-e2e-<name>-$$@127.0.0.1.
+start_device() {
+    local name=$1 port=$2 rtp=$3 tag=$4 replaces=$5
+    shift 5
+    python3 scripts/e2e/variant.py scripts/e2e/alice_b.xml "$@" >"$logs/alice_$name.xml"
+    timeout 60 sipp "${sipp_common[@]}" -sf "$logs/alice_$name.xml" -p "$port" \
+        -cid_str "baton-e2e-$name-$$@127.0.0.1" -key b_tag "$tag" -key b_rtp_port "$rtp" \
+        -key replaces "$replaces" -key dialog_file "$logs/$name-dialog" \
+        -key b_relay_file "$logs/$name-relay-port" -au alice -ap "$password" -d 2000 \
+        -error_file "$logs/$name-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-$name.log" 2>&1 &
+    pids+=($!)
+    device_pid=$!
+}
+
+# Waits (bounded) for a file a scenario writes, and prints it.
+wait_file() {
+    for _ in $(seq 150); do [ -s "$1" ] && break; sleep 0.1; done
+    [ -s "$1" ] || fail "$2"
+    cat "$1"
+}
+
+# The Replaces value naming the dialog device <name> has with the proxy.
+dialog_of() {
+    local tag
+    tag=$(wait_file "$logs/$1-dialog" "device $1 did not answer")
+    echo "baton-e2e-$1-$$@127.0.0.1;to-tag=${tag#;tag=};from-tag=$2"
+}
+
 bob_scenario=scripts/e2e/bob.xml
-b_variant=()
-replaces="$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
+devices=(--device "A:$a_rtp:$logs/a-relay-port" --device "B:$b_rtp:$logs/b-relay-port")
 if [ "$case_name" = held ]; then
     bob_scenario=scripts/e2e/bob_holds_and_hangs_up.xml
-    b_variant=(--temp-gruu --stays)
-    # The tags the other way round (RFC 3891 allows either reading).
-    replaces="$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1"
+elif [ "$case_name" = chain ]; then
+    devices+=(--device "A2:$a2_rtp:$logs/a2-relay-port" --device "C:$c_rtp:$logs/c-relay-port")
 fi
-python3 scripts/e2e/variant.py scripts/e2e/alice_b.xml "${b_variant[@]}" >"$logs/alice_b.xml"
+
+# bob answers; his RTP socket belongs to media.py.
 timeout 60 sipp "${sipp_common[@]}" -sf "$bob_scenario" -p "$bob_sip" \
-    -key bob_tag bob-tag-1 -key bob_rtp_port "$bob_rtp" -d 6000 \
+    -key bob_tag bob-tag-1 -key bob_rtp_port "$bob_rtp" -d 7000 \
     -error_file "$logs/bob-errors.log" >"$logs/bob.log" 2>&1 &
 bob_pid=$!
 pids+=($bob_pid)
 
-timeout 60 python3 scripts/e2e/media.py --bob-port "$bob_rtp" --a-port "$a_rtp" --b-port "$b_rtp" \
-    --a-relay-file "$logs/a-relay-port" --b-relay-file "$logs/b-relay-port" \
-    --b-seconds 2 >"$logs/media.log" 2>&1 &
+timeout 70 python3 scripts/e2e/media.py --bob-port "$bob_rtp" "${devices[@]}" \
+    --last-seconds 2 >"$logs/media.log" 2>&1 &
 media_pid=$!
 pids+=($media_pid)
 
@@ -144,27 +186,43 @@ timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/alice_a.xml -p "$a_sip" \
 a_pid=$!
 pids+=($a_pid)
 
-for _ in $(seq 100); do [ -s "$logs/a-relay-port" ] && break; sleep 0.1; done
-[ -s "$logs/a-relay-port" ] || fail "device A's call was not answered"
-echo "call up: device A <-> bob, relay port for A: $(cat "$logs/a-relay-port")"
+echo "call up: device A <-> bob, relay port for A: $(wait_file "$logs/a-relay-port" "device A's call was not answered")"
 sleep 2
 
-# Device B takes the call over.
-timeout 60 sipp "${sipp_common[@]}" -sf "$logs/alice_b.xml" -p "$b_sip" \
-    -cid_str "baton-e2e-b-$$@127.0.0.1" -key b_tag alice-b-tag-1 -key b_rtp_port "$b_rtp" \
-    -key replaces "$replaces" \
-    -key b_relay_file "$logs/b-relay-port" -au alice -ap "$password" -d 3000 \
-    -error_file "$logs/b-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-b.log" 2>&1 &
-b_pid=$!
-pids+=($b_pid)
-
-status=0
-if [ "$case_name" = held ]; then
-    wait "$b_pid" || fail "device B's scenario failed (register, handoff, the remote's hold re-INVITE and BYE in B's dialog)"
-    echo "device B got the remote's re-INVITE and BYE in its own dialog"
-else
-    wait "$b_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
-fi
+case "$case_name" in
+    basic)
+        # B takes the call, naming A's dialog as A sees it; talks, hangs up.
+        start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
+        wait "$device_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
+        ;;
+    held)
+        # B takes the call with its temporary GRUU and the tags the other
+        # way round (RFC 3891 allows either reading), then stays.
+        start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1" \
+            --temp-gruu --stays
+        wait "$device_pid" || fail "device B's scenario failed (register, handoff, the remote's hold re-INVITE and BYE in B's dialog)"
+        echo "device B got the remote's re-INVITE and BYE in its own dialog"
+        ;;
+    chain)
+        # A -> B -> A -> C: each takes the call from the device holding it,
+        # naming that device's dialog with the proxy.
+        start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1" \
+            --replaced --write-dialog
+        b_pid=$device_pid
+        replaces=$(dialog_of b alice-b-tag-1)
+        sleep 2
+        start_device a2 "$a2_sip" "$a2_rtp" alice-a2-tag-1 "$replaces" --instance 0a --replaced --write-dialog
+        a2_pid=$device_pid
+        replaces=$(dialog_of a2 alice-a2-tag-1)
+        sleep 2
+        start_device c "$c_sip" "$c_rtp" alice-c-tag-1 "$replaces" --instance 0c --temp-gruu
+        wait "$device_pid" || fail "device C's scenario failed (register, handoff from A's second leg, talk, hang up)"
+        wait "$b_pid" || fail "device B's leg was not ended by the proxy's BYE in B's dialog when A took the call back"
+        echo "device B's leg ended by the proxy's BYE in its own dialog"
+        wait "$a2_pid" || fail "device A's second leg was not ended by the proxy's BYE when C took the call"
+        echo "device A's second leg ended by the proxy's BYE in its own dialog"
+        ;;
+esac
 echo "handoff: device B answered by the proxy, relay port for B: $(cat "$logs/b-relay-port")"
 wait "$a_pid" || fail "device A's leg was not ended with a BYE"
 echo "device A's leg ended by the proxy's BYE"
@@ -175,6 +233,7 @@ else
     wait "$bob_pid" || fail "bob's scenario failed (bob must see one call, then a BYE in his dialog)"
     echo "bob saw one INVITE and one BYE in his own dialog: no re-INVITE, no Replaces"
 fi
+status=0
 wait "$media_pid" || status=$?
 cat "$logs/media.log"
 [ "$status" = 0 ] || fail "bob did not receive one continuous stream"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""RTP for the Kamailio end-to-end run: device A, then device B, talk to
-bob through the relay; bob's socket records what it receives and says
-whether it was one continuous stream.
+"""RTP for the Kamailio end-to-end run: the user's devices, one after
+another as the call moves between them, talk to bob through the relay;
+bob's socket records what it receives and says whether it was one
+continuous stream.
 
 The SIPp user agents write the relay port from each 200 OK into a file;
 this script waits for those files to know where to send.
@@ -47,12 +48,15 @@ class Talker:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bob-port", type=int, required=True)
-    p.add_argument("--a-port", type=int, required=True)
-    p.add_argument("--b-port", type=int, required=True)
-    p.add_argument("--a-relay-file", required=True)
-    p.add_argument("--b-relay-file", required=True)
-    p.add_argument("--b-seconds", type=float, default=2.0)
-    p.add_argument("--timeout", type=float, default=40.0)
+    p.add_argument(
+        "--device",
+        action="append",
+        required=True,
+        metavar="NAME:PORT:RELAY_FILE",
+        help="the user's devices in the order they hold the call",
+    )
+    p.add_argument("--last-seconds", type=float, default=2.0)
+    p.add_argument("--timeout", type=float, default=50.0)
     args = p.parse_args()
     deadline = time.monotonic() + args.timeout
 
@@ -75,31 +79,39 @@ def main():
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
 
-    a = Talker(args.a_port, 0xA11CE0A0, 59000, 28000, 0xAA)
-    b = Talker(args.b_port, 0xB0B0B0B0, 20000, 240, 0xBB)
-    a_to = ("127.0.0.1", wait_for(args.a_relay_file, deadline))
-    print(f"media: device A sends to relay port {a_to[1]}")
-    # A talks until B's 200 OK names B's relay port, and a little after
-    # (a real device's last packets race its BYE).
-    b_to = None
-    overlap_until = None
-    b_until = None
+    # Each device its own SSRC, numbering, clock and payload byte.
+    devices = []
+    for i, spec in enumerate(args.device):
+        name, port, relay_file = spec.split(":", 2)
+        talker = Talker(int(port), 0xA11CE0A0 + 0x1111 * i, 59000 - 9000 * i, 28000 + 7000 * i, 0xA0 + i)
+        devices.append((name, talker, relay_file))
+    # A device talks from its 200 OK (which names its relay port) until the
+    # next device's, and a little after (a real device's last packets race
+    # the BYE that ends its leg); the last one for --last-seconds.
+    current = 0
+    relays = [None] * len(devices)
+    relays[0] = ("127.0.0.1", wait_for(devices[0][2], deadline))
+    print(f"media: device {devices[0][0]} sends to relay port {relays[0][1]}")
+    overlap_until = 0.0
+    last_until = None
     next_at = time.monotonic()
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if b_to is None and os.path.exists(args.b_relay_file):
-            text = open(args.b_relay_file).read().strip()
+        following = current + 1
+        if following < len(devices) and os.path.exists(devices[following][2]):
+            text = open(devices[following][2]).read().strip()
             if text.isdigit():
-                b_to = ("127.0.0.1", int(text))
+                relays[following] = ("127.0.0.1", int(text))
+                print(f"media: device {devices[following][0]} sends to relay port {text}")
+                current = following
                 overlap_until = now + 0.1
-                b_until = now + args.b_seconds
-                print(f"media: device B sends to relay port {b_to[1]}")
-        if b_to is None or now < overlap_until:
-            a.send(a_to)
-        if b_to is not None:
-            b.send(b_to)
-            if now >= b_until:
-                break
+        if current == len(devices) - 1 and last_until is None:
+            last_until = now + args.last_seconds
+        if current > 0 and now < overlap_until:
+            devices[current - 1][1].send(relays[current - 1])
+        devices[current][1].send(relays[current])
+        if last_until is not None and now >= last_until:
+            break
         next_at += PTIME
         time.sleep(max(0.0, next_at - time.monotonic()))
     time.sleep(0.3)
@@ -115,15 +127,21 @@ def main():
         for (_, t1, _, _), (_, t2, _, _) in zip(received, received[1:])
         if ((t2 - t1) & 0xFFFFFFFF) >= 0x80000000
     )
-    from_a = sum(1 for *_, tag in received if tag == 0xAA)
-    from_b = sum(1 for *_, tag in received if tag == 0xBB)
+    heard = [sum(1 for *_, tag in received if tag == 0xA0 + i) for i in range(len(devices))]
     switches = sum(1 for (*_, t1), (*_, t2) in zip(received, received[1:]) if t1 != t2)
-    print(f"bob received: {len(received)} packets ({from_a} from A, {from_b} from B)")
+    parts = ", ".join(f"{n} from {name}" for n, (name, _, _) in zip(heard, devices))
+    print(f"bob received: {len(received)} packets ({parts})")
     print(f"SSRCs seen: {len(ssrcs)} {[hex(s) for s in ssrcs]}")
     print(f"sequence errors (gap or repeat): {errors}")
     print(f"timestamps going backwards: {backwards}")
     print(f"switches between devices: {switches}")
-    ok = len(ssrcs) == 1 and errors == 0 and backwards == 0 and from_a > 0 and from_b > 0 and switches == 1
+    ok = (
+        len(ssrcs) == 1
+        and errors == 0
+        and backwards == 0
+        and all(n > 0 for n in heard)
+        and switches == len(devices) - 1
+    )
     print("RESULT: " + ("one continuous stream" if ok else "NOT one continuous stream"))
     sys.exit(0 if ok else 1)
 

@@ -6,7 +6,14 @@ one e2e case, so the cases share one scenario file:
                 (verified through the binding the proxy sent baton);
   --stays       B does not hang up: it answers the remote's hold
                 re-INVITE (in B's own dialog: its Call-ID, its tag in To)
-                and then receives the remote's BYE.
+                and then receives the remote's BYE;
+  --replaced    B does not hang up: another device takes the call from it,
+                and the proxy ends B's leg with a BYE in B's dialog;
+  --instance XX the device's instance id ends in XX instead of 0b (another
+                device of the same user);
+  --write-dialog  B writes the proxy's tag in its dialog (from the 200 OK)
+                to the file given as -key dialog_file, for the next
+                device's Replaces.
 """
 
 import argparse
@@ -66,19 +73,55 @@ STAYS = """  <recv request="INVITE" timeout="30000">
 """
 
 
+REPLACED = """  <recv request="BYE" timeout="30000">
+    <action>
+      <ereg regexp="tag=alice-" search_in="hdr" header="To:" check_it="true" assign_to="bye_to_me"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="g,m,bye_to_me"/>
+</scenario>
+"""
+
+WRITE_DIALOG = '      <exec command="echo \'[peer_tag_param]\' > [dialog_file]"/>\n'
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("source")
     p.add_argument("--temp-gruu", action="store_true")
     p.add_argument("--stays", action="store_true")
+    p.add_argument("--replaced", action="store_true")
+    p.add_argument("--instance")
+    p.add_argument("--write-dialog", action="store_true")
     args = p.parse_args()
     text = open(args.source).read()
     if args.temp_gruu:
-        assert 'regexp="pub-gruu=' in text
-        text = text.replace('regexp="pub-gruu=', 'regexp="temp-gruu=')
-    if args.stays:
+        pub = 'regexp="pub-gruu=&quot;([^&quot;]+)&quot;;temp-gruu=&quot;[^&quot;]+&quot;;'
+        assert pub in text
+        text = text.replace(pub, 'regexp="temp-gruu=&quot;([^&quot;]+)&quot;;')
+    if args.instance:
+        assert "00000000000b>" in text and "00000000000b&gt;" in text
+        text = text.replace("00000000000b>", "0000000000" + args.instance + ">")
+        text = text.replace("00000000000b&gt;", "0000000000" + args.instance + "&gt;")
+    if args.write_dialog:
+        anchor = '      <exec command="echo [$port] > [b_relay_file]"/>\n'
+        assert anchor in text
+        text = text.replace(anchor, anchor + WRITE_DIALOG)
+    if args.stays or args.replaced:
         cut = text.index("  <pause/>")
-        text = text[:cut] + STAYS
+        text = text[:cut] + (STAYS if args.stays else REPLACED)
     sys.stdout.write(text)
 
 
