@@ -20,6 +20,12 @@
 #           temporary GRUU); each device that gave the call away gets a BYE
 #           in its own dialog, bob hears one stream through three switches
 #           and gets C's BYE in his dialog.
+#   callee  bob calls alice: her device A (registered) answers, B takes the
+#           call (naming A's dialog), talks and hangs up; bob gets the BYE
+#           in his dialog, A gets the proxy's BYE.
+#   refused B tries to take the call without a GRUU (421, Require: gruu),
+#           then with no codec bob has (baton refuses: 488); the call stays
+#           with A (one stream, no switch) until bob hangs up.
 # Then: what bob received (one SSRC, no sequence gap, timestamps never
 # backwards, A's media then B's), and `baton ctl list` is empty.
 #
@@ -46,8 +52,8 @@ fi
 
 case_name=${1:-basic}
 case "$case_name" in
-    basic | held | chain) ;;
-    *) echo "unknown case $case_name (basic, held, chain)" >&2; exit 2 ;;
+    basic | held | chain | callee | refused) ;;
+    *) echo "unknown case $case_name (basic, held, chain, callee, refused)" >&2; exit 2 ;;
 esac
 
 base=${E2E_BASE:-25060}
@@ -134,7 +140,7 @@ sipp_common=(-i 127.0.0.1 -m 1 -timeout 40s -timeout_error -nostdin -trace_err
 start_device() {
     local name=$1 port=$2 rtp=$3 tag=$4 replaces=$5
     shift 5
-    python3 scripts/e2e/variant.py scripts/e2e/alice_b.xml "$@" >"$logs/alice_$name.xml"
+    python3 scripts/e2e/variant.py "${device_scenario:-scripts/e2e/alice_b.xml}" "$@" >"$logs/alice_$name.xml"
     timeout 60 sipp "${sipp_common[@]}" -sf "$logs/alice_$name.xml" -p "$port" \
         -cid_str "baton-e2e-$name-$$@127.0.0.1" -key b_tag "$tag" -key b_rtp_port "$rtp" \
         -key replaces "$replaces" -key dialog_file "$logs/$name-dialog" \
@@ -159,37 +165,73 @@ dialog_of() {
 }
 
 bob_scenario=scripts/e2e/bob.xml
+bob_target=()
 devices=(--device "A:$a_rtp:$logs/a-relay-port" --device "B:$b_rtp:$logs/b-relay-port")
 if [ "$case_name" = held ]; then
     bob_scenario=scripts/e2e/bob_holds_and_hangs_up.xml
+elif [ "$case_name" = refused ]; then
+    bob_scenario=scripts/e2e/bob_hangs_up.xml
+    devices=(--device "A:$a_rtp:$logs/a-relay-port")
+elif [ "$case_name" = callee ]; then
+    bob_scenario=scripts/e2e/bob_calls.xml
+    bob_target=(-cid_str "$call_id" "127.0.0.1:$sip_port")
 elif [ "$case_name" = chain ]; then
     devices+=(--device "A2:$a2_rtp:$logs/a2-relay-port" --device "C:$c_rtp:$logs/c-relay-port")
 fi
 
-# bob answers; his RTP socket belongs to media.py.
+# Device A registers (then calls, or answers, from the same port).
+timeout 30 sipp "${sipp_common[@]}" -sf scripts/e2e/register.xml -p "$a_sip" -key instance 0a \
+    -au alice -ap "$password" -error_file "$logs/register-a-errors.log" "127.0.0.1:$sip_port" \
+    >"$logs/register-a.log" 2>&1 || fail "device A did not register"
+if [ "$case_name" = callee ]; then
+    timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/alice_a_answers.xml -p "$a_sip" \
+        -key a_tag alice-a-tag-1 -key a_rtp_port "$a_rtp" -key a_relay_file "$logs/a-relay-port" \
+        -error_file "$logs/a-errors.log" >"$logs/alice-a.log" 2>&1 &
+    a_pid=$!
+    pids+=($a_pid)
+    sleep 0.5
+fi
+
+# bob answers (or, for a call to alice, calls); his RTP socket belongs to
+# media.py.
 timeout 60 sipp "${sipp_common[@]}" -sf "$bob_scenario" -p "$bob_sip" \
     -key bob_tag bob-tag-1 -key bob_rtp_port "$bob_rtp" -d 7000 \
-    -error_file "$logs/bob-errors.log" >"$logs/bob.log" 2>&1 &
+    -error_file "$logs/bob-errors.log" "${bob_target[@]}" >"$logs/bob.log" 2>&1 &
 bob_pid=$!
 pids+=($bob_pid)
 
+last_seconds=2
+[ "$case_name" = refused ] && last_seconds=8
 timeout 70 python3 scripts/e2e/media.py --bob-port "$bob_rtp" "${devices[@]}" \
-    --last-seconds 2 >"$logs/media.log" 2>&1 &
+    --last-seconds "$last_seconds" >"$logs/media.log" 2>&1 &
 media_pid=$!
 pids+=($media_pid)
 
-# Device A calls bob through the proxy.
-timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/alice_a.xml -p "$a_sip" \
-    -cid_str "$call_id" -key a_tag alice-a-tag-1 -key a_rtp_port "$a_rtp" \
-    -key a_relay_file "$logs/a-relay-port" \
-    -error_file "$logs/a-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-a.log" 2>&1 &
-a_pid=$!
-pids+=($a_pid)
+if [ "$case_name" != callee ]; then
+    # Device A calls bob through the proxy.
+    timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/alice_a.xml -p "$a_sip" \
+        -cid_str "$call_id" -key a_tag alice-a-tag-1 -key a_rtp_port "$a_rtp" \
+        -key a_relay_file "$logs/a-relay-port" \
+        -error_file "$logs/a-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-a.log" 2>&1 &
+    a_pid=$!
+    pids+=($a_pid)
+fi
 
 echo "call up: device A <-> bob, relay port for A: $(wait_file "$logs/a-relay-port" "device A's call was not answered")"
 sleep 2
 
 case "$case_name" in
+    refused)
+        device_scenario=scripts/e2e/alice_b_refused.xml \
+            start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
+        wait "$device_pid" || fail "device B's scenario failed (421 without a GRUU, 488 without a common codec)"
+        echo "device B was refused twice (421 Require: gruu; 488 no common codec) and the call stayed with A"
+        ;;
+    callee)
+        # B takes the call, naming A's dialog (A is its callee).
+        start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1"
+        wait "$device_pid" || fail "device B's scenario failed (register, handoff of a call to alice, talk, hang up)"
+        ;;
     basic)
         # B takes the call, naming A's dialog as A sees it; talks, hangs up.
         start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
@@ -223,15 +265,20 @@ case "$case_name" in
         echo "device A's second leg ended by the proxy's BYE in its own dialog"
         ;;
 esac
-echo "handoff: device B answered by the proxy, relay port for B: $(cat "$logs/b-relay-port")"
-wait "$a_pid" || fail "device A's leg was not ended with a BYE"
-echo "device A's leg ended by the proxy's BYE"
+if [ "$case_name" = refused ]; then
+    wait "$a_pid" || fail "device A's call was not ended by bob's BYE"
+    echo "device A's call ended by bob's BYE"
+else
+    echo "handoff: device B answered by the proxy, relay port for B: $(cat "$logs/b-relay-port")"
+    wait "$a_pid" || fail "device A's leg was not ended with a BYE"
+    echo "device A's leg ended by the proxy's BYE"
+fi
 if [ "$case_name" = held ]; then
     wait "$bob_pid" || fail "bob's scenario failed (his hold and BYE must be answered in his dialog)"
     echo "bob's hold re-INVITE and BYE were answered in his own dialog"
 else
     wait "$bob_pid" || fail "bob's scenario failed (bob must see one call, then a BYE in his dialog)"
-    echo "bob saw one INVITE and one BYE in his own dialog: no re-INVITE, no Replaces"
+    echo "bob's one dialog ended by one BYE in it: no re-INVITE, no Replaces"
 fi
 status=0
 wait "$media_pid" || status=$?

@@ -38,7 +38,7 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
             "basic",
             &[
                 "device A's leg ended by the proxy's BYE",
-                "bob saw one INVITE and one BYE in his own dialog",
+                "bob's one dialog ended by one BYE in it",
                 "switches between devices: 1",
             ][..],
         ),
@@ -52,12 +52,28 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
             ][..],
         ),
         (
+            "callee",
+            &[
+                "device A's leg ended by the proxy's BYE",
+                "bob's one dialog ended by one BYE in it",
+                "switches between devices: 1",
+            ][..],
+        ),
+        (
+            "refused",
+            &[
+                "device B was refused twice (421 Require: gruu; 488 no common codec) and the call stayed with A",
+                "device A's call ended by bob's BYE",
+                "switches between devices: 0",
+            ][..],
+        ),
+        (
             "chain",
             &[
                 "device B's leg ended by the proxy's BYE in its own dialog",
                 "device A's second leg ended by the proxy's BYE in its own dialog",
                 "device A's leg ended by the proxy's BYE",
-                "bob saw one INVITE and one BYE in his own dialog",
+                "bob's one dialog ended by one BYE in it",
                 "switches between devices: 3",
             ][..],
         ),
