@@ -26,6 +26,9 @@
 #   refused B tries to take the call without a GRUU (421, Require: gruu),
 #           then with no codec bob has (baton refuses: 488); the call stays
 #           with A (one stream, no switch) until bob hangs up.
+#   withdrawn B cancels its handoff INVITE after the proxy's 200 OK won the
+#           race (CANCEL, then ACK and BYE): the handoff is rolled back at
+#           once, A is not told and keeps the call until bob hangs up.
 # Then: what bob received (one SSRC, no sequence gap, timestamps never
 # backwards, A's media then B's), and `baton ctl list` is empty.
 #
@@ -52,8 +55,8 @@ fi
 
 case_name=${1:-basic}
 case "$case_name" in
-    basic | held | chain | callee | refused) ;;
-    *) echo "unknown case $case_name (basic, held, chain, callee, refused)" >&2; exit 2 ;;
+    basic | held | chain | callee | refused | withdrawn) ;;
+    *) echo "unknown case $case_name (basic, held, chain, callee, refused, withdrawn)" >&2; exit 2 ;;
 esac
 
 base=${E2E_BASE:-25060}
@@ -169,7 +172,7 @@ bob_target=()
 devices=(--device "A:$a_rtp:$logs/a-relay-port" --device "B:$b_rtp:$logs/b-relay-port")
 if [ "$case_name" = held ]; then
     bob_scenario=scripts/e2e/bob_holds_and_hangs_up.xml
-elif [ "$case_name" = refused ]; then
+elif [ "$case_name" = refused ] || [ "$case_name" = withdrawn ]; then
     bob_scenario=scripts/e2e/bob_hangs_up.xml
     devices=(--device "A:$a_rtp:$logs/a-relay-port")
 elif [ "$case_name" = callee ]; then
@@ -201,7 +204,7 @@ bob_pid=$!
 pids+=($bob_pid)
 
 last_seconds=2
-[ "$case_name" = refused ] && last_seconds=8
+if [ "$case_name" = refused ] || [ "$case_name" = withdrawn ]; then last_seconds=8; fi
 timeout 70 python3 scripts/e2e/media.py --bob-port "$bob_rtp" "${devices[@]}" \
     --last-seconds "$last_seconds" >"$logs/media.log" 2>&1 &
 media_pid=$!
@@ -227,6 +230,11 @@ case "$case_name" in
         wait "$device_pid" || fail "device B's scenario failed (421 without a GRUU, 488 without a common codec)"
         echo "device B was refused twice (421 Require: gruu; 488 no common codec) and the call stayed with A"
         ;;
+    withdrawn)
+        start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1" --withdraws
+        wait "$device_pid" || fail "device B's scenario failed (handoff INVITE, 200 OK, CANCEL, ACK, BYE)"
+        echo "device B withdrew after the proxy's 200 OK and the call stayed with A"
+        ;;
     callee)
         # B takes the call, naming A's dialog (A is its callee).
         start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1"
@@ -243,7 +251,7 @@ case "$case_name" in
         start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1" \
             --temp-gruu --stays
         wait "$device_pid" || fail "device B's scenario failed (register, handoff, the remote's hold re-INVITE and BYE in B's dialog)"
-        echo "device B got the remote's re-INVITE and BYE in its own dialog"
+        echo "device B got the remote's re-INVITE and BYE in its own dialog, and its own re-INVITE reached bob in his"
         ;;
     chain)
         # A -> B -> A -> C: each takes the call from the device holding it,
@@ -265,7 +273,7 @@ case "$case_name" in
         echo "device A's second leg ended by the proxy's BYE in its own dialog"
         ;;
 esac
-if [ "$case_name" = refused ]; then
+if [ "$case_name" = refused ] || [ "$case_name" = withdrawn ]; then
     wait "$a_pid" || fail "device A's call was not ended by bob's BYE"
     echo "device A's call ended by bob's BYE"
 else

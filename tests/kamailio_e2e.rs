@@ -45,7 +45,7 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
         (
             "held",
             &[
-                "device B got the remote's re-INVITE and BYE in its own dialog",
+                "device B got the remote's re-INVITE and BYE in its own dialog, and its own re-INVITE reached bob in his",
                 "device A's leg ended by the proxy's BYE",
                 "bob's hold re-INVITE and BYE were answered in his own dialog",
                 "switches between devices: 1",
@@ -63,6 +63,14 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
             "refused",
             &[
                 "device B was refused twice (421 Require: gruu; 488 no common codec) and the call stayed with A",
+                "device A's call ended by bob's BYE",
+                "switches between devices: 0",
+            ][..],
+        ),
+        (
+            "withdrawn",
+            &[
+                "device B withdrew after the proxy's 200 OK and the call stayed with A",
                 "device A's call ended by bob's BYE",
                 "switches between devices: 0",
             ][..],
