@@ -787,6 +787,41 @@ fn forked_answers_keep_a_branch_each_and_deletes_end_only_what_they_name() {
     bob2.expect_silence();
 }
 
+/// The branches a forked call keeps are bounded: past 16 answered to-tags,
+/// another is refused (and the call goes on with the branch it follows).
+#[test]
+fn a_call_keeps_at_most_sixteen_branches() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut call = alice_calls_bob(ng, "many-branches");
+    let peer = Peer::v4();
+    let answer = |tag: &str| {
+        request(vec![
+            ("command", text("answer")),
+            ("call-id", text("many-branches")),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text(tag)),
+            ("sdp", text(body(tag, peer.addr(), ""))),
+        ])
+    };
+    // bob-tag is the first; 15 more fit.
+    for n in 2..=16 {
+        let reply = call.proxy.call(&answer(&format!("branch-{n}")));
+        assert_eq!(result(&reply), "ok", "branch {n}: {reply:?}");
+    }
+    let refused = call.proxy.call(&answer("branch-17"));
+    assert!(
+        reason(&refused).contains("answered branches"),
+        "{refused:?}"
+    );
+    // A known branch may still answer again.
+    assert_eq!(result(&call.proxy.call(&answer("branch-3"))), "ok");
+    call.a.send(
+        &call.a_to_relay.to_string(),
+        &rtp(8, 1, 160, 0xA, &[0xA; 160]),
+    );
+    assert_eq!(peer.recv().0[12], 0xA, "the media follows branch 3");
+}
+
 /// Issue 23 (rtpengine's rule): a delete naming a to-tag on a call whose
 /// offer was never answered (a CANCEL, or a failure reply's to-tag) ends
 /// the call.
