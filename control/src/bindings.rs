@@ -2,6 +2,7 @@
 //! registrar pushes them. Transfers are verified against it, never against
 //! anything the remote party says.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::sip::uri::{Gruu, SipUri, classify, parse_name_addr};
@@ -28,11 +29,19 @@ pub struct Binding {
     pub expires_at: Instant,
 }
 
-/// Every live binding. Linear scans: transfers and registrations are control
-/// operations, and §19.1.4 equivalence has no cheap canonical key.
+/// What equivalent GRUUs share ([`SipUri::equivalence_key`]).
+type GruuKey = (bool, Option<String>, String, Option<u16>);
+
+/// Every binding, by its GRUU's equivalence key: a registration or a
+/// transfer looks at one bucket (a registrar refreshing its devices sends
+/// bindings all the time), then §19.1.4 equivalence decides within it.
+/// Expired bindings go when their bucket is touched, and all at once when
+/// the table is full.
 #[derive(Debug, Default)]
 pub struct Bindings {
-    entries: Vec<Binding>,
+    buckets: HashMap<GruuKey, Vec<Binding>>,
+    count: usize,
+    limit: Option<usize>,
 }
 
 /// Parses an AOR (a URI, or a header value with angle brackets).
@@ -61,8 +70,43 @@ pub fn parse_gruu(text: &str, temp: bool) -> Result<SipUri, Status> {
 }
 
 impl Bindings {
+    /// A table holding at most `limit` bindings (tests; the relay's is
+    /// [`MAX_BINDINGS`]).
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(MAX_BINDINGS)
+    }
+
+    /// Drops every expired binding (a full table's last resort).
     fn purge(&mut self, now: Instant) {
-        self.entries.retain(|b| b.expires_at > now);
+        for bucket in self.buckets.values_mut() {
+            bucket.retain(|b| b.expires_at > now);
+        }
+        self.buckets.retain(|_, bucket| !bucket.is_empty());
+        self.count = self.buckets.values().map(Vec::len).sum();
+    }
+
+    /// The live bindings equivalent to `gruu`'s bucket, expired ones
+    /// dropped first.
+    fn bucket(&mut self, now: Instant, gruu: &SipUri) -> Option<&mut Vec<Binding>> {
+        let bucket = self.buckets.get_mut(&gruu.equivalence_key())?;
+        let before = bucket.len();
+        bucket.retain(|b| b.expires_at > now);
+        self.count -= before - bucket.len();
+        Some(bucket)
+    }
+
+    fn find(&self, gruu: &SipUri) -> Option<&Binding> {
+        self.buckets
+            .get(&gruu.equivalence_key())?
+            .iter()
+            .find(|b| b.gruu.equivalent(gruu))
     }
 
     /// Adds or refreshes a binding; `expires` 0 removes it.
@@ -94,18 +138,41 @@ impl Bindings {
                 MAX_EXPIRES.as_secs()
             )));
         }
-        self.purge(now);
-        let existing = self.entries.iter().position(|b| b.gruu.equivalent(&gruu));
-        if let Some(index) = existing
-            && !self.entries[index].aor.equivalent(&aor)
-        {
+        let existing = self.bucket(now, &gruu).and_then(|bucket| {
+            let index = bucket.iter().position(|b| b.gruu.equivalent(&gruu))?;
+            Some((
+                bucket[index].aor.equivalent(&aor),
+                bucket[index].aor_text.clone(),
+                index,
+            ))
+        });
+        if let Some((false, bound_to, _)) = &existing {
             return Err(Status::already_exists(format!(
-                "{gruu} is bound to {}",
-                self.entries[index].aor_text
+                "{gruu} is bound to {bound_to}"
             )));
         }
+        let key = gruu.equivalence_key();
         if expires.is_zero() {
-            return Ok(existing.map(|i| self.entries.remove(i)).is_some());
+            let Some((_, _, index)) = existing else {
+                return Ok(false);
+            };
+            if let Some(bucket) = self.buckets.get_mut(&key) {
+                bucket.remove(index);
+                self.count -= 1;
+                if bucket.is_empty() {
+                    self.buckets.remove(&key);
+                }
+            }
+            return Ok(true);
+        }
+        if existing.is_none() && self.count >= self.limit() {
+            self.purge(now);
+            if self.count >= self.limit() {
+                return Err(Status::resource_exhausted(format!(
+                    "the relay holds {} device bindings already",
+                    self.limit()
+                )));
+            }
         }
         let binding = Binding {
             aor_text: aor_text.to_owned(),
@@ -114,31 +181,41 @@ impl Bindings {
             gruu,
             expires_at: now + expires,
         };
+        let bucket = self.buckets.entry(key).or_default();
         match existing {
-            Some(index) => self.entries[index] = binding,
-            None if self.entries.len() >= MAX_BINDINGS => {
-                return Err(Status::resource_exhausted(format!(
-                    "the relay holds {MAX_BINDINGS} device bindings already"
-                )));
+            Some((_, _, index)) => bucket[index] = binding,
+            None => {
+                bucket.push(binding);
+                self.count += 1;
             }
-            None => self.entries.push(binding),
         }
         Ok(true)
     }
 
     /// Removes the binding of a GRUU; false if there was none.
     pub fn unregister(&mut self, now: Instant, gruu: &SipUri) -> bool {
-        self.purge(now);
-        let before = self.entries.len();
-        self.entries.retain(|b| !b.gruu.equivalent(gruu));
-        self.entries.len() != before
+        let key = gruu.equivalence_key();
+        let Some(bucket) = self.bucket(now, gruu) else {
+            return false;
+        };
+        let before = bucket.len();
+        bucket.retain(|b| !b.gruu.equivalent(gruu));
+        let removed = before - bucket.len();
+        let empty = bucket.is_empty();
+        self.count -= removed;
+        if empty {
+            self.buckets.remove(&key);
+        }
+        removed > 0
     }
 
-    /// Live bindings, optionally only those of one AOR.
+    /// Live bindings, optionally only those of one AOR (a scan: an
+    /// operator's listing, not a call's path).
     pub fn list(&mut self, now: Instant, aor: Option<&SipUri>) -> Vec<Binding> {
         self.purge(now);
-        self.entries
-            .iter()
+        self.buckets
+            .values()
+            .flatten()
             .filter(|b| aor.is_none_or(|a| b.aor.equivalent(a)))
             .cloned()
             .collect()
@@ -150,9 +227,8 @@ impl Bindings {
         match classify(gruu) {
             Gruu::Public { aor } => Ok(aor),
             Gruu::Temporary => self
-                .entries
-                .iter()
-                .find(|b| b.gruu.equivalent(gruu) && b.expires_at > now)
+                .find(gruu)
+                .filter(|b| b.expires_at > now)
                 .map(|b| b.aor.clone())
                 .ok_or_else(|| format!("temporary GRUU {gruu} is not bound to any AOR")),
             Gruu::NotAGruu => Err(format!("{gruu} is not a GRUU (no gr parameter)")),
@@ -162,7 +238,7 @@ impl Bindings {
     /// Whether the device `gruu` belongs to `aor`, from this table and the
     /// GRUU's own structure alone. The error says why not.
     pub fn verify(&self, now: Instant, aor: &SipUri, gruu: &SipUri) -> Result<(), String> {
-        let bound = self.entries.iter().find(|b| b.gruu.equivalent(gruu));
+        let bound = self.find(gruu);
         match (classify(gruu), bound) {
             (Gruu::Public { aor: own }, _) if own.equivalent(aor) => Ok(()),
             (Gruu::Public { aor: own }, _) => Err(format!(
@@ -193,6 +269,40 @@ mod tests {
 
     fn uri(text: &str) -> SipUri {
         text.parse().expect("uri")
+    }
+
+    /// The table is bounded: past its limit a new binding is refused,
+    /// while a refresh of a known one, and a new one once another has
+    /// expired, still go in.
+    #[test]
+    fn the_table_is_bounded_and_expired_bindings_make_room() {
+        let now = Instant::now();
+        let mut table = Bindings::with_limit(2);
+        let temp = |n: u32| uri(&format!("sip:tgruu.{n}@example.com;gr"));
+        let minute = Duration::from_secs(60);
+        table
+            .register(now, ALICE, temp(1), Duration::from_secs(1))
+            .expect("1");
+        table.register(now, ALICE, temp(2), minute).expect("2");
+        let full = table.register(now, ALICE, temp(3), minute);
+        assert!(
+            full.as_ref()
+                .is_err_and(|s| s.code == baton_proto::v1::Code::ResourceExhausted),
+            "{full:?}"
+        );
+        table
+            .register(now, ALICE, temp(2), minute)
+            .expect("a refresh");
+        let later = now + Duration::from_secs(2);
+        table
+            .register(later, ALICE, temp(3), minute)
+            .expect("room after 1 expired");
+        assert_eq!(table.list(later, None).len(), 2);
+        assert!(table.aor_of(later, &temp(1)).is_err(), "expired");
+        assert!(table.aor_of(later, &temp(3)).is_ok());
+        assert!(table.unregister(later, &temp(3)));
+        assert!(!table.unregister(later, &temp(3)));
+        assert_eq!(table.list(later, None).len(), 1);
     }
 
     #[test]

@@ -196,6 +196,18 @@ impl SipUri {
         uri
     }
 
+    /// What every URI equivalent to this one shares (scheme, user, host
+    /// case-folded, port): a key to find candidates by, before
+    /// [`SipUri::equivalent`] decides.
+    pub fn equivalence_key(&self) -> (bool, Option<String>, String, Option<u16>) {
+        (
+            self.secure,
+            self.user.clone(),
+            self.host.to_ascii_lowercase(),
+            self.port,
+        )
+    }
+
     /// RFC 3261 §19.1.4 equivalence.
     pub fn equivalent(&self, other: &Self) -> bool {
         let same = |a: &Option<String>, b: &Option<String>| match (a, b) {
