@@ -206,7 +206,7 @@ pids+=($bob_pid)
 last_seconds=2
 if [ "$case_name" = refused ] || [ "$case_name" = withdrawn ]; then last_seconds=8; fi
 timeout 70 python3 scripts/e2e/media.py --bob-port "$bob_rtp" "${devices[@]}" \
-    --last-seconds "$last_seconds" >"$logs/media.log" 2>&1 &
+    --last-seconds "$last_seconds" --pcap "$logs/bob.pcap" >"$logs/media.log" 2>&1 &
 media_pid=$!
 pids+=($media_pid)
 
@@ -292,6 +292,21 @@ status=0
 wait "$media_pid" || status=$?
 cat "$logs/media.log"
 [ "$status" = 0 ] || fail "bob did not receive one continuous stream"
+# tshark's own RTP analysis of what bob received (CI installs tshark and
+# sets BATON_REQUIRE_TSHARK).
+if command -v tshark >/dev/null; then
+    tshark -n -q -r "$logs/bob.pcap" -d "udp.port==$bob_rtp,rtp" -z rtp,streams >"$logs/tshark.txt" 2>&1 \
+        || fail "tshark could not read bob's capture"
+    streams=$(grep -c " 0x[0-9A-Fa-f]\{8\} " "$logs/tshark.txt" || true)
+    problems=$(grep " 0x[0-9A-Fa-f]\{8\} " "$logs/tshark.txt" | grep -c " X *$" || true)
+    lost=$(grep " 0x[0-9A-Fa-f]\{8\} " "$logs/tshark.txt" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\(/) print $(i - 1)}' | head -1)
+    cat "$logs/tshark.txt"
+    [ "$streams" = 1 ] && [ "$problems" = 0 ] && [ "$lost" = 0 ] \
+        || fail "tshark: $streams stream(s), $problems with problems, $lost lost in bob's capture"
+    echo "tshark: one RTP stream at bob, nothing lost, no problem"
+elif [ -n "${BATON_REQUIRE_TSHARK:-}" ]; then
+    fail "BATON_REQUIRE_TSHARK is set but tshark is missing"
+fi
 grep -q "the session had no AOR" "$logs/baton.log" && fail "the initial offer did not carry the AOR"
 # Nothing left behind on the relay.
 left=""

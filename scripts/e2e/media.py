@@ -45,6 +45,24 @@ class Talker:
         self.ts += SAMPLES
 
 
+def write_pcap(path, packets, to):
+    """The datagrams bob received as a pcap (link type RAW: an IPv4 and a
+    UDP header before each), as a capture on the loopback would hold them."""
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        for at, (src_ip, src_port), data in packets:
+            udp = struct.pack("!HHHH", src_port, to[1], 8 + len(data), 0)
+            total = 20 + len(udp) + len(data)
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0x4000, 64, 17, 0,
+                             socket.inet_aton(src_ip), socket.inet_aton(to[0]))
+            checksum = sum(struct.unpack("!10H", ip))
+            checksum = (checksum & 0xFFFF) + (checksum >> 16)
+            checksum = (checksum & 0xFFFF) + (checksum >> 16)
+            ip = ip[:10] + struct.pack("!H", ~checksum & 0xFFFF) + ip[12:]
+            out.write(struct.pack("<IIII", int(at), int((at % 1) * 1e6), total, total))
+            out.write(ip + udp + data)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bob-port", type=int, required=True)
@@ -57,6 +75,7 @@ def main():
     )
     p.add_argument("--last-seconds", type=float, default=2.0)
     p.add_argument("--timeout", type=float, default=50.0)
+    p.add_argument("--pcap", help="write what bob received here, for tshark")
     args = p.parse_args()
     deadline = time.monotonic() + args.timeout
 
@@ -64,14 +83,16 @@ def main():
     bob.bind(("127.0.0.1", args.bob_port))
     bob.settimeout(0.2)
     received = []
+    captured = []
     stop = threading.Event()
 
     def listen():
         while not stop.is_set():
             try:
-                data, _ = bob.recvfrom(2048)
+                data, source = bob.recvfrom(2048)
             except socket.timeout:
                 continue
+            captured.append((time.time(), source, data))
             if len(data) >= 13:
                 _, _, seq, ts, ssrc = struct.unpack("!BBHII", data[:12])
                 received.append((seq, ts, ssrc, data[12]))
@@ -117,6 +138,9 @@ def main():
     time.sleep(0.3)
     stop.set()
     listener.join()
+
+    if args.pcap:
+        write_pcap(args.pcap, captured, ("127.0.0.1", args.bob_port))
 
     ssrcs = sorted({ssrc for _, _, ssrc, _ in received})
     errors = sum(
