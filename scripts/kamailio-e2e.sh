@@ -26,6 +26,9 @@
 #   refused B tries to take the call without a GRUU (421, Require: gruu),
 #           then with no codec bob has (baton refuses: 488); the call stays
 #           with A (one stream, no switch) until bob hangs up.
+#   routed  as basic, with a record-routing proxy between Kamailio and bob
+#           (OUTBOUND_PROXY, scripts/e2e/rr_proxy.py): B's BYE reaches bob
+#           through it, by the route set of bob's dialog.
 #   withdrawn B cancels its handoff INVITE after the proxy's 200 OK won the
 #           race (CANCEL, then ACK and BYE): the handoff is rolled back at
 #           once, A is not told and keeps the call until bob hangs up.
@@ -55,8 +58,8 @@ fi
 
 case_name=${1:-basic}
 case "$case_name" in
-    basic | held | chain | callee | refused | withdrawn) ;;
-    *) echo "unknown case $case_name (basic, held, chain, callee, refused, withdrawn)" >&2; exit 2 ;;
+    basic | held | chain | callee | refused | withdrawn | routed) ;;
+    *) echo "unknown case $case_name (basic, held, chain, callee, refused, withdrawn, routed)" >&2; exit 2 ;;
 esac
 
 base=${E2E_BASE:-25060}
@@ -74,6 +77,7 @@ a_rtp=$((base + 22))
 b_rtp=$((base + 24))
 a2_rtp=$((base + 26))
 c_rtp=$((base + 28))
+rr_port=$((base + 30))
 media_lo=$((base + 1000))
 media_hi=$((base + 1999))
 password=e2e-digest-secret
@@ -121,6 +125,11 @@ cp contrib/kamailio/kamailio.cfg "$logs/kamailio.cfg"
 printf '%s\n' "#!substdef \"!SIP_PORT!$sip_port!g\"" "#!substdef \"!LOOP_PORT!$loop_port!g\"" \
     "#!substdef \"!BATON_NG!udp:127.0.0.1:$ng_port!g\"" "#!substdef \"!DEMO_PASSWORD!$password!g\"" \
     >"$logs/kamailio-baton-local.cfg"
+if [ "$case_name" = routed ]; then
+    echo "#!substdef \"!OUTBOUND_PROXY!sip:127.0.0.1:$rr_port!g\"" >>"$logs/kamailio-baton-local.cfg"
+    timeout 80 python3 scripts/e2e/rr_proxy.py "$rr_port" "$logs/rr-proxy.txt" --seconds 75 >"$logs/rr-proxy.log" 2>&1 &
+    pids+=($!)
+fi
 timeout 90 kamailio -f "$logs/kamailio.cfg" -DD -E -m 64 -M 8 -w "$logs" -Y "$logs" \
     >"$logs/kamailio.log" 2>&1 &
 pids+=($!)
@@ -240,7 +249,7 @@ case "$case_name" in
         start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=alice-a-tag-1;from-tag=bob-tag-1"
         wait "$device_pid" || fail "device B's scenario failed (register, handoff of a call to alice, talk, hang up)"
         ;;
-    basic)
+    basic | routed)
         # B takes the call, naming A's dialog as A sees it; talks, hangs up.
         start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
         wait "$device_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
@@ -308,6 +317,11 @@ elif [ -n "${BATON_REQUIRE_TSHARK:-}" ]; then
     fail "BATON_REQUIRE_TSHARK is set but tshark is missing"
 fi
 grep -q "the session had no AOR" "$logs/baton.log" && fail "the initial offer did not carry the AOR"
+if [ "$case_name" = routed ]; then
+    grep -q "^request INVITE sip:bob" "$logs/rr-proxy.txt" || fail "the INVITE did not go through the second proxy"
+    grep -q "^request BYE " "$logs/rr-proxy.txt" || fail "B's BYE did not reach bob through the second proxy"
+    echo "B's BYE reached bob through the proxy his dialog was routed by"
+fi
 # Nothing left behind on the relay.
 left=""
 for _ in $(seq 30); do

@@ -69,6 +69,15 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
             ][..],
         ),
         (
+            "routed",
+            &[
+                "device A's leg ended by the proxy's BYE",
+                "bob's one dialog ended by one BYE in it",
+                "B's BYE reached bob through the proxy his dialog was routed by",
+                "switches between devices: 1",
+            ][..],
+        ),
+        (
             "withdrawn",
             &[
                 "device B withdrew after the proxy's 200 OK and the call stayed with A",
