@@ -223,7 +223,7 @@ if [ "$case_name" != callee ]; then
     # Device A calls bob through the proxy.
     timeout 60 sipp "${sipp_common[@]}" -sf scripts/e2e/alice_a.xml -p "$a_sip" \
         -cid_str "$call_id" -key a_tag alice-a-tag-1 -key a_rtp_port "$a_rtp" \
-        -key a_relay_file "$logs/a-relay-port" \
+        -key a_relay_file "$logs/a-relay-port" -au alice -ap "$password" \
         -error_file "$logs/a-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-a.log" 2>&1 &
     a_pid=$!
     pids+=($a_pid)

@@ -952,3 +952,85 @@ fn bindings_sent_over_ng_let_a_temporary_gruu_take_the_call() {
     let to_bob = sdp_of(&call.proxy.call(&handoff()));
     assert_eq!(media_addr(&to_bob), call.bob_to_relay);
 }
+
+/// Review finding (issue 23): a re-INVITE in a branch the call no longer
+/// follows (a fork that lost) is refused and moves nothing; the branch the
+/// call follows re-offers as before.
+#[test]
+fn a_losing_branch_cannot_re_offer() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut call = alice_calls_bob(ng, "lost-branch");
+    let (bob2, intruder) = (Peer::v4(), Peer::v4());
+    let _ = sdp_of(&call.proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("lost-branch")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob2-tag")),
+        ("sdp", text(body("bob2", bob2.addr(), ""))),
+    ])));
+    // bob-tag answered first and lost; its re-INVITE (from its side).
+    let refused = call.proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("lost-branch")),
+        ("from-tag", text("bob-tag")),
+        ("to-tag", text("a-tag")),
+        ("sdp", text(body("bob", intruder.addr(), ""))),
+    ]));
+    assert!(
+        reason(&refused).contains("not the one the call follows"),
+        "{refused:?}"
+    );
+    call.a.send(
+        &call.a_to_relay.to_string(),
+        &rtp(8, 1, 160, 0xA, &[0xA; 160]),
+    );
+    assert_eq!(bob2.recv().0[12], 0xA, "the media still follows bob2");
+    intruder.expect_silence();
+    // bob2 re-offers in its own dialog.
+    let reply = call.proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("lost-branch")),
+        ("from-tag", text("bob2-tag")),
+        ("to-tag", text("a-tag")),
+        ("sdp", text(body("bob2", bob2.addr(), ""))),
+    ]));
+    assert_eq!(result(&reply), "ok", "{reply:?}");
+}
+
+/// Review finding (issue 23): a call to the user forked to two of the
+/// user's devices: the device whose answer came last (not the one whose
+/// early answer came first) is the user's device, so a later handoff from
+/// the other one is verified against it.
+#[test]
+fn the_user_device_is_the_branch_that_answered_last() {
+    let (relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (bob, x, y) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("forked-to-alice")),
+        ("from-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+        ("user", text("callee")),
+        ("aor", text("sip:alice@example.com")),
+    ])));
+    for (tag, peer, gruu) in [("x-tag", &x, GRUU_A), ("y-tag", &y, GRUU_B)] {
+        let reply = proxy.call(&request(vec![
+            ("command", text("answer")),
+            ("call-id", text("forked-to-alice")),
+            ("from-tag", text("bob-tag")),
+            ("to-tag", text(tag)),
+            ("sdp", text(body(tag, peer.addr(), ""))),
+            ("gruu", text(gruu)),
+        ]));
+        assert_eq!(result(&reply), "ok", "{reply:?}");
+    }
+    let report = common::stdout_json(&relay.ctl(&[
+        "get",
+        "--call-id",
+        "forked-to-alice",
+        "--from-tag",
+        "bob-tag",
+    ]));
+    assert_eq!(report["session"]["gruu"], GRUU_B, "{report}");
+}

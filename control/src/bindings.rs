@@ -154,6 +154,11 @@ impl Bindings {
         let key = gruu.equivalence_key();
         if expires.is_zero() {
             let Some((_, _, index)) = existing else {
+                // Nothing live to remove; a bucket its expired ones left
+                // empty goes too.
+                if self.buckets.get(&key).is_some_and(Vec::is_empty) {
+                    self.buckets.remove(&key);
+                }
                 return Ok(false);
             };
             if let Some(bucket) = self.buckets.get_mut(&key) {

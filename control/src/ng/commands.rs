@@ -614,11 +614,11 @@ impl NgService {
                 excerpt(to_tag)
             ))
         };
-        let existing = match existing {
+        let (existing, exact) = match existing {
             Some((_, false)) if flagged || replaces => return Err(no_call()),
             None if flagged => return Err(no_call()),
-            Some((view, _)) => Some(view),
-            None => None,
+            Some((view, exact)) => (Some(view), exact),
+            None => (None, false),
         };
         let Some(view) = existing else {
             // `user=callee`: a call to the user; the offerer is the remote.
@@ -670,6 +670,22 @@ impl NgService {
             return self
                 .update(&view, sdp, true, String::new(), &options, true)
                 .await;
+        }
+        // A re-INVITE in a branch the call no longer follows (a fork that
+        // lost: its 183 came, another answered after it) would re-point the
+        // media of the call's callee side.
+        let branch = if from_tag == view.from_tag {
+            to_tag
+        } else {
+            from_tag
+        };
+        if exact && !branch.is_empty() && !view.to_tag.is_empty() && branch != view.to_tag {
+            return Err(error(format!(
+                "re-offer refused: branch {} of call {} is not the one the call follows ({})",
+                excerpt(branch),
+                excerpt(call_id),
+                excerpt(&view.to_tag)
+            )));
         }
         let from_user = view.side_of(from_tag) == Party::User;
         self.update(&view, sdp, from_user, String::new(), &options, true)
@@ -799,10 +815,7 @@ impl NgService {
         };
         // The body comes from the to-tag's side.
         let from_user = view.side_of(to_tag) == Party::User;
-        if from_user
-            && view.gruu.is_empty()
-            && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty())
-        {
+        if from_user && let Some(gruu) = get_str(request, "gruu").filter(|g| !g.is_empty()) {
             // A call to the user: the answering device is the user's.
             sessions
                 .name_user_device(view.id, get_str(request, "aor").unwrap_or_default(), gruu)

@@ -808,8 +808,9 @@ impl Sessions {
         })
     }
 
-    /// Names the user's device (and the user, if unknown) on a session that
-    /// did not know it: a call to the user learns which device answered.
+    /// Names the user's device (and the user, if unknown): a call to the
+    /// user learns which device answered, the last to answer before any
+    /// handoff.
     pub fn name_user_device(&self, id: SessionId, aor: &str, gruu: &str) -> Result<(), Status> {
         let gruu_uri = crate::bindings::parse_gruu(gruu, false)?;
         let derived_aor = match crate::sip::uri::classify(&gruu_uri) {
@@ -821,7 +822,14 @@ impl Sessions {
             .by_id
             .get_mut(&id)
             .ok_or_else(|| Status::not_found(format!("no session {id}")))?;
-        if record.gruu.is_empty() {
+        // Until a handoff, the device that answered last is the user's: a
+        // call forked to the user's devices follows the branch that
+        // answered last (one whose 183 came first may not be the one that
+        // takes the call).
+        let handed_off = record.handoffs > 0
+            || record.open_transfer.is_some()
+            || record.committed_transfer.is_some();
+        if record.gruu.is_empty() || !handed_off {
             record.gruu = gruu_uri.to_string();
         }
         if record.aor.is_empty() {
