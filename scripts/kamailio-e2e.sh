@@ -30,8 +30,10 @@
 #           (OUTBOUND_PROXY, scripts/e2e/rr_proxy.py): B's BYE reaches bob
 #           through it, by the route set of bob's dialog.
 #   withdrawn B cancels its handoff INVITE after the proxy's 200 OK won the
-#           race (CANCEL, then ACK and BYE): the handoff is rolled back at
-#           once, A is not told and keeps the call until bob hangs up.
+#           race (CANCEL, then ACK and BYE), sending media meanwhile: none
+#           of it reaches bob (the switch waits for B's confirmed dialog),
+#           the handoff is rolled back at once, A is not told and keeps the
+#           call until bob hangs up.
 # Then: what bob received (one SSRC, no sequence gap, timestamps never
 # backwards, A's media then B's), and `baton ctl list` is empty.
 #
@@ -184,6 +186,8 @@ if [ "$case_name" = held ]; then
 elif [ "$case_name" = refused ] || [ "$case_name" = withdrawn ]; then
     bob_scenario=scripts/e2e/bob_hangs_up.xml
     devices=(--device "A:$a_rtp:$logs/a-relay-port")
+    # A withdrawing B sends media from its 200 OK on: none may reach bob.
+    [ "$case_name" = withdrawn ] && devices+=(--unheard "B:$b_rtp:$logs/b-relay-port")
 elif [ "$case_name" = callee ]; then
     bob_scenario=scripts/e2e/bob_calls.xml
     bob_target=(-cid_str "$call_id" "127.0.0.1:$sip_port")

@@ -81,6 +81,7 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
             "withdrawn",
             &[
                 "device B withdrew after the proxy's 200 OK and the call stayed with A",
+                "device B (must not be heard): sent yes, heard 0",
                 "device A's call ended by bob's BYE",
                 "switches between devices: 0",
             ][..],

@@ -1034,3 +1034,91 @@ fn the_user_device_is_the_branch_that_answered_last() {
     ]));
     assert_eq!(report["session"]["gruu"], GRUU_B, "{report}");
 }
+
+/// Issue 23: with `baton-switch-on-commit` the handoff switches when the
+/// proxy says the new device's dialog is confirmed (`query` with
+/// `baton-commit`, at its ACK), not on its first packet: B's media before
+/// that is not forwarded, and a handoff cancelled then (B's own dialog
+/// deleted) rolls back even though B already sent.
+#[test]
+fn a_handoff_can_wait_for_the_proxys_commit() {
+    let (_relay, ng, _) = relay_with_ng();
+    let handoff = |call_id: &str, b: &Peer| {
+        request(vec![
+            ("command", text("offer")),
+            ("call-id", text(call_id)),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(body("alice-b", b.addr(), ""))),
+            ("gruu", text(GRUU_B)),
+            ("new-call-id", text(format!("{call_id}-b"))),
+            ("new-from-tag", text("b-tag")),
+            ("flags", flags(&["baton-handoff", "baton-switch-on-commit"])),
+        ])
+    };
+    let replay = |call: &common::ng::NgCall, call_id: &str| {
+        request(vec![
+            ("command", text("answer")),
+            ("call-id", text(call_id)),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("sdp", text(body("bob", call.bob.addr(), ""))),
+        ])
+    };
+    let commit = |call_id: &str| {
+        request(vec![
+            ("command", text("query")),
+            ("call-id", text(call_id)),
+            ("from-tag", text("a-tag")),
+            ("to-tag", text("bob-tag")),
+            ("flags", flags(&["baton-commit"])),
+        ])
+    };
+    let b_says = |b: &Peer, to: std::net::SocketAddr, seq: u16| {
+        b.send(
+            &to.to_string(),
+            &rtp(8, seq, u32::from(seq) * 160, 0xB, &[0xB; 160]),
+        );
+    };
+
+    // Committed: nothing of B before, B's media after, on A's SSRC.
+    let mut call = alice_calls_bob(ng, "on-commit");
+    a_and_bob_still_talk(&call, 1);
+    let b = Peer::v4();
+    let _ = sdp_of(&call.proxy.call(&handoff("on-commit", &b)));
+    let b_to_relay = media_addr(&sdp_of(&call.proxy.call(&replay(&call, "on-commit"))));
+    b_says(&b, b_to_relay, 100);
+    call.bob.expect_silence();
+    a_and_bob_still_talk(&call, 2);
+    assert_eq!(result(&call.proxy.call(&commit("on-commit"))), "ok");
+    b_says(&b, b_to_relay, 101);
+    let (heard, _) = call.bob.recv();
+    assert_eq!(heard[12], 0xB, "bob hears B after the commit");
+    assert_eq!(
+        u32::from_be_bytes([heard[8], heard[9], heard[10], heard[11]]),
+        0xA
+    );
+    let again = call.proxy.call(&commit("on-commit"));
+    assert!(
+        reason(&again).contains("no transfer is pending"),
+        "{again:?}"
+    );
+
+    // Cancelled before the commit, after B sent: the call stays with A.
+    let mut call = alice_calls_bob(ng, "cancelled");
+    let b = Peer::v4();
+    let _ = sdp_of(&call.proxy.call(&handoff("cancelled", &b)));
+    let b_to_relay = media_addr(&sdp_of(&call.proxy.call(&replay(&call, "cancelled"))));
+    b_says(&b, b_to_relay, 100);
+    let cancelled = call.proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("cancelled-b")),
+        ("from-tag", text("b-tag")),
+    ]));
+    assert_eq!(result(&cancelled), "ok", "{cancelled:?}");
+    b_says(&b, b_to_relay, 101);
+    call.bob.expect_silence();
+    a_and_bob_still_talk(&call, 3);
+    let late = call.proxy.call(&commit("cancelled"));
+    assert!(reason(&late).contains("no transfer is pending"), "{late:?}");
+}

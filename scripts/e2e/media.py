@@ -73,6 +73,11 @@ def main():
         metavar="NAME:PORT:RELAY_FILE",
         help="the user's devices in the order they hold the call",
     )
+    p.add_argument(
+        "--unheard",
+        metavar="NAME:PORT:RELAY_FILE",
+        help="a device that sends once its relay file appears but must never be heard",
+    )
     p.add_argument("--last-seconds", type=float, default=2.0)
     p.add_argument("--timeout", type=float, default=50.0)
     p.add_argument("--pcap", help="write what bob received here, for tshark")
@@ -106,6 +111,10 @@ def main():
         name, port, relay_file = spec.split(":", 2)
         talker = Talker(int(port), 0xA11CE0A0 + 0x1111 * i, 59000 - 9000 * i, 28000 + 7000 * i, 0xA0 + i)
         devices.append((name, talker, relay_file))
+    stray = None
+    if args.unheard:
+        name, port, relay_file = args.unheard.split(":", 2)
+        stray = [name, Talker(int(port), 0x5EEDBEEF, 100, 100, 0xEE), relay_file, None]
     # A device talks from its 200 OK (which names its relay port) until the
     # next device's, and a little after (a real device's last packets race
     # the BYE that ends its leg); the last one for --last-seconds.
@@ -128,6 +137,13 @@ def main():
                 overlap_until = now + 0.1
         if current == len(devices) - 1 and last_until is None:
             last_until = now + args.last_seconds
+        if stray is not None:
+            if stray[3] is None and os.path.exists(stray[2]):
+                text = open(stray[2]).read().strip()
+                if text.isdigit():
+                    stray[3] = ("127.0.0.1", int(text))
+            if stray[3] is not None:
+                stray[1].send(stray[3])
         if current > 0 and now < overlap_until:
             devices[current - 1][1].send(relays[current - 1])
         devices[current][1].send(relays[current])
@@ -159,12 +175,16 @@ def main():
     print(f"sequence errors (gap or repeat): {errors}")
     print(f"timestamps going backwards: {backwards}")
     print(f"switches between devices: {switches}")
+    stray_heard = sum(1 for *_, tag in received if tag == 0xEE)
+    if stray is not None:
+        print(f"device {stray[0]} (must not be heard): sent {'yes' if stray[3] else 'no'}, heard {stray_heard}")
     ok = (
         len(ssrcs) == 1
         and errors == 0
         and backwards == 0
         and all(n > 0 for n in heard)
         and switches == len(devices) - 1
+        and (stray is None or (stray[3] is not None and stray_heard == 0))
     )
     print("RESULT: " + ("one continuous stream" if ok else "NOT one continuous stream"))
     sys.exit(0 if ok else 1)

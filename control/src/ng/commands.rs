@@ -63,7 +63,7 @@ const KNOWN_KEYS: [&str; 27] = [
 
 /// Flags this implementation acts on or that describe its behaviour
 /// already; others are logged and ignored.
-const KNOWN_FLAGS: [&str; 11] = [
+const KNOWN_FLAGS: [&str; 13] = [
     "port-latching",
     "strict-source",
     "media-handover",
@@ -73,6 +73,8 @@ const KNOWN_FLAGS: [&str; 11] = [
     "sip-source-address",
     "baton-handoff",
     "baton-bind",
+    "baton-switch-on-commit",
+    "baton-commit",
     "no-rtcp-attribute",
     // A WebRTC body always gets a MID per m= line.
     "generate-mid",
@@ -542,6 +544,13 @@ impl NgService {
             Some("query") if get_list(request, "flags").iter().any(|f| f == "baton-bind") => {
                 self.bind(request)
             }
+            Some("query")
+                if get_list(request, "flags")
+                    .iter()
+                    .any(|f| f == "baton-commit") =>
+            {
+                self.commit(request).await
+            }
             Some("query") => self.query(request).await,
             Some("list") => Ok(self.list(request)),
             Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
@@ -784,6 +793,16 @@ impl NgService {
                         .map(|ip| ip.to_string())
                         .unwrap_or_default(),
                     sdes: options.sdes.clone(),
+                    // `baton-switch-on-commit`: the proxy says when (a
+                    // `query` with `baton-commit` once the new device's
+                    // ACK confirmed its dialog); until then the new
+                    // device's media is not forwarded, and a cancelled
+                    // handoff rolls back whatever it sent.
+                    mode: if options.has("baton-switch-on-commit") {
+                        v1::SwitchMode::Commit as i32
+                    } else {
+                        v1::SwitchMode::FirstPacket as i32
+                    },
                     ..Default::default()
                 },
                 TransferContext { ng_dialog },
@@ -976,6 +995,25 @@ impl NgService {
                 expires,
                 temporary: false,
             })
+            .map_err(|s| status_reply(&s))?;
+        Ok(dict([("result", text("ok"))]))
+    }
+
+    /// The proxy's word that the new device's dialog is confirmed (its ACK
+    /// came): the handoff opened with `baton-switch-on-commit` switches
+    /// now. An error when no handoff is pending on the call (it timed out or
+    /// was cancelled).
+    async fn commit(&self, request: &Dict) -> Result<Value, Value> {
+        let call_id = required(request, "call-id")?;
+        let from_tag = required(request, "from-tag")?;
+        let to_tag = get_str(request, "to-tag").unwrap_or_default();
+        let sessions = self.service.sessions();
+        let view = sessions
+            .find_dialog(call_id, from_tag, to_tag)
+            .map_err(|s| status_reply(&s))?;
+        sessions
+            .commit_transfer(Some(&by_id(view.id)), 0)
+            .await
             .map_err(|s| status_reply(&s))?;
         Ok(dict([("result", text("ok"))]))
     }
