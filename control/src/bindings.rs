@@ -16,6 +16,10 @@ pub const MAX_EXPIRES: Duration = Duration::from_secs(7 * 24 * 3600);
 /// hundred bytes).
 pub const MAX_BINDINGS: usize = 500_000;
 
+/// Most live bindings of one AOR: more devices than any user has, so that
+/// one user (or a registrar fed with junk for one AOR) cannot fill the table.
+pub const MAX_BINDINGS_PER_AOR: usize = 64;
+
 /// One binding.
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -41,6 +45,8 @@ type GruuKey = (bool, Option<String>, String, Option<u16>);
 pub struct Bindings {
     buckets: HashMap<GruuKey, Vec<Binding>>,
     count: usize,
+    /// Live bindings per AOR (by its equivalence key).
+    per_aor: HashMap<GruuKey, usize>,
     limit: Option<usize>,
 }
 
@@ -90,14 +96,39 @@ impl Bindings {
         }
         self.buckets.retain(|_, bucket| !bucket.is_empty());
         self.count = self.buckets.values().map(Vec::len).sum();
+        self.per_aor.clear();
+        for binding in self.buckets.values().flatten() {
+            *self
+                .per_aor
+                .entry(binding.aor.equivalence_key())
+                .or_default() += 1;
+        }
+    }
+
+    /// One binding of `aor` fewer.
+    fn release(per_aor: &mut HashMap<GruuKey, usize>, aor: &SipUri) {
+        let key = aor.equivalence_key();
+        if let Some(n) = per_aor.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_aor.remove(&key);
+            }
+        }
     }
 
     /// The live bindings equivalent to `gruu`'s bucket, expired ones
     /// dropped first.
     fn bucket(&mut self, now: Instant, gruu: &SipUri) -> Option<&mut Vec<Binding>> {
         let bucket = self.buckets.get_mut(&gruu.equivalence_key())?;
+        let per_aor = &mut self.per_aor;
         let before = bucket.len();
-        bucket.retain(|b| b.expires_at > now);
+        bucket.retain(|b| {
+            let live = b.expires_at > now;
+            if !live {
+                Self::release(per_aor, &b.aor);
+            }
+            live
+        });
         self.count -= before - bucket.len();
         Some(bucket)
     }
@@ -162,13 +193,29 @@ impl Bindings {
                 return Ok(false);
             };
             if let Some(bucket) = self.buckets.get_mut(&key) {
-                bucket.remove(index);
+                let gone = bucket.remove(index);
+                Self::release(&mut self.per_aor, &gone.aor);
                 self.count -= 1;
                 if bucket.is_empty() {
                     self.buckets.remove(&key);
                 }
             }
             return Ok(true);
+        }
+        let aor_full = |table: &Self| {
+            table
+                .per_aor
+                .get(&aor.equivalence_key())
+                .is_some_and(|n| *n >= MAX_BINDINGS_PER_AOR)
+        };
+        if existing.is_none() && aor_full(self) {
+            // Counted bindings of this AOR may have expired elsewhere.
+            self.purge(now);
+            if aor_full(self) {
+                return Err(Status::resource_exhausted(format!(
+                    "{aor_text} holds {MAX_BINDINGS_PER_AOR} device bindings already"
+                )));
+            }
         }
         if existing.is_none() && self.count >= self.limit() {
             self.purge(now);
@@ -190,6 +237,10 @@ impl Bindings {
         match existing {
             Some((_, _, index)) => bucket[index] = binding,
             None => {
+                *self
+                    .per_aor
+                    .entry(binding.aor.equivalence_key())
+                    .or_default() += 1;
                 bucket.push(binding);
                 self.count += 1;
             }
@@ -200,11 +251,22 @@ impl Bindings {
     /// Removes the binding of a GRUU; false if there was none.
     pub fn unregister(&mut self, now: Instant, gruu: &SipUri) -> bool {
         let key = gruu.equivalence_key();
-        let Some(bucket) = self.bucket(now, gruu) else {
+        // Expired ones first (counted), then the bucket again, beside the
+        // per-AOR counts.
+        if self.bucket(now, gruu).is_none() {
+            return false;
+        }
+        let (Some(bucket), per_aor) = (self.buckets.get_mut(&key), &mut self.per_aor) else {
             return false;
         };
         let before = bucket.len();
-        bucket.retain(|b| !b.gruu.equivalent(gruu));
+        bucket.retain(|b| {
+            let keep = !b.gruu.equivalent(gruu);
+            if !keep {
+                Self::release(per_aor, &b.aor);
+            }
+            keep
+        });
         let removed = before - bucket.len();
         let empty = bucket.is_empty();
         self.count -= removed;
@@ -308,6 +370,44 @@ mod tests {
         assert!(table.unregister(later, &temp(3)));
         assert!(!table.unregister(later, &temp(3)));
         assert_eq!(table.list(later, None).len(), 1);
+    }
+
+    /// One AOR cannot take the whole table: past its own bound a new
+    /// binding of it is refused, other users' still go in, and a binding
+    /// it gives up makes room again.
+    #[test]
+    fn one_aor_holds_a_bounded_number_of_bindings() {
+        let now = Instant::now();
+        let mut table = Bindings::default();
+        let temp = |n: usize| uri(&format!("sip:tgruu.{n}@example.com;gr"));
+        let minute = Duration::from_secs(60);
+        for n in 0..MAX_BINDINGS_PER_AOR {
+            table
+                .register(now, ALICE, temp(n), minute)
+                .expect("within the bound");
+        }
+        let over = table.register(now, ALICE, temp(1000), minute);
+        assert!(
+            over.as_ref()
+                .is_err_and(|s| s.code == baton_proto::v1::Code::ResourceExhausted),
+            "{over:?}"
+        );
+        table
+            .register(now, "sip:bob@example.com", temp(2000), minute)
+            .expect("another user");
+        table
+            .register(now, ALICE, temp(3), minute)
+            .expect("a refresh");
+        assert!(table.unregister(now, &temp(3)));
+        table
+            .register(now, ALICE, temp(1000), minute)
+            .expect("room again");
+        // Expiry makes room too.
+        let later = now + Duration::from_secs(61);
+        table
+            .register(later, ALICE, temp(5000), minute)
+            .expect("after expiry");
+        assert_eq!(table.list(later, Some(&uri(ALICE))).len(), 1);
     }
 
     #[test]
