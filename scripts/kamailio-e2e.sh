@@ -157,7 +157,7 @@ start_device() {
     python3 scripts/e2e/variant.py "${device_scenario:-scripts/e2e/alice_b.xml}" "$@" >"$logs/alice_$name.xml"
     timeout 60 sipp "${sipp_common[@]}" -sf "$logs/alice_$name.xml" -p "$port" \
         -cid_str "baton-e2e-$name-$$@127.0.0.1" -key b_tag "$tag" -key b_rtp_port "$rtp" \
-        -key replaces "$replaces" -key dialog_file "$logs/$name-dialog" \
+        -key replaces "$replaces" -key dialog_file "$logs/$name-dialog" -key gruu_file "$logs/$name-gruu" \
         -key b_relay_file "$logs/$name-relay-port" -au alice -ap "$password" -d 2000 \
         -error_file "$logs/$name-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-$name.log" 2>&1 &
     pids+=($!)
@@ -265,6 +265,13 @@ case "$case_name" in
             --temp-gruu --stays
         wait "$device_pid" || fail "device B's scenario failed (register, handoff, the remote's hold re-INVITE and BYE in B's dialog)"
         echo "device B got the remote's re-INVITE and BYE in its own dialog, and its own re-INVITE reached bob in his"
+        # B unregistered at the end: its temporary GRUU is no longer bound.
+        bindings=$("$BATON" ctl --control "tcp:127.0.0.1:$control_port" bindings)
+        grep -q "temporary" <<<"$bindings" || fail "no temporary binding left (A's should be): $bindings"
+        if grep -qF "$(cat "$logs/b-gruu")" <<<"$bindings"; then
+            fail "B's temporary GRUU is still bound after B unregistered: $bindings"
+        fi
+        echo "device B's temporary GRUU was unbound when it unregistered"
         ;;
     chain)
         # A -> B -> A -> C: each takes the call from the device holding it,

@@ -49,6 +49,7 @@ fn kamailio_and_sipp_hand_a_call_over_through_baton() {
                 "device B got the remote's re-INVITE and BYE in its own dialog, and its own re-INVITE reached bob in his",
                 "device A's leg ended by the proxy's BYE",
                 "bob's hold re-INVITE and BYE were answered in his own dialog",
+                "device B's temporary GRUU was unbound when it unregistered",
                 "switches between devices: 1",
             ][..],
         ),

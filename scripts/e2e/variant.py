@@ -7,8 +7,8 @@ one e2e case, so the cases share one scenario file:
   --stays       B does not hang up: it answers the remote's hold
                 re-INVITE (in B's own dialog: its Call-ID, its tag in To),
                 resumes with a re-INVITE of its own (which must reach the
-                remote in the remote's dialog), and then receives the
-                remote's BYE;
+                remote in the remote's dialog), receives the remote's BYE,
+                and unregisters;
   --replaced    B does not hang up: another device takes the call from it,
                 and the proxy ends B's leg with a BYE in B's dialog;
   --instance XX the device's instance id ends in XX instead of 0b (another
@@ -119,6 +119,38 @@ STAYS = """  <recv request="INVITE" timeout="30000">
 
     ]]>
   </send>
+  <!-- And unregisters: its temporary GRUU must be unbound on baton. -->
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:127.0.0.1:[proxy_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@127.0.0.1>;tag=[pid]unreg[call_number]
+      To: <sip:alice@127.0.0.1>
+      Call-ID: [call_id]
+      CSeq: 6 REGISTER
+      Contact: <sip:alice@127.0.0.1:[local_port]>;expires=0;+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000000b>"
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="401" auth="true"/>
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:127.0.0.1:[proxy_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@127.0.0.1>;tag=[pid]unreg[call_number]
+      To: <sip:alice@127.0.0.1>
+      Call-ID: [call_id]
+      CSeq: 7 REGISTER
+      Contact: <sip:alice@127.0.0.1:[local_port]>;expires=0;+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000000b>"
+      [authentication username=alice]
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
   <Reference variables="g,m,x,proxy_tag,to_b,hold,resumed,bye_to_b"/>
 </scenario>
 """
