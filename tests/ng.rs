@@ -1122,3 +1122,47 @@ fn a_handoff_can_wait_for_the_proxys_commit() {
     let late = call.proxy.call(&commit("cancelled"));
     assert!(reason(&late).contains("no transfer is pending"), "{late:?}");
 }
+
+/// Issue 19 (real-world SDP): an answer that rejects a line with port 0 and
+/// no format list (`m=video 0 RTP/AVP`, as browsers write it) is valid
+/// (RFC 3264 §6 keeps the line; formats are irrelevant on a rejected one),
+/// and the relay passes it on rejected.
+#[test]
+fn a_rejected_line_without_formats_is_accepted() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (a, bob) = (Peer::v4(), Peer::v4());
+    let offer = format!(
+        "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n\
+         m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+        a.addr().port(),
+        a.addr().port() + 2
+    );
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("rejected-video")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(offer)),
+    ])));
+    let answer = format!(
+        "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n\
+         m=video 0 RTP/AVP\r\n",
+        bob.addr().port()
+    );
+    let reply = proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("rejected-video")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(answer)),
+    ]));
+    let to_a = sdp_of(&reply).render();
+    let video = to_a
+        .lines()
+        .find(|l| l.starts_with("m=video"))
+        .expect("the video line is kept");
+    assert!(video.starts_with("m=video 0 "), "{to_a}");
+    assert!(to_a.contains("m=audio "), "{to_a}");
+}

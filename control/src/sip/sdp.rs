@@ -721,7 +721,10 @@ impl Sdp {
             .ok_or_else(|| SdpError::at(0, format!("no m= line {index}")))?;
         let m = &section[0];
         let fields: Vec<&str> = m.value.split_ascii_whitespace().collect();
-        if fields.len() < 4 {
+        // A rejected line (port 0) may come without formats: browsers
+        // answer `m=video 0 RTP/AVP`, and formats mean nothing on it.
+        let rejected_bare = fields.len() == 3 && fields[1] == "0";
+        if fields.len() < 4 && !rejected_bare {
             return Err(SdpError::at(
                 m.number,
                 format!("m={} is not `MEDIA PORT PROTO FORMAT…`", excerpt(&m.value)),
