@@ -1166,3 +1166,76 @@ fn a_rejected_line_without_formats_is_accepted() {
     assert!(video.starts_with("m=video 0 "), "{to_a}");
     assert!(to_a.contains("m=audio "), "{to_a}");
 }
+
+/// Issue 19 (real-world SDP): a dynamic payload type listed without
+/// a=rtpmap (RFC 8866 §6.6) is relayed by its number: the call goes up,
+/// media of that type passes, and a new device offering the same number
+/// (also without a=rtpmap) takes the call with it.
+#[test]
+fn a_payload_type_without_rtpmap_is_relayed_by_number() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let (a, bob, b) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let body = |origin: &str, peer: &Peer| {
+        format!(
+            "v=0\r\no={origin} 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 97\r\n",
+            peer.addr().port()
+        )
+    };
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("no-rtpmap")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", &a))),
+        ("aor", text("sip:alice@example.com")),
+        ("gruu", text(GRUU_A)),
+    ])));
+    assert!(
+        to_bob.render().contains(" RTP/AVP 97\r\n"),
+        "{}",
+        to_bob.render()
+    );
+    let to_a = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("no-rtpmap")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", &bob))),
+    ])));
+    a.send(
+        &media_addr(&to_a).to_string(),
+        &rtp(97, 1, 160, 0xA, &[0xA; 160]),
+    );
+    let (heard, _) = bob.recv();
+    assert_eq!((heard[1] & 0x7f, heard[12]), (97, 0xA));
+    // B offers 97 without a=rtpmap too: it takes the call by number.
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("no-rtpmap")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("alice-b", &b))),
+        ("gruu", text(GRUU_B)),
+        ("flags", flags(&["baton-handoff"])),
+    ])));
+    let to_b = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("no-rtpmap")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", &bob))),
+    ])));
+    assert!(!to_b.render().contains("a=rtpmap:97"), "{}", to_b.render());
+    b.send(
+        &media_addr(&to_b).to_string(),
+        &rtp(97, 500, 9000, 0xB, &[0xB; 160]),
+    );
+    let (heard, _) = bob.recv();
+    assert_eq!((heard[1] & 0x7f, heard[12]), (97, 0xB));
+    assert_eq!(
+        u32::from_be_bytes([heard[8], heard[9], heard[10], heard[11]]),
+        0xA,
+        "one stream"
+    );
+}

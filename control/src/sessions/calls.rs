@@ -118,7 +118,7 @@ impl Sessions {
             request.streams = streams;
             Some((from, body, layout))
         };
-        let specs = validate_create(&request, user_required)?;
+        let specs = validate_create(&request, user_required, offer.is_some())?;
         let crypto = match &offer {
             Some((from, body, layout)) => negotiation::crypto_from(
                 body,
@@ -455,7 +455,7 @@ impl Sessions {
                 }
             }
             if !stream.codecs.is_empty() {
-                validate_codecs(&stream.codecs, index)?;
+                validate_codecs(&stream.codecs, index, false)?;
                 update
                     .clock_rates
                     .push((StreamIndex(index), clock_rates(&stream.codecs)));

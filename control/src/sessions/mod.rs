@@ -390,7 +390,10 @@ fn clock_rates(codecs: &[v1::Codec]) -> Vec<(u8, u32)> {
         .collect()
 }
 
-fn validate_codecs(codecs: &[v1::Codec], stream: usize) -> Result<(), Status> {
+/// Checks a stream's codecs. Those from an SDP body (`from_sdp`) may be
+/// unnamed: a dynamic payload type listed without a=rtpmap, relayed by
+/// number; a native list names every codec.
+fn validate_codecs(codecs: &[v1::Codec], stream: usize, from_sdp: bool) -> Result<(), Status> {
     if codecs.is_empty() {
         return Err(Status::invalid_argument(format!(
             "stream {stream} has no codec"
@@ -402,6 +405,9 @@ fn validate_codecs(codecs: &[v1::Codec], stream: usize) -> Result<(), Status> {
                 "stream {stream}: payload type {} is not in 0-127",
                 codec.payload_type
             )));
+        }
+        if from_sdp && crate::sip::sdp::is_unnamed(codec) {
+            continue;
         }
         if codec.name.is_empty() || codec.clock_rate == 0 {
             return Err(Status::invalid_argument(format!(
@@ -446,6 +452,7 @@ fn parse_endpoint(endpoint: &v1::Endpoint, party: Party) -> Result<Peers, Status
 fn validate_create(
     request: &v1::CreateSessionRequest,
     user_required: bool,
+    from_sdp: bool,
 ) -> Result<Vec<[Peers; 2]>, Status> {
     if request.call_id.is_empty() || request.from_tag.is_empty() {
         return Err(Status::invalid_argument(
@@ -495,7 +502,7 @@ fn validate_create(
                     excerpt(&spec.kind)
                 )));
             }
-            validate_codecs(&spec.codecs, index)?;
+            validate_codecs(&spec.codecs, index, from_sdp)?;
             let user = match &spec.user_peer {
                 Some(e) => parse_endpoint(e, Party::User)?,
                 None => (None, None),

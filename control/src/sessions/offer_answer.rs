@@ -125,7 +125,7 @@ impl Sessions {
                 }
             }
             let transport = transport_of(m)?;
-            super::validate_codecs(&m.codecs, s)?;
+            super::validate_codecs(&m.codecs, s, true)?;
             let crypto_before = stream.crypto.clone();
             if let Err(reason) = stream.crypto[from.index()].receive(transport, m, &policy) {
                 // A plain answer to the relay's SRTP offer stays an error

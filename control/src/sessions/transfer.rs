@@ -177,12 +177,15 @@ impl Sessions {
                     super::explicit_crypto(spec.srtp.as_ref(), &format!("stream {index} srtp"))?
                 }
             };
+            // Codecs from a body (the new device's SDP, or the stream's own)
+            // may be unnamed; an explicit list names every codec.
+            let from_sdp = spec.codecs.is_empty() || !request.sdp.is_empty();
             let device_codecs = if spec.codecs.is_empty() {
                 stream.codecs.clone()
             } else {
                 spec.codecs
             };
-            validate_codecs(&device_codecs, index)?;
+            validate_codecs(&device_codecs, index, from_sdp)?;
             let pairs = match_codecs(&stream.codecs, &device_codecs).map_err(|reason| {
                 Status::failed_precondition(format!("stream {index} ({}): {reason}", stream.kind))
             })?;
@@ -682,7 +685,14 @@ pub fn match_codecs(remote: &[v1::Codec], device: &[v1::Codec]) -> Result<Vec<(u
     let mut pairs = Vec::new();
     let mut media = false;
     for d in device {
+        // Named codecs match by name, rate and channels; an unnamed one
+        // (no a=rtpmap) only the same number on the other side.
         let Some(r) = remote.iter().find(|r| {
+            if crate::sip::sdp::is_unnamed(d) || crate::sip::sdp::is_unnamed(r) {
+                return r.payload_type == d.payload_type
+                    && crate::sip::sdp::is_unnamed(d)
+                    && crate::sip::sdp::is_unnamed(r);
+            }
             r.name.eq_ignore_ascii_case(&d.name)
                 && r.clock_rate == d.clock_rate
                 && channels(r) == channels(d)
@@ -729,6 +739,26 @@ mod tests {
             channels: 0,
             fmtp: String::new(),
         }
+    }
+
+    /// A payload type without a=rtpmap matches only the same number
+    /// without a=rtpmap on the other side, never a named codec.
+    #[test]
+    fn unnamed_payload_types_match_by_number_only() {
+        let unnamed = |pt| codec(pt, "", 0);
+        assert_eq!(
+            match_codecs(&[unnamed(97)], &[unnamed(97)]),
+            Ok(vec![(97, 97)])
+        );
+        assert!(match_codecs(&[unnamed(97)], &[unnamed(98)]).is_err());
+        assert!(match_codecs(&[codec(97, "opus", 48_000)], &[unnamed(97)]).is_err());
+        assert_eq!(
+            match_codecs(
+                &[unnamed(97), codec(8, "PCMA", 8000)],
+                &[codec(8, "PCMA", 8000)]
+            ),
+            Ok(vec![(8, 8)])
+        );
     }
 
     #[test]

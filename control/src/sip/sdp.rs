@@ -260,6 +260,12 @@ const STATIC_PAYLOAD_TYPES: [(u32, &str, u32, u32); 24] = [
     (34, "H263", 90000, 0),
 ];
 
+/// A payload type an SDP body listed without a=rtpmap: relayed by number,
+/// with no name or clock rate to write or to match by.
+pub fn is_unnamed(codec: &v1::Codec) -> bool {
+    codec.name.is_empty() && codec.clock_rate == 0
+}
+
 /// The codec RFC 3551 assigns to a static payload type.
 pub fn static_codec(payload_type: u32) -> Option<v1::Codec> {
     STATIC_PAYLOAD_TYPES
@@ -883,11 +889,15 @@ impl Sdp {
                         format!("format {} is not an RTP payload type", excerpt(format)),
                     )
                 })?;
+            // A dynamic payload type without a=rtpmap (RFC 8866 §6.6: the
+            // mapping may come by other means) is relayed as it is, by its
+            // number: no name, no clock rate (see `is_unnamed`).
             let mut codec = match rtpmap.iter().find(|(p, _)| *p == pt) {
                 Some((_, codec)) => codec.clone(),
-                None => static_codec(pt).ok_or_else(|| {
-                    SdpError::at(m.number, format!("payload type {pt} has no a=rtpmap line"))
-                })?,
+                None => static_codec(pt).unwrap_or_else(|| v1::Codec {
+                    payload_type: pt,
+                    ..Default::default()
+                }),
             };
             if let Some((_, params)) = fmtp.iter().find(|(p, _)| *p == pt) {
                 codec.fmtp.clone_from(params);
@@ -1452,7 +1462,7 @@ pub fn write_answer(
                 lines.push(Line::new(b'a', format!("mid:{mid}")));
                 ice_mids.borrow_mut().push((mid, relay.rtp));
             }
-            for codec in &answer.codecs {
+            for codec in answer.codecs.iter().filter(|c| !is_unnamed(c)) {
                 let channels = if codec.channels > 1 {
                     format!("/{}", codec.channels)
                 } else {
