@@ -24,7 +24,65 @@ one e2e case, so the cases share one scenario file:
 import argparse
 import sys
 
-STAYS = """  <recv request="INVITE" timeout="30000">
+def sdp(version, direction):
+    """B's body: PCMA and telephone-event on its RTP port."""
+    return f"""      v=0
+      o=alice-b 3001 {version} IN IP4 127.0.0.1
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio [b_rtp_port] RTP/AVP 8 101
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+      a={direction}
+"""
+
+
+def bye_received(to_tag_prefix, name):
+    """A BYE in B's dialog (its To tag checked), answered 200 OK."""
+    return f"""  <recv request="BYE" timeout="30000">
+    <action>
+      <ereg regexp="tag={to_tag_prefix}" search_in="hdr" header="To:" check_it="true" assign_to="{name}"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def unregister(cseq, authenticated):
+    """B's REGISTER removing its contact."""
+    auth = "      [authentication username=alice]\n" if authenticated else ""
+    return f"""  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:127.0.0.1:[proxy_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@127.0.0.1>;tag=[pid]unreg[call_number]
+      To: <sip:alice@127.0.0.1>
+      Call-ID: [call_id]
+      CSeq: {cseq} REGISTER
+      Contact: <sip:alice@127.0.0.1:[local_port]>;expires=0;+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000000b>"
+{auth}      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+STAYS = (
+    """  <recv request="INVITE" timeout="30000">
     <action>
       <ereg regexp="tag=alice-b-tag-" search_in="hdr" header="To:" check_it="true" assign_to="to_b"/>
       <ereg regexp="a=sendonly" search_in="body" check_it="true" assign_to="hold"/>
@@ -42,17 +100,9 @@ STAYS = """  <recv request="INVITE" timeout="30000">
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=alice-b 3001 3002 IN IP4 127.0.0.1
-      s=-
-      c=IN IP4 127.0.0.1
-      t=0 0
-      m=audio [b_rtp_port] RTP/AVP 8 101
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-15
-      a=recvonly
-
+"""
+    + sdp(3002, "recvonly")
+    + """
     ]]>
   </send>
   <recv request="ACK"/>
@@ -70,17 +120,9 @@ STAYS = """  <recv request="INVITE" timeout="30000">
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=alice-b 3001 3003 IN IP4 127.0.0.1
-      s=-
-      c=IN IP4 127.0.0.1
-      t=0 0
-      m=audio [b_rtp_port] RTP/AVP 8 101
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-15
-      a=sendrecv
-
+"""
+    + sdp(3003, "sendrecv")
+    + """
     ]]>
   </send>
   <recv response="100" optional="true"/>
@@ -102,80 +144,24 @@ STAYS = """  <recv request="INVITE" timeout="30000">
 
     ]]>
   </send>
-  <recv request="BYE" timeout="30000">
-    <action>
-      <ereg regexp="tag=alice-b-tag-" search_in="hdr" header="To:" check_it="true" assign_to="bye_to_b"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <!-- And unregisters: its temporary GRUU must be unbound on baton. -->
-  <send retrans="500">
-    <![CDATA[
-      REGISTER sip:127.0.0.1:[proxy_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:alice@127.0.0.1>;tag=[pid]unreg[call_number]
-      To: <sip:alice@127.0.0.1>
-      Call-ID: [call_id]
-      CSeq: 6 REGISTER
-      Contact: <sip:alice@127.0.0.1:[local_port]>;expires=0;+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000000b>"
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="401" auth="true"/>
-  <send retrans="500">
-    <![CDATA[
-      REGISTER sip:127.0.0.1:[proxy_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:alice@127.0.0.1>;tag=[pid]unreg[call_number]
-      To: <sip:alice@127.0.0.1>
-      Call-ID: [call_id]
-      CSeq: 7 REGISTER
-      Contact: <sip:alice@127.0.0.1:[local_port]>;expires=0;+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000000b>"
-      [authentication username=alice]
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
+"""
+    + bye_received("alice-b-tag-", "bye_to_b")
+    + "  <!-- And unregisters: its temporary GRUU must be unbound on baton. -->\n"
+    + unregister(6, False)
+    + '  <recv response="401" auth="true"/>\n'
+    + unregister(7, True)
+    + """  <recv response="200"/>
   <Reference variables="g,m,x,proxy_tag,to_b,hold,resumed,bye_to_b"/>
 </scenario>
 """
+)
 
-
-REPLACED = """  <recv request="BYE" timeout="30000">
-    <action>
-      <ereg regexp="tag=alice-" search_in="hdr" header="To:" check_it="true" assign_to="bye_to_me"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <Reference variables="g,m,x,proxy_tag,bye_to_me"/>
+REPLACED = (
+    bye_received("alice-", "bye_to_me")
+    + """  <Reference variables="g,m,x,proxy_tag,bye_to_me"/>
 </scenario>
 """
+)
 
 CANCEL = """  <send>
     <![CDATA[
