@@ -28,12 +28,30 @@ fn load_with_srtp_devices_and_handoffs_loses_nothing() {
     );
 }
 
-fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
-    let relay = Relay::start(&[relay_args, &["--workers", "2"]].concat());
+/// `baton load --control RELAY ARGS --json` run to the end: it must report
+/// no problem (exit 0); its summary (the last line of stdout) and stderr.
+fn load_against(relay: &Relay, args: &[&str]) -> (serde_json::Value, String) {
     let output = std::process::Command::new(common::baton_bin())
         .args(["load", "--control"])
         .arg(relay.unix_addr().to_string())
-        .args([
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run baton load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "baton load reported a problem:\n{stderr}"
+    );
+    let summary = serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    (summary, stderr)
+}
+
+fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
+    let relay = Relay::start(&[relay_args, &["--workers", "2"]].concat());
+    let args = [
+        &[
             "--calls",
             "40",
             "--duration",
@@ -42,19 +60,11 @@ fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
             "0.1",
             "--threads",
             "2",
-            "--json",
-        ])
-        .args(load_args)
-        .output()
-        .expect("run baton load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "baton load reported a problem:\n{stderr}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+        ][..],
+        load_args,
+    ]
+    .concat();
+    let (summary, stderr) = load_against(&relay, &args);
     assert_eq!(summary["lost"], 0, "{stderr}");
     assert_eq!(summary["continuity_violations"], 0, "{stderr}");
     assert_eq!(summary["duplicated"], 0, "{stderr}");
@@ -94,10 +104,9 @@ fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
 #[test]
 fn video_load_with_handoffs_switches_on_keyframes() {
     let relay = Relay::start(&["--ports", "43500-43999", "--workers", "2"]);
-    let output = std::process::Command::new(common::baton_bin())
-        .args(["load", "--control"])
-        .arg(relay.unix_addr().to_string())
-        .args([
+    let (summary, stderr) = load_against(
+        &relay,
+        &[
             "--video",
             "--srtp",
             "device",
@@ -109,15 +118,8 @@ fn video_load_with_handoffs_switches_on_keyframes() {
             "0.1",
             "--payload-bytes",
             "900",
-            "--json",
-        ])
-        .output()
-        .expect("run baton load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "baton load:\n{stderr}");
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+        ],
+    );
     assert_eq!(summary["lost"], 0, "{stderr}");
     assert_eq!(summary["continuity_violations"], 0, "{stderr}");
     assert_eq!(

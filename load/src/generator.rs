@@ -356,11 +356,8 @@ pub fn run(
         .iter()
         .map(|(from, key)| (*from, SrtpReceiver::new(key)))
         .collect();
-    let prefix = if plan.video.is_some() {
-        VIDEO_PREFIX
-    } else {
-        0
-    };
+    let video = plan.video.is_some();
+    let prefix = if video { VIDEO_PREFIX } else { 0 };
     let packet_len = (12 + prefix + plan.payload_bytes.max(PAYLOAD_HEADER)).min(MAX_PACKET);
     let mut outbox = Outbox::new();
     let mut send = SendBatch::new();
@@ -486,7 +483,6 @@ pub fn run(
                     for packet_in_frame in 0..packets {
                         let (packet, sent) = outbox.next(sender.socket, &sockets, &mut send);
                         report.sent += sent;
-                        let video = plan.video.is_some();
                         let _ = RtpRepr {
                             // On video the marker ends a frame.
                             marker: video && packet_in_frame + 1 == packets,
@@ -592,7 +588,7 @@ pub fn run(
                     }
                     if rtcp {
                         report.rtcp_received += 1;
-                        if plan.video.is_some() && asks_for_keyframe(batch.bytes(i)) {
+                        if video && asks_for_keyframe(batch.bytes(i)) {
                             report.keyframe_requests += 1;
                             // The device (or remote) on this socket answers
                             // with a keyframe on its next frame.
@@ -631,11 +627,7 @@ pub fn run(
                     let check = report.flows.entry((stamp.flow, token)).or_insert_with(|| {
                         let check = FlowCheck::new(plan.ts_per_frame, plan.clock_rate, late_ns)
                             .watch_recovery(recovery_from);
-                        if plan.video.is_some() {
-                            check.video()
-                        } else {
-                            check
-                        }
+                        if video { check.video() } else { check }
                     });
                     let latency = check.on_packet(arrived_ns, header, stamp);
                     let _ = report.latency.record(latency.max(1));

@@ -536,21 +536,16 @@ impl NgService {
             },
             Some(_) | None => None,
         };
+        // baton's extensions ride on `query`, the one command Kamailio's
+        // module sends with any flags and no SDP.
+        let flagged = |name: &str| get_list(request, "flags").iter().any(|f| f == name);
         let reply = match get_str(request, "command") {
             Some("ping") => self.ping(),
             Some("offer") => self.offer(request).await,
             Some("answer") => self.answer(request).await,
             Some("delete") => self.delete(request).await,
-            Some("query") if get_list(request, "flags").iter().any(|f| f == "baton-bind") => {
-                self.bind(request)
-            }
-            Some("query")
-                if get_list(request, "flags")
-                    .iter()
-                    .any(|f| f == "baton-commit") =>
-            {
-                self.commit(request).await
-            }
+            Some("query") if flagged("baton-bind") => self.bind(request),
+            Some("query") if flagged("baton-commit") => self.commit(request).await,
             Some("query") => self.query(request).await,
             Some("list") => Ok(self.list(request)),
             Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
