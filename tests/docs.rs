@@ -277,3 +277,55 @@ fn the_readmes_operating_sections_match_the_binary() {
         );
     }
 }
+
+/// docs/kamailio.md's table of every ng key and flag is the one the relay
+/// reads by (`BATON_WRITE_DOCS=1` writes it there).
+#[test]
+fn the_ng_flag_table_in_the_docs_is_the_relays_own() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/kamailio.md");
+    let doc = std::fs::read_to_string(path).expect("docs/kamailio.md");
+    let (start, end) = (
+        "<!-- ng-vocabulary:start -->\n",
+        "<!-- ng-vocabulary:end -->",
+    );
+    let from = doc.find(start).expect("the start marker") + start.len();
+    let to = doc.find(end).expect("the end marker");
+    let table = baton_control::ng::vocabulary::markdown_table();
+    if std::env::var_os("BATON_WRITE_DOCS").is_some() {
+        std::fs::write(path, format!("{}{table}{}", &doc[..from], &doc[to..])).expect("write");
+        return;
+    }
+    assert_eq!(
+        doc[from..to],
+        table,
+        "run BATON_WRITE_DOCS=1 cargo test --test docs to refresh the table"
+    );
+    // What Kamailio's and OpenSIPS's modules always send or make of their
+    // own flag words is in it.
+    for word in [
+        "call-id",
+        "from-tag",
+        "to-tag",
+        "via-branch",
+        "received-from",
+        "supports",
+        "sip-message-type",
+        "rtpp-flags",
+        "replace",
+        "direction",
+        "transport-protocol",
+        "media-address",
+        "address-family",
+        "rtcp-mux",
+        "sdes",
+        "t.38",
+        "codec",
+        "delete-delay",
+        "repacketize",
+        "tos",
+        "directional",
+        "force-answer",
+    ] {
+        assert!(table.contains(&format!("| `{word}` |")), "{word}");
+    }
+}

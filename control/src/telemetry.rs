@@ -260,6 +260,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "ng_reply_too_large",
     "ng_cache_evicted",
     "ng_call_busy",
+    "ng_not_implemented",
     "sdp_too_large",
     "sdp_too_many_media",
     "sdp_too_many_formats",

@@ -92,6 +92,13 @@ pub fn reason(reply: &Dict) -> String {
         .to_owned()
 }
 
+/// The warning of an `ok` reply (rtpengine's way of saying a delete found
+/// nothing).
+pub fn warning(reply: &Dict) -> String {
+    assert_eq!(result(reply), "ok", "{reply:?}");
+    get_str(reply, "warning").expect("a warning").to_owned()
+}
+
 pub fn sdp_of(reply: &Dict) -> Sdp {
     assert_eq!(result(reply), "ok", "{reply:?}");
     let text = get_str(reply, "sdp").expect("an sdp");

@@ -19,8 +19,8 @@ use std::sync::{Arc, Weak};
 use baton_proto::v1;
 use baton_relay::{Party, SessionId};
 use serde_bencode::value::Value;
-use tracing::debug;
 
+use super::vocabulary;
 use super::wire::{Dict, dict, error, get_list, get_str, text};
 use crate::service::Service;
 use crate::sessions::BranchEnd;
@@ -29,57 +29,6 @@ use crate::sessions::{DialogView, by_id};
 use crate::sip::sdp::Sdp;
 use crate::status::{Status, excerpt};
 
-/// Keys this implementation reads; others are logged and ignored, as
-/// rtpengine does.
-const KNOWN_KEYS: [&str; 27] = [
-    "user",
-    "command",
-    "call-id",
-    "from-tag",
-    "to-tag",
-    "sdp",
-    "received-from",
-    "replace",
-    "ICE",
-    "transport-protocol",
-    "flags",
-    "direction",
-    "supports",
-    "aor",
-    "gruu",
-    "replaces",
-    "new-call-id",
-    "new-from-tag",
-    "expires",
-    "address family",
-    "limit",
-    "via-branch",
-    "rtcp-mux",
-    "SDES",
-    "transport protocol",
-    "DTLS",
-    "OSRTP",
-];
-
-/// Flags this implementation acts on or that describe its behaviour
-/// already; others are logged and ignored.
-const KNOWN_FLAGS: [&str; 13] = [
-    "port-latching",
-    "strict-source",
-    "media-handover",
-    "symmetric",
-    "asymmetric",
-    "trust-address",
-    "sip-source-address",
-    "baton-handoff",
-    "baton-bind",
-    "baton-switch-on-commit",
-    "baton-commit",
-    "no-rtcp-attribute",
-    // A WebRTC body always gets a MID per m= line.
-    "generate-mid",
-];
-
 /// How many calls `list` returns without a `limit`.
 const DEFAULT_LIST_LIMIT: usize = 32;
 
@@ -87,7 +36,16 @@ const DEFAULT_LIST_LIMIT: usize = 32;
 #[derive(Debug, Default)]
 struct Options {
     flags: HashSet<String>,
+    /// `replace` values (and `replace-…` flags), canonical.
     replace: HashSet<String>,
+    /// `media-address`: where the sender's media is, whatever the body
+    /// and the SIP source say.
+    media_address: Option<IpAddr>,
+    /// `codec` manipulations on the body that goes out.
+    codecs: crate::sip::codec_rules::CodecRules,
+    /// `loop-protect`: the attribute (`baton:<instance>`) that marks a
+    /// body this relay wrote.
+    loop_mark: Option<String>,
     received_from: Option<IpAddr>,
     other_family: v1::AddressFamily,
     /// `transport-protocol`: the transport toward the message's recipient.
@@ -133,7 +91,13 @@ fn webrtc_options(
     // relay offers what the sender offered and falls back to separate RTCP
     // ports when the answer has no a=rtcp-mux (RFC 5761), which is what
     // `demux` asks for. Nothing else is honoured.
-    for mux in get_list(request, "rtcp-mux") {
+    let mut muxes = get_list(request, "rtcp-mux");
+    muxes.extend(
+        flags
+            .iter()
+            .filter_map(|f| f.strip_prefix("rtcp-mux-").map(str::to_owned)),
+    );
+    for mux in muxes {
         let mux = mux.to_ascii_lowercase();
         if !matches!(mux.as_str(), "offer" | "require" | "demux" | "accept") {
             return Err(format!(
@@ -143,7 +107,7 @@ fn webrtc_options(
         }
     }
     let mut options = v1::WebRtcOptions::default();
-    for ice in pick("ICE") {
+    for ice in pick("ice") {
         match ice.as_str() {
             "remove" if dtls_transport => {
                 return Err(
@@ -161,7 +125,7 @@ fn webrtc_options(
             }
         }
     }
-    for dtls in pick("DTLS") {
+    for dtls in pick("dtls") {
         match dtls.as_str() {
             "off" | "no" | "disable" if dtls_transport => {
                 return Err(
@@ -245,26 +209,68 @@ fn sdes_options(items: &[String]) -> Result<(Option<v1::SdesOptions>, bool), Str
     Ok((given.then_some(options), off))
 }
 
+/// The `codec` dictionary and `codec-…` flags: rtpengine's manipulations
+/// that need no transcoding; the others are refused by name.
+fn codec_rules(request: &Dict) -> Result<crate::sip::codec_rules::CodecRules, String> {
+    let mut lists: HashMap<&str, Vec<String>> = HashMap::new();
+    match request.get(b"codec".as_slice()) {
+        Some(Value::Dict(ops)) => {
+            for (op, names) in ops {
+                let op = String::from_utf8_lossy(op);
+                let normal = vocabulary::normalize(&op);
+                let (name, treatment) = vocabulary::CODEC_KEYS
+                    .iter()
+                    .find(|(name, _)| *name == normal)
+                    .copied()
+                    .ok_or_else(|| {
+                        format!(
+                            "codec {} is not implemented by baton (strip, mask, offer, except)",
+                            excerpt(&op)
+                        )
+                    })?;
+                if let vocabulary::Treatment::Refused(reason) = treatment {
+                    return Err(format!(
+                        "codec {} is not implemented by baton: {reason}",
+                        excerpt(&op)
+                    ));
+                }
+                let one = Dict::from([(b"names".to_vec(), names.clone())]);
+                lists
+                    .entry(name)
+                    .or_default()
+                    .extend(get_list(&one, "names"));
+            }
+        }
+        Some(_) => return Err("codec must be a dictionary (strip, mask, offer, except)".to_owned()),
+        None => {}
+    }
+    // Canonical flags: the prefix in lower case, the codec as written.
+    for flag in get_list(request, "flags") {
+        for op in ["strip", "mask", "offer", "except"] {
+            if let Some(name) = flag.strip_prefix(&format!("codec-{op}-")) {
+                lists.entry(op).or_default().push(name.to_owned());
+            }
+        }
+    }
+    let list = |op: &str| lists.get(op).cloned().unwrap_or_default();
+    crate::sip::codec_rules::CodecRules::read(
+        &list("strip"),
+        &list("mask"),
+        &list("offer"),
+        &list("except"),
+    )
+}
+
 impl Options {
+    /// Reads a request already in canonical spelling (see
+    /// [`vocabulary::canonical`]).
     fn read(request: &Dict) -> Result<Self, String> {
         let flags: HashSet<String> = get_list(request, "flags")
             .into_iter()
             .map(|f| f.to_ascii_lowercase())
             .collect();
-        for flag in &flags {
-            if !KNOWN_FLAGS.contains(&flag.as_str()) {
-                debug!(flag = %excerpt(flag), "ng: unknown flag ignored");
-            }
-        }
-        for key in request.keys() {
-            let key = String::from_utf8_lossy(key);
-            if !KNOWN_KEYS.contains(&key.as_ref()) {
-                debug!(key = %excerpt(&key), "ng: unknown key ignored");
-            }
-        }
-        let transport = match get_str(request, "transport-protocol")
-            .or_else(|| get_str(request, "transport protocol"))
-        {
+        let webrtc_flag = flags.contains("webrtc").then_some("UDP/TLS/RTP/SAVPF");
+        let transport = match get_str(request, "transport-protocol").or(webrtc_flag) {
             // The answer keeps what was offered.
             None | Some("accept") => None,
             Some(protocol) => match crate::sip::crypto::Transport::parse(protocol) {
@@ -277,9 +283,9 @@ impl Options {
                 }
             },
         };
-        let mut sdes_items = get_list(request, "SDES");
-        if let Some(single) = get_str(request, "SDES") {
-            sdes_items.push(single.to_owned());
+        let mut sdes_items = get_list(request, "sdes");
+        if flags.contains("pad-crypto") {
+            sdes_items.push("pad".to_owned());
         }
         sdes_items.extend(get_list(request, "flags").into_iter().filter_map(|f| {
             f.get(5..)
@@ -300,8 +306,7 @@ impl Options {
         // OSRTP, as a string, a list or `OSRTP-…` flags: `accept` lets a
         // plain answer to an SRTP offer make that leg plain; opportunistic
         // offers are not supported.
-        let mut osrtp = get_list(request, "OSRTP");
-        osrtp.extend(get_str(request, "OSRTP").map(str::to_owned));
+        let mut osrtp = get_list(request, "osrtp");
         osrtp.extend(
             flags
                 .iter()
@@ -322,25 +327,84 @@ impl Options {
                 }
             }
         }
-        for direction in get_list(request, "direction") {
-            debug!(direction = %excerpt(&direction), "ng: direction (interface selection) ignored: media IPs are chosen by address family");
-        }
         // ["IP4", "203.0.113.7"]: where the SIP message came from.
         let received_from = match get_list(request, "received-from").as_slice() {
             [_, address] => address.parse().ok(),
             _ => None,
         };
-        let other_family = match get_str(request, "address family") {
+        let other_family = match get_str(request, "address-family") {
             Some("IP6") => v1::AddressFamily::Ipv6,
             Some("IP4") => v1::AddressFamily::Ipv4,
-            Some(_) | None => v1::AddressFamily::Unspecified,
+            Some(other) => {
+                return Err(format!(
+                    "address family {} is neither IP4 nor IP6",
+                    excerpt(other)
+                ));
+            }
+            None => v1::AddressFamily::Unspecified,
         };
+        let media_address = match get_str(request, "media-address") {
+            Some(address) => Some(address.parse::<IpAddr>().map_err(|_| {
+                format!(
+                    "media address {} is not an IPv4 or IPv6 address",
+                    excerpt(address)
+                )
+            })?),
+            None => None,
+        };
+        let mut replace = HashSet::new();
+        let replace_flags = flags
+            .iter()
+            .filter_map(|f| f.strip_prefix("replace-").map(str::to_owned));
+        for value in get_list(request, "replace")
+            .into_iter()
+            .chain(replace_flags)
+        {
+            let normal = vocabulary::normalize(&value);
+            match vocabulary::REPLACE.iter().find(|(name, _)| *name == normal) {
+                Some((_, vocabulary::Treatment::Refused(reason))) => {
+                    return Err(format!(
+                        "replace {} is not implemented by baton: {reason}",
+                        excerpt(&value)
+                    ));
+                }
+                Some((name, _)) => {
+                    replace.insert((*name).to_owned());
+                }
+                None => {
+                    return Err(format!(
+                        "replace {} is not implemented by baton (origin, origin-full, session-connection, username, sdp-version, session-name)",
+                        excerpt(&value)
+                    ));
+                }
+            }
+        }
+        for (key, off) in [("record-call", ["no", "off"]), ("delete-delay", ["0", "0"])] {
+            let value = match request.get(key.as_bytes()) {
+                Some(Value::Int(n)) => Some(n.to_string()),
+                Some(_) => get_str(request, key).map(str::to_ascii_lowercase),
+                None => None,
+            };
+            if let Some(value) = value
+                && !off.contains(&value.as_str())
+            {
+                return Err(format!(
+                    "{key}={} is not implemented by baton: {}",
+                    excerpt(&value),
+                    if key == "record-call" {
+                        "it does not record calls yet"
+                    } else {
+                        "it ends a deleted call at once (delete-delay=0)"
+                    }
+                ));
+            }
+        }
         Ok(Self {
+            codecs: codec_rules(request)?,
+            loop_mark: None,
             flags,
-            replace: get_list(request, "replace")
-                .into_iter()
-                .map(|r| r.to_ascii_lowercase())
-                .collect(),
+            replace,
+            media_address,
             received_from,
             other_family,
             transport,
@@ -378,8 +442,11 @@ impl Options {
     /// checks every other body when it reads it.
     fn incoming(&self, sdp: &str, sessions: &crate::sessions::Sessions) -> Result<String, String> {
         let limits = sessions.sdp_limits();
-        match self.received_from {
-            Some(ip) if self.has("sip-source-address") && !self.has("trust-address") => {
+        let from_sip = self
+            .received_from
+            .filter(|_| self.has("sip-source-address") && !self.has("trust-address"));
+        match self.media_address.or(from_sip) {
+            Some(ip) => {
                 let mut body = Sdp::parse_limited(sdp, &limits).map_err(|e| {
                     if let Some(limit) = e.limit {
                         sessions.telemetry().refused(limit.reason());
@@ -389,31 +456,52 @@ impl Options {
                 body.set_connection_ip(ip);
                 Ok(body.render())
             }
-            Some(_) | None => Ok(sdp.to_owned()),
+            None => Ok(sdp.to_owned()),
         }
     }
 
-    /// The body as it goes out: with `replace: origin`, the o= line names
-    /// the relay too.
+    /// `loop-protect`: the body carries this relay's mark, so it has
+    /// been through this relay already and goes back untouched.
+    fn looped(&self, sdp: &str) -> bool {
+        self.loop_mark
+            .as_deref()
+            .is_some_and(|mark| Sdp::parse(sdp).is_ok_and(|body| body.has_session_attribute(mark)))
+    }
+
+    /// The body as it goes out: the `codec` manipulations; with
+    /// `replace: origin`, the o= line names the relay too; with
+    /// `loop-protect`, this relay's mark.
     fn outgoing(&self, sdp: String) -> String {
-        if !self.replace.contains("origin") {
+        let origin = self.replace.contains("origin") || self.replace.contains("origin-full");
+        if !origin && self.codecs.is_empty() && self.loop_mark.is_none() {
             return sdp;
         }
-        match Sdp::parse(&sdp) {
-            Ok(mut body) => match body.session_ip().or_else(|| {
+        let Ok(mut body) = Sdp::parse(&sdp) else {
+            return sdp;
+        };
+        self.codecs.apply(&mut body);
+        if origin
+            && let Some(ip) = body.session_ip().or_else(|| {
                 body.media(0)
                     .ok()
                     .and_then(|m| m.rtp.map(|a: SocketAddr| a.ip()))
-            }) {
-                Some(ip) => {
-                    body.set_origin_address(ip);
-                    body.render()
-                }
-                None => sdp,
-            },
-            Err(_) => sdp,
+            })
+        {
+            body.set_origin_address(ip);
         }
+        if let Some(mark) = &self.loop_mark {
+            body.set_session_attribute(mark);
+        }
+        body.render()
     }
+}
+
+/// A body with no m= line, or only rejected ones (port 0): nothing for
+/// the relay to carry.
+fn carries_no_media(sdp: &str) -> bool {
+    Sdp::parse(sdp).is_ok_and(|body| {
+        (0..body.media_count()).all(|i| body.media(i).is_ok_and(|m| m.is_disabled()))
+    })
 }
 
 fn status_reply(status: &Status) -> Value {
@@ -449,6 +537,8 @@ fn new_call_refused(status: &Status, request: &Dict) -> Value {
 /// rtpengine's reason for a relay at its session limit; a proxy compares it
 /// whole.
 pub const SESSION_LIMIT_REASON: &str = "Parallel session limit reached";
+/// rtpengine's reason for a call or tag it does not know.
+const NOT_FOUND_REASON: &str = "Call-ID not found or tags didn't match";
 /// rtpengine's reason for a relay out of ports; a proxy compares it whole.
 pub const OUT_OF_PORTS_REASON: &str = "Ran out of ports";
 
@@ -504,6 +594,9 @@ impl CallLocks {
 pub struct NgService {
     service: Arc<Service>,
     calls: Arc<CallLocks>,
+    /// The attribute `loop-protect` writes: `baton:` and this process's
+    /// random instance name.
+    loop_mark: Arc<str>,
 }
 
 impl NgService {
@@ -512,7 +605,17 @@ impl NgService {
         Self {
             service,
             calls: Arc::default(),
+            loop_mark: format!("baton:{:016x}", rand::random::<u64>()).into(),
         }
+    }
+
+    /// A request's options, with this relay's loop mark when asked for.
+    fn options(&self, request: &Dict) -> Result<Options, Value> {
+        let mut options = Options::read(request).map_err(error)?;
+        if options.has("loop-protect") {
+            options.loop_mark = Some(self.loop_mark.to_string());
+        }
+        Ok(options)
     }
 
     /// The control plane's counters.
@@ -522,6 +625,15 @@ impl NgService {
 
     /// Answers one request.
     pub async fn handle(&self, request: &Dict) -> Value {
+        let request = match vocabulary::canonical(request) {
+            Ok(request) => request,
+            Err(reason) => {
+                self.telemetry().refused("ng_not_implemented");
+                self.count(get_str(request, "command").unwrap_or(""), false);
+                return error(reason);
+            }
+        };
+        let request = &request;
         let command = get_str(request, "command").unwrap_or("").to_owned();
         let _one_at_a_time = match get_str(request, "call-id") {
             Some(call_id) if !call_id.is_empty() => match self.calls.lock(call_id).await {
@@ -551,22 +663,24 @@ impl NgService {
             Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
             None => Err(error("No command in message")),
         };
-        let code = if reply.is_ok() { "ok" } else { "error" };
-        let command = if crate::telemetry::NG_COMMANDS.contains(&command.as_str()) {
+        self.count(&command, reply.is_ok());
+        reply.unwrap_or_else(|e| e)
+    }
+
+    /// Counts one request by command and outcome.
+    fn count(&self, command: &str, ok: bool) {
+        let command = if crate::telemetry::NG_COMMANDS.contains(&command) {
             command
         } else {
-            "other".to_owned()
+            "other"
         };
-        self.service
-            .sessions()
-            .telemetry()
+        self.telemetry()
             .ng_requests
             .get_or_create(&crate::telemetry::RequestLabels {
-                command,
-                code: code.to_owned(),
+                command: command.to_owned(),
+                code: if ok { "ok" } else { "error" }.to_owned(),
             })
             .inc();
-        reply.unwrap_or_else(|e| e)
     }
 
     /// `pong`, unless a drain asked to refuse pings: a proxy that pings its
@@ -585,7 +699,10 @@ impl NgService {
         let from_tag = required(request, "from-tag")?;
         let to_tag = get_str(request, "to-tag").unwrap_or_default();
         let sdp = required(request, "sdp")?;
-        let options = Options::read(request).map_err(error)?;
+        let options = self.options(request)?;
+        if options.looped(sdp) {
+            return Ok(ok_with_sdp(sdp.to_owned()));
+        }
         options.check_sdes_off(sdp).map_err(error)?;
         let sessions = self.service.sessions();
         let sdp = options.incoming(sdp, sessions).map_err(error)?;
@@ -625,6 +742,12 @@ impl NgService {
             None => (None, false),
         };
         let Some(view) = existing else {
+            if carries_no_media(&sdp) {
+                // No media yet (RFC 3264 §5: an offer may have no m=
+                // line; a re-INVITE adds them): nothing to relay, the body
+                // goes on, and the offer that brings media makes the call.
+                return Ok(ok_with_sdp(options.outgoing(sdp)));
+            }
             // `user=callee`: a call to the user; the offerer is the remote.
             let user_is_callee =
                 get_str(request, "user").is_some_and(|u| u.eq_ignore_ascii_case("callee"));
@@ -815,16 +938,26 @@ impl NgService {
         let from_tag = required(request, "from-tag")?;
         let to_tag = required(request, "to-tag")?;
         let sdp = required(request, "sdp")?;
-        let options = Options::read(request).map_err(error)?;
+        let options = self.options(request)?;
+        if options.looped(sdp) {
+            return Ok(ok_with_sdp(sdp.to_owned()));
+        }
         let sessions = self.service.sessions();
         let sdp = options.incoming(sdp, sessions).map_err(error)?;
         let view = match sessions.find_dialog(call_id, from_tag, to_tag) {
             Ok(view) => view,
             // The first answer: the session does not know the to-tag yet
             // (or a later branch of a forked call answers).
-            Err(status) if status.code == v1::Code::NotFound => sessions
-                .find_dialog(call_id, from_tag, "")
-                .map_err(|s| status_reply(&s))?,
+            Err(status) if status.code == v1::Code::NotFound => {
+                match sessions.find_dialog(call_id, from_tag, "") {
+                    Ok(view) => view,
+                    // The answer to an offer without media.
+                    Err(status) if status.code == v1::Code::NotFound && carries_no_media(&sdp) => {
+                        return Ok(ok_with_sdp(options.outgoing(sdp)));
+                    }
+                    Err(status) => return Err(status_reply(&status)),
+                }
+            }
             Err(status) => return Err(status_reply(&status)),
         };
         // The body comes from the to-tag's side.
@@ -873,12 +1006,30 @@ impl NgService {
             (None, None) => sessions.sessions_of_call(call_id, None),
         };
         if ids.is_empty() {
-            return Err(error("Call-ID not found or tags didn't match"));
+            return Err(error(NOT_FOUND_REASON));
         }
         Ok(ids)
     }
 
+    /// `delete`, with rtpengine's `fatal` and `fast`: a call or tag not
+    /// found is a warning unless `fatal` asks for an error; `fast` leaves
+    /// the statistics out.
     async fn delete(&self, request: &Dict) -> Result<Value, Value> {
+        let flags = get_list(request, "flags");
+        let flagged = |name: &str| flags.iter().any(|f| f == name);
+        match self.delete_call(request).await {
+            Ok(_) if flagged("fast") => Ok(dict([("result", text("ok"))])),
+            Err(Value::Dict(reply)) if !flagged("fatal") => match get_str(&reply, "error-reason") {
+                Some(reason) if reason.starts_with(NOT_FOUND_REASON) => {
+                    Ok(dict([("result", text("ok")), ("warning", text(reason))]))
+                }
+                Some(_) | None => Err(Value::Dict(reply)),
+            },
+            other => other,
+        }
+    }
+
+    async fn delete_call(&self, request: &Dict) -> Result<Value, Value> {
         let sessions = self.service.sessions();
         let call_id = required(request, "call-id")?;
         if sessions.sessions_of_call(call_id, None).is_empty()
@@ -911,7 +1062,7 @@ impl NgService {
             }
         }
         if infos.is_empty() {
-            return Err(error("Call-ID not found or tags didn't match"));
+            return Err(error(NOT_FOUND_REASON));
         }
         Ok(statistics(&infos))
     }
@@ -929,7 +1080,7 @@ impl NgService {
         let sessions = self.service.sessions();
         let not_found = || {
             error(format!(
-                "Call-ID not found or tags didn't match: to-tag {} is no branch of call {}",
+                "{NOT_FOUND_REASON}: to-tag {} is no branch of call {}",
                 excerpt(to_tag),
                 excerpt(call_id)
             ))
@@ -1022,7 +1173,7 @@ impl NgService {
             }
         }
         if infos.is_empty() {
-            return Err(error("Call-ID not found or tags didn't match"));
+            return Err(error(NOT_FOUND_REASON));
         }
         Ok(statistics(&infos))
     }

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod commands;
 pub mod server;
+pub mod vocabulary;
 pub mod wire;
 
 pub use commands::NgService;

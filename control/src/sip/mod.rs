@@ -3,6 +3,7 @@
 //! for the other party ([`negotiation`]). Pure functions over text and the
 //! negotiated state; nothing here holds a session or talks to a worker.
 
+pub mod codec_rules;
 pub mod crypto;
 pub(crate) mod negotiation;
 pub mod sdp;

@@ -253,6 +253,8 @@ pub(crate) type Layout = Vec<Option<usize>>;
 #[derive(Debug, Clone)]
 pub(crate) struct Sent {
     identity: [String; 5],
+    /// The s= line the receiver first saw (kept, like the origin).
+    session_name: Option<String>,
     key: String,
     version: u64,
     /// The body as sent.
@@ -443,10 +445,14 @@ pub(crate) fn streams_from_under(
         });
     }
     if streams.is_empty() {
-        let reason = media
-            .iter()
-            .find(|m| !m.is_disabled())
-            .map_or_else(|| "every m= line has port 0".to_owned(), left_out_reason);
+        let reason = if media.is_empty() {
+            "the body has no m= line".to_owned()
+        } else {
+            media
+                .iter()
+                .find(|m| !m.is_disabled())
+                .map_or_else(|| "every m= line has port 0".to_owned(), left_out_reason)
+        };
         return Err(Status::unimplemented(format!(
             "SDP: no stream baton can relay ({reason})"
         )));
@@ -767,6 +773,9 @@ pub(crate) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
         None => *sent = Some(first_sent(body)),
         Some(previous) => {
             body.set_origin_identity(&previous.identity);
+            if let Some(name) = &previous.session_name {
+                body.set_session_name(name);
+            }
             let key = body.identity_key();
             if key != previous.key {
                 previous.version = previous.version.wrapping_add(1);
@@ -782,6 +791,7 @@ pub(crate) fn stamp(body: &mut Sdp, sent: &mut Option<Sent>) {
 pub(crate) fn first_sent(body: &Sdp) -> Sent {
     Sent {
         identity: body.origin_identity(),
+        session_name: body.session_name(),
         key: body.identity_key(),
         version: body.version(),
         text: body.render(),
@@ -1523,9 +1533,11 @@ mod tests {
             "IP4".into(),
             "192.0.2.99".into(),
         ]);
+        other.set_session_name("another device");
         stamp(&mut other, &mut sent);
         assert_eq!(other.version(), 1);
         assert_eq!(other.origin_identity(), first.origin_identity());
+        assert_eq!(other.session_name(), first.session_name());
     }
 
     /// A new device's best-effort SRTP offer whose SAVP line has no key the

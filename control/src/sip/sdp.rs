@@ -557,9 +557,8 @@ impl Sdp {
         }
         let sdp = Self { session, media };
         sdp.origin()?;
-        if sdp.media.is_empty() {
-            return Err(SdpError::at(0, "the body has no m= line"));
-        }
+        // A body without m= lines is valid (RFC 3264 §5, RFC 4317 §5.1):
+        // a session with no media yet; whoever reads it decides.
         // Read every media section once, so a bad line fails here.
         for index in 0..sdp.media.len() {
             sdp.media(index)?;
@@ -642,6 +641,22 @@ impl Sdp {
         if let Ok((index, version)) = self.origin() {
             let [user, id, net, family, address] = identity;
             self.session[index].value = format!("{user} {id} {version} {net} {family} {address}");
+        }
+    }
+
+    /// The s= line's value.
+    pub fn session_name(&self) -> Option<String> {
+        self.session
+            .iter()
+            .find(|l| l.kind == b's')
+            .map(|l| l.value.clone())
+    }
+
+    /// Sets the s= line's value (a party sees one session name for the
+    /// dialog, whichever device is behind the relay).
+    pub fn set_session_name(&mut self, name: &str) {
+        if let Some(line) = self.session.iter_mut().find(|l| l.kind == b's') {
+            name.clone_into(&mut line.value);
         }
     }
 
@@ -1053,6 +1068,40 @@ impl Sdp {
                 None => false,
             }
         });
+    }
+
+    /// Sets the format list of m= line `index` to `formats` (a subset of
+    /// its own, in any order) and removes the `a=rtpmap`, `a=fmtp` and
+    /// `a=rtcp-fb` lines of the formats left out.
+    pub fn set_formats(&mut self, index: usize, formats: &[String]) {
+        let Some(section) = self.media.get_mut(index) else {
+            return;
+        };
+        let mut fields: Vec<String> = section[0]
+            .value
+            .split_ascii_whitespace()
+            .take(3)
+            .map(str::to_owned)
+            .collect();
+        fields.extend(formats.iter().cloned());
+        section[0].value = fields.join(" ");
+        section.retain(|line| {
+            let Some((name, Some(value))) = line.attribute() else {
+                return true;
+            };
+            if !matches!(name, "rtpmap" | "fmtp" | "rtcp-fb") {
+                return true;
+            }
+            let format = value.split_once(' ').map_or(value, |(f, _)| f);
+            format == "*" || formats.iter().any(|f| f == format)
+        });
+    }
+
+    /// Whether the session level has the attribute `a=value`.
+    pub fn has_session_attribute(&self, value: &str) -> bool {
+        self.session
+            .iter()
+            .any(|line| line.kind == b'a' && line.value == value)
     }
 
     /// Disables m= line `index` (port 0), for a stream the relay does not
