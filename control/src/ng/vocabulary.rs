@@ -42,9 +42,12 @@ const NO_SUBSCRIPTIONS: &str = "baton does not fork media to subscribers";
 const NO_DTMF_HANDLING: &str =
     "baton relays DTMF events as they come and neither detects, injects nor blocks them";
 
+/// A word and what baton does with it.
+pub type Word = (&'static str, Treatment);
+
 /// Top-level keys, by their canonical spelling (lower case, words joined
 /// by `-`).
-pub const KEYS: &[(&str, Treatment)] = &[
+pub const KEYS: &[Word] = &[
     ("command", Acts("one of the commands in the table above")),
     ("call-id", Acts("as in rtpengine")),
     ("from-tag", Acts("as in rtpengine")),
@@ -260,7 +263,7 @@ const KEY_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Flags (entries of the `flags` list, or bare words of a flag string).
-pub const FLAGS: &[(&str, Treatment)] = &[
+pub const FLAGS: &[Word] = &[
     (
         "symmetric",
         Acts("always: a signalled peer's media is accepted from that address only"),
@@ -474,7 +477,7 @@ pub const FLAGS: &[(&str, Treatment)] = &[
 ];
 
 /// Flag families: a prefix and what follows it (`SDES-no-…`, `codec-strip-PCMU`).
-pub const FLAG_PREFIXES: &[(&str, Treatment)] = &[
+pub const FLAG_PREFIXES: &[Word] = &[
     ("sdes-", Acts("SDES options (see the SRTP section)")),
     ("osrtp-", Acts("as the `OSRTP` key")),
     ("ice-", Acts("as the `ICE` key")),
@@ -542,7 +545,7 @@ const FLAG_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Values of the `replace` list (and `replace-…` flags).
-pub const REPLACE: &[(&str, Treatment)] = &[
+pub const REPLACE: &[Word] = &[
     ("origin", Acts("the o= line names the relay's address")),
     (
         "origin-full",
@@ -575,7 +578,7 @@ pub const REPLACE: &[(&str, Treatment)] = &[
 ];
 
 /// Keys of the `codec` dictionary.
-pub const CODEC_KEYS: &[(&str, Treatment)] = &[
+pub const CODEC_KEYS: &[Word] = &[
     ("strip", Acts("as `codec-strip-`")),
     ("mask", Acts("as `codec-mask-`")),
     ("offer", Acts("as `codec-offer-`")),
@@ -591,7 +594,7 @@ pub const CODEC_KEYS: &[(&str, Treatment)] = &[
 /// carries it; a test keeps the two the same).
 pub fn markdown_table() -> String {
     let mut out = String::from("| word | kind | baton |\n|---|---|---|\n");
-    let sections: [(&str, &[(&str, Treatment)], &str); 5] = [
+    let sections: [(&str, &[Word], &str); 5] = [
         ("key", KEYS, ""),
         ("flag", FLAGS, ""),
         ("flag family", FLAG_PREFIXES, "…"),
@@ -629,7 +632,7 @@ pub fn normalize(word: &str) -> String {
         .collect()
 }
 
-fn lookup(table: &[(&'static str, Treatment)], word: &str) -> Option<(&'static str, Treatment)> {
+fn lookup(table: &[Word], word: &str) -> Option<Word> {
     table.iter().find(|(name, _)| *name == word).copied()
 }
 
