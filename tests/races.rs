@@ -555,10 +555,11 @@ fn ng_handoffs_are_asked_for_and_can_be_cancelled() {
         ("call-id", text("cancel-me")),
     ]));
     assert_eq!(result(&query), "ok", "the call goes on: {query:?}");
-    // Deleting an unknown dialog is still an error.
+    // Deleting the dialog again finds nothing: an error with `fatal`.
     let unknown = call.proxy.call(&request(vec![
         ("command", text("delete")),
         ("call-id", text("b-dialog")),
+        ("flags", flags(&["fatal"])),
     ]));
     assert!(reason(&unknown).contains("not found"), "{unknown:?}");
     assert!(get_str(&unknown, "result").is_some());
