@@ -111,6 +111,15 @@ pub struct RunOptions {
     #[serde(default)]
     pub media_ip: Vec<String>,
 
+    /// A named interface, NAME/IP[!ADVERTISED] (rtpengine's form; IP alone
+    /// is the interface `default`); repeat for more names, and for a
+    /// name's IPv4 and IPv6 (one each). Calls pick them per leg with ng
+    /// `direction` / `from-interface` / `to-interface`; a leg without one
+    /// is on `default`, else on the first listed. Instead of media-ip.
+    #[arg(long, value_name = "NAME/IP[!ADVERTISED]")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub interface: Vec<String>,
+
     /// IP to announce for the media IP in the same position, when the relay
     /// is behind NAT. [default: the media IP]
     #[arg(long, value_name = "IP")]
@@ -306,6 +315,11 @@ impl RunOptions {
             } else {
                 flags.media_ip
             },
+            interface: if flags.interface.is_empty() {
+                self.interface
+            } else {
+                flags.interface
+            },
             advertise_ip: if flags.advertise_ip.is_empty() {
                 self.advertise_ip
             } else {
@@ -418,33 +432,7 @@ impl RunOptions {
 
 impl RunOptions {
     fn media(&self) -> anyhow::Result<(DataplaneConfig, SessionOptions)> {
-        let media_texts = if self.media_ip.is_empty() {
-            vec!["127.0.0.1".to_owned()]
-        } else {
-            self.media_ip.clone()
-        };
-        let media_ips = parse_ips(&media_texts, "media IP")?;
-        if media_ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
-            || media_ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
-        {
-            bail!("give at most one IPv4 and one IPv6 media IP");
-        }
-        let advertise_ips = parse_ips(&self.advertise_ip, "advertise IP")?;
-        if advertise_ips.len() > media_ips.len() {
-            bail!("more advertise IPs than media IPs (they pair up by position)");
-        }
-        let advertise: Vec<(IpAddr, IpAddr)> = media_ips
-            .iter()
-            .copied()
-            .zip(advertise_ips.iter().copied())
-            .collect();
-        for ip in &media_ips {
-            if ip.is_unspecified() && !advertise.iter().any(|(bound, _)| bound == ip) {
-                bail!(
-                    "media IP {ip} is a wildcard: give the address to announce with --advertise-ip"
-                );
-            }
-        }
+        let (media_ips, interface_names, advertise) = self.interfaces()?;
         let ports_text = self.ports.as_deref().unwrap_or("30000-39999");
         let ports = ports_text
             .split_once('-')
@@ -509,6 +497,7 @@ impl RunOptions {
             DataplaneConfig {
                 workers,
                 media_ips,
+                interface_names,
                 ports,
                 timeouts: Timeouts { media, setup, hold },
                 command_queue: 1024,
@@ -529,6 +518,125 @@ impl RunOptions {
     }
 }
 
+/// Most `interface` entries.
+const MAX_INTERFACES: usize = 32;
+
+/// Media IPs with their interface names and announced addresses.
+type Interfaces = (Vec<IpAddr>, Vec<String>, Vec<(IpAddr, IpAddr)>);
+
+impl RunOptions {
+    /// The media IPs, their interface names and the addresses to announce
+    /// for them: from `interface` (NAME/IP[!ADVERTISED], rtpengine's form,
+    /// `;`-separated entries in one string as rtpengine's config file has
+    /// them), or from `media-ip` and `advertise-ip` (the interface
+    /// `default`).
+    fn interfaces(&self) -> anyhow::Result<Interfaces> {
+        let mut media_ips: Vec<IpAddr> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut advertise: Vec<(IpAddr, IpAddr)> = Vec::new();
+        if self.interface.is_empty() {
+            let media_texts = if self.media_ip.is_empty() {
+                vec!["127.0.0.1".to_owned()]
+            } else {
+                self.media_ip.clone()
+            };
+            media_ips = parse_ips(&media_texts, "media IP")?;
+            let advertise_ips = parse_ips(&self.advertise_ip, "advertise IP")?;
+            if advertise_ips.len() > media_ips.len() {
+                bail!("more advertise IPs than media IPs (they pair up by position)");
+            }
+            advertise = media_ips
+                .iter()
+                .copied()
+                .zip(advertise_ips.iter().copied())
+                .collect();
+            names = vec![baton_relay::dataplane::DEFAULT_INTERFACE.to_owned(); media_ips.len()];
+        } else {
+            if !self.media_ip.is_empty() || !self.advertise_ip.is_empty() {
+                bail!("give interface, or media-ip and advertise-ip, not both");
+            }
+            let entries: Vec<&str> = self
+                .interface
+                .iter()
+                .flat_map(|entry| entry.split(';'))
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .collect();
+            if entries.len() > MAX_INTERFACES {
+                bail!("more than {MAX_INTERFACES} interface entries");
+            }
+            for entry in entries {
+                let (name, address) = match entry.split_once('/') {
+                    Some((name, address)) => (name, address),
+                    None => (baton_relay::dataplane::DEFAULT_INTERFACE, entry),
+                };
+                let token = |t: &str| {
+                    !t.is_empty()
+                        && t.len() <= 32
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                };
+                if !token(name) {
+                    bail!(
+                        "interface {entry:?}: the name must be 1 to 32 letters, digits, '-', '_' or '.'"
+                    );
+                }
+                let (ip, announced) = match address.split_once('!') {
+                    Some((ip, announced)) => (ip, Some(announced)),
+                    None => (address, None),
+                };
+                let ip: IpAddr = ip.parse().with_context(|| {
+                    format!(
+                        "interface {entry:?}: {ip:?} is not an IP address (NAME/IP[!ADVERTISED])"
+                    )
+                })?;
+                if media_ips.contains(&ip) {
+                    bail!("interface {entry:?}: {ip} is in more than one interface entry");
+                }
+                let same_family = media_ips
+                    .iter()
+                    .zip(&names)
+                    .any(|(other, n)| n == name && other.is_ipv6() == ip.is_ipv6());
+                if same_family {
+                    bail!(
+                        "interface {name} has more than one {} address (one IPv4 and one IPv6 per name)",
+                        if ip.is_ipv6() { "IPv6" } else { "IPv4" }
+                    );
+                }
+                if let Some(announced) = announced {
+                    let announced: IpAddr = announced.parse().with_context(|| {
+                        format!("interface {entry:?}: {announced:?} is not an IP address")
+                    })?;
+                    advertise.push((ip, announced));
+                }
+                media_ips.push(ip);
+                names.push(name.to_owned());
+            }
+        }
+        if media_ips
+            .iter()
+            .zip(&names)
+            .enumerate()
+            .any(|(i, (ip, name))| {
+                media_ips[..i]
+                    .iter()
+                    .zip(&names[..i])
+                    .any(|(other, n)| n == name && other.is_ipv6() == ip.is_ipv6())
+            })
+        {
+            bail!("give at most one IPv4 and one IPv6 media IP");
+        }
+        for ip in &media_ips {
+            if ip.is_unspecified() && !advertise.iter().any(|(bound, _)| bound == ip) {
+                bail!(
+                    "media IP {ip} is a wildcard: give the address to announce (--advertise-ip, or NAME/IP!ADVERTISED)"
+                );
+            }
+        }
+        Ok((media_ips, names, advertise))
+    }
+}
+
 fn parse_ips(texts: &[String], what: &str) -> anyhow::Result<Vec<IpAddr>> {
     texts
         .iter()
@@ -543,10 +651,6 @@ fn parse_ips(texts: &[String], what: &str) -> anyhow::Result<Vec<IpAddr>> {
 /// it has none), for the error a config file copied from rtpengine gets.
 /// docs/kamailio.md has the same table.
 pub const RTPENGINE_OPTIONS: &[(&str, &str)] = &[
-    (
-        "interface",
-        "use media-ip = [\"IP\"], and advertise-ip = [\"PUBLIC\"] for IP!PUBLIC",
-    ),
     ("port-min", "use ports = \"MIN-MAX\""),
     ("port-max", "use ports = \"MIN-MAX\""),
     ("num-threads", "use workers"),
@@ -624,6 +728,23 @@ fn level_or_filter<'de, D: serde::Deserializer<'de>>(
         }
     }
     deserializer.deserialize_any(Level)
+}
+
+/// A list of strings, or one string (rtpengine's config writes
+/// `interface = internal/10.0.0.1;external/203.0.113.1`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(
+        match <OneOrMany as serde::Deserialize>::deserialize(deserializer)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        },
+    )
 }
 
 /// A duration that must be there: more than 0 s, at most a day.
@@ -729,6 +850,62 @@ mod tests {
             let refused = RunOptions::from_file(&path).expect_err(line).to_string();
             assert!(refused.contains(expected), "{line}: {refused}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn interfaces_are_read_as_rtpengine_writes_them() -> anyhow::Result<()> {
+        let config = parse(
+            "interface = \"inside/10.0.0.1; outside/203.0.113.1!198.51.100.1;outside/2001:db8::1\"\n",
+        )?
+        .load()?;
+        let ips: Vec<String> = config
+            .dataplane
+            .media_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ips, ["10.0.0.1", "203.0.113.1", "2001:db8::1"]);
+        assert_eq!(
+            config.dataplane.interface_names,
+            ["inside", "outside", "outside"]
+        );
+        assert_eq!(
+            config.sessions.advertise,
+            [("203.0.113.1".parse()?, "198.51.100.1".parse()?)]
+        );
+        // A list works too, and an IP alone is the interface `default`.
+        let config = parse("interface = [\"127.0.0.1\", \"lab/127.0.0.2\"]\n")?.load()?;
+        assert_eq!(config.dataplane.interface_names, ["default", "lab"]);
+        for (bad, why) in [
+            (
+                "interface = \"a/10.0.0.1;a/10.0.0.2\"",
+                "more than one IPv4",
+            ),
+            (
+                "interface = \"a/10.0.0.1;b/10.0.0.1\"",
+                "more than one interface entry",
+            ),
+            ("interface = \"a b/10.0.0.1\"", "the name must be"),
+            ("interface = \"a/ten\"", "not an IP address"),
+            ("interface = \"a/10.0.0.1!x\"", "not an IP address"),
+            ("interface = \"a/0.0.0.0\"", "wildcard"),
+            (
+                "interface = \"a/10.0.0.1\"\nmedia-ip = [\"10.0.0.2\"]",
+                "not both",
+            ),
+        ] {
+            let error = parse(&format!("{bad}\n"))?
+                .load()
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let many = (0..=MAX_INTERFACES)
+            .map(|i| format!("n{i}/10.0.{}.{}", i / 250, i % 250 + 1))
+            .collect::<Vec<_>>()
+            .join(";");
+        assert!(parse(&format!("interface = \"{many}\"\n"))?.load().is_err());
         Ok(())
     }
 

@@ -259,6 +259,10 @@ struct TransferArgs {
     /// --user-peer accepts the device only from this IP.
     #[arg(long, value_name = "IP")]
     source_ip: Option<String>,
+    /// The named interface the new device's legs open on. [default: the
+    /// user's legs' interface]
+    #[arg(long, value_name = "NAME")]
+    interface: Option<String>,
     /// When to switch.
     #[arg(long, value_enum, default_value = "first-packet")]
     mode: Mode,
@@ -440,6 +444,14 @@ struct CreateArgs {
     /// protection against injected media).
     #[arg(long)]
     asymmetric: bool,
+    /// The named interface the user's legs open on. [default: the default
+    /// interface]
+    #[arg(long, value_name = "NAME")]
+    user_interface: Option<String>,
+    /// The named interface the remote party's legs open on. [default: the
+    /// default interface]
+    #[arg(long, value_name = "NAME")]
+    remote_interface: Option<String>,
     /// SRTP on the user leg per stream, in order: SUITE[:KEY] (or
     /// SUITE:@FILE, which keeps the key off the command line), KEY being the
     /// device's key and salt in base64 (or later with update --user-key);
@@ -645,6 +657,8 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                 other_transport: create.srtp.other_transport.clone().unwrap_or_default(),
                 sdes: create.srtp.sdes(),
                 webrtc: create.srtp.webrtc(),
+                user_interface: create.user_interface.unwrap_or_default(),
+                remote_interface: create.remote_interface.unwrap_or_default(),
             })
         }
         CtlCommand::Update(update) => {
@@ -760,6 +774,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                     Mode::Commit => v1::SwitchMode::Commit as i32,
                 },
                 sdes: sdes_options(&transfer.sdes_only, &transfer.sdes_exclude),
+                interface: transfer.interface.unwrap_or_default(),
             })
         }
         CtlCommand::Commit(open) => Command::CommitTransfer(v1::CommitTransferRequest {

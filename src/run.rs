@@ -138,13 +138,25 @@ fn check_control_sockets(config: &Config) -> Result<(), String> {
 /// Every media IP must be an address of this host: a test bind now, before
 /// the relay says it is ready, instead of every call failing later.
 fn check_media_ips(config: &Config) -> Result<(), String> {
-    for ip in &config.dataplane.media_ips {
+    for (index, ip) in config.dataplane.media_ips.iter().enumerate() {
         if let Err(e) = std::net::UdpSocket::bind(std::net::SocketAddr::new(*ip, 0)) {
-            return Err(format!(
-                "media-ip {ip} cannot be bound on this host ({e}): give one of this host's \
-                 addresses (`ip -br addr` lists them), and the address callers reach with \
-                 advertise-ip when the relay is behind NAT"
-            ));
+            let named = config
+                .dataplane
+                .interface_names
+                .get(index)
+                .filter(|name| *name != baton_relay::dataplane::DEFAULT_INTERFACE);
+            return Err(match named {
+                Some(name) => format!(
+                    "interface {name}/{ip}: {ip} cannot be bound on this host ({e}): give one of \
+                     this host's addresses (`ip -br addr` lists them), and the address callers \
+                     reach as NAME/IP!ADVERTISED when the relay is behind NAT"
+                ),
+                None => format!(
+                    "media-ip {ip} cannot be bound on this host ({e}): give one of this host's \
+                     addresses (`ip -br addr` lists them), and the address callers reach with \
+                     advertise-ip when the relay is behind NAT"
+                ),
+            });
         }
     }
     Ok(())
@@ -264,7 +276,13 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
         .dataplane
         .media_ips
         .iter()
-        .map(ToString::to_string)
+        .enumerate()
+        .map(|(i, ip)| match config.dataplane.interface_names.get(i) {
+            Some(name) if name != baton_relay::dataplane::DEFAULT_INTERFACE => {
+                format!("{name}/{ip}")
+            }
+            Some(_) | None => ip.to_string(),
+        })
         .collect();
     // Values printed as values (an operator greps for them), not as Rust
     // debug forms.
@@ -505,6 +523,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("listen-ng", running.listen_ng != new.listen_ng),
         ("metrics", running.metrics != new.metrics),
         ("media-ip", a.media_ips != b.media_ips),
+        ("interface", a.interface_names != b.interface_names),
         (
             "advertise-ip",
             running.sessions.advertise != new.sessions.advertise,

@@ -140,7 +140,9 @@ impl Service {
                 .dataplane()
                 .port_usage()
                 .into_iter()
-                .map(|(ip, free, total)| (ip.to_string(), free as u64, total as u64))
+                .map(|(interface, ip, free, total)| {
+                    (interface, ip.to_string(), free as u64, total as u64)
+                })
                 .collect(),
         };
         self.exporter.render(snapshot)

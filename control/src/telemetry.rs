@@ -311,8 +311,8 @@ pub struct Snapshot {
     pub max_sessions: u64,
     /// Per worker.
     pub workers: Vec<WorkerSnapshot>,
-    /// Per media IP: (ip, free pairs, total pairs).
-    pub ports: Vec<(String, u64, u64)>,
+    /// Per media IP: (interface, ip, free pairs, total pairs).
+    pub ports: Vec<(String, String, u64, u64)>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -332,6 +332,7 @@ struct WorkerLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
+    interface: String,
     ip: String,
     state: &'static str,
 }
@@ -571,14 +572,15 @@ impl Collector for SnapshotCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "baton_port_pairs",
-                "Relay port pairs per media IP, free or in use",
+                "Relay port pairs per interface and media IP, free or in use",
                 None,
                 MetricType::Gauge,
             )?;
-            for (ip, free, total) in &s.ports {
+            for (interface, ip, free, total) in &s.ports {
                 for (state, value) in [("free", *free), ("in_use", total.saturating_sub(*free))] {
                     ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(
                         m.encode_family(&PortLabels {
+                            interface: interface.clone(),
                             ip: ip.clone(),
                             state,
                         })?,

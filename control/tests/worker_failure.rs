@@ -100,6 +100,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
     let config = DataplaneConfig {
         workers: 2,
         media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        interface_names: Vec::new(),
         ports: (43000, 43099),
         timeouts: Timeouts {
             media: Duration::from_secs(60),
@@ -141,7 +142,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
     for (n, call) in calls.iter().enumerate() {
         assert!(media_flows(call, n as u16), "call {n} before the failure");
     }
-    let (_, free_before, total) = sessions.dataplane().port_usage()[0];
+    let (_, _, free_before, total) = sessions.dataplane().port_usage()[0].clone();
     assert_eq!(free_before, total - 8, "two pairs per call");
 
     sessions
@@ -169,7 +170,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
     assert_eq!(sessions.telemetry().worker_failures.get(), 1);
 
     // Their ports are free again; worker 1's calls still flow.
-    let (_, free_after, _) = sessions.dataplane().port_usage()[0];
+    let (_, _, free_after, _) = sessions.dataplane().port_usage()[0].clone();
     assert_eq!(free_after, total - 4);
     for call in calls.iter().filter(|c| c.worker == 1) {
         assert!(media_flows(call, 100), "worker 1's call after the failure");

@@ -905,6 +905,7 @@ async fn hand_over(
             sdp: String::new(),
             source_ip: String::new(),
             sdes: None,
+            interface: String::new(),
         }))
         .await?;
     stats.transfer_ms.push(sent.elapsed().as_micros() as u64);

@@ -29,6 +29,9 @@ pub use crate::messages::{
     WorkerStats,
 };
 
+/// The name of the interface that media IPs without one belong to.
+pub const DEFAULT_INTERFACE: &str = "default";
+
 /// How long a worker may take to answer a command.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,8 +40,12 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DataplaneConfig {
     /// Worker threads.
     pub workers: usize,
-    /// Local IPs to bind media on, at most one per address family.
+    /// Local IPs to bind media on.
     pub media_ips: Vec<IpAddr>,
+    /// The named interface each media IP belongs to, by position (at most
+    /// one IP per family in an interface); IPs past its end, or all when
+    /// it is empty, are the interface `default`.
+    pub interface_names: Vec<String>,
     /// Lowest and highest relay port.
     pub ports: (u16, u16),
     /// Session timeouts.
@@ -57,9 +64,17 @@ pub struct DataplaneConfig {
 /// Why a leg's sockets could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
-    /// No media IP of the wanted family is configured.
-    #[error("no media IP configured for {}", if *.0 { "IPv6" } else { "IPv4" })]
-    NoMediaIp(bool),
+    /// The interface has no media IP of the wanted family.
+    #[error("interface {interface} has no {} media IP", if *.ipv6 { "IPv6" } else { "IPv4" })]
+    NoMediaIp {
+        /// The interface.
+        interface: String,
+        /// The family wanted.
+        ipv6: bool,
+    },
+    /// No interface has this name.
+    #[error("no interface is named {0}")]
+    UnknownInterface(String),
     /// The pool ran out or could not bind.
     #[error(transparent)]
     Ports(PortError),
@@ -92,7 +107,7 @@ pub struct Dataplane {
     /// One slot per worker; a failed worker's slot gets a new worker. The
     /// lock is taken per control command, never per packet.
     workers: Vec<Mutex<WorkerHandle>>,
-    pools: Vec<Arc<Mutex<PortPool>>>,
+    pools: Vec<(String, Arc<Mutex<PortPool>>)>,
     template: WorkerTemplate,
     identity: Arc<DtlsIdentity>,
     dtls_thread: Mutex<Option<JoinHandle<()>>>,
@@ -181,7 +196,15 @@ impl Dataplane {
         let pools = config
             .media_ips
             .iter()
-            .map(|&ip| Arc::new(Mutex::new(PortPool::new(ip, lo, hi))))
+            .enumerate()
+            .map(|(i, &ip)| {
+                let name = config
+                    .interface_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
+                (name, Arc::new(Mutex::new(PortPool::new(ip, lo, hi))))
+            })
             .collect();
         let identity = match &config.dtls_identity {
             Some(identity) => Arc::clone(identity),
@@ -419,31 +442,76 @@ impl Dataplane {
     pub fn media_ips(&self) -> Vec<IpAddr> {
         self.pools
             .iter()
-            .map(|p| p.lock().unwrap_or_else(PoisonError::into_inner).ip())
+            .map(|(_, p)| p.lock().unwrap_or_else(PoisonError::into_inner).ip())
             .collect()
     }
 
-    /// Binds a leg's sockets on the media IP of the wanted family (IPv6 when
-    /// `ipv6`), or on the first media IP when `ipv6` is `None`.
-    pub fn allocate(&self, ipv6: Option<bool>, rtcp_mux: bool) -> Result<LegSockets, AllocError> {
-        let pool = self
+    /// The interface names, in configuration order, each once.
+    pub fn interface_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (name, _) in &self.pools {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+
+    /// The interface a leg gets when none is named: `default` if there is
+    /// one, else the first configured.
+    pub fn default_interface(&self) -> String {
+        let names = self.interface_names();
+        if names.iter().any(|n| n == DEFAULT_INTERFACE) {
+            DEFAULT_INTERFACE.to_owned()
+        } else {
+            names.into_iter().next().unwrap_or_default()
+        }
+    }
+
+    /// Binds a leg's sockets on `interface` (the default one when `None`):
+    /// on its media IP of the wanted family (IPv6 when `ipv6`), or on its
+    /// first media IP when `ipv6` is `None`.
+    pub fn allocate(
+        &self,
+        interface: Option<&str>,
+        ipv6: Option<bool>,
+        rtcp_mux: bool,
+    ) -> Result<LegSockets, AllocError> {
+        let default;
+        let interface = match interface {
+            Some(name) if !name.is_empty() => name,
+            Some(_) | None => {
+                default = self.default_interface();
+                &default
+            }
+        };
+        let mut named = self
             .pools
             .iter()
-            .find(|p| {
+            .filter(|(name, _)| name == interface)
+            .peekable();
+        if named.peek().is_none() {
+            return Err(AllocError::UnknownInterface(interface.to_owned()));
+        }
+        let (_, pool) = named
+            .find(|(_, p)| {
                 let ip = p.lock().unwrap_or_else(PoisonError::into_inner).ip();
                 ipv6.is_none_or(|v6| ip.is_ipv6() == v6)
             })
-            .ok_or(AllocError::NoMediaIp(ipv6.unwrap_or(false)))?;
+            .ok_or_else(|| AllocError::NoMediaIp {
+                interface: interface.to_owned(),
+                ipv6: ipv6.unwrap_or(false),
+            })?;
         ports::allocate(pool, rtcp_mux).map_err(AllocError::Ports)
     }
 
-    /// Per media IP: (ip, free pairs, pairs in the range).
-    pub fn port_usage(&self) -> Vec<(IpAddr, usize, usize)> {
+    /// Per media IP: (interface, ip, free pairs, pairs in the range).
+    pub fn port_usage(&self) -> Vec<(String, IpAddr, usize, usize)> {
         self.pools
             .iter()
-            .map(|p| {
+            .map(|(name, p)| {
                 let pool = p.lock().unwrap_or_else(PoisonError::into_inner);
-                (pool.ip(), pool.free_pairs(), pool.capacity())
+                (name.clone(), pool.ip(), pool.free_pairs(), pool.capacity())
             })
             .collect()
     }

@@ -207,6 +207,7 @@ fn worker_path() -> u64 {
     let config = DataplaneConfig {
         workers: 1,
         media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        interface_names: Vec::new(),
         ports: (47000, 47999),
         timeouts: Timeouts {
             media: Duration::from_secs(60),
@@ -237,9 +238,9 @@ fn worker_path() -> u64 {
         ice: None,
         dtls: None,
     };
-    let user_sockets = dataplane.allocate(Some(false), true).expect("ports");
+    let user_sockets = dataplane.allocate(None, Some(false), true).expect("ports");
     let relay_user = user_sockets.rtp.local_addr().expect("addr");
-    let remote_sockets = dataplane.allocate(Some(false), true).expect("ports");
+    let remote_sockets = dataplane.allocate(None, Some(false), true).expect("ports");
     let setup = StreamSetup {
         params: StreamParams {
             config: StreamConfig {

@@ -34,6 +34,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
     let config = DataplaneConfig {
         workers: 1,
         media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        interface_names: Vec::new(),
         ports: (46000, 46099),
         timeouts: Timeouts {
             media: Duration::from_millis(300),
@@ -59,8 +60,8 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
     };
     let mut relay_addrs = Vec::new();
     for id in 1..=3u64 {
-        let user = dataplane.allocate(Some(false), true).expect("ports");
-        let remote = dataplane.allocate(Some(false), true).expect("ports");
+        let user = dataplane.allocate(None, Some(false), true).expect("ports");
+        let remote = dataplane.allocate(None, Some(false), true).expect("ports");
         relay_addrs.push(user.rtp.local_addr().expect("addr"));
         let setup = StreamSetup {
             params: StreamParams {
@@ -130,6 +131,7 @@ fn a_full_command_queue_refuses_at_once_instead_of_blocking() {
     let config = DataplaneConfig {
         workers: 1,
         media_ips: vec!["127.0.0.1".parse().expect("ip")],
+        interface_names: Vec::new(),
         ports: (46100, 46199),
         timeouts: Timeouts {
             media: Duration::from_secs(60),

@@ -46,6 +46,9 @@ struct Options {
     /// `loop-protect`: the attribute (`baton:<instance>`) that marks a
     /// body this relay wrote.
     loop_mark: Option<String>,
+    /// `direction` (or `from-interface`, `to-interface`): the interface of
+    /// the message's sender's legs and of its recipient's; empty: not given.
+    interfaces: [String; 2],
     received_from: Option<IpAddr>,
     other_family: v1::AddressFamily,
     /// `transport-protocol`: the transport toward the message's recipient.
@@ -399,9 +402,29 @@ impl Options {
                 ));
             }
         }
+        let mut interfaces = [String::new(), String::new()];
+        match get_list(request, "direction").as_slice() {
+            [] => {}
+            [from, to] => interfaces = [from.clone(), to.clone()],
+            other => {
+                return Err(format!(
+                    "direction names two interfaces (the sender's side, the recipient's), not {}",
+                    other.len()
+                ));
+            }
+        }
+        for (slot, key) in interfaces
+            .iter_mut()
+            .zip(["from-interface", "to-interface"])
+        {
+            if let Some(name) = get_str(request, key) {
+                name.clone_into(slot);
+            }
+        }
         Ok(Self {
             codecs: codec_rules(request)?,
             loop_mark: None,
+            interfaces,
             flags,
             replace,
             media_address,
@@ -612,6 +635,12 @@ impl NgService {
     /// A request's options, with this relay's loop mark when asked for.
     fn options(&self, request: &Dict) -> Result<Options, Value> {
         let mut options = Options::read(request).map_err(error)?;
+        for name in options.interfaces.iter().filter(|n| !n.is_empty()) {
+            self.service
+                .sessions()
+                .interface(name)
+                .map_err(|s| status_reply(&s))?;
+        }
         if options.has("loop-protect") {
             options.loop_mark = Some(self.loop_mark.to_string());
         }
@@ -766,6 +795,9 @@ impl NgService {
                     other_transport: options.transport.clone().unwrap_or_default(),
                     sdes: options.sdes.clone(),
                     webrtc: options.webrtc.clone(),
+                    // The offerer's legs face the first interface named.
+                    user_interface: options.interfaces[usize::from(user_is_callee)].clone(),
+                    remote_interface: options.interfaces[usize::from(!user_is_callee)].clone(),
                     ..Default::default()
                 })
                 .await
@@ -921,6 +953,8 @@ impl NgService {
                     } else {
                         v1::SwitchMode::FirstPacket as i32
                     },
+                    // The new device's own side may be another network.
+                    interface: options.interfaces[0].clone(),
                     ..Default::default()
                 },
                 TransferContext { ng_dialog },

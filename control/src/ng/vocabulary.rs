@@ -31,8 +31,6 @@ pub enum Treatment {
 
 use Treatment::{Acts, Ignored, Refused};
 
-const NO_INTERFACES: &str =
-    "baton has no named interfaces yet: it picks the media address by address family";
 const NO_TRANSCODING: &str = "baton relays media unchanged and never transcodes";
 const NO_RECORDING: &str = "baton does not record calls yet";
 const NO_T38: &str = "baton does not relay T.38 (UDPTL) yet";
@@ -178,10 +176,18 @@ pub const KEYS: &[Word] = &[
             "baton does not call the proxy back on a media timeout; its timeouts end the session and count in /metrics",
         ),
     ),
-    ("direction", Refused(NO_INTERFACES)),
-    ("from-interface", Refused(NO_INTERFACES)),
-    ("to-interface", Refused(NO_INTERFACES)),
-    ("interface", Refused(NO_INTERFACES)),
+    (
+        "direction",
+        Acts(
+            "two interface names: the offerer's legs' and the recipient's, on a call's first offer (later offers and answers keep them); on a handoff offer, the first is the new device's",
+        ),
+    ),
+    ("from-interface", Acts("as the first `direction` name")),
+    ("to-interface", Acts("as the second `direction` name")),
+    (
+        "interface",
+        Refused("for rtpengine's one-sided commands (publish), which baton does not implement"),
+    ),
     ("t.38", Refused(NO_T38)),
     ("ptime", Refused(NO_TRANSCODING)),
     ("ptime-reverse", Refused(NO_TRANSCODING)),

@@ -119,6 +119,8 @@ impl Sessions {
             Some((from, body, layout))
         };
         let specs = validate_create(&request, user_required, offer.is_some())?;
+        request.user_interface = self.interface(&request.user_interface)?;
+        request.remote_interface = self.interface(&request.remote_interface)?;
         let crypto = match &offer {
             Some((from, body, layout)) => negotiation::crypto_from(
                 body,
@@ -202,6 +204,10 @@ impl Sessions {
                 committed_transfer: None,
                 handoffs: 0,
                 branches: Vec::new(),
+                interfaces: [
+                    request.user_interface.clone(),
+                    request.remote_interface.clone(),
+                ],
             });
             (id, worker)
         };
@@ -302,7 +308,12 @@ impl Sessions {
                 } else {
                     // With SDP, the other party may refuse rtcp-mux: keep
                     // the RTCP port to fall back to (RFC 5761 §5.1.1).
-                    let bound = self.allocate_leg(ipv6, spec.rtcp_mux && !rtcp_sockets)?;
+                    let interface = match party {
+                        Party::User => &request.user_interface,
+                        Party::Remote => &request.remote_interface,
+                    };
+                    let bound =
+                        self.allocate_leg(interface, ipv6, spec.rtcp_mux && !rtcp_sockets)?;
                     local[party.index()] = self.endpoint_of(&bound.rtp, bound.rtcp.as_ref());
                     sockets.push(Some(bound));
                 }
@@ -661,7 +672,8 @@ impl Sessions {
             .dataplane
             .port_usage()
             .into_iter()
-            .map(|(ip, free, total)| v1::PortUsage {
+            .map(|(interface, ip, free, total)| v1::PortUsage {
+                interface,
                 ip: ip.to_string(),
                 free_pairs: free as u32,
                 total_pairs: total as u32,

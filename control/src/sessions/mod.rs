@@ -245,12 +245,31 @@ impl Sessions {
     /// act, and the relay's log says so.
     fn allocate_leg(
         &self,
+        interface: &str,
         ipv6: Option<bool>,
         rtcp_mux: bool,
     ) -> Result<baton_relay::io::ports::LegSockets, Status> {
         self.dataplane
-            .allocate(ipv6, rtcp_mux)
+            .allocate(Some(interface), ipv6, rtcp_mux)
             .map_err(|e| alloc_status(&e))
+    }
+
+    /// The interface a request names (the default one when empty), or
+    /// INVALID_ARGUMENT naming the ones there are.
+    pub fn interface(&self, name: &str) -> Result<String, Status> {
+        if name.is_empty() {
+            return Ok(self.dataplane.default_interface());
+        }
+        let names = self.dataplane.interface_names();
+        if names.iter().any(|n| n == name) {
+            Ok(name.to_owned())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "unknown interface {} (this relay has {})",
+                excerpt(name),
+                names.join(", ")
+            )))
+        }
     }
 
     /// The advertised addresses of a leg's sockets.
@@ -300,7 +319,9 @@ fn alloc_status(error: &AllocError) -> Status {
         }
     };
     match error {
-        AllocError::NoMediaIp(_) => Status::failed_precondition(error.to_string()),
+        AllocError::NoMediaIp { .. } | AllocError::UnknownInterface(_) => {
+            Status::failed_precondition(error.to_string())
+        }
         AllocError::Ports(PortError::Exhausted { .. }) => {
             log(&error.to_string());
             Status::resource_exhausted(error.to_string()).capacity(crate::status::Capacity::Ports)
@@ -536,6 +557,8 @@ fn session_info(
         pending_gruu: open.map(|t| t.gruu.clone()).unwrap_or_default(),
         pending_transfer_id: open.map_or(0, |t| t.id.0),
         handoffs: record.handoffs,
+        user_interface: record.interfaces[Party::User.index()].clone(),
+        remote_interface: record.interfaces[Party::Remote.index()].clone(),
         on_hold: report.map_or_else(|| session_held(&record.streams), |r| r.held),
         idle_ms: report.map_or(0, |r| u64::try_from(r.idle.as_millis()).unwrap_or(u64::MAX)),
         streams: record

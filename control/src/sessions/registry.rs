@@ -52,6 +52,8 @@ pub(crate) struct OpenTransfer {
     /// The new device's own dialog (ng `new-call-id`, `new-from-tag`): an
     /// ng `delete` of it cancels the transfer.
     pub ng_dialog: Option<(String, String)>,
+    /// The named interface the new device's legs are on.
+    pub interface: String,
 }
 
 /// A transfer switched by a commit: the registry shows the new device
@@ -102,6 +104,8 @@ pub(crate) struct Record {
     /// The branches that answered, oldest first; `to_tag` is the one the
     /// media follows.
     pub branches: Vec<Branch>,
+    /// The named interface each party's legs are on (user, remote).
+    pub interfaces: [String; 2],
 }
 
 impl Record {
@@ -322,6 +326,7 @@ mod tests {
             committed_transfer: None,
             handoffs: 0,
             branches: Vec::new(),
+            interfaces: Default::default(),
         }
     }
 

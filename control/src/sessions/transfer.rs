@@ -100,6 +100,11 @@ impl Sessions {
         };
         let id = self.transfer_target(&request)?;
         let (_guard, record) = self.lock_id(id).await?;
+        let interface = if request.interface.is_empty() {
+            record.interfaces[Party::User.index()].clone()
+        } else {
+            self.interface(&request.interface)?
+        };
         let adopted_aor = if record.aor.is_empty() {
             // A session created without its user (over ng, no aor given):
             // the device's own AOR becomes the session's once this transfer
@@ -233,7 +238,7 @@ impl Sessions {
                     None
                 }
                 None => {
-                    let sockets = self.allocate_leg(ipv6, rtcp_mux)?;
+                    let sockets = self.allocate_leg(&interface, ipv6, rtcp_mux)?;
                     local.push(self.endpoint_of(&sockets.rtp, sockets.rtcp.as_ref()));
                     Some(sockets)
                 }
@@ -320,6 +325,7 @@ impl Sessions {
                     sdp: answer.as_ref().map(|(_, pending)| pending.clone()),
                     ng_answer: answer.as_ref().map(|(text, _)| text.clone()),
                     ng_dialog: context.ng_dialog,
+                    interface: interface.clone(),
                 });
                 if let Some(aor) = &adopted_aor
                     && current.aor.is_empty()
@@ -392,6 +398,7 @@ impl Sessions {
                 return Ok(());
             };
             let previous = std::mem::replace(&mut current.gruu, open.gruu.clone());
+            current.interfaces[Party::User.index()].clone_from(&open.interface);
             let held = adopt(&mut current.streams, &mut current.sdp, &mut open);
             current.committed_transfer = Some(CommittedTransfer {
                 id: open.id,
@@ -497,6 +504,7 @@ impl Sessions {
                 };
                 let held = adopt(&mut record.streams, &mut record.sdp, &mut open);
                 let previous = std::mem::replace(&mut record.gruu, open.gruu.clone());
+                record.interfaces[Party::User.index()].clone_from(&open.interface);
                 self.telemetry.transfers_completed.inc();
                 record.handoffs = record.handoffs.saturating_add(1);
                 hold_update = held.map(|held| (record.worker, held));
