@@ -153,11 +153,7 @@ impl Service {
             Command::Ping(_) => Ok(Reply::Ping(v1::PingResponse {
                 version: VERSION.to_owned(),
             })),
-            Command::GetStats(_) => {
-                let mut stats = self.stats();
-                self.sessions.fill_stats(&mut stats).await;
-                Ok(Reply::GetStats(stats))
-            }
+            Command::GetStats(_) => Ok(Reply::GetStats(self.stats_now().await)),
             Command::CreateSession(request) => self
                 .sessions
                 .create(request)
@@ -235,6 +231,13 @@ impl Service {
             deadline,
             request.refuse_ng_ping,
         )))
+    }
+
+    /// `get_stats`: the relay's figures now, the workers' included.
+    pub async fn stats_now(&self) -> v1::GetStatsResponse {
+        let mut stats = self.stats();
+        self.sessions.fill_stats(&mut stats).await;
+        stats
     }
 
     fn stats(&self) -> v1::GetStatsResponse {

@@ -210,7 +210,20 @@ impl Telemetry {
 
 /// The ng commands counted by name (any other is counted as "other").
 pub const NG_COMMANDS: &[&str] = &[
-    "ping", "offer", "answer", "delete", "query", "list", "other",
+    "ping",
+    "offer",
+    "answer",
+    "delete",
+    "query",
+    "list",
+    "block media",
+    "unblock media",
+    "silence media",
+    "unsilence media",
+    "block DTMF",
+    "unblock DTMF",
+    "statistics",
+    "other",
 ];
 
 /// The control commands, as `baton_control_requests_total` names them.

@@ -24,6 +24,7 @@ use super::vocabulary;
 use super::wire::{Dict, dict, error, get_list, get_str, text};
 use crate::service::Service;
 use crate::sessions::BranchEnd;
+use crate::sessions::media_control::{Control, ControlTarget};
 use crate::sessions::transfer::TransferContext;
 use crate::sessions::{DialogView, by_id};
 use crate::sip::sdp::Sdp;
@@ -527,6 +528,19 @@ fn carries_no_media(sdp: &str) -> bool {
     })
 }
 
+/// rtpengine's media commands: which control each one sets, and to what.
+fn media_command(command: &str) -> Option<(Control, bool)> {
+    Some(match command {
+        "block media" => (Control::BlockMedia, true),
+        "unblock media" => (Control::BlockMedia, false),
+        "silence media" => (Control::SilenceMedia, true),
+        "unsilence media" => (Control::SilenceMedia, false),
+        "block DTMF" => (Control::BlockDtmf, true),
+        "unblock DTMF" => (Control::BlockDtmf, false),
+        _ => return None,
+    })
+}
+
 fn status_reply(status: &Status) -> Value {
     error(status.message.clone())
 }
@@ -689,6 +703,11 @@ impl NgService {
             Some("query") if flagged("baton-commit") => self.commit(request).await,
             Some("query") => self.query(request).await,
             Some("list") => Ok(self.list(request)),
+            Some("statistics") => Ok(self.statistics().await),
+            Some(command) if media_command(command).is_some() => {
+                let (control, on) = media_command(command).unwrap_or((Control::BlockMedia, true));
+                self.control(request, control, on).await
+            }
             Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
             None => Err(error("No command in message")),
         };
@@ -1148,6 +1167,147 @@ impl NgService {
                 Ok(statistics(&[info]))
             }
         }
+    }
+
+    /// `block media`, `silence media`, `block DTMF` and their opposites:
+    /// for the participant whose tag `from-tag` is, else for the whole
+    /// call; an unblock with the `all` flag also clears what was set for
+    /// each participant.
+    async fn control(&self, request: &Dict, control: Control, on: bool) -> Result<Value, Value> {
+        if request.contains_key(b"label".as_slice()) {
+            return Err(error(
+                "label is not implemented by baton on media commands: it selects participants by from-tag",
+            ));
+        }
+        let call_id = required(request, "call-id")?;
+        let sessions = self.service.sessions();
+        let ids = sessions.sessions_of_call(call_id, None);
+        if ids.is_empty() {
+            return Err(error(NOT_FOUND_REASON));
+        }
+        let tag = get_str(request, "from-tag").filter(|t| !t.is_empty());
+        let all = get_list(request, "flags").iter().any(|f| f == "all");
+        let mut found = false;
+        for id in ids {
+            let target = match tag {
+                Some(tag) => match sessions.party_of_tag(id, tag) {
+                    Some(party) => ControlTarget::Party(party),
+                    None => continue,
+                },
+                None if all && !on => ControlTarget::Everything,
+                None => ControlTarget::Call,
+            };
+            found = true;
+            match sessions.control_media(id, target, control, on).await {
+                Ok(()) => {}
+                Err(status) if status.code == v1::Code::NotFound => {}
+                Err(status) => return Err(status_reply(&status)),
+            }
+        }
+        if !found {
+            return Err(error(format!(
+                "{NOT_FOUND_REASON}: no participant of call {} has tag {}",
+                excerpt(call_id),
+                excerpt(tag.unwrap_or_default())
+            )));
+        }
+        Ok(dict([("result", text("ok"))]))
+    }
+
+    /// `statistics`: rtpengine's current and total figures, from what
+    /// baton counts (interval and per-proxy figures are not kept).
+    async fn statistics(&self) -> Value {
+        let sessions = self.service.sessions();
+        let telemetry = sessions.telemetry();
+        let current = sessions.session_count() as u64;
+        let stats = self.service.stats_now().await;
+        let command_count = |command: &str| -> u64 {
+            ["ok", "error"]
+                .iter()
+                .map(|code| {
+                    telemetry
+                        .ng_requests
+                        .get_or_create(&crate::telemetry::RequestLabels {
+                            command: command.to_owned(),
+                            code: (*code).to_owned(),
+                        })
+                        .get()
+                })
+                .sum()
+        };
+        let errors: u64 = crate::telemetry::NG_COMMANDS
+            .iter()
+            .map(|command| {
+                telemetry
+                    .ng_requests
+                    .get_or_create(&crate::telemetry::RequestLabels {
+                        command: (*command).to_owned(),
+                        code: "error".to_owned(),
+                    })
+                    .get()
+            })
+            .sum();
+        let dict_of = |pairs: Vec<(&str, Value)>| {
+            Value::Dict(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v))
+                    .collect(),
+            )
+        };
+        let control = dict_of(
+            [
+                ("totalpingcount", "ping"),
+                ("totaloffercount", "offer"),
+                ("totalanswercount", "answer"),
+                ("totaldeletecount", "delete"),
+                ("totalquerycount", "query"),
+                ("totallistcount", "list"),
+                ("totalblkdtmfcount", "block DTMF"),
+                ("totalunblkdtmfcount", "unblock DTMF"),
+                ("totalblkmedia", "block media"),
+                ("totalunblkmedia", "unblock media"),
+                ("totalstatistics", "statistics"),
+            ]
+            .into_iter()
+            .map(|(key, command)| (key, int(command_count(command))))
+            .chain([("totalerrorcount", int(errors))])
+            .collect(),
+        );
+        dict([
+            ("result", text("ok")),
+            (
+                "statistics",
+                dict([
+                    (
+                        "currentstatistics",
+                        dict_of(vec![
+                            ("sessionsown", int(current)),
+                            ("sessionsforeign", int(0)),
+                            ("sessionstotal", int(current)),
+                            ("transcodedmedia", int(0)),
+                        ]),
+                    ),
+                    (
+                        "totalstatistics",
+                        dict_of(vec![
+                            ("uptime", text(stats.uptime_seconds.to_string())),
+                            ("managedsessions", int(stats.sessions_created)),
+                            ("timeoutsessions", int(stats.sessions_timed_out)),
+                            (
+                                "regularterminatedsessions",
+                                int(stats
+                                    .sessions_ended
+                                    .saturating_sub(stats.sessions_timed_out)),
+                            ),
+                            ("relayedpackets", int(stats.packets_forwarded)),
+                            ("relayedpacketerrors", int(stats.packets_dropped)),
+                        ]),
+                    ),
+                    ("controlstatistics", control),
+                ]),
+            ),
+        ])
     }
 
     /// The registrar's binding of a device, sent by the proxy after a

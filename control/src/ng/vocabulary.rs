@@ -160,7 +160,9 @@ pub const KEYS: &[Word] = &[
     ),
     (
         "label",
-        Ignored("baton keeps no labels: it selects call participants by tag"),
+        Acts(
+            "on an offer or answer, ignored (baton keeps no labels); on a media command, refused: baton selects participants by tag",
+        ),
     ),
     (
         "set-label",
@@ -399,11 +401,13 @@ pub const FLAGS: &[Word] = &[
     ("bidirectional", Refused(NO_SUBSCRIPTIONS)),
     (
         "directional",
-        Refused("baton has no per-participant media commands yet"),
+        Acts(
+            "media commands: the `from-tag` participant only (baton reads a `from-tag` so anyway)",
+        ),
     ),
     (
         "all",
-        Refused("baton has no per-participant media commands yet"),
+        Acts("`unblock …`/`unsilence media`: also what was set for each participant"),
     ),
     (
         "early-media",

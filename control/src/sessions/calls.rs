@@ -208,6 +208,7 @@ impl Sessions {
                     request.user_interface.clone(),
                     request.remote_interface.clone(),
                 ],
+                controls: Default::default(),
             });
             (id, worker)
         };
@@ -869,6 +870,21 @@ impl Sessions {
         from_tag: Option<&str>,
     ) -> Option<SessionId> {
         self.registry().by_transfer_dialog(call_id, from_tag)
+    }
+
+    /// The party whose tag `tag` is in session `id`: the creator's from-tag,
+    /// or the to-tag of the branch the call follows or of another answered
+    /// branch.
+    pub fn party_of_tag(&self, id: SessionId, tag: &str) -> Option<Party> {
+        let registry = self.registry();
+        let record = registry.by_id.get(&id)?;
+        if record.from_tag == tag {
+            Some(record.offerer)
+        } else if record.has_to_tag(tag) {
+            Some(record.offerer.other())
+        } else {
+            None
+        }
     }
 
     /// Call-IDs with sessions, oldest first, at most `limit`.

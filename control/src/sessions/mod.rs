@@ -31,6 +31,7 @@ use crate::status::{MAX_ID_LEN, MAX_URI_LEN, Status, check_len, excerpt};
 use baton_relay::core::srtp::{MasterKey, Suite};
 
 pub(crate) mod calls;
+pub mod media_control;
 pub(crate) mod offer_answer;
 pub(crate) mod registry;
 pub mod transfer;
@@ -537,6 +538,14 @@ fn validate_create(
         .collect()
 }
 
+fn control_info(control: baton_relay::core::stream::MediaControl) -> v1::MediaControl {
+    v1::MediaControl {
+        block_media: control.block_media,
+        silence_media: control.silence_media,
+        block_dtmf: control.block_dtmf,
+    }
+}
+
 /// A session as the protocol shows it: the registry's signalling view with
 /// the data plane's report (peers, counters, transfer phase) when there is
 /// one.
@@ -557,6 +566,12 @@ fn session_info(
         pending_gruu: open.map(|t| t.gruu.clone()).unwrap_or_default(),
         pending_transfer_id: open.map_or(0, |t| t.id.0),
         handoffs: record.handoffs,
+        user_control: Some(control_info(
+            record.controls.effective()[Party::User.index()],
+        )),
+        remote_control: Some(control_info(
+            record.controls.effective()[Party::Remote.index()],
+        )),
         user_interface: record.interfaces[Party::User.index()].clone(),
         remote_interface: record.interfaces[Party::Remote.index()].clone(),
         on_hold: report.map_or_else(|| session_held(&record.streams), |r| r.held),

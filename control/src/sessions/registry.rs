@@ -106,6 +106,8 @@ pub(crate) struct Record {
     pub branches: Vec<Branch>,
     /// The named interface each party's legs are on (user, remote).
     pub interfaces: [String; 2],
+    /// What the proxy blocked or silenced.
+    pub controls: super::media_control::Controls,
 }
 
 impl Record {
@@ -327,6 +329,7 @@ mod tests {
             handoffs: 0,
             branches: Vec::new(),
             interfaces: Default::default(),
+            controls: Default::default(),
         }
     }
 

@@ -24,6 +24,10 @@ pub enum PayloadFormat {
     Vp9,
     /// H.264 (RFC 6184), packetization modes 0 and 1.
     H264,
+    /// G.711 µ-law (RFC 3551): its silence can be written over a payload.
+    Pcmu,
+    /// G.711 A-law (RFC 3551): likewise.
+    Pcma,
 }
 
 impl PayloadFormat {
@@ -34,6 +38,8 @@ impl PayloadFormat {
             ("VP8", Self::Vp8),
             ("VP9", Self::Vp9),
             ("H264", Self::H264),
+            ("PCMU", Self::Pcmu),
+            ("PCMA", Self::Pcma),
         ]
         .into_iter()
         .find(|(known, _)| name.eq_ignore_ascii_case(known))
@@ -42,7 +48,17 @@ impl PayloadFormat {
 
     /// Whether a keyframe can be found in its packets.
     pub fn is_video(self) -> bool {
-        !matches!(self, Self::Rtx)
+        matches!(self, Self::Vp8 | Self::Vp9 | Self::H264)
+    }
+
+    /// The byte a payload of silence is made of, for a format that has
+    /// one: G.711's encodings of a zero sample.
+    pub fn silence_byte(self) -> Option<u8> {
+        match self {
+            Self::Pcmu => Some(0xFF),
+            Self::Pcma => Some(0xD5),
+            Self::Rtx | Self::Vp8 | Self::Vp9 | Self::H264 => None,
+        }
     }
 }
 
@@ -54,7 +70,7 @@ pub fn starts_keyframe(format: PayloadFormat, payload: &[u8]) -> bool {
         PayloadFormat::Vp8 => vp8_starts_keyframe(payload),
         PayloadFormat::Vp9 => vp9_starts_keyframe(payload),
         PayloadFormat::H264 => h264_starts_keyframe(payload),
-        PayloadFormat::Rtx => false,
+        PayloadFormat::Rtx | PayloadFormat::Pcmu | PayloadFormat::Pcma => false,
     }
 }
 

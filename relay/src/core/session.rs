@@ -145,6 +145,9 @@ pub struct SessionUpdate {
     pub formats: Vec<(StreamIndex, Vec<(u8, PayloadFormat)>)>,
     /// On hold (every stream) or not; `None` leaves it.
     pub held: Option<bool>,
+    /// What is blocked or silenced, per sending party (user, remote), on
+    /// every stream; `None` leaves it.
+    pub controls: Option<[crate::core::stream::MediaControl; 2]>,
 }
 
 /// Why a transfer command was refused. Nothing changed.
@@ -857,6 +860,11 @@ impl Session {
         for (index, formats) in &update.formats {
             if let Some(s) = self.streams.get_mut(index.0) {
                 s.set_formats(formats);
+            }
+        }
+        if let Some(controls) = update.controls {
+            for s in &mut self.streams {
+                s.set_controls(controls);
             }
         }
         if let Some(held) = update.held

@@ -156,11 +156,16 @@ pub enum DropReason {
     /// Video from the new device after a switch, before its first keyframe
     /// (the remote's decoder still holds the old device's pictures).
     AwaitingKeyframe = 24,
+    /// Media from a participant whose media is blocked (ng `block media`),
+    /// or silenced in a codec without a silence the relay can write.
+    MediaBlocked = 25,
+    /// An RFC 4733 event from a participant whose DTMF is blocked.
+    DtmfBlocked = 26,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 27;
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::MalformedRtp,
@@ -188,6 +193,8 @@ impl DropReason {
         Self::BundleSsrcCollision,
         Self::StaleNack,
         Self::AwaitingKeyframe,
+        Self::MediaBlocked,
+        Self::DtmfBlocked,
     ];
 
     /// snake_case name, for reports and metrics.
@@ -218,6 +225,8 @@ impl DropReason {
             Self::BundleSsrcCollision => "bundle_ssrc_collision",
             Self::StaleNack => "stale_nack",
             Self::AwaitingKeyframe => "awaiting_keyframe",
+            Self::MediaBlocked => "media_blocked",
+            Self::DtmfBlocked => "dtmf_blocked",
         }
     }
 }
@@ -1247,6 +1256,33 @@ pub struct Stream {
     /// A keyframe request the packet just routed asks for (kept here, not
     /// in [`Outcome`], so that every packet's outcome stays small).
     keyframe_request: Option<KeyframeRequest>,
+    /// What the proxy asked to block or silence, by the sending party
+    /// (whichever device the user's side is).
+    controls: [MediaControl; 2],
+}
+
+/// What the proxy asked to do with one participant's media (rtpengine's
+/// `block media`, `silence media`, `block DTMF`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaControl {
+    /// Its media is not forwarded (its RFC 4733 events still are).
+    pub block_media: bool,
+    /// Its G.711 media goes on with silence for a payload; other codecs'
+    /// are not forwarded.
+    pub silence_media: bool,
+    /// Its RFC 4733 events are not forwarded.
+    pub block_dtmf: bool,
+}
+
+impl MediaControl {
+    /// Either control, set on the call or on the participant.
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            block_media: self.block_media || other.block_media,
+            silence_media: self.silence_media || other.silence_media,
+            block_dtmf: self.block_dtmf || other.block_dtmf,
+        }
+    }
 }
 
 /// The outward RTX stream (RFC 4588): the first device's repair SSRC for
@@ -1313,6 +1349,7 @@ impl Stream {
             repair: RepairStream::default(),
             keyframe: KeyframeWait::default(),
             keyframe_request: None,
+            controls: [MediaControl::default(); 2],
         };
         stream.set_clock_rates(clock_rates);
         stream.note_awaiting_keys();
@@ -1355,6 +1392,43 @@ impl Stream {
                 *slot = Some(format);
             }
         }
+    }
+
+    /// Sets what is blocked or silenced, per sending party.
+    pub fn set_controls(&mut self, controls: [MediaControl; 2]) {
+        self.controls = controls;
+    }
+
+    /// Applies the sending party's controls to a packet about to go out:
+    /// `Err` drops it; silence is written over a G.711 payload in place.
+    fn control(
+        &self,
+        party: Party,
+        is_event: bool,
+        remote_pt: u8,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<(), DropReason> {
+        let control = self.controls[party.index()];
+        if is_event {
+            return if control.block_dtmf {
+                Err(DropReason::DtmfBlocked)
+            } else {
+                Ok(())
+            };
+        }
+        if control.block_media {
+            return Err(DropReason::MediaBlocked);
+        }
+        if control.silence_media {
+            let silence = self.format(remote_pt).and_then(PayloadFormat::silence_byte);
+            let (Some(byte), Ok(mut view)) = (silence, RtpView::new_checked(&mut buf[..len]))
+            else {
+                return Err(DropReason::MediaBlocked);
+            };
+            view.payload_mut().fill(byte);
+        }
+        Ok(())
     }
 
     fn format(&self, remote_pt: u8) -> Option<PayloadFormat> {
@@ -1646,6 +1720,12 @@ impl Stream {
         let Some(remote_pt) = this.payloads.to_remote(f.pt) else {
             return this.drop(DropReason::UnknownPayloadType);
         };
+        if self.controls[Party::User.index()] != MediaControl::default() {
+            let is_event = Some(f.pt) == this.payloads.telephone_event;
+            if let Err(reason) = self.control(Party::User, is_event, remote_pt, buf, len) {
+                return self.drop_on(leg, reason);
+            }
+        }
         if self.is_rtx(remote_pt) {
             return self.device_rtx(leg, remote_pt, buf, len);
         }
@@ -1757,6 +1837,14 @@ impl Stream {
         let Some(device_pt) = device.payloads.from_remote(f.pt) else {
             return self.drop_on(leg, DropReason::UnknownPayloadType);
         };
+        if self.controls[Party::Remote.index()] != MediaControl::default() {
+            let is_event = self
+                .leg(leg)
+                .is_some_and(|l| l.payloads.telephone_event == Some(f.pt));
+            if let Err(reason) = self.control(Party::Remote, is_event, f.pt, buf, len) {
+                return self.drop_on(leg, reason);
+            }
+        }
         let fork = self.pending.and_then(|pending| {
             let pending_leg = self.leg(pending)?;
             Some(Fork {
