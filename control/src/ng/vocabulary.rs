@@ -1100,10 +1100,7 @@ mod tests {
                 "transcode-G722",
             ),
             (vec![("flags", words(&["no-such-flag"]))], "no-such-flag"),
-            (
-                vec![("direction", words(&["internal", "external"]))],
-                "direction",
-            ),
+            (vec![("interface", text("pub"))], "interface"),
             (vec![("T38", words(&["decode"]))], "T38"),
             (vec![("no such key", text("x"))], "no such key"),
             (vec![("recording-dir", text("/tmp"))], "recording-dir"),
