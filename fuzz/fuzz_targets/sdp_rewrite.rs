@@ -5,6 +5,7 @@
 //! one line and no other.
 #![no_main]
 
+use baton_control::sip::codec_rules::CodecRules;
 use baton_control::sip::crypto::{self, SdesPolicy};
 use baton_control::sip::sdp::{RelayEndpoint, Sdp};
 use baton_relay::core::srtp::{MasterKey, Suite};
@@ -42,6 +43,15 @@ fuzz_target!(|data: &[u8]| {
             Ok(_) | Err(_) => body.disable(index),
         }
     }
+    // rtpengine's codec manipulations leave every line some format.
+    let rules = CodecRules::read(
+        &["PCMU".to_owned(), "96".to_owned()],
+        &[],
+        &["opus/48000".to_owned()],
+        &[],
+    )
+    .expect("rules");
+    rules.apply(&mut body);
     body.finish_session(Some(relay.rtp.ip()));
     body.set_version(body.version().wrapping_add(1));
     let out = body.render();

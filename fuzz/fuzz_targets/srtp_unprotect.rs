@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Round trip: what a sender protects, a receiver with the key restores.
     let mut sender = SrtpSender::new(&key);
-    let mut fresh = SrtpReceiver::new(&key);
+    let fresh = SrtpReceiver::new(&key);
     buf[..len].copy_from_slice(&packet[..len]);
     let sealed = if rtcp {
         sender.protect_rtcp(&mut buf, len)

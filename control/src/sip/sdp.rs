@@ -1141,8 +1141,14 @@ impl Sdp {
             }
             section[0].value = fields.join(" ");
         }
-        let first = section.iter().position(|l| l.is_attribute("crypto"));
-        section.retain(|l| !is_key_line(l) && !is_dtls_identity(l));
+        let removed = |l: &Line| is_key_line(l) || is_dtls_identity(l);
+        // Where the first a=crypto line was, among the lines that stay (a
+        // DTLS identity line before it goes too).
+        let first = section
+            .iter()
+            .position(|l| l.is_attribute("crypto"))
+            .map(|at| section[..at].iter().filter(|l| !removed(l)).count());
+        section.retain(|l| !removed(l));
         let at = first.unwrap_or_else(|| {
             1 + section[1..]
                 .iter()
@@ -1177,8 +1183,8 @@ impl Sdp {
     /// `a=group` lines of the sender go first (a bundle is per transport,
     /// and the relay's transports are its own).
     pub fn set_session_attribute(&mut self, value: &str) {
-        if value.starts_with("group:") {
-            self.session.retain(|line| !line.is_attribute("group"));
+        if value.starts_with("group:BUNDLE") {
+            self.session.retain(|line| !is_bundle_group(line));
         }
         if !self
             .session
@@ -1241,7 +1247,7 @@ impl Sdp {
     /// Removes the sender's `a=group` lines (BUNDLE, LS): the receiver
     /// gets the relay's transports, which bundle nothing.
     pub fn remove_groups(&mut self) {
-        self.session.retain(|line| !line.is_attribute("group"));
+        self.session.retain(|line| !is_bundle_group(line));
     }
 
     /// Gives m= line `index` the MID `mid` (the receiver's own, on a
@@ -1250,8 +1256,12 @@ impl Sdp {
         let Some(section) = self.media.get_mut(index) else {
             return;
         };
-        section.retain(|line| !line.is_attribute("mid"));
-        section.push(Line::new(b'a', format!("mid:{mid}")));
+        let value = format!("mid:{mid}");
+        match section.iter_mut().find(|line| line.is_attribute("mid")) {
+            // Where the sender wrote it: a body keeps its order.
+            Some(line) => line.value = value,
+            None => section.push(Line::new(b'a', value)),
+        }
     }
 
     /// Appends an attribute (value without `a=`) to m= line `index`.
@@ -1296,6 +1306,14 @@ pub fn is_token(text: &str) -> bool {
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`{|}~".contains(&b))
+}
+
+/// `a=group:BUNDLE …`: the sender's transports, which the relay replaces
+/// by its own (other groups, such as lip sync, go through).
+fn is_bundle_group(line: &Line) -> bool {
+    line.attribute().is_some_and(|(name, value)| {
+        name == "group" && value.is_some_and(|v| v.starts_with("BUNDLE"))
+    })
 }
 
 /// `a=crypto` and `k=` lines: one party's keys.
@@ -1648,6 +1666,25 @@ mod tests {
         candidates(&mut body);
         body.push_str("a=mid:2\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n");
         body
+    }
+
+    /// Found by the sdp_rewrite fuzz target: a DTLS identity line before
+    /// the first a=crypto line made the relay's key land past the end.
+    #[test]
+    fn keys_replace_the_senders_where_a_fingerprint_came_first() {
+        let mut body = Sdp::parse(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/SAVPF 0\r\na=fingerprint:sha-256 AB:CD\r\na=setup:actpass\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n\
+             a=sendrecv\r\n",
+        )
+        .expect("parses");
+        body.set_transport(0, Some("RTP/SAVP"), &["crypto:1 OURS".to_owned()]);
+        let out = body.render();
+        assert!(
+            out.ends_with("m=audio 4000 RTP/SAVP 0\r\na=crypto:1 OURS\r\na=sendrecv\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
