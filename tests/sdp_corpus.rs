@@ -51,10 +51,10 @@ fn to_loopback(body: &str) -> String {
             if fields.len() > 4 {
                 fields[4] = "127.0.0.1".to_owned();
             }
-            if let Some(at) = fields.iter().position(|f| f == "raddr") {
-                if let Some(address) = fields.get_mut(at + 1) {
-                    *address = "127.0.0.1".to_owned();
-                }
+            if let Some(at) = fields.iter().position(|f| f == "raddr")
+                && let Some(address) = fields.get_mut(at + 1)
+            {
+                *address = "127.0.0.1".to_owned();
             }
             fields.join(" ")
         } else {
