@@ -9,13 +9,24 @@
 # installed it also captures the remote's port and prints tshark's own RTP
 # stream analysis.
 #
-# Usage: scripts/handoff-demo.sh [SECONDS]     (default 4)
+# Usage: scripts/handoff-demo.sh [SECONDS] [--plot FILE.svg]   (default 4 s)
+#   --plot FILE.svg also draws what the remote received around the switch:
+#   sequence number and timestamp against arrival time, one colour per
+#   device (the README's picture comes from here).
 #   BATON=path/to/baton to use a given binary (default: builds --release).
 #   NO_TSHARK=1 skips the tshark capture even when tshark is installed.
 # Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds="${1:-4}"
+seconds=4
+plot=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --plot) plot="${2:?--plot needs a file name}"; shift 2 ;;
+    *) seconds="$1"; shift ;;
+  esac
+done
+[[ -z "$plot" || "$plot" = /* ]] || plot="$PWD/$plot"
 
 if [[ -z "${BATON:-}" ]]; then
   cargo build --release --quiet
@@ -41,7 +52,7 @@ for _ in $(seq 100); do [[ -S "$socket" ]] && break; sleep 0.05; done
 [[ -S "$socket" ]] || { echo "relay did not start:"; cat "$work/relay.log"; exit 1; }
 echo "relay running (pid $relay_pid), control unix:$socket"
 
-BATON="$BATON" CONTROL="unix:$socket" SECONDS_TOTAL="$seconds" WORK="$work" python3 - <<'PY'
+BATON="$BATON" CONTROL="unix:$socket" SECONDS_TOTAL="$seconds" WORK="$work" PLOT="$plot" python3 - <<'PY'
 import json, os, random, socket, struct, subprocess, threading, time, shutil
 
 baton, control, work = os.environ["BATON"], os.environ["CONTROL"], os.environ["WORK"]
@@ -178,6 +189,47 @@ if switch:
     print(f"  at the switch: seq {prev[1]} -> {cur[1]}, timestamp +{step} ({step / 8:.1f} ms at 8 kHz), "
           f"{(cur[0] - prev[0]) * 1000:.1f} ms apart on arrival, marker {'set' if cur[4] else 'NOT set'}")
 print(f"the devices heard the remote: A {heard['A']} packets, B {heard['B']} packets")
+
+def plot(path, switch, window=0.2):
+    """The remote's packets within `window` s of the switch: sequence number
+    and timestamp (ms of media) against arrival, A blue and B orange."""
+    zero = switch[1][0]
+    shown = [r for r in received if abs(r[0] - zero) <= window]
+    first = shown[0]
+    colour = {ord("A"): "#1f77b4", ord("B"): "#ff7f0e"}
+    panels = [("sequence number", lambda r: ((r[1] - first[1] + 0x8000) & 0xFFFF) - 0x8000),
+              ("timestamp (ms of media)", lambda r: ((((r[2] - first[2]) + 2**31) % 2**32) - 2**31) / 8.0)]
+    w, h, m = 420, 220, 56
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * (w + m) + m}" height="{h + 2 * m + 40}" '
+           'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{(2 * (w + m) + m) / 2}" y="22" font-size="14" text-anchor="middle">'
+           'What the remote received around the switch from device A to device B</text>']
+    for i, (label, value) in enumerate(panels):
+        left, top = m + i * (w + m), 40 + m / 2
+        values = [value(r) for r in shown]
+        lo, hi = min(values), max(max(values), min(values) + 1)
+        x = lambda t: left + (t - zero + window) / (2 * window) * w
+        y = lambda v: top + h - (v - lo) / (hi - lo) * h
+        out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#888"/>'
+                   f'<line x1="{x(zero)}" y1="{top}" x2="{x(zero)}" y2="{top + h}" stroke="#444" stroke-dasharray="4 3"/>'
+                   f'<text x="{left}" y="{top + h + 16}">-{window * 1000:.0f} ms</text>'
+                   f'<text x="{x(zero)}" y="{top + h + 16}" text-anchor="middle">0 (switch)</text>'
+                   f'<text x="{left + w}" y="{top + h + 16}" text-anchor="end">+{window * 1000:.0f} ms</text>'
+                   f'<text x="{left - 34}" y="{top + h / 2}" text-anchor="middle" transform="rotate(-90 {left - 34} {top + h / 2})">{label}</text>'
+                   f'<text x="{left - 4}" y="{top + h}" text-anchor="end">{lo:.0f}</text>'
+                   f'<text x="{left - 4}" y="{top + 10}" text-anchor="end">{hi:.0f}</text>')
+        for r, v in zip(shown, values):
+            out.append(f'<circle cx="{x(r[0]):.1f}" cy="{y(v):.1f}" r="2" fill="{colour.get(r[5], "#888")}"/>')
+        for n, (name, tag) in enumerate((("device A", ord("A")), ("device B", ord("B")))):
+            out.append(f'<circle cx="{left + 10}" cy="{top + 10 + n * 14}" r="4" fill="{colour[tag]}"/>'
+                       f'<text x="{left + 18}" y="{top + 14 + n * 14}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print(f"plot of the switch written to {path}")
+
+if os.environ.get("PLOT") and switch:
+    plot(os.environ["PLOT"], switch)
 print(f"session now on {info['gruu']}")
 ok = len(ssrcs) == 1 and errors == 0 and switch is not None and switch[1][4]
 print()

@@ -48,6 +48,33 @@ fn load_against(relay: &Relay, args: &[&str]) -> (serde_json::Value, String) {
     (summary, stderr)
 }
 
+/// Issue 19: `--plot` draws what the remote received from the first call
+/// around its handoffs.
+#[test]
+fn load_draws_the_first_calls_handoffs() {
+    let relay = Relay::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plot = dir.path().join("handoffs.svg");
+    let plot_arg = plot.to_string_lossy().into_owned();
+    let (summary, stderr) = load_against(
+        &relay,
+        &[
+            "--calls",
+            "4",
+            "--duration",
+            "3",
+            "--handoff-every",
+            "0.4",
+            "--plot",
+            &plot_arg,
+        ],
+    );
+    assert_eq!(summary["continuity_violations"], 0, "{stderr}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    assert!(svg.contains("handoff 1: device 1 → device 2"), "{svg}");
+    assert!(svg.matches("<circle").count() > 20, "{svg}");
+}
+
 fn load_with_handoffs(relay_args: &[&str], load_args: &[&str]) {
     let relay = Relay::start(&[relay_args, &["--workers", "2"]].concat());
     let args = [

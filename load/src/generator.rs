@@ -246,6 +246,9 @@ pub struct Plan {
     /// On SRTP legs: what arrives from these relay addresses is decrypted
     /// with these keys before it is judged.
     pub srtp_in: Vec<(SocketAddr, MasterKey)>,
+    /// Keep what arrives of this flow (for `--plot`), at most this many
+    /// packets.
+    pub record: Option<(u32, usize)>,
 }
 
 /// Live counters for the progress line.
@@ -279,6 +282,8 @@ pub struct Report {
     pub srtp_failed: u64,
     /// Keyframe requests (PLI, FIR) the devices received.
     pub keyframe_requests: u64,
+    /// What arrived of the recorded flow ([`Plan::record`]).
+    pub samples: Vec<crate::plot::Sample>,
 }
 
 fn register(poll: &Poll, socket: std::net::UdpSocket, token: usize) -> io::Result<UdpSocket> {
@@ -350,6 +355,7 @@ pub fn run(
         user_timed: 0,
         srtp_failed: 0,
         keyframe_requests: 0,
+        samples: Vec::with_capacity(plan.record.map_or(0, |(_, most)| most)),
     };
     let mut decrypt: HashMap<SocketAddr, SrtpReceiver> = plan
         .srtp_in
@@ -630,6 +636,17 @@ pub fn run(
                         if video { check.video() } else { check }
                     });
                     let latency = check.on_packet(arrived_ns, header, stamp);
+                    if let Some((flow, most)) = plan.record
+                        && flow == stamp.flow
+                        && report.samples.len() < most
+                    {
+                        report.samples.push(crate::plot::Sample {
+                            arrived_ns,
+                            seq: header.seq,
+                            ts: header.ts,
+                            device: stamp.generation,
+                        });
+                    }
                     let _ = report.latency.record(latency.max(1));
                 }
                 progress

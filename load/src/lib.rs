@@ -11,6 +11,7 @@
 
 pub mod analysis;
 pub mod generator;
+pub mod plot;
 mod webrtc;
 
 use std::collections::HashMap;
@@ -138,7 +139,15 @@ pub struct LoadArgs {
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Write an SVG of what the remote received from the first call's
+    /// devices around its handoffs: sequence number and timestamp against
+    /// arrival time, one colour per device.
+    #[arg(long, value_name = "FILE", requires = "handoff_every")]
+    plot: Option<PathBuf>,
 }
+
+/// Most packets kept for `--plot` (10 minutes at 50 packets a second).
+const PLOT_SAMPLES: usize = 30_000;
 
 /// Which legs of the generated calls speak SRTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -451,6 +460,8 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             start,
             end,
             srtp_in: thread_srtp_in,
+            // The first call's device flow: flow 0, handed over first.
+            record: args.plot.as_ref().map(|_| (0, PLOT_SAMPLES)),
         };
         let progress = Arc::clone(&progress);
         handles.push(
@@ -546,6 +557,23 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             .join()
             .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
         reports.push(report);
+    }
+    if let Some(path) = &args.plot {
+        let samples: Vec<plot::Sample> = reports
+            .iter()
+            .flat_map(|r| r.samples.iter().copied())
+            .collect();
+        let title = format!(
+            "What the remote received from call 1 around its handoffs ({} calls, {} ms packets)",
+            args.calls, args.ptime_ms
+        );
+        match plot::svg(&samples, 200.0, clock_rate, &title) {
+            Some(svg) => std::fs::write(path, svg)
+                .with_context(|| format!("cannot write the plot to {}", path.display()))?,
+            None => eprintln!(
+                "baton load: no plot written: call 1 was not handed over during the run (raise --duration or lower --handoff-every)"
+            ),
+        }
     }
     if let Some(events) = &events {
         let deadline = Instant::now() + Duration::from_millis(500);
