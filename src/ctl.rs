@@ -635,6 +635,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
                         .get(index)
                         .map(|t| parse_leg_srtp(t))
                         .transpose()?,
+                    udptl: false,
                 });
             }
             // With a body, the family flag of the other party's legs applies.

@@ -16,11 +16,8 @@ use common::ng::{Proxy, request, result};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdp");
 
-/// Bodies the relay refuses, with what the refusal must say: nothing in
-/// them is a stream it relays yet.
+/// Bodies the relay refuses, with what the refusal must say.
 const REFUSED: &[(&str, &str)] = &[
-    // T.38 is not relayed yet.
-    ("t38-reinvite.sdp", "not RTP"),
     // Its keys carry a master key identifier, which baton's SRTP does not
     // implement; each line says so.
     ("rfc4568-sdes.sdp", "(MKI) is not supported"),

@@ -870,6 +870,7 @@ fn create_request(
             ptime_ms,
             user_srtp: None,
             remote_srtp: None,
+            udptl: false,
         }],
         nat_relearn: false,
         ..Default::default()

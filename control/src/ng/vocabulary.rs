@@ -33,7 +33,8 @@ use Treatment::{Acts, Ignored, Refused};
 
 const NO_TRANSCODING: &str = "baton relays media unchanged and never transcodes";
 const NO_RECORDING: &str = "baton does not record calls yet";
-const NO_T38: &str = "baton does not relay T.38 (UDPTL) yet";
+const NO_T38: &str =
+    "baton relays T.38 (m=image udptl) as it comes and does not gateway between T.38 and audio";
 const NO_MEDIA_PLAYER: &str = "baton plays no media, DTMF or music on hold";
 const NO_LABELS: &str = "baton selects call participants by tag, not by label";
 const NO_SUBSCRIPTIONS: &str = "baton does not fork media to subscribers";

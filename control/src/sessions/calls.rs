@@ -351,6 +351,7 @@ impl Sessions {
             });
             streams.push(NegotiatedStream {
                 kind: spec.kind.clone(),
+                udptl: spec.udptl,
                 codecs: spec.codecs.clone(),
                 rtcp_mux: [spec.rtcp_mux; 2],
                 rtcp_sockets: rtcp_sockets || !spec.rtcp_mux,
@@ -378,9 +379,18 @@ impl Sessions {
             None => (String::new(), None),
         };
         self.dataplane.add_session(worker, id, setups).await?;
-        if session_held(&streams) {
+        let datagrams: Vec<(StreamIndex, bool)> = streams
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.udptl)
+            .map(|(i, _)| (StreamIndex(i), true))
+            .collect();
+        // Before the body goes out (so before anyone knows the ports): the
+        // T.38 streams carry datagrams, and a held call is held.
+        if session_held(&streams) || !datagrams.is_empty() {
             let held = SessionUpdate {
-                held: Some(true),
+                held: session_held(&streams).then_some(true),
+                datagrams,
                 ..SessionUpdate::default()
             };
             if let Err(e) = self.dataplane.update_session(worker, id, held).await {

@@ -524,7 +524,9 @@ fn validate_create(
                     excerpt(&spec.kind)
                 )));
             }
-            validate_codecs(&spec.codecs, index, from_sdp)?;
+            if !spec.udptl {
+                validate_codecs(&spec.codecs, index, from_sdp)?;
+            }
             let user = match &spec.user_peer {
                 Some(e) => parse_endpoint(e, Party::User)?,
                 None => (None, None),

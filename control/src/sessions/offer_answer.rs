@@ -85,11 +85,31 @@ impl Sessions {
         for (m, s) in lines {
             let (earlier, rest) = streams.split_at_mut(s);
             let stream = &mut rest[0];
-            if m.kind != stream.kind {
+            // A T.38 re-INVITE turns an audio line into `m=image … udptl
+            // t38` in place (and a later one turns it back): the stream
+            // keeps its relay ports and carries datagrams, or RTP again.
+            let switching = m.is_udptl() != stream.udptl && !m.is_disabled();
+            if m.kind != stream.kind && !switching {
                 return Err(Status::invalid_argument(format!(
                     "SDP line {}: m={} where the session's stream {s} is {}",
                     m.line, m.kind, stream.kind
                 )));
+            }
+            if switching {
+                let plain = stream
+                    .crypto
+                    .iter()
+                    .all(|c| !c.transport.is_srtp() && !c.transport.is_dtls() && c.ice.is_none());
+                if !plain || stream.bundle.iter().any(Option::is_some) {
+                    return Err(Status::unimplemented(format!(
+                        "SDP line {}: switching stream {s} between RTP and T.38 (UDPTL) is supported on plain RTP legs only, not on SRTP, DTLS or bundled ones",
+                        m.line
+                    )));
+                }
+                stream.kind.clone_from(&m.kind);
+                stream.udptl = m.is_udptl();
+                stream.user_payloads.clear();
+                update.datagrams.push((StreamIndex(s), stream.udptl));
             }
             if m.is_disabled() {
                 // Rejected (or disabled): port 0 toward the other party
@@ -125,7 +145,9 @@ impl Sessions {
                 }
             }
             let transport = transport_of(m)?;
-            super::validate_codecs(&m.codecs, s, true)?;
+            if !m.is_udptl() {
+                super::validate_codecs(&m.codecs, s, true)?;
+            }
             let crypto_before = stream.crypto.clone();
             if let Err(reason) = stream.crypto[from.index()].receive(transport, m, &policy) {
                 // A plain answer to the relay's SRTP offer stays an error
@@ -185,7 +207,8 @@ impl Sessions {
                 }
             }
             stream.rejected = false;
-            if from == Party::Remote || state.received[Party::Remote.index()].is_none() {
+            if from == Party::Remote || state.received[Party::Remote.index()].is_none() || switching
+            {
                 stream.codecs.clone_from(&m.codecs);
                 update
                     .clock_rates

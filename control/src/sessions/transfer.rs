@@ -124,6 +124,12 @@ impl Sessions {
                 .map_err(Status::permission_denied)?;
             None
         };
+        if record.streams.iter().any(|s| s.udptl && !s.rejected) {
+            return Err(Status::failed_precondition(format!(
+                "session {} is carrying a T.38 fax: hand it over once the call is back on audio",
+                record.id
+            )));
+        }
         // Who the device is comes first; then whether the session is free.
         if let Some(open) = &record.open_transfer {
             return Err(Status::failed_precondition(format!(

@@ -28,6 +28,8 @@ use crate::status::Status;
 #[derive(Debug, Clone)]
 pub(crate) struct NegotiatedStream {
     pub kind: String,
+    /// UDPTL (T.38 fax): plain datagrams, no codecs.
+    pub udptl: bool,
     /// The remote party's codecs (the stream's numbering).
     pub codecs: Vec<v1::Codec>,
     /// Per party (user, remote): the peer multiplexes RTCP on the RTP port.
@@ -312,6 +314,7 @@ fn carried(media: &Media) -> bool {
 fn carried_under(media: &Media, policy: &SdesPolicy) -> bool {
     !media.is_disabled()
         && (media.is_rtp()
+            || media.is_udptl()
             || media.is_dtls()
             || (media.is_srtp() && has_usable_crypto_under(media, policy)))
 }
@@ -442,6 +445,7 @@ pub(crate) fn streams_from_under(
             // `crypto_from`), not described.
             user_srtp: None,
             remote_srtp: None,
+            udptl: m.is_udptl(),
         });
     }
     if streams.is_empty() {
@@ -479,6 +483,11 @@ pub(crate) fn crypto_from(
         }
         let transport = transport_of(m)?;
         let mut parties: [PartyCrypto; 2] = Default::default();
+        if m.is_udptl() {
+            // T.38 goes plain both ways, whatever the other streams use.
+            out.push(parties);
+            continue;
+        }
         parties[from.index()]
             .receive(transport, m, policy)
             .map_err(Status::unimplemented)?;
@@ -490,6 +499,10 @@ pub(crate) fn crypto_from(
 
 /// The transport of a carried m= line.
 pub(crate) fn transport_of(media: &Media) -> Result<Transport, Status> {
+    if media.is_udptl() {
+        // Plain datagrams: no keys either way.
+        return Ok(Transport::Avp);
+    }
     Transport::parse(&media.proto)
         .ok_or_else(|| Status::unimplemented(format!("SDP {}", left_out_reason(media))))
 }
@@ -723,9 +736,11 @@ pub(crate) fn render(
                     if let Some(map) = payloads.get(*s) {
                         body.renumber(index, map);
                     }
-                    // The receiver's own transport and the relay's keys
-                    // for it: the sender's keys never cross the relay.
-                    match security.get(*s) {
+                    // T.38 keeps its own transport, plain. Otherwise the
+                    // receiver's own transport and the relay's keys for
+                    // it: the sender's keys never cross the relay.
+                    let udptl = body.media(index).is_ok_and(|m| m.is_udptl());
+                    match security.get(*s).filter(|_| !udptl) {
                         Some(secured) => {
                             body.set_transport(
                                 index,
@@ -1210,6 +1225,7 @@ mod tests {
                 };
                 NegotiatedStream {
                     kind: spec.kind.clone(),
+                    udptl: spec.udptl,
                     codecs: spec.codecs.clone(),
                     rtcp_mux: [spec.rtcp_mux; 2],
                     rtcp_sockets: true,

@@ -384,7 +384,13 @@ impl Media {
 
     /// RTP the relay can carry, plain, SDES-SRTP or DTLS-SRTP.
     pub fn is_relayable(&self) -> bool {
-        self.is_rtp() || self.is_srtp() || self.is_dtls()
+        self.is_rtp() || self.is_srtp() || self.is_dtls() || self.is_udptl()
+    }
+
+    /// T.38 fax over UDPTL (RFC 3362: `m=image PORT udptl t38`), relayed
+    /// as plain datagrams.
+    pub fn is_udptl(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("udptl")
     }
 
     /// Port 0: the stream is disabled (offer) or rejected (answer) —
@@ -893,7 +899,13 @@ impl Sdp {
                 _ => {}
             }
         }
-        for format in &media.formats {
+        // UDPTL's format (`t38`) is no payload type: nothing to read.
+        let payload_types: &[String] = if media.is_udptl() {
+            &[]
+        } else {
+            &media.formats
+        };
+        for format in payload_types {
             let pt = format
                 .parse::<u32>()
                 .ok()

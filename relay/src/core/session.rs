@@ -148,6 +148,9 @@ pub struct SessionUpdate {
     /// What is blocked or silenced, per sending party (user, remote), on
     /// every stream; `None` leaves it.
     pub controls: Option<[crate::core::stream::MediaControl; 2]>,
+    /// Streams that now carry UDPTL datagrams (T.38 fax: `true`) or RTP
+    /// again (`false`).
+    pub datagrams: Vec<(StreamIndex, bool)>,
 }
 
 /// Why a transfer command was refused. Nothing changed.
@@ -860,6 +863,11 @@ impl Session {
         for (index, formats) in &update.formats {
             if let Some(s) = self.streams.get_mut(index.0) {
                 s.set_formats(formats);
+            }
+        }
+        for &(index, datagrams) in &update.datagrams {
+            if let Some(s) = self.streams.get_mut(index.0) {
+                s.set_datagrams(datagrams);
             }
         }
         if let Some(controls) = update.controls {

@@ -631,6 +631,8 @@ pub struct Accepted {
     latched: Option<Latched>,
     /// Length after decryption (the received length on a plain leg).
     len: usize,
+    /// A UDPTL datagram (see [`Stream::set_datagrams`]).
+    datagram: bool,
 }
 
 impl Accepted {
@@ -639,9 +641,9 @@ impl Accepted {
         self.leg
     }
 
-    /// Whether it is RTP (media) rather than RTCP.
+    /// Whether it is media (RTP, or a UDPTL datagram) rather than RTCP.
     pub fn is_media(&self) -> bool {
-        self.fields.is_some()
+        self.fields.is_some() || self.datagram
     }
 }
 
@@ -1259,6 +1261,9 @@ pub struct Stream {
     /// What the proxy asked to block or silence, by the sending party
     /// (whichever device the user's side is).
     controls: [MediaControl; 2],
+    /// UDPTL (T.38 fax, RFC 3362): datagrams relayed as they are, no RTP
+    /// or RTCP read, rewritten or generated.
+    datagrams: bool,
 }
 
 /// What the proxy asked to do with one participant's media (rtpengine's
@@ -1350,6 +1355,7 @@ impl Stream {
             keyframe: KeyframeWait::default(),
             keyframe_request: None,
             controls: [MediaControl::default(); 2],
+            datagrams: false,
         };
         stream.set_clock_rates(clock_rates);
         stream.note_awaiting_keys();
@@ -1392,6 +1398,12 @@ impl Stream {
                 *slot = Some(format);
             }
         }
+    }
+
+    /// Carries UDPTL datagrams as they are (T.38 fax), or RTP again (a
+    /// re-INVITE back to audio).
+    pub fn set_datagrams(&mut self, datagrams: bool) {
+        self.datagrams = datagrams;
     }
 
     /// Sets what is blocked or silenced, per sending party.
@@ -1571,6 +1583,30 @@ impl Stream {
         {
             return Err(outcome);
         }
+        if self.datagrams {
+            return Self::accept_datagram(
+                this,
+                now,
+                leg,
+                party,
+                arrived_on,
+                from,
+                wire_len,
+                policy,
+                role == LegRole::Pending,
+            )
+            .map(|latched| {
+                self.last_packet_at = Some(now);
+                self.last_rtp_at = Some(now);
+                Accepted {
+                    leg,
+                    fields: None,
+                    latched,
+                    len: wire_len,
+                    datagram: true,
+                }
+            });
+        }
         // The first bytes of SRTCP are RTCP's, in clear.
         let component = if arrived_on == Component::Rtp
             && this.config.rtcp_mux
@@ -1660,7 +1696,43 @@ impl Stream {
             fields,
             latched,
             len,
+            datagram: false,
         })
+    }
+
+    /// Step one for a UDPTL datagram: on the RTP port, from the leg's peer
+    /// (by the same source policy as RTP), counted. Nothing in it is read.
+    #[allow(clippy::result_large_err, clippy::too_many_arguments)]
+    fn accept_datagram(
+        this: &mut Leg,
+        now: Instant,
+        _leg: LegId,
+        party: Party,
+        arrived_on: Component,
+        from: SocketAddr,
+        len: usize,
+        policy: StreamConfig,
+        pending: bool,
+    ) -> Result<Option<Latched>, Outcome> {
+        if arrived_on != Component::Rtp {
+            // UDPTL has no RTCP: nothing belongs on the other port.
+            return Err(this.drop(DropReason::Stranger));
+        }
+        let latched = check_source(
+            this,
+            party,
+            now,
+            Component::Rtp,
+            from,
+            None,
+            policy,
+            pending,
+        )
+        .map_err(|reason| this.drop(reason))?;
+        this.counters.bytes_in += len as u64;
+        this.counters.rtp_in += 1;
+        this.last_packet_at = Some(now);
+        Ok(latched)
     }
 
     /// Step two: where an accepted datagram goes, rewritten in place up to
@@ -1685,6 +1757,11 @@ impl Stream {
             outcome.latched = accepted.latched;
             return outcome;
         }
+        if accepted.datagram {
+            let mut outcome = self.route_datagram(leg, role, len);
+            outcome.latched = accepted.latched;
+            return outcome;
+        }
         let mut outcome = match (role, accepted.fields) {
             (Some(LegRole::Device), Some(f)) => self.device_rtp(now, leg, f, buf, len),
             (Some(LegRole::Device), None) => self.device_rtcp(leg, buf, len),
@@ -1697,6 +1774,22 @@ impl Stream {
         };
         outcome.latched = accepted.latched;
         outcome
+    }
+
+    /// A UDPTL datagram to the other party, as it came (the proxy's block
+    /// applies; silence cannot be written into fax data, so it blocks).
+    fn route_datagram(&mut self, leg: LegId, role: Option<LegRole>, len: usize) -> Outcome {
+        let (from, to) = match role {
+            Some(LegRole::Device) => (Party::User, self.remote),
+            Some(LegRole::Remote) => (Party::Remote, self.device),
+            Some(LegRole::Pending) => return self.drop_on(leg, DropReason::TransferPending),
+            Some(LegRole::Retired) | None => return self.drop_on(leg, DropReason::OldSource),
+        };
+        let control = self.controls[from.index()];
+        if control.block_media || control.silence_media {
+            return self.drop_on(leg, DropReason::MediaBlocked);
+        }
+        self.forward_to(leg, to, Component::Rtp, len)
     }
 
     fn drop_on(&mut self, leg: LegId, reason: DropReason) -> Outcome {
@@ -2745,6 +2838,58 @@ mod tests {
             Verdict::Drop(_) | Verdict::Handshake { .. } => bytes.len(),
         };
         (outcome, buf[..len].to_vec())
+    }
+
+    /// T.38 fax (UDPTL): datagrams go through as they came, both ways,
+    /// from the signalled peers only; a blocked party's do not; back in
+    /// RTP mode a UDPTL datagram is malformed RTP again.
+    #[test]
+    fn udptl_datagrams_pass_as_they_are_from_the_peers_only() {
+        let t0 = Instant::now();
+        let mut s = stream(
+            t0,
+            leg(Some("10.0.0.1:4000"), false),
+            leg(Some("10.0.0.2:5000"), false),
+            false,
+        );
+        s.set_datagrams(true);
+        // A UDPTL packet: sequence 0, a primary IFP, redundancy (T.38 §9).
+        let udptl = [0x00, 0x00, 0x06, 0x40, 0x80, 0x6e, 0x10, 0x01, 0x00, 0x00];
+        let (out, bytes) = feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &udptl);
+        assert!(
+            matches!(out.verdict, Verdict::Forward { leg, to, len: 10, .. } if leg == REMOTE && to == addr("10.0.0.2:5000")),
+            "{:?}",
+            out.verdict
+        );
+        assert_eq!(bytes, udptl);
+        let (out, _) = feed(&mut s, t0, REMOTE, Component::Rtp, "10.0.0.2:5000", &udptl);
+        assert!(matches!(out.verdict, Verdict::Forward { leg, .. } if leg == USER));
+        let (out, _) = feed(&mut s, t0, USER, Component::Rtp, "10.0.0.9:4000", &udptl);
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::Stranger));
+        let (out, _) = feed(&mut s, t0, USER, Component::Rtcp, "10.0.0.1:4001", &udptl);
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::Stranger));
+        s.set_controls([
+            MediaControl {
+                block_media: true,
+                ..MediaControl::default()
+            },
+            MediaControl::default(),
+        ]);
+        let (out, _) = feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &udptl);
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::MediaBlocked));
+        s.set_controls([MediaControl::default(); 2]);
+        s.set_datagrams(false);
+        let (out, _) = feed(&mut s, t0, USER, Component::Rtp, "10.0.0.1:4000", &udptl);
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::MalformedRtp));
+        let (out, _) = feed(
+            &mut s,
+            t0,
+            USER,
+            Component::Rtp,
+            "10.0.0.1:4000",
+            &rtp(1, 0xA),
+        );
+        assert!(matches!(out.verdict, Verdict::Forward { .. }));
     }
 
     /// A device 65 540 packets into its call (rollover counter 1) re-keys
