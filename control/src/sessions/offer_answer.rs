@@ -320,6 +320,13 @@ impl Sessions {
                 }
             }
             for (now, updated) in current.streams.iter_mut().zip(&streams) {
+                // A T.38 re-INVITE may have turned the stream to UDPTL (or
+                // back).
+                now.kind.clone_from(&updated.kind);
+                now.udptl = updated.udptl;
+                if updated.user_payloads.is_empty() {
+                    now.user_payloads.clear();
+                }
                 now.codecs.clone_from(&updated.codecs);
                 now.held = updated.held;
                 now.ptime = updated.ptime;
