@@ -626,6 +626,17 @@ impl RunOptions {
         {
             bail!("give at most one IPv4 and one IPv6 media IP");
         }
+        let wildcard_beside_specific = media_ips.iter().any(|ip| {
+            ip.is_unspecified()
+                && media_ips
+                    .iter()
+                    .any(|other| !other.is_unspecified() && other.is_ipv6() == ip.is_ipv6())
+        });
+        if wildcard_beside_specific {
+            bail!(
+                "a wildcard media IP (0.0.0.0 or ::) beside a specific one of the same family: both would bind the same ports"
+            );
+        }
         for ip in &media_ips {
             if ip.is_unspecified() && !advertise.iter().any(|(bound, _)| bound == ip) {
                 bail!(
@@ -733,18 +744,27 @@ fn level_or_filter<'de, D: serde::Deserializer<'de>>(
 /// A list of strings, or one string (rtpengine's config writes
 /// `interface = internal/10.0.0.1;external/203.0.113.1`).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(vec![text.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
     }
-    Ok(
-        match <OneOrMany as serde::Deserialize>::deserialize(deserializer)? {
-            OneOrMany::One(one) => vec![one],
-            OneOrMany::Many(many) => many,
-        },
-    )
+    deserializer.deserialize_any(OneOrMany)
 }
 
 /// A duration that must be there: more than 0 s, at most a day.
@@ -890,6 +910,10 @@ mod tests {
             ("interface = \"a/ten\"", "not an IP address"),
             ("interface = \"a/10.0.0.1!x\"", "not an IP address"),
             ("interface = \"a/0.0.0.0\"", "wildcard"),
+            (
+                "interface = \"a/0.0.0.0!192.0.2.1;b/10.0.0.1\"",
+                "beside a specific one",
+            ),
             (
                 "interface = \"a/10.0.0.1\"\nmedia-ip = [\"10.0.0.2\"]",
                 "not both",

@@ -238,7 +238,7 @@ async fn counters_move_through_a_call_and_a_transfer() {
     );
     let in_use = value(
         &during,
-        "baton_port_pairs{ip=\"127.0.0.1\",state=\"in_use\"}",
+        "baton_port_pairs{interface=\"default\",ip=\"127.0.0.1\",state=\"in_use\"}",
     );
     assert!(in_use >= 2.0, "{in_use}");
 
@@ -328,7 +328,7 @@ async fn counters_move_through_a_call_and_a_transfer() {
     assert_eq!(
         value(
             &after,
-            "baton_port_pairs{ip=\"127.0.0.1\",state=\"in_use\"}"
+            "baton_port_pairs{interface=\"default\",ip=\"127.0.0.1\",state=\"in_use\"}"
         ),
         0.0
     );

@@ -56,8 +56,12 @@ fn every_word_baton_does_not_implement_is_refused_by_name_and_leaves_no_call() {
         (vec![("flags", flags(&["T.38-force"]))], "\"T.38-force\""),
         (vec![("T.38", flags(&["decode"]))], "\"T.38\""),
         (
-            vec![("direction", flags(&["internal", "external"]))],
-            "\"direction\"",
+            vec![("direction", flags(&["inside", "outside"]))],
+            "unknown interface \"inside\"",
+        ),
+        (
+            vec![("call-id", text("twice")), ("call id", text("again"))],
+            "given twice",
         ),
         (vec![("record call", text("yes"))], "record-call=\"yes\""),
         (
@@ -88,6 +92,7 @@ fn every_word_baton_does_not_implement_is_refused_by_name_and_leaves_no_call() {
     ];
     for (extra, named) in cases {
         let reply = proxy.call(&offer("refused", &sdp, extra));
+        assert_eq!(result(&reply), "error", "{named}: {reply:?}");
         let why = reason(&reply);
         assert!(why.contains(named), "{named}: {why}");
     }
@@ -104,6 +109,8 @@ fn every_word_baton_does_not_implement_is_refused_by_name_and_leaves_no_call() {
                 "flags",
                 flags(&["reorder-codecs", "allow-transcoding", "debug"]),
             ),
+            // rtpengine's legacy words, on a relay without such interfaces.
+            ("direction", flags(&["internal", "external"])),
         ],
     ));
     assert_eq!(
@@ -254,6 +261,16 @@ fn loop_protect_leaves_a_body_this_relay_wrote_untouched() {
     let plain = sdp_of(&proxy.call(&offer("loop-3", &once, vec![])));
     assert_ne!(plain.render(), once);
     assert_eq!(calls(&mut proxy), 2);
+    // On a known call the mark changes nothing by itself: a re-offer
+    // carrying it is a re-offer.
+    let reoffer = proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("loop-3")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(once.as_str())),
+        ("flags", flags(&["loop-protect"])),
+    ]));
+    assert_ne!(get_str(&reoffer, "sdp"), Some(once.as_str()), "{reoffer:?}");
 }
 
 #[test]
@@ -286,6 +303,41 @@ fn replace_values_and_rtpp_flags_act_as_rtpengine_defines_them() {
         );
         assert!(text.contains("s=talk\r\n"), "{call}: {text}");
     }
+}
+
+#[test]
+fn the_flag_string_overrides_keys_and_values_are_checked_on_every_command() {
+    let (_relay, ng, _) = relay_with_ng();
+    let mut proxy = Proxy::new(ng);
+    let _ = sdp_of(&proxy.call(&offer(
+        "string",
+        &three_codecs("a", "127.0.0.1", 6000),
+        vec![],
+    )));
+    // rtpengine reads `rtpp-flags` after the keys: its call-id wins.
+    let reply = proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("some-other-call")),
+        ("rtpp-flags", text("call-id=string fatal")),
+    ]));
+    assert_eq!(result(&reply), "ok", "{reply:?}");
+    assert_eq!(calls(&mut proxy), 0);
+    // `delete delay` other than 0 is refused on the command it is for.
+    let _ = sdp_of(&proxy.call(&offer(
+        "delayed",
+        &three_codecs("a", "127.0.0.1", 6000),
+        vec![],
+    )));
+    let refused = proxy.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("delayed")),
+        ("delete delay", Value::Int(30)),
+    ]));
+    assert!(
+        reason(&refused).contains("delete-delay=\"30\""),
+        "{refused:?}"
+    );
+    assert_eq!(calls(&mut proxy), 1, "nothing deleted");
 }
 
 #[test]

@@ -383,29 +383,10 @@ impl Options {
                 }
             }
         }
-        for (key, off) in [("record-call", ["no", "off"]), ("delete-delay", ["0", "0"])] {
-            let value = match request.get(key.as_bytes()) {
-                Some(Value::Int(n)) => Some(n.to_string()),
-                Some(_) => get_str(request, key).map(str::to_ascii_lowercase),
-                None => None,
-            };
-            if let Some(value) = value
-                && !off.contains(&value.as_str())
-            {
-                return Err(format!(
-                    "{key}={} is not implemented by baton: {}",
-                    excerpt(&value),
-                    if key == "record-call" {
-                        "it does not record calls yet"
-                    } else {
-                        "it ends a deleted call at once (delete-delay=0)"
-                    }
-                ));
-            }
-        }
         let mut interfaces = [String::new(), String::new()];
         match get_list(request, "direction").as_slice() {
             [] => {}
+            [from] => interfaces[0].clone_from(from),
             [from, to] => interfaces = [from.clone(), to.clone()],
             other => {
                 return Err(format!(
@@ -649,11 +630,20 @@ impl NgService {
     /// A request's options, with this relay's loop mark when asked for.
     fn options(&self, request: &Dict) -> Result<Options, Value> {
         let mut options = Options::read(request).map_err(error)?;
-        for name in options.interfaces.iter().filter(|n| !n.is_empty()) {
-            self.service
-                .sessions()
-                .interface(name)
-                .map_err(|s| status_reply(&s))?;
+        let sessions = self.service.sessions();
+        for name in &mut options.interfaces {
+            if name.is_empty() {
+                continue;
+            }
+            // rtpengine's legacy words, on a relay without interfaces of
+            // those names: no choice (its address family is the
+            // `address-family` key's business).
+            if matches!(name.as_str(), "internal" | "external") && sessions.interface(name).is_err()
+            {
+                name.clear();
+                continue;
+            }
+            sessions.interface(name).map_err(|s| status_reply(&s))?;
         }
         if options.has("loop-protect") {
             options.loop_mark = Some(self.loop_mark.to_string());
@@ -748,9 +738,8 @@ impl NgService {
         let to_tag = get_str(request, "to-tag").unwrap_or_default();
         let sdp = required(request, "sdp")?;
         let options = self.options(request)?;
-        if options.looped(sdp) {
-            return Ok(ok_with_sdp(sdp.to_owned()));
-        }
+        // The body as it came, if it carries this relay's loop mark.
+        let looped = options.looped(sdp).then(|| sdp.to_owned());
         options.check_sdes_off(sdp).map_err(error)?;
         let sessions = self.service.sessions();
         let sdp = options.incoming(sdp, sessions).map_err(error)?;
@@ -790,6 +779,13 @@ impl NgService {
             None => (None, false),
         };
         let Some(view) = existing else {
+            if let Some(untouched) = looped.filter(|_| !replaces) {
+                // A new call's offer that has been through this relay (a
+                // signalling loop): it goes back untouched and makes no
+                // call. Only here: on a known call or a handoff, a body a
+                // party echoes with the mark changes nothing by itself.
+                return Ok(ok_with_sdp(untouched));
+            }
             if carries_no_media(&sdp) {
                 // No media yet (RFC 3264 §5: an offer may have no m=
                 // line; a re-INVITE adds them): nothing to relay, the body
@@ -992,9 +988,6 @@ impl NgService {
         let to_tag = required(request, "to-tag")?;
         let sdp = required(request, "sdp")?;
         let options = self.options(request)?;
-        if options.looped(sdp) {
-            return Ok(ok_with_sdp(sdp.to_owned()));
-        }
         let sessions = self.service.sessions();
         let sdp = options.incoming(sdp, sessions).map_err(error)?;
         let view = match sessions.find_dialog(call_id, from_tag, to_tag) {
@@ -1197,9 +1190,9 @@ impl NgService {
                 None if all && !on => ControlTarget::Everything,
                 None => ControlTarget::Call,
             };
-            found = true;
             match sessions.control_media(id, target, control, on).await {
-                Ok(()) => {}
+                Ok(()) => found = true,
+                // Ended meanwhile.
                 Err(status) if status.code == v1::Code::NotFound => {}
                 Err(status) => return Err(status_reply(&status)),
             }

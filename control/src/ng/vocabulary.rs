@@ -59,7 +59,7 @@ pub const KEYS: &[Word] = &[
     (
         "rtpp-flags",
         Acts(
-            "the flag string Kamailio passes whole when the daemon is to parse it: read as Kamailio's module reads a flag string, each word then by this table; keys given outright win",
+            "the flag string Kamailio passes whole when the daemon is to parse it: read as Kamailio's module reads a flag string, each word then by this table; read after the other keys, it overrides them, as in rtpengine",
         ),
     ),
     ("replace", Acts("values: see `replace-…`")),
@@ -182,7 +182,7 @@ pub const KEYS: &[Word] = &[
     (
         "direction",
         Acts(
-            "two interface names: the offerer's legs' and the recipient's, on a call's first offer (later offers and answers keep them); on a handoff offer, the first is the new device's",
+            "two interface names: the offerer's legs' and the recipient's, on a call's first offer (later offers and answers keep them); on a handoff offer, the first is the new device's. rtpengine's legacy `internal`/`external`, on a relay without interfaces of those names, choose nothing",
         ),
     ),
     ("from-interface", Acts("as the first `direction` name")),
@@ -309,7 +309,7 @@ pub const FLAGS: &[Word] = &[
     (
         "loop-protect",
         Acts(
-            "a body going out carries `a=baton:<instance>`; a body that comes back with this relay's mark is returned untouched and makes no call",
+            "a body going out carries `a=baton:<instance>`; a new call's offer that comes back with this relay's mark is returned untouched and makes no call (on a known call or a handoff the mark changes nothing)",
         ),
     ),
     ("pad-crypto", Acts("as `SDES-pad`")),
@@ -389,7 +389,10 @@ pub const FLAGS: &[Word] = &[
     ("audio-player", Refused(NO_MEDIA_PLAYER)),
     ("no-audio-player", Refused(NO_MEDIA_PLAYER)),
     ("mix", Refused(NO_MEDIA_PLAYER)),
-    ("block-dtmf", Refused(NO_DTMF_HANDLING)),
+    (
+        "block-dtmf",
+        Refused("on an offer; the `block DTMF` command blocks a participant's DTMF"),
+    ),
     ("detect-dtmf", Refused(NO_DTMF_HANDLING)),
     ("inject-dtmf", Refused(NO_DTMF_HANDLING)),
     ("block-egress", Refused("baton has no egress blocking")),
@@ -721,11 +724,24 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
             }
         }
     };
-    // The request's own keys first, so they win over the flag string's.
     let mut pairs: Vec<(String, Value)> = Vec::with_capacity(request.len());
     let mut flag_string = Vec::new();
+    let mut spelled: Vec<(&'static str, String)> = Vec::new();
     for (raw, value) in request {
         let raw = String::from_utf8_lossy(raw).into_owned();
+        // One key in two spellings (`call-id` and `call id`): which one a
+        // dictionary yields first is chance, so neither is taken.
+        if let Some((name, _)) = key(&raw).filter(|(name, _)| !name.is_empty()) {
+            if let Some((_, other)) = spelled.iter().find(|(n, _)| *n == name) {
+                return Err(format!(
+                    "ng key {} is given twice, as {} and {}",
+                    name,
+                    excerpt(other),
+                    excerpt(&raw)
+                ));
+            }
+            spelled.push((name, raw.clone()));
+        }
         if key(&raw).is_some_and(|(name, _)| name == "rtpp-flags") {
             let Value::Bytes(bytes) = value else {
                 return Err("rtpp-flags must be a string".to_owned());
@@ -737,7 +753,17 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
             pairs.push((raw, value.clone()));
         }
     }
-    for (raw, value) in pairs.into_iter().chain(flag_string) {
+    let from_string = pairs.len();
+    for (at, (raw, value)) in pairs.into_iter().chain(flag_string).enumerate() {
+        // The flag string is read after the keys and overrides them, as
+        // rtpengine reads it (a `from-tag=` in it names the participant).
+        if at >= from_string
+            && let Some((name, Acts(_))) = key(&raw)
+            && (matches!(value, Value::Bytes(_) | Value::Int(_))
+                || matches!(name, "received-from" | "direction"))
+        {
+            out.remove(name.as_bytes());
+        }
         match key(&raw) {
             Some((name, Acts(_))) => merge(&mut out, &mut flags, name, value),
             Some((_, Ignored(reason))) => debug!(key = %excerpt(&raw), reason, "ng: key ignored"),
@@ -775,6 +801,34 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
     }
     if !kept.is_empty() {
         out.insert(b"flags".to_vec(), Value::List(kept));
+    }
+    // Keys baton reads only in the one value it implements, on any command.
+    for (name, allowed, why) in [
+        (
+            "record-call",
+            ["no", "off"],
+            "baton does not record calls yet",
+        ),
+        (
+            "delete-delay",
+            ["0", "0"],
+            "baton ends a deleted call at once (delete-delay=0)",
+        ),
+    ] {
+        let value = match out.get(name.as_bytes()) {
+            Some(Value::Int(n)) => Some(n.to_string()),
+            Some(Value::Bytes(b)) => Some(String::from_utf8_lossy(b).to_ascii_lowercase()),
+            Some(Value::List(_) | Value::Dict(_)) => Some("a list".to_owned()),
+            None => None,
+        };
+        if let Some(value) = value
+            && !allowed.contains(&value.as_str())
+        {
+            return Err(format!(
+                "{name}={} is not implemented by baton: {why}",
+                excerpt(&value)
+            ));
+        }
     }
     Ok(out)
 }
@@ -1169,7 +1223,7 @@ mod tests {
     }
 
     #[test]
-    fn rtpp_flags_are_read_into_the_request_and_explicit_keys_win() {
+    fn rtpp_flags_are_read_into_the_request_and_override_its_keys() {
         let out = canonical(&request(&[
             ("call-id", text("c")),
             ("flags", words(&["strict-source"])),
@@ -1180,7 +1234,8 @@ mod tests {
             ),
         ]))
         .expect("implemented");
-        assert_eq!(get_str(&out, "ice"), Some("force"));
+        // Read after the keys, as rtpengine reads it.
+        assert_eq!(get_str(&out, "ice"), Some("remove"));
         let mut flags = get_list(&out, "flags");
         flags.sort();
         assert_eq!(flags, ["loop-protect", "strict-source", "trust-address"]);

@@ -1411,16 +1411,14 @@ mod tests {
     }
 
     #[test]
-    fn t38_is_not_relayed_and_says_why() {
+    fn t38_is_relayed_as_a_datagram_stream() {
         let t38 = Sdp::parse(body!("carrier-t38.sdp")).expect("parse");
-        let error = streams_from(&t38, Party::User, v1::AddressFamily::Unspecified)
-            .expect_err("nothing to relay");
-        assert_eq!(error.code, v1::Code::Unimplemented);
-        assert!(
-            error.message.contains("line 7") && error.message.contains("udptl"),
-            "{}",
-            error.message
-        );
+        let (streams, layout) =
+            streams_from(&t38, Party::User, v1::AddressFamily::Unspecified).expect("relayed");
+        assert_eq!(layout, [None, Some(0)]);
+        assert_eq!(streams.len(), 1);
+        assert!(streams[0].udptl && streams[0].codecs.is_empty());
+        assert_eq!(streams[0].kind, "image");
     }
 
     #[test]

@@ -156,8 +156,7 @@ pub enum DropReason {
     /// Video from the new device after a switch, before its first keyframe
     /// (the remote's decoder still holds the old device's pictures).
     AwaitingKeyframe = 24,
-    /// Media from a participant whose media is blocked (ng `block media`),
-    /// or silenced in a codec without a silence the relay can write.
+    /// Media from a participant whose media is blocked (ng `block media`).
     MediaBlocked = 25,
     /// An RFC 4733 event from a participant whose DTMF is blocked.
     DtmfBlocked = 26,
@@ -1273,7 +1272,7 @@ pub struct MediaControl {
     /// Its media is not forwarded (its RFC 4733 events still are).
     pub block_media: bool,
     /// Its G.711 media goes on with silence for a payload; other codecs'
-    /// are not forwarded.
+    /// goes on unchanged.
     pub silence_media: bool,
     /// Its RFC 4733 events are not forwarded.
     pub block_dtmf: bool,
@@ -1432,12 +1431,12 @@ impl Stream {
         if control.block_media {
             return Err(DropReason::MediaBlocked);
         }
-        if control.silence_media {
-            let silence = self.format(remote_pt).and_then(PayloadFormat::silence_byte);
-            let (Some(byte), Ok(mut view)) = (silence, RtpView::new_checked(&mut buf[..len]))
-            else {
-                return Err(DropReason::MediaBlocked);
-            };
+        if control.silence_media
+            && let Some(byte) = self.format(remote_pt).and_then(PayloadFormat::silence_byte)
+            && let Ok(mut view) = RtpView::new_checked(&mut buf[..len])
+        {
+            // Other codecs go on as they are, as in rtpengine: the relay
+            // cannot write their silence without an encoder.
             view.payload_mut().fill(byte);
         }
         Ok(())
@@ -1777,7 +1776,7 @@ impl Stream {
     }
 
     /// A UDPTL datagram to the other party, as it came (the proxy's block
-    /// applies; silence cannot be written into fax data, so it blocks).
+    /// applies; fax data has no silence, so silencing blocks it).
     fn route_datagram(&mut self, leg: LegId, role: Option<LegRole>, len: usize) -> Outcome {
         let (from, to) = match role {
             Some(LegRole::Device) => (Party::User, self.remote),
