@@ -1260,6 +1260,8 @@ pub struct Stream {
     /// What the proxy asked to block or silence, by the sending party
     /// (whichever device the user's side is).
     controls: [MediaControl; 2],
+    /// Some control is set (one flag read per packet otherwise).
+    controlled: bool,
     /// UDPTL (T.38 fax, RFC 3362): datagrams relayed as they are, no RTP
     /// or RTCP read, rewritten or generated.
     datagrams: bool,
@@ -1354,6 +1356,7 @@ impl Stream {
             keyframe: KeyframeWait::default(),
             keyframe_request: None,
             controls: [MediaControl::default(); 2],
+            controlled: false,
             datagrams: false,
         };
         stream.set_clock_rates(clock_rates);
@@ -1408,10 +1411,13 @@ impl Stream {
     /// Sets what is blocked or silenced, per sending party.
     pub fn set_controls(&mut self, controls: [MediaControl; 2]) {
         self.controls = controls;
+        self.controlled = controls != [MediaControl::default(); 2];
     }
 
     /// Applies the sending party's controls to a packet about to go out:
     /// `Err` drops it; silence is written over a G.711 payload in place.
+    #[cold]
+    #[inline(never)]
     fn control(
         &self,
         party: Party,
@@ -1702,6 +1708,8 @@ impl Stream {
     /// Step one for a UDPTL datagram: on the RTP port, from the leg's peer
     /// (by the same source policy as RTP), counted. Nothing in it is read.
     #[allow(clippy::result_large_err, clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
     fn accept_datagram(
         this: &mut Leg,
         now: Instant,
@@ -1777,6 +1785,8 @@ impl Stream {
 
     /// A UDPTL datagram to the other party, as it came (the proxy's block
     /// applies; fax data has no silence, so silencing blocks it).
+    #[cold]
+    #[inline(never)]
     fn route_datagram(&mut self, leg: LegId, role: Option<LegRole>, len: usize) -> Outcome {
         let (from, to) = match role {
             Some(LegRole::Device) => (Party::User, self.remote),
@@ -1812,7 +1822,7 @@ impl Stream {
         let Some(remote_pt) = this.payloads.to_remote(f.pt) else {
             return this.drop(DropReason::UnknownPayloadType);
         };
-        if self.controls[Party::User.index()] != MediaControl::default() {
+        if self.controlled {
             let is_event = Some(f.pt) == this.payloads.telephone_event;
             if let Err(reason) = self.control(Party::User, is_event, remote_pt, buf, len) {
                 return self.drop_on(leg, reason);
@@ -1929,7 +1939,7 @@ impl Stream {
         let Some(device_pt) = device.payloads.from_remote(f.pt) else {
             return self.drop_on(leg, DropReason::UnknownPayloadType);
         };
-        if self.controls[Party::Remote.index()] != MediaControl::default() {
+        if self.controlled {
             let is_event = self
                 .leg(leg)
                 .is_some_and(|l| l.payloads.telephone_event == Some(f.pt));
