@@ -778,6 +778,7 @@ pub(crate) fn render(
         mids.push((mid, transport));
     }
     body.set_ice_lite_transports(&mids);
+    body.drop_dangling_groups();
     body
 }
 

@@ -1256,8 +1256,30 @@ impl Sdp {
             .collect()
     }
 
-    /// Removes the sender's `a=group` lines (BUNDLE, LS): the receiver
-    /// gets the relay's transports, which bundle nothing.
+    /// Removes the `a=group` lines other than BUNDLE (lip sync, …) that
+    /// name a MID no m= line of the body has (any more): the relay may
+    /// have given a line the receiver's own MID.
+    pub fn drop_dangling_groups(&mut self) {
+        let mids: Vec<String> = self
+            .media
+            .iter()
+            .flat_map(|section| section.iter())
+            .filter_map(|line| match line.attribute() {
+                Some(("mid", Some(mid))) => Some(mid.trim().to_owned()),
+                _ => None,
+            })
+            .collect();
+        self.session.retain(|line| match line.attribute() {
+            Some(("group", Some(value))) if !is_bundle_group(line) => value
+                .split_ascii_whitespace()
+                .skip(1)
+                .all(|mid| mids.iter().any(|m| m == mid)),
+            _ => true,
+        });
+    }
+
+    /// Removes the sender's BUNDLE groups: the receiver gets the relay's
+    /// transports, which bundle nothing.
     pub fn remove_groups(&mut self) {
         self.session.retain(|line| !is_bundle_group(line));
     }
@@ -1678,6 +1700,26 @@ mod tests {
         candidates(&mut body);
         body.push_str("a=mid:2\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n");
         body
+    }
+
+    /// Lip sync groups go through while their MIDs are there; one naming
+    /// a MID the body no longer has goes.
+    #[test]
+    fn groups_other_than_bundle_stay_while_their_mids_do() {
+        let text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+                    a=group:LS 1 2\r\na=group:BUNDLE 1 2\r\n\
+                    m=audio 4000 RTP/AVP 0\r\na=mid:1\r\nm=video 4002 RTP/AVP 31\r\na=mid:2\r\n";
+        let mut body = Sdp::parse(text).expect("parses");
+        body.remove_groups();
+        body.drop_dangling_groups();
+        let out = body.render();
+        assert!(
+            out.contains("a=group:LS 1 2\r\n") && !out.contains("BUNDLE"),
+            "{out}"
+        );
+        body.set_mid(1, "video");
+        body.drop_dangling_groups();
+        assert!(!body.render().contains("a=group:LS"), "{}", body.render());
     }
 
     /// Found by the sdp_rewrite fuzz target: a DTLS identity line before
