@@ -52,26 +52,22 @@ fn exchange(from: &Peer, to_relay: SocketAddr, to: &Peer, seq: u16) {
     assert_eq!(to.recv().0, packet, "byte for byte");
 }
 
-fn offer(call: &mut NgCall, from: &str, to: &str, sdp: String) -> baton_control::sip::sdp::Sdp {
-    let command = request(vec![
-        ("command", text("offer")),
+/// An `offer` or `answer` of `sdp` from the `from` tag's side; the body the
+/// relay gives the other side.
+fn body_via(
+    call: &mut NgCall,
+    command: &str,
+    (from, to): (&str, &str),
+    sdp: String,
+) -> baton_control::sip::sdp::Sdp {
+    let request = request(vec![
+        ("command", text(command)),
         ("call-id", text(call.call_id.as_str())),
         ("from-tag", text(from)),
         ("to-tag", text(to)),
         ("sdp", text(sdp)),
     ]);
-    sdp_of(&call.proxy.call(&command))
-}
-
-fn answer(call: &mut NgCall, from: &str, to: &str, sdp: String) -> baton_control::sip::sdp::Sdp {
-    let command = request(vec![
-        ("command", text("answer")),
-        ("call-id", text(call.call_id.as_str())),
-        ("from-tag", text(from)),
-        ("to-tag", text(to)),
-        ("sdp", text(sdp)),
-    ]);
-    sdp_of(&call.proxy.call(&command))
+    sdp_of(&call.proxy.call(&request))
 }
 
 #[test]
@@ -87,7 +83,12 @@ fn a_call_switches_to_t38_and_back_on_the_same_relay_ports() {
     // bob's gateway hears a fax tone and re-INVITEs to T.38.
     let bob_addr = call.bob.addr();
     let a_addr = call.a.addr();
-    let to_a = offer(&mut call, "bob-tag", "a-tag", t38("bob", bob_addr));
+    let to_a = body_via(
+        &mut call,
+        "offer",
+        ("bob-tag", "a-tag"),
+        t38("bob", bob_addr),
+    );
     let image = to_a.media(0).expect("m=image");
     assert_eq!(
         (image.kind.as_str(), image.proto.as_str()),
@@ -95,7 +96,12 @@ fn a_call_switches_to_t38_and_back_on_the_same_relay_ports() {
     );
     assert_eq!(media_addr(&to_a), call.a_to_relay, "the same relay port");
     assert!(to_a.render().contains("a=T38FaxUdpEC:t38UDPRedundancy\r\n"));
-    let to_bob = answer(&mut call, "bob-tag", "a-tag", t38("alice", a_addr));
+    let to_bob = body_via(
+        &mut call,
+        "answer",
+        ("bob-tag", "a-tag"),
+        t38("alice", a_addr),
+    );
     assert_eq!(media_addr(&to_bob), call.bob_to_relay);
     assert!(to_bob.render().contains("m=image "));
 
@@ -126,9 +132,19 @@ fn a_call_switches_to_t38_and_back_on_the_same_relay_ports() {
     assert!(reason(&handoff).contains("T.38"), "{handoff:?}");
 
     // The fax is done: A re-INVITEs back to audio.
-    let to_bob = offer(&mut call, "a-tag", "bob-tag", audio("alice", a_addr));
+    let to_bob = body_via(
+        &mut call,
+        "offer",
+        ("a-tag", "bob-tag"),
+        audio("alice", a_addr),
+    );
     assert_eq!(to_bob.media(0).expect("m=audio").kind, "audio");
-    let _ = answer(&mut call, "a-tag", "bob-tag", audio("bob", bob_addr));
+    let _ = body_via(
+        &mut call,
+        "answer",
+        ("a-tag", "bob-tag"),
+        audio("bob", bob_addr),
+    );
     call.a.send(
         &call.a_to_relay.to_string(),
         &rtp(8, 2, 320, 0xA, &[0xD5; 160]),
