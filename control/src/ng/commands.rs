@@ -615,6 +615,9 @@ pub struct NgService {
     /// The attribute `loop-protect` writes: `baton:` and this process's
     /// random instance name.
     loop_mark: Arc<str>,
+    /// The relay's figures for `statistics`, at most a second old: each
+    /// fresh set asks every worker, which a flood of requests must not do.
+    stats: Arc<std::sync::Mutex<Option<(std::time::Instant, v1::GetStatsResponse)>>>,
 }
 
 impl NgService {
@@ -624,6 +627,7 @@ impl NgService {
             service,
             calls: Arc::default(),
             loop_mark: format!("baton:{:016x}", rand::random::<u64>()).into(),
+            stats: Arc::default(),
         }
     }
 
@@ -1213,7 +1217,25 @@ impl NgService {
         let sessions = self.service.sessions();
         let telemetry = sessions.telemetry();
         let current = sessions.session_count() as u64;
-        let stats = self.service.stats_now().await;
+        let cached = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(_, stats)| stats.clone());
+        let stats = match cached {
+            Some(stats) => stats,
+            None => {
+                let fresh = self.service.stats_now().await;
+                *self
+                    .stats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((std::time::Instant::now(), fresh.clone()));
+                fresh
+            }
+        };
         let command_count = |command: &str| -> u64 {
             ["ok", "error"]
                 .iter()
