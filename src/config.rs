@@ -197,6 +197,17 @@ pub struct RunOptions {
     #[arg(long, value_name = "BOOL")]
     pub keyframe_wait: Option<bool>,
 
+    /// Directory for call recordings (a pcap and a JSON file per recorded
+    /// call); created if missing, and it must be writable. Without it,
+    /// recording is off and requests to record are refused.
+    #[arg(long, value_name = "DIR")]
+    pub recording_dir: Option<PathBuf>,
+
+    /// Record every call from its start (needs recording-dir).
+    #[arg(long)]
+    #[serde(default)]
+    pub record_calls: bool,
+
     /// Largest SDP body accepted, in bytes. [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub sdp_max_bytes: Option<usize>,
@@ -233,6 +244,8 @@ pub struct Config {
     pub ng_access: NgAccess,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where call recordings go; `None`: recording is off.
+    pub recording_dir: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -298,6 +311,8 @@ impl RunOptions {
             allow_unverified_transfer_source: flags.allow_unverified_transfer_source
                 || self.allow_unverified_transfer_source,
             keyframe_wait: flags.keyframe_wait.or(self.keyframe_wait),
+            recording_dir: flags.recording_dir.or(self.recording_dir),
+            record_calls: flags.record_calls || self.record_calls,
             sdp_max_bytes: flags.sdp_max_bytes.or(self.sdp_max_bytes),
             sdp_max_media: flags.sdp_max_media.or(self.sdp_max_media),
             sdp_max_formats: flags.sdp_max_formats.or(self.sdp_max_formats),
@@ -426,6 +441,7 @@ impl RunOptions {
             listen_ng,
             ng_access: NgAccess::new(ng_allow),
             metrics,
+            recording_dir: self.recording_dir.clone(),
         })
     }
 }
@@ -513,6 +529,7 @@ impl RunOptions {
                 sdp_limits,
                 drain_timeout,
                 keyframe_wait: self.keyframe_wait.unwrap_or(true),
+                record_calls: self.record_calls,
             },
         ))
     }

@@ -78,6 +78,10 @@ enum CtlCommand {
     Commit(OpenTransferArgs),
     /// Roll back an open transfer.
     Cancel(OpenTransferArgs),
+    /// Record a session into the relay's recording-dir (a pcap of what it
+    /// sends each party, and a JSON file of its devices when it stops), or
+    /// pause or stop its recording; prints the file.
+    Record(RecordArgs),
     /// A live view: sessions, packet and drop rates per worker, latency,
     /// transfers, ports, the newest sessions; refreshed every second until
     /// interrupted.
@@ -128,6 +132,18 @@ struct OpenTransferArgs {
     /// transfer is open. [default: whichever is open]
     #[arg(long, value_name = "ID")]
     transfer_id: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// Pause: stop copying; a later `record` appends to the same file.
+    #[arg(long, conflicts_with = "stop")]
+    pause: bool,
+    /// Stop, and write the call's metadata beside its pcap.
+    #[arg(long)]
+    stop: bool,
 }
 
 #[derive(Debug, Args)]
@@ -547,6 +563,7 @@ async fn run(args: CtlArgs) -> ExitCode {
         | CtlCommand::Bindings(_)
         | CtlCommand::Commit(_)
         | CtlCommand::Cancel(_)
+        | CtlCommand::Record(_)
         | CtlCommand::Top(_)
         | CtlCommand::Drain(_)) => {
             let _ = other;
@@ -781,6 +798,16 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
         CtlCommand::Commit(open) => Command::CommitTransfer(v1::CommitTransferRequest {
             session: Some(open.session.reference()),
             transfer_id: open.transfer_id.unwrap_or(0),
+        }),
+        CtlCommand::Record(record) => Command::Record(v1::RecordRequest {
+            session: Some(record.session.reference()),
+            action: if record.stop {
+                v1::RecordAction::RecordStop
+            } else if record.pause {
+                v1::RecordAction::RecordPause
+            } else {
+                v1::RecordAction::RecordStart
+            } as i32,
         }),
         CtlCommand::Cancel(open) => Command::CancelTransfer(v1::CancelTransferRequest {
             session: Some(open.session.reference()),

@@ -35,7 +35,10 @@ pub fn main(options: RunOptions) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(message) = check_media_ips(&config).and_then(|()| check_control_sockets(&config)) {
+    if let Err(message) = check_media_ips(&config)
+        .and_then(|()| check_control_sockets(&config))
+        .and_then(|()| check_recording_dir(&config))
+    {
         eprintln!("baton: {message}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -137,6 +140,28 @@ fn check_control_sockets(config: &Config) -> Result<(), String> {
 
 /// Every media IP must be an address of this host: a test bind now, before
 /// the relay says it is ready, instead of every call failing later.
+/// The recording directory exists (or is made) and takes a file.
+fn check_recording_dir(config: &Config) -> Result<(), String> {
+    let Some(dir) = &config.recording_dir else {
+        if config.sessions.record_calls {
+            return Err(
+                "record-calls needs recording-dir: where to write the recordings".to_owned(),
+            );
+        }
+        return Ok(());
+    };
+    let probe = dir.join(".baton-write-check");
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            format!(
+                "recording-dir {} cannot be written ({e}): give a directory the relay's user may create files in",
+                dir.display()
+            )
+        })
+}
+
 fn check_media_ips(config: &Config) -> Result<(), String> {
     for (index, ip) in config.dataplane.media_ips.iter().enumerate() {
         if let Err(e) = std::net::UdpSocket::bind(std::net::SocketAddr::new(*ip, 0)) {
@@ -217,6 +242,11 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
     let mut signals = ShutdownSignals::install()?;
     let service = baton_control::service::start(&config.dataplane, config.sessions.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
+    if let Some(dir) = &config.recording_dir {
+        let recordings = baton_control::recording::Recordings::start(dir)
+            .map_err(|e| anyhow::anyhow!("cannot start recording into {}: {e}", dir.display()))?;
+        service.sessions().set_recordings(Arc::new(recordings));
+    }
     let metrics = match config.metrics {
         Some(addr) => Some(
             baton_control::metrics_server::serve(addr, Arc::clone(&service))
@@ -523,6 +553,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("listen-ng", running.listen_ng != new.listen_ng),
         ("metrics", running.metrics != new.metrics),
         ("media-ip", a.media_ips != b.media_ips),
+        ("recording-dir", running.recording_dir != new.recording_dir),
         ("interface", a.interface_names != b.interface_names),
         (
             "advertise-ip",

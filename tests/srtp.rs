@@ -1591,3 +1591,49 @@ async fn unusable_srtp_lines_are_rejected_and_only_they() {
     assert!(body.media(0).expect("m").is_disabled(), "{}", updated.sdp);
     assert!(!updated.sdp.contains("a=crypto"), "{}", updated.sdp);
 }
+
+/// Issue 19: the recording of an SRTP call is in the clear — what the
+/// remote got, decrypted — started and stopped with the native `record`.
+#[tokio::test]
+async fn an_srtp_call_is_recorded_in_the_clear() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = Relay::start(&["--recording-dir", &dir.path().to_string_lossy()]);
+    let client = relay.client().await;
+    let a_key = key("AES_CM_128_HMAC_SHA1_80", 0xa1);
+    let remote_key = key("AEAD_AES_128_GCM", 0x33);
+    let mut a = Device::new(Some(&a_key), 0xA, 100);
+    let (session, mut remote) =
+        srtp_call(&client, "srtp-recorded", &mut a, &a_key, &remote_key).await;
+    let record = |action: v1::RecordAction| {
+        Command::Record(v1::RecordRequest {
+            session: by_id(&session),
+            action: action as i32,
+        })
+    };
+    let Ok(Reply::Record(started)) = client.call(record(v1::RecordAction::RecordStart)).await
+    else {
+        panic!("record");
+    };
+    assert!(started.file.ends_with(".pcap"), "{started:?}");
+    for _ in 0..10 {
+        a.send_packet();
+        remote.receive();
+    }
+    let Ok(Reply::Record(stopped)) = client.call(record(v1::RecordAction::RecordStop)).await else {
+        panic!("record");
+    };
+    assert!(stopped.file.ends_with(".json"), "{stopped:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::path::Path::new(&stopped.file).exists() {
+        assert!(std::time::Instant::now() < deadline, "no metadata");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pcap = std::fs::read(&started.file).expect("pcap");
+    // The device's payload, 160 bytes of 0xd5, as the remote got it after
+    // decryption: in the file ten times, in the clear.
+    let clear = pcap
+        .windows(160)
+        .filter(|w| w.iter().all(|&b| b == 0xd5))
+        .count();
+    assert!(clear >= 10, "{clear} clear payloads");
+}

@@ -28,6 +28,7 @@ pub mod drain;
 pub mod events;
 pub mod metrics_server;
 pub mod ng;
+pub mod recording;
 pub mod server;
 pub mod service;
 pub mod sessions;

@@ -144,6 +144,10 @@ impl Service {
                     (interface, ip.to_string(), free as u64, total as u64)
                 })
                 .collect(),
+            recording: self
+                .sessions
+                .recordings()
+                .map(|r| (r.dropped(), r.errors())),
         };
         self.exporter.render(snapshot)
     }
@@ -211,6 +215,25 @@ impl Service {
             }
             Command::Audit(_) => self.sessions.audit().await.map(Reply::Audit),
             Command::Drain(request) => Ok(Reply::Drain(self.drain(&request))),
+            Command::Record(request) => {
+                use crate::sessions::media_control::RecordAction;
+                let action = match v1::RecordAction::try_from(request.action) {
+                    Ok(v1::RecordAction::RecordStart) => RecordAction::Start,
+                    Ok(v1::RecordAction::RecordPause) => RecordAction::Pause,
+                    Ok(v1::RecordAction::RecordStop) => RecordAction::Stop,
+                    Err(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown record action {}",
+                            request.action
+                        )));
+                    }
+                };
+                let id = self.sessions.session_id(request.session.as_ref())?;
+                let file = self.sessions.record(id, action).await?;
+                Ok(Reply::Record(v1::RecordResponse {
+                    file: file.map(|f| f.display().to_string()).unwrap_or_default(),
+                }))
+            }
             Command::Authenticate(_) | Command::Subscribe(_) => Err(Status::internal(
                 "connection-level command reached the service",
             )),
@@ -273,5 +296,6 @@ fn command_name(command: &Command) -> &'static str {
         Command::CommitTransfer(_) => "commit_transfer",
         Command::CancelTransfer(_) => "cancel_transfer",
         Command::Drain(_) => "drain",
+        Command::Record(_) => "record",
     }
 }

@@ -223,6 +223,9 @@ pub const NG_COMMANDS: &[&str] = &[
     "block DTMF",
     "unblock DTMF",
     "statistics",
+    "start recording",
+    "stop recording",
+    "pause recording",
     "other",
 ];
 
@@ -245,6 +248,7 @@ pub const CONTROL_COMMANDS: &[&str] = &[
     "commit_transfer",
     "cancel_transfer",
     "drain",
+    "record",
 ];
 
 /// Every reason a session ends with.
@@ -326,6 +330,9 @@ pub struct Snapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// Per media IP: (interface, ip, free pairs, total pairs).
     pub ports: Vec<(String, String, u64, u64)>,
+    /// Call recording, when on: copies dropped (queue full), files given
+    /// up (write errors).
+    pub recording: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -451,6 +458,23 @@ impl Collector for SnapshotCollector {
             "Seconds since the relay started",
             s.uptime_seconds,
         )?;
+        if let Some((dropped, errors)) = s.recording {
+            for (name, help, value) in [
+                (
+                    "baton_recording_dropped",
+                    "Copies of recorded calls' packets dropped because the writer's queue was full (the media went on)",
+                    dropped,
+                ),
+                (
+                    "baton_recording_errors",
+                    "Recording files given up because they could not be written",
+                    errors,
+                ),
+            ] {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                counter(value).encode(m)?;
+            }
+        }
 
         let total = |f: &dyn Fn(&WorkerSnapshot) -> u64| s.workers.iter().map(f).sum::<u64>();
         {

@@ -123,6 +123,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
             sdp_limits: baton_control::sip::sdp::SdpLimits::default(),
             drain_timeout: None,
             keyframe_wait: true,
+            record_calls: false,
         },
     )
     .expect("start");

@@ -24,7 +24,7 @@ use super::vocabulary;
 use super::wire::{Dict, dict, error, get_list, get_str, text};
 use crate::service::Service;
 use crate::sessions::BranchEnd;
-use crate::sessions::media_control::{Control, ControlTarget};
+use crate::sessions::media_control::{Control, ControlTarget, RecordAction};
 use crate::sessions::transfer::TransferContext;
 use crate::sessions::{DialogView, by_id};
 use crate::sip::sdp::Sdp;
@@ -698,6 +698,15 @@ impl NgService {
             Some("query") => self.query(request).await,
             Some("list") => Ok(self.list(request)),
             Some("statistics") => Ok(self.statistics().await),
+            Some("start recording") => self.recording(request, RecordAction::Start).await,
+            Some("pause recording") => self.recording(request, RecordAction::Pause).await,
+            Some("stop recording")
+                if flagged("pause")
+                    || get_str(request, "pause").is_some_and(|p| p.eq_ignore_ascii_case("yes")) =>
+            {
+                self.recording(request, RecordAction::Pause).await
+            }
+            Some("stop recording") => self.recording(request, RecordAction::Stop).await,
             Some(command) if media_command(command).is_some() => {
                 let (control, on) = media_command(command).unwrap_or((Control::BlockMedia, true));
                 self.control(request, control, on).await
@@ -705,8 +714,64 @@ impl NgService {
             Some(other) => Err(error(format!("Unrecognized command {}", excerpt(other)))),
             None => Err(error("No command in message")),
         };
+        let reply = match reply {
+            Ok(reply) if matches!(command.as_str(), "offer" | "answer") => {
+                Ok(self.record_if_asked(request, reply).await)
+            }
+            other => other,
+        };
         self.count(&command, reply.is_ok());
         reply.unwrap_or_else(|e| e)
+    }
+
+    /// `record-call` (flag, or the key `yes`/`on`) on an offer or answer:
+    /// the call is recorded from now on. A recording that cannot start
+    /// leaves the reply as it is, with a warning saying why.
+    async fn record_if_asked(&self, request: &Dict, reply: Value) -> Value {
+        let asked = get_list(request, "flags")
+            .iter()
+            .any(|f| f == "record-call")
+            || get_str(request, "record-call")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes") || v.eq_ignore_ascii_case("on"));
+        let (true, Some(call_id)) = (asked, get_str(request, "call-id")) else {
+            return reply;
+        };
+        let sessions = self.service.sessions();
+        let mut failed = None;
+        for id in sessions.sessions_of_call(call_id, None) {
+            if let Err(status) = sessions.record(id, RecordAction::Start).await {
+                failed = Some(status.message);
+            }
+        }
+        match (failed, reply) {
+            (Some(why), Value::Dict(mut dict)) => {
+                dict.insert(
+                    b"warning".to_vec(),
+                    text(format!("the call is not recorded: {why}")),
+                );
+                Value::Dict(dict)
+            }
+            (_, reply) => reply,
+        }
+    }
+
+    /// `start recording`, `stop recording` (`pause` for a pause) and
+    /// `pause recording`, for the whole call.
+    async fn recording(&self, request: &Dict, action: RecordAction) -> Result<Value, Value> {
+        let call_id = required(request, "call-id")?;
+        let sessions = self.service.sessions();
+        let ids = sessions.sessions_of_call(call_id, None);
+        if ids.is_empty() {
+            return Err(error(NOT_FOUND_REASON));
+        }
+        for id in ids {
+            match sessions.record(id, action).await {
+                Ok(_) => {}
+                Err(status) if status.code == v1::Code::NotFound => {}
+                Err(status) => return Err(status_reply(&status)),
+            }
+        }
+        Ok(dict([("result", text("ok"))]))
     }
 
     /// Counts one request by command and outcome.

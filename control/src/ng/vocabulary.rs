@@ -32,7 +32,7 @@ pub enum Treatment {
 use Treatment::{Acts, Ignored, Refused};
 
 const NO_TRANSCODING: &str = "baton relays media unchanged and never transcodes";
-const NO_RECORDING: &str = "baton does not record calls yet";
+const NO_RECORDING: &str = "baton records a call as a pcap and a JSON file in recording-dir; it has no other recording options";
 const NO_T38: &str =
     "baton relays T.38 (m=image udptl) as it comes and does not gateway between T.38 and audio";
 const NO_MEDIA_PLAYER: &str = "baton plays no media, DTMF or music on hold";
@@ -115,7 +115,13 @@ pub const KEYS: &[Word] = &[
     ("limit", Acts("`list`: how many Call-IDs")),
     (
         "record-call",
-        Acts("`no`/`off` only; recording is refused until it is implemented"),
+        Acts(
+            "`yes`/`on`: the call is recorded from this message on (needs recording-dir); `no`/`off`: nothing",
+        ),
+    ),
+    (
+        "pause",
+        Acts("`yes` on `stop recording`: pause instead (a start appends to the same file)"),
     ),
     (
         "delete-delay",
@@ -370,7 +376,14 @@ pub const FLAGS: &[Word] = &[
     ),
     ("debug", Ignored("baton's logging is set by log-level")),
     ("no-redis-update", Ignored("baton keeps no state in Redis")),
-    ("record-call", Refused(NO_RECORDING)),
+    (
+        "record-call",
+        Acts("the call is recorded from this message on (needs recording-dir)"),
+    ),
+    (
+        "pause",
+        Acts("`stop recording`: pause instead (a start appends to the same file)"),
+    ),
     ("siprec", Refused(NO_RECORDING)),
     ("discard-recording", Refused(NO_RECORDING)),
     ("exclude-recording", Refused(NO_RECORDING)),
@@ -1148,7 +1161,7 @@ mod tests {
     #[test]
     fn what_baton_does_not_do_is_refused_by_name_and_advisory_words_are_dropped() {
         for (pairs, named) in [
-            (vec![("flags", words(&["record-call"]))], "record-call"),
+            (vec![("flags", words(&["siprec"]))], "siprec"),
             (vec![("flags", words(&["T.38-force"]))], "T.38-force"),
             (
                 vec![("flags", words(&["transcode-G722"]))],
@@ -1241,7 +1254,7 @@ mod tests {
         assert_eq!(flags, ["loop-protect", "strict-source", "trust-address"]);
         assert_eq!(get_list(&out, "replace"), ["origin"]);
         assert!(canonical(&request(&[("rtpp-flags", text("T.38=decode"))])).is_err());
-        assert!(canonical(&request(&[("rtpp-flags", text("record-call"))])).is_err());
+        assert!(canonical(&request(&[("rtpp-flags", text("siprec"))])).is_err());
     }
 
     #[test]

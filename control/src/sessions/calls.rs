@@ -253,6 +253,16 @@ impl Sessions {
             });
         }
         drop(guard);
+        if result.is_ok() && self.options().record_calls && self.recordings().is_some() {
+            // `record-calls`: every call from its start. A file that cannot
+            // be written is logged; the call goes on unrecorded.
+            if let Err(status) = self
+                .record(id, super::media_control::RecordAction::Start)
+                .await
+            {
+                tracing::error!(session = %id, "recording not started: {}", status.message);
+            }
+        }
         result
     }
 
@@ -750,6 +760,10 @@ impl Sessions {
         report: Option<&baton_relay::core::session::SessionReport>,
     ) {
         self.telemetry.session_ended(reason);
+        if let Some(recordings) = self.recordings() {
+            // Its worker has let it go: every copy is queued already.
+            recordings.finish(record.id, &super::media_control::call_names(record));
+        }
         let span = session_span(record.id, &record.call_id);
         let duration_ms = unix_time_ms().saturating_sub(record.created_unix_ms);
         let FinalTotals {

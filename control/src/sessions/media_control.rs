@@ -107,6 +107,86 @@ impl Sessions {
     }
 }
 
+/// What `record` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordAction {
+    /// Start, or resume after a pause.
+    Start,
+    /// Stop copying; a start appends to the same file.
+    Pause,
+    /// Stop and write the call's metadata.
+    Stop,
+}
+
+impl Sessions {
+    /// Starts, pauses or stops recording session `id`. Starting needs a
+    /// recording directory; its pcap file is created at once, so a
+    /// directory that cannot be written is an error here, not later.
+    /// Returns the pcap file (start) or the metadata file (stop).
+    pub async fn record(
+        &self,
+        id: SessionId,
+        action: RecordAction,
+    ) -> Result<Option<std::path::PathBuf>, Status> {
+        let Some(recordings) = self.recordings() else {
+            return Err(Status::failed_precondition(
+                "call recording is off: set recording-dir to record calls",
+            ));
+        };
+        let (_guard, record) = self.lock_id(id).await?;
+        let names = call_names(&record);
+        match action {
+            RecordAction::Start if recordings.is_recording(id) => Ok(None),
+            RecordAction::Start => {
+                let (tap, pcap) = recordings.begin(id, &names).map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "cannot record session {id}: cannot write its pcap file: {e}"
+                    ))
+                })?;
+                let update = SessionUpdate {
+                    record: Some(Some(tap)),
+                    ..SessionUpdate::default()
+                };
+                if let Err(e) = self
+                    .dataplane
+                    .update_session(record.worker, id, update)
+                    .await
+                {
+                    recordings.finish(id, &names);
+                    return Err(e.into());
+                }
+                Ok(Some(pcap))
+            }
+            RecordAction::Pause | RecordAction::Stop => {
+                let update = SessionUpdate {
+                    record: Some(None),
+                    ..SessionUpdate::default()
+                };
+                self.dataplane
+                    .update_session(record.worker, id, update)
+                    .await?;
+                Ok(if action == RecordAction::Pause {
+                    recordings.pause(id);
+                    None
+                } else {
+                    recordings.finish(id, &names)
+                })
+            }
+        }
+    }
+}
+
+/// What names a recorded call in its metadata.
+pub(crate) fn call_names(record: &super::registry::Record) -> crate::recording::CallNames {
+    crate::recording::CallNames {
+        call_id: record.call_id.clone(),
+        from_tag: record.from_tag.clone(),
+        to_tag: record.to_tag.clone(),
+        aor: record.aor.clone(),
+        gruu: record.gruu.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

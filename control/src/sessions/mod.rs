@@ -67,6 +67,8 @@ pub struct SessionOptions {
     /// At a video handoff, the new device's video waits for its first
     /// keyframe (it is asked for one either way).
     pub keyframe_wait: bool,
+    /// Record every call from its start (with a recording directory).
+    pub record_calls: bool,
 }
 
 /// The sessions of the relay and the data plane that carries them.
@@ -83,6 +85,8 @@ pub struct Sessions {
     telemetry: crate::telemetry::Telemetry,
     events: crate::events::EventBus,
     drain: crate::drain::Drain,
+    /// Call recording, when a recording directory is configured.
+    recordings: std::sync::OnceLock<std::sync::Arc<crate::recording::Recordings>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -109,7 +113,18 @@ impl Sessions {
             telemetry: crate::telemetry::Telemetry::default(),
             events: crate::events::EventBus::new(),
             drain: crate::drain::Drain::default(),
+            recordings: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns call recording on, into `recordings` (once, at start).
+    pub fn set_recordings(&self, recordings: std::sync::Arc<crate::recording::Recordings>) {
+        let _ = self.recordings.set(recordings);
+    }
+
+    /// The relay's recordings, if a recording directory is configured.
+    pub fn recordings(&self) -> Option<&std::sync::Arc<crate::recording::Recordings>> {
+        self.recordings.get()
     }
 
     /// The relay's drain: while it is on, new sessions are refused.
@@ -195,6 +210,11 @@ impl Sessions {
     /// A fresh transfer id.
     fn new_transfer_id(&self) -> TransferId {
         TransferId(self.next_transfer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The session `reference` names.
+    pub fn session_id(&self, reference: Option<&v1::SessionRef>) -> Result<SessionId, Status> {
+        self.registry().find(reference)
     }
 
     /// Waits for the lock of the session `reference` names and returns the

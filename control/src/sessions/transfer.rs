@@ -544,6 +544,9 @@ impl Sessions {
         gap: Option<Duration>,
     ) {
         let media_gap_ms = gap.map_or(-1.0, |g| g.as_secs_f64() * 1000.0);
+        if let Some(recordings) = self.recordings() {
+            recordings.note_handoff(record.id, previous, gruu, gap);
+        }
         if let Some(gap) = gap {
             self.telemetry.transfer_gap.observe(gap.as_secs_f64());
         }

@@ -12,6 +12,7 @@
 //! - [`stun`]: ICE-lite connectivity checks answered in place.
 //! - [`bundle`]: several streams on one transport, routed by MID, SSRC, payload type.
 //! - [`keyframe`]: video formats, where keyframes start, keyframe requests.
+//! - [`record`]: copies of what a recorded session forwards, for its writer.
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
 //!   loss and jitter; [`ids`]: the ids and the two parties.
 
@@ -20,6 +21,7 @@ pub mod continuity;
 pub mod dtls;
 pub mod ids;
 pub mod keyframe;
+pub mod record;
 pub mod rtcp_translate;
 pub mod rtp;
 pub mod session;

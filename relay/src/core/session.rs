@@ -151,6 +151,8 @@ pub struct SessionUpdate {
     /// Streams that now carry UDPTL datagrams (T.38 fax: `true`) or RTP
     /// again (`false`).
     pub datagrams: Vec<(StreamIndex, bool)>,
+    /// Recording starts (`Some(Some(tap))`) or stops (`Some(None)`).
+    pub record: Option<Option<crate::core::record::RecordTap>>,
 }
 
 /// Why a transfer command was refused. Nothing changed.
@@ -331,6 +333,8 @@ pub struct Session {
     /// out carrying a keyframe request: the worker's drop counters take it
     /// from [`Session::take_hidden_drop`].
     hidden_drop: Option<DropReason>,
+    /// While the call is recorded: where copies of what it forwards go.
+    record: Option<crate::core::record::RecordTap>,
 }
 
 impl Session {
@@ -364,6 +368,7 @@ impl Session {
             ended: false,
             bundles: Vec::new(),
             hidden_drop: None,
+            record: None,
         }
     }
 
@@ -606,6 +611,20 @@ impl Session {
             if accepted.is_media() {
                 self.check_bundle_ssrc(stream, &mut outcome.verdict, buf);
             }
+        }
+        if let Some(tap) = &self.record
+            && accepted.is_media()
+            && let Verdict::Forward {
+                leg: out,
+                component: Component::Rtp,
+                len,
+                ..
+            } = outcome.verdict
+        {
+            // What the receiver gets, in the clear (before `finish` seals
+            // it).
+            let toward = self.streams[stream.0].party_of(out);
+            tap.copy(self.id, stream.0, toward, now, &buf[..len.min(buf.len())]);
         }
         self.streams[stream.0].finish(
             leg,
@@ -864,6 +883,9 @@ impl Session {
             if let Some(s) = self.streams.get_mut(index.0) {
                 s.set_formats(formats);
             }
+        }
+        if let Some(record) = &update.record {
+            self.record.clone_from(record);
         }
         for &(index, datagrams) in &update.datagrams {
             if let Some(s) = self.streams.get_mut(index.0) {

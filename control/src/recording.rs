@@ -1,0 +1,454 @@
+//! Call recording: per recorded session, a pcap file of what the relay
+//! sent each party (the outward streams, in the clear even on SRTP legs)
+//! and, when the recording ends, a JSON file of the call: its dialog, its
+//! user, and the device timeline (which GRUU held the call when, each
+//! handoff with its media gap).
+//!
+//! The workers hand copies over a bounded queue ([`baton_relay::core::record`]);
+//! one writer thread writes them. A full queue drops copies and counts them
+//! (`baton_recording_dropped_total`), never media; a file that cannot be
+//! written is logged, counted (`baton_recording_errors_total`) and given up,
+//! never the relay.
+//!
+//! pcap is written by hand: a global header and, per packet, a record
+//! header, an IPv4 header and a UDP header — about forty lines, where a
+//! crate would bring a capture library along.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_relay::core::record::{PacketCopy, RecordTap};
+use baton_relay::{Party, SessionId};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+use tracing::{error, info};
+
+/// Copies the queue holds (about 12 MB; a second of 12 000 packets a
+/// second of recorded calls).
+const QUEUE: usize = 8192;
+
+/// The addresses the pcap shows: the relay, the remote party and the
+/// user's side (documentation addresses; one fixed pair per stream and
+/// direction, so that each direction reads as one stream).
+const RELAY: [u8; 4] = [192, 0, 2, 1];
+const REMOTE: [u8; 4] = [198, 51, 100, 2];
+const USER: [u8; 4] = [203, 0, 113, 3];
+
+/// The UDP port of stream `stream` toward `party` in the pcap.
+pub fn pcap_port(stream: u16, party: Party) -> u16 {
+    20_000u16
+        .wrapping_add(stream.wrapping_mul(2))
+        .wrapping_add(u16::from(party == Party::User))
+}
+
+/// What the writer is told besides the copies.
+enum Order {
+    /// Write this session's copies to `file`.
+    Open { session: SessionId, file: File },
+    /// Stop writing this session (pause), or stop and write its metadata.
+    Close {
+        session: SessionId,
+        metadata: Option<(PathBuf, serde_json::Value)>,
+    },
+}
+
+/// A recording in progress, as the control plane keeps it.
+#[derive(Debug, Clone)]
+struct Recording {
+    pcap: PathBuf,
+    started: SystemTime,
+    /// (gruu, since): the devices that held the call, in order.
+    devices: Vec<(String, SystemTime)>,
+    /// (at, from, to, media gap).
+    handoffs: Vec<(SystemTime, String, String, Option<Duration>)>,
+    paused: bool,
+}
+
+/// The relay's recordings.
+pub struct Recordings {
+    dir: PathBuf,
+    tap: RecordTap,
+    orders: Sender<Order>,
+    calls: Mutex<HashMap<SessionId, Recording>>,
+    dropped: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Recordings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recordings")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// What identifies a recorded call in its metadata.
+#[derive(Debug, Clone, Default)]
+pub struct CallNames {
+    /// Call-ID.
+    pub call_id: String,
+    /// From tag.
+    pub from_tag: String,
+    /// To tag.
+    pub to_tag: String,
+    /// The user's AOR.
+    pub aor: String,
+    /// The device that has the call.
+    pub gruu: String,
+}
+
+impl Recordings {
+    /// Recordings into `dir`, created if missing; an error when it cannot
+    /// be written (checked by writing a file there).
+    pub fn start(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let probe = dir.join(".baton-write-check");
+        std::fs::write(&probe, b"")?;
+        std::fs::remove_file(&probe)?;
+        let (copies_tx, copies) = crossbeam_channel::bounded(QUEUE);
+        let (orders, orders_rx) = crossbeam_channel::unbounded();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let writer_errors = Arc::clone(&errors);
+        std::thread::Builder::new()
+            .name("baton-recorder".to_owned())
+            .spawn(move || write_loop(&copies, &orders_rx, &writer_errors))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            tap: RecordTap::new(copies_tx, Arc::clone(&dropped)),
+            orders,
+            calls: Mutex::new(HashMap::new()),
+            dropped,
+            errors,
+        })
+    }
+
+    /// Copies dropped because the queue was full, so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Files given up because they could not be written, so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether session `id` is being recorded (not paused).
+    pub fn is_recording(&self, id: SessionId) -> bool {
+        self.calls().get(&id).is_some_and(|r| !r.paused)
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Recording>> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts (or resumes) recording session `id`: its pcap file is
+    /// created (or appended to, after a pause) now, so an unwritable
+    /// directory is an error here. The tap goes to the session's worker.
+    pub fn begin(&self, id: SessionId, names: &CallNames) -> std::io::Result<(RecordTap, PathBuf)> {
+        let mut calls = self.calls();
+        let (file, pcap) = match calls.get_mut(&id) {
+            Some(recording) => {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&recording.pcap)?;
+                recording.paused = false;
+                (file, recording.pcap.clone())
+            }
+            None => {
+                let pcap = self
+                    .dir
+                    .join(format!("{}-{id}.pcap", file_name(&names.call_id)));
+                let mut file = File::create(&pcap)?;
+                file.write_all(&pcap_header())?;
+                calls.insert(
+                    id,
+                    Recording {
+                        pcap: pcap.clone(),
+                        started: SystemTime::now(),
+                        devices: vec![(names.gruu.clone(), SystemTime::now())],
+                        handoffs: Vec::new(),
+                        paused: false,
+                    },
+                );
+                (file, pcap)
+            }
+        };
+        let _ = self.orders.send(Order::Open { session: id, file });
+        Ok((self.tap.clone(), pcap))
+    }
+
+    /// Pauses session `id`'s recording (its worker no longer copies); a
+    /// later [`Recordings::begin`] appends to the same file.
+    pub fn pause(&self, id: SessionId) {
+        if let Some(recording) = self.calls().get_mut(&id) {
+            recording.paused = true;
+            let _ = self.orders.send(Order::Close {
+                session: id,
+                metadata: None,
+            });
+        }
+    }
+
+    /// A handoff of a recorded session, for its device timeline.
+    pub fn note_handoff(&self, id: SessionId, from: &str, to: &str, gap: Option<Duration>) {
+        if let Some(recording) = self.calls().get_mut(&id) {
+            let now = SystemTime::now();
+            recording.devices.push((to.to_owned(), now));
+            recording
+                .handoffs
+                .push((now, from.to_owned(), to.to_owned(), gap));
+        }
+    }
+
+    /// Ends session `id`'s recording (stopped, or the call ended): the
+    /// writer finishes its pcap and writes its metadata beside it.
+    pub fn finish(&self, id: SessionId, names: &CallNames) -> Option<PathBuf> {
+        let recording = self.calls().remove(&id)?;
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let ended = SystemTime::now();
+        let devices: Vec<serde_json::Value> = recording
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, (gruu, since))| {
+                let until = recording
+                    .devices
+                    .get(i + 1)
+                    .map_or(ended, |(_, next)| *next);
+                json!({ "gruu": gruu, "from_unix_ms": ms(*since), "until_unix_ms": ms(until) })
+            })
+            .collect();
+        let handoffs: Vec<serde_json::Value> = recording
+            .handoffs
+            .iter()
+            .map(|(at, from, to, gap)| {
+                json!({
+                    "at_unix_ms": ms(*at),
+                    "from": from,
+                    "to": to,
+                    "media_gap_ms": gap.map(|g| g.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect();
+        let metadata = json!({
+            "session": id.to_string(),
+            "call_id": names.call_id,
+            "from_tag": names.from_tag,
+            "to_tag": names.to_tag,
+            "aor": names.aor,
+            "pcap": recording.pcap.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "started_unix_ms": ms(recording.started),
+            "ended_unix_ms": ms(ended),
+            "devices": devices,
+            "handoffs": handoffs,
+            "pcap_addresses": {
+                "relay": ip(RELAY),
+                "remote": ip(REMOTE),
+                "user": ip(USER),
+                "port_toward_remote_stream_0": pcap_port(0, Party::Remote),
+                "port_toward_user_stream_0": pcap_port(0, Party::User),
+            },
+        });
+        let json_path = recording.pcap.with_extension("json");
+        let _ = self.orders.send(Order::Close {
+            session: id,
+            metadata: Some((json_path.clone(), metadata)),
+        });
+        Some(json_path)
+    }
+}
+
+fn ip(octets: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(octets).to_string()
+}
+
+/// A Call-ID as a file name: letters, digits, `.`, `-`, `_`; at most 64.
+fn file_name(call_id: &str) -> String {
+    let name: String = call_id
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        format!("call{name}")
+    } else {
+        name
+    }
+}
+
+/// pcap's global header: version 2.4, microseconds, raw IPv4 (linktype
+/// 228, LINKTYPE_IPV4).
+fn pcap_header() -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    h[4..6].copy_from_slice(&2u16.to_le_bytes());
+    h[6..8].copy_from_slice(&4u16.to_le_bytes());
+    h[16..20].copy_from_slice(&65_535u32.to_le_bytes());
+    h[20..24].copy_from_slice(&228u32.to_le_bytes());
+    h
+}
+
+/// One copy as a pcap record: its time, an IPv4 and a UDP header, the
+/// bytes kept.
+fn pcap_record(copy: &PacketCopy, wall: SystemTime, out: &mut Vec<u8>) {
+    let payload = copy.bytes();
+    let udp_len = 8 + usize::from(copy.len);
+    let ip_len = 20 + udp_len;
+    let kept = 28 + payload.len();
+    let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+    out.extend_from_slice(
+        &u32::try_from(since.as_secs())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&since.subsec_micros().to_le_bytes());
+    out.extend_from_slice(&u32::try_from(kept).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(ip_len).unwrap_or(u32::MAX).to_le_bytes());
+    let (dst, port) = match copy.toward {
+        Party::Remote => (REMOTE, pcap_port(copy.stream, Party::Remote)),
+        Party::User => (USER, pcap_port(copy.stream, Party::User)),
+    };
+    let mut header = [0u8; 20];
+    header[0] = 0x45;
+    header[2..4].copy_from_slice(&u16::try_from(ip_len).unwrap_or(u16::MAX).to_be_bytes());
+    header[8] = 64;
+    header[9] = 17;
+    header[12..16].copy_from_slice(&RELAY);
+    header[16..20].copy_from_slice(&dst);
+    let sum = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !u16::try_from((folded & 0xffff) + (folded >> 16)).unwrap_or(u16::MAX);
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    out.extend_from_slice(payload);
+}
+
+/// The writer: copies to their sessions' files, until both queues close.
+fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &AtomicU64) {
+    // The workers' `Instant`s on the wall clock.
+    let (base_instant, base_wall) = (Instant::now(), SystemTime::now());
+    let wall = |at: Instant| match at.checked_duration_since(base_instant) {
+        Some(after) => base_wall + after,
+        None => base_wall - base_instant.saturating_duration_since(at),
+    };
+    let mut files: HashMap<SessionId, BufWriter<File>> = HashMap::new();
+    let mut record = Vec::with_capacity(64 + baton_relay::core::record::SNAPLEN);
+    let mut write = |files: &mut HashMap<SessionId, BufWriter<File>>, copy: &PacketCopy| {
+        let Some(file) = files.get_mut(&copy.session) else {
+            return; // paused, ended, or its file given up
+        };
+        record.clear();
+        pcap_record(copy, wall(copy.at), &mut record);
+        if let Err(e) = file.write_all(&record) {
+            error!(session = %copy.session, "recording: cannot write the pcap file, recording given up: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
+            files.remove(&copy.session);
+        }
+    };
+    loop {
+        crossbeam_channel::select! {
+            recv(copies) -> copy => match copy {
+                Ok(copy) => write(&mut files, &copy),
+                Err(_) => break,
+            },
+            recv(orders) -> order => match order {
+                Ok(Order::Open { session, file }) => {
+                    files.insert(session, BufWriter::new(file));
+                }
+                Ok(Order::Close { session, metadata }) => {
+                    // What the session's worker copied before it stopped
+                    // is in the queue already: it goes in first.
+                    while let Ok(copy) = copies.try_recv() {
+                        write(&mut files, &copy);
+                    }
+                    if let Some(mut file) = files.remove(&session)
+                        && let Err(e) = file.flush()
+                    {
+                        error!(%session, "recording: cannot finish the pcap file: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some((path, metadata)) = metadata {
+                        let text = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
+                        match std::fs::write(&path, text) {
+                            Ok(()) => info!(%session, path = %path.display(), "recording finished"),
+                            Err(e) => {
+                                error!(%session, path = %path.display(), "recording: cannot write the metadata: {e}");
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_become_safe_file_names() {
+        assert_eq!(
+            file_name("a84b4c76e66710@pc33.atlanta.example.com"),
+            "a84b4c76e66710_pc33.atlanta.example.com"
+        );
+        assert_eq!(file_name("../../etc/passwd"), "call.._.._etc_passwd");
+        assert_eq!(file_name(""), "call");
+        assert_eq!(file_name(&"x".repeat(300)).len(), 64);
+    }
+
+    #[test]
+    fn a_record_is_a_udp_datagram_in_an_ipv4_packet() {
+        let mut copy = PacketCopy {
+            session: SessionId(1),
+            stream: 0,
+            toward: Party::Remote,
+            at: Instant::now(),
+            len: 4,
+            data: [0; baton_relay::core::record::SNAPLEN],
+        };
+        copy.data[..4].copy_from_slice(&[0x80, 0, 0, 1]);
+        let mut out = Vec::new();
+        pcap_record(
+            &copy,
+            UNIX_EPOCH + Duration::from_micros(1_500_000),
+            &mut out,
+        );
+        assert_eq!(out.len(), 16 + 20 + 8 + 4);
+        assert_eq!(&out[0..8], &[1, 0, 0, 0, 0x20, 0xa1, 0x07, 0]);
+        let ip_header = &out[16..36];
+        assert_eq!(ip_header[0], 0x45);
+        // A header with its checksum sums to 0xffff.
+        let sum: u32 = ip_header
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff);
+        assert_eq!(&out[36..38], &pcap_port(0, Party::Remote).to_be_bytes());
+        assert_eq!(&out[44..], &[0x80, 0, 0, 1]);
+    }
+}
