@@ -48,7 +48,7 @@ fn every_word_baton_does_not_implement_is_refused_by_name_and_leaves_no_call() {
     let mut proxy = Proxy::new(ng);
     let sdp = three_codecs("a", "127.0.0.1", 6000);
     let cases: Vec<(Vec<(&'static str, Value)>, &str)> = vec![
-        (vec![("flags", flags(&["record-call"]))], "\"record-call\""),
+        (vec![("flags", flags(&["siprec"]))], "\"siprec\""),
         (
             vec![("flags", flags(&["no-such-flag"]))],
             "\"no-such-flag\"",
@@ -63,7 +63,10 @@ fn every_word_baton_does_not_implement_is_refused_by_name_and_leaves_no_call() {
             vec![("call-id", text("twice")), ("call id", text("again"))],
             "given twice",
         ),
-        (vec![("record call", text("yes"))], "record-call=\"yes\""),
+        (
+            vec![("record call", text("maybe"))],
+            "record-call=\"maybe\"",
+        ),
         (
             vec![("delete-delay", Value::Int(30))],
             "delete-delay=\"30\"",

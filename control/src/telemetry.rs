@@ -458,7 +458,9 @@ impl Collector for SnapshotCollector {
             "Seconds since the relay started",
             s.uptime_seconds,
         )?;
-        if let Some((dropped, errors)) = s.recording {
+        {
+            // Zero while recording is off: the series is always there.
+            let (dropped, errors) = s.recording.unwrap_or((0, 0));
             for (name, help, value) in [
                 (
                     "baton_recording_dropped",
