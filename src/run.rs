@@ -138,8 +138,6 @@ fn check_control_sockets(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Every media IP must be an address of this host: a test bind now, before
-/// the relay says it is ready, instead of every call failing later.
 /// The recording directory exists (or is made) and takes a file.
 fn check_recording_dir(config: &Config) -> Result<(), String> {
     let Some(dir) = &config.recording_dir else {
@@ -162,6 +160,8 @@ fn check_recording_dir(config: &Config) -> Result<(), String> {
         })
 }
 
+/// Every media IP must be an address of this host: a test bind now, before
+/// the relay says it is ready, instead of every call failing later.
 fn check_media_ips(config: &Config) -> Result<(), String> {
     for (index, ip) in config.dataplane.media_ips.iter().enumerate() {
         if let Err(e) = std::net::UdpSocket::bind(std::net::SocketAddr::new(*ip, 0)) {
@@ -349,6 +349,11 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
     // Every call's end, with its final statistics, is logged and
     // published before the subscribers' connections close.
     service.sessions().end_all(end_reason).await;
+    if let Some(recordings) = service.sessions().recordings() {
+        // Their last copies and metadata reach the disk before the exit.
+        let recordings = Arc::clone(recordings);
+        let _ = tokio::task::spawn_blocking(move || recordings.shutdown()).await;
+    }
     shutdown.cancel();
     server_task.await?;
     // Ends every session and joins the worker threads.

@@ -258,6 +258,20 @@ fn recording_pauses_resumes_and_is_refused_without_a_directory() {
     assert_eq!(result(&offered), "ok");
     let warning = baton_control::ng::wire::get_str(&offered, "warning").unwrap_or_default();
     assert!(warning.contains("recording-dir"), "{offered:?}");
+    // The key form, as Kamailio's module sends `record-call=yes`.
+    let keyed = plain.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("unrecorded-2")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+        ("record-call", text("yes")),
+    ]));
+    assert_eq!(result(&keyed), "ok", "{keyed:?}");
+    assert!(
+        baton_control::ng::wire::get_str(&keyed, "warning")
+            .is_some_and(|w| w.contains("recording-dir")),
+        "{keyed:?}"
+    );
     let refused = plain.call(&request(vec![
         ("command", text("start recording")),
         ("call-id", text("unrecorded")),

@@ -96,6 +96,15 @@ fn a_call_switches_to_t38_and_back_on_the_same_relay_ports() {
     );
     assert_eq!(media_addr(&to_a), call.a_to_relay, "the same relay port");
     assert!(to_a.render().contains("a=T38FaxUdpEC:t38UDPRedundancy\r\n"));
+    // Until the answer accepts T.38 the stream is still RTP, its checks in
+    // force: audio passes, and a datagram that is no RTP does not.
+    call.a.send(
+        &call.a_to_relay.to_string(),
+        &rtp(8, 2, 320, 0xA, &[0xD5; 160]),
+    );
+    assert_eq!(call.bob.recv().0[1] & 0x7F, 8);
+    call.a.send(&call.a_to_relay.to_string(), &udptl(1, 8));
+    call.bob.expect_silence();
     let to_bob = body_via(
         &mut call,
         "answer",
@@ -147,7 +156,7 @@ fn a_call_switches_to_t38_and_back_on_the_same_relay_ports() {
     );
     call.a.send(
         &call.a_to_relay.to_string(),
-        &rtp(8, 2, 320, 0xA, &[0xD5; 160]),
+        &rtp(8, 3, 480, 0xA, &[0xD5; 160]),
     );
     assert_eq!(call.bob.recv().0[1] & 0x7F, 8, "RTP again");
     let stats =

@@ -48,6 +48,8 @@ pub fn pcap_port(stream: u16, party: Party) -> u16 {
 
 /// What the writer is told besides the copies.
 enum Order {
+    /// Finish everything and end (the relay is stopping).
+    Shutdown,
     /// Write this session's copies to `file`.
     Open { session: SessionId, file: File },
     /// Stop writing this session (pause), or stop and write its metadata.
@@ -72,6 +74,7 @@ struct Recording {
 /// The relay's recordings.
 pub struct Recordings {
     dir: PathBuf,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     tap: RecordTap,
     orders: Sender<Order>,
     calls: Mutex<HashMap<SessionId, Recording>>,
@@ -115,11 +118,12 @@ impl Recordings {
         let dropped = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let writer_errors = Arc::clone(&errors);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("baton-recorder".to_owned())
             .spawn(move || write_loop(&copies, &orders_rx, &writer_errors))?;
         Ok(Self {
             dir: dir.to_owned(),
+            writer: Mutex::new(Some(writer)),
             tap: RecordTap::new(copies_tx, Arc::clone(&dropped)),
             orders,
             calls: Mutex::new(HashMap::new()),
@@ -161,10 +165,10 @@ impl Recordings {
                 (file, recording.pcap.clone())
             }
             None => {
-                let pcap = self
-                    .dir
-                    .join(format!("{}-{id}.pcap", file_name(&names.call_id)));
-                let mut file = File::create(&pcap)?;
+                // A session recorded again after a stop gets a file of its
+                // own: an earlier recording is never overwritten.
+                let stem = format!("{}-{id}", file_name(&names.call_id));
+                let (mut file, pcap) = create_new(&self.dir, &stem)?;
                 file.write_all(&pcap_header())?;
                 calls.insert(
                     id,
@@ -265,6 +269,46 @@ impl Recordings {
         });
         Some(json_path)
     }
+}
+
+impl Recordings {
+    /// Finishes every recording still open and waits for the writer (the
+    /// relay is stopping: the calls have ended, their copies are queued).
+    pub fn shutdown(&self) {
+        let _ = self.orders.send(Order::Shutdown);
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// A new file `stem.pcap` in `dir` (or `stem-2.pcap`, … when it exists),
+/// readable by its owner and group only: a recording is the call's audio.
+fn create_new(dir: &Path, stem: &str) -> std::io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for n in 1..=100u32 {
+        let path = if n == 1 {
+            dir.join(format!("{stem}.pcap"))
+        } else {
+            dir.join(format!("{stem}-{n}.pcap"))
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&path)
+        {
+            Ok(file) => return Ok((file, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("100 recordings of this call already"))
 }
 
 fn ip(octets: [u8; 4]) -> String {
@@ -377,11 +421,38 @@ fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &
                 Ok(Order::Open { session, file }) => {
                     files.insert(session, BufWriter::new(file));
                 }
-                Ok(Order::Close { session, metadata }) => {
-                    // What the session's worker copied before it stopped
-                    // is in the queue already: it goes in first.
+                Ok(Order::Shutdown) | Err(_) => {
                     while let Ok(copy) = copies.try_recv() {
                         write(&mut files, &copy);
+                    }
+                    for (session, mut file) in files.drain() {
+                        if let Err(e) = file.flush() {
+                            error!(%session, "recording: cannot finish the pcap file: {e}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // The metadata of calls ended just before: their
+                    // orders are queued.
+                    while let Ok(order) = orders.try_recv() {
+                        if let Order::Close {
+                            session,
+                            metadata: Some((path, metadata)),
+                        } = order
+                        {
+                            write_metadata(session, &path, &metadata, errors);
+                        }
+                    }
+                    break;
+                }
+                Ok(Order::Close { session, metadata }) => {
+                    // What the session's worker copied before it stopped
+                    // is in the queue already: it goes in first (what is
+                    // there now, not what keeps coming from other calls).
+                    for _ in 0..copies.len() {
+                        match copies.try_recv() {
+                            Ok(copy) => write(&mut files, &copy),
+                            Err(_) => break,
+                        }
                     }
                     if let Some(mut file) = files.remove(&session)
                         && let Err(e) = file.flush()
@@ -390,18 +461,26 @@ fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Some((path, metadata)) = metadata {
-                        let text = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
-                        match std::fs::write(&path, text) {
-                            Ok(()) => info!(%session, path = %path.display(), "recording finished"),
-                            Err(e) => {
-                                error!(%session, path = %path.display(), "recording: cannot write the metadata: {e}");
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        write_metadata(session, &path, &metadata, errors);
                     }
                 }
-                Err(_) => break,
             },
+        }
+    }
+}
+
+fn write_metadata(
+    session: SessionId,
+    path: &Path,
+    metadata: &serde_json::Value,
+    errors: &AtomicU64,
+) {
+    let text = serde_json::to_vec_pretty(metadata).unwrap_or_default();
+    match std::fs::write(path, text) {
+        Ok(()) => info!(%session, path = %path.display(), "recording finished"),
+        Err(e) => {
+            error!(%session, path = %path.display(), "recording: cannot write the metadata: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -409,6 +488,21 @@ fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_recording_of_a_session_never_overwrites_the_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let (_, first) = create_new(dir.path(), "call-1").expect("first");
+        let (_, second) = create_new(dir.path(), "call-1").expect("second");
+        assert_ne!(first, second);
+        assert!(second.to_string_lossy().ends_with("call-1-2.pcap"));
+        let mode = std::fs::metadata(&first)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o007, 0, "not readable by others: {mode:o}");
+    }
 
     #[test]
     fn call_ids_become_safe_file_names() {

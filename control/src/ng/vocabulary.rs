@@ -819,12 +819,12 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
     for (name, allowed, why) in [
         (
             "record-call",
-            ["no", "off"],
-            "baton does not record calls yet",
+            &["yes", "on", "no", "off"][..],
+            "give yes or no",
         ),
         (
             "delete-delay",
-            ["0", "0"],
+            &["0"][..],
             "baton ends a deleted call at once (delete-delay=0)",
         ),
     ] {

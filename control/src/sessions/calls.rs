@@ -362,6 +362,7 @@ impl Sessions {
             streams.push(NegotiatedStream {
                 kind: spec.kind.clone(),
                 udptl: spec.udptl,
+                datagrams: spec.udptl,
                 codecs: spec.codecs.clone(),
                 rtcp_mux: [spec.rtcp_mux; 2],
                 rtcp_sockets: rtcp_sockets || !spec.rtcp_mux,

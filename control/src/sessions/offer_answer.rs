@@ -106,10 +106,20 @@ impl Sessions {
                         m.line
                     )));
                 }
+                if record.open_transfer.is_some() {
+                    return Err(Status::failed_precondition(format!(
+                        "SDP line {}: a handoff is open on session {}: switch to or from T.38 once it completes or is cancelled",
+                        m.line, record.id
+                    )));
+                }
                 stream.kind.clone_from(&m.kind);
                 stream.udptl = m.is_udptl();
-                stream.user_payloads.clear();
-                update.datagrams.push((StreamIndex(s), stream.udptl));
+                if !stream.udptl && stream.datagrams {
+                    // Back to audio: RTP again at once (the T.38 packets
+                    // still coming are malformed RTP, dropped and counted).
+                    stream.datagrams = false;
+                    update.datagrams.push((StreamIndex(s), false));
+                }
             }
             if m.is_disabled() {
                 // Rejected (or disabled): port 0 toward the other party
@@ -164,7 +174,7 @@ impl Sessions {
                 declined.push(s);
                 continue;
             }
-            if let Some(wanted) = other_transport {
+            if let Some(wanted) = other_transport.filter(|_| !m.is_udptl()) {
                 let toward = &mut stream.crypto[other.index()];
                 if toward.transport.is_srtp() == wanted.is_srtp()
                     && toward.transport.is_dtls() == wanted.is_dtls()
@@ -207,7 +217,22 @@ impl Sessions {
                 }
             }
             stream.rejected = false;
-            if from == Party::Remote || state.received[Party::Remote.index()].is_none() || switching
+            // Datagrams once both sides' bodies carry T.38 (the answer
+            // accepted it): until then, and if the answer rejects it, the
+            // stream stays RTP, its checks and controls in force.
+            if stream.udptl
+                && !stream.datagrams
+                && other_media(s).is_some_and(|o| o.is_udptl() && !o.is_disabled())
+            {
+                stream.datagrams = true;
+                update.datagrams.push((StreamIndex(s), true));
+            }
+            // A T.38 line has no codecs: the audio ones stay until a body
+            // brings audio again (the stream relays RTP until the answer).
+            if !m.is_udptl()
+                && (from == Party::Remote
+                    || state.received[Party::Remote.index()].is_none()
+                    || switching)
             {
                 stream.codecs.clone_from(&m.codecs);
                 update
@@ -324,9 +349,7 @@ impl Sessions {
                 // back).
                 now.kind.clone_from(&updated.kind);
                 now.udptl = updated.udptl;
-                if updated.user_payloads.is_empty() {
-                    now.user_payloads.clear();
-                }
+                now.datagrams = updated.datagrams;
                 now.codecs.clone_from(&updated.codecs);
                 now.held = updated.held;
                 now.ptime = updated.ptime;

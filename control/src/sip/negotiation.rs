@@ -30,6 +30,8 @@ pub(crate) struct NegotiatedStream {
     pub kind: String,
     /// UDPTL (T.38 fax): plain datagrams, no codecs.
     pub udptl: bool,
+    /// Its worker relays datagrams (both sides' bodies carry T.38).
+    pub datagrams: bool,
     /// The remote party's codecs (the stream's numbering).
     pub codecs: Vec<v1::Codec>,
     /// Per party (user, remote): the peer multiplexes RTCP on the RTP port.
@@ -1227,6 +1229,7 @@ mod tests {
                 NegotiatedStream {
                     kind: spec.kind.clone(),
                     udptl: spec.udptl,
+                    datagrams: spec.udptl,
                     codecs: spec.codecs.clone(),
                     rtcp_mux: [spec.rtcp_mux; 2],
                     rtcp_sockets: true,
