@@ -208,6 +208,11 @@ pub struct RunOptions {
     #[serde(default)]
     pub record_calls: bool,
 
+    /// Also write each recorded G.711 stream as a WAV file per direction.
+    #[arg(long)]
+    #[serde(default)]
+    pub recording_wav: bool,
+
     /// Largest SDP body accepted, in bytes. [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub sdp_max_bytes: Option<usize>,
@@ -246,6 +251,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// Where call recordings go; `None`: recording is off.
     pub recording_dir: Option<PathBuf>,
+    /// Recorded G.711 streams are written as WAV files too.
+    pub recording_wav: bool,
 }
 
 impl RunOptions {
@@ -313,6 +320,7 @@ impl RunOptions {
             keyframe_wait: flags.keyframe_wait.or(self.keyframe_wait),
             recording_dir: flags.recording_dir.or(self.recording_dir),
             record_calls: flags.record_calls || self.record_calls,
+            recording_wav: flags.recording_wav || self.recording_wav,
             sdp_max_bytes: flags.sdp_max_bytes.or(self.sdp_max_bytes),
             sdp_max_media: flags.sdp_max_media.or(self.sdp_max_media),
             sdp_max_formats: flags.sdp_max_formats.or(self.sdp_max_formats),
@@ -442,6 +450,7 @@ impl RunOptions {
             ng_access: NgAccess::new(ng_allow),
             metrics,
             recording_dir: self.recording_dir.clone(),
+            recording_wav: self.recording_wav,
         })
     }
 }

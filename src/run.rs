@@ -243,7 +243,7 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
     let service = baton_control::service::start(&config.dataplane, config.sessions.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the media workers: {e}"))?;
     if let Some(dir) = &config.recording_dir {
-        let recordings = baton_control::recording::Recordings::start(dir)
+        let recordings = baton_control::recording::Recordings::start(dir, config.recording_wav)
             .map_err(|e| anyhow::anyhow!("cannot start recording into {}: {e}", dir.display()))?;
         service.sessions().set_recordings(Arc::new(recordings));
     }
@@ -559,6 +559,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("metrics", running.metrics != new.metrics),
         ("media-ip", a.media_ips != b.media_ips),
         ("recording-dir", running.recording_dir != new.recording_dir),
+        ("recording-wav", running.recording_wav != new.recording_wav),
         ("interface", a.interface_names != b.interface_names),
         (
             "advertise-ip",

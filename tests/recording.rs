@@ -29,6 +29,7 @@ fn relay(dir: &Path) -> (Relay, Proxy) {
         &ng,
         "--recording-dir",
         &dir.to_string_lossy(),
+        "--recording-wav",
     ]);
     (
         relay,
@@ -174,6 +175,34 @@ fn a_handed_off_call_is_one_recording_with_its_device_timeline() {
         let toward_user = tshark_rtp_streams(&pcap, 20_001).expect("tshark");
         assert_eq!(toward_user.len(), 1, "{toward_user:?}");
     }
+
+    // The WAV of what bob heard: A-law, one file across both handoffs,
+    // 90 packets of 160 samples and the real time between the devices.
+    let listing: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let wavs: Vec<&str> = metadata["wav"]
+        .as_array()
+        .unwrap_or_else(|| panic!("wav files: {listing:?} {metadata}"))
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let to_remote = wavs
+        .iter()
+        .find(|n| n.ends_with("-0-to-remote.wav"))
+        .expect("the remote's WAV");
+    let wav = std::fs::read(dir.path().join(to_remote)).expect("wav");
+    assert_eq!(&wav[0..4], b"RIFF");
+    assert_eq!(&wav[8..12], b"WAVE");
+    assert_eq!(u16::from_le_bytes([wav[20], wav[21]]), 6, "A-law");
+    let data = u32::from_le_bytes([wav[54], wav[55], wav[56], wav[57]]) as usize;
+    assert_eq!(wav.len(), 58 + data);
+    assert!((90 * 160..90 * 160 + 16_000).contains(&data), "{data}");
+    assert!(
+        wavs.iter().any(|n| n.ends_with("-0-to-user.wav")),
+        "{wavs:?}"
+    );
 }
 
 #[test]

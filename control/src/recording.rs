@@ -50,8 +50,13 @@ pub fn pcap_port(stream: u16, party: Party) -> u16 {
 enum Order {
     /// Finish everything and end (the relay is stopping).
     Shutdown,
-    /// Write this session's copies to `file`.
-    Open { session: SessionId, file: File },
+    /// Write this session's copies to `file` (and, with `wav`, WAV files
+    /// named after this path without its extension).
+    Open {
+        session: SessionId,
+        file: File,
+        wav: Option<PathBuf>,
+    },
     /// Stop writing this session (pause), or stop and write its metadata.
     Close {
         session: SessionId,
@@ -74,6 +79,7 @@ struct Recording {
 /// The relay's recordings.
 pub struct Recordings {
     dir: PathBuf,
+    wav: bool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     tap: RecordTap,
     orders: Sender<Order>,
@@ -108,7 +114,9 @@ pub struct CallNames {
 impl Recordings {
     /// Recordings into `dir`, created if missing; an error when it cannot
     /// be written (checked by writing a file there).
-    pub fn start(dir: &Path) -> std::io::Result<Self> {
+    /// With `wav`, each G.711 stream is also written as a WAV file per
+    /// direction.
+    pub fn start(dir: &Path, wav: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let probe = dir.join(".baton-write-check");
         std::fs::write(&probe, b"")?;
@@ -123,6 +131,7 @@ impl Recordings {
             .spawn(move || write_loop(&copies, &orders_rx, &writer_errors))?;
         Ok(Self {
             dir: dir.to_owned(),
+            wav,
             writer: Mutex::new(Some(writer)),
             tap: RecordTap::new(copies_tx, Arc::clone(&dropped)),
             orders,
@@ -183,7 +192,12 @@ impl Recordings {
                 (file, pcap)
             }
         };
-        let _ = self.orders.send(Order::Open { session: id, file });
+        let wav = self.wav.then(|| pcap.with_extension(""));
+        let _ = self.orders.send(Order::Open {
+            session: id,
+            file,
+            wav,
+        });
         Ok((self.tap.clone(), pcap))
     }
 
@@ -397,20 +411,29 @@ fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &
         Some(after) => base_wall + after,
         None => base_wall - base_instant.saturating_duration_since(at),
     };
-    let mut files: HashMap<SessionId, BufWriter<File>> = HashMap::new();
+    let mut files: HashMap<SessionId, CallFiles> = HashMap::new();
     let mut record = Vec::with_capacity(64 + baton_relay::core::record::SNAPLEN);
-    let mut write = |files: &mut HashMap<SessionId, BufWriter<File>>, copy: &PacketCopy| {
-        let Some(file) = files.get_mut(&copy.session) else {
+    let mut write = |files: &mut HashMap<SessionId, CallFiles>, copy: &PacketCopy| {
+        let Some(call) = files.get_mut(&copy.session) else {
             return; // paused, ended, or its file given up
         };
         record.clear();
         pcap_record(copy, wall(copy.at), &mut record);
-        if let Err(e) = file.write_all(&record) {
-            error!(session = %copy.session, "recording: cannot write the pcap file, recording given up: {e}");
+        if let Err(e) = call.write(copy, &record) {
+            error!(session = %copy.session, "recording: cannot write its files, recording given up: {e}");
             errors.fetch_add(1, Ordering::Relaxed);
             files.remove(&copy.session);
         }
     };
+    let close = |session: SessionId, call: CallFiles| -> Vec<String> {
+        call.finish().unwrap_or_else(|e| {
+            error!(%session, "recording: cannot finish its files: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        })
+    };
+    // WAV files of sessions whose metadata is still to come.
+    let mut wav_names: HashMap<SessionId, Vec<String>> = HashMap::new();
     loop {
         crossbeam_channel::select! {
             recv(copies) -> copy => match copy {
@@ -418,27 +441,26 @@ fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &
                 Err(_) => break,
             },
             recv(orders) -> order => match order {
-                Ok(Order::Open { session, file }) => {
-                    files.insert(session, BufWriter::new(file));
+                Ok(Order::Open { session, file, wav }) => {
+                    files.insert(session, CallFiles::new(file, wav));
                 }
                 Ok(Order::Shutdown) | Err(_) => {
                     while let Ok(copy) = copies.try_recv() {
                         write(&mut files, &copy);
                     }
-                    for (session, mut file) in files.drain() {
-                        if let Err(e) = file.flush() {
-                            error!(%session, "recording: cannot finish the pcap file: {e}");
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                    for (session, call) in files.drain() {
+                        let names = close(session, call);
+                        wav_names.entry(session).or_default().extend(names);
                     }
                     // The metadata of calls ended just before: their
                     // orders are queued.
                     while let Ok(order) = orders.try_recv() {
                         if let Order::Close {
                             session,
-                            metadata: Some((path, metadata)),
+                            metadata: Some((path, mut metadata)),
                         } = order
                         {
+                            add_wav_names(&mut metadata, wav_names.remove(&session));
                             write_metadata(session, &path, &metadata, errors);
                         }
                     }
@@ -454,18 +476,214 @@ fn write_loop(copies: &Receiver<PacketCopy>, orders: &Receiver<Order>, errors: &
                             Err(_) => break,
                         }
                     }
-                    if let Some(mut file) = files.remove(&session)
-                        && let Err(e) = file.flush()
-                    {
-                        error!(%session, "recording: cannot finish the pcap file: {e}");
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(call) = files.remove(&session) {
+                        let names = close(session, call);
+                        wav_names.entry(session).or_default().extend(names);
                     }
-                    if let Some((path, metadata)) = metadata {
+                    if let Some((path, mut metadata)) = metadata {
+                        add_wav_names(&mut metadata, wav_names.remove(&session));
                         write_metadata(session, &path, &metadata, errors);
                     }
                 }
             },
         }
+    }
+}
+
+fn add_wav_names(metadata: &mut serde_json::Value, names: Option<Vec<String>>) {
+    if let (serde_json::Value::Object(fields), Some(names)) = (metadata, names)
+        && !names.is_empty()
+    {
+        fields.insert("wav".to_owned(), json!(names));
+    }
+}
+
+/// One recorded call's open files.
+struct CallFiles {
+    pcap: BufWriter<File>,
+    /// With WAV output: the files' path stem, and a track per G.711
+    /// stream and direction.
+    wav: Option<(PathBuf, Vec<wav::Track>)>,
+}
+
+impl CallFiles {
+    fn new(pcap: File, wav: Option<PathBuf>) -> Self {
+        Self {
+            pcap: BufWriter::new(pcap),
+            wav: wav.map(|stem| (stem, Vec::new())),
+        }
+    }
+
+    fn write(&mut self, copy: &PacketCopy, record: &[u8]) -> std::io::Result<()> {
+        self.pcap.write_all(record)?;
+        if let Some((stem, tracks)) = &mut self.wav {
+            wav::feed(stem, tracks, copy)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the pcap and finishes the WAV files; their names.
+    fn finish(mut self) -> std::io::Result<Vec<String>> {
+        self.pcap.flush()?;
+        let mut names = Vec::new();
+        if let Some((_, tracks)) = self.wav {
+            for track in tracks {
+                names.push(track.finish()?);
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// G.711 streams as WAV files: the payloads as they are (WAV has µ-law
+/// and A-law formats), laid on the stream's RTP clock, a gap (loss, a
+/// pause of the sender) filled with silence up to 10 s.
+mod wav {
+    use std::fs::File;
+    use std::io::{BufWriter, Seek, SeekFrom, Write};
+    use std::path::{Path, PathBuf};
+
+    use baton_relay::Party;
+    use baton_relay::core::record::PacketCopy;
+
+    /// Longest gap filled with silence, in samples (10 s at 8 kHz).
+    const MAX_GAP: u32 = 80_000;
+    /// Bytes of the header: RIFF, `fmt ` (18), `fact`, `data`.
+    const HEADER: usize = 58;
+
+    /// One direction of one stream.
+    pub struct Track {
+        stream: u16,
+        toward: Party,
+        /// The RTP payload type: 0 (PCMU) or 8 (PCMA).
+        law: u8,
+        file: BufWriter<File>,
+        path: PathBuf,
+        next_ts: Option<u32>,
+        samples: u32,
+    }
+
+    impl Track {
+        /// Writes the sizes into the header; the file's name.
+        pub fn finish(mut self) -> std::io::Result<String> {
+            self.file.flush()?;
+            let file = self.file.get_mut();
+            let data = self.samples;
+            for (at, value) in [(4, 50u32.saturating_add(data)), (46, data), (54, data)] {
+                file.seek(SeekFrom::Start(at))?;
+                file.write_all(&value.to_le_bytes())?;
+            }
+            file.flush()?;
+            Ok(self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default())
+        }
+    }
+
+    fn header(law: u8) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[0..4].copy_from_slice(b"RIFF");
+        h[8..12].copy_from_slice(b"WAVE");
+        h[12..16].copy_from_slice(b"fmt ");
+        h[16..20].copy_from_slice(&18u32.to_le_bytes());
+        // WAVE_FORMAT_MULAW (7) or WAVE_FORMAT_ALAW (6), mono, 8 kHz,
+        // 8 bits a sample.
+        h[20..22].copy_from_slice(&(if law == 0 { 7u16 } else { 6 }).to_le_bytes());
+        h[22..24].copy_from_slice(&1u16.to_le_bytes());
+        h[24..28].copy_from_slice(&8000u32.to_le_bytes());
+        h[28..32].copy_from_slice(&8000u32.to_le_bytes());
+        h[32..34].copy_from_slice(&1u16.to_le_bytes());
+        h[34..36].copy_from_slice(&8u16.to_le_bytes());
+        h[38..42].copy_from_slice(b"fact");
+        h[42..46].copy_from_slice(&4u32.to_le_bytes());
+        h[50..54].copy_from_slice(b"data");
+        h
+    }
+
+    /// The G.711 payload of an RTP packet, if it is one: (payload type,
+    /// timestamp, payload).
+    fn g711(packet: &[u8]) -> Option<(u8, u32, &[u8])> {
+        let first = *packet.first()?;
+        if first >> 6 != 2 {
+            return None;
+        }
+        let pt = packet.get(1)? & 0x7f;
+        if pt != 0 && pt != 8 {
+            return None;
+        }
+        let ts = u32::from_be_bytes(packet.get(4..8)?.try_into().ok()?);
+        let mut start = 12 + 4 * usize::from(first & 0x0f);
+        if first & 0x10 != 0 {
+            let words = u16::from_be_bytes(packet.get(start + 2..start + 4)?.try_into().ok()?);
+            start += 4 + 4 * usize::from(words);
+        }
+        let padding = if first & 0x20 != 0 {
+            usize::from(*packet.last()?)
+        } else {
+            0
+        };
+        let end = packet.len().checked_sub(padding)?;
+        Some((pt, ts, packet.get(start..end)?))
+    }
+
+    /// Adds a copy to its track (opened on the first G.711 packet).
+    pub fn feed(stem: &Path, tracks: &mut Vec<Track>, copy: &PacketCopy) -> std::io::Result<()> {
+        if usize::from(copy.len) != copy.bytes().len() {
+            return Ok(()); // cut: longer than any G.711 packet
+        }
+        let Some((pt, ts, payload)) = g711(copy.bytes()) else {
+            return Ok(());
+        };
+        let at = match tracks
+            .iter()
+            .position(|t| t.stream == copy.stream && t.toward == copy.toward)
+        {
+            Some(at) => at,
+            None => {
+                let side = match copy.toward {
+                    Party::Remote => "to-remote",
+                    Party::User => "to-user",
+                };
+                let mut name = stem.as_os_str().to_owned();
+                name.push(format!("-{}-{side}.wav", copy.stream));
+                let path = PathBuf::from(name);
+                let mut file = BufWriter::new(File::create(&path)?);
+                file.write_all(&header(pt))?;
+                tracks.push(Track {
+                    stream: copy.stream,
+                    toward: copy.toward,
+                    law: pt,
+                    file,
+                    path,
+                    next_ts: None,
+                    samples: 0,
+                });
+                tracks.len() - 1
+            }
+        };
+        let track = &mut tracks[at];
+        if pt != track.law {
+            return Ok(()); // the other law mid-stream: not in this file
+        }
+        if let Some(next) = track.next_ts {
+            let ahead = ts.wrapping_sub(next);
+            if ahead > u32::MAX / 2 {
+                return Ok(()); // late, or a repeat
+            }
+            if ahead > 0 && ahead <= MAX_GAP {
+                let silence = if pt == 0 { 0xFF } else { 0xD5 };
+                let fill = vec![silence; usize::try_from(ahead).unwrap_or(0)];
+                track.file.write_all(&fill)?;
+                track.samples = track.samples.saturating_add(ahead);
+            }
+        }
+        track.file.write_all(payload)?;
+        let n = u32::try_from(payload.len()).unwrap_or(0);
+        track.samples = track.samples.saturating_add(n);
+        track.next_ts = Some(ts.wrapping_add(n));
+        Ok(())
     }
 }
 
@@ -544,5 +762,52 @@ mod tests {
         assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff);
         assert_eq!(&out[36..38], &pcap_port(0, Party::Remote).to_be_bytes());
         assert_eq!(&out[44..], &[0x80, 0, 0, 1]);
+    }
+}
+
+#[cfg(test)]
+mod wav_tests {
+    use super::*;
+
+    fn copy(seq: u16, ts: u32) -> PacketCopy {
+        let mut copy = PacketCopy {
+            session: SessionId(1),
+            stream: 0,
+            toward: Party::Remote,
+            at: Instant::now(),
+            len: 172,
+            data: [0; baton_relay::core::record::SNAPLEN],
+        };
+        copy.data[0] = 0x80;
+        copy.data[1] = 8;
+        copy.data[2..4].copy_from_slice(&seq.to_be_bytes());
+        copy.data[4..8].copy_from_slice(&ts.to_be_bytes());
+        copy.data[12..172].fill(0x55);
+        copy
+    }
+
+    #[test]
+    fn g711_streams_become_wav_files_with_their_gaps_filled() {
+        let dir = tempfile::tempdir().expect("dir");
+        let stem = dir.path().join("call-1");
+        let mut tracks = Vec::new();
+        wav::feed(&stem, &mut tracks, &copy(1, 1000)).expect("feed");
+        wav::feed(&stem, &mut tracks, &copy(2, 1160)).expect("feed");
+        // One packet lost: its 160 samples come back as silence.
+        wav::feed(&stem, &mut tracks, &copy(4, 1480)).expect("feed");
+        // A late packet is not written again.
+        wav::feed(&stem, &mut tracks, &copy(3, 1320)).expect("feed");
+        assert_eq!(tracks.len(), 1);
+        let name = tracks.pop().expect("track").finish().expect("finish");
+        let wav = std::fs::read(dir.path().join(&name)).expect("wav");
+        assert_eq!(name, "call-1-0-to-remote.wav");
+        assert_eq!(u16::from_le_bytes([wav[20], wav[21]]), 6, "A-law");
+        let data = u32::from_le_bytes([wav[54], wav[55], wav[56], wav[57]]) as usize;
+        assert_eq!(data, 4 * 160);
+        assert_eq!(wav.len(), 58 + data);
+        assert!(
+            wav[58 + 320..58 + 480].iter().all(|&b| b == 0xD5),
+            "silence"
+        );
     }
 }
