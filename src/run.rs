@@ -148,11 +148,7 @@ fn check_recording_dir(config: &Config) -> Result<(), String> {
         }
         return Ok(());
     };
-    let probe = dir.join(".baton-write-check");
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b""))
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| {
+    baton_control::recording::check_dir(dir).map_err(|e| {
             format!(
                 "recording-dir {} cannot be written ({e}): give a directory the relay's user may create files in",
                 dir.display()

@@ -111,16 +111,21 @@ pub struct CallNames {
     pub gruu: String,
 }
 
+/// Makes `dir` if missing and checks that a file can be created there.
+pub fn check_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".baton-write-check");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
 impl Recordings {
     /// Recordings into `dir`, created if missing; an error when it cannot
     /// be written (checked by writing a file there).
     /// With `wav`, each G.711 stream is also written as a WAV file per
     /// direction.
     pub fn start(dir: &Path, wav: bool) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let probe = dir.join(".baton-write-check");
-        std::fs::write(&probe, b"")?;
-        std::fs::remove_file(&probe)?;
+        check_dir(dir)?;
         let (copies_tx, copies) = crossbeam_channel::bounded(QUEUE);
         let (orders, orders_rx) = crossbeam_channel::unbounded();
         let dropped = Arc::new(AtomicU64::new(0));

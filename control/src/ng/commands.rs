@@ -1301,31 +1301,20 @@ impl NgService {
                 fresh
             }
         };
-        let command_count = |command: &str| -> u64 {
-            ["ok", "error"]
-                .iter()
-                .map(|code| {
-                    telemetry
-                        .ng_requests
-                        .get_or_create(&crate::telemetry::RequestLabels {
-                            command: command.to_owned(),
-                            code: (*code).to_owned(),
-                        })
-                        .get()
+        // Requests so far of one command with one outcome.
+        let requests = |command: &str, code: &str| -> u64 {
+            telemetry
+                .ng_requests
+                .get_or_create(&crate::telemetry::RequestLabels {
+                    command: command.to_owned(),
+                    code: code.to_owned(),
                 })
-                .sum()
+                .get()
         };
+        let command_count = |command: &str| requests(command, "ok") + requests(command, "error");
         let errors: u64 = crate::telemetry::NG_COMMANDS
             .iter()
-            .map(|command| {
-                telemetry
-                    .ng_requests
-                    .get_or_create(&crate::telemetry::RequestLabels {
-                        command: (*command).to_owned(),
-                        code: "error".to_owned(),
-                    })
-                    .get()
-            })
+            .map(|command| requests(command, "error"))
             .sum();
         let dict_of = |pairs: Vec<(&str, Value)>| {
             Value::Dict(

@@ -742,9 +742,10 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
     let mut spelled: Vec<(&'static str, String)> = Vec::new();
     for (raw, value) in request {
         let raw = String::from_utf8_lossy(raw).into_owned();
+        let known = key(&raw);
         // One key in two spellings (`call-id` and `call id`): which one a
         // dictionary yields first is chance, so neither is taken.
-        if let Some((name, _)) = key(&raw).filter(|(name, _)| !name.is_empty()) {
+        if let Some((name, _)) = known.filter(|(name, _)| !name.is_empty()) {
             if let Some((_, other)) = spelled.iter().find(|(n, _)| *n == name) {
                 return Err(format!(
                     "ng key {} is given twice, as {} and {}",
@@ -755,7 +756,7 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
             }
             spelled.push((name, raw.clone()));
         }
-        if key(&raw).is_some_and(|(name, _)| name == "rtpp-flags") {
+        if known.is_some_and(|(name, _)| name == "rtpp-flags") {
             let Value::Bytes(bytes) = value else {
                 return Err("rtpp-flags must be a string".to_owned());
             };
@@ -768,16 +769,17 @@ pub fn canonical(request: &Dict) -> Result<Dict, String> {
     }
     let from_string = pairs.len();
     for (at, (raw, value)) in pairs.into_iter().chain(flag_string).enumerate() {
+        let known = key(&raw);
         // The flag string is read after the keys and overrides them, as
         // rtpengine reads it (a `from-tag=` in it names the participant).
         if at >= from_string
-            && let Some((name, Acts(_))) = key(&raw)
+            && let Some((name, Acts(_))) = known
             && (matches!(value, Value::Bytes(_) | Value::Int(_))
                 || matches!(name, "received-from" | "direction"))
         {
             out.remove(name.as_bytes());
         }
-        match key(&raw) {
+        match known {
             Some((name, Acts(_))) => merge(&mut out, &mut flags, name, value),
             Some((_, Ignored(reason))) => debug!(key = %excerpt(&raw), reason, "ng: key ignored"),
             Some((_, Refused(reason))) => return Err(refusal("ng key", &raw, reason)),
