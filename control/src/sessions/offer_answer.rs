@@ -9,8 +9,8 @@ use super::Sessions;
 use crate::sip::crypto::PartyCrypto;
 use crate::sip::negotiation::{
     SdpState, StreamBundle, endpoint_of, extend_layout, holds, match_by_kind, media_of,
-    relay_toward, render, requested_transport, sdes_policy, security_toward, session_held, stamp,
-    transport_of, webrtc_toward,
+    relay_toward, relocate, render, requested_transport, sdes_policy, security_toward,
+    session_held, stamp, t38_relocations, transport_of, webrtc_toward,
 };
 use crate::status::Status;
 
@@ -51,8 +51,12 @@ impl Sessions {
             )));
         }
         let state = record.sdp.clone().unwrap_or_default();
+        let mut relocations = Vec::new();
         let layout = match (&state.layout[from.index()], &state.layout[other.index()]) {
-            (Some(known), _) => extend_layout(known, &media)?,
+            (Some(known), _) => {
+                relocations = t38_relocations(known, &media, &record.streams);
+                extend_layout(&relocate(known, &relocations), &media)?
+            }
             // An answer has the offer's m= lines (RFC 3264 §6).
             (None, Some(offered)) => extend_layout(offered, &media)?,
             (None, None) => match_by_kind(&media, &record.streams),
@@ -365,6 +369,11 @@ impl Sessions {
             );
             let relay = relay_toward(&current.streams, other);
             let state = current.sdp.get_or_insert_with(SdpState::default);
+            // A stream moved to another line moves in the other party's
+            // view too: it sees the same lines, and its answer has them.
+            if let Some(known) = state.layout[other.index()].as_mut() {
+                *known = relocate(known, &relocations);
+            }
             let receiver = match (
                 state.received[other.index()].as_ref(),
                 state.layout[other.index()].as_ref(),

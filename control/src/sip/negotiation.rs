@@ -633,6 +633,76 @@ pub(crate) fn match_by_kind(media: &[Media], streams: &[NegotiatedStream]) -> La
         .collect()
 }
 
+/// A T.38 switch that moves a stream to another m= line: the line it was
+/// on, the line it moves to, and the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Relocation {
+    pub from_line: usize,
+    pub to_line: usize,
+    pub stream: usize,
+}
+
+/// T.38 re-INVITEs that move a stream instead of changing its line in
+/// place: some gateways disable the audio line (port 0) and add `m=image`
+/// (RFC 3264 §8.2 and §8.4 allow both), and switch back by re-enabling an
+/// audio line and disabling the image one. Each disabled line the relay
+/// carried is paired, in order, with an enabled line it does not carry
+/// whose transport switches between RTP and UDPTL; the stream keeps its
+/// relay ports and moves there.
+pub(crate) fn t38_relocations(
+    known: &Layout,
+    media: &[Media],
+    streams: &[NegotiatedStream],
+) -> Vec<Relocation> {
+    let mut taken = vec![false; media.len()];
+    let mut moves = Vec::new();
+    for (from_line, slot) in known.iter().enumerate() {
+        let Some(stream) = *slot else { continue };
+        let (Some(line), Some(current)) = (media.get(from_line), streams.get(stream)) else {
+            continue;
+        };
+        if !line.is_disabled() {
+            continue;
+        }
+        let target = (0..media.len()).find(|&j| {
+            !taken[j]
+                && known.get(j).copied().flatten().is_none()
+                && carried(&media[j])
+                && (media[j].is_udptl() || media[j].is_rtp())
+                && media[j].is_udptl() != current.udptl
+        });
+        if let Some(to_line) = target {
+            taken[to_line] = true;
+            moves.push(Relocation {
+                from_line,
+                to_line,
+                stream,
+            });
+        }
+    }
+    moves
+}
+
+/// `layout` with `moves` applied: each stream taken off its old line and
+/// put on its new one (the layout grown as needed).
+pub(crate) fn relocate(layout: &Layout, moves: &[Relocation]) -> Layout {
+    let mut layout = layout.clone();
+    for m in moves {
+        if layout.get(m.to_line).copied().flatten().is_some() {
+            // That line carries another stream in this view: left as is.
+            continue;
+        }
+        if let Some(slot) = layout.iter_mut().find(|s| **s == Some(m.stream)) {
+            *slot = None;
+        }
+        if layout.len() <= m.to_line {
+            layout.resize(m.to_line + 1, None);
+        }
+        layout[m.to_line] = Some(m.stream);
+    }
+    layout
+}
+
 /// The layout of a further body from a party: its known layout, extended
 /// by m= lines added at the end (allowed only if not relayed: the relay
 /// cannot add a stream to a live session).
@@ -1243,6 +1313,59 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn t38_relocations_pair_disabled_lines_with_added_lines_that_switch_transport() {
+        let body = |lines: &str| {
+            Sdp::parse(&format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n{lines}"
+            ))
+            .expect("parse")
+        };
+        let audio = "m=audio 4000 RTP/AVP 0\r\n";
+        let audio_off = "m=audio 0 RTP/AVP 0\r\n";
+        let image = "m=image 4002 udptl t38\r\n";
+        let image_off = "m=image 0 udptl t38\r\n";
+        let video = "m=video 4004 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+        let (specs, layout) =
+            streams_from(&body(audio), Party::User, v1::AddressFamily::Ipv4).expect("streams");
+        let mut streams = records(&specs, false);
+        let moves = |text: String, streams: &[NegotiatedStream], layout: &Layout| {
+            t38_relocations(layout, &media_of(&body(&text)).expect("media"), streams)
+        };
+        let to_fax = moves(format!("{audio_off}{image}"), &streams, &layout);
+        assert_eq!(
+            to_fax,
+            [Relocation {
+                from_line: 0,
+                to_line: 1,
+                stream: 0
+            }]
+        );
+        let moved = relocate(&layout, &to_fax);
+        assert_eq!(moved, [None, Some(0)]);
+        // Not a T.38 switch: audio put on hold by port 0, video added.
+        assert!(moves(format!("{audio_off}{video}"), &streams, &layout).is_empty());
+        // Nothing disabled: an added image line is a new stream (refused).
+        assert!(moves(format!("{audio}{image}"), &streams, &layout).is_empty());
+        // An added line that is rejected too: nothing to move to.
+        assert!(moves(format!("{audio_off}{image_off}"), &streams, &layout).is_empty());
+        // And back: the T.38 stream goes to an audio line enabled again.
+        streams[0].udptl = true;
+        let back = moves(format!("{audio}{image_off}"), &streams, &moved);
+        assert_eq!(
+            back,
+            [Relocation {
+                from_line: 1,
+                to_line: 0,
+                stream: 0
+            }]
+        );
+        assert_eq!(relocate(&moved, &back), [Some(0), None]);
+        // A view whose target line carries another stream is left alone.
+        let other = vec![Some(0), Some(1)];
+        assert_eq!(relocate(&other, &to_fax), other);
     }
 
     fn lines(text: &str) -> Vec<&str> {
