@@ -228,6 +228,64 @@ pub struct RunOptions {
     /// Most a= lines in an SDP body. [default: 1000]
     #[arg(long, value_name = "N")]
     pub sdp_max_attributes: Option<usize>,
+
+    /// High availability: the Redis the calls are written to, so that a
+    /// standby (or this relay, restarted) goes on with them.
+    /// redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS;
+    /// rtpengine's [PASSWORD@]IP:PORT/DB is read too. [default: off]
+    #[arg(long, value_name = "URL", env = "BATON_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// CA certificate (PEM) that verifies a rediss:// server, instead of
+    /// the system's.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with Redis; needs
+    /// --redis-tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --redis-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
+
+    /// Prefix of the relay's keys in Redis: the same for an active and its
+    /// standby, another for each further pair sharing the Redis.
+    /// [default: baton]
+    #[arg(long, value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+
+    /// This relay's name in the heartbeat key. [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub redis_instance: Option<String>,
+
+    /// Start as the standby: hold the active's calls in memory without
+    /// binding their ports, and take them over when its heartbeat expires
+    /// (or on baton ctl takeover). [default: off]
+    #[arg(long)]
+    #[serde(default)]
+    pub redis_standby: bool,
+
+    /// Seconds between heartbeats (the active's refresh, the standby's
+    /// look). [default: 0.2]
+    #[arg(long, value_name = "SECONDS")]
+    pub heartbeat_interval: Option<f64>,
+
+    /// Seconds the heartbeat key lives without a refresh: how long a dead
+    /// active goes unnoticed. At least twice the interval. [default: 1]
+    #[arg(long, value_name = "SECONDS")]
+    pub heartbeat_timeout: Option<f64>,
+
+    /// Seconds between media snapshots of flowing calls. [default: 1]
+    #[arg(long, value_name = "SECONDS")]
+    pub snapshot_interval: Option<f64>,
+
+    /// Seconds a call's keys live in Redis after their last write; live
+    /// calls are refreshed, so this only bounds how long the calls of a
+    /// relay nobody takes over stay. [default: the media timeout + 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub redis_key_ttl: Option<f64>,
 }
 
 /// Everything `baton run` needs, defaults applied and values checked.
@@ -253,6 +311,8 @@ pub struct Config {
     pub recording_dir: Option<PathBuf>,
     /// Recorded G.711 streams are written as WAV files too.
     pub recording_wav: bool,
+    /// High availability on Redis; `None`: off.
+    pub ha: Option<baton_control::ha::HaOptions>,
 }
 
 impl RunOptions {
@@ -325,6 +385,17 @@ impl RunOptions {
             sdp_max_media: flags.sdp_max_media.or(self.sdp_max_media),
             sdp_max_formats: flags.sdp_max_formats.or(self.sdp_max_formats),
             sdp_max_attributes: flags.sdp_max_attributes.or(self.sdp_max_attributes),
+            redis: flags.redis.or(self.redis),
+            redis_tls_ca: flags.redis_tls_ca.or(self.redis_tls_ca),
+            redis_tls_cert: flags.redis_tls_cert.or(self.redis_tls_cert),
+            redis_tls_key: flags.redis_tls_key.or(self.redis_tls_key),
+            redis_key_prefix: flags.redis_key_prefix.or(self.redis_key_prefix),
+            redis_instance: flags.redis_instance.or(self.redis_instance),
+            redis_standby: flags.redis_standby || self.redis_standby,
+            heartbeat_interval: flags.heartbeat_interval.or(self.heartbeat_interval),
+            heartbeat_timeout: flags.heartbeat_timeout.or(self.heartbeat_timeout),
+            snapshot_interval: flags.snapshot_interval.or(self.snapshot_interval),
+            redis_key_ttl: flags.redis_key_ttl.or(self.redis_key_ttl),
             control_socket_mode: flags.control_socket_mode.or(self.control_socket_mode),
             max_frame_bytes: flags.max_frame_bytes.or(self.max_frame_bytes),
             max_control_connections: flags
@@ -364,6 +435,7 @@ impl RunOptions {
 
     fn resolve(self) -> anyhow::Result<Config> {
         let (dataplane, sessions) = self.media()?;
+        let ha = self.ha()?;
         let listen = if self.control.is_empty() {
             vec![baton_control::addr::DEFAULT_CONTROL_ADDR.to_owned()]
         } else {
@@ -451,8 +523,114 @@ impl RunOptions {
             metrics,
             recording_dir: self.recording_dir.clone(),
             recording_wav: self.recording_wav,
+            ha,
         })
     }
+
+    /// `redis` and its companions, checked.
+    fn ha(&self) -> anyhow::Result<Option<baton_control::ha::HaOptions>> {
+        let Some(url) = self
+            .redis
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        else {
+            if self.redis_standby {
+                bail!("redis-standby needs redis: the Redis the active writes its calls to");
+            }
+            return Ok(None);
+        };
+        let url = redis_url(url)?;
+        let heartbeat = seconds(self.heartbeat_interval, 0.2, "heartbeat-interval")?;
+        let heartbeat_timeout = seconds(self.heartbeat_timeout, 1.0, "heartbeat-timeout")?;
+        if heartbeat_timeout < heartbeat * 2 {
+            bail!(
+                "heartbeat-timeout ({:.3} s) must be at least twice heartbeat-interval ({:.3} s): one late refresh must not look like a dead relay",
+                heartbeat_timeout.as_secs_f64(),
+                heartbeat.as_secs_f64()
+            );
+        }
+        let snapshot_interval = seconds(self.snapshot_interval, 1.0, "snapshot-interval")?;
+        if snapshot_interval > Duration::from_secs(60) {
+            bail!(
+                "snapshot-interval is at most 60 seconds (a takeover skips what may have been sent since)"
+            );
+        }
+        let media = timeout(self.media_timeout, 60.0, "media-timeout")?;
+        let default_ttl = if media == TIMEOUT_OFF {
+            3600.0
+        } else {
+            media.as_secs_f64() + 60.0
+        };
+        let key_ttl = seconds(self.redis_key_ttl, default_ttl, "redis-key-ttl")?;
+        if key_ttl < Duration::from_secs(10) {
+            bail!("redis-key-ttl is at least 10 seconds");
+        }
+        let key_prefix = self
+            .redis_key_prefix
+            .clone()
+            .unwrap_or_else(|| "baton".to_owned());
+        if key_prefix.is_empty()
+            || key_prefix.len() > 64
+            || !key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:{}".contains(&b))
+        {
+            bail!("redis-key-prefix {key_prefix:?}: 1 to 64 letters, digits, - _ . : {{ }}");
+        }
+        let instance = match &self.redis_instance {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "baton".to_owned()),
+        };
+        if instance.is_empty() || instance.len() > 64 || instance.chars().any(char::is_whitespace) {
+            bail!("redis-instance {instance:?}: 1 to 64 characters, no spaces");
+        }
+        let tls_client = match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("redis-tls-cert and redis-tls-key go together")
+            }
+        };
+        Ok(Some(baton_control::ha::HaOptions {
+            url,
+            tls_ca: self.redis_tls_ca.clone(),
+            tls_client,
+            key_prefix,
+            instance,
+            standby: self.redis_standby,
+            heartbeat,
+            heartbeat_timeout,
+            snapshot_interval,
+            key_ttl,
+        }))
+    }
+}
+
+/// A Redis URL; rtpengine's `[PASSWORD@]IP:PORT/DB` becomes one.
+fn redis_url(text: &str) -> anyhow::Result<String> {
+    if text.len() > 1024 {
+        bail!("redis URL longer than 1024 bytes");
+    }
+    let url = if text.contains("://") {
+        text.to_owned()
+    } else {
+        match text.rsplit_once('@') {
+            Some((password, rest)) => format!("redis://:{password}@{rest}"),
+            None => format!("redis://{text}"),
+        }
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        bail!(
+            "redis {}: give redis://HOST[:PORT][/DB] (rediss:// for TLS)",
+            baton_control::ha::redacted(&url)
+        );
+    }
+    Ok(url)
 }
 
 impl RunOptions {
@@ -709,8 +887,14 @@ pub const RTPENGINE_OPTIONS: &[(&str, &str)] = &[
         "listen-tcp",
         "no equivalent: use listen-ng with udp: or tcp:",
     ),
-    ("redis", "no equivalent yet (planned: state in Redis)"),
-    ("recording-dir", "no equivalent yet (recording is planned)"),
+    (
+        "redis-write",
+        "no equivalent: the active writes to redis, a standby (redis-standby) reads it",
+    ),
+    (
+        "redis-num-threads",
+        "no equivalent: one writer batches into pipelines",
+    ),
     ("tos", "no equivalent"),
 ];
 

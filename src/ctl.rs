@@ -91,6 +91,10 @@ enum CtlCommand {
     /// Kamailio tries its next relay), live ones go on, and the relay exits
     /// once the last one ends or at the deadline.
     Drain(DrainArgs),
+    /// On a standby relay (redis-standby): take the active's calls over
+    /// now, without waiting for its heartbeat to expire. Move the floating
+    /// media address first (keepalived does it on a failover).
+    Takeover,
 }
 
 #[derive(Debug, Args)]
@@ -565,7 +569,8 @@ async fn run(args: CtlArgs) -> ExitCode {
         | CtlCommand::Cancel(_)
         | CtlCommand::Record(_)
         | CtlCommand::Top(_)
-        | CtlCommand::Drain(_)) => {
+        | CtlCommand::Drain(_)
+        | CtlCommand::Takeover) => {
             let _ = other;
             None
         }
@@ -735,6 +740,7 @@ fn build_command(command: CtlCommand) -> Result<Option<Command>, String> {
             session: Some(session.reference()),
         }),
         CtlCommand::List => Command::ListSessions(v1::ListSessionsRequest {}),
+        CtlCommand::Takeover => Command::Takeover(v1::TakeoverRequest {}),
         CtlCommand::Drain(drain) => Command::Drain(v1::DrainRequest {
             deadline_seconds: drain.deadline,
             cancel: drain.cancel,

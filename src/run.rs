@@ -243,6 +243,17 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
             .map_err(|e| anyhow::anyhow!("cannot start recording into {}: {e}", dir.display()))?;
         service.sessions().set_recordings(Arc::new(recordings));
     }
+    if let Some(options) = &config.ha {
+        let ha = baton_control::ha::Ha::new(options.clone(), Arc::clone(&service))?;
+        service.set_ha(Arc::clone(&ha));
+        ha.start();
+        info!(
+            redis = %baton_control::ha::redacted(&options.url),
+            instance = %options.instance,
+            standby = options.standby,
+            "high availability: calls are kept in Redis"
+        );
+    }
     let metrics = match config.metrics {
         Some(addr) => Some(
             baton_control::metrics_server::serve(addr, Arc::clone(&service))
@@ -342,9 +353,25 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
         .publish(v1::event::Kind::ShuttingDown(v1::ShuttingDown {
             reason: reason.to_owned(),
         }));
-    // Every call's end, with its final statistics, is logged and
-    // published before the subscribers' connections close.
-    service.sessions().end_all(end_reason).await;
+    match service.ha() {
+        // The calls stay in Redis for the relay that goes on with them (a
+        // standby, or this one restarted): they are not ended, only let go.
+        Some(ha) if ha.serves() && end_reason == "shutdown" => {
+            ha.stop().await;
+            info!(
+                sessions = service.sessions().session_count(),
+                "calls left in Redis for the next relay"
+            );
+        }
+        // Every call's end, with its final statistics, is logged and
+        // published before the subscribers' connections close.
+        Some(_) | None => {
+            if let Some(ha) = service.ha() {
+                ha.stop().await;
+            }
+            service.sessions().end_all(end_reason).await;
+        }
+    }
     if let Some(recordings) = service.sessions().recordings() {
         // Their last copies and metadata reach the disk before the exit.
         let recordings = Arc::clone(recordings);
@@ -565,6 +592,10 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("workers", a.workers != b.workers),
         ("busy-poll", a.busy_poll != b.busy_poll),
         ("dtls-certificate", fingerprint(a) != fingerprint(b)),
+        (
+            "redis",
+            format!("{:?}", running.ha) != format!("{:?}", new.ha),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

@@ -15,6 +15,26 @@ use crate::status::Status;
 #[derive(Debug, Default)]
 pub struct Devices {
     table: Mutex<Bindings>,
+    /// With high availability: where bindings are written, and the keys'
+    /// prefix.
+    store: std::sync::OnceLock<(crate::ha::store::StoreHandle, String)>,
+}
+
+/// A binding as stored for high availability (`PREFIX:binding:GRUU`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredBinding {
+    /// The AOR as registered.
+    pub aor: String,
+    /// The GRUU (the URI, resolved from a Contact already).
+    pub gruu: String,
+    /// When it expires.
+    pub expires_unix_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Devices {
@@ -43,12 +63,75 @@ impl Devices {
         let expires = Duration::from_secs(request.expires.into());
         let mut bindings = self.table();
         bindings.register(now, &request.aor, gruu.clone(), expires)?;
-        let binding = bindings
+        let registered = bindings
             .list(now, None)
             .into_iter()
-            .find(|b| b.gruu_text == gruu.to_string())
-            .map(|b| binding_message(&b, now));
+            .find(|b| b.gruu_text == gruu.to_string());
+        drop(bindings);
+        match &registered {
+            Some(b) => self.persist(b, now),
+            None => self.forget(&gruu.to_string()),
+        }
+        let binding = registered.map(|b| binding_message(&b, now));
         Ok(v1::RegisterDeviceResponse { binding })
+    }
+
+    /// Writes bindings to `store` from now on (high availability; once).
+    pub fn persist_to(&self, store: crate::ha::store::StoreHandle, prefix: String) {
+        let _ = self.store.set((store, prefix));
+    }
+
+    fn persist(&self, binding: &Binding, now: Instant) {
+        let Some((store, prefix)) = self.store.get() else {
+            return;
+        };
+        let left = binding.expires_at.saturating_duration_since(now);
+        let stored = StoredBinding {
+            aor: binding.aor_text.clone(),
+            gruu: binding.gruu_text.clone(),
+            expires_unix_ms: unix_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(0)),
+        };
+        if let Ok(value) = serde_json::to_string(&stored) {
+            store.queue(crate::ha::store::Write::Set {
+                key: format!("{prefix}:binding:{}", binding.gruu_text),
+                value,
+                ttl: left,
+            });
+        }
+    }
+
+    fn forget(&self, gruu: &str) {
+        if let Some((store, prefix)) = self.store.get() {
+            store.queue(crate::ha::store::Write::Del {
+                key: format!("{prefix}:binding:{gruu}"),
+            });
+        }
+    }
+
+    /// Writes every live binding again (after writes were lost).
+    pub fn persist_all(&self) {
+        let now = Instant::now();
+        let live = self.table().list(now, None);
+        for binding in &live {
+            self.persist(binding, now);
+        }
+    }
+
+    /// Registers a stored binding again (a takeover); an expired one is
+    /// left out.
+    pub fn restore(&self, stored: &StoredBinding) -> Result<(), Status> {
+        let left_ms = stored.expires_unix_ms.saturating_sub(unix_ms());
+        let expires = u32::try_from(left_ms / 1000).unwrap_or(u32::MAX);
+        if expires == 0 {
+            return Ok(());
+        }
+        self.register_device(&v1::RegisterDeviceRequest {
+            aor: stored.aor.clone(),
+            gruu: stored.gruu.clone(),
+            expires,
+            temporary: false,
+        })
+        .map(|_| ())
     }
 
     /// `unregister_device`.
@@ -57,7 +140,9 @@ impl Devices {
         request: &v1::UnregisterDeviceRequest,
     ) -> Result<v1::UnregisterDeviceResponse, Status> {
         let gruu = parse_gruu(&request.gruu, false)?;
-        if self.table().unregister(Instant::now(), &gruu) {
+        let removed = self.table().unregister(Instant::now(), &gruu);
+        if removed {
+            self.forget(&gruu.to_string());
             Ok(v1::UnregisterDeviceResponse {})
         } else {
             Err(Status::not_found(format!("no binding for {gruu}")))

@@ -26,6 +26,7 @@ pub mod client;
 pub mod devices;
 pub mod drain;
 pub mod events;
+pub mod ha;
 pub mod metrics_server;
 pub mod ng;
 pub mod recording;

@@ -46,6 +46,8 @@ pub struct Service {
     /// One scrape asks the workers at a time: a flood of scrapers waits here
     /// instead of filling the workers' command queues.
     scrape: tokio::sync::Mutex<()>,
+    /// High availability, with `redis`.
+    ha: std::sync::OnceLock<std::sync::Arc<crate::ha::Ha>>,
 }
 
 impl Service {
@@ -58,7 +60,18 @@ impl Service {
             connections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             scrape: tokio::sync::Mutex::new(()),
+            ha: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the relay's high availability (once, at start).
+    pub fn set_ha(&self, ha: std::sync::Arc<crate::ha::Ha>) {
+        let _ = self.ha.set(ha);
+    }
+
+    /// The relay's high availability, with `redis`.
+    pub fn ha(&self) -> Option<&std::sync::Arc<crate::ha::Ha>> {
+        self.ha.get()
     }
 
     /// The relay's event bus.
@@ -215,6 +228,15 @@ impl Service {
             }
             Command::Audit(_) => self.sessions.audit().await.map(Reply::Audit),
             Command::Drain(request) => Ok(Reply::Drain(self.drain(&request))),
+            Command::Takeover(_) => {
+                let ha = self.ha().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "this relay runs without redis: there is nothing to take over",
+                    )
+                })?;
+                ha.request_takeover().map_err(Status::failed_precondition)?;
+                Ok(Reply::Takeover(v1::TakeoverResponse {}))
+            }
             Command::Record(request) => {
                 use crate::sessions::media_control::RecordAction;
                 let action = match v1::RecordAction::try_from(request.action) {
@@ -271,6 +293,23 @@ impl Service {
             control_requests: self.requests.load(Ordering::Relaxed),
             subscribers: u32::try_from(self.events().subscriber_count()).unwrap_or(u32::MAX),
             draining: self.sessions.drain().is_draining(),
+            ha: self.ha().map(|ha| {
+                let store = ha.store_counters();
+                let counters = ha.counters();
+                v1::HighAvailability {
+                    instance: ha.instance().to_owned(),
+                    role: ha.role().name().to_owned(),
+                    redis_connected: store.connected.load(Ordering::Relaxed),
+                    redis_writes: store.written.load(Ordering::Relaxed),
+                    redis_write_drops: store.dropped.load(Ordering::Relaxed),
+                    redis_errors: store.errors.load(Ordering::Relaxed),
+                    takeovers: counters.takeovers.load(Ordering::Relaxed),
+                    sessions_resumed: counters.resumed.load(Ordering::Relaxed),
+                    resume_failures: counters.resume_failures.load(Ordering::Relaxed),
+                    standby_sessions: counters.standby_sessions.load(Ordering::Relaxed),
+                    last_takeover_ms: counters.last_takeover_ms.load(Ordering::Relaxed),
+                }
+            }),
             ..v1::GetStatsResponse::default()
         }
     }
@@ -297,5 +336,6 @@ fn command_name(command: &Command) -> &'static str {
         Command::CancelTransfer(_) => "cancel_transfer",
         Command::Drain(_) => "drain",
         Command::Record(_) => "record",
+        Command::Takeover(_) => "takeover",
     }
 }

@@ -21,12 +21,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::dtls::Fingerprint;
 use crate::core::ids::{SessionId, TransferId, WorkerId};
 use crate::core::session::{SessionReport, SessionUpdate, Timeouts};
+use crate::core::snapshot::SessionSnapshot;
 use crate::io::dtls::{self, DtlsHandle, DtlsIdentity};
 use crate::io::ports::{self, LegSockets, PortError, PortPool};
 use crate::io::worker::{self, Command, Worker};
 pub use crate::messages::{
-    DataplaneError, LATENCY_BUCKETS_NS, StreamSetup, TransferLeg, TransferSetup, WorkerEvent,
-    WorkerStats,
+    DataplaneError, LATENCY_BUCKETS_NS, Resume, StreamSetup, TransferLeg, TransferSetup,
+    WorkerEvent, WorkerStats,
 };
 
 /// The name of the interface that media IPs without one belong to.
@@ -75,6 +76,7 @@ pub enum AllocError {
     /// No interface has this name.
     #[error("no interface is named {0}")]
     UnknownInterface(String),
+
     /// The pool ran out or could not bind.
     #[error(transparent)]
     Ports(PortError),
@@ -325,8 +327,44 @@ impl Dataplane {
         id: SessionId,
         streams: Vec<StreamSetup>,
     ) -> Result<(), DataplaneError> {
-        self.ask(worker, |reply| Command::Add { id, streams, reply })
-            .await?
+        self.ask(worker, |reply| Command::Add {
+            id,
+            streams,
+            resume: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// Hands a session another relay process served to `worker`, which
+    /// goes on from its snapshot (see [`Resume`]); the same rules as
+    /// [`add_session`](Self::add_session) when the worker answers late.
+    pub async fn resume_session(
+        &self,
+        worker: WorkerId,
+        id: SessionId,
+        streams: Vec<StreamSetup>,
+        resume: Resume,
+    ) -> Result<(), DataplaneError> {
+        let resume = Some(Box::new(resume));
+        self.ask(worker, |reply| Command::Add {
+            id,
+            streams,
+            resume,
+            reply,
+        })
+        .await?
+    }
+
+    /// Snapshots of `worker`'s sessions that took in packets since their
+    /// last one (every session when `all`).
+    pub async fn snapshots(
+        &self,
+        worker: WorkerId,
+        all: bool,
+    ) -> Result<Vec<(SessionId, SessionSnapshot)>, DataplaneError> {
+        self.ask(worker, |reply| Command::Snapshots { all, reply })
+            .await
     }
 
     /// Applies a signalling update to a session.
@@ -503,6 +541,39 @@ impl Dataplane {
                 ipv6: ipv6.unwrap_or(false),
             })?;
         ports::allocate(pool, rtcp_mux).map_err(AllocError::Ports)
+    }
+
+    /// Binds the pair at `port` on `interface`'s media IP of the family
+    /// (IPv6 when `ipv6`) for a leg another relay process served (high
+    /// availability): the parties keep sending there.
+    pub fn allocate_at(
+        &self,
+        interface: &str,
+        ipv6: bool,
+        port: u16,
+        rtcp_mux: bool,
+    ) -> Result<LegSockets, AllocError> {
+        let mut named = self
+            .pools
+            .iter()
+            .filter(|(name, _)| name == interface)
+            .peekable();
+        if named.peek().is_none() {
+            return Err(AllocError::UnknownInterface(interface.to_owned()));
+        }
+        let (_, pool) = named
+            .find(|(_, p)| {
+                p.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .ip()
+                    .is_ipv6()
+                    == ipv6
+            })
+            .ok_or(AllocError::NoMediaIp {
+                interface: interface.to_owned(),
+                ipv6,
+            })?;
+        ports::allocate_at(pool, port, rtcp_mux).map_err(AllocError::Ports)
     }
 
     /// Per media IP: (interface, ip, free pairs, pairs in the range).

@@ -25,6 +25,6 @@ pub mod messages;
 
 pub use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 pub use dataplane::{
-    AllocError, Dataplane, DataplaneConfig, DataplaneError, StreamSetup, TransferLeg,
+    AllocError, Dataplane, DataplaneConfig, DataplaneError, Resume, StreamSetup, TransferLeg,
     TransferSetup, WorkerEvent, WorkerStats,
 };

@@ -9,10 +9,13 @@ use std::time::Duration;
 use crate::core::bundle::BundleTag;
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 use crate::core::session::{
-    EndReason, Latched, PendingLeg, SessionReport, StreamParams, SwitchMode, TransferError,
+    EndReason, Latched, PendingLeg, SessionReport, SessionUpdate, StreamParams, SwitchMode,
+    TransferError,
 };
+use crate::core::snapshot::SessionSnapshot;
 use crate::core::srtp::Suite;
 use crate::core::stream::DropReason;
+use crate::core::stream::PayloadMap;
 use crate::io::ports::LegSockets;
 
 /// Bucket bounds of the exported latency histogram, in nanoseconds.
@@ -32,6 +35,22 @@ pub struct StreamSetup {
     pub sockets: [Option<LegSockets>; 2],
     /// Per leg (device, remote): the BUNDLE transport it is on, if any.
     pub bundle: [Option<BundleTag>; 2],
+}
+
+/// A session another relay process served, going on here (high
+/// availability): where its media stood, how long ago that was, and the
+/// signalling state to apply before its first packet.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Its media state when stored.
+    pub snapshot: SessionSnapshot,
+    /// How long ago that was.
+    pub since: Duration,
+    /// Hold, T.38 datagrams, blocks: applied first.
+    pub update: SessionUpdate,
+    /// Streams whose current device numbers payload types its own way (a
+    /// transfer brought it): its map against the remote's numbering.
+    pub device_payloads: Vec<(StreamIndex, PayloadMap)>,
 }
 
 /// The new device's leg of one stream in a transfer.

@@ -157,6 +157,12 @@ impl Sessions {
             .map_err(|_| Status::internal("a new session's lock is taken"))?;
         let (id, worker) = {
             let mut registry = self.registry();
+            if !self.serving() {
+                self.telemetry.refused("standby");
+                return Err(Status::unavailable(
+                    "this relay is a standby: it takes calls over when its active peer is gone, and no new ones before; create the session on the active relay",
+                ));
+            }
             if self.drain.is_draining() {
                 self.telemetry.refused("draining");
                 return Err(Status::unavailable(
@@ -209,6 +215,8 @@ impl Sessions {
                     request.remote_interface.clone(),
                 ],
                 controls: Default::default(),
+                nat_relearn: request.nat_relearn,
+                asymmetric: request.asymmetric,
             });
             (id, worker)
         };
@@ -247,6 +255,7 @@ impl Sessions {
             let _ = self.dataplane.remove_session(worker, id).await;
         }
         if result.is_ok() {
+            self.changed(id);
             self.telemetry.sessions_created.inc();
             session_span(id, &request.call_id).in_scope(|| {
                 info!(%worker, streams = request.streams.len(), aor = %request.aor, gruu = %request.gruu, "session created");
@@ -761,6 +770,7 @@ impl Sessions {
         report: Option<&baton_relay::core::session::SessionReport>,
     ) {
         self.telemetry.session_ended(reason);
+        self.changed(record.id);
         if let Some(recordings) = self.recordings() {
             // Its worker has let it go: every copy is queued already.
             recordings.finish(record.id, &super::media_control::call_names(record));

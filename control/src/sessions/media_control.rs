@@ -47,7 +47,7 @@ impl Control {
 }
 
 /// A session's controls: set for the call, and per party (user, remote).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Controls {
     /// Set for the whole call.
     pub call: MediaControl,

@@ -33,6 +33,7 @@ use baton_relay::core::srtp::{MasterKey, Suite};
 pub(crate) mod calls;
 pub mod media_control;
 pub(crate) mod offer_answer;
+pub(crate) mod persist;
 pub(crate) mod registry;
 pub mod transfer;
 pub(crate) mod worker_events;
@@ -87,6 +88,53 @@ pub struct Sessions {
     drain: crate::drain::Drain,
     /// Call recording, when a recording directory is configured.
     recordings: std::sync::OnceLock<std::sync::Arc<crate::recording::Recordings>>,
+    /// With high availability: where changed sessions are announced.
+    persist: std::sync::OnceLock<PersistHook>,
+    /// False while the relay is a standby (or taking calls over): it takes
+    /// no new sessions.
+    serving: std::sync::atomic::AtomicBool,
+}
+
+/// Where a session is announced as changed, for the HA writer (which
+/// reads it from the registry then). A full announcement queue asks for a
+/// re-sync instead: a change is never lost, only merged.
+#[derive(Debug, Clone)]
+pub struct PersistHook {
+    changed: tokio::sync::mpsc::Sender<SessionId>,
+    counters: std::sync::Arc<crate::ha::store::StoreCounters>,
+}
+
+impl PersistHook {
+    /// A hook announcing on `changed`, asking `counters` for a re-sync when
+    /// it is full.
+    pub fn new(
+        changed: tokio::sync::mpsc::Sender<SessionId>,
+        counters: std::sync::Arc<crate::ha::store::StoreCounters>,
+    ) -> Self {
+        Self { changed, counters }
+    }
+
+    fn announce(&self, id: SessionId) {
+        if self.changed.try_send(id).is_err() {
+            self.counters.resync.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A session's lock, held for a command's whole run; when it is let go the
+/// session is announced as changed (with high availability).
+pub(crate) struct SessionGuard {
+    _lock: OwnedMutexGuard<()>,
+    id: SessionId,
+    hook: Option<PersistHook>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if let Some(hook) = &self.hook {
+            hook.announce(self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -114,7 +162,48 @@ impl Sessions {
             events: crate::events::EventBus::new(),
             drain: crate::drain::Drain::default(),
             recordings: std::sync::OnceLock::new(),
+            persist: std::sync::OnceLock::new(),
+            serving: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Announces every change of a session to `hook` (high availability;
+    /// once, at start).
+    pub fn persist_to(&self, hook: PersistHook) {
+        let _ = self.persist.set(hook);
+    }
+
+    /// Announces that session `id` changed (or ended).
+    pub(crate) fn changed(&self, id: SessionId) {
+        if let Some(hook) = self.persist.get() {
+            hook.announce(id);
+        }
+    }
+
+    /// Whether the relay takes new sessions (false on a standby).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
+    /// Whether the relay takes new sessions.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Media snapshots of sessions whose media moved since their last one
+    /// (all of them when `all`), from every worker.
+    pub(crate) async fn media_snapshots(
+        &self,
+        all: bool,
+    ) -> Vec<(SessionId, baton_relay::core::snapshot::SessionSnapshot)> {
+        let mut out = Vec::new();
+        for worker in self.dataplane.workers() {
+            match self.dataplane.snapshots(worker, all).await {
+                Ok(snapshots) => out.extend(snapshots),
+                Err(e) => tracing::debug!(%worker, "no snapshots: {e}"),
+            }
+        }
+        out
     }
 
     /// Turns call recording on, into `recordings` (once, at start).
@@ -222,20 +311,24 @@ impl Sessions {
     async fn lock_session(
         &self,
         reference: Option<&v1::SessionRef>,
-    ) -> Result<(OwnedMutexGuard<()>, Record), Status> {
+    ) -> Result<(SessionGuard, Record), Status> {
         let id = self.registry().find(reference)?;
         self.lock_id(id).await
     }
 
     /// [`Sessions::lock_session`] by id.
-    async fn lock_id(&self, id: SessionId) -> Result<(OwnedMutexGuard<()>, Record), Status> {
+    async fn lock_id(&self, id: SessionId) -> Result<(SessionGuard, Record), Status> {
         let lock = self
             .registry()
             .by_id
             .get(&id)
             .map(|r| std::sync::Arc::clone(&r.lock))
             .ok_or_else(|| Status::not_found(format!("no session {id}")))?;
-        let guard = lock.lock_owned().await;
+        let guard = SessionGuard {
+            _lock: lock.lock_owned().await,
+            id,
+            hook: self.persist.get().cloned(),
+        };
         Ok((guard, self.record_now(id)?))
     }
 
@@ -340,7 +433,9 @@ fn alloc_status(error: &AllocError) -> Status {
         }
     };
     match error {
-        AllocError::NoMediaIp { .. } | AllocError::UnknownInterface(_) => {
+        AllocError::NoMediaIp { .. }
+        | AllocError::UnknownInterface(_)
+        | AllocError::Ports(PortError::Taken { .. }) => {
             Status::failed_precondition(error.to_string())
         }
         AllocError::Ports(PortError::Exhausted { .. }) => {

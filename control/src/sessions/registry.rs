@@ -59,7 +59,7 @@ pub(crate) struct OpenTransfer {
 /// A transfer switched by a commit: the registry shows the new device
 /// already; the worker's report of its first packet (the media gap) is
 /// still to come.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct CommittedTransfer {
     pub id: TransferId,
     pub gruu: String,
@@ -71,7 +71,7 @@ pub(crate) struct CommittedTransfer {
 pub(crate) const MAX_BRANCHES: usize = 16;
 
 /// One answered branch of the call: its to-tag (RFC 3261 §12.1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Branch {
     pub to_tag: String,
 }
@@ -108,6 +108,10 @@ pub(crate) struct Record {
     pub interfaces: [String; 2],
     /// What the proxy blocked or silenced.
     pub controls: super::media_control::Controls,
+    /// The source policy it was created with: NAT re-learning, asymmetric
+    /// peers.
+    pub nat_relearn: bool,
+    pub asymmetric: bool,
 }
 
 impl Record {
@@ -330,6 +334,8 @@ mod tests {
             branches: Vec::new(),
             interfaces: Default::default(),
             controls: Default::default(),
+            nat_relearn: false,
+            asymmetric: false,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use baton_proto::v1;
 use baton_relay::core::session::{EndReason, SessionReport};
 use baton_relay::{LegId, SessionId, WorkerEvent, WorkerId};
-use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use super::registry::RecordState;
@@ -110,7 +110,7 @@ impl Sessions {
     }
 
     /// The session's lock, if the session is still known.
-    async fn lock_if_known(&self, id: SessionId) -> Option<OwnedMutexGuard<()>> {
+    async fn lock_if_known(&self, id: SessionId) -> Option<super::SessionGuard> {
         self.lock_id(id).await.ok().map(|(guard, _)| guard)
     }
 

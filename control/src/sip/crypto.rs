@@ -286,7 +286,7 @@ pub fn offer_keys(suites: &[Suite]) -> Vec<(u32, MasterKey)> {
 }
 
 /// The RTP transports the relay speaks on a leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Transport {
     /// `RTP/AVP`.
     #[default]
@@ -347,7 +347,7 @@ impl Transport {
 /// party stays the same across re-offers (so the party's SRTP context, and
 /// the index it tracks, carries on) unless the suite changes. On a WebRTC
 /// leg, the ICE-lite credentials and the DTLS identity instead of keys.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PartyCrypto {
     /// The transport of this party's leg.
     pub transport: Transport,
@@ -368,7 +368,7 @@ pub struct PartyCrypto {
 }
 
 /// A party's DTLS-SRTP: the certificate it must show and who connects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartyDtls {
     /// The party's `a=fingerprint`, once its body gave one.
     pub peer: Option<Fingerprint>,

@@ -25,7 +25,7 @@ use crate::status::Status;
 /// device numbers payload types. The relay's media state (peers, counters,
 /// the transfer in progress) is not here: it lives in the data plane's
 /// session and is read from its reports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct NegotiatedStream {
     pub kind: String,
     /// UDPTL (T.38 fax): plain datagrams, no codecs.
@@ -59,7 +59,7 @@ pub(crate) struct NegotiatedStream {
 /// A stream's place on one party's BUNDLE transport (RFC 8843): the relay
 /// receives every stream of the group on the first one's socket, with its
 /// ICE and DTLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StreamBundle {
     /// The stream owning the transport (the group's lowest index).
     pub primary: usize,
@@ -254,7 +254,7 @@ pub(crate) type Layout = Vec<Option<usize>>;
 
 /// What was last sent to a party, so the next body keeps its origin and
 /// gets the right version (RFC 3264 §8).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Sent {
     identity: [String; 5],
     /// The s= line the receiver first saw (kept, like the origin).
@@ -266,11 +266,12 @@ pub(crate) struct Sent {
 }
 
 /// The SDP side of a session created or updated with bodies.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SdpState {
     /// Per party (user, remote).
     pub layout: [Option<Layout>; 2],
-    /// The last body from each party.
+    /// The last body from each party (stored as its text).
+    #[serde(with = "crate::sip::sdp::as_text")]
     pub received: [Option<Sdp>; 2],
     /// The last body sent to each party.
     pub sent: [Option<Sent>; 2],

@@ -1612,6 +1612,37 @@ pub fn write_answer(
     answer
 }
 
+/// Bodies stored as their text and read back with the parser (high
+/// availability): `#[serde(with = "as_text")]` on a pair of optional bodies.
+pub(crate) mod as_text {
+    use super::Sdp;
+
+    /// Writes each body as its text.
+    pub fn serialize<S: serde::Serializer>(
+        bodies: &[Option<Sdp>; 2],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let texts: [Option<String>; 2] = [
+            bodies[0].as_ref().map(Sdp::render),
+            bodies[1].as_ref().map(Sdp::render),
+        ];
+        serde::Serialize::serialize(&texts, serializer)
+    }
+
+    /// Parses each body (with the default limits: the relay wrote them).
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<[Option<Sdp>; 2], D::Error> {
+        let texts: [Option<String>; 2] = serde::Deserialize::deserialize(deserializer)?;
+        let parse = |text: Option<String>| {
+            text.map(|t| Sdp::parse(&t).map_err(serde::de::Error::custom))
+                .transpose()
+        };
+        let [user, remote] = texts;
+        Ok([parse(user)?, parse(remote)?])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

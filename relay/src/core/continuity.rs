@@ -23,7 +23,7 @@
 
 use crate::core::rtp::RtpView;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A sequence jump larger than this, within one SSRC, is a restart
 /// (RFC 3550 A.1 MAX_DROPOUT).
@@ -50,7 +50,7 @@ const MAX_MISORDER: u16 = 100;
 /// everything after them (what rtpengine's users met, sipwise/rtpengine
 /// #1483), and the relay never encrypts an index twice. A new SSRC starts
 /// afresh, as SRTP starts it. Until a restart nothing is rewritten.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SequenceShift {
     ssrc: Option<u32>,
     /// Highest input sequence number of that SSRC.
@@ -157,7 +157,67 @@ pub struct Continuity {
     /// The secondary source (events on their own SSRC): its input key, the
     /// input timestamp of its current event and that event's outward one.
     secondary: Option<((usize, u32), u32, u32)>,
+    /// After a restore from a snapshot: how many numbers past the stored
+    /// highest the process before may have sent. A new anchor skips them;
+    /// the stored source's next packet proves the real highest and clears it.
+    resume_margin: u16,
 }
+
+/// A [`Continuity`] as stored for another relay process to go on from
+/// (high availability): ages instead of instants, and the input source
+/// kept only when it is the current device's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContinuitySnapshot {
+    /// The outward SSRC, once a packet went out.
+    pub outward_ssrc: Option<u32>,
+    /// The current device's source and its offsets.
+    pub source: Option<SourceSnapshot>,
+    /// Highest outward sequence number sent.
+    pub highest_seq: u16,
+    /// The same, extended with its wrap count.
+    pub highest_ext: u64,
+    /// Outward timestamp of the newest packet.
+    pub last_ts: u32,
+    /// How long before the snapshot the newest packet went out, in ms.
+    pub last_age_ms: Option<u64>,
+    /// Clock rate of the newest packet.
+    pub last_rate: u32,
+    /// Media duration of the newest packet, in ns (0 if unknown).
+    pub last_duration_ns: u64,
+    /// RTCP SR packet count.
+    pub packets_sent: u32,
+    /// RTCP SR octet count.
+    pub octets_sent: u32,
+}
+
+/// The current device's input source in a [`ContinuitySnapshot`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceSnapshot {
+    /// The device's SSRC.
+    pub ssrc: u32,
+    /// Added to its sequence numbers.
+    pub seq_offset: u16,
+    /// Added to its timestamps.
+    pub ts_offset: u32,
+    /// Its first sequence number after the anchor.
+    pub base_seq: u16,
+    /// The extended outward number given to `base_seq`.
+    pub anchor_ext: u64,
+    /// Its highest sequence number seen.
+    pub max_seq: u16,
+    /// How far `max_seq` has moved past `base_seq`.
+    pub progress: u32,
+    /// Its newest input timestamp.
+    pub last_ts: u32,
+    /// How long before the snapshot its newest packet came, in ms.
+    pub last_age_ms: u64,
+}
+
+/// Packets a second assumed when a stream's packet duration is unknown.
+const ASSUMED_PACKET_RATE: u64 = 100;
+/// The most numbers a restore skips (half the sequence space would make
+/// the remote read it as old).
+const MAX_RESUME_MARGIN: u64 = 16_384;
 
 /// What [`Continuity::rewrite`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +333,8 @@ impl Continuity {
         if ahead > 0 {
             self.highest_seq = out_seq;
             self.highest_ext = self.highest_ext.wrapping_add(ahead.unsigned_abs().into());
+            // The stored source went on: its numbers are the real highest.
+            self.resume_margin = 0;
         }
         if newest {
             self.last_ts = out_ts;
@@ -287,6 +349,7 @@ impl Continuity {
     }
 
     fn anchor(&mut self, now: Instant, key: (usize, u32), seq: u16, ts: u32, rate: u32) {
+        self.skip_resume_margin();
         let out_seq = self.highest_seq.wrapping_add(1);
         let out_ts = match self.last_at {
             Some(at) => {
@@ -330,6 +393,13 @@ impl Continuity {
         packet: &mut RtpView<T>,
         clock_rate: u32,
     ) -> Result<Rewritten, Refused> {
+        if self.outward_ssrc.is_none() || self.source.is_none() {
+            return self.rewrite(now, leg, packet, clock_rate);
+        }
+        // Right after a restore the numbers after the stored highest may be
+        // taken: the event skips them, and the main source moves past too.
+        let skipped = self.resume_margin;
+        self.skip_resume_margin();
         let (Some(outward), Some(main)) = (self.outward_ssrc, self.source.as_mut()) else {
             return self.rewrite(now, leg, packet, clock_rate);
         };
@@ -357,8 +427,8 @@ impl Continuity {
         };
         let out_seq = self.highest_seq.wrapping_add(1);
         // The main source's later packets move up past the number taken.
-        main.seq_offset = main.seq_offset.wrapping_add(1);
-        main.anchor_ext = main.anchor_ext.wrapping_add(1);
+        main.seq_offset = main.seq_offset.wrapping_add(1).wrapping_add(skipped);
+        main.anchor_ext = main.anchor_ext.wrapping_add(1 + u64::from(skipped));
         self.highest_seq = out_seq;
         self.highest_ext = self.highest_ext.wrapping_add(1);
         packet.set_ssrc(outward);
@@ -369,6 +439,100 @@ impl Continuity {
             .octets_sent
             .wrapping_add(u32::try_from(packet.payload_len()).unwrap_or(u32::MAX));
         Ok(Rewritten { anchored: false })
+    }
+
+    /// Moves the highest number past what a process before a restore may
+    /// have sent after its snapshot.
+    fn skip_resume_margin(&mut self) {
+        if self.resume_margin > 0 {
+            self.highest_seq = self.highest_seq.wrapping_add(self.resume_margin);
+            self.highest_ext = self.highest_ext.wrapping_add(self.resume_margin.into());
+            self.resume_margin = 0;
+        }
+    }
+
+    /// The state to store; `device_leg` is the current device's input leg
+    /// (a source on any other leg is not kept: the next packet anchors).
+    pub fn snapshot(&self, now: Instant, device_leg: usize) -> ContinuitySnapshot {
+        let age = |at: Instant| {
+            u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
+        };
+        ContinuitySnapshot {
+            outward_ssrc: self.outward_ssrc,
+            source: self
+                .source
+                .filter(|s| s.key.0 == device_leg)
+                .map(|s| SourceSnapshot {
+                    ssrc: s.key.1,
+                    seq_offset: s.seq_offset,
+                    ts_offset: s.ts_offset,
+                    base_seq: s.base_seq,
+                    anchor_ext: s.anchor_ext,
+                    max_seq: s.max_seq,
+                    progress: s.progress,
+                    last_ts: s.last_ts,
+                    last_age_ms: age(s.last_at),
+                }),
+            // A margin not used yet stays owed to the next process.
+            highest_seq: self.highest_seq.wrapping_add(self.resume_margin),
+            highest_ext: self.highest_ext.wrapping_add(self.resume_margin.into()),
+            last_ts: self.last_ts,
+            last_age_ms: self.last_at.map(age),
+            last_rate: self.last_rate,
+            last_duration_ns: self.last_duration_ns,
+            packets_sent: self.packets_sent,
+            octets_sent: self.octets_sent,
+        }
+    }
+
+    /// The state a snapshot taken `since` ago describes, its source on
+    /// input `device_leg`. Packets the process before may have sent after
+    /// the snapshot are owed: a new anchor skips that many numbers (at the
+    /// stream's packet rate, with room to spare), so no number is sent
+    /// twice; the stored source's next packet needs no skip.
+    pub fn resume(
+        snapshot: &ContinuitySnapshot,
+        now: Instant,
+        since: Duration,
+        device_leg: usize,
+    ) -> Self {
+        let at = |age_ms: u64| {
+            now.checked_sub(since.saturating_add(Duration::from_millis(age_ms)))
+                .unwrap_or(now)
+        };
+        let rate = 1_000_000_000u64
+            .checked_div(snapshot.last_duration_ns)
+            .map_or(ASSUMED_PACKET_RATE, |rate| rate.clamp(1, 2_000));
+        let owed = (u128::from(rate) * since.as_millis() * 5 / 4).div_ceil(1000) + 8;
+        Self {
+            outward_ssrc: snapshot.outward_ssrc,
+            source: snapshot.source.map(|s| Source {
+                key: (device_leg, s.ssrc),
+                seq_offset: s.seq_offset,
+                ts_offset: s.ts_offset,
+                base_seq: s.base_seq,
+                anchor_ext: s.anchor_ext,
+                max_seq: s.max_seq,
+                progress: s.progress,
+                // Which were sent is not known: a late packet is refused
+                // rather than risk sending a number twice.
+                seen: u64::MAX,
+                last_ts: s.last_ts,
+                last_at: at(s.last_age_ms),
+            }),
+            highest_seq: snapshot.highest_seq,
+            highest_ext: snapshot.highest_ext,
+            last_ts: snapshot.last_ts,
+            last_at: snapshot.last_age_ms.map(at),
+            last_rate: snapshot.last_rate,
+            last_duration_ns: snapshot.last_duration_ns,
+            marker_pending: false,
+            packets_sent: snapshot.packets_sent,
+            octets_sent: snapshot.octets_sent,
+            secondary: None,
+            resume_margin: u16::try_from(owed.min(u128::from(MAX_RESUME_MARGIN)))
+                .unwrap_or(u16::MAX),
+        }
     }
 
     /// The input the outward stream follows now: (leg, SSRC).
@@ -935,5 +1099,90 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A stream restored from its snapshot (another process going on)
+    /// continues exactly when the device does: same SSRC, numbers that
+    /// skip only what was lost; a device that comes back on a new SSRC gets
+    /// numbers past anything the old process may have sent after the
+    /// snapshot, and timestamps that follow the clock.
+    #[test]
+    fn a_resumed_stream_goes_on_without_reusing_a_number() {
+        let start = Instant::now();
+        let mut before = Continuity::default();
+        let step = Duration::from_millis(20);
+        // Device 1 (leg 2 after a handoff) sends 100 packets, then the
+        // snapshot is taken, then 30 more go out before the process dies.
+        let mut last = None;
+        for i in 0..100u16 {
+            last = run(
+                &mut before,
+                start + step * u32::from(i),
+                2,
+                5000 + i,
+                160 * u32::from(i),
+                0xD1,
+            );
+        }
+        let outward_ssrc = last.as_ref().expect("sent").ssrc;
+        let at_snapshot = start + step * 99;
+        let stored = before.snapshot(at_snapshot, 2);
+        let stored = serde_json::from_str::<ContinuitySnapshot>(
+            &serde_json::to_string(&stored).expect("json"),
+        )
+        .expect("read back");
+        let mut highest_sent = 0u16;
+        for i in 100..130u16 {
+            let sent = run(
+                &mut before,
+                start + step * u32::from(i),
+                2,
+                5000 + i,
+                160 * u32::from(i),
+                0xD1,
+            )
+            .expect("sent");
+            highest_sent = sent.seq;
+        }
+
+        // Restored 1 s after the snapshot, on the first device's leg.
+        let since = Duration::from_secs(1);
+        let now = at_snapshot + since;
+        let mut resumed = Continuity::resume(&stored, now, since, 0);
+        // The device goes on (packets 130..150 were lost in the failover).
+        let sent = run(&mut resumed, now, 0, 5000 + 150, 160 * 150, 0xD1).expect("sent");
+        assert_eq!(sent.ssrc, outward_ssrc, "one SSRC");
+        assert_eq!(
+            sent.seq,
+            highest_sent.wrapping_add(21),
+            "the numbers skip exactly the 20 packets lost"
+        );
+        assert!(!sent.marker, "no new talkspurt: the same source");
+
+        // The same, but the device restarted on a new SSRC meanwhile.
+        let mut resumed = Continuity::resume(&stored, now, since, 0);
+        let sent = run(&mut resumed, now, 0, 77, 999, 0xD2).expect("sent");
+        assert_eq!(sent.ssrc, outward_ssrc, "one SSRC");
+        let ahead = sent.seq.wrapping_sub(highest_sent) as i16;
+        assert!(
+            ahead > 0,
+            "past every number sent: {} after {highest_sent}",
+            sent.seq
+        );
+        let stored_ts = stored.last_ts;
+        let elapsed_ts = sent.ts.wrapping_sub(stored_ts);
+        assert!(
+            elapsed_ts >= 8000,
+            "the timestamp follows the clock past the snapshot: +{elapsed_ts}"
+        );
+        // And the margin is spent once: the next packet follows on.
+        let next = run(&mut resumed, now + step, 0, 78, 999 + 160, 0xD2).expect("sent");
+        assert_eq!(next.seq, sent.seq.wrapping_add(1));
+
+        // A snapshot of a resumed stream that has not sent yet still owes
+        // the margin to the process after it.
+        let untouched = Continuity::resume(&stored, now, since, 0);
+        let again = untouched.snapshot(now, 0);
+        assert!(again.highest_ext > stored.highest_ext + 30, "{again:?}");
     }
 }

@@ -15,7 +15,7 @@ use crate::core::stream::LegKeys;
 
 /// Which end of the DTLS handshake the relay is on a leg (`a=setup`, RFC
 /// 4145/8842: `active` connects, `passive` waits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DtlsRole {
     /// The relay is the DTLS client: it sends the ClientHello once ICE has
     /// selected the peer.
@@ -86,6 +86,20 @@ impl HashFunction {
 pub struct Fingerprint {
     hash: HashFunction,
     bytes: [u8; 64],
+}
+
+/// Stored as its SDP value (high availability).
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl fmt::Debug for Fingerprint {

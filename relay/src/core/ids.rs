@@ -10,7 +10,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A session's relay-assigned id, shown as 16 hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SessionId(pub u64);
 
 impl fmt::Display for SessionId {
@@ -28,7 +30,9 @@ impl FromStr for SessionId {
 }
 
 /// A transfer's id, unique for the life of the relay, shown as a number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TransferId(pub u64);
 
 impl fmt::Display for TransferId {
@@ -85,7 +89,9 @@ impl fmt::Display for LegId {
 }
 
 /// A media worker's slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct WorkerId(pub usize);
 
 impl fmt::Display for WorkerId {
@@ -96,7 +102,7 @@ impl fmt::Display for WorkerId {
 
 /// The two parties of a call: the user (whose current device may change)
 /// and the remote party (fixed for the call).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Party {
     /// The user, on their current device.
     User,

@@ -13,6 +13,8 @@
 //! - [`bundle`]: several streams on one transport, routed by MID, SSRC, payload type.
 //! - [`keyframe`]: video formats, where keyframes start, keyframe requests.
 //! - [`record`]: copies of what a recorded session forwards, for its writer.
+//! - [`snapshot`]: what another relay process needs to go on with a session's
+//!   streams (high availability).
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
 //!   loss and jitter; [`ids`]: the ids and the two parties.
 
@@ -25,6 +27,7 @@ pub mod record;
 pub mod rtcp_translate;
 pub mod rtp;
 pub mod session;
+pub mod snapshot;
 pub mod srtp;
 pub mod stats;
 pub mod stream;

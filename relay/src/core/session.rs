@@ -1072,6 +1072,41 @@ impl Session {
             s.record_drop(leg, reason, packets);
         }
     }
+    /// What another relay process needs to go on with this session's
+    /// media (see [`crate::core::snapshot`]).
+    pub fn snapshot(&self, now: Instant) -> crate::core::snapshot::SessionSnapshot {
+        crate::core::snapshot::SessionSnapshot {
+            streams: self.streams.iter().map(|s| s.snapshot(now)).collect(),
+            packets_in: self.packets_in(),
+        }
+    }
+
+    /// Goes on from `snapshot`, taken `since` ago by another process, on a
+    /// session just made from the same settings. Streams beyond the
+    /// snapshot's (or the session's) are left as made.
+    pub fn resume(
+        &mut self,
+        snapshot: &crate::core::snapshot::SessionSnapshot,
+        now: Instant,
+        since: Duration,
+    ) {
+        for (stream, stored) in self.streams.iter_mut().zip(&snapshot.streams) {
+            stream.resume(stored, now, since);
+        }
+    }
+
+    /// Sets how the current device of `stream` numbers payload types (a
+    /// resumed session whose device a transfer brought).
+    pub fn set_device_payloads(&mut self, stream: StreamIndex, payloads: PayloadMap) {
+        if let Some(stream) = self.streams.get_mut(stream.0) {
+            stream.set_device_payloads(payloads);
+        }
+    }
+
+    /// Datagrams taken in on every stream so far.
+    pub fn packets_in(&self) -> u64 {
+        self.streams.iter().map(Stream::packets_in).sum()
+    }
 
     /// The session's state now.
     pub fn report(&self, now: Instant) -> SessionReport {

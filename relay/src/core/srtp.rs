@@ -267,6 +267,46 @@ impl MasterKey {
 
 /// Two keys are equal when suite, key and salt are; compared in constant
 /// time, as key material is.
+/// Stored as its suite's name and the key and salt in hex (high
+/// availability: the store must be as private as the relay's memory).
+impl serde::Serialize for MasterKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let hex: String = self
+            .key_and_salt()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut out = serializer.serialize_struct("MasterKey", 2)?;
+        out.serialize_field("suite", self.suite().name())?;
+        out.serialize_field("key", &hex)?;
+        out.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MasterKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            suite: String,
+            key: String,
+        }
+        let stored = Stored::deserialize(deserializer)?;
+        let suite = Suite::from_name(&stored.suite)
+            .ok_or_else(|| D::Error::custom(format!("unknown SRTP suite {:?}", stored.suite)))?;
+        if stored.key.len() % 2 != 0 || stored.key.len() > 2 * 64 {
+            return Err(D::Error::custom("SRTP key: not hex of a key and salt"));
+        }
+        let bytes = (0..stored.key.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(stored.key.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| D::Error::custom("SRTP key: not hex"))?;
+        MasterKey::new(suite, &bytes).map_err(|e| D::Error::custom(format!("SRTP key: {e}")))
+    }
+}
+
 impl PartialEq for MasterKey {
     fn eq(&self, other: &Self) -> bool {
         self.suite == other.suite && bool::from(self.key_and_salt().ct_eq(other.key_and_salt()))
@@ -330,6 +370,18 @@ impl Unprotected {
     }
 }
 
+/// One SSRC's highest SRTP indexes (48-bit RTP, 31-bit SRTCP), as stored
+/// for high availability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SrtpIndexes {
+    /// The SSRC.
+    pub ssrc: u32,
+    /// The highest RTP index, once one was seen.
+    pub rtp: Option<u64>,
+    /// The highest SRTCP index, once one was seen (receivers only).
+    pub rtcp: Option<u64>,
+}
+
 /// Decrypts and authenticates what one peer sends: all its SSRCs, RTP and RTCP, with
 /// replay protection.
 ///
@@ -361,6 +413,32 @@ impl SrtpReceiver {
         SrtpReceiver {
             session: Session::new(key),
             streams: old.streams.clone(),
+        }
+    }
+
+    /// Per SSRC: the highest RTP and SRTCP indexes accepted, for another
+    /// relay process to go on from (high availability).
+    pub fn highest_indexes(&self) -> Vec<SrtpIndexes> {
+        self.streams
+            .entries
+            .iter()
+            .flatten()
+            .map(|entry| SrtpIndexes {
+                ssrc: entry.ssrc,
+                rtp: entry.state.rtp.map(|w| w.top),
+                rtcp: entry.state.rtcp.map(|w| w.top),
+            })
+            .collect()
+    }
+
+    /// Goes on from `indexes` (see [`highest_indexes`](Self::highest_indexes)):
+    /// each SSRC's rollover counter is known again, and its packets up to
+    /// those indexes count as seen.
+    pub fn resume_from(&mut self, indexes: &[SrtpIndexes]) {
+        for entry in indexes.iter().take(SSRC_SLOTS) {
+            let state = self.streams.touch(entry.ssrc);
+            state.rtp = entry.rtp.map(Window::resumed);
+            state.rtcp = entry.rtcp.map(Window::resumed);
         }
     }
 
@@ -497,6 +575,36 @@ impl SrtpSender {
         }
     }
 
+    /// Per SSRC, the highest RTP index sent, and the next SRTCP index: what
+    /// another relay process needs to never encrypt an index twice.
+    pub fn highest_indexes(&self) -> (Vec<SrtpIndexes>, u32) {
+        let rtp = self
+            .streams
+            .entries
+            .iter()
+            .flatten()
+            .map(|entry| SrtpIndexes {
+                ssrc: entry.ssrc,
+                rtp: entry.state.sent.map(|w| w.top),
+                rtcp: None,
+            })
+            .collect();
+        (rtp, self.srtcp_index)
+    }
+
+    /// Goes on from `indexes` and `srtcp_index` (see
+    /// [`highest_indexes`](Self::highest_indexes)): every index up to each
+    /// SSRC's highest counts as sent. The SRTCP index moves `srtcp_margin`
+    /// past the stored one, for reports sent after it was stored.
+    pub fn resume_from(&mut self, indexes: &[SrtpIndexes], srtcp_index: u32, srtcp_margin: u32) {
+        for entry in indexes.iter().take(SSRC_SLOTS) {
+            if let (Some(top), Some(state)) = (entry.rtp, self.streams.find_or_add(entry.ssrc)) {
+                state.sent = Some(Window::resumed(top));
+            }
+        }
+        self.start_srtcp_index_at(srtcp_index.saturating_add(srtcp_margin));
+    }
+
     /// A sender for a new `key` that goes on from `old`'s rollover
     /// counters, as a peer re-keying in place does (tests play that peer).
     #[cfg(test)]
@@ -603,6 +711,15 @@ impl Window {
         Window {
             top: index,
             seen: 1,
+        }
+    }
+
+    /// A window stored elsewhere, known only by its top: everything in it
+    /// counts as seen (refusing a late packet beats accepting one twice).
+    fn resumed(top: u64) -> Self {
+        Window {
+            top,
+            seen: u128::MAX,
         }
     }
 

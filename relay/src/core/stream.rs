@@ -230,6 +230,12 @@ impl DropReason {
     }
 }
 
+/// SRTCP indexes a resumed leg skips: reports the process before may have
+/// sent after its snapshot (a few a second), with room to spare.
+const SRTCP_RESUME_MARGIN: u32 = 4096;
+/// Retransmission numbers a resumed stream skips, likewise.
+const REPAIR_RESUME_MARGIN: u16 = 1024;
+
 /// How a leg knows its peer's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerSource {
@@ -855,6 +861,59 @@ impl Leg {
         leg
     }
 
+    fn snapshot(&self) -> crate::core::snapshot::LegSnapshot {
+        use crate::core::snapshot::{LegSnapshot, StoredPeerSource};
+        let rtp = self.peers[Component::Rtp.index()];
+        let rtcp = self.peers[Component::Rtcp.index()];
+        let (srtp_in, (srtp_out, srtcp_out)) = match &self.srtp {
+            Some(srtp) => (
+                srtp.receiver.highest_indexes(),
+                srtp.sender.highest_indexes(),
+            ),
+            None => (Vec::new(), (Vec::new(), 0)),
+        };
+        LegSnapshot {
+            rtp: rtp.addr,
+            rtcp: rtcp.addr,
+            source: match rtp.source {
+                PeerSource::Unknown => StoredPeerSource::Unknown,
+                PeerSource::Signalled => StoredPeerSource::Signalled,
+                PeerSource::Learned => StoredPeerSource::Learned,
+                PeerSource::Ice => StoredPeerSource::Ice,
+            },
+            srtp_in,
+            srtp_out,
+            srtcp_out,
+        }
+    }
+
+    fn resume(&mut self, snapshot: &crate::core::snapshot::LegSnapshot) {
+        use crate::core::snapshot::StoredPeerSource;
+        let source = match snapshot.source {
+            StoredPeerSource::Unknown => PeerSource::Unknown,
+            StoredPeerSource::Signalled => PeerSource::Signalled,
+            StoredPeerSource::Learned => PeerSource::Learned,
+            StoredPeerSource::Ice => PeerSource::Ice,
+        };
+        if snapshot.rtp.is_some() && source != PeerSource::Unknown {
+            self.peers[Component::Rtp.index()] = Peer {
+                addr: snapshot.rtp,
+                source,
+            };
+            if snapshot.rtcp.is_some() {
+                self.peers[Component::Rtcp.index()] = Peer {
+                    addr: snapshot.rtcp,
+                    source,
+                };
+            }
+        }
+        if let Some(srtp) = self.srtp.as_mut() {
+            srtp.receiver.resume_from(&snapshot.srtp_in);
+            srtp.sender
+                .resume_from(&snapshot.srtp_out, snapshot.srtcp_out, SRTCP_RESUME_MARGIN);
+        }
+    }
+
     /// Applies new crypto settings. Contexts whose keys did not change are
     /// kept (a re-offer with the same keys must not reset the replay
     /// window or the rollover counters).
@@ -1269,7 +1328,7 @@ pub struct Stream {
 
 /// What the proxy asked to do with one participant's media (rtpengine's
 /// `block media`, `silence media`, `block DTMF`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MediaControl {
     /// Its media is not forwarded (its RFC 4733 events still are).
     pub block_media: bool,
@@ -1406,6 +1465,63 @@ impl Stream {
     /// re-INVITE back to audio).
     pub fn set_datagrams(&mut self, datagrams: bool) {
         self.datagrams = datagrams;
+    }
+
+    /// What another relay process needs to go on with this stream (see
+    /// [`crate::core::snapshot`]).
+    pub fn snapshot(&self, now: Instant) -> crate::core::snapshot::StreamSnapshot {
+        use crate::core::snapshot::StreamSnapshot;
+        StreamSnapshot {
+            device: self.leg(self.device).map(Leg::snapshot).unwrap_or_default(),
+            remote: self.leg(self.remote).map(Leg::snapshot).unwrap_or_default(),
+            continuity: self.continuity.snapshot(now, self.device.index()),
+            toward_user: self.toward_user,
+            repair: self.repair.ssrc.map(|ssrc| (ssrc, self.repair.next_seq)),
+        }
+    }
+
+    /// Goes on from `snapshot`, taken `since` ago by another process, on a
+    /// stream just made with the same settings (its device on the first
+    /// device's leg): the same peers, SSRC and numbering, and SRTP indexes
+    /// never used twice.
+    pub fn resume(
+        &mut self,
+        snapshot: &crate::core::snapshot::StreamSnapshot,
+        now: Instant,
+        since: Duration,
+    ) {
+        if let Some(leg) = self.leg_mut(self.device) {
+            leg.resume(&snapshot.device);
+        }
+        if let Some(leg) = self.leg_mut(self.remote) {
+            leg.resume(&snapshot.remote);
+        }
+        self.continuity = Continuity::resume(&snapshot.continuity, now, since, self.device.index());
+        self.toward_user = snapshot.toward_user;
+        if let Some((ssrc, next_seq)) = snapshot.repair {
+            self.repair = RepairStream {
+                ssrc: Some(ssrc),
+                // Past what may have gone out after the snapshot.
+                next_seq: next_seq.wrapping_add(REPAIR_RESUME_MARGIN),
+            };
+        }
+    }
+
+    /// Sets how the current device numbers payload types.
+    pub fn set_device_payloads(&mut self, payloads: PayloadMap) {
+        if let Some(leg) = self.leg_mut(self.device) {
+            leg.payloads = payloads;
+        }
+    }
+
+    /// Packets taken in on the stream's legs (RTP and RTCP), for deciding
+    /// whether it moved since it was last stored.
+    pub fn packets_in(&self) -> u64 {
+        self.legs
+            .iter()
+            .flatten()
+            .map(|leg| leg.counters.rtp_in + leg.counters.rtcp_in)
+            .sum()
     }
 
     /// Sets what is blocked or silenced, per sending party.

@@ -67,6 +67,20 @@ impl std::fmt::Debug for IceText {
     }
 }
 
+/// Stored as its text (high availability).
+impl serde::Serialize for IceText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IceText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::new(&text).ok_or_else(|| serde::de::Error::custom("not an ICE ufrag or password"))
+    }
+}
+
 impl IceText {
     /// Reads a ufrag or password: 1 to 64 `ice-char`s (RFC 8839:
     /// letters, digits, `+` and `/`). Anything else is refused.
@@ -102,7 +116,7 @@ impl IceText {
 /// One set of credentials of a leg: the relay's ufrag and password (what
 /// the peer's checks are authenticated with) and the peer's ufrag, when
 /// its SDP gave one (the second half of the USERNAME it sends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IceCredentials {
     /// The relay's `a=ice-ufrag` toward this peer.
     pub local_ufrag: IceText,

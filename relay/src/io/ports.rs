@@ -21,6 +21,15 @@ pub enum PortError {
         /// Highest port of the range.
         hi: u16,
     },
+    /// The pair asked for is not free here: outside the range, odd, or
+    /// held by a session already.
+    #[error("relay port {port} on {ip} is not a free pair of this relay's range")]
+    Taken {
+        /// The pool's IP.
+        ip: IpAddr,
+        /// The port asked for.
+        port: u16,
+    },
     /// Free pairs exist but none could be bound (held by other programs).
     #[error("cannot bind relay ports on {ip}: {source}")]
     Bind {
@@ -159,6 +168,35 @@ pub fn allocate(pool: &Arc<Mutex<PortPool>>, rtcp_mux: bool) -> Result<LegSocket
             hi: guard.hi,
         }),
     }
+}
+
+/// Takes the pair starting at `port` from `pool` and binds it: a session
+/// another relay process served goes on at the ports its parties know.
+pub fn allocate_at(
+    pool: &Arc<Mutex<PortPool>>,
+    port: u16,
+    rtcp_mux: bool,
+) -> Result<LegSockets, PortError> {
+    let mut guard = pool.lock().unwrap_or_else(PoisonError::into_inner);
+    let ip = guard.ip;
+    let Some(index) = guard.free.iter().position(|&p| p == port) else {
+        return Err(PortError::Taken { ip, port });
+    };
+    let rtp = bind(ip, port).map_err(|source| PortError::Bind { ip, source })?;
+    let rtcp = if rtcp_mux {
+        None
+    } else {
+        Some(bind(ip, port + 1).map_err(|source| PortError::Bind { ip, source })?)
+    };
+    guard.free.swap_remove(index);
+    Ok(LegSockets {
+        rtp,
+        rtcp,
+        lease: PortLease {
+            pool: Arc::clone(pool),
+            port,
+        },
+    })
 }
 
 fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {

@@ -34,6 +34,7 @@ use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerI
 use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
 };
+use crate::core::snapshot::SessionSnapshot;
 use crate::core::stream::{Component, DropReason, Verdict};
 use crate::io::dtls::{
     DtlsCommand, DtlsHandle, HandshakeDone, LegKey, MAX_DTLS_DATAGRAM, WorkerLink,
@@ -41,7 +42,8 @@ use crate::io::dtls::{
 use crate::io::ports::{LegSockets, PortLease};
 use crate::io::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
 use crate::messages::{
-    DataplaneError, LATENCY_BUCKETS_NS, StreamSetup, TransferSetup, WorkerEvent, WorkerStats,
+    DataplaneError, LATENCY_BUCKETS_NS, Resume, StreamSetup, TransferSetup, WorkerEvent,
+    WorkerStats,
 };
 
 /// The waker's token; socket tokens are slab keys, far below it.
@@ -65,10 +67,13 @@ pub(crate) type Reply<T> = oneshot::Sender<T>;
 /// [`Dataplane`](crate::Dataplane), which hides this queue.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Take over a session's sockets and start forwarding.
+    /// Take over a session's sockets and start forwarding; a resumed
+    /// session (high availability) goes on from its snapshot, with its
+    /// update applied before its first packet.
     Add {
         id: SessionId,
         streams: Vec<StreamSetup>,
+        resume: Option<Box<Resume>>,
         reply: Reply<Result<(), DataplaneError>>,
     },
     /// Apply a signalling update.
@@ -107,6 +112,12 @@ pub(crate) enum Command {
     },
     /// Worker-wide counters.
     Stats { reply: Reply<WorkerStats> },
+    /// Snapshots of the sessions that took in packets since their last
+    /// one (every session when `all`), for storing.
+    Snapshots {
+        all: bool,
+        reply: Reply<Vec<(SessionId, SessionSnapshot)>>,
+    },
     /// The ids of the sessions on this worker.
     Sessions { reply: Reply<Vec<SessionId>> },
     /// New timeouts, for this worker's sessions and the ones it gets later.
@@ -163,6 +174,8 @@ struct Entry {
     tokens: Vec<[[usize; 2]; LegId::COUNT]>,
     /// Port leases by stream and leg, dropped after the leg's sockets close.
     leases: Vec<[Option<PortLease>; LegId::COUNT]>,
+    /// Packets taken in when its last snapshot was taken (`None`: never).
+    snapshot_at_packets: Option<u64>,
 }
 
 /// A queued send: the socket token, destination and which datagram (in the
@@ -676,8 +689,13 @@ impl Worker {
             };
             let now = Instant::now();
             match command {
-                Command::Add { id, streams, reply } => {
-                    let result = self.add_session(now, id, streams);
+                Command::Add {
+                    id,
+                    streams,
+                    resume,
+                    reply,
+                } => {
+                    let result = self.add_session(now, id, streams, resume.as_deref());
                     let added = result.is_ok();
                     if reply.send(result).is_err() && added {
                         // The control plane gave up waiting and will not
@@ -775,6 +793,9 @@ impl Worker {
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
                 }
+                Command::Snapshots { all, reply } => {
+                    let _ = reply.send(self.snapshots(now, all));
+                }
                 Command::Sessions { reply } => {
                     let _ = reply.send(self.by_id.keys().copied().collect());
                 }
@@ -809,6 +830,7 @@ impl Worker {
         now: Instant,
         id: SessionId,
         streams: Vec<StreamSetup>,
+        resume: Option<&Resume>,
     ) -> Result<(), DataplaneError> {
         if self.by_id.contains_key(&id) {
             return Err(DataplaneError::Exists(id));
@@ -821,6 +843,7 @@ impl Worker {
             leases: (0..streams.len())
                 .map(|_| [None, None, None, None])
                 .collect(),
+            snapshot_at_packets: None,
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
@@ -865,9 +888,41 @@ impl Worker {
             }
             return Err(e);
         }
+        if let Some(resume) = resume {
+            // Before the sockets are polled: the first packet already goes
+            // out in the stored numbering.
+            let handshakes = entry.session.update(now, &resume.update);
+            for &(stream, payloads) in &resume.device_payloads {
+                entry.session.set_device_payloads(stream, payloads);
+            }
+            entry.session.resume(&resume.snapshot, now, resume.since);
+            entry.snapshot_at_packets = Some(0);
+            self.sessions.insert(entry);
+            self.by_id.insert(id, key);
+            for (stream, leg, params) in handshakes {
+                if let Some(params) = params {
+                    self.open_handshake(id, stream, leg, params);
+                }
+            }
+            return Ok(());
+        }
         self.sessions.insert(entry);
         self.by_id.insert(id, key);
         Ok(())
+    }
+
+    /// Snapshots of sessions that moved since their last one (all of them
+    /// when `all`).
+    fn snapshots(&mut self, now: Instant, all: bool) -> Vec<(SessionId, SessionSnapshot)> {
+        let mut taken = Vec::new();
+        for (_, entry) in &mut self.sessions {
+            let packets = entry.session.packets_in();
+            if all || entry.snapshot_at_packets != Some(packets) {
+                entry.snapshot_at_packets = Some(packets);
+                taken.push((entry.session.id(), entry.session.snapshot(now)));
+            }
+        }
+        taken
     }
 
     /// Registers a leg's sockets and keeps its lease; a BUNDLE follower
@@ -1365,6 +1420,7 @@ mod tests {
         let added = run(&mut worker, &commands, |reply| Command::Add {
             id: SessionId(1),
             streams,
+            resume: None,
             reply,
         });
         assert_eq!(added, Ok(()));
@@ -1422,6 +1478,7 @@ mod tests {
         let added = run(&mut worker, &commands, |reply| Command::Add {
             id: SessionId(2),
             streams,
+            resume: None,
             reply,
         });
         assert!(
@@ -1433,6 +1490,7 @@ mod tests {
         let added = run(&mut worker, &commands, |reply| Command::Add {
             id: SessionId(3),
             streams,
+            resume: None,
             reply,
         });
         assert!(
@@ -1456,6 +1514,7 @@ mod tests {
         let add = Command::Add {
             id: SessionId(1),
             streams: vec![stream(&pool)],
+            resume: None,
             reply,
         };
         commands.send(add).expect("queued");
@@ -1474,6 +1533,7 @@ mod tests {
         let add = Command::Add {
             id: SessionId(1),
             streams: vec![stream(&pool)],
+            resume: None,
             reply,
         };
         commands.send(add).expect("queued");

@@ -1,0 +1,833 @@
+//! High availability on Redis, as rtpengine's operators run it: the active
+//! relay writes its calls to Redis; a standby with the same Redis and the
+//! same media address (a floating IP that keepalived moves) takes the
+//! calls over when the active's heartbeat key expires, or when told to
+//! (`baton ctl takeover`); a relay restarted alone takes its own calls
+//! back. What baton adds is that the remote hears one stream across the
+//! failover: the stored state includes each stream's outward SSRC,
+//! numbering and SRTP indexes (see `baton_relay::core::snapshot`).
+//!
+//! Keys, under a prefix shared by the relays of one pair (`baton` unless
+//! set):
+//! - `PREFIX:active`: the active relay's instance name, kept alive every
+//!   heartbeat, expiring after the heartbeat timeout;
+//! - `PREFIX:session:ID`: a session's signalling state (JSON), written on
+//!   every change (create, update, transfer, delete);
+//! - `PREFIX:media:ID`: its media snapshot (JSON), written every snapshot
+//!   interval while its media flows;
+//! - `PREFIX:binding:GRUU`: a device binding, expiring with it.
+//!
+//! Session keys expire `key-ttl` after their last write unless refreshed,
+//! so the calls of a relay nobody takes over do not stay forever.
+//!
+//! Redis holds SRTP keys: give it the protection the relay's memory has
+//! (ACLs, TLS, a private network).
+
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_relay::SessionId;
+use redis::aio::ConnectionManager;
+use tokio::sync::{Notify, mpsc};
+use tracing::{error, info, warn};
+
+use crate::devices::Devices;
+use crate::service::Service;
+use crate::sessions::Sessions;
+use crate::sessions::persist::{STORED_VERSION, StoredMedia, StoredSession};
+use store::{StoreHandle, Write};
+
+/// Settings of `--redis` and its companions.
+#[derive(Debug, Clone)]
+pub struct HaOptions {
+    /// `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS.
+    pub url: String,
+    /// CA certificate (PEM) to verify a TLS server with, instead of the
+    /// system's.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// The prefix of every key: one per active/standby pair.
+    pub key_prefix: String,
+    /// This relay's name in the heartbeat key.
+    pub instance: String,
+    /// Start as the standby: take over only once the active is gone.
+    pub standby: bool,
+    /// How often the active refreshes its heartbeat (and the standby
+    /// looks at it).
+    pub heartbeat: Duration,
+    /// How long the heartbeat key lives without a refresh: the longest a
+    /// dead active goes unnoticed.
+    pub heartbeat_timeout: Duration,
+    /// How often flowing sessions' media snapshots are written.
+    pub snapshot_interval: Duration,
+    /// How long a session's keys live after their last write.
+    pub key_ttl: Duration,
+}
+
+/// What the relay is in its pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Waiting for the active's heartbeat to expire.
+    Standby = 0,
+    /// Taking the stored calls over.
+    TakingOver = 1,
+    /// Serving calls and writing them to Redis.
+    Active = 2,
+    /// Another relay took the heartbeat key while this one served: it
+    /// stops writing (the other's state wins) and says so.
+    Fenced = 3,
+}
+
+impl Role {
+    /// Lower-case name, for `stats` and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standby => "standby",
+            Self::TakingOver => "taking_over",
+            Self::Active => "active",
+            Self::Fenced => "fenced",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Standby,
+            1 => Self::TakingOver,
+            3 => Self::Fenced,
+            _ => Self::Active,
+        }
+    }
+}
+
+/// Takeovers and what they brought back.
+#[derive(Debug, Default)]
+pub struct HaCounters {
+    /// Times this relay took the calls over (a start that found its own
+    /// calls counts too).
+    pub takeovers: AtomicU64,
+    /// Sessions resumed from the store.
+    pub resumed: AtomicU64,
+    /// Stored sessions that could not be resumed (unreadable, ports taken).
+    pub resume_failures: AtomicU64,
+    /// Sessions the standby holds in memory, ready to take over.
+    pub standby_sessions: AtomicU64,
+    /// Milliseconds the last takeover took, from the decision to the last
+    /// session forwarding.
+    pub last_takeover_ms: AtomicU64,
+    /// Times the heartbeat key was found held by another relay while this
+    /// one was active.
+    pub fenced: AtomicU64,
+}
+
+/// The relay's high availability: its role, the store writer and the
+/// tasks that keep Redis in step with the calls.
+pub struct Ha {
+    options: HaOptions,
+    service: Arc<Service>,
+    connection: ConnectionManager,
+    store: StoreHandle,
+    role: AtomicU8,
+    counters: HaCounters,
+    /// Sessions changed since they were last written.
+    changed: Mutex<Option<mpsc::Receiver<SessionId>>>,
+    /// An operator's `takeover`.
+    takeover: Notify,
+    /// Set at shutdown: nothing more is written (the calls stay stored for
+    /// whoever goes on with them).
+    stopping: AtomicBool,
+    /// The standby's copy of the stored calls.
+    mirror: Mutex<HashMap<SessionId, (StoredSession, Option<StoredMedia>)>>,
+}
+
+impl std::fmt::Debug for Ha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ha")
+            .field("instance", &self.options.instance)
+            .field("role", &self.role())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest stored value read back (a session with many SDP bodies is a
+/// few tens of KiB): anything larger is not the relay's and is skipped.
+const MAX_STORED_VALUE: usize = 1 << 20;
+/// Keys read per SCAN step and per MGET.
+const READ_CHUNK: usize = 256;
+/// Changes coalesced before they are written.
+const CHANGED_QUEUE: usize = 8192;
+
+/// A Redis client for `options` (TLS set up when the URL says `rediss://`).
+fn client(options: &HaOptions) -> anyhow::Result<redis::Client> {
+    use anyhow::Context;
+    if options.tls_ca.is_none() && options.tls_client.is_none() {
+        return redis::Client::open(options.url.as_str())
+            .with_context(|| format!("redis URL {}", redacted(&options.url)));
+    }
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls: match &options.tls_client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            None => None,
+        },
+        root_cert: options.tls_ca.as_ref().map(read).transpose()?,
+    };
+    redis::Client::build_with_tls(options.url.as_str(), certificates)
+        .with_context(|| format!("redis URL {} with TLS", redacted(&options.url)))
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// How long one Redis command may take before it counts as failed (the
+/// connection retries by itself; the heartbeat must not wait on it).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long reading every stored call may take.
+const READ_ALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `operation`, failed if Redis does not answer within `limit`.
+async fn within<T>(
+    limit: Duration,
+    operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "Redis did not answer in time").into()))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Ha {
+    /// Connects (lazily: a Redis that is down at start is retried, the
+    /// relay serves meanwhile) and returns the relay's HA, not started.
+    pub fn new(options: HaOptions, service: Arc<Service>) -> anyhow::Result<Arc<Self>> {
+        // rustls needs a process-wide crypto provider; a second install
+        // (tests start several relays' worth in one process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = client(&options)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("redis {}: {e}", redacted(&options.url)))?;
+        let store = store::start(connection.clone());
+        let (changed_tx, changed_rx) = mpsc::channel(CHANGED_QUEUE);
+        let sessions = service.sessions();
+        sessions.persist_to(crate::sessions::PersistHook::new(
+            changed_tx,
+            Arc::clone(store.counters()),
+        ));
+        sessions
+            .devices()
+            .persist_to(store.clone(), options.key_prefix.clone());
+        // No new calls until this relay holds the heartbeat key.
+        sessions.set_serving(false);
+        Ok(Arc::new(Self {
+            options,
+            service,
+            connection,
+            store,
+            role: AtomicU8::new(Role::Standby as u8),
+            counters: HaCounters::default(),
+            changed: Mutex::new(Some(changed_rx)),
+            takeover: Notify::new(),
+            stopping: AtomicBool::new(false),
+            mirror: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn sessions(&self) -> &Sessions {
+        self.service.sessions()
+    }
+
+    fn devices(&self) -> &Devices {
+        self.service.sessions().devices()
+    }
+
+    /// The relay's role now.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Relaxed);
+    }
+
+    /// Whether this relay serves calls (not a standby waiting).
+    pub fn serves(&self) -> bool {
+        matches!(self.role(), Role::Active | Role::Fenced)
+    }
+
+    /// This relay's instance name.
+    pub fn instance(&self) -> &str {
+        &self.options.instance
+    }
+
+    /// The takeover counters.
+    pub fn counters(&self) -> &HaCounters {
+        &self.counters
+    }
+
+    /// The writer's counters.
+    pub fn store_counters(&self) -> &store::StoreCounters {
+        self.store.counters()
+    }
+
+    /// An operator asks this standby to take over now, whatever the
+    /// heartbeat says (the active is known to be gone, or being retired).
+    pub fn request_takeover(&self) -> Result<(), String> {
+        match self.role() {
+            Role::Standby => {
+                self.takeover.notify_one();
+                Ok(())
+            }
+            role @ (Role::TakingOver | Role::Active | Role::Fenced) => {
+                Err(format!("this relay is {} already", role.name()))
+            }
+        }
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.options.key_prefix)
+    }
+
+    fn session_key(&self, id: SessionId) -> String {
+        self.key(&format!("session:{id}"))
+    }
+
+    fn media_key(&self, id: SessionId) -> String {
+        self.key(&format!("media:{id}"))
+    }
+
+    /// Starts the tasks: the heartbeat (and takeover), the writers of
+    /// changed sessions and media snapshots, and the standby's mirror.
+    pub fn start(self: &Arc<Self>) {
+        let changed = self
+            .changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(changed) = changed {
+            tokio::spawn(Arc::clone(self).write_changed(changed));
+        }
+        tokio::spawn(Arc::clone(self).write_media());
+        tokio::spawn(Arc::clone(self).lead());
+    }
+
+    /// At shutdown: writes nothing more, and gives the heartbeat key up so
+    /// that whoever goes on with the calls need not wait for it to expire.
+    pub async fn stop(&self) {
+        // What the calls' last commands changed goes out first.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while !self.store.is_idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        if self.serves() {
+            let script = redis::Script::new(
+                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+            );
+            let mut connection = self.connection.clone();
+            let released = tokio::time::timeout(
+                Duration::from_secs(1),
+                script
+                    .key(self.key("active"))
+                    .arg(&self.options.instance)
+                    .invoke_async::<i64>(&mut connection),
+            )
+            .await;
+            if matches!(released, Ok(Ok(1))) {
+                info!("heartbeat key released: the calls stay in Redis for the next relay");
+            }
+        }
+    }
+
+    /// The heartbeat: acquire, keep, or wait for the active key; take the
+    /// calls over when it becomes this relay's.
+    async fn lead(self: Arc<Self>) {
+        let active_key = self.key("active");
+        let timeout_ms =
+            u64::try_from(self.options.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        let refresh = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let started = Instant::now();
+        let mut forced = false;
+        let mut waiting_logged = false;
+        loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut connection = self.connection.clone();
+            match self.role() {
+                Role::Standby => {
+                    // A standby leaves a free key to the active for one
+                    // timeout after it starts (both may start together).
+                    let patient =
+                        self.options.standby && started.elapsed() < self.options.heartbeat_timeout;
+                    let holder: Result<Option<String>, _> = within(
+                        COMMAND_TIMEOUT,
+                        redis::cmd("GET")
+                            .arg(&active_key)
+                            .query_async(&mut connection),
+                    )
+                    .await;
+                    let take = match &holder {
+                        Ok(Some(holder)) if *holder == self.options.instance => true,
+                        Ok(Some(holder)) => {
+                            if !waiting_logged && !forced {
+                                info!(active = %holder, "standby: {holder} is active");
+                                waiting_logged = true;
+                            }
+                            forced
+                        }
+                        Ok(None) => !patient || forced,
+                        Err(e) if !self.options.standby => {
+                            // The active of its pair serves whatever Redis
+                            // does; it takes the key once Redis answers.
+                            warn!(
+                                "Redis does not answer ({e}): serving without it; the calls are written once it does"
+                            );
+                            self.take_over(false).await;
+                            continue;
+                        }
+                        Err(_) => false,
+                    };
+                    if take {
+                        let mut set = redis::cmd("SET");
+                        set.arg(&active_key)
+                            .arg(&self.options.instance)
+                            .arg("PX")
+                            .arg(timeout_ms);
+                        if !forced && !matches!(&holder, Ok(Some(h)) if *h == self.options.instance)
+                        {
+                            set.arg("NX");
+                        }
+                        let acquired: Result<Option<String>, _> =
+                            within(COMMAND_TIMEOUT, set.query_async(&mut connection)).await;
+                        if matches!(acquired, Ok(Some(_))) {
+                            self.take_over(forced).await;
+                            forced = false;
+                            continue;
+                        }
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(self.options.heartbeat) => {}
+                        () = self.takeover.notified() => {
+                            info!("takeover asked by the operator");
+                            forced = true;
+                        }
+                    }
+                }
+                Role::TakingOver => tokio::time::sleep(self.options.heartbeat).await,
+                Role::Active | Role::Fenced => {
+                    let kept: Result<i64, _> = within(
+                        COMMAND_TIMEOUT,
+                        refresh
+                            .key(&active_key)
+                            .arg(&self.options.instance)
+                            .arg(timeout_ms)
+                            .invoke_async(&mut connection),
+                    )
+                    .await;
+                    match kept {
+                        Ok(1) => {
+                            if self.role() == Role::Fenced {
+                                info!("the heartbeat key is this relay's again: writing again");
+                                self.store.counters().resync.store(true, Ordering::Relaxed);
+                                self.set_role(Role::Active);
+                            }
+                        }
+                        Ok(_) => {
+                            // Expired (Redis was out of reach) or taken.
+                            let acquired: Result<Option<String>, _> = within(
+                                COMMAND_TIMEOUT,
+                                redis::cmd("SET")
+                                    .arg(&active_key)
+                                    .arg(&self.options.instance)
+                                    .arg("PX")
+                                    .arg(timeout_ms)
+                                    .arg("NX")
+                                    .query_async(&mut connection),
+                            )
+                            .await;
+                            match acquired {
+                                Ok(Some(_)) => {
+                                    // Redis lost the key (a restart): this
+                                    // relay's again, and everything written
+                                    // again.
+                                    self.store.counters().resync.store(true, Ordering::Relaxed);
+                                    self.set_role(Role::Active);
+                                }
+                                Ok(None) if self.role() == Role::Active => {
+                                    self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                                    error!(
+                                        "another relay holds the heartbeat key: this one stops writing to Redis (its calls go on until the floating address moves)"
+                                    );
+                                    self.set_role(Role::Fenced);
+                                }
+                                Ok(None) => {}
+                                Err(e) => warn!("heartbeat key not taken back: {e}"),
+                            }
+                        }
+                        Err(e) => warn!("heartbeat not refreshed: {e}"),
+                    }
+                    tokio::time::sleep(self.options.heartbeat).await;
+                }
+            }
+        }
+    }
+
+    /// Takes the stored calls over: reads them (or uses the mirror if
+    /// Redis does not answer), resumes each on its ports, and serves.
+    async fn take_over(&self, forced: bool) {
+        let began = Instant::now();
+        self.set_role(Role::TakingOver);
+        info!(forced, "taking over the stored calls");
+        let stored = match within(READ_ALL_TIMEOUT, self.read_all()).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(
+                    "Redis did not answer the takeover's read ({e}): going on from the copy in memory"
+                );
+                self.mirror
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .cloned()
+                    .collect()
+            }
+        };
+        let now_ms = unix_ms();
+        let total = stored.len();
+        let mut resumed = 0usize;
+        for (session, media) in stored {
+            let id = session.id;
+            let media = media.map(|m| {
+                let since = Duration::from_millis(now_ms.saturating_sub(m.taken_unix_ms));
+                (m.snapshot, since)
+            });
+            match self.sessions().resume_stored(session, media).await {
+                Ok(()) => {
+                    resumed += 1;
+                    self.counters.resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(status) => {
+                    self.counters
+                        .resume_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(session = %id, "stored session not resumed: {}", status.message);
+                }
+            }
+        }
+        if let Err(e) = within(READ_ALL_TIMEOUT, self.read_bindings()).await {
+            warn!("device bindings not read back: {e}");
+        }
+        self.mirror
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.counters.standby_sessions.store(0, Ordering::Relaxed);
+        let took = began.elapsed();
+        self.counters.last_takeover_ms.store(
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if total > 0 || forced {
+            self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+        }
+        // Whatever was resumed is this relay's now: written as it is.
+        self.store.counters().resync.store(true, Ordering::Relaxed);
+        self.set_role(Role::Active);
+        self.sessions().set_serving(true);
+        info!(
+            resumed,
+            failed = total - resumed,
+            took_ms = took.as_millis(),
+            "active: the stored calls are taken over"
+        );
+    }
+
+    /// Every stored session with its media snapshot.
+    async fn read_all(&self) -> redis::RedisResult<Vec<(StoredSession, Option<StoredMedia>)>> {
+        let keys = self.scan(&self.key("session:*")).await?;
+        let mut connection = self.connection.clone();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(READ_CHUNK) {
+            let sessions: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut connection)
+                .await?;
+            let ids: Vec<Option<StoredSession>> = sessions
+                .into_iter()
+                .map(|value| self.parse::<StoredSession>(value?))
+                .collect();
+            let media_keys: Vec<String> = ids
+                .iter()
+                .map(|s| {
+                    s.as_ref()
+                        .map_or_else(|| self.key("media:none"), |s| self.media_key(s.id))
+                })
+                .collect();
+            let media: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&media_keys)
+                .query_async(&mut connection)
+                .await?;
+            for (session, media) in ids.into_iter().zip(media) {
+                let Some(session) = session else { continue };
+                let media = media
+                    .and_then(|m| self.parse::<StoredMedia>(m))
+                    .filter(|m| m.version == STORED_VERSION);
+                out.push((session, media));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one stored value, or counts it as unreadable.
+    fn parse<T: serde::de::DeserializeOwned>(&self, value: Vec<u8>) -> Option<T> {
+        if value.len() > MAX_STORED_VALUE {
+            self.counters
+                .resume_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(bytes = value.len(), "stored value too large: skipped");
+            return None;
+        }
+        match serde_json::from_slice(&value) {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                self.counters
+                    .resume_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("stored value unreadable: {e}");
+                None
+            }
+        }
+    }
+
+    /// The keys matching `pattern`.
+    async fn scan(&self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(READ_CHUNK)
+                .query_async(&mut connection)
+                .await?;
+            keys.extend(found);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Registers the stored device bindings again.
+    async fn read_bindings(&self) -> redis::RedisResult<()> {
+        let keys = self.scan(&self.key("binding:*")).await?;
+        let mut connection = self.connection.clone();
+        for chunk in keys.chunks(READ_CHUNK) {
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut connection)
+                .await?;
+            for value in values.into_iter().flatten() {
+                if let Some(binding) = self.parse::<crate::devices::StoredBinding>(value)
+                    && let Err(status) = self.devices().restore(&binding)
+                {
+                    warn!("stored binding not restored: {}", status.message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each changed session (or deletes it once it has ended).
+    async fn write_changed(self: Arc<Self>, mut changed: mpsc::Receiver<SessionId>) {
+        let mut ids = Vec::with_capacity(256);
+        while changed.recv_many(&mut ids, 256).await > 0 {
+            if self.writes() {
+                ids.sort_unstable();
+                ids.dedup();
+                for &id in &ids {
+                    self.write_session(id);
+                }
+            }
+            ids.clear();
+        }
+    }
+
+    /// Whether this relay writes now.
+    fn writes(&self) -> bool {
+        self.role() == Role::Active && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn write_session(&self, id: SessionId) {
+        match self.sessions().stored_session(id) {
+            Some(value) => self.store.queue(Write::Set {
+                key: self.session_key(id),
+                value,
+                ttl: self.options.key_ttl,
+            }),
+            None => {
+                self.store.queue(Write::Del {
+                    key: self.session_key(id),
+                });
+                self.store.queue(Write::Del {
+                    key: self.media_key(id),
+                });
+            }
+        }
+    }
+
+    /// Every snapshot interval: the media snapshots of sessions whose
+    /// media moved, a full re-sync when something was lost, the keys of
+    /// quiet sessions kept alive; the standby refreshes its mirror.
+    async fn write_media(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.options.snapshot_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_refresh = Instant::now();
+        loop {
+            interval.tick().await;
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.role() {
+                Role::Standby => {
+                    self.refresh_mirror().await;
+                    continue;
+                }
+                Role::TakingOver | Role::Fenced => continue,
+                Role::Active => {}
+            }
+            let resync = self.store.counters().resync.swap(false, Ordering::Relaxed);
+            if resync {
+                self.resync().await;
+            }
+            let taken_unix_ms = unix_ms();
+            for (id, snapshot) in self.sessions().media_snapshots(resync).await {
+                let stored = StoredMedia {
+                    version: STORED_VERSION,
+                    taken_unix_ms,
+                    snapshot,
+                };
+                if let Ok(value) = serde_json::to_string(&stored) {
+                    self.store.queue(Write::Set {
+                        key: self.media_key(id),
+                        value,
+                        ttl: self.options.key_ttl,
+                    });
+                    self.store.queue(Write::Expire {
+                        key: self.session_key(id),
+                        ttl: self.options.key_ttl,
+                    });
+                }
+            }
+            // Held calls send nothing: their keys are kept alive anyway.
+            if last_refresh.elapsed() >= self.options.key_ttl / 4 {
+                last_refresh = Instant::now();
+                for id in self.sessions().live_ids() {
+                    for key in [self.session_key(id), self.media_key(id)] {
+                        self.store.queue(Write::Expire {
+                            key,
+                            ttl: self.options.key_ttl,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every live session again, and deletes the stored ones that
+    /// ended while writes were lost.
+    async fn resync(&self) {
+        let live = self.sessions().live_ids();
+        info!(sessions = live.len(), "Redis: writing every session again");
+        for &id in &live {
+            self.write_session(id);
+        }
+        if let Ok(keys) = within(READ_ALL_TIMEOUT, self.scan(&self.key("session:*"))).await {
+            let prefix = self.key("session:");
+            for key in keys {
+                let stored = key.strip_prefix(&prefix).and_then(|id| id.parse().ok());
+                if let Some(id) = stored.filter(|id| !live.contains(id)) {
+                    // Not live: deleted.
+                    self.write_session(id);
+                }
+            }
+        }
+        self.devices().persist_all();
+    }
+
+    /// The standby's copy of the stored calls, read again.
+    async fn refresh_mirror(&self) {
+        match within(READ_ALL_TIMEOUT, self.read_all()).await {
+            Ok(stored) => {
+                let count = stored.len();
+                let mut mirror = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+                mirror.clear();
+                for (session, media) in stored {
+                    mirror.insert(session.id, (session, media));
+                }
+                self.counters
+                    .standby_sessions
+                    .store(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
+            Err(e) => warn!("standby: the stored calls are not readable now: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            redacted("redis://baton:s3cret@10.0.0.5:6379/2"),
+            "redis://baton:***@10.0.0.5:6379/2"
+        );
+        assert_eq!(redacted("rediss://:pw@host"), "rediss://:***@host");
+        assert_eq!(redacted("redis://127.0.0.1"), "redis://127.0.0.1");
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_number() {
+        for role in [Role::Standby, Role::TakingOver, Role::Active, Role::Fenced] {
+            assert_eq!(Role::from_u8(role as u8), role);
+        }
+    }
+}

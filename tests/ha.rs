@@ -1,0 +1,595 @@
+//! Issue 20: calls survive the relay. The active relay writes its calls to
+//! a real Redis (Debian's redis-server, started per test on a free port);
+//! a standby with the same Redis takes them over when the active is killed
+//! with SIGKILL, on the same (floating) media address, and the remote and
+//! the device each go on hearing one stream: one SSRC, sequence numbers
+//! that skip only what was lost, timestamps that follow.
+//!
+//! On loopback the floating address is 127.0.0.2: both relays are told to
+//! bind media there, and only the one serving does.
+//!
+//! CI installs redis-server and sets `BATON_REQUIRE_REDIS=1`, so there these
+//! tests run or fail; elsewhere they skip with a note when it is missing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Relay;
+use common::media::{Peer, rtp};
+use common::ng::{Proxy, body, flags, media_addr, request, sdp_of, text};
+
+/// A redis-server of its own, on a free loopback port, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one, or `None` (a skip) when redis-server is not installed
+    /// and `BATON_REQUIRE_REDIS` is not set.
+    fn start() -> Option<Self> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            installed || std::env::var_os("BATON_REQUIRE_REDIS").is_none(),
+            "BATON_REQUIRE_REDIS is set but redis-server is missing (apt-get install redis-server)"
+        );
+        if !installed {
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        Some(Self::start_on(common::free_tcp_port()))
+    }
+
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("redis-server answers", || redis.cli(&["PING"]) == "PONG");
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` on this server; its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let listed = self.cli(&["--scan", "--pattern", pattern]);
+        let mut keys: Vec<String> = listed.lines().map(str::to_owned).collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most 15 s) until `done`; fails the test naming `what`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// One relay of an HA pair: ng on `ng`, media on the floating 127.0.0.2
+/// in `ports`, fast heartbeats and snapshots.
+fn ha_relay(
+    redis: &str,
+    instance: &str,
+    standby: bool,
+    ng: u16,
+    ports: &str,
+    prefix: &str,
+) -> Relay {
+    let ng = format!("udp:127.0.0.1:{ng}");
+    let mut args = vec![
+        "--listen-ng",
+        &ng,
+        "--redis",
+        redis,
+        "--redis-instance",
+        instance,
+        "--redis-key-prefix",
+        prefix,
+        "--media-ip",
+        "127.0.0.2",
+        "--ports",
+        ports,
+        "--heartbeat-interval",
+        "0.05",
+        "--heartbeat-timeout",
+        "0.3",
+        "--snapshot-interval",
+        "0.1",
+        "--workers",
+        "1",
+    ];
+    if standby {
+        args.push("--redis-standby");
+    }
+    Relay::start(&args)
+}
+
+fn ha(relay: &Relay) -> serde_json::Value {
+    common::stdout_json(&relay.ctl(&["stats"]))["ha"].clone()
+}
+
+fn role(relay: &Relay) -> String {
+    ha(relay)["role"].as_str().unwrap_or_default().to_owned()
+}
+
+const GRUU_A: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000a1";
+const GRUU_B: &str = "sip:alice@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000b2";
+
+/// A call from alice's device A to bob over ng, handed off to device B (so
+/// the relay rewrites B's numbering into A's); returns the relay addresses
+/// toward B and toward bob.
+fn call_handed_off(
+    proxy: &mut Proxy,
+    call_id: &str,
+    a: &Peer,
+    b: &Peer,
+    bob: &Peer,
+) -> (String, String) {
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+        ("aor", text("sip:alice@example.com")),
+        ("gruu", text(GRUU_A)),
+    ])));
+    let to_a = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    let bob_to_relay = media_addr(&to_bob).to_string();
+    // A talks for a while: its SSRC becomes the stream's.
+    for i in 0..5u16 {
+        a.send(
+            &media_addr(&to_a).to_string(),
+            &rtp(
+                8,
+                100 + i,
+                16_000 + 160 * u32::from(i),
+                0xA1A1,
+                &[0xD5; 160],
+            ),
+        );
+        let _ = bob.recv();
+    }
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("alice-b", b.addr(), ""))),
+        ("gruu", text(GRUU_B)),
+        ("new-call-id", text(format!("{call_id}-b"))),
+        ("new-from-tag", text("b-tag")),
+        ("flags", flags(&["baton-handoff"])),
+    ])));
+    let to_b = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    (media_addr(&to_b).to_string(), bob_to_relay)
+}
+
+/// (sequence number, timestamp, SSRC) of an RTP packet.
+fn header(packet: &[u8]) -> (u16, u32, u32) {
+    (
+        u16::from_be_bytes([packet[2], packet[3]]),
+        u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+        u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+    )
+}
+
+/// What one side heard, and how many packets the other side sent.
+struct Heard {
+    packets: Vec<(u16, u32, u32)>,
+    sent: usize,
+}
+
+/// Device B and bob talk, 20 ms apart, `steps` times (or until `until`
+/// says stop), from B's and bob's sequence numbers `from`; `at_step` runs
+/// before the step of its number.
+fn talk(
+    (b, b_to_relay): (&Peer, &str),
+    (bob, bob_to_relay): (&Peer, &str),
+    steps: std::ops::Range<u16>,
+    heard: &mut [Heard; 2],
+    mut at_step: impl FnMut(u16),
+    until: impl Fn(&[Heard; 2]) -> bool,
+) {
+    for i in steps {
+        at_step(i);
+        b.send(
+            b_to_relay,
+            &rtp(
+                8,
+                40_000 + i,
+                500_000 + 160 * u32::from(i),
+                0xB2B2,
+                &[0xD5; 160],
+            ),
+        );
+        bob.send(
+            bob_to_relay,
+            &rtp(
+                8,
+                9_000 + i,
+                900_000 + 160 * u32::from(i),
+                0xB0B0,
+                &[0xD5; 160],
+            ),
+        );
+        heard[0].sent += 1;
+        heard[1].sent += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        for (peer, index) in [(bob, 0), (b, 1)] {
+            while let Some((packet, _)) = peer.recv_within(Duration::from_millis(1)) {
+                heard[index].packets.push(header(&packet));
+            }
+        }
+        if until(heard) {
+            return;
+        }
+    }
+}
+
+/// One stream: one SSRC, numbers always ahead, at most `max_gaps` gaps,
+/// each gap's timestamps following its numbers (20 ms a packet), and
+/// nothing heard twice; returns the packets lost in the gaps.
+fn assert_one_stream(what: &str, heard: &Heard, max_gaps: usize) -> usize {
+    let packets = &heard.packets;
+    assert!(
+        packets.len() > 20,
+        "{what}: too little heard: {}",
+        packets.len()
+    );
+    let ssrc = packets[0].2;
+    let mut gaps = 0;
+    let mut lost = 0usize;
+    for pair in packets.windows(2) {
+        let ((seq0, ts0, _), (seq1, ts1, ssrc1)) = (pair[0], pair[1]);
+        assert_eq!(ssrc1, ssrc, "{what}: one SSRC throughout");
+        let step = seq1.wrapping_sub(seq0);
+        assert!(
+            (1..1000).contains(&step),
+            "{what}: sequence {seq0} then {seq1}: backwards or repeated"
+        );
+        assert_eq!(
+            ts1.wrapping_sub(ts0),
+            160 * u32::from(step),
+            "{what}: timestamps follow the numbers ({seq0} → {seq1})"
+        );
+        if step > 1 {
+            gaps += 1;
+            lost += usize::from(step - 1);
+        }
+    }
+    assert!(gaps <= max_gaps, "{what}: {gaps} gaps");
+    assert_eq!(
+        packets.len() + lost,
+        heard.sent,
+        "{what}: every number skipped is a packet lost, no more"
+    );
+    lost
+}
+
+#[test]
+fn a_standby_takes_a_handed_off_call_over_and_both_sides_hear_one_stream() {
+    let Some(redis) = Redis::start() else { return };
+    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
+    let ports = "42000-42099";
+    let prefix = "pair1";
+    let mut active = ha_relay(&redis.url(), "relay-a", false, ng_a, ports, prefix);
+    wait_until("relay-a is active", || role(&active) == "active");
+    let standby = ha_relay(&redis.url(), "relay-b", true, ng_b, ports, prefix);
+    wait_until("relay-b is the standby", || role(&standby) == "standby");
+    // The standby takes no calls of its own.
+    let refused =
+        Proxy::new(format!("127.0.0.1:{ng_b}").parse().expect("addr")).call(&request(vec![
+            ("command", text("offer")),
+            ("call-id", text("to-the-standby")),
+            ("from-tag", text("x")),
+            ("sdp", text(body("x", Peer::v4().addr(), ""))),
+        ]));
+    assert!(
+        common::ng::reason(&refused).contains("standby"),
+        "{refused:?}"
+    );
+
+    let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
+    let (a, b, bob) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let (b_to_relay, bob_to_relay) = call_handed_off(&mut proxy, "ha-call", &a, &b, &bob);
+    let mut heard = [
+        Heard {
+            packets: Vec::new(),
+            sent: 0,
+        },
+        Heard {
+            packets: Vec::new(),
+            sent: 0,
+        },
+    ];
+    // B's first packets switch the stream to it; both sides talk a while.
+    talk(
+        (&b, &b_to_relay),
+        (&bob, &bob_to_relay),
+        0..40,
+        &mut heard,
+        |_| {},
+        |_| false,
+    );
+    wait_until(
+        "the standby holds the call, its media snapshot stored",
+        || {
+            ha(&standby)["standby_sessions"] == "1"
+                && !redis.keys(&format!("{prefix}:media:*")).is_empty()
+        },
+    );
+
+    // The active dies; the standby sees its heartbeat expire and takes over.
+    talk(
+        (&b, &b_to_relay),
+        (&bob, &bob_to_relay),
+        40..160,
+        &mut heard,
+        |i| {
+            if i == 45 {
+                active.child.kill().expect("SIGKILL the active");
+            }
+        },
+        |_| false,
+    );
+    let stats = ha(&standby);
+    assert_eq!(stats["role"], "active", "{stats}");
+    assert_eq!(stats["sessions_resumed"], "1", "{stats}");
+    assert_eq!(stats["takeovers"], "1", "{stats}");
+
+    // bob hears A's stream (B renumbered into it), then the same across the
+    // failover; B hears bob's.
+    assert_eq!(
+        heard[0].packets[0].2, 0xA1A1,
+        "bob hears the stream A started"
+    );
+    let lost_to_bob = assert_one_stream("bob", &heard[0], 1);
+    let lost_to_b = assert_one_stream("device B", &heard[1], 1);
+    assert!(
+        lost_to_bob > 0 && lost_to_b > 0,
+        "the failover lost packets: the test saw it"
+    );
+
+    // The call goes on under the new active: its state, and its end.
+    let session =
+        common::stdout_json(&standby.ctl(&["get", "--call-id", "ha-call", "--from-tag", "a-tag"]));
+    assert_eq!(session["session"]["handoffs"], 1, "{session}");
+    assert_eq!(session["session"]["gruu"], GRUU_B, "{session}");
+    assert_eq!(redis.keys(&format!("{prefix}:session:*")).len(), 1);
+    let mut proxy_b = Proxy::new(format!("127.0.0.1:{ng_b}").parse().expect("addr"));
+    let deleted = proxy_b.call(&request(vec![
+        ("command", text("delete")),
+        ("call-id", text("ha-call")),
+        ("from-tag", text("a-tag")),
+    ]));
+    assert_eq!(common::ng::result(&deleted), "ok", "{deleted:?}");
+    wait_until("the ended call's keys are gone", || {
+        redis.keys(&format!("{prefix}:session:*")).is_empty()
+            && redis.keys(&format!("{prefix}:media:*")).is_empty()
+    });
+}
+
+#[test]
+fn a_relay_restarted_alone_goes_on_with_its_calls_and_bindings() {
+    let Some(redis) = Redis::start() else { return };
+    let ng = common::free_udp_port();
+    let ports = "42200-42299";
+    let prefix = "single";
+    let mut relay = ha_relay(&redis.url(), "only", false, ng, ports, prefix);
+    wait_until("the relay is active", || role(&relay) == "active");
+    let registered = relay.ctl(&[
+        "register",
+        "--aor",
+        "sip:carol@example.com",
+        "--gruu",
+        "sip:carol@example.com;gr=urn:uuid:00000000-0000-4000-8000-0000000000c3",
+        "--expires",
+        "600",
+    ]);
+    assert!(registered.status.success(), "{registered:?}");
+    let mut proxy = Proxy::new(format!("127.0.0.1:{ng}").parse().expect("addr"));
+    let (a, b, bob) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let (b_to_relay, bob_to_relay) = call_handed_off(&mut proxy, "restart-call", &a, &b, &bob);
+    let mut heard = [
+        Heard {
+            packets: Vec::new(),
+            sent: 0,
+        },
+        Heard {
+            packets: Vec::new(),
+            sent: 0,
+        },
+    ];
+    talk(
+        (&b, &b_to_relay),
+        (&bob, &bob_to_relay),
+        0..30,
+        &mut heard,
+        |_| {},
+        |_| false,
+    );
+    wait_until("the call and its media are stored", || {
+        !redis.keys(&format!("{prefix}:media:*")).is_empty()
+            && !redis.keys(&format!("{prefix}:binding:*")).is_empty()
+    });
+    relay.child.kill().expect("SIGKILL");
+    let _ = relay.child.wait();
+    // The same relay comes back (an upgrade, a crash and systemd's restart).
+    let restarted = ha_relay(&redis.url(), "only", false, ng, ports, prefix);
+    talk(
+        (&b, &b_to_relay),
+        (&bob, &bob_to_relay),
+        30..300,
+        &mut heard,
+        |_| {},
+        |heard| heard[0].packets.len() >= 60 && heard[1].packets.len() >= 60,
+    );
+    let stats = ha(&restarted);
+    assert_eq!(stats["role"], "active", "{stats}");
+    assert_eq!(stats["sessions_resumed"], "1", "{stats}");
+    assert_one_stream("bob", &heard[0], 1);
+    assert_one_stream("device B", &heard[1], 1);
+    let bindings = String::from_utf8_lossy(&restarted.ctl(&["bindings"]).stdout).into_owned();
+    assert!(bindings.contains("carol@example.com"), "{bindings}");
+}
+
+#[test]
+fn an_operator_takeover_fences_the_old_active() {
+    let Some(redis) = Redis::start() else { return };
+    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
+    let ports = "42400-42499";
+    let prefix = "pair3";
+    let active = ha_relay(&redis.url(), "old", false, ng_a, ports, prefix);
+    wait_until("old is active", || role(&active) == "active");
+    let standby = ha_relay(&redis.url(), "new", true, ng_b, ports, prefix);
+    wait_until("new is the standby", || role(&standby) == "standby");
+    // A relay without redis, and an active, have nothing to take over.
+    let refused = active.ctl(&["takeover"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("active already"),
+        "{refused:?}"
+    );
+    let took = standby.ctl(&["takeover"]);
+    assert!(took.status.success(), "{took:?}");
+    wait_until("new is active", || role(&standby) == "active");
+    wait_until("old knows it is no longer the active one", || {
+        role(&active) == "fenced"
+    });
+    assert_eq!(ha(&active)["role"], "fenced");
+}
+
+#[test]
+fn calls_go_on_while_redis_is_down_and_are_written_once_it_is_back() {
+    let port = common::free_tcp_port();
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        installed || std::env::var_os("BATON_REQUIRE_REDIS").is_none(),
+        "BATON_REQUIRE_REDIS is set but redis-server is missing"
+    );
+    if !installed {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let ng = common::free_udp_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    // No Redis at start: the relay serves anyway, and says Redis is away.
+    let relay = ha_relay(&url, "lonely", false, ng, "42600-42699", "down");
+    wait_until("the relay serves without Redis", || {
+        role(&relay) == "active"
+    });
+    let mut proxy = Proxy::new(format!("127.0.0.1:{ng}").parse().expect("addr"));
+    let (a, bob) = (Peer::v4(), Peer::v4());
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("redis-outage")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+    ])));
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("redis-outage")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    // Redis comes: the relay takes the heartbeat key and writes its call.
+    let redis = Redis::start_on(port);
+    wait_until("the call is stored", || {
+        redis.keys("down:session:*").len() == 1
+    });
+    assert_eq!(redis.cli(&["GET", "down:active"]), "lonely");
+    // Redis goes away: the call goes on, the writes fail and are counted.
+    drop(redis);
+    let bob_to_relay: SocketAddr = media_addr(&to_bob);
+    for i in 0..20u16 {
+        bob.send(
+            &bob_to_relay.to_string(),
+            &rtp(8, i, 160 * u32::from(i), 0xB0B0, &[0xD5; 160]),
+        );
+        let (packet, _) = a.recv();
+        assert_eq!(header(&packet).0, i, "media flows without Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_until("the failed writes are counted", || {
+        let stats = ha(&relay);
+        stats["redis_connected"] == false && stats["redis_errors"] != "0"
+    });
+    // Redis is back (empty: it lost everything): the relay writes its call
+    // again.
+    let redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis.keys("down:session:*").len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the call is not written again: {}\n{}",
+            ha(&relay),
+            relay
+                .stderr()
+                .lines()
+                .filter(|l| !l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(role(&relay), "active");
+}
