@@ -593,3 +593,357 @@ fn calls_go_on_while_redis_is_down_and_are_written_once_it_is_back() {
     }
     assert_eq!(role(&relay), "active");
 }
+
+/// An SRTP call (SDES keys on both legs) whose device's sequence numbers
+/// wrap before the failover: after the takeover, the remote's and the
+/// device's own SRTP stacks (webrtc-rs, replay protection on) accept every
+/// packet: the relay's outward indexes, rollover counters included, went on
+/// where the dead relay left them, and never came twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_goes_on_across_a_failover_and_the_peers_replay_windows_accept_it() {
+    use baton_proto::v1::{self, request::Command, response::Result as Reply};
+    use bytes::Bytes;
+    use webrtc_srtp::context::Context;
+    use webrtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
+    use webrtc_srtp::protection_profile::ProtectionProfile;
+
+    let Some(redis) = Redis::start() else { return };
+    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
+    let ports = "42800-42899";
+    let prefix = "pair4";
+    let mut active = ha_relay(&redis.url(), "srtp-a", false, ng_a, ports, prefix);
+    wait_until("srtp-a is active", || role(&active) == "active");
+    let standby = ha_relay(&redis.url(), "srtp-b", true, ng_b, ports, prefix);
+    wait_until("srtp-b is the standby", || role(&standby) == "standby");
+
+    let key = |suite: &str, profile: ProtectionProfile, byte: u8| v1::SrtpKey {
+        suite: suite.into(),
+        key: vec![byte; profile.key_len() + profile.salt_len()],
+    };
+    let context = |key: &v1::SrtpKey, profile: ProtectionProfile| {
+        let (master, salt) = key.key.split_at(profile.key_len());
+        Context::new(
+            master,
+            salt,
+            profile,
+            Some(srtp_replay_protection(64)),
+            Some(srtcp_replay_protection(64)),
+        )
+        .expect("context")
+    };
+    let (cm, gcm) = (
+        ProtectionProfile::Aes128CmHmacSha1_80,
+        ProtectionProfile::AeadAes128Gcm,
+    );
+    let device_key = key("AES_CM_128_HMAC_SHA1_80", cm, 0x11);
+    let remote_key = key("AEAD_AES_128_GCM", gcm, 0x22);
+    let (device, remote) = (Peer::v4(), Peer::v4());
+    let client = active.client().await;
+    let created = match client
+        .call(Command::CreateSession(v1::CreateSessionRequest {
+            call_id: "srtp-ha".into(),
+            from_tag: "a".into(),
+            to_tag: "r".into(),
+            streams: vec![v1::StreamSpec {
+                kind: "audio".into(),
+                codecs: vec![common::native::pcmu()],
+                rtcp_mux: true,
+                user_peer: Some(common::native::endpoint(device.addr())),
+                remote_peer: Some(common::native::endpoint(remote.addr())),
+                user_srtp: Some(v1::LegSrtp {
+                    suite: device_key.suite.clone(),
+                    peer_key: Some(device_key.clone()),
+                }),
+                remote_srtp: Some(v1::LegSrtp {
+                    suite: remote_key.suite.clone(),
+                    peer_key: Some(remote_key.clone()),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(Reply::CreateSession(created)) => created,
+        other => panic!("create: {other:?}"),
+    };
+    drop(client);
+    let stream = &created.streams[0];
+    let device_to_relay = stream.user.as_ref().expect("user").rtp.clone();
+    let remote_to_relay = stream.remote.as_ref().expect("remote").rtp.clone();
+    let mut device_out = context(&device_key, cm);
+    let mut device_in = context(
+        stream
+            .user_key
+            .as_ref()
+            .expect("the relay's key toward the device"),
+        cm,
+    );
+    let mut remote_out = context(&remote_key, gcm);
+    let mut remote_in = context(
+        stream
+            .remote_key
+            .as_ref()
+            .expect("the relay's key toward the remote"),
+        gcm,
+    );
+
+    // The device starts 30 packets before its sequence numbers wrap.
+    let mut heard: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
+    let mut refused = [0usize; 2];
+    let step = |i: u16,
+                heard: &mut [Vec<u16>; 2],
+                refused: &mut [usize; 2],
+                device_out: &mut Context,
+                remote_out: &mut Context,
+                device_in: &mut Context,
+                remote_in: &mut Context| {
+        let plain = rtp(
+            0,
+            65_506u16.wrapping_add(i),
+            160 * u32::from(i),
+            0xD1D1,
+            &[0xD5; 160],
+        );
+        device.send(
+            &device_to_relay,
+            &device_out.encrypt_rtp(&plain).expect("encrypt"),
+        );
+        let plain = rtp(0, 300 + i, 160 * u32::from(i), 0xE2E2, &[0x55; 160]);
+        remote.send(
+            &remote_to_relay,
+            &remote_out.encrypt_rtp(&plain).expect("encrypt"),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        for (peer, context, index) in [(&remote, remote_in, 0), (&device, device_in, 1)] {
+            while let Some((packet, _)) = peer.recv_within(Duration::from_millis(1)) {
+                match context.decrypt_rtp(&Bytes::from(packet)) {
+                    Ok(plain) => heard[index].push(header(&plain).0),
+                    Err(_) => refused[index] += 1,
+                }
+            }
+        }
+    };
+    for i in 0..50 {
+        step(
+            i,
+            &mut heard,
+            &mut refused,
+            &mut device_out,
+            &mut remote_out,
+            &mut device_in,
+            &mut remote_in,
+        );
+    }
+    wait_until("the standby holds the SRTP call", || {
+        ha(&standby)["standby_sessions"] == "1"
+            && !redis.keys(&format!("{prefix}:media:*")).is_empty()
+    });
+    active.child.kill().expect("SIGKILL the active");
+    let before = [heard[0].len(), heard[1].len()];
+    for i in 50..170 {
+        step(
+            i,
+            &mut heard,
+            &mut refused,
+            &mut device_out,
+            &mut remote_out,
+            &mut device_in,
+            &mut remote_in,
+        );
+    }
+    assert_eq!(ha(&standby)["role"], "active");
+    assert_eq!(
+        refused,
+        [0, 0],
+        "every packet authenticated and fresh at both peers"
+    );
+    for (side, heard) in ["remote", "device"].iter().zip(&heard) {
+        for pair in heard.windows(2) {
+            let step = pair[1].wrapping_sub(pair[0]);
+            assert!(
+                (1..1000).contains(&step),
+                "{side}: {} then {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    assert!(
+        heard[0].len() > before[0] + 60,
+        "the remote hears the device again: {} then {}",
+        before[0],
+        heard[0].len()
+    );
+    assert!(
+        heard[1].len() > before[1] + 60,
+        "the device hears the remote again"
+    );
+    assert!(
+        heard[0].iter().any(|&s| s < 100) && heard[0].iter().any(|&s| s > 65_000),
+        "the remote saw the wrap"
+    );
+}
+
+/// A handoff offered but not switched when the active dies is rolled back
+/// on the standby: the old device keeps the call (the remote still hears
+/// one stream), nothing of the new device's leg is left, and a handoff
+/// offered after the takeover works on the new active.
+#[test]
+fn a_handoff_open_at_the_failover_is_rolled_back_and_a_new_one_works() {
+    let Some(redis) = Redis::start() else { return };
+    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
+    let ports = "43000-43099";
+    let prefix = "pair5";
+    let mut active = ha_relay(&redis.url(), "open-a", false, ng_a, ports, prefix);
+    wait_until("open-a is active", || role(&active) == "active");
+    let standby = ha_relay(&redis.url(), "open-b", true, ng_b, ports, prefix);
+    wait_until("open-b is the standby", || role(&standby) == "standby");
+
+    let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
+    let (a, b, bob) = (Peer::v4(), Peer::v4(), Peer::v4());
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("open-call")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+        ("aor", text("sip:alice@example.com")),
+        ("gruu", text(GRUU_A)),
+    ])));
+    let to_a = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("open-call")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    let (a_to_relay, bob_to_relay) = (
+        media_addr(&to_a).to_string(),
+        media_addr(&to_bob).to_string(),
+    );
+    // B's handoff is offered; B never answers or sends before the failover.
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("open-call")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("alice-b", b.addr(), ""))),
+        ("gruu", text(GRUU_B)),
+        ("new-call-id", text("open-call-b")),
+        ("new-from-tag", text("b-tag")),
+        ("flags", flags(&["baton-handoff"])),
+    ])));
+    let mut heard = [
+        Heard {
+            packets: Vec::new(),
+            sent: 0,
+        },
+        Heard {
+            packets: Vec::new(),
+            sent: 0,
+        },
+    ];
+    talk(
+        (&a, &a_to_relay),
+        (&bob, &bob_to_relay),
+        0..30,
+        &mut heard,
+        |_| {},
+        |_| false,
+    );
+    wait_until("the standby holds the call", || {
+        ha(&standby)["standby_sessions"] == "1"
+            && !redis.keys(&format!("{prefix}:media:*")).is_empty()
+    });
+    talk(
+        (&a, &a_to_relay),
+        (&bob, &bob_to_relay),
+        30..130,
+        &mut heard,
+        |i| {
+            if i == 32 {
+                active.child.kill().expect("SIGKILL the active");
+            }
+        },
+        |_| false,
+    );
+    assert_eq!(ha(&standby)["role"], "active");
+    assert_one_stream("bob", &heard[0], 1);
+    assert_one_stream("device A", &heard[1], 1);
+    let session = common::stdout_json(&standby.ctl(&[
+        "get",
+        "--call-id",
+        "open-call",
+        "--from-tag",
+        "a-tag",
+    ]));
+    assert_eq!(
+        session["session"]["gruu"], GRUU_A,
+        "A keeps the call: {session}"
+    );
+    assert_eq!(
+        session["session"]["pending_gruu"], "",
+        "no transfer is left open: {session}"
+    );
+
+    // The proxy offers the handoff again, to the new active.
+    let mut proxy_b = Proxy::new(format!("127.0.0.1:{ng_b}").parse().expect("addr"));
+    let _ = sdp_of(&proxy_b.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("open-call")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("alice-b", b.addr(), ""))),
+        ("gruu", text(GRUU_B)),
+        ("new-call-id", text("open-call-b2")),
+        ("new-from-tag", text("b2-tag")),
+        ("flags", flags(&["baton-handoff"])),
+    ])));
+    let to_b = sdp_of(&proxy_b.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("open-call")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    let b_to_relay = media_addr(&to_b).to_string();
+    let (ssrc_before, last_before) = {
+        let last = heard[0].packets.last().expect("bob heard A");
+        (last.2, last.0)
+    };
+    heard[0].packets.clear();
+    heard[0].sent = 0;
+    heard[1].packets.clear();
+    heard[1].sent = 0;
+    talk(
+        (&b, &b_to_relay),
+        (&bob, &bob_to_relay),
+        200..240,
+        &mut heard,
+        |_| {},
+        |_| false,
+    );
+    assert!(
+        heard[0].packets.len() > 30,
+        "bob hears B after the new handoff"
+    );
+    let first_after = heard[0].packets[0];
+    assert_eq!(first_after.2, ssrc_before, "still one SSRC at bob");
+    assert!(
+        (1..1000).contains(&first_after.0.wrapping_sub(last_before)),
+        "B's numbers go on from A's: {last_before} then {}",
+        first_after.0
+    );
+    assert_one_stream("bob after the new handoff", &heard[0], 1);
+    let session = common::stdout_json(&standby.ctl(&[
+        "get",
+        "--call-id",
+        "open-call",
+        "--from-tag",
+        "a-tag",
+    ]));
+    assert_eq!(
+        session["session"]["gruu"], GRUU_B,
+        "B holds the call: {session}"
+    );
+}

@@ -185,7 +185,17 @@ impl Sessions {
                     .ok_or_else(|| Status::unavailable("no media worker is running"))?
             }
         };
-        let (snapshot, since) = media.unwrap_or_default();
+        let (mut snapshot, since) = media.unwrap_or_default();
+        if stored.transfer_open {
+            // The transfer is rolled back, but the dead relay may have
+            // switched its media to the new device already: the device
+            // leg's peers and source are left to the old device's signalling
+            // and its next packet (numbered past anything sent).
+            for stream in &mut snapshot.streams {
+                stream.device = Default::default();
+                stream.continuity.source = None;
+            }
+        }
         let setups = self.resumed_setups(&stored, &snapshot)?;
         let update = SessionUpdate {
             held: session_held(&stored.streams).then_some(true),
