@@ -118,6 +118,19 @@ fn ha_relay(
     ports: &str,
     prefix: &str,
 ) -> Relay {
+    ha_relay_with(redis, instance, standby, ng, ports, prefix, &[])
+}
+
+/// [`ha_relay`] with more flags.
+fn ha_relay_with(
+    redis: &str,
+    instance: &str,
+    standby: bool,
+    ng: u16,
+    ports: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Relay {
     let ng = format!("udp:127.0.0.1:{ng}");
     let mut args = vec![
         "--listen-ng",
@@ -144,6 +157,7 @@ fn ha_relay(
     if standby {
         args.push("--redis-standby");
     }
+    args.extend_from_slice(extra);
     Relay::start(&args)
 }
 
@@ -496,7 +510,17 @@ fn an_operator_takeover_fences_the_old_active() {
     let prefix = "pair3";
     let active = ha_relay(&redis.url(), "old", false, ng_a, ports, prefix);
     wait_until("old is active", || role(&active) == "active");
-    let standby = ha_relay(&redis.url(), "new", true, ng_b, ports, prefix);
+    let metrics = common::free_tcp_port();
+    let metrics_addr = format!("127.0.0.1:{metrics}");
+    let standby = ha_relay_with(
+        &redis.url(),
+        "new",
+        true,
+        ng_b,
+        ports,
+        prefix,
+        &["--metrics", &metrics_addr],
+    );
     wait_until("new is the standby", || role(&standby) == "standby");
     // A relay without redis, and an active, have nothing to take over.
     let refused = active.ctl(&["takeover"]);
@@ -511,6 +535,23 @@ fn an_operator_takeover_fences_the_old_active() {
     wait_until("old knows it is no longer the active one", || {
         role(&active) == "fenced"
     });
+    // /metrics says the same.
+    let scraped = {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(&metrics_addr).expect("metrics");
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        http.read_to_string(&mut text).expect("response");
+        text
+    };
+    for line in [
+        "baton_ha_role 2",
+        "baton_ha_takeovers_total 1",
+        "baton_redis_write_drops_total 0",
+    ] {
+        assert!(scraped.lines().any(|l| l == line), "{line} in:\n{scraped}");
+    }
     assert_eq!(ha(&active)["role"], "fenced");
 }
 
@@ -946,4 +987,113 @@ fn a_handoff_open_at_the_failover_is_rolled_back_and_a_new_one_works() {
         session["session"]["gruu"], GRUU_B,
         "B holds the call: {session}"
     );
+}
+
+/// What a standby reads from Redis is not trusted: values that are not
+/// JSON, too large, of another version, naming ports outside the relay's
+/// range or too many streams are each skipped and counted; the relay
+/// stays up and the real call is taken over.
+#[test]
+fn unreadable_or_hostile_stored_calls_are_skipped_and_counted() {
+    let Some(redis) = Redis::start() else { return };
+    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
+    let ports = "43200-43299";
+    let prefix = "pair6";
+    let mut active = ha_relay(&redis.url(), "bad-a", false, ng_a, ports, prefix);
+    wait_until("bad-a is active", || role(&active) == "active");
+    let standby = ha_relay(&redis.url(), "bad-b", true, ng_b, ports, prefix);
+    wait_until("bad-b is the standby", || role(&standby) == "standby");
+    let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
+    let (a, bob) = (Peer::v4(), Peer::v4());
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text("real-call")),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+    ])));
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text("real-call")),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    wait_until("the call is stored", || {
+        redis.keys(&format!("{prefix}:session:*")).len() == 1
+    });
+    let key = redis.keys(&format!("{prefix}:session:*")).remove(0);
+    let real = redis.cli(&["GET", &key]);
+    let relay_port = media_addr(&to_bob).port();
+    let forged = |id: &str, value: &str| {
+        let key = format!("{prefix}:session:{id}");
+        let written = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "-x", "SET", &key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(value.as_bytes())?;
+                child.wait()
+            })
+            .expect("redis-cli");
+        assert!(written.success());
+    };
+    let real_id = key.rsplit(':').next().expect("id").to_owned();
+    let other_ids = |json: &str, id: &str| {
+        json.replace(
+            &format!("\"id\":{}", u64::from_str_radix(&real_id, 16).expect("hex")),
+            &format!("\"id\":{}", u64::from_str_radix(id, 16).expect("hex")),
+        )
+        .replace(
+            "\"call_id\":\"real-call\"",
+            &format!("\"call_id\":\"forged-{id}\""),
+        )
+    };
+    forged("00000000000000a1", "not json at all");
+    forged("00000000000000a2", &"x".repeat(2 << 20));
+    forged(
+        "00000000000000a3",
+        &other_ids(&real, "00000000000000a3").replace("\"version\":1", "\"version\":99"),
+    );
+    forged(
+        "00000000000000a4",
+        &other_ids(&real, "00000000000000a4").replace(&format!(":{relay_port}\""), ":9\""),
+    );
+    forged(
+        "00000000000000a5",
+        "{\"version\":1,\"id\":165,\"streams\":[]}",
+    );
+    forged(
+        "00000000000000a6",
+        "[1, 2, {\"deep\": [[[[[[[[[[[[[]]]]]]]]]]]]]}]",
+    );
+
+    active.child.kill().expect("SIGKILL the active");
+    wait_until("bad-b is active", || role(&standby) == "active");
+    let stats = ha(&standby);
+    assert_eq!(
+        stats["sessions_resumed"], "1",
+        "only the real call: {stats}"
+    );
+    let failures: u64 = stats["resume_failures"]
+        .as_str()
+        .expect("a count")
+        .parse()
+        .expect("number");
+    assert!(failures >= 6, "each forged value counted: {stats}");
+    let listed = common::stdout_json(&standby.ctl(&["list"]));
+    let sessions = listed["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{listed}");
+    assert_eq!(sessions[0]["call_id"], "real-call", "{listed}");
+    // And the real call flows on the standby.
+    bob.send(
+        &media_addr(&to_bob).to_string(),
+        &rtp(8, 1, 160, 0xB0B0, &[0xD5; 160]),
+    );
+    assert_eq!(header(&a.recv().0).2, 0xB0B0, "the real call goes on");
 }

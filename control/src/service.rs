@@ -161,6 +161,22 @@ impl Service {
                 .sessions
                 .recordings()
                 .map(|r| (r.dropped(), r.errors())),
+            ha: self.ha().map(|ha| {
+                let store = ha.store_counters();
+                let counters = ha.counters();
+                crate::telemetry::HaSnapshot {
+                    role: ha.role() as u64,
+                    connected: store.connected.load(Ordering::Relaxed),
+                    writes: store.written.load(Ordering::Relaxed),
+                    write_drops: store.dropped.load(Ordering::Relaxed),
+                    errors: store.errors.load(Ordering::Relaxed),
+                    takeovers: counters.takeovers.load(Ordering::Relaxed),
+                    resumed: counters.resumed.load(Ordering::Relaxed),
+                    resume_failures: counters.resume_failures.load(Ordering::Relaxed),
+                    standby_sessions: counters.standby_sessions.load(Ordering::Relaxed),
+                    last_takeover_ms: counters.last_takeover_ms.load(Ordering::Relaxed),
+                }
+            }),
         };
         self.exporter.render(snapshot)
     }

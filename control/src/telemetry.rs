@@ -333,6 +333,33 @@ pub struct Snapshot {
     /// Call recording, when on: copies dropped (queue full), files given
     /// up (write errors).
     pub recording: Option<(u64, u64)>,
+    /// High availability, when on.
+    pub ha: Option<HaSnapshot>,
+}
+
+/// High availability's figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct HaSnapshot {
+    /// 0 standby, 1 taking over, 2 active, 3 fenced.
+    pub role: u64,
+    /// The last write went through.
+    pub connected: bool,
+    /// Redis commands acknowledged.
+    pub writes: u64,
+    /// Writes dropped.
+    pub write_drops: u64,
+    /// Batches Redis failed.
+    pub errors: u64,
+    /// Takeovers.
+    pub takeovers: u64,
+    /// Sessions resumed from Redis.
+    pub resumed: u64,
+    /// Stored sessions not resumed.
+    pub resume_failures: u64,
+    /// Sessions a standby holds in memory.
+    pub standby_sessions: u64,
+    /// The last takeover, in milliseconds.
+    pub last_takeover_ms: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -471,6 +498,68 @@ impl Collector for SnapshotCollector {
                     "baton_recording_errors",
                     "Recording files given up because they could not be written",
                     errors,
+                ),
+            ] {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                counter(value).encode(m)?;
+            }
+        }
+
+        if let Some(ha) = &s.ha {
+            for (name, help, value) in [
+                (
+                    "baton_ha_role",
+                    "This relay's part in its HA pair: 0 standby, 1 taking over, 2 active, 3 fenced (another relay took the heartbeat key)",
+                    ha.role,
+                ),
+                (
+                    "baton_redis_connected",
+                    "1 when the last write to Redis went through",
+                    u64::from(ha.connected),
+                ),
+                (
+                    "baton_ha_standby_sessions",
+                    "On a standby: the active's sessions held in memory",
+                    ha.standby_sessions,
+                ),
+                (
+                    "baton_ha_last_takeover_milliseconds",
+                    "How long the last takeover took, from deciding to the last session forwarding",
+                    ha.last_takeover_ms,
+                ),
+            ] {
+                gauge(&mut encoder, name, help, value)?;
+            }
+            for (name, help, value) in [
+                (
+                    "baton_redis_writes",
+                    "Redis commands acknowledged",
+                    ha.writes,
+                ),
+                (
+                    "baton_redis_write_drops",
+                    "Writes to Redis dropped (full queue, failed batch); a full re-sync follows",
+                    ha.write_drops,
+                ),
+                (
+                    "baton_redis_errors",
+                    "Write batches Redis failed",
+                    ha.errors,
+                ),
+                (
+                    "baton_ha_takeovers",
+                    "Takeovers of stored calls",
+                    ha.takeovers,
+                ),
+                (
+                    "baton_ha_sessions_resumed",
+                    "Sessions resumed from Redis",
+                    ha.resumed,
+                ),
+                (
+                    "baton_ha_resume_failures",
+                    "Stored sessions that could not be resumed (unreadable, ports taken)",
+                    ha.resume_failures,
                 ),
             ] {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

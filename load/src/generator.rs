@@ -224,6 +224,9 @@ pub struct Plan {
     /// An overload at the start: for this long, packets go out this many
     /// times faster.
     pub overload: Option<(Duration, f64)>,
+    /// Watch each flow's first packet sent at or after this time from the
+    /// start (a failover under load); the overload's end otherwise.
+    pub watch_from: Option<Duration>,
     /// RTP payload size (at least the stamp; the video prefix comes on
     /// top).
     pub payload_bytes: usize,
@@ -393,8 +396,9 @@ pub fn run(
         plan.start + Duration::from_nanos(offset)
     };
     let recovery_from = plan
-        .overload
-        .map(|(length, _)| (plan.start + length).duration_since(plan.base).as_nanos() as u64);
+        .watch_from
+        .or(plan.overload.map(|(length, _)| length))
+        .map(|from| (plan.start + from).duration_since(plan.base).as_nanos() as u64);
     let late_ns = plan.late.as_nanos() as u64;
     loop {
         let now = Instant::now();

@@ -94,6 +94,15 @@ pub struct LoadArgs {
     /// Seconds of overload at the start (see --overload-factor).
     #[arg(long, value_name = "SECS")]
     overload_secs: Option<f64>,
+    /// A failover under load: SIGKILL this process (the active relay of an
+    /// HA pair) --kill-at seconds into the run; the summary says how soon
+    /// every stream got through again (through the standby), and what
+    /// each lost.
+    #[arg(long, value_name = "PID", requires = "kill_at")]
+    kill_pid: Option<u32>,
+    /// Seconds into the run at which --kill-pid is killed.
+    #[arg(long, value_name = "SECS", requires = "kill_pid")]
+    kill_at: Option<f64>,
     /// Create calls with RTP and RTCP on separate relay ports (two sockets
     /// per leg) instead of rtcp-mux.
     #[arg(long)]
@@ -450,6 +459,10 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
                 }
                 _ => None,
             },
+            watch_from: args
+                .kill_at
+                .filter(|at| at.is_finite() && *at >= 0.0)
+                .map(Duration::from_secs_f64),
             payload_bytes: args.payload_bytes,
             ts_per_frame,
             clock_rate,
@@ -498,8 +511,29 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
         .map(|every| start + Duration::from_secs_f64(every));
     let mut handoff_cursor = 0usize;
     let mut last_sent = 0;
+    let mut kill = match (args.kill_pid, args.kill_at) {
+        (Some(pid), Some(at)) if at.is_finite() && at >= 0.0 => {
+            Some((pid, start + Duration::from_secs_f64(at)))
+        }
+        _ => None,
+    };
     while Instant::now() < end {
         let now = Instant::now();
+        if let Some((pid, at)) = kill
+            && now >= at
+        {
+            // kill(1) rather than a signal call: no unsafe code here.
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            eprintln!(
+                "baton load: {} process {pid} at {:.3} s",
+                if killed { "killed" } else { "could not kill" },
+                now.duration_since(start).as_secs_f64()
+            );
+            kill = None;
+        }
         if let (Some(at), Some(control)) = (next_handoff, control.as_mut())
             && now >= at
             && !control.calls.is_empty()
@@ -995,8 +1029,11 @@ struct Summary {
     create_ms: [f64; 2],
     transfer_ms: [f64; 2],
     delete_ms: [f64; 2],
-    /// With an overload: (flows, flows through again, recovery ms p50, max).
+    /// With an overload or a kill: (flows, flows through again, recovery
+    /// ms p50, max).
     recovery: Option<(usize, usize, f64, f64)>,
+    /// The recovery is from a kill (--kill-pid), not an overload.
+    killed: bool,
     /// Datagrams timed by the kernel's receive timestamp, and by reading.
     timed: (u64, u64),
     /// Video: from a new device's start to its first keyframe at the
@@ -1127,11 +1164,12 @@ impl Summary {
             create_ms: quantiles_ms(create_ms),
             transfer_ms: quantiles_ms(Some(&transfer)),
             delete_ms: quantiles_ms(Some(delete_ms)),
-            recovery: args.overload_factor.map(|_| {
+            recovery: (args.overload_factor.is_some() || args.kill_pid.is_some()).then(|| {
                 let through = recoveries_ms.len();
                 let max = recoveries_ms.iter().copied().fold(0.0, f64::max);
                 (flows, through, percentile(&mut recoveries_ms, 0.5), max)
             }),
+            killed: args.kill_pid.is_some(),
             timed,
             switch_keyframes: to_keyframe_ms.len(),
             switch_to_keyframe_ms: [
@@ -1239,7 +1277,8 @@ impl Summary {
         }
         if let Some((flows, through, p50, max)) = self.recovery {
             eprintln!(
-                "  after the overload: {through} of {flows} streams through again; recovery ms p50 {p50:.1}  max {max:.1}"
+                "  after the {}: {through} of {flows} streams through again; recovery ms p50 {p50:.1}  max {max:.1}",
+                if self.killed { "kill" } else { "overload" }
             );
         }
         if self.mode == "direct" {
@@ -1288,7 +1327,7 @@ impl Summary {
                 "switch_keyframes": self.switch_keyframes,
                 "keyframe_requests": self.keyframe_requests,
             })),
-            "overload": self.recovery.map(|(flows, through, p50, max)| serde_json::json!({
+            (if self.killed { "failover" } else { "overload" }): self.recovery.map(|(flows, through, p50, max)| serde_json::json!({
                 "streams": flows, "recovered": through, "recovery_ms": { "p50": p50, "max": max },
             })),
             "control_ms": {
