@@ -272,7 +272,32 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
         config.ng_access.clone(),
     );
     let mut ng_addrs = Vec::new();
-    for addr in &config.listen_ng {
+    // A standby opens its ng listeners once it serves: until then a proxy
+    // finds nothing there (its relay set skips it), and on a shared
+    // (floating) ng address the active holds them.
+    let standby = service
+        .ha()
+        .filter(|_| config.ha.as_ref().is_some_and(|o| o.standby))
+        .cloned();
+    let deferred = standby.is_some() && !config.listen_ng.is_empty();
+    if let Some(ha) = standby.filter(|_| deferred) {
+        let (ng, addrs) = (ng.clone(), config.listen_ng.clone());
+        tokio::spawn(async move {
+            while !ha.serves() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            for addr in addrs {
+                match ng.serve(addr).await {
+                    Ok(bound) => info!(listen = %bound, "ng listener open: this relay serves now"),
+                    Err(e) => {
+                        error!(listen = %addr, "ng listener cannot open after the takeover: {e}")
+                    }
+                }
+            }
+        });
+        ng_addrs.push("(once active)".to_owned());
+    }
+    for addr in config.listen_ng.iter().filter(|_| !deferred) {
         let bound = ng
             .serve(*addr)
             .await
@@ -366,10 +391,12 @@ async fn serve(config: Config, options: &RunOptions, log: &LogFilter) -> anyhow:
         // Every call's end, with its final statistics, is logged and
         // published before the subscribers' connections close.
         Some(_) | None => {
+            service.sessions().end_all(end_reason).await;
+            // Their deletion reaches Redis before the heartbeat key goes:
+            // a standby must not take over calls a drain ended.
             if let Some(ha) = service.ha() {
                 ha.stop().await;
             }
-            service.sessions().end_all(end_reason).await;
         }
     }
     if let Some(recordings) = service.sessions().recordings() {

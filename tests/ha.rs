@@ -345,17 +345,33 @@ fn a_standby_takes_a_handed_off_call_over_and_both_sides_hear_one_stream() {
     wait_until("relay-a is active", || role(&active) == "active");
     let standby = ha_relay(&redis.url(), "relay-b", true, ng_b, ports, prefix);
     wait_until("relay-b is the standby", || role(&standby) == "standby");
-    // The standby takes no calls of its own.
-    let refused =
-        Proxy::new(format!("127.0.0.1:{ng_b}").parse().expect("addr")).call(&request(vec![
-            ("command", text("offer")),
-            ("call-id", text("to-the-standby")),
-            ("from-tag", text("x")),
-            ("sdp", text(body("x", Peer::v4().addr(), ""))),
-        ]));
+    // The standby takes no calls of its own, and its ng listener opens
+    // only once it serves (a proxy's relay set skips it meanwhile).
+    let refused = standby.ctl(&[
+        "create",
+        "--call-id",
+        "to-the-standby",
+        "--from-tag",
+        "x",
+        "--stream",
+        "audio:0",
+    ]);
+    assert!(!refused.status.success());
     assert!(
-        common::ng::reason(&refused).contains("standby"),
+        String::from_utf8_lossy(&refused.stderr).contains("standby"),
         "{refused:?}"
+    );
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    probe
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    probe
+        .send_to(b"1 d7:command4:pinge", ("127.0.0.1", ng_b))
+        .expect("send");
+    let mut buf = [0u8; 256];
+    assert!(
+        probe.recv_from(&mut buf).is_err(),
+        "no ng answer from a standby"
     );
 
     let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
