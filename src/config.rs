@@ -574,9 +574,11 @@ impl RunOptions {
             || key_prefix.len() > 64
             || !key_prefix
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:{}".contains(&b))
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.{}".contains(&b))
         {
-            bail!("redis-key-prefix {key_prefix:?}: 1 to 64 letters, digits, - _ . : {{ }}");
+            // No `:` (nor a glob character): one pair's keys must never
+            // match another's pattern.
+            bail!("redis-key-prefix {key_prefix:?}: 1 to 64 letters, digits, - _ . {{ }}");
         }
         let instance = match &self.redis_instance {
             Some(name) => name.clone(),

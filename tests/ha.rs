@@ -1088,6 +1088,16 @@ fn unreadable_or_hostile_stored_calls_are_skipped_and_counted() {
         "00000000000000a6",
         "[1, 2, {\"deep\": [[[[[[[[[[[[[]]]]]]]]]]]]]}]",
     );
+    // The real call's value under another key.
+    forged("00000000000000a7", &real);
+    // An SDP layout naming a stream the session does not have (its next
+    // offer would index past its streams).
+    let layout = "\"layout\":[[0],[0]]";
+    assert!(real.contains(layout), "{real}");
+    forged(
+        "00000000000000a8",
+        &other_ids(&real, "00000000000000a8").replace(layout, "\"layout\":[[7],[0]]"),
+    );
 
     active.child.kill().expect("SIGKILL the active");
     wait_until("bad-b is active", || role(&standby) == "active");
@@ -1101,7 +1111,7 @@ fn unreadable_or_hostile_stored_calls_are_skipped_and_counted() {
         .expect("a count")
         .parse()
         .expect("number");
-    assert!(failures >= 6, "each forged value counted: {stats}");
+    assert!(failures >= 8, "each forged value counted: {stats}");
     let listed = common::stdout_json(&standby.ctl(&["list"]));
     let sessions = listed["sessions"].as_array().expect("sessions");
     assert_eq!(sessions.len(), 1, "{listed}");

@@ -82,22 +82,25 @@ impl Devices {
     }
 
     fn persist(&self, binding: &Binding, now: Instant) {
-        let Some((store, prefix)) = self.store.get() else {
-            return;
-        };
+        if let (Some((store, _)), Some(write)) = (self.store.get(), self.stored(binding, now)) {
+            store.queue(write);
+        }
+    }
+
+    /// The write that stores `binding`.
+    fn stored(&self, binding: &Binding, now: Instant) -> Option<crate::ha::store::Write> {
+        let (_, prefix) = self.store.get()?;
         let left = binding.expires_at.saturating_duration_since(now);
         let stored = StoredBinding {
             aor: binding.aor_text.clone(),
             gruu: binding.gruu_text.clone(),
             expires_unix_ms: unix_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(0)),
         };
-        if let Ok(value) = serde_json::to_string(&stored) {
-            store.queue(crate::ha::store::Write::Set {
-                key: format!("{prefix}:binding:{}", binding.gruu_text),
-                value,
-                ttl: left,
-            });
-        }
+        Some(crate::ha::store::Write::Set {
+            key: format!("{prefix}:binding:{}", binding.gruu_text),
+            value: serde_json::to_string(&stored).ok()?,
+            ttl: left,
+        })
     }
 
     fn forget(&self, gruu: &str) {
@@ -108,13 +111,12 @@ impl Devices {
         }
     }
 
-    /// Writes every live binding again (after writes were lost).
-    pub fn persist_all(&self) {
+    /// The writes that store every live binding again (after writes were
+    /// lost).
+    pub fn stored_all(&self) -> Vec<crate::ha::store::Write> {
         let now = Instant::now();
         let live = self.table().list(now, None);
-        for binding in &live {
-            self.persist(binding, now);
-        }
+        live.iter().filter_map(|b| self.stored(b, now)).collect()
     }
 
     /// Registers a stored binding again (a takeover); an expired one is

@@ -30,6 +30,10 @@ pub use crate::messages::{
     WorkerEvent, WorkerStats,
 };
 
+/// Sessions snapshotted per worker command: a worker answers a page between
+/// two batches of packets.
+const SNAPSHOT_PAGE: usize = 128;
+
 /// The name of the interface that media IPs without one belong to.
 pub const DEFAULT_INTERFACE: &str = "default";
 
@@ -363,8 +367,23 @@ impl Dataplane {
         worker: WorkerId,
         all: bool,
     ) -> Result<Vec<(SessionId, SessionSnapshot)>, DataplaneError> {
-        self.ask(worker, |reply| Command::Snapshots { all, reply })
-            .await
+        let mut all_pages = Vec::new();
+        let mut from = 0;
+        loop {
+            let (page, next) = self
+                .ask(worker, |reply| Command::Snapshots {
+                    all,
+                    from,
+                    limit: SNAPSHOT_PAGE,
+                    reply,
+                })
+                .await?;
+            all_pages.extend(page);
+            match next {
+                Some(next) => from = next,
+                None => return Ok(all_pages),
+            }
+        }
     }
 
     /// Applies a signalling update to a session.

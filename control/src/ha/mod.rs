@@ -25,7 +25,7 @@
 
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -144,6 +144,8 @@ pub struct Ha {
     stopping: AtomicBool,
     /// The standby's copy of the stored calls.
     mirror: Mutex<HashMap<SessionId, (StoredSession, Option<StoredMedia>)>>,
+    /// Sessions this process has written and not deleted.
+    written: Mutex<HashSet<SessionId>>,
 }
 
 impl std::fmt::Debug for Ha {
@@ -198,6 +200,9 @@ pub fn redacted(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+/// Keeps the heartbeat key alive if it is still this relay's.
+const REFRESH_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 
 /// How long one Redis command may take before it counts as failed (the
 /// connection retries by itself; the heartbeat must not wait on it).
@@ -259,6 +264,7 @@ impl Ha {
             takeover: Notify::new(),
             stopping: AtomicBool::new(false),
             mirror: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -277,6 +283,14 @@ impl Ha {
 
     fn set_role(&self, role: Role) {
         self.role.store(role as u8, Ordering::Relaxed);
+        self.enable_writes(role == Role::Active);
+    }
+
+    /// Whether writes are queued at all: only by the active relay, not
+    /// stopping, whose heartbeat is fresh.
+    fn enable_writes(&self, on: bool) {
+        let on = on && self.role() == Role::Active && !self.stopping.load(Ordering::Relaxed);
+        self.store.counters().enabled.store(on, Ordering::Relaxed);
     }
 
     /// Whether this relay serves calls (not a standby waiting).
@@ -346,10 +360,12 @@ impl Ha {
         // What the calls' last commands changed goes out first.
         let deadline = Instant::now() + Duration::from_secs(1);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        while !self.store.is_idle() && Instant::now() < deadline {
+        while !(self.store.is_idle() && self.sessions().persist_idle()) && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.stopping.store(true, Ordering::Relaxed);
+        self.enable_writes(false);
         if self.serves() {
             let script = redis::Script::new(
                 "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
@@ -375,10 +391,9 @@ impl Ha {
         let active_key = self.key("active");
         let timeout_ms =
             u64::try_from(self.options.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
-        let refresh = redis::Script::new(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
-        );
+        let refresh = redis::Script::new(REFRESH_SCRIPT);
         let started = Instant::now();
+        let mut last_refreshed: Option<Instant> = None;
         let mut forced = false;
         let mut waiting_logged = false;
         loop {
@@ -416,6 +431,9 @@ impl Ha {
                                 "Redis does not answer ({e}): serving without it; the calls are written once it does"
                             );
                             self.take_over(false).await;
+                            // Nothing is written before the key is this
+                            // relay's (another may take it first).
+                            self.enable_writes(false);
                             continue;
                         }
                         Err(_) => false,
@@ -433,6 +451,7 @@ impl Ha {
                         let acquired: Result<Option<String>, _> =
                             within(COMMAND_TIMEOUT, set.query_async(&mut connection)).await;
                         if matches!(acquired, Ok(Some(_))) {
+                            last_refreshed = Some(Instant::now());
                             self.take_over(forced).await;
                             forced = false;
                             continue;
@@ -447,7 +466,14 @@ impl Ha {
                     }
                 }
                 Role::TakingOver => tokio::time::sleep(self.options.heartbeat).await,
-                Role::Active | Role::Fenced => {
+                Role::Fenced => {
+                    // Another relay holds the key: this one never takes it
+                    // back by itself (its calls may be that relay's now);
+                    // an operator restarts it.
+                    tokio::time::sleep(self.options.heartbeat).await;
+                    continue;
+                }
+                Role::Active => {
                     let kept: Result<i64, _> = within(
                         COMMAND_TIMEOUT,
                         refresh
@@ -459,14 +485,16 @@ impl Ha {
                     .await;
                     match kept {
                         Ok(1) => {
-                            if self.role() == Role::Fenced {
-                                info!("the heartbeat key is this relay's again: writing again");
+                            last_refreshed = Some(Instant::now());
+                            if !self.store.counters().enabled.load(Ordering::Relaxed) {
+                                info!("the heartbeat key is this relay's: writing to Redis again");
+                                self.enable_writes(true);
                                 self.store.counters().resync.store(true, Ordering::Relaxed);
-                                self.set_role(Role::Active);
                             }
                         }
                         Ok(_) => {
-                            // Expired (Redis was out of reach) or taken.
+                            // Expired (Redis restarted, or was out of
+                            // reach) or taken by another relay.
                             let acquired: Result<Option<String>, _> = within(
                                 COMMAND_TIMEOUT,
                                 redis::cmd("SET")
@@ -480,24 +508,36 @@ impl Ha {
                             .await;
                             match acquired {
                                 Ok(Some(_)) => {
-                                    // Redis lost the key (a restart): this
-                                    // relay's again, and everything written
-                                    // again.
+                                    // Nobody took over: this relay's again,
+                                    // and everything written again.
+                                    last_refreshed = Some(Instant::now());
+                                    self.enable_writes(true);
                                     self.store.counters().resync.store(true, Ordering::Relaxed);
-                                    self.set_role(Role::Active);
                                 }
-                                Ok(None) if self.role() == Role::Active => {
+                                Ok(None) => {
                                     self.counters.fenced.fetch_add(1, Ordering::Relaxed);
                                     error!(
-                                        "another relay holds the heartbeat key: this one stops writing to Redis (its calls go on until the floating address moves)"
+                                        "another relay holds the heartbeat key: this one stops writing to Redis and takes no new call (its calls go on until the floating address moves)"
                                     );
                                     self.set_role(Role::Fenced);
+                                    self.sessions().set_serving(false);
                                 }
-                                Ok(None) => {}
                                 Err(e) => warn!("heartbeat key not taken back: {e}"),
                             }
                         }
-                        Err(e) => warn!("heartbeat not refreshed: {e}"),
+                        Err(e) => {
+                            // Past the timeout the key may have expired and
+                            // a standby taken over: no write may land after
+                            // its own.
+                            let lapsed = last_refreshed
+                                .is_none_or(|at| at.elapsed() >= self.options.heartbeat_timeout);
+                            if lapsed && self.store.counters().enabled.load(Ordering::Relaxed) {
+                                warn!(
+                                    "heartbeat not refreshed for the heartbeat timeout ({e}): no more writes to Redis until it is"
+                                );
+                                self.enable_writes(false);
+                            }
+                        }
                     }
                     tokio::time::sleep(self.options.heartbeat).await;
                 }
@@ -511,7 +551,32 @@ impl Ha {
         let began = Instant::now();
         self.set_role(Role::TakingOver);
         info!(forced, "taking over the stored calls");
-        let stored = match within(READ_ALL_TIMEOUT, self.read_all()).await {
+        // Thousands of calls take longer than a heartbeat timeout: the key
+        // is kept alive meanwhile, or the peer would take over too.
+        let keepalive = {
+            let mut connection = self.connection.clone();
+            let (key, instance) = (self.key("active"), self.options.instance.clone());
+            let (every, timeout_ms) = (
+                self.options.heartbeat,
+                u64::try_from(self.options.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+            );
+            tokio::spawn(async move {
+                let refresh = redis::Script::new(REFRESH_SCRIPT);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let _ = within(
+                        COMMAND_TIMEOUT,
+                        refresh
+                            .key(&key)
+                            .arg(&instance)
+                            .arg(timeout_ms)
+                            .invoke_async::<i64>(&mut connection),
+                    )
+                    .await;
+                }
+            })
+        };
+        let stored = match within(READ_ALL_TIMEOUT, self.read_all(true)).await {
             Ok(stored) => stored,
             Err(e) => {
                 warn!(
@@ -531,7 +596,10 @@ impl Ha {
         for (session, media) in stored {
             let id = session.id;
             let media = media.map(|m| {
-                let since = Duration::from_millis(now_ms.saturating_sub(m.taken_unix_ms));
+                // Two hosts' clocks: never less than the snapshot interval
+                // and the heartbeat timeout, whatever they say.
+                let since = Duration::from_millis(now_ms.saturating_sub(m.taken_unix_ms))
+                    .max(self.options.snapshot_interval + self.options.heartbeat_timeout);
                 (m.snapshot, since)
             });
             match self.sessions().resume_stored(session, media).await {
@@ -565,6 +633,7 @@ impl Ha {
         }
         // Whatever was resumed is this relay's now: written as it is.
         self.store.counters().resync.store(true, Ordering::Relaxed);
+        keepalive.abort();
         self.set_role(Role::Active);
         self.sessions().set_serving(true);
         info!(
@@ -576,18 +645,41 @@ impl Ha {
     }
 
     /// Every stored session with its media snapshot.
-    async fn read_all(&self) -> redis::RedisResult<Vec<(StoredSession, Option<StoredMedia>)>> {
-        let keys = self.scan(&self.key("session:*")).await?;
+    /// What cannot be read is counted when `count` (a takeover; the
+    /// standby's refreshes of its copy would count the same junk again and
+    /// again).
+    async fn read_all(
+        &self,
+        count: bool,
+    ) -> redis::RedisResult<Vec<(StoredSession, Option<StoredMedia>)>> {
+        let mut keys = self.scan(&self.key("session:*")).await?;
+        let limit = self.sessions().options().max_sessions;
+        if keys.len() > limit {
+            warn!(
+                stored = keys.len(),
+                limit, "more stored sessions than max-sessions: the rest are not read"
+            );
+            self.counters.resume_failures.fetch_add(
+                u64::try_from(keys.len() - limit).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            keys.truncate(limit);
+        }
         let mut connection = self.connection.clone();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(READ_CHUNK) {
-            let sessions: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(chunk)
-                .query_async(&mut connection)
-                .await?;
+            let chunk = self.within_size(&mut connection, chunk, count).await?;
+            let sessions: Vec<Option<Vec<u8>>> = if chunk.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("MGET")
+                    .arg(&chunk)
+                    .query_async(&mut connection)
+                    .await?
+            };
             let ids: Vec<Option<StoredSession>> = sessions
                 .into_iter()
-                .map(|value| self.parse::<StoredSession>(value?))
+                .map(|value| self.parse::<StoredSession>(value?, count))
                 .collect();
             let media_keys: Vec<String> = ids
                 .iter()
@@ -600,10 +692,20 @@ impl Ha {
                 .arg(&media_keys)
                 .query_async(&mut connection)
                 .await?;
-            for (session, media) in ids.into_iter().zip(media) {
+            for ((session, media), key) in ids.into_iter().zip(media).zip(&chunk) {
                 let Some(session) = session else { continue };
+                if *key != self.session_key(session.id) {
+                    // A value copied under another session's key.
+                    if count {
+                        self.counters
+                            .resume_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(%key, id = %session.id, "stored session under another id's key: skipped");
+                    }
+                    continue;
+                }
                 let media = media
-                    .and_then(|m| self.parse::<StoredMedia>(m))
+                    .and_then(|m| self.parse::<StoredMedia>(m, count))
                     .filter(|m| m.version == STORED_VERSION);
                 out.push((session, media));
             }
@@ -611,22 +713,51 @@ impl Ha {
         Ok(out)
     }
 
-    /// Reads one stored value, or counts it as unreadable.
-    fn parse<T: serde::de::DeserializeOwned>(&self, value: Vec<u8>) -> Option<T> {
-        if value.len() > MAX_STORED_VALUE {
-            self.counters
-                .resume_failures
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(bytes = value.len(), "stored value too large: skipped");
-            return None;
+    /// The keys of `keys` whose values are small enough to read (their
+    /// sizes asked first, so a huge value is never fetched).
+    async fn within_size(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &[String],
+        count: bool,
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut sizes = redis::pipe();
+        for key in keys {
+            sizes.cmd("STRLEN").arg(key);
         }
-        match serde_json::from_slice(&value) {
+        let sizes: Vec<usize> = sizes.query_async(connection).await?;
+        let mut kept = Vec::with_capacity(keys.len());
+        for (key, size) in keys.iter().zip(sizes) {
+            if size > MAX_STORED_VALUE {
+                if count {
+                    self.counters
+                        .resume_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                warn!(%key, bytes = size, "stored value too large: skipped");
+            } else {
+                kept.push(key.clone());
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Reads one stored value; what is unreadable is counted when `count`.
+    fn parse<T: serde::de::DeserializeOwned>(&self, value: Vec<u8>, count: bool) -> Option<T> {
+        let parsed = if value.len() > MAX_STORED_VALUE {
+            Err(format!("{} bytes", value.len()))
+        } else {
+            serde_json::from_slice(&value).map_err(|e| e.to_string())
+        };
+        match parsed {
             Ok(parsed) => Some(parsed),
             Err(e) => {
-                self.counters
-                    .resume_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!("stored value unreadable: {e}");
+                if count {
+                    self.counters
+                        .resume_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!("stored value unreadable: {e}");
+                }
                 None
             }
         }
@@ -664,7 +795,7 @@ impl Ha {
                 .query_async(&mut connection)
                 .await?;
             for value in values.into_iter().flatten() {
-                if let Some(binding) = self.parse::<crate::devices::StoredBinding>(value)
+                if let Some(binding) = self.parse::<crate::devices::StoredBinding>(value, true)
                     && let Err(status) = self.devices().restore(&binding)
                 {
                     warn!("stored binding not restored: {}", status.message);
@@ -682,7 +813,7 @@ impl Ha {
                 ids.sort_unstable();
                 ids.dedup();
                 for &id in &ids {
-                    self.write_session(id);
+                    self.write_session(id).await;
                 }
             }
             ids.clear();
@@ -694,20 +825,30 @@ impl Ha {
         self.role() == Role::Active && !self.stopping.load(Ordering::Relaxed)
     }
 
-    fn write_session(&self, id: SessionId) {
+    /// Writes session `id` as it is, or deletes it once it has ended.
+    async fn write_session(&self, id: SessionId) {
         match self.sessions().stored_session(id) {
-            Some(value) => self.store.queue(Write::Set {
-                key: self.session_key(id),
-                value,
-                ttl: self.options.key_ttl,
-            }),
+            Some(value) => {
+                self.written
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id);
+                self.store
+                    .queue_waiting(Write::Set {
+                        key: self.session_key(id),
+                        value,
+                        ttl: self.options.key_ttl,
+                    })
+                    .await;
+            }
             None => {
-                self.store.queue(Write::Del {
-                    key: self.session_key(id),
-                });
-                self.store.queue(Write::Del {
-                    key: self.media_key(id),
-                });
+                self.written
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                for key in [self.session_key(id), self.media_key(id)] {
+                    self.store.queue_waiting(Write::Del { key }).await;
+                }
             }
         }
     }
@@ -719,6 +860,9 @@ impl Ha {
         let mut interval = tokio::time::interval(self.options.snapshot_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_refresh = Instant::now();
+        // The standby's copy: read whole, so not at every snapshot.
+        let mirror_every = (self.options.snapshot_interval * 2).max(Duration::from_secs(2));
+        let mut mirrored: Option<Instant> = None;
         loop {
             interval.tick().await;
             if self.stopping.load(Ordering::Relaxed) {
@@ -726,7 +870,10 @@ impl Ha {
             }
             match self.role() {
                 Role::Standby => {
-                    self.refresh_mirror().await;
+                    if mirrored.is_none_or(|at| at.elapsed() >= mirror_every) {
+                        mirrored = Some(Instant::now());
+                        self.refresh_mirror().await;
+                    }
                     continue;
                 }
                 Role::TakingOver | Role::Fenced => continue,
@@ -744,15 +891,17 @@ impl Ha {
                     snapshot,
                 };
                 if let Ok(value) = serde_json::to_string(&stored) {
-                    self.store.queue(Write::Set {
+                    let media = Write::Set {
                         key: self.media_key(id),
                         value,
                         ttl: self.options.key_ttl,
-                    });
-                    self.store.queue(Write::Expire {
+                    };
+                    self.store.queue_waiting(media).await;
+                    let refresh = Write::Expire {
                         key: self.session_key(id),
                         ttl: self.options.key_ttl,
-                    });
+                    };
+                    self.store.queue_waiting(refresh).await;
                 }
             }
             // Held calls send nothing: their keys are kept alive anyway.
@@ -760,40 +909,45 @@ impl Ha {
                 last_refresh = Instant::now();
                 for id in self.sessions().live_ids() {
                     for key in [self.session_key(id), self.media_key(id)] {
-                        self.store.queue(Write::Expire {
+                        let refresh = Write::Expire {
                             key,
                             ttl: self.options.key_ttl,
-                        });
+                        };
+                        self.store.queue_waiting(refresh).await;
                     }
                 }
             }
         }
     }
 
-    /// Writes every live session again, and deletes the stored ones that
-    /// ended while writes were lost.
+    /// Writes every live session again, and deletes those this process
+    /// wrote that ended while writes were lost (never another relay's).
     async fn resync(&self) {
         let live = self.sessions().live_ids();
         info!(sessions = live.len(), "Redis: writing every session again");
         for &id in &live {
-            self.write_session(id);
+            self.write_session(id).await;
         }
-        if let Ok(keys) = within(READ_ALL_TIMEOUT, self.scan(&self.key("session:*"))).await {
-            let prefix = self.key("session:");
-            for key in keys {
-                let stored = key.strip_prefix(&prefix).and_then(|id| id.parse().ok());
-                if let Some(id) = stored.filter(|id| !live.contains(id)) {
-                    // Not live: deleted.
-                    self.write_session(id);
-                }
-            }
+        let live: HashSet<SessionId> = live.into_iter().collect();
+        let ended: Vec<SessionId> = self
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
+        for id in ended {
+            self.write_session(id).await;
         }
-        self.devices().persist_all();
+        for write in self.devices().stored_all() {
+            self.store.queue_waiting(write).await;
+        }
     }
 
     /// The standby's copy of the stored calls, read again.
     async fn refresh_mirror(&self) {
-        match within(READ_ALL_TIMEOUT, self.read_all()).await {
+        match within(READ_ALL_TIMEOUT, self.read_all(false)).await {
             Ok(stored) => {
                 let count = stored.len();
                 let mut mirror = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);

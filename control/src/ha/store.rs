@@ -67,6 +67,10 @@ pub struct StoreCounters {
     pub resync: AtomicBool,
     /// Pipelines sent.
     pub batches: AtomicU64,
+    /// Writes are taken (this relay is the active one, not stopping).
+    pub enabled: AtomicBool,
+    /// A batch is being written.
+    pub in_flight: AtomicBool,
 }
 
 /// Where writes are queued; cheap to clone.
@@ -77,18 +81,34 @@ pub struct StoreHandle {
 }
 
 impl StoreHandle {
-    /// Queues `write` without waiting; a full queue drops it, counts it
-    /// and asks for a re-sync.
+    /// Queues `write` without waiting (on a request's path); a full queue
+    /// drops it, counts it and asks for a re-sync. Nothing is queued while
+    /// this relay is not the one writing.
     pub fn queue(&self, write: Write) {
+        if !self.counters.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         if self.writes.try_send(write).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             self.counters.resync.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Nothing is queued (what was is written, or being written).
+    /// Queues `write`, waiting for room (the HA tasks' own writes, off
+    /// every request's path).
+    pub async fn queue_waiting(&self, write: Write) {
+        if !self.counters.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.writes.send(write).await.is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Nothing is queued or being written.
     pub fn is_idle(&self) -> bool {
         self.writes.capacity() == self.writes.max_capacity()
+            && !self.counters.in_flight.load(Ordering::Relaxed)
     }
 
     /// The writer's counters.
@@ -113,18 +133,10 @@ async fn run(
     let mut batch = Vec::with_capacity(BATCH);
     let mut backoff = Duration::from_millis(50);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        // The last write of a key wins within a batch: a session changed
-        // ten times in a millisecond is written once.
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-        for (i, write) in batch.iter().enumerate() {
-            last.insert(write.key(), i);
-        }
+        counters.in_flight.store(true, Ordering::Relaxed);
         let mut pipe = redis::pipe();
         let mut commands = 0u64;
-        for (i, write) in batch.iter().enumerate() {
-            if last.get(write.key()) != Some(&i) {
-                continue;
-            }
+        for write in coalesced(&batch) {
             commands += 1;
             match write {
                 Write::Set { key, value, ttl } => {
@@ -143,9 +155,10 @@ async fn run(
                 }
             }
         }
-        drop(last);
         counters.batches.fetch_add(1, Ordering::Relaxed);
-        match pipe.query_async::<()>(&mut connection).await {
+        let written = pipe.query_async::<()>(&mut connection).await;
+        counters.in_flight.store(false, Ordering::Relaxed);
+        match written {
             Ok(()) => {
                 counters.written.fetch_add(commands, Ordering::Relaxed);
                 if !counters.connected.swap(true, Ordering::Relaxed) {
@@ -170,6 +183,78 @@ async fn run(
     }
 }
 
+/// The writes of `batch` that go out, in order: the last write of each key
+/// wins (a session changed ten times in a millisecond is written once) —
+/// but a refresh of a key's expiry never stands in for a value or a
+/// deletion before it, which set the expiry themselves.
+fn coalesced(batch: &[Write]) -> impl Iterator<Item = &Write> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    for (i, write) in batch.iter().enumerate() {
+        let refresh = matches!(write, Write::Expire { .. });
+        let keeps_earlier = last
+            .get(write.key())
+            .is_some_and(|&earlier| refresh && !matches!(batch[earlier], Write::Expire { .. }));
+        if !keeps_earlier {
+            last.insert(write.key(), i);
+        }
+    }
+    batch
+        .iter()
+        .enumerate()
+        .filter(move |(i, write)| last.get(write.key()) == Some(i))
+        .map(|(_, write)| write)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> Write {
+        Write::Set {
+            key: key.into(),
+            value: value.into(),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn expire(key: &str) -> Write {
+        Write::Expire {
+            key: key.into(),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn del(key: &str) -> Write {
+        Write::Del { key: key.into() }
+    }
+
+    fn shown(batch: &[Write]) -> Vec<String> {
+        coalesced(batch)
+            .map(|w| match w {
+                Write::Set { key, value, .. } => format!("SET {key} {value}"),
+                Write::Expire { key, .. } => format!("PEXPIRE {key}"),
+                Write::Del { key } => format!("DEL {key}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_last_write_of_a_key_wins_but_a_refresh_never_hides_a_value_or_a_deletion() {
+        assert_eq!(
+            shown(&[set("s:1", "a"), set("s:1", "b"), set("s:2", "x")]),
+            ["SET s:1 b", "SET s:2 x"]
+        );
+        // A re-INVITE, then the media tick's refresh: the new value goes.
+        assert_eq!(shown(&[set("s:1", "new"), expire("s:1")]), ["SET s:1 new"]);
+        // An ended call, then a refresh: it is deleted.
+        assert_eq!(shown(&[del("s:1"), expire("s:1")]), ["DEL s:1"]);
+        // A refresh, then a value: the value.
+        assert_eq!(shown(&[expire("s:1"), set("s:1", "v")]), ["SET s:1 v"]);
+        assert_eq!(shown(&[expire("s:1"), expire("s:1")]), ["PEXPIRE s:1"]);
+        assert_eq!(shown(&[set("s:1", "v"), del("s:1")]), ["DEL s:1"]);
+    }
 }

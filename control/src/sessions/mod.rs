@@ -180,6 +180,13 @@ impl Sessions {
         }
     }
 
+    /// No change announced is waiting to be written (high availability).
+    pub(crate) fn persist_idle(&self) -> bool {
+        self.persist
+            .get()
+            .is_none_or(|hook| hook.changed.capacity() == hook.changed.max_capacity())
+    }
+
     /// Whether the relay takes new sessions (false on a standby).
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);

@@ -93,6 +93,43 @@ impl StoredSession {
         }
     }
 
+    /// What the relay's own commands never produce, refused before any of
+    /// it is used: the store is not trusted.
+    fn check(&self) -> Result<(), Status> {
+        let bad = |what: String| Err(Status::invalid_argument(format!("stored session: {what}")));
+        let streams = self.streams.len();
+        if streams == 0 || streams > MAX_STORED_STREAMS {
+            return bad(format!("{streams} streams"));
+        }
+        if self.branches.len() > super::registry::MAX_BRANCHES {
+            return bad(format!("{} branches", self.branches.len()));
+        }
+        for (index, stream) in self.streams.iter().enumerate() {
+            if stream.user_payloads.len() > 128 || stream.codecs.len() > 128 {
+                return bad(format!("stream {index}: too many payload types"));
+            }
+            for bundle in stream.bundle.iter().flatten() {
+                if bundle.primary > index {
+                    return bad(format!("stream {index}: BUNDLE owner {}", bundle.primary));
+                }
+            }
+        }
+        if let Some(sdp) = &self.sdp {
+            for layout in sdp.layout.iter().flatten() {
+                let mut seen = vec![false; streams];
+                for slot in layout.iter().flatten() {
+                    match seen.get_mut(*slot) {
+                        Some(taken) if !*taken => *taken = true,
+                        Some(_) | None => {
+                            return bad(format!("SDP layout names stream {slot} wrongly"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn into_record(self, worker: WorkerId) -> Record {
         Record {
             id: self.id,
@@ -160,15 +197,16 @@ impl Sessions {
                 stored.version
             )));
         }
-        if stored.streams.is_empty() || stored.streams.len() > MAX_STORED_STREAMS {
-            return Err(Status::invalid_argument(format!(
-                "stored session has {} streams",
-                stored.streams.len()
-            )));
-        }
+        stored.check()?;
         let id = stored.id;
         let worker = {
             let registry = self.registry();
+            if registry.by_id.len() >= self.options().max_sessions {
+                return Err(Status::resource_exhausted(format!(
+                    "session limit reached ({})",
+                    self.options().max_sessions
+                )));
+            }
             if registry.by_id.contains_key(&id)
                 || registry.has_dialog(&stored.call_id, &stored.from_tag, &stored.to_tag)
             {

@@ -57,6 +57,10 @@ pub struct SequenceShift {
     highest_in: u16,
     /// Added to the input's numbers since its last restart.
     offset: u16,
+    /// After a restore: numbers past the stored highest the process before
+    /// may have sent; a restart skips them (see [`Continuity::resume`]).
+    #[serde(default, skip_serializing)]
+    resume_margin: u16,
 }
 
 impl SequenceShift {
@@ -68,13 +72,18 @@ impl SequenceShift {
                 let distance = delta.unsigned_abs();
                 if delta > 0 && distance <= MAX_SEQ_JUMP {
                     self.highest_in = seq;
+                    self.resume_margin = 0;
                 } else if delta < 0 && distance <= MAX_MISORDER {
                     // Reordered: the same offset.
                 } else if delta != 0 {
                     // A restart: the next number after the highest sent.
-                    let highest_out = self.highest_in.wrapping_add(self.offset);
+                    let highest_out = self
+                        .highest_in
+                        .wrapping_add(self.offset)
+                        .wrapping_add(self.resume_margin);
                     self.offset = highest_out.wrapping_add(1).wrapping_sub(seq);
                     self.highest_in = seq;
+                    self.resume_margin = 0;
                 }
             }
             Some(_) | None => {
@@ -82,10 +91,20 @@ impl SequenceShift {
                     ssrc: Some(ssrc),
                     highest_in: seq,
                     offset: 0,
+                    resume_margin: 0,
                 };
             }
         }
         seq.wrapping_add(self.offset)
+    }
+
+    /// `self` as stored, restored `since` ago: a restart of the remote's
+    /// numbering skips what the process before may have sent meanwhile.
+    pub fn resumed(self, since: Duration) -> Self {
+        Self {
+            resume_margin: owed(ASSUMED_PACKET_RATE, since),
+            ..self
+        }
     }
 
     /// The SSRC of the stream followed (the remote's), once it has sent.
@@ -161,6 +180,10 @@ pub struct Continuity {
     /// highest the process before may have sent. A new anchor skips them;
     /// the stored source's next packet proves the real highest and clears it.
     resume_margin: u16,
+    /// Events on their own SSRC have taken numbers (each moves the main
+    /// source's offset up by one): after a restore the stored offset may
+    /// be behind the one the process before used last.
+    secondary_used: bool,
 }
 
 /// A [`Continuity`] as stored for another relay process to go on from
@@ -188,6 +211,9 @@ pub struct ContinuitySnapshot {
     pub packets_sent: u32,
     /// RTCP SR octet count.
     pub octets_sent: u32,
+    /// Events on their own SSRC took numbers on this stream.
+    #[serde(default)]
+    pub secondary_used: bool,
 }
 
 /// The current device's input source in a [`ContinuitySnapshot`].
@@ -211,6 +237,13 @@ pub struct SourceSnapshot {
     pub last_ts: u32,
     /// How long before the snapshot its newest packet came, in ms.
     pub last_age_ms: u64,
+}
+
+/// Numbers a stream at `rate` packets a second may have sent in `since`,
+/// with a quarter to spare, at most [`MAX_RESUME_MARGIN`].
+fn owed(rate: u64, since: Duration) -> u16 {
+    let owed = (u128::from(rate) * since.as_millis() * 5 / 4).div_ceil(1000) + 8;
+    u16::try_from(owed.min(u128::from(MAX_RESUME_MARGIN))).unwrap_or(u16::MAX)
 }
 
 /// Packets a second assumed when a stream's packet duration is unknown.
@@ -400,6 +433,7 @@ impl Continuity {
         // taken: the event skips them, and the main source moves past too.
         let skipped = self.resume_margin;
         self.skip_resume_margin();
+        self.secondary_used = true;
         let (Some(outward), Some(main)) = (self.outward_ssrc, self.source.as_mut()) else {
             return self.rewrite(now, leg, packet, clock_rate);
         };
@@ -482,6 +516,7 @@ impl Continuity {
             last_duration_ns: self.last_duration_ns,
             packets_sent: self.packets_sent,
             octets_sent: self.octets_sent,
+            secondary_used: self.secondary_used,
         }
     }
 
@@ -503,15 +538,20 @@ impl Continuity {
         let rate = 1_000_000_000u64
             .checked_div(snapshot.last_duration_ns)
             .map_or(ASSUMED_PACKET_RATE, |rate| rate.clamp(1, 2_000));
-        let owed = (u128::from(rate) * since.as_millis() * 5 / 4).div_ceil(1000) + 8;
+        let owed = owed(rate, since);
+        // Events after the snapshot may have moved the source's offset up:
+        // its numbers move past all that may have been sent (a jump of the
+        // margin instead of the packets lost, on streams with such events
+        // only).
+        let shift = if snapshot.secondary_used { owed } else { 0 };
         Self {
             outward_ssrc: snapshot.outward_ssrc,
             source: snapshot.source.map(|s| Source {
                 key: (device_leg, s.ssrc),
-                seq_offset: s.seq_offset,
+                seq_offset: s.seq_offset.wrapping_add(shift),
                 ts_offset: s.ts_offset,
                 base_seq: s.base_seq,
-                anchor_ext: s.anchor_ext,
+                anchor_ext: s.anchor_ext.wrapping_add(u64::from(shift)),
                 max_seq: s.max_seq,
                 progress: s.progress,
                 // Which were sent is not known: a late packet is refused
@@ -530,8 +570,8 @@ impl Continuity {
             packets_sent: snapshot.packets_sent,
             octets_sent: snapshot.octets_sent,
             secondary: None,
-            resume_margin: u16::try_from(owed.min(u128::from(MAX_RESUME_MARGIN)))
-                .unwrap_or(u16::MAX),
+            resume_margin: owed,
+            secondary_used: snapshot.secondary_used,
         }
     }
 
@@ -1178,6 +1218,71 @@ mod tests {
         // And the margin is spent once: the next packet follows on.
         let next = run(&mut resumed, now + step, 0, 78, 999 + 160, 0xD2).expect("sent");
         assert_eq!(next.seq, sent.seq.wrapping_add(1));
+
+        // Events on their own SSRC after the snapshot moved the source's
+        // offset in the process before: after the restore, the source's
+        // numbers still never come twice.
+        let mut with_events = Continuity::default();
+        for i in 0..50u16 {
+            run(
+                &mut with_events,
+                start + step * u32::from(i),
+                2,
+                100 + i,
+                160 * u32::from(i),
+                0xE1,
+            );
+        }
+        let event = |c: &mut Continuity, i: u16| {
+            let mut bytes = packet(900 + i, 4000, 0xE2);
+            let mut view = RtpView::new_checked(&mut bytes[..]).expect("valid");
+            c.rewrite_secondary(start + step * 50, 2, &mut view, 8000)
+                .expect("event");
+            view.sequence()
+        };
+        let _ = event(&mut with_events, 0);
+        let stored = with_events.snapshot(start + step * 50, 2);
+        assert!(stored.secondary_used);
+        let mut sent_after = Vec::new();
+        for i in 1..6u16 {
+            sent_after.push(event(&mut with_events, i));
+            let main = run(
+                &mut with_events,
+                start + step * u32::from(50 + i),
+                2,
+                150 + i,
+                160 * u32::from(50 + i),
+                0xE1,
+            )
+            .expect("sent");
+            sent_after.push(main.seq);
+        }
+        let mut resumed =
+            Continuity::resume(&stored, start + step * 60, Duration::from_millis(200), 0);
+        let next = run(&mut resumed, start + step * 60, 0, 160, 160 * 60, 0xE1).expect("sent");
+        for earlier in &sent_after {
+            assert!(
+                (next.seq.wrapping_sub(*earlier) as i16) > 0,
+                "{} after {earlier}: a number sent before",
+                next.seq
+            );
+        }
+
+        // The remote's numbering toward the device: a restart right after a
+        // restore skips what may have gone out since the snapshot.
+        let mut shift = SequenceShift::default();
+        for seq in 1000..1100u16 {
+            assert_eq!(shift.rewrite(0xAB, seq), seq);
+        }
+        let stored_shift: SequenceShift =
+            serde_json::from_str(&serde_json::to_string(&shift).expect("json")).expect("read back");
+        let mut resumed_shift = stored_shift.resumed(Duration::from_secs(1));
+        // The remote restarts its numbers (a PBX's hold) during the outage.
+        let after_restart = resumed_shift.rewrite(0xAB, 7);
+        assert!(
+            after_restart.wrapping_sub(1099) > 100,
+            "past what the process before may have sent: {after_restart}"
+        );
 
         // A snapshot of a resumed stream that has not sent yet still owes
         // the margin to the process after it.

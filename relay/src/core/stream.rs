@@ -1497,7 +1497,7 @@ impl Stream {
             leg.resume(&snapshot.remote);
         }
         self.continuity = Continuity::resume(&snapshot.continuity, now, since, self.device.index());
-        self.toward_user = snapshot.toward_user;
+        self.toward_user = snapshot.toward_user.resumed(since);
         if let Some((ssrc, next_seq)) = snapshot.repair {
             self.repair = RepairStream {
                 ssrc: Some(ssrc),

@@ -60,6 +60,9 @@ const LATENCY_SAMPLING: u64 = 16;
 /// No socket in this slot.
 const NO_TOKEN: usize = usize::MAX;
 
+/// A page of session snapshots, and the slot the next page starts at.
+pub(crate) type SnapshotPage = (Vec<(SessionId, SessionSnapshot)>, Option<usize>);
+
 /// A reply channel for one command.
 pub(crate) type Reply<T> = oneshot::Sender<T>;
 
@@ -113,10 +116,14 @@ pub(crate) enum Command {
     /// Worker-wide counters.
     Stats { reply: Reply<WorkerStats> },
     /// Snapshots of the sessions that took in packets since their last
-    /// one (every session when `all`), for storing.
+    /// one (every session when `all`), for storing: at most `limit`, from
+    /// slot `from` on, with the slot to go on from (a page at a time, so
+    /// the packets of a busy worker never wait for all of them).
     Snapshots {
         all: bool,
-        reply: Reply<Vec<(SessionId, SessionSnapshot)>>,
+        from: usize,
+        limit: usize,
+        reply: Reply<SnapshotPage>,
     },
     /// The ids of the sessions on this worker.
     Sessions { reply: Reply<Vec<SessionId>> },
@@ -793,8 +800,13 @@ impl Worker {
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
                 }
-                Command::Snapshots { all, reply } => {
-                    let _ = reply.send(self.snapshots(now, all));
+                Command::Snapshots {
+                    all,
+                    from,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(self.snapshots(now, all, from, limit));
                 }
                 Command::Sessions { reply } => {
                     let _ = reply.send(self.by_id.keys().copied().collect());
@@ -913,16 +925,25 @@ impl Worker {
 
     /// Snapshots of sessions that moved since their last one (all of them
     /// when `all`).
-    fn snapshots(&mut self, now: Instant, all: bool) -> Vec<(SessionId, SessionSnapshot)> {
+    fn snapshots(
+        &mut self,
+        now: Instant,
+        all: bool,
+        from: usize,
+        limit: usize,
+    ) -> SnapshotPage {
         let mut taken = Vec::new();
-        for (_, entry) in &mut self.sessions {
+        for (key, entry) in self.sessions.iter_mut().filter(|(key, _)| *key >= from) {
+            if taken.len() >= limit.max(1) {
+                return (taken, Some(key));
+            }
             let packets = entry.session.packets_in();
             if all || entry.snapshot_at_packets != Some(packets) {
                 entry.snapshot_at_packets = Some(packets);
                 taken.push((entry.session.id(), entry.session.snapshot(now)));
             }
         }
-        taken
+        (taken, None)
     }
 
     /// Registers a leg's sockets and keeps its lease; a BUNDLE follower
@@ -1500,6 +1521,40 @@ mod tests {
         assert!(worker.by_id.is_empty());
         assert!(worker.sockets.is_empty());
         assert_eq!(free_pairs(&pool), before);
+    }
+
+    /// Snapshots come a page at a time, and only for sessions whose media
+    /// moved since their last one (all of them when asked for all).
+    #[test]
+    fn snapshots_come_in_pages_and_only_for_moved_sessions() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        for id in 1..=3 {
+            let added = run(&mut worker, &commands, |reply| Command::Add {
+                id: SessionId(id),
+                streams: vec![stream(&pool)],
+                resume: None,
+                reply,
+            });
+            assert_eq!(added, Ok(()));
+        }
+        let page = |worker: &mut Worker, all: bool, from: usize| {
+            run(worker, &commands, |reply| Command::Snapshots {
+                all,
+                from,
+                limit: 2,
+                reply,
+            })
+        };
+        let (first, next) = page(&mut worker, false, 0);
+        assert_eq!(first.len(), 2, "never snapshotted: taken");
+        let next = next.expect("a second page");
+        let (second, last) = page(&mut worker, false, next);
+        assert_eq!((second.len(), last), (1, None));
+        let (again, _) = page(&mut worker, false, 0);
+        assert!(again.is_empty(), "nothing moved since");
+        let (forced, _) = page(&mut worker, true, 0);
+        assert_eq!(forced.len(), 2, "all asked for: a full page");
     }
 
     /// Review finding: a create that gave up waiting left the session on
