@@ -1123,3 +1123,178 @@ fn unreadable_or_hostile_stored_calls_are_skipped_and_counted() {
     );
     assert_eq!(header(&a.recv().0).2, 0xB0B0, "the real call goes on");
 }
+
+/// `rediss://` with mutual TLS: a CA, a server and a client certificate
+/// made with openssl; redis-server requires the client's. The relay with
+/// `--redis-tls-ca/-cert/-key` holds the heartbeat key and writes its
+/// calls; without its client certificate it serves but never connects.
+#[test]
+fn redis_over_mutual_tls() {
+    let Some(_plain) = Redis::start() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (apt-get install openssl)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=baton test CA",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.crt"),
+    ]);
+    // X.509 v3 (with extensions) for both: rustls takes no v1 certificate.
+    std::fs::write(
+        path("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for who in ["server", "client"] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN=baton test {who}"),
+            "-keyout",
+            &path(&format!("{who}.key")),
+            "-out",
+            &path(&format!("{who}.csr")),
+        ]);
+        let mut sign = vec![
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+        ];
+        let (csr, crt, ext) = (
+            path(&format!("{who}.csr")),
+            path(&format!("{who}.crt")),
+            path(&format!("{who}.ext")),
+        );
+        sign.extend(["-in", &csr, "-out", &crt, "-extfile", &ext]);
+        let sign: Vec<String> = sign
+            .iter()
+            .map(|a| match *a {
+                "ca.crt" => path("ca.crt"),
+                "ca.key" => path("ca.key"),
+                other => other.to_owned(),
+            })
+            .collect();
+        openssl(&sign.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let port = common::free_tcp_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "yes",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let url = format!("rediss://127.0.0.1:{port}");
+    let (ca, cert, key) = (path("ca.crt"), path("client.crt"), path("client.key"));
+    let with_cert = ha_relay_with(
+        &url,
+        "tls",
+        false,
+        common::free_udp_port(),
+        "43400-43499",
+        "tls",
+        &[
+            "--redis-tls-ca",
+            &ca,
+            "--redis-tls-cert",
+            &cert,
+            "--redis-tls-key",
+            &key,
+        ],
+    );
+    let tls_cli = |args: &[&str]| {
+        Command::new("redis-cli")
+            .args([
+                "-p",
+                &port.to_string(),
+                "--tls",
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+            ])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    wait_until("the relay holds the key over TLS", || {
+        role(&with_cert) == "active" && tls_cli(&["GET", "tls:active"]) == "tls"
+    });
+    let without_cert = ha_relay_with(
+        &url,
+        "no-cert",
+        false,
+        common::free_udp_port(),
+        "43500-43599",
+        "tls2",
+        &["--redis-tls-ca", &ca],
+    );
+    wait_until(
+        "the relay without a client certificate serves anyway",
+        || role(&without_cert) == "active",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        tls_cli(&["GET", "tls2:active"]),
+        "",
+        "no key without a client certificate"
+    );
+    let stats = ha(&without_cert);
+    assert_eq!(stats["redis_writes"], "0", "{stats}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -925,13 +925,7 @@ impl Worker {
 
     /// Snapshots of sessions that moved since their last one (all of them
     /// when `all`).
-    fn snapshots(
-        &mut self,
-        now: Instant,
-        all: bool,
-        from: usize,
-        limit: usize,
-    ) -> SnapshotPage {
+    fn snapshots(&mut self, now: Instant, all: bool, from: usize, limit: usize) -> SnapshotPage {
         let mut taken = Vec::new();
         for (key, entry) in self.sessions.iter_mut().filter(|(key, _)| *key >= from) {
             if taken.len() >= limit.max(1) {
