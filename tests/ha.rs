@@ -108,6 +108,19 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// An active relay (its role checked) and its standby, sharing `redis`,
+/// `ports` and `prefix`; with their ng ports.
+fn pair(redis: &Redis, names: [&str; 2], ports: &str, prefix: &str) -> (Relay, Relay, u16, u16) {
+    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
+    let active = ha_relay(&redis.url(), names[0], false, ng_a, ports, prefix);
+    wait_until("the first relay is active", || role(&active) == "active");
+    let standby = ha_relay(&redis.url(), names[1], true, ng_b, ports, prefix);
+    wait_until("the second relay is the standby", || {
+        role(&standby) == "standby"
+    });
+    (active, standby, ng_a, ng_b)
+}
+
 /// One relay of an HA pair: ng on `ng`, media on the floating 127.0.0.2
 /// in `ports`, fast heartbeats and snapshots.
 fn ha_relay(
@@ -233,6 +246,30 @@ fn call_handed_off(
     (media_addr(&to_b).to_string(), bob_to_relay)
 }
 
+/// A call from alice's device `a` to `bob` over ng, without AOR or GRUU;
+/// the body bob got.
+fn plain_call(
+    proxy: &mut Proxy,
+    call_id: &str,
+    a: &Peer,
+    bob: &Peer,
+) -> baton_control::sip::sdp::Sdp {
+    let to_bob = sdp_of(&proxy.call(&request(vec![
+        ("command", text("offer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("sdp", text(body("alice", a.addr(), ""))),
+    ])));
+    let _ = sdp_of(&proxy.call(&request(vec![
+        ("command", text("answer")),
+        ("call-id", text(call_id)),
+        ("from-tag", text("a-tag")),
+        ("to-tag", text("bob-tag")),
+        ("sdp", text(body("bob", bob.addr(), ""))),
+    ])));
+    to_bob
+}
+
 /// (sequence number, timestamp, SSRC) of an RTP packet.
 fn header(packet: &[u8]) -> (u16, u32, u32) {
     (
@@ -246,6 +283,22 @@ fn header(packet: &[u8]) -> (u16, u32, u32) {
 struct Heard {
     packets: Vec<(u16, u32, u32)>,
     sent: usize,
+}
+
+impl Heard {
+    /// Nothing heard yet, by bob and by the device.
+    fn both() -> [Self; 2] {
+        [
+            Self {
+                packets: Vec::new(),
+                sent: 0,
+            },
+            Self {
+                packets: Vec::new(),
+                sent: 0,
+            },
+        ]
+    }
 }
 
 /// Device B and bob talk, 20 ms apart, `steps` times (or until `until`
@@ -338,13 +391,9 @@ fn assert_one_stream(what: &str, heard: &Heard, max_gaps: usize) -> usize {
 #[test]
 fn a_standby_takes_a_handed_off_call_over_and_both_sides_hear_one_stream() {
     let Some(redis) = Redis::start() else { return };
-    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
-    let ports = "42000-42099";
     let prefix = "pair1";
-    let mut active = ha_relay(&redis.url(), "relay-a", false, ng_a, ports, prefix);
-    wait_until("relay-a is active", || role(&active) == "active");
-    let standby = ha_relay(&redis.url(), "relay-b", true, ng_b, ports, prefix);
-    wait_until("relay-b is the standby", || role(&standby) == "standby");
+    let (mut active, standby, ng_a, ng_b) =
+        pair(&redis, ["relay-a", "relay-b"], "42000-42099", prefix);
     // The standby takes no calls of its own, and its ng listener opens
     // only once it serves (a proxy's relay set skips it meanwhile).
     let refused = standby.ctl(&[
@@ -377,16 +426,7 @@ fn a_standby_takes_a_handed_off_call_over_and_both_sides_hear_one_stream() {
     let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
     let (a, b, bob) = (Peer::v4(), Peer::v4(), Peer::v4());
     let (b_to_relay, bob_to_relay) = call_handed_off(&mut proxy, "ha-call", &a, &b, &bob);
-    let mut heard = [
-        Heard {
-            packets: Vec::new(),
-            sent: 0,
-        },
-        Heard {
-            packets: Vec::new(),
-            sent: 0,
-        },
-    ];
+    let mut heard = Heard::both();
     // B's first packets switch the stream to it; both sides talk a while.
     talk(
         (&b, &b_to_relay),
@@ -475,16 +515,7 @@ fn a_relay_restarted_alone_goes_on_with_its_calls_and_bindings() {
     let mut proxy = Proxy::new(format!("127.0.0.1:{ng}").parse().expect("addr"));
     let (a, b, bob) = (Peer::v4(), Peer::v4(), Peer::v4());
     let (b_to_relay, bob_to_relay) = call_handed_off(&mut proxy, "restart-call", &a, &b, &bob);
-    let mut heard = [
-        Heard {
-            packets: Vec::new(),
-            sent: 0,
-        },
-        Heard {
-            packets: Vec::new(),
-            sent: 0,
-        },
-    ];
+    let mut heard = Heard::both();
     talk(
         (&b, &b_to_relay),
         (&bob, &bob_to_relay),
@@ -595,19 +626,7 @@ fn calls_go_on_while_redis_is_down_and_are_written_once_it_is_back() {
     });
     let mut proxy = Proxy::new(format!("127.0.0.1:{ng}").parse().expect("addr"));
     let (a, bob) = (Peer::v4(), Peer::v4());
-    let to_bob = sdp_of(&proxy.call(&request(vec![
-        ("command", text("offer")),
-        ("call-id", text("redis-outage")),
-        ("from-tag", text("a-tag")),
-        ("sdp", text(body("alice", a.addr(), ""))),
-    ])));
-    let _ = sdp_of(&proxy.call(&request(vec![
-        ("command", text("answer")),
-        ("call-id", text("redis-outage")),
-        ("from-tag", text("a-tag")),
-        ("to-tag", text("bob-tag")),
-        ("sdp", text(body("bob", bob.addr(), ""))),
-    ])));
+    let to_bob = plain_call(&mut proxy, "redis-outage", &a, &bob);
     // Redis comes: the relay takes the heartbeat key and writes its call.
     let redis = Redis::start_on(port);
     wait_until("the call is stored", || {
@@ -665,13 +684,8 @@ async fn srtp_goes_on_across_a_failover_and_the_peers_replay_windows_accept_it()
     use webrtc_srtp::protection_profile::ProtectionProfile;
 
     let Some(redis) = Redis::start() else { return };
-    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
-    let ports = "42800-42899";
     let prefix = "pair4";
-    let mut active = ha_relay(&redis.url(), "srtp-a", false, ng_a, ports, prefix);
-    wait_until("srtp-a is active", || role(&active) == "active");
-    let standby = ha_relay(&redis.url(), "srtp-b", true, ng_b, ports, prefix);
-    wait_until("srtp-b is the standby", || role(&standby) == "standby");
+    let (mut active, standby, _, _) = pair(&redis, ["srtp-a", "srtp-b"], "42800-42899", prefix);
 
     let key = |suite: &str, profile: ProtectionProfile, byte: u8| v1::SrtpKey {
         suite: suite.into(),
@@ -849,13 +863,9 @@ async fn srtp_goes_on_across_a_failover_and_the_peers_replay_windows_accept_it()
 #[test]
 fn a_handoff_open_at_the_failover_is_rolled_back_and_a_new_one_works() {
     let Some(redis) = Redis::start() else { return };
-    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
-    let ports = "43000-43099";
     let prefix = "pair5";
-    let mut active = ha_relay(&redis.url(), "open-a", false, ng_a, ports, prefix);
-    wait_until("open-a is active", || role(&active) == "active");
-    let standby = ha_relay(&redis.url(), "open-b", true, ng_b, ports, prefix);
-    wait_until("open-b is the standby", || role(&standby) == "standby");
+    let (mut active, standby, ng_a, ng_b) =
+        pair(&redis, ["open-a", "open-b"], "43000-43099", prefix);
 
     let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
     let (a, b, bob) = (Peer::v4(), Peer::v4(), Peer::v4());
@@ -890,16 +900,7 @@ fn a_handoff_open_at_the_failover_is_rolled_back_and_a_new_one_works() {
         ("new-from-tag", text("b-tag")),
         ("flags", flags(&["baton-handoff"])),
     ])));
-    let mut heard = [
-        Heard {
-            packets: Vec::new(),
-            sent: 0,
-        },
-        Heard {
-            packets: Vec::new(),
-            sent: 0,
-        },
-    ];
+    let mut heard = Heard::both();
     talk(
         (&a, &a_to_relay),
         (&bob, &bob_to_relay),
@@ -1012,28 +1013,11 @@ fn a_handoff_open_at_the_failover_is_rolled_back_and_a_new_one_works() {
 #[test]
 fn unreadable_or_hostile_stored_calls_are_skipped_and_counted() {
     let Some(redis) = Redis::start() else { return };
-    let (ng_a, ng_b) = (common::free_udp_port(), common::free_udp_port());
-    let ports = "43200-43299";
     let prefix = "pair6";
-    let mut active = ha_relay(&redis.url(), "bad-a", false, ng_a, ports, prefix);
-    wait_until("bad-a is active", || role(&active) == "active");
-    let standby = ha_relay(&redis.url(), "bad-b", true, ng_b, ports, prefix);
-    wait_until("bad-b is the standby", || role(&standby) == "standby");
+    let (mut active, standby, ng_a, _) = pair(&redis, ["bad-a", "bad-b"], "43200-43299", prefix);
     let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
     let (a, bob) = (Peer::v4(), Peer::v4());
-    let to_bob = sdp_of(&proxy.call(&request(vec![
-        ("command", text("offer")),
-        ("call-id", text("real-call")),
-        ("from-tag", text("a-tag")),
-        ("sdp", text(body("alice", a.addr(), ""))),
-    ])));
-    let _ = sdp_of(&proxy.call(&request(vec![
-        ("command", text("answer")),
-        ("call-id", text("real-call")),
-        ("from-tag", text("a-tag")),
-        ("to-tag", text("bob-tag")),
-        ("sdp", text(body("bob", bob.addr(), ""))),
-    ])));
+    let to_bob = plain_call(&mut proxy, "real-call", &a, &bob);
     wait_until("the call is stored", || {
         redis.keys(&format!("{prefix}:session:*")).len() == 1
     });

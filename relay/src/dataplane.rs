@@ -542,23 +542,7 @@ impl Dataplane {
                 &default
             }
         };
-        let mut named = self
-            .pools
-            .iter()
-            .filter(|(name, _)| name == interface)
-            .peekable();
-        if named.peek().is_none() {
-            return Err(AllocError::UnknownInterface(interface.to_owned()));
-        }
-        let (_, pool) = named
-            .find(|(_, p)| {
-                let ip = p.lock().unwrap_or_else(PoisonError::into_inner).ip();
-                ipv6.is_none_or(|v6| ip.is_ipv6() == v6)
-            })
-            .ok_or_else(|| AllocError::NoMediaIp {
-                interface: interface.to_owned(),
-                ipv6: ipv6.unwrap_or(false),
-            })?;
+        let pool = self.pool(interface, ipv6)?;
         ports::allocate(pool, rtcp_mux).map_err(AllocError::Ports)
     }
 
@@ -572,6 +556,17 @@ impl Dataplane {
         port: u16,
         rtcp_mux: bool,
     ) -> Result<LegSockets, AllocError> {
+        let pool = self.pool(interface, Some(ipv6))?;
+        ports::allocate_at(pool, port, rtcp_mux).map_err(AllocError::Ports)
+    }
+
+    /// The port pool of `interface`'s media IP of the family (IPv6 when
+    /// `ipv6`; its first media IP when `None`).
+    fn pool(
+        &self,
+        interface: &str,
+        ipv6: Option<bool>,
+    ) -> Result<&Arc<Mutex<PortPool>>, AllocError> {
         let mut named = self
             .pools
             .iter()
@@ -580,19 +575,16 @@ impl Dataplane {
         if named.peek().is_none() {
             return Err(AllocError::UnknownInterface(interface.to_owned()));
         }
-        let (_, pool) = named
+        named
             .find(|(_, p)| {
-                p.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .ip()
-                    .is_ipv6()
-                    == ipv6
+                let ip = p.lock().unwrap_or_else(PoisonError::into_inner).ip();
+                ipv6.is_none_or(|v6| ip.is_ipv6() == v6)
             })
-            .ok_or(AllocError::NoMediaIp {
+            .map(|(_, pool)| pool)
+            .ok_or_else(|| AllocError::NoMediaIp {
                 interface: interface.to_owned(),
-                ipv6,
-            })?;
-        ports::allocate_at(pool, port, rtcp_mux).map_err(AllocError::Ports)
+                ipv6: ipv6.unwrap_or(false),
+            })
     }
 
     /// Per media IP: (interface, ip, free pairs, pairs in the range).

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use baton_proto::v1;
-use baton_relay::core::session::{LegUpdate, SessionUpdate, StreamParams};
-use baton_relay::core::stream::{DropReason, LegConfig, StreamConfig};
-use baton_relay::{DataplaneError, Party, SessionId, StreamIndex, StreamSetup, WorkerId};
+use baton_relay::core::session::{LegUpdate, SessionUpdate};
+use baton_relay::core::stream::{DropReason, StreamConfig};
+use baton_relay::{DataplaneError, Party, SessionId, StreamIndex, WorkerId};
 use tracing::{info, warn};
 
 use super::registry::{Record, RecordState};
 use super::{
     Peers, Sessions, clock_rates, parse_endpoint, party, session_info, session_span,
-    telephone_event, validate_codecs, validate_create,
+    validate_codecs, validate_create,
 };
 use crate::events::unix_time_ms;
 use crate::sip::crypto::{PartyCrypto, SdesPolicy};
@@ -337,37 +337,23 @@ impl Sessions {
                     local[party.index()] = self.endpoint_of(&bound.rtp, bound.rtcp.as_ref());
                     sockets.push(Some(bound));
                 }
-                let party_crypto = &crypto[party.index()];
-                legs.push(LegConfig {
-                    // A WebRTC leg always multiplexes.
-                    rtcp_mux: spec.rtcp_mux || party_crypto.ice.is_some(),
-                    peer_rtp,
-                    peer_rtcp,
-                    peer_ip: None,
-                    crypto: party_crypto.leg_crypto(),
-                    ice: party_crypto.ice,
-                    dtls: party_crypto.dtls_params(),
-                });
+                legs.push(super::leg_config(
+                    spec.rtcp_mux,
+                    (peer_rtp, peer_rtcp),
+                    &crypto[party.index()],
+                ));
             }
             let (Some(remote_sockets), Some(device_sockets)) = (sockets.pop(), sockets.pop())
             else {
                 return Err(Status::internal("leg allocation"));
             };
-            setups.push(StreamSetup {
-                params: StreamParams {
-                    config,
-                    clock_rates: clock_rates(&spec.codecs),
-                    telephone_event: telephone_event(&spec.codecs),
-                    formats: self.payload_formats(&spec.codecs),
-                    device: legs[0],
-                    remote: legs[1],
-                },
-                sockets: [device_sockets, remote_sockets],
-                bundle: [
-                    bundles[index][0].as_ref().and_then(StreamBundle::tag),
-                    bundles[index][1].as_ref().and_then(StreamBundle::tag),
-                ],
-            });
+            setups.push(self.stream_setup(
+                config,
+                &spec.codecs,
+                [legs[0], legs[1]],
+                [device_sockets, remote_sockets],
+                &bundles[index],
+            ));
             streams.push(NegotiatedStream {
                 kind: spec.kind.clone(),
                 udptl: spec.udptl,

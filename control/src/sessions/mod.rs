@@ -527,6 +527,59 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// A stream as the data plane takes it: the rates and formats of its
+    /// codecs, its legs (device, remote), their sockets and BUNDLE
+    /// transports.
+    fn stream_setup(
+        &self,
+        config: baton_relay::core::stream::StreamConfig,
+        codecs: &[v1::Codec],
+        legs: [baton_relay::core::stream::LegConfig; 2],
+        sockets: [Option<baton_relay::io::ports::LegSockets>; 2],
+        bundle: &[Option<crate::sip::negotiation::StreamBundle>; 2],
+    ) -> baton_relay::StreamSetup {
+        let [device, remote] = legs;
+        baton_relay::StreamSetup {
+            params: baton_relay::core::session::StreamParams {
+                config,
+                clock_rates: clock_rates(codecs),
+                telephone_event: telephone_event(codecs),
+                formats: self.payload_formats(codecs),
+                device,
+                remote,
+            },
+            sockets,
+            bundle: [
+                bundle[0]
+                    .as_ref()
+                    .and_then(crate::sip::negotiation::StreamBundle::tag),
+                bundle[1]
+                    .as_ref()
+                    .and_then(crate::sip::negotiation::StreamBundle::tag),
+            ],
+        }
+    }
+}
+
+/// A leg's settings: its peer and its party's keys, ICE and DTLS. A WebRTC
+/// leg always multiplexes RTCP.
+fn leg_config(
+    rtcp_mux: bool,
+    (peer_rtp, peer_rtcp): Peers,
+    crypto: &PartyCrypto,
+) -> baton_relay::core::stream::LegConfig {
+    baton_relay::core::stream::LegConfig {
+        rtcp_mux: rtcp_mux || crypto.ice.is_some(),
+        peer_rtp,
+        peer_rtcp,
+        peer_ip: None,
+        crypto: crypto.leg_crypto(),
+        ice: crypto.ice,
+        dtls: crypto.dtls_params(),
+    }
+}
+
 fn clock_rates(codecs: &[v1::Codec]) -> Vec<(u8, u32)> {
     codecs
         .iter()

@@ -15,9 +15,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use baton_relay::core::session::{SessionUpdate, StreamParams};
+use baton_relay::core::session::SessionUpdate;
 use baton_relay::core::snapshot::SessionSnapshot;
-use baton_relay::core::stream::{LegConfig, PayloadMap, StreamConfig};
+use baton_relay::core::stream::{PayloadMap, StreamConfig};
 use baton_relay::{Party, Resume, SessionId, StreamIndex, StreamSetup, WorkerId};
 use serde::{Deserialize, Serialize};
 
@@ -336,35 +336,23 @@ impl Sessions {
                     }
                     _ => self.signalled_peer(stored, index, party),
                 };
-                legs.push(LegConfig {
-                    rtcp_mux: stream.rtcp_mux[party.index()] || crypto.ice.is_some(),
-                    peer_rtp,
-                    peer_rtcp,
-                    peer_ip: None,
-                    crypto: crypto.leg_crypto(),
-                    ice: crypto.ice,
-                    dtls: crypto.dtls_params(),
-                });
+                legs.push(super::leg_config(
+                    stream.rtcp_mux[party.index()],
+                    (peer_rtp, peer_rtcp),
+                    crypto,
+                ));
             }
             let (Some(remote_sockets), Some(device_sockets)) = (sockets.pop(), sockets.pop())
             else {
                 return Err(Status::internal("leg allocation"));
             };
-            setups.push(StreamSetup {
-                params: StreamParams {
-                    config,
-                    clock_rates: super::clock_rates(&stream.codecs),
-                    telephone_event: super::telephone_event(&stream.codecs),
-                    formats: self.payload_formats(&stream.codecs),
-                    device: legs[0],
-                    remote: legs[1],
-                },
-                sockets: [device_sockets, remote_sockets],
-                bundle: [
-                    stream.bundle[0].as_ref().and_then(StreamBundle::tag),
-                    stream.bundle[1].as_ref().and_then(StreamBundle::tag),
-                ],
-            });
+            setups.push(self.stream_setup(
+                config,
+                &stream.codecs,
+                [legs[0], legs[1]],
+                [device_sockets, remote_sockets],
+                &stream.bundle,
+            ));
         }
         Ok(setups)
     }
