@@ -34,6 +34,16 @@
 #           of it reaches bob (the switch waits for B's confirmed dialog),
 #           the handoff is rolled back at once, A is not told and keeps the
 #           call until bob hangs up.
+#   relayset as basic, with Kamailio's relay set of two: an active/standby pair
+#           of batons sharing a Redis and the floating address 127.0.0.3
+#           (ng and media), and a single baton on 127.0.0.1, weight 1
+#           each. The call (its Call-ID chosen for the pair) is handed over
+#           on the active, which is then killed (SIGKILL) while B talks: the
+#           standby takes over, bob hears one stream with one forward jump
+#           (the packets lost meanwhile), and B's BYE reaches the standby.
+#   relayset-down the same relay set, a Call-ID the module would give the
+#           single baton, which is killed before the call: the call goes to
+#           the pair, and is handed over there.
 # Then: what bob received (one SSRC, no sequence gap, timestamps never
 # backwards, A's media then B's), and `baton ctl list` is empty.
 #
@@ -60,8 +70,8 @@ fi
 
 case_name=${1:-basic}
 case "$case_name" in
-    basic | held | chain | callee | refused | withdrawn | routed) ;;
-    *) echo "unknown case $case_name (basic, held, chain, callee, refused, withdrawn, routed)" >&2; exit 2 ;;
+    basic | held | chain | callee | refused | withdrawn | routed | relayset | relayset-down) ;;
+    *) echo "unknown case $case_name (basic, held, chain, callee, refused, withdrawn, routed, relayset, relayset-down)" >&2; exit 2 ;;
 esac
 
 base=${E2E_BASE:-25060}
@@ -80,10 +90,28 @@ b_rtp=$((base + 24))
 a2_rtp=$((base + 26))
 c_rtp=$((base + 28))
 rr_port=$((base + 30))
+redis_port=$((base + 40))
+q_ng_port=$((base + 41))
+q_control_port=$((base + 42))
+standby_control_port=$((base + 43))
+relay_ip=127.0.0.1
 media_lo=$((base + 1000))
 media_hi=$((base + 1999))
 password=e2e-digest-secret
 call_id="baton-e2e-$$@127.0.0.1"
+relay_set=0
+case "$case_name" in relayset*) relay_set=1 ;; esac
+if [ "$relay_set" = 1 ]; then
+    # Kamailio 5.6's rtpengine module picks a relay of the set by the sum of
+    # the Call-ID's bytes modulo the weights' sum: even is the first relay
+    # (the pair), odd the second (the single baton). "y" is odd: prepended,
+    # it flips the sum's parity.
+    want=0
+    [ "$case_name" = relayset-down ] && want=1
+    if [ $(( $(printf '%s' "$call_id" | od -An -tu1 | tr -s ' ' '\n' | awk '{s += $1} END {print s}') % 2 )) != "$want" ]; then
+        call_id="y$call_id"
+    fi
+fi
 
 logs=$(mktemp -d /tmp/baton-e2e.XXXXXX)
 pids=()
@@ -109,15 +137,50 @@ fail() {
 }
 
 # baton, with the ng listener Kamailio will use.
-timeout 90 "$BATON" run --control "tcp:127.0.0.1:$control_port" \
-    --listen-ng "udp:127.0.0.1:$ng_port" --ports "$media_lo-$media_hi" \
-    >"$logs/baton.log" 2>&1 &
-pids+=($!)
+baton_ng="udp:127.0.0.1:$ng_port"
+if [ "$relay_set" = 1 ]; then
+    command -v redis-server >/dev/null || fail "relayset needs redis-server"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$logs" \
+        >"$logs/redis.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    relay_ip=127.0.0.3
+    ha=(--redis "redis://127.0.0.1:$redis_port" --redis-key-prefix e2e --heartbeat-interval 0.1
+        --heartbeat-timeout 0.5 --snapshot-interval 0.2 --media-ip "$relay_ip"
+        --listen-ng "udp:$relay_ip:$ng_port" --ports "$media_lo-$((media_lo + 499))")
+    timeout 90 "$BATON" run --control "tcp:127.0.0.1:$control_port" "${ha[@]}" --redis-instance pair-a \
+        >"$logs/baton.log" 2>&1 &
+    pids+=($!)
+    active_pid=$!
+    timeout 90 "$BATON" run --control "tcp:127.0.0.1:$standby_control_port" "${ha[@]}" \
+        --redis-instance pair-b --redis-standby >"$logs/baton-standby.log" 2>&1 &
+    pids+=($!)
+    timeout 90 "$BATON" run --control "tcp:127.0.0.1:$q_control_port" \
+        --listen-ng "udp:127.0.0.1:$q_ng_port" --ports "$((media_lo + 500))-$media_hi" \
+        >"$logs/baton-single.log" 2>&1 &
+    pids+=($!)
+    single_pid=$!
+    baton_ng="udp:$relay_ip:$ng_port=1 udp:127.0.0.1:$q_ng_port=1"
+else
+    timeout 90 "$BATON" run --control "tcp:127.0.0.1:$control_port" \
+        --listen-ng "$baton_ng" --ports "$media_lo-$media_hi" \
+        >"$logs/baton.log" 2>&1 &
+    pids+=($!)
+fi
 for _ in $(seq 50); do
     "$BATON" ctl --control "tcp:127.0.0.1:$control_port" ping >/dev/null 2>&1 && break
     sleep 0.1
 done
 "$BATON" ctl --control "tcp:127.0.0.1:$control_port" ping >/dev/null || fail "baton did not start"
+if [ "$relay_set" = 1 ]; then
+    for port in "$q_control_port" "$standby_control_port"; do
+        for _ in $(seq 50); do
+            "$BATON" ctl --control "tcp:127.0.0.1:$port" ping >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        "$BATON" ctl --control "tcp:127.0.0.1:$port" ping >/dev/null || fail "a baton of the relay set did not start"
+    done
+fi
 
 # Kamailio in the foreground, with the config as shipped and this run's
 # settings beside it.
@@ -125,7 +188,7 @@ kamailio -c -f contrib/kamailio/kamailio.cfg >"$logs/kamailio-check.log" 2>&1 \
     || fail "contrib/kamailio/kamailio.cfg does not pass kamailio -c as shipped"
 cp contrib/kamailio/kamailio.cfg "$logs/kamailio.cfg"
 printf '%s\n' "#!substdef \"!SIP_PORT!$sip_port!g\"" "#!substdef \"!LOOP_PORT!$loop_port!g\"" \
-    "#!substdef \"!BATON_NG!udp:127.0.0.1:$ng_port!g\"" "#!substdef \"!DEMO_PASSWORD!$password!g\"" \
+    "#!substdef \"!BATON_NG!$baton_ng!g\"" "#!substdef \"!DEMO_PASSWORD!$password!g\"" \
     >"$logs/kamailio-baton-local.cfg"
 if [ "$case_name" = routed ]; then
     echo "#!substdef \"!OUTBOUND_PROXY!sip:127.0.0.1:$rr_port!g\"" >>"$logs/kamailio-baton-local.cfg"
@@ -135,12 +198,18 @@ fi
 timeout 90 kamailio -f "$logs/kamailio.cfg" -DD -E -m 64 -M 8 -w "$logs" -Y "$logs" \
     >"$logs/kamailio.log" 2>&1 &
 pids+=($!)
+kamailio_pid=$!
 for _ in $(seq 50); do
     grep -q "rtpengine.*pong\|udp: 127.0.0.1" "$logs/kamailio.log" 2>/dev/null && break
     sleep 0.1
 done
 sleep 0.5
-kill -0 "${pids[1]}" 2>/dev/null || fail "kamailio did not start"
+kill -0 "$kamailio_pid" 2>/dev/null || fail "kamailio did not start"
+if [ "$case_name" = relayset-down ]; then
+    # The single baton dies before the call its Call-ID would go to.
+    pkill -KILL -P "$single_pid" || fail "the single baton was not running"
+    echo "the single baton of the relay set was killed before the call"
+fi
 
 sipp_common=(-i 127.0.0.1 -m 1 -timeout 40s -timeout_error -nostdin -trace_err
     -key bob_port "$bob_sip" -key proxy_port "$sip_port")
@@ -158,7 +227,7 @@ start_device() {
     timeout 60 sipp "${sipp_common[@]}" -sf "$logs/alice_$name.xml" -p "$port" \
         -cid_str "baton-e2e-$name-$$@127.0.0.1" -key b_tag "$tag" -key b_rtp_port "$rtp" \
         -key replaces "$replaces" -key dialog_file "$logs/$name-dialog" -key gruu_file "$logs/$name-gruu" \
-        -key b_relay_file "$logs/$name-relay-port" -au alice -ap "$password" -d 2000 \
+        -key b_relay_file "$logs/$name-relay-port" -au alice -ap "$password" -d "${device_pause:-2000}" \
         -error_file "$logs/$name-errors.log" "127.0.0.1:$sip_port" >"$logs/alice-$name.log" 2>&1 &
     pids+=($!)
     device_pid=$!
@@ -218,8 +287,13 @@ pids+=($bob_pid)
 
 last_seconds=2
 if [ "$case_name" = refused ] || [ "$case_name" = withdrawn ]; then last_seconds=8; fi
+# B talks on past the failover.
+[ "$case_name" = relayset ] && last_seconds=5
+failovers=0
+[ "$case_name" = relayset ] && failovers=1
 timeout 70 python3 scripts/e2e/media.py --bob-port "$bob_rtp" "${devices[@]}" \
-    --last-seconds "$last_seconds" --pcap "$logs/bob.pcap" >"$logs/media.log" 2>&1 &
+    --last-seconds "$last_seconds" --pcap "$logs/bob.pcap" --relay-ip "$relay_ip" \
+    --failovers "$failovers" >"$logs/media.log" 2>&1 &
 media_pid=$!
 pids+=($media_pid)
 
@@ -257,6 +331,44 @@ case "$case_name" in
         # B takes the call, naming A's dialog as A sees it; talks, hangs up.
         start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
         wait "$device_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
+        ;;
+    relayset-down)
+        # The module gave up the dead relay and took the pair.
+        sessions=$("$BATON" ctl --control "tcp:127.0.0.1:$control_port" stats \
+            | python3 -c 'import json, sys; print(json.load(sys.stdin)["sessions"])')
+        [ "$sessions" = 1 ] || fail "the call did not go to the live relay of the set ($sessions sessions)"
+        echo "the call went to the relay set's live relay"
+        start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
+        wait "$device_pid" || fail "device B's scenario failed (register, handoff, talk, hang up)"
+        ;;
+    relayset)
+        # The pair's active relay carries the call; B takes it, and while B
+        # talks the active dies.
+        sessions=$("$BATON" ctl --control "tcp:127.0.0.1:$control_port" stats \
+            | python3 -c 'import json, sys; print(json.load(sys.stdin)["sessions"])')
+        [ "$sessions" = 1 ] || fail "the call is not on the pair's active relay ($sessions sessions)"
+        # B talks for 4 s: the failover (0.5 s heartbeat timeout) comes well
+        # before its BYE.
+        device_pause=4000 start_device b "$b_sip" "$b_rtp" alice-b-tag-1 "$call_id;to-tag=bob-tag-1;from-tag=alice-a-tag-1"
+        wait_file "$logs/b-relay-port" "device B's handoff was not answered" >/dev/null
+        sleep 0.5
+        # SIGKILL to baton itself (its parent is `timeout`).
+        pkill -KILL -P "$active_pid" || fail "the pair's active relay was not running"
+        echo "the pair's active relay was killed while B talked"
+        for _ in $(seq 50); do
+            "$BATON" ctl --control "tcp:127.0.0.1:$standby_control_port" stats 2>/dev/null \
+                | grep -q '"role":"active"' && break
+            sleep 0.1
+        done
+        "$BATON" ctl --control "tcp:127.0.0.1:$standby_control_port" stats >"$logs/standby-stats.json"
+        wait "$device_pid" || fail "device B's scenario failed (register, handoff, talk through the failover, hang up)"
+        python3 -c '
+import json, sys
+ha = json.load(open(sys.argv[1]))["ha"]
+assert ha["role"] == "active" and ha["sessions_resumed"] == "1", ha
+print("the standby took the call over in " + ha["last_takeover_ms"] + " ms")
+' "$logs/standby-stats.json" || fail "the standby did not take the call over"
+        control_port=$standby_control_port
         ;;
     held)
         # B takes the call with its temporary GRUU and the tags the other
@@ -321,9 +433,15 @@ if command -v tshark >/dev/null; then
     problems=$(grep " 0x[0-9A-Fa-f]\{8\} " "$logs/tshark.txt" | grep -c " X *$" || true)
     lost=$(grep " 0x[0-9A-Fa-f]\{8\} " "$logs/tshark.txt" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\(/) print $(i - 1)}' | head -1)
     cat "$logs/tshark.txt"
-    [ "$streams" = 1 ] && [ "$problems" = 0 ] && [ "$lost" = 0 ] \
-        || fail "tshark: $streams stream(s), $problems with problems, $lost lost in bob's capture"
-    echo "tshark: one RTP stream at bob, nothing lost, no problem"
+    if [ "$case_name" = relayset ]; then
+        # The failover lost packets (and tshark flags the jump): one stream.
+        [ "$streams" = 1 ] || fail "tshark: $streams stream(s) in bob's capture"
+        echo "tshark: one RTP stream at bob, $lost lost in the failover"
+    else
+        [ "$streams" = 1 ] && [ "$problems" = 0 ] && [ "$lost" = 0 ] \
+            || fail "tshark: $streams stream(s), $problems with problems, $lost lost in bob's capture"
+        echo "tshark: one RTP stream at bob, nothing lost, no problem"
+    fi
 elif [ -n "${BATON_REQUIRE_TSHARK:-}" ]; then
     fail "BATON_REQUIRE_TSHARK is set but tshark is missing"
 fi

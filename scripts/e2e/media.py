@@ -81,6 +81,13 @@ def main():
     p.add_argument("--last-seconds", type=float, default=2.0)
     p.add_argument("--timeout", type=float, default=50.0)
     p.add_argument("--pcap", help="write what bob received here, for tshark")
+    p.add_argument("--relay-ip", default="127.0.0.1", help="the relay's media address")
+    p.add_argument(
+        "--failovers",
+        type=int,
+        default=0,
+        help="relay failovers during the call: each may skip numbers forward once (packets lost while no relay forwarded), never repeat one",
+    )
     args = p.parse_args()
     deadline = time.monotonic() + args.timeout
 
@@ -120,7 +127,7 @@ def main():
     # the BYE that ends its leg); the last one for --last-seconds.
     current = 0
     relays = [None] * len(devices)
-    relays[0] = ("127.0.0.1", wait_for(devices[0][2], deadline))
+    relays[0] = (args.relay_ip, wait_for(devices[0][2], deadline))
     print(f"media: device {devices[0][0]} sends to relay port {relays[0][1]}")
     overlap_until = 0.0
     last_until = None
@@ -131,7 +138,7 @@ def main():
         if following < len(devices) and os.path.exists(devices[following][2]):
             text = open(devices[following][2]).read().strip()
             if text.isdigit():
-                relays[following] = ("127.0.0.1", int(text))
+                relays[following] = (args.relay_ip, int(text))
                 print(f"media: device {devices[following][0]} sends to relay port {text}")
                 current = following
                 overlap_until = now + 0.1
@@ -141,7 +148,7 @@ def main():
             if stray[3] is None and os.path.exists(stray[2]):
                 text = open(stray[2]).read().strip()
                 if text.isdigit():
-                    stray[3] = ("127.0.0.1", int(text))
+                    stray[3] = (args.relay_ip, int(text))
             if stray[3] is not None:
                 stray[1].send(stray[3])
         if current > 0 and now < overlap_until:
@@ -159,9 +166,10 @@ def main():
         write_pcap(args.pcap, captured, ("127.0.0.1", args.bob_port))
 
     ssrcs = sorted({ssrc for _, _, ssrc, _ in received})
-    errors = sum(
-        1 for (s1, _, _, _), (s2, _, _, _) in zip(received, received[1:]) if (s2 - s1) & 0xFFFF != 1
-    )
+    steps = [(s2 - s1) & 0xFFFF for (s1, _, _, _), (s2, _, _, _) in zip(received, received[1:])]
+    # A failover skips numbers forward once (what was lost meanwhile).
+    jumps = sum(1 for step in steps if 1 < step < 0x8000)
+    errors = sum(1 for step in steps if step != 1) - min(jumps, args.failovers)
     backwards = sum(
         1
         for (_, t1, _, _), (_, t2, _, _) in zip(received, received[1:])
@@ -173,6 +181,8 @@ def main():
     print(f"bob received: {len(received)} packets ({parts})")
     print(f"SSRCs seen: {len(ssrcs)} {[hex(s) for s in ssrcs]}")
     print(f"sequence errors (gap or repeat): {errors}")
+    if args.failovers:
+        print(f"forward jumps (failovers): {jumps}")
     print(f"timestamps going backwards: {backwards}")
     print(f"switches between devices: {switches}")
     stray_heard = sum(1 for *_, tag in received if tag == 0xEE)
