@@ -1021,6 +1021,16 @@ fn unreadable_or_hostile_stored_calls_are_skipped_and_counted() {
     wait_until("the call is stored", || {
         redis.keys(&format!("{prefix}:session:*")).len() == 1
     });
+    // Reading a call writes nothing again.
+    let writes = |relay: &Relay| ha(relay)["redis_writes"].clone();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = writes(&active);
+    for _ in 0..5 {
+        let got = active.ctl(&["get", "--call-id", "real-call", "--from-tag", "a-tag"]);
+        assert!(got.status.success(), "{got:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(writes(&active), before, "a get is no change");
     let key = redis.keys(&format!("{prefix}:session:*")).remove(0);
     let real = redis.cli(&["GET", &key]);
     let relay_port = media_addr(&to_bob).port();

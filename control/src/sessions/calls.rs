@@ -534,7 +534,8 @@ impl Sessions {
     /// `get_session`: waits for a command running on the session, then
     /// reports it.
     pub async fn get(&self, reference: Option<&v1::SessionRef>) -> Result<v1::SessionInfo, Status> {
-        let (_guard, record) = self.lock_session(reference).await?;
+        let (guard, record) = self.lock_session(reference).await?;
+        let _guard = guard.read_only();
         let report = self
             .dataplane
             .inspect_session(record.worker, record.id)

@@ -129,6 +129,15 @@ pub(crate) struct SessionGuard {
     hook: Option<PersistHook>,
 }
 
+impl SessionGuard {
+    /// The lock of a command that changes nothing (`get`, an audit): the
+    /// session is not announced, so nothing is written again.
+    pub(crate) fn read_only(mut self) -> Self {
+        self.hook = None;
+        self
+    }
+}
+
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         if let Some(hook) = &self.hook {
