@@ -1292,3 +1292,39 @@ fn redis_over_mutual_tls() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Redis dies with the active (the same host): the standby, told to take
+/// over, goes on from its own copy of the calls; it takes the heartbeat
+/// key and writes them once a Redis answers again.
+#[test]
+fn a_standby_told_to_take_over_without_redis_goes_on_from_its_copy() {
+    let Some(redis) = Redis::start() else { return };
+    let prefix = "pair7";
+    let (mut active, standby, ng_a, _) = pair(&redis, ["gone-a", "gone-b"], "43600-43699", prefix);
+    let mut proxy = Proxy::new(format!("127.0.0.1:{ng_a}").parse().expect("addr"));
+    let (a, bob) = (Peer::v4(), Peer::v4());
+    let to_bob = plain_call(&mut proxy, "redis-gone", &a, &bob);
+    let bob_to_relay = media_addr(&to_bob).to_string();
+    bob.send(&bob_to_relay, &rtp(8, 1, 160, 0xB0B0, &[0xD5; 160]));
+    assert_eq!(header(&a.recv().0).0, 1);
+    wait_until("the standby holds the call", || {
+        ha(&standby)["standby_sessions"] == "1"
+    });
+    let port = redis.port;
+    drop(redis);
+    active.child.kill().expect("SIGKILL the active");
+    let took = standby.ctl(&["takeover"]);
+    assert!(took.status.success(), "{took:?}");
+    wait_until("the standby serves from its copy", || {
+        role(&standby) == "active"
+    });
+    assert_eq!(ha(&standby)["sessions_resumed"], "1");
+    bob.send(&bob_to_relay, &rtp(8, 2, 320, 0xB0B0, &[0xD5; 160]));
+    assert_eq!(header(&a.recv().0).0, 2, "the call goes on without Redis");
+    // A Redis again (empty): the key and the call are written.
+    let redis = Redis::start_on(port);
+    wait_until("the call is written again", || {
+        redis.keys(&format!("{prefix}:session:*")).len() == 1
+    });
+    assert_eq!(redis.cli(&["GET", &format!("{prefix}:active")]), "gone-b");
+}

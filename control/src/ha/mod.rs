@@ -424,13 +424,17 @@ impl Ha {
                             forced
                         }
                         Ok(None) => !patient || forced,
-                        Err(e) if !self.options.standby => {
+                        Err(e) if !self.options.standby || forced => {
                             // The active of its pair serves whatever Redis
-                            // does; it takes the key once Redis answers.
+                            // does, and so does a standby an operator told to
+                            // take over (Redis may have died with the active's
+                            // host): from its copy of the calls. The key is
+                            // taken once Redis answers.
                             warn!(
                                 "Redis does not answer ({e}): serving without it; the calls are written once it does"
                             );
-                            self.take_over(false).await;
+                            self.take_over(forced).await;
+                            forced = false;
                             // Nothing is written before the key is this
                             // relay's (another may take it first).
                             self.enable_writes(false);
