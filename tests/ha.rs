@@ -270,6 +270,18 @@ fn plain_call(
     to_bob
 }
 
+/// Waits until `standby` holds the one call in memory and its media
+/// snapshot is stored under `prefix`.
+fn wait_standby_holds_the_call(standby: &Relay, redis: &Redis, prefix: &str) {
+    wait_until(
+        "the standby holds the call, its media snapshot stored",
+        || {
+            ha(standby)["standby_sessions"] == "1"
+                && !redis.keys(&format!("{prefix}:media:*")).is_empty()
+        },
+    );
+}
+
 /// (sequence number, timestamp, SSRC) of an RTP packet.
 fn header(packet: &[u8]) -> (u16, u32, u32) {
     (
@@ -436,13 +448,7 @@ fn a_standby_takes_a_handed_off_call_over_and_both_sides_hear_one_stream() {
         |_| {},
         |_| false,
     );
-    wait_until(
-        "the standby holds the call, its media snapshot stored",
-        || {
-            ha(&standby)["standby_sessions"] == "1"
-                && !redis.keys(&format!("{prefix}:media:*")).is_empty()
-        },
-    );
+    wait_standby_holds_the_call(&standby, &redis, prefix);
 
     // The active dies; the standby sees its heartbeat expire and takes over.
     talk(
@@ -806,10 +812,7 @@ async fn srtp_goes_on_across_a_failover_and_the_peers_replay_windows_accept_it()
             &mut remote_in,
         );
     }
-    wait_until("the standby holds the SRTP call", || {
-        ha(&standby)["standby_sessions"] == "1"
-            && !redis.keys(&format!("{prefix}:media:*")).is_empty()
-    });
+    wait_standby_holds_the_call(&standby, &redis, prefix);
     active.child.kill().expect("SIGKILL the active");
     let before = [heard[0].len(), heard[1].len()];
     for i in 50..170 {
@@ -909,10 +912,7 @@ fn a_handoff_open_at_the_failover_is_rolled_back_and_a_new_one_works() {
         |_| {},
         |_| false,
     );
-    wait_until("the standby holds the call", || {
-        ha(&standby)["standby_sessions"] == "1"
-            && !redis.keys(&format!("{prefix}:media:*")).is_empty()
-    });
+    wait_standby_holds_the_call(&standby, &redis, prefix);
     talk(
         (&a, &a_to_relay),
         (&bob, &bob_to_relay),

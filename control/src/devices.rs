@@ -31,12 +31,6 @@ pub struct StoredBinding {
     pub expires_unix_ms: u64,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Devices {
     fn table(&self) -> std::sync::MutexGuard<'_, Bindings> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
@@ -94,7 +88,8 @@ impl Devices {
         let stored = StoredBinding {
             aor: binding.aor_text.clone(),
             gruu: binding.gruu_text.clone(),
-            expires_unix_ms: unix_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(0)),
+            expires_unix_ms: crate::events::unix_time_ms()
+                .saturating_add(u64::try_from(left.as_millis()).unwrap_or(0)),
         };
         Some(crate::ha::store::Write::Set {
             key: format!("{prefix}:binding:{}", binding.gruu_text),
@@ -122,7 +117,9 @@ impl Devices {
     /// Registers a stored binding again (a takeover); an expired one is
     /// left out.
     pub fn restore(&self, stored: &StoredBinding) -> Result<(), Status> {
-        let left_ms = stored.expires_unix_ms.saturating_sub(unix_ms());
+        let left_ms = stored
+            .expires_unix_ms
+            .saturating_sub(crate::events::unix_time_ms());
         let expires = u32::try_from(left_ms / 1000).unwrap_or(u32::MAX);
         if expires == 0 {
             return Ok(());

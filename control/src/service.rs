@@ -161,21 +161,9 @@ impl Service {
                 .sessions
                 .recordings()
                 .map(|r| (r.dropped(), r.errors())),
-            ha: self.ha().map(|ha| {
-                let store = ha.store_counters();
-                let counters = ha.counters();
-                crate::telemetry::HaSnapshot {
-                    role: ha.role() as u64,
-                    connected: store.connected.load(Ordering::Relaxed),
-                    writes: store.written.load(Ordering::Relaxed),
-                    write_drops: store.dropped.load(Ordering::Relaxed),
-                    errors: store.errors.load(Ordering::Relaxed),
-                    takeovers: counters.takeovers.load(Ordering::Relaxed),
-                    resumed: counters.resumed.load(Ordering::Relaxed),
-                    resume_failures: counters.resume_failures.load(Ordering::Relaxed),
-                    standby_sessions: counters.standby_sessions.load(Ordering::Relaxed),
-                    last_takeover_ms: counters.last_takeover_ms.load(Ordering::Relaxed),
-                }
+            ha: self.ha().map(|ha| crate::telemetry::HaSnapshot {
+                role: ha.role() as u64,
+                figures: ha.stats(),
             }),
         };
         self.exporter.render(snapshot)
@@ -309,23 +297,7 @@ impl Service {
             control_requests: self.requests.load(Ordering::Relaxed),
             subscribers: u32::try_from(self.events().subscriber_count()).unwrap_or(u32::MAX),
             draining: self.sessions.drain().is_draining(),
-            ha: self.ha().map(|ha| {
-                let store = ha.store_counters();
-                let counters = ha.counters();
-                v1::HighAvailability {
-                    instance: ha.instance().to_owned(),
-                    role: ha.role().name().to_owned(),
-                    redis_connected: store.connected.load(Ordering::Relaxed),
-                    redis_writes: store.written.load(Ordering::Relaxed),
-                    redis_write_drops: store.dropped.load(Ordering::Relaxed),
-                    redis_errors: store.errors.load(Ordering::Relaxed),
-                    takeovers: counters.takeovers.load(Ordering::Relaxed),
-                    sessions_resumed: counters.resumed.load(Ordering::Relaxed),
-                    resume_failures: counters.resume_failures.load(Ordering::Relaxed),
-                    standby_sessions: counters.standby_sessions.load(Ordering::Relaxed),
-                    last_takeover_ms: counters.last_takeover_ms.load(Ordering::Relaxed),
-                }
-            }),
+            ha: self.ha().map(|ha| ha.stats()),
             ..v1::GetStatsResponse::default()
         }
     }

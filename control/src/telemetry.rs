@@ -337,29 +337,14 @@ pub struct Snapshot {
     pub ha: Option<HaSnapshot>,
 }
 
-/// High availability's figures for `/metrics`.
+/// High availability's figures for `/metrics`: the role as a number
+/// (0 standby, 1 taking over, 2 active, 3 fenced), and what `stats` shows.
 #[derive(Debug, Clone, Default)]
 pub struct HaSnapshot {
-    /// 0 standby, 1 taking over, 2 active, 3 fenced.
+    /// The role's number.
     pub role: u64,
-    /// The last write went through.
-    pub connected: bool,
-    /// Redis commands acknowledged.
-    pub writes: u64,
-    /// Writes dropped.
-    pub write_drops: u64,
-    /// Batches Redis failed.
-    pub errors: u64,
-    /// Takeovers.
-    pub takeovers: u64,
-    /// Sessions resumed from Redis.
-    pub resumed: u64,
-    /// Stored sessions not resumed.
-    pub resume_failures: u64,
-    /// Sessions a standby holds in memory.
-    pub standby_sessions: u64,
-    /// The last takeover, in milliseconds.
-    pub last_takeover_ms: u64,
+    /// The figures.
+    pub figures: baton_proto::v1::HighAvailability,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -515,17 +500,17 @@ impl Collector for SnapshotCollector {
                 (
                     "baton_redis_connected",
                     "1 when the last write to Redis went through",
-                    u64::from(ha.connected),
+                    u64::from(ha.figures.redis_connected),
                 ),
                 (
                     "baton_ha_standby_sessions",
                     "On a standby: the active's sessions held in memory",
-                    ha.standby_sessions,
+                    ha.figures.standby_sessions,
                 ),
                 (
                     "baton_ha_last_takeover_milliseconds",
                     "How long the last takeover took, from deciding to the last session forwarding",
-                    ha.last_takeover_ms,
+                    ha.figures.last_takeover_ms,
                 ),
             ] {
                 gauge(&mut encoder, name, help, value)?;
@@ -534,32 +519,32 @@ impl Collector for SnapshotCollector {
                 (
                     "baton_redis_writes",
                     "Redis commands acknowledged",
-                    ha.writes,
+                    ha.figures.redis_writes,
                 ),
                 (
                     "baton_redis_write_drops",
                     "Writes to Redis dropped (full queue, failed batch); a full re-sync follows",
-                    ha.write_drops,
+                    ha.figures.redis_write_drops,
                 ),
                 (
                     "baton_redis_errors",
                     "Write batches Redis failed",
-                    ha.errors,
+                    ha.figures.redis_errors,
                 ),
                 (
                     "baton_ha_takeovers",
                     "Takeovers of stored calls",
-                    ha.takeovers,
+                    ha.figures.takeovers,
                 ),
                 (
                     "baton_ha_sessions_resumed",
                     "Sessions resumed from Redis",
-                    ha.resumed,
+                    ha.figures.sessions_resumed,
                 ),
                 (
                     "baton_ha_resume_failures",
                     "Stored sessions that could not be resumed (unreadable, ports taken)",
-                    ha.resume_failures,
+                    ha.figures.resume_failures,
                 ),
             ] {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use baton_relay::SessionId;
 use redis::aio::ConnectionManager;
@@ -201,8 +201,55 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Keeps the heartbeat key alive if it is still this relay's.
-const REFRESH_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// The heartbeat key as this relay holds it: its name, this relay's name
+/// in it, and how long it lives without a refresh.
+#[derive(Debug, Clone)]
+struct Heartbeat {
+    key: String,
+    instance: String,
+    timeout_ms: u64,
+}
+
+impl Heartbeat {
+    /// Keeps the key alive if it is still this relay's: 1 if it was, 0 if
+    /// not (expired or another relay's).
+    async fn refresh(&self, connection: &mut ConnectionManager) -> redis::RedisResult<i64> {
+        let script = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let mut invocation = script.key(&self.key);
+        invocation.arg(&self.instance).arg(self.timeout_ms);
+        within(COMMAND_TIMEOUT, invocation.invoke_async(connection)).await
+    }
+
+    /// Takes the key — only if nobody holds it, unless `whoever_holds_it`:
+    /// `Some` once it is this relay's.
+    async fn take(
+        &self,
+        connection: &mut ConnectionManager,
+        whoever_holds_it: bool,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut set = redis::cmd("SET");
+        set.arg(&self.key)
+            .arg(&self.instance)
+            .arg("PX")
+            .arg(self.timeout_ms);
+        if !whoever_holds_it {
+            set.arg("NX");
+        }
+        within(COMMAND_TIMEOUT, set.query_async(connection)).await
+    }
+
+    /// Gives the key up if it is this relay's: 1 if it was.
+    async fn release(&self, connection: &mut ConnectionManager) -> redis::RedisResult<i64> {
+        let script = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+        );
+        let mut invocation = script.key(&self.key);
+        invocation.arg(&self.instance);
+        within(COMMAND_TIMEOUT, invocation.invoke_async(connection)).await
+    }
+}
 
 /// How long one Redis command may take before it counts as failed (the
 /// connection retries by itself; the heartbeat must not wait on it).
@@ -218,12 +265,6 @@ async fn within<T>(
     tokio::time::timeout(limit, operation)
         .await
         .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "Redis did not answer in time").into()))
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Ha {
@@ -303,14 +344,24 @@ impl Ha {
         &self.options.instance
     }
 
-    /// The takeover counters.
-    pub fn counters(&self) -> &HaCounters {
-        &self.counters
-    }
-
-    /// The writer's counters.
-    pub fn store_counters(&self) -> &store::StoreCounters {
-        self.store.counters()
+    /// The relay's part in its pair and what it wrote and took over, as
+    /// `stats` and `/metrics` show them.
+    pub fn stats(&self) -> baton_proto::v1::HighAvailability {
+        let store = self.store.counters();
+        let counters = &self.counters;
+        baton_proto::v1::HighAvailability {
+            instance: self.options.instance.clone(),
+            role: self.role().name().to_owned(),
+            redis_connected: store.connected.load(Ordering::Relaxed),
+            redis_writes: store.written.load(Ordering::Relaxed),
+            redis_write_drops: store.dropped.load(Ordering::Relaxed),
+            redis_errors: store.errors.load(Ordering::Relaxed),
+            takeovers: counters.takeovers.load(Ordering::Relaxed),
+            sessions_resumed: counters.resumed.load(Ordering::Relaxed),
+            resume_failures: counters.resume_failures.load(Ordering::Relaxed),
+            standby_sessions: counters.standby_sessions.load(Ordering::Relaxed),
+            last_takeover_ms: counters.last_takeover_ms.load(Ordering::Relaxed),
+        }
     }
 
     /// An operator asks this standby to take over now, whatever the
@@ -337,6 +388,15 @@ impl Ha {
 
     fn media_key(&self, id: SessionId) -> String {
         self.key(&format!("media:{id}"))
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            key: self.key("active"),
+            instance: self.options.instance.clone(),
+            timeout_ms: u64::try_from(self.options.heartbeat_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+        }
     }
 
     /// Starts the tasks: the heartbeat (and takeover), the writers of
@@ -367,19 +427,8 @@ impl Ha {
         self.stopping.store(true, Ordering::Relaxed);
         self.enable_writes(false);
         if self.serves() {
-            let script = redis::Script::new(
-                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
-            );
-            let mut connection = self.connection.clone();
-            let released = tokio::time::timeout(
-                Duration::from_secs(1),
-                script
-                    .key(self.key("active"))
-                    .arg(&self.options.instance)
-                    .invoke_async::<i64>(&mut connection),
-            )
-            .await;
-            if matches!(released, Ok(Ok(1))) {
+            let released = self.heartbeat().release(&mut self.connection.clone()).await;
+            if matches!(released, Ok(1)) {
                 info!("heartbeat key released: the calls stay in Redis for the next relay");
             }
         }
@@ -388,10 +437,7 @@ impl Ha {
     /// The heartbeat: acquire, keep, or wait for the active key; take the
     /// calls over when it becomes this relay's.
     async fn lead(self: Arc<Self>) {
-        let active_key = self.key("active");
-        let timeout_ms =
-            u64::try_from(self.options.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
-        let refresh = redis::Script::new(REFRESH_SCRIPT);
+        let heartbeat = self.heartbeat();
         let started = Instant::now();
         let mut last_refreshed: Option<Instant> = None;
         let mut forced = false;
@@ -410,7 +456,7 @@ impl Ha {
                     let holder: Result<Option<String>, _> = within(
                         COMMAND_TIMEOUT,
                         redis::cmd("GET")
-                            .arg(&active_key)
+                            .arg(&heartbeat.key)
                             .query_async(&mut connection),
                     )
                     .await;
@@ -443,17 +489,8 @@ impl Ha {
                         Err(_) => false,
                     };
                     if take {
-                        let mut set = redis::cmd("SET");
-                        set.arg(&active_key)
-                            .arg(&self.options.instance)
-                            .arg("PX")
-                            .arg(timeout_ms);
-                        if !forced && !matches!(&holder, Ok(Some(h)) if *h == self.options.instance)
-                        {
-                            set.arg("NX");
-                        }
-                        let acquired: Result<Option<String>, _> =
-                            within(COMMAND_TIMEOUT, set.query_async(&mut connection)).await;
+                        let ours = matches!(&holder, Ok(Some(h)) if *h == self.options.instance);
+                        let acquired = heartbeat.take(&mut connection, forced || ours).await;
                         if matches!(acquired, Ok(Some(_))) {
                             last_refreshed = Some(Instant::now());
                             self.take_over(forced).await;
@@ -478,16 +515,7 @@ impl Ha {
                     continue;
                 }
                 Role::Active => {
-                    let kept: Result<i64, _> = within(
-                        COMMAND_TIMEOUT,
-                        refresh
-                            .key(&active_key)
-                            .arg(&self.options.instance)
-                            .arg(timeout_ms)
-                            .invoke_async(&mut connection),
-                    )
-                    .await;
-                    match kept {
+                    match heartbeat.refresh(&mut connection).await {
                         Ok(1) => {
                             last_refreshed = Some(Instant::now());
                             if !self.store.counters().enabled.load(Ordering::Relaxed) {
@@ -499,18 +527,7 @@ impl Ha {
                         Ok(_) => {
                             // Expired (Redis restarted, or was out of
                             // reach) or taken by another relay.
-                            let acquired: Result<Option<String>, _> = within(
-                                COMMAND_TIMEOUT,
-                                redis::cmd("SET")
-                                    .arg(&active_key)
-                                    .arg(&self.options.instance)
-                                    .arg("PX")
-                                    .arg(timeout_ms)
-                                    .arg("NX")
-                                    .query_async(&mut connection),
-                            )
-                            .await;
-                            match acquired {
+                            match heartbeat.take(&mut connection, false).await {
                                 Ok(Some(_)) => {
                                     // Nobody took over: this relay's again,
                                     // and everything written again.
@@ -558,25 +575,12 @@ impl Ha {
         // Thousands of calls take longer than a heartbeat timeout: the key
         // is kept alive meanwhile, or the peer would take over too.
         let keepalive = {
-            let mut connection = self.connection.clone();
-            let (key, instance) = (self.key("active"), self.options.instance.clone());
-            let (every, timeout_ms) = (
-                self.options.heartbeat,
-                u64::try_from(self.options.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
-            );
+            let (mut connection, heartbeat) = (self.connection.clone(), self.heartbeat());
+            let every = self.options.heartbeat;
             tokio::spawn(async move {
-                let refresh = redis::Script::new(REFRESH_SCRIPT);
                 loop {
                     tokio::time::sleep(every).await;
-                    let _ = within(
-                        COMMAND_TIMEOUT,
-                        refresh
-                            .key(&key)
-                            .arg(&instance)
-                            .arg(timeout_ms)
-                            .invoke_async::<i64>(&mut connection),
-                    )
-                    .await;
+                    let _ = heartbeat.refresh(&mut connection).await;
                 }
             })
         };
@@ -594,7 +598,7 @@ impl Ha {
                     .collect()
             }
         };
-        let now_ms = unix_ms();
+        let now_ms = crate::events::unix_time_ms();
         let total = stored.len();
         let mut resumed = 0usize;
         for (session, media) in stored {
@@ -887,7 +891,7 @@ impl Ha {
             if resync {
                 self.resync().await;
             }
-            let taken_unix_ms = unix_ms();
+            let taken_unix_ms = crate::events::unix_time_ms();
             for (id, snapshot) in self.sessions().media_snapshots(resync).await {
                 let stored = StoredMedia {
                     version: STORED_VERSION,

@@ -329,9 +329,7 @@ impl Sessions {
                     Party::Remote => &m.remote,
                 });
                 let (peer_rtp, peer_rtcp) = match leg_media {
-                    Some(m)
-                        if m.source == baton_relay::core::snapshot::StoredPeerSource::Signalled =>
-                    {
+                    Some(m) if m.source == baton_relay::core::stream::PeerSource::Signalled => {
                         (m.rtp, m.rtcp)
                     }
                     _ => self.signalled_peer(stored, index, party),

@@ -13,21 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::continuity::{ContinuitySnapshot, SequenceShift};
 use crate::core::srtp::SrtpIndexes;
-
-/// How a stored leg knew its peer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoredPeerSource {
-    /// Not known.
-    #[default]
-    Unknown,
-    /// Given by signalling.
-    Signalled,
-    /// Latched from media.
-    Learned,
-    /// Selected by ICE.
-    Ice,
-}
+use crate::core::stream::PeerSource;
 
 /// One leg's peer and SRTP state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +23,7 @@ pub struct LegSnapshot {
     /// Where its RTCP goes.
     pub rtcp: Option<SocketAddr>,
     /// How the relay knew that address.
-    pub source: StoredPeerSource,
+    pub source: PeerSource,
     /// SRTP from the peer: its highest indexes per SSRC.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub srtp_in: Vec<SrtpIndexes>,

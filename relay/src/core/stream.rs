@@ -236,8 +236,10 @@ const SRTCP_RESUME_MARGIN: u32 = 4096;
 /// Retransmission numbers a resumed stream skips, likewise.
 const REPAIR_RESUME_MARGIN: u16 = 1024;
 
-/// How a leg knows its peer's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a leg knows its peer's address (stored as its lower-case name for
+/// high availability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PeerSource {
     /// Not known yet.
     #[default]
@@ -862,7 +864,7 @@ impl Leg {
     }
 
     fn snapshot(&self) -> crate::core::snapshot::LegSnapshot {
-        use crate::core::snapshot::{LegSnapshot, StoredPeerSource};
+        use crate::core::snapshot::LegSnapshot;
         let rtp = self.peers[Component::Rtp.index()];
         let rtcp = self.peers[Component::Rtcp.index()];
         let (srtp_in, (srtp_out, srtcp_out)) = match &self.srtp {
@@ -875,12 +877,7 @@ impl Leg {
         LegSnapshot {
             rtp: rtp.addr,
             rtcp: rtcp.addr,
-            source: match rtp.source {
-                PeerSource::Unknown => StoredPeerSource::Unknown,
-                PeerSource::Signalled => StoredPeerSource::Signalled,
-                PeerSource::Learned => StoredPeerSource::Learned,
-                PeerSource::Ice => StoredPeerSource::Ice,
-            },
+            source: rtp.source,
             srtp_in,
             srtp_out,
             srtcp_out,
@@ -888,13 +885,7 @@ impl Leg {
     }
 
     fn resume(&mut self, snapshot: &crate::core::snapshot::LegSnapshot) {
-        use crate::core::snapshot::StoredPeerSource;
-        let source = match snapshot.source {
-            StoredPeerSource::Unknown => PeerSource::Unknown,
-            StoredPeerSource::Signalled => PeerSource::Signalled,
-            StoredPeerSource::Learned => PeerSource::Learned,
-            StoredPeerSource::Ice => PeerSource::Ice,
-        };
+        let source = snapshot.source;
         if snapshot.rtp.is_some() && source != PeerSource::Unknown {
             self.peers[Component::Rtp.index()] = Peer {
                 addr: snapshot.rtp,

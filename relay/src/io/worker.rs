@@ -900,26 +900,24 @@ impl Worker {
             }
             return Err(e);
         }
+        // A resumed session: before the sockets are polled, so the first
+        // packet already goes out in the stored numbering.
+        let mut handshakes = Vec::new();
         if let Some(resume) = resume {
-            // Before the sockets are polled: the first packet already goes
-            // out in the stored numbering.
-            let handshakes = entry.session.update(now, &resume.update);
+            handshakes = entry.session.update(now, &resume.update);
             for &(stream, payloads) in &resume.device_payloads {
                 entry.session.set_device_payloads(stream, payloads);
             }
             entry.session.resume(&resume.snapshot, now, resume.since);
             entry.snapshot_at_packets = Some(0);
-            self.sessions.insert(entry);
-            self.by_id.insert(id, key);
-            for (stream, leg, params) in handshakes {
-                if let Some(params) = params {
-                    self.open_handshake(id, stream, leg, params);
-                }
-            }
-            return Ok(());
         }
         self.sessions.insert(entry);
         self.by_id.insert(id, key);
+        for (stream, leg, params) in handshakes {
+            if let Some(params) = params {
+                self.open_handshake(id, stream, leg, params);
+            }
+        }
         Ok(())
     }
 
