@@ -171,6 +171,15 @@ pub struct RunOptions {
     #[serde(default)]
     pub busy_poll: bool,
 
+    /// Forward the RTP of established plain legs in the kernel (an eBPF
+    /// program at TC ingress of the interfaces holding the relay
+    /// addresses): far less CPU per packet. Needs CAP_BPF and
+    /// CAP_NET_ADMIN; without them baton says so and forwards in user
+    /// space. [default: off]
+    #[arg(long)]
+    #[serde(default)]
+    pub kernel_forwarding: bool,
+
     /// PEM certificate the relay shows in DTLS-SRTP handshakes with WebRTC
     /// peers (ECDSA P-256 or P-384; its sha-256 fingerprint goes into the
     /// SDP). Needs --dtls-key. [default: a fresh self-signed certificate
@@ -428,6 +437,7 @@ impl RunOptions {
             max_sessions: flags.max_sessions.or(self.max_sessions),
             transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
             busy_poll: flags.busy_poll || self.busy_poll,
+            kernel_forwarding: flags.kernel_forwarding || self.kernel_forwarding,
             dtls_certificate: flags.dtls_certificate.or(self.dtls_certificate),
             dtls_key: flags.dtls_key.or(self.dtls_key),
         }
@@ -708,6 +718,7 @@ impl RunOptions {
                 command_queue: 1024,
                 busy_poll: self.busy_poll,
                 dtls_identity,
+                kernel_forwarding: self.kernel_forwarding,
             },
             SessionOptions {
                 learning_window,

@@ -618,6 +618,10 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("ports", a.ports != b.ports),
         ("workers", a.workers != b.workers),
         ("busy-poll", a.busy_poll != b.busy_poll),
+        (
+            "kernel-forwarding",
+            a.kernel_forwarding != b.kernel_forwarding,
+        ),
         ("dtls-certificate", fingerprint(a) != fingerprint(b)),
         (
             "redis",

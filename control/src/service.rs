@@ -119,7 +119,9 @@ impl Service {
     pub async fn metrics_text(&self) -> String {
         let _one_at_a_time = self.scrape.lock().await;
         let workers = self.sessions.worker_stats().await;
+        let kernel = crate::sessions::calls::kernel_forwarding(self.sessions.dataplane(), &workers);
         let snapshot = crate::telemetry::Snapshot {
+            kernel,
             sessions: self.sessions.session_count() as u64,
             control_connections: u64::from(self.connection_count()),
             subscribers: self.events().subscriber_count() as u64,

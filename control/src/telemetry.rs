@@ -335,6 +335,8 @@ pub struct Snapshot {
     pub recording: Option<(u64, u64)>,
     /// High availability, when on.
     pub ha: Option<HaSnapshot>,
+    /// The kernel fast path.
+    pub kernel: baton_proto::v1::KernelForwarding,
 }
 
 /// High availability's figures for `/metrics`: the role as a number
@@ -549,6 +551,66 @@ impl Collector for SnapshotCollector {
             ] {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 counter(value).encode(m)?;
+            }
+        }
+
+        {
+            let k = &s.kernel;
+            gauge(
+                &mut encoder,
+                "baton_kernel_forwarding",
+                "The kernel fast path: 0 off, 1 on, 2 asked for but unavailable (see stats)",
+                match k.status.as_str() {
+                    "on" => 1,
+                    "unavailable" => 2,
+                    _ => 0,
+                },
+            )?;
+            gauge(
+                &mut encoder,
+                "baton_kernel_routes",
+                "Stream directions the kernel forwards now",
+                u64::from(k.routes),
+            )?;
+            for (name, help, value) in [
+                (
+                    "baton_kernel_routes_installed",
+                    "Kernel routes installed",
+                    k.routes_installed,
+                ),
+                (
+                    "baton_kernel_routes_ended",
+                    "Kernel routes ended (a change, an unusual packet, the call's end)",
+                    k.routes_ended,
+                ),
+                (
+                    "baton_kernel_forwarded_packets",
+                    "Packets the kernel forwarded (also in baton_packets_forwarded)",
+                    k.packets,
+                ),
+                (
+                    "baton_kernel_forwarded_bytes",
+                    "Bytes the kernel forwarded",
+                    k.bytes,
+                ),
+                (
+                    "baton_kernel_errors",
+                    "Kernel map operations that failed",
+                    k.errors,
+                ),
+            ] {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                counter(value).encode(m)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "baton_kernel_handed_up",
+                "Packets of a kernel route the program handed up to the relay, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in ["not_newest", "no_next_hop", "other"] {
+                let value = k.handed_up.get(reason).copied().unwrap_or(0);
+                counter(value).encode(m.encode_family(&DropLabels { reason })?)?;
             }
         }
 

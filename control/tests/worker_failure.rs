@@ -110,6 +110,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
         command_queue: 64,
         busy_poll: false,
         dtls_identity: None,
+        kernel_forwarding: false,
     };
     // Wired as the daemon wires it.
     let service = baton_control::service::start(

@@ -23,11 +23,12 @@ use crate::core::ids::{SessionId, TransferId, WorkerId};
 use crate::core::session::{SessionReport, SessionUpdate, Timeouts};
 use crate::core::snapshot::SessionSnapshot;
 use crate::io::dtls::{self, DtlsHandle, DtlsIdentity};
+use crate::io::kernel::{KernelCounters, KernelPath};
 use crate::io::ports::{self, LegSockets, PortError, PortPool};
 use crate::io::worker::{self, Command, Worker};
 pub use crate::messages::{
-    DataplaneError, LATENCY_BUCKETS_NS, Resume, StreamSetup, TransferLeg, TransferSetup,
-    WorkerEvent, WorkerStats,
+    DataplaneError, KernelWorkerStats, LATENCY_BUCKETS_NS, Resume, StreamSetup, TransferLeg,
+    TransferSetup, WorkerEvent, WorkerStats,
 };
 
 /// Sessions snapshotted per worker command: a worker answers a page between
@@ -64,6 +65,27 @@ pub struct DataplaneConfig {
     /// The relay's DTLS certificate for WebRTC legs; `None` makes a fresh
     /// self-signed one at start.
     pub dtls_identity: Option<Arc<DtlsIdentity>>,
+    /// Forward established plain legs in the kernel (eBPF at TC ingress);
+    /// see [`crate::io::kernel`]. When the kernel refuses, the relay says
+    /// why and forwards in user space.
+    pub kernel_forwarding: bool,
+}
+
+/// Kernel routes per worker when the fast path is on: two per stream.
+const KERNEL_ROUTES_PER_WORKER: u32 = 16_384;
+
+/// Whether the kernel fast path is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelStatus {
+    /// Not asked for.
+    Off,
+    /// Asked for and on, attached to these interfaces.
+    On {
+        /// Interfaces at whose ingress the program runs.
+        interfaces: Vec<String>,
+    },
+    /// Asked for, but the kernel or this build cannot: why.
+    Unavailable(String),
 }
 
 /// Why a leg's sockets could not be had.
@@ -106,6 +128,8 @@ struct WorkerTemplate {
     /// The DTLS thread's queue; taken at shutdown too, so the thread ends
     /// with the last worker.
     dtls: Mutex<Option<DtlsHandle>>,
+    /// The kernel fast path, when on.
+    kernel: Option<Arc<KernelPath>>,
 }
 
 /// The running data plane: port pools and worker threads.
@@ -117,6 +141,7 @@ pub struct Dataplane {
     template: WorkerTemplate,
     identity: Arc<DtlsIdentity>,
     dtls_thread: Mutex<Option<JoinHandle<()>>>,
+    kernel_status: KernelStatus,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -158,7 +183,19 @@ fn spawn_worker(index: WorkerId, template: &WorkerTemplate) -> std::io::Result<W
         Arc::clone(&stop),
         (Arc::clone(&waker), dtls),
     )?
-    .busy_poll(template.busy_poll);
+    .busy_poll(template.busy_poll)
+    .kernel(match &template.kernel {
+        // The worker's slots start empty: routes a failed worker left are
+        // ended before its successor starts.
+        Some(kernel) => match kernel.maps(index.0) {
+            Ok(maps) => Some(maps),
+            Err(e) => {
+                tracing::warn!(worker = %index, "kernel fast path off for this worker: {e}");
+                None
+            }
+        },
+        None => None,
+    });
     let thread = std::thread::Builder::new()
         .name(format!("baton-worker-{index}"))
         .spawn(move || {
@@ -217,12 +254,31 @@ impl Dataplane {
             None => Arc::new(DtlsIdentity::generate().map_err(std::io::Error::other)?),
         };
         let (dtls, dtls_thread) = dtls::spawn(Arc::clone(&identity), events.clone())?;
+        let (kernel, kernel_status) = if config.kernel_forwarding {
+            match KernelPath::load(
+                &config.media_ips,
+                KERNEL_ROUTES_PER_WORKER.saturating_mul(u32::try_from(config.workers).unwrap_or(1)),
+                config.workers,
+            ) {
+                Ok(kernel) => {
+                    let interfaces = kernel.interfaces().to_vec();
+                    (Some(Arc::new(kernel)), KernelStatus::On { interfaces })
+                }
+                Err(e) => {
+                    tracing::warn!("kernel forwarding unavailable, forwarding in user space: {e}");
+                    (None, KernelStatus::Unavailable(e.to_string()))
+                }
+            }
+        } else {
+            (None, KernelStatus::Off)
+        };
         let template = WorkerTemplate {
             timeouts: Mutex::new(config.timeouts),
             command_queue: config.command_queue,
             busy_poll: config.busy_poll,
             events: Mutex::new(Some(events)),
             dtls: Mutex::new(Some(dtls)),
+            kernel,
         };
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
@@ -234,7 +290,18 @@ impl Dataplane {
             template,
             identity,
             dtls_thread: Mutex::new(Some(dtls_thread)),
+            kernel_status,
         })
+    }
+
+    /// Whether the kernel fast path is on, and if not, why.
+    pub fn kernel_status(&self) -> &KernelStatus {
+        &self.kernel_status
+    }
+
+    /// The kernel program's own counters, summed over CPUs (when on).
+    pub fn kernel_counters(&self) -> Option<KernelCounters> {
+        self.template.kernel.as_ref().map(|k| k.counters())
     }
 
     /// Starts a new worker in the slot of one that failed (after

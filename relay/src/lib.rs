@@ -25,6 +25,7 @@ pub mod messages;
 
 pub use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 pub use dataplane::{
-    AllocError, Dataplane, DataplaneConfig, DataplaneError, Resume, StreamSetup, TransferLeg,
-    TransferSetup, WorkerEvent, WorkerStats,
+    AllocError, Dataplane, DataplaneConfig, DataplaneError, KernelStatus, KernelWorkerStats,
+    Resume, StreamSetup, TransferLeg, TransferSetup, WorkerEvent, WorkerStats,
 };
+pub use io::kernel::KernelCounters;

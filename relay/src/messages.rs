@@ -232,4 +232,25 @@ pub struct WorkerStats {
     /// CPU time the worker thread used, in seconds (user + system), if the
     /// system reports it.
     pub cpu_seconds: Option<f64>,
+    /// The kernel fast path's share of this worker's streams.
+    pub kernel: KernelWorkerStats,
+}
+
+/// A worker's kernel fast path counters. The kernel's packets and bytes
+/// are also in the worker's `forwarded`, `packets_to` and `bytes_to`, as
+/// they are read back (about once a second per session).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelWorkerStats {
+    /// Routes installed now.
+    pub routes: usize,
+    /// Routes installed since start.
+    pub installed: u64,
+    /// Routes ended since start (a change, an unusual packet, the end).
+    pub removed: u64,
+    /// Packets the kernel forwarded, as read back.
+    pub forwarded: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Map operations that failed.
+    pub errors: u64,
 }

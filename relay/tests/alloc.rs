@@ -279,6 +279,7 @@ fn worker_path() -> u64 {
         command_queue: 16,
         busy_poll: false,
         dtls_identity: None,
+        kernel_forwarding: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -44,6 +44,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
         command_queue: 16,
         busy_poll: false,
         dtls_identity: None,
+        kernel_forwarding: false,
     };
     // Room for one event, and nobody reading yet.
     let (events, mut events_rx) = tokio::sync::mpsc::channel(1);
@@ -141,6 +142,7 @@ fn a_full_command_queue_refuses_at_once_instead_of_blocking() {
         command_queue: 1,
         busy_poll: false,
         dtls_identity: None,
+        kernel_forwarding: false,
     };
     let (events, _events_rx) = tokio::sync::mpsc::channel(16);
     let dataplane = std::sync::Arc::new(Dataplane::start(&config, events).expect("start"));

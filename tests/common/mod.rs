@@ -1,8 +1,10 @@
 //! Helpers for tests that run the real `baton` binary on loopback.
 #![allow(dead_code, missing_docs)]
 
+pub mod calls;
 pub mod gst;
 pub mod media;
+pub mod metrics;
 pub mod native;
 pub mod ng;
 
@@ -46,11 +48,24 @@ impl Relay {
     /// As [`Relay::start`], with RUST_LOG set to `rust_log` or (`None`)
     /// unset, so that the configuration's `log-level` decides.
     pub fn start_logging(extra: &[&str], rust_log: Option<&str>) -> Self {
+        Self::start_under(&[], extra, rust_log)
+    }
+
+    /// As [`Relay::start_logging`], the binary run by `wrapper` (a command
+    /// and its arguments, e.g. one that drops capabilities) when not empty.
+    pub fn start_under(wrapper: &[&str], extra: &[&str], rust_log: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("control.sock");
         let tcp_port = free_tcp_port();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let mut command = Command::new(baton_bin());
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(baton_bin());
+                command
+            }
+            None => Command::new(baton_bin()),
+        };
         match rust_log {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),

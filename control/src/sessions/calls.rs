@@ -661,7 +661,9 @@ impl Sessions {
         stats.transfers_failed = telemetry.transfers_failed_total();
         stats.transfers_refused = telemetry.transfers_refused.get();
         stats.refusals = telemetry.refusal_counts().into_iter().collect();
-        for (worker, w) in self.worker_stats().await {
+        let workers = self.worker_stats().await;
+        stats.kernel = Some(kernel_forwarding(&self.dataplane, &workers));
+        for (worker, w) in workers {
             let us = |ns: u64| ns as f64 / 1000.0;
             stats.packets_forwarded += w.forwarded;
             stats.packets_dropped += w.dropped;
@@ -952,4 +954,44 @@ impl FinalTotals {
         }
         totals
     }
+}
+
+/// The kernel fast path's figures: its status, the workers' route counts
+/// and the program's own counters.
+pub(crate) fn kernel_forwarding(
+    dataplane: &baton_relay::Dataplane,
+    workers: &[(baton_relay::WorkerId, baton_relay::WorkerStats)],
+) -> v1::KernelForwarding {
+    let (status, reason, interfaces) = match dataplane.kernel_status() {
+        baton_relay::KernelStatus::Off => ("off", String::new(), Vec::new()),
+        baton_relay::KernelStatus::On { interfaces } => ("on", String::new(), interfaces.clone()),
+        baton_relay::KernelStatus::Unavailable(reason) => {
+            ("unavailable", reason.clone(), Vec::new())
+        }
+    };
+    let mut figures = v1::KernelForwarding {
+        status: status.to_owned(),
+        reason,
+        interfaces,
+        ..v1::KernelForwarding::default()
+    };
+    for (_, w) in workers {
+        figures.routes += u32::try_from(w.kernel.routes).unwrap_or(u32::MAX);
+        figures.routes_installed += w.kernel.installed;
+        figures.routes_ended += w.kernel.removed;
+        figures.packets += w.kernel.forwarded;
+        figures.bytes += w.kernel.bytes;
+        figures.errors += w.kernel.errors;
+    }
+    if let Some(program) = dataplane.kernel_counters() {
+        figures.handed_up = [
+            ("not_newest", program.not_newest),
+            ("no_next_hop", program.no_next_hop),
+            ("other", program.other),
+        ]
+        .into_iter()
+        .map(|(reason, count)| (reason.to_owned(), count))
+        .collect();
+    }
+    figures
 }

@@ -872,6 +872,7 @@ fn leg_stats(report: &LegReport) -> v1::LegStats {
             .last_packet_age
             .map_or(-1, |age| i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
         keyframe_waits_expired: c.keyframe_waits_expired,
+        kernel_rtp_packets_in: c.kernel_rtp_in,
     }
 }
 

@@ -112,6 +112,22 @@ impl SequenceShift {
         self.ssrc
     }
 
+    /// The SSRC followed, its offset and highest input number, for the
+    /// kernel fast path.
+    pub fn steady(&self) -> Option<(u32, u16, u16)> {
+        if self.resume_margin != 0 {
+            return None;
+        }
+        self.ssrc.map(|ssrc| (ssrc, self.offset, self.highest_in))
+    }
+
+    /// The kernel forwarded `ssrc`'s numbers up to `highest_in`, in order.
+    pub fn absorb(&mut self, ssrc: u32, highest_in: u16) {
+        if self.ssrc == Some(ssrc) {
+            self.highest_in = highest_in;
+        }
+    }
+
     /// While the remote's numbers are shifted: its SSRC and the offset, for
     /// reception reports about it going back to the remote.
     pub fn active(&self) -> Option<(u32, u16)> {
@@ -119,6 +135,28 @@ impl SequenceShift {
             .filter(|_| self.offset != 0)
             .map(|ssrc| (ssrc, self.offset))
     }
+}
+
+/// The current source of a [`Continuity`] as the kernel fast path takes
+/// it (see [`Continuity::steady_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SteadySource {
+    /// Input leg index.
+    pub leg: usize,
+    /// Input SSRC.
+    pub ssrc: u32,
+    /// The outward SSRC.
+    pub outward_ssrc: u32,
+    /// Added to its sequence numbers.
+    pub seq_offset: u16,
+    /// Added to its timestamps.
+    pub ts_offset: u32,
+    /// Its newest sequence number.
+    pub max_seq: u16,
+    /// Its newest input timestamp.
+    pub last_ts: u32,
+    /// Its numbers seen at `max_seq - i` (bit i).
+    pub seen: u64,
 }
 
 /// Why a packet was not rewritten.
@@ -573,6 +611,77 @@ impl Continuity {
             resume_margin: owed,
             secondary_used: snapshot.secondary_used,
         }
+    }
+
+    /// The current source, when the kernel may go on with it: past its
+    /// anchor's marker by `steady` packets, with no restored margin or
+    /// event numbering pending. (leg, SSRC, outward SSRC, sequence and
+    /// timestamp offsets, newest sequence number and its timestamp, seen.)
+    pub fn steady_source(&self, steady: u32) -> Option<SteadySource> {
+        let source = self.source?;
+        if self.marker_pending || self.resume_margin != 0 || source.progress < steady {
+            return None;
+        }
+        Some(SteadySource {
+            leg: source.key.0,
+            ssrc: source.key.1,
+            outward_ssrc: self.outward_ssrc?,
+            seq_offset: source.seq_offset,
+            ts_offset: source.ts_offset,
+            max_seq: source.max_seq,
+            last_ts: source.last_ts,
+            seen: source.seen,
+        })
+    }
+
+    /// Packets the kernel forwarded for the current source on input `leg`
+    /// with its offsets: the state moves as if they had passed through
+    /// [`Continuity::rewrite`] (they were its newest, in order, and moved
+    /// no anchor). `rate` is their clock rate.
+    pub fn absorb(
+        &mut self,
+        leg: usize,
+        ssrc: u32,
+        progress: &crate::core::fastpath::KernelProgress,
+        rate: u32,
+    ) {
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        if source.key != (leg, ssrc) || progress.seq_advance == 0 {
+            return;
+        }
+        let advance = progress.seq_advance;
+        // How far the source's newest number was past the highest sent
+        // (0 unless events took numbers): exact, both are ours.
+        let out_before = source.max_seq.wrapping_add(source.seq_offset);
+        let lead = i64::from(out_before.wrapping_sub(self.highest_seq) as i16);
+        source.max_seq = progress.max_seq;
+        source.progress = source
+            .progress
+            .saturating_add(u32::try_from(advance).unwrap_or(u32::MAX));
+        source.seen = progress.seen;
+        source.last_ts = progress.last_ts;
+        source.last_at = progress.last_at;
+        let moved = lead.saturating_add(i64::try_from(advance).unwrap_or(i64::MAX));
+        if moved > 0 {
+            self.highest_seq = progress.max_seq.wrapping_add(source.seq_offset);
+            self.highest_ext = self.highest_ext.wrapping_add(moved.unsigned_abs());
+            self.resume_margin = 0;
+        }
+        self.last_ts = progress.last_ts.wrapping_add(source.ts_offset);
+        self.last_at = Some(progress.last_at);
+        if rate != 0 {
+            self.last_rate = rate;
+            if let Some((ts_step, seq_step)) = progress.step
+                && seq_step > 0
+            {
+                let per_packet = u64::from(ts_step) / u64::from(seq_step);
+                self.last_duration_ns = per_packet * 1_000_000_000 / u64::from(rate);
+            }
+        }
+        self.packets_sent = self.packets_sent.wrapping_add(progress.packets as u32);
+        self.octets_sent = self.octets_sent.wrapping_add(progress.payload_bytes as u32);
     }
 
     /// The input the outward stream follows now: (leg, SSRC).

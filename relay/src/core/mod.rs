@@ -13,6 +13,8 @@
 //! - [`bundle`]: several streams on one transport, routed by MID, SSRC, payload type.
 //! - [`keyframe`]: video formats, where keyframes start, keyframe requests.
 //! - [`record`]: copies of what a recorded session forwards, for its writer.
+//! - [`fastpath`]: which stream directions the kernel may forward, and what
+//!   it forwarded moving the state afterwards.
 //! - [`snapshot`]: what another relay process needs to go on with a session's
 //!   streams (high availability).
 //! - [`rtp`]: zero-copy RTP/RTCP views and an RTP builder; [`stats`]: RFC 3550
@@ -21,6 +23,7 @@
 pub mod bundle;
 pub mod continuity;
 pub mod dtls;
+pub mod fastpath;
 pub mod ids;
 pub mod keyframe;
 pub mod record;

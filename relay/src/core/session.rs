@@ -548,6 +548,52 @@ impl Session {
         self.info_events_dropped
     }
 
+    /// The stream directions the kernel may forward now (see
+    /// [`crate::core::fastpath`]): none while a transfer is open, the
+    /// session is recorded or a stream shares a transport (BUNDLE).
+    pub fn fast_paths(
+        &self,
+        now: Instant,
+    ) -> impl Iterator<
+        Item = (
+            StreamIndex,
+            crate::core::fastpath::Direction,
+            crate::core::fastpath::FastPath,
+            crate::core::fastpath::FastStart,
+        ),
+    > + '_ {
+        let eligible = self.record.is_none()
+            && self.bundles.is_empty()
+            && !matches!(self.transfer, Transfer::Pending { .. });
+        self.streams
+            .iter()
+            .enumerate()
+            .filter(move |_| eligible)
+            .flat_map(move |(index, stream)| {
+                let paths = stream.fast_paths(now);
+                crate::core::fastpath::Direction::BOTH
+                    .into_iter()
+                    .zip(paths)
+                    .filter_map(move |(direction, path)| {
+                        path.map(|(path, start)| (StreamIndex(index), direction, path, start))
+                    })
+            })
+    }
+
+    /// What the kernel forwarded on a stream direction since the last
+    /// call (see [`Stream::absorb`]).
+    pub fn absorb(
+        &mut self,
+        stream: StreamIndex,
+        direction: crate::core::fastpath::Direction,
+        path: &crate::core::fastpath::FastPath,
+        progress: &crate::core::fastpath::KernelProgress,
+    ) {
+        if let Some(s) = self.streams.get_mut(stream.0) {
+            s.absorb(direction, path, progress);
+        }
+    }
+
     /// Handles one datagram (the first `len` bytes of `buf`) that arrived on
     /// `leg` of `stream` through its `arrived_on` socket from `from`, and
     /// says what to do with it, rewritten (and on SRTP legs decrypted and

@@ -104,6 +104,38 @@ impl Reception {
         true
     }
 
+    /// The jitter state (last transit, jitter × 16) once past probation on
+    /// `ssrc`, for the kernel fast path to go on from.
+    pub fn steady(&self, ssrc: u32) -> Option<(Option<i64>, u64, u16)> {
+        (self.ssrc == Some(ssrc) && self.probation == 0 && self.received > 0).then_some((
+            self.transit,
+            self.jitter_x16,
+            self.max_seq,
+        ))
+    }
+
+    /// `packets` in-order packets of `ssrc` the kernel took, moving the
+    /// newest number `advance` steps to `max_seq`, with its jitter state.
+    pub fn absorb(
+        &mut self,
+        ssrc: u32,
+        packets: u64,
+        advance: u64,
+        max_seq: u16,
+        transit: Option<i64>,
+        jitter_x16: u64,
+    ) {
+        if self.ssrc != Some(ssrc) || self.probation > 0 || packets == 0 {
+            return;
+        }
+        let extended = self.extended_max().saturating_add(advance);
+        self.cycles = extended.saturating_sub(u64::from(max_seq)) & !u64::from(RTP_SEQ_MOD - 1);
+        self.max_seq = max_seq;
+        self.received = self.received.saturating_add(packets);
+        self.transit = transit;
+        self.jitter_x16 = jitter_x16;
+    }
+
     /// The extended highest sequence number received (A.3).
     pub fn extended_max(&self) -> u64 {
         self.cycles + u64::from(self.max_seq)

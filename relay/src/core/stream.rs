@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::continuity::{Continuity, Refused, SequenceShift};
 use crate::core::dtls::DtlsParams;
+use crate::core::fastpath::{Direction, FastPath, FastStart, KernelProgress, PASS, STEADY_PACKETS};
 use crate::core::ids::{LegId, Party};
 use crate::core::keyframe::PayloadFormat;
 use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
@@ -378,6 +379,8 @@ pub struct LegCounters {
     /// Switches after which this device's video passed without a keyframe
     /// because none came within [`KEYFRAME_WAIT`].
     pub keyframe_waits_expired: u64,
+    /// Of `rtp_in`, the packets the kernel fast path carried.
+    pub kernel_rtp_in: u64,
 }
 
 /// The SRTP keys of one leg (SDES, or later DTLS-SRTP).
@@ -1255,6 +1258,20 @@ impl Leg {
     }
 
     /// Whether an RFC 4733 event from this device is in progress.
+    /// Plain RTP, no ICE or DTLS: what the kernel fast path can carry.
+    fn is_plain(&self) -> bool {
+        matches!(self.config.crypto, LegCrypto::Plain)
+            && self.srtp.is_none()
+            && self.ice.is_none()
+            && self.dtls.is_none()
+    }
+
+    /// RTP came within the last second.
+    fn recently(&self, now: Instant) -> bool {
+        self.last_packet_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+    }
+
     fn dtmf_active(&self, now: Instant) -> bool {
         self.dtmf_until.is_some_and(|until| now < until)
     }
@@ -2641,6 +2658,189 @@ impl Stream {
         expired
     }
 
+    /// The directions the kernel may forward now (see
+    /// [`crate::core::fastpath`]), by [`Direction::index`].
+    pub fn fast_paths(&self, now: Instant) -> [Option<(FastPath, FastStart)>; 2] {
+        let mut paths = [None, None];
+        if self.datagrams
+            || self.controlled
+            || self.keyframe.active
+            || self.pending.is_some()
+            || self.switch_waiting_until.is_some()
+            || self.awaiting_new_device
+            || self.awaiting_keys
+        {
+            return paths;
+        }
+        let (Some(device), Some(remote)) = (self.leg(self.device), self.leg(self.remote)) else {
+            return paths;
+        };
+        if !device.is_plain() || !remote.is_plain() {
+            return paths;
+        }
+        paths[Direction::TowardRemote.index()] = self.fast_toward_remote(now, device, remote);
+        paths[Direction::TowardUser.index()] = self.fast_toward_user(now, remote, device);
+        paths
+    }
+
+    fn fast_toward_remote(
+        &self,
+        now: Instant,
+        device: &Leg,
+        remote: &Leg,
+    ) -> Option<(FastPath, FastStart)> {
+        let steady = self.continuity.steady_source(STEADY_PACKETS)?;
+        if steady.leg != self.device.index() || device.dtmf_until.is_some() || !device.recently(now)
+        {
+            return None;
+        }
+        let source = device.peers[Component::Rtp.index()].addr?;
+        let (socket, destination) = remote.send_path(Component::Rtp)?;
+        let rate = device
+            .last_payload_type
+            .and_then(|pt| device.payloads.to_remote(pt))
+            .map(|pt| self.clock_rates[usize::from(pt)])
+            .filter(|&rate| rate != 0)?;
+        let (transit, jitter_x16, reception_max) = device.reception.steady(steady.ssrc)?;
+        if socket != Component::Rtp || reception_max != steady.max_seq {
+            return None;
+        }
+        let mut payload_types = [PASS; 128];
+        for (pt, slot) in (0u8..128).zip(payload_types.iter_mut()) {
+            let Some(out) = device.payloads.to_remote(pt) else {
+                continue;
+            };
+            if Some(pt) != device.payloads.telephone_event
+                && !self.is_rtx(out)
+                && self.clock_rates[usize::from(out)] == rate
+            {
+                *slot = out;
+            }
+        }
+        Some((
+            FastPath {
+                from: self.device,
+                to: self.remote,
+                source,
+                destination,
+                in_ssrc: steady.ssrc,
+                out_ssrc: steady.outward_ssrc,
+                seq_offset: steady.seq_offset,
+                ts_offset: steady.ts_offset,
+                rewrite_ssrc_ts: true,
+                check_ts: true,
+                clock_rate: rate,
+                payload_types,
+                epoch: self.epoch,
+            },
+            FastStart {
+                max_seq: steady.max_seq,
+                last_ts: steady.last_ts,
+                seen: steady.seen,
+                transit,
+                jitter_x16,
+            },
+        ))
+    }
+
+    fn fast_toward_user(
+        &self,
+        now: Instant,
+        remote: &Leg,
+        device: &Leg,
+    ) -> Option<(FastPath, FastStart)> {
+        let (ssrc, seq_offset, highest_in) = self.toward_user.steady()?;
+        if !remote.recently(now) || remote.dtmf_until.is_some() {
+            return None;
+        }
+        let (transit, jitter_x16, reception_max) = remote.reception.steady(ssrc)?;
+        if reception_max != highest_in
+            || remote.reception.received() < u64::from(STEADY_PACKETS)
+            || remote.last_ssrc_seq != Some((ssrc, highest_in))
+        {
+            return None;
+        }
+        let source = remote.peers[Component::Rtp.index()].addr?;
+        let (socket, destination) = device.send_path(Component::Rtp)?;
+        let rate = remote
+            .last_payload_type
+            .map(|pt| self.clock_rates[usize::from(pt)])
+            .filter(|&rate| rate != 0)?;
+        if socket != Component::Rtp {
+            return None;
+        }
+        let mut payload_types = [PASS; 128];
+        for (pt, slot) in (0u8..128).zip(payload_types.iter_mut()) {
+            let Some(out) = device.payloads.from_remote(pt) else {
+                continue;
+            };
+            if Some(pt) != remote.payloads.telephone_event
+                && !self.is_rtx(pt)
+                && self.clock_rates[usize::from(pt)] == rate
+            {
+                *slot = out;
+            }
+        }
+        Some((
+            FastPath {
+                from: self.remote,
+                to: self.device,
+                source,
+                destination,
+                in_ssrc: ssrc,
+                out_ssrc: ssrc,
+                seq_offset,
+                ts_offset: 0,
+                rewrite_ssrc_ts: false,
+                check_ts: false,
+                clock_rate: rate,
+                payload_types,
+                epoch: self.epoch,
+            },
+            FastStart {
+                max_seq: highest_in,
+                last_ts: 0,
+                seen: 1,
+                transit,
+                jitter_x16,
+            },
+        ))
+    }
+
+    /// What the kernel forwarded on `path` since the last call: the
+    /// stream's state and counters move as if it had passed here.
+    pub fn absorb(&mut self, direction: Direction, path: &FastPath, progress: &KernelProgress) {
+        if progress.is_empty() {
+            return;
+        }
+        match direction {
+            Direction::TowardRemote => {
+                self.continuity
+                    .absorb(path.from.index(), path.in_ssrc, progress, path.clock_rate);
+                self.last_toward_remote_at = later(self.last_toward_remote_at, progress.last_at);
+            }
+            Direction::TowardUser => self.toward_user.absorb(path.in_ssrc, progress.max_seq),
+        }
+        if let Some(leg) = self.leg_mut(path.from) {
+            leg.counters.rtp_in += progress.packets;
+            leg.counters.kernel_rtp_in += progress.packets;
+            leg.counters.bytes_in += progress.bytes;
+            leg.last_packet_at = later(leg.last_packet_at, progress.last_at);
+            leg.last_ssrc_seq = Some((path.in_ssrc, progress.max_seq));
+            leg.reception.absorb(
+                path.in_ssrc,
+                progress.packets,
+                progress.seq_advance,
+                progress.max_seq,
+                progress.transit,
+                progress.jitter_x16,
+            );
+        }
+        self.last_packet_at = later(self.last_packet_at, progress.last_at);
+        self.last_rtp_at = later(self.last_rtp_at, progress.last_at);
+        self.record_sent(path.to, progress.packets, progress.bytes);
+    }
+
     /// Accounts datagrams the kernel accepted on `leg`'s socket.
     pub fn record_sent(&mut self, leg: LegId, packets: u64, bytes: u64) {
         if let Some(leg) = self.leg_mut(leg) {
@@ -2874,6 +3074,11 @@ pub struct LegReport {
     pub jitter_ms: f64,
     /// Time since the last accepted packet from the peer.
     pub last_packet_age: Option<Duration>,
+}
+
+/// The later of a time that may be unset and another.
+fn later(at: Option<Instant>, other: Instant) -> Option<Instant> {
+    Some(at.map_or(other, |at| at.max(other)))
 }
 
 #[cfg(test)]

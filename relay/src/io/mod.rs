@@ -3,6 +3,7 @@
 //! code in the crate).
 
 pub mod dtls;
+pub mod kernel;
 pub mod ports;
 pub mod sys;
 pub mod worker;

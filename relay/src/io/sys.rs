@@ -533,3 +533,128 @@ mod tests {
         assert_eq!(len, RECV_LEN);
     }
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads and BPF's
+/// `bpf_ktime_get_ns` counts, so kernel times map onto instants.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC exists
+    // on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// The kernel fast path's map records, laid out exactly as
+/// `relay/bpf/forward.bpf.c` declares them: `#[repr(C)]`, the same fields
+/// in the same order, no padding (the sizes are checked below).
+pub mod bpf {
+    /// A route's key: the datagram as it arrives. Addresses in network
+    /// order (IPv4 in the first four bytes), ports in network order.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    pub struct RouteKey {
+        /// Sender address.
+        pub src: [u8; 16],
+        /// Relay address.
+        pub dst: [u8; 16],
+        /// Sender port.
+        pub sport: u16,
+        /// Relay port.
+        pub dport: u16,
+        /// 4 or 6.
+        pub family: u32,
+    }
+
+    /// What the program does with a route's packets.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct RouteRecord {
+        /// Index of its slot and control word.
+        pub slot: u32,
+        /// The control word's value while the route is live.
+        pub generation: u32,
+        /// Relay address it leaves from.
+        pub out_src: [u8; 16],
+        /// Peer address it goes to.
+        pub out_dst: [u8; 16],
+        /// Relay port it leaves from (network order).
+        pub out_sport: u16,
+        /// Peer port (network order).
+        pub out_dport: u16,
+        /// SSRC taken.
+        pub in_ssrc: u32,
+        /// SSRC written (when `rewrite_ssrc_ts`).
+        pub out_ssrc: u32,
+        /// Added to timestamps (when `rewrite_ssrc_ts`).
+        pub ts_offset: u32,
+        /// The payload types' clock rate.
+        pub clock_rate: u32,
+        /// Added to sequence numbers.
+        pub seq_offset: u16,
+        /// 1: SSRC and timestamp are rewritten.
+        pub rewrite_ssrc_ts: u8,
+        /// 1: timestamps must step forward by at most a second.
+        pub check_ts: u8,
+        /// CLOCK_MONOTONIC of the stream's epoch.
+        pub epoch_ns: u64,
+        /// Outward payload type by input type; 0xff: to the relay.
+        pub pt_map: [u8; 128],
+        /// The interface toward `out_dst`.
+        pub out_ifindex: u32,
+        /// Zero.
+        pub reserved: u32,
+    }
+
+    /// A route's moving state, written by the program under `lock`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct SlotRecord {
+        /// `struct bpf_spin_lock`: the kernel's, never touched here.
+        pub lock: u32,
+        /// Newest input sequence number.
+        pub max_seq: u32,
+        /// Its input timestamp.
+        pub last_ts: u32,
+        /// Timestamp step of the last forward step.
+        pub last_step_ts: u32,
+        /// CLOCK_MONOTONIC of the newest packet.
+        pub last_ns: u64,
+        /// Packets forwarded.
+        pub packets: u64,
+        /// Their RTP bytes.
+        pub bytes: u64,
+        /// Their payload bytes.
+        pub payload_bytes: u64,
+        /// Sum of the sequence number steps.
+        pub seq_advance: u64,
+        /// Numbers seen at `max_seq - i` (bit i).
+        pub seen: u64,
+        /// RFC 3550 jitter × 16.
+        pub jitter_x16: u64,
+        /// Last transit time.
+        pub transit: i64,
+        /// Sequence step of the last forward step.
+        pub last_step_seq: u32,
+        /// 1: `transit` is set.
+        pub has_transit: u32,
+    }
+
+    const _: () = assert!(std::mem::size_of::<RouteKey>() == 40);
+    const _: () = assert!(std::mem::size_of::<RouteRecord>() == 208);
+    const _: () = assert!(std::mem::size_of::<SlotRecord>() == 88);
+
+    // SAFETY: each is `#[repr(C)]` of integers and byte arrays without
+    // padding (sizes asserted above), so every byte is initialised and any
+    // bit pattern the kernel writes back is a valid value.
+    unsafe impl aya::Pod for RouteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RouteRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SlotRecord {}
+}

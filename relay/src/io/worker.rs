@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::core::dtls::DtlsParams;
+use crate::core::fastpath::{Direction, FastPath, KernelProgress};
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
@@ -39,11 +40,12 @@ use crate::core::stream::{Component, DropReason, Verdict};
 use crate::io::dtls::{
     DtlsCommand, DtlsHandle, HandshakeDone, LegKey, MAX_DTLS_DATAGRAM, WorkerLink,
 };
+use crate::io::kernel::{Clocks, KernelMaps, RouteHandle};
 use crate::io::ports::{LegSockets, PortLease};
 use crate::io::sys::{BATCH, BUF_LEN, RecvBatch, SendBatch};
 use crate::messages::{
-    DataplaneError, LATENCY_BUCKETS_NS, Resume, StreamSetup, TransferSetup, WorkerEvent,
-    WorkerStats,
+    DataplaneError, KernelWorkerStats, LATENCY_BUCKETS_NS, Resume, StreamSetup, TransferSetup,
+    WorkerEvent, WorkerStats,
 };
 
 /// The waker's token; socket tokens are slab keys, far below it.
@@ -183,7 +185,24 @@ struct Entry {
     leases: Vec<[Option<PortLease>; LegId::COUNT]>,
     /// Packets taken in when its last snapshot was taken (`None`: never).
     snapshot_at_packets: Option<u64>,
+    /// Stream directions the kernel forwards now.
+    routes: Vec<LiveRoute>,
 }
+
+/// A stream direction the kernel forwards, and what it was installed for.
+struct LiveRoute {
+    stream: StreamIndex,
+    direction: Direction,
+    path: FastPath,
+    handle: RouteHandle,
+}
+
+/// Kernel fast path routes a session may have (a bit each in a mask).
+const MAX_ROUTES: usize = 64;
+
+/// How often each session's routes are read back (activity for its
+/// timeouts, counters for reports) and checked.
+const ROUTE_VISIT: Duration = Duration::from_secs(1);
 
 /// A queued send: the socket token, destination and which datagram (in the
 /// receive batch, or in the fork buffers).
@@ -241,6 +260,12 @@ pub(crate) struct Worker {
     link: WorkerLink,
     /// Keys from completed handshakes.
     handshakes: Receiver<HandshakeDone>,
+    /// The kernel fast path's maps, when it is on.
+    kernel: Option<KernelMaps>,
+    /// The kernel fast path's counters for this worker.
+    kernel_stats: KernelWorkerStats,
+    /// Where the next tick's visit of sessions for routes starts.
+    route_cursor: usize,
 }
 
 impl Worker {
@@ -281,7 +306,16 @@ impl Worker {
             dtls,
             link: WorkerLink { keys, waker },
             handshakes,
+            kernel: None,
+            kernel_stats: KernelWorkerStats::default(),
+            route_cursor: 0,
         })
+    }
+
+    /// Forwards established plain legs through the kernel fast path.
+    pub(crate) fn kernel(mut self, maps: Option<KernelMaps>) -> Self {
+        self.kernel = maps;
+        self
     }
 
     pub(crate) fn busy_poll(mut self, enabled: bool) -> Self {
@@ -390,6 +424,13 @@ impl Worker {
             socket.component,
             socket.bundled,
         );
+        if self
+            .sessions
+            .get(key)
+            .is_some_and(|entry| !entry.routes.is_empty())
+        {
+            self.hand_back_routes(key, owner, owner_leg, recv, received);
+        }
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
@@ -533,7 +574,206 @@ impl Worker {
                     .record_n(elapsed.clamp(1, LATENCY_MAX_NS), total as u64);
             }
         }
+        if self
+            .sessions
+            .get(key)
+            .is_some_and(|entry| !entry.routes.is_empty())
+        {
+            self.check_routes(key, received_at);
+        }
         self.collect_events(key, received_at);
+    }
+
+    /// Before the worker decides anything about a batch of a session the
+    /// kernel forwards for: RTP from a route's own source came up because
+    /// the kernel would not take it (reordered, a jump, an event, another
+    /// SSRC), so that route ends; the others are read, so what the batch
+    /// meets (RTCP to translate) includes what the kernel sent.
+    fn hand_back_routes(
+        &mut self,
+        key: usize,
+        stream: StreamIndex,
+        leg: LegId,
+        recv: &mut RecvBatch,
+        received: usize,
+    ) {
+        let Some(entry) = self.sessions.get(key) else {
+            return;
+        };
+        let mut ending = 0u64;
+        for index in 0..received {
+            let (source, _, buf, len) = recv.datagram(index);
+            let Some(source) = source else { continue };
+            if crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]) {
+                continue;
+            }
+            for (i, route) in entry.routes.iter().enumerate() {
+                if route.stream == stream && route.path.from == leg && route.path.source == source {
+                    ending |= 1 << i;
+                }
+            }
+        }
+        self.end_routes(key, |i, _| ending & (1 << i) != 0);
+        self.read_routes(key);
+    }
+
+    /// Ends the session's routes that `which` picks, taking in what they
+    /// forwarded.
+    fn end_routes(&mut self, key: usize, which: impl Fn(usize, &LiveRoute) -> bool) {
+        let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
+            return;
+        };
+        if entry.routes.is_empty() {
+            return;
+        }
+        let clocks = Clocks::read();
+        let routes = std::mem::take(&mut entry.routes);
+        for (i, route) in routes.into_iter().enumerate() {
+            if !which(i, &route) {
+                entry.routes.push(route);
+                continue;
+            }
+            self.kernel_stats.removed += 1;
+            match kernel.remove(route.handle, &clocks) {
+                Ok(progress) => absorb(
+                    &mut entry.session,
+                    &route,
+                    &progress,
+                    &mut self.kernel_stats,
+                    &mut self.forwarded,
+                    &mut self.packets_to,
+                    &mut self.bytes_to,
+                ),
+                Err(e) => {
+                    self.kernel_stats.errors += 1;
+                    debug!(worker = %self.index, "ending a kernel route: {e}");
+                }
+            }
+        }
+    }
+
+    /// Takes in what the session's routes forwarded since the last read.
+    fn read_routes(&mut self, key: usize) {
+        let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
+            return;
+        };
+        let clocks = Clocks::read();
+        for route in &mut entry.routes {
+            match kernel.read(&mut route.handle, &clocks) {
+                Ok(progress) => absorb(
+                    &mut entry.session,
+                    route,
+                    &progress,
+                    &mut self.kernel_stats,
+                    &mut self.forwarded,
+                    &mut self.packets_to,
+                    &mut self.bytes_to,
+                ),
+                Err(e) => {
+                    self.kernel_stats.errors += 1;
+                    debug!(worker = %self.index, "reading a kernel route: {e}");
+                }
+            }
+        }
+    }
+
+    /// Ends the routes that no longer match what the session would do.
+    fn check_routes(&mut self, key: usize, now: Instant) {
+        let Some(entry) = self.sessions.get(key) else {
+            return;
+        };
+        let paths: Vec<_> = entry.session.fast_paths(now).collect();
+        self.end_routes(key, |_, route| {
+            !paths.iter().any(|(stream, direction, path, _)| {
+                *stream == route.stream && *direction == route.direction && *path == route.path
+            })
+        });
+    }
+
+    /// Reads and checks the session's routes, then installs the stream
+    /// directions that qualify and have none.
+    fn visit_routes(&mut self, key: usize, now: Instant, clocks: &Clocks) {
+        self.read_routes(key);
+        self.check_routes(key, now);
+        let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
+            return;
+        };
+        let candidates: Vec<_> = entry
+            .session
+            .fast_paths(now)
+            .filter(|(stream, direction, _, _)| {
+                !entry
+                    .routes
+                    .iter()
+                    .any(|r| r.stream == *stream && r.direction == *direction)
+            })
+            .collect();
+        for (stream, direction, path, start) in candidates {
+            if entry.routes.len() >= MAX_ROUTES {
+                return;
+            }
+            let local = |leg: LegId| {
+                let token = entry.tokens.get(stream.0)?[leg.index()][Component::Rtp.index()];
+                self.sockets.get(token)?.socket.local_addr().ok()
+            };
+            let (Some(local_in), Some(local_out)) = (local(path.from), local(path.to)) else {
+                continue;
+            };
+            if !kernel.serves(local_in.ip()) || !kernel.serves(local_out.ip()) {
+                continue;
+            }
+            match kernel.install(&path, &start, local_in, local_out, clocks) {
+                Ok(handle) => {
+                    self.kernel_stats.installed += 1;
+                    entry.routes.push(LiveRoute {
+                        stream,
+                        direction,
+                        path,
+                        handle,
+                    });
+                }
+                Err(e) => {
+                    self.kernel_stats.errors += 1;
+                    debug!(worker = %self.index, "installing a kernel route: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A share of the sessions each tick, so that every session is
+    /// visited about once per [`ROUTE_VISIT`].
+    fn kernel_tick(&mut self, now: Instant) {
+        if self.kernel.is_none() || self.sessions.is_empty() {
+            return;
+        }
+        let ticks = (ROUTE_VISIT.as_millis() / TICK.as_millis()).max(1) as usize;
+        let share = self.sessions.len().div_ceil(ticks);
+        let mut keys: Vec<usize> = self
+            .sessions
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|&key| key >= self.route_cursor)
+            .take(share)
+            .collect();
+        if keys.len() < share {
+            let wrapped = share - keys.len();
+            keys.extend(
+                self.sessions
+                    .iter()
+                    .map(|(key, _)| key)
+                    .filter(|&key| key < self.route_cursor)
+                    .take(wrapped),
+            );
+            self.route_cursor = 0;
+        }
+        if let Some(&last) = keys.last() {
+            self.route_cursor = self.route_cursor.max(last + 1);
+        }
+        let clocks = Clocks::read();
+        for key in keys {
+            self.visit_routes(key, now, &clocks);
+        }
     }
 
     /// Carries a session's events out: legs to close, reports to the control
@@ -714,6 +954,7 @@ impl Worker {
                     }
                 }
                 Command::Update { id, update, reply } => {
+                    self.end_all_routes(id);
                     let result =
                         self.with_session(id, |entry| Ok(entry.session.update(now, &update)));
                     let result = result.map(|handshakes| {
@@ -736,6 +977,7 @@ impl Worker {
                     let _ = reply.send(result);
                 }
                 Command::BeginTransfer { id, setup, reply } => {
+                    self.end_all_routes(id);
                     let transfer = setup.transfer;
                     let result = self.begin_transfer(now, id, setup);
                     let opened = result.is_ok();
@@ -754,6 +996,7 @@ impl Worker {
                     transfer,
                     reply,
                 } => {
+                    self.end_all_routes(id);
                     let result = self.with_session(id, |entry| {
                         entry
                             .session
@@ -767,6 +1010,7 @@ impl Worker {
                     transfer,
                     reply,
                 } => {
+                    self.end_all_routes(id);
                     let result = self.with_session(id, |entry| {
                         entry
                             .session
@@ -776,6 +1020,7 @@ impl Worker {
                     let _ = reply.send(result);
                 }
                 Command::Remove { id, reply } => {
+                    self.end_all_routes(id);
                     let result = match self.by_id.get(&id).copied() {
                         Some(key) => {
                             let report = self.sessions[key].session.report(now);
@@ -791,6 +1036,9 @@ impl Worker {
                     }
                 }
                 Command::Inspect { id, reply } => {
+                    if let Some(&key) = self.by_id.get(&id) {
+                        self.read_routes(key);
+                    }
                     let result = match self.by_id.get(&id) {
                         Some(&key) => Ok(self.sessions[key].session.report(now)),
                         None => Err(DataplaneError::NoSession(id)),
@@ -825,6 +1073,14 @@ impl Worker {
         }
     }
 
+    /// Ends every route of session `id` before a command changes it: the
+    /// command then meets the state the kernel left.
+    fn end_all_routes(&mut self, id: SessionId) {
+        if let Some(&key) = self.by_id.get(&id) {
+            self.end_routes(key, |_, _| true);
+        }
+    }
+
     /// Runs `change` on session `id`, then carries out its events.
     fn with_session<T>(
         &mut self,
@@ -856,6 +1112,7 @@ impl Worker {
                 .map(|_| [None, None, None, None])
                 .collect(),
             snapshot_at_packets: None,
+            routes: Vec::new(),
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
@@ -924,6 +1181,18 @@ impl Worker {
     /// Snapshots of sessions that moved since their last one (all of them
     /// when `all`).
     fn snapshots(&mut self, now: Instant, all: bool, from: usize, limit: usize) -> SnapshotPage {
+        if self.kernel.is_some() {
+            let routed: Vec<usize> = self
+                .sessions
+                .iter()
+                .filter(|(key, entry)| *key >= from && !entry.routes.is_empty())
+                .map(|(key, _)| key)
+                .take(limit.max(1))
+                .collect();
+            for key in routed {
+                self.read_routes(key);
+            }
+        }
         let mut taken = Vec::new();
         for (key, entry) in self.sessions.iter_mut().filter(|(key, _)| *key >= from) {
             if taken.len() >= limit.max(1) {
@@ -1161,6 +1430,7 @@ impl Worker {
 
     /// Closes a session's sockets, then returns its ports to the pool.
     fn remove_session(&mut self, key: usize) {
+        self.end_routes(key, |_, _| true);
         let Some(entry) = self.sessions.get(key) else {
             return;
         };
@@ -1188,11 +1458,16 @@ impl Worker {
             .map(|(key, _)| key)
             .collect();
         for key in due {
-            if let Some(entry) = self.sessions.get_mut(key) {
+            // Media the kernel forwarded counts as activity.
+            self.read_routes(key);
+            if let Some(entry) = self.sessions.get_mut(key)
+                && entry.session.poll_timeout() <= now
+            {
                 entry.session.handle_timeout(now);
             }
             self.collect_events(key, now);
         }
+        self.kernel_tick(now);
     }
 
     fn stats(&self) -> WorkerStats {
@@ -1224,6 +1499,10 @@ impl Worker {
             latency_count: h.len(),
             latency_sum_ns: h.mean() * h.len() as f64,
             cpu_seconds: thread_cpu_seconds(),
+            kernel: KernelWorkerStats {
+                routes: self.kernel.as_ref().map_or(0, KernelMaps::installed),
+                ..self.kernel_stats
+            },
         }
     }
 
@@ -1233,6 +1512,32 @@ impl Worker {
             self.remove_session(key);
         }
     }
+}
+
+/// Takes in what `route` forwarded: the session's state and counters, and
+/// the worker's.
+fn absorb(
+    session: &mut Session,
+    route: &LiveRoute,
+    progress: &KernelProgress,
+    stats: &mut KernelWorkerStats,
+    forwarded: &mut u64,
+    packets_to: &mut [u64; 2],
+    bytes_to: &mut [u64; 2],
+) {
+    if progress.is_empty() {
+        return;
+    }
+    session.absorb(route.stream, route.direction, &route.path, progress);
+    let party = match route.direction {
+        Direction::TowardRemote => Party::Remote,
+        Direction::TowardUser => Party::User,
+    };
+    stats.forwarded += progress.packets;
+    stats.bytes += progress.bytes;
+    *forwarded += progress.packets;
+    packets_to[party.index()] += progress.packets;
+    bytes_to[party.index()] += progress.bytes;
 }
 
 /// Queues an event the control plane must not miss; if its queue is full,
