@@ -22,6 +22,10 @@ RELAY_CORE, GEN_CORE = "0", "1"
 # figures at 5000 streams. The relays' work is the same either way: one
 # port per call side, one packet per wake-up per port.
 SHARE = int(os.environ.get("SHARE", "16"))
+# Seconds at 50 pps per flow before each measured run, not counted (`baton
+# load --warmup`): the kernel fast path takes legs once they are steady, so
+# a run measures established legs. 0: none (the older sittings).
+WARMUP = float(os.environ.get("WARMUP", "0"))
 WORK = tempfile.mkdtemp(prefix="baton-bench-")
 HAVE_RTPENGINE = subprocess.run(["sh", "-c", "command -v rtpengine"], capture_output=True).returncode == 0
 
@@ -146,6 +150,8 @@ class Relay:
             cores = RELAY_CORE if workers == "1" else f"{RELAY_CORE},{GEN_CORE}"
             self.sock = os.path.join(WORK, f"{anchor}.sock")
             extra = ["--busy-poll"] if anchor == "baton-1w-busy" else []
+            if anchor == "baton-kernel":
+                extra = ["--kernel-forwarding"]
             if anchor == "baton-scale":
                 # 10 000 calls need 20 000 port pairs: a range of its own on
                 # 127.0.0.2, clear of the generator's ephemeral ports.
@@ -249,14 +255,16 @@ class Relay:
 def trial(relay, streams, pps, seconds=TRIAL, extra=()):
     """One run of the generator at `pps` packets/s in total."""
     ptime_ms = streams * 1000.0 / pps
-    forwarder = relay.start_forwarder(streams, seconds) if relay.anchor in ("forwarder", "limitfwd") else None
+    forwarder = (relay.start_forwarder(streams, seconds + WARMUP)
+                 if relay.anchor in ("forwarder", "limitfwd") else None)
     if forwarder:
         time.sleep(0.3)
     args = relay.load_args(streams)
     pid = relay.proc.pid if relay.proc else (forwarder.pid if forwarder else None)
     cpu0 = cpu_seconds(pid) if pid else 0.0
+    warmup = ["--warmup", str(WARMUP)] if WARMUP > 0 else []
     out = subprocess.run(pinned(GEN_CORE, [BATON, "load", *args, "--duration", str(seconds),
-                                           "--ptime-ms", f"{ptime_ms:.4f}", "--json", *extra]),
+                                           "--ptime-ms", f"{ptime_ms:.4f}", "--json", *warmup, *extra]),
                          capture_output=True, text=True)
     cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
     if forwarder:
@@ -338,9 +346,117 @@ def compare():
     log(f"wrote {path}")
 
 
+def machine_busy():
+    """CPU seconds all cores spent busy (user, nice, system, irq, softirq:
+    the kernel path's work is softirq time in whatever task it lands)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def steady(relay, streams, pps, seconds):
+    """A run with a warmup (WARMUP, at least 3 s); the machine's busy CPU
+    and the relay process's CPU over the middle of the measured part, read
+    while `baton load` runs (its progress lines tell where it is)."""
+    warmup = max(WARMUP, 3.0)
+    forwarder = (relay.start_forwarder(streams, seconds + warmup + 3)
+                 if relay.anchor in ("forwarder", "limitfwd") else None)
+    if forwarder:
+        time.sleep(0.3)
+    args = relay.load_args(streams)
+    pid = relay.proc.pid if relay.proc else (forwarder.pid if forwarder else None)
+    ptime_ms = streams * 1000.0 / pps
+    load = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", *args, "--warmup", str(warmup),
+                                              "--duration", str(seconds), "--ptime-ms", f"{ptime_ms:.4f}", "--json"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first, last = warmup + 1.0, warmup + seconds - 1.0
+    marks = {}
+    for line in load.stderr:
+        m = re.match(r"baton load:\s+([\d.]+) s", line)
+        if not m:
+            continue
+        at = float(m.group(1))
+        for name, when in (("from", first), ("to", last)):
+            if name not in marks and at >= when:
+                marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0)
+    out = load.stdout.read()
+    load.wait()
+    if forwarder:
+        forwarder.wait()
+    try:
+        result = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return None
+    if "from" not in marks or "to" not in marks:
+        return None
+    (t0, busy0, own0), (t1, busy1, own1) = marks["from"], marks["to"]
+    packets = pps * (t1 - t0)
+    sent = result["sent"] + result.get("skipped", 0)
+    result["bench_loss_pct"] = 100.0 * (sent - (result["received"] - result["late"])) / sent if sent else 100.0
+    result["machine_us_per_packet"] = 1e6 * (busy1 - busy0) / packets
+    result["relay_us_per_packet"] = 1e6 * (own1 - own0) / packets
+    return result
+
+
+def kernel_sitting():
+    """The kernel fast path against baton's user-space path and the floor
+    (limitfwd), one sitting: CPU per packet at 50 pps per stream over
+    established legs (the machine's busy CPU less the generator's own, which
+    the `direct` anchor measures in the same sitting), latency there, and
+    the highest rate with < 0.1 % loss. Writes KERNEL_OUT (markdown)."""
+    global WARMUP
+    WARMUP = max(WARMUP, 3.0)
+    anchors = os.environ.get("KERNEL_ANCHORS", "direct limitfwd baton-1w baton-kernel").split()
+    seconds = float(os.environ.get("STEADY_SECONDS", "10"))
+    rows = {}
+    for streams in STREAMS:
+        for rep in range(REPS):
+            for anchor in anchors:
+                row = rows.setdefault((anchor, streams), {"machine": [], "own": [], "p50": [], "p99": [], "p999": [], "loss": [], "max": []})
+                relay = Relay(anchor)
+                try:
+                    r = steady(relay, streams, 50 * streams, seconds)
+                finally:
+                    relay.stop()
+                if r:
+                    row["machine"].append(r["machine_us_per_packet"])
+                    row["own"].append(r["relay_us_per_packet"])
+                    row["loss"].append(r["bench_loss_pct"])
+                    for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")):
+                        row[key].append(r["latency_us"].get(q, r["latency_us"].get(key, float("nan"))))
+                if anchor != "direct" and "max" in SECTIONS:
+                    relay = Relay(anchor)
+                    try:
+                        rate, _ = max_rate(relay, streams, float(os.environ.get("CEILING", "900000")))
+                    finally:
+                        relay.stop()
+                    row["max"].append(rate)
+                log(f"{anchor} {streams} streams rep {rep}: {row['machine'][-1] if row['machine'] else float('nan'):.2f} us/packet (machine), "
+                    f"max {row['max'][-1] if row['max'] else float('nan'):.0f} pps")
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
+    lines = [f"Machine: {platform.node()} ({os.cpu_count()} cores, {platform.release()}), "
+             f"{time.strftime('%Y-%m-%d')}; relay on core {RELAY_CORE}, generator on core {GEN_CORE}; "
+             f"warmup {WARMUP:.0f} s, {seconds:.0f} s measured; medians of {REPS} repetitions, anchors interleaved.", "",
+             "| anchor | streams | machine CPU per packet at 50 pps | less the generator's (`direct`) | relay process CPU per packet | p50 / p99 / p99.9 | loss | highest rate < 0.1 % loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (anchor, streams), row in rows.items():
+        base = med(rows.get(("direct", streams), {}).get("machine", []))
+        lines.append(f"| {anchor} | {streams} | {med(row['machine']):.2f} µs (runs {', '.join(f'{x:.2f}' for x in row['machine'])}) "
+                     f"| {med(row['machine']) - base:.2f} µs | {med(row['own']):.2f} µs "
+                     f"| {med(row['p50']):.1f} / {med(row['p99']):.1f} / {med(row['p999']):.1f} µs | {med(row['loss']):.3f} % "
+                     f"| {med(row['max']):.0f} (runs {', '.join(f'{x:.0f}' for x in row['max'])}) |")
+    path = os.environ.get("KERNEL_OUT", "kernel.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"wrote {path}")
+
+
 def main():
     if "compare" in SECTIONS:
         compare()
+        return
+    if "kernel" in SECTIONS:
+        kernel_sitting()
         return
     results = {}
     merged_from = os.environ.get("MERGE")

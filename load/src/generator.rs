@@ -227,6 +227,8 @@ pub struct Plan {
     /// Watch each flow's first packet sent at or after this time from the
     /// start (a failover under load); the overload's end otherwise.
     pub watch_from: Option<Duration>,
+    /// The "overload" is a warmup: nothing sent in it is counted.
+    pub warmup: bool,
     /// RTP payload size (at least the stamp; the video prefix comes on
     /// top).
     pub payload_bytes: usize,
@@ -400,6 +402,8 @@ pub fn run(
         .or(plan.overload.map(|(length, _)| length))
         .map(|from| (plan.start + from).duration_since(plan.base).as_nanos() as u64);
     let late_ns = plan.late.as_nanos() as u64;
+    // Stamps sent before this are not judged (a warmup's).
+    let mut count_from_ns = if plan.warmup { u64::MAX } else { 0 };
     loop {
         let now = Instant::now();
         if now >= plan.end + DRAIN {
@@ -448,6 +452,17 @@ pub fn run(
                 report.skipped += 1;
             }
             while now < plan.end && due(cursor) <= now {
+                if count_from_ns == u64::MAX && cursor >= overload_slots {
+                    // The warmup is over: what it sent leaves now, and the
+                    // count starts from nothing.
+                    outbox.flush(&sockets, &mut send);
+                    report.sent = 0;
+                    report.skipped = 0;
+                    report.flows.clear();
+                    report.latency.reset();
+                    report.samples.clear();
+                    count_from_ns = clock.now_ns();
+                }
                 let slot = (cursor % flows) as usize;
                 let flow = plan.flows[slot].id;
                 senders[slot].retain(|s| s.stop_at.is_none_or(|at| now < at));
@@ -628,6 +643,9 @@ pub fn run(
                         report.rtcp_received += 1;
                         continue;
                     };
+                    if stamp.sent_ns < count_from_ns {
+                        continue;
+                    }
                     let header = Header {
                         ssrc: view.ssrc(),
                         seq: view.sequence(),

@@ -94,6 +94,11 @@ pub struct LoadArgs {
     /// Seconds of overload at the start (see --overload-factor).
     #[arg(long, value_name = "SECS")]
     overload_secs: Option<f64>,
+    /// Seconds at 50 packets a second per flow before the measured
+    /// --duration, not counted: a relay settles its calls first (the
+    /// kernel fast path takes legs once they are established).
+    #[arg(long, value_name = "SECS", conflicts_with = "overload_secs")]
+    warmup: Option<f64>,
     /// A failover under load: SIGKILL this process (the active relay of an
     /// HA pair) --kill-at seconds into the run; the summary says how soon
     /// every stream got through again (through the standby), and what
@@ -440,7 +445,11 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let base = Instant::now();
     let clock = Clock::start();
     let start = base + Duration::from_millis(100);
-    let end = start + Duration::from_secs_f64(args.duration);
+    let warmup = args
+        .warmup
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .map(Duration::from_secs_f64);
+    let end = start + warmup.unwrap_or_default() + Duration::from_secs_f64(args.duration);
     let progress = Arc::new(Progress::default());
     let mut handoff_senders = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
@@ -453,12 +462,15 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             sockets: thread_sockets,
             flows: thread_flows,
             period,
-            overload: match (args.overload_secs, args.overload_factor) {
-                (Some(secs), Some(factor)) if secs > 0.0 && factor > 0.0 => {
+            overload: match (warmup, args.overload_secs, args.overload_factor) {
+                // The warmup's pace: a packet every 20 ms per flow.
+                (Some(warmup), _, _) => Some((warmup, period.as_secs_f64() / 0.020)),
+                (None, Some(secs), Some(factor)) if secs > 0.0 && factor > 0.0 => {
                     Some((Duration::from_secs_f64(secs), factor))
                 }
                 _ => None,
             },
+            warmup: warmup.is_some(),
             watch_from: args
                 .kill_at
                 .filter(|at| at.is_finite() && *at >= 0.0)
@@ -567,7 +579,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             eprintln!(
                 "baton load: {:>5.1} s  sent {sent}  received {received}  {} pps  handoffs {}",
                 now.duration_since(start).as_secs_f64(),
-                sent - last_sent,
+                sent.saturating_sub(last_sent),
                 handoffs.started
             );
             last_sent = sent;

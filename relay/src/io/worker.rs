@@ -13,7 +13,8 @@
 //! that must not be lost (a session's end, a transfer's outcome) wait in a
 //! backlog bounded by the number of sessions.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -51,7 +52,15 @@ use crate::messages::{
 /// The waker's token; socket tokens are slab keys, far below it.
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// How often the sessions' timeouts are checked.
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(20);
+
+/// A session's timeouts are looked at no later than this after the last
+/// look: activity moves its deadlines, and a first packet can bring one
+/// forward (the setup timeout gives way to the media timeout). Each session
+/// keeps its own phase, so the looks spread over the ticks instead of all
+/// sessions being scanned at once (a burst that every packet arriving
+/// during it would wait out).
+const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 /// `recvmmsg` calls on one socket per turn of the loop before the others get
 /// their turn (fairness under load).
 const BATCHES_PER_TURN: usize = 8;
@@ -187,6 +196,9 @@ struct Entry {
     snapshot_at_packets: Option<u64>,
     /// Stream directions the kernel forwards now.
     routes: Vec<LiveRoute>,
+    /// When its timeouts are looked at next (its live entry in
+    /// `Worker::deadlines`; others for it are stale).
+    look_at: Option<Instant>,
 }
 
 /// A stream direction the kernel forwards, and what it was installed for.
@@ -266,6 +278,8 @@ pub(crate) struct Worker {
     kernel_stats: KernelWorkerStats,
     /// Where the next tick's visit of sessions for routes starts.
     route_cursor: usize,
+    /// When to look at which session's timeouts, soonest first.
+    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 impl Worker {
@@ -309,6 +323,7 @@ impl Worker {
             kernel: None,
             kernel_stats: KernelWorkerStats::default(),
             route_cursor: 0,
+            deadlines: BinaryHeap::with_capacity(256),
         })
     }
 
@@ -779,13 +794,19 @@ impl Worker {
     /// Carries a session's events out: legs to close, reports to the control
     /// plane, its end.
     fn collect_events(&mut self, key: usize, now: Instant) {
+        let mut any = false;
         loop {
             let Some(entry) = self.sessions.get_mut(key) else {
                 return;
             };
             let Some(event) = entry.session.poll_event() else {
+                if any {
+                    // A switch, a rollback: deadlines may have come forward.
+                    self.schedule(key, now);
+                }
                 return;
             };
+            any = true;
             let id = entry.session.id();
             match event {
                 SessionEvent::LegClosed { stream, leg } => self.close_leg(key, stream, leg),
@@ -980,6 +1001,9 @@ impl Worker {
                     self.end_all_routes(id);
                     let transfer = setup.transfer;
                     let result = self.begin_transfer(now, id, setup);
+                    if let Some(&key) = self.by_id.get(&id) {
+                        self.schedule(key, now);
+                    }
                     let opened = result.is_ok();
                     if reply.send(result).is_err() && opened {
                         // Nobody will ever name this transfer: roll it back.
@@ -1061,8 +1085,10 @@ impl Worker {
                 }
                 Command::SetTimeouts { timeouts, reply } => {
                     self.timeouts = timeouts;
-                    for (_, entry) in &mut self.sessions {
-                        entry.session.set_timeouts(timeouts);
+                    let keys: Vec<usize> = self.sessions.iter().map(|(key, _)| key).collect();
+                    for key in keys {
+                        self.sessions[key].session.set_timeouts(timeouts);
+                        self.schedule(key, now);
                     }
                     let _ = reply.send(());
                 }
@@ -1089,7 +1115,9 @@ impl Worker {
     ) -> Result<T, DataplaneError> {
         let key = *self.by_id.get(&id).ok_or(DataplaneError::NoSession(id))?;
         let result = change(&mut self.sessions[key]);
-        self.collect_events(key, Instant::now());
+        let now = Instant::now();
+        self.collect_events(key, now);
+        self.schedule(key, now);
         result
     }
 
@@ -1113,6 +1141,7 @@ impl Worker {
                 .collect(),
             snapshot_at_packets: None,
             routes: Vec::new(),
+            look_at: None,
         };
         let mut registered = Vec::new();
         let mut result = Ok(());
@@ -1170,6 +1199,7 @@ impl Worker {
         }
         self.sessions.insert(entry);
         self.by_id.insert(id, key);
+        self.schedule(key, now);
         for (stream, leg, params) in handshakes {
             if let Some(params) = params {
                 self.open_handshake(id, stream, leg, params);
@@ -1451,23 +1481,46 @@ impl Worker {
         for event in backlog {
             self.deliver(event);
         }
-        let due: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, entry)| entry.session.poll_timeout() <= now)
-            .map(|(key, _)| key)
-            .collect();
-        for key in due {
-            // Media the kernel forwarded counts as activity.
-            self.read_routes(key);
-            if let Some(entry) = self.sessions.get_mut(key)
-                && entry.session.poll_timeout() <= now
-            {
-                entry.session.handle_timeout(now);
+        while let Some(&Reverse((at, key))) = self.deadlines.peek() {
+            if at > now {
+                break;
             }
-            self.collect_events(key, now);
+            self.deadlines.pop();
+            let Some(entry) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if entry.look_at != Some(at) {
+                continue; // superseded by an earlier look
+            }
+            entry.look_at = None;
+            if entry.session.poll_timeout() <= now {
+                // Media the kernel forwarded counts as activity.
+                self.read_routes(key);
+                if let Some(entry) = self.sessions.get_mut(key)
+                    && entry.session.poll_timeout() <= now
+                {
+                    entry.session.handle_timeout(now);
+                }
+                self.collect_events(key, now);
+            }
+            self.schedule(key, now);
         }
         self.kernel_tick(now);
+    }
+
+    /// Puts the session's next look at its timeouts in `deadlines`: its
+    /// next deadline, but no later than [`LOOK_AT_LEAST_EVERY`] from now.
+    /// A look already due sooner stands.
+    fn schedule(&mut self, key: usize, now: Instant) {
+        let Some(entry) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let at = entry.session.poll_timeout().min(now + LOOK_AT_LEAST_EVERY);
+        if entry.look_at.is_some_and(|scheduled| scheduled <= at) {
+            return;
+        }
+        entry.look_at = Some(at);
+        self.deadlines.push(Reverse((at, key)));
     }
 
     fn stats(&self) -> WorkerStats {
