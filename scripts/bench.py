@@ -419,6 +419,7 @@ def kernel_sitting():
                 finally:
                     relay.stop()
                 if r:
+                    row.setdefault("cdf", []).append(r.get("latency_cdf_us", []))
                     row["machine"].append(r["machine_us_per_packet"])
                     row["own"].append(r["relay_us_per_packet"])
                     row["loss"].append(r["bench_loss_pct"])
@@ -449,6 +450,61 @@ def kernel_sitting():
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     log(f"wrote {path}")
+    with open(path + ".json", "w") as f:
+        json.dump({f"{a} {s}": row for (a, s), row in rows.items()}, f)
+    for streams in STREAMS:
+        curves = {}
+        for (anchor, s), row in rows.items():
+            runs = [c for c in row.get("cdf", []) if c]
+            if s != streams or not runs or anchor == "direct":
+                continue
+            # Per quantile, the median over the repetitions.
+            curves[anchor] = [(statistics.median(run[i][0] for run in runs), runs[0][i][1])
+                              for i in range(len(runs[0]))]
+        svg = os.environ.get("KERNEL_PLOT", "latency") + f"-{streams}.svg"
+        plot_cdfs(curves, svg, f"One-way latency at {streams} streams x 50 pps (median of {REPS} runs per quantile)")
+        log(f"wrote {svg}")
+
+
+def plot_cdfs(curves, path, title):
+    """Latency CDFs side by side as an SVG: latency on a log axis, the
+    quantile on a tail axis (0.9, 0.99, 0.999 equally spaced)."""
+    import math
+    w, h, left, right, top, bottom = 760, 440, 70, 170, 40, 50
+    xs = [x for c in curves.values() for x, _ in c if x > 0]
+    lo = 10 ** math.floor(math.log10(max(min(xs), 0.5))) if xs else 1
+    hi = 10 ** math.ceil(math.log10(max(xs))) if xs else 10
+    tail_max = 4.0
+    def px(x):
+        return left + (math.log10(max(x, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * (w - left - right)
+    def py(q):
+        t = min(-math.log10(max(1 - q, 10 ** -tail_max)), tail_max)
+        return h - bottom - t / tail_max * (h - top - bottom)
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+    decade = lo
+    while decade <= hi:
+        x = px(decade)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{h - bottom}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{decade:g}</text>')
+        decade *= 10
+    for q, label in ((0.0, "0"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999"), (0.9999, "0.9999")):
+        y = py(q)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">latency, µs (log)</text>')
+    out.append(f'<text x="16" y="{(top + h - bottom) / 2}" transform="rotate(-90 16 {(top + h - bottom) / 2})" text-anchor="middle">fraction of packets at or below</text>')
+    for i, (name, curve) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        points = " ".join(f"{px(x):.1f},{py(q):.1f}" for x, q in curve if x > 0)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
+        out.append(f'<line x1="{w - right + 12}" y1="{top + 14 + 18 * i}" x2="{w - right + 32}" y2="{top + 14 + 18 * i}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<text x="{w - right + 38}" y="{top + 18 + 18 * i}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
 
 
 def main():

@@ -37,6 +37,13 @@ const HANDOFF_OVERLAP: Duration = Duration::from_millis(40);
 /// Control requests in flight at once while setting up.
 const SETUP_CONCURRENCY: usize = 64;
 
+/// Quantiles of the latency distribution in the JSON summary: every
+/// percent to 0.99, then the tail.
+const CDF_QUANTILES: [f64; 22] = [
+    0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
+    0.995, 0.998, 0.999, 0.9995, 0.9999,
+];
+
 /// Options of `baton load`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -1036,6 +1043,9 @@ struct Summary {
     srtp_failed: u64,
     violations: Violations,
     latency_us: [f64; 5],
+    /// The latency distribution: (µs, fraction at or below it) at fixed
+    /// quantiles, denser in the tail, for CDF plots.
+    latency_cdf: Vec<(f64, f64)>,
     handoffs: (u64, u64),
     gap_ms: [f64; 3],
     create_ms: [f64; 2],
@@ -1153,6 +1163,7 @@ impl Summary {
             skipped,
             srtp_failed,
             violations,
+            latency_cdf: CDF_QUANTILES.iter().map(|&q| (us(q), q)).collect(),
             latency_us: [
                 us(0.5),
                 us(0.9),
@@ -1316,6 +1327,7 @@ impl Summary {
             "srtp_failed": self.srtp_failed,
             "pps": self.sent as f64 / self.duration,
             "latency_us": { "p50": l[0], "p90": l[1], "p99": l[2], "p999": l[3], "max": l[4] },
+            "latency_cdf_us": self.latency_cdf,
             "latency_clock": self.latency_clock().0,
             "continuity_violations": self.violations.total(),
             "violations": {

@@ -3161,6 +3161,113 @@ mod tests {
         (outcome, buf[..len].to_vec())
     }
 
+    /// The kernel fast path's view: a direction qualifies once its source
+    /// is steady, with the numbers the relay itself would write; what the
+    /// kernel forwarded moves the state exactly, so the relay's next
+    /// packet, and a new source's anchor, continue from the kernel's last.
+    #[test]
+    fn steady_directions_go_to_the_kernel_and_come_back_where_it_left_them() {
+        let t0 = Instant::now();
+        let (device, remote) = ("127.0.0.1:6000", "127.0.0.1:7000");
+        let mut s = stream(t0, leg(Some(device), true), leg(Some(remote), true), false);
+        let ptime = Duration::from_millis(20);
+        let mut now = t0;
+        for seq in 1000..1030u16 {
+            now += ptime;
+            let (outcome, _) = feed(&mut s, now, USER, Component::Rtp, device, &rtp(seq, 0xA));
+            assert!(matches!(outcome.verdict, Verdict::Forward { .. }));
+        }
+        assert!(
+            s.fast_paths(now).iter().all(Option::is_none),
+            "not steady yet"
+        );
+        for seq in 1030..1060u16 {
+            now += ptime;
+            feed(&mut s, now, USER, Component::Rtp, device, &rtp(seq, 0xA));
+            feed(
+                &mut s,
+                now,
+                REMOTE,
+                Component::Rtp,
+                remote,
+                &rtp(seq - 900, 0xB),
+            );
+        }
+        let [Some((up, start)), None] = s.fast_paths(now) else {
+            panic!("toward the remote only: the remote sent 30 packets")
+        };
+        assert_eq!((up.from, up.to), (USER, REMOTE));
+        assert_eq!((up.source, up.destination), (addr(device), addr(remote)));
+        assert_eq!(
+            (up.in_ssrc, up.out_ssrc, up.seq_offset, up.ts_offset),
+            (0xA, 0xA, 0, 0)
+        );
+        assert_eq!(
+            (up.payload_types[0], up.payload_types[101]),
+            (0, PASS),
+            "events stay here"
+        );
+        assert_eq!((start.max_seq, start.last_ts), (1059, 1059 * 160));
+        for seq in 1060..1090u16 {
+            now += ptime;
+            feed(
+                &mut s,
+                now,
+                REMOTE,
+                Component::Rtp,
+                remote,
+                &rtp(seq - 900, 0xB),
+            );
+        }
+        let [Some(_), Some((down, _))] = s.fast_paths(now) else {
+            panic!("both ways once the remote is steady too")
+        };
+        assert!(!down.rewrite_ssrc_ts && down.seq_offset == 0);
+
+        // The kernel forwards 100 of the device's packets, wrapping nothing.
+        now += ptime * 100;
+        s.absorb(
+            Direction::TowardRemote,
+            &up,
+            &KernelProgress {
+                packets: 100,
+                bytes: 100 * 172,
+                payload_bytes: 100 * 160,
+                seq_advance: 100,
+                max_seq: 1159,
+                last_ts: 1159 * 160,
+                last_at: now,
+                seen: u64::MAX,
+                step: Some((160, 1)),
+                transit: None,
+                jitter_x16: 0,
+            },
+        );
+        let report = s.report_of(now, USER);
+        assert_eq!(report.counters.rtp_in, 160);
+        assert_eq!(report.counters.kernel_rtp_in, 100);
+        assert_eq!(report.lost, 0, "no loss: the kernel's packets count");
+        // What the worker sends it counts itself; the kernel's count here.
+        assert_eq!(s.report_of(now, REMOTE).counters.packets_out, 100);
+        // A late copy of one the kernel sent is a duplicate here.
+        let (late, _) = feed(&mut s, now, USER, Component::Rtp, device, &rtp(1150, 0xA));
+        assert_eq!(late.verdict, Verdict::Drop(DropReason::Duplicate));
+        // The device restarts its SSRC: the anchor goes on from the
+        // kernel's last number and timestamp, 40 ms later.
+        now += ptime * 2;
+        let (anchored, bytes) = feed(&mut s, now, USER, Component::Rtp, device, &rtp(7, 0xC));
+        assert!(matches!(anchored.verdict, Verdict::Forward { .. }));
+        let view = RtpView::new_checked(&bytes[..]).expect("rtp");
+        assert_eq!(view.ssrc(), 0xA);
+        assert_eq!(view.sequence(), 1160);
+        assert_eq!(view.timestamp(), 1159 * 160 + 320);
+        assert!(view.marker());
+        assert!(
+            s.fast_paths(now)[Direction::TowardRemote.index()].is_none(),
+            "a new source settles here first"
+        );
+    }
+
     /// T.38 fax (UDPTL): datagrams go through as they came, both ways,
     /// from the signalled peers only; a blocked party's do not; back in
     /// RTP mode a UDPTL datagram is malformed RTP again.
