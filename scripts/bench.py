@@ -346,12 +346,17 @@ def compare():
     log(f"wrote {path}")
 
 
-def machine_busy():
-    """CPU seconds all cores spent busy (user, nice, system, irq, softirq:
-    the kernel path's work is softirq time in whatever task it lands)."""
+def machine_busy(cpu=""):
+    """CPU seconds all cores (or core `cpu`) spent busy: user, nice,
+    system, irq, softirq (the kernel path's work is softirq time, in
+    whatever task it lands)."""
     with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:8]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+        for line in f:
+            fields = line.split()
+            if fields[0] == f"cpu{cpu}":
+                v = [int(x) for x in fields[1:8]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def steady(relay, streams, pps, seconds):
@@ -378,7 +383,7 @@ def steady(relay, streams, pps, seconds):
         at = float(m.group(1))
         for name, when in (("from", first), ("to", last)):
             if name not in marks and at >= when:
-                marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0)
+                marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0, machine_busy(RELAY_CORE))
     out = load.stdout.read()
     load.wait()
     if forwarder:
@@ -389,12 +394,13 @@ def steady(relay, streams, pps, seconds):
         return None
     if "from" not in marks or "to" not in marks:
         return None
-    (t0, busy0, own0), (t1, busy1, own1) = marks["from"], marks["to"]
+    (t0, busy0, own0, core0), (t1, busy1, own1, core1) = marks["from"], marks["to"]
     packets = pps * (t1 - t0)
     sent = result["sent"] + result.get("skipped", 0)
     result["bench_loss_pct"] = 100.0 * (sent - (result["received"] - result["late"])) / sent if sent else 100.0
     result["machine_us_per_packet"] = 1e6 * (busy1 - busy0) / packets
     result["relay_us_per_packet"] = 1e6 * (own1 - own0) / packets
+    result["relay_core_us_per_packet"] = 1e6 * (core1 - core0) / packets
     return result
 
 
@@ -422,6 +428,7 @@ def kernel_sitting():
                     row.setdefault("cdf", []).append(r.get("latency_cdf_us", []))
                     row["machine"].append(r["machine_us_per_packet"])
                     row["own"].append(r["relay_us_per_packet"])
+                    row.setdefault("core", []).append(r["relay_core_us_per_packet"])
                     row["loss"].append(r["bench_loss_pct"])
                     for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")):
                         row[key].append(r["latency_us"].get(q, r["latency_us"].get(key, float("nan"))))
@@ -438,12 +445,16 @@ def kernel_sitting():
     lines = [f"Machine: {platform.node()} ({os.cpu_count()} cores, {platform.release()}), "
              f"{time.strftime('%Y-%m-%d')}; relay on core {RELAY_CORE}, generator on core {GEN_CORE}; "
              f"warmup {WARMUP:.0f} s, {seconds:.0f} s measured; medians of {REPS} repetitions, anchors interleaved.", "",
-             "| anchor | streams | machine CPU per packet at 50 pps | less the generator's (`direct`) | relay process CPU per packet | p50 / p99 / p99.9 | loss | highest rate < 0.1 % loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| anchor | streams | machine CPU per packet at 50 pps | less `direct`'s | relay core's CPU per packet, less `direct`'s | relay process CPU per packet | p50 / p99 / p99.9 | loss | highest rate < 0.1 % loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (anchor, streams), row in rows.items():
         base = med(rows.get(("direct", streams), {}).get("machine", []))
+        core_base = med(rows.get(("direct", streams), {}).get("core", []))
+        core = row.get("core", [])
         lines.append(f"| {anchor} | {streams} | {med(row['machine']):.2f} µs (runs {', '.join(f'{x:.2f}' for x in row['machine'])}) "
-                     f"| {med(row['machine']) - base:.2f} µs | {med(row['own']):.2f} µs "
+                     f"| {med(row['machine']) - base:.2f} µs "
+                     f"| {med(core) - core_base:.2f} µs (runs {', '.join(f'{x:.2f}' for x in core)}) "
+                     f"| {med(row['own']):.2f} µs "
                      f"| {med(row['p50']):.1f} / {med(row['p99']):.1f} / {med(row['p999']):.1f} µs | {med(row['loss']):.3f} % "
                      f"| {med(row['max']):.0f} (runs {', '.join(f'{x:.0f}' for x in row['max'])}) |")
     path = os.environ.get("KERNEL_OUT", "kernel.md")

@@ -209,7 +209,9 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
         }
     }
 
-    // The kernel's counts reach stats and /metrics.
+    // The kernel's counts reach stats and /metrics: read back about once
+    // a second per call, and at each get.
+    get(&c.client, &c.session).await;
     let figures = kernel(&stats(&c.client).await);
     assert!(figures.packets >= 500, "{figures:?}");
     assert!(figures.routes_installed >= 4, "{figures:?}");

@@ -105,7 +105,10 @@ struct route {
 	u8 pt_map[128];
 	/* The interface toward `out_dst`, from the relay's route lookup. */
 	u32 out_ifindex;
-	u32 reserved;
+	/* The interface the peer's packets come in on (the route back to it,
+	 * as strict reverse-path filtering wants): a packet with the peer's
+	 * address from elsewhere is spoofed, and goes to the relay. */
+	u32 in_ifindex;
 };
 
 /* A route's moving state; the program writes it, under the lock. */
@@ -126,8 +129,12 @@ struct slot {
 	u32 has_transit;
 };
 
+/* Not preallocated: a deleted or replaced route is freed only after every
+ * program that may still hold it has finished (RCU), so a route read here
+ * is never another route's reusing its memory. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct route_key);
 	__type(value, struct route);
@@ -239,6 +246,9 @@ int baton_forward(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	if (skb->len < need)
 		need = skb->len;
+	/* Several datagrams merged by GRO: each needs its own numbers. */
+	if (skb->gso_segs > 1)
+		return TC_ACT_UNSPEC;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	if (data + need > data_end) {
@@ -287,6 +297,8 @@ int baton_forward(struct __sk_buff *skb)
 	struct route *route = bpf_map_lookup_elem(&baton_routes, &key);
 	if (!route)
 		return count(STAT_NO_ROUTE, TC_ACT_UNSPEC);
+	if (skb->ingress_ifindex != route->in_ifindex)
+		return count(STAT_OTHER, TC_ACT_UNSPEC);
 
 	u32 rtp_off = l4 + sizeof(struct udp);
 	u8 *rtp = data + rtp_off;
@@ -409,14 +421,19 @@ int baton_forward(struct __sk_buff *skb)
 			return count(STAT_OTHER, TC_ACT_SHOT);
 		u32 old_addrs[2] = {ip->saddr, ip->daddr};
 		u16 old_ttl = *(u16 *)&ip->ttl;
+		u16 old_tos = *(u16 *)&ip->ver_ihl;
 		__builtin_memcpy(&ip->saddr, route->out_src, 4);
 		__builtin_memcpy(&ip->daddr, route->out_dst, 4);
+		/* As the relay's own sockets send: TTL 64, TOS 0. */
 		ip->ttl = TTL;
+		ip->tos = 0;
 		u32 new_addrs[2] = {ip->saddr, ip->daddr};
 		u16 new_ttl = *(u16 *)&ip->ttl;
+		u16 new_tos = *(u16 *)&ip->ver_ihl;
 		s64 addrs = bpf_csum_diff(old_addrs, 8, new_addrs, 8, 0);
 		bpf_l3_csum_replace(skb, l3 + 10, 0, addrs, 0);
 		bpf_l3_csum_replace(skb, l3 + 10, old_ttl, new_ttl, 2);
+		bpf_l3_csum_replace(skb, l3 + 10, old_tos, new_tos, 2);
 		bpf_l4_csum_replace(skb, csum_off, 0, addrs, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0);
 		bpf_l4_csum_replace(skb, csum_off, 0, rest, BPF_F_MARK_MANGLED_0);
 	} else {
@@ -428,13 +445,18 @@ int baton_forward(struct __sk_buff *skb)
 		__builtin_memcpy(ip->saddr, route->out_src, 16);
 		__builtin_memcpy(ip->daddr, route->out_dst, 16);
 		ip->hop_limit = TTL;
+		/* Traffic class 0 (its 8 bits straddle the first two bytes);
+		 * the pseudo-header does not cover it. */
+		ip->ver_class_flow &= bswap32(0xf00fffff);
 		__builtin_memcpy(new_addrs, ip->saddr, 32);
 		s64 addrs = bpf_csum_diff(old_addrs, 32, new_addrs, 32, 0);
-		bpf_l4_csum_replace(skb, csum_off, 0, addrs, BPF_F_PSEUDO_HDR);
-		bpf_l4_csum_replace(skb, csum_off, 0, rest, 0);
+		bpf_l4_csum_replace(skb, csum_off, 0, addrs, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0);
+		bpf_l4_csum_replace(skb, csum_off, 0, rest, BPF_F_MARK_MANGLED_0);
 	}
-	count(STAT_FORWARDED, 0);
-	return bpf_redirect_neigh(out_ifindex, 0, 0, 0);
+	long verdict = bpf_redirect_neigh(out_ifindex, 0, 0, 0);
+	if (verdict == TC_ACT_REDIRECT)
+		count(STAT_FORWARDED, 0);
+	return verdict;
 }
 
 char _license[] SEC("license") = "Dual MIT/GPL";

@@ -2700,7 +2700,7 @@ impl Stream {
             .last_payload_type
             .and_then(|pt| device.payloads.to_remote(pt))
             .map(|pt| self.clock_rates[usize::from(pt)])
-            .filter(|&rate| rate != 0)?;
+            .filter(|&rate| rate != 0 && rate <= MAX_FAST_CLOCK_RATE)?;
         let (transit, jitter_x16, reception_max) = device.reception.steady(steady.ssrc)?;
         if socket != Component::Rtp || reception_max != steady.max_seq {
             return None;
@@ -2765,7 +2765,7 @@ impl Stream {
         let rate = remote
             .last_payload_type
             .map(|pt| self.clock_rates[usize::from(pt)])
-            .filter(|&rate| rate != 0)?;
+            .filter(|&rate| rate != 0 && rate <= MAX_FAST_CLOCK_RATE)?;
         if socket != Component::Rtp {
             return None;
         }
@@ -3075,6 +3075,11 @@ pub struct LegReport {
     /// Time since the last accepted packet from the peer.
     pub last_packet_age: Option<Duration>,
 }
+
+/// The highest clock rate the kernel fast path takes: its jitter arithmetic
+/// (microseconds × rate) stays exact for years of uptime below it, and no
+/// real payload format is faster.
+const MAX_FAST_CLOCK_RATE: u32 = 192_000;
 
 /// The later of a time that may be unset and another.
 fn later(at: Option<Instant>, other: Instant) -> Option<Instant> {

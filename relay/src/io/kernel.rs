@@ -15,6 +15,8 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
@@ -104,6 +106,7 @@ pub struct KernelPath {
     interfaces: Vec<String>,
     addresses: Vec<IpAddr>,
     slots_per_worker: u32,
+    generations: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for KernelPath {
@@ -196,6 +199,7 @@ impl KernelPath {
             interfaces,
             addresses: served,
             slots_per_worker,
+            generations: Arc::new(AtomicU32::new(1)),
         })
     }
 
@@ -234,7 +238,9 @@ impl KernelPath {
                 .map_err(map_error("control write"))?;
         }
         for key in stale {
-            let _ = routes.remove(&key);
+            if let Err(e) = routes.remove(&key) {
+                tracing::warn!("a failed worker's kernel route could not be removed: {e}");
+            }
         }
         Ok(KernelMaps {
             routes,
@@ -243,8 +249,11 @@ impl KernelPath {
             // Popped from the end: the lowest slot first.
             free: (first..first + self.slots_per_worker).rev().collect(),
             capacity: self.slots_per_worker,
-            next_gen: 1,
+            generations: Arc::clone(&self.generations),
             addresses: self.addresses.clone(),
+            installed: vec![None; self.slots_per_worker as usize],
+            first,
+            interfaces: std::collections::HashMap::new(),
         })
     }
 
@@ -363,6 +372,9 @@ pub struct RouteHandle {
     generation: u32,
     /// The slot's totals when last read.
     seen: SlotTotals,
+    /// (relay address, peer) of the way out and of the way back to the
+    /// source, and the interfaces the routing table gave for them.
+    ways: [(IpAddr, IpAddr, u32); 2],
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -380,8 +392,35 @@ pub struct KernelMaps {
     control: Array<MapData, u32>,
     free: Vec<u32>,
     capacity: u32,
-    next_gen: u32,
+    /// Generations are unique per process, across workers and their
+    /// restarts: a route left by a failed worker never matches a slot's
+    /// later control word.
+    generations: Arc<AtomicU32>,
     addresses: Vec<IpAddr>,
+    /// Installed routes by slot (offset from the worker's first), ended
+    /// when the maps are dropped (a worker that stops or fails).
+    installed: Vec<Option<RouteKey>>,
+    first: u32,
+    /// Routing table answers: (from, to) → (interface, when asked).
+    interfaces: std::collections::HashMap<(IpAddr, IpAddr), (u32, Instant)>,
+}
+
+/// How long a routing table answer is kept: a route change reaches the
+/// kernel's routes within about this plus a visit.
+const INTERFACE_ANSWER_FOR: Duration = Duration::from_secs(5);
+/// Most routing table answers kept per worker.
+const INTERFACE_ANSWERS: usize = 4096;
+
+impl Drop for KernelMaps {
+    fn drop(&mut self) {
+        for (offset, key) in self.installed.iter().enumerate() {
+            if let Some(key) = key {
+                let slot = self.first + u32::try_from(offset).unwrap_or(0);
+                let _ = self.control.set(slot, 0, 0);
+                let _ = self.routes.remove(key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -481,15 +520,15 @@ impl KernelMaps {
                 reason: "the legs' address families differ".to_owned(),
             },
         )?;
-        let out_ifindex = egress_interface(local_out.ip(), destination.ip()).map_err(|reason| {
-            KernelError::Map {
-                op: "route lookup",
-                reason,
-            }
-        })?;
+        let out_ifindex = self.interface(local_out.ip(), destination.ip(), clocks.now)?;
+        let in_ifindex = self.interface(local_in.ip(), source.ip(), clocks.now)?;
         let slot = self.free.pop().ok_or(KernelError::Full(self.capacity))?;
-        let generation = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let generation = loop {
+            let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+            if generation != 0 {
+                break generation;
+            }
+        };
         let key = RouteKey {
             src: address_bytes(source.ip()),
             dst: address_bytes(local_in.ip()),
@@ -514,7 +553,7 @@ impl KernelMaps {
             epoch_ns: clocks.ns(path.epoch),
             pt_map: path.payload_types,
             out_ifindex,
-            reserved: 0,
+            in_ifindex,
         };
         let state = SlotRecord {
             max_seq: u32::from(start.max_seq),
@@ -541,12 +580,21 @@ impl KernelMaps {
                     .map_err(map_error("route insert"))
             });
         match installed {
-            Ok(()) => Ok(RouteHandle {
-                key,
-                slot,
-                generation,
-                seen: SlotTotals::default(),
-            }),
+            Ok(()) => {
+                if let Some(entry) = self.installed.get_mut((slot - self.first) as usize) {
+                    *entry = Some(key);
+                }
+                Ok(RouteHandle {
+                    key,
+                    slot,
+                    generation,
+                    seen: SlotTotals::default(),
+                    ways: [
+                        (local_out.ip(), destination.ip(), out_ifindex),
+                        (local_in.ip(), source.ip(), in_ifindex),
+                    ],
+                })
+            }
             Err(e) => {
                 let _ = self.control.set(slot, 0, 0);
                 let _ = self.routes.remove(&key);
@@ -586,8 +634,40 @@ impl KernelMaps {
         });
         if state.is_ok() {
             self.free.push(route.slot);
+            if let Some(entry) = self.installed.get_mut((route.slot - self.first) as usize) {
+                *entry = None;
+            }
         }
         Ok(progress(&mut route, &state?, clocks))
+    }
+
+    /// Whether the routing table now sends `route`'s packets, or expects
+    /// its source's, through other interfaces than when it was installed
+    /// (a route change, a link gone): then it must be installed again.
+    pub fn moved(&mut self, route: &RouteHandle, now: Instant) -> bool {
+        route
+            .ways
+            .iter()
+            .any(|&(from, to, ifindex)| self.interface(from, to, now).ok() != Some(ifindex))
+    }
+
+    /// The interface from `from` to `to`, as the routing table says (kept
+    /// for [`INTERFACE_ANSWER_FOR`]).
+    fn interface(&mut self, from: IpAddr, to: IpAddr, now: Instant) -> Result<u32, KernelError> {
+        if let Some(&(ifindex, at)) = self.interfaces.get(&(from, to))
+            && now.saturating_duration_since(at) < INTERFACE_ANSWER_FOR
+        {
+            return Ok(ifindex);
+        }
+        let ifindex = egress_interface(from, to).map_err(|reason| KernelError::Map {
+            op: "route lookup",
+            reason,
+        })?;
+        if self.interfaces.len() >= INTERFACE_ANSWERS {
+            self.interfaces.clear();
+        }
+        self.interfaces.insert((from, to), (ifindex, now));
+        Ok(ifindex)
     }
 
     /// The generation a route was installed with (tests, diagnostics).
@@ -647,10 +727,11 @@ pub fn egress_interface(source: IpAddr, destination: IpAddr) -> Result<u32, Stri
         SockProtocol::NetlinkRoute,
     )
     .map_err(|e| format!("netlink socket: {e}"))?;
+    // The kernel answers from its tables at once; a worker waits no longer.
     setsockopt(
         &fd,
         sockopt::ReceiveTimeout,
-        &nix::sys::time::TimeVal::new(1, 0),
+        &nix::sys::time::TimeVal::new(0, 100_000),
     )
     .map_err(|e| format!("netlink timeout: {e}"))?;
     sendto(

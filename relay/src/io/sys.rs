@@ -607,8 +607,8 @@ pub mod bpf {
         pub pt_map: [u8; 128],
         /// The interface toward `out_dst`.
         pub out_ifindex: u32,
-        /// Zero.
-        pub reserved: u32,
+        /// The interface the peer's packets must come in on.
+        pub in_ifindex: u32,
     }
 
     /// A route's moving state, written by the program under `lock`.

@@ -439,13 +439,11 @@ impl Worker {
             socket.component,
             socket.bundled,
         );
-        if self
+        let checked_routes = self
             .sessions
             .get(key)
             .is_some_and(|entry| !entry.routes.is_empty())
-        {
-            self.hand_back_routes(key, owner, owner_leg, recv, received);
-        }
+            && self.hand_back_routes(key, owner, owner_leg, recv, received);
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
@@ -593,6 +591,7 @@ impl Worker {
             .sessions
             .get(key)
             .is_some_and(|entry| !entry.routes.is_empty())
+            && checked_routes
         {
             self.check_routes(key, received_at);
         }
@@ -603,7 +602,8 @@ impl Worker {
     /// kernel forwards for: RTP from a route's own source came up because
     /// the kernel would not take it (reordered, a jump, an event, another
     /// SSRC), so that route ends; the others are read, so what the batch
-    /// meets (RTCP to translate) includes what the kernel sent.
+    /// meets (RTCP to translate) includes what the kernel sent. False
+    /// when nothing in the batch came from the session's peers.
     fn hand_back_routes(
         &mut self,
         key: usize,
@@ -611,25 +611,37 @@ impl Worker {
         leg: LegId,
         recv: &mut RecvBatch,
         received: usize,
-    ) {
+    ) -> bool {
         let Some(entry) = self.sessions.get(key) else {
-            return;
+            return false;
         };
         let mut ending = 0u64;
+        let mut from_peers = false;
         for index in 0..received {
             let (source, _, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
-            if crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]) {
-                continue;
-            }
+            let rtcp = crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]);
             for (i, route) in entry.routes.iter().enumerate() {
-                if route.stream == stream && route.path.from == leg && route.path.source == source {
+                if route.path.source == source || route.path.destination == source {
+                    from_peers = true;
+                }
+                if !rtcp
+                    && route.stream == stream
+                    && route.path.from == leg
+                    && route.path.source == source
+                {
                     ending |= 1 << i;
                 }
             }
         }
+        // Strangers' datagrams change nothing the routes carry: they cost
+        // no map reads.
+        if !from_peers {
+            return false;
+        }
         self.end_routes(key, |i, _| ending & (1 << i) != 0);
         self.read_routes(key);
+        true
     }
 
     /// Ends the session's routes that `which` picks, taking in what they
@@ -648,17 +660,19 @@ impl Worker {
                 entry.routes.push(route);
                 continue;
             }
-            self.kernel_stats.removed += 1;
             match kernel.remove(route.handle, &clocks) {
-                Ok(progress) => absorb(
-                    &mut entry.session,
-                    &route,
-                    &progress,
-                    &mut self.kernel_stats,
-                    &mut self.forwarded,
-                    &mut self.packets_to,
-                    &mut self.bytes_to,
-                ),
+                Ok(progress) => {
+                    self.kernel_stats.removed += 1;
+                    absorb(
+                        &mut entry.session,
+                        &route,
+                        &progress,
+                        &mut self.kernel_stats,
+                        &mut self.forwarded,
+                        &mut self.packets_to,
+                        &mut self.bytes_to,
+                    );
+                }
                 Err(e) => {
                     self.kernel_stats.errors += 1;
                     debug!(worker = %self.index, "ending a kernel route: {e}");
@@ -710,6 +724,16 @@ impl Worker {
     fn visit_routes(&mut self, key: usize, now: Instant, clocks: &Clocks) {
         self.read_routes(key);
         self.check_routes(key, now);
+        if let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get(key)) {
+            let moved: Vec<bool> = entry
+                .routes
+                .iter()
+                .map(|route| kernel.moved(&route.handle, now))
+                .collect();
+            if moved.contains(&true) {
+                self.end_routes(key, |i, _| moved[i]);
+            }
+        }
         let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
             return;
         };
@@ -762,32 +786,18 @@ impl Worker {
         if self.kernel.is_none() || self.sessions.is_empty() {
             return;
         }
+        // A share of the slab's slots per tick (not a walk of all of it):
+        // every slot comes round once per ROUTE_VISIT.
         let ticks = (ROUTE_VISIT.as_millis() / TICK.as_millis()).max(1) as usize;
-        let share = self.sessions.len().div_ceil(ticks);
-        let mut keys: Vec<usize> = self
-            .sessions
-            .iter()
-            .map(|(key, _)| key)
-            .filter(|&key| key >= self.route_cursor)
-            .take(share)
-            .collect();
-        if keys.len() < share {
-            let wrapped = share - keys.len();
-            keys.extend(
-                self.sessions
-                    .iter()
-                    .map(|(key, _)| key)
-                    .filter(|&key| key < self.route_cursor)
-                    .take(wrapped),
-            );
-            self.route_cursor = 0;
-        }
-        if let Some(&last) = keys.last() {
-            self.route_cursor = self.route_cursor.max(last + 1);
-        }
+        let slots = self.sessions.capacity().max(1);
+        let share = slots.div_ceil(ticks);
         let clocks = Clocks::read();
-        for key in keys {
-            self.visit_routes(key, now, &clocks);
+        for _ in 0..share {
+            let key = self.route_cursor % slots;
+            self.route_cursor = (key + 1) % slots;
+            if self.sessions.contains(key) {
+                self.visit_routes(key, now, &clocks);
+            }
         }
     }
 
@@ -855,6 +865,8 @@ impl Worker {
     }
 
     fn end(&mut self, key: usize, now: Instant, reason: EndReason) {
+        // The report counts what the kernel forwarded to the end.
+        self.end_routes(key, |_, _| true);
         let Some(entry) = self.sessions.get(key) else {
             return;
         };
@@ -1515,7 +1527,13 @@ impl Worker {
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
-        let at = entry.session.poll_timeout().min(now + LOOK_AT_LEAST_EVERY);
+        // Not before the next tick: a look that left a deadline due would
+        // otherwise come round again in the same tick.
+        let at = entry
+            .session
+            .poll_timeout()
+            .min(now + LOOK_AT_LEAST_EVERY)
+            .max(now + TICK);
         if entry.look_at.is_some_and(|scheduled| scheduled <= at) {
             return;
         }
