@@ -34,8 +34,19 @@ def log(*args):
     print("bench:", *args, file=sys.stderr, flush=True)
 
 
+# RELAY_FIFO=1 runs the relays (not the generator) under SCHED_FIFO, so
+# that no other task on their core delays them by a time slice: the tail
+# then shows the relays, not the machine's other work.
+RELAY_FIFO = os.environ.get("RELAY_FIFO") == "1"
+
+
 def pinned(core, argv):
     return ["taskset", "-c", core, *argv]
+
+
+def relay_pinned(core, argv):
+    prio = ["chrt", "-f", "50"] if RELAY_FIFO else []
+    return pinned(core, [*prio, *argv])
 
 
 def cpu_seconds(pid):
@@ -158,7 +169,7 @@ class Relay:
                 extra = ["--media-ip", "127.0.0.2", "--ports", "10000-59999"]
             else:
                 extra += ["--ports", "30000-49999"]
-            self.proc = subprocess.Popen(pinned(cores, [binary, "run", "--control", f"unix:{self.sock}",
+            self.proc = subprocess.Popen(relay_pinned(cores, [binary, "run", "--control", f"unix:{self.sock}",
                                                         "--workers", workers, "--max-sessions", "100000",
                                                         "--media-timeout", "120", *extra]),
                                          stderr=subprocess.DEVNULL)
@@ -238,7 +249,7 @@ class Relay:
                 for k in range(calls):
                     dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
                     f.write(f"127.0.0.1:{51000 + 2 * k} {rem}\n127.0.0.1:{51000 + 2 * k + 1} {dev}\n")
-            return subprocess.Popen(pinned(RELAY_CORE, [LIMITFWD, "--map", legs, "--max-seconds", str(int(seconds + 3))]),
+            return subprocess.Popen(relay_pinned(RELAY_CORE, [LIMITFWD, "--map", legs, "--max-seconds", str(int(seconds + 3))]),
                                     stderr=subprocess.DEVNULL)
         return subprocess.Popen(pinned(RELAY_CORE, [FORWARDER, str(calls), "51000", str(int(seconds + 3)),
                                                     "10000", "15000", str(min(SHARE, calls))]),
@@ -432,7 +443,7 @@ def kernel_sitting():
                     row["loss"].append(r["bench_loss_pct"])
                     for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")):
                         row[key].append(r["latency_us"].get(q, r["latency_us"].get(key, float("nan"))))
-                if anchor != "direct" and "max" in SECTIONS:
+                if "max" in SECTIONS:
                     relay = Relay(anchor)
                     try:
                         rate, _ = max_rate(relay, streams, float(os.environ.get("CEILING", "900000")))

@@ -44,6 +44,9 @@ const CDF_QUANTILES: [f64; 22] = [
     0.995, 0.998, 0.999, 0.9995, 0.9999,
 ];
 
+/// The most packets a second a `--warmup` sends, per generator thread.
+const WARMUP_RATE: f64 = 100_000.0;
+
 /// Options of `baton load`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -101,9 +104,10 @@ pub struct LoadArgs {
     /// Seconds of overload at the start (see --overload-factor).
     #[arg(long, value_name = "SECS")]
     overload_secs: Option<f64>,
-    /// Seconds at 50 packets a second per flow before the measured
-    /// --duration, not counted: a relay settles its calls first (the
-    /// kernel fast path takes legs once they are established).
+    /// Seconds at 50 packets a second per flow (100 000 a second at most
+    /// per thread) before the measured --duration, not counted: a relay
+    /// settles its calls first (the kernel fast path takes legs once they
+    /// are established).
     #[arg(long, value_name = "SECS", conflicts_with = "overload_secs")]
     warmup: Option<f64>,
     /// A failover under load: SIGKILL this process (the active relay of an
@@ -465,13 +469,20 @@ async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     {
         let (sender, receiver) = crossbeam_channel::bounded(1024);
         handoff_senders.push(sender);
+        let flow_count = thread_flows.len();
         let plan = Plan {
             sockets: thread_sockets,
             flows: thread_flows,
             period,
             overload: match (warmup, args.overload_secs, args.overload_factor) {
-                // The warmup's pace: a packet every 20 ms per flow.
-                (Some(warmup), _, _) => Some((warmup, period.as_secs_f64() / 0.020)),
+                // The warmup's pace: a packet every 20 ms per flow, at
+                // most WARMUP_RATE packets a second in all (a relay must
+                // not start the measured part behind an overload).
+                (Some(warmup), _, _) => {
+                    let flows = flow_count.max(1) as f64;
+                    let each = (flows / WARMUP_RATE).max(0.020);
+                    Some((warmup, period.as_secs_f64() / each))
+                }
                 (None, Some(secs), Some(factor)) if secs > 0.0 && factor > 0.0 => {
                     Some((Duration::from_secs_f64(secs), factor))
                 }
