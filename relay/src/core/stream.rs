@@ -2705,18 +2705,11 @@ impl Stream {
         if socket != Component::Rtp || reception_max != steady.max_seq {
             return None;
         }
-        let mut payload_types = [PASS; 128];
-        for (pt, slot) in (0u8..128).zip(payload_types.iter_mut()) {
-            let Some(out) = device.payloads.to_remote(pt) else {
-                continue;
-            };
-            if Some(pt) != device.payloads.telephone_event
-                && !self.is_rtx(out)
-                && self.clock_rates[usize::from(out)] == rate
-            {
-                *slot = out;
-            }
-        }
+        let payload_types = self.kernel_payload_types(
+            |pt| device.payloads.to_remote(pt).map(|out| (out, out)),
+            device.payloads.telephone_event,
+            rate,
+        );
         Some((
             FastPath {
                 from: self.device,
@@ -2769,18 +2762,11 @@ impl Stream {
         if socket != Component::Rtp {
             return None;
         }
-        let mut payload_types = [PASS; 128];
-        for (pt, slot) in (0u8..128).zip(payload_types.iter_mut()) {
-            let Some(out) = device.payloads.from_remote(pt) else {
-                continue;
-            };
-            if Some(pt) != remote.payloads.telephone_event
-                && !self.is_rtx(pt)
-                && self.clock_rates[usize::from(pt)] == rate
-            {
-                *slot = out;
-            }
-        }
+        let payload_types = self.kernel_payload_types(
+            |pt| device.payloads.from_remote(pt).map(|out| (out, pt)),
+            remote.payloads.telephone_event,
+            rate,
+        );
         Some((
             FastPath {
                 from: self.remote,
@@ -2805,6 +2791,29 @@ impl Stream {
                 jitter_x16,
             },
         ))
+    }
+
+    /// The kernel's payload type map for a sender: `map` gives an input
+    /// type's outward type and the same type in the remote's numbering
+    /// (where rates and formats are kept); the sender's RFC 4733 type, RTX
+    /// and types of another clock rate stay with the relay ([`PASS`]).
+    fn kernel_payload_types(
+        &self,
+        map: impl Fn(u8) -> Option<(u8, u8)>,
+        telephone_event: Option<u8>,
+        rate: u32,
+    ) -> [u8; 128] {
+        let mut payload_types = [PASS; 128];
+        for (pt, slot) in (0u8..128).zip(payload_types.iter_mut()) {
+            if let Some((out, numbered)) = map(pt)
+                && Some(pt) != telephone_event
+                && !self.is_rtx(numbered)
+                && self.clock_rates[usize::from(numbered)] == rate
+            {
+                *slot = out;
+            }
+        }
+        payload_types
     }
 
     /// What the kernel forwarded on `path` since the last call: the
