@@ -53,8 +53,20 @@ pub async fn call(relay: &Relay, call_id: &str) -> Call {
 
 /// As [`call`], with one stream of `kind` and `codecs`.
 pub async fn call_with(relay: &Relay, call_id: &str, kind: &str, codecs: Vec<v1::Codec>) -> Call {
+    call_between(relay, call_id, kind, codecs, Peer::v4(), Peer::v4()).await
+}
+
+/// As [`call_with`], between these two peers (their family picks the
+/// relay's ports').
+pub async fn call_between(
+    relay: &Relay,
+    call_id: &str,
+    kind: &str,
+    codecs: Vec<v1::Codec>,
+    device: Peer,
+    remote: Peer,
+) -> Call {
     let client = relay.client().await;
-    let (device, remote) = (Peer::v4(), Peer::v4());
     let request = v1::CreateSessionRequest {
         call_id: call_id.into(),
         from_tag: "a-tag".into(),
