@@ -263,15 +263,31 @@ class Relay:
             self.proc.wait()
 
 
-def trial(relay, streams, pps, seconds=TRIAL, extra=()):
-    """One run of the generator at `pps` packets/s in total."""
-    ptime_ms = streams * 1000.0 / pps
-    forwarder = (relay.start_forwarder(streams, seconds + WARMUP)
+def start_run(relay, streams, seconds):
+    """What a run needs before the generator starts: the forwarder of a
+    plan-driven anchor (running `seconds`), `baton load`'s arguments (fresh
+    calls where the relay needs them) and the pid whose CPU is the relay's."""
+    forwarder = (relay.start_forwarder(streams, seconds)
                  if relay.anchor in ("forwarder", "limitfwd") else None)
     if forwarder:
         time.sleep(0.3)
     args = relay.load_args(streams)
     pid = relay.proc.pid if relay.proc else (forwarder.pid if forwarder else None)
+    return forwarder, args, pid
+
+
+def loss_pct(result):
+    """Packets not received in time, of those due. Packets the generator
+    could not send in time were not offered: they count against the trial
+    like lost ones, or a rate beyond the generator's reach would pass."""
+    sent = result["sent"] + result.get("skipped", 0)
+    return 100.0 * (sent - (result["received"] - result["late"])) / sent if sent else 100.0
+
+
+def trial(relay, streams, pps, seconds=TRIAL, extra=()):
+    """One run of the generator at `pps` packets/s in total."""
+    ptime_ms = streams * 1000.0 / pps
+    forwarder, args, pid = start_run(relay, streams, seconds + WARMUP)
     cpu0 = cpu_seconds(pid) if pid else 0.0
     warmup = ["--warmup", str(WARMUP)] if WARMUP > 0 else []
     out = subprocess.run(pinned(GEN_CORE, [BATON, "load", *args, "--duration", str(seconds),
@@ -285,11 +301,7 @@ def trial(relay, streams, pps, seconds=TRIAL, extra=()):
     except (IndexError, json.JSONDecodeError):
         log(f"{relay.anchor} {streams} streams {pps} pps: no result: {out.stderr[-300:]}")
         return None
-    # Packets the generator could not send in time were not offered: they
-    # count against the trial like lost ones, or a rate beyond the
-    # generator's reach would pass.
-    sent, received, late = result["sent"] + result.get("skipped", 0), result["received"], result["late"]
-    result["bench_loss_pct"] = 100.0 * (sent - (received - late)) / sent if sent else 100.0
+    result["bench_loss_pct"] = loss_pct(result)
     result["relay_cpu_s"] = cpu
     return result
 
@@ -375,12 +387,7 @@ def steady(relay, streams, pps, seconds):
     and the relay process's CPU over the middle of the measured part, read
     while `baton load` runs (its progress lines tell where it is)."""
     warmup = max(WARMUP, 3.0)
-    forwarder = (relay.start_forwarder(streams, seconds + warmup + 3)
-                 if relay.anchor in ("forwarder", "limitfwd") else None)
-    if forwarder:
-        time.sleep(0.3)
-    args = relay.load_args(streams)
-    pid = relay.proc.pid if relay.proc else (forwarder.pid if forwarder else None)
+    forwarder, args, pid = start_run(relay, streams, seconds + warmup + 3)
     ptime_ms = streams * 1000.0 / pps
     load = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", *args, "--warmup", str(warmup),
                                               "--duration", str(seconds), "--ptime-ms", f"{ptime_ms:.4f}", "--json"]),
@@ -407,8 +414,7 @@ def steady(relay, streams, pps, seconds):
         return None
     (t0, busy0, own0, core0), (t1, busy1, own1, core1) = marks["from"], marks["to"]
     packets = pps * (t1 - t0)
-    sent = result["sent"] + result.get("skipped", 0)
-    result["bench_loss_pct"] = 100.0 * (sent - (result["received"] - result["late"])) / sent if sent else 100.0
+    result["bench_loss_pct"] = loss_pct(result)
     result["machine_us_per_packet"] = 1e6 * (busy1 - busy0) / packets
     result["relay_us_per_packet"] = 1e6 * (own1 - own0) / packets
     result["relay_core_us_per_packet"] = 1e6 * (core1 - core0) / packets

@@ -56,23 +56,26 @@ async fn kernel_relay(extra: &[&str]) -> Option<Relay> {
     None
 }
 
-/// Both talk until the relay has `routes` kernel routes.
-async fn until_routes(
+/// A device and the remote (each: its talker, its socket, the relay
+/// address it sends to) talk to each other until the kernel carries both
+/// ways; what each side hears is added to `at_remote` and `at_device`.
+async fn until_both_ways(
     client: &Client,
-    routes: u32,
-    talkers: &mut [(&mut Talker, &Peer, &str, &Peer, &mut Vec<Seen>)],
+    (device, device_peer, to_remote): (&mut Talker, &Peer, &str),
+    (remote, remote_peer, to_device): (&mut Talker, &Peer, &str),
+    at_remote: &mut Vec<Seen>,
+    at_device: &mut Vec<Seen>,
 ) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        for (talker, from, to, sink, heard) in talkers.iter_mut() {
-            heard.extend(talker.talk(from, to, sink, 5));
-        }
-        if kernel(&stats(client).await).routes == routes {
+        at_remote.extend(device.talk(device_peer, to_remote, remote_peer, 5));
+        at_device.extend(remote.talk(remote_peer, to_device, device_peer, 5));
+        if kernel(&stats(client).await).routes == 2 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the relay never had {routes} kernel routes: {:?}",
+            "the kernel never carried both ways: {:?}",
             kernel(&stats(client).await)
         );
     }
@@ -95,13 +98,12 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
     let mut at_remote = Vec::new();
     let mut at_a = Vec::new();
     // Established: a second of each, then the kernel takes both ways.
-    until_routes(
+    until_both_ways(
         &c.client,
-        2,
-        &mut [
-            (&mut a, &c.device, &c.user_addr, &c.remote, &mut at_remote),
-            (&mut r, &c.remote, &c.remote_addr, &c.device, &mut at_a),
-        ],
+        (&mut a, &c.device, &c.user_addr),
+        (&mut r, &c.remote, &c.remote_addr),
+        &mut at_remote,
+        &mut at_a,
     )
     .await;
     // Jitter goes on from the relay's own figure: a kernel that started
@@ -186,13 +188,12 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
     at_remote.push(first_b);
     // B settles, then the kernel takes B's leg (and the remote's, toward B).
     let mut at_b = Vec::new();
-    until_routes(
+    until_both_ways(
         &c.client,
-        2,
-        &mut [
-            (&mut b, &device_b, &b_addr, &c.remote, &mut at_remote),
-            (&mut r, &c.remote, &c.remote_addr, &device_b, &mut at_b),
-        ],
+        (&mut b, &device_b, &b_addr),
+        (&mut r, &c.remote, &c.remote_addr),
+        &mut at_remote,
+        &mut at_b,
     )
     .await;
     at_remote.extend(b.talk(&device_b, &b_addr, &c.remote, 100));
@@ -252,13 +253,12 @@ async fn unusual_packets_go_up_to_the_relay_and_the_numbering_stays_exact() {
     let mut a = Talker::new(0x0A0A_0A0A, 1000, 160_000, b'A');
     let mut r = Talker::new(0x0F0F_0F0F, 100, 1000, b'R');
     let (mut at_remote, mut at_a) = (Vec::new(), Vec::new());
-    until_routes(
+    until_both_ways(
         &c.client,
-        2,
-        &mut [
-            (&mut a, &c.device, &c.user_addr, &c.remote, &mut at_remote),
-            (&mut r, &c.remote, &c.remote_addr, &c.device, &mut at_a),
-        ],
+        (&mut a, &c.device, &c.user_addr),
+        (&mut r, &c.remote, &c.remote_addr),
+        &mut at_remote,
+        &mut at_a,
     )
     .await;
     let ended = kernel(&stats(&c.client).await).routes_ended;
@@ -291,13 +291,12 @@ async fn unusual_packets_go_up_to_the_relay_and_the_numbering_stays_exact() {
     // The kernel takes A again, and the numbers go on from there (the
     // remote keeps talking: a silent leg's route ends after a second).
     let mut after = Vec::new();
-    until_routes(
+    until_both_ways(
         &c.client,
-        2,
-        &mut [
-            (&mut a, &c.device, &c.user_addr, &c.remote, &mut after),
-            (&mut r, &c.remote, &c.remote_addr, &c.device, &mut at_a),
-        ],
+        (&mut a, &c.device, &c.user_addr),
+        (&mut r, &c.remote, &c.remote_addr),
+        &mut after,
+        &mut at_a,
     )
     .await;
     after.extend(a.talk(&c.device, &c.user_addr, &c.remote, 50));
@@ -330,13 +329,12 @@ async fn ipv6_legs_are_forwarded_by_the_kernel_too() {
     let mut a = Talker::new(0x6A6A_6A6A, 10, 1600, b'A');
     let mut r = Talker::new(0x6B6B_6B6B, 20, 3200, b'R');
     let (mut at_remote, mut at_a) = (Vec::new(), Vec::new());
-    until_routes(
+    until_both_ways(
         &c.client,
-        2,
-        &mut [
-            (&mut a, &c.device, &c.user_addr, &c.remote, &mut at_remote),
-            (&mut r, &c.remote, &c.remote_addr, &c.device, &mut at_a),
-        ],
+        (&mut a, &c.device, &c.user_addr),
+        (&mut r, &c.remote, &c.remote_addr),
+        &mut at_remote,
+        &mut at_a,
     )
     .await;
     at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 100));

@@ -208,11 +208,6 @@ impl KernelPath {
         &self.interfaces
     }
 
-    /// Routes each worker may have.
-    pub fn routes_per_worker(&self) -> u32 {
-        self.slots_per_worker
-    }
-
     /// Worker `index`'s own handles and slots.
     pub fn maps(&self, index: usize) -> Result<KernelMaps, KernelError> {
         let dup = duplicate;
@@ -668,11 +663,6 @@ impl KernelMaps {
         }
         self.interfaces.insert((from, to), (ifindex, now));
         Ok(ifindex)
-    }
-
-    /// The generation a route was installed with (tests, diagnostics).
-    pub fn generation(route: &RouteHandle) -> u32 {
-        route.generation
     }
 }
 

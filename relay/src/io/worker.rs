@@ -639,14 +639,29 @@ impl Worker {
         if !from_peers {
             return false;
         }
-        self.end_routes(key, |i, _| ending & (1 << i) != 0);
-        self.read_routes(key);
+        self.take_in_routes(key, |i, _| ending & (1 << i) != 0, true);
         true
     }
 
     /// Ends the session's routes that `which` picks, taking in what they
     /// forwarded.
     fn end_routes(&mut self, key: usize, which: impl Fn(usize, &LiveRoute) -> bool) {
+        self.take_in_routes(key, which, false);
+    }
+
+    /// Takes in what the session's routes forwarded since the last read.
+    fn read_routes(&mut self, key: usize) {
+        self.take_in_routes(key, |_, _| false, true);
+    }
+
+    /// One pass over the session's routes: those `end` picks are ended,
+    /// the others read when `read_rest`; what each forwarded is taken in.
+    fn take_in_routes(
+        &mut self,
+        key: usize,
+        end: impl Fn(usize, &LiveRoute) -> bool,
+        read_rest: bool,
+    ) {
         let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
             return;
         };
@@ -655,43 +670,22 @@ impl Worker {
         }
         let clocks = Clocks::read();
         let routes = std::mem::take(&mut entry.routes);
-        for (i, route) in routes.into_iter().enumerate() {
-            if !which(i, &route) {
+        for (i, mut route) in routes.into_iter().enumerate() {
+            let ending = end(i, &route);
+            let taken = if ending {
+                kernel
+                    .remove(route.handle, &clocks)
+                    .inspect(|_| self.kernel_stats.removed += 1)
+            } else if read_rest {
+                kernel.read(&mut route.handle, &clocks)
+            } else {
                 entry.routes.push(route);
                 continue;
-            }
-            match kernel.remove(route.handle, &clocks) {
-                Ok(progress) => {
-                    self.kernel_stats.removed += 1;
-                    absorb(
-                        &mut entry.session,
-                        &route,
-                        &progress,
-                        &mut self.kernel_stats,
-                        &mut self.forwarded,
-                        &mut self.packets_to,
-                        &mut self.bytes_to,
-                    );
-                }
-                Err(e) => {
-                    self.kernel_stats.errors += 1;
-                    debug!(worker = %self.index, "ending a kernel route: {e}");
-                }
-            }
-        }
-    }
-
-    /// Takes in what the session's routes forwarded since the last read.
-    fn read_routes(&mut self, key: usize) {
-        let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
-            return;
-        };
-        let clocks = Clocks::read();
-        for route in &mut entry.routes {
-            match kernel.read(&mut route.handle, &clocks) {
+            };
+            match taken {
                 Ok(progress) => absorb(
                     &mut entry.session,
-                    route,
+                    &route,
                     &progress,
                     &mut self.kernel_stats,
                     &mut self.forwarded,
@@ -700,8 +694,11 @@ impl Worker {
                 ),
                 Err(e) => {
                     self.kernel_stats.errors += 1;
-                    debug!(worker = %self.index, "reading a kernel route: {e}");
+                    debug!(worker = %self.index, ending, "taking in a kernel route: {e}");
                 }
+            }
+            if !ending {
+                entry.routes.push(route);
             }
         }
     }
