@@ -73,7 +73,7 @@ fn main() -> std::io::Result<()> {
                 for (k, slot) in batch.iter_mut().enumerate().take(n) {
                     *slot = (to, recv.bytes(k));
                 }
-                let outcome = send.send(sockets[other].as_fd(), &batch[..n]);
+                let outcome = send.send(sockets[other].as_fd(), batch[..n].iter().copied());
                 forwarded += outcome.sent as u64;
                 dropped += outcome.failed as u64;
                 if n < BATCH {

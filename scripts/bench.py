@@ -442,6 +442,7 @@ def kernel_sitting():
                 finally:
                     relay.stop()
                 if r:
+                    row.setdefault("rep", []).append(rep)
                     row.setdefault("cdf", []).append(r.get("latency_cdf_us", []))
                     row["machine"].append(r["machine_us_per_packet"])
                     row["own"].append(r["relay_us_per_packet"])
@@ -474,6 +475,22 @@ def kernel_sitting():
                      f"| {med(row['own']):.2f} µs "
                      f"| {med(row['p50']):.1f} / {med(row['p99']):.1f} / {med(row['p999']):.1f} µs | {med(row['loss']):.3f} % "
                      f"| {med(row['max']):.0f} (runs {', '.join(f'{x:.0f}' for x in row['max'])}) |")
+    # The tail against the floor's, repetition by repetition: each ratio
+    # compares two runs minutes apart, so a stall of the machine that hits
+    # one sitting's runs weighs on both sides.
+    lines += ["", "| anchor | streams | p99 ÷ limitfwd's, per repetition | median | p99.9 ÷ limitfwd's, per repetition | median |",
+              "|---|---|---|---|---|---|"]
+    for (anchor, streams), row in rows.items():
+        floor = rows.get(("limitfwd", streams))
+        if anchor in ("limitfwd", "direct") or not floor:
+            continue
+        ratios = {}
+        for key in ("p99", "p999"):
+            theirs = dict(zip(floor.get("rep", []), floor[key]))
+            ratios[key] = [ours / theirs[rep] for rep, ours in zip(row.get("rep", []), row[key])
+                           if theirs.get(rep)]
+        lines.append(f"| {anchor} | {streams} | {', '.join(f'{x:.2f}' for x in ratios['p99'])} | {med(ratios['p99']):.2f} "
+                     f"| {', '.join(f'{x:.2f}' for x in ratios['p999'])} | {med(ratios['p999']):.2f} |")
     path = os.environ.get("KERNEL_OUT", "kernel.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -154,11 +154,8 @@ impl Outbox {
         let Some(Some(socket)) = sockets.get(self.socket) else {
             return 0;
         };
-        let mut packets: [(SocketAddr, &[u8]); BATCH] = [(self.to[0], &[]); BATCH];
-        for (i, packet) in packets.iter_mut().enumerate().take(count) {
-            *packet = (self.to[i], &self.bufs[i][..self.lens[i]]);
-        }
-        send.send(socket.as_fd(), &packets[..count]).sent as u64
+        let packets = (0..count).map(|i| (self.to[i], &self.bufs[i][..self.lens[i]]));
+        send.send(socket.as_fd(), packets).sent as u64
     }
 }
 

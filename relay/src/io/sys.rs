@@ -263,6 +263,8 @@ pub struct SendBatch {
     name_lens: [libc::socklen_t; BATCH],
     iovecs: Box<[libc::iovec; BATCH]>,
     headers: Box<[libc::mmsghdr; BATCH]>,
+    /// Entries `send` has pointed for its `flush`.
+    queued: usize,
 }
 
 impl Default for SendBatch {
@@ -292,16 +294,23 @@ impl SendBatch {
             name_lens: [0; BATCH],
             iovecs: Box::new(iovecs),
             headers: Box::new(headers),
+            queued: 0,
         }
     }
 
     /// Sends each `(destination, bytes)` from the socket `fd`, at most
-    /// [`BATCH`] of them, in as few syscalls as the kernel allows. A refused
-    /// datagram is skipped and counted, never retried: media is real-time.
-    pub fn send(&mut self, fd: BorrowedFd<'_>, packets: &[(SocketAddr, &[u8])]) -> SendOutcome {
-        let count = packets.len().min(BATCH);
-        for (i, (to, bytes)) in packets[..count].iter().enumerate() {
-            self.name_lens[i] = to_sockaddr(*to, &mut self.names[i]);
+    /// [`BATCH`] of them (any more are not taken from the iterator), in as
+    /// few syscalls as the kernel allows. A refused datagram is skipped and
+    /// counted, never retried: media is real-time. Only the entries used
+    /// are written, so a batch of one costs one entry.
+    pub fn send<'b>(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        packets: impl IntoIterator<Item = (SocketAddr, &'b [u8])>,
+    ) -> SendOutcome {
+        self.queued = 0;
+        for (i, (to, bytes)) in packets.into_iter().take(BATCH).enumerate() {
+            self.name_lens[i] = to_sockaddr(to, &mut self.names[i]);
             self.iovecs[i] = libc::iovec {
                 iov_base: bytes.as_ptr().cast_mut().cast(),
                 iov_len: bytes.len(),
@@ -312,13 +321,23 @@ impl SendBatch {
                 self.name_lens[i],
                 &mut self.iovecs[i],
             );
+            self.queued = i + 1;
         }
+        // The bytes are borrowed for this call, which sends them all.
+        self.flush(fd)
+    }
+
+    /// Sends the entries [`SendBatch::send`] just pointed at its caller's
+    /// bytes, and empties the queue.
+    fn flush(&mut self, fd: BorrowedFd<'_>) -> SendOutcome {
+        let count = std::mem::take(&mut self.queued);
         let mut outcome = SendOutcome::default();
         let mut start = 0;
         while start < count {
-            // SAFETY: headers[start..count] point at names and iovecs of this
-            // batch (borrowed mutably) and at the caller's byte slices, which
-            // outlive the call; the kernel only reads through iov_base.
+            // SAFETY: headers[start..count] were pointed by `send`, in this
+            // call, at names and iovecs of this batch (borrowed mutably) and
+            // at byte slices borrowed by `send` until it returns; the kernel
+            // only reads through iov_base.
             let n = unsafe {
                 libc::sendmmsg(
                     fd.as_raw_fd(),
@@ -343,9 +362,10 @@ impl SendBatch {
                 continue;
             }
             let n = n as usize;
-            for packet in &packets[start..start + n] {
-                outcome.sent_bytes += packet.1.len();
-            }
+            outcome.sent_bytes += self.iovecs[start..start + n]
+                .iter()
+                .map(|iovec| iovec.iov_len)
+                .sum::<usize>();
             outcome.sent += n;
             start += n;
         }
@@ -445,8 +465,8 @@ mod tests {
             let packets: Vec<(SocketAddr, &[u8])> =
                 payloads.iter().map(|p| (to, p.as_slice())).collect();
             let mut send = SendBatch::new();
-            let first = send.send(a.as_fd(), &packets[..BATCH]);
-            let second = send.send(a.as_fd(), &packets[BATCH..]);
+            let first = send.send(a.as_fd(), packets[..BATCH].iter().copied());
+            let second = send.send(a.as_fd(), packets[BATCH..].iter().copied());
             assert_eq!(first.sent + second.sent, 40);
             assert_eq!(first.failed + second.failed, 0);
 

@@ -226,19 +226,9 @@ struct Outgoing {
     leg: LegId,
     to: SocketAddr,
     index: usize,
+    /// Its length (a fork's; a received datagram's is in the batch).
+    len: usize,
 }
-
-const NO_OUTGOING: Outgoing = Outgoing {
-    token: NO_TOKEN,
-    session: 0,
-    stream: StreamIndex(0),
-    leg: LegId::FIRST_DEVICE,
-    to: SocketAddr::V4(std::net::SocketAddrV4::new(
-        std::net::Ipv4Addr::UNSPECIFIED,
-        0,
-    )),
-    index: 0,
-};
 
 pub(crate) struct Worker {
     index: WorkerId,
@@ -257,6 +247,10 @@ pub(crate) struct Worker {
     undelivered: Vec<WorkerEvent>,
     /// Copies of the remote's media for a pending device.
     forks: Box<[[u8; BUF_LEN]; BATCH]>,
+    /// A batch's sends and its forks' (at most BATCH each, so pushing never
+    /// allocates).
+    queued: Vec<Outgoing>,
+    forked: Vec<Outgoing>,
     forwarded: u64,
     dropped: u64,
     packets_to: [u64; 2],
@@ -309,6 +303,8 @@ impl Worker {
             by_id: HashMap::with_capacity(256),
             undelivered: Vec::new(),
             forks: Box::new([[0; BUF_LEN]; BATCH]),
+            queued: Vec::with_capacity(BATCH),
+            forked: Vec::with_capacity(BATCH),
             forwarded: 0,
             dropped: 0,
             packets_to: [0; 2],
@@ -447,11 +443,12 @@ impl Worker {
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
-        let mut queued = [NO_OUTGOING; BATCH];
-        let mut queued_count = 0;
-        let mut forked = [NO_OUTGOING; BATCH];
-        let mut forked_count = 0;
-        let mut fork_lens = [0usize; BATCH];
+        // Kept by the worker and emptied per batch: a batch of one costs
+        // one entry, not an initialised array of BATCH.
+        let mut queued = std::mem::take(&mut self.queued);
+        let mut forked = std::mem::take(&mut self.forked);
+        queued.clear();
+        forked.clear();
         for index in 0..received {
             let (source, truncated, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
@@ -475,7 +472,7 @@ impl Worker {
                     source,
                     buf,
                     len,
-                    &mut self.forks[forked_count][..],
+                    &mut self.forks[forked.len()][..],
                 )
             };
             match verdict {
@@ -497,27 +494,26 @@ impl Worker {
                         self.dropped += 1;
                         self.drops[reason as usize] += 1;
                     }
-                    queued[queued_count] = Outgoing {
+                    queued.push(Outgoing {
                         token: entry.tokens[stream.0][out_leg.index()][out_component.index()],
                         session: key,
                         stream,
                         leg: out_leg,
                         to,
                         index,
-                    };
-                    queued_count += 1;
+                        len: new_len,
+                    });
                     if let Some(fork) = fork {
                         // The session wrote the copy into this fork buffer.
-                        fork_lens[forked_count] = fork.len;
-                        forked[forked_count] = Outgoing {
+                        forked.push(Outgoing {
                             token: entry.tokens[stream.0][fork.leg.index()][fork.socket.index()],
                             session: key,
                             stream,
                             leg: fork.leg,
                             to: fork.to,
-                            index: forked_count,
-                        };
-                        forked_count += 1;
+                            index: forked.len(),
+                            len: fork.len,
+                        });
                     }
                 }
                 Verdict::Drop(reason) => {
@@ -554,8 +550,8 @@ impl Worker {
         send_runs(
             &self.sockets,
             &mut self.sessions,
-            &queued[..queued_count],
-            |i| recv.bytes(i),
+            &queued,
+            |q| recv.bytes(q.index),
             send,
             &mut totals,
         );
@@ -563,8 +559,8 @@ impl Worker {
         send_runs(
             &self.sockets,
             &mut self.sessions,
-            &forked[..forked_count],
-            |i| &forks[i][..fork_lens[i]],
+            &forked,
+            |q| &forks[q.index][..q.len],
             send,
             &mut totals,
         );
@@ -575,7 +571,9 @@ impl Worker {
             self.packets_to[party.index()] += totals.packets_to[party.index()];
             self.bytes_to[party.index()] += totals.bytes_to[party.index()];
         }
-        let total = queued_count + forked_count;
+        let total = queued.len() + forked.len();
+        self.queued = queued;
+        self.forked = forked;
         if total > 0 {
             // Latency takes a second clock read, so it is sampled: one batch
             // in LATENCY_SAMPLING, weighted by its packets.
@@ -1634,7 +1632,7 @@ fn send_runs<'a>(
     sockets: &Slab<SocketEntry>,
     sessions: &mut Slab<Entry>,
     queued: &[Outgoing],
-    bytes: impl Fn(usize) -> &'a [u8],
+    bytes: impl Fn(&Outgoing) -> &'a [u8],
     send: &mut SendBatch,
     totals: &mut Totals,
 ) {
@@ -1646,14 +1644,11 @@ fn send_runs<'a>(
                 .iter()
                 .take_while(|q| q.token == token)
                 .count();
-        let mut packets: [(SocketAddr, &[u8]); BATCH] = [(NO_OUTGOING.to, &[]); BATCH];
-        for (slot, q) in packets.iter_mut().zip(&queued[start..end]) {
-            *slot = (q.to, bytes(q.index));
-        }
         let run = &queued[start];
         match sockets.get(token) {
             Some(socket) => {
-                let outcome = send.send(socket.socket.as_fd(), &packets[..end - start]);
+                let packets = queued[start..end].iter().map(|q| (q.to, bytes(q)));
+                let outcome = send.send(socket.socket.as_fd(), packets);
                 totals.sent += outcome.sent as u64;
                 totals.failed += outcome.failed as u64;
                 if let Some(entry) = sessions.get_mut(run.session) {
