@@ -1,12 +1,13 @@
-//! The kernel fast path (`--kernel-forwarding`) through the real binary on
-//! loopback: the BPF program loads and forwards established legs, a handoff
-//! through it stays one stream, strangers and unusual packets are left to
-//! the relay, a session's end removes its routes, and the kernel's counts
-//! reach `get`, `stats` and `/metrics`.
+//! The fast paths through the real binary on loopback: the kernel's
+//! (`--kernel-forwarding`) and the worker's lanes (on by default). Each
+//! forwards established legs, a handoff through it stays one stream,
+//! strangers and unusual packets are left to the session, a session's end
+//! removes its routes, and the counts reach `get`, `stats` and `/metrics`.
+//! The scenarios run once per fast path.
 //!
 //! Loading BPF needs root (or CAP_BPF and CAP_NET_ADMIN) and a build with
-//! clang. CI has both and sets `BATON_REQUIRE_BPF=1`, so there these tests
-//! cannot skip; elsewhere they skip with a note.
+//! clang. CI has both and sets `BATON_REQUIRE_BPF=1`, so there the kernel
+//! tests cannot skip; elsewhere they skip with a note.
 
 mod common;
 
@@ -30,6 +31,51 @@ fn kernel(stats: &v1::GetStatsResponse) -> v1::KernelForwarding {
         .kernel
         .clone()
         .expect("stats carry the kernel fast path")
+}
+
+fn lanes(stats: &v1::GetStatsResponse) -> v1::UserFastPath {
+    stats
+        .user_fast_path
+        .expect("stats carry the user-space fast path")
+}
+
+/// Which fast path a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Kernel,
+    Lanes,
+}
+
+impl Kind {
+    /// A relay with this fast path, or `None` (skip) for the kernel's
+    /// where it cannot load.
+    async fn relay(self, extra: &[&str]) -> Option<Relay> {
+        match self {
+            Kind::Kernel => kernel_relay(extra).await,
+            Kind::Lanes => {
+                let relay = Relay::start(extra);
+                let figures = lanes(&stats(&relay.client().await).await);
+                assert!(figures.on, "{figures:?}");
+                Some(relay)
+            }
+        }
+    }
+
+    /// Stream directions it forwards now.
+    fn routes(self, stats: &v1::GetStatsResponse) -> u32 {
+        match self {
+            Kind::Kernel => kernel(stats).routes,
+            Kind::Lanes => lanes(stats).lanes,
+        }
+    }
+
+    /// Packets it forwarded since start (the kernel's as read back).
+    fn packets(self, stats: &v1::GetStatsResponse) -> u64 {
+        match self {
+            Kind::Kernel => kernel(stats).packets,
+            Kind::Lanes => lanes(stats).packets,
+        }
+    }
 }
 
 /// A relay with the kernel fast path on, or `None` (skip) where this
@@ -57,9 +103,10 @@ async fn kernel_relay(extra: &[&str]) -> Option<Relay> {
 }
 
 /// A device and the remote (each: its talker, its socket, the relay
-/// address it sends to) talk to each other until the kernel carries both
-/// ways; what each side hears is added to `at_remote` and `at_device`.
+/// address it sends to) talk to each other until the fast path carries
+/// both ways; what each side hears is added to `at_remote` and `at_device`.
 async fn until_both_ways(
+    kind: Kind,
     client: &Client,
     (device, device_peer, to_remote): (&mut Talker, &Peer, &str),
     (remote, remote_peer, to_device): (&mut Talker, &Peer, &str),
@@ -70,13 +117,13 @@ async fn until_both_ways(
     loop {
         at_remote.extend(device.talk(device_peer, to_remote, remote_peer, 5));
         at_device.extend(remote.talk(remote_peer, to_device, device_peer, 5));
-        if kernel(&stats(client).await).routes == 2 {
+        let figures = stats(client).await;
+        if kind.routes(&figures) == 2 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the kernel never carried both ways: {:?}",
-            kernel(&stats(client).await)
+            "the {kind:?} fast path never carried both ways: {figures:?}"
         );
     }
 }
@@ -87,18 +134,30 @@ fn leg_stats(leg: Option<&v1::LegInfo>) -> v1::LegStats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one_stream() {
+    handoff_through(Kind::Kernel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_forward_established_legs_and_a_handoff_through_them_stays_one_stream() {
+    handoff_through(Kind::Lanes).await;
+}
+
+async fn handoff_through(kind: Kind) {
     let metrics_port = common::free_tcp_port();
-    let Some(relay) = kernel_relay(&["--metrics", &format!("127.0.0.1:{metrics_port}")]).await
+    let Some(relay) = kind
+        .relay(&["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .await
     else {
         return;
     };
-    let c = call(&relay, "kernel-handoff").await;
+    let c = call(&relay, "fast-handoff").await;
     let mut a = Talker::new(0xA0A0_A0A0, 65_400, 4_294_950_000, b'A');
     let mut r = Talker::new(0x0F0F_0F0F, 100, 1000, b'R');
     let mut at_remote = Vec::new();
     let mut at_a = Vec::new();
     // Established: a second of each, then the kernel takes both ways.
     until_both_ways(
+        kind,
         &c.client,
         (&mut a, &c.device, &c.user_addr),
         (&mut r, &c.remote, &c.remote_addr),
@@ -115,6 +174,7 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
     let before = get(&c.client, &c.session).await;
     let before_device = leg_stats(before.streams[0].user.as_ref());
     let before_remote = leg_stats(before.streams[0].remote.as_ref());
+    let carried_before = kind.packets(&stats(&c.client).await);
     // A's sequence numbers wrap while the kernel carries them.
     at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 200));
     at_a.extend(r.talk(&c.remote, &c.remote_addr, &c.device, 200));
@@ -135,15 +195,25 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
     let after = get(&c.client, &c.session).await;
     let device = leg_stats(after.streams[0].user.as_ref());
     let remote = leg_stats(after.streams[0].remote.as_ref());
+    let carried = kind.packets(&stats(&c.client).await) - carried_before;
     assert!(
-        device.kernel_rtp_packets_in - before_device.kernel_rtp_packets_in >= 200,
-        "the kernel carried A's packets: {device:?} {:?}",
-        kernel(&stats(&c.client).await)
+        carried >= 400,
+        "the fast path carried both ways' packets: {carried}"
     );
-    assert!(
-        remote.kernel_rtp_packets_in - before_remote.kernel_rtp_packets_in >= 200,
-        "the kernel carried the remote's packets: {remote:?}"
+    let (device_kernel, remote_kernel) = (
+        device.kernel_rtp_packets_in - before_device.kernel_rtp_packets_in,
+        remote.kernel_rtp_packets_in - before_remote.kernel_rtp_packets_in,
     );
+    if kind == Kind::Kernel {
+        assert!(device_kernel >= 200, "the kernel carried A's: {device:?}");
+        assert!(remote_kernel >= 200, "and the remote's: {remote:?}");
+    } else {
+        assert_eq!(
+            (device_kernel, remote_kernel),
+            (0, 0),
+            "lanes are not the kernel"
+        );
+    }
     assert_eq!(
         device.rtp_packets_in - before_device.rtp_packets_in,
         201,
@@ -170,7 +240,7 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
         transfer_request(&c.session, GRUU_B, &device_b, v1::SwitchMode::FirstPacket),
     )
     .await;
-    assert_eq!(kernel(&stats(&c.client).await).routes, 0);
+    assert_eq!(kind.routes(&stats(&c.client).await), 0);
     at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 5));
     let before_switch = Instant::now();
     at_remote.extend(a.talk(&c.device, &c.user_addr, &c.remote, 1));
@@ -189,6 +259,7 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
     // B settles, then the kernel takes B's leg (and the remote's, toward B).
     let mut at_b = Vec::new();
     until_both_ways(
+        kind,
         &c.client,
         (&mut b, &device_b, &b_addr),
         (&mut r, &c.remote, &c.remote_addr),
@@ -210,19 +281,29 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
         }
     }
 
-    // The kernel's counts reach stats and /metrics: read back about once
-    // a second per call, and at each get.
+    // The counts reach stats and /metrics (the kernel's read back about
+    // once a second per call, and at each get).
     get(&c.client, &c.session).await;
-    let figures = kernel(&stats(&c.client).await);
-    assert!(figures.packets >= 500, "{figures:?}");
-    assert!(figures.routes_installed >= 4, "{figures:?}");
+    let figures = stats(&c.client).await;
+    assert!(kind.packets(&figures) >= 500, "{figures:?}");
     let scraped = common::metrics::scrape(metrics_port);
-    assert_eq!(scraped.get("baton_kernel_forwarding"), Some(&1.0));
-    assert_eq!(scraped.get("baton_kernel_routes"), Some(&2.0));
+    let (routes, packets) = match kind {
+        Kind::Kernel => {
+            assert!(kernel(&figures).routes_installed >= 4, "{figures:?}");
+            assert_eq!(scraped.get("baton_kernel_forwarding"), Some(&1.0));
+            (
+                "baton_kernel_routes",
+                "baton_kernel_forwarded_packets_total",
+            )
+        }
+        Kind::Lanes => (
+            "baton_user_fast_path_lanes",
+            "baton_user_fast_path_packets_total",
+        ),
+    };
+    assert_eq!(scraped.get(routes), Some(&2.0), "{scraped:?}");
     assert!(
-        scraped
-            .get("baton_kernel_forwarded_packets_total")
-            .is_some_and(|&n| n >= 500.0),
+        scraped.get(packets).is_some_and(|&n| n >= 500.0),
         "{scraped:?}"
     );
 
@@ -237,23 +318,36 @@ async fn the_kernel_forwards_established_legs_and_a_handoff_through_it_stays_one
         matches!(deleted, Ok(Reply::DeleteSession(_))),
         "{deleted:?}"
     );
-    let figures = kernel(&stats(&c.client).await);
-    assert_eq!(figures.routes, 0, "{figures:?}");
-    assert_eq!(figures.routes_ended, figures.routes_installed);
+    let figures = stats(&c.client).await;
+    assert_eq!(kind.routes(&figures), 0, "{figures:?}");
+    if kind == Kind::Kernel {
+        let figures = kernel(&figures);
+        assert_eq!(figures.routes_ended, figures.routes_installed);
+    }
     device_b.send(&b_addr, &b.next());
     c.remote.expect_silence();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusual_packets_go_up_to_the_relay_and_the_numbering_stays_exact() {
-    let Some(relay) = kernel_relay(&[]).await else {
+    unusual_packets(Kind::Kernel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_packets_leave_a_lane_for_the_session_and_the_numbering_stays_exact() {
+    unusual_packets(Kind::Lanes).await;
+}
+
+async fn unusual_packets(kind: Kind) {
+    let Some(relay) = kind.relay(&[]).await else {
         return;
     };
-    let c = call(&relay, "kernel-unusual").await;
+    let c = call(&relay, "fast-unusual").await;
     let mut a = Talker::new(0x0A0A_0A0A, 1000, 160_000, b'A');
     let mut r = Talker::new(0x0F0F_0F0F, 100, 1000, b'R');
     let (mut at_remote, mut at_a) = (Vec::new(), Vec::new());
     until_both_ways(
+        kind,
         &c.client,
         (&mut a, &c.device, &c.user_addr),
         (&mut r, &c.remote, &c.remote_addr),
@@ -262,6 +356,8 @@ async fn unusual_packets_go_up_to_the_relay_and_the_numbering_stays_exact() {
     )
     .await;
     let ended = kernel(&stats(&c.client).await).routes_ended;
+    // A lane's source packets that it will not take end it the same way
+    // (the session takes it back first); the numbers below show it.
     // Reordered: the later packet first. Both go out, each with its own
     // number, through the relay.
     let (early, late) = (a.next(), a.next());
@@ -284,14 +380,18 @@ async fn unusual_packets_go_up_to_the_relay_and_the_numbering_stays_exact() {
     let heard_event = seen(&c.remote.recv().0);
     assert_eq!(heard_event.pt, 101);
     assert_eq!(heard_event.seq, first.seq.wrapping_add(1));
-    assert!(
-        kernel(&stats(&c.client).await).routes_ended > ended,
-        "the route ended when its source's packets came up"
-    );
-    // The kernel takes A again, and the numbers go on from there (the
+    if kind == Kind::Kernel {
+        assert!(
+            kernel(&stats(&c.client).await).routes_ended > ended,
+            "the route ended when its source's packets came up"
+        );
+    }
+    // The fast path takes A again, and the numbers go on from there (the
     // remote keeps talking: a silent leg's route ends after a second).
+    let carried = kind.packets(&stats(&c.client).await);
     let mut after = Vec::new();
     until_both_ways(
+        kind,
         &c.client,
         (&mut a, &c.device, &c.user_addr),
         (&mut r, &c.remote, &c.remote_addr),
@@ -302,18 +402,26 @@ async fn unusual_packets_go_up_to_the_relay_and_the_numbering_stays_exact() {
     after.extend(a.talk(&c.device, &c.user_addr, &c.remote, 50));
     assert_eq!(after[0].seq, heard_event.seq.wrapping_add(1));
     assert_continuous(&after);
-    let info = get(&c.client, &c.session).await;
-    let device = leg_stats(info.streams[0].user.as_ref());
-    assert!(
-        device.kernel_rtp_packets_in >= 50,
-        "{device:?} {:?}",
-        kernel(&stats(&c.client).await)
-    );
+    get(&c.client, &c.session).await;
+    let figures = stats(&c.client).await;
+    assert!(kind.packets(&figures) - carried >= 50, "{figures:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_legs_are_forwarded_by_the_kernel_too() {
-    let Some(relay) = kernel_relay(&["--media-ip", "127.0.0.1", "--media-ip", "::1"]).await else {
+    ipv6_legs(Kind::Kernel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_legs_go_on_lanes_too() {
+    ipv6_legs(Kind::Lanes).await;
+}
+
+async fn ipv6_legs(kind: Kind) {
+    let Some(relay) = kind
+        .relay(&["--media-ip", "127.0.0.1", "--media-ip", "::1"])
+        .await
+    else {
         return;
     };
     let c = call_between(
@@ -330,6 +438,7 @@ async fn ipv6_legs_are_forwarded_by_the_kernel_too() {
     let mut r = Talker::new(0x6B6B_6B6B, 20, 3200, b'R');
     let (mut at_remote, mut at_a) = (Vec::new(), Vec::new());
     until_both_ways(
+        kind,
         &c.client,
         (&mut a, &c.device, &c.user_addr),
         (&mut r, &c.remote, &c.remote_addr),
@@ -343,14 +452,19 @@ async fn ipv6_legs_are_forwarded_by_the_kernel_too() {
     for pair in at_a.windows(2) {
         assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "{pair:?}");
     }
-    // The kernel carried them, rewritten for IPv6 (on loopback checksums
-    // stay partial and are not verified, so this shows the addressing and
-    // the RTP rewrite, not the checksum arithmetic).
+    // The fast path carried them, rewritten for IPv6 (on loopback the
+    // kernel's checksums stay partial and are not verified, so this shows
+    // the addressing and the RTP rewrite, not the checksum arithmetic).
     let info = get(&c.client, &c.session).await;
     let device = leg_stats(info.streams[0].user.as_ref());
     let remote = leg_stats(info.streams[0].remote.as_ref());
-    assert!(device.kernel_rtp_packets_in >= 100, "{device:?}");
-    assert!(remote.kernel_rtp_packets_in >= 100, "{remote:?}");
+    if kind == Kind::Kernel {
+        assert!(device.kernel_rtp_packets_in >= 100, "{device:?}");
+        assert!(remote.kernel_rtp_packets_in >= 100, "{remote:?}");
+    } else {
+        let carried = kind.packets(&stats(&c.client).await);
+        assert!(carried >= 200, "{carried}");
+    }
     assert!(
         at_remote
             .iter()

@@ -120,8 +120,11 @@ impl Service {
         let _one_at_a_time = self.scrape.lock().await;
         let workers = self.sessions.worker_stats().await;
         let kernel = crate::sessions::calls::kernel_forwarding(self.sessions.dataplane(), &workers);
+        let user_fast_path =
+            crate::sessions::calls::user_fast_path(self.sessions.dataplane(), &workers);
         let snapshot = crate::telemetry::Snapshot {
             kernel,
+            user_fast_path,
             sessions: self.sessions.session_count() as u64,
             control_connections: u64::from(self.connection_count()),
             subscribers: self.events().subscriber_count() as u64,

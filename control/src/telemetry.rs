@@ -337,6 +337,8 @@ pub struct Snapshot {
     pub ha: Option<HaSnapshot>,
     /// The kernel fast path.
     pub kernel: baton_proto::v1::KernelForwarding,
+    /// The user-space fast path.
+    pub user_fast_path: baton_proto::v1::UserFastPath,
 }
 
 /// High availability's figures for `/metrics`: the role as a number
@@ -612,6 +614,23 @@ impl Collector for SnapshotCollector {
                 let value = k.handed_up.get(reason).copied().unwrap_or(0);
                 counter(value).encode(m.encode_family(&DropLabels { reason })?)?;
             }
+        }
+
+        {
+            let u = &s.user_fast_path;
+            gauge(
+                &mut encoder,
+                "baton_user_fast_path_lanes",
+                "Stream directions on a lane (the user-space fast path) now",
+                u64::from(u.lanes),
+            )?;
+            let m = encoder.encode_descriptor(
+                "baton_user_fast_path_packets",
+                "Packets lanes forwarded (also in baton_packets_forwarded)",
+                None,
+                MetricType::Counter,
+            )?;
+            counter(u.packets).encode(m)?;
         }
 
         let total = |f: &dyn Fn(&WorkerSnapshot) -> u64| s.workers.iter().map(f).sum::<u64>();

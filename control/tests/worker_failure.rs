@@ -111,6 +111,7 @@ async fn a_failed_worker_loses_only_its_sessions_and_is_restarted() {
         busy_poll: false,
         dtls_identity: None,
         kernel_forwarding: false,
+        user_fast_path: true,
     };
     // Wired as the daemon wires it.
     let service = baton_control::service::start(

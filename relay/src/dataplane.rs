@@ -69,6 +69,9 @@ pub struct DataplaneConfig {
     /// see [`crate::io::kernel`]. When the kernel refuses, the relay says
     /// why and forwards in user space.
     pub kernel_forwarding: bool,
+    /// Forward the steady plain stream directions the kernel does not take
+    /// through a worker's lanes (see [`crate::core::fastpath::Lane`]).
+    pub user_fast_path: bool,
 }
 
 /// Kernel routes per worker when the fast path is on: two per stream.
@@ -122,6 +125,7 @@ struct WorkerTemplate {
     timeouts: Mutex<Timeouts>,
     command_queue: usize,
     busy_poll: bool,
+    user_fast_path: bool,
     /// Taken at shutdown, so that the event channel closes once the
     /// workers have ended and its reader sees the end.
     events: Mutex<Option<mpsc::Sender<WorkerEvent>>>,
@@ -184,6 +188,7 @@ fn spawn_worker(index: WorkerId, template: &WorkerTemplate) -> std::io::Result<W
         (Arc::clone(&waker), dtls),
     )?
     .busy_poll(template.busy_poll)
+    .lanes(template.user_fast_path)
     .kernel(match &template.kernel {
         // The worker's slots start empty: routes a failed worker left are
         // ended before its successor starts.
@@ -276,6 +281,7 @@ impl Dataplane {
             timeouts: Mutex::new(config.timeouts),
             command_queue: config.command_queue,
             busy_poll: config.busy_poll,
+            user_fast_path: config.user_fast_path,
             events: Mutex::new(Some(events)),
             dtls: Mutex::new(Some(dtls)),
             kernel,
@@ -292,6 +298,12 @@ impl Dataplane {
             dtls_thread: Mutex::new(Some(dtls_thread)),
             kernel_status,
         })
+    }
+
+    /// Whether steady plain directions the kernel does not take go on
+    /// lanes (the user-space fast path).
+    pub fn user_fast_path(&self) -> bool {
+        self.template.user_fast_path
     }
 
     /// Whether the kernel fast path is on, and if not, why.

@@ -234,6 +234,11 @@ pub struct WorkerStats {
     pub cpu_seconds: Option<f64>,
     /// The kernel fast path's share of this worker's streams.
     pub kernel: KernelWorkerStats,
+    /// Datagrams the worker's lanes forwarded (also in `forwarded`, as
+    /// their sessions take them in).
+    pub lane_packets: u64,
+    /// Lanes open now.
+    pub lanes: usize,
 }
 
 /// A worker's kernel fast path counters. The kernel's packets and bytes

@@ -280,6 +280,7 @@ fn worker_path() -> u64 {
         busy_poll: false,
         dtls_identity: None,
         kernel_forwarding: false,
+        user_fast_path: true,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -326,24 +327,39 @@ fn worker_path() -> u64 {
 
     let mut buf = [0u8; 2048];
     let mut recv = [0u8; 2048];
-    let mut exchange = |count: u32, start: u32| {
+    let mut exchange = |count: u32, start: u32, pause: Duration| {
         for i in start..start + count {
             let len = rtp(&mut buf, 0, i as u16, 160 * i, 0xA);
             device.send_to(&buf[..len], relay_user).expect("send");
             let (n, _) = remote.recv_from(&mut recv).expect("forwarded");
             assert_eq!(&recv[..n], &buf[..len]);
+            std::thread::sleep(pause);
         }
     };
+    let lane_packets = || {
+        runtime
+            .block_on(dataplane.worker_stats(WorkerId(0)))
+            .expect("stats")
+            .lane_packets
+    };
     // Warm up: first-time costs (the latency histogram, lazy statics).
-    exchange(200, 0);
+    exchange(200, 0, Duration::ZERO);
     // Counted on the worker threads and this one: the DTLS thread's idle
     // loop allocates now and then on a loaded machine (crossbeam's blocking
-    // receive), off every packet's path.
+    // receive), off every packet's path. Paced over more than two of the
+    // worker's visits, so the direction becomes steady and a lane opens
+    // and carries packets inside the counted part.
+    let before = lane_packets();
     BY_THREAD_ON.store(true, Ordering::Relaxed);
-    exchange(5_000, 200);
+    exchange(5_000, 200, Duration::from_micros(500));
     BY_THREAD_ON.store(false, Ordering::Relaxed);
     let counted = packet_path_allocations();
+    let through_lane = lane_packets() - before;
     dataplane.shutdown();
+    assert!(
+        through_lane > 1_000,
+        "the counted packets went through a lane ({through_lane} did)"
+    );
     counted
 }
 

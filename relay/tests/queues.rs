@@ -45,6 +45,7 @@ fn a_full_event_queue_drops_only_what_may_be_lost() {
         busy_poll: false,
         dtls_identity: None,
         kernel_forwarding: false,
+        user_fast_path: true,
     };
     // Room for one event, and nobody reading yet.
     let (events, mut events_rx) = tokio::sync::mpsc::channel(1);
@@ -143,6 +144,7 @@ fn a_full_command_queue_refuses_at_once_instead_of_blocking() {
         busy_poll: false,
         dtls_identity: None,
         kernel_forwarding: false,
+        user_fast_path: true,
     };
     let (events, _events_rx) = tokio::sync::mpsc::channel(16);
     let dataplane = std::sync::Arc::new(Dataplane::start(&config, events).expect("start"));

@@ -663,6 +663,7 @@ impl Sessions {
         stats.refusals = telemetry.refusal_counts().into_iter().collect();
         let workers = self.worker_stats().await;
         stats.kernel = Some(kernel_forwarding(&self.dataplane, &workers));
+        stats.user_fast_path = Some(user_fast_path(&self.dataplane, &workers));
         for (worker, w) in workers {
             let us = |ns: u64| ns as f64 / 1000.0;
             stats.packets_forwarded += w.forwarded;
@@ -953,6 +954,21 @@ impl FinalTotals {
             totals.jitter_ms = totals.jitter_ms.max(leg.jitter_ms);
         }
         totals
+    }
+}
+
+/// The user-space fast path's figures, summed over the workers.
+pub(crate) fn user_fast_path(
+    dataplane: &baton_relay::Dataplane,
+    workers: &[(baton_relay::WorkerId, baton_relay::WorkerStats)],
+) -> v1::UserFastPath {
+    v1::UserFastPath {
+        on: dataplane.user_fast_path(),
+        lanes: workers
+            .iter()
+            .map(|(_, w)| u32::try_from(w.lanes).unwrap_or(u32::MAX))
+            .fold(0, u32::saturating_add),
+        packets: workers.iter().map(|(_, w)| w.lane_packets).sum(),
     }
 }
 

@@ -642,7 +642,7 @@ impl Continuity {
         &mut self,
         leg: usize,
         ssrc: u32,
-        progress: &crate::core::fastpath::KernelProgress,
+        progress: &crate::core::fastpath::FastProgress,
         rate: u32,
     ) {
         let Some(source) = self.source.as_mut() else {

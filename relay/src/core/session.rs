@@ -587,7 +587,7 @@ impl Session {
         stream: StreamIndex,
         direction: crate::core::fastpath::Direction,
         path: &crate::core::fastpath::FastPath,
-        progress: &crate::core::fastpath::KernelProgress,
+        progress: &crate::core::fastpath::FastProgress,
     ) {
         if let Some(s) = self.streams.get_mut(stream.0) {
             s.absorb(direction, path, progress);

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::continuity::{Continuity, Refused, SequenceShift};
 use crate::core::dtls::DtlsParams;
-use crate::core::fastpath::{Direction, FastPath, FastStart, KernelProgress, PASS, STEADY_PACKETS};
+use crate::core::fastpath::{Direction, FastPath, FastProgress, FastStart, PASS, STEADY_PACKETS};
 use crate::core::ids::{LegId, Party};
 use crate::core::keyframe::PayloadFormat;
 use crate::core::rtcp_translate::{self, RtcpState, TranslateError};
@@ -2818,7 +2818,7 @@ impl Stream {
 
     /// What the kernel forwarded on `path` since the last call: the
     /// stream's state and counters move as if it had passed here.
-    pub fn absorb(&mut self, direction: Direction, path: &FastPath, progress: &KernelProgress) {
+    pub fn absorb(&mut self, direction: Direction, path: &FastPath, progress: &FastProgress) {
         if progress.is_empty() {
             return;
         }
@@ -2832,7 +2832,9 @@ impl Stream {
         }
         if let Some(leg) = self.leg_mut(path.from) {
             leg.counters.rtp_in += progress.packets;
-            leg.counters.kernel_rtp_in += progress.packets;
+            if progress.in_kernel {
+                leg.counters.kernel_rtp_in += progress.packets;
+            }
             leg.counters.bytes_in += progress.bytes;
             leg.last_packet_at = later(leg.last_packet_at, progress.last_at);
             leg.last_ssrc_seq = Some((path.in_ssrc, progress.max_seq));
@@ -3179,6 +3181,108 @@ mod tests {
     /// is steady, with the numbers the relay itself would write; what the
     /// kernel forwarded moves the state exactly, so the relay's next
     /// packet, and a new source's anchor, continue from the kernel's last.
+    /// Two copies of one call: `whole` handles every packet itself, `laned`
+    /// hands its steady directions to lanes, takes them back and goes on.
+    /// The remote and the device hear the same bytes, and the reports
+    /// agree.
+    #[test]
+    fn a_lane_forwards_what_the_session_would_and_hands_back_where_it_left_off() {
+        use crate::core::fastpath::Lane;
+        let t0 = Instant::now();
+        let (device, remote) = ("127.0.0.1:6000", "127.0.0.1:7000");
+        let new = || stream(t0, leg(Some(device), true), leg(Some(remote), true), false);
+        let (mut whole, mut laned) = (new(), new());
+        // Uneven arrival times (up to 3 ms late), so jitter has something
+        // to measure; the device's numbers wrap while lanes carry them.
+        let step = |k: u16| {
+            t0 + Duration::from_millis(20 * u64::from(k) + 20)
+                + Duration::from_micros(u64::from(k) * 7919 % 3000)
+        };
+        // The device's packet k (its numbers wrap, its timestamps go on)
+        // and the remote's.
+        let up = |k: u16| {
+            rtp_pt(
+                0,
+                65_400u16.wrapping_add(k),
+                1_000 + u32::from(k) * 160,
+                0xA,
+                &[0xd5; 160],
+            )
+        };
+        let down = |k: u16| rtp(100 + k, 0xB);
+        let both = |whole: &mut Stream, laned: &mut Stream, now, k: u16| {
+            let (up, down) = (up(k), down(k));
+            assert_eq!(
+                feed(whole, now, USER, Component::Rtp, device, &up).1,
+                feed(laned, now, USER, Component::Rtp, device, &up).1
+            );
+            assert_eq!(
+                feed(whole, now, REMOTE, Component::Rtp, remote, &down).1,
+                feed(laned, now, REMOTE, Component::Rtp, remote, &down).1
+            );
+        };
+        let mut k = 0u16;
+        while laned.fast_paths(step(k)).iter().any(Option::is_none) {
+            let at = step(k);
+            both(&mut whole, &mut laned, at, k);
+            k += 1;
+            assert!(k < 200, "both ways become steady");
+        }
+        let paths = laned.fast_paths(step(k));
+        let mut lanes: Vec<_> = paths
+            .iter()
+            .flatten()
+            .map(|(path, start)| Lane::new(path, start, step(k)).expect("one payload type"))
+            .collect();
+        for _ in 0..300 {
+            let at = step(k);
+            let (up, down) = (up(k), down(k));
+            for (lane, bytes, leg, from) in [(0, &up, USER, device), (1, &down, REMOTE, remote)] {
+                let expected = feed(&mut whole, at, leg, Component::Rtp, from, bytes).1;
+                let mut buf = bytes.clone();
+                assert!(lanes[lane].forward(at, addr(from), &mut buf, bytes.len()));
+                assert_eq!(buf, expected, "packet {k}");
+            }
+            k += 1;
+        }
+        for (direction, ((path, _), lane)) in Direction::BOTH
+            .into_iter()
+            .zip(paths.iter().flatten().zip(&mut lanes))
+        {
+            laned.absorb(direction, path, &lane.take());
+        }
+        // Back in the session: a reordered packet and then the next ones
+        // come out the same from both.
+        let at = step(k);
+        let (late, early) = (up(k + 1), up(k));
+        for bytes in [&late, &early] {
+            assert_eq!(
+                feed(&mut whole, at, USER, Component::Rtp, device, bytes).1,
+                feed(&mut laned, at, USER, Component::Rtp, device, bytes).1
+            );
+        }
+        k += 2;
+        for _ in 0..20 {
+            let at = step(k);
+            both(&mut whole, &mut laned, at, k);
+            k += 1;
+        }
+        for party in [USER, REMOTE] {
+            let (a, b) = (
+                whole.report_of(step(k), party),
+                laned.report_of(step(k), party),
+            );
+            assert_eq!(a.counters.rtp_in, b.counters.rtp_in, "{party:?}");
+            // Sends are counted by the worker (not by `feed`); a lane's by
+            // the session as it takes them in.
+            assert_eq!(b.counters.packets_out - a.counters.packets_out, 300);
+            assert_eq!(a.counters.bytes_in, b.counters.bytes_in);
+            assert_eq!((a.expected, a.lost), (b.expected, b.lost), "{party:?}");
+            assert_eq!(a.jitter_ms.to_bits(), b.jitter_ms.to_bits(), "{party:?}");
+            assert_eq!(b.counters.kernel_rtp_in, 0, "a lane is not the kernel");
+        }
+    }
+
     #[test]
     fn steady_directions_go_to_the_kernel_and_come_back_where_it_left_them() {
         let t0 = Instant::now();
@@ -3243,7 +3347,8 @@ mod tests {
         s.absorb(
             Direction::TowardRemote,
             &up,
-            &KernelProgress {
+            &FastProgress {
+                in_kernel: true,
                 packets: 100,
                 bytes: 100 * 172,
                 payload_bytes: 100 * 160,

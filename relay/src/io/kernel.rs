@@ -24,7 +24,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, info};
 
-use crate::core::fastpath::{FastPath, FastStart, KernelProgress};
+use crate::core::fastpath::{FastPath, FastProgress, FastStart};
 use crate::io::sys::bpf::{RouteKey, RouteRecord, SlotRecord};
 use crate::io::sys::monotonic_ns;
 
@@ -604,7 +604,7 @@ impl KernelMaps {
         &self,
         route: &mut RouteHandle,
         clocks: &Clocks,
-    ) -> Result<KernelProgress, KernelError> {
+    ) -> Result<FastProgress, KernelError> {
         let state = self
             .slots
             .get(&route.slot, F_LOCK)
@@ -616,9 +616,9 @@ impl KernelMaps {
     /// returns what it forwarded since the last read.
     pub fn remove(
         &mut self,
-        mut route: RouteHandle,
+        route: &mut RouteHandle,
         clocks: &Clocks,
-    ) -> Result<KernelProgress, KernelError> {
+    ) -> Result<FastProgress, KernelError> {
         let cleared = self.control.set(route.slot, 0, 0);
         let _ = self.routes.remove(&route.key);
         // The slot is reused only once nothing can still count into it.
@@ -633,7 +633,7 @@ impl KernelMaps {
                 *entry = None;
             }
         }
-        Ok(progress(&mut route, &state?, clocks))
+        Ok(progress(route, &state?, clocks))
     }
 
     /// Whether the routing table now sends `route`'s packets, or expects
@@ -775,7 +775,7 @@ pub fn egress_interface(source: IpAddr, destination: IpAddr) -> Result<u32, Stri
     Err("the route names no interface".to_owned())
 }
 
-fn progress(route: &mut RouteHandle, state: &SlotRecord, clocks: &Clocks) -> KernelProgress {
+fn progress(route: &mut RouteHandle, state: &SlotRecord, clocks: &Clocks) -> FastProgress {
     let totals = SlotTotals {
         packets: state.packets,
         bytes: state.bytes,
@@ -783,7 +783,8 @@ fn progress(route: &mut RouteHandle, state: &SlotRecord, clocks: &Clocks) -> Ker
         seq_advance: state.seq_advance,
     };
     let before = std::mem::replace(&mut route.seen, totals);
-    KernelProgress {
+    FastProgress {
+        in_kernel: true,
         packets: totals.packets.saturating_sub(before.packets),
         bytes: totals.bytes.saturating_sub(before.bytes),
         payload_bytes: totals.payload_bytes.saturating_sub(before.payload_bytes),

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::core::dtls::DtlsParams;
-use crate::core::fastpath::{Direction, FastPath, KernelProgress};
+use crate::core::fastpath::{Direction, FastPath, FastProgress, Lane};
 use crate::core::ids::{LegId, Party, SessionId, StreamIndex, TransferId, WorkerId};
 use crate::core::session::{
     EndReason, Session, SessionEvent, SessionReport, SessionUpdate, Timeouts,
@@ -61,6 +61,9 @@ const TICK: Duration = Duration::from_millis(20);
 /// sessions being scanned at once (a burst that every packet arriving
 /// during it would wait out).
 const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+// A lane's datagrams of a batch are a bit each in a u32.
+const _: () = assert!(BATCH <= 32);
+
 /// `recvmmsg` calls on one socket per turn of the loop before the others get
 /// their turn (fairness under load).
 const BATCHES_PER_TURN: usize = 8;
@@ -182,6 +185,16 @@ struct SocketEntry {
     /// Other streams' legs ride this socket (BUNDLE): each datagram is
     /// routed to its stream first.
     bundled: bool,
+    /// The user-space fast path of the stream direction whose packets
+    /// arrive here, while it has one (its key in `Worker::lanes`).
+    lane: Option<usize>,
+}
+
+/// A lane and where what it takes leaves.
+struct LaneEntry {
+    lane: Lane,
+    /// The output leg's RTP socket.
+    out: usize,
 }
 
 /// A session and the sockets of its legs.
@@ -194,22 +207,30 @@ struct Entry {
     leases: Vec<[Option<PortLease>; LegId::COUNT]>,
     /// Packets taken in when its last snapshot was taken (`None`: never).
     snapshot_at_packets: Option<u64>,
-    /// Stream directions the kernel forwards now.
+    /// Stream directions a fast path (the kernel's or a lane) forwards now.
     routes: Vec<LiveRoute>,
     /// When its timeouts are looked at next (its live entry in
     /// `Worker::deadlines`; others for it are stale).
     look_at: Option<Instant>,
 }
 
-/// A stream direction the kernel forwards, and what it was installed for.
+/// A stream direction a fast path forwards, and what it was installed for.
 struct LiveRoute {
     stream: StreamIndex,
     direction: Direction,
     path: FastPath,
-    handle: RouteHandle,
+    handle: RouteBacking,
 }
 
-/// Kernel fast path routes a session may have (a bit each in a mask).
+/// Which fast path forwards a route.
+enum RouteBacking {
+    /// The kernel's.
+    Kernel(RouteHandle),
+    /// A lane on the input socket with this token.
+    Lane(usize),
+}
+
+/// Fast path routes a session may have (a bit each in a mask).
 const MAX_ROUTES: usize = 64;
 
 /// How often each session's routes are read back (activity for its
@@ -270,6 +291,14 @@ pub(crate) struct Worker {
     kernel: Option<KernelMaps>,
     /// The kernel fast path's counters for this worker.
     kernel_stats: KernelWorkerStats,
+    /// Steady directions the kernel does not take are forwarded by lanes
+    /// (see [`Lane`]).
+    lanes_on: bool,
+    /// The open lanes, apart from the sockets so that a socket's entry
+    /// stays one cache line and the lanes packed together.
+    lanes: Slab<LaneEntry>,
+    /// Datagrams lanes forwarded.
+    lane_packets: u64,
     /// Where the next tick's visit of sessions for routes starts.
     route_cursor: usize,
     /// When to look at which session's timeouts, soonest first.
@@ -318,6 +347,9 @@ impl Worker {
             handshakes,
             kernel: None,
             kernel_stats: KernelWorkerStats::default(),
+            lanes_on: false,
+            lanes: Slab::with_capacity(1024),
+            lane_packets: 0,
             route_cursor: 0,
             deadlines: BinaryHeap::with_capacity(256),
         })
@@ -326,6 +358,13 @@ impl Worker {
     /// Forwards established plain legs through the kernel fast path.
     pub(crate) fn kernel(mut self, maps: Option<KernelMaps>) -> Self {
         self.kernel = maps;
+        self
+    }
+
+    /// Forwards established plain legs the kernel does not take through
+    /// lanes.
+    pub(crate) fn lanes(mut self, enabled: bool) -> Self {
+        self.lanes_on = enabled;
         self
     }
 
@@ -417,6 +456,76 @@ impl Worker {
         unfinished.push(token);
     }
 
+    /// Forwards the datagrams of a batch that the socket's lane takes;
+    /// returns which (a bit each; 0 without a lane). RTCP and strangers'
+    /// datagrams are left for the session and the lane goes on after them
+    /// (they change nothing it carries); its own source's first packet it
+    /// will not take stops it, and that one and all after it are left for
+    /// the session, which takes the lane back first.
+    fn lane_batch(
+        &mut self,
+        received_at: Instant,
+        token: usize,
+        recv: &mut RecvBatch,
+        received: usize,
+        send: &mut SendBatch,
+    ) -> u32 {
+        let Some(lane) = self.sockets.get(token).and_then(|socket| socket.lane) else {
+            return 0;
+        };
+        let Some(entry) = self.lanes.get_mut(lane) else {
+            return 0;
+        };
+        let mut taken = 0u32;
+        for index in 0..received {
+            let (source, truncated, buf, len) = recv.datagram(index);
+            let Some(source) = source.filter(|_| !truncated) else {
+                break;
+            };
+            if entry.lane.forward(received_at, source, buf, len) {
+                taken |= 1 << index;
+            } else if entry.lane.is_source(source) && !crate::core::rtp::is_rtcp(&buf[..len]) {
+                break;
+            }
+        }
+        if taken == 0 {
+            return 0;
+        }
+        let (out, to) = (entry.out, entry.lane.destination());
+        let forwarded = (0..received).filter(|index| taken & (1 << index) != 0);
+        let outcome = match self.sockets.get(out) {
+            Some(socket) => send.send(
+                socket.socket.as_fd(),
+                forwarded.clone().map(|index| (to, recv.bytes(index))),
+            ),
+            None => crate::io::sys::SendOutcome {
+                failed: taken.count_ones() as usize,
+                ..Default::default()
+            },
+        };
+        self.lane_packets += outcome.sent as u64;
+        if outcome.failed > 0 {
+            // Counted as forwarded by the lane: take them back out.
+            let bytes: usize = forwarded.map(|index| recv.bytes(index).len()).sum();
+            if let Some(entry) = self.lanes.get_mut(lane) {
+                entry
+                    .lane
+                    .unsent(outcome.failed as u64, (bytes - outcome.sent_bytes) as u64);
+            }
+            self.dropped += outcome.failed as u64;
+            self.drops[DropReason::SendFailed as usize] += outcome.failed as u64;
+        }
+        self.batches = self.batches.wrapping_add(1);
+        if self.batches.is_multiple_of(LATENCY_SAMPLING) {
+            let elapsed = u64::try_from(received_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let _ = self.latency.record_n(
+                elapsed.clamp(1, LATENCY_MAX_NS),
+                u64::from(taken.count_ones()),
+            );
+        }
+        taken
+    }
+
     fn process_batch(
         &mut self,
         received_at: Instant,
@@ -425,6 +534,14 @@ impl Worker {
         received: usize,
         send: &mut SendBatch,
     ) {
+        // The socket's lane takes the source's next packets without the
+        // session; the first it will not take, and all after it, go to the
+        // session (which takes the lane back first, see hand_back_routes).
+        let taken = self.lane_batch(received_at, token, recv, received, send);
+        let left = |index: usize| taken & (1 << index) == 0;
+        if !(0..received).any(left) {
+            return;
+        }
         let Some(socket) = self.sockets.get(token) else {
             return;
         };
@@ -439,7 +556,7 @@ impl Worker {
             .sessions
             .get(key)
             .is_some_and(|entry| !entry.routes.is_empty())
-            && self.hand_back_routes(key, owner, owner_leg, recv, received);
+            && self.hand_back_routes(key, owner, owner_leg, recv, received, taken);
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
@@ -449,7 +566,7 @@ impl Worker {
         let mut forked = std::mem::take(&mut self.forked);
         queued.clear();
         forked.clear();
-        for index in 0..received {
+        for index in (0..received).filter(|&index| left(index)) {
             let (source, truncated, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
             let (stream, leg, learn) = if bundled {
@@ -609,13 +726,15 @@ impl Worker {
         leg: LegId,
         recv: &mut RecvBatch,
         received: usize,
+        taken: u32,
     ) -> bool {
         let Some(entry) = self.sessions.get(key) else {
             return false;
         };
         let mut ending = 0u64;
         let mut from_peers = false;
-        for index in 0..received {
+        // A lane's datagrams are not the session's to look at.
+        for index in (0..received).filter(|index| taken & (1 << index) == 0) {
             let (source, _, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
             let rtcp = crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]);
@@ -654,49 +773,86 @@ impl Worker {
 
     /// One pass over the session's routes: those `end` picks are ended,
     /// the others read when `read_rest`; what each forwarded is taken in.
+    /// Allocates nothing (lanes are read on their packets' path).
     fn take_in_routes(
         &mut self,
         key: usize,
         end: impl Fn(usize, &LiveRoute) -> bool,
         read_rest: bool,
     ) {
-        let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
+        let Some(Entry {
+            session, routes, ..
+        }) = self.sessions.get_mut(key)
+        else {
             return;
         };
-        if entry.routes.is_empty() {
+        if routes.is_empty() {
             return;
         }
-        let clocks = Clocks::read();
-        let routes = std::mem::take(&mut entry.routes);
-        for (i, mut route) in routes.into_iter().enumerate() {
-            let ending = end(i, &route);
-            let taken = if ending {
-                kernel
-                    .remove(route.handle, &clocks)
-                    .inspect(|_| self.kernel_stats.removed += 1)
-            } else if read_rest {
-                kernel.read(&mut route.handle, &clocks)
-            } else {
-                entry.routes.push(route);
+        let clocks = self.kernel.as_ref().map(|_| Clocks::read());
+        let (mut at, mut index) = (0, 0);
+        while at < routes.len() {
+            let ending = end(index, &routes[at]);
+            index += 1;
+            if !ending && !read_rest {
+                at += 1;
                 continue;
+            }
+            let route = &mut routes[at];
+            let taken = match &mut route.handle {
+                RouteBacking::Lane(token) => {
+                    // Only the lane of this route's own socket (a slot
+                    // reused by another leg has none of it).
+                    let socket = self.sockets.get_mut(*token).filter(|socket| {
+                        (socket.session, socket.stream, socket.leg)
+                            == (key, route.stream, route.path.from)
+                    });
+                    let lane = socket.and_then(|socket| {
+                        if ending {
+                            socket.lane.take()
+                        } else {
+                            socket.lane
+                        }
+                    });
+                    Ok(lane.and_then(|lane| {
+                        if ending {
+                            self.lanes
+                                .try_remove(lane)
+                                .map(|mut entry| entry.lane.take())
+                        } else {
+                            self.lanes.get_mut(lane).map(|entry| entry.lane.take())
+                        }
+                    }))
+                }
+                RouteBacking::Kernel(handle) => match (self.kernel.as_mut(), &clocks) {
+                    (Some(kernel), Some(clocks)) if ending => kernel
+                        .remove(handle, clocks)
+                        .inspect(|_| self.kernel_stats.removed += 1)
+                        .map(Some),
+                    (Some(kernel), Some(clocks)) => kernel.read(handle, clocks).map(Some),
+                    _ => Ok(None),
+                },
             };
             match taken {
-                Ok(progress) => absorb(
-                    &mut entry.session,
-                    &route,
+                Ok(Some(progress)) => absorb(
+                    session,
+                    (route.stream, route.direction, &route.path),
                     &progress,
                     &mut self.kernel_stats,
                     &mut self.forwarded,
                     &mut self.packets_to,
                     &mut self.bytes_to,
                 ),
+                Ok(None) => {}
                 Err(e) => {
                     self.kernel_stats.errors += 1;
                     debug!(worker = %self.index, ending, "taking in a kernel route: {e}");
                 }
             }
-            if !ending {
-                entry.routes.push(route);
+            if ending {
+                routes.remove(at);
+            } else {
+                at += 1;
             }
         }
     }
@@ -706,79 +862,134 @@ impl Worker {
         let Some(entry) = self.sessions.get(key) else {
             return;
         };
-        let paths: Vec<_> = entry.session.fast_paths(now).collect();
-        self.end_routes(key, |_, route| {
-            !paths.iter().any(|(stream, direction, path, _)| {
-                *stream == route.stream && *direction == route.direction && *path == route.path
-            })
-        });
+        // A bit per route (at most MAX_ROUTES): no list per look, and one
+        // pass over what the session would forward now.
+        let mut current = 0u64;
+        for (stream, direction, path, _) in entry.session.fast_paths(now) {
+            if let Some(i) = entry.routes.iter().position(|route| {
+                route.stream == stream && route.direction == direction && route.path == path
+            }) {
+                current |= 1 << i;
+            }
+        }
+        let all = if entry.routes.len() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << entry.routes.len()) - 1
+        };
+        let stale = all & !current;
+        if stale != 0 {
+            self.end_routes(key, |i, _| stale & (1 << i) != 0);
+        }
     }
 
     /// Reads and checks the session's routes, then installs the stream
-    /// directions that qualify and have none.
-    fn visit_routes(&mut self, key: usize, now: Instant, clocks: &Clocks) {
+    /// directions that qualify and have none: in the kernel where it
+    /// serves both legs' addresses, else (with lanes on) on a lane.
+    fn visit_routes(&mut self, key: usize, now: Instant, clocks: Option<&Clocks>) {
         self.read_routes(key);
         self.check_routes(key, now);
         if let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get(key)) {
-            let moved: Vec<bool> = entry
-                .routes
-                .iter()
-                .map(|route| kernel.moved(&route.handle, now))
-                .collect();
-            if moved.contains(&true) {
-                self.end_routes(key, |i, _| moved[i]);
+            let mut moved = 0u64;
+            for (i, route) in entry.routes.iter().enumerate() {
+                if let RouteBacking::Kernel(handle) = &route.handle
+                    && kernel.moved(handle, now)
+                {
+                    moved |= 1 << i;
+                }
+            }
+            if moved != 0 {
+                self.end_routes(key, |i, _| moved & (1 << i) != 0);
             }
         }
-        let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get_mut(key)) else {
+        let Some(Entry {
+            session,
+            routes,
+            tokens,
+            ..
+        }) = self.sessions.get_mut(key)
+        else {
             return;
         };
-        let candidates: Vec<_> = entry
-            .session
-            .fast_paths(now)
-            .filter(|(stream, direction, _, _)| {
-                !entry
-                    .routes
-                    .iter()
-                    .any(|r| r.stream == *stream && r.direction == *direction)
-            })
-            .collect();
-        for (stream, direction, path, start) in candidates {
-            if entry.routes.len() >= MAX_ROUTES {
+        for (stream, direction, path, start) in session.fast_paths(now) {
+            if routes.len() >= MAX_ROUTES {
                 return;
             }
-            let local = |leg: LegId| {
-                let token = entry.tokens.get(stream.0)?[leg.index()][Component::Rtp.index()];
-                self.sockets.get(token)?.socket.local_addr().ok()
-            };
-            let (Some(local_in), Some(local_out)) = (local(path.from), local(path.to)) else {
-                continue;
-            };
-            if !kernel.serves(local_in.ip()) || !kernel.serves(local_out.ip()) {
+            if routes
+                .iter()
+                .any(|r| r.stream == stream && r.direction == direction)
+            {
                 continue;
             }
-            match kernel.install(&path, &start, local_in, local_out, clocks) {
-                Ok(handle) => {
-                    self.kernel_stats.installed += 1;
-                    entry.routes.push(LiveRoute {
-                        stream,
-                        direction,
-                        path,
-                        handle,
-                    });
+            let token = |leg: LegId| {
+                tokens
+                    .get(stream.0)
+                    .map(|tokens| tokens[leg.index()][Component::Rtp.index()])
+            };
+            let (Some(in_token), Some(out_token)) = (token(path.from), token(path.to)) else {
+                continue;
+            };
+            let handle = match (self.kernel.as_mut(), clocks) {
+                (Some(kernel), Some(clocks)) => {
+                    let local = |token: usize| self.sockets.get(token)?.socket.local_addr().ok();
+                    let (Some(local_in), Some(local_out)) = (local(in_token), local(out_token))
+                    else {
+                        continue;
+                    };
+                    if kernel.serves(local_in.ip()) && kernel.serves(local_out.ip()) {
+                        match kernel.install(&path, &start, local_in, local_out, clocks) {
+                            Ok(handle) => {
+                                self.kernel_stats.installed += 1;
+                                Some(RouteBacking::Kernel(handle))
+                            }
+                            Err(e) => {
+                                self.kernel_stats.errors += 1;
+                                debug!(worker = %self.index, "installing a kernel route: {e}");
+                                return;
+                            }
+                        }
+                    } else {
+                        None
+                    }
                 }
-                Err(e) => {
-                    self.kernel_stats.errors += 1;
-                    debug!(worker = %self.index, "installing a kernel route: {e}");
-                    return;
+                _ => None,
+            };
+            let handle = match handle {
+                Some(handle) => handle,
+                None if self.lanes_on => {
+                    // A bundled socket carries other streams too: its
+                    // datagrams are routed by the session.
+                    let Some(socket) = self
+                        .sockets
+                        .get_mut(in_token)
+                        .filter(|socket| !socket.bundled && socket.lane.is_none())
+                    else {
+                        continue;
+                    };
+                    let Some(lane) = Lane::new(&path, &start, now) else {
+                        continue;
+                    };
+                    socket.lane = Some(self.lanes.insert(LaneEntry {
+                        lane,
+                        out: out_token,
+                    }));
+                    RouteBacking::Lane(in_token)
                 }
-            }
+                None => continue,
+            };
+            routes.push(LiveRoute {
+                stream,
+                direction,
+                path,
+                handle,
+            });
         }
     }
 
     /// A share of the sessions each tick, so that every session is
     /// visited about once per [`ROUTE_VISIT`].
-    fn kernel_tick(&mut self, now: Instant) {
-        if self.kernel.is_none() || self.sessions.is_empty() {
+    fn route_tick(&mut self, now: Instant) {
+        if (self.kernel.is_none() && !self.lanes_on) || self.sessions.is_empty() {
             return;
         }
         // A share of the slab's slots per tick (not a walk of all of it):
@@ -786,12 +997,12 @@ impl Worker {
         let ticks = (ROUTE_VISIT.as_millis() / TICK.as_millis()).max(1) as usize;
         let slots = self.sessions.capacity().max(1);
         let share = slots.div_ceil(ticks);
-        let clocks = Clocks::read();
+        let clocks = self.kernel.as_ref().map(|_| Clocks::read());
         for _ in 0..share {
             let key = self.route_cursor % slots;
             self.route_cursor = (key + 1) % slots;
             if self.sessions.contains(key) {
-                self.visit_routes(key, now, &clocks);
+                self.visit_routes(key, now, clocks.as_ref());
             }
         }
     }
@@ -1147,7 +1358,9 @@ impl Worker {
                 .map(|_| [None, None, None, None])
                 .collect(),
             snapshot_at_packets: None,
-            routes: Vec::new(),
+            // Room for both directions of every stream: opening a fast
+            // path later allocates nothing.
+            routes: Vec::with_capacity((2 * streams.len()).min(MAX_ROUTES)),
             look_at: None,
         };
         let mut registered = Vec::new();
@@ -1218,7 +1431,7 @@ impl Worker {
     /// Snapshots of sessions that moved since their last one (all of them
     /// when `all`).
     fn snapshots(&mut self, now: Instant, all: bool, from: usize, limit: usize) -> SnapshotPage {
-        if self.kernel.is_some() {
+        if self.kernel.is_some() || self.lanes_on {
             let routed: Vec<usize> = self
                 .sessions
                 .iter()
@@ -1339,6 +1552,7 @@ impl Worker {
             leg,
             component,
             bundled: false,
+            lane: None,
         });
         Ok(token)
     }
@@ -1421,6 +1635,10 @@ impl Worker {
 
     /// Closes a leg's sockets, then frees its ports.
     fn close_leg(&mut self, key: usize, stream: StreamIndex, leg: LegId) {
+        // A lane lives on its input socket: its route ends with the leg.
+        self.end_routes(key, |_, route| {
+            route.stream == stream && (route.path.from == leg || route.path.to == leg)
+        });
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
@@ -1512,7 +1730,7 @@ impl Worker {
             }
             self.schedule(key, now);
         }
-        self.kernel_tick(now);
+        self.route_tick(now);
     }
 
     /// Puts the session's next look at its timeouts in `deadlines`: its
@@ -1569,6 +1787,8 @@ impl Worker {
                 routes: self.kernel.as_ref().map_or(0, KernelMaps::installed),
                 ..self.kernel_stats
             },
+            lane_packets: self.lane_packets,
+            lanes: self.lanes.len(),
         }
     }
 
@@ -1584,8 +1804,8 @@ impl Worker {
 /// the worker's.
 fn absorb(
     session: &mut Session,
-    route: &LiveRoute,
-    progress: &KernelProgress,
+    (stream, direction, path): (StreamIndex, Direction, &FastPath),
+    progress: &FastProgress,
     stats: &mut KernelWorkerStats,
     forwarded: &mut u64,
     packets_to: &mut [u64; 2],
@@ -1594,13 +1814,15 @@ fn absorb(
     if progress.is_empty() {
         return;
     }
-    session.absorb(route.stream, route.direction, &route.path, progress);
-    let party = match route.direction {
+    session.absorb(stream, direction, path, progress);
+    let party = match direction {
         Direction::TowardRemote => Party::Remote,
         Direction::TowardUser => Party::User,
     };
-    stats.forwarded += progress.packets;
-    stats.bytes += progress.bytes;
+    if progress.in_kernel {
+        stats.forwarded += progress.packets;
+        stats.bytes += progress.bytes;
+    }
     *forwarded += progress.packets;
     packets_to[party.index()] += progress.packets;
     bytes_to[party.index()] += progress.bytes;
