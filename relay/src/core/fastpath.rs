@@ -101,6 +101,11 @@ pub struct FastStart {
 pub struct FastProgress {
     /// The kernel forwarded it (counted as such on the leg), not a lane.
     pub in_kernel: bool,
+    /// Of `packets` (and `bytes`), those the output socket refused: taken
+    /// from the source, never sent.
+    pub unsent: u64,
+    /// Their bytes.
+    pub unsent_bytes: u64,
     /// Packets forwarded.
     pub packets: u64,
     /// Their RTP bytes (UDP payload).
@@ -173,6 +178,8 @@ pub struct Lane {
     bytes: u64,
     payload_bytes: u64,
     seq_advance: u64,
+    unsent: u64,
+    unsent_bytes: u64,
     seen: u64,
     jitter_x16: u64,
     transit: Option<i64>,
@@ -219,6 +226,8 @@ impl Lane {
             bytes: 0,
             payload_bytes: 0,
             seq_advance: 0,
+            unsent: 0,
+            unsent_bytes: 0,
             seen: start.seen,
             jitter_x16: start.jitter_x16,
             transit: start.transit,
@@ -327,18 +336,20 @@ impl Lane {
         true
     }
 
-    /// A datagram it took was refused by the output socket: not forwarded
-    /// after all (the source's numbers stay where the lane moved them, as
-    /// for a packet lost on the way).
+    /// Datagrams it took were refused by the output socket: received from
+    /// the source all the same, but not sent (the source's numbers stay
+    /// where the lane moved them, as for a packet lost on the way).
     pub fn unsent(&mut self, packets: u64, bytes: u64) {
-        self.packets = self.packets.saturating_sub(packets);
-        self.bytes = self.bytes.saturating_sub(bytes);
+        self.unsent += packets;
+        self.unsent_bytes += bytes;
     }
 
     /// What it forwarded since the last take, for the session to absorb.
     pub fn take(&mut self) -> FastProgress {
         FastProgress {
             in_kernel: false,
+            unsent: std::mem::take(&mut self.unsent),
+            unsent_bytes: std::mem::take(&mut self.unsent_bytes),
             packets: std::mem::take(&mut self.packets),
             bytes: std::mem::take(&mut self.bytes),
             payload_bytes: std::mem::take(&mut self.payload_bytes),
@@ -518,7 +529,8 @@ mod tests {
         }
         lane.unsent(1, 172);
         let progress = lane.take();
-        assert_eq!((progress.packets, progress.bytes), (2, 344));
+        assert_eq!((progress.packets, progress.bytes), (3, 516), "all received");
+        assert_eq!((progress.unsent, progress.unsent_bytes), (1, 172));
         assert_eq!(progress.max_seq, 103, "the numbers stay where they went");
     }
 

@@ -531,6 +531,12 @@ impl Session {
         self.streams.get(index.0)
     }
 
+    /// Whether `stream` may accept a datagram from another address than a
+    /// leg's peer (see [`Stream::lax_sources`]).
+    pub fn lax_sources(&self, stream: StreamIndex) -> bool {
+        self.streams.get(stream.0).is_some_and(Stream::lax_sources)
+    }
+
     /// The party a leg faces (for accounting what was sent where).
     pub fn party_of(&self, stream: StreamIndex, leg: LegId) -> Party {
         self.streams

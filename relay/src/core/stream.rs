@@ -2849,7 +2849,21 @@ impl Stream {
         }
         self.last_packet_at = later(self.last_packet_at, progress.last_at);
         self.last_rtp_at = later(self.last_rtp_at, progress.last_at);
-        self.record_sent(path.to, progress.packets, progress.bytes);
+        self.record_sent(
+            path.to,
+            progress.packets - progress.unsent.min(progress.packets),
+            progress.bytes - progress.unsent_bytes.min(progress.bytes),
+        );
+        if progress.unsent > 0 {
+            self.record_drop(path.to, DropReason::SendFailed, progress.unsent);
+        }
+    }
+
+    /// Whether a datagram from an address other than a leg's peer may be
+    /// accepted (asymmetric legs, NAT relearning): then a fast path must
+    /// hand such datagrams' leg back before the session sees them.
+    pub fn lax_sources(&self) -> bool {
+        self.config.relearn || self.config.asymmetric
     }
 
     /// Accounts datagrams the kernel accepted on `leg`'s socket.
@@ -3349,6 +3363,8 @@ mod tests {
             &up,
             &FastProgress {
                 in_kernel: true,
+                unsent: 0,
+                unsent_bytes: 0,
                 packets: 100,
                 bytes: 100 * 172,
                 payload_bytes: 100 * 160,

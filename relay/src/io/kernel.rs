@@ -785,6 +785,8 @@ fn progress(route: &mut RouteHandle, state: &SlotRecord, clocks: &Clocks) -> Fas
     let before = std::mem::replace(&mut route.seen, totals);
     FastProgress {
         in_kernel: true,
+        unsent: 0,
+        unsent_bytes: 0,
         packets: totals.packets.saturating_sub(before.packets),
         bytes: totals.bytes.saturating_sub(before.bytes),
         payload_bytes: totals.payload_bytes.saturating_sub(before.payload_bytes),

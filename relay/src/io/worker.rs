@@ -195,6 +195,13 @@ struct LaneEntry {
     lane: Lane,
     /// The output leg's RTP socket.
     out: usize,
+    /// The input socket carries RTCP too (rtcp-mux): RTCP-looking
+    /// datagrams there are RTCP, left for the session as the lane goes on.
+    /// Without it the session reads them as RTP, so they stop the lane.
+    mux: bool,
+    /// The stream may accept another address than the peer (asymmetric,
+    /// NAT relearning): any RTP from elsewhere stops the lane too.
+    lax: bool,
 }
 
 /// A session and the sockets of its legs.
@@ -470,7 +477,11 @@ impl Worker {
         received: usize,
         send: &mut SendBatch,
     ) -> u32 {
-        let Some(lane) = self.sockets.get(token).and_then(|socket| socket.lane) else {
+        let Some((lane, session)) = self
+            .sockets
+            .get(token)
+            .and_then(|socket| Some((socket.lane?, socket.session)))
+        else {
             return 0;
         };
         let Some(entry) = self.lanes.get_mut(lane) else {
@@ -484,7 +495,9 @@ impl Worker {
             };
             if entry.lane.forward(received_at, source, buf, len) {
                 taken |= 1 << index;
-            } else if entry.lane.is_source(source) && !crate::core::rtp::is_rtcp(&buf[..len]) {
+            } else if (entry.lax || entry.lane.is_source(source))
+                && !(entry.mux && crate::core::rtp::is_rtcp(&buf[..len]))
+            {
                 break;
             }
         }
@@ -493,7 +506,12 @@ impl Worker {
         }
         let (out, to) = (entry.out, entry.lane.destination());
         let forwarded = (0..received).filter(|index| taken & (1 << index) != 0);
-        let outcome = match self.sockets.get(out) {
+        // The output socket is its own session's (never a reused slot).
+        let outcome = match self
+            .sockets
+            .get(out)
+            .filter(|socket| socket.session == session)
+        {
             Some(socket) => send.send(
                 socket.socket.as_fd(),
                 forwarded.clone().map(|index| (to, recv.bytes(index))),
@@ -556,7 +574,7 @@ impl Worker {
             .sessions
             .get(key)
             .is_some_and(|entry| !entry.routes.is_empty())
-            && self.hand_back_routes(key, owner, owner_leg, recv, received, taken);
+            && self.hand_back_routes(key, (owner, owner_leg, component), recv, received, taken);
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
         };
@@ -722,8 +740,7 @@ impl Worker {
     fn hand_back_routes(
         &mut self,
         key: usize,
-        stream: StreamIndex,
-        leg: LegId,
+        (stream, leg, component): (StreamIndex, LegId, Component),
         recv: &mut RecvBatch,
         received: usize,
         taken: u32,
@@ -731,22 +748,33 @@ impl Worker {
         let Some(entry) = self.sessions.get(key) else {
             return false;
         };
+        // What the session will read as RTCP: RTCP-looking datagrams on an
+        // RTP socket without rtcp-mux are RTP to it.
+        let muxed = component == Component::Rtcp
+            || entry
+                .tokens
+                .get(stream.0)
+                .is_some_and(|tokens| tokens[leg.index()][0] == tokens[leg.index()][1]);
+        // Where another address may be accepted, RTP from anywhere on the
+        // leg can move what its routes carry.
+        let lax = entry.session.lax_sources(stream);
         let mut ending = 0u64;
         let mut from_peers = false;
         // A lane's datagrams are not the session's to look at.
         for index in (0..received).filter(|index| taken & (1 << index) == 0) {
             let (source, _, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
-            let rtcp = crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]);
+            let rtcp = muxed && crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]);
             for (i, route) in entry.routes.iter().enumerate() {
-                if route.path.source == source || route.path.destination == source {
+                // By address, not port: the peers' RTCP ports are theirs.
+                let own_leg = route.stream == stream && route.path.from == leg;
+                if route.path.source.ip() == source.ip()
+                    || route.path.destination.ip() == source.ip()
+                    || (lax && own_leg)
+                {
                     from_peers = true;
                 }
-                if !rtcp
-                    && route.stream == stream
-                    && route.path.from == leg
-                    && route.path.source == source
-                {
+                if !rtcp && own_leg && (route.path.source == source || lax) {
                     ending |= 1 << i;
                 }
             }
@@ -969,9 +997,14 @@ impl Worker {
                     let Some(lane) = Lane::new(&path, &start, now) else {
                         continue;
                     };
+                    let mux = tokens
+                        .get(stream.0)
+                        .is_some_and(|tokens| tokens[path.from.index()][1] == in_token);
                     socket.lane = Some(self.lanes.insert(LaneEntry {
                         lane,
                         out: out_token,
+                        mux,
+                        lax: session.lax_sources(stream),
                     }));
                     RouteBacking::Lane(in_token)
                 }
@@ -1823,9 +1856,13 @@ fn absorb(
         stats.forwarded += progress.packets;
         stats.bytes += progress.bytes;
     }
-    *forwarded += progress.packets;
-    packets_to[party.index()] += progress.packets;
-    bytes_to[party.index()] += progress.bytes;
+    let (sent, sent_bytes) = (
+        progress.packets - progress.unsent.min(progress.packets),
+        progress.bytes - progress.unsent_bytes.min(progress.bytes),
+    );
+    *forwarded += sent;
+    packets_to[party.index()] += sent;
+    bytes_to[party.index()] += sent_bytes;
 }
 
 /// Queues an event the control plane must not miss; if its queue is full,
@@ -2013,6 +2050,84 @@ mod tests {
     /// closes none, a transfer away from the bundle and the session's end
     /// leave every port free, and bundles that do not hold together are
     /// refused with nothing left bound.
+    /// On a leg that accepts any source (asymmetric), a datagram from
+    /// another address stops the lane and the session takes the lane's
+    /// progress in before it judges that datagram: a copy of a packet the
+    /// lane already sent is a duplicate to it, never sent again with a
+    /// number of its own.
+    #[test]
+    fn another_address_on_an_asymmetric_leg_takes_the_lane_back_first() {
+        use std::net::UdpSocket as StdSocket;
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        worker.lanes_on = true;
+        let device = StdSocket::bind("127.0.0.1:0").expect("bind");
+        let remote = StdSocket::bind("127.0.0.1:0").expect("bind");
+        let other = StdSocket::bind("127.0.0.1:0").expect("bind");
+        remote
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut setup = stream(&pool);
+        setup.params.config.asymmetric = true;
+        setup.params.device.peer_rtp = Some(device.local_addr().expect("addr"));
+        setup.params.remote.peer_rtp = Some(remote.local_addr().expect("addr"));
+        let relay_user = setup.sockets[0]
+            .as_ref()
+            .map(|s| s.rtp.local_addr().expect("addr"))
+            .expect("sockets");
+        let added = run(&mut worker, &commands, |reply| Command::Add {
+            id: SessionId(1),
+            streams: vec![setup],
+            resume: None,
+            reply,
+        });
+        assert_eq!(added, Ok(()));
+        let key = worker.by_id[&SessionId(1)];
+        let token = worker.sessions[key].tokens[0][LegId::FIRST_DEVICE.index()][0];
+        let (mut recv, mut send) = (RecvBatch::new(), SendBatch::new());
+        let packet = |seq: u16| {
+            let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xA];
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p.extend_from_slice(&[0xd5; 160]);
+            p
+        };
+        let mut heard = Vec::new();
+        let mut deliver = |worker: &mut Worker, from: &StdSocket, seq: u16| {
+            from.send_to(&packet(seq), relay_user).expect("send");
+            std::thread::sleep(Duration::from_millis(2));
+            let socket = &worker.sockets[token].socket;
+            let received = recv.recv(socket.as_fd()).expect("received");
+            worker.process_batch(Instant::now(), token, &mut recv, received, &mut send);
+            let mut buf = [0u8; 2048];
+            if remote.recv_from(&mut buf).is_ok() {
+                heard.push(u16::from_be_bytes([buf[2], buf[3]]));
+            }
+        };
+        for seq in 1..=60 {
+            deliver(&mut worker, &device, seq);
+        }
+        worker.visit_routes(key, Instant::now(), None);
+        assert_eq!(worker.lanes.len(), 1, "the device's direction is on a lane");
+        for seq in 61..=70 {
+            deliver(&mut worker, &device, seq);
+        }
+        assert_eq!(worker.lane_packets, 10);
+        // A copy of packet 68 from another address: the session must know
+        // the lane sent 68 already.
+        deliver(&mut worker, &other, 68);
+        assert_eq!(worker.lanes.len(), 0, "the lane was taken back");
+        deliver(&mut worker, &device, 71);
+        assert_eq!(
+            heard.len(),
+            71,
+            "every device packet once, the copy never: {heard:?}"
+        );
+        for pair in heard.windows(2) {
+            assert_eq!(pair[1], pair[0].wrapping_add(1), "{heard:?}");
+        }
+    }
+
     #[test]
     fn a_bundled_leg_shares_its_owners_socket_and_frees_nothing_twice() {
         let pool = pool();
