@@ -180,15 +180,15 @@ pub struct RunOptions {
     #[serde(default)]
     pub kernel_forwarding: bool,
 
-    /// Send every packet through its session. By default a worker forwards
-    /// the RTP of a steady plain stream direction (the kernel fast path's
-    /// kind, where the kernel does not take it) through a compact record
-    /// beside its socket that leaves the session's state untouched until
-    /// something other than the next packet comes; this turns that off.
+    /// Forward the RTP of steady plain stream directions the kernel does
+    /// not take through lanes: a compact record beside the input socket
+    /// that leaves the session's state untouched until something other
+    /// than the source's next packet comes (less CPU per packet; see
+    /// BENCHMARKS.md for what it does to the tail on a noisy machine).
     /// [default: off]
     #[arg(long)]
     #[serde(default)]
-    pub no_user_fast_path: bool,
+    pub user_fast_path: bool,
 
     /// PEM certificate the relay shows in DTLS-SRTP handshakes with WebRTC
     /// peers (ECDSA P-256 or P-384; its sha-256 fingerprint goes into the
@@ -448,7 +448,7 @@ impl RunOptions {
             transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
             busy_poll: flags.busy_poll || self.busy_poll,
             kernel_forwarding: flags.kernel_forwarding || self.kernel_forwarding,
-            no_user_fast_path: flags.no_user_fast_path || self.no_user_fast_path,
+            user_fast_path: flags.user_fast_path || self.user_fast_path,
             dtls_certificate: flags.dtls_certificate.or(self.dtls_certificate),
             dtls_key: flags.dtls_key.or(self.dtls_key),
         }
@@ -730,7 +730,7 @@ impl RunOptions {
                 busy_poll: self.busy_poll,
                 dtls_identity,
                 kernel_forwarding: self.kernel_forwarding,
-                user_fast_path: !self.no_user_fast_path,
+                user_fast_path: self.user_fast_path,
             },
             SessionOptions {
                 learning_window,

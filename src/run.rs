@@ -622,7 +622,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             "kernel-forwarding",
             a.kernel_forwarding != b.kernel_forwarding,
         ),
-        ("no-user-fast-path", a.user_fast_path != b.user_fast_path),
+        ("user-fast-path", a.user_fast_path != b.user_fast_path),
         ("dtls-certificate", fingerprint(a) != fingerprint(b)),
         (
             "redis",
