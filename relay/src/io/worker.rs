@@ -202,6 +202,8 @@ struct LaneEntry {
     /// The stream may accept another address than the peer (asymmetric,
     /// NAT relearning): any RTP from elsewhere stops the lane too.
     lax: bool,
+    /// Whom its packets go to (for the worker's counters, kept at once).
+    to: Party,
 }
 
 /// A session and the sockets of its legs.
@@ -522,6 +524,10 @@ impl Worker {
             },
         };
         self.lane_packets += outcome.sent as u64;
+        self.forwarded += outcome.sent as u64;
+        let party = self.lanes.get(lane).map_or(Party::User, |entry| entry.to);
+        self.packets_to[party.index()] += outcome.sent as u64;
+        self.bytes_to[party.index()] += outcome.sent_bytes as u64;
         if outcome.failed > 0 {
             // Counted as forwarded by the lane: take them back out.
             let bytes: usize = forwarded.map(|index| recv.bytes(index).len()).sum();
@@ -1005,6 +1011,10 @@ impl Worker {
                         out: out_token,
                         mux,
                         lax: session.lax_sources(stream),
+                        to: match direction {
+                            Direction::TowardRemote => Party::Remote,
+                            Direction::TowardUser => Party::User,
+                        },
                     }));
                     RouteBacking::Lane(in_token)
                 }
@@ -1034,7 +1044,18 @@ impl Worker {
         for _ in 0..share {
             let key = self.route_cursor % slots;
             self.route_cursor = (key + 1) % slots;
-            if self.sessions.contains(key) {
+            // A session whose every direction is on a lane has nothing to
+            // install, and its lanes are read when something needs them
+            // (a get, a timeout, a batch the session handles): no visit,
+            // so steady calls cost the tick nothing.
+            let settled = self.sessions.get(key).is_none_or(|entry| {
+                entry.routes.len() >= 2 * entry.tokens.len()
+                    && entry
+                        .routes
+                        .iter()
+                        .all(|route| matches!(route.handle, RouteBacking::Lane(_)))
+            });
+            if !settled {
                 self.visit_routes(key, now, clocks.as_ref());
             }
         }
@@ -1855,6 +1876,10 @@ fn absorb(
     if progress.in_kernel {
         stats.forwarded += progress.packets;
         stats.bytes += progress.bytes;
+    }
+    if !progress.in_kernel {
+        // A lane's sends were counted as they left.
+        return;
     }
     let (sent, sent_bytes) = (
         progress.packets - progress.unsent.min(progress.packets),
