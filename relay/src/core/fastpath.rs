@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::core::ids::LegId;
+use crate::core::ids::{LegId, Party};
 use crate::core::rtp::RTP_HEADER_LEN;
 
 /// A payload type the kernel leaves to the relay.
@@ -45,6 +45,14 @@ impl Direction {
     /// 0 or 1.
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The party its packets go to.
+    pub fn toward(self) -> Party {
+        match self {
+            Direction::TowardRemote => Party::Remote,
+            Direction::TowardUser => Party::User,
+        }
     }
 }
 

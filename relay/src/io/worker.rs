@@ -506,7 +506,7 @@ impl Worker {
         if taken == 0 {
             return 0;
         }
-        let (out, to) = (entry.out, entry.lane.destination());
+        let (out, to, party) = (entry.out, entry.lane.destination(), entry.to);
         let forwarded = (0..received).filter(|index| taken & (1 << index) != 0);
         // The output socket is its own session's (never a reused slot).
         let outcome = match self
@@ -525,7 +525,6 @@ impl Worker {
         };
         self.lane_packets += outcome.sent as u64;
         self.forwarded += outcome.sent as u64;
-        let party = self.lanes.get(lane).map_or(Party::User, |entry| entry.to);
         self.packets_to[party.index()] += outcome.sent as u64;
         self.bytes_to[party.index()] += outcome.sent_bytes as u64;
         if outcome.failed > 0 {
@@ -539,15 +538,20 @@ impl Worker {
             self.dropped += outcome.failed as u64;
             self.drops[DropReason::SendFailed as usize] += outcome.failed as u64;
         }
+        self.sample_latency(received_at, u64::from(taken.count_ones()));
+        taken
+    }
+
+    /// Latency takes a second clock read, so it is sampled: one forwarded
+    /// batch in LATENCY_SAMPLING, weighted by its `packets`.
+    fn sample_latency(&mut self, received_at: Instant, packets: u64) {
         self.batches = self.batches.wrapping_add(1);
         if self.batches.is_multiple_of(LATENCY_SAMPLING) {
             let elapsed = u64::try_from(received_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let _ = self.latency.record_n(
-                elapsed.clamp(1, LATENCY_MAX_NS),
-                u64::from(taken.count_ones()),
-            );
+            let _ = self
+                .latency
+                .record_n(elapsed.clamp(1, LATENCY_MAX_NS), packets);
         }
-        taken
     }
 
     fn process_batch(
@@ -559,8 +563,8 @@ impl Worker {
         send: &mut SendBatch,
     ) {
         // The socket's lane takes the source's next packets without the
-        // session; the first it will not take, and all after it, go to the
-        // session (which takes the lane back first, see hand_back_routes).
+        // session; what it leaves (see lane_batch) goes to the session,
+        // which takes the lane back first where it must (hand_back_routes).
         let taken = self.lane_batch(received_at, token, recv, received, send);
         let left = |index: usize| taken & (1 << index) == 0;
         if !(0..received).any(left) {
@@ -716,15 +720,7 @@ impl Worker {
         self.queued = queued;
         self.forked = forked;
         if total > 0 {
-            // Latency takes a second clock read, so it is sampled: one batch
-            // in LATENCY_SAMPLING, weighted by its packets.
-            self.batches = self.batches.wrapping_add(1);
-            if self.batches.is_multiple_of(LATENCY_SAMPLING) {
-                let elapsed = u64::try_from(received_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                let _ = self
-                    .latency
-                    .record_n(elapsed.clamp(1, LATENCY_MAX_NS), total as u64);
-            }
+            self.sample_latency(received_at, total as u64);
         }
         if self
             .sessions
@@ -756,11 +752,7 @@ impl Worker {
         };
         // What the session will read as RTCP: RTCP-looking datagrams on an
         // RTP socket without rtcp-mux are RTP to it.
-        let muxed = component == Component::Rtcp
-            || entry
-                .tokens
-                .get(stream.0)
-                .is_some_and(|tokens| tokens[leg.index()][0] == tokens[leg.index()][1]);
+        let muxed = component == Component::Rtcp || rtcp_muxed(&entry.tokens, stream, leg);
         // Where another address may be accepted, RTP from anywhere on the
         // leg can move what its routes carry.
         let lax = entry.session.lax_sources(stream);
@@ -1003,18 +995,12 @@ impl Worker {
                     let Some(lane) = Lane::new(&path, &start, now) else {
                         continue;
                     };
-                    let mux = tokens
-                        .get(stream.0)
-                        .is_some_and(|tokens| tokens[path.from.index()][1] == in_token);
                     socket.lane = Some(self.lanes.insert(LaneEntry {
                         lane,
                         out: out_token,
-                        mux,
+                        mux: rtcp_muxed(tokens, stream, path.from),
                         lax: session.lax_sources(stream),
-                        to: match direction {
-                            Direction::TowardRemote => Party::Remote,
-                            Direction::TowardUser => Party::User,
-                        },
+                        to: direction.toward(),
                     }));
                     RouteBacking::Lane(in_token)
                 }
@@ -1869,25 +1855,28 @@ fn absorb(
         return;
     }
     session.absorb(stream, direction, path, progress);
-    let party = match direction {
-        Direction::TowardRemote => Party::Remote,
-        Direction::TowardUser => Party::User,
-    };
-    if progress.in_kernel {
-        stats.forwarded += progress.packets;
-        stats.bytes += progress.bytes;
-    }
     if !progress.in_kernel {
         // A lane's sends were counted as they left.
         return;
     }
+    stats.forwarded += progress.packets;
+    stats.bytes += progress.bytes;
     let (sent, sent_bytes) = (
         progress.packets - progress.unsent.min(progress.packets),
         progress.bytes - progress.unsent_bytes.min(progress.bytes),
     );
+    let party = direction.toward();
     *forwarded += sent;
     packets_to[party.index()] += sent;
     bytes_to[party.index()] += sent_bytes;
+}
+
+/// Whether `leg` of `stream` carries RTCP on its RTP socket (rtcp-mux: the
+/// RTCP token repeats the RTP one).
+fn rtcp_muxed(tokens: &[[[usize; 2]; LegId::COUNT]], stream: StreamIndex, leg: LegId) -> bool {
+    tokens
+        .get(stream.0)
+        .is_some_and(|tokens| tokens[leg.index()][0] == tokens[leg.index()][1])
 }
 
 /// Queues an event the control plane must not miss; if its queue is full,
@@ -2071,10 +2060,6 @@ mod tests {
         vec![owner, follower]
     }
 
-    /// A bundle's sockets belong to its owner: the follower opens none and
-    /// closes none, a transfer away from the bundle and the session's end
-    /// leave every port free, and bundles that do not hold together are
-    /// refused with nothing left bound.
     /// On a leg that accepts any source (asymmetric), a datagram from
     /// another address stops the lane and the session takes the lane's
     /// progress in before it judges that datagram: a copy of a packet the
@@ -2153,6 +2138,10 @@ mod tests {
         }
     }
 
+    /// A bundle's sockets belong to its owner: the follower opens none and
+    /// closes none, a transfer away from the bundle and the session's end
+    /// leave every port free, and bundles that do not hold together are
+    /// refused with nothing left bound.
     #[test]
     fn a_bundled_leg_shares_its_owners_socket_and_frees_nothing_twice() {
         let pool = pool();
