@@ -183,12 +183,11 @@ pub struct RunOptions {
     /// Forward the RTP of steady plain stream directions the kernel does
     /// not take through lanes: a compact record beside the input socket
     /// that leaves the session's state untouched until something other
-    /// than the source's next packet comes (less CPU per packet; see
-    /// BENCHMARKS.md for what it does to the tail on a noisy machine).
-    /// [default: off]
-    #[arg(long)]
-    #[serde(default)]
-    pub user_fast_path: bool,
+    /// than the source's next packet comes (less CPU per packet, so a
+    /// shorter queue behind each stall; see BENCHMARKS.md). `false` sends
+    /// every packet through its session. [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub user_fast_path: Option<bool>,
 
     /// PEM certificate the relay shows in DTLS-SRTP handshakes with WebRTC
     /// peers (ECDSA P-256 or P-384; its sha-256 fingerprint goes into the
@@ -448,7 +447,7 @@ impl RunOptions {
             transfer_timeout: flags.transfer_timeout.or(self.transfer_timeout),
             busy_poll: flags.busy_poll || self.busy_poll,
             kernel_forwarding: flags.kernel_forwarding || self.kernel_forwarding,
-            user_fast_path: flags.user_fast_path || self.user_fast_path,
+            user_fast_path: flags.user_fast_path.or(self.user_fast_path),
             dtls_certificate: flags.dtls_certificate.or(self.dtls_certificate),
             dtls_key: flags.dtls_key.or(self.dtls_key),
         }
@@ -730,7 +729,7 @@ impl RunOptions {
                 busy_poll: self.busy_poll,
                 dtls_identity,
                 kernel_forwarding: self.kernel_forwarding,
-                user_fast_path: self.user_fast_path,
+                user_fast_path: self.user_fast_path.unwrap_or(true),
             },
             SessionOptions {
                 learning_window,
@@ -1204,6 +1203,44 @@ mod tests {
         assert_eq!(config.control.max_frame_len, 2048);
         assert_eq!(config.control.socket_mode, 0o660);
         assert_eq!(config.log_format, LogFormat::Json);
+        Ok(())
+    }
+
+    #[test]
+    fn lanes_are_on_unless_the_file_or_a_flag_turns_them_off() -> anyhow::Result<()> {
+        let on = |file: &str, flag: Option<bool>| -> anyhow::Result<bool> {
+            let flags = RunOptions {
+                user_fast_path: flag,
+                ..RunOptions::default()
+            };
+            Ok(parse(file)?
+                .overlaid_with(flags)
+                .resolve()?
+                .dataplane
+                .user_fast_path)
+        };
+        assert!(on("", None)?);
+        assert!(!on("user-fast-path = false", None)?);
+        assert!(on("user-fast-path = false", Some(true))?);
+        assert!(!on("user-fast-path = true", Some(false))?);
+        // On the command line: bare is true, as before it was the default.
+        #[derive(clap::Parser)]
+        struct Line {
+            #[command(flatten)]
+            options: RunOptions,
+        }
+        for (args, expected) in [
+            (&["baton"][..], None),
+            (&["baton", "--user-fast-path"], Some(true)),
+            (&["baton", "--user-fast-path", "false"], Some(false)),
+            (&["baton", "--user-fast-path=true"], Some(true)),
+        ] {
+            let line = <Line as clap::Parser>::try_parse_from(args)?;
+            assert_eq!(line.options.user_fast_path, expected, "{args:?}");
+        }
+        assert!(
+            <Line as clap::Parser>::try_parse_from(["baton", "--user-fast-path", "no"]).is_err()
+        );
         Ok(())
     }
 

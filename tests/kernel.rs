@@ -1,5 +1,5 @@
 //! The fast paths through the real binary on loopback: the kernel's
-//! (`--kernel-forwarding`) and the worker's lanes (`--user-fast-path`). Each
+//! (`--kernel-forwarding`) and the worker's lanes (on by default). Each
 //! forwards established legs, a handoff through it stays one stream,
 //! strangers and unusual packets are left to the session, a session's end
 //! removes its routes, and the counts reach `get`, `stats` and `/metrics`.
@@ -53,9 +53,8 @@ impl Kind {
         match self {
             Kind::Kernel => kernel_relay(extra).await,
             Kind::Lanes => {
-                let mut args = vec!["--user-fast-path"];
-                args.extend_from_slice(extra);
-                let relay = Relay::start(&args);
+                // Lanes are on by default.
+                let relay = Relay::start(extra);
                 let figures = lanes(&stats(&relay.client().await).await);
                 assert!(figures.on, "{figures:?}");
                 Some(relay)
