@@ -385,6 +385,14 @@ def machine_busy(cpu=""):
     return 0.0
 
 
+def machine_steal():
+    """Seconds the hypervisor kept this machine's cores from running
+    (steal time, all cores)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else 0.0
+
+
 def steady(relay, streams, pps, seconds):
     """A run with a warmup (WARMUP, at least 3 s); the machine's busy CPU
     and the relay process's CPU over the middle of the measured part, read
@@ -392,6 +400,7 @@ def steady(relay, streams, pps, seconds):
     warmup = max(WARMUP, 3.0)
     forwarder, args, pid = start_run(relay, streams, seconds + warmup + 3)
     ptime_ms = streams * 1000.0 / pps
+    steal0, started = machine_steal(), time.time()
     load = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", *args, "--warmup", str(warmup),
                                               "--duration", str(seconds), "--ptime-ms", f"{ptime_ms:.4f}", "--json"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -407,12 +416,14 @@ def steady(relay, streams, pps, seconds):
                 marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0, machine_busy(RELAY_CORE))
     out = load.stdout.read()
     load.wait()
+    steal = (machine_steal() - steal0) / max(time.time() - started, 1e-3)
     if forwarder:
         forwarder.wait()
     try:
         result = json.loads(out.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         return None
+    result["steal_ms_per_s"] = 1000.0 * steal
     if "from" not in marks or "to" not in marks:
         return None
     (t0, busy0, own0, core0), (t1, busy1, own1, core1) = marks["from"], marks["to"]
@@ -422,6 +433,27 @@ def steady(relay, streams, pps, seconds):
     result["relay_us_per_packet"] = 1e6 * (own1 - own0) / packets
     result["relay_core_us_per_packet"] = 1e6 * (core1 - core0) / packets
     return result
+
+
+def spearman(xs, ys):
+    """Spearman's rank correlation (ties ranked by their mean rank)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var else float("nan")
 
 
 def pooled_quantile(cdfs, q):
@@ -477,6 +509,7 @@ def kernel_sitting():
                     row["own"].append(r["relay_us_per_packet"])
                     row.setdefault("core", []).append(r["relay_core_us_per_packet"])
                     row["loss"].append(r["bench_loss_pct"])
+                    row.setdefault("steal", []).append(r.get("steal_ms_per_s", float("nan")))
                     for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")):
                         row[key].append(r["latency_us"].get(q, r["latency_us"].get(key, float("nan"))))
                 if "max" in SECTIONS:
@@ -528,6 +561,19 @@ def kernel_sitting():
         lines.append(f"| {anchor} | {streams} | {', '.join(f'{x:.2f}' for x in ratios['p99'])} | {med(ratios['p99']):.2f} "
                      f"| {', '.join(f'{x:.2f}' for x in ratios['p999'])} | {med(ratios['p999']):.2f} "
                      f"| {pooled[0]:.2f} | {pooled[1]:.2f} |")
+    # Each run's p99 beside the time the hypervisor took the machine away
+    # during it: where they move together, the tail is the host's.
+    lines += ["", "| anchor | streams | per run: p99 (steal, ms per second of the run) |", "|---|---|---|"]
+    for (anchor, streams), row in rows.items():
+        if anchor == "direct" or not row.get("steal"):
+            continue
+        lines.append(f"| {anchor} | {streams} | "
+                     + ", ".join(f"{p:.0f} µs ({st:.1f})" for p, st in zip(row["p99"], row["steal"])) + " |")
+    pairs = [(p, st) for (anchor, _), row in rows.items() if anchor != "direct"
+             for p, st in zip(row["p99"], row.get("steal", [])) if st == st]
+    if len(pairs) > 2:
+        lines += ["", f"Rank correlation (Spearman) of a run's p99 with its steal time, over these {len(pairs)} runs: "
+                      f"{spearman([p for p, _ in pairs], [st for _, st in pairs]):.2f}."]
     path = os.environ.get("KERNEL_OUT", "kernel.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

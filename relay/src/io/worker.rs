@@ -763,6 +763,10 @@ impl Worker {
             let (source, _, buf, len) = recv.datagram(index);
             let Some(source) = source else { continue };
             let rtcp = muxed && crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]);
+            // RTCP is translated against the routes' counts and positions,
+            // and its peer may have an address of its own (a=rtcp with
+            // another IP): always read first (at most once per batch).
+            from_peers |= rtcp;
             for (i, route) in entry.routes.iter().enumerate() {
                 // By address, not port: the peers' RTCP ports are theirs.
                 let own_leg = route.stream == stream && route.path.from == leg;
@@ -777,8 +781,8 @@ impl Worker {
                 }
             }
         }
-        // Strangers' datagrams change nothing the routes carry: they cost
-        // no map reads.
+        // Strangers' RTP changes nothing the routes carry: it costs no map
+        // reads.
         if !from_peers {
             return false;
         }
@@ -1067,6 +1071,9 @@ impl Worker {
             match event {
                 SessionEvent::LegClosed { stream, leg } => self.close_leg(key, stream, leg),
                 SessionEvent::SourceLatched { stream, latched } => {
+                    // A peer learned again (NAT rebinding) moves where the
+                    // stream's routes send or what they take from.
+                    self.check_routes(key, now);
                     self.inform(WorkerEvent::SourceLatched {
                         id,
                         stream,
@@ -1471,23 +1478,29 @@ impl Worker {
     /// Snapshots of sessions that moved since their last one (all of them
     /// when `all`).
     fn snapshots(&mut self, now: Instant, all: bool, from: usize, limit: usize) -> SnapshotPage {
-        if self.kernel.is_some() || self.lanes_on {
-            let routed: Vec<usize> = self
-                .sessions
-                .iter()
-                .filter(|(key, entry)| *key >= from && !entry.routes.is_empty())
-                .map(|(key, _)| key)
-                .take(limit.max(1))
-                .collect();
-            for key in routed {
-                self.read_routes(key);
-            }
-        }
+        let limit = limit.max(1);
         let mut taken = Vec::new();
-        for (key, entry) in self.sessions.iter_mut().filter(|(key, _)| *key >= from) {
-            if taken.len() >= limit.max(1) {
+        // Route reads count toward the page too (a kernel route's is a
+        // syscall), so a page's work stays bounded when most sessions are
+        // unchanged and skipped.
+        let mut reads = 0;
+        for key in from..self.sessions.capacity() {
+            let Some(entry) = self.sessions.get(key) else {
+                continue;
+            };
+            if taken.len() >= limit || reads >= limit {
                 return (taken, Some(key));
             }
+            // Judged and stamped on what its fast paths forwarded until
+            // now: unread, a session on lanes would look unchanged and be
+            // skipped, or be stored with older numbers than its stamp.
+            if !entry.routes.is_empty() {
+                self.read_routes(key);
+                reads += 1;
+            }
+            let Some(entry) = self.sessions.get_mut(key) else {
+                continue;
+            };
             let packets = entry.session.packets_in();
             if all || entry.snapshot_at_packets != Some(packets) {
                 entry.snapshot_at_packets = Some(packets);
@@ -2136,6 +2149,217 @@ mod tests {
         for pair in heard.windows(2) {
             assert_eq!(pair[1], pair[0].wrapping_add(1), "{heard:?}");
         }
+    }
+
+    /// A loopback socket whose reads give up after 100 ms.
+    fn peer_socket() -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        socket
+    }
+
+    /// Audio packet `seq` of SSRC `ssrc`, 20 ms apart in timestamps.
+    fn audio(seq: u16, ssrc: u8) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ssrc];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&[0xd5; 160]);
+        p
+    }
+
+    /// Sends `bytes` from `from` to the relay socket `token` and runs the
+    /// worker over it as `drain` does (the lane first); true when `at` got
+    /// what the relay forwarded.
+    fn deliver(
+        worker: &mut Worker,
+        from: &std::net::UdpSocket,
+        token: usize,
+        bytes: &[u8],
+        at: &std::net::UdpSocket,
+    ) -> bool {
+        let to = worker.sockets[token].socket.local_addr().expect("addr");
+        from.send_to(bytes, to).expect("send");
+        std::thread::sleep(Duration::from_millis(2));
+        let (mut recv, mut send) = (RecvBatch::new(), SendBatch::new());
+        let socket = &worker.sockets[token].socket;
+        let received = recv.recv(socket.as_fd()).expect("received");
+        let now = Instant::now();
+        let taken = worker.lane_batch(now, token, &mut recv, received, &mut send);
+        if taken == 0 {
+            worker.process_batch(now, token, &mut recv, received, &mut send);
+        }
+        at.recv_from(&mut [0u8; 2048]).is_ok()
+    }
+
+    /// A call `id` on lanes: `setup`'s remote at `remote`, a learned
+    /// device at `device`, 60 packets each way through the session and
+    /// then a visit. Returns the session's key and its device and remote
+    /// sockets' tokens.
+    fn call_on_lanes(
+        worker: &mut Worker,
+        commands: &crossbeam_channel::Sender<Command>,
+        id: u64,
+        mut setup: StreamSetup,
+        (device, remote): (&std::net::UdpSocket, &std::net::UdpSocket),
+    ) -> (usize, usize, usize) {
+        worker.lanes_on = true;
+        setup.params.remote.peer_rtp = Some(remote.local_addr().expect("addr"));
+        let added = run(worker, commands, |reply| Command::Add {
+            id: SessionId(id),
+            streams: vec![setup],
+            resume: None,
+            reply,
+        });
+        assert_eq!(added, Ok(()));
+        let key = worker.by_id[&SessionId(id)];
+        let tokens = worker.sessions[key].tokens[0];
+        let (user, far) = (
+            tokens[LegId::FIRST_DEVICE.index()][0],
+            tokens[LegId::REMOTE.index()][0],
+        );
+        // (The device's first packets prove it on probation; the remote's
+        // wait for its address.)
+        for seq in 1..=60 {
+            deliver(worker, device, user, &audio(seq, 0xA), remote);
+            deliver(worker, remote, far, &audio(seq, 0xB), device);
+        }
+        worker.visit_routes(key, Instant::now(), None);
+        let lanes = [user, far]
+            .iter()
+            .filter(|&&token| worker.sockets[token].lane.is_some())
+            .count();
+        assert_eq!(lanes, 2, "both directions on lanes");
+        (key, user, far)
+    }
+
+    /// A device that moves to another address (NAT rebinding, with
+    /// re-learning on) gets the remote's next packet there: the lane
+    /// toward it, which sends to a fixed address, ends as the session
+    /// learns the new one, not at the next visit a second later.
+    #[test]
+    fn a_relearned_device_gets_the_remotes_next_packet_at_its_new_address() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let (device, remote) = (peer_socket(), peer_socket());
+        // Another network: an address no route names.
+        let moved = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
+        moved
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut setup = stream(&pool);
+        // The device's address is learned from its packets (a signalled
+        // one is never re-learned).
+        setup.params.config.relearn = true;
+        let (_, user, far) = call_on_lanes(&mut worker, &commands, 1, setup, (&device, &remote));
+        // A duplicate takes the device's own lane back (the session has
+        // its direction until the next visit); the remote's stays.
+        deliver(&mut worker, &device, user, &audio(60, 0xA), &remote);
+        assert_eq!(worker.lanes.len(), 1, "the remote's lane only");
+        // The device's next packet comes from its new address.
+        assert!(deliver(&mut worker, &moved, user, &audio(61, 0xA), &remote));
+        assert_eq!(
+            worker.lanes.len(),
+            0,
+            "the lane toward the old address ended"
+        );
+        assert!(
+            deliver(&mut worker, &remote, far, &audio(61, 0xB), &moved),
+            "the remote's next packet reaches the device where it is now"
+        );
+        assert!(
+            device.recv_from(&mut [0u8; 2048]).is_err(),
+            "none to where it was"
+        );
+    }
+
+    /// RTCP is read against what the lanes forwarded, whatever address it
+    /// comes from (a peer's RTCP may have an IP of its own).
+    #[test]
+    fn rtcp_from_another_address_finds_the_lanes_counts_taken_in() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let (device, remote) = (peer_socket(), peer_socket());
+        let (key, user, _) =
+            call_on_lanes(&mut worker, &commands, 1, stream(&pool), (&device, &remote));
+        for seq in 61..=100 {
+            assert!(deliver(
+                &mut worker,
+                &device,
+                user,
+                &audio(seq, 0xA),
+                &remote
+            ));
+        }
+        assert_eq!(worker.lane_packets, 40, "the device's last 40 on its lane");
+        let elsewhere = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
+        // A receiver report (RFC 3550 §6.4.2) with no blocks.
+        let report = [0x80, 201, 0, 1, 0, 0, 0, 0xA];
+        deliver(&mut worker, &elsewhere, user, &report, &remote);
+        let session = &worker.sessions[key].session;
+        assert_eq!(
+            session.packets_in(),
+            100 + 60,
+            "the device's 100 and the remote's 60"
+        );
+    }
+
+    /// Snapshots for the standby are judged on what the lanes forwarded:
+    /// a call whose packets since its last snapshot all went through lanes
+    /// is in the next round, however the rounds are paged.
+    #[test]
+    fn a_call_on_lanes_is_snapshotted_when_its_lanes_moved() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let peers: Vec<_> = (0..4).map(|_| peer_socket()).collect();
+        let (_, first_user, _) = call_on_lanes(
+            &mut worker,
+            &commands,
+            1,
+            stream(&pool),
+            (&peers[0], &peers[1]),
+        );
+        let (_, second_user, _) = call_on_lanes(
+            &mut worker,
+            &commands,
+            2,
+            stream(&pool),
+            (&peers[2], &peers[3]),
+        );
+        // Rounds of pages of one, as the control plane asks for them.
+        let round = |worker: &mut Worker| {
+            let (mut ids, mut from) = (Vec::new(), 0);
+            loop {
+                let (page, next) = worker.snapshots(Instant::now(), false, from, 1);
+                ids.extend(page.into_iter().map(|(id, _)| id));
+                match next {
+                    Some(next) => from = next,
+                    None => return ids,
+                }
+            }
+        };
+        assert_eq!(round(&mut worker), [SessionId(1), SessionId(2)]);
+        assert_eq!(round(&mut worker), [], "nothing moved");
+        for seq in 61..=70 {
+            deliver(
+                &mut worker,
+                &peers[2],
+                second_user,
+                &audio(seq, 0xA),
+                &peers[3],
+            );
+        }
+        assert_eq!(worker.lane_packets, 10);
+        assert_eq!(round(&mut worker), [SessionId(2)]);
+        deliver(
+            &mut worker,
+            &peers[0],
+            first_user,
+            &audio(61, 0xA),
+            &peers[1],
+        );
+        assert_eq!(round(&mut worker), [SessionId(1)]);
     }
 
     /// A bundle's sockets belong to its owner: the follower opens none and
