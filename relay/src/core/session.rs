@@ -537,6 +537,11 @@ impl Session {
         self.streams.get(stream.0).is_some_and(Stream::lax_sources)
     }
 
+    /// Where a leg's RTCP comes from, as far as it is known.
+    pub fn rtcp_peer(&self, stream: StreamIndex, leg: LegId) -> Option<SocketAddr> {
+        self.streams.get(stream.0)?.rtcp_peer(leg)
+    }
+
     /// The party a leg faces (for accounting what was sent where).
     pub fn party_of(&self, stream: StreamIndex, leg: LegId) -> Party {
         self.streams

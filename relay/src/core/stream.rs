@@ -1068,6 +1068,12 @@ impl Leg {
         }
     }
 
+    /// Where the leg's RTCP comes from, as far as it is known (the RTP
+    /// peer with rtcp-mux).
+    fn rtcp_peer(&self) -> Option<SocketAddr> {
+        self.peers[self.peer_slot(Component::Rtcp)].addr
+    }
+
     /// Which peer entry a component uses: with rtcp-mux there is one peer
     /// for both.
     fn peer_slot(&self, component: Component) -> usize {
@@ -1627,6 +1633,11 @@ impl Stream {
             Party::User => self.device,
             Party::Remote => self.remote,
         }
+    }
+
+    /// Where leg `id`'s RTCP comes from, as far as it is known.
+    pub fn rtcp_peer(&self, id: LegId) -> Option<SocketAddr> {
+        self.leg(id).and_then(Leg::rtcp_peer)
     }
 
     /// The party a leg faces: the remote leg the remote, every other leg

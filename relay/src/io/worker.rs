@@ -764,9 +764,10 @@ impl Worker {
             let Some(source) = source else { continue };
             let rtcp = muxed && crate::core::rtp::is_rtcp(&buf[..len.min(buf.len())]);
             // RTCP is translated against the routes' counts and positions,
-            // and its peer may have an address of its own (a=rtcp with
-            // another IP): always read first (at most once per batch).
-            from_peers |= rtcp;
+            // and the leg's RTCP peer may have an address of its own
+            // (a=rtcp with another IP). Only the peer's: a stranger's
+            // RTCP-looking bytes cost no reads.
+            from_peers |= rtcp && entry.session.rtcp_peer(stream, leg) == Some(source);
             for (i, route) in entry.routes.iter().enumerate() {
                 // By address, not port: the peers' RTCP ports are theirs.
                 let own_leg = route.stream == stream && route.path.from == leg;
@@ -1072,7 +1073,9 @@ impl Worker {
                 SessionEvent::LegClosed { stream, leg } => self.close_leg(key, stream, leg),
                 SessionEvent::SourceLatched { stream, latched } => {
                     // A peer learned again (NAT rebinding) moves where the
-                    // stream's routes send or what they take from.
+                    // stream's routes send or what they take from. Read
+                    // first: the check judges on the session's state.
+                    self.read_routes(key);
                     self.check_routes(key, now);
                     self.inform(WorkerEvent::SourceLatched {
                         id,
@@ -1481,8 +1484,8 @@ impl Worker {
         let limit = limit.max(1);
         let mut taken = Vec::new();
         // Route reads count toward the page too (a kernel route's is a
-        // syscall), so a page's work stays bounded when most sessions are
-        // unchanged and skipped.
+        // syscall, at most MAX_ROUTES a session), so a page's work stays
+        // bounded when most sessions are unchanged and skipped.
         let mut reads = 0;
         for key in from..self.sessions.capacity() {
             let Some(entry) = self.sessions.get(key) else {
@@ -2170,8 +2173,8 @@ mod tests {
     }
 
     /// Sends `bytes` from `from` to the relay socket `token` and runs the
-    /// worker over it as `drain` does (the lane first); true when `at` got
-    /// what the relay forwarded.
+    /// worker over it as `drain` does; true when `at` got what the relay
+    /// forwarded.
     fn deliver(
         worker: &mut Worker,
         from: &std::net::UdpSocket,
@@ -2185,11 +2188,7 @@ mod tests {
         let (mut recv, mut send) = (RecvBatch::new(), SendBatch::new());
         let socket = &worker.sockets[token].socket;
         let received = recv.recv(socket.as_fd()).expect("received");
-        let now = Instant::now();
-        let taken = worker.lane_batch(now, token, &mut recv, received, &mut send);
-        if taken == 0 {
-            worker.process_batch(now, token, &mut recv, received, &mut send);
-        }
+        worker.process_batch(Instant::now(), token, &mut recv, received, &mut send);
         at.recv_from(&mut [0u8; 2048]).is_ok()
     }
 
@@ -2274,15 +2273,22 @@ mod tests {
         );
     }
 
-    /// RTCP is read against what the lanes forwarded, whatever address it
-    /// comes from (a peer's RTCP may have an IP of its own).
+    /// RTCP is read against what the lanes forwarded, also where the
+    /// peer's RTCP has an address of its own (a=rtcp with another IP);
+    /// a stranger's RTCP-looking bytes cost no reads.
     #[test]
-    fn rtcp_from_another_address_finds_the_lanes_counts_taken_in() {
+    fn rtcp_from_the_peers_own_rtcp_address_finds_the_lanes_counts_taken_in() {
         let pool = pool();
         let (mut worker, commands) = worker();
         let (device, remote) = (peer_socket(), peer_socket());
-        let (key, user, _) =
-            call_on_lanes(&mut worker, &commands, 1, stream(&pool), (&device, &remote));
+        let device_rtcp = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
+        let stranger = std::net::UdpSocket::bind("127.0.0.3:0").expect("bind");
+        let mut setup = stream(&pool);
+        setup.sockets[0] = Some(allocate(&pool, false).expect("ports"));
+        setup.params.device.rtcp_mux = false;
+        setup.params.device.peer_rtcp = Some(device_rtcp.local_addr().expect("addr"));
+        let (key, user, _) = call_on_lanes(&mut worker, &commands, 1, setup, (&device, &remote));
+        let user_rtcp = worker.sessions[key].tokens[0][LegId::FIRST_DEVICE.index()][1];
         for seq in 61..=100 {
             assert!(deliver(
                 &mut worker,
@@ -2293,15 +2299,16 @@ mod tests {
             ));
         }
         assert_eq!(worker.lane_packets, 40, "the device's last 40 on its lane");
-        let elsewhere = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
+        let packets_in = |worker: &Worker| worker.sessions[key].session.packets_in();
         // A receiver report (RFC 3550 §6.4.2) with no blocks.
         let report = [0x80, 201, 0, 1, 0, 0, 0, 0xA];
-        deliver(&mut worker, &elsewhere, user, &report, &remote);
-        let session = &worker.sessions[key].session;
+        deliver(&mut worker, &stranger, user_rtcp, &report, &remote);
+        assert_eq!(packets_in(&worker), 60 + 60, "the lane was not read");
+        deliver(&mut worker, &device_rtcp, user_rtcp, &report, &remote);
         assert_eq!(
-            session.packets_in(),
-            100 + 60,
-            "the device's 100 and the remote's 60"
+            packets_in(&worker),
+            100 + 60 + 1,
+            "the device's 100 RTP and its report, and the remote's 60"
         );
     }
 
@@ -2330,14 +2337,18 @@ mod tests {
         // Rounds of pages of one, as the control plane asks for them.
         let round = |worker: &mut Worker| {
             let (mut ids, mut from) = (Vec::new(), 0);
-            loop {
+            for _ in 0..100 {
                 let (page, next) = worker.snapshots(Instant::now(), false, from, 1);
                 ids.extend(page.into_iter().map(|(id, _)| id));
                 match next {
-                    Some(next) => from = next,
+                    Some(next) => {
+                        assert!(next > from, "each page moves on");
+                        from = next;
+                    }
                     None => return ids,
                 }
             }
+            panic!("a round of two sessions ends");
         };
         assert_eq!(round(&mut worker), [SessionId(1), SessionId(2)]);
         assert_eq!(round(&mut worker), [], "nothing moved");
