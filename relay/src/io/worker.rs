@@ -2154,9 +2154,14 @@ mod tests {
         }
     }
 
-    /// A loopback socket whose reads give up after 100 ms.
+    /// A socket on 127.0.0.1 whose reads give up after 100 ms.
     fn peer_socket() -> std::net::UdpSocket {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        peer_socket_at("127.0.0.1")
+    }
+
+    /// A socket on loopback address `ip` whose reads give up after 100 ms.
+    fn peer_socket_at(ip: &str) -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind");
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
@@ -2241,12 +2246,8 @@ mod tests {
     fn a_relearned_device_gets_the_remotes_next_packet_at_its_new_address() {
         let pool = pool();
         let (mut worker, commands) = worker();
-        let (device, remote) = (peer_socket(), peer_socket());
-        // Another network: an address no route names.
-        let moved = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
-        moved
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
+        // The device's new network: an address no route names.
+        let (device, moved, remote) = (peer_socket(), peer_socket_at("127.0.0.2"), peer_socket());
         let mut setup = stream(&pool);
         // The device's address is learned from its packets (a signalled
         // one is never re-learned).
@@ -2281,8 +2282,7 @@ mod tests {
         let pool = pool();
         let (mut worker, commands) = worker();
         let (device, remote) = (peer_socket(), peer_socket());
-        let device_rtcp = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
-        let stranger = std::net::UdpSocket::bind("127.0.0.3:0").expect("bind");
+        let (device_rtcp, stranger) = (peer_socket_at("127.0.0.2"), peer_socket_at("127.0.0.3"));
         let mut setup = stream(&pool);
         setup.sockets[0] = Some(allocate(&pool, false).expect("ports"));
         setup.params.device.rtcp_mux = false;
