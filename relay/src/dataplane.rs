@@ -70,8 +70,8 @@ pub struct DataplaneConfig {
     /// why and forwards in user space.
     pub kernel_forwarding: bool,
     /// Forward the steady plain stream directions the kernel does not take
-    /// through a worker's lanes (see [`crate::core::fastpath::Lane`]); off
-    /// by default.
+    /// through a worker's lanes (see [`crate::core::fastpath::Lane`]);
+    /// `baton run` turns it on unless told `--user-fast-path false`.
     pub user_fast_path: bool,
 }
 
