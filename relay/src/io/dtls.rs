@@ -280,7 +280,13 @@ pub(crate) fn spawn(
 ) -> std::io::Result<(DtlsHandle, JoinHandle<()>)> {
     let (control, control_rx) = crossbeam_channel::unbounded();
     let (records, records_rx) = crossbeam_channel::bounded(DTLS_QUEUE);
-    let (ready, started) = crossbeam_channel::bounded(1);
+    // Set up here (its buffers, its configuration), before the relay takes
+    // calls, so that nothing of it happens later beside media. Not in the
+    // thread with a wait for it to say so: under SCHED_FIFO on one core,
+    // a waiter spinning on a channel whose sender was preempted mid-send
+    // never lets the sender finish (a relay started that way hung, 100 %
+    // CPU, before opening its control socket).
+    let mut state = DtlsThread::new(identity, events);
     let thread = std::thread::Builder::new()
         .name("baton-dtls".to_owned())
         .spawn(move || {
@@ -289,13 +295,8 @@ pub(crate) fn spawn(
             if let Err(e) = crate::io::sys::lower_thread_priority(HANDSHAKE_NICE) {
                 debug!("DTLS thread keeps its priority: {e}");
             }
-            let mut thread = DtlsThread::new(identity, events);
-            let _ = ready.send(());
-            thread.run(&control_rx, &records_rx);
+            state.run(&control_rx, &records_rx);
         })?;
-    // The thread has set itself up (its buffers, its configuration) before
-    // the relay takes calls: nothing of that happens later, beside media.
-    let _ = started.recv_timeout(Duration::from_secs(5));
     Ok((DtlsHandle { control, records }, thread))
 }
 
