@@ -154,6 +154,10 @@ def sdp_port(text):
 
 
 # --- relays ----------------------------------------------------------------
+class NotUp(Exception):
+    """A relay under test that did not open its control port in time."""
+
+
 class Relay:
     """A relay under test (or none), able to lay out fresh calls."""
 
@@ -180,7 +184,7 @@ class Relay:
                                                         "--workers", workers, "--max-sessions", "100000",
                                                         "--media-timeout", "120", *extra]),
                                          stderr=subprocess.DEVNULL)
-            wait_port(sock_path=self.sock)
+            self.wait_up(sock_path=self.sock)
         elif anchor.startswith("rtpengine"):
             self.ng_addr = ("127.0.0.1", 2223)
             self.proc = subprocess.Popen(pinned(RELAY_CORE, [
@@ -190,7 +194,7 @@ class Relay:
                 # holds them 30 s), so every trial can have fresh calls.
                 "--port-max=65000", "--delete-delay=0", "--num-threads=1", "--log-level=3", "--log-stderr"]),
                 stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-            wait_port(udp=self.ng_addr)
+            self.wait_up(udp=self.ng_addr)
         self.calls = []
         self.serial = 0
 
@@ -261,6 +265,17 @@ class Relay:
         return subprocess.Popen(pinned(RELAY_CORE, [FORWARDER, str(calls), "51000", str(int(seconds + 3)),
                                                     "10000", "15000", str(min(SHARE, calls))]),
                                 stderr=subprocess.DEVNULL)
+
+    def wait_up(self, **where):
+        """Waits for the relay's control port; one that does not come up is
+        killed (it would hold the relay core's time and its ports through
+        the rest of the sitting) and reported as NotUp."""
+        try:
+            wait_port(**where)
+        except SystemExit as e:
+            self.proc.kill()
+            self.proc.wait()
+            raise NotUp(str(e)) from None
 
     def stop(self):
         if self.anchor.startswith("rtpengine"):
@@ -389,12 +404,29 @@ def machine_busy(cpu=""):
     return 0.0
 
 
-def machine_steal():
-    """Seconds the hypervisor kept this machine's cores from running
-    (steal time, all cores)."""
+def machine_steal(cpu=""):
+    """Seconds the hypervisor kept this machine's cores (or core `cpu`)
+    from running (steal time)."""
     with open("/proc/stat") as f:
-        fields = f.readline().split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else 0.0
+        for line in f:
+            fields = line.split()
+            if fields[0] == f"cpu{cpu}" and len(fields) > 8:
+                return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def wakeups(pid):
+    """Times the process's threads went to sleep and were woken since they
+    started (voluntary context switches): on a VM whose idle cores halt to
+    the host, each is a halt the hypervisor may answer late."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                total += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
 
 
 def steady(relay, streams, pps, seconds):
@@ -404,7 +436,7 @@ def steady(relay, streams, pps, seconds):
     warmup = max(WARMUP, 3.0)
     forwarder, args, pid = start_run(relay, streams, seconds + warmup + 3)
     ptime_ms = streams * 1000.0 / pps
-    steal0, started = machine_steal(), time.time()
+    steal0, core_steal0, started = machine_steal(), machine_steal(RELAY_CORE), time.time()
     load = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", *args, "--warmup", str(warmup),
                                               "--duration", str(seconds), "--ptime-ms", f"{ptime_ms:.4f}", "--json"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -417,10 +449,13 @@ def steady(relay, streams, pps, seconds):
         at = float(m.group(1))
         for name, when in (("from", first), ("to", last)):
             if name not in marks and at >= when:
-                marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0, machine_busy(RELAY_CORE))
+                marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0, machine_busy(RELAY_CORE),
+                               wakeups(pid) if pid else 0)
     out = load.stdout.read()
     load.wait()
-    steal = (machine_steal() - steal0) / max(time.time() - started, 1e-3)
+    elapsed = max(time.time() - started, 1e-3)
+    steal = (machine_steal() - steal0) / elapsed
+    core_steal = (machine_steal(RELAY_CORE) - core_steal0) / elapsed
     if forwarder:
         forwarder.wait()
     try:
@@ -428,9 +463,11 @@ def steady(relay, streams, pps, seconds):
     except (IndexError, json.JSONDecodeError):
         return None
     result["steal_ms_per_s"] = 1000.0 * steal
+    result["relay_core_steal_ms_per_s"] = 1000.0 * core_steal
     if "from" not in marks or "to" not in marks:
         return None
-    (t0, busy0, own0, core0), (t1, busy1, own1, core1) = marks["from"], marks["to"]
+    (t0, busy0, own0, core0, woke0), (t1, busy1, own1, core1, woke1) = marks["from"], marks["to"]
+    result["relay_wakeups_per_s"] = (woke1 - woke0) / (t1 - t0)
     packets = pps * (t1 - t0)
     result["bench_loss_pct"] = loss_pct(result)
     result["machine_us_per_packet"] = 1e6 * (busy1 - busy0) / packets
@@ -486,6 +523,118 @@ def pooled_quantile(cdfs, q):
     return hi
 
 
+def bootstrap_ratio(ours, floor, q, draws=400, seed=21):
+    """A 90 % interval for pooled_quantile(ours, q) / pooled_quantile(floor,
+    q), where ours and floor map a repetition to that repetition's CDF: the
+    5th and 95th percentiles over `draws` resamplings of the repetitions
+    (with replacement, both anchors' runs of a repetition drawn together,
+    since they ran minutes apart on the same machine). On a machine whose
+    stalls move one run's tail several-fold, this says how far a sitting's
+    ratio could be from the one it would settle at with more repetitions."""
+    import random
+    reps = sorted(r for r in ours if ours[r] and floor.get(r))
+    if len(reps) < 3:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        pick = [rng.choice(reps) for _ in reps]
+        ratios.append(pooled_quantile([ours[r] for r in pick], q) / pooled_quantile([floor[r] for r in pick], q))
+    ratios.sort()
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
+
+
+def least_squares(xs, ys):
+    """Coefficients b minimising |X b - y| (the normal equations, solved by
+    Gauss-Jordan elimination with partial pivoting; a handful of columns)."""
+    n = len(xs[0])
+    m = [[sum(x[i] * x[j] for x in xs) for j in range(n)] + [sum(x[i] * y for x, y in zip(xs, ys))]
+         for i in range(n)]
+    for c in range(n):
+        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
+        m[c], m[pivot] = m[pivot], m[c]
+        for r in range(n):
+            if r != c and m[c][c]:
+                f = m[r][c] / m[c][c]
+                m[r] = [a - f * b for a, b in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] if m[i][i] else float("nan") for i in range(n)]
+
+
+def steal_adjusted(runs, draws=1000, seed=21):
+    """Each anchor's tail against limitfwd's at equal steal. `runs` holds
+    (anchor, steal ms/s, latency, sitting) per run without loss,
+    limitfwd-again counted as limitfwd. Fits log(latency) = anchor's term +
+    sitting's term + slope x log(1 + steal) by least squares (the sitting's
+    term takes up how fast the machine was that day): on a machine whose stalls move a run's p99 several-fold,
+    comparing runs that drew the same steal is fairer than comparing
+    whichever runs happened to sit side by side. Returns {anchor: (factor,
+    low, high)} (factor = exp(term), 90 % bootstrap interval over runs) and
+    the slope with its interval."""
+    import math, random
+    runs = [("limitfwd" if a == "limitfwd-again" else a, st, v, g) for a, st, v, g in runs
+            if st == st and v == v and v > 0]
+    others = sorted({a for a, _, _, _ in runs} - {"limitfwd"})
+    sittings = sorted({g for _, _, _, g in runs})[1:]
+    if not others or len(runs) < len(others) + len(sittings) + 4 or not any(a == "limitfwd" for a, *_ in runs):
+        return {}, None
+
+    def fit(sample):
+        xs = [[1.0] + [1.0 if a == o else 0.0 for o in others] + [1.0 if g == o else 0.0 for o in sittings]
+              + [math.log1p(st)] for a, st, _, g in sample]
+        return least_squares(xs, [math.log(v) for _, _, v, _ in sample])
+
+    best = fit(runs)
+    rng = random.Random(seed)
+    fits = [fit([rng.choice(runs) for _ in runs]) for _ in range(draws)]
+
+    def interval(i, transform):
+        v = sorted(transform(f[i]) for f in fits if f[i] == f[i])
+        return (v[int(0.05 * len(v))], v[int(0.95 * len(v)) - 1]) if v else (float("nan"),) * 2
+
+    factors = {o: (math.exp(best[i]), *interval(i, math.exp)) for i, o in enumerate(others, 1)}
+    return factors, (best[-1], *interval(len(best) - 1, lambda x: x))
+
+
+def steal_adjusted_lines(rows, streams, steal_key="steal"):
+    """Report lines for steal_adjusted over one stream count's runs."""
+    lines = []
+    for key, name in (("p99", "p99"), ("p999", "p99.9")):
+        # A run that lost packets was overloaded: its tail is a queue's, not
+        # the relay's, and says nothing about steal.
+        runs = [(a, st, v, g) for (a, s_), row in rows.items() if s_ == streams and a not in ("direct", "baton-kernel")
+                for v, st, loss, g in zip(row[key], row.get(steal_key, []), row.get("loss", []),
+                                          row.get("sitting", [0] * len(row[key])))
+                if loss <= 0.1]
+        factors, slope = steal_adjusted(runs)
+        if factors:
+            sittings = len({g for *_, g in runs})
+            lines.append(f"{streams} streams, {name} ÷ limitfwd's at equal steal ({len(runs)} runs without loss"
+                         f"{f' in {sittings} sittings' if sittings > 1 else ''}; fit of log {name} on the anchor"
+                         f"{', the sitting' if sittings > 1 else ''} and log(1 + steal), 90 % bootstrap interval): "
+                         + ", ".join(f"{a} {f:.2f} ({lo:.2f}–{hi:.2f})" for a, (f, lo, hi) in factors.items())
+                         + f"; slope {slope[0]:.2f} ({slope[1]:.2f}–{slope[2]:.2f}).")
+    return lines
+
+
+def tail_from_sittings(paths):
+    """SECTIONS=tail: steal_adjusted over the runs of several saved sittings
+    (the KERNEL_OUT.json files of earlier kernel sittings) taken together."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for key, row in json.load(f).items():
+                anchor, streams = key.rsplit(" ", 1)
+                merged = rows.setdefault((anchor, int(streams)), {"p99": [], "p999": [], "steal": [], "loss": [], "sitting": []})
+                for k in ("p99", "p999", "steal", "loss"):
+                    values = row.get(k, [])
+                    merged[k] += values if k != "steal" or len(values) == len(row["p99"]) else [float("nan")] * len(row["p99"])
+                merged["sitting"] += [path] * len(row["p99"])
+    lines = [f"Sittings: {', '.join(os.path.basename(p) for p in paths)}", ""]
+    for streams in sorted({s_ for _, s_ in rows}):
+        lines += steal_adjusted_lines(rows, streams) or [f"{streams} streams: too few runs without loss to compare."]
+    print("\n".join(lines))
+
+
 def kernel_sitting():
     """The kernel fast path against baton's user-space path and the floor
     (limitfwd), one sitting: CPU per packet at 50 pps per stream over
@@ -504,7 +653,14 @@ def kernel_sitting():
             turn = rep % len(anchors)
             for anchor in anchors[turn:] + anchors[:turn]:
                 row = rows.setdefault((anchor, streams), {"machine": [], "own": [], "p50": [], "p99": [], "p999": [], "loss": [], "max": []})
-                relay = Relay(anchor)
+                try:
+                    relay = Relay(anchor)
+                except NotUp as e:
+                    # One start that failed need not end the sitting; it is
+                    # reported beside the results.
+                    log(f"{anchor} {streams} streams rep {rep}: {e}")
+                    row.setdefault("not_up", []).append(rep)
+                    continue
                 try:
                     r = steady(relay, streams, 50 * streams, seconds)
                 finally:
@@ -517,6 +673,8 @@ def kernel_sitting():
                     row.setdefault("core", []).append(r["relay_core_us_per_packet"])
                     row["loss"].append(r["bench_loss_pct"])
                     row.setdefault("steal", []).append(r.get("steal_ms_per_s", float("nan")))
+                    row.setdefault("wakeups", []).append(r.get("relay_wakeups_per_s", float("nan")))
+                    row.setdefault("core_steal", []).append(r.get("relay_core_steal_ms_per_s", float("nan")))
                     for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")):
                         row[key].append(r["latency_us"].get(q, r["latency_us"].get(key, float("nan"))))
                 if "max" in SECTIONS:
@@ -562,7 +720,7 @@ def kernel_sitting():
     def quiet(row, streams):
         return [c for c, st in zip(row.get("cdf", []), row.get("steal", [])) if st <= quiet_limit[streams]]
 
-    lines += ["", "| anchor | streams | p99 ÷ limitfwd's, per repetition | median | p99.9 ÷ limitfwd's, per repetition | median | pooled p99 ÷ limitfwd's | pooled p99.9 ÷ limitfwd's | quiet runs (theirs/limitfwd's) | quiet pooled p99 ÷ limitfwd's | quiet pooled p99.9 ÷ limitfwd's |",
+    lines += ["", "| anchor | streams | p99 ÷ limitfwd's, per repetition | median | p99.9 ÷ limitfwd's, per repetition | median | pooled p99 ÷ limitfwd's (90 % bootstrap interval) | pooled p99.9 ÷ limitfwd's (90 % interval) | quiet runs (theirs/limitfwd's) | quiet pooled p99 ÷ limitfwd's | quiet pooled p99.9 ÷ limitfwd's |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (anchor, streams), row in rows.items():
         floor = rows.get(("limitfwd", streams))
@@ -577,17 +735,22 @@ def kernel_sitting():
                   for q in (0.99, 0.999)]
         ours_q, floor_q = quiet(row, streams), quiet(floor, streams)
         calm = [pooled_quantile(ours_q, q) / pooled_quantile(floor_q, q) for q in (0.99, 0.999)]
+        by_rep = lambda r: dict(zip(r.get("rep", []), r.get("cdf", [])))
+        spread = [bootstrap_ratio(by_rep(row), by_rep(floor), q) for q in (0.99, 0.999)]
         lines.append(f"| {anchor} | {streams} | {', '.join(f'{x:.2f}' for x in ratios['p99'])} | {med(ratios['p99']):.2f} "
                      f"| {', '.join(f'{x:.2f}' for x in ratios['p999'])} | {med(ratios['p999']):.2f} "
-                     f"| {pooled[0]:.2f} | {pooled[1]:.2f} | {len(ours_q)}/{len(floor_q)} | {calm[0]:.2f} | {calm[1]:.2f} |")
+                     f"| {pooled[0]:.2f} ({spread[0][0]:.2f}–{spread[0][1]:.2f}) | {pooled[1]:.2f} ({spread[1][0]:.2f}–{spread[1][1]:.2f}) "
+                     f"| {len(ours_q)}/{len(floor_q)} | {calm[0]:.2f} | {calm[1]:.2f} |")
     # Each run's p99 beside the time the hypervisor took the machine away
     # during it: where they move together, the tail is the host's.
-    lines += ["", "| anchor | streams | per run: p99 (steal, ms per second of the run) |", "|---|---|---|"]
+    lines += ["", "| anchor | streams | per run: p99 (steal, ms per second of the run, all cores / the relay's core; the relay's wake-ups per second) |", "|---|---|---|"]
     for (anchor, streams), row in rows.items():
         if anchor == "direct" or not row.get("steal"):
             continue
         lines.append(f"| {anchor} | {streams} | "
-                     + ", ".join(f"{p:.0f} µs ({st:.1f})" for p, st in zip(row["p99"], row["steal"])) + " |")
+                     + ", ".join(f"{p:.0f} µs ({st:.1f}/{cs:.1f}; {w:.0f})"
+                                 for p, st, cs, w in zip(row["p99"], row["steal"], row.get("core_steal", []),
+                                                         row.get("wakeups", []))) + " |")
     for streams in STREAMS:
         pairs = [(p, st) for (anchor, s_), row in rows.items()
                  if s_ == streams and anchor not in ("direct", "baton-kernel")
@@ -596,6 +759,13 @@ def kernel_sitting():
             lines += ["", f"{streams} streams: rank correlation (Spearman) of a user-space run's p99 with its steal time, "
                           f"over {len(pairs)} runs: {spearman([p for p, _ in pairs], [st for _, st in pairs]):.2f}; "
                           f"quiet runs are those with at most {quiet_limit[streams]:.1f} ms of steal per second."]
+        adjusted = steal_adjusted_lines(rows, streams)
+        if adjusted:
+            lines += [""] + adjusted
+    not_up = [f"{a} at {s_} streams, repetition {', '.join(map(str, row['not_up']))}"
+              for (a, s_), row in rows.items() if row.get("not_up")]
+    if not_up:
+        lines += ["", "Relays that did not come up within 10 s (killed, their runs left out): " + "; ".join(not_up) + "."]
     path = os.environ.get("KERNEL_OUT", "kernel.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -663,6 +833,9 @@ def main():
         return
     if "kernel" in SECTIONS:
         kernel_sitting()
+        return
+    if "tail" in SECTIONS:
+        tail_from_sittings(os.environ["TAIL_FROM"].split())
         return
     results = {}
     merged_from = os.environ.get("MERGE")
