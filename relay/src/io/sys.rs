@@ -40,6 +40,12 @@ pub struct RecvBatch {
     /// Length of each datagram; may be changed by rewriting.
     lens: [usize; BATCH],
     received: usize,
+    /// Headers whose in-out fields (name and control lengths) the last call
+    /// may have changed: only those are reset before the next one. All of
+    /// them are pointed at their buffers on the first call; a call mostly
+    /// brings one datagram, and pointing all BATCH headers each time was
+    /// about 1 % of a worker's time at 50 000 packets/s.
+    touched: usize,
 }
 
 impl Default for RecvBatch {
@@ -62,6 +68,7 @@ impl RecvBatch {
             control: None,
             lens: [0; BATCH],
             received: 0,
+            touched: BATCH,
         }
     }
 
@@ -78,7 +85,10 @@ impl RecvBatch {
     /// Receives up to [`BATCH`] datagrams without blocking. Returns how many
     /// (0 never; `WouldBlock` when none is queued).
     pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        for i in 0..BATCH {
+        // The buffers are boxed and never replaced, so pointers set once
+        // stay valid; recvmmsg writes back only lengths and flags of the
+        // headers it filled (and, failing, of at most the first).
+        for i in 0..self.touched {
             self.iovecs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
                 iov_len: RECV_LEN,
@@ -111,9 +121,11 @@ impl RecvBatch {
         };
         if n < 0 {
             self.received = 0;
+            self.touched = 1;
             return Err(io::Error::last_os_error());
         }
         self.received = n as usize;
+        self.touched = self.received.max(1);
         for i in 0..self.received {
             self.lens[i] = (self.headers[i].msg_len as usize).min(RECV_LEN);
         }
@@ -532,6 +544,49 @@ mod tests {
         let mut plain = RecvBatch::new();
         assert_eq!(plain.recv(b.as_fd()).expect("recv"), 1);
         assert_eq!(plain.kernel_timestamp(0), None);
+    }
+
+    #[test]
+    fn one_batch_reads_whole_sources_from_ipv4_and_ipv6_sockets_in_turn() {
+        // A worker reads every socket through one batch. The kernel shortens
+        // a header's name length to the source it wrote (16 bytes for IPv4);
+        // a header not reset before the next call would cut an IPv6 source
+        // (28 bytes) to nothing.
+        let (Ok(a6), Ok(b6)) = (UdpSocket::bind("[::1]:0"), UdpSocket::bind("[::1]:0")) else {
+            return; // no IPv6 on this host
+        };
+        let a4 = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b4 = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut batch = RecvBatch::new();
+        let mut take = |from: &UdpSocket, to: &UdpSocket, count: usize| {
+            for i in 0..count {
+                from.send_to(&[i as u8; 12], to.local_addr().expect("addr"))
+                    .expect("send");
+            }
+            // Loopback queues a datagram before send_to returns: one call
+            // takes them all, into headers 0..count.
+            let n = batch.recv(to.as_fd()).expect("recv");
+            assert_eq!(n, count);
+            for i in 0..n {
+                let (source, truncated, _, len) = batch.datagram(i);
+                assert_eq!(
+                    source,
+                    Some(from.local_addr().expect("addr")),
+                    "datagram {i}"
+                );
+                assert!(!truncated);
+                assert_eq!(len, 12);
+            }
+            assert!(
+                matches!(batch.recv(to.as_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            );
+        };
+        take(&a4, &b4, 3);
+        take(&a6, &b6, 3);
+        take(&a4, &b4, 1);
+        take(&a6, &b6, 2);
+        take(&a4, &b4, BATCH);
+        take(&a6, &b6, BATCH);
     }
 
     #[test]
