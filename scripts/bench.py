@@ -604,7 +604,7 @@ def steal_adjusted_lines(rows, streams, steal_key="steal"):
         runs = [(a, st, v, g) for (a, s_), row in rows.items() if s_ == streams and a not in ("direct", "baton-kernel")
                 for v, st, loss, g in zip(row[key], row.get(steal_key, []), row.get("loss", []),
                                           row.get("sitting", [0] * len(row[key])))
-                if loss <= 0.1]
+                if loss <= 0.1 and st == st]
         factors, slope = steal_adjusted(runs)
         if factors:
             sittings = len({g for *_, g in runs})
