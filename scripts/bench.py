@@ -154,8 +154,10 @@ def sdp_port(text):
 
 
 # --- relays ----------------------------------------------------------------
-class NotUp(Exception):
-    """A relay under test that did not open its control port in time."""
+class NotUp(SystemExit):
+    """A relay under test that did not open its control port in time (the
+    kernel sitting goes on without that run; elsewhere it ends the run, as
+    before)."""
 
 
 class Relay:
@@ -436,7 +438,6 @@ def steady(relay, streams, pps, seconds):
     warmup = max(WARMUP, 3.0)
     forwarder, args, pid = start_run(relay, streams, seconds + warmup + 3)
     ptime_ms = streams * 1000.0 / pps
-    steal0, core_steal0, started = machine_steal(), machine_steal(RELAY_CORE), time.time()
     load = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", *args, "--warmup", str(warmup),
                                               "--duration", str(seconds), "--ptime-ms", f"{ptime_ms:.4f}", "--json"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -450,23 +451,24 @@ def steady(relay, streams, pps, seconds):
         for name, when in (("from", first), ("to", last)):
             if name not in marks and at >= when:
                 marks[name] = (at, machine_busy(), cpu_seconds(pid) if pid else 0.0, machine_busy(RELAY_CORE),
-                               wakeups(pid) if pid else 0)
+                               wakeups(pid) if pid else 0, machine_steal(), machine_steal(RELAY_CORE), time.time())
     out = load.stdout.read()
     load.wait()
-    elapsed = max(time.time() - started, 1e-3)
-    steal = (machine_steal() - steal0) / elapsed
-    core_steal = (machine_steal(RELAY_CORE) - core_steal0) / elapsed
     if forwarder:
         forwarder.wait()
     try:
         result = json.loads(out.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         return None
-    result["steal_ms_per_s"] = 1000.0 * steal
-    result["relay_core_steal_ms_per_s"] = 1000.0 * core_steal
     if "from" not in marks or "to" not in marks:
         return None
-    (t0, busy0, own0, core0, woke0), (t1, busy1, own1, core1, woke1) = marks["from"], marks["to"]
+    (t0, busy0, own0, core0, woke0, steal0, core_steal0, wall0) = marks["from"]
+    (t1, busy1, own1, core1, woke1, steal1, core_steal1, wall1) = marks["to"]
+    # Steal over the same window as the CPU readings (the middle of the
+    # measured part), not the whole run with its warmup.
+    elapsed = max(wall1 - wall0, 1e-3)
+    result["steal_ms_per_s"] = 1000.0 * (steal1 - steal0) / elapsed
+    result["relay_core_steal_ms_per_s"] = 1000.0 * (core_steal1 - core_steal0) / elapsed
     result["relay_wakeups_per_s"] = (woke1 - woke0) / (t1 - t0)
     packets = pps * (t1 - t0)
     result["bench_loss_pct"] = loss_pct(result)
@@ -550,11 +552,16 @@ def least_squares(xs, ys):
     n = len(xs[0])
     m = [[sum(x[i] * x[j] for x in xs) for j in range(n)] + [sum(x[i] * y for x, y in zip(xs, ys))]
          for i in range(n)]
+    scale = max(abs(v) for row in m for v in row[:n]) or 1.0
     for c in range(n):
         pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
         m[c], m[pivot] = m[pivot], m[c]
+        if abs(m[c][c]) < 1e-9 * scale:
+            # A column the others make up (or all zero): no coefficient.
+            m[c][c] = 0.0
+            continue
         for r in range(n):
-            if r != c and m[c][c]:
+            if r != c:
                 f = m[r][c] / m[c][c]
                 m[r] = [a - f * b for a, b in zip(m[r], m[c])]
     return [m[i][n] / m[i][i] if m[i][i] else float("nan") for i in range(n)]
@@ -562,7 +569,7 @@ def least_squares(xs, ys):
 
 def steal_adjusted(runs, draws=1000, seed=21):
     """Each anchor's tail against limitfwd's at equal steal. `runs` holds
-    (anchor, steal ms/s, latency, sitting) per run without loss,
+    (anchor, steal ms/s, latency, sitting) per run with at most 0.1 % loss,
     limitfwd-again counted as limitfwd. Fits log(latency) = anchor's term +
     sitting's term + slope x log(1 + steal) by least squares (the sitting's
     term takes up how fast the machine was that day): on a machine whose stalls move a run's p99 several-fold,
@@ -585,7 +592,12 @@ def steal_adjusted(runs, draws=1000, seed=21):
 
     best = fit(runs)
     rng = random.Random(seed)
-    fits = [fit([rng.choice(runs) for _ in runs]) for _ in range(draws)]
+    # Runs are resampled within their sitting, so every sitting keeps its
+    # term in every draw.
+    by_sitting = {}
+    for run in runs:
+        by_sitting.setdefault(run[3], []).append(run)
+    fits = [fit([rng.choice(group) for group in by_sitting.values() for _ in group]) for _ in range(draws)]
 
     def interval(i, transform):
         v = sorted(transform(f[i]) for f in fits if f[i] == f[i])
@@ -599,8 +611,8 @@ def steal_adjusted_lines(rows, streams, steal_key="steal"):
     """Report lines for steal_adjusted over one stream count's runs."""
     lines = []
     for key, name in (("p99", "p99"), ("p999", "p99.9")):
-        # A run that lost packets was overloaded: its tail is a queue's, not
-        # the relay's, and says nothing about steal.
+        # A run that lost more than 0.1 % was overloaded: its tail is a
+        # queue's, not the relay's, and says nothing about steal.
         runs = [(a, st, v, g) for (a, s_), row in rows.items() if s_ == streams and a not in ("direct", "baton-kernel")
                 for v, st, loss, g in zip(row[key], row.get(steal_key, []), row.get("loss", []),
                                           row.get("sitting", [0] * len(row[key])))
@@ -608,7 +620,7 @@ def steal_adjusted_lines(rows, streams, steal_key="steal"):
         factors, slope = steal_adjusted(runs)
         if factors:
             sittings = len({g for *_, g in runs})
-            lines.append(f"{streams} streams, {name} ÷ limitfwd's at equal steal ({len(runs)} runs without loss"
+            lines.append(f"{streams} streams, {name} ÷ limitfwd's at equal steal ({len(runs)} runs with at most 0.1 % loss"
                          f"{f' in {sittings} sittings' if sittings > 1 else ''}; fit of log {name} on the anchor"
                          f"{', the sitting' if sittings > 1 else ''} and log(1 + steal), 90 % bootstrap interval): "
                          + ", ".join(f"{a} {f:.2f} ({lo:.2f}–{hi:.2f})" for a, (f, lo, hi) in factors.items())
@@ -625,13 +637,16 @@ def tail_from_sittings(paths):
             for key, row in json.load(f).items():
                 anchor, streams = key.rsplit(" ", 1)
                 merged = rows.setdefault((anchor, int(streams)), {"p99": [], "p999": [], "steal": [], "loss": [], "sitting": []})
+                runs = len(row.get("p99", []))
                 for k in ("p99", "p999", "steal", "loss"):
                     values = row.get(k, [])
-                    merged[k] += values if k != "steal" or len(values) == len(row["p99"]) else [float("nan")] * len(row["p99"])
-                merged["sitting"] += [path] * len(row["p99"])
+                    # A sitting without a reading (the oldest have no steal)
+                    # contributes NaN there, keeping every key's runs aligned.
+                    merged[k] += values if len(values) == runs else [float("nan")] * runs
+                merged["sitting"] += [path] * runs
     lines = [f"Sittings: {', '.join(os.path.basename(p) for p in paths)}", ""]
     for streams in sorted({s_ for _, s_ in rows}):
-        lines += steal_adjusted_lines(rows, streams) or [f"{streams} streams: too few runs without loss to compare."]
+        lines += steal_adjusted_lines(rows, streams) or [f"{streams} streams: too few runs with at most 0.1 % loss to compare."]
     print("\n".join(lines))
 
 
