@@ -431,6 +431,28 @@ def wakeups(pid):
     return total
 
 
+# STALL="S/T" (ms) stops the relay under test for S ms every T ms during
+# each steady run (SIGSTOP, SIGCONT): a stall of known length at known
+# times, the same for every anchor, so that how each drains the packets
+# queued behind it can be compared apart from the host's own stalls.
+STALL = os.environ.get("STALL")
+
+
+def stall_relay(pid, done):
+    """Stops and continues `pid` as STALL says until `done` is set."""
+    import signal
+    stop_ms, every_ms = (float(x) for x in STALL.split("/"))
+    while not done.wait((every_ms - stop_ms) / 1000.0):
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(stop_ms / 1000.0)
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                return
+
+
 def steady(relay, streams, pps, seconds):
     """A run with a warmup (WARMUP, at least 3 s); the machine's busy CPU
     and the relay process's CPU over the middle of the measured part, read
@@ -443,6 +465,11 @@ def steady(relay, streams, pps, seconds):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first, last = warmup + 1.0, warmup + seconds - 1.0
     marks = {}
+    stalls_done = None
+    if STALL and pid:
+        import threading
+        stalls_done = threading.Event()
+        threading.Thread(target=stall_relay, args=(pid, stalls_done), daemon=True).start()
     for line in load.stderr:
         m = re.match(r"baton load:\s+([\d.]+) s", line)
         if not m:
@@ -454,6 +481,8 @@ def steady(relay, streams, pps, seconds):
                                wakeups(pid) if pid else 0, machine_steal(), machine_steal(RELAY_CORE), time.time())
     out = load.stdout.read()
     load.wait()
+    if stalls_done:
+        stalls_done.set()
     if forwarder:
         forwarder.wait()
     try:
