@@ -588,16 +588,20 @@ async fn a_subscriber_resumes_where_it_left_off() {
     let client = relay.client().await;
     let first = relay.client().await;
     first.subscribe().await.expect("subscribe");
-    let ends = |n: usize| {
+    // Each batch has call-ids of its own: a session that timed out sends
+    // two events (ended, timed out), so three events can come while the
+    // first batch's last session still exists.
+    let ends = |batch: &'static str, n: usize| {
         let client = &client;
         async move {
             for i in 0..n {
-                let request = create_request(&format!("ends-{}", uuid_like(i)), 1);
-                assert!(client.call(Command::CreateSession(request)).await.is_ok());
+                let request = create_request(&format!("ends-{batch}-{}", uuid_like(i)), 1);
+                let created = client.call(Command::CreateSession(request)).await;
+                assert!(created.is_ok(), "{created:?}");
             }
         }
     };
-    ends(3).await;
+    ends("first", 3).await;
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let event = tokio::time::timeout(Duration::from_secs(5), first.next_event())
@@ -609,7 +613,7 @@ async fn a_subscriber_resumes_where_it_left_off() {
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
     drop(first);
     // While nobody listens, more sessions end.
-    ends(4).await;
+    ends("second", 4).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let second = relay.client().await;
     second.resume_events(seen[2]).await.expect("resume");
