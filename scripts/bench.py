@@ -570,6 +570,13 @@ def pooled_quantile(cdfs, q):
     return hi
 
 
+def middle_90(values):
+    """The 5th and 95th percentiles of `values` (NaN ones left out): a 90 %
+    bootstrap interval from its draws."""
+    v = sorted(x for x in values if x == x)
+    return (v[int(0.05 * len(v))], v[int(0.95 * len(v)) - 1]) if v else (float("nan"), float("nan"))
+
+
 def bootstrap_ratio(ours, floor, q, draws=400, seed=21):
     """A 90 % interval for pooled_quantile(ours, q) / pooled_quantile(floor,
     q), where ours and floor map a repetition to that repetition's CDF: the
@@ -587,8 +594,7 @@ def bootstrap_ratio(ours, floor, q, draws=400, seed=21):
     for _ in range(draws):
         pick = [rng.choice(reps) for _ in reps]
         ratios.append(pooled_quantile([ours[r] for r in pick], q) / pooled_quantile([floor[r] for r in pick], q))
-    ratios.sort()
-    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
+    return middle_90(ratios)
 
 
 def least_squares(xs, ys):
@@ -617,9 +623,10 @@ def steal_adjusted(runs, draws=1000, seed=21):
     (anchor, steal ms/s, latency, sitting) per run with at most 0.1 % loss,
     limitfwd-again counted as limitfwd. Fits log(latency) = anchor's term +
     sitting's term + slope x log(1 + steal) by least squares (the sitting's
-    term takes up how fast the machine was that day): on a machine whose stalls move a run's p99 several-fold,
-    comparing runs that drew the same steal is fairer than comparing
-    whichever runs happened to sit side by side. Returns {anchor: (factor,
+    term takes up how fast the machine was that day): on a machine whose
+    stalls move a run's p99 several-fold, comparing runs that drew the same
+    steal is fairer than comparing whichever runs happened to sit side by
+    side. Returns {anchor: (factor,
     low, high)} (factor = exp(term), 90 % bootstrap interval over runs) and
     the slope with its interval."""
     import math, random
@@ -644,12 +651,9 @@ def steal_adjusted(runs, draws=1000, seed=21):
         by_sitting.setdefault(run[3], []).append(run)
     fits = [fit([rng.choice(group) for group in by_sitting.values() for _ in group]) for _ in range(draws)]
 
-    def interval(i, transform):
-        v = sorted(transform(f[i]) for f in fits if f[i] == f[i])
-        return (v[int(0.05 * len(v))], v[int(0.95 * len(v)) - 1]) if v else (float("nan"),) * 2
-
-    factors = {o: (math.exp(best[i]), *interval(i, math.exp)) for i, o in enumerate(others, 1)}
-    return factors, (best[-1], *interval(len(best) - 1, lambda x: x))
+    factors = {o: (math.exp(best[i]), *middle_90(math.exp(f[i]) for f in fits if f[i] == f[i]))
+               for i, o in enumerate(others, 1)}
+    return factors, (best[-1], *middle_90(f[-1] for f in fits))
 
 
 def steal_adjusted_lines(rows, streams, steal_key="steal"):
@@ -749,13 +753,17 @@ def kernel_sitting():
                 log(f"{anchor} {streams} streams rep {rep}: {row['machine'][-1] if row['machine'] else float('nan'):.2f} us/packet (machine), "
                     f"max {row['max'][-1] if row['max'] else float('nan'):.0f} pps")
     med = lambda xs: statistics.median(xs) if xs else float("nan")
+    stops = [run for row in rows.values() for run in row.get("stall_ms", [])]
+    stalled = ""
+    if STALL:
+        stop_ms, every_ms = STALL.split("/")
+        stalled = (f"; the relay stopped {stop_ms} ms every {every_ms} ms (STALL), real stops "
+                   f"{med([run['median'] for run in stops]):.2f} ms (median of the runs' medians), "
+                   f"{max((run['max'] for run in stops), default=float('nan')):.2f} ms at most")
     lines = [f"Machine: {platform.node()} ({os.cpu_count()} cores, {platform.release()}), "
              f"{time.strftime('%Y-%m-%d')}; relay on core {RELAY_CORE}, generator on core {GEN_CORE}; "
              f"warmup {WARMUP:.0f} s, {seconds:.0f} s measured; medians of {REPS} repetitions, anchors interleaved"
-             + (f"; the relay stopped {STALL.split('/')[0]} ms every {STALL.split('/')[1]} ms (STALL), real stops "
-                f"{statistics.median(x['median'] for row in rows.values() for x in row.get('stall_ms', [])) if any(row.get('stall_ms') for row in rows.values()) else float('nan'):.2f} ms "
-                f"(median), {max((x['max'] for row in rows.values() for x in row.get('stall_ms', [])), default=float('nan')):.2f} ms at most"
-                if STALL else "") + ".", "",
+             f"{stalled}.", "",
              "| anchor | streams | machine CPU per packet at 50 pps | less `direct`'s | relay core's CPU per packet, less `direct`'s | relay process CPU per packet | p50 / p99 / p99.9 | loss | highest rate < 0.1 % loss |",
              "|---|---|---|---|---|---|---|---|---|"]
     for (anchor, streams), row in rows.items():

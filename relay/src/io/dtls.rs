@@ -283,7 +283,7 @@ pub(crate) fn spawn(
     // Set up here (its buffers, its configuration), before the relay takes
     // calls, so that nothing of it happens later beside media. Not in the
     // thread with a wait for it to say so: under SCHED_FIFO on one core,
-    // a waiter spinning on a channel whose sender was preempted mid-send
+    // a waiter spinning on a channel whose sender was descheduled mid-send
     // never lets the sender finish (a relay started that way hung, 100 %
     // CPU, before opening its control socket).
     let mut state = DtlsThread::new(identity, events);

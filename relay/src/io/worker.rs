@@ -888,6 +888,14 @@ impl Worker {
         }
     }
 
+    /// Takes in what the session's routes forwarded, then ends those that
+    /// no longer match what the session would do: the check judges on the
+    /// session's state, which the read brings up to date.
+    fn refresh_routes(&mut self, key: usize, now: Instant) {
+        self.read_routes(key);
+        self.check_routes(key, now);
+    }
+
     /// Ends the routes that no longer match what the session would do.
     fn check_routes(&mut self, key: usize, now: Instant) {
         let Some(entry) = self.sessions.get(key) else {
@@ -918,8 +926,7 @@ impl Worker {
     /// directions that qualify and have none: in the kernel where it
     /// serves both legs' addresses, else (with lanes on) on a lane.
     fn visit_routes(&mut self, key: usize, now: Instant, clocks: Option<&Clocks>) {
-        self.read_routes(key);
-        self.check_routes(key, now);
+        self.refresh_routes(key, now);
         if let (Some(kernel), Some(entry)) = (self.kernel.as_mut(), self.sessions.get(key)) {
             let mut moved = 0u64;
             for (i, route) in entry.routes.iter().enumerate() {
@@ -1073,10 +1080,8 @@ impl Worker {
                 SessionEvent::LegClosed { stream, leg } => self.close_leg(key, stream, leg),
                 SessionEvent::SourceLatched { stream, latched } => {
                     // A peer learned again (NAT rebinding) moves where the
-                    // stream's routes send or what they take from. Read
-                    // first: the check judges on the session's state.
-                    self.read_routes(key);
-                    self.check_routes(key, now);
+                    // stream's routes send or what they take from.
+                    self.refresh_routes(key, now);
                     self.inform(WorkerEvent::SourceLatched {
                         id,
                         stream,
