@@ -554,6 +554,18 @@ async fn reload(
             applied.push(key);
         }
     }
+    if old.record_calls != next.record_calls {
+        // Recordings are written by the recorder that recording-dir starts
+        // with the relay; without one, record-calls would do nothing.
+        if next.record_calls && running.recording_dir.is_none() {
+            warn!(
+                key = %"record-calls",
+                "record-calls needs recording-dir, which takes effect at the next restart: no call is recorded until then"
+            );
+        } else {
+            applied.push("record-calls");
+        }
+    }
     sessions.reload_options(new.sessions.clone());
     if new.ng_access != running.ng_access {
         ng.set_access(new.ng_access.clone());

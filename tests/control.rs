@@ -680,8 +680,8 @@ fn ctl_create(relay: &Relay, call_id: &str) -> std::process::Output {
 
 /// Issue 24: SIGHUP reloads what can change while calls run — the log
 /// filter, the session limit, the timeouts (live sessions included) — names
-/// what needs a restart, and keeps the running configuration when the file
-/// does not load. The calls and the control socket stay throughout.
+/// what needs a restart (and record-calls without a recording-dir), and
+/// keeps the running configuration when the file does not load. The calls and the control socket stay throughout.
 #[test]
 fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
@@ -709,7 +709,8 @@ fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
 
     std::fs::write(
         &file,
-        "max-sessions = 5\nsetup-timeout = 1\nlog-level = \"info\"\nports = \"40000-40999\"\n",
+        "max-sessions = 5\nsetup-timeout = 1\nlog-level = \"info\"\nports = \"40000-40999\"\n\
+         record-calls = true\n",
     )
     .expect("rewrite");
     common::signal(&relay.child, Signal::SIGHUP);
@@ -729,6 +730,15 @@ fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
     assert!(
         log.lines()
             .any(|l| l.contains("key=ports") && l.contains("next restart")),
+        "{log}"
+    );
+    // record-calls without the recorder recording-dir starts with the
+    // relay: said, not silently dropped nor reported as applied.
+    assert!(!reloaded.contains("record-calls"), "{reloaded}");
+    assert!(
+        log.lines().any(|l| l.contains("key=record-calls")
+            && l.contains("needs recording-dir")
+            && l.contains("next restart")),
         "{log}"
     );
     // The new limit is in force.

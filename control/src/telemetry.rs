@@ -249,6 +249,7 @@ pub const CONTROL_COMMANDS: &[&str] = &[
     "cancel_transfer",
     "drain",
     "record",
+    "takeover",
 ];
 
 /// Every reason a session ends with.
@@ -883,6 +884,49 @@ impl Exporter {
         match prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
             Ok(()) => out,
             Err(_) => String::from("# encoding failed\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CONTROL_COMMANDS;
+
+    /// The commands of the schema's `oneof command`, by field name.
+    fn schema_commands() -> Vec<String> {
+        let schema = baton_proto::SCHEMA;
+        let start = schema
+            .find("oneof command {")
+            .expect("the schema has a oneof command");
+        let body = &schema[start..];
+        let body = &body[..body.find('}').expect("the oneof ends")];
+        body.lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with("//"))
+            .filter_map(|line| {
+                // `FooRequest name = N;`
+                let mut words = line.split_whitespace();
+                let (_, name, equals) = (words.next()?, words.next()?, words.next()?);
+                (equals == "=").then(|| name.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_command_of_the_schema_has_its_counters_from_the_start() {
+        let commands = schema_commands();
+        assert!(commands.len() > 10, "parsed {commands:?}");
+        for command in &commands {
+            assert!(
+                CONTROL_COMMANDS.contains(&command.as_str()),
+                "{command} is in the schema but not in CONTROL_COMMANDS"
+            );
+        }
+        for command in CONTROL_COMMANDS {
+            assert!(
+                commands.iter().any(|c| c == command),
+                "{command} is in CONTROL_COMMANDS but not in the schema"
+            );
         }
     }
 }
