@@ -466,6 +466,109 @@ def stall_relay(pid, done, lengths):
         lengths.append(1000.0 * (time.monotonic() - stopped))
 
 
+# SPANS=1 records, during each steady run, each span of the relay on its
+# core: from one of its threads getting the core to giving it up (bpftrace
+# on sched_switch; needs root and Debian's bpftrace). A packet that arrives
+# while the relay runs waits behind the rest of that span, so work of the
+# relay's own that comes in long stretches (a scan over all sessions, say)
+# would show as long spans. A span's CPU time is the scheduler's account of
+# the thread (sum_exec_runtime): it leaves out the steal the guest is told
+# of inside the span, but it includes the wake-up path before the span
+# (a few µs, charged to the thread that woke) and any stall the guest is
+# not told of. Nor does it leave out steal's effect on how much work waits
+# when a span starts: after a stall a span drains the backlog, so the
+# distribution moves with steal like latency does. Its wall length is kept
+# beside it. The probe runs on every context switch of both cores, so a
+# sitting with SPANS=1 costs every anchor a little more CPU.
+SPANS = os.environ.get("SPANS") == "1"
+SPANS_PROGRAM = """
+BEGIN { @t0 = nsecs; printf("ready\\n"); }
+tracepoint:sched:sched_switch /cpu == %s/ {
+  $t = (struct task_struct *)curtask;
+  if ($t->tgid == $1) {
+    $run = $t->se.sum_exec_runtime;
+    if (@out[args->prev_pid] != 0 && nsecs > @t0 + $2 && nsecs < @t0 + $3) {
+      @cpu[($run - @out[args->prev_pid]) / 1000] = count();
+      @wall[(nsecs - @last) / 1000] = count();
+    }
+    @out[args->prev_pid] = $run;
+  }
+  @last = nsecs;
+  if (nsecs > @t0 + $3) { exit(); }
+}
+END { clear(@out); clear(@last); clear(@t0); }
+""" % RELAY_CORE
+
+
+def check_spans():
+    """SPANS=1 needs bpftrace and root: said at once, not mid-sitting."""
+    if not SPANS:
+        return
+    if subprocess.run(["sh", "-c", "command -v bpftrace"], capture_output=True).returncode != 0:
+        sys.exit("SPANS=1 needs bpftrace (apt-get install bpftrace)")
+    if os.geteuid() != 0:
+        sys.exit("SPANS=1 needs root (bpftrace)")
+
+
+def start_spans(pid, begin, end):
+    """Starts recording `pid`'s spans on the relay core from `begin` to
+    `end` seconds after the probe is attached, and returns once it is
+    (None, logged, if it failed). bpftrace runs on the generator's core and
+    compiles before the run starts."""
+    path = os.path.join(WORK, "spans.bt")
+    with open(path, "w") as f:
+        f.write(SPANS_PROGRAM)
+    errors = open(os.path.join(WORK, "spans.err"), "w")
+    probe = subprocess.Popen(pinned(GEN_CORE, ["bpftrace", path, str(pid), str(int(begin * 1e9)), str(int(end * 1e9))]),
+                             stdout=subprocess.PIPE, stderr=errors, text=True)
+    errors.close()
+    # BEGIN's line comes once every probe is attached.
+    while True:
+        line = probe.stdout.readline()
+        if not line:
+            probe.wait()
+            with open(os.path.join(WORK, "spans.err")) as f:
+                log(f"SPANS: bpftrace did not start: {f.read().strip()[-300:]}")
+            return None
+        if line.strip() == "ready":
+            return probe
+
+
+def read_spans(probe, timeout):
+    """The spans `probe` recorded: {"cpu": {µs: count}, "wall": {µs: count}},
+    or None if it recorded none."""
+    try:
+        out, _ = probe.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        probe.send_signal(2)
+        try:
+            out, _ = probe.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            out, _ = probe.communicate()
+    spans = {"cpu": {}, "wall": {}}
+    for kind, us, n in re.findall(r"^@(cpu|wall)\[(\d+)\]: (\d+)$", out, re.M):
+        spans[kind][int(us)] = int(n)
+    return spans if spans["cpu"] else None
+
+
+def span_quantile(histograms, q):
+    """Quantile `q` (µs) of the spans of histograms {µs: count} taken as one."""
+    counts = {}
+    for h in histograms:
+        for us, n in h.items():
+            counts[int(us)] = counts.get(int(us), 0) + n
+    total = sum(counts.values())
+    if not total:
+        return float("nan")
+    seen = 0
+    for us in sorted(counts):
+        seen += counts[us]
+        if seen >= q * total:
+            return float(us)
+    return float(max(counts))
+
+
 def steady(relay, streams, pps, seconds):
     """A run with a warmup (WARMUP, at least 3 s); the machine's busy CPU
     and the relay process's CPU over the middle of the measured part, read
@@ -473,6 +576,11 @@ def steady(relay, streams, pps, seconds):
     warmup = max(WARMUP, 3.0)
     forwarder, args, pid = start_run(relay, streams, seconds + warmup + 3)
     ptime_ms = streams * 1000.0 / pps
+    probe = None
+    if SPANS and pid:
+        # From well after the calls are set up and the warmup has begun,
+        # to before the last second of the run.
+        probe = start_spans(pid, warmup + 2.0, warmup + seconds - 0.5)
     load = subprocess.Popen(pinned(GEN_CORE, [BATON, "load", *args, "--warmup", str(warmup),
                                               "--duration", str(seconds), "--ptime-ms", f"{ptime_ms:.4f}", "--json"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -494,6 +602,7 @@ def steady(relay, streams, pps, seconds):
                                wakeups(pid) if pid else 0, machine_steal(), machine_steal(RELAY_CORE), time.time())
     out = load.stdout.read()
     load.wait()
+    spans = read_spans(probe, timeout=5) if probe else None
     if stalls_done:
         stalls_done.set()
     if forwarder:
@@ -515,6 +624,8 @@ def steady(relay, streams, pps, seconds):
                               "max": max(stall_lengths)}
     result["relay_core_steal_ms_per_s"] = 1000.0 * (core_steal1 - core_steal0) / elapsed
     result["relay_wakeups_per_s"] = (woke1 - woke0) / (t1 - t0)
+    if spans:
+        result["spans_us"] = spans
     packets = pps * (t1 - t0)
     result["bench_loss_pct"] = loss_pct(result)
     result["machine_us_per_packet"] = 1e6 * (busy1 - busy0) / packets
@@ -618,7 +729,7 @@ def least_squares(xs, ys):
     return [m[i][n] / m[i][i] if m[i][i] else float("nan") for i in range(n)]
 
 
-def steal_adjusted(runs, draws=1000, seed=21):
+def steal_adjusted(runs, draws=1000, seed=21, again_apart=False):
     """Each anchor's tail against limitfwd's at equal steal. `runs` holds
     (anchor, steal ms/s, latency, sitting) per run with at most 0.1 % loss,
     limitfwd-again counted as limitfwd. Fits log(latency) = anchor's term +
@@ -628,9 +739,11 @@ def steal_adjusted(runs, draws=1000, seed=21):
     steal is fairer than comparing whichever runs happened to sit side by
     side. Returns {anchor: (factor,
     low, high)} (factor = exp(term), 90 % bootstrap interval over runs) and
-    the slope with its interval."""
+    the slope with its interval. With `again_apart`, limitfwd-again is
+    an anchor of its own: the floor against itself, which shows how far
+    apart the method puts two runs of one forwarder."""
     import math, random
-    runs = [("limitfwd" if a == "limitfwd-again" else a, st, v, g) for a, st, v, g in runs
+    runs = [("limitfwd" if a == "limitfwd-again" and not again_apart else a, st, v, g) for a, st, v, g in runs
             if st == st and v == v and v > 0]
     others = sorted({a for a, _, _, _ in runs} - {"limitfwd"})
     sittings = sorted({g for _, _, _, g in runs})[1:]
@@ -666,10 +779,14 @@ def steal_adjusted_lines(rows, streams, steal_key="steal"):
                 for v, st, loss, g in zip(row[key], row.get(steal_key, []), row.get("loss", []),
                                           row.get("sitting", [0] * len(row[key])))
                 if loss <= 0.1 and st == st]
-        factors, slope = steal_adjusted(runs)
-        if factors:
+        apart = [False] + ([True] if any(a == "limitfwd-again" for a, *_ in runs) else [])
+        for again_apart in apart:
+            factors, slope = steal_adjusted(runs, again_apart=again_apart)
+            if not factors:
+                continue
             sittings = len({g for *_, g in runs})
-            lines.append(f"{streams} streams, {name} ÷ limitfwd's at equal steal ({len(runs)} runs with at most 0.1 % loss"
+            lines.append(f"{streams} streams, {name} ÷ limitfwd's at equal steal"
+                         f"{', limitfwd-again as an anchor of its own' if again_apart else ''} ({len(runs)} runs with at most 0.1 % loss"
                          f"{f' in {sittings} sittings' if sittings > 1 else ''}; fit of log {name} on the anchor"
                          f"{', the sitting' if sittings > 1 else ''} and log(1 + steal), 90 % bootstrap interval): "
                          + ", ".join(f"{a} {f:.2f} ({lo:.2f}–{hi:.2f})" for a, (f, lo, hi) in factors.items())
@@ -680,23 +797,65 @@ def steal_adjusted_lines(rows, streams, steal_key="steal"):
 def tail_from_sittings(paths):
     """SECTIONS=tail: steal_adjusted over the runs of several saved sittings
     (the KERNEL_OUT.json files of earlier kernel sittings) taken together."""
-    rows = {}
+    import gzip
+    rows, span_lines = {}, []
     for path in paths:
-        with open(path) as f:
-            for key, row in json.load(f).items():
-                anchor, streams = key.rsplit(" ", 1)
-                merged = rows.setdefault((anchor, int(streams)), {"p99": [], "p999": [], "steal": [], "loss": [], "sitting": []})
-                runs = len(row.get("p99", []))
-                for k in ("p99", "p999", "steal", "loss"):
-                    values = row.get(k, [])
-                    # A sitting without a reading (the oldest have no steal)
-                    # contributes NaN there, keeping every key's runs aligned.
-                    merged[k] += values if len(values) == runs else [float("nan")] * runs
-                merged["sitting"] += [path] * runs
+        with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+            sitting = json.load(f)
+        # Spans pair runs by repetition, so they are given per sitting.
+        own = {(key.rsplit(" ", 1)[0], int(key.rsplit(" ", 1)[1])): row for key, row in sitting.items()}
+        for streams in sorted({s_ for _, s_ in own}):
+            table = spans_lines(own, streams)
+            if table:
+                span_lines += ["", f"Spans of {os.path.basename(path)}:"] + table
+        for key, row in sitting.items():
+            anchor, streams = key.rsplit(" ", 1)
+            merged = rows.setdefault((anchor, int(streams)), {"p99": [], "p999": [], "steal": [], "loss": [], "sitting": []})
+            runs = len(row.get("p99", []))
+            for k in ("p99", "p999", "steal", "loss"):
+                values = row.get(k, [])
+                # A sitting without a reading (the oldest have no steal)
+                # contributes NaN there, keeping every key's runs aligned.
+                merged[k] += values if len(values) == runs else [float("nan")] * runs
+            merged["sitting"] += [path] * runs
     lines = [f"Sittings: {', '.join(os.path.basename(p) for p in paths)}", ""]
     for streams in sorted({s_ for _, s_ in rows}):
         lines += steal_adjusted_lines(rows, streams) or [f"{streams} streams: too few runs with at most 0.1 % loss to compare."]
-    print("\n".join(lines))
+    print("\n".join(lines + span_lines))
+
+
+def spans_lines(rows, streams):
+    """A table of the relays' spans on their core (SPANS=1): quantiles of
+    their CPU time and wall length with every run of an anchor taken as
+    one, and the median over repetitions of each quantile's ratio to
+    limitfwd's in the same repetition (a stall weighs on one repetition,
+    not on the whole)."""
+    have = [(anchor, row) for (anchor, s_), row in rows.items()
+            if s_ == streams and any(row.get("spans", []))]
+    if not have:
+        return []
+    quantiles = (0.5, 0.9, 0.99, 0.999, 1.0)
+    floor = rows.get(("limitfwd", streams), {})
+    floor_by_rep = {rep: run for rep, run in zip(floor.get("rep", []), floor.get("spans", [])) if run}
+    lines = ["", f"{streams} streams: the relay's spans on its core (each time one of its threads got the core until it "
+                 "gave it up). CPU time is the scheduler's account: without the steal the guest is told of, with the "
+                 "wake-up path; after a stall a span drains the backlog, so spans move with steal too.", "",
+             "| anchor | spans | CPU time p50 / p90 / p99 / p99.9 / max, runs as one | ÷ limitfwd's in the same repetition (median) | wall length p50 / p90 / p99 / p99.9 / max |",
+             "|---|---|---|---|---|"]
+    for anchor, row in have:
+        runs = [run for run in row["spans"] if run]
+        cpu = [span_quantile([run["cpu"] for run in runs], q) for q in quantiles]
+        wall = [span_quantile([run["wall"] for run in runs], q) for q in quantiles]
+        count = sum(sum(run["cpu"].values()) for run in runs)
+        paired = [(run, floor_by_rep[rep]) for rep, run in zip(row.get("rep", []), row["spans"])
+                  if run and rep in floor_by_rep]
+        ratios = [statistics.median(span_quantile([ours["cpu"]], q) / span_quantile([theirs["cpu"]], q)
+                                    for ours, theirs in paired) if paired else float("nan")
+                  for q in quantiles]
+        lines.append(f"| {anchor} | {count} | {' / '.join(f'{x:.0f}' for x in cpu)} µs "
+                     f"| {' / '.join(f'{x:.2f}' for x in ratios)} ({len(paired)} repetitions) "
+                     f"| {' / '.join(f'{x:.0f}' for x in wall)} µs |")
+    return lines
 
 
 def kernel_sitting():
@@ -707,6 +866,7 @@ def kernel_sitting():
     the highest rate with < 0.1 % loss. Writes KERNEL_OUT (markdown)."""
     global WARMUP
     WARMUP = max(WARMUP, 3.0)
+    check_spans()
     anchors = os.environ.get("KERNEL_ANCHORS", "direct limitfwd baton-1w baton-kernel").split()
     seconds = float(os.environ.get("STEADY_SECONDS", "10"))
     rows = {}
@@ -738,6 +898,10 @@ def kernel_sitting():
                     row["loss"].append(r["bench_loss_pct"])
                     row.setdefault("steal", []).append(r.get("steal_ms_per_s", float("nan")))
                     row.setdefault("wakeups", []).append(r.get("relay_wakeups_per_s", float("nan")))
+                    if SPANS:
+                        # One per run, None where the probe failed, so that
+                        # they pair with "rep".
+                        row.setdefault("spans", []).append(r.get("spans_us"))
                     if "stall_ms" in r:
                         row.setdefault("stall_ms", []).append(r["stall_ms"])
                     row.setdefault("core_steal", []).append(r.get("relay_core_steal_ms_per_s", float("nan")))
@@ -763,7 +927,7 @@ def kernel_sitting():
     lines = [f"Machine: {platform.node()} ({os.cpu_count()} cores, {platform.release()}), "
              f"{time.strftime('%Y-%m-%d')}; relay on core {RELAY_CORE}, generator on core {GEN_CORE}; "
              f"warmup {WARMUP:.0f} s, {seconds:.0f} s measured; medians of {REPS} repetitions, anchors interleaved"
-             f"{stalled}.", "",
+             f"{stalled}{'; a bpftrace probe on every context switch (SPANS)' if SPANS else ''}.", "",
              "| anchor | streams | machine CPU per packet at 50 pps | less `direct`'s | relay core's CPU per packet, less `direct`'s | relay process CPU per packet | p50 / p99 / p99.9 | loss | highest rate < 0.1 % loss |",
              "|---|---|---|---|---|---|---|---|---|"]
     for (anchor, streams), row in rows.items():
@@ -836,6 +1000,7 @@ def kernel_sitting():
         adjusted = steal_adjusted_lines(rows, streams)
         if adjusted:
             lines += [""] + adjusted
+        lines += spans_lines(rows, streams)
     not_up = [f"{a} at {s_} streams, repetition {', '.join(map(str, row['not_up']))}"
               for (a, s_), row in rows.items() if row.get("not_up")]
     if not_up:
