@@ -1,5 +1,5 @@
 """The benchmark orchestrator behind scripts/bench.sh (see there)."""
-import base64, json, os, platform, re, socket, statistics, subprocess, sys, tempfile, time
+import base64, json, os, platform, random, re, socket, statistics, subprocess, sys, tempfile, time
 
 BATON = os.environ["BATON"]
 FORWARDER = os.environ["FORWARDER"]
@@ -431,6 +431,11 @@ def wakeups(pid):
     return total
 
 
+# ORDER=shuffle: the anchors of each repetition of a kernel sitting run in
+# a random order (seeded, so a sitting can be repeated) instead of the
+# rotation.
+ORDER = os.environ.get("ORDER", "rotate")
+
 # STALL="S/T" (ms) stops the relay under test for S ms every T ms during
 # each steady run (SIGSTOP, SIGCONT): a stall of known length at known
 # times, the same for every anchor, so that how each drains the packets
@@ -742,7 +747,7 @@ def steal_adjusted(runs, draws=1000, seed=21, again_apart=False):
     the slope with its interval. With `again_apart`, limitfwd-again is
     an anchor of its own: the floor against itself, which shows how far
     apart the method puts two runs of one forwarder."""
-    import math, random
+    import math
     runs = [("limitfwd" if a == "limitfwd-again" and not again_apart else a, st, v, g) for a, st, v, g in runs
             if st == st and v == v and v > 0]
     others = sorted({a for a, _, _, _ in runs} - {"limitfwd"})
@@ -871,11 +876,18 @@ def kernel_sitting():
     seconds = float(os.environ.get("STEADY_SECONDS", "10"))
     rows = {}
     for streams in STREAMS:
+        order_rng = random.Random(REPS * 1000 + streams)
         for rep in range(REPS):
             # Each repetition starts one anchor further on, so that no
             # anchor always runs at the same point of the machine's cycles.
+            # That order is cyclic, though: each anchor always follows the
+            # same one (ORDER=shuffle draws each repetition's order instead,
+            # so that what ran before is not tied to the anchor).
             turn = rep % len(anchors)
-            for anchor in anchors[turn:] + anchors[:turn]:
+            order = anchors[turn:] + anchors[:turn]
+            if ORDER == "shuffle":
+                order_rng.shuffle(order)
+            for position, anchor in enumerate(order):
                 row = rows.setdefault((anchor, streams), {"machine": [], "own": [], "p50": [], "p99": [], "p999": [], "loss": [], "max": []})
                 try:
                     relay = Relay(anchor)
@@ -891,6 +903,7 @@ def kernel_sitting():
                     relay.stop()
                 if r:
                     row.setdefault("rep", []).append(rep)
+                    row.setdefault("position", []).append(position)
                     row.setdefault("cdf", []).append(r.get("latency_cdf_us", []))
                     row["machine"].append(r["machine_us_per_packet"])
                     row["own"].append(r["relay_us_per_packet"])
@@ -927,6 +940,7 @@ def kernel_sitting():
     lines = [f"Machine: {platform.node()} ({os.cpu_count()} cores, {platform.release()}), "
              f"{time.strftime('%Y-%m-%d')}; relay on core {RELAY_CORE}, generator on core {GEN_CORE}; "
              f"warmup {WARMUP:.0f} s, {seconds:.0f} s measured; medians of {REPS} repetitions, anchors interleaved"
+             f"{' in a random order per repetition (ORDER=shuffle)' if ORDER == 'shuffle' else ''}"
              f"{stalled}{'; a bpftrace probe on every context switch (SPANS)' if SPANS else ''}.", "",
              "| anchor | streams | machine CPU per packet at 50 pps | less `direct`'s | relay core's CPU per packet, less `direct`'s | relay process CPU per packet | p50 / p99 / p99.9 | loss | highest rate < 0.1 % loss |",
              "|---|---|---|---|---|---|---|---|---|"]
