@@ -813,9 +813,8 @@ def tail_from_sittings(paths):
             table = spans_lines(own, streams)
             if table:
                 span_lines += ["", f"Spans of {os.path.basename(path)}:"] + table
-        for key, row in sitting.items():
-            anchor, streams = key.rsplit(" ", 1)
-            merged = rows.setdefault((anchor, int(streams)), {"p99": [], "p999": [], "steal": [], "loss": [], "sitting": []})
+        for anchor_streams, row in own.items():
+            merged = rows.setdefault(anchor_streams, {"p99": [], "p999": [], "steal": [], "loss": [], "sitting": []})
             runs = len(row.get("p99", []))
             for k in ("p99", "p999", "steal", "loss"):
                 values = row.get(k, [])

@@ -681,7 +681,8 @@ fn ctl_create(relay: &Relay, call_id: &str) -> std::process::Output {
 /// Issue 24: SIGHUP reloads what can change while calls run — the log
 /// filter, the session limit, the timeouts (live sessions included) — names
 /// what needs a restart (and record-calls without a recording-dir), and
-/// keeps the running configuration when the file does not load. The calls and the control socket stay throughout.
+/// keeps the running configuration when the file does not load. The calls
+/// and the control socket stay throughout.
 #[test]
 fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
