@@ -9,7 +9,14 @@ FORWARDER = os.environ["FORWARDER"]
 # baton-kernel (--kernel-forwarding), baton-session (lanes off), baton-prev
 # (BATON_PREV), limitfwd and limitfwd-again (the floor run a second time in
 # each repetition, to show how far apart two runs of one forwarder come).
+# limitfwd-pair is LIMITFWD_PAIR: the floor changed to send each packet out
+# through the other leg's socket, as a relay must (symmetric RTP: the remote
+# sends to the port it hears from), where limitfwd sends it back out through
+# the socket it came in on. Built outside the project from the floor's own
+# source, see BENCHMARKS.md ("The floor's one socket").
 BATON_PREV = os.environ.get("BATON_PREV")
+LIMITFWD_PAIR = os.environ.get("LIMITFWD_PAIR")
+FLOORS = ("limitfwd", "limitfwd-again", "limitfwd-pair")
 LIMITFWD = os.environ.get("LIMITFWD")
 REPS = int(os.environ.get("REPS", "3"))
 STEPS = int(os.environ.get("STEPS", "6"))
@@ -215,7 +222,7 @@ class Relay:
             return ["--control", f"unix:{self.sock}", "--calls", str(calls), *share, *srtp]
         plan = os.path.join(WORK, "plan.txt")
         lines = []
-        if self.anchor in ("forwarder", "limitfwd", "limitfwd-again"):
+        if self.anchor in ("forwarder", *FLOORS):
             base = 51000
             for k in range(calls):
                 dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
@@ -254,7 +261,7 @@ class Relay:
 
     def start_forwarder(self, streams, seconds):
         calls = max(1, streams // 2)
-        if self.anchor in ("limitfwd", "limitfwd-again"):
+        if self.anchor in FLOORS:
             # The same legs as the forwarder's plan: relay port → peer.
             peer = (lambda k: k * min(SHARE, calls) // calls) if SHARE else (lambda k: k)
             legs = os.path.join(WORK, "limitfwd.map")
@@ -262,7 +269,8 @@ class Relay:
                 for k in range(calls):
                     dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
                     f.write(f"127.0.0.1:{51000 + 2 * k} {rem}\n127.0.0.1:{51000 + 2 * k + 1} {dev}\n")
-            return subprocess.Popen(relay_pinned(RELAY_CORE, [LIMITFWD, "--map", legs, "--max-seconds", str(int(seconds + 3))]),
+            binary = LIMITFWD_PAIR if self.anchor == "limitfwd-pair" else LIMITFWD
+            return subprocess.Popen(relay_pinned(RELAY_CORE, [binary, "--map", legs, "--max-seconds", str(int(seconds + 3))]),
                                     stderr=subprocess.DEVNULL)
         return subprocess.Popen(pinned(RELAY_CORE, [FORWARDER, str(calls), "51000", str(int(seconds + 3)),
                                                     "10000", "15000", str(min(SHARE, calls))]),
@@ -292,7 +300,7 @@ def start_run(relay, streams, seconds):
     plan-driven anchor (running `seconds`), `baton load`'s arguments (fresh
     calls where the relay needs them) and the pid whose CPU is the relay's."""
     forwarder = (relay.start_forwarder(streams, seconds)
-                 if relay.anchor in ("forwarder", "limitfwd", "limitfwd-again") else None)
+                 if relay.anchor in ("forwarder", *FLOORS) else None)
     if forwarder:
         time.sleep(0.3)
     args = relay.load_args(streams)
