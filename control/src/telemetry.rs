@@ -700,7 +700,7 @@ impl Collector for SnapshotCollector {
             };
             let m = encoder.encode_descriptor(
                 "baton_relay_latency",
-                "Time from receiving a datagram to handing it to the kernel, sampled one batch in 16",
+                "Time from the worker waking for a datagram to handing it to the kernel (its wait in the socket queue before that is not in it), sampled one batch in 16",
                 Some(&prometheus_client::registry::Unit::Seconds),
                 MetricType::Histogram,
             )?;
