@@ -17,6 +17,9 @@ FORWARDER = os.environ["FORWARDER"]
 BATON_PREV = os.environ.get("BATON_PREV")
 LIMITFWD_PAIR = os.environ.get("LIMITFWD_PAIR")
 FLOORS = ("limitfwd", "limitfwd-again", "limitfwd-pair")
+# Anchors that are a forwarder started from a port map, not a relay that
+# takes calls over a control protocol.
+PLAN_DRIVEN = ("forwarder", *FLOORS)
 LIMITFWD = os.environ.get("LIMITFWD")
 REPS = int(os.environ.get("REPS", "3"))
 STEPS = int(os.environ.get("STEPS", "6"))
@@ -222,7 +225,7 @@ class Relay:
             return ["--control", f"unix:{self.sock}", "--calls", str(calls), *share, *srtp]
         plan = os.path.join(WORK, "plan.txt")
         lines = []
-        if self.anchor in ("forwarder", *FLOORS):
+        if self.anchor in PLAN_DRIVEN:
             base = 51000
             for k in range(calls):
                 dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
@@ -300,7 +303,7 @@ def start_run(relay, streams, seconds):
     plan-driven anchor (running `seconds`), `baton load`'s arguments (fresh
     calls where the relay needs them) and the pid whose CPU is the relay's."""
     forwarder = (relay.start_forwarder(streams, seconds)
-                 if relay.anchor in ("forwarder", *FLOORS) else None)
+                 if relay.anchor in PLAN_DRIVEN else None)
     if forwarder:
         time.sleep(0.3)
     args = relay.load_args(streams)
@@ -880,6 +883,14 @@ def kernel_sitting():
     WARMUP = max(WARMUP, 3.0)
     check_spans()
     anchors = os.environ.get("KERNEL_ANCHORS", "direct limitfwd baton-1w baton-kernel").split()
+    # An anchor's binary missing is said at once, not as a failed start
+    # minutes into the sitting.
+    needs = {"limitfwd": ("LIMITFWD", LIMITFWD), "limitfwd-again": ("LIMITFWD", LIMITFWD),
+             "limitfwd-pair": ("LIMITFWD_PAIR", LIMITFWD_PAIR), "baton-prev": ("BATON_PREV", BATON_PREV)}
+    for anchor in anchors:
+        variable, binary = needs.get(anchor, (None, "given"))
+        if not binary:
+            sys.exit(f"anchor {anchor} needs {variable} (the path of its binary)")
     seconds = float(os.environ.get("STEADY_SECONDS", "10"))
     rows = {}
     for streams in STREAMS:
