@@ -109,6 +109,13 @@ impl RecvBatch {
             self.headers[BATCH - 1].msg_hdr.msg_name.cast_const(),
             (&raw const self.names[BATCH - 1]).cast(),
         ));
+        // Through syscall(2), not glibc's wrapper: that one is a thread
+        // cancellation point, and in a multi-threaded process it turns
+        // asynchronous cancellation on and off around every call (atomic
+        // operations on the thread's state: about 50 ns a packet in
+        // profiles at 1000 streams, BENCHMARKS.md). Nothing in baton
+        // cancels threads. The arguments are the kernel's: fd, headers,
+        // count, flags, no timeout.
         // SAFETY: every header points at a name buffer, one iovec and (with
         // timestamps) a control buffer of this batch, each iovec at the
         // first RECV_LEN bytes of a BUF_LEN buffer of this batch (headers
@@ -117,12 +124,13 @@ impl RecvBatch {
         // `self` and never replaced, which is borrowed mutably for the call,
         // so nothing else touches them while the kernel writes.
         let n = unsafe {
-            libc::recvmmsg(
+            libc::syscall(
+                libc::SYS_recvmmsg,
                 fd.as_raw_fd(),
                 self.headers.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
+                std::ptr::null_mut::<libc::timespec>(),
             )
         };
         if n < 0 {
@@ -356,8 +364,10 @@ impl SendBatch {
             // call, at names and iovecs of this batch (borrowed mutably) and
             // at byte slices borrowed by `send` until it returns; the kernel
             // only reads through iov_base.
+            // Through syscall(2), as recvmmsg in RecvBatch::recv.
             let n = unsafe {
-                libc::sendmmsg(
+                libc::syscall(
+                    libc::SYS_sendmmsg,
                     fd.as_raw_fd(),
                     self.headers[start..].as_mut_ptr(),
                     (count - start) as libc::c_uint,
