@@ -214,8 +214,11 @@ fn init_logging(format: LogFormat, configured: &str) -> LogFilter {
 fn raise_open_files_limit(config: &Config) {
     let (lo, hi) = config.dataplane.ports;
     let sockets = u64::from(hi - lo + 1) * config.dataplane.media_ips.len() as u64;
+    // A lane (the worker's fast path for a steady direction) holds a
+    // duplicate of its output RTP socket: at most one per port pair.
+    let lanes = sockets / 2;
     // Control connections and the process's own files on top.
-    let needed = sockets + config.control.max_connections as u64 + 64;
+    let needed = sockets + lanes + config.control.max_connections as u64 + 64;
     let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(_, hard)| hard);
     if hard < needed && rlimit::setrlimit(rlimit::Resource::NOFILE, needed, needed).is_ok() {
         info!(limit = needed, "open files limit (hard limit raised)");

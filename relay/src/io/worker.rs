@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -186,15 +186,20 @@ struct SocketEntry {
     /// routed to its stream first.
     bundled: bool,
     /// The user-space fast path of the stream direction whose packets
-    /// arrive here, while it has one (its key in `Worker::lanes`).
-    lane: Option<usize>,
+    /// arrive here, while it has one. Held in the socket's own entry, not
+    /// apart: a packet's path then reads one entry whose address its token
+    /// gives, so its cache misses overlap instead of following a chain
+    /// (socket, then lane, then output socket).
+    lane: Option<LaneEntry>,
 }
 
 /// A lane and where what it takes leaves.
 struct LaneEntry {
     lane: Lane,
-    /// The output leg's RTP socket.
-    out: usize,
+    /// The output leg's RTP socket, duplicated: the lane sends through it
+    /// without looking that socket's entry up, and a duplicate can only
+    /// ever be that socket (the lane ends before its leg closes anyway).
+    out: OwnedFd,
     /// The input socket carries RTCP too (rtcp-mux): RTCP-looking
     /// datagrams there are RTCP, left for the session as the lane goes on.
     /// Without it the session reads them as RTP, so they stop the lane.
@@ -235,8 +240,9 @@ struct LiveRoute {
 enum RouteBacking {
     /// The kernel's.
     Kernel(RouteHandle),
-    /// A lane on the input socket with this token.
-    Lane(usize),
+    /// A lane on the `input` socket's entry, sending through the
+    /// `output` socket (its descriptor duplicated into the lane).
+    Lane { input: usize, output: usize },
 }
 
 /// Fast path routes a session may have (a bit each in a mask).
@@ -303,9 +309,8 @@ pub(crate) struct Worker {
     /// Steady directions the kernel does not take are forwarded by lanes
     /// (see [`Lane`]).
     lanes_on: bool,
-    /// The open lanes, apart from the sockets so that a socket's entry
-    /// stays one cache line and the lanes packed together.
-    lanes: Slab<LaneEntry>,
+    /// Lanes open (each lives in its input socket's entry).
+    lanes: usize,
     /// Datagrams lanes forwarded.
     lane_packets: u64,
     /// Where the next tick's visit of sessions for routes starts.
@@ -357,7 +362,7 @@ impl Worker {
             kernel: None,
             kernel_stats: KernelWorkerStats::default(),
             lanes_on: false,
-            lanes: Slab::with_capacity(1024),
+            lanes: 0,
             lane_packets: 0,
             route_cursor: 0,
             deadlines: BinaryHeap::with_capacity(256),
@@ -479,14 +484,11 @@ impl Worker {
         received: usize,
         send: &mut SendBatch,
     ) -> u32 {
-        let Some((lane, session)) = self
+        let Some(entry) = self
             .sockets
-            .get(token)
-            .and_then(|socket| Some((socket.lane?, socket.session)))
+            .get_mut(token)
+            .and_then(|socket| socket.lane.as_mut())
         else {
-            return 0;
-        };
-        let Some(entry) = self.lanes.get_mut(lane) else {
             return 0;
         };
         let mut taken = 0u32;
@@ -506,23 +508,12 @@ impl Worker {
         if taken == 0 {
             return 0;
         }
-        let (out, to, party) = (entry.out, entry.lane.destination(), entry.to);
+        let (to, party) = (entry.lane.destination(), entry.to);
         let forwarded = (0..received).filter(|index| taken & (1 << index) != 0);
-        // The output socket is its own session's (never a reused slot).
-        let outcome = match self
-            .sockets
-            .get(out)
-            .filter(|socket| socket.session == session)
-        {
-            Some(socket) => send.send(
-                socket.socket.as_fd(),
-                forwarded.clone().map(|index| (to, recv.bytes(index))),
-            ),
-            None => crate::io::sys::SendOutcome {
-                failed: taken.count_ones() as usize,
-                ..Default::default()
-            },
-        };
+        let outcome = send.send(
+            entry.out.as_fd(),
+            forwarded.clone().map(|index| (to, recv.bytes(index))),
+        );
         self.lane_packets += outcome.sent as u64;
         self.forwarded += outcome.sent as u64;
         self.packets_to[party.index()] += outcome.sent as u64;
@@ -530,11 +521,9 @@ impl Worker {
         if outcome.failed > 0 {
             // Counted as forwarded by the lane: take them back out.
             let bytes: usize = forwarded.map(|index| recv.bytes(index).len()).sum();
-            if let Some(entry) = self.lanes.get_mut(lane) {
-                entry
-                    .lane
-                    .unsent(outcome.failed as u64, (bytes - outcome.sent_bytes) as u64);
-            }
+            entry
+                .lane
+                .unsent(outcome.failed as u64, (bytes - outcome.sent_bytes) as u64);
             self.dropped += outcome.failed as u64;
             self.drops[DropReason::SendFailed as usize] += outcome.failed as u64;
         }
@@ -831,27 +820,20 @@ impl Worker {
             }
             let route = &mut routes[at];
             let taken = match &mut route.handle {
-                RouteBacking::Lane(token) => {
+                RouteBacking::Lane { input: token, .. } => {
                     // Only the lane of this route's own socket (a slot
                     // reused by another leg has none of it).
                     let socket = self.sockets.get_mut(*token).filter(|socket| {
                         (socket.session, socket.stream, socket.leg)
                             == (key, route.stream, route.path.from)
                     });
-                    let lane = socket.and_then(|socket| {
+                    Ok(socket.and_then(|socket| {
                         if ending {
-                            socket.lane.take()
+                            let mut entry = socket.lane.take()?;
+                            self.lanes -= 1;
+                            Some(entry.lane.take())
                         } else {
-                            socket.lane
-                        }
-                    });
-                    Ok(lane.and_then(|lane| {
-                        if ending {
-                            self.lanes
-                                .try_remove(lane)
-                                .map(|mut entry| entry.lane.take())
-                        } else {
-                            self.lanes.get_mut(lane).map(|entry| entry.lane.take())
+                            socket.lane.as_mut().map(|entry| entry.lane.take())
                         }
                     }))
                 }
@@ -997,24 +979,43 @@ impl Worker {
                 None if self.lanes_on => {
                     // A bundled socket carries other streams too: its
                     // datagrams are routed by the session.
-                    let Some(socket) = self
+                    if self
                         .sockets
-                        .get_mut(in_token)
-                        .filter(|socket| !socket.bundled && socket.lane.is_none())
-                    else {
+                        .get(in_token)
+                        .is_none_or(|socket| socket.bundled || socket.lane.is_some())
+                    {
                         continue;
-                    };
+                    }
                     let Some(lane) = Lane::new(&path, &start, now) else {
                         continue;
                     };
-                    socket.lane = Some(self.lanes.insert(LaneEntry {
+                    // Without a free descriptor the direction stays with
+                    // the session, as before lanes.
+                    let out = match self.sockets.get(out_token).map(|socket| {
+                        (socket.session == key).then(|| socket.socket.as_fd().try_clone_to_owned())
+                    }) {
+                        Some(Some(Ok(out))) => out,
+                        Some(Some(Err(e))) => {
+                            debug!(worker = %self.index, "opening a lane: {e}");
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    let Some(socket) = self.sockets.get_mut(in_token) else {
+                        continue;
+                    };
+                    socket.lane = Some(LaneEntry {
                         lane,
-                        out: out_token,
+                        out,
                         mux: rtcp_muxed(tokens, stream, path.from),
                         lax: session.lax_sources(stream),
                         to: direction.toward(),
-                    }));
-                    RouteBacking::Lane(in_token)
+                    });
+                    self.lanes += 1;
+                    RouteBacking::Lane {
+                        input: in_token,
+                        output: out_token,
+                    }
                 }
                 None => continue,
             };
@@ -1051,7 +1052,7 @@ impl Worker {
                     && entry
                         .routes
                         .iter()
-                        .all(|route| matches!(route.handle, RouteBacking::Lane(_)))
+                        .all(|route| matches!(route.handle, RouteBacking::Lane { .. }))
             });
             if !settled {
                 self.visit_routes(key, now, clocks.as_ref());
@@ -1696,9 +1697,20 @@ impl Worker {
 
     /// Closes a leg's sockets, then frees its ports.
     fn close_leg(&mut self, key: usize, stream: StreamIndex, leg: LegId) {
-        // A lane lives on its input socket: its route ends with the leg.
+        // A lane lives on its input socket and holds a duplicate of its
+        // output socket: its route ends with either leg, and with any
+        // socket it sends through (a bundle owner's, for a follower's
+        // stream), so that no duplicate outlives its socket's entry (it
+        // would keep the port bound after its lease went back).
+        let closing = self
+            .sessions
+            .get(key)
+            .and_then(|entry| entry.tokens.get(stream.0))
+            .map_or([NO_TOKEN; 2], |tokens| tokens[leg.index()]);
         self.end_routes(key, |_, route| {
-            route.stream == stream && (route.path.from == leg || route.path.to == leg)
+            (route.stream == stream && (route.path.from == leg || route.path.to == leg))
+                || matches!(route.handle, RouteBacking::Lane { output, .. }
+                    if output != NO_TOKEN && closing.contains(&output))
         });
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
@@ -1849,7 +1861,7 @@ impl Worker {
                 ..self.kernel_stats
             },
             lane_packets: self.lane_packets,
-            lanes: self.lanes.len(),
+            lanes: self.lanes,
         }
     }
 
@@ -2130,7 +2142,7 @@ mod tests {
             deliver(&mut worker, &device, seq);
         }
         worker.visit_routes(key, Instant::now(), None);
-        assert_eq!(worker.lanes.len(), 1, "the device's direction is on a lane");
+        assert_eq!(worker.lanes, 1, "the device's direction is on a lane");
         for seq in 61..=70 {
             deliver(&mut worker, &device, seq);
         }
@@ -2138,7 +2150,7 @@ mod tests {
         // A copy of packet 68 from another address: the session must know
         // the lane sent 68 already.
         deliver(&mut worker, &other, 68);
-        assert_eq!(worker.lanes.len(), 0, "the lane was taken back");
+        assert_eq!(worker.lanes, 0, "the lane was taken back");
         deliver(&mut worker, &device, 71);
         assert_eq!(
             heard.len(),
@@ -2234,6 +2246,72 @@ mod tests {
         (key, user, far)
     }
 
+    /// A lane holds a duplicate of its output socket: it must end with
+    /// that socket's leg, or the duplicate would keep the port bound after
+    /// its lease went back to the pool (and the next call to get the port
+    /// could not bind it).
+    #[test]
+    fn no_lane_keeps_a_closed_legs_port_bound() {
+        let pool = pool();
+        let (mut worker, commands) = worker();
+        let (device, remote) = (peer_socket(), peer_socket());
+        let (key, user, far) =
+            call_on_lanes(&mut worker, &commands, 1, stream(&pool), (&device, &remote));
+        let address = |token: usize| worker.sockets[token].socket.local_addr().expect("addr");
+        let (user_port, far_port) = (address(user), address(far));
+        // The call moves to another device: the old device's leg closes,
+        // and with it the lane toward it (on the remote's socket).
+        let legs = vec![TransferLeg {
+            leg: PendingLeg {
+                config: LEG,
+                payloads: PayloadMap::identity([0], None),
+            },
+            sockets: Some(allocate(&pool, true).expect("ports")),
+            bundle: None,
+        }];
+        let begun = run(&mut worker, &commands, |reply| Command::BeginTransfer {
+            id: SessionId(1),
+            setup: TransferSetup {
+                transfer: TransferId(1),
+                legs,
+                mode: SwitchMode::Commit,
+                timeout: Duration::from_secs(30),
+            },
+            reply,
+        });
+        assert_eq!(begun, Ok(()));
+        let committed = run(&mut worker, &commands, |reply| Command::Commit {
+            id: SessionId(1),
+            transfer: TransferId(1),
+            reply,
+        });
+        assert_eq!(committed, Ok(()));
+        // The old device's leg closes once its grace is over.
+        assert!(
+            worker.sockets.get(user).is_some(),
+            "retired, not closed yet"
+        );
+        let later = Instant::now() + crate::core::session::RETIRE_GRACE + Duration::from_secs(1);
+        worker.tick(later);
+        assert!(worker.sockets.get(user).is_none(), "closed after its grace");
+        assert!(
+            worker.sessions[key].routes.iter().all(|route| !matches!(
+                route.handle,
+                RouteBacking::Lane { output, .. } if output == user
+            )),
+            "no route sends through the closed leg's socket"
+        );
+        assert!(worker.sockets.get(far).is_some_and(|s| s.lane.is_none()));
+        std::net::UdpSocket::bind(user_port).expect("the old device's port is free");
+        let removed = run(&mut worker, &commands, |reply| Command::Remove {
+            id: SessionId(1),
+            reply,
+        });
+        assert!(removed.is_ok());
+        assert_eq!(worker.lanes, 0);
+        std::net::UdpSocket::bind(far_port).expect("the remote's port is free");
+    }
+
     /// A device that moves to another address (NAT rebinding, with
     /// re-learning on) gets the remote's next packet there: the lane
     /// toward it, which sends to a fixed address, ends as the session
@@ -2252,14 +2330,10 @@ mod tests {
         // A duplicate takes the device's own lane back (the session has
         // its direction until the next visit); the remote's stays.
         deliver(&mut worker, &device, user, &audio(60, 0xA), &remote);
-        assert_eq!(worker.lanes.len(), 1, "the remote's lane only");
+        assert_eq!(worker.lanes, 1, "the remote's lane only");
         // The device's next packet comes from its new address.
         assert!(deliver(&mut worker, &moved, user, &audio(61, 0xA), &remote));
-        assert_eq!(
-            worker.lanes.len(),
-            0,
-            "the lane toward the old address ended"
-        );
+        assert_eq!(worker.lanes, 0, "the lane toward the old address ended");
         assert!(
             deliver(&mut worker, &remote, far, &audio(61, 0xB), &moved),
             "the remote's next packet reaches the device where it is now"
