@@ -7,7 +7,8 @@ FORWARDER = os.environ["FORWARDER"]
 # user-space floor (../shared/tools/limitfwd), for side-by-side sittings.
 # Anchor names: baton-1w (one worker, defaults), baton-2w, baton-1w-busy,
 # baton-kernel (--kernel-forwarding), baton-session (lanes off), baton-prev
-# (BATON_PREV), limitfwd and limitfwd-again (the floor run a second time in
+# (BATON_PREV), baton-alt (BATON_ALT: a third build, say an experiment
+# beside the commit it changes), limitfwd and limitfwd-again (the floor run a second time in
 # each repetition, to show how far apart two runs of one forwarder come).
 # limitfwd-pair is LIMITFWD_PAIR: the floor changed to send each packet out
 # through the other leg's socket, as a relay must (symmetric RTP: the remote
@@ -15,6 +16,7 @@ FORWARDER = os.environ["FORWARDER"]
 # the socket it came in on. Built outside the project from the floor's own
 # source, see BENCHMARKS.md ("The floor's one socket").
 BATON_PREV = os.environ.get("BATON_PREV")
+BATON_ALT = os.environ.get("BATON_ALT")
 LIMITFWD_PAIR = os.environ.get("LIMITFWD_PAIR")
 FLOORS = ("limitfwd", "limitfwd-again", "limitfwd-pair")
 # Anchors that are a forwarder started from a port map, not a relay that
@@ -176,7 +178,7 @@ class Relay:
     def __init__(self, anchor):
         self.anchor, self.proc, self.sock = anchor, None, None
         if anchor.startswith("baton"):
-            binary = BATON_PREV if anchor == "baton-prev" else BATON
+            binary = {"baton-prev": BATON_PREV, "baton-alt": BATON_ALT}.get(anchor, BATON)
             workers = "2" if anchor == "baton-2w" else "1"
             cores = RELAY_CORE if workers == "1" else f"{RELAY_CORE},{GEN_CORE}"
             self.sock = os.path.join(WORK, f"{anchor}.sock")
@@ -886,7 +888,8 @@ def kernel_sitting():
     # An anchor's binary missing is said at once, not as a failed start
     # minutes into the sitting.
     needs = {"limitfwd": ("LIMITFWD", LIMITFWD), "limitfwd-again": ("LIMITFWD", LIMITFWD),
-             "limitfwd-pair": ("LIMITFWD_PAIR", LIMITFWD_PAIR), "baton-prev": ("BATON_PREV", BATON_PREV)}
+             "limitfwd-pair": ("LIMITFWD_PAIR", LIMITFWD_PAIR), "baton-prev": ("BATON_PREV", BATON_PREV),
+             "baton-alt": ("BATON_ALT", BATON_ALT)}
     for anchor in anchors:
         variable, binary = needs.get(anchor, (None, "given"))
         if not binary:
