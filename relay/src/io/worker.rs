@@ -240,9 +240,8 @@ struct LiveRoute {
 enum RouteBacking {
     /// The kernel's.
     Kernel(RouteHandle),
-    /// A lane on the `input` socket's entry, sending through the
-    /// `output` socket (its descriptor duplicated into the lane).
-    Lane { input: usize, output: usize },
+    /// A lane on the input socket with this token.
+    Lane(usize),
 }
 
 /// Fast path routes a session may have (a bit each in a mask).
@@ -820,7 +819,7 @@ impl Worker {
             }
             let route = &mut routes[at];
             let taken = match &mut route.handle {
-                RouteBacking::Lane { input: token, .. } => {
+                RouteBacking::Lane(token) => {
                     // Only the lane of this route's own socket (a slot
                     // reused by another leg has none of it).
                     let socket = self.sockets.get_mut(*token).filter(|socket| {
@@ -989,17 +988,21 @@ impl Worker {
                     let Some(lane) = Lane::new(&path, &start, now) else {
                         continue;
                     };
+                    // Only through the output leg's own socket, which
+                    // `close_leg` of that leg ends the lane before closing.
+                    let Some(out_socket) = self.sockets.get(out_token).filter(|socket| {
+                        (socket.session, socket.stream, socket.leg) == (key, stream, path.to)
+                    }) else {
+                        continue;
+                    };
                     // Without a free descriptor the direction stays with
                     // the session, as before lanes.
-                    let out = match self.sockets.get(out_token).map(|socket| {
-                        (socket.session == key).then(|| socket.socket.as_fd().try_clone_to_owned())
-                    }) {
-                        Some(Some(Ok(out))) => out,
-                        Some(Some(Err(e))) => {
+                    let out = match out_socket.socket.as_fd().try_clone_to_owned() {
+                        Ok(out) => out,
+                        Err(e) => {
                             debug!(worker = %self.index, "opening a lane: {e}");
                             continue;
                         }
-                        _ => continue,
                     };
                     let Some(socket) = self.sockets.get_mut(in_token) else {
                         continue;
@@ -1012,10 +1015,7 @@ impl Worker {
                         to: direction.toward(),
                     });
                     self.lanes += 1;
-                    RouteBacking::Lane {
-                        input: in_token,
-                        output: out_token,
-                    }
+                    RouteBacking::Lane(in_token)
                 }
                 None => continue,
             };
@@ -1052,7 +1052,7 @@ impl Worker {
                     && entry
                         .routes
                         .iter()
-                        .all(|route| matches!(route.handle, RouteBacking::Lane { .. }))
+                        .all(|route| matches!(route.handle, RouteBacking::Lane(_)))
             });
             if !settled {
                 self.visit_routes(key, now, clocks.as_ref());
@@ -1698,21 +1698,11 @@ impl Worker {
     /// Closes a leg's sockets, then frees its ports.
     fn close_leg(&mut self, key: usize, stream: StreamIndex, leg: LegId) {
         // A lane lives on its input socket and holds a duplicate of its
-        // output socket: its route ends with either leg, so that no
-        // duplicate outlives its socket's entry (it would keep the port
-        // bound after its lease went back). Also any lane that sends
-        // through one of this leg's sockets: none today but the leg's own
-        // (a session with a bundle has no fast paths), a guard should a
-        // follower's stream ever send through its owner's socket.
-        let closing = self
-            .sessions
-            .get(key)
-            .and_then(|entry| entry.tokens.get(stream.0))
-            .map_or([NO_TOKEN; 2], |tokens| tokens[leg.index()]);
+        // output leg's own socket: its route ends with either leg, so that
+        // no duplicate outlives its socket's entry (it would keep the port
+        // bound after its lease went back).
         self.end_routes(key, |_, route| {
-            (route.stream == stream && (route.path.from == leg || route.path.to == leg))
-                || matches!(route.handle, RouteBacking::Lane { output, .. }
-                    if output != NO_TOKEN && closing.contains(&output))
+            route.stream == stream && (route.path.from == leg || route.path.to == leg)
         });
         let Some(entry) = self.sessions.get_mut(key) else {
             return;
