@@ -8,8 +8,9 @@ FORWARDER = os.environ["FORWARDER"]
 # Anchor names: baton-1w (one worker, defaults), baton-2w, baton-1w-busy,
 # baton-kernel (--kernel-forwarding), baton-session (lanes off), baton-prev
 # (BATON_PREV), baton-alt (BATON_ALT: a third build, say an experiment
-# beside the commit it changes), limitfwd and limitfwd-again (the floor run a second time in
-# each repetition, to show how far apart two runs of one forwarder come).
+# beside the commit it changes), limitfwd and limitfwd-again (the floor run
+# a second time in each repetition, to show how far apart two runs of one
+# forwarder come).
 # limitfwd-pair is LIMITFWD_PAIR: the floor changed to send each packet out
 # through the other leg's socket, as a relay must (symmetric RTP: the remote
 # sends to the port it hears from), where limitfwd sends it back out through
@@ -23,6 +24,10 @@ FLOORS = ("limitfwd", "limitfwd-again", "limitfwd-pair")
 # takes calls over a control protocol.
 PLAN_DRIVEN = ("forwarder", *FLOORS)
 LIMITFWD = os.environ.get("LIMITFWD")
+# Anchors run from a binary of their own: its variable and path.
+ANCHOR_BINARIES = {"limitfwd": ("LIMITFWD", LIMITFWD), "limitfwd-again": ("LIMITFWD", LIMITFWD),
+                   "limitfwd-pair": ("LIMITFWD_PAIR", LIMITFWD_PAIR), "baton-prev": ("BATON_PREV", BATON_PREV),
+                   "baton-alt": ("BATON_ALT", BATON_ALT)}
 REPS = int(os.environ.get("REPS", "3"))
 STEPS = int(os.environ.get("STEPS", "6"))
 TRIAL = float(os.environ.get("TRIAL", "3"))
@@ -178,7 +183,7 @@ class Relay:
     def __init__(self, anchor):
         self.anchor, self.proc, self.sock = anchor, None, None
         if anchor.startswith("baton"):
-            binary = {"baton-prev": BATON_PREV, "baton-alt": BATON_ALT}.get(anchor, BATON)
+            binary = ANCHOR_BINARIES.get(anchor, (None, BATON))[1]
             workers = "2" if anchor == "baton-2w" else "1"
             cores = RELAY_CORE if workers == "1" else f"{RELAY_CORE},{GEN_CORE}"
             self.sock = os.path.join(WORK, f"{anchor}.sock")
@@ -274,7 +279,7 @@ class Relay:
                 for k in range(calls):
                     dev, rem = f"127.0.0.1:{10000 + peer(k)}", f"127.0.0.1:{15000 + peer(k)}"
                     f.write(f"127.0.0.1:{51000 + 2 * k} {rem}\n127.0.0.1:{51000 + 2 * k + 1} {dev}\n")
-            binary = LIMITFWD_PAIR if self.anchor == "limitfwd-pair" else LIMITFWD
+            binary = ANCHOR_BINARIES[self.anchor][1]
             return subprocess.Popen(relay_pinned(RELAY_CORE, [binary, "--map", legs, "--max-seconds", str(int(seconds + 3))]),
                                     stderr=subprocess.DEVNULL)
         return subprocess.Popen(pinned(RELAY_CORE, [FORWARDER, str(calls), "51000", str(int(seconds + 3)),
@@ -887,11 +892,8 @@ def kernel_sitting():
     anchors = os.environ.get("KERNEL_ANCHORS", "direct limitfwd baton-1w baton-kernel").split()
     # An anchor's binary missing is said at once, not as a failed start
     # minutes into the sitting.
-    needs = {"limitfwd": ("LIMITFWD", LIMITFWD), "limitfwd-again": ("LIMITFWD", LIMITFWD),
-             "limitfwd-pair": ("LIMITFWD_PAIR", LIMITFWD_PAIR), "baton-prev": ("BATON_PREV", BATON_PREV),
-             "baton-alt": ("BATON_ALT", BATON_ALT)}
     for anchor in anchors:
-        variable, binary = needs.get(anchor, (None, "given"))
+        variable, binary = ANCHOR_BINARIES.get(anchor, (None, "given"))
         if not binary:
             sys.exit(f"anchor {anchor} needs {variable} (the path of its binary)")
     seconds = float(os.environ.get("STEADY_SECONDS", "10"))
